@@ -1,0 +1,39 @@
+"""Names of the broker channels and keys, derived from agent names.
+
+Every name carries the agent in a Redis Cluster hash tag (``{agent}``), so an
+agent's message channel, presence channel and presence key live on one shard.
+"""
+
+from buswire.errors import DecodeError
+
+MAX_AGENT_NAME = 128
+_PREFIX = "bushub"
+
+
+def validate_agent_name(name: str) -> str:
+    """Check that ``name`` can name an agent.
+
+    Raises:
+        DecodeError: ``bad_agent`` when empty, too long, or holding characters that
+            would break channel names (braces, whitespace, control characters).
+    """
+    if not name or len(name) > MAX_AGENT_NAME:
+        raise DecodeError("bad_agent", "length")
+    if any(ch in "{}" or ch.isspace() or not ch.isprintable() for ch in name):
+        raise DecodeError("bad_agent", "characters")
+    return name
+
+
+def message_channel(agent: str) -> str:
+    """The channel that carries messages addressed to ``agent``."""
+    return f"{_PREFIX}:msg:{{{agent}}}"
+
+
+def presence_channel(agent: str) -> str:
+    """The channel that carries ``agent``'s presence events (up, down, claim)."""
+    return f"{_PREFIX}:presence:{{{agent}}}"
+
+
+def presence_key(agent: str) -> str:
+    """The key holding ``agent``'s presence record."""
+    return f"{_PREFIX}:agent:{{{agent}}}"

@@ -1,0 +1,96 @@
+"""Presence records and presence events, as bytes.
+
+A presence record says which connection currently holds an agent name:
+``<conn> <json>``. The connection id comes first so a broker script can compare it
+without parsing JSON.
+
+Events travel on the agent's presence channel:
+- ``claim``: a new connection wants the name; holders elsewhere must close.
+- ``up``: a connection now holds the name (peers announce it under a runner
+  named after that connection).
+- ``down``: a connection let go of the name.
+"""
+
+from dataclasses import asdict, dataclass
+from enum import Enum
+
+import orjson
+
+from buswire.errors import DecodeError
+
+
+class EventKind(str, Enum):
+    """What happened to an agent name."""
+
+    CLAIM = "claim"
+    UP = "up"
+    DOWN = "down"
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceRecord:
+    """Who holds an agent name, as stored under its presence key."""
+
+    agent: str
+    conn: str
+    node: str
+    since: float
+    format: str
+    dialect: str
+    peer: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceEvent:
+    """A change of holder of an agent name."""
+
+    kind: EventKind
+    agent: str
+    conn: str
+    node: str
+
+
+def encode_record(record: PresenceRecord) -> bytes:
+    """Serialize a record, connection id first."""
+    return record.conn.encode() + b" " + orjson.dumps(asdict(record))
+
+
+def decode_record(data: bytes) -> PresenceRecord:
+    """Parse a stored record.
+
+    Raises:
+        DecodeError: ``bad_presence`` when the bytes are not a record.
+    """
+    try:
+        _, _, body = data.partition(b" ")
+        return PresenceRecord(**orjson.loads(body))
+    except (ValueError, TypeError) as exc:
+        raise DecodeError("bad_presence", type(exc).__name__) from None
+
+
+def record_conn(data: bytes) -> str:
+    """The connection id of a stored record, without parsing the rest."""
+    return data.partition(b" ")[0].decode()
+
+
+def encode_event(event: PresenceEvent) -> bytes:
+    """Serialize a presence event."""
+    return orjson.dumps(asdict(event))
+
+
+def decode_event(data: bytes) -> PresenceEvent:
+    """Parse a presence event.
+
+    Raises:
+        DecodeError: ``bad_presence`` when the bytes are not an event.
+    """
+    try:
+        fields = orjson.loads(data)
+        return PresenceEvent(
+            kind=EventKind(fields["kind"]),
+            agent=fields["agent"],
+            conn=fields["conn"],
+            node=fields["node"],
+        )
+    except (ValueError, TypeError, KeyError) as exc:
+        raise DecodeError("bad_presence", type(exc).__name__) from None
