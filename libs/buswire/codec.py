@@ -8,6 +8,8 @@ between two connections of the same format never re-encodes.
 
 import base64
 import binascii
+import json
+import math
 from typing import Any
 
 import msgpack
@@ -21,6 +23,9 @@ from buswire.formats import Format
 BYTES_TAG = "bytes"
 _JSON_WHITESPACE = b" \t\r\n"
 _MSGPACK_MAP_MARKERS = frozenset([*range(0x80, 0x90), 0xDE, 0xDF])
+# Deeper trees are refused when translating: msgpack packs at most 511 levels and
+# Python's recursion limit must never be the one to say no.
+MAX_DEPTH = 256
 
 
 def sniff_format(data: bytes) -> Format | None:
@@ -48,19 +53,45 @@ def load_tree(data: bytes, fmt: Format) -> Any:
     """
     try:
         if fmt is Format.JSON:
-            return orjson.loads(data)
+            try:
+                return orjson.loads(data)
+            except orjson.JSONDecodeError:
+                # The library writes with json.dumps, which may emit NaN, Infinity
+                # and integers past 64 bits; orjson refuses those, json does not.
+                return json.loads(data)
         return msgpack.unpackb(data, raw=False, strict_map_key=True)
-    except (ValueError, TypeError, msgpack.UnpackException) as exc:
-        # orjson.JSONDecodeError and msgpack's ExtraData/FormatError are ValueErrors.
+    except (ValueError, TypeError, RecursionError, msgpack.UnpackException) as exc:
+        # JSONDecodeError, UnicodeDecodeError and msgpack's ExtraData/FormatError
+        # are ValueErrors.
         raise DecodeError("malformed", type(exc).__name__) from None
 
 
 def dump_tree(tree: Any, fmt: Format) -> bytes:
-    """Encode a tagged tree that is already in ``fmt``'s bytes convention."""
+    """Encode a tagged tree that is already in ``fmt``'s bytes convention.
+
+    JSON keeps what the library's own ``json.dumps`` would write: orjson turns
+    NaN into null and refuses integers past 64 bits, so those trees go through
+    ``json`` instead.
+    """
     if fmt is Format.JSON:
-        return orjson.dumps(tree)
+        if not _has_non_finite(tree):
+            try:
+                return orjson.dumps(tree)
+            except TypeError:
+                pass
+        return json.dumps(tree, separators=(",", ":")).encode()
     packed: bytes = msgpack.packb(tree, use_bin_type=True)
     return packed
+
+
+def _has_non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_has_non_finite(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_non_finite(v) for v in value)
+    return False
 
 
 def envelope_of(tree: Any) -> Envelope:
@@ -83,7 +114,9 @@ def envelope_of(tree: Any) -> Envelope:
     target = data.get("target")
     if target is not None and (not isinstance(target, str) or not target):
         raise DecodeError("bad_target")
-    return Envelope(type_name=type_name, source=source, target=target, dialect=dialect_of(type_name))
+    return Envelope(
+        type_name=type_name, source=source, target=target, dialect=dialect_of(type_name)
+    )
 
 
 def decode_envelope(data: bytes, fmt: Format) -> Envelope:
@@ -99,8 +132,14 @@ def decode_envelope(data: bytes, fmt: Format) -> Envelope:
     return envelope_of(load_tree(data, fmt))
 
 
-def _json_to_native(value: Any) -> Any:
+def _check_depth(depth: int) -> None:
+    if depth > MAX_DEPTH:
+        raise DecodeError("malformed", "nested too deep")
+
+
+def _json_to_native(value: Any, depth: int = 0) -> Any:
     """Turn JSON's tagged base64 bytes into native bytes, recursively."""
+    _check_depth(depth)
     if isinstance(value, dict):
         if value.get("__type__") == BYTES_TAG and len(value) == 2:
             encoded = value.get("__data__")
@@ -110,20 +149,21 @@ def _json_to_native(value: Any) -> Any:
                 return base64.b64decode(encoded, validate=True)
             except (binascii.Error, ValueError):
                 raise DecodeError("malformed", "bad base64") from None
-        return {k: _json_to_native(v) for k, v in value.items()}
+        return {k: _json_to_native(v, depth + 1) for k, v in value.items()}
     if isinstance(value, list):
-        return [_json_to_native(v) for v in value]
+        return [_json_to_native(v, depth + 1) for v in value]
     return value
 
 
-def _native_to_json(value: Any) -> Any:
+def _native_to_json(value: Any, depth: int = 0) -> Any:
     """Turn native bytes into JSON's tagged base64 form, recursively."""
+    _check_depth(depth)
     if isinstance(value, bytes):
         return {"__type__": BYTES_TAG, "__data__": base64.b64encode(value).decode("ascii")}
     if isinstance(value, dict):
-        return {k: _native_to_json(v) for k, v in value.items()}
+        return {k: _native_to_json(v, depth + 1) for k, v in value.items()}
     if isinstance(value, list):
-        return [_native_to_json(v) for v in value]
+        return [_native_to_json(v, depth + 1) for v in value]
     return value
 
 
@@ -147,8 +187,11 @@ def translate(data: bytes, src: Format, dst: Format) -> bytes:
     if src is dst:
         return data
     try:
-        return dump_tree(convert_tree(load_tree(data, src), src, dst), dst)
-    except (TypeError, ValueError, OverflowError) as exc:
+        # Python's json keeps integers past 64 bits exact (orjson makes them
+        # floats), so a number that MsgPack cannot hold fails here, loudly.
+        tree = json.loads(data) if src is Format.JSON else load_tree(data, src)
+        return dump_tree(convert_tree(tree, src, dst), dst)
+    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
         raise DecodeError("malformed", type(exc).__name__) from None
 
 

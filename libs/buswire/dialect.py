@@ -5,7 +5,7 @@ client learns that its peer exists only from a registry message, so the hub buil
 those itself, byte-compatible with what each library's JSON serializer emits.
 """
 
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 SUBAGENTS_PREFIX = "pipecat_subagents."
@@ -15,7 +15,7 @@ SUBAGENTS_REGISTRY_TYPE = "pipecat_subagents.bus.messages.BusAgentRegistryMessag
 PIPECAT_REGISTRY_TYPE = "pipecat.bus.messages.BusWorkerRegistryMessage"
 
 
-class Dialect(str, Enum):
+class Dialect(StrEnum):
     """Which library a client speaks; ``auto`` means not known yet."""
 
     SUBAGENTS = "subagents"

@@ -1,9 +1,9 @@
 """The two serializations of the bus message tree."""
 
-from enum import Enum
+from enum import StrEnum
 
 
-class Format(str, Enum):
+class Format(StrEnum):
     """How a connection encodes the tagged message tree."""
 
     JSON = "json"

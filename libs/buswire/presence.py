@@ -12,14 +12,14 @@ Events travel on the agent's presence channel:
 """
 
 from dataclasses import asdict, dataclass
-from enum import Enum
+from enum import StrEnum
 
 import orjson
 
 from buswire.errors import DecodeError
 
 
-class EventKind(str, Enum):
+class EventKind(StrEnum):
     """What happened to an agent name."""
 
     CLAIM = "claim"
@@ -55,22 +55,42 @@ def encode_record(record: PresenceRecord) -> bytes:
     return record.conn.encode() + b" " + orjson.dumps(asdict(record))
 
 
+_RECORD_TEXT_FIELDS = ("agent", "conn", "node", "format", "dialect")
+
+
 def decode_record(data: bytes) -> PresenceRecord:
     """Parse a stored record.
 
     Raises:
-        DecodeError: ``bad_presence`` when the bytes are not a record.
+        DecodeError: ``bad_presence`` when the bytes are not a record, or its fields
+            have the wrong types.
     """
     try:
         _, _, body = data.partition(b" ")
-        return PresenceRecord(**orjson.loads(body))
+        fields = orjson.loads(body)
+        record = PresenceRecord(**fields)
     except (ValueError, TypeError) as exc:
         raise DecodeError("bad_presence", type(exc).__name__) from None
+    if (
+        any(not isinstance(getattr(record, name), str) for name in _RECORD_TEXT_FIELDS)
+        or not isinstance(record.since, int | float)
+        or isinstance(record.since, bool)
+        or not (record.peer is None or isinstance(record.peer, str))
+    ):
+        raise DecodeError("bad_presence", "field types")
+    return record
 
 
 def record_conn(data: bytes) -> str:
-    """The connection id of a stored record, without parsing the rest."""
-    return data.partition(b" ")[0].decode()
+    """The connection id of a stored record, without parsing the rest.
+
+    Raises:
+        DecodeError: ``bad_presence`` when the id is not text.
+    """
+    try:
+        return data.partition(b" ")[0].decode()
+    except UnicodeDecodeError:
+        raise DecodeError("bad_presence", "connection id is not UTF-8") from None
 
 
 def encode_event(event: PresenceEvent) -> bytes:
@@ -86,7 +106,7 @@ def decode_event(data: bytes) -> PresenceEvent:
     """
     try:
         fields = orjson.loads(data)
-        return PresenceEvent(
+        event = PresenceEvent(
             kind=EventKind(fields["kind"]),
             agent=fields["agent"],
             conn=fields["conn"],
@@ -94,3 +114,6 @@ def decode_event(data: bytes) -> PresenceEvent:
         )
     except (ValueError, TypeError, KeyError) as exc:
         raise DecodeError("bad_presence", type(exc).__name__) from None
+    if not all(isinstance(v, str) for v in (event.agent, event.conn, event.node)):
+        raise DecodeError("bad_presence", "field types")
+    return event

@@ -1,0 +1,87 @@
+"""What the hub needs from a broker, and nothing about how it is done.
+
+Routing code talks to this interface only, so a single Redis, a Redis Cluster with
+sharded pub/sub, or the in-process broker can sit behind it.
+"""
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+
+# Called for every message on a subscribed channel, in the order the broker
+# delivered them. It must not block: it hands work off and returns.
+MessageHandler = Callable[[str, bytes], None]
+# Called with True when the broker becomes reachable, False when it is lost.
+StateHandler = Callable[[bool], None]
+
+
+class Broker(ABC):
+    """Pub/sub channels plus expiring presence records."""
+
+    def __init__(self) -> None:
+        self._on_message: MessageHandler = lambda channel, data: None
+        self._on_state: StateHandler = lambda up: None
+
+    def set_handlers(self, on_message: MessageHandler, on_state: StateHandler) -> None:
+        """Route delivered messages and reachability changes to the hub."""
+        self._on_message = on_message
+        self._on_state = on_state
+
+    @property
+    @abstractmethod
+    def up(self) -> bool:
+        """True while the broker is reachable."""
+
+    @property
+    @abstractmethod
+    def description(self) -> str:
+        """What this broker is, for logs (never with credentials)."""
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Connect; raises if the broker cannot be reached at start-up."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Disconnect; safe to call twice."""
+
+    @abstractmethod
+    async def publish_many(self, items: Sequence[tuple[str, bytes]]) -> list[int]:
+        """Publish in order; returns how many subscribers got each message.
+
+        Raises:
+            ConnectionError: the broker is unreachable; nothing in ``items`` is known
+                to have been published.
+        """
+
+    @abstractmethod
+    async def subscribe(self, channel: str) -> None:
+        """Start delivering ``channel`` to the message handler."""
+
+    @abstractmethod
+    async def unsubscribe(self, channel: str) -> None:
+        """Stop delivering ``channel``."""
+
+    @abstractmethod
+    async def put_record(self, key: str, value: bytes, ttl: float) -> None:
+        """Store ``value`` under ``key`` for ``ttl`` seconds, replacing any holder."""
+
+    @abstractmethod
+    async def refresh_records(
+        self, items: Sequence[tuple[str, str, bytes]], ttl: float
+    ) -> list[bool]:
+        """Re-store ``(key, conn, value)`` records if absent or still held by ``conn``.
+
+        Returns, per item, False where another connection holds the key now.
+        """
+
+    @abstractmethod
+    async def delete_record(self, key: str, conn: str) -> None:
+        """Delete ``key`` only if ``conn`` still holds it."""
+
+    @abstractmethod
+    async def get_records(self, keys: Sequence[str]) -> list[bytes | None]:
+        """Read several records; None where absent or expired."""
+
+    @abstractmethod
+    async def scan_records(self, pattern: str) -> list[bytes]:
+        """Every live record whose key matches ``pattern`` (operator views only)."""

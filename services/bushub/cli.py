@@ -1,0 +1,92 @@
+"""The ``bushub`` command."""
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from types import FrameType
+
+import uvicorn
+
+from bushub.app import create_app
+from bushub.hub import Hub
+from bushub.settings import Settings, SettingsError, add_arguments, load_settings
+
+log = logging.getLogger("bushub")
+
+
+class DrainingServer(uvicorn.Server):
+    """A uvicorn server whose first SIGTERM/SIGINT drains the hub before exiting.
+
+    Drain order: readiness false and new sockets refused, open sockets flushed and
+    closed with 1012, presence withdrawn; then uvicorn's own shutdown. A second
+    signal, or the drain timeout, ends it at once.
+    """
+
+    def __init__(self, config: uvicorn.Config, settings: Settings, hub: Hub) -> None:
+        super().__init__(config)
+        self._settings = settings
+        self._hub = hub
+        self._drain_task: asyncio.Task[None] | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._drain_task is not None or sig not in (signal.SIGTERM, signal.SIGINT):
+            self.force_exit = True
+            super().handle_exit(sig, frame)
+            return
+        loop = asyncio.get_event_loop()
+        loop.call_soon_threadsafe(self._start_drain)
+
+    def _start_drain(self) -> None:
+        if self._drain_task is None:
+            self._drain_task = asyncio.ensure_future(self._drain())
+
+    async def _drain(self) -> None:
+        hub = self._hub
+        log.info("signal received: draining (timeout %.1fs)", self._settings.drain_timeout)
+        try:
+            await hub.drain(self._settings.drain_timeout)
+        finally:
+            self.should_exit = True
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def serve(settings: Settings) -> None:
+    """Run one node until signalled."""
+    _configure_logging(settings.log_level)
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        ws="websockets-sansio",
+        ws_max_size=max(settings.max_message_bytes * 2, 1 << 16),
+        lifespan="on",
+        access_log=False,
+        timeout_graceful_shutdown=max(1, round(settings.drain_timeout)),
+    )
+    DrainingServer(config, settings, app.state.hub).run()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``bushub`` command."""
+    parser = argparse.ArgumentParser(prog="bushub", description="pipecat bus hub node")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve_parser = commands.add_parser("serve", help="run one hub node")
+    add_arguments(serve_parser)
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        try:
+            settings = load_settings(args)
+        except SettingsError as exc:
+            parser.error(str(exc))
+        serve(settings)

@@ -1,0 +1,125 @@
+"""One agent socket's state: who it is, and its bounded outbound queue.
+
+The queue is bounded in bytes. A consumer that falls behind the bound is closed
+rather than silently starved (a slow connection never delays others on the node).
+"""
+
+import asyncio
+import itertools
+import os
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from bushub.closecodes import CloseCode
+from buswire import Dialect, Format
+
+_ids = itertools.count(1)
+_PROCESS_TAG = f"{os.getpid():x}{int(time.time() * 1000) % 0xFFFFFF:06x}"
+
+
+def new_connection_id(node_id: str) -> str:
+    """A cluster-unique connection id: node, process incarnation, sequence."""
+    return f"{node_id}.{_PROCESS_TAG}.{next(_ids)}"
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionParams:
+    """What the client asked for in the connection URL.
+
+    Attributes:
+        agent: The agent name this socket holds.
+        peer: The agent untargeted messages go to, and whose presence is announced.
+        format: The declared encoding; ``format_declared`` is False when defaulted.
+        dialect: None for ``auto``: announce in both until a message shows which.
+        close_on_peer_lost: ``on_peer_lost=close``.
+    """
+
+    agent: str
+    peer: str | None
+    format: Format
+    format_declared: bool
+    dialect: Dialect | None
+    close_on_peer_lost: bool
+
+
+class Connection:
+    """An accepted agent socket, as the hub sees it."""
+
+    def __init__(self, conn_id: str, params: ConnectionParams, queue_bytes: int) -> None:
+        self.id = conn_id
+        self.agent = params.agent
+        self.peer = params.peer
+        self.format = params.format
+        self.format_declared = params.format_declared
+        self.format_confirmed = False
+        self.dialect = params.dialect
+        self.close_on_peer_lost = params.close_on_peer_lost
+        self.since = time.time()
+        # The holder of the peer name last announced to this client, so that a
+        # refresh of the same holder is not announced twice.
+        self.announced_holder: str | None = None
+        # Set once this connection's own claim came back on its presence channel:
+        # claims seen after it are newer and win.
+        self.claim_seen = False
+        self.close_code: CloseCode | None = None
+        self.flush_before_close = False
+        self.closed = asyncio.Event()
+        self._queue: deque[tuple[bytes, float]] = deque()
+        self._queued_bytes = 0
+        self._queue_limit = queue_bytes
+        self._wakeup = asyncio.Event()
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.id} agent={self.agent} peer={self.peer}>"
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes waiting to be written to this socket."""
+        return self._queued_bytes
+
+    def enqueue(self, payload: bytes, received_at: float) -> bool:
+        """Queue a frame for the writer.
+
+        Args:
+            payload: The bytes to send, already in this connection's format.
+            received_at: Wall-clock receive time on the first hub, 0 for frames the
+                hub made itself (no latency is measured for those).
+
+        Returns:
+            False when the frame would pass the byte bound; nothing is queued then
+            and the caller closes the connection as a slow consumer.
+        """
+        if self.close_code is not None:
+            return True
+        if self._queued_bytes + len(payload) > self._queue_limit:
+            return False
+        self._queue.append((payload, received_at))
+        self._queued_bytes += len(payload)
+        self._wakeup.set()
+        return True
+
+    def request_close(self, code: CloseCode, *, flush: bool = False) -> None:
+        """Ask the writer to close the socket; the first reason given wins.
+
+        Args:
+            code: The close code to send.
+            flush: Send what is queued first (draining), instead of closing now.
+        """
+        if self.close_code is None:
+            self.close_code = code
+            self.flush_before_close = flush
+        self._wakeup.set()
+
+    async def next_batch(self) -> list[tuple[bytes, float]] | None:
+        """Wait for frames; None once the socket should close."""
+        while True:
+            if self.close_code is not None and not (self.flush_before_close and self._queue):
+                return None
+            if self._queue:
+                batch = list(self._queue)
+                self._queue.clear()
+                self._queued_bytes = 0
+                return batch
+            self._wakeup.clear()
+            await self._wakeup.wait()

@@ -1,0 +1,148 @@
+"""``GET /ws/{agent}``: one agent socket, from handshake to close.
+
+One connection, two tasks, one owner: a reader that checks and routes, a writer
+that drains the bounded queue. Whichever ends first ends the other; cleanup runs
+in ``finally``. A client going away is a normal ending, not an error.
+"""
+
+import asyncio
+import contextlib
+import logging
+
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from bushub.closecodes import CLOSE_REASONS, CloseCode
+from bushub.connection import Connection, ConnectionParams, new_connection_id
+from bushub.hub import Hub
+from buswire import DecodeError, Dialect, Format, validate_agent_name
+
+log = logging.getLogger(__name__)
+
+_DIALECTS = {"auto": None, "subagents": Dialect.SUBAGENTS, "pipecat": Dialect.PIPECAT}
+_PEER_LOST = {"close": True, "keep": False}
+
+
+class BadParameters(ValueError):
+    """The connection URL asks for something the hub does not offer."""
+
+
+def parse_params(agent: str, query: dict[str, str]) -> ConnectionParams:
+    """Read the connection contract of DESIGN.md §4 from the path and query.
+
+    Raises:
+        BadParameters: naming the offending parameter.
+    """
+    try:
+        validate_agent_name(agent)
+        peer = query.get("peer") or None
+        if peer is not None:
+            validate_agent_name(peer)
+    except DecodeError as exc:
+        raise BadParameters(f"agent name: {exc.detail}") from None
+    raw_format = query.get("format")
+    try:
+        fmt = Format(raw_format or "json")
+    except ValueError:
+        raise BadParameters("format must be json or msgpack") from None
+    dialect_name = query.get("dialect", "auto")
+    if dialect_name not in _DIALECTS:
+        raise BadParameters("dialect must be subagents, pipecat or auto")
+    on_peer_lost = query.get("on_peer_lost", "close")
+    if on_peer_lost not in _PEER_LOST:
+        raise BadParameters("on_peer_lost must be close or keep")
+    return ConnectionParams(
+        agent=agent,
+        peer=peer,
+        format=fmt,
+        format_declared=raw_format is not None,
+        dialect=_DIALECTS[dialect_name],
+        close_on_peer_lost=_PEER_LOST[on_peer_lost],
+    )
+
+
+async def _reader(websocket: WebSocket, conn: Connection, hub: Hub) -> None:
+    while True:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        data = message.get("bytes")
+        if data is None:
+            text = message.get("text")
+            if text is None:
+                continue
+            data = text.encode()
+        hub.route(conn, data)
+
+
+async def _writer(websocket: WebSocket, conn: Connection, hub: Hub) -> None:
+    send = websocket.send
+    while (batch := await conn.next_batch()) is not None:
+        for payload, received_at in batch:
+            await send({"type": "websocket.send", "bytes": payload})
+            hub.sent(conn, payload, received_at)
+
+
+async def _first_to_end(*coros: "asyncio._CoroutineLike[None]") -> None:
+    """Run until one coroutine ends; cancel and await the rest."""
+    tasks = [asyncio.create_task(c) for c in coros]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            exc = task.exception()
+            if exc is not None and not isinstance(exc, WebSocketDisconnect | OSError):
+                raise exc
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _refuse(websocket: WebSocket, hub: Hub, code: CloseCode) -> None:
+    hub.metrics.connections_closed.labels(CLOSE_REASONS[code]).inc()
+    await websocket.close(code=code)
+
+
+async def agent_socket(websocket: WebSocket, agent: str) -> None:
+    """Serve one agent socket."""
+    hub: Hub = websocket.app.state.hub
+    try:
+        params = parse_params(agent, dict(websocket.query_params))
+    except BadParameters as exc:
+        log.info("refused %s: %s", agent, exc)
+        await _refuse(websocket, hub, CloseCode.POLICY_VIOLATION)
+        return
+    if not hub.ready:
+        await _refuse(websocket, hub, CloseCode.TRY_AGAIN_LATER)
+        return
+    conn = Connection(new_connection_id(hub.node_id), params, hub.settings.queue_bytes)
+    attached = False
+    try:
+        if not await hub.claim(conn):
+            await _refuse(websocket, hub, CloseCode.TAKEN_OVER)
+            return
+        await websocket.accept()
+        await hub.attach(conn)
+        attached = True
+        log.info(
+            "open agent=%s peer=%s conn=%s node=%s", conn.agent, conn.peer, conn.id, hub.node_id
+        )
+        await _first_to_end(_reader(websocket, conn, hub), _writer(websocket, conn, hub))
+    finally:
+        reason = "client_closed"
+        if conn.close_code is not None:
+            reason = CLOSE_REASONS[conn.close_code]
+            if attached and websocket.application_state is WebSocketState.CONNECTED:
+                with contextlib.suppress(RuntimeError, OSError, TimeoutError):
+                    await asyncio.wait_for(websocket.close(code=conn.close_code), timeout=2.0)
+        await hub.detach(conn, attached=attached)
+        if attached:
+            hub.metrics.connections_closed.labels(reason).inc()
+            log.info(
+                "close agent=%s peer=%s conn=%s node=%s code=%s reason=%s",
+                conn.agent,
+                conn.peer,
+                conn.id,
+                hub.node_id,
+                int(conn.close_code) if conn.close_code else "-",
+                reason,
+            )

@@ -1,0 +1,54 @@
+"""The hub's Prometheus metrics; names are part of the contract (DESIGN.md §7).
+
+Each hub owns its registry, so several hubs can live in one test process. Agent
+names are never labels: they are unbounded.
+"""
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class Metrics:
+    """Every metric a node exports."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.connections = Gauge(
+            "bushub_connections", "Open agent sockets on this node", registry=r
+        )
+        self.connections_opened = Counter(
+            "bushub_connections_opened", "Agent sockets accepted", registry=r
+        )
+        self.connections_closed = Counter(
+            "bushub_connections_closed", "Agent sockets closed, by reason", ["reason"], registry=r
+        )
+        self.messages_received = Counter(
+            "bushub_messages_received", "Frames received from clients", ["format"], registry=r
+        )
+        self.messages_delivered = Counter(
+            "bushub_messages_delivered", "Frames sent to clients", ["format"], registry=r
+        )
+        self.messages_dropped = Counter(
+            "bushub_messages_dropped", "Frames not delivered, by reason", ["reason"], registry=r
+        )
+        self.bytes_received = Counter(
+            "bushub_bytes_received", "Frame bytes received from clients", registry=r
+        )
+        self.bytes_sent = Counter("bushub_bytes_sent", "Frame bytes sent to clients", registry=r)
+        self.relay_latency = Histogram(
+            "bushub_relay_latency_seconds",
+            "From receive on the publishing node to send on the delivering node",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.redis_up = Gauge("bushub_redis_up", "1 while the broker is reachable", registry=r)
+        self.redis_reconnects = Counter(
+            "bushub_redis_reconnects", "Times the broker connection was re-established", registry=r
+        )
+        self.agents = Gauge("bushub_agents", "Agent names held by sockets on this node", registry=r)
+
+    def render(self) -> bytes:
+        """The text exposition format."""
+        return generate_latest(self.registry)

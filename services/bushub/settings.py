@@ -1,0 +1,152 @@
+"""One settings object: every option is a ``bushub serve`` flag and a ``BUSHUB_*``
+variable, described once here.
+
+Precedence: flag, then environment variable, then default. Values are checked at
+start-up and a bad one stops the process with a message naming the option.
+"""
+
+import argparse
+import os
+import socket
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+
+class SettingsError(ValueError):
+    """A setting has a value the hub cannot run with."""
+
+
+def _default_node_id() -> str:
+    return f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a hub node can be told."""
+
+    host: str = field(default="127.0.0.1", metadata={"help": "address to listen on"})
+    port: int = field(default=8765, metadata={"help": "port to listen on (0 picks a free one)"})
+    redis_url: str = field(
+        default="",
+        metadata={
+            "help": "redis:// URL of the cluster's broker; empty runs single-node in-process"
+        },
+    )
+    node_id: str = field(
+        default_factory=_default_node_id, metadata={"help": "this node's name in presence and logs"}
+    )
+    log_level: str = field(default="info", metadata={"help": "debug, info, warning or error"})
+    presence_ttl: float = field(
+        default=10.0,
+        metadata={"help": "seconds a node's presence records outlive it after a crash"},
+    )
+    peer_grace: float = field(
+        default=5.0,
+        metadata={
+            "help": "seconds a lost peer may take to come back before on_peer_lost=close acts"
+        },
+    )
+    takeover_timeout: float = field(
+        default=2.0,
+        metadata={
+            "help": "seconds a new connection waits for the older holder of its name to close"
+        },
+    )
+    max_message_bytes: int = field(
+        default=1 << 20, metadata={"help": "largest frame relayed; larger ones are dropped"}
+    )
+    queue_bytes: int = field(
+        default=8 << 20,
+        metadata={"help": "outbound bytes queued per connection before it is closed as too slow"},
+    )
+    publish_buffer: int = field(
+        default=10_000,
+        metadata={"help": "publishes held while the broker is unreachable before dropping"},
+    )
+    drain_timeout: float = field(
+        default=10.0, metadata={"help": "seconds SIGTERM waits for queues to flush before exiting"}
+    )
+
+    @property
+    def presence_refresh(self) -> float:
+        """How often records are refreshed and peers re-checked: a third of the TTL."""
+        return self.presence_ttl / 3
+
+    def validate(self) -> "Settings":
+        """Check values that parse but cannot run.
+
+        Raises:
+            SettingsError: naming the first bad option.
+        """
+        if not 0 <= self.port <= 65535:
+            raise SettingsError(f"port: {self.port} is not a TCP port")
+        if self.log_level.lower() not in ("debug", "info", "warning", "error"):
+            raise SettingsError(f"log-level: {self.log_level!r} is not debug/info/warning/error")
+        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise SettingsError("redis-url: must start with redis://, rediss:// or unix://")
+        for name in ("presence_ttl", "peer_grace", "takeover_timeout", "drain_timeout"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{name.replace('_', '-')}: must be > 0")
+        for name in ("max_message_bytes", "queue_bytes", "publish_buffer"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{name.replace('_', '-')}: must be >= 1")
+        if self.queue_bytes < self.max_message_bytes:
+            raise SettingsError("queue-bytes: must be >= max-message-bytes")
+        if not self.node_id or any(ch.isspace() for ch in self.node_id):
+            raise SettingsError("node-id: must be non-empty with no whitespace")
+        return self
+
+
+def _env_name(name: str) -> str:
+    return f"BUSHUB_{name.upper()}"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per setting, each naming its environment variable."""
+    for f in fields(Settings):
+        shown = "generated" if callable(f.default_factory) else repr(f.default)
+        parser.add_argument(
+            f"--{f.name.replace('_', '-')}",
+            dest=f.name,
+            default=None,
+            help=f"{f.metadata['help']} (env {_env_name(f.name)}; default {shown})",
+        )
+
+
+def _convert(name: str, kind: Any, raw: str) -> Any:
+    try:
+        if kind in (int, "int"):
+            return int(raw)
+        if kind in (float, "float"):
+            return float(raw)
+    except ValueError:
+        raise SettingsError(f"{name.replace('_', '-')}: {raw!r} is not a number") from None
+    return raw
+
+
+def load_settings(
+    args: argparse.Namespace | None = None, env: Mapping[str, str] | None = None
+) -> Settings:
+    """Build settings from parsed flags and the environment, then validate them."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        raw = getattr(args, f.name, None) if args is not None else None
+        if raw is None:
+            raw = env.get(_env_name(f.name))
+        if raw is not None:
+            values[f.name] = _convert(f.name, f.type, str(raw))
+    return Settings(**values).validate()
+
+
+def settings_table() -> Sequence[tuple[str, str, str, str]]:
+    """(flag, variable, default, meaning) per setting, for the README."""
+    rows = []
+    for f in fields(Settings):
+        default = "generated" if callable(f.default_factory) else repr(f.default)
+        rows.append(
+            (f"--{f.name.replace('_', '-')}", _env_name(f.name), default, f.metadata["help"])
+        )
+    return rows

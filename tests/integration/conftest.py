@@ -1,0 +1,143 @@
+"""Fixtures that start real processes: redis-server, hub nodes and agent programs.
+
+Each test gets its own Redis and nodes, so a test that kills a node cannot disturb
+another. Logs of every process land under the test's ``tmp_path`` and are attached to
+the report of a failing test.
+"""
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.procs import TIMEOUT, AgentProcess, HubNode, RedisServer
+
+DIALECTS = ("subagents", "pipecat")
+
+_LOGS = pytest.StashKey[list[tuple[str, Path]]]()
+_LOG_TAIL_BYTES = 20_000
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> pytest.TestReport:
+    report: pytest.TestReport = yield
+    if report.failed:
+        for title, path in item.stash.get(_LOGS, []):
+            if path.exists():
+                text = path.read_bytes()[-_LOG_TAIL_BYTES:].decode(errors="replace")
+                report.sections.append((title, text))
+    return report
+
+
+def _register_log(request: pytest.FixtureRequest, title: str, path: Path) -> None:
+    request.node.stash.setdefault(_LOGS, []).append((title, path))
+
+
+class Cluster:
+    """A Redis and hub nodes sharing it, or one node on its in-process broker."""
+
+    def __init__(self, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+        self._tmp = tmp_path
+        self._request = request
+        self.redis: RedisServer | None = None
+        self.nodes: list[HubNode] = []
+
+    def start(self, nodes: int = 2, *, redis: bool = True) -> list[HubNode]:
+        if redis:
+            self.redis = RedisServer(self._tmp / "redis.log")
+            _register_log(self._request, "redis log", self.redis.log_path)
+            self.redis.start()
+        url = self.redis.url if self.redis else None
+        for i in range(nodes):
+            node = HubNode(f"n{i + 1}", self._tmp / f"hub-n{i + 1}.log", url)
+            _register_log(self._request, f"hub n{i + 1} log", node.log_path)
+            self.nodes.append(node)
+        for node in self.nodes:
+            node.spawn()
+        for node in self.nodes:
+            node.wait_ready()
+        return self.nodes
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+        if self.redis is not None:
+            self.redis.stop()
+
+
+class Agents:
+    """Starts the agent programs of ``tests/agents`` and stops them all at the end."""
+
+    def __init__(self, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+        self._tmp = tmp_path
+        self._request = request
+        self.procs: list[AgentProcess] = []
+
+    def _start(self, label: str, module: str, args: list[str]) -> AgentProcess:
+        label = f"{label}#{sum(p.name.startswith(label + '#') for p in self.procs) + 1}"
+        proc = AgentProcess(label, self._tmp / f"{label}.log", self._tmp / f"{label}.events")
+        _register_log(self._request, f"{label} stderr", proc.log_path)
+        _register_log(self._request, f"{label} events", proc.events_path)
+        self.procs.append(proc)
+        argv = ["-m", f"tests.agents.{module}", "--timeout", str(TIMEOUT), *args]
+        proc.start([sys.executable, *argv])
+        return proc
+
+    def worker(
+        self, dialect: str, hub: HubNode, name: str = "worker", peer: str = "client"
+    ) -> AgentProcess:
+        args = ["--url", hub.url, "--name", name, "--peer", peer, "--log-level", "DEBUG"]
+        return self._start("worker", f"{dialect}_worker", args)
+
+    def client(
+        self,
+        dialect: str,
+        hub: HubNode,
+        scenario: str,
+        *extra: str,
+        name: str = "client",
+        peer: str = "worker",
+        on_peer_lost: str = "close",
+    ) -> AgentProcess:
+        args = ["--url", hub.url, "--name", name, "--peer", peer, "--scenario", scenario]
+        args += ["--on-peer-lost", on_peer_lost, "--log-level", "DEBUG", *extra]
+        return self._start("client", f"{dialect}_client", args)
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.alive:
+                proc.kill()
+            else:
+                proc.wait()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    c = Cluster(tmp_path, request)
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture
+def two_nodes(cluster: Cluster) -> list[HubNode]:
+    """Two hub nodes sharing one Redis."""
+    return cluster.start(2)
+
+
+@pytest.fixture
+def agents(cluster: Cluster, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Agents]:
+    # Depends on the cluster so that agents stop before the nodes do.
+    a = Agents(tmp_path, request)
+    try:
+        yield a
+    finally:
+        a.stop()
+
+
+@pytest.fixture(params=DIALECTS)
+def dialect(request: pytest.FixtureRequest) -> str:
+    """Which library the agents use: pipecat-ai-subagents or pipecat core."""
+    return str(request.param)

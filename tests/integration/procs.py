@@ -1,0 +1,281 @@
+"""Real processes for the integration tests: redis-server, hub nodes, agent programs.
+
+Everything binds 127.0.0.1 on free ports. Every wait is for an observable event (a port
+answering, ``/readyz`` saying 200, a JSON line from an agent) with a timeout derived from
+`TIMEOUT`, which ``BUSHUB_TEST_TIMEOUT`` scales on slow machines.
+"""
+
+import contextlib
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# The one constant every timeout in the suite derives from, in seconds: the longest a
+# single step (a process starting, a message arriving) may take on a loaded machine.
+TIMEOUT = float(os.environ.get("BUSHUB_TEST_TIMEOUT", "10"))
+
+# Hub timings the suite runs with (short, so that expiry tests finish quickly).
+PRESENCE_TTL = 2.0
+PEER_GRACE = 1.0
+PRESENCE_REFRESH = PRESENCE_TTL / 3  # the hub refreshes presence every third of the TTL
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now (never 6379)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port != 6379:
+            return port
+
+
+def _wait_until(predicate: Callable[[], bool], timeout: float, what: str, proc: "Service") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if not proc.alive:
+            raise RuntimeError(f"{proc.name} exited ({proc.returncode}) while waiting for {what}")
+        time.sleep(0.05)
+    raise TimeoutError(f"{proc.name}: no {what} after {timeout:.1f}s")
+
+
+class Service:
+    """A long-running child process whose stdout and stderr go to one log file."""
+
+    def __init__(self, name: str, log_path: Path) -> None:
+        self.name = name
+        self.log_path = log_path
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log: TextIO | None = None
+
+    def _spawn(self, argv: list[str], env: dict[str, str] | None = None) -> None:
+        self._log = open(self.log_path, "a")  # noqa: SIM115 - closed in _reap
+        self._log.write(f"\n===== start {time.strftime('%H:%M:%S')}: {' '.join(argv)}\n")
+        self._log.flush()
+        self._proc = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        )
+
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None
+        return self._proc.pid
+
+    @property
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self._proc is None else self._proc.poll()
+
+    def signal(self, sig: int) -> None:
+        if self.alive:
+            assert self._proc is not None
+            self._proc.send_signal(sig)
+
+    def kill(self) -> None:
+        """SIGKILL: the process gets no chance to clean up."""
+        self.signal(signal.SIGKILL)
+        self.wait()
+
+    def wait(self, timeout: float = TIMEOUT) -> int:
+        assert self._proc is not None
+        code = self._proc.wait(timeout)
+        self._reap()
+        return code
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it does not exit in time."""
+        if self._proc is None:
+            return
+        self.signal(signal.SIGTERM)
+        try:
+            self._proc.wait(TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait(TIMEOUT)
+        self._reap()
+
+    def _reap(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+class RedisServer(Service):
+    """A throwaway redis-server: no persistence, its own port."""
+
+    def __init__(self, log_path: Path) -> None:
+        super().__init__("redis", log_path)
+        self.port = free_port()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
+        self._spawn([*argv, "--save", "", "--appendonly", "no"])
+        _wait_until(self._pong, TIMEOUT, "PONG", self)
+
+    def _pong(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+
+class HubNode(Service):
+    """One ``bushub serve`` process; restartable on the same port."""
+
+    def __init__(self, node_id: str, log_path: Path, redis_url: str | None) -> None:
+        super().__init__(f"hub {node_id}", log_path)
+        self.node_id = node_id
+        self.redis_url = redis_url
+        self.port = free_port()
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def spawn(self) -> None:
+        argv = [sys.executable, "-m", "bushub", "serve", "--host", "127.0.0.1"]
+        argv += ["--port", str(self.port), "--node-id", self.node_id]
+        argv += ["--presence-ttl", str(PRESENCE_TTL), "--peer-grace", str(PEER_GRACE)]
+        argv += ["--log-level", "info"]
+        if self.redis_url:
+            argv += ["--redis-url", self.redis_url]
+        self._spawn(argv)
+
+    def wait_ready(self) -> None:
+        _wait_until(lambda: self.http_status("/readyz") == 200, TIMEOUT, "200 on /readyz", self)
+
+    def start(self) -> None:
+        self.spawn()
+        self.wait_ready()
+
+    def http_status(self, path: str) -> int | None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
+        try:
+            conn.request("GET", path)
+            return conn.getresponse().status
+        except OSError:
+            return None
+        finally:
+            conn.close()
+
+
+class AgentProcess(Service):
+    """One agent program; its stdout is a stream of JSON events, read as they come."""
+
+    def __init__(self, name: str, log_path: Path, events_path: Path) -> None:
+        super().__init__(name, log_path)
+        self.events_path = events_path
+        self.events: list[dict[str, Any]] = []
+        self._taken: set[int] = set()
+        self._cond = threading.Condition()
+        self._reader: threading.Thread | None = None
+        self._eof = False
+
+    def start(self, argv: list[str]) -> None:
+        self._log = open(self.log_path, "a")  # noqa: SIM115 - closed in _reap
+        self._proc = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        self._reader = threading.Thread(target=self._read, name=f"{self.name}-events", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self._proc is not None and self._proc.stdout is not None
+        with open(self.events_path, "a") as record:
+            for raw in self._proc.stdout:
+                line = raw.decode(errors="replace").rstrip("\n")
+                record.write(line + "\n")
+                record.flush()
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    event = {"event": "_unparsed", "line": line}
+                with self._cond:
+                    self.events.append(event)
+                    self._cond.notify_all()
+        with self._cond:
+            self._eof = True
+            self._cond.notify_all()
+
+    def named(self, name: str) -> list[dict[str, Any]]:
+        """Every event called ``name`` seen so far."""
+        with self._cond:
+            return [e for e in self.events if e.get("event") == name]
+
+    def expect(self, name: str, /, timeout: float = TIMEOUT, **fields: Any) -> dict[str, Any]:
+        """The first not yet expected event called ``name`` whose fields match.
+
+        Raises:
+            AssertionError: none came within ``timeout``, or the program ended first.
+        """
+        deadline = time.monotonic() + timeout
+
+        def find() -> int | None:
+            for i, event in enumerate(self.events):
+                if i in self._taken or event.get("event") != name:
+                    continue
+                if all(event.get(k) == v for k, v in fields.items()):
+                    return i
+            return None
+
+        with self._cond:
+            while True:
+                index = find()
+                if index is not None:
+                    self._taken.add(index)
+                    return self.events[index]
+                remaining = deadline - time.monotonic()
+                if self._eof or remaining <= 0:
+                    why = "the program ended" if self._eof else f"{timeout:.1f}s passed"
+                    seen = [e.get("event") for e in self.events]
+                    raise AssertionError(
+                        f"{self.name}: no {name!r} event {fields or ''} ({why}); saw {seen}"
+                    )
+                self._cond.wait(min(remaining, 0.5))
+
+    def expect_done(self, timeout: float = TIMEOUT) -> dict[str, Any]:
+        """The client's ``done`` event, asserting that its scenario passed."""
+        done = self.expect("done", timeout)
+        assert done.get("ok") is True, f"{self.name} scenario failed: {done.get('error')}"
+        return done
+
+    def _reap(self) -> None:
+        # The process has exited: read its last lines, then release the pipe and log.
+        if self._reader is not None:
+            self._reader.join(TIMEOUT)
+        if self._proc is not None and self._proc.stdout is not None:
+            with contextlib.suppress(OSError):
+                self._proc.stdout.close()
+        super()._reap()

@@ -1,0 +1,109 @@
+"""Tests for buswire.relayframe: the header hubs put around a client's frame."""
+
+import math
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from buswire.errors import DecodeError
+from buswire.formats import Format
+from buswire.relayframe import VERSION, RelayFrame, pack_relay, unpack_relay
+
+PROPERTY_SETTINGS = settings(max_examples=200, deadline=None, database=None)
+PAYLOAD = b'{"__type__":"a.B","__data__":{"source":"s"}}'
+
+# version 1, format 0 (json), 1.5 as a big-endian float64, then the payload untouched.
+JSON_FRAME = b"\x01\x00\x3f\xf8\x00\x00\x00\x00\x00\x00" + PAYLOAD
+# version 1, format 1 (msgpack), 1700000000.25, then the payload.
+MSGPACK_FRAME = b"\x01\x01\x41\xd9\x54\xfc\x40\x10\x00\x00" + b"\x80"
+
+
+def test_version_is_one() -> None:
+    assert VERSION == 1
+
+
+def test_pack_bytes() -> None:
+    assert pack_relay(Format.JSON, 1.5, PAYLOAD) == JSON_FRAME
+    assert pack_relay(Format.MSGPACK, 1_700_000_000.25, b"\x80") == MSGPACK_FRAME
+
+
+def test_unpack_bytes() -> None:
+    assert unpack_relay(JSON_FRAME) == RelayFrame(Format.JSON, 1.5, PAYLOAD)
+    assert unpack_relay(MSGPACK_FRAME) == RelayFrame(Format.MSGPACK, 1_700_000_000.25, b"\x80")
+
+
+@pytest.mark.parametrize("fmt", [Format.JSON, Format.MSGPACK])
+@pytest.mark.parametrize("payload", [b"", b"x", PAYLOAD, bytes(range(256)) * 40])
+def test_round_trip(fmt: Format, payload: bytes) -> None:
+    frame = unpack_relay(pack_relay(fmt, 12.75, payload))
+    assert frame.fmt is fmt
+    assert frame.received_at == 12.75
+    assert frame.payload == payload
+
+
+def test_header_only_frame_has_empty_payload() -> None:
+    assert unpack_relay(JSON_FRAME[:10]) == RelayFrame(Format.JSON, 1.5, b"")
+
+
+def test_payload_may_look_like_a_header() -> None:
+    frame = unpack_relay(pack_relay(Format.JSON, 0.0, JSON_FRAME))
+    assert frame.payload == JSON_FRAME
+
+
+@pytest.mark.parametrize("length", range(10))
+def test_short_frame(length: int) -> None:
+    with pytest.raises(DecodeError) as info:
+        unpack_relay(JSON_FRAME[:length])
+    assert info.value.reason == "bad_relay_frame"
+
+
+@pytest.mark.parametrize("version", [0, 2, 0x7B, 255])
+def test_unknown_version(version: int) -> None:
+    with pytest.raises(DecodeError) as info:
+        unpack_relay(bytes([version]) + JSON_FRAME[1:])
+    assert info.value.reason == "bad_relay_frame"
+
+
+@pytest.mark.parametrize("code", [2, 3, 0x7B, 255])
+def test_unknown_format(code: int) -> None:
+    with pytest.raises(DecodeError) as info:
+        unpack_relay(JSON_FRAME[:1] + bytes([code]) + JSON_FRAME[2:])
+    assert info.value.reason == "bad_relay_frame"
+
+
+def test_client_frame_is_not_a_relay_frame() -> None:
+    # A raw client frame put on a channel by mistake must not pass as a relay frame.
+    with pytest.raises(DecodeError) as info:
+        unpack_relay(PAYLOAD)
+    assert info.value.reason == "bad_relay_frame"
+
+
+@PROPERTY_SETTINGS
+@given(
+    st.sampled_from([Format.JSON, Format.MSGPACK]),
+    st.floats(allow_nan=False),
+    st.binary(max_size=2048),
+)
+def test_property_round_trip(fmt: Format, received_at: float, payload: bytes) -> None:
+    data = pack_relay(fmt, received_at, payload)
+    assert len(data) == 10 + len(payload)
+    assert data.endswith(payload)
+    assert unpack_relay(data) == RelayFrame(fmt, received_at, payload)
+
+
+@PROPERTY_SETTINGS
+@given(st.binary(max_size=64))
+def test_property_random_bytes_raise_only_decode_error(data: bytes) -> None:
+    try:
+        frame = unpack_relay(data)
+    except DecodeError as exc:
+        assert exc.reason == "bad_relay_frame"
+    else:
+        assert data[0] == VERSION and data[1] in (0, 1)
+        assert frame.payload == data[10:]
+        (expected,) = struct.unpack("!d", data[2:10])
+        assert frame.received_at == expected or (
+            math.isnan(frame.received_at) and math.isnan(expected)
+        )
