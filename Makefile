@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test check lint types redis-server clean
+.PHONY: run test check lint types system-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -11,18 +11,24 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[pipecat,test,bench]'
 	touch $(STAMP)
 
-# Integration tests start their own redis-server processes on free ports.
-redis-server:
-	@command -v redis-server >/dev/null || { \
-	  (apt-get update -qq || sudo apt-get update -qq) && \
-	  (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server || \
-	   sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server); }
-	@command -v redis-server >/dev/null
+# Tests start their own redis-server processes on free ports, and check the
+# deploy/ files with promtool (Debian ships it in the prometheus package).
+APT := DEBIAN_FRONTEND=noninteractive apt-get
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+system-deps:
+	@missing=""; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  $(SUDO) $(APT) update -qq && $(SUDO) $(APT) install -y -qq --no-install-recommends $$missing; \
+	fi
+	@command -v redis-server >/dev/null && command -v promtool >/dev/null
 
 run: $(STAMP)
 	$(VENV)/bin/bushub serve
 
-test: $(STAMP) redis-server
+test: $(STAMP) system-deps
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)

@@ -1,10 +1,11 @@
 """The FastAPI application of one hub node."""
 
+import hmac
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -13,6 +14,9 @@ from bushub.endpoint import agent_socket
 from bushub.hub import Hub
 from bushub.metrics import Metrics
 from bushub.settings import Settings
+from buswire import DecodeError
+from buswire.channels import presence_key
+from buswire.presence import decode_record
 
 log = logging.getLogger(__name__)
 
@@ -60,5 +64,32 @@ def create_app(settings: Settings, broker: Broker | None = None) -> FastAPI:
     @app.get("/metrics")
     async def metrics_endpoint() -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/agents")
+    async def agents(request: Request) -> JSONResponse:
+        """Cluster-wide presence, for operators."""
+        if not settings.admin_token:
+            return JSONResponse({"error": "admin routes are off: set --admin-token"}, 403)
+        offered = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(offered.encode(), settings.admin_token.encode()):
+            return JSONResponse({"error": "bad admin token"}, 401)
+        rows = []
+        for raw in await hub.broker.scan_records(presence_key("*")):
+            try:
+                record = decode_record(raw)
+            except DecodeError:
+                continue
+            rows.append(
+                {
+                    "agent": record.agent,
+                    "node": record.node,
+                    "connected_since": record.since,
+                    "format": record.format,
+                    "dialect": record.dialect,
+                    "peer": record.peer,
+                }
+            )
+        rows.sort(key=lambda row: str(row["agent"]))
+        return JSONResponse({"agents": rows})
 
     return app

@@ -4,13 +4,13 @@ import argparse
 import asyncio
 import logging
 import signal
-import sys
 from types import FrameType
 
 import uvicorn
 
 from bushub.app import create_app
 from bushub.hub import Hub
+from bushub.logs import configure_logging
 from bushub.settings import Settings, SettingsError, add_arguments, load_settings
 
 log = logging.getLogger("bushub")
@@ -51,23 +51,16 @@ class DrainingServer(uvicorn.Server):
             self.should_exit = True
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
-
-
 def serve(settings: Settings) -> None:
     """Run one node until signalled."""
-    _configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     app = create_app(settings)
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
+        log_config=None,
         ws="websockets-sansio",
         ws_max_size=max(settings.max_message_bytes * 2, 1 << 16),
         lifespan="on",

@@ -4,8 +4,39 @@ Each hub owns its registry, so several hubs can live in one test process. Agent
 names are never labels: they are unbounded.
 """
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 
+from bushub.closecodes import CLOSE_REASONS
+
+# The _created series double every counter's cardinality for no operator value.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+# Reasons known in advance are exported at zero from the start, so a rate() over
+# them works before the first drop and dashboards show what can go wrong.
+DROP_REASONS = (
+    "oversize",
+    "malformed",
+    "not_a_message",
+    "bad_type",
+    "bad_source",
+    "bad_target",
+    "format_mismatch",
+    "registry",
+    "no_route",
+    "undeliverable",
+    "no_local_agent",
+    "slow_consumer",
+    "publish_buffer_full",
+    "shutdown",
+)
+FORMATS = ("json", "msgpack")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -48,6 +79,13 @@ class Metrics:
             "bushub_redis_reconnects", "Times the broker connection was re-established", registry=r
         )
         self.agents = Gauge("bushub_agents", "Agent names held by sockets on this node", registry=r)
+        for reason in DROP_REASONS:
+            self.messages_dropped.labels(reason)
+        for fmt in FORMATS:
+            self.messages_received.labels(fmt)
+            self.messages_delivered.labels(fmt)
+        for close_reason in (*CLOSE_REASONS.values(), "client_closed"):
+            self.connections_closed.labels(close_reason)
 
     def render(self) -> bytes:
         """The text exposition format."""

@@ -38,6 +38,11 @@ class Settings:
         default_factory=_default_node_id, metadata={"help": "this node's name in presence and logs"}
     )
     log_level: str = field(default="info", metadata={"help": "debug, info, warning or error"})
+    log_format: str = field(default="text", metadata={"help": "text, or json for log shippers"})
+    admin_token: str = field(
+        default="",
+        metadata={"help": "bearer token for GET /agents; empty leaves /agents disabled"},
+    )
     presence_ttl: float = field(
         default=10.0,
         metadata={"help": "seconds a node's presence records outlive it after a crash"},
@@ -84,6 +89,8 @@ class Settings:
             raise SettingsError(f"port: {self.port} is not a TCP port")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise SettingsError(f"log-level: {self.log_level!r} is not debug/info/warning/error")
+        if self.log_format not in ("text", "json"):
+            raise SettingsError(f"log-format: {self.log_format!r} is not text or json")
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise SettingsError("redis-url: must start with redis://, rediss:// or unix://")
         for name in ("presence_ttl", "peer_grace", "takeover_timeout", "drain_timeout"):

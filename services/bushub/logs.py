@@ -1,0 +1,64 @@
+"""Logging set-up: plain lines for people, JSON lines for log shippers, and a
+rate limiter so a repeated warning cannot flood either."""
+
+import logging
+import sys
+import time
+
+import orjson
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, with the fields shippers index."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry).decode()
+
+
+class RateLimitFilter(logging.Filter):
+    """Let each distinct warning template through at most once per ``interval``.
+
+    Keyed by the unformatted message, so "redis unreachable (%s)" counts as one
+    warning whatever the exception; the next one that passes says how many were
+    suppressed meanwhile.
+    """
+
+    def __init__(self, interval: float = 10.0) -> None:
+        super().__init__()
+        self._interval = interval
+        self._last: dict[tuple[str, object], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        key = (record.name, record.msg)
+        now = time.monotonic()
+        last, suppressed = self._last.get(key, (0.0, 0))
+        if now - last < self._interval:
+            self._last[key] = (last, suppressed + 1)
+            return False
+        if suppressed:
+            record.msg = f"{record.msg} [{suppressed} similar suppressed]"
+        self._last[key] = (now, 0)
+        return True
+
+
+def configure_logging(level: str, fmt: str) -> None:
+    """Send logs to stderr as text or JSON lines, warnings rate-limited."""
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    handler.addFilter(RateLimitFilter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
