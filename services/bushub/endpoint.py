@@ -117,11 +117,21 @@ async def agent_socket(websocket: WebSocket, agent: str) -> None:
     conn = Connection(new_connection_id(hub.node_id), params, hub.settings.queue_bytes)
     attached = False
     try:
-        if not await hub.claim(conn):
+        try:
+            claimed = await hub.claim(conn)
+        except ConnectionError as exc:
+            log.warning("refused %s: broker unreachable (%s)", agent, exc)
+            await _refuse(websocket, hub, CloseCode.TRY_AGAIN_LATER)
+            return
+        if not claimed:
             await _refuse(websocket, hub, CloseCode.TAKEN_OVER)
             return
         await websocket.accept()
-        await hub.attach(conn)
+        try:
+            await hub.attach(conn)
+        except ConnectionError as exc:
+            log.warning("closing %s: broker unreachable (%s)", agent, exc)
+            conn.request_close(CloseCode.TRY_AGAIN_LATER)
         attached = True
         log.info(
             "open agent=%s peer=%s conn=%s node=%s", conn.agent, conn.peer, conn.id, hub.node_id

@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -22,6 +22,17 @@ from bushub.broker.base import Broker
 log = logging.getLogger(__name__)
 
 _UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError)
+
+
+@contextlib.contextmanager
+def _unreachable_as_connection_error() -> Iterator[None]:
+    """Present every way Redis can be out of reach as the builtin ConnectionError,
+    which is what the Broker interface promises callers."""
+    try:
+        yield
+    except _UNREACHABLE as exc:
+        raise ConnectionError(f"redis: {type(exc).__name__}: {exc}") from exc
+
 
 # Store the record if nobody holds the key or the same connection still does.
 _REFRESH = """
@@ -132,14 +143,12 @@ class RedisBroker(Broker):
                 await asyncio.shield(pubsub.aclose())  # type: ignore[no-untyped-call]
 
     async def publish_many(self, items: Sequence[tuple[str, bytes]]) -> list[int]:
-        try:
+        with _unreachable_as_connection_error():
             async with self._client.pipeline(transaction=False) as pipe:
                 for channel, data in items:
                     pipe.publish(channel, data)
                 results: list[int] = await pipe.execute()
                 return results
-        except _UNREACHABLE as exc:
-            raise ConnectionError(str(exc)) from exc
 
     async def subscribe(self, channel: str) -> None:
         self._channels.add(channel)
@@ -155,7 +164,8 @@ class RedisBroker(Broker):
                 await self._pubsub.unsubscribe(channel)
 
     async def put_record(self, key: str, value: bytes, ttl: float) -> None:
-        await self._client.set(key, value, px=max(1, int(ttl * 1000)))
+        with _unreachable_as_connection_error():
+            await self._client.set(key, value, px=max(1, int(ttl * 1000)))
 
     async def refresh_records(
         self, items: Sequence[tuple[str, str, bytes]], ttl: float
@@ -163,23 +173,27 @@ class RedisBroker(Broker):
         if not items:
             return []
         ttl_ms = max(1, int(ttl * 1000))
-        async with self._client.pipeline(transaction=False) as pipe:
-            for key, conn, value in items:
-                await self._refresh(keys=[key], args=[conn, value, ttl_ms], client=pipe)
-            results = await pipe.execute()
+        with _unreachable_as_connection_error():
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key, conn, value in items:
+                    await self._refresh(keys=[key], args=[conn, value, ttl_ms], client=pipe)
+                results = await pipe.execute()
         return [bool(r) for r in results]
 
     async def delete_record(self, key: str, conn: str) -> None:
-        await self._release(keys=[key], args=[conn])
+        with _unreachable_as_connection_error():
+            await self._release(keys=[key], args=[conn])
 
     async def get_records(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:
             return []
-        values = await self._client.mget(list(keys))
+        with _unreachable_as_connection_error():
+            values = await self._client.mget(list(keys))
         return [v.encode() if isinstance(v, str) else v for v in values]
 
     async def scan_records(self, pattern: str) -> list[bytes]:
-        keys = [key async for key in self._client.scan_iter(match=pattern, count=500)]
+        with _unreachable_as_connection_error():
+            keys = [key async for key in self._client.scan_iter(match=pattern, count=500)]
         return [v for v in await self.get_records(keys) if v is not None]
 
 
