@@ -49,6 +49,9 @@ from buswire.relayframe import pack_relay, unpack_relay
 log = logging.getLogger(__name__)
 
 HUB_SOURCE = "bushub"
+# After the broker comes back, publishes wait this long so that every node, each
+# retrying on its own jittered backoff, has resubscribed its agents' channels.
+RESUBSCRIBE_SETTLE = 1.0
 _MSG_PREFIX = message_channel("")[:-2]
 _PRESENCE_PREFIX = presence_channel("")[:-2]
 
@@ -462,6 +465,10 @@ class Hub:
     def _on_broker_state(self, up: bool) -> None:
         self.metrics.redis_up.set(1 if up else 0)
         if up and self._broker_was_down:
+            log.info(
+                "broker back: holding publishes %.1fs while nodes resubscribe", RESUBSCRIBE_SETTLE
+            )
+            self.publisher.hold(RESUBSCRIBE_SETTLE)
             self.metrics.redis_reconnects.inc()
             self._reconcile_now.set()  # re-record presence at once
         self._broker_was_down = not up

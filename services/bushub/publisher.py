@@ -8,6 +8,7 @@ when it comes back; past the bound the oldest are dropped and counted.
 import asyncio
 import logging
 import random
+import time
 from collections import deque
 from collections.abc import Callable
 
@@ -48,6 +49,7 @@ class Publisher:
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._hold_until = 0.0
 
     def close(self) -> None:
         """Count anything still pending as dropped; the owner cancels ``run()`` first."""
@@ -61,6 +63,10 @@ class Publisher:
     def pending(self) -> int:
         """Messages waiting to be published."""
         return len(self._pending) + len(self._inflight)
+
+    def hold(self, seconds: float) -> None:
+        """Keep publishes queued for ``seconds`` more (in order, still bounded)."""
+        self._hold_until = max(self._hold_until, time.monotonic() + seconds)
 
     def publish(self, channel: str, data: bytes) -> None:
         """Queue one message; never blocks."""
@@ -86,6 +92,12 @@ class Publisher:
                 self._idle.set()
                 self._wakeup.clear()
                 await self._wakeup.wait()
+                continue
+            if not self._broker.up or time.monotonic() < self._hold_until:
+                # Hold everything until the broker is back and the other nodes
+                # have had time to resubscribe: publishing earlier would reach
+                # channels nobody listens on yet, and count as undeliverable.
+                await asyncio.sleep(0.05)
                 continue
             take = min(_BATCH_MAX, len(self._pending))
             self._inflight = [self._pending.popleft() for _ in range(take)]

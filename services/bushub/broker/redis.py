@@ -64,7 +64,7 @@ class RedisBroker(Broker):
         backoff_max: Longest wait between reconnect attempts, seconds.
     """
 
-    def __init__(self, url: str, *, control_channel: str, backoff_max: float = 2.0) -> None:
+    def __init__(self, url: str, *, control_channel: str, backoff_max: float = 0.5) -> None:
         super().__init__()
         self._url = url
         self._client: aioredis.Redis = aioredis.Redis.from_url(
