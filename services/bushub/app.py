@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from bushub.auth import TokenVerifier
 from bushub.broker import Broker, MemoryBroker
 from bushub.endpoint import agent_socket
 from bushub.hub import Hub
@@ -49,6 +50,9 @@ def create_app(settings: Settings, broker: Broker | None = None) -> FastAPI:
 
     app = FastAPI(title="bushub", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.hub = hub
+    app.state.verifier = TokenVerifier(
+        settings.jwt_secret, settings.split(settings.jwt_public_keys), settings.jwt_leeway
+    )
     app.add_api_websocket_route("/ws/{agent}", agent_socket)
 
     @app.get("/healthz")

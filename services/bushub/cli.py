@@ -12,6 +12,7 @@ from bushub.app import create_app
 from bushub.hub import Hub
 from bushub.logs import configure_logging
 from bushub.settings import Settings, SettingsError, add_arguments, load_settings
+from bushub.token_cli import add_token_command, run_token_command
 
 log = logging.getLogger("bushub")
 
@@ -76,7 +77,11 @@ def main(argv: list[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     serve_parser = commands.add_parser("serve", help="run one hub node")
     add_arguments(serve_parser)
+    add_token_command(commands)
     args = parser.parse_args(argv)
+    if args.command == "token":
+        run_token_command(args)
+        return
     if args.command == "serve":
         try:
             settings = load_settings(args)

@@ -11,7 +11,9 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
+from bushub.auth import Grant
 from bushub.closecodes import CloseCode
+from bushub.limits import TokenBucket
 from buswire import Dialect, Format
 
 _ids = itertools.count(1)
@@ -46,8 +48,20 @@ class ConnectionParams:
 class Connection:
     """An accepted agent socket, as the hub sees it."""
 
-    def __init__(self, conn_id: str, params: ConnectionParams, queue_bytes: int) -> None:
+    def __init__(
+        self,
+        conn_id: str,
+        params: ConnectionParams,
+        *,
+        queue_bytes: int,
+        grant: Grant,
+        message_rate: TokenBucket,
+        byte_rate: TokenBucket,
+    ) -> None:
         self.id = conn_id
+        self.grant = grant
+        self.message_rate = message_rate
+        self.byte_rate = byte_rate
         self.agent = params.agent
         self.peer = params.peer
         self.format = params.format

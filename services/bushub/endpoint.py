@@ -9,11 +9,14 @@ import asyncio
 import contextlib
 import logging
 
+from starlette.responses import PlainTextResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
+from bushub.auth import AuthError, Grant, TokenVerifier
 from bushub.closecodes import CLOSE_REASONS, CloseCode
 from bushub.connection import Connection, ConnectionParams, new_connection_id
 from bushub.hub import Hub
+from bushub.limits import TokenBucket
 from buswire import DecodeError, Dialect, Format, validate_agent_name
 
 log = logging.getLogger(__name__)
@@ -97,34 +100,102 @@ async def _first_to_end(*coros: "asyncio._CoroutineLike[None]") -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _refuse(websocket: WebSocket, hub: Hub, code: CloseCode) -> None:
-    hub.metrics.connections_closed.labels(CLOSE_REASONS[code]).inc()
-    await websocket.close(code=code)
+class Refusal(Exception):
+    """A handshake the hub answers with an HTTP error instead of an upgrade.
+
+    Args:
+        status: HTTP status sent to the client.
+        reason: Fixed label for metrics and logs; the body says only the status.
+    """
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+_STATUS_TEXT = {401: "unauthorized", 403: "forbidden", 503: "unavailable"}
+
+
+async def _refuse(websocket: WebSocket, hub: Hub, refusal: Refusal) -> None:
+    """Answer the handshake with an HTTP status, before any upgrade."""
+    hub.metrics.connections_refused.labels(refusal.reason).inc()
+    log.info("refused %s: %s", websocket.url.path, refusal.reason)
+    await websocket.send_denial_response(
+        PlainTextResponse(_STATUS_TEXT.get(refusal.status, "refused"), refusal.status)
+    )
+
+
+def _bearer_token(websocket: WebSocket) -> str | None:
+    header = websocket.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return websocket.query_params.get("token")
+
+
+def admit(websocket: WebSocket, hub: Hub, verifier: TokenVerifier, agent: str) -> Grant:
+    """Every check a handshake must pass before the hub claims the agent name.
+
+    Raises:
+        Refusal: with the HTTP status and reason for the first check failed.
+    """
+    settings = hub.settings
+    origins = settings.split(settings.allowed_origins)
+    origin = websocket.headers.get("origin")
+    if origins and origin is not None and origin not in origins:
+        raise Refusal(403, "origin_not_allowed")
+    if not hub.ready:
+        raise Refusal(503, "not_ready")
+    if hub.connection_count >= settings.max_connections:
+        raise Refusal(503, "over_capacity")
+    try:
+        grant = verifier.verify(_bearer_token(websocket))
+    except AuthError as exc:
+        raise Refusal(401, exc.reason) from None
+    if not grant.may_hold(agent):
+        raise Refusal(403, "agent_not_allowed")
+    peer = websocket.query_params.get("peer")
+    if peer and not grant.may_address(peer):
+        raise Refusal(403, "peer_not_allowed")
+    return grant
 
 
 async def agent_socket(websocket: WebSocket, agent: str) -> None:
     """Serve one agent socket."""
     hub: Hub = websocket.app.state.hub
+    settings = hub.settings
     try:
         params = parse_params(agent, dict(websocket.query_params))
+        grant = admit(websocket, hub, websocket.app.state.verifier, agent)
     except BadParameters as exc:
         log.info("refused %s: %s", agent, exc)
-        await _refuse(websocket, hub, CloseCode.POLICY_VIOLATION)
+        await _refuse(websocket, hub, Refusal(403, "bad_parameters"))
         return
-    if not hub.ready:
-        await _refuse(websocket, hub, CloseCode.TRY_AGAIN_LATER)
+    except Refusal as refusal:
+        await _refuse(websocket, hub, refusal)
         return
-    conn = Connection(new_connection_id(hub.node_id), params, hub.settings.queue_bytes)
+    conn = Connection(
+        new_connection_id(hub.node_id),
+        params,
+        queue_bytes=settings.queue_bytes,
+        grant=grant,
+        message_rate=TokenBucket(settings.rate_messages),
+        # A burst always fits the largest frame allowed.
+        byte_rate=TokenBucket(
+            settings.rate_bytes, max(settings.rate_bytes, settings.max_message_bytes)
+        ),
+    )
     attached = False
     try:
         try:
             claimed = await hub.claim(conn)
         except ConnectionError as exc:
             log.warning("refused %s: broker unreachable (%s)", agent, exc)
-            await _refuse(websocket, hub, CloseCode.TRY_AGAIN_LATER)
+            await _refuse(websocket, hub, Refusal(503, "broker_unreachable"))
             return
         if not claimed:
-            await _refuse(websocket, hub, CloseCode.TAKEN_OVER)
+            await _refuse(websocket, hub, Refusal(403, "claimed_by_newer"))
             return
         await websocket.accept()
         try:

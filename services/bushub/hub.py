@@ -24,7 +24,6 @@ from bushub.settings import Settings
 from buswire import (
     DecodeError,
     Dialect,
-    decode_envelope,
     is_registry_type,
     message_channel,
     presence_channel,
@@ -34,7 +33,8 @@ from buswire import (
     translate,
     validate_agent_name,
 )
-from buswire.codec import encode_tree
+from buswire.allowlist import TypePolicy
+from buswire.codec import encode_tree, envelope_of, load_tree
 from buswire.presence import (
     EventKind,
     PresenceEvent,
@@ -75,6 +75,9 @@ class Hub:
         self.broker = broker
         self.metrics = metrics
         self.draining = False
+        self.policy = TypePolicy(
+            settings.split(settings.allow_types), settings.split(settings.allow_type_prefixes)
+        )
         self.publisher = Publisher(
             broker, settings.publish_buffer, self._on_published, self._on_publish_dropped
         )
@@ -96,6 +99,11 @@ class Hub:
         broker.set_handlers(self._on_broker_message, self._on_broker_state)
 
     # ---- life cycle ---------------------------------------------------------
+
+    @property
+    def connection_count(self) -> int:
+        """Sockets claiming or holding a name on this node."""
+        return sum(len(group) for group in self._by_agent.values())
 
     @property
     def ready(self) -> bool:
@@ -413,6 +421,9 @@ class Hub:
         if len(data) > self.settings.max_message_bytes:
             self._received_and_dropped(conn, "oversize")
             return
+        if not conn.message_rate.take() or not conn.byte_rate.take(len(data)):
+            self._received_and_dropped(conn, "rate_limited")
+            return
         if not conn.format_confirmed:
             sniffed = sniff_format(data)
             if sniffed is None:
@@ -427,21 +438,23 @@ class Hub:
             conn.format_confirmed = True
         self.metrics.messages_received.labels(conn.format.value).inc()
         try:
-            envelope = decode_envelope(data, conn.format)
+            tree = load_tree(data, conn.format)
+            envelope = envelope_of(tree)
+            if is_registry_type(envelope.type_name):
+                # The hub speaks for presence itself.
+                raise DecodeError("registry")
+            self.policy.check(tree)
             target = envelope.target or conn.peer
-            if target is not None:
-                validate_agent_name(target)
+            if target is None:
+                raise DecodeError("no_route")
+            validate_agent_name(target)
         except DecodeError as exc:
             self.metrics.messages_dropped.labels(exc.reason).inc()
             return
         if conn.dialect is None and envelope.dialect is not None:
             conn.dialect = envelope.dialect
-        if is_registry_type(envelope.type_name):
-            # The hub speaks for presence itself.
-            self.metrics.messages_dropped.labels("registry").inc()
-            return
-        if target is None:
-            self.metrics.messages_dropped.labels("no_route").inc()
+        if not conn.grant.may_address(target):
+            self.metrics.messages_dropped.labels("target_not_allowed").inc()
             return
         self.publisher.publish(message_channel(target), pack_relay(conn.format, time.time(), data))
 

@@ -2,6 +2,7 @@
 rate limiter so a repeated warning cannot flood either."""
 
 import logging
+import re
 import sys
 import time
 
@@ -51,6 +52,21 @@ class RateLimitFilter(logging.Filter):
         return True
 
 
+_TOKEN_IN_URL = re.compile(r"(token=)[^&\s\"']+")
+
+
+class RedactTokensFilter(logging.Filter):
+    """Blank out ``?token=`` values: uvicorn logs handshake paths with their query."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args:
+            record.msg = record.getMessage()
+            record.args = None
+        if isinstance(record.msg, str) and "token=" in record.msg:
+            record.msg = _TOKEN_IN_URL.sub(r"\1REDACTED", record.msg)
+        return True
+
+
 def configure_logging(level: str, fmt: str) -> None:
     """Send logs to stderr as text or JSON lines, warnings rate-limited."""
     handler = logging.StreamHandler(sys.stderr)
@@ -58,7 +74,10 @@ def configure_logging(level: str, fmt: str) -> None:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    # Rate-limit first: it keys on the message template, before redaction merges
+    # the arguments in.
     handler.addFilter(RateLimitFilter())
+    handler.addFilter(RedactTokensFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

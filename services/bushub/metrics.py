@@ -27,6 +27,11 @@ DROP_REASONS = (
     "bad_type",
     "bad_source",
     "bad_target",
+    "bad_agent",
+    "type_not_allowed",
+    "nested_type_not_allowed",
+    "target_not_allowed",
+    "rate_limited",
     "format_mismatch",
     "registry",
     "no_route",
@@ -54,6 +59,12 @@ class Metrics:
         )
         self.connections_closed = Counter(
             "bushub_connections_closed", "Agent sockets closed, by reason", ["reason"], registry=r
+        )
+        self.connections_refused = Counter(
+            "bushub_connections_refused",
+            "Handshakes refused before a socket opened, by reason",
+            ["reason"],
+            registry=r,
         )
         self.messages_received = Counter(
             "bushub_messages_received", "Frames received from clients", ["format"], registry=r

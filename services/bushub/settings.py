@@ -6,6 +6,7 @@ start-up and a bad one stops the process with a message naming the option.
 """
 
 import argparse
+import ipaddress
 import os
 import socket
 import uuid
@@ -73,6 +74,55 @@ class Settings:
     drain_timeout: float = field(
         default=10.0, metadata={"help": "seconds SIGTERM waits for queues to flush before exiting"}
     )
+    jwt_secret: str = field(
+        default="", metadata={"help": "HS256 secret; setting it (or a public key) turns auth on"}
+    )
+    jwt_public_keys: str = field(
+        default="",
+        metadata={"help": "comma-separated PEM files of RS256/ES256 public keys (rotation)"},
+    )
+    jwt_leeway: float = field(
+        default=5.0, metadata={"help": "seconds of clock skew allowed on token exp/nbf"}
+    )
+    insecure: bool = field(
+        default=False,
+        metadata={"help": "allow listening on a non-loopback address with auth off"},
+    )
+    allow_types: str = field(
+        default="",
+        metadata={"help": "comma-separated extra top-level __type__ names to relay"},
+    )
+    allow_type_prefixes: str = field(
+        default="",
+        metadata={"help": "comma-separated extra module prefixes allowed for nested __type__"},
+    )
+    rate_messages: float = field(
+        default=2000.0,
+        metadata={
+            "help": "messages/s one socket may send (burst: one second's worth); 0 = no limit"
+        },
+    )
+    rate_bytes: float = field(
+        default=8 << 20,
+        metadata={"help": "bytes/s one socket may send (burst: one second's worth); 0 = no limit"},
+    )
+    max_connections: int = field(
+        default=20_000, metadata={"help": "sockets one node accepts before refusing (HTTP 503)"}
+    )
+    allowed_origins: str = field(
+        default="",
+        metadata={"help": "comma-separated Origin values browsers may connect from; empty = any"},
+    )
+
+    @property
+    def auth_enabled(self) -> bool:
+        """True when tokens are required."""
+        return bool(self.jwt_secret or self.jwt_public_keys)
+
+    @staticmethod
+    def split(value: str) -> tuple[str, ...]:
+        """A comma-separated setting as a tuple, blanks dropped."""
+        return tuple(part.strip() for part in value.split(",") if part.strip())
 
     @property
     def presence_refresh(self) -> float:
@@ -103,7 +153,29 @@ class Settings:
             raise SettingsError("queue-bytes: must be >= max-message-bytes")
         if not self.node_id or any(ch.isspace() for ch in self.node_id):
             raise SettingsError("node-id: must be non-empty with no whitespace")
+        for name in ("rate_messages", "rate_bytes", "jwt_leeway"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"{name.replace('_', '-')}: must be >= 0")
+        if self.max_connections < 1:
+            raise SettingsError("max-connections: must be >= 1")
+        for path in self.split(self.jwt_public_keys):
+            if not os.path.isfile(path):
+                raise SettingsError(f"jwt-public-keys: {path} is not a readable file")
+        if not self.auth_enabled and not self.insecure and not _is_loopback(self.host):
+            raise SettingsError(
+                f"host: refusing to listen on {self.host} with auth off; "
+                "set --jwt-secret/--jwt-public-keys, or --insecure"
+            )
         return self
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _env_name(name: str) -> str:
@@ -114,6 +186,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add one flag per setting, each naming its environment variable."""
     for f in fields(Settings):
         shown = "generated" if callable(f.default_factory) else repr(f.default)
+        if f.type in (bool, "bool"):
+            parser.add_argument(
+                f"--{f.name.replace('_', '-')}",
+                dest=f.name,
+                action="store_const",
+                const="true",
+                default=None,
+                help=f"{f.metadata['help']} (env {_env_name(f.name)}=1)",
+            )
+            continue
         parser.add_argument(
             f"--{f.name.replace('_', '-')}",
             dest=f.name,
@@ -123,6 +205,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _convert(name: str, kind: Any, raw: str) -> Any:
+    if kind in (bool, "bool"):
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off", ""):
+            return False
+        raise SettingsError(f"{name.replace('_', '-')}: {raw!r} is not true or false")
     try:
         if kind in (int, "int"):
             return int(raw)

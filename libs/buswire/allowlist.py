@@ -1,0 +1,119 @@
+"""Which ``__type__`` values may cross the hub.
+
+The receiving pipecat serializer imports whatever module a ``__type__`` names and
+instantiates the class: relaying arbitrary types from one tenant to another is a
+code-execution surface. The hub relays only the bus message types of the two
+dialects at the top level (operators may add their own), and nested values only
+from allowed module prefixes.
+"""
+
+from collections.abc import Iterable
+from typing import Any
+
+from buswire.errors import DecodeError
+
+_SUBAGENTS = "pipecat_subagents.bus.messages."
+_PIPECAT = "pipecat.bus.messages."
+
+# Every network-crossing BusMessage class of pipecat-ai-subagents 0.6.0 and
+# pipecat-ai 1.14.0 (BusLocalMessage subclasses never leave a process).
+BUS_MESSAGE_TYPES: frozenset[str] = frozenset(
+    [
+        _SUBAGENTS + name
+        for name in (
+            "BusActivateAgentMessage",
+            "BusAgentErrorMessage",
+            "BusAgentReadyMessage",
+            "BusAgentRegistryMessage",
+            "BusCancelAgentMessage",
+            "BusCancelMessage",
+            "BusDataMessage",
+            "BusDeactivateAgentMessage",
+            "BusEndAgentMessage",
+            "BusEndMessage",
+            "BusFrameMessage",
+            "BusSystemMessage",
+            "BusTaskCancelMessage",
+            "BusTaskRequestMessage",
+            "BusTaskResponseMessage",
+            "BusTaskResponseUrgentMessage",
+            "BusTaskStreamDataMessage",
+            "BusTaskStreamEndMessage",
+            "BusTaskStreamStartMessage",
+            "BusTaskUpdateMessage",
+            "BusTaskUpdateRequestMessage",
+            "BusTaskUpdateUrgentMessage",
+        )
+    ]
+    + [
+        _PIPECAT + name
+        for name in (
+            "BusActivateWorkerMessage",
+            "BusCancelMessage",
+            "BusCancelWorkerMessage",
+            "BusDataMessage",
+            "BusDeactivateWorkerMessage",
+            "BusEndMessage",
+            "BusEndWorkerMessage",
+            "BusFlushProgressMessage",
+            "BusFrameMessage",
+            "BusJobCancelMessage",
+            "BusJobRequestMessage",
+            "BusJobResponseMessage",
+            "BusJobResponseUrgentMessage",
+            "BusJobStreamDataMessage",
+            "BusJobStreamEndMessage",
+            "BusJobStreamStartMessage",
+            "BusJobUpdateMessage",
+            "BusJobUpdateRequestMessage",
+            "BusJobUpdateUrgentMessage",
+            "BusSystemMessage",
+            "BusTTSSpeakMessage",
+            "BusWorkerErrorMessage",
+            "BusWorkerReadyMessage",
+            "BusWorkerRegistryMessage",
+        )
+    ]
+)
+
+NESTED_PREFIXES: tuple[str, ...] = ("pipecat.", "pipecat_subagents.")
+NESTED_EXACT: frozenset[str] = frozenset(["bytes"])
+MAX_DEPTH = 256
+
+
+class TypePolicy:
+    """Decides whether a parsed message tree may be relayed.
+
+    Args:
+        extra_types: Top-level types to allow besides the libraries' bus messages.
+        extra_prefixes: Module prefixes to allow for nested values.
+    """
+
+    def __init__(self, extra_types: Iterable[str] = (), extra_prefixes: Iterable[str] = ()) -> None:
+        self._top = BUS_MESSAGE_TYPES | frozenset(extra_types)
+        self._prefixes = NESTED_PREFIXES + tuple(extra_prefixes)
+
+    def _nested_ok(self, type_name: str) -> bool:
+        return type_name in NESTED_EXACT or type_name.startswith(self._prefixes)
+
+    def check(self, tree: dict[str, Any]) -> None:
+        """Refuse a tree whose types are not all allowed.
+
+        Raises:
+            DecodeError: ``type_not_allowed`` for the top level,
+                ``nested_type_not_allowed`` for anything below it.
+        """
+        if tree.get("__type__") not in self._top:
+            raise DecodeError("type_not_allowed", str(tree.get("__type__"))[:100])
+        stack: list[tuple[Any, int]] = [(tree.get("__data__"), 1)]
+        while stack:
+            value, depth = stack.pop()
+            if depth > MAX_DEPTH:
+                raise DecodeError("malformed", "nested too deep")
+            if isinstance(value, dict):
+                nested = value.get("__type__")
+                if nested is not None and not (isinstance(nested, str) and self._nested_ok(nested)):
+                    raise DecodeError("nested_type_not_allowed", str(nested)[:100])
+                stack.extend((v, depth + 1) for v in value.values())
+            elif isinstance(value, list):
+                stack.extend((v, depth + 1) for v in value)

@@ -1,0 +1,136 @@
+"""Who may connect as which agent, and whom they may address.
+
+A token is a JWT (HS256 with a shared secret, or RS256/ES256 checked against one
+of several public keys, for rotation). Its claims:
+
+- ``agents``: agent names the socket may hold: exact names or glob patterns
+  (``voice-*``); ``sub`` stands in when ``agents`` is absent.
+- ``targets``: agents it may address and pair with (the ``peer`` query, every
+  message's target); absent means none.
+
+Errors carry a fixed reason for metrics and logs and never travel to the client.
+"""
+
+import fnmatch
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jwt
+
+
+class AuthError(Exception):
+    """A token that does not let this socket in.
+
+    Args:
+        reason: Fixed label: ``missing_token``, ``bad_token``, ``expired``,
+            ``agent_not_allowed``, ``peer_not_allowed``.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What a verified token allows."""
+
+    agents: tuple[str, ...]
+    targets: tuple[str, ...]
+
+    def may_hold(self, agent: str) -> bool:
+        """True if the socket may take the name ``agent``."""
+        return _matches(agent, self.agents)
+
+    def may_address(self, agent: str) -> bool:
+        """True if the socket may send to, or pair with, ``agent``."""
+        return _matches(agent, self.targets)
+
+
+# Everything is allowed when auth is off.
+OPEN_GRANT = Grant(agents=("*",), targets=("*",))
+
+
+def _matches(name: str, patterns: Sequence[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+
+
+def _patterns(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    return ()
+
+
+class TokenVerifier:
+    """Checks tokens against a shared secret and/or public keys.
+
+    Args:
+        secret: HS256 shared secret, or empty.
+        public_key_files: PEM files of RS256/ES256 public keys; a token passes if
+            any of them verifies it, so keys can be rotated by listing both.
+        leeway: Seconds of clock skew tolerated on ``exp`` and ``nbf``.
+    """
+
+    def __init__(
+        self, secret: str = "", public_key_files: Sequence[str] = (), leeway: float = 5.0
+    ) -> None:
+        self._keys: list[tuple[Any, list[str]]] = []
+        if secret:
+            self._keys.append((secret, ["HS256"]))
+        for path in public_key_files:
+            self._keys.append((Path(path).read_text(), ["RS256", "ES256"]))
+        self._leeway = leeway
+
+    @property
+    def enabled(self) -> bool:
+        """False when no key is configured: every socket gets the open grant."""
+        return bool(self._keys)
+
+    def verify(self, token: str | None) -> Grant:
+        """Turn a token into a grant.
+
+        Raises:
+            AuthError: missing, unverifiable or expired token.
+        """
+        if not self.enabled:
+            return OPEN_GRANT
+        if not token:
+            raise AuthError("missing_token")
+        claims: dict[str, Any] | None = None
+        expired = False
+        for key, algorithms in self._keys:
+            try:
+                claims = jwt.decode(
+                    token,
+                    key,
+                    algorithms=algorithms,
+                    leeway=self._leeway,
+                    options={"require": ["exp"]},
+                )
+                break
+            except jwt.ExpiredSignatureError:
+                expired = True
+            except jwt.PyJWTError:
+                continue
+        if claims is None:
+            raise AuthError("expired" if expired else "bad_token")
+        agents = _patterns(claims.get("agents")) or _patterns(claims.get("sub"))
+        return Grant(agents=agents, targets=_patterns(claims.get("targets")))
+
+
+def make_token(
+    secret: str, agents: Sequence[str], targets: Sequence[str], ttl: float, now: float
+) -> str:
+    """An HS256 token for local testing (``bushub token``)."""
+    claims = {
+        "sub": agents[0] if agents else "",
+        "agents": list(agents),
+        "targets": list(targets),
+        "iat": int(now),
+        "exp": int(now + ttl),
+    }
+    return jwt.encode(claims, secret, algorithm="HS256")
