@@ -100,6 +100,29 @@ async def _first_to_end(*coros: "asyncio._CoroutineLike[None]") -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+async def _close_and_wait(websocket: WebSocket, code: CloseCode, timeout: float) -> None:
+    """Close with ``code`` and wait, bounded, until the TCP connection is gone.
+
+    Sending the close frame is not enough before a takeover: the stock proxy, when
+    activated twice, must see its older socket end before the newer handshake
+    completes, or the old receive loop drops the new socket. uvicorn reports the
+    transport's end as a second ``websocket.disconnect`` (1005/1006), after the one
+    it queues when the close frame goes out; the raw ASGI receive sees both.
+    """
+    with contextlib.suppress(RuntimeError, OSError, TimeoutError, WebSocketDisconnect):
+        await asyncio.wait_for(websocket.close(code=code), timeout=timeout)
+    receive = websocket._receive  # the raw ASGI channel: starlette's stops at the first
+    with contextlib.suppress(TimeoutError, RuntimeError, OSError):
+        async with asyncio.timeout(timeout):
+            while True:
+                message = await receive()
+                if message["type"] == "websocket.disconnect" and message.get("code") in (
+                    1005,
+                    1006,
+                ):
+                    return
+
+
 class Refusal(Exception):
     """A handshake the hub answers with an HTTP error instead of an upgrade.
 
@@ -213,8 +236,7 @@ async def agent_socket(websocket: WebSocket, agent: str) -> None:
         if conn.close_code is not None:
             reason = CLOSE_REASONS[conn.close_code]
             if attached and websocket.application_state is WebSocketState.CONNECTED:
-                with contextlib.suppress(RuntimeError, OSError, TimeoutError):
-                    await asyncio.wait_for(websocket.close(code=conn.close_code), timeout=2.0)
+                await _close_and_wait(websocket, conn.close_code, settings.takeover_timeout)
         await hub.detach(conn, attached=attached)
         if attached:
             hub.metrics.connections_closed.labels(reason).inc()

@@ -27,7 +27,8 @@ SCENARIOS = (
     "peer-lost",
 )
 
-# What a client reports when a task or job ends in failure (timeout, cancel, error).
+# Called with (event type, event data, task id) for each intermediate event of a task:
+# "update", "stream_start", "stream_data", "stream_end" (the same in both libraries).
 TaskEventHandler = Callable[[str, dict[str, Any] | None, str], Awaitable[None]]
 
 

@@ -5,6 +5,7 @@ learns that it is gone only from the hub closing its socket. These tests watch b
 the client program's side while processes and nodes come and go.
 """
 
+import signal
 import time
 
 import pytest
@@ -20,6 +21,7 @@ from tests.integration.procs import (
 
 pytestmark = pytest.mark.integration
 
+SERVICE_RESTART = 1012
 TAKEN_OVER = 4001
 PEER_LOST = 4002
 
@@ -113,4 +115,22 @@ def test_killed_node_agents_leave_presence_within_the_bound(
     assert gone["code"] == PEER_LOST
     assert elapsed >= 0.95 * PEER_GRACE, f"closed {elapsed:.2f}s after the node died"
     assert elapsed <= bound + SLACK, f"closed {elapsed:.2f}s after the node died (bound {bound})"
+    client.expect_done()
+
+
+def test_drained_node_closes_with_1012_and_comes_back(
+    dialect: str, two_nodes: list[HubNode], agents: Agents
+) -> None:
+    n1, n2 = two_nodes
+    first_worker = agents.worker(dialect, n1)
+    client = agents.client(dialect, n2, "restart", "--count", "3", on_peer_lost="keep")
+    client.expect("phase_done", phase=0)
+
+    n1.signal(signal.SIGTERM)
+    assert first_worker.expect("disconnected")["code"] == SERVICE_RESTART
+    assert n1.wait() == 0
+    n1.start()  # same port
+    # The stock proxy never reconnects: a new worker process takes the name again.
+    agents.worker(dialect, n1)
+    client.expect("phase_done", phase=1, timeout=2 * TIMEOUT)
     client.expect_done()
