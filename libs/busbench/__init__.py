@@ -1,0 +1,1 @@
+"""bushub-bench: the relay benchmark (workload R) and its baselines."""
