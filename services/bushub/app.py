@@ -14,7 +14,7 @@ from bushub.broker import Broker, MemoryBroker
 from bushub.endpoint import agent_socket
 from bushub.hub import Hub
 from bushub.metrics import Metrics
-from bushub.settings import Settings
+from bushub.settings import CLUSTER_SCHEME, Settings
 from buswire import DecodeError
 from buswire.channels import presence_key
 from buswire.presence import decode_record
@@ -26,6 +26,10 @@ def make_broker(settings: Settings) -> Broker:
     """The broker the settings ask for: Redis with a URL, in-process without."""
     if not settings.redis_url:
         return MemoryBroker()
+    if settings.redis_url.startswith(CLUSTER_SCHEME):
+        from bushub.broker.cluster import RedisClusterBroker
+
+        return RedisClusterBroker("redis://" + settings.redis_url.removeprefix(CLUSTER_SCHEME))
     from bushub.broker.redis import RedisBroker
 
     return RedisBroker(settings.redis_url, control_channel=f"bushub:node:{settings.node_id}")

@@ -14,6 +14,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+# A --redis-url with this scheme selects the Redis Cluster broker (sharded pub/sub).
+CLUSTER_SCHEME = "redis+cluster://"
+
 
 class SettingsError(ValueError):
     """A setting has a value the hub cannot run with."""
@@ -32,7 +35,8 @@ class Settings:
     redis_url: str = field(
         default="",
         metadata={
-            "help": "redis:// URL of the cluster's broker; empty runs single-node in-process"
+            "help": "redis:// URL of the cluster's broker (redis+cluster:// for Redis "
+            "Cluster); empty runs single-node in-process"
         },
     )
     node_id: str = field(
@@ -141,8 +145,12 @@ class Settings:
             raise SettingsError(f"log-level: {self.log_level!r} is not debug/info/warning/error")
         if self.log_format not in ("text", "json"):
             raise SettingsError(f"log-format: {self.log_format!r} is not text or json")
-        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise SettingsError("redis-url: must start with redis://, rediss:// or unix://")
+        if self.redis_url and not self.redis_url.startswith(
+            ("redis://", "rediss://", "unix://", CLUSTER_SCHEME)
+        ):
+            raise SettingsError(
+                f"redis-url: must start with redis://, rediss://, unix:// or {CLUSTER_SCHEME}"
+            )
         for name in ("presence_ttl", "peer_grace", "takeover_timeout", "drain_timeout"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name.replace('_', '-')}: must be > 0")

@@ -21,21 +21,21 @@ from bushub.broker.base import Broker
 
 log = logging.getLogger(__name__)
 
-_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError)
+UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError)
 
 
 @contextlib.contextmanager
-def _unreachable_as_connection_error() -> Iterator[None]:
+def unreachable_as_connection_error() -> Iterator[None]:
     """Present every way Redis can be out of reach as the builtin ConnectionError,
     which is what the Broker interface promises callers."""
     try:
         yield
-    except _UNREACHABLE as exc:
+    except UNREACHABLE as exc:
         raise ConnectionError(f"redis: {type(exc).__name__}: {exc}") from exc
 
 
 # Store the record if nobody holds the key or the same connection still does.
-_REFRESH = """
+REFRESH_SCRIPT = """
 local v = redis.call('GET', KEYS[1])
 if (not v) or string.sub(v, 1, string.len(ARGV[1]) + 1) == ARGV[1] .. ' ' then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
@@ -45,7 +45,7 @@ return 0
 """
 
 # Delete the record only if this connection still holds it.
-_RELEASE = """
+RELEASE_SCRIPT = """
 local v = redis.call('GET', KEYS[1])
 if v and string.sub(v, 1, string.len(ARGV[1]) + 1) == ARGV[1] .. ' ' then
   return redis.call('DEL', KEYS[1])
@@ -70,8 +70,8 @@ class RedisBroker(Broker):
         self._client: aioredis.Redis = aioredis.Redis.from_url(
             url, socket_connect_timeout=2.0, socket_keepalive=True, health_check_interval=0
         )
-        self._refresh = self._client.register_script(_REFRESH)
-        self._release = self._client.register_script(_RELEASE)
+        self._refresh = self._client.register_script(REFRESH_SCRIPT)
+        self._release = self._client.register_script(RELEASE_SCRIPT)
         self._channels: set[str] = {control_channel}
         self._pubsub: Any = None
         self._listener: asyncio.Task[None] | None = None
@@ -116,8 +116,10 @@ class RedisBroker(Broker):
         while not self._closed:
             pubsub = self._client.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(*self._channels)
+                # Published before subscribing, so a channel added meanwhile is
+                # sent on this connection too rather than missed.
                 self._pubsub = pubsub
+                await pubsub.subscribe(*self._channels)
                 if not first:
                     self.reconnects += 1
                     log.warning(
@@ -132,7 +134,7 @@ class RedisBroker(Broker):
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
                     if message is not None and message["type"] == "message":
                         self._on_message(message["channel"].decode(), message["data"])
-            except _UNREACHABLE as exc:
+            except UNREACHABLE as exc:
                 self._pubsub = None
                 self._set_up(False)
                 log.warning("redis unreachable (%s); retrying in %.2fs", type(exc).__name__, delay)
@@ -143,7 +145,7 @@ class RedisBroker(Broker):
                 await asyncio.shield(pubsub.aclose())  # type: ignore[no-untyped-call]
 
     async def publish_many(self, items: Sequence[tuple[str, bytes]]) -> list[int]:
-        with _unreachable_as_connection_error():
+        with unreachable_as_connection_error():
             async with self._client.pipeline(transaction=False) as pipe:
                 for channel, data in items:
                     pipe.publish(channel, data)
@@ -154,17 +156,17 @@ class RedisBroker(Broker):
         self._channels.add(channel)
         if self._pubsub is not None:
             # On failure the listener resubscribes everything when it reconnects.
-            with contextlib.suppress(*_UNREACHABLE):
+            with contextlib.suppress(*UNREACHABLE):
                 await self._pubsub.subscribe(channel)
 
     async def unsubscribe(self, channel: str) -> None:
         self._channels.discard(channel)
         if self._pubsub is not None:
-            with contextlib.suppress(*_UNREACHABLE):
+            with contextlib.suppress(*UNREACHABLE):
                 await self._pubsub.unsubscribe(channel)
 
     async def put_record(self, key: str, value: bytes, ttl: float) -> None:
-        with _unreachable_as_connection_error():
+        with unreachable_as_connection_error():
             await self._client.set(key, value, px=max(1, int(ttl * 1000)))
 
     async def refresh_records(
@@ -173,7 +175,7 @@ class RedisBroker(Broker):
         if not items:
             return []
         ttl_ms = max(1, int(ttl * 1000))
-        with _unreachable_as_connection_error():
+        with unreachable_as_connection_error():
             async with self._client.pipeline(transaction=False) as pipe:
                 for key, conn, value in items:
                     await self._refresh(keys=[key], args=[conn, value, ttl_ms], client=pipe)
@@ -181,18 +183,18 @@ class RedisBroker(Broker):
         return [bool(r) for r in results]
 
     async def delete_record(self, key: str, conn: str) -> None:
-        with _unreachable_as_connection_error():
+        with unreachable_as_connection_error():
             await self._release(keys=[key], args=[conn])
 
     async def get_records(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:
             return []
-        with _unreachable_as_connection_error():
+        with unreachable_as_connection_error():
             values = await self._client.mget(list(keys))
         return [v.encode() if isinstance(v, str) else v for v in values]
 
     async def scan_records(self, pattern: str) -> list[bytes]:
-        with _unreachable_as_connection_error():
+        with unreachable_as_connection_error():
             keys = [key async for key in self._client.scan_iter(match=pattern, count=500)]
         return [v for v in await self.get_records(keys) if v is not None]
 

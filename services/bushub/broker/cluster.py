@@ -1,0 +1,283 @@
+"""Redis Cluster as the broker, with sharded pub/sub (``SSUBSCRIBE``/``SPUBLISH``).
+
+Classic ``PUBLISH`` in a cluster is copied to every shard and does not scale; a
+sharded channel lives on the shard that owns its slot. Every channel and key of an
+agent carries the agent in a hash tag, so one agent's traffic and presence sit on
+one shard.
+
+This node keeps one pub/sub connection per primary that owns at least one of its
+channels. The topology is re-read, and every channel re-homed, when a shard
+connection fails (a failover), when Redis unsubscribes a channel on its own (its
+slot migrated), and every few seconds as a safety net.
+"""
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+
+from bushub.broker.base import Broker
+from bushub.broker.redis import (
+    REFRESH_SCRIPT,
+    RELEASE_SCRIPT,
+    UNREACHABLE,
+    unreachable_as_connection_error,
+)
+
+log = logging.getLogger(__name__)
+
+_TOPOLOGY_CHECK_SECONDS = 5.0
+
+
+class _Shard:
+    """The sharded pub/sub connection to one primary."""
+
+    def __init__(self, name: str, host: str, port: int, broker: "RedisClusterBroker") -> None:
+        self.name = name
+        self.channels: set[str] = set()
+        self.up = False
+        self._broker = broker
+        self._client = aioredis.Redis(host=host, port=int(port), socket_connect_timeout=2.0)
+        self._pubsub: Any = None
+        self._changed = asyncio.Event()
+        self._task = asyncio.create_task(self._listen(), name=f"shard-{name}")
+
+    async def subscribe(self, channels: set[str]) -> None:
+        new = channels - self.channels
+        self.channels |= new
+        if new and self._pubsub is not None:
+            with contextlib.suppress(*UNREACHABLE):
+                await self._pubsub.ssubscribe(*new)
+        self._changed.set()
+
+    async def unsubscribe(self, channels: set[str]) -> None:
+        gone = channels & self.channels
+        self.channels -= gone
+        if gone and self._pubsub is not None:
+            with contextlib.suppress(*UNREACHABLE):
+                await self._pubsub.sunsubscribe(*gone)
+
+    async def close(self) -> None:
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        await self._client.aclose()
+
+    def _set_up(self, up: bool) -> None:
+        if up != self.up:
+            self.up = up
+            self._broker.shard_state_changed()
+
+    async def _listen(self) -> None:
+        delay = 0.05
+        while True:
+            if not self.channels:
+                self._changed.clear()
+                await self._changed.wait()
+                continue
+            pubsub = self._client.pubsub()
+            try:
+                # Published before subscribing, so a channel added meanwhile is
+                # sent on this connection too rather than missed.
+                self._pubsub = pubsub
+                await pubsub.ssubscribe(*self.channels)
+                self._set_up(True)
+                delay = 0.05
+                while True:
+                    message = await pubsub.get_message(timeout=None)
+                    if message is None:
+                        continue
+                    kind = message["type"]
+                    channel = message["channel"].decode()
+                    if kind == "smessage":
+                        self._broker.deliver(channel, message["data"])
+                    elif kind == "sunsubscribe" and channel in self.channels:
+                        # Redis dropped it on its own: the slot moved elsewhere.
+                        self._broker.request_refresh("slot moved")
+            except UNREACHABLE as exc:
+                self._pubsub = None
+                self._set_up(False)
+                self._broker.request_refresh(f"shard {self.name} lost ({type(exc).__name__})")
+                await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+                delay = min(delay * 2, 0.5)
+            finally:
+                self._pubsub = None
+                await asyncio.shield(pubsub.aclose())  # type: ignore[no-untyped-call]
+
+
+class RedisClusterBroker(Broker):
+    """Sharded pub/sub and presence records on a Redis Cluster (Redis >= 7).
+
+    Args:
+        url: ``redis://host:port`` of any node of the cluster.
+    """
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self._client = RedisCluster.from_url(url, socket_connect_timeout=2.0)
+        self._refresh = self._client.register_script(REFRESH_SCRIPT)
+        self._release = self._client.register_script(RELEASE_SCRIPT)
+        self._channels: set[str] = set()
+        self._shards: dict[str, _Shard] = {}
+        self._refresh_needed = asyncio.Event()
+        self._refresher: asyncio.Task[None] | None = None
+        self._started = False
+        self._up = False
+        self._closed = False
+        self.topology_refreshes = 0
+
+    @property
+    def up(self) -> bool:
+        return self._up
+
+    @property
+    def description(self) -> str:
+        primaries = ", ".join(n.name for n in self._client.get_primaries()) or "?"
+        return f"redis cluster (sharded pub/sub; primaries {primaries})"
+
+    async def start(self) -> None:
+        await self._client.initialize()
+        self._started = True
+        self._refresher = asyncio.create_task(self._refresh_loop(), name="cluster-topology")
+        self.shard_state_changed()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._refresher is not None:
+            self._refresher.cancel()
+            await asyncio.gather(self._refresher, return_exceptions=True)
+        for shard in self._shards.values():
+            await shard.close()
+        self._shards.clear()
+        await self._client.aclose()
+
+    # ---- shards -------------------------------------------------------------
+
+    def deliver(self, channel: str, data: bytes) -> None:
+        """A shard received a message on a wanted channel."""
+        if channel in self._channels:
+            self._on_message(channel, data)
+
+    def request_refresh(self, why: str) -> None:
+        """Re-read the topology and re-home channels soon."""
+        if not self._refresh_needed.is_set():
+            log.info("cluster topology refresh: %s", why)
+        self._refresh_needed.set()
+
+    def shard_state_changed(self) -> None:
+        """Recompute reachability: every shard holding channels must be up."""
+        up = self._started and all(
+            shard.up or not shard.channels for shard in self._shards.values()
+        )
+        if up != self._up:
+            self._up = up
+            self._on_state(up)
+
+    def _owner(self, channel: str) -> Any:
+        return self._client.get_node_from_key(channel)
+
+    def _shard_for(self, node: Any) -> _Shard:
+        shard = self._shards.get(node.name)
+        if shard is None:
+            shard = _Shard(node.name, node.host, node.port, self)
+            self._shards[node.name] = shard
+        return shard
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._refresh_needed.wait(), _TOPOLOGY_CHECK_SECONDS)
+            self._refresh_needed.clear()
+            try:
+                await self._rehome()
+            except (*UNREACHABLE, ConnectionError) as exc:
+                log.warning("cluster topology unreadable (%s); retrying", type(exc).__name__)
+                await asyncio.sleep(random.uniform(0.1, 0.3))
+                self._refresh_needed.set()
+
+    async def _rehome(self) -> None:
+        """Put every wanted channel on the shard that owns its slot now."""
+        await self._client.nodes_manager.initialize()
+        self.topology_refreshes += 1
+        desired: dict[str, set[str]] = {}
+        nodes: dict[str, Any] = {}
+        for channel in self._channels:
+            node = self._owner(channel)
+            nodes[node.name] = node
+            desired.setdefault(node.name, set()).add(channel)
+        for name, shard in list(self._shards.items()):
+            stale = shard.channels - desired.get(name, set())
+            if stale:
+                await shard.unsubscribe(stale)
+            if not shard.channels and name not in desired:
+                del self._shards[name]
+                await shard.close()
+        for name, channels in desired.items():
+            await self._shard_for(nodes[name]).subscribe(channels)
+        self.shard_state_changed()
+
+    # ---- pub/sub ------------------------------------------------------------
+
+    async def subscribe(self, channel: str) -> None:
+        self._channels.add(channel)
+        await self._shard_for(self._owner(channel)).subscribe({channel})
+        self.shard_state_changed()
+
+    async def unsubscribe(self, channel: str) -> None:
+        self._channels.discard(channel)
+        for shard in self._shards.values():
+            if channel in shard.channels:
+                await shard.unsubscribe({channel})
+
+    async def publish_many(self, items: Sequence[tuple[str, bytes]]) -> list[int]:
+        with unreachable_as_connection_error():
+            async with self._client.pipeline(transaction=False) as pipe:
+                for channel, data in items:
+                    pipe.spublish(channel, data)
+                results: list[int] = await pipe.execute()
+                return results
+
+    # ---- records ------------------------------------------------------------
+
+    async def put_record(self, key: str, value: bytes, ttl: float) -> None:
+        with unreachable_as_connection_error():
+            await self._client.set(key, value, px=max(1, int(ttl * 1000)))
+
+    async def refresh_records(
+        self, items: Sequence[tuple[str, str, bytes]], ttl: float
+    ) -> list[bool]:
+        ttl_ms = max(1, int(ttl * 1000))
+        with unreachable_as_connection_error():
+            # Keys live on different shards: one script call each, concurrently.
+            results = await asyncio.gather(
+                *(self._refresh(keys=[k], args=[c, v, ttl_ms]) for k, c, v in items)
+            )
+        return [bool(r) for r in results]
+
+    async def delete_record(self, key: str, conn: str) -> None:
+        with unreachable_as_connection_error():
+            await self._release(keys=[key], args=[conn])
+
+    async def get_records(self, keys: Sequence[str]) -> list[bytes | None]:
+        if not keys:
+            return []
+        with unreachable_as_connection_error():
+            values = await self._client.mget_nonatomic(list(keys))
+        return [v.encode() if isinstance(v, str) else v for v in values]
+
+    async def scan_records(self, pattern: str) -> list[bytes]:
+        keys: list[str] = []
+        with unreachable_as_connection_error():
+            for node in self._client.get_primaries():
+                client = aioredis.Redis(host=node.host, port=int(node.port))
+                try:
+                    keys += [k.decode() async for k in client.scan_iter(match=pattern, count=500)]
+                finally:
+                    await client.aclose()
+        return [v for v in await self.get_records(keys) if v is not None]
