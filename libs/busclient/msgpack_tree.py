@@ -22,6 +22,15 @@ def json_key(key: Any) -> str:
     raise TypeError(f"keys must be str, int, float, bool or None, not {type(key).__name__}")
 
 
+def string_keys(value: Any) -> Any:
+    """Turn every map key of a plain tree into the string ``json.dumps`` would write."""
+    if isinstance(value, dict):
+        return {json_key(k): string_keys(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [string_keys(v) for v in value]
+    return value
+
+
 class MsgPackTreeMixin:
     """Mix in before a library's ``JSONMessageSerializer`` to speak MsgPack.
 
@@ -35,7 +44,12 @@ class MsgPackTreeMixin:
             return value
         if isinstance(value, dict):
             return {json_key(k): self._serialize_value(v) for k, v in value.items()}
-        return super()._serialize_value(value)  # type: ignore[misc]
+        serialized = super()._serialize_value(value)  # type: ignore[misc]
+        # Adapters (tools schemas) may return plain trees without calling back into
+        # us, so their keys get JSON's treatment here.
+        if isinstance(serialized, dict) and self._find_adapter(type(value)) is not None:  # type: ignore[attr-defined]
+            serialized["__data__"] = string_keys(serialized["__data__"])
+        return serialized
 
     def _deserialize_value(self, value: Any) -> Any:
         if isinstance(value, bytes):

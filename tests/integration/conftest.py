@@ -12,8 +12,11 @@ from pathlib import Path
 import pytest
 
 from tests.integration.procs import TIMEOUT, AgentProcess, HubNode, RedisServer
+from tests.integration.redis_cluster import RedisClusterServers
 
 DIALECTS = ("subagents", "pipecat")
+# The brokers a two-node test runs on: one Redis, and a Redis Cluster (sharded pub/sub).
+BROKERS = ("redis", "redis-cluster")
 
 _LOGS = pytest.StashKey[list[tuple[str, Path]]]()
 _LOG_TAIL_BYTES = 20_000
@@ -43,12 +46,21 @@ class Cluster:
         self.redis: RedisServer | None = None
         self.nodes: list[HubNode] = []
 
-    def start(self, nodes: int = 2, *, redis: bool = True) -> list[HubNode]:
-        if redis:
+    def start(
+        self,
+        nodes: int = 2,
+        *,
+        redis: bool = True,
+        redis_cluster: RedisClusterServers | None = None,
+    ) -> list[HubNode]:
+        url: str | None = None
+        if redis_cluster is not None:
+            url = redis_cluster.url
+        elif redis:
             self.redis = RedisServer(self._tmp / "redis.log")
             _register_log(self._request, "redis log", self.redis.log_path)
             self.redis.start()
-        url = self.redis.url if self.redis else None
+            url = self.redis.url
         for i in range(nodes):
             node = HubNode(f"n{i + 1}", self._tmp / f"hub-n{i + 1}.log", url)
             _register_log(self._request, f"hub n{i + 1} log", node.log_path)
@@ -121,9 +133,24 @@ def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]
         c.stop()
 
 
-@pytest.fixture
-def two_nodes(cluster: Cluster) -> list[HubNode]:
-    """Two hub nodes sharing one Redis."""
+@pytest.fixture(scope="session")
+def shared_redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    """One Redis Cluster for the session; each test empties it first."""
+    servers = RedisClusterServers(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        servers.start()
+        yield servers
+    finally:
+        servers.stop()
+
+
+@pytest.fixture(params=BROKERS)
+def two_nodes(cluster: Cluster, request: pytest.FixtureRequest) -> list[HubNode]:
+    """Two hub nodes sharing one Redis, or one Redis Cluster."""
+    if request.param == "redis-cluster":
+        servers: RedisClusterServers = request.getfixturevalue("shared_redis_cluster")
+        servers.flush()
+        return cluster.start(2, redis_cluster=servers)
     return cluster.start(2)
 
 

@@ -32,6 +32,7 @@ from bushub.broker.redis import (
 log = logging.getLogger(__name__)
 
 _TOPOLOGY_CHECK_SECONDS = 5.0
+_FIRST_CONNECT_SECONDS = 2.0
 
 
 class _Shard:
@@ -40,7 +41,10 @@ class _Shard:
     def __init__(self, name: str, host: str, port: int, broker: "RedisClusterBroker") -> None:
         self.name = name
         self.channels: set[str] = set()
-        self.up = False
+        # A shard counts as down only once its connection has failed; a new one
+        # is pending, not down, so opening it does not flap the node's readiness.
+        self.failed = False
+        self.connected = asyncio.Event()
         self._broker = broker
         self._client = aioredis.Redis(host=host, port=int(port), socket_connect_timeout=2.0)
         self._pubsub: Any = None
@@ -48,12 +52,16 @@ class _Shard:
         self._task = asyncio.create_task(self._listen(), name=f"shard-{name}")
 
     async def subscribe(self, channels: set[str]) -> None:
+        """Add channels; on a new shard, wait (bounded) for its first connection so
+        that messages published right after this returns are not missed."""
         new = channels - self.channels
         self.channels |= new
         if new and self._pubsub is not None:
             with contextlib.suppress(*UNREACHABLE):
                 await self._pubsub.ssubscribe(*new)
         self._changed.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.connected.wait(), _FIRST_CONNECT_SECONDS)
 
     async def unsubscribe(self, channels: set[str]) -> None:
         gone = channels & self.channels
@@ -67,9 +75,9 @@ class _Shard:
         await asyncio.gather(self._task, return_exceptions=True)
         await self._client.aclose()
 
-    def _set_up(self, up: bool) -> None:
-        if up != self.up:
-            self.up = up
+    def _set_failed(self, failed: bool) -> None:
+        if failed != self.failed:
+            self.failed = failed
             self._broker.shard_state_changed()
 
     async def _listen(self) -> None:
@@ -85,7 +93,8 @@ class _Shard:
                 # sent on this connection too rather than missed.
                 self._pubsub = pubsub
                 await pubsub.ssubscribe(*self.channels)
-                self._set_up(True)
+                self.connected.set()
+                self._set_failed(False)
                 delay = 0.05
                 while True:
                     message = await pubsub.get_message(timeout=None)
@@ -100,7 +109,7 @@ class _Shard:
                         self._broker.request_refresh("slot moved")
             except UNREACHABLE as exc:
                 self._pubsub = None
-                self._set_up(False)
+                self._set_failed(True)
                 self._broker.request_refresh(f"shard {self.name} lost ({type(exc).__name__})")
                 await asyncio.sleep(delay * random.uniform(0.5, 1.5))
                 delay = min(delay * 2, 0.5)
@@ -171,9 +180,9 @@ class RedisClusterBroker(Broker):
         self._refresh_needed.set()
 
     def shard_state_changed(self) -> None:
-        """Recompute reachability: every shard holding channels must be up."""
-        up = self._started and all(
-            shard.up or not shard.channels for shard in self._shards.values()
+        """Recompute reachability: no shard holding channels may have failed."""
+        up = self._started and not any(
+            shard.failed and shard.channels for shard in self._shards.values()
         )
         if up != self._up:
             self._up = up

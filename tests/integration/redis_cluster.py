@@ -1,0 +1,136 @@
+"""A real local Redis Cluster for tests: three primaries, three replicas, free ports.
+
+Started with ``redis-server --cluster-enabled yes`` and joined with
+``redis-cli --cluster create``, as an operator would; nothing is persisted.
+"""
+
+import contextlib
+import random
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from tests.integration.procs import TIMEOUT, RedisServer, Service, _wait_until
+
+# A cluster node also listens on its port + 10000 for the cluster bus, so its port
+# must be at most 55535.
+_CLUSTER_BUS_OFFSET = 10_000
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def cluster_port() -> int:
+    """A free port whose cluster-bus port (+10000) is free too."""
+    while True:
+        port = random.randint(20_000, 55_535)
+        if port != 6379 and _port_is_free(port) and _port_is_free(port + _CLUSTER_BUS_OFFSET):
+            return port
+
+
+class ClusterNodeServer(RedisServer):
+    """One cluster-enabled redis-server in its own directory."""
+
+    def __init__(self, log_path: Path, workdir: Path) -> None:
+        super().__init__(log_path)
+        self.port = cluster_port()
+        self.name = f"redis-cluster:{self.port}"
+        self.workdir = workdir
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
+        argv += ["--save", "", "--appendonly", "no", "--dir", str(self.workdir)]
+        argv += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+        # Short enough that a failover completes within a test's patience.
+        argv += ["--cluster-node-timeout", "1500"]
+        self._spawn(argv)
+        _wait_until(self._pong, TIMEOUT, "PONG", self)
+
+    def cli(self, *args: str) -> str:
+        """Run one redis-cli command against this node."""
+        result = subprocess.run(
+            ["redis-cli", "-p", str(self.port), *args],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
+        return result.stdout
+
+
+class RedisClusterServers:
+    """Six cluster nodes joined into one cluster with one replica per primary."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.nodes = [ClusterNodeServer(tmp / f"rc-{i}.log", tmp / f"rc-{i}") for i in range(6)]
+
+    @property
+    def url(self) -> str:
+        """The hub's --redis-url: any node, with the cluster scheme."""
+        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}"
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start()
+        addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+        subprocess.run(
+            [
+                "redis-cli",
+                "--cluster",
+                "create",
+                *addresses,
+                "--cluster-replicas",
+                "1",
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=TIMEOUT * 3,
+        )
+        self.wait_ok()
+
+    def wait_ok(self, nodes: list[ClusterNodeServer] | None = None) -> None:
+        """Until every (living) node reports the cluster healthy and all slots served."""
+        deadline = time.monotonic() + TIMEOUT * 3
+        targets = nodes or [n for n in self.nodes if n.alive]
+        while time.monotonic() < deadline:
+            infos = [n.cli("cluster", "info") for n in targets]
+            if all("cluster_state:ok" in i and "cluster_slots_ok:16384" in i for i in infos):
+                return
+            time.sleep(0.1)
+        raise TimeoutError("redis cluster never became healthy")
+
+    def primary_for(self, key: str) -> ClusterNodeServer:
+        """The living node serving ``key``'s slot as primary."""
+        slot = int(self.nodes[0].cli("cluster", "keyslot", key).strip())
+        for line in self.alive_node().cli("cluster", "nodes").splitlines():
+            fields = line.split()
+            if "master" not in fields[2] or "fail" in fields[2]:
+                continue
+            for span in fields[8:]:
+                low, _, high = span.partition("-")
+                if low.isdigit() and int(low) <= slot <= int(high or low):
+                    port = int(fields[1].split("@")[0].rsplit(":", 1)[1])
+                    return next(n for n in self.nodes if n.port == port)
+        raise LookupError(f"no primary for slot {slot}")
+
+    def alive_node(self) -> ClusterNodeServer:
+        return next(n for n in self.nodes if n.alive)
+
+    def flush(self) -> None:
+        """Empty every primary, between tests sharing the cluster."""
+        for node in self.nodes:
+            if node.alive and "role:master" in node.cli("info", "replication"):
+                node.cli("flushall")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            with contextlib.suppress(Exception):
+                Service.stop(node)

@@ -1,0 +1,182 @@
+"""Message builders and socket helpers shared by the hub tests.
+
+Every wait in these tests is a multiple of ``TIMEOUT``, so a slow machine can be
+given more time in one place.
+"""
+
+import asyncio
+import base64
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
+from websockets.frames import Frame, Opcode
+
+TIMEOUT = 2.0
+# How long "nothing arrives" is watched for: several presence reconcile passes at
+# the settings the harness uses.
+QUIET = TIMEOUT / 4
+# How long "nothing more arrives" is watched for where no timer is involved.
+BRIEF = TIMEOUT / 20
+
+TASK_REQUEST = "pipecat_subagents.bus.messages.BusTaskRequestMessage"
+FRAME_MESSAGE = "pipecat_subagents.bus.messages.BusFrameMessage"
+SUBAGENTS_REGISTRY = "pipecat_subagents.bus.messages.BusAgentRegistryMessage"
+SUBAGENTS_ENTRY = "pipecat_subagents.types.AgentRegistryEntry"
+PIPECAT_REGISTRY = "pipecat.bus.messages.BusWorkerRegistryMessage"
+PIPECAT_ENTRY = "pipecat.registry.types.WorkerRegistryEntry"
+REGISTRY_TYPES = (SUBAGENTS_REGISTRY, PIPECAT_REGISTRY)
+
+
+class TimedConnection(ClientConnection):
+    """A client connection that remembers when the server's close frame arrived.
+
+    ``ConnectionClosed`` is raised only once TCP is down too; the close frame
+    itself is the moment the server told the client, which is what ordering
+    claims are about.
+    """
+
+    close_frame_at: float | None = None
+
+    def process_event(self, event: Any) -> None:
+        closing = isinstance(event, Frame) and event.opcode is Opcode.CLOSE
+        if closing and self.close_frame_at is None:
+            self.close_frame_at = time.monotonic()
+        super().process_event(event)
+
+
+def task_request(source: str, target: str | None, seq: int = 0, **extra: Any) -> dict[str, Any]:
+    """A subagents task request tree; ``target`` None omits the key, as the library does."""
+    data: dict[str, Any] = {"source": source, "task_id": f"t{seq}", "payload": {"seq": seq}}
+    if target is not None:
+        data["target"] = target
+    data.update(extra)
+    return {"__type__": TASK_REQUEST, "__data__": data}
+
+
+def frame_message(source: str, audio: bytes) -> dict[str, Any]:
+    """An untargeted bridged-frame tree carrying audio as JSON's tagged base64."""
+    frame = {
+        "__type__": "pipecat.frames.frames.InputAudioRawFrame",
+        "__data__": {
+            "audio": {"__type__": "bytes", "__data__": base64.b64encode(audio).decode()},
+            "sample_rate": 16000,
+            "num_channels": 1,
+        },
+    }
+    return {"__type__": FRAME_MESSAGE, "__data__": {"source": source, "frame": frame}}
+
+
+def registry_from_client(source: str, target: str, agent: str) -> dict[str, Any]:
+    """A subagents registry message as a client's own serializer would write it."""
+    entry = {"__type__": SUBAGENTS_ENTRY, "__data__": {"name": agent, "active": True}}
+    return {
+        "__type__": SUBAGENTS_REGISTRY,
+        "__data__": {"source": source, "target": target, "runner": "r1", "agents": [entry]},
+    }
+
+
+def as_json(tree: Any) -> bytes:
+    """Encode like the library's JSON serializer (``json.dumps``)."""
+    return json.dumps(tree).encode()
+
+
+def native_bytes(tree: Any) -> Any:
+    """JSON's tagged base64 bytes turned into native bytes: the MsgPack tree."""
+    if isinstance(tree, dict):
+        if tree.get("__type__") == "bytes" and set(tree) == {"__type__", "__data__"}:
+            return base64.b64decode(tree["__data__"])
+        return {k: native_bytes(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [native_bytes(v) for v in tree]
+    return tree
+
+
+def tagged_bytes(tree: Any) -> Any:
+    """Native bytes turned into JSON's tagged base64: the JSON tree."""
+    if isinstance(tree, bytes):
+        return {"__type__": "bytes", "__data__": base64.b64encode(tree).decode()}
+    if isinstance(tree, dict):
+        return {k: tagged_bytes(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [tagged_bytes(v) for v in tree]
+    return tree
+
+
+async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> None:
+    """Poll ``predicate`` until it holds; fail naming ``what`` after ``timeout``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.005)
+
+
+async def recv_bytes(ws: ClientConnection, timeout: float = TIMEOUT) -> bytes:
+    """The next frame, which the hub must send as binary."""
+    data = await asyncio.wait_for(ws.recv(), timeout)
+    assert isinstance(data, bytes), f"hub sent a text frame: {data!r}"
+    return data
+
+
+async def recv_json(ws: ClientConnection, timeout: float = TIMEOUT) -> Any:
+    """The next frame, parsed as JSON."""
+    return json.loads(await recv_bytes(ws, timeout))
+
+
+async def recv_msgpack(ws: ClientConnection, timeout: float = TIMEOUT) -> Any:
+    """The next frame, parsed as MsgPack."""
+    return msgpack.unpackb(await recv_bytes(ws, timeout), raw=False)
+
+
+async def recv_non_registry(ws: ClientConnection, timeout: float = TIMEOUT) -> bytes:
+    """The next JSON frame that is not a hub registry announcement."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        left = deadline - asyncio.get_running_loop().time()
+        data = await recv_bytes(ws, max(left, 0.001))
+        if json.loads(data).get("__type__") not in REGISTRY_TYPES:
+            return data
+
+
+async def assert_silent(ws: ClientConnection, duration: float = QUIET) -> None:
+    """Fail if any frame arrives within ``duration``."""
+    try:
+        data = await asyncio.wait_for(ws.recv(), duration)
+    except TimeoutError:
+        return
+    raise AssertionError(f"unexpected frame: {data!r:.300}")
+
+
+async def close_code(ws: ClientConnection, timeout: float = TIMEOUT) -> int | None:
+    """Read and discard frames until the server closes; the code it sent."""
+    await drain_until_closed(ws, timeout)
+    rcvd = ws.protocol.close_rcvd
+    return rcvd.code if rcvd is not None else None
+
+
+async def drain_until_closed(ws: ClientConnection, timeout: float = TIMEOUT) -> list[bytes | str]:
+    """Every frame received until the server closes the connection."""
+    frames: list[bytes | str] = []
+
+    async def read() -> None:
+        try:
+            while True:
+                frames.append(await ws.recv())
+        except ConnectionClosed:
+            return
+
+    await asyncio.wait_for(read(), timeout)
+    return frames
+
+
+async def still_served(ws: ClientConnection, agent: str) -> None:
+    """Prove the hub still relays for ``ws``: a message to itself comes back."""
+    probe = as_json(task_request(agent, agent, seq=424242))
+    await ws.send(probe)
+    assert await recv_non_registry(ws) == probe

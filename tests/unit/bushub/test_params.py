@@ -1,0 +1,70 @@
+"""Connection parameters (DESIGN.md §4) and the plain HTTP routes (§7).
+
+A handshake asking for something the hub does not offer is refused with HTTP 403
+before any upgrade, and nothing of it is claimed or recorded.
+"""
+
+import httpx
+import pytest
+from websockets.exceptions import InvalidStatus
+
+from tests.unit.bushub.conftest import RunningHub
+from tests.unit.bushub.helpers import TIMEOUT, still_served
+
+FORBIDDEN = 403
+
+BAD = {
+    "braces in agent": ("a{b}", {}),
+    "space in agent": ("a b", {}),
+    "agent too long": ("a" * 129, {}),
+    "braces in peer": ("a", {"peer": "p{x}"}),
+    "peer too long": ("a", {"peer": "p" * 129}),
+    "unknown format": ("a", {"format": "xml"}),
+    "unknown dialect": ("a", {"dialect": "klingon"}),
+    "unknown on_peer_lost": ("a", {"on_peer_lost": "maybe"}),
+}
+
+GOOD = {
+    "longest agent": ("a" * 128, {}),
+    "json": ("a", {"format": "json"}),
+    "msgpack": ("a", {"format": "msgpack"}),
+    "subagents": ("a", {"dialect": "subagents"}),
+    "pipecat": ("a", {"dialect": "pipecat"}),
+    "auto": ("a", {"dialect": "auto"}),
+    "keep": ("a", {"on_peer_lost": "keep", "peer": "p"}),
+    "close": ("a", {"on_peer_lost": "close", "peer": "p"}),
+}
+
+
+@pytest.mark.parametrize(("agent", "query"), list(BAD.values()), ids=list(BAD))
+async def test_bad_parameters_are_refused_with_403(
+    node: RunningHub, agent: str, query: dict[str, str]
+) -> None:
+    with pytest.raises(InvalidStatus) as refused:
+        async with node.connect(agent, **query):
+            pass
+    assert refused.value.response.status_code == FORBIDDEN
+    assert node.metric("bushub_connections_opened_total") == 0
+    assert node.metric("bushub_connections") == 0
+    assert node.metric("bushub_connections_refused_total", reason="bad_parameters") == 1
+    assert await node.holder(agent) is None
+
+
+@pytest.mark.parametrize(("agent", "query"), list(GOOD.values()), ids=list(GOOD))
+async def test_good_parameters_are_accepted(
+    node: RunningHub, agent: str, query: dict[str, str]
+) -> None:
+    async with node.connect(agent, **query) as ws:
+        if query.get("format") != "msgpack":
+            await still_served(ws, agent)
+        assert await node.holder(agent) is not None
+
+
+async def test_healthz_and_readyz(node: RunningHub) -> None:
+    async with httpx.AsyncClient(base_url=node.http_url, timeout=TIMEOUT) as http:
+        health = await http.get("/healthz")
+        ready = await http.get("/readyz")
+    assert health.status_code == 200
+    assert health.json()["status"] == "alive"
+    assert ready.status_code == 200
+    assert ready.json()["ready"] is True

@@ -1,0 +1,123 @@
+"""Settings (DESIGN.md §7): every option is a ``bushub serve`` flag and a
+``BUSHUB_*`` variable; a flag wins over the variable, and a bad value is refused
+with a message naming the option."""
+
+import argparse
+import os
+import subprocess
+import sys
+from dataclasses import fields
+
+import pytest
+
+from bushub.settings import Settings, SettingsError, add_arguments, load_settings
+from tests.unit.bushub.helpers import TIMEOUT
+
+SUBPROCESS_TIMEOUT = 10 * TIMEOUT
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def env_var(name: str) -> str:
+    return "BUSHUB_" + name.upper()
+
+
+def clean_env() -> dict[str, str]:
+    """This process's environment without any BUSHUB_* variable."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("BUSHUB_")}
+
+
+def test_flags_and_environment_with_flag_winning() -> None:
+    args = parse("--port", "9000", "--peer-grace", "1.5", "--redis-url", "redis://flag:1/0")
+    env = {
+        "BUSHUB_PORT": "7000",
+        "BUSHUB_PRESENCE_TTL": "3",
+        "BUSHUB_NODE_ID": "n7",
+        "BUSHUB_REDIS_URL": "redis://env:1/0",
+        "BUSHUB_QUEUE_BYTES": "2097152",
+    }
+    settings = load_settings(args, env)
+    assert settings.port == 9000  # flag over variable
+    assert settings.redis_url == "redis://flag:1/0"
+    assert settings.peer_grace == 1.5  # flag only
+    assert settings.presence_ttl == 3.0  # variable only
+    assert settings.node_id == "n7"
+    assert settings.queue_bytes == 2 << 20
+    assert isinstance(settings.port, int)
+    assert isinstance(settings.presence_ttl, float)
+    defaults = Settings()
+    assert settings.takeover_timeout == defaults.takeover_timeout
+    assert settings.max_message_bytes == defaults.max_message_bytes
+
+
+def test_environment_alone_and_defaults() -> None:
+    settings = load_settings(None, {"BUSHUB_DRAIN_TIMEOUT": "2.5"})
+    assert settings.drain_timeout == 2.5
+    assert settings.redis_url == ""  # single node on the in-process broker
+    assert load_settings(None, {}).port == Settings().port
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "option"),
+    [
+        ("BUSHUB_PORT", "eighty", "port"),
+        ("BUSHUB_PORT", "70000", "port"),
+        ("BUSHUB_PRESENCE_TTL", "0", "presence-ttl"),
+        ("BUSHUB_PEER_GRACE", "-1", "peer-grace"),
+        ("BUSHUB_TAKEOVER_TIMEOUT", "soon", "takeover-timeout"),
+        ("BUSHUB_DRAIN_TIMEOUT", "0", "drain-timeout"),
+        ("BUSHUB_MAX_MESSAGE_BYTES", "0", "max-message-bytes"),
+        ("BUSHUB_QUEUE_BYTES", "1024", "queue-bytes"),  # below max-message-bytes
+        ("BUSHUB_PUBLISH_BUFFER", "0", "publish-buffer"),
+        ("BUSHUB_REDIS_URL", "http://localhost:6379", "redis-url"),
+        ("BUSHUB_LOG_LEVEL", "loud", "log-level"),
+        ("BUSHUB_NODE_ID", "two words", "node-id"),
+    ],
+)
+def test_bad_value_is_refused_naming_the_option(variable: str, value: str, option: str) -> None:
+    with pytest.raises(SettingsError) as refused:
+        load_settings(None, {variable: value})
+    assert str(refused.value).startswith(f"{option}:")
+
+
+def test_bad_flag_is_refused_naming_the_option() -> None:
+    with pytest.raises(SettingsError, match=r"^presence-ttl:"):
+        load_settings(parse("--presence-ttl", "0"), {"BUSHUB_PRESENCE_TTL": "5"})
+
+
+def test_serve_with_a_bad_value_exits_naming_the_option() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bushub", "serve", "--peer-grace", "0"],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=SUBPROCESS_TIMEOUT,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "peer-grace" in result.stderr
+
+
+def test_serve_help_lists_every_setting_with_its_variable() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bushub", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=SUBPROCESS_TIMEOUT,
+        check=True,
+    )
+    missing = [
+        f.name
+        for f in fields(Settings)
+        if flag(f.name) not in result.stdout or env_var(f.name) not in result.stdout
+    ]
+    assert not missing, f"not in `bushub serve --help`: {missing}\n{result.stdout}"
