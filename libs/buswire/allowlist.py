@@ -14,9 +14,11 @@ from buswire.errors import DecodeError
 
 _SUBAGENTS = "pipecat_subagents.bus.messages."
 _PIPECAT = "pipecat.bus.messages."
+_PIPECAT_UI = "pipecat.bus.ui.messages."
 
 # Every network-crossing BusMessage class of pipecat-ai-subagents 0.6.0 and
-# pipecat-ai 1.14.0 (BusLocalMessage subclasses never leave a process).
+# pipecat-ai 1.14.0, UI messages included (BusLocalMessage subclasses never leave a
+# process).
 BUS_MESSAGE_TYPES: frozenset[str] = frozenset(
     [
         _SUBAGENTS + name
@@ -74,6 +76,18 @@ BUS_MESSAGE_TYPES: frozenset[str] = frozenset(
             "BusWorkerRegistryMessage",
         )
     ]
+    + [
+        _PIPECAT_UI + name
+        for name in (
+            "BusUICommandMessage",
+            "BusUIDataMessage",
+            "BusUIEventMessage",
+            "BusUIJobCompletedMessage",
+            "BusUIJobGroupCompletedMessage",
+            "BusUIJobGroupStartedMessage",
+            "BusUIJobUpdateMessage",
+        )
+    ]
 )
 
 NESTED_PREFIXES: tuple[str, ...] = ("pipecat.", "pipecat_subagents.")
@@ -103,8 +117,9 @@ class TypePolicy:
             DecodeError: ``type_not_allowed`` for the top level,
                 ``nested_type_not_allowed`` for anything below it.
         """
-        if tree.get("__type__") not in self._top:
-            raise DecodeError("type_not_allowed", str(tree.get("__type__"))[:100])
+        type_name = tree.get("__type__")
+        if not isinstance(type_name, str) or type_name not in self._top:
+            raise DecodeError("type_not_allowed", str(type_name)[:100])
         stack: list[tuple[Any, int]] = [(tree.get("__data__"), 1)]
         while stack:
             value, depth = stack.pop()

@@ -10,6 +10,7 @@ import os
 import time
 from collections import deque
 from dataclasses import dataclass
+from enum import Enum, auto
 
 from bushub.auth import Grant
 from bushub.closecodes import CloseCode
@@ -23,6 +24,14 @@ _PROCESS_TAG = f"{os.getpid():x}{int(time.time() * 1000) % 0xFFFFFF:06x}"
 def new_connection_id(node_id: str) -> str:
     """A cluster-unique connection id: node, process incarnation, sequence."""
     return f"{node_id}.{_PROCESS_TAG}.{next(_ids)}"
+
+
+class Enqueued(Enum):
+    """What ``Connection.enqueue`` did with a frame."""
+
+    QUEUED = auto()
+    FULL = auto()  # over the byte bound: the caller closes the slow consumer
+    CLOSING = auto()  # the socket is being closed: the frame is lost
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +88,10 @@ class Connection:
         self.close_code: CloseCode | None = None
         self.flush_before_close = False
         self.closed = asyncio.Event()
+        # Set by a close that must not wait for the writer (anything but a drain).
+        self.closing = asyncio.Event()
+        # The frame being written right now, if any.
+        self.sending: tuple[bytes, float] | None = None
         self._queue: deque[tuple[bytes, float]] = deque()
         self._queued_bytes = 0
         self._queue_limit = queue_bytes
@@ -92,7 +105,7 @@ class Connection:
         """Bytes waiting to be written to this socket."""
         return self._queued_bytes
 
-    def enqueue(self, payload: bytes, received_at: float) -> bool:
+    def enqueue(self, payload: bytes, received_at: float) -> Enqueued:
         """Queue a frame for the writer.
 
         Args:
@@ -101,39 +114,51 @@ class Connection:
                 hub made itself (no latency is measured for those).
 
         Returns:
-            False when the frame would pass the byte bound; nothing is queued then
-            and the caller closes the connection as a slow consumer.
+            What became of the frame; only ``QUEUED`` means it may still be sent.
         """
-        if self.close_code is not None:
-            return True
+        if self.close_code is not None and not self.flush_before_close:
+            return Enqueued.CLOSING
         if self._queued_bytes + len(payload) > self._queue_limit:
-            return False
+            return Enqueued.FULL
         self._queue.append((payload, received_at))
         self._queued_bytes += len(payload)
         self._wakeup.set()
-        return True
+        return Enqueued.QUEUED
 
     def request_close(self, code: CloseCode, *, flush: bool = False) -> None:
-        """Ask the writer to close the socket; the first reason given wins.
+        """Ask for the socket to be closed; the first reason given wins.
 
         Args:
             code: The close code to send.
-            flush: Send what is queued first (draining), instead of closing now.
+            flush: Send what is queued first (draining). Without it the connection
+                ends at once, even while the writer is stuck on a client that
+                does not read.
         """
         if self.close_code is None:
             self.close_code = code
             self.flush_before_close = flush
+            if not flush:
+                self.closing.set()
         self._wakeup.set()
 
-    async def next_batch(self) -> list[tuple[bytes, float]] | None:
-        """Wait for frames; None once the socket should close."""
+    def pop(self) -> tuple[bytes, float] | None:
+        """The next frame to write, or None if none is queued."""
+        if not self._queue:
+            return None
+        item = self._queue.popleft()
+        self._queued_bytes -= len(item[0])
+        return item
+
+    async def wait_for_frames(self) -> bool:
+        """Wait until a frame is queued; False once the socket should close instead."""
         while True:
             if self.close_code is not None and not (self.flush_before_close and self._queue):
-                return None
+                return False
             if self._queue:
-                batch = list(self._queue)
-                self._queue.clear()
-                self._queued_bytes = 0
-                return batch
+                return True
             self._wakeup.clear()
             await self._wakeup.wait()
+
+    def unsent(self) -> int:
+        """Frames that will never be written: still queued, or cut off mid-send."""
+        return len(self._queue) + (1 if self.sending is not None else 0)

@@ -8,6 +8,8 @@ in ``finally``. A client going away is a normal ending, not an error.
 import asyncio
 import contextlib
 import logging
+from collections.abc import Coroutine
+from typing import Any
 
 from starlette.responses import PlainTextResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
@@ -79,13 +81,20 @@ async def _reader(websocket: WebSocket, conn: Connection, hub: Hub) -> None:
 
 async def _writer(websocket: WebSocket, conn: Connection, hub: Hub) -> None:
     send = websocket.send
-    while (batch := await conn.next_batch()) is not None:
-        for payload, received_at in batch:
-            await send({"type": "websocket.send", "bytes": payload})
-            hub.sent(conn, payload, received_at)
+    while True:
+        item = conn.pop()
+        if item is None:
+            if not await conn.wait_for_frames():
+                return
+            continue
+        # Held while in flight: a frame cut off by a close is counted as lost.
+        conn.sending = item
+        await send({"type": "websocket.send", "bytes": item[0]})
+        conn.sending = None
+        hub.sent(conn, item[0], item[1])
 
 
-async def _first_to_end(*coros: "asyncio._CoroutineLike[None]") -> None:
+async def _first_to_end(*coros: Coroutine[Any, Any, object]) -> None:
     """Run until one coroutine ends; cancel and await the rest."""
     tasks = [asyncio.create_task(c) for c in coros]
     try:
@@ -230,7 +239,13 @@ async def agent_socket(websocket: WebSocket, agent: str) -> None:
         log.info(
             "open agent=%s peer=%s conn=%s node=%s", conn.agent, conn.peer, conn.id, hub.node_id
         )
-        await _first_to_end(_reader(websocket, conn, hub), _writer(websocket, conn, hub))
+        await _first_to_end(
+            _reader(websocket, conn, hub),
+            _writer(websocket, conn, hub),
+            # Ends the connection at once on a close that must not wait for the
+            # writer, which may be stuck on a client that does not read.
+            conn.closing.wait(),
+        )
     finally:
         reason = "client_closed"
         if conn.close_code is not None:

@@ -17,7 +17,7 @@ from collections import defaultdict
 
 from bushub.broker import Broker
 from bushub.closecodes import CloseCode
-from bushub.connection import Connection
+from bushub.connection import Connection, Enqueued
 from bushub.metrics import Metrics
 from bushub.publisher import Publisher
 from bushub.settings import Settings
@@ -238,6 +238,9 @@ class Hub:
             group.discard(conn)
             if not group:
                 del self._by_agent[agent]
+        unsent = conn.unsent()
+        if unsent:
+            self.metrics.messages_dropped.labels("closing").inc(unsent)
         try:
             if attached:
                 self.metrics.connections.dec()
@@ -500,9 +503,12 @@ class Hub:
         self._enqueue(conn, payload, frame.received_at)
 
     def _enqueue(self, conn: Connection, payload: bytes, received_at: float) -> None:
-        if not conn.enqueue(payload, received_at):
+        result = conn.enqueue(payload, received_at)
+        if result is Enqueued.FULL:
             self.metrics.messages_dropped.labels("slow_consumer").inc()
             conn.request_close(CloseCode.SLOW_CONSUMER)
+        elif result is Enqueued.CLOSING:
+            self.metrics.messages_dropped.labels("closing").inc()
 
     def sent(self, conn: Connection, payload: bytes, received_at: float) -> None:
         """Account for one frame written to a client."""

@@ -38,6 +38,7 @@ DROP_REASONS = (
     "undeliverable",
     "no_local_agent",
     "slow_consumer",
+    "closing",
     "publish_buffer_full",
     "shutdown",
 )

@@ -1,0 +1,505 @@
+"""``bushub-bench``: workload R against two hub nodes, the floor relay and the stock proxy.
+
+The orchestrator (this process) builds the messages with the real serializers, starts
+one ``redis-server``, two hub nodes and two floor-relay processes on loopback, and runs
+the load generator (``busbench.loadgen``, a separate process) once per repetition per
+server, alternating hub and floor (and the stock proxy for the one-pair comparison).
+Then idle sockets, and optionally a py-spy profile of the hub under the fixed-rate
+load. It prints a Markdown report; ``--json`` keeps the raw figures.
+"""
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import resource
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from busbench import report
+from busbench.payloads import FORMATS, PAYLOADS, Builder, encode_template
+from busbench.procs import Procs, dropped_counters, http_ready, tcp_open, wait_until
+
+MACHINE_NOTE = (
+    "2 shared cores, noisy (other engineers' test runs share them): compare ratios "
+    "measured side by side in one run, not absolute µs across runs or machines."
+)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="bushub-bench",
+        description=(
+            "Workload R: K agent pairs (a_i on hub node 1, b_i on node 2, b_i echoes to "
+            "a_i) through two bushub nodes and one Redis, side by side with a floor relay "
+            "and the stock WebSocketProxyServerAgent. Prints a Markdown report."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--pairs", "-k", type=int, default=50, help="K: agent pairs")
+    p.add_argument("--rate", type=float, default=2000.0, help="fixed rate, round trips/s overall")
+    p.add_argument("--fixed-seconds", type=float, default=5.0, help="measured window, fixed rate")
+    p.add_argument(
+        "--inflight", type=int, default=4, help="messages in flight per pair at saturation"
+    )
+    p.add_argument(
+        "--sat-seconds", type=float, default=3.0, help="measured window, saturation"
+    )
+    p.add_argument("--warmup", type=float, default=0.5, help="seconds before each window")
+    p.add_argument("--reps", type=int, default=3, help="alternating repetitions (>= 3 for medians)")
+    p.add_argument(
+        "--payloads",
+        default="task-json,task-msgpack,audio-json,audio-msgpack",
+        help="payload-format combinations run on K pairs",
+    )
+    p.add_argument("--solo-rate", type=float, default=200.0, help="one-pair fixed rate, rt/s")
+    p.add_argument("--solo-seconds", type=float, default=4.0, help="one-pair windows")
+    p.add_argument("--no-stock", action="store_true", help="skip the stock-proxy baseline")
+    p.add_argument("--idle", type=int, default=2000, help="idle sockets per server (<= 10000)")
+    p.add_argument(
+        "--compression",
+        choices=("deflate", "none"),
+        default="deflate",
+        help="what the clients offer: deflate is what the stock proxy client's "
+        "websockets.connect() offers; servers decide whether to accept",
+    )
+    p.add_argument(
+        "--hub-args", default="", help="extra `bushub serve` flags (quoted string), for levers"
+    )
+    p.add_argument(
+        "--profile",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="py-spy profile of both hub nodes under the fixed-rate JSON task load "
+        "(auto: if py-spy is installed)",
+    )
+    p.add_argument("--profile-seconds", type=float, default=8.0)
+    p.add_argument("--quick", action="store_true", help="~1 minute smoke run")
+    p.add_argument("--json", dest="json_out", help="write raw figures to this file")
+    p.add_argument("--keep-logs", action="store_true", help="keep child logs (path printed)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.reps = min(args.reps, 1)
+        args.fixed_seconds = min(args.fixed_seconds, 1.5)
+        args.sat_seconds = min(args.sat_seconds, 1.0)
+        args.solo_seconds = min(args.solo_seconds, 1.0)
+        args.warmup = min(args.warmup, 0.3)
+        args.idle = min(args.idle, 300)
+        args.profile_seconds = min(args.profile_seconds, 2.0)
+    if not 1 <= args.pairs <= 2000:
+        p.error("--pairs must be within 1..2000")
+    if not 0 <= args.idle <= 10000:
+        p.error("--idle must be within 0..10000")
+    if args.reps < 1:
+        p.error("--reps must be >= 1")
+    combos = [c.strip() for c in args.payloads.split(",") if c.strip()]
+    for combo in combos:
+        payload, _, fmt = combo.partition("-")
+        if payload not in PAYLOADS or fmt not in FORMATS:
+            p.error(f"--payloads: unknown combination {combo!r}")
+    args.combos = combos
+    return args
+
+
+# ---- jobs ----------------------------------------------------------------------
+
+
+class Jobs:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.builder = Builder()
+
+    def _set(
+        self, name: str, fmt: str, a_names: list[str], b_names: list[str], url_a: str, url_b: str
+    ) -> dict[str, Any]:
+        templates = []
+        for a, b in zip(a_names, b_names, strict=True):
+            per = {}
+            for payload in PAYLOADS:
+                req, rep = self.builder.pair(payload, fmt, a, b)
+                per[payload] = [encode_template(req), encode_template(rep)]
+            templates.append(per)
+        return {
+            "name": name,
+            "format": fmt,
+            "a_names": a_names,
+            "b_names": b_names,
+            "url_a": url_a,
+            "url_b": url_b,
+            "templates": templates,
+        }
+
+    def _phases_main(self, formats_used: set[str]) -> list[dict[str, Any]]:
+        a = self.args
+        phases = []
+        for combo in a.combos:
+            payload, _, fmt = combo.partition("-")
+            phases.append(
+                {
+                    "name": f"{combo}/fixed",
+                    "set": fmt,
+                    "payload": payload,
+                    "kind": "fixed",
+                    "rate": a.rate,
+                    "warmup": a.warmup,
+                    "duration": a.fixed_seconds,
+                }
+            )
+            phases.append(
+                {
+                    "name": f"{combo}/saturation",
+                    "set": fmt,
+                    "payload": payload,
+                    "kind": "saturation",
+                    "inflight": a.inflight,
+                    "warmup": a.warmup,
+                    "duration": a.sat_seconds,
+                }
+            )
+        return phases
+
+    def _phases_solo(self) -> list[dict[str, Any]]:
+        a = self.args
+        return [
+            {
+                "name": "solo/fixed",
+                "set": "solo",
+                "payload": "task",
+                "kind": "fixed",
+                "rate": a.solo_rate,
+                "warmup": a.warmup,
+                "duration": a.solo_seconds,
+            },
+            {
+                "name": "solo/saturation",
+                "set": "solo",
+                "payload": "task",
+                "kind": "saturation",
+                "inflight": a.inflight,
+                "warmup": a.warmup,
+                "duration": a.solo_seconds,
+            },
+        ]
+
+    def relay_job(
+        self, kind: str, rep: int, url1: str, url2: str, pids: dict[str, int]
+    ) -> dict[str, Any]:
+        """K pairs per format used, plus one solo JSON pair, on two relay nodes."""
+        k = self.args.pairs
+        tag = f"{kind[0]}{rep}"
+        formats_used = {c.partition("-")[2] for c in self.args.combos}
+        sets = []
+        for fmt in FORMATS:
+            if fmt not in formats_used:
+                continue
+            a_names = [f"a{i:03d}{tag}{fmt[0]}" for i in range(k)]
+            b_names = [f"b{i:03d}{tag}{fmt[0]}" for i in range(k)]
+            sets.append(self._set(fmt, fmt, a_names, b_names, url1, url2))
+        sets.append(self._set("solo", "json", [f"s000{tag}j"], [f"t000{tag}j"], url1, url2))
+        return {
+            "kind": "pairs",
+            "server": kind,
+            "sets": sets,
+            "phases": self._phases_main(formats_used) + self._phases_solo(),
+            "pids": pids,
+            "expect_registry": kind == "hub",
+            "compression": self.args.compression,
+        }
+
+    def stock_job(self, rep: int, url: str, pids: dict[str, int]) -> dict[str, Any]:
+        tag = f"s{rep}"
+        sets = [self._set("solo", "json", [f"s000{tag}j"], [f"t000{tag}j"], url, "")]
+        return {
+            "kind": "pairs",
+            "server": "stock",
+            "sets": sets,
+            "phases": self._phases_solo(),
+            "pids": pids,
+            "expect_registry": True,
+            "compression": self.args.compression,
+        }
+
+    def profile_job(
+        self, url1: str, url2: str, pids: dict[str, int], profile_argv: list[list[str]]
+    ) -> dict[str, Any]:
+        a = self.args
+        k = a.pairs
+        a_names = [f"a{i:03d}pj" for i in range(k)]
+        b_names = [f"b{i:03d}pj" for i in range(k)]
+        return {
+            "kind": "pairs",
+            "server": "hub",
+            "sets": [self._set("json", "json", a_names, b_names, url1, url2)],
+            "phases": [
+                {
+                    "name": "profile/task-json/fixed",
+                    "set": "json",
+                    "payload": "task",
+                    "kind": "fixed",
+                    "rate": a.rate,
+                    "warmup": a.warmup,
+                    "duration": a.profile_seconds,
+                    "profile": profile_argv,
+                }
+            ],
+            "pids": pids,
+            "expect_registry": True,
+            "compression": a.compression,
+        }
+
+
+def job_budget(job: dict[str, Any]) -> float:
+    """Seconds a load-generator job may take before it is killed."""
+    if job["kind"] == "idle":
+        return job.get("open_timeout", 120) + 120
+    seconds = 60.0
+    for ph in job["phases"]:
+        seconds += ph["warmup"] + ph["duration"] + ph.get("drain", 5.0) + 5
+    return seconds
+
+
+def run_loadgen(job: dict[str, Any], work: Path, label: str) -> dict[str, Any]:
+    job_path = work / f"job-{label}.json"
+    out_path = work / f"result-{label}.json"
+    job_path.write_text(json.dumps(job))
+    err_path = work / f"loadgen-{label}.log"
+    with open(err_path, "wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "busbench.loadgen", str(job_path), str(out_path)],
+            stdin=subprocess.DEVNULL,
+            stdout=err,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            proc.wait(job_budget(job))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise RuntimeError(f"load generator job {label} timed out; log: {err_path}") from None
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    if proc.returncode != 0:
+        tail = err_path.read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"load generator job {label} failed ({proc.returncode}):\n{tail}")
+    result: dict[str, Any] = json.loads(out_path.read_text())
+    return result
+
+
+def log(msg: str) -> None:
+    print(f"[bushub-bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def raise_nofile(wanted: int) -> dict[str, Any]:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, wanted)
+    note = ""
+    if soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            note = f"could not raise RLIMIT_NOFILE: {exc}"
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < wanted and not note:
+        note = f"RLIMIT_NOFILE hard limit {hard} is below the {wanted} descriptors needed"
+    return {"soft": soft, "hard": hard, "wanted": wanted, "note": note}
+
+
+def versions() -> str:
+    names = ("pipecat-ai-subagents", "pipecat-ai", "websockets", "uvicorn", "redis", "uvloop")
+    out = []
+    for name in names:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out.append(f"{name} {metadata.version(name)}")
+    try:
+        redis_v = subprocess.run(
+            ["redis-server", "--version"], capture_output=True, text=True, timeout=5
+        ).stdout.split()
+        out.append(next(w for w in redis_v if w.startswith("v=")).replace("v=", "redis-server "))
+    except (OSError, StopIteration, subprocess.SubprocessError):
+        pass
+    return ", ".join(out)
+
+
+def find_pyspy() -> str | None:
+    here = Path(sys.executable).parent / "py-spy"
+    if here.exists():
+        return str(here)
+    return shutil.which("py-spy")
+
+
+# ---- the run ---------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
+    started = time.monotonic()
+    nofile = raise_nofile(args.idle + 1024)
+    work = Path(tempfile.mkdtemp(prefix="bushub-bench-"))
+    procs = Procs(work)
+    jobs = Jobs(args)
+    pyspy = find_pyspy() if args.profile != "off" else None
+    if args.profile == "on" and pyspy is None:
+        raise SystemExit("--profile on: py-spy not found (pip install py-spy)")
+    out: dict[str, Any] = {
+        "command": shlex.join(["bushub-bench", *argv]),
+        "config": {
+            k: v for k, v in vars(args).items() if k not in ("json_out",) and not callable(v)
+        },
+        "machine": MACHINE_NOTE,
+        "host": (
+            f"{platform.machine()}, os.cpu_count()={os.cpu_count()}, "
+            f"Python {platform.python_version()}"
+        ),
+        "versions": versions(),
+        "nofile": nofile,
+        "runs": [],
+        "idle": [],
+        "profile": None,
+        "logs": str(work),
+    }
+    ok = False
+    try:
+        redis = procs.redis()
+        redis_url = f"redis://127.0.0.1:{redis.port}/0"
+        extra = shlex.split(args.hub_args)
+        hub1, hub2 = procs.hub("n1", redis_url, extra), procs.hub("n2", redis_url, extra)
+        floor1, floor2 = procs.floor("floor-1", redis_url), procs.floor("floor-2", redis_url)
+        for hub in (hub1, hub2):
+            wait_until(lambda h=hub: http_ready(h.port), 30, hub, "/readyz 200")
+        for fl in (floor1, floor2):
+            wait_until(lambda f=fl: tcp_open(f.port), 30, fl, "listening port")
+        out["hub_argv"] = shlex.join(hub1.argv)
+        url = "ws://127.0.0.1:{}".format
+        servers = {
+            "hub": (hub1, hub2),
+            "floor": (floor1, floor2),
+        }
+        for rep in range(args.reps):
+            for kind in ("hub", "floor"):
+                n1, n2 = servers[kind]
+                pids = {"node1": n1.pid, "node2": n2.pid, "redis": redis.pid}
+                job = jobs.relay_job(kind, rep, url(n1.port), url(n2.port), pids)
+                drops0 = _drops(kind, n1, n2)
+                log(f"rep {rep + 1}/{args.reps}: {kind}")
+                result = run_loadgen(job, work, f"{kind}-{rep}")
+                result.update(server=kind, rep=rep, drops=_diff(_drops(kind, n1, n2), drops0))
+                out["runs"].append(result)
+            if not args.no_stock:
+                stock = procs.stock(f"stock-{rep}")
+                wait_until(lambda s=stock: http_ready(s.port), 60, stock, "/readyz 200")
+                log(f"rep {rep + 1}/{args.reps}: stock proxy")
+                pids = {"node1": stock.pid, "redis": redis.pid}
+                result = run_loadgen(
+                    jobs.stock_job(rep, url(stock.port), pids), work, f"stock-{rep}"
+                )
+                result.update(server="stock", rep=rep, drops={})
+                out["runs"].append(result)
+                procs.stop(stock)
+        if pyspy is not None:
+            log("py-spy profile of both hub nodes under the fixed-rate load")
+            out["profile"] = _profile(args, jobs, work, pyspy, hub1, hub2, redis, url)
+        if args.idle:
+            for kind in ("hub", "floor"):
+                node = servers[kind][0]
+                log(f"idle sockets: {args.idle} on {kind} node 1")
+                job = {
+                    "kind": "idle",
+                    "url": url(node.port),
+                    "count": args.idle,
+                    "pids": {"server": node.pid, "redis": redis.pid},
+                    "compression": args.compression,
+                    "open_timeout": 180,
+                }
+                result = run_loadgen(job, work, f"idle-{kind}")
+                result.update(server=kind, alive_after=node.alive)
+                out["idle"].append(result)
+        for child in (hub1, hub2, floor1, floor2, redis):
+            if not child.alive:
+                raise RuntimeError(f"{child.name} died during the run:\n{child.log_tail()}")
+        ok = True
+    finally:
+        procs.stop_all()
+        out["elapsed_s"] = time.monotonic() - started
+        if ok and not args.keep_logs:
+            shutil.rmtree(work, ignore_errors=True)
+            out["logs"] = None
+    return out
+
+
+def _drops(kind: str, n1: Any, n2: Any) -> dict[str, float]:
+    if kind != "hub":
+        return {}
+    total: dict[str, float] = {}
+    for node in (n1, n2):
+        for reason, value in dropped_counters(node.port).items():
+            total[reason] = total.get(reason, 0.0) + value
+    return total
+
+
+def _diff(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    return {k: v - before.get(k, 0.0) for k, v in after.items() if v - before.get(k, 0.0)}
+
+
+def _profile(args, jobs, work, pyspy, hub1, hub2, redis, url) -> dict[str, Any]:
+    duration = max(1, round(args.profile_seconds))
+    outs = [work / "pyspy-n1.txt", work / "pyspy-n2.txt"]
+    argv = [
+        [
+            pyspy,
+            "record",
+            "--pid",
+            str(hub.pid),
+            "--duration",
+            str(duration),
+            "--rate",
+            "200",
+            "--format",
+            "raw",
+            "--function",
+            "--nonblocking",
+            "--output",
+            str(path),
+        ]
+        for hub, path in zip((hub1, hub2), outs, strict=True)
+    ]
+    pids = {"node1": hub1.pid, "node2": hub2.pid, "redis": redis.pid}
+    job = jobs.profile_job(url(hub1.port), url(hub2.port), pids, argv)
+    result = run_loadgen(job, work, "profile")
+    phase = result["phases"][0]
+    stacks: list[str] = []
+    for path in outs:
+        if path.exists():
+            stacks.extend(path.read_text(errors="replace").splitlines())
+    return {
+        "phase": phase,
+        "tool": f"py-spy ({pyspy}), 200 Hz, --nonblocking, --function, both nodes merged",
+        "table": report.profile_table(stacks, 20),
+        "samples": report.profile_samples(stacks),
+        "errors": phase.get("profile_errors", []),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_term)
+    out = run(args, argv)
+    out["summary"] = report.summarise(out)
+    text = report.markdown(out)
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(out, indent=1, default=str))
+    print(text)

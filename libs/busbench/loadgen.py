@@ -1,0 +1,492 @@
+"""The load generator: its own process, so its CPU is measured apart from the servers.
+
+    python -m busbench.loadgen JOB.json RESULT.json
+
+A job is either ``pairs`` (connect sets of agent pairs, run timed phases over them)
+or ``idle`` (open many quiet sockets and read the server's RSS). Clients are raw
+``websockets`` asyncio connections on uvloop; messages are built and checked from
+byte templates (see ``busbench.payloads``), never through a serializer. Every wait
+is bounded. The generator reads ``/proc/<pid>/stat`` of the measured processes and
+of itself at the edges of each measured window.
+"""
+
+import asyncio
+import contextlib
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+from busbench.payloads import SEQ_WIDTH, Template, decode_template
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+now_ns = time.perf_counter_ns
+
+
+def proc_cpu(pid: int) -> float:
+    """utime + stime of a process, in seconds (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return 0.0
+    fields = raw[raw.rindex(b")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def proc_rss_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def raise_nofile(wanted: int) -> dict[str, int]:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, wanted)
+    if soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return {"soft": soft, "hard": hard, "wanted": wanted}
+
+
+@dataclass
+class Counters:
+    sent: int = 0
+    ok: int = 0
+    corrupt: int = 0
+    duplicate: int = 0
+    late: int = 0
+    unexpected: int = 0
+    registry: int = 0
+    lost: int = 0
+    bad_request: int = 0
+    closed: int = 0
+
+
+@dataclass
+class PairTemplates:
+    req: Template
+    rep: Template
+
+
+class Pair:
+    __slots__ = ("a", "b", "cur", "given_up", "i", "next_seq", "outstanding", "templates")
+
+    def __init__(self, i: int, templates: dict[str, PairTemplates]) -> None:
+        self.i = i
+        self.templates = templates
+        self.cur: PairTemplates = next(iter(templates.values()))
+        self.a: ClientConnection | None = None
+        self.b: ClientConnection | None = None
+        self.next_seq = 0
+        self.outstanding: dict[bytes, int] = {}
+        self.given_up: set[bytes] = set()
+
+
+@dataclass
+class Phase:
+    """What the readers record into while a phase runs."""
+
+    closed_loop: bool = False
+    stopping: bool = False
+    in_window: bool = False
+    win_start: int = 0
+    win_end: int = 1 << 62
+    win_completed: int = 0
+    rtts: list[int] = field(default_factory=list)
+    c: Counters = field(default_factory=Counters)
+
+
+class PairsRun:
+    def __init__(self, job: dict[str, Any]) -> None:
+        self.job = job
+        self.phase = Phase()
+        self.sets: dict[str, list[Pair]] = {}
+        self.tasks: list[asyncio.Task[None]] = []
+        self.connect_errors: list[str] = []
+        self.pids: dict[str, int] = {k: int(v) for k, v in job["pids"].items()}
+
+    # ---- connections ------------------------------------------------------
+
+    async def _open(self, url: str) -> ClientConnection:
+        return await connect(
+            url,
+            compression="deflate" if self.job.get("compression") == "deflate" else None,
+            max_size=1 << 22,
+            ping_interval=None,
+            open_timeout=20,
+            close_timeout=2,
+        )
+
+    async def _first_message(self, ws: ClientConnection, counters: Counters) -> None:
+        """Skip the registry message a hub or stock proxy sends before anything else."""
+        data = await asyncio.wait_for(ws.recv(), timeout=20)
+        if isinstance(data, str):
+            data = data.encode()
+        if b"Registry" not in data:
+            raise RuntimeError(f"first message is not a registry message: {data[:80]!r}")
+        counters.registry += 1
+
+    async def connect_set(self, spec: dict[str, Any]) -> None:
+        pairs = []
+        for i, tpl in enumerate(spec["templates"]):
+            templates = {
+                payload: PairTemplates(decode_template(t[0]), decode_template(t[1]))
+                for payload, t in tpl.items()
+            }
+            pairs.append(Pair(i, templates))
+        sem = asyncio.Semaphore(32)
+        fmt = spec["format"]
+        query = f"format={fmt}&dialect=subagents"
+
+        async def open_pair(pair: Pair) -> None:
+            a, b = spec["a_names"][pair.i], spec["b_names"][pair.i]
+            async with sem:
+                pair.a = await self._open(f"{spec['url_a']}/ws/{a}?peer={b}&{query}")
+                if spec.get("url_b"):
+                    pair.b = await self._open(f"{spec['url_b']}/ws/{b}?peer={a}&{query}")
+
+        await asyncio.gather(*(open_pair(p) for p in pairs))
+        if self.job.get("expect_registry"):
+            boot = Counters()
+            socks = [s for p in pairs for s in (p.a, p.b) if s is not None]
+            await asyncio.gather(*(self._first_message(s, boot) for s in socks))
+        for pair in pairs:
+            self.tasks.append(asyncio.create_task(self._a_reader(pair)))
+            if pair.b is not None:
+                self.tasks.append(asyncio.create_task(self._b_reader(pair)))
+        self.sets[spec["name"]] = pairs
+
+    async def close_all(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        socks = [s for ps in self.sets.values() for p in ps for s in (p.a, p.b) if s is not None]
+        sem = asyncio.Semaphore(64)
+
+        async def close(ws: ClientConnection) -> None:
+            async with sem:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(ws.close(), 3)
+
+        await asyncio.gather(*(close(s) for s in socks))
+
+    # ---- readers ----------------------------------------------------------
+
+    def _classify_stray(self, pair: Pair, data: bytes, seq: bytes, c: Counters) -> None:
+        if seq in pair.given_up:
+            c.late += 1
+            pair.given_up.discard(seq)
+        elif seq.isdigit() and int(seq) < pair.next_seq:
+            c.duplicate += 1
+        elif b"Registry" in data:
+            c.registry += 1
+        else:
+            c.unexpected += 1
+
+    async def _a_reader(self, pair: Pair) -> None:
+        ws = pair.a
+        assert ws is not None
+        try:
+            async for data in ws:
+                t = now_ns()
+                ph = self.phase
+                tpl = pair.cur.rep
+                off = len(tpl.prefix)
+                seq = data[off : off + SEQ_WIDTH]
+                sent = pair.outstanding.pop(seq, None)
+                if sent is None:
+                    self._classify_stray(pair, data, seq, ph.c)
+                    continue
+                if data == tpl.prefix + seq + tpl.suffix:
+                    ph.c.ok += 1
+                else:
+                    ph.c.corrupt += 1
+                if ph.in_window:
+                    ph.win_completed += 1
+                if ph.win_start <= sent < ph.win_end:
+                    ph.rtts.append(t - sent)
+                if ph.closed_loop and not ph.stopping:
+                    await self._send(pair, ph)
+        except ConnectionClosed:
+            self.phase.c.closed += 1
+
+    async def _b_reader(self, pair: Pair) -> None:
+        ws = pair.b
+        assert ws is not None
+        send = ws.send
+        try:
+            async for data in ws:
+                cur = pair.cur
+                req = cur.req
+                off = len(req.prefix)
+                seq = data[off : off + SEQ_WIDTH]
+                if data != req.prefix + seq + req.suffix:
+                    if b"Registry" in data:
+                        self.phase.c.registry += 1
+                    else:
+                        self.phase.c.bad_request += 1
+                    continue
+                await send(cur.rep.prefix + seq + cur.rep.suffix)
+        except ConnectionClosed:
+            self.phase.c.closed += 1
+
+    async def _send(self, pair: Pair, ph: Phase) -> None:
+        seq = b"%010d" % pair.next_seq
+        pair.next_seq += 1
+        req = pair.cur.req
+        ph.c.sent += 1
+        pair.outstanding[seq] = now_ns()
+        ws = pair.a
+        assert ws is not None
+        await ws.send(req.prefix + seq + req.suffix)
+
+    # ---- phases -----------------------------------------------------------
+
+    def _cpu(self) -> dict[str, float]:
+        out = {name: proc_cpu(pid) for name, pid in self.pids.items()}
+        out["loadgen"] = proc_cpu(os.getpid())
+        return out
+
+    async def _drain(self, pairs: list[Pair], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and any(p.outstanding for p in pairs):
+            await asyncio.sleep(0.01)
+        for p in pairs:
+            self.phase.c.lost += len(p.outstanding)
+            p.given_up.update(p.outstanding)
+            p.outstanding.clear()
+
+    async def run_phase(self, spec: dict[str, Any]) -> dict[str, Any]:
+        pairs = self.sets[spec["set"]]
+        for p in pairs:
+            p.cur = p.templates[spec["payload"]]
+        closed_loop = spec["kind"] == "saturation"
+        ph = Phase(closed_loop=closed_loop)
+        self.phase = ph
+        warmup, duration = spec["warmup"], spec["duration"]
+        profile_procs: list[subprocess.Popen[bytes]] = []
+        lags: list[int] = []
+        t0 = now_ns()
+        win_start = t0 + int(warmup * 1e9)
+        win_end = win_start + int(duration * 1e9)
+        ph.win_start, ph.win_end = win_start, win_end
+        cpu0: dict[str, float] = {}
+        wall0 = 0
+
+        def open_window() -> None:
+            nonlocal cpu0, wall0
+            cpu0 = self._cpu()
+            wall0 = now_ns()
+            ph.in_window = True
+            for argv in spec.get("profile", []):
+                profile_procs.append(
+                    subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                )
+
+        def close_window() -> tuple[dict[str, float], float, int]:
+            ph.in_window = False
+            cpu1 = self._cpu()
+            wall = (now_ns() - wall0) / 1e9
+            return {k: cpu1[k] - cpu0[k] for k in cpu1}, wall, ph.win_completed
+
+        if closed_loop:
+            inflight = spec["inflight"]
+            for _ in range(inflight):
+                for p in pairs:
+                    await self._send(p, ph)
+            await asyncio.sleep(max(0.0, (win_start - now_ns()) / 1e9))
+            open_window()
+            await asyncio.sleep(max(0.0, (win_end - now_ns()) / 1e9))
+            cpu, wall, completed = close_window()
+            ph.stopping = True
+        else:
+            rate = spec["rate"]
+            interval = 1e9 / rate
+            k = len(pairs)
+            j = 0
+            opened = False
+            end_all = win_end
+            while True:
+                due = t0 + int(j * interval)
+                if due >= end_all:
+                    break
+                t = now_ns()
+                if not opened and t >= win_start:
+                    open_window()
+                    opened = True
+                if due > t:
+                    await asyncio.sleep((due - t) / 1e9)
+                    continue
+                if win_start <= due < win_end:
+                    lags.append(t - due)
+                await self._send(pairs[j % k], ph)
+                j += 1
+                if t - due > 1_000_000 and j % 16 == 0:
+                    await asyncio.sleep(0)  # behind schedule: let the readers run
+            if not opened:
+                open_window()
+            cpu, wall, completed = close_window()
+        await self._drain(pairs, spec.get("drain", 5.0))
+        profile_errors = []
+        for proc in profile_procs:
+            try:
+                _, err = proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                _, err = proc.communicate()
+            if proc.returncode:
+                profile_errors.append(err.decode(errors="replace")[-500:])
+        rtts = sorted(ph.rtts)
+        lags.sort()
+        return {
+            "name": spec["name"],
+            "set": spec["set"],
+            "payload": spec["payload"],
+            "kind": spec["kind"],
+            "pairs": len(pairs),
+            "rate": spec.get("rate"),
+            "inflight": spec.get("inflight"),
+            "window_s": wall,
+            "completed": completed,
+            "rt_per_s": completed / wall if wall > 0 else 0.0,
+            "relayed": 2 * completed,
+            "cpu_s": cpu,
+            "rtt_ms": percentiles(rtts),
+            "rtt_samples": len(rtts),
+            "send_lag_ms": percentiles(lags) if lags else None,
+            "counters": ph.c.__dict__,
+            "request_bytes": pairs[0].cur.req.size,
+            "reply_bytes": pairs[0].cur.rep.size,
+            "profile_errors": profile_errors,
+        }
+
+    async def run(self) -> dict[str, Any]:
+        results: dict[str, Any] = {"phases": [], "connect_s": 0.0}
+        t = time.monotonic()
+        try:
+            for spec in self.job["sets"]:
+                await self.connect_set(spec)
+            results["connect_s"] = time.monotonic() - t
+            first = next(iter(self.sets.values()))[0].a
+            if first is not None and first.response is not None:
+                results["extensions"] = first.response.headers.get("Sec-WebSocket-Extensions")
+            for spec in self.job["phases"]:
+                results["phases"].append(await self.run_phase(spec))
+        finally:
+            await self.close_all()
+        return results
+
+
+def percentiles(sorted_ns: list[int]) -> dict[str, float] | None:
+    if not sorted_ns:
+        return None
+    n = len(sorted_ns)
+
+    def at(q: float) -> float:
+        return sorted_ns[min(n - 1, int(q * n))] / 1e6
+
+    return {
+        "p50": at(0.50),
+        "p90": at(0.90),
+        "p99": at(0.99),
+        "p999": at(0.999),
+        "max": sorted_ns[-1] / 1e6,
+        "mean": sum(sorted_ns) / n / 1e6,
+    }
+
+
+async def run_idle(job: dict[str, Any]) -> dict[str, Any]:
+    """Open ``count`` quiet sockets; report the servers' RSS before and after."""
+    count = job["count"]
+    limits = raise_nofile(count + 256)
+    pids = {k: int(v) for k, v in job["pids"].items()}
+    before = {name: proc_rss_kb(pid) for name, pid in pids.items()}
+    socks: list[ClientConnection] = []
+    errors: dict[str, int] = {}
+    sem = asyncio.Semaphore(job.get("concurrency", 64))
+    url = job["url"]
+    deadline = time.monotonic() + job.get("open_timeout", 120)
+
+    async def open_one(n: int) -> None:
+        async with sem:
+            if time.monotonic() > deadline:
+                errors["timeout"] = errors.get("timeout", 0) + 1
+                return
+            try:
+                ws = await connect(
+                    f"{url}/ws/idle{n:05d}?peer=absent{n:05d}&format=json&dialect=subagents",
+                    compression="deflate" if job.get("compression") == "deflate" else None,
+                    ping_interval=None,
+                    open_timeout=30,
+                    close_timeout=2,
+                )
+                socks.append(ws)
+            except (OSError, InvalidHandshake, InvalidStatus, TimeoutError) as exc:
+                key = type(exc).__name__
+                errors[key] = errors.get(key, 0) + 1
+
+    t = time.monotonic()
+    await asyncio.gather(*(open_one(n) for n in range(count)))
+    open_s = time.monotonic() - t
+    # Let the servers finish per-connection work (subscriptions, presence) and settle.
+    await asyncio.sleep(job.get("settle", 2.0))
+    after = {name: proc_rss_kb(pid) for name, pid in pids.items()}
+    await asyncio.sleep(job.get("hold", 1.0))
+    still_open = sum(1 for ws in socks if ws.close_code is None)
+    close_sem = asyncio.Semaphore(256)
+
+    async def close(ws: ClientConnection) -> None:
+        async with close_sem:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.close(), 5)
+
+    await asyncio.gather(*(close(ws) for ws in socks))
+    return {
+        "count": count,
+        "opened": len(socks),
+        "still_open": still_open,
+        "errors": errors,
+        "open_s": open_s,
+        "rss_before_kb": before,
+        "rss_after_kb": after,
+        "nofile": limits,
+    }
+
+
+async def main_async(job: dict[str, Any]) -> dict[str, Any]:
+    if job["kind"] == "idle":
+        return await run_idle(job)
+    raise_nofile(4096)
+    return await PairsRun(job).run()
+
+
+def main() -> None:
+    job_path, result_path = sys.argv[1], sys.argv[2]
+    with open(job_path) as f:
+        job = json.load(f)
+    try:
+        import uvloop
+
+        result = uvloop.run(main_async(job))
+    except ImportError:
+        result = asyncio.run(main_async(job))
+    with open(result_path, "w") as f:
+        json.dump(result, f)
+
+
+if __name__ == "__main__":
+    main()
