@@ -55,7 +55,10 @@ def create_app(settings: Settings, broker: Broker | None = None) -> FastAPI:
     app = FastAPI(title="bushub", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.hub = hub
     app.state.verifier = TokenVerifier(
-        settings.jwt_secret, settings.split(settings.jwt_public_keys), settings.jwt_leeway
+        settings.jwt_secret,
+        settings.split(settings.jwt_public_keys),
+        settings.jwt_leeway,
+        settings.jwt_audience,
     )
     app.add_api_websocket_route("/ws/{agent}", agent_socket)
 

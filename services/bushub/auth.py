@@ -73,11 +73,18 @@ class TokenVerifier:
         public_key_files: PEM files of RS256/ES256 public keys; a token passes if
             any of them verifies it, so keys can be rotated by listing both.
         leeway: Seconds of clock skew tolerated on ``exp`` and ``nbf``.
+        audience: When set, tokens must carry it in ``aud``; when empty, ``aud`` is
+            not checked (identity providers often set one the hub has no use for).
     """
 
     def __init__(
-        self, secret: str = "", public_key_files: Sequence[str] = (), leeway: float = 5.0
+        self,
+        secret: str = "",
+        public_key_files: Sequence[str] = (),
+        leeway: float = 5.0,
+        audience: str = "",
     ) -> None:
+        self._audience = audience or None
         self._keys: list[tuple[Any, list[str]]] = []
         if secret:
             self._keys.append((secret, ["HS256"]))
@@ -109,7 +116,8 @@ class TokenVerifier:
                     key,
                     algorithms=algorithms,
                     leeway=self._leeway,
-                    options={"require": ["exp"]},
+                    audience=self._audience,
+                    options={"require": ["exp"], "verify_aud": self._audience is not None},
                 )
                 break
             except jwt.ExpiredSignatureError:

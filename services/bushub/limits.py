@@ -6,14 +6,15 @@ import time
 class TokenBucket:
     """Allows ``rate`` units per second with bursts up to ``burst`` units.
 
-    A rate of 0 means unlimited.
+    A rate of 0 means unlimited. The burst is at least one unit, so a rate under
+    one per second still lets a unit through now and then.
     """
 
     __slots__ = ("_burst", "_last", "_rate", "_tokens")
 
     def __init__(self, rate: float, burst: float | None = None) -> None:
         self._rate = rate
-        self._burst = burst if burst is not None else rate
+        self._burst = burst if burst is not None else max(rate, 1.0)
         self._tokens = self._burst
         self._last = time.monotonic()
 

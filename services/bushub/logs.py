@@ -53,10 +53,12 @@ class RateLimitFilter(logging.Filter):
 
 
 _TOKEN_IN_URL = re.compile(r"(token=)[^&\s\"']+")
+_AUTHORIZATION = re.compile(r"(?i)(authorization:\s*(?:\S+\s+)?)\S+")
 
 
 class RedactTokensFilter(logging.Filter):
-    """Blank out ``?token=`` values: uvicorn logs handshake paths with their query."""
+    """Blank out ``?token=`` values and ``Authorization`` headers: uvicorn logs
+    handshake paths with their query, and at debug level every request header."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.args:
@@ -64,7 +66,21 @@ class RedactTokensFilter(logging.Filter):
             record.args = None
         if isinstance(record.msg, str) and "token=" in record.msg:
             record.msg = _TOKEN_IN_URL.sub(r"\1REDACTED", record.msg)
+        if isinstance(record.msg, str) and "authorization" in record.msg.lower():
+            record.msg = _AUTHORIZATION.sub(r"\1REDACTED", record.msg)
         return True
+
+
+class DenialNoiseFilter(logging.Filter):
+    """Drop uvicorn's error after a handshake answered with an HTTP status.
+
+    uvicorn (websockets-sansio) does not mark the handshake complete after a denial
+    response, and then reports every 401/403/503 as "returned without completing
+    handshake". Refusals are counted in bushub_connections_refused_total instead.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg != "ASGI callable returned without completing handshake."
 
 
 def configure_logging(level: str, fmt: str) -> None:
@@ -78,6 +94,7 @@ def configure_logging(level: str, fmt: str) -> None:
     # the arguments in.
     handler.addFilter(RateLimitFilter())
     handler.addFilter(RedactTokensFilter())
+    logging.getLogger("uvicorn.error").addFilter(DenialNoiseFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -88,6 +88,9 @@ class Settings:
     jwt_leeway: float = field(
         default=5.0, metadata={"help": "seconds of clock skew allowed on token exp/nbf"}
     )
+    jwt_audience: str = field(
+        default="", metadata={"help": "required token aud claim; empty ignores aud"}
+    )
     insecure: bool = field(
         default=False,
         metadata={"help": "allow listening on a non-loopback address with auth off"},

@@ -1,0 +1,214 @@
+"""Operator limits with real sockets: rates, sizes, connection cap, Origin allowlist.
+
+The "ops" hub runs with ``--rate-messages 10 --rate-bytes 6000 --max-message-bytes
+3000`` and an Origin allowlist; the "cap" hub with ``--max-connections 2``. Excess
+traffic is dropped and counted while the socket stays open; excess sockets and
+foreign origins are refused before the upgrade.
+"""
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from websockets.asyncio.client import connect
+
+from tests.integration.conftest import _register_log
+from tests.integration.procs import TIMEOUT
+from tests.security.conftest import (
+    ALLOWED_ORIGINS,
+    MAX_CONNECTIONS,
+    MAX_MESSAGE_BYTES,
+    RATE_BYTES,
+    RATE_MESSAGES,
+)
+from tests.security.helpers import (
+    Peer,
+    SecureHub,
+    assert_accepted,
+    assert_refused,
+    encode,
+    padded,
+    task_request,
+    token,
+    wait_for_metric,
+    wait_idle,
+)
+
+pytestmark = pytest.mark.integration
+
+# A second is the refill period of both buckets; a little more to be sure.
+REFILL = 1.2
+
+
+@pytest.fixture
+async def pair(
+    ops_hub: SecureHub, request: pytest.FixtureRequest
+) -> AsyncIterator[tuple[Peer, Peer]]:
+    name = request.node.name.removeprefix("test_")[:40]
+    sender = await Peer.connect(ops_hub, f"{name}-s", peer=f"{name}-r")
+    receiver = await Peer.connect(ops_hub, f"{name}-r")
+    yield sender, receiver
+    await sender.close()
+    await receiver.close()
+
+
+async def test_message_rate_drops_the_excess_and_recovers(
+    ops_hub: SecureHub, pair: tuple[Peer, Peer]
+) -> None:
+    sender, receiver = pair
+    burst = 3 * RATE_MESSAGES
+    before = ops_hub.dropped("rate_limited")
+    started = time.monotonic()
+    for i in range(burst):
+        await sender.send(task_request(sender.agent, receiver.agent, {"label": f"b{i}"}))
+    elapsed = time.monotonic() - started
+    await asyncio.sleep(REFILL)
+    await sender.send(task_request(sender.agent, receiver.agent, {"label": "after"}))
+    await receiver.expect_label("after")
+
+    delivered = [label for label in receiver.labels() if label != "after"]
+    dropped = ops_hub.dropped("rate_limited") - before
+    assert delivered == [f"b{i}" for i in range(len(delivered))], "the first ones pass, in order"
+    # One second's burst, plus whatever refilled while sending.
+    assert RATE_MESSAGES <= len(delivered) <= RATE_MESSAGES + 1 + elapsed * RATE_MESSAGES
+    assert len(delivered) + dropped == burst
+    assert not sender.closed
+
+    # Recovered: a full second's worth passes again.
+    for i in range(RATE_MESSAGES - 1):
+        await sender.send(task_request(sender.agent, receiver.agent, {"label": f"r{i}"}))
+    await receiver.expect_label(f"r{RATE_MESSAGES - 2}")
+    assert ops_hub.dropped("rate_limited") - before == dropped
+
+
+async def test_byte_rate_drops_the_excess_and_recovers(
+    ops_hub: SecureHub, pair: tuple[Peer, Peer]
+) -> None:
+    sender, receiver = pair
+    size = 2500  # under --max-message-bytes, two fit in one second's bytes
+    count = 6
+    before = ops_hub.dropped("rate_limited")
+    for i in range(count):
+        await sender.send(padded(sender.agent, receiver.agent, size, f"b{i}"))
+    await asyncio.sleep(REFILL)
+    await sender.send(padded(sender.agent, receiver.agent, size, "after"))
+    await receiver.expect_label("after")
+
+    delivered = [label for label in receiver.labels() if label != "after"]
+    # One second's bytes (two frames), plus one more only if sending took ~0.4 s.
+    assert delivered == [f"b{i}" for i in range(len(delivered))]
+    assert RATE_BYTES // size <= len(delivered) <= RATE_BYTES // size + 1
+    assert ops_hub.dropped("rate_limited") - before == count - len(delivered)
+    assert not sender.closed
+
+
+async def test_oversize_frames_are_dropped_and_the_socket_survives(
+    ops_hub: SecureHub, pair: tuple[Peer, Peer]
+) -> None:
+    sender, receiver = pair
+    before = ops_hub.dropped("oversize")
+    await sender.send(padded(sender.agent, receiver.agent, MAX_MESSAGE_BYTES + 1, "big"))
+    await sender.send(padded(sender.agent, receiver.agent, MAX_MESSAGE_BYTES, "at-limit"))
+    await receiver.expect_label("at-limit")
+    assert receiver.labels() == ["at-limit"]
+    assert ops_hub.dropped("oversize") == before + 1
+    assert not sender.closed
+
+
+async def test_frames_over_the_transport_limit_close_only_that_socket(
+    ops_hub: SecureHub, pair: tuple[Peer, Peer]
+) -> None:
+    sender, receiver = pair
+    other = await Peer.connect(ops_hub, "huge-other", peer=receiver.agent)
+    try:
+        huge = encode(padded(sender.agent, receiver.agent, 200_000, "huge"))
+        await sender.ws.send(huge)
+        assert await sender.wait_closed() == 1009
+        # Everyone else carries on.
+        await other.send(task_request(other.agent, receiver.agent, {"label": "still-here"}))
+        await receiver.expect_label("still-here")
+        assert receiver.labels() == ["still-here"]
+    finally:
+        await other.close()
+
+
+async def test_max_connections_refuses_past_the_cap_with_503(cap_hub: SecureHub) -> None:
+    await wait_idle(cap_hub)
+    held = [await Peer.connect(cap_hub, f"cap-{i}") for i in range(MAX_CONNECTIONS)]
+    try:
+        await assert_refused(cap_hub, "cap-extra", 503, "over_capacity")
+        # A takeover is a new socket too.
+        await assert_refused(cap_hub, "cap-0", 503, "over_capacity")
+        assert all(not peer.closed for peer in held)
+        await held.pop().close()
+        deadline = time.monotonic() + TIMEOUT
+        while True:  # the freed slot comes back once the hub has let go of the socket
+            try:
+                held.append(await Peer.connect(cap_hub, "cap-extra"))
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.05)
+    finally:
+        for peer in held:
+            await peer.close()
+
+
+async def test_origin_allowlist(ops_hub: SecureHub) -> None:
+    for origin in (
+        "https://evil.example.com",
+        "http://app.example.com",
+        "https://app.example.com.evil.com",
+        "https://app.example.com:8443",
+        "null",
+    ):
+        await assert_refused(ops_hub, "origin-1", 403, "origin_not_allowed", origin=origin)
+    for origin in ALLOWED_ORIGINS:
+        await assert_accepted(ops_hub, "origin-1", origin=origin)
+    # Non-browser clients send no Origin.
+    await assert_accepted(ops_hub, "origin-1")
+
+
+async def test_no_origin_check_when_no_allowlist(auth_hub: SecureHub) -> None:
+    await assert_accepted(auth_hub, "origin-2", token=token("origin-2"), origin="https://x.y")
+
+
+async def test_handshake_with_garbage_origin_does_not_crash_the_hub(ops_hub: SecureHub) -> None:
+    # A raw upgrade request with an Origin the websockets client would not send.
+    reader, writer = await asyncio.open_connection("127.0.0.1", ops_hub.port)
+    writer.write(
+        b"GET /ws/origin-3 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+        b"Origin: \xff\xfe\r\n\r\n"
+    )
+    await writer.drain()
+    status = await asyncio.wait_for(reader.readline(), TIMEOUT)
+    writer.close()
+    assert status.startswith(b"HTTP/1.1 403")
+    assert ops_hub.get("/healthz")[0] == 200
+    async with connect(f"{ops_hub.url}/ws/origin-3", proxy=None):
+        pass
+
+
+async def test_a_message_rate_under_one_per_second_still_lets_messages_through(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    # --rate-messages 0.5: one message every two seconds, so the first one passes.
+    hub = SecureHub("slow", tmp_path / "hub-slow.log", "--rate-messages", "0.5")
+    _register_log(request, "hub slow log", hub.log_path)
+    hub.start()
+    try:
+        sender = await Peer.connect(hub, "slow-s", peer="slow-r")
+        receiver = await Peer.connect(hub, "slow-r")
+        await sender.send(task_request("slow-s", "slow-r", {"label": "first"}))
+        await sender.send(task_request("slow-s", "slow-r", {"label": "second"}))
+        await wait_for_metric(hub, "bushub_messages_received_total", {"format": "json"}, 2)
+        assert hub.dropped("rate_limited") == 1, "the first message of a fresh socket was dropped"
+        await receiver.expect_label("first")
+        await sender.close()
+        await receiver.close()
+    finally:
+        hub.stop()
