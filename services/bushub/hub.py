@@ -79,7 +79,11 @@ class Hub:
             settings.split(settings.allow_types), settings.split(settings.allow_type_prefixes)
         )
         self.publisher = Publisher(
-            broker, settings.publish_buffer, self._on_published, self._on_publish_dropped
+            broker,
+            settings.publish_buffer,
+            self._on_published,
+            self._on_publish_dropped,
+            settle=RESUBSCRIBE_SETTLE,
         )
         # Every connection claiming or holding an agent name here, by name.
         self._by_agent: dict[str, set[Connection]] = defaultdict(set)

@@ -31,6 +31,9 @@ class Publisher:
         capacity: Messages held at most (while the broker is slow or away).
         on_published: Called with each message's subscriber count.
         on_dropped: Called with (reason, count) for messages given up on.
+        settle: After a failed publish, how long to hold before trying again: the
+            failure may be a failover, and subscribers elsewhere need that long to
+            move to the new primary, or the retried publishes find nobody there.
     """
 
     def __init__(
@@ -39,8 +42,10 @@ class Publisher:
         capacity: int,
         on_published: DeliveryCallback,
         on_dropped: DropCallback,
+        settle: float = 0.0,
     ) -> None:
         self._broker = broker
+        self._settle = settle
         self._capacity = capacity
         self._on_published = on_published
         self._on_dropped = on_dropped
@@ -108,6 +113,7 @@ class Publisher:
                 self._pending.extendleft(reversed(self._inflight))
                 self._inflight = []
                 log.debug("publish failed (%s); holding %d messages", exc, len(self._pending))
+                self.hold(self._settle)
                 await asyncio.sleep(delay * random.uniform(0.5, 1.5))
                 delay = min(delay * 2, 1.0)
                 continue

@@ -51,6 +51,8 @@ class ClusterNodeServer(RedisServer):
         argv += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
         # Short enough that a failover completes within a test's patience.
         argv += ["--cluster-node-timeout", "1500"]
+        # A replica may always take over, however long its link was down.
+        argv += ["--cluster-replica-validity-factor", "0"]
         self._spawn(argv)
         _wait_until(self._pong, TIMEOUT, "PONG", self)
 
@@ -70,11 +72,13 @@ class RedisClusterServers:
 
     def __init__(self, tmp: Path) -> None:
         self.nodes = [ClusterNodeServer(tmp / f"rc-{i}.log", tmp / f"rc-{i}") for i in range(6)]
+        # The node hubs are pointed at; they discover the rest from it.
+        self.seed = self.nodes[0]
 
     @property
     def url(self) -> str:
-        """The hub's --redis-url: any node, with the cluster scheme."""
-        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}"
+        """The hub's --redis-url: the seed node, with the cluster scheme."""
+        return f"redis+cluster://127.0.0.1:{self.seed.port}"
 
     def start(self) -> None:
         for node in self.nodes:
@@ -95,6 +99,18 @@ class RedisClusterServers:
             timeout=TIMEOUT * 3,
         )
         self.wait_ok()
+        self.wait_replicas_synced()
+
+    def wait_replicas_synced(self) -> None:
+        """Until every replica has its primary's data: only then can it fail over."""
+        deadline = time.monotonic() + TIMEOUT * 3
+        while time.monotonic() < deadline:
+            infos = [n.cli("info", "replication") for n in self.nodes if n.alive]
+            replicas = [i for i in infos if "role:slave" in i]
+            if len(replicas) == 3 and all("master_link_status:up" in i for i in replicas):
+                return
+            time.sleep(0.1)
+        raise TimeoutError("redis cluster replicas never synced")
 
     def wait_ok(self, nodes: list[ClusterNodeServer] | None = None) -> None:
         """Until every (living) node reports the cluster healthy and all slots served."""
@@ -109,7 +125,7 @@ class RedisClusterServers:
 
     def primary_for(self, key: str) -> ClusterNodeServer:
         """The living node serving ``key``'s slot as primary."""
-        slot = int(self.nodes[0].cli("cluster", "keyslot", key).strip())
+        slot = int(self.alive_node().cli("cluster", "keyslot", key).strip())
         for line in self.alive_node().cli("cluster", "nodes").splitlines():
             fields = line.split()
             if "master" not in fields[2] or "fail" in fields[2]:

@@ -20,9 +20,11 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisError
 
 from bushub.broker.base import Broker
 from bushub.broker.redis import (
+    NO_RETRY,
     REFRESH_SCRIPT,
     RELEASE_SCRIPT,
     UNREACHABLE,
@@ -32,6 +34,9 @@ from bushub.broker.redis import (
 log = logging.getLogger(__name__)
 
 _TOPOLOGY_CHECK_SECONDS = 5.0
+# Every command is bounded: mid-failover, redis-py's cluster client can wait on a
+# dead primary far longer than a caller should, with the topology lock held.
+_COMMAND_SECONDS = 3.0
 _FIRST_CONNECT_SECONDS = 2.0
 
 
@@ -46,7 +51,9 @@ class _Shard:
         self.failed = False
         self.connected = asyncio.Event()
         self._broker = broker
-        self._client = aioredis.Redis(host=host, port=int(port), socket_connect_timeout=2.0)
+        self._client = aioredis.Redis(
+            host=host, port=int(port), socket_connect_timeout=2.0, retry=NO_RETRY
+        )
         self._pubsub: Any = None
         self._changed = asyncio.Event()
         self._task = asyncio.create_task(self._listen(), name=f"shard-{name}")
@@ -204,8 +211,11 @@ class RedisClusterBroker(Broker):
                 await asyncio.wait_for(self._refresh_needed.wait(), _TOPOLOGY_CHECK_SECONDS)
             self._refresh_needed.clear()
             try:
-                await self._rehome()
-            except (*UNREACHABLE, ConnectionError) as exc:
+                async with asyncio.timeout(_COMMAND_SECONDS * 2):
+                    await self._rehome()
+            except (*UNREACHABLE, ConnectionError, RedisError) as exc:
+                # RedisClusterException ("cannot be connected") is a RedisError too:
+                # mid-failover no node may answer for a moment.
                 log.warning("cluster topology unreadable (%s); retrying", type(exc).__name__)
                 await asyncio.sleep(random.uniform(0.1, 0.3))
                 self._refresh_needed.set()
@@ -246,7 +256,10 @@ class RedisClusterBroker(Broker):
 
     async def publish_many(self, items: Sequence[tuple[str, bytes]]) -> list[int]:
         with unreachable_as_connection_error():
-            async with self._client.pipeline(transaction=False) as pipe:
+            async with (
+                asyncio.timeout(_COMMAND_SECONDS),
+                self._client.pipeline(transaction=False) as pipe,
+            ):
                 for channel, data in items:
                     pipe.spublish(channel, data)
                 results: list[int] = await pipe.execute()
@@ -256,7 +269,8 @@ class RedisClusterBroker(Broker):
 
     async def put_record(self, key: str, value: bytes, ttl: float) -> None:
         with unreachable_as_connection_error():
-            await self._client.set(key, value, px=max(1, int(ttl * 1000)))
+            async with asyncio.timeout(_COMMAND_SECONDS):
+                await self._client.set(key, value, px=max(1, int(ttl * 1000)))
 
     async def refresh_records(
         self, items: Sequence[tuple[str, str, bytes]], ttl: float
@@ -264,20 +278,23 @@ class RedisClusterBroker(Broker):
         ttl_ms = max(1, int(ttl * 1000))
         with unreachable_as_connection_error():
             # Keys live on different shards: one script call each, concurrently.
-            results = await asyncio.gather(
-                *(self._refresh(keys=[k], args=[c, v, ttl_ms]) for k, c, v in items)
-            )
+            async with asyncio.timeout(_COMMAND_SECONDS):
+                results = await asyncio.gather(
+                    *(self._refresh(keys=[k], args=[c, v, ttl_ms]) for k, c, v in items)
+                )
         return [bool(r) for r in results]
 
     async def delete_record(self, key: str, conn: str) -> None:
         with unreachable_as_connection_error():
-            await self._release(keys=[key], args=[conn])
+            async with asyncio.timeout(_COMMAND_SECONDS):
+                await self._release(keys=[key], args=[conn])
 
     async def get_records(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:
             return []
         with unreachable_as_connection_error():
-            values = await self._client.mget_nonatomic(list(keys))
+            async with asyncio.timeout(_COMMAND_SECONDS):
+                values = await self._client.mget_nonatomic(list(keys))
         return [v.encode() if isinstance(v, str) else v for v in values]
 
     async def scan_records(self, pattern: str) -> list[bytes]:

@@ -13,6 +13,8 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -20,6 +22,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from bushub.broker.base import Broker
 
 log = logging.getLogger(__name__)
+
+# redis-py retries a failed connection with seconds of backoff by default, which
+# hides an outage from the listener and the publisher; both retry on their own.
+NO_RETRY = Retry(NoBackoff(), 0)
 
 UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError)
 
@@ -68,7 +74,11 @@ class RedisBroker(Broker):
         super().__init__()
         self._url = url
         self._client: aioredis.Redis = aioredis.Redis.from_url(
-            url, socket_connect_timeout=2.0, socket_keepalive=True, health_check_interval=0
+            url,
+            socket_connect_timeout=2.0,
+            socket_keepalive=True,
+            health_check_interval=0,
+            retry=NO_RETRY,
         )
         self._refresh = self._client.register_script(REFRESH_SCRIPT)
         self._release = self._client.register_script(RELEASE_SCRIPT)

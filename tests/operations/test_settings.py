@@ -1,0 +1,90 @@
+"""Settings: bad values stop ``bushub serve`` with a message naming the option;
+``BUSHUB_*`` variables take effect; a flag beats its variable."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.integration.procs import ROOT, TIMEOUT
+from tests.operations.conftest import OpsCluster
+from tests.operations.ops import wait_until, ws_connect
+
+pytestmark = pytest.mark.integration
+
+
+def serve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``bushub serve`` expecting it to stop by itself (bad settings)."""
+    return subprocess.run(
+        [sys.executable, "-m", "bushub", "serve", *args],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "option"),
+    [
+        (["--port", "-1"], {}, "port"),
+        (["--presence-ttl", "0"], {}, "presence-ttl"),
+        (["--log-format", "xml"], {}, "log-format"),
+        ([], {"BUSHUB_PEER_GRACE": "-2"}, "peer-grace"),
+        ([], {"BUSHUB_DRAIN_TIMEOUT": "soon"}, "drain-timeout"),
+    ],
+)
+def test_bad_value_stops_the_node_naming_the_option(
+    args: list[str], env: dict[str, str], option: str
+) -> None:
+    result = serve("--port", "0", *args, env=env)
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert option in last, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+async def test_environment_variables_take_effect_and_flags_win(ops: OpsCluster) -> None:
+    env = {
+        "BUSHUB_NODE_ID": "from-env",
+        "BUSHUB_ADMIN_TOKEN": "env-token",
+        "BUSHUB_LOG_FORMAT": "json",
+        "BUSHUB_MAX_MESSAGE_BYTES": "2048",
+    }
+    # Node 1: settings from the environment only (no --node-id, --admin-token flags).
+    from_env = ops.node(None, redis=False, env=env, flags={"--admin-token": None}, label="env")
+    # Node 2: the same environment, overridden by flags.
+    flags = {"--node-id": "from-flag", "--admin-token": "flag-token", "--log-format": "text"}
+    from_flags = ops.node(None, redis=False, env=env, flags=flags, label="flags")
+    from_env.wait_ready()
+    from_flags.wait_ready()
+
+    assert from_env.get_json("/healthz")["node"] == "from-env"
+    assert from_flags.get_json("/healthz")["node"] == "from-flag"
+    assert from_env.get("/agents", "env-token")[0] == 200
+    assert from_env.get("/agents", "flag-token")[0] == 401
+    assert from_flags.get("/agents", "flag-token")[0] == 200
+    assert from_flags.get("/agents", "env-token")[0] == 401
+
+    # BUSHUB_MAX_MESSAGE_BYTES took effect: a 3 kB frame is dropped as oversize.
+    ws = await ws_connect(from_env.ws_url("a", peer="b", format="json"))
+    await ws.send(b'{"__type__":"pipecat_subagents.bus.messages.BusDataMessage",' + b" " * 3000)
+    await ws.close()
+    assert wait_until(
+        lambda: from_env.metrics().value("bushub_messages_dropped_total", reason="oversize") == 1
+    )
+
+    # BUSHUB_LOG_FORMAT=json: every line the node wrote is one JSON object; the flag
+    # --log-format text beat it on the other node.
+    assert wait_until(lambda: "close agent=a" in from_env.log_text())
+    lines = [ln for ln in from_env.log_text().splitlines() if ln and not ln.startswith("=====")]
+    records = [json.loads(line) for line in lines]
+    assert all(isinstance(r, dict) and {"ts", "level", "logger", "msg"} <= set(r) for r in records)
+    assert any(r["msg"].startswith("open agent=a peer=b") for r in records)
+    assert any(r["level"] == "warning" and "in-process broker" in r["msg"] for r in records)
+    text_lines = [ln for ln in from_flags.log_text().splitlines() if " INFO " in ln]
+    assert text_lines and not text_lines[0].startswith("{")
