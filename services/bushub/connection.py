@@ -86,6 +86,8 @@ class Connection:
         # claims seen after it are newer and win.
         self.claim_seen = False
         self.close_code: CloseCode | None = None
+        # The code the client closed with, when it closed first.
+        self.client_close_code: int | None = None
         self.flush_before_close = False
         self.closed = asyncio.Event()
         # Set by a close that must not wait for the writer (anything but a drain).

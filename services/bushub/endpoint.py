@@ -69,6 +69,7 @@ async def _reader(websocket: WebSocket, conn: Connection, hub: Hub) -> None:
     while True:
         message = await websocket.receive()
         if message["type"] == "websocket.disconnect":
+            conn.client_close_code = message.get("code")
             return
         data = message.get("bytes")
         if data is None:
@@ -261,6 +262,6 @@ async def agent_socket(websocket: WebSocket, agent: str) -> None:
                 conn.peer,
                 conn.id,
                 hub.node_id,
-                int(conn.close_code) if conn.close_code else "-",
+                int(conn.close_code) if conn.close_code else conn.client_close_code or "-",
                 reason,
             )
