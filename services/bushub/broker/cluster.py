@@ -56,6 +56,10 @@ class _Shard:
         )
         self._pubsub: Any = None
         self._changed = asyncio.Event()
+        # One command at a time on the pub/sub connection: redis-py opens the
+        # connection lazily, and two concurrent first commands would each open
+        # one, leaving subscriptions on a connection nobody reads.
+        self._lock = asyncio.Lock()
         self._task = asyncio.create_task(self._listen(), name=f"shard-{name}")
 
     async def subscribe(self, channels: set[str]) -> None:
@@ -63,9 +67,11 @@ class _Shard:
         that messages published right after this returns are not missed."""
         new = channels - self.channels
         self.channels |= new
-        if new and self._pubsub is not None:
-            with contextlib.suppress(*UNREACHABLE):
-                await self._pubsub.ssubscribe(*new)
+        if new:
+            async with self._lock:
+                if self._pubsub is not None:
+                    with contextlib.suppress(*UNREACHABLE):
+                        await self._pubsub.ssubscribe(*new)
         self._changed.set()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.connected.wait(), _FIRST_CONNECT_SECONDS)
@@ -73,9 +79,11 @@ class _Shard:
     async def unsubscribe(self, channels: set[str]) -> None:
         gone = channels & self.channels
         self.channels -= gone
-        if gone and self._pubsub is not None:
-            with contextlib.suppress(*UNREACHABLE):
-                await self._pubsub.sunsubscribe(*gone)
+        if gone:
+            async with self._lock:
+                if self._pubsub is not None:
+                    with contextlib.suppress(*UNREACHABLE):
+                        await self._pubsub.sunsubscribe(*gone)
 
     async def close(self) -> None:
         self._task.cancel()
@@ -96,10 +104,11 @@ class _Shard:
                 continue
             pubsub = self._client.pubsub()
             try:
-                # Published before subscribing, so a channel added meanwhile is
-                # sent on this connection too rather than missed.
-                self._pubsub = pubsub
-                await pubsub.ssubscribe(*self.channels)
+                async with self._lock:
+                    # Under the lock, so subscribe()/unsubscribe() calls wait for
+                    # this connection and then apply their change on it.
+                    await pubsub.ssubscribe(*self.channels)
+                    self._pubsub = pubsub
                 self.connected.set()
                 self._set_failed(False)
                 delay = 0.05

@@ -85,6 +85,10 @@ class RedisBroker(Broker):
         self._channels: set[str] = {control_channel}
         self._pubsub: Any = None
         self._listener: asyncio.Task[None] | None = None
+        # One command at a time on the pub/sub connection: redis-py opens it
+        # lazily, and two concurrent first commands would each open one, leaving
+        # subscriptions on a connection nobody reads.
+        self._lock = asyncio.Lock()
         self._up = False
         self._closed = False
         self._backoff_max = backoff_max
@@ -126,10 +130,11 @@ class RedisBroker(Broker):
         while not self._closed:
             pubsub = self._client.pubsub(ignore_subscribe_messages=True)
             try:
-                # Published before subscribing, so a channel added meanwhile is
-                # sent on this connection too rather than missed.
-                self._pubsub = pubsub
-                await pubsub.subscribe(*self._channels)
+                async with self._lock:
+                    # Under the lock, so subscribe()/unsubscribe() calls wait for
+                    # this connection and then apply their change on it.
+                    await pubsub.subscribe(*self._channels)
+                    self._pubsub = pubsub
                 if not first:
                     self.reconnects += 1
                     log.warning(
@@ -164,16 +169,18 @@ class RedisBroker(Broker):
 
     async def subscribe(self, channel: str) -> None:
         self._channels.add(channel)
-        if self._pubsub is not None:
-            # On failure the listener resubscribes everything when it reconnects.
-            with contextlib.suppress(*UNREACHABLE):
-                await self._pubsub.subscribe(channel)
+        async with self._lock:
+            if self._pubsub is not None:
+                # On failure the listener resubscribes everything when it reconnects.
+                with contextlib.suppress(*UNREACHABLE):
+                    await self._pubsub.subscribe(channel)
 
     async def unsubscribe(self, channel: str) -> None:
         self._channels.discard(channel)
-        if self._pubsub is not None:
-            with contextlib.suppress(*UNREACHABLE):
-                await self._pubsub.unsubscribe(channel)
+        async with self._lock:
+            if self._pubsub is not None:
+                with contextlib.suppress(*UNREACHABLE):
+                    await self._pubsub.unsubscribe(channel)
 
     async def put_record(self, key: str, value: bytes, ttl: float) -> None:
         with unreachable_as_connection_error():
