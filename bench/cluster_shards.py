@@ -17,7 +17,6 @@ Classic ``PUBLISH`` in a cluster is forwarded over the cluster bus to every node
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -31,20 +30,34 @@ import websockets
 from redis.asyncio.cluster import RedisCluster
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.integration.procs import free_port  # noqa: E402
-from tests.integration.redis_cluster import RedisClusterServers  # noqa: E402
+from tests.integration.procs import free_port
+from tests.integration.redis_cluster import ClusterNodeServer, RedisClusterServers
 
 TASK = "pipecat_subagents.bus.messages.BusTaskRequestMessage"
-TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
+def node_counters(node: "ClusterNodeServer") -> dict[str, float]:
+    """CPU seconds (INFO cpu, µs resolution) and pub/sub traffic of one node."""
+    values: dict[str, float] = {}
+    for line in (node.cli("info", "cpu") + node.cli("cluster", "info")).splitlines():
+        key, _, value = line.strip().partition(":")
+        if key in ("used_cpu_sys", "used_cpu_user"):
+            values["cpu"] = values.get("cpu", 0.0) + float(value)
+        elif key in (
+            "cluster_stats_messages_publish_received",
+            "cluster_stats_messages_publishshard_received",
+        ):
+            values["bus_in"] = values.get("bus_in", 0.0) + float(value)
+    for line in node.cli("info", "commandstats").splitlines():
+        if line.startswith(("cmdstat_spublish:", "cmdstat_publish:")):
+            values["publish_calls"] = values.get("publish_calls", 0.0) + float(
+                line.split("calls=")[1].split(",")[0]
+            )
+    return values
 
 
-def stat_delta(before: dict[int, float], pids: list[int]) -> dict[int, float]:
-    return {pid: cpu_seconds(pid) - before[pid] for pid in pids}
+def delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    return {k: after.get(k, 0.0) - before.get(k, 0.0) for k in ("cpu", "bus_in", "publish_calls")}
 
 
 def payload(source: str, target: str, seq: int) -> bytes:
@@ -155,7 +168,7 @@ def run_hubs(servers: RedisClusterServers, tmp: Path) -> list[subprocess.Popen[b
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=30)
-    parser.add_argument("--messages", type=int, default=200, help="per pair")
+    parser.add_argument("--messages", type=int, default=1000, help="per pair")
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bushub-cluster-bench-"))
@@ -164,14 +177,13 @@ def main() -> None:
     hubs: list[subprocess.Popen[bytes]] = []
     try:
         primaries = [n for n in servers.nodes if "role:master" in n.cli("info", "replication")]
-        pids = {n.pid: n.port for n in servers.nodes}
         channels = [f"bushub:msg:{{b{i}}}" for i in range(args.pairs)]
         owner = {ch: servers.primary_for(ch).port for ch in channels}
         per_shard = {p.port: sum(1 for ch in channels if owner[ch] == p.port) for p in primaries}
         hubs = run_hubs(servers, tmp)
         urls = tuple(f"ws://127.0.0.1:{h.port}" for h in hubs)  # type: ignore[attr-defined]
         total = args.pairs * args.messages
-        results: dict[str, list[dict[int, float]]] = {
+        results: dict[str, list[dict[int, dict[str, float]]]] = {
             "hub (SPUBLISH)": [],
             "direct SPUBLISH": [],
             "direct PUBLISH": [],
@@ -179,7 +191,7 @@ def main() -> None:
         for _ in range(args.runs):
             for mode in results:
                 servers.flush()
-                before = {pid: cpu_seconds(pid) for pid in pids}
+                before = {n.port: node_counters(n) for n in servers.nodes}
                 if mode.startswith("hub"):
                     got = asyncio.run(hub_relay(urls, args.pairs, args.messages))  # type: ignore[arg-type]
                     assert got == total, (got, total)
@@ -187,7 +199,9 @@ def main() -> None:
                     asyncio.run(
                         direct(servers, channels, args.messages, sharded="SPUBLISH" in mode)
                     )
-                results[mode].append(stat_delta(before, list(pids)))
+                results[mode].append(
+                    {n.port: delta(node_counters(n), before[n.port]) for n in servers.nodes}
+                )
         print("## Redis Cluster: CPU per relayed message by node, sharded vs classic pub/sub\n")
         print(
             f"- Command: `{' '.join(sys.argv)}`; {args.pairs} channels (agents), "
@@ -200,25 +214,30 @@ def main() -> None:
             + "\n"
         )
         roles = {n.port: ("primary" if n in primaries else "replica") for n in servers.nodes}
-        header = (
-            "| mode | "
-            + " | ".join(
-                f"{port} ({roles[port]}, {per_shard.get(port, 0)} ch)" for port in pids.values()
-            )
+        ports = [n.port for n in servers.nodes]
+        print(
+            "| mode | figure | "
+            + " | ".join(f"{p} ({roles[p]}, {per_shard.get(p, 0)} ch)" for p in ports)
             + " | all nodes |"
         )
-        print(header)
-        print("|" + "---|" * (len(pids) + 2))
+        print("|" + "---|" * (len(ports) + 3))
         for mode, runs in results.items():
-            cells = []
-            for pid in pids:
-                cells.append(statistics.median(r[pid] for r in runs) / total * 1e6)
-            print(
-                f"| {mode} µs/msg | "
-                + " | ".join(f"{c:.2f}" for c in cells)
-                + f" | {sum(cells):.2f} |"
-            )
-        print("\nµs of redis-server CPU per message, per node (user+system from /proc).")
+            for figure, label, scale in (
+                ("cpu", "redis CPU µs/msg", 1e6 / total),
+                ("publish_calls", "publish commands", 1.0),
+                ("bus_in", "cluster-bus publish messages in", 1.0),
+            ):
+                cells = [statistics.median(r[p][figure] for r in runs) * scale for p in ports]
+                fmt = "{:.2f}" if figure == "cpu" else "{:.0f}"
+                print(
+                    f"| {mode} | {label} | "
+                    + " | ".join(fmt.format(c) for c in cells)
+                    + f" | {fmt.format(sum(cells))} |"
+                )
+        print("\nCPU from INFO cpu (used_cpu_user + used_cpu_sys); publish commands from INFO")
+        print(
+            "commandstats; cluster-bus messages from CLUSTER INFO (publish/publishshard received)."
+        )
     finally:
         for hub in hubs:
             hub.terminate()

@@ -66,6 +66,7 @@ def parse_params(agent: str, query: dict[str, str]) -> ConnectionParams:
 
 
 async def _reader(websocket: WebSocket, conn: Connection, hub: Hub) -> None:
+    publisher = hub.publisher
     while True:
         message = await websocket.receive()
         if message["type"] == "websocket.disconnect":
@@ -78,6 +79,8 @@ async def _reader(websocket: WebSocket, conn: Connection, hub: Hub) -> None:
                 continue
             data = text.encode()
         hub.route(conn, data)
+        if publisher.crowded:
+            await publisher.room()
 
 
 async def _writer(websocket: WebSocket, conn: Connection, hub: Hub) -> None:

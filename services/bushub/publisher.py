@@ -6,6 +6,7 @@ when it comes back; past the bound the oldest are dropped and counted.
 """
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -55,6 +56,12 @@ class Publisher:
         self._idle = asyncio.Event()
         self._idle.set()
         self._hold_until = 0.0
+        # Readers pause above the high-water mark while the broker is up, so a
+        # fast sender meets TCP backpressure instead of overflowing the buffer;
+        # overflow (counted drops) is left for when the broker is away.
+        self._high_water = max(1, capacity // 2)
+        self._room = asyncio.Event()
+        self._room.set()
 
     def close(self) -> None:
         """Count anything still pending as dropped; the owner cancels ``run()`` first."""
@@ -68,6 +75,19 @@ class Publisher:
     def pending(self) -> int:
         """Messages waiting to be published."""
         return len(self._pending) + len(self._inflight)
+
+    @property
+    def crowded(self) -> bool:
+        """True when a reader should wait for ``room()`` before reading on."""
+        return self.pending >= self._high_water and self._broker.up
+
+    async def room(self) -> None:
+        """Wait until the buffer is under its high-water mark or the broker is away."""
+        while self.crowded:
+            self._room.clear()
+            # Re-check every half second: the broker may have gone away meanwhile.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._room.wait(), 0.5)
 
     def hold(self, seconds: float) -> None:
         """Keep publishes queued for ``seconds`` more (in order, still bounded)."""
@@ -119,5 +139,7 @@ class Publisher:
                 continue
             batch, self._inflight = self._inflight, []
             delay = 0.02
+            if self.pending < self._high_water:
+                self._room.set()
             for (channel, _), count in zip(batch, counts, strict=True):
                 self._on_published(channel, count)

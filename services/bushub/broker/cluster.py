@@ -148,6 +148,7 @@ class RedisClusterBroker(Broker):
         self._release = self._client.register_script(RELEASE_SCRIPT)
         self._channels: set[str] = set()
         self._shards: dict[str, _Shard] = {}
+        self._node_clients: dict[str, aioredis.Redis] = {}
         self._refresh_needed = asyncio.Event()
         self._refresher: asyncio.Task[None] | None = None
         self._started = False
@@ -180,6 +181,9 @@ class RedisClusterBroker(Broker):
         for shard in self._shards.values():
             await shard.close()
         self._shards.clear()
+        for client in self._node_clients.values():
+            await client.aclose()
+        self._node_clients.clear()
         await self._client.aclose()
 
     # ---- shards -------------------------------------------------------------
@@ -233,6 +237,9 @@ class RedisClusterBroker(Broker):
         """Put every wanted channel on the shard that owns its slot now."""
         await self._client.nodes_manager.initialize()
         self.topology_refreshes += 1
+        primaries = {node.name for node in self._client.get_primaries()}
+        for name in [n for n in self._node_clients if n not in primaries]:
+            await self._node_clients.pop(name).aclose()
         desired: dict[str, set[str]] = {}
         nodes: dict[str, Any] = {}
         for channel in self._channels:
