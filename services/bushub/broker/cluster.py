@@ -123,7 +123,8 @@ class _Shard:
                     elif kind == "sunsubscribe" and channel in self.channels:
                         # Redis dropped it on its own: the slot moved elsewhere.
                         self._broker.request_refresh("slot moved")
-            except UNREACHABLE as exc:
+            except (*UNREACHABLE, RedisError) as exc:
+                # RedisError covers MOVED on SSUBSCRIBE: the slot moved before we knew.
                 self._pubsub = None
                 self._set_failed(True)
                 self._broker.request_refresh(f"shard {self.name} lost ({type(exc).__name__})")
@@ -230,6 +231,11 @@ class RedisClusterBroker(Broker):
                 # RedisClusterException ("cannot be connected") is a RedisError too:
                 # mid-failover no node may answer for a moment.
                 log.warning("cluster topology unreadable (%s); retrying", type(exc).__name__)
+                await asyncio.sleep(random.uniform(0.1, 0.3))
+                self._refresh_needed.set()
+            except Exception:
+                # This loop is what brings subscriptions back: it must not die.
+                log.exception("cluster topology refresh failed; retrying")
                 await asyncio.sleep(random.uniform(0.1, 0.3))
                 self._refresh_needed.set()
 

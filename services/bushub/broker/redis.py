@@ -149,7 +149,7 @@ class RedisBroker(Broker):
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
                     if message is not None and message["type"] == "message":
                         self._on_message(message["channel"].decode(), message["data"])
-            except UNREACHABLE as exc:
+            except (*UNREACHABLE, RedisError) as exc:
                 self._pubsub = None
                 self._set_up(False)
                 log.warning("redis unreachable (%s); retrying in %.2fs", type(exc).__name__, delay)
