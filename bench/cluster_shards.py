@@ -205,7 +205,8 @@ def main() -> None:
         print("## Redis Cluster: CPU per relayed message by node, sharded vs classic pub/sub\n")
         print(
             f"- Command: `{' '.join(sys.argv)}`; {args.pairs} channels (agents), "
-            f"{args.messages} messages each = {total} messages per mode; medians of {args.runs} runs."
+            f"{args.messages} messages each = {total} messages per mode; "
+            f"medians of {args.runs} runs."
         )
         print("- Machine: 2 shared cores, noisy: compare rows of one run, not runs.")
         print(

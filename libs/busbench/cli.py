@@ -26,8 +26,20 @@ from pathlib import Path
 from typing import Any
 
 from busbench import report
-from busbench.payloads import FORMATS, PAYLOADS, Builder, encode_template
-from busbench.procs import Procs, dropped_counters, http_ready, tcp_open, wait_until
+from busbench.payloads import (
+    FORMATS,
+    PAYLOADS,
+    Builder,
+    encode_template,
+)
+from busbench.procs import (
+    Procs,
+    die_with_parent,
+    dropped_counters,
+    http_ready,
+    tcp_open,
+    wait_until,
+)
 
 MACHINE_NOTE = (
     "2 shared cores, noisy (other engineers' test runs share them): compare ratios "
@@ -51,9 +63,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--inflight", type=int, default=4, help="messages in flight per pair at saturation"
     )
-    p.add_argument(
-        "--sat-seconds", type=float, default=3.0, help="measured window, saturation"
-    )
+    p.add_argument("--sat-seconds", type=float, default=3.0, help="measured window, saturation")
     p.add_argument("--warmup", type=float, default=0.5, help="seconds before each window")
     p.add_argument("--reps", type=int, default=3, help="alternating repetitions (>= 3 for medians)")
     p.add_argument(
@@ -65,6 +75,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--solo-seconds", type=float, default=4.0, help="one-pair windows")
     p.add_argument("--no-stock", action="store_true", help="skip the stock-proxy baseline")
     p.add_argument("--idle", type=int, default=2000, help="idle sockets per server (<= 10000)")
+    p.add_argument("--idle-only", action="store_true", help="only the idle-connection measurement")
+    p.add_argument("--profile-only", action="store_true", help="only the py-spy profile")
     p.add_argument(
         "--compression",
         choices=("deflate", "none"),
@@ -73,7 +85,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "websockets.connect() offers; servers decide whether to accept",
     )
     p.add_argument(
-        "--hub-args", default="", help="extra `bushub serve` flags (quoted string), for levers"
+        "--hub-args",
+        default="",
+        help="extra `bushub serve` flags for lever experiments, as one string: "
+        "--hub-args='--queue-bytes 1000000'",
     )
     p.add_argument(
         "--profile",
@@ -82,7 +97,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="py-spy profile of both hub nodes under the fixed-rate JSON task load "
         "(auto: if py-spy is installed)",
     )
-    p.add_argument("--profile-seconds", type=float, default=8.0)
+    p.add_argument("--profile-seconds", type=float, default=8.0, help="profiled window")
+    p.add_argument(
+        "--profile-native",
+        action="store_true",
+        help="add a second profile with py-spy --native (stops the process per sample; "
+        "shows C frames: syscalls, uvloop, zlib)",
+    )
     p.add_argument("--quick", action="store_true", help="~1 minute smoke run")
     p.add_argument("--json", dest="json_out", help="write raw figures to this file")
     p.add_argument("--keep-logs", action="store_true", help="keep child logs (path printed)")
@@ -125,8 +146,12 @@ class Jobs:
         for a, b in zip(a_names, b_names, strict=True):
             per = {}
             for payload in PAYLOADS:
-                req, rep = self.builder.pair(payload, fmt, a, b)
-                per[payload] = [encode_template(req), encode_template(rep)]
+                pairs = self.builder.pairs(payload, fmt, a, b)
+                # The generator reads the sequence number at one offset per payload.
+                if len({(req.offset, rep.offset) for req, rep in pairs}) != 1:
+                    raise AssertionError(f"{payload}/{fmt}: template variants differ in layout")
+                variants = [[encode_template(req), encode_template(rep)] for req, rep in pairs]
+                per[payload] = variants
             templates.append(per)
         return {
             "name": name,
@@ -229,12 +254,17 @@ class Jobs:
         }
 
     def profile_job(
-        self, url1: str, url2: str, pids: dict[str, int], profile_argv: list[list[str]]
+        self,
+        url1: str,
+        url2: str,
+        pids: dict[str, int],
+        profile_argv: list[list[str]],
+        mode: str,
     ) -> dict[str, Any]:
         a = self.args
         k = a.pairs
-        a_names = [f"a{i:03d}pj" for i in range(k)]
-        b_names = [f"b{i:03d}pj" for i in range(k)]
+        a_names = [f"a{i:03d}p{mode[0]}" for i in range(k)]
+        b_names = [f"b{i:03d}p{mode[0]}" for i in range(k)]
         return {
             "kind": "pairs",
             "server": "hub",
@@ -278,6 +308,7 @@ def run_loadgen(job: dict[str, Any], work: Path, label: str) -> dict[str, Any]:
             stdin=subprocess.DEVNULL,
             stdout=err,
             stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,  # the parent is single-threaded
         )
         try:
             proc.wait(job_budget(job))
@@ -331,6 +362,28 @@ def versions() -> str:
     return ", ".join(out)
 
 
+def code_version() -> str:
+    """The commit the hub runs from, and whether its code has uncommitted changes."""
+    root = Path(__file__).resolve().parents[2]
+
+    def git(*cmd: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(root), *cmd], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--", "services", "libs/buswire")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (no git)"
+    if not commit:
+        return "unknown (not a git checkout)"
+    n = len(dirty.splitlines())
+    return f"commit {commit}" + (
+        f", with {n} uncommitted change(s) in services/ and libs/buswire/" if n else ""
+    )
+
+
 def find_pyspy() -> str | None:
     here = Path(sys.executable).parent / "py-spy"
     if here.exists():
@@ -348,7 +401,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     procs = Procs(work)
     jobs = Jobs(args)
     pyspy = find_pyspy() if args.profile != "off" else None
-    if args.profile == "on" and pyspy is None:
+    if (args.profile == "on" or args.profile_only) and pyspy is None:
         raise SystemExit("--profile on: py-spy not found (pip install py-spy)")
     out: dict[str, Any] = {
         "command": shlex.join(["bushub-bench", *argv]),
@@ -361,10 +414,11 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
             f"Python {platform.python_version()}"
         ),
         "versions": versions(),
+        "code": code_version(),
         "nofile": nofile,
         "runs": [],
         "idle": [],
-        "profile": None,
+        "profiles": [],
         "logs": str(work),
     }
     ok = False
@@ -384,7 +438,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
             "hub": (hub1, hub2),
             "floor": (floor1, floor2),
         }
-        for rep in range(args.reps):
+        only = args.idle_only or args.profile_only
+        for rep in range(0 if only else args.reps):
             for kind in ("hub", "floor"):
                 n1, n2 = servers[kind]
                 pids = {"node1": n1.pid, "node2": n2.pid, "redis": redis.pid}
@@ -405,24 +460,45 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
                 result.update(server="stock", rep=rep, drops={})
                 out["runs"].append(result)
                 procs.stop(stock)
-        if pyspy is not None:
-            log("py-spy profile of both hub nodes under the fixed-rate load")
-            out["profile"] = _profile(args, jobs, work, pyspy, hub1, hub2, redis, url)
-        if args.idle:
-            for kind in ("hub", "floor"):
-                node = servers[kind][0]
-                log(f"idle sockets: {args.idle} on {kind} node 1")
+        if pyspy is not None and not args.idle_only:
+            out["profiles"] = []
+            for native in (False, True) if args.profile_native else (False,):
+                log(f"py-spy profile ({'native' if native else 'Python'} frames) of both hubs")
+                out["profiles"].append(
+                    _profile(args, jobs, work, pyspy, (hub1, hub2, redis), url, native)
+                )
+        if args.idle and not args.profile_only:
+            # The hub accepts permessage-deflate and keeps a zlib context per socket; the
+            # floor never negotiates it. With deflate offered, the hub is measured twice.
+            idle_runs = [("hub", args.compression), ("floor", args.compression)]
+            if args.compression == "deflate":
+                idle_runs.insert(1, ("hub", "none"))
+            for n, (kind, compression) in enumerate(idle_runs):
+                # A fresh process each time: memory freed by an earlier measurement
+                # stays in the process and would be reused, hiding the growth.
+                if kind == "hub":
+                    node = procs.hub(f"idle{n}", redis_url, extra)
+                    wait_until(lambda c=node: http_ready(c.port), 30, node, "/readyz 200")
+                else:
+                    node = procs.floor(f"floor-idle{n}", redis_url)
+                    wait_until(lambda c=node: tcp_open(c.port), 30, node, "listening port")
+                label = kind if compression == args.compression else f"{kind}, no deflate"
+                log(f"idle sockets: {args.idle} on {label} (a fresh process)")
                 job = {
                     "kind": "idle",
                     "url": url(node.port),
                     "count": args.idle,
                     "pids": {"server": node.pid, "redis": redis.pid},
-                    "compression": args.compression,
-                    "open_timeout": 180,
+                    "compression": compression,
+                    "open_timeout": 240,
+                    "settle": 3.0 if args.idle > 4000 else 2.0,
                 }
-                result = run_loadgen(job, work, f"idle-{kind}")
-                result.update(server=kind, alive_after=node.alive)
+                result = run_loadgen(job, work, f"idle-{kind}-{compression}")
+                result.update(
+                    server=kind, label=label, compression=compression, alive_after=node.alive
+                )
                 out["idle"].append(result)
+                procs.stop(node)
         for child in (hub1, hub2, floor1, floor2, redis):
             if not child.alive:
                 raise RuntimeError(f"{child.name} died during the run:\n{child.log_tail()}")
@@ -450,9 +526,11 @@ def _diff(after: dict[str, float], before: dict[str, float]) -> dict[str, float]
     return {k: v - before.get(k, 0.0) for k, v in after.items() if v - before.get(k, 0.0)}
 
 
-def _profile(args, jobs, work, pyspy, hub1, hub2, redis, url) -> dict[str, Any]:
+def _profile(args, jobs, work, pyspy, nodes, url, native: bool) -> dict[str, Any]:
+    hub1, hub2, redis = nodes
     duration = max(1, round(args.profile_seconds))
-    outs = [work / "pyspy-n1.txt", work / "pyspy-n2.txt"]
+    mode = "native" if native else "python"
+    outs = [work / f"pyspy-{mode}-n1.txt", work / f"pyspy-{mode}-n2.txt"]
     argv = [
         [
             pyspy,
@@ -466,27 +544,45 @@ def _profile(args, jobs, work, pyspy, hub1, hub2, redis, url) -> dict[str, Any]:
             "--format",
             "raw",
             "--function",
-            "--nonblocking",
+            # --native needs the process stopped while sampling; Python frames do not.
+            "--native" if native else "--nonblocking",
             "--output",
             str(path),
         ]
         for hub, path in zip((hub1, hub2), outs, strict=True)
     ]
     pids = {"node1": hub1.pid, "node2": hub2.pid, "redis": redis.pid}
-    job = jobs.profile_job(url(hub1.port), url(hub2.port), pids, argv)
-    result = run_loadgen(job, work, "profile")
+    job = jobs.profile_job(url(hub1.port), url(hub2.port), pids, argv, mode)
+    result = run_loadgen(job, work, f"profile-{mode}")
     phase = result["phases"][0]
     stacks: list[str] = []
     for path in outs:
         if path.exists():
             stacks.extend(path.read_text(errors="replace").splitlines())
+    table, samples, idle = report.profile_table(stacks, 20)
     return {
+        "mode": mode,
         "phase": phase,
-        "tool": f"py-spy ({pyspy}), 200 Hz, --nonblocking, --function, both nodes merged",
-        "table": report.profile_table(stacks, 20),
-        "samples": report.profile_samples(stacks),
+        "tool": (
+            f"py-spy {_pyspy_version(pyspy)}, 200 Hz, "
+            f"{'--native' if native else '--nonblocking'}, --function, both nodes merged"
+        ),
+        "table": table,
+        "project": report.project_table(stacks, 15),
+        "stacks": stacks,
+        "samples": samples,
+        "idle_samples": idle,
         "errors": phase.get("profile_errors", []),
     }
+
+
+def _pyspy_version(pyspy: str) -> str:
+    try:
+        return subprocess.run(
+            [pyspy, "--version"], capture_output=True, text=True, timeout=10
+        ).stdout.split()[-1]
+    except (OSError, IndexError, subprocess.SubprocessError):
+        return "?"
 
 
 def main(argv: list[str] | None = None) -> None:

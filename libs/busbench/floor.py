@@ -51,10 +51,8 @@ class Floor:
             ws = self.local.get(message["channel"])
             if ws is None:
                 continue
-            try:
+            with contextlib.suppress(ConnectionClosed):
                 await ws.send(message["data"])
-            except ConnectionClosed:
-                pass
 
     async def handler(self, ws: ServerConnection) -> None:
         url = urlsplit(ws.request.path)

@@ -30,15 +30,43 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 now_ns = time.perf_counter_ns
 
 
-def proc_cpu(pid: int) -> float:
-    """utime + stime of a process, in seconds (0 when it is gone)."""
+def proc_times(pid: int) -> tuple[float, float]:
+    """(utime, stime) of a process in seconds, all threads; zeros when it is gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             raw = f.read()
     except OSError:
-        return 0.0
+        return 0.0, 0.0
     fields = raw[raw.rindex(b")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
+_STAT_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+
+
+def machine_times() -> dict[str, float]:
+    """The machine's CPU time by kind from /proc/stat, seconds summed over cores."""
+    try:
+        with open("/proc/stat") as f:
+            first = f.readline().split()
+    except OSError:
+        return {}
+    return {k: int(v) / CLK_TCK for k, v in zip(_STAT_FIELDS, first[1:], strict=False)}
+
+
+def proc_io(pid: int) -> tuple[int, int]:
+    """(rchar, wchar): bytes a process passed to read and write syscalls (sockets too)."""
+    read = written = 0
+    try:
+        with open(f"/proc/{pid}/io") as f:
+            for line in f:
+                if line.startswith("rchar:"):
+                    read = int(line.split()[1])
+                elif line.startswith("wchar:"):
+                    written = int(line.split()[1])
+    except OSError:
+        pass
+    return read, written
 
 
 def proc_rss_kb(pid: int) -> int:
@@ -76,10 +104,17 @@ class Counters:
     closed: int = 0
 
 
-@dataclass
 class PairTemplates:
-    req: Template
-    rep: Template
+    """A payload's request and reply templates; several variants for audio."""
+
+    __slots__ = ("n", "rep_off", "reps", "req_off", "reqs")
+
+    def __init__(self, variants: list[list[list[str]]]) -> None:
+        self.reqs: list[Template] = [decode_template(v[0]) for v in variants]
+        self.reps: list[Template] = [decode_template(v[1]) for v in variants]
+        self.n = len(variants)
+        self.req_off = self.reqs[0].offset
+        self.rep_off = self.reps[0].offset
 
 
 class Pair:
@@ -143,10 +178,7 @@ class PairsRun:
     async def connect_set(self, spec: dict[str, Any]) -> None:
         pairs = []
         for i, tpl in enumerate(spec["templates"]):
-            templates = {
-                payload: PairTemplates(decode_template(t[0]), decode_template(t[1]))
-                for payload, t in tpl.items()
-            }
+            templates = {payload: PairTemplates(variants) for payload, variants in tpl.items()}
             pairs.append(Pair(i, templates))
         sem = asyncio.Semaphore(32)
         fmt = spec["format"]
@@ -204,13 +236,14 @@ class PairsRun:
             async for data in ws:
                 t = now_ns()
                 ph = self.phase
-                tpl = pair.cur.rep
-                off = len(tpl.prefix)
+                cur = pair.cur
+                off = cur.rep_off
                 seq = data[off : off + SEQ_WIDTH]
                 sent = pair.outstanding.pop(seq, None)
                 if sent is None:
                     self._classify_stray(pair, data, seq, ph.c)
                     continue
+                tpl = cur.reps[(seq[-1] - 48) % cur.n]
                 if data == tpl.prefix + seq + tpl.suffix:
                     ph.c.ok += 1
                 else:
@@ -231,23 +264,27 @@ class PairsRun:
         try:
             async for data in ws:
                 cur = pair.cur
-                req = cur.req
-                off = len(req.prefix)
+                off = cur.req_off
                 seq = data[off : off + SEQ_WIDTH]
+                v = (seq[-1] - 48) % cur.n if seq else 0
+                req = cur.reqs[v]
                 if data != req.prefix + seq + req.suffix:
                     if b"Registry" in data:
                         self.phase.c.registry += 1
                     else:
                         self.phase.c.bad_request += 1
                     continue
-                await send(cur.rep.prefix + seq + cur.rep.suffix)
+                rep = cur.reps[v]
+                await send(rep.prefix + seq + rep.suffix)
         except ConnectionClosed:
             self.phase.c.closed += 1
 
     async def _send(self, pair: Pair, ph: Phase) -> None:
-        seq = b"%010d" % pair.next_seq
-        pair.next_seq += 1
-        req = pair.cur.req
+        n = pair.next_seq
+        seq = b"%010d" % n
+        pair.next_seq = n + 1
+        cur = pair.cur
+        req = cur.reqs[n % 10 % cur.n]
         ph.c.sent += 1
         pair.outstanding[seq] = now_ns()
         ws = pair.a
@@ -256,14 +293,18 @@ class PairsRun:
 
     # ---- phases -----------------------------------------------------------
 
-    def _cpu(self) -> dict[str, float]:
-        out = {name: proc_cpu(pid) for name, pid in self.pids.items()}
-        out["loadgen"] = proc_cpu(os.getpid())
+    def _cpu(self) -> dict[str, tuple[float, float]]:
+        out = {name: proc_times(pid) for name, pid in self.pids.items()}
+        out["loadgen"] = proc_times(os.getpid())
         return out
 
+    def _machine(self) -> dict[str, float]:
+        return machine_times()
+
     async def _drain(self, pairs: list[Pair], timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and any(p.outstanding for p in pairs):
+        for _ in range(max(1, int(timeout / 0.01))):
+            if not any(p.outstanding for p in pairs):
+                break
             await asyncio.sleep(0.01)
         for p in pairs:
             self.phase.c.lost += len(p.outstanding)
@@ -284,12 +325,18 @@ class PairsRun:
         win_start = t0 + int(warmup * 1e9)
         win_end = win_start + int(duration * 1e9)
         ph.win_start, ph.win_end = win_start, win_end
-        cpu0: dict[str, float] = {}
+        cpu0: dict[str, tuple[float, float]] = {}
+        machine0: dict[str, float] = {}
+        machine: dict[str, float] = {}
+        io0: dict[str, tuple[int, int]] = {}
+        io: dict[str, list[int]] = {}
         wall0 = 0
 
         def open_window() -> None:
             nonlocal cpu0, wall0
             cpu0 = self._cpu()
+            io0.update({k: proc_io(p) for k, p in self.pids.items()})
+            machine0.update(self._machine())
             wall0 = now_ns()
             ph.in_window = True
             for argv in spec.get("profile", []):
@@ -297,11 +344,17 @@ class PairsRun:
                     subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
                 )
 
-        def close_window() -> tuple[dict[str, float], float, int]:
+        def close_window() -> tuple[dict[str, float], dict[str, float], float, int]:
             ph.in_window = False
             cpu1 = self._cpu()
+            machine.update({k: v - machine0.get(k, 0.0) for k, v in self._machine().items()})
+            for k, p in self.pids.items():
+                r, w = proc_io(p)
+                io[k] = [r - io0[k][0], w - io0[k][1]]
             wall = (now_ns() - wall0) / 1e9
-            return {k: cpu1[k] - cpu0[k] for k in cpu1}, wall, ph.win_completed
+            total = {k: sum(cpu1[k]) - sum(cpu0[k]) for k in cpu1}
+            system = {k: cpu1[k][1] - cpu0[k][1] for k in cpu1}
+            return total, system, wall, ph.win_completed
 
         if closed_loop:
             inflight = spec["inflight"]
@@ -311,7 +364,7 @@ class PairsRun:
             await asyncio.sleep(max(0.0, (win_start - now_ns()) / 1e9))
             open_window()
             await asyncio.sleep(max(0.0, (win_end - now_ns()) / 1e9))
-            cpu, wall, completed = close_window()
+            cpu, cpu_sys, wall, completed = close_window()
             ph.stopping = True
         else:
             rate = spec["rate"]
@@ -329,7 +382,9 @@ class PairsRun:
                     open_window()
                     opened = True
                 if due > t:
-                    await asyncio.sleep((due - t) / 1e9)
+                    # uvloop's timers count whole milliseconds: a shorter sleep returns
+                    # at once and the loop would spin. Sleep >= 1 ms, then send all due.
+                    await asyncio.sleep(max(0.001, (due - t) / 1e9))
                     continue
                 if win_start <= due < win_end:
                     lags.append(t - due)
@@ -339,7 +394,7 @@ class PairsRun:
                     await asyncio.sleep(0)  # behind schedule: let the readers run
             if not opened:
                 open_window()
-            cpu, wall, completed = close_window()
+            cpu, cpu_sys, wall, completed = close_window()
         await self._drain(pairs, spec.get("drain", 5.0))
         profile_errors = []
         for proc in profile_procs:
@@ -365,12 +420,15 @@ class PairsRun:
             "rt_per_s": completed / wall if wall > 0 else 0.0,
             "relayed": 2 * completed,
             "cpu_s": cpu,
+            "cpu_sys_s": cpu_sys,
+            "machine_s": machine,
+            "io_bytes": io,
             "rtt_ms": percentiles(rtts),
             "rtt_samples": len(rtts),
             "send_lag_ms": percentiles(lags) if lags else None,
             "counters": ph.c.__dict__,
-            "request_bytes": pairs[0].cur.req.size,
-            "reply_bytes": pairs[0].cur.rep.size,
+            "request_bytes": pairs[0].cur.reqs[0].size,
+            "reply_bytes": pairs[0].cur.reps[0].size,
             "profile_errors": profile_errors,
         }
 
@@ -414,31 +472,40 @@ async def run_idle(job: dict[str, Any]) -> dict[str, Any]:
     count = job["count"]
     limits = raise_nofile(count + 256)
     pids = {k: int(v) for k, v in job["pids"].items()}
-    before = {name: proc_rss_kb(pid) for name, pid in pids.items()}
     socks: list[ClientConnection] = []
     errors: dict[str, int] = {}
     sem = asyncio.Semaphore(job.get("concurrency", 64))
     url = job["url"]
     deadline = time.monotonic() + job.get("open_timeout", 120)
 
-    async def open_one(n: int) -> None:
+    async def open_one(n: int, prefix: str = "idle") -> None:
         async with sem:
             if time.monotonic() > deadline:
                 errors["timeout"] = errors.get("timeout", 0) + 1
                 return
             try:
                 ws = await connect(
-                    f"{url}/ws/idle{n:05d}?peer=absent{n:05d}&format=json&dialect=subagents",
+                    f"{url}/ws/{prefix}{n:05d}?peer=absent{n:05d}&format=json&dialect=subagents",
                     compression="deflate" if job.get("compression") == "deflate" else None,
                     ping_interval=None,
                     open_timeout=30,
                     close_timeout=2,
                 )
                 socks.append(ws)
-            except (OSError, InvalidHandshake, InvalidStatus, TimeoutError) as exc:
+            except InvalidStatus as exc:
+                key = f"HTTP {exc.response.status_code}"
+                errors[key] = errors.get(key, 0) + 1
+            except (OSError, InvalidHandshake, TimeoutError) as exc:
                 key = type(exc).__name__
                 errors[key] = errors.get(key, 0) + 1
 
+    # Warm-up: the first sockets pay one-time costs (lazy imports, caches, pools).
+    warm = min(100, count)
+    await asyncio.gather(*(open_one(n, "warm") for n in range(warm)))
+    await asyncio.gather(*(ws.close() for ws in socks), return_exceptions=True)
+    socks.clear()
+    await asyncio.sleep(1.0)
+    before = {name: proc_rss_kb(pid) for name, pid in pids.items()}
     t = time.monotonic()
     await asyncio.gather(*(open_one(n) for n in range(count)))
     open_s = time.monotonic() - t
@@ -447,6 +514,11 @@ async def run_idle(job: dict[str, Any]) -> dict[str, Any]:
     after = {name: proc_rss_kb(pid) for name, pid in pids.items()}
     await asyncio.sleep(job.get("hold", 1.0))
     still_open = sum(1 for ws in socks if ws.close_code is None)
+    closed_by_server: dict[str, int] = {}
+    for ws in socks:
+        if ws.close_code is not None:
+            key = f"{ws.close_code} {ws.close_reason or ''}".strip()
+            closed_by_server[key] = closed_by_server.get(key, 0) + 1
     close_sem = asyncio.Semaphore(256)
 
     async def close(ws: ClientConnection) -> None:
@@ -459,6 +531,7 @@ async def run_idle(job: dict[str, Any]) -> dict[str, Any]:
         "count": count,
         "opened": len(socks),
         "still_open": still_open,
+        "closed_by_server": closed_by_server,
         "errors": errors,
         "open_s": open_s,
         "rss_before_kb": before,

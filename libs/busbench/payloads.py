@@ -15,6 +15,7 @@ message it deserializes, so all three servers are checked against the same bytes
 """
 
 import copy
+import random
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,11 @@ _MARK = "~" * SEQ_WIDTH
 PAYLOADS = ("task", "audio")
 FORMATS = ("json", "msgpack")
 AUDIO_BYTES = 640  # 20 ms of 16 kHz mono s16le
+# Audio chunks differ from message to message (chosen by the sequence number's last
+# digit), as real audio does: with one chunk repeated, permessage-deflate's shared
+# window (4 KB) would see every frame before and shrink it to almost nothing.
+AUDIO_VARIANTS = 10
+VARIANTS = {"task": 1, "audio": AUDIO_VARIANTS}
 
 
 @dataclass(frozen=True)
@@ -87,7 +93,11 @@ class Builder:
             warnings.simplefilter("ignore")
             warnings.showwarning = lambda *args, **kwargs: None
             self.serializers = {"json": json_cls(), "msgpack": msgpack_cls()}
-        self._audio = bytes((i * 37) % 256 for i in range(AUDIO_BYTES))
+        # Noise-like samples (seeded): real PCM barely compresses, and a periodic test
+        # pattern would flatter permessage-deflate.
+        self._audio = [
+            random.Random(AUDIO_BYTES + v).randbytes(AUDIO_BYTES) for v in range(AUDIO_VARIANTS)
+        ]
 
     def request(self, payload: str, a: str, b: str) -> Any:
         """A fresh request message from ``a`` to ``b`` with the sequence hole."""
@@ -97,11 +107,20 @@ class Builder:
             )
         message = self._frame_msg(
             source=a,
-            frame=self._audio_frame(audio=self._audio, sample_rate=16000, num_channels=1),
+            frame=self._audio_frame(audio=self._audio[0], sample_rate=16000, num_channels=1),
             direction=self._direction.DOWNSTREAM,
         )
         message.metadata = {"seq": _MARK}
         return message
+
+    def variant(self, message: Any, variant: int) -> Any:
+        """The same message (same ids and names) with audio chunk number ``variant``."""
+        if variant == 0:
+            return message
+        out = copy.copy(message)
+        out.frame = copy.copy(message.frame)
+        out.frame.audio = self._audio[variant]
+        return out
 
     @staticmethod
     def reply_to(message: Any, replier: str) -> Any:
@@ -129,14 +148,24 @@ class Builder:
         template = Template(data[:at], data[at + SEQ_WIDTH :])
         # The template filled in is what the serializer writes for that sequence.
         for seq in (0, 7, 1234567890):
-            expected = serializer.serialize(self.with_seq(message, "%010d" % seq))
+            expected = serializer.serialize(self.with_seq(message, f"{seq:010d}"))
             if template.fill(seq) != expected:
                 raise AssertionError(f"{fmt} template differs from the serializer")
         return template
 
-    def pair(self, payload: str, fmt: str, a: str, b: str) -> tuple[Template, Template]:
+    def pairs(self, payload: str, fmt: str, a: str, b: str) -> list[tuple[Template, Template]]:
+        """Request and reply templates of every variant of the payload for the pair."""
+        base = self.request(payload, a, b)
+        return [
+            self.pair(payload, fmt, a, b, self.variant(base, v)) for v in range(VARIANTS[payload])
+        ]
+
+    def pair(
+        self, payload: str, fmt: str, a: str, b: str, request: Any = None
+    ) -> tuple[Template, Template]:
         """Request and reply templates for the pair, checked against a real echo."""
-        request = self.request(payload, a, b)
+        if request is None:
+            request = self.request(payload, a, b)
         reply = self.reply_to(request, b)
         req_t, rep_t = self._template(request, fmt), self._template(reply, fmt)
         # What the stock baseline's echo agent does: deserialize, swap, serialize.

@@ -20,6 +20,7 @@ def phase_figures(phase: dict[str, Any]) -> dict[str, Any]:
     cpu = phase["cpu_s"]
     wall = phase["window_s"] or 1e-9
     server_cpu = sum(cpu.get(k, 0.0) for k in SERVER_PROCS)
+    server_sys = sum((phase.get("cpu_sys_s") or {}).get(k, 0.0) for k in SERVER_PROCS)
     rtt = phase.get("rtt_ms") or {}
     lag = phase.get("send_lag_ms") or {}
 
@@ -27,12 +28,32 @@ def phase_figures(phase: dict[str, Any]) -> dict[str, Any]:
         return seconds * 1e6 / relayed if relayed else None
 
     counters = phase["counters"]
+    io = phase.get("io_bytes") or {}
+    server_written = sum(io.get(k, [0, 0])[1] for k in SERVER_PROCS)
+    server_read = sum(io.get(k, [0, 0])[0] for k in SERVER_PROCS)
+    mach = phase.get("machine_s") or {}
+    ours = sum(cpu.values())
     return {
+        "machine_busy": (
+            sum(mach.get(k, 0.0) for k in ("user", "nice", "system", "irq", "softirq")) / wall
+            if mach
+            else None
+        ),
+        "others_cores": (
+            max(0.0, sum(mach.get(k, 0.0) for k in ("user", "nice", "system")) - ours) / wall
+            if mach
+            else None
+        ),
+        "softirq_cores": mach.get("softirq", 0.0) / wall if mach else None,
+        "steal_cores": mach.get("steal", 0.0) / wall if mach else None,
         "rt_per_s": phase["rt_per_s"],
         "server_us": per_msg(server_cpu),
         "redis_us": per_msg(cpu.get("redis", 0.0)),
         "loadgen_us": per_msg(cpu.get("loadgen", 0.0)),
         "server_cores": server_cpu / wall,
+        "server_wbytes": server_written / relayed if relayed and io else None,
+        "server_rbytes": server_read / relayed if relayed and io else None,
+        "server_sys_share": server_sys / server_cpu if server_cpu else None,
         "redis_cores": cpu.get("redis", 0.0) / wall,
         "loadgen_util": cpu.get("loadgen", 0.0) / wall,
         "p50": rtt.get("p50"),
@@ -82,10 +103,13 @@ def summarise(out: dict[str, Any]) -> dict[str, Any]:
         opened = res["opened"]
         grow = res["rss_after_kb"]["server"] - res["rss_before_kb"]["server"]
         grow_redis = res["rss_after_kb"]["redis"] - res["rss_before_kb"]["redis"]
-        idle[res["server"]] = {
+        idle[res.get("label", res["server"])] = {
+            "server": res["server"],
+            "compression": res.get("compression"),
             "count": res["count"],
             "opened": opened,
             "still_open": res["still_open"],
+            "closed_by_server": res.get("closed_by_server") or {},
             "errors": res["errors"],
             "open_s": res["open_s"],
             "rss_before_mb": res["rss_before_kb"]["server"] / 1024,
@@ -103,15 +127,55 @@ def summarise(out: dict[str, Any]) -> dict[str, Any]:
 
 def _f(value: Any, digits: int = 1) -> str:
     if value is None:
-        return "–"
+        return "-"
     if isinstance(value, float):
         return f"{value:,.{digits}f}"
     return f"{value:,}"
 
 
+RATE_HELD = 0.97  # achieved / asked rate below this: the fixed rate was not held
+LAG_LIMIT_MS = 20.0  # send lag p99 above this: the generator was starved of CPU
+
+
+def _rate_note(m: dict[str, Any], rate: float) -> str:
+    notes = []
+    if m.get("rt_per_s") is not None and m["rt_per_s"] < RATE_HELD * rate:
+        notes.append("rate not held")
+    if m.get("lag_p99") is not None and m["lag_p99"] > LAG_LIMIT_MS:
+        notes.append("sends late")
+    return "**" + ", ".join(notes) + "**" if notes else ""
+
+
+def _noise(summary: dict[str, Any]) -> float | None:
+    """Median cores taken by other processes during the measured windows."""
+    others = [
+        r["others_cores"]
+        for phases in summary["per_rep"].values()
+        for reps in phases.values()
+        for r in reps
+        if r.get("others_cores") is not None
+    ]
+    return statistics.median(others) if others else None
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "0"
+
+
+def _offer(idle: dict[str, Any]) -> str:
+    offer = idle["compression"] or "-"
+    if idle["server"] == "floor" and offer == "deflate":
+        offer += " (declined)"
+    return str(offer)
+
+
+def _pct(value: Any) -> str:
+    return "-" if value is None else f"{100 * value:.0f}%"
+
+
 def _ratio(a: Any, b: Any) -> str:
     if a is None or b in (None, 0):
-        return "–"
+        return "-"
     return f"{a / b:.2f}x"
 
 
@@ -128,7 +192,7 @@ def _table(header: list[str], rows: list[list[str]], align_first: int = 1) -> st
 
 
 def _verdict(ok: bool | None) -> str:
-    return "–" if ok is None else ("**met**" if ok else "**not met**")
+    return "-" if ok is None else ("**met**" if ok else "**not met**")
 
 
 def targets(summary: dict[str, Any], config: dict[str, Any]) -> list[list[str]]:
@@ -156,6 +220,14 @@ def targets(summary: dict[str, Any], config: dict[str, Any]) -> list[list[str]]:
             or (get(floor, phase, "loadgen_util_max") or 0) > LOADGEN_SATURATED
         ):
             flag = " (load generator saturated: lower bound)"
+        if key == "p99":
+            flagged = [
+                name
+                for name, side in (("hub", hub), ("floor", floor))
+                if _rate_note(side.get(phase, {}), config["rate"])
+            ]
+            if flagged:
+                flag = f" ({' and '.join(flagged)}: rate not held or sends late)"
         digits = 2 if key == "p99" else 1
         rows.append(
             [
@@ -167,36 +239,44 @@ def targets(summary: dict[str, Any], config: dict[str, Any]) -> list[list[str]]:
                 _verdict(ok),
             ]
         )
-    idle = summary["idle"].get("hub")
     idle_floor = summary["idle"].get("floor")
-    if idle:
+    floor_kb = idle_floor["kb_per_conn"] if idle_floor else None
+    for idle in summary["idle"].values():
+        if idle["server"] != "hub":
+            continue
         kb = idle["kb_per_conn"]
         rows.append(
             [
-                f"RSS per idle connection ({idle['opened']:,} sockets)",
+                f"RSS per idle connection ({idle['opened']:,} sockets, "
+                f"client offers {idle['compression']})",
                 _f(kb),
-                _f(idle_floor["kb_per_conn"]) if idle_floor else "–",
-                _ratio(kb, idle_floor["kb_per_conn"] if idle_floor else None),
+                _f(floor_kb),
+                _ratio(kb, floor_kb),
                 "<= 16 KB",
                 _verdict(kb is not None and kb <= 16),
             ]
         )
+    for label, idle in summary["idle"].items():
+        if idle["server"] != "hub":
+            continue
         ok10k = None
         if idle["count"] >= 10000:
             ok10k = (
                 idle["opened"] == idle["count"]
                 and idle["still_open"] == idle["count"]
                 and not idle["errors"]
+                and not idle["closed_by_server"]
                 and idle["alive_after"]
             )
         rows.append(
             [
-                "10,000 concurrent idle connections on one node",
-                f"{idle['still_open']:,}/{idle['count']:,} open, errors {idle['errors'] or 0}",
+                f"10,000 concurrent idle connections on one node ({label})",
+                f"{idle['still_open']:,}/{idle['count']:,} open; refused: "
+                f"{_counts(idle['errors'])}; closed: {_counts(idle['closed_by_server'])}",
                 (
                     f"{idle_floor['still_open']:,}/{idle_floor['count']:,} open"
                     if idle_floor
-                    else "–"
+                    else "-"
                 ),
                 "",
                 "10,000, no errors",
@@ -213,6 +293,19 @@ def targets(summary: dict[str, Any], config: dict[str, Any]) -> list[list[str]]:
                 _ratio(am["request_bytes"], aj["request_bytes"]),
                 "< 1 (MsgPack / JSON)",
                 _verdict(am["request_bytes"] < aj["request_bytes"]),
+            ]
+        )
+        wm, wj = am.get("server_wbytes"), aj.get("server_wbytes")
+        r = _ratio_val(wm, wj)
+        rows.append(
+            [
+                "MsgPack audio vs JSON audio: bytes the hubs write per relayed message "
+                "(sockets and Redis, after deflate)",
+                _f(wm, 0),
+                _f(wj, 0),
+                _ratio(wm, wj),
+                "< 1 (MsgPack / JSON)",
+                _verdict(None if r is None else r < 1),
             ]
         )
         for kind in ("fixed", "saturation"):
@@ -264,6 +357,8 @@ def markdown(out: dict[str, Any]) -> str:
         f"`websockets.connect()` offers deflate). Negotiated: "
         + ", ".join(f"{k}: `{v or 'none'}`" for k, v in s["ext"].items())
     )
+    if out.get("code"):
+        add(f"- Code: {out['code']}")
     if out.get("hub_argv"):
         add(f"- Hub node: `{out['hub_argv']}`")
     nof = out["nofile"]
@@ -272,6 +367,13 @@ def markdown(out: dict[str, Any]) -> str:
         + (f" — **{nof['note']}**" if nof.get("note") else "")
     )
     add(f"- Elapsed: {out['elapsed_s']:.0f} s")
+    noise = _noise(s)
+    if noise is not None and noise > 0.5:
+        add(
+            f"- **Noisy run: other processes took a median of {noise:.2f} of the 2 cores "
+            "during the measured windows. Latency and saturation throughput suffer first; "
+            "CPU per message, which each process accounts for itself, is the robust figure.**"
+        )
     add("")
     add(
         "CPU µs/msg: utime+stime from `/proc/<pid>/stat` over the measured window, summed "
@@ -305,16 +407,19 @@ def markdown(out: dict[str, Any]) -> str:
                     combo,
                     label,
                     _f(m["request_bytes"]),
+                    _f(m["server_wbytes"], 0),
                     _f(m["rt_per_s"], 0),
                     _f(m["p50"], 2),
                     _f(m["p99"], 2),
                     _f(m["p999"], 2),
                     _f(m["server_us"]),
                     _f(m["server_cores"], 2),
+                    _pct(m["server_sys_share"]),
                     _f(m["redis_us"]),
                     _f(m["loadgen_us"]),
                     _f(m["loadgen_util"], 2),
                     _f(m["lag_p99"], 2),
+                    _rate_note(m, c["rate"]),
                 ]
             )
         if h and f:
@@ -323,13 +428,16 @@ def markdown(out: dict[str, Any]) -> str:
                     combo,
                     "*hub/floor*",
                     "",
+                    _ratio(h["server_wbytes"], f["server_wbytes"]),
                     "",
                     _ratio(h["p50"], f["p50"]),
                     _ratio(h["p99"], f["p99"]),
                     _ratio(h["p999"], f["p999"]),
                     _ratio(h["server_us"], f["server_us"]),
                     _ratio(h["server_cores"], f["server_cores"]),
+                    "",
                     _ratio(h["redis_us"], f["redis_us"]),
+                    "",
                     "",
                     "",
                     "",
@@ -340,17 +448,20 @@ def markdown(out: dict[str, Any]) -> str:
             [
                 "payload",
                 "server",
-                "bytes",
+                "frame B",
+                "server writes B/msg",
                 "rt/s",
                 "p50 ms",
                 "p99 ms",
                 "p99.9 ms",
                 "server CPU µs/msg",
                 "server cores",
+                "of it kernel",
                 "Redis µs/msg",
                 "loadgen µs/msg",
                 "loadgen util",
                 "send lag p99 ms",
+                "note",
             ],
             rows,
             2,
@@ -358,6 +469,9 @@ def markdown(out: dict[str, Any]) -> str:
     )
     add("")
     add(
+        "*frame B*: the request as the client sends it. *server writes B/msg*: bytes the "
+        "server processes passed to write syscalls (`wchar` of `/proc/<pid>/io`: client "
+        "sockets after permessage-deflate, plus Redis traffic) per relayed message. "
         "RTT is measured from the moment the load generator hands the request to its "
         "socket to the moment the reply is read; *send lag* is how late sends left "
         "against their clock (a large lag means the generator could not keep the rate)."
@@ -381,6 +495,7 @@ def markdown(out: dict[str, Any]) -> str:
                     _f(m["rt_per_s"], 0),
                     _f(m["server_us"]),
                     _f(m["server_cores"], 2),
+                    _pct(m["server_sys_share"]),
                     _f(m["redis_us"]),
                     _f(m["redis_cores"], 2),
                     _f(m["loadgen_us"]),
@@ -397,6 +512,7 @@ def markdown(out: dict[str, Any]) -> str:
                     "*hub/floor*",
                     _ratio(h["rt_per_s"], f["rt_per_s"]),
                     _ratio(h["server_us"], f["server_us"]),
+                    "",
                     "",
                     _ratio(h["redis_us"], f["redis_us"]),
                     "",
@@ -415,6 +531,7 @@ def markdown(out: dict[str, Any]) -> str:
                 "rt/s",
                 "server CPU µs/msg",
                 "server cores",
+                "of it kernel",
                 "Redis µs/msg",
                 "Redis cores",
                 "loadgen µs/msg",
@@ -432,8 +549,10 @@ def markdown(out: dict[str, Any]) -> str:
     add("## One pair: hub vs floor vs today's stock proxy (JSON task)")
     add("")
     rows = []
-    solo = {srv: (med.get(srv, {}).get("solo/fixed"), med.get(srv, {}).get("solo/saturation"))
-            for srv in ("hub", "floor", "stock")}
+    solo = {
+        srv: (med.get(srv, {}).get("solo/fixed"), med.get(srv, {}).get("solo/saturation"))
+        for srv in ("hub", "floor", "stock")
+    }
     for srv, (fx, sat) in solo.items():
         if not fx or not sat:
             continue
@@ -496,9 +615,11 @@ def markdown(out: dict[str, Any]) -> str:
             rows.append(
                 [
                     srv,
+                    _offer(m),
                     f"{m['opened']:,}/{m['count']:,}",
                     f"{m['still_open']:,}",
-                    str(m["errors"] or 0),
+                    _counts(m["errors"]),
+                    _counts(m["closed_by_server"]),
                     _f(m["open_s"]),
                     _f(m["rss_before_mb"]),
                     _f(m["rss_after_mb"]),
@@ -510,9 +631,11 @@ def markdown(out: dict[str, Any]) -> str:
             _table(
                 [
                     "server",
+                    "client offers",
                     "opened",
                     "open after hold",
-                    "errors",
+                    "refused",
+                    "closed by server (code reason)",
                     "open s",
                     "RSS before MB",
                     "RSS after MB",
@@ -524,8 +647,11 @@ def markdown(out: dict[str, Any]) -> str:
         )
         add("")
         add(
-            "Each idle socket is `/ws/idleN?peer=absentN` (a peer never connects), opened "
-            "64 at a time; RSS (`VmRSS`) is read 2 s after the last one opened."
+            "Each measurement uses a freshly started server process (node 1 of its kind, on "
+            "the same Redis), warmed with 100 sockets opened and closed. Each idle socket is "
+            "`/ws/idleN?peer=absentN` (a peer that never connects), opened 64 at a time; "
+            "RSS (`VmRSS`) is read before and 2-3 s after the last one opened. The floor "
+            "never negotiates permessage-deflate, whatever the client offers."
         )
         add("")
 
@@ -544,7 +670,7 @@ def markdown(out: dict[str, Any]) -> str:
         rows.append(
             [srv, _f(sent), _f(ok)]
             + [_f(tot[k]) for k in ERROR_KEYS]
-            + [", ".join(f"{k} {v:.0f}" for k, v in (drops or {}).items()) or "–"]
+            + [", ".join(f"{k} {v:.0f}" for k, v in (drops or {}).items()) or "-"]
         )
     add(_table(["server", "sent", "ok", *ERROR_KEYS, "hub dropped counters"], rows))
     add("")
@@ -568,6 +694,51 @@ def markdown(out: dict[str, Any]) -> str:
         add(f"No phase above {LOADGEN_SATURATED:.2f}: the generator was not the bottleneck.")
     add("")
 
+    add("## The machine during the measured windows")
+    add("")
+    rows = []
+    for srv, phases in s["per_rep"].items():
+        figs = [r for reps in phases.values() for r in reps]
+        others = [r["others_cores"] for r in figs if r["others_cores"] is not None]
+        if not others:
+            continue
+        busy = [r["machine_busy"] for r in figs if r["machine_busy"] is not None]
+        soft = [r["softirq_cores"] for r in figs if r["softirq_cores"] is not None]
+        steal = [r["steal_cores"] for r in figs if r["steal_cores"] is not None]
+        rows.append(
+            [
+                srv,
+                str(len(figs)),
+                _f(statistics.median(busy), 2),
+                _f(statistics.median(others), 2),
+                _f(max(others), 2),
+                _f(statistics.median(soft), 2),
+                _f(max(steal), 2),
+            ]
+        )
+    add(
+        _table(
+            [
+                "server",
+                "windows",
+                "machine busy, cores (median)",
+                "other processes, cores (median)",
+                "(max)",
+                "softirq cores (median)",
+                "steal (max)",
+            ],
+            rows,
+        )
+    )
+    add("")
+    add(
+        "From `/proc/stat` over the same windows. *Other processes* is user+system time "
+        "not spent by the measured processes (server, Redis, load generator): other "
+        "people's work on the shared cores. Softirq time (loopback TCP delivery, partly) "
+        "is charged to no process, so it is in none of the per-process figures."
+    )
+    add("")
+
     add("## Repetitions (JSON task payload)")
     add("")
     rows = []
@@ -588,17 +759,27 @@ def markdown(out: dict[str, Any]) -> str:
     add(_table(["server", "figure", "per repetition"], rows, 2))
     add("")
 
-    prof = out.get("profile")
-    if prof:
-        add("## Profile: both hub nodes under the fixed-rate JSON task load")
+    for prof in out.get("profiles") or []:
+        native = prof["mode"] == "native"
+        add(
+            "## Profile: both hub nodes under the fixed-rate JSON task load"
+            + (" (native frames)" if native else "")
+        )
         add("")
         ph = phase_figures(prof["phase"])
         add(
-            f"{prof['tool']}; {prof['samples']:,} samples over "
+            f"{prof['tool']}; {prof['samples']:,} busy samples over "
             f"{prof['phase']['window_s']:.1f} s at {ph['rt_per_s']:,.0f} rt/s "
-            f"(hub {_f(ph['server_us'])} µs/msg while profiled). Own time = samples where "
-            "the function is the innermost Python frame; total = samples where it is on "
-            "the stack."
+            f"(hub {_f(ph['server_us'])} µs/msg while profiled)"
+            + (f", {prof['idle_samples']:,} idle samples (epoll) left out" if native else "")
+            + ". Own = samples where the function is the innermost frame; total = samples "
+            "where it is anywhere on the stack."
+            + (
+                ""
+                if native
+                else " Time in C code (uvloop's loop, socket syscalls, orjson) is charged to "
+                "the innermost Python frame: `Runner.run` is uvloop itself."
+            )
         )
         if prof.get("errors"):
             add(f"py-spy errors: {prof['errors']}")
@@ -611,6 +792,17 @@ def markdown(out: dict[str, Any]) -> str:
             )
         )
         add("")
+        if prof.get("project") and not native:
+            add("The project's own functions by total (the function and all it calls):")
+            add("")
+            add(
+                _table(
+                    ["function", "where", "total %", "own %"],
+                    prof["project"],
+                    2,
+                )
+            )
+            add("")
     if out.get("logs"):
         add(f"Child logs kept in `{out['logs']}`.")
     return "\n".join(lines)
@@ -651,18 +843,23 @@ def _parse(stacks: list[str]) -> list[tuple[list[str], int]]:
     return out
 
 
-def profile_samples(stacks: list[str]) -> int:
-    return sum(n for _, n in _parse(stacks))
+# Leaf frames of a thread waiting for work (seen with --native, which samples idle too).
+IDLE_LEAVES = ("epoll_wait", "epoll_pwait", "epoll_pwait2", "select", "poll", "ppoll")
 
 
-def profile_table(stacks: list[str], top: int) -> list[list[str]]:
+def profile_table(stacks: list[str], top: int) -> tuple[list[list[str]], int, int]:
+    """Top functions by own samples, leaving out idle waits.
+
+    Returns:
+        (rows, busy samples, idle samples left out)
+    """
     parsed = _parse(stacks)
+    idle = sum(n for frames, n in parsed if frames and frames[-1].split("|")[0] in IDLE_LEAVES)
+    parsed = [(f, n) for f, n in parsed if f and f[-1].split("|")[0] not in IDLE_LEAVES]
     total = sum(n for _, n in parsed) or 1
     own: Counter[str] = Counter()
     incl: Counter[str] = Counter()
     for frames, n in parsed:
-        if not frames:
-            continue
         own[frames[-1]] += n
         for f in set(frames):
             incl[f] += n
@@ -671,5 +868,29 @@ def profile_table(stacks: list[str], top: int) -> list[list[str]]:
         func, _, where = key.partition("|")
         rows.append(
             [f"`{func}`", f"`{where}`", f"{100 * n / total:.1f}", f"{100 * incl[key] / total:.1f}"]
+        )
+    return rows, sum(n for _, n in parsed), idle
+
+
+_ENTRY_POINTS = ("bushub/__main__.py", "bushub/cli.py")
+
+
+def project_table(stacks: list[str], top: int, prefixes=("bushub/", "buswire/")) -> list[list[str]]:
+    """The project's own functions by inclusive samples (their whole subtree)."""
+    parsed = [(f, n) for f, n in _parse(stacks) if f and f[-1].split("|")[0] not in IDLE_LEAVES]
+    total = sum(n for _, n in parsed) or 1
+    incl: Counter[str] = Counter()
+    own: Counter[str] = Counter()
+    for frames, n in parsed:
+        own[frames[-1]] += n
+        for f in set(frames):
+            where = f.partition("|")[2]
+            if where.startswith(prefixes) and not where.startswith(_ENTRY_POINTS):
+                incl[f] += n
+    rows = []
+    for key, n in incl.most_common(top):
+        func, _, where = key.partition("|")
+        rows.append(
+            [f"`{func}`", f"`{where}`", f"{100 * n / total:.1f}", f"{100 * own[key] / total:.1f}"]
         )
     return rows

@@ -443,7 +443,7 @@ class Hub:
                     return
                 conn.format = sniffed
             conn.format_confirmed = True
-        self.metrics.messages_received.labels(conn.format.value).inc()
+        self.metrics.received_by_format[conn.format.value].inc()
         try:
             tree = load_tree(data, conn.format)
             envelope = envelope_of(tree)
@@ -466,7 +466,7 @@ class Hub:
         self.publisher.publish(message_channel(target), pack_relay(conn.format, time.time(), data))
 
     def _received_and_dropped(self, conn: Connection, reason: str) -> None:
-        self.metrics.messages_received.labels(conn.format.value).inc()
+        self.metrics.received_by_format[conn.format.value].inc()
         self.metrics.messages_dropped.labels(reason).inc()
 
     def _on_published(self, channel: str, receivers: int) -> None:
@@ -516,7 +516,7 @@ class Hub:
 
     def sent(self, conn: Connection, payload: bytes, received_at: float) -> None:
         """Account for one frame written to a client."""
-        self.metrics.messages_delivered.labels(conn.format.value).inc()
+        self.metrics.delivered_by_format[conn.format.value].inc()
         self.metrics.bytes_sent.inc(len(payload))
         if received_at:
             self.metrics.relay_latency.observe(max(0.0, time.time() - received_at))

@@ -93,9 +93,9 @@ class Metrics:
         self.agents = Gauge("bushub_agents", "Agent names held by sockets on this node", registry=r)
         for reason in DROP_REASONS:
             self.messages_dropped.labels(reason)
-        for fmt in FORMATS:
-            self.messages_received.labels(fmt)
-            self.messages_delivered.labels(fmt)
+        # Children for the per-message path, looked up once rather than per frame.
+        self.received_by_format = {fmt: self.messages_received.labels(fmt) for fmt in FORMATS}
+        self.delivered_by_format = {fmt: self.messages_delivered.labels(fmt) for fmt in FORMATS}
         for close_reason in (*CLOSE_REASONS.values(), "client_closed"):
             self.connections_closed.labels(close_reason)
 

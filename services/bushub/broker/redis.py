@@ -73,13 +73,19 @@ class RedisBroker(Broker):
     def __init__(self, url: str, *, control_channel: str, backoff_max: float = 0.5) -> None:
         super().__init__()
         self._url = url
-        self._client: aioredis.Redis = aioredis.Redis.from_url(
+        # A blocking pool: when thousands of sockets connect at once, presence
+        # commands wait for a connection instead of failing with "too many
+        # connections" (which would read as Redis being down).
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
+            max_connections=64,
+            timeout=5.0,
             socket_connect_timeout=2.0,
             socket_keepalive=True,
             health_check_interval=0,
             retry=NO_RETRY,
         )
+        self._client: aioredis.Redis = aioredis.Redis(connection_pool=pool)
         self._refresh = self._client.register_script(REFRESH_SCRIPT)
         self._release = self._client.register_script(RELEASE_SCRIPT)
         self._channels: set[str] = {control_channel}
