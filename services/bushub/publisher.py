@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Callable
 
 from bushub.broker import Broker
+from bushub.broker.base import PartialPublish
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +129,19 @@ class Publisher:
             self._inflight = [self._pending.popleft() for _ in range(take)]
             try:
                 counts = await self._broker.publish_many(self._inflight)
+            except PartialPublish as partial:
+                # Account for what went out; put only the refused back, in order.
+                refused = []
+                for item, count in zip(self._inflight, partial.counts, strict=True):
+                    if count is None:
+                        refused.append(item)
+                    else:
+                        self._on_published(item[0], count)
+                self._pending.extendleft(reversed(refused))
+                self._inflight = []
+                log.info("publish partly refused (%s); retrying %d", partial, len(refused))
+                self.hold(self._settle)
+                continue
             except ConnectionError as exc:
                 # Back to the head, in order: nothing of the batch is known to be out.
                 self._pending.extendleft(reversed(self._inflight))

@@ -14,6 +14,20 @@ MessageHandler = Callable[[str, bytes], None]
 StateHandler = Callable[[bool], None]
 
 
+class PartialPublish(ConnectionError):
+    """Some messages of a batch were published and some refused.
+
+    Args:
+        counts: Per message, the subscribers it reached, or None where refused
+            (those, and only those, are to be retried).
+        reason: The first refusal, for logs.
+    """
+
+    def __init__(self, counts: list[int | None], reason: str) -> None:
+        super().__init__(reason)
+        self.counts = counts
+
+
 class Broker(ABC):
     """Pub/sub channels plus expiring presence records."""
 
@@ -49,6 +63,7 @@ class Broker(ABC):
         """Publish in order; returns how many subscribers got each message.
 
         Raises:
+            PartialPublish: some messages were refused; says which.
             ConnectionError: the broker is unreachable; nothing in ``items`` is known
                 to have been published.
         """

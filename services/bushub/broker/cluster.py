@@ -20,9 +20,10 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import parse_url
 from redis.exceptions import RedisError
 
-from bushub.broker.base import Broker
+from bushub.broker.base import Broker, PartialPublish
 from bushub.broker.redis import (
     NO_RETRY,
     REFRESH_SCRIPT,
@@ -30,6 +31,7 @@ from bushub.broker.redis import (
     UNREACHABLE,
     unreachable_as_connection_error,
 )
+from bushub.broker.resp import PublishConnection
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +151,12 @@ class RedisClusterBroker(Broker):
         self._release = self._client.register_script(RELEASE_SCRIPT)
         self._channels: set[str] = set()
         self._shards: dict[str, _Shard] = {}
+        self._node_publishers: dict[str, PublishConnection] = {}
+        params = parse_url(url)
+        self._credentials = {
+            "username": params.get("username"),
+            "password": params.get("password"),
+        }
         self._node_clients: dict[str, aioredis.Redis] = {}
         self._refresh_needed = asyncio.Event()
         self._refresher: asyncio.Task[None] | None = None
@@ -182,6 +190,9 @@ class RedisClusterBroker(Broker):
         for shard in self._shards.values():
             await shard.close()
         self._shards.clear()
+        for publisher in self._node_publishers.values():
+            await publisher.close()
+        self._node_publishers.clear()
         for client in self._node_clients.values():
             await client.aclose()
         self._node_clients.clear()
@@ -244,6 +255,9 @@ class RedisClusterBroker(Broker):
         await self._client.nodes_manager.initialize()
         self.topology_refreshes += 1
         primaries = {node.name for node in self._client.get_primaries()}
+        for name in [n for n in self._node_publishers if n not in primaries]:
+            await self._node_publishers.pop(name).close()
+        primaries = {node.name for node in self._client.get_primaries()}
         for name in [n for n in self._node_clients if n not in primaries]:
             await self._node_clients.pop(name).aclose()
         desired: dict[str, set[str]] = {}
@@ -276,16 +290,51 @@ class RedisClusterBroker(Broker):
             if channel in shard.channels:
                 await shard.unsubscribe({channel})
 
+    def _node_publisher(self, node: Any) -> PublishConnection:
+        publisher = self._node_publishers.get(node.name)
+        if publisher is None:
+            publisher = PublishConnection(
+                node.host, int(node.port), command=b"SPUBLISH", **self._credentials
+            )
+            self._node_publishers[node.name] = publisher
+        return publisher
+
     async def publish_many(self, items: Sequence[tuple[str, bytes]]) -> list[int]:
+        """SPUBLISH grouped by owning primary, one batch per primary, concurrently.
+
+        redis-py's cluster pipeline costs milliseconds per batch; routing by the
+        cached slot map and one raw batch per primary keeps a batch near one round
+        trip. Each channel's messages go to one node in order, so order per pair
+        holds. A MOVED reply (the slot moved) refuses just that message: it is
+        retried after the topology is re-read.
+        """
+        groups: dict[str, tuple[Any, list[int]]] = {}
+        for index, (channel, _) in enumerate(items):
+            node = self._owner(channel)
+            groups.setdefault(node.name, (node, []))[1].append(index)
+
+        async def send(node: Any, indexes: list[int]) -> list[int | None]:
+            publisher = self._node_publisher(node)
+            try:
+                counts = await publisher.publish_many([items[i] for i in indexes])
+                return list(counts)
+            except PartialPublish as partial:
+                self.request_refresh(f"publish refused ({partial})")
+                return partial.counts
+            except ConnectionError:
+                self.request_refresh(f"publish to {node.name} failed")
+                return [None] * len(indexes)
+
+        results: list[int | None] = [None] * len(items)
         with unreachable_as_connection_error():
-            async with (
-                asyncio.timeout(_COMMAND_SECONDS),
-                self._client.pipeline(transaction=False) as pipe,
-            ):
-                for channel, data in items:
-                    pipe.spublish(channel, data)
-                results: list[int] = await pipe.execute()
-                return results
+            async with asyncio.timeout(_COMMAND_SECONDS):
+                replies = await asyncio.gather(*(send(n, ix) for n, ix in groups.values()))
+        for (_, indexes), node_replies in zip(groups.values(), replies, strict=True):
+            for i, count in zip(indexes, node_replies, strict=True):
+                results[i] = count
+        if any(count is None for count in results):
+            raise PartialPublish(results, "some primaries refused or were unreachable")
+        return [count for count in results if count is not None]
 
     # ---- records ------------------------------------------------------------
 

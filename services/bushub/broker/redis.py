@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -20,8 +21,12 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bushub.broker.base import Broker
+from bushub.broker.resp import PublishConnection
 
 log = logging.getLogger(__name__)
+
+# A publish batch that takes longer than this is treated as Redis being away.
+_PUBLISH_SECONDS = 3.0
 
 # redis-py retries a failed connection with seconds of backoff by default, which
 # hides an outage from the listener and the publisher; both retry on their own.
@@ -36,6 +41,8 @@ def unreachable_as_connection_error() -> Iterator[None]:
     which is what the Broker interface promises callers."""
     try:
         yield
+    except ConnectionError:
+        raise  # already the builtin (PartialPublish among them): keep what it says
     except UNREACHABLE as exc:
         raise ConnectionError(f"redis: {type(exc).__name__}: {exc}") from exc
 
@@ -86,6 +93,17 @@ class RedisBroker(Broker):
             retry=NO_RETRY,
         )
         self._client: aioredis.Redis = aioredis.Redis(connection_pool=pool)
+        # Plain TCP URLs publish over a raw connection (see resp.py); TLS and unix
+        # sockets keep redis-py's pipeline.
+        params = parse_url(url)
+        self._publisher: PublishConnection | None = None
+        if url.startswith("redis://"):
+            self._publisher = PublishConnection(
+                params.get("host", "localhost"),
+                int(params.get("port", 6379)),
+                username=params.get("username"),
+                password=params.get("password"),
+            )
         self._refresh = self._client.register_script(REFRESH_SCRIPT)
         self._release = self._client.register_script(RELEASE_SCRIPT)
         self._channels: set[str] = {control_channel}
@@ -122,6 +140,8 @@ class RedisBroker(Broker):
         if self._listener is not None:
             self._listener.cancel()
             await asyncio.gather(self._listener, return_exceptions=True)
+        if self._publisher is not None:
+            await self._publisher.close()
         await self._client.aclose()
 
     def _set_up(self, up: bool) -> None:
@@ -166,6 +186,10 @@ class RedisBroker(Broker):
                 await asyncio.shield(pubsub.aclose())  # type: ignore[no-untyped-call]
 
     async def publish_many(self, items: Sequence[tuple[str, bytes]]) -> list[int]:
+        if self._publisher is not None:
+            with unreachable_as_connection_error():
+                async with asyncio.timeout(_PUBLISH_SECONDS):
+                    return await self._publisher.publish_many(items)
         with unreachable_as_connection_error():
             async with self._client.pipeline(transaction=False) as pipe:
                 for channel, data in items:
