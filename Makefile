@@ -11,14 +11,16 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[pipecat,test,bench]'
 	touch $(STAMP)
 
-# Tests start their own redis-server processes on free ports, and check the
-# deploy/ files with promtool (Debian ships it in the prometheus package).
+# Tests start their own redis-server processes on free ports, run nginx on
+# loopback in front of hub nodes, and check the deploy/ files with promtool
+# (Debian ships it in the prometheus package).
 APT := DEBIAN_FRONTEND=noninteractive apt-get
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 system-deps:
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	{ command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; } || missing="$$missing nginx"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  $(SUDO) $(APT) update -qq && $(SUDO) $(APT) install -y -qq --no-install-recommends $$missing; \

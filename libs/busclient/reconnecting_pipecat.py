@@ -1,0 +1,222 @@
+"""A pipecat core (``pipecat.workers``) client proxy that comes back after a node goes away.
+
+`ReconnectingWebSocketProxyClient` is the stock ``WebSocketProxyClient`` with the same
+constructor (plus the reconnect options) and the same filtering of what goes out and
+what comes in, but:
+
+- after a drain (1012), an overload (1013), a server error (1011), a dropped connection
+  (1006, reset, a killed node) or a 1000/1001 close it did not ask for, it dials the
+  SAME URL again (the load balancer picks a live node) with jittered exponential
+  backoff, and fires ``on_reconnecting`` before each wait and ``on_reconnected`` once
+  back;
+- messages the local worker sends while no socket is open are held in a bounded buffer
+  and sent in order once one is (the stock proxy drops them);
+- it fires ``on_disconnected`` only when it gives up: a definite refusal (4001 taken
+  over, 4002 peer lost, 1008, HTTP 401/403 on the handshake...) or the policy's limit;
+- only one socket and one receive loop exist at any time: activating it again while it
+  is connected does not dial a second socket (it cuts a backoff wait short instead).
+
+Example::
+
+    from busclient.reconnecting import ReconnectPolicy
+    from busclient.reconnecting_pipecat import ReconnectingWebSocketProxyClient
+
+    proxy = ReconnectingWebSocketProxyClient(
+        "proxy",
+        url="wss://hub.example.com/ws/voice?peer=worker",
+        remote_worker_name="worker",
+        local_worker_name="voice",
+        policy=ReconnectPolicy(max_elapsed=120),
+    )
+
+    @proxy.event_handler("on_reconnecting")
+    async def on_reconnecting(worker, disconnect, attempt, delay):
+        logger.info(f"hub link lost ({disconnect.describe()}), retry {attempt} in {delay:.2f}s")
+
+    @proxy.event_handler("on_disconnected")
+    async def on_disconnected(worker, websocket):
+        logger.error(f"gave up: {worker.reconnect_stats.gave_up}")
+"""
+
+from loguru import logger
+from pipecat.bus import BusMessage, BusWorkerRegistryMessage
+from pipecat.bus.messages import BusLocalMessage
+from pipecat.bus.serializers.base import MessageSerializer
+from pipecat.workers.base_worker import BaseWorker
+from pipecat.workers.proxy.websocket import WebSocketProxyClient
+from websockets.asyncio.client import ClientConnection
+
+from busclient.reconnecting import (
+    Disconnect,
+    OutboundBuffer,
+    ReconnectingLink,
+    ReconnectPolicy,
+    ReconnectStats,
+)
+
+
+class ReconnectingWebSocketProxyClient(WebSocketProxyClient):
+    """``WebSocketProxyClient`` that reconnects through the same URL and buffers.
+
+    Event handlers available:
+
+    - on_connected(worker, websocket): the first socket since activation opened.
+    - on_reconnecting(worker, disconnect, attempt, delay): the socket (or a handshake)
+      ended in a recoverable way; attempt ``attempt`` follows in ``delay`` seconds.
+      ``disconnect`` is a `busclient.reconnecting.Disconnect`.
+    - on_reconnected(worker, websocket, attempts): a new socket opened after an outage;
+      buffered messages are being flushed into it.
+    - on_disconnected(worker, websocket): the proxy gave up (``websocket`` is the socket
+      that ended, or None when a handshake was refused); ``reconnect_stats.gave_up``
+      says why. Activating the proxy again starts over.
+
+    Args:
+        policy: Retry, backoff and give-up rules (`ReconnectPolicy` defaults otherwise).
+        buffer_messages: Messages held at most while disconnected (oldest dropped first).
+        buffer_bytes: Bytes held at most while disconnected.
+        buffer_max_age: Seconds a held message stays worth sending; None keeps it.
+        open_timeout: Seconds one handshake may take.
+        Every other argument is the stock proxy's.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        url: str,
+        remote_worker_name: str,
+        local_worker_name: str,
+        forward_messages: tuple[type[BusMessage], ...] = (),
+        headers: dict[str, str] | None = None,
+        serializer: MessageSerializer | None = None,
+        active: bool = False,
+        policy: ReconnectPolicy | None = None,
+        buffer_messages: int = 1000,
+        buffer_bytes: int = 8 << 20,
+        buffer_max_age: float | None = None,
+        open_timeout: float = 10.0,
+    ) -> None:
+        super().__init__(
+            name,
+            url=url,
+            remote_worker_name=remote_worker_name,
+            local_worker_name=local_worker_name,
+            forward_messages=forward_messages,
+            headers=headers,
+            serializer=serializer,
+            active=active,
+        )
+        self._link = ReconnectingLink(
+            url,
+            self,
+            headers=self._headers,
+            policy=policy,
+            buffer=OutboundBuffer(buffer_messages, buffer_bytes, buffer_max_age),
+            open_timeout=open_timeout,
+        )
+        self._register_event_handler("on_reconnecting")
+        self._register_event_handler("on_reconnected")
+
+    @property
+    def reconnect_stats(self) -> ReconnectStats:
+        """Connects, reconnects, buffered/flushed/overflowed messages, why it gave up."""
+        return self._link.stats
+
+    @property
+    def websocket(self) -> ClientConnection | None:
+        """The socket open now, if any (the stock ``_ws`` stays None)."""
+        return self._link.websocket
+
+    @property
+    def connected(self) -> bool:
+        """A socket is open and the buffer has been flushed into it."""
+        return self._link.connected
+
+    # ---- life cycle: one supervisor task instead of the stock connect ----------
+
+    async def on_activated(self, args: dict | None) -> None:  # type: ignore[type-arg]
+        """Start the link (the stock proxy connects here and raises on failure)."""
+        await BaseWorker.on_activated(self, args)
+        task = self._receive_task
+        if task is not None and not task.done():
+            logger.debug(f"Worker '{self}': already connected or connecting")
+            self._link.retry_now()
+            return
+        logger.debug(f"Worker '{self}': connecting to {self._url}")
+        self._link.start()  # hold what is sent from now on, until the socket opens
+        # The stock stop() cancels _receive_task: here that is the supervisor.
+        self._receive_task = self.create_task(self._link.run(), f"{self.name}::ws_link")
+
+    async def stop(self) -> None:
+        """Close the socket, stop reconnecting, then stop as any worker does."""
+        await self._link.close()
+        task, self._receive_task = self._receive_task, None
+        if task is not None and not task.done():
+            await self.cancel_task(task)
+        await BaseWorker.stop(self)
+
+    # ---- outbound ---------------------------------------------------------------
+
+    async def on_bus_message(self, message: BusMessage) -> None:
+        """Forward what the stock proxy forwards; held while disconnected."""
+        await BaseWorker.on_bus_message(self, message)
+        if self._receive_task is None or isinstance(message, BusLocalMessage):
+            return
+        if message.target == self._remote_worker_name or (
+            isinstance(message, self._forward_messages)
+            and message.source == self._local_worker_name
+        ):
+            await self._send_ws(message)
+
+    async def _send_ws(self, message: BusMessage) -> None:
+        await self._link.send(self._serializer.serialize(message))
+
+    # ---- link hooks ----------------------------------------------------------------
+
+    async def link_connected(self, websocket: ClientConnection, first: bool, attempts: int) -> None:
+        if first:
+            logger.debug(f"Worker '{self}': connected to {self._url}")
+            await self._call_event_handler("on_connected", websocket)
+        else:
+            logger.info(
+                f"Worker '{self}': reconnected after {attempts} attempt(s); "
+                f"flushing {self._link.stats.buffered} buffered message(s)"
+            )
+            await self._call_event_handler("on_reconnected", websocket, attempts)
+
+    async def link_reconnecting(self, disconnect: Disconnect, attempt: int, delay: float) -> None:
+        logger.warning(
+            f"Worker '{self}': {disconnect.describe()}; reconnect attempt {attempt} in {delay:.2f}s"
+        )
+        await self._call_event_handler("on_reconnecting", disconnect, attempt, delay)
+
+    async def link_gave_up(
+        self, websocket: ClientConnection | None, disconnect: Disconnect, reason: str
+    ) -> None:
+        logger.warning(f"Worker '{self}': WebSocket connection closed for good: {reason}")
+        await self._call_event_handler("on_disconnected", websocket)
+
+    async def link_frame(self, data: bytes | str) -> None:
+        """The stock receive loop's filter, one frame at a time."""
+        payload = data if isinstance(data, bytes) else data.encode()
+        message = self._serializer.deserialize(payload)
+        if not message:
+            return
+        # Registry messages (target=None) for worker discovery.
+        if isinstance(message, BusWorkerRegistryMessage):
+            await self.send_bus_message(message)
+            return
+        # Additional message types (e.g. BusFrameMessage).
+        if self._forward_messages and isinstance(message, self._forward_messages):
+            await self.send_bus_message(message)
+            return
+        if message.target != self._local_worker_name:
+            logger.warning(
+                f"Worker '{self}': dropped inbound message with unexpected target "
+                f"'{message.target}'"
+            )
+            return
+        await self.send_bus_message(message)
+
+
+__all__ = ["ReconnectingWebSocketProxyClient"]

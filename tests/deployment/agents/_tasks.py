@@ -1,0 +1,193 @@
+"""The task stream the load-balancer test runs, shared by both dialects' programs.
+
+Client: asks its worker for tasks at a steady pace, keeping at most ``--window`` open,
+until ``--stop-file`` exists; then it waits for the open ones and reports ``done``.
+Each task has a key; a task not answered within ``--reask-after`` seconds is asked
+again under the same key (a new request id). The client takes the first answer per key
+and counts later ones as duplicates, so every task is answered exactly once.
+
+Why re-ask at all: the hub delivers at most once. The reconnecting proxy holds what its
+agent sends while it knows it is disconnected and flushes it after reconnecting, but a
+request already written into a socket whose node is SIGKILLed before relaying it, or an
+answer published while the requester has no socket anywhere, is gone. Re-asking on a
+timeout, with the worker answering a repeated key from its cache instead of running the
+task again, turns that into exactly-once answers at the application level.
+
+Worker: answers ``work`` tasks; the first request for a key runs it (event
+``executed``), a repeat is answered from the cache (event ``repeat``).
+
+Both report their proxy's events as JSON lines: ``connected``, ``reconnecting``,
+``reconnected``, ``disconnected`` (the proxy gave up or, stock, closed), and ``stats``.
+"""
+
+import argparse
+import asyncio
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from tests.agents._common import close_code, emit
+
+TASK_NAME = "work"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--role", required=True, choices=("client", "worker"))
+    parser.add_argument("--proxy", default="reconnecting", choices=("stock", "reconnecting"))
+    parser.add_argument("--stop-file", help="client: stop asking once this file exists")
+    parser.add_argument("--interval", type=float, default=0.05, help="client: seconds per ask")
+    parser.add_argument("--window", type=int, default=4, help="client: open tasks at most")
+    parser.add_argument("--reask-after", type=float, default=3.0)
+    parser.add_argument("--max-tasks", type=int, default=5000)
+    parser.add_argument("--finish-within", type=float, default=30.0)
+
+
+def answer_for(key: str) -> dict[str, Any]:
+    return {"key": key, "value": f"done:{key}", "pid": os.getpid()}
+
+
+class WorkerState:
+    """The worker's cache: each key runs once."""
+
+    def __init__(self) -> None:
+        self.results: dict[str, dict[str, Any]] = {}
+
+    def handle(self, payload: dict[str, Any] | None) -> dict[str, Any]:
+        key = str((payload or {}).get("key"))
+        cached = self.results.get(key)
+        if cached is not None:
+            emit("repeat", key=key)
+            return cached
+        result = answer_for(key)
+        self.results[key] = result
+        emit("executed", key=key)
+        return result
+
+
+class TaskLoop:
+    """The client's stream of tasks."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.peer_ready = asyncio.Event()
+        self.gave_up = asyncio.Event()
+        self.answers: dict[str, dict[str, Any]] = {}
+        self.open: dict[str, tuple[float, int]] = {}  # key -> (last asked, attempts)
+        self.duplicates = 0
+        self.wrong = 0
+        self.reasks = 0
+
+    def answer(self, response: dict[str, Any] | None) -> None:
+        key = str((response or {}).get("key"))
+        if key in self.answers:
+            self.duplicates += 1
+            return
+        if key not in self.open:
+            self.wrong += 1
+            emit("unexpected_answer", key=key)
+            return
+        if response != {**answer_for(key), "pid": (response or {}).get("pid")}:
+            self.wrong += 1
+        self.answers[key] = response or {}
+        del self.open[key]
+        if len(self.answers) % 10 == 0:
+            emit("progress", answered=len(self.answers))
+
+    async def run(self, ask: Callable[[str], Awaitable[None]]) -> dict[str, Any]:
+        args = self.args
+        loop = asyncio.get_running_loop()
+        await asyncio.wait_for(self.peer_ready.wait(), args.timeout)
+        emit("started")
+        stop_file = Path(args.stop_file) if args.stop_file else None
+        sent = 0
+        stopping_since: float | None = None
+        while not self.gave_up.is_set():
+            now = loop.time()
+            for key, (asked, attempts) in list(self.open.items()):
+                if now - asked >= args.reask_after:
+                    self.open[key] = (now, attempts + 1)
+                    self.reasks += 1
+                    emit("reask", key=key, attempt=attempts + 1)
+                    await ask(key)
+            stopping = sent >= args.max_tasks or (stop_file is not None and stop_file.exists())
+            if stopping:
+                stopping_since = stopping_since or now
+                if not self.open or now - stopping_since > args.finish_within:
+                    break
+            elif len(self.open) < args.window:
+                key = f"{args.name}-{sent}"
+                sent += 1
+                self.open[key] = (now, 1)
+                await ask(key)
+            await asyncio.sleep(args.interval)
+        return {
+            "sent": sent,
+            "answered": len(self.answers),
+            "unanswered": sorted(self.open),
+            "duplicates": self.duplicates,
+            "wrong": self.wrong,
+            "reasks": self.reasks,
+            "gave_up": self.gave_up.is_set(),
+        }
+
+
+def proxy_stats(proxy: Any) -> dict[str, Any]:
+    """The reconnecting proxy's counters (an empty dict for the stock proxy)."""
+    stats = getattr(proxy, "reconnect_stats", None)
+    if stats is None:
+        return {}
+    return {
+        "connects": stats.connects,
+        "reconnects": stats.reconnects,
+        "sent": stats.sent,
+        "flushed": stats.flushed,
+        "buffered": stats.buffered,
+        "overflowed": stats.overflowed,
+        "dropped_stopped": stats.dropped_stopped,
+        "gave_up": stats.gave_up,
+    }
+
+
+def attach_proxy_events(proxy: Any, on_gave_up: Callable[[], None] | None = None) -> None:
+    """Report the proxy's events as JSON lines."""
+    count = {"connected": 0}
+
+    @proxy.event_handler("on_connected")
+    async def on_connected(_proxy: Any, _ws: Any) -> None:
+        count["connected"] += 1
+        emit("connected", n=count["connected"])
+
+    @proxy.event_handler("on_disconnected")
+    async def on_disconnected(_proxy: Any, ws: Any) -> None:
+        emit("disconnected", code=close_code(ws), stats=proxy_stats(proxy))
+        if on_gave_up is not None:
+            on_gave_up()
+
+    if hasattr(proxy, "reconnect_stats"):
+
+        @proxy.event_handler("on_reconnecting")
+        async def on_reconnecting(_proxy: Any, disconnect: Any, attempt: int, delay: float) -> None:
+            emit(
+                "reconnecting",
+                code=disconnect.code,
+                status=disconnect.status,
+                error=disconnect.error,
+                attempt=attempt,
+                delay=round(delay, 3),
+            )
+
+        @proxy.event_handler("on_reconnected")
+        async def on_reconnected(_proxy: Any, _ws: Any, attempts: int) -> None:
+            emit("reconnected", attempts=attempts)
+
+
+async def report_stats_forever(proxy: Any, every: float = 0.5) -> None:
+    """Emit the proxy's counters whenever they change."""
+    last: dict[str, Any] = {}
+    while True:
+        stats = proxy_stats(proxy)
+        if stats and stats != last:
+            emit("stats", **stats)
+            last = stats
+        await asyncio.sleep(every)
