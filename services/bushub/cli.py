@@ -13,6 +13,7 @@ from bushub.hub import Hub
 from bushub.logs import configure_logging
 from bushub.settings import Settings, SettingsError, add_arguments, load_settings
 from bushub.token_cli import add_token_command, run_token_command
+from bushub.wsprotocol import HubWebSocketProtocol
 
 log = logging.getLogger("bushub")
 
@@ -62,7 +63,7 @@ def serve(settings: Settings) -> None:
         port=settings.port,
         log_level=settings.log_level.lower(),
         log_config=None,
-        ws="websockets-sansio",
+        ws=HubWebSocketProtocol,
         ws_max_size=max(settings.max_message_bytes * 2, 1 << 16),
         # The stock proxy offers permessage-deflate; declining it saves ~35 KB of
         # zlib state per socket and CPU on audio that does not compress.

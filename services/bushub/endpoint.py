@@ -136,6 +136,10 @@ async def _close_and_wait(websocket: WebSocket, code: CloseCode, timeout: float)
                     return
 
 
+# Closes the WebSocket layer makes before the hub sees a frame, by the code it sent.
+_CLIENT_SIDE_REASONS = {1002: "protocol_error", 1007: "invalid_data", 1009: "too_big"}
+
+
 class Refusal(Exception):
     """A handshake the hub answers with an HTTP error instead of an upgrade.
 
@@ -251,13 +255,14 @@ async def agent_socket(websocket: WebSocket, agent: str) -> None:
             conn.closing.wait(),
         )
     finally:
-        reason = "client_closed"
+        reason = _CLIENT_SIDE_REASONS.get(conn.client_close_code or 0, "client_closed")
         if conn.close_code is not None:
             reason = CLOSE_REASONS[conn.close_code]
             if attached and websocket.application_state is WebSocketState.CONNECTED:
                 await _close_and_wait(websocket, conn.close_code, settings.takeover_timeout)
-        await hub.detach(conn, attached=attached)
         if attached:
+            # Counted and logged before detach lowers the gauge, so a scrape never
+            # sees the socket gone without its reason.
             hub.metrics.connections_closed.labels(reason).inc()
             log.info(
                 "close agent=%s peer=%s conn=%s node=%s code=%s reason=%s",
@@ -268,3 +273,4 @@ async def agent_socket(websocket: WebSocket, agent: str) -> None:
                 int(conn.close_code) if conn.close_code else conn.client_close_code or "-",
                 reason,
             )
+        await hub.detach(conn, attached=attached)

@@ -374,7 +374,8 @@ class Hub:
                     # This claim came after ours on the channel: it is newer and wins.
                     conn.request_close(CloseCode.TAKEN_OVER)
             return
-        self._peer_version[agent] += 1
+        if agent in self._watchers:
+            self._peer_version[agent] += 1
         if event.kind is EventKind.UP:
             self._peer_up(agent, event.conn)
         else:
@@ -431,21 +432,26 @@ class Hub:
         if not conn.message_rate.take() or not conn.byte_rate.take(len(data)):
             self._received_and_dropped(conn, "rate_limited")
             return
+        fmt = conn.format
         if not conn.format_confirmed:
             sniffed = sniff_format(data)
             if sniffed is None:
                 self._received_and_dropped(conn, "malformed")
                 return
-            if sniffed is not conn.format:
+            if sniffed is not fmt:
                 if conn.format_declared:
                     self._received_and_dropped(conn, "format_mismatch")
                     conn.request_close(CloseCode.INVALID_DATA)
                     return
-                conn.format = sniffed
-            conn.format_confirmed = True
-        self.metrics.received_by_format[conn.format.value].inc()
+                fmt = sniffed
+        self.metrics.received_by_format[fmt.value].inc()
         try:
-            tree = load_tree(data, conn.format)
+            tree = load_tree(data, fmt)
+            if not conn.format_confirmed:
+                # Only a frame that parses settles the format: one broken frame that
+                # merely starts like MsgPack must not switch a JSON client over.
+                conn.format = fmt
+                conn.format_confirmed = True
             envelope = envelope_of(tree)
             if is_registry_type(envelope.type_name):
                 # The hub speaks for presence itself.

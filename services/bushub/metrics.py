@@ -96,7 +96,12 @@ class Metrics:
         # Children for the per-message path, looked up once rather than per frame.
         self.received_by_format = {fmt: self.messages_received.labels(fmt) for fmt in FORMATS}
         self.delivered_by_format = {fmt: self.messages_delivered.labels(fmt) for fmt in FORMATS}
-        for close_reason in (*CLOSE_REASONS.values(), "client_closed"):
+        for close_reason in (
+            *CLOSE_REASONS.values(),
+            "client_closed",
+            "protocol_error",
+            "invalid_data",
+        ):
             self.connections_closed.labels(close_reason)
 
     def render(self) -> bytes:

@@ -162,6 +162,9 @@ class RedisBroker(Broker):
                     await pubsub.subscribe(*self._channels)
                     self._pubsub = pubsub
                 if not first:
+                    # Pooled command connections died with the old server: drop them
+                    # now, or the first commands after the outage fail on them.
+                    await self._client.connection_pool.disconnect()
                     self.reconnects += 1
                     log.warning(
                         "redis reachable again; resubscribed %d channels", len(self._channels)
