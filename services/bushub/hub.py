@@ -87,6 +87,7 @@ class Hub:
         )
         # Every connection claiming or holding an agent name here, by name.
         self._by_agent: dict[str, set[Connection]] = defaultdict(set)
+        self._connection_count = 0
         # The connection currently holding each agent name on this node.
         self._local: dict[str, Connection] = {}
         # Local connections by the peer they serve, and who holds each such peer.
@@ -106,8 +107,9 @@ class Hub:
 
     @property
     def connection_count(self) -> int:
-        """Sockets claiming or holding a name on this node."""
-        return sum(len(group) for group in self._by_agent.values())
+        """Sockets claiming or holding a name on this node (checked per handshake,
+        so kept as a count rather than summed over every agent)."""
+        return self._connection_count
 
     @property
     def ready(self) -> bool:
@@ -197,6 +199,7 @@ class Hub:
         """
         agent = conn.agent
         self._by_agent[agent].add(conn)
+        self._connection_count += 1
         await self._acquire(presence_channel(agent))
         [record] = await self.broker.get_records([presence_key(agent)])
         holder = record_conn(record) if record is not None else None
@@ -238,8 +241,9 @@ class Hub:
         """Forget a socket that has ended; withdraw its presence if it held the name."""
         agent = conn.agent
         group = self._by_agent.get(agent)
-        if group is not None:
+        if group is not None and conn in group:
             group.discard(conn)
+            self._connection_count -= 1
             if not group:
                 del self._by_agent[agent]
         unsent = conn.unsent()
