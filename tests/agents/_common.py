@@ -46,6 +46,9 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--name", required=True, help="this side's agent name")
     parser.add_argument("--peer", required=True, help="the remote agent's name")
     parser.add_argument("--on-peer-lost", default="close", choices=("close", "keep"))
+    parser.add_argument(
+        "--format", default="json", choices=("json", "msgpack"), help="the proxy's serializer"
+    )
     parser.add_argument("--timeout", type=float, default=15.0, help="per-step timeout, seconds")
     parser.add_argument("--log-level", default="INFO")
     return parser
@@ -53,8 +56,21 @@ def base_parser(description: str) -> argparse.ArgumentParser:
 
 def hub_url(args: argparse.Namespace, dialect: str) -> str:
     """The hub URL for this side: ``/ws/{name}?peer={peer}&dialect=...``."""
-    query = urlencode({"peer": args.peer, "dialect": dialect, "on_peer_lost": args.on_peer_lost})
-    return f"{args.url.rstrip('/')}/ws/{args.name}?{query}"
+    fields = {"peer": args.peer, "dialect": dialect, "on_peer_lost": args.on_peer_lost}
+    if args.format != "json":
+        fields["format"] = args.format
+    return f"{args.url.rstrip('/')}/ws/{args.name}?{urlencode(fields)}"
+
+
+def serializer(args: argparse.Namespace, dialect: str) -> Any:
+    """The proxy's serializer: None (the library's JSON) or bushub's MsgPack one."""
+    if args.format == "json":
+        return None
+    if dialect == "subagents":
+        from busclient.subagents import MsgPackMessageSerializer
+    else:
+        from busclient.pipecat_core import MsgPackMessageSerializer  # type: ignore[assignment]
+    return MsgPackMessageSerializer()
 
 
 def setup_logging(level: str) -> None:

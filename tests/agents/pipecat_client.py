@@ -32,7 +32,14 @@ from pipecat.workers.base_worker import WorkerActivationArgs
 from pipecat.workers.proxy.websocket import WebSocketProxyClient
 from pipecat.workers.runner import WorkerRunner
 
-from tests.agents._common import AUDIO_SAMPLE_RATE, base_parser, emit, hub_url, setup_logging
+from tests.agents._common import (
+    AUDIO_SAMPLE_RATE,
+    base_parser,
+    emit,
+    hub_url,
+    serializer,
+    setup_logging,
+)
 from tests.agents._scenarios import (
     ClientState,
     TaskEventHandler,
@@ -154,6 +161,7 @@ async def main() -> int:
     proxy = WebSocketProxyClient(
         proxy_name,
         url=hub_url(args, "pipecat"),
+        serializer=serializer(args, "pipecat"),
         remote_worker_name=args.peer,
         local_worker_name=args.name,
         forward_messages=(BusFrameMessage,),

@@ -33,7 +33,7 @@ from pipecat.registry.types import WorkerReadyData
 from pipecat.workers.proxy.websocket import WebSocketProxyClient
 from pipecat.workers.runner import WorkerRunner
 
-from tests.agents._common import base_parser, close_code, emit, hub_url, setup_logging
+from tests.agents._common import base_parser, close_code, emit, hub_url, serializer, setup_logging
 
 
 class EchoFrames(FrameProcessor):
@@ -157,6 +157,7 @@ async def main() -> int:
     proxy = WebSocketProxyClient(
         f"{args.name}-proxy",
         url=hub_url(args, "pipecat"),
+        serializer=serializer(args, "pipecat"),
         remote_worker_name=args.peer,
         local_worker_name=args.name,
         forward_messages=(BusFrameMessage,),

@@ -33,7 +33,14 @@ from pipecat_subagents.bus import (
 from pipecat_subagents.runner import AgentRunner
 from pipecat_subagents.types import AgentReadyData
 
-from tests.agents._common import AUDIO_SAMPLE_RATE, base_parser, emit, hub_url, setup_logging
+from tests.agents._common import (
+    AUDIO_SAMPLE_RATE,
+    base_parser,
+    emit,
+    hub_url,
+    serializer,
+    setup_logging,
+)
 from tests.agents._scenarios import (
     ClientState,
     TaskEventHandler,
@@ -152,6 +159,7 @@ async def main() -> int:
         proxy_name,
         bus=runner.bus,
         url=hub_url(args, "subagents"),
+        serializer=serializer(args, "subagents"),
         remote_agent_name=args.peer,
         local_agent_name=args.name,
         forward_messages=(BusFrameMessage,),

@@ -31,7 +31,7 @@ from pipecat_subagents.bus import (
 from pipecat_subagents.runner import AgentRunner
 from pipecat_subagents.types import AgentReadyData
 
-from tests.agents._common import base_parser, close_code, emit, hub_url, setup_logging
+from tests.agents._common import base_parser, close_code, emit, hub_url, serializer, setup_logging
 
 
 class EchoFrames(FrameProcessor):
@@ -157,6 +157,7 @@ async def main() -> int:
         f"{args.name}-proxy",
         bus=runner.bus,
         url=hub_url(args, "subagents"),
+        serializer=serializer(args, "subagents"),
         remote_agent_name=args.peer,
         local_agent_name=args.name,
         forward_messages=(BusFrameMessage,),

@@ -97,9 +97,15 @@ class Agents:
         return proc
 
     def worker(
-        self, dialect: str, hub: HubNode, name: str = "worker", peer: str = "client"
+        self,
+        dialect: str,
+        hub: HubNode,
+        name: str = "worker",
+        peer: str = "client",
+        fmt: str = "json",
     ) -> AgentProcess:
         args = ["--url", hub.url, "--name", name, "--peer", peer, "--log-level", "DEBUG"]
+        args += ["--format", fmt]
         return self._start("worker", f"{dialect}_worker", args)
 
     def client(
