@@ -165,6 +165,8 @@ class RedisBroker(Broker):
                     # Pooled command connections died with the old server: drop them
                     # now, or the first commands after the outage fail on them.
                     await self._client.connection_pool.disconnect()
+                    if self._publisher is not None:
+                        await self._publisher.close()
                     self.reconnects += 1
                     log.warning(
                         "redis reachable again; resubscribed %d channels", len(self._channels)
