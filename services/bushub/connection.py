@@ -102,11 +102,6 @@ class Connection:
     def __repr__(self) -> str:
         return f"<Connection {self.id} agent={self.agent} peer={self.peer}>"
 
-    @property
-    def queued_bytes(self) -> int:
-        """Bytes waiting to be written to this socket."""
-        return self._queued_bytes
-
     def enqueue(self, payload: bytes, received_at: float) -> Enqueued:
         """Queue a frame for the writer.
 

@@ -163,7 +163,6 @@ class RedisClusterBroker(Broker):
         self._started = False
         self._up = False
         self._closed = False
-        self.topology_refreshes = 0
 
     @property
     def up(self) -> bool:
@@ -253,7 +252,6 @@ class RedisClusterBroker(Broker):
     async def _rehome(self) -> None:
         """Put every wanted channel on the shard that owns its slot now."""
         await self._client.nodes_manager.initialize()
-        self.topology_refreshes += 1
         primaries = {node.name for node in self._client.get_primaries()}
         for name in [n for n in self._node_publishers if n not in primaries]:
             await self._node_publishers.pop(name).close()

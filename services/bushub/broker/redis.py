@@ -116,7 +116,6 @@ class RedisBroker(Broker):
         self._up = False
         self._closed = False
         self._backoff_max = backoff_max
-        self.reconnects = 0
 
     @property
     def up(self) -> bool:
@@ -167,7 +166,6 @@ class RedisBroker(Broker):
                     await self._client.connection_pool.disconnect()
                     if self._publisher is not None:
                         await self._publisher.close()
-                    self.reconnects += 1
                     log.warning(
                         "redis reachable again; resubscribed %d channels", len(self._channels)
                     )
