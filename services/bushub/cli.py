@@ -5,6 +5,7 @@ import asyncio
 import logging
 import signal
 from types import FrameType
+from typing import Any
 
 import uvicorn
 
@@ -53,26 +54,32 @@ class DrainingServer(uvicorn.Server):
             self.should_exit = True
 
 
+def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Config:
+    """How uvicorn serves a node; tests serve in-process nodes with the same."""
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level.lower(),
+        "log_config": None,
+        # The hub's protocol: the direct data path (see bushub.wsprotocol).
+        "ws": HubWebSocketProtocol,
+        "ws_max_size": max(settings.max_message_bytes * 2, 1 << 16),
+        # The stock proxy offers permessage-deflate; declining it saves ~35 KB of
+        # zlib state per socket and CPU on audio that does not compress.
+        "ws_per_message_deflate": False,
+        "lifespan": "on",
+        "access_log": False,
+        "timeout_graceful_shutdown": max(1, round(settings.drain_timeout)),
+    }
+    options.update(overrides)
+    return uvicorn.Config(app, **options)
+
+
 def serve(settings: Settings) -> None:
     """Run one node until signalled."""
     configure_logging(settings.log_level, settings.log_format)
     app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level.lower(),
-        log_config=None,
-        ws=HubWebSocketProtocol,
-        ws_max_size=max(settings.max_message_bytes * 2, 1 << 16),
-        # The stock proxy offers permessage-deflate; declining it saves ~35 KB of
-        # zlib state per socket and CPU on audio that does not compress.
-        ws_per_message_deflate=False,
-        lifespan="on",
-        access_log=False,
-        timeout_graceful_shutdown=max(1, round(settings.drain_timeout)),
-    )
-    DrainingServer(config, settings, app.state.hub).run()
+    DrainingServer(uvicorn_config(app, settings), settings, app.state.hub).run()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -4,16 +4,17 @@ The queue is bounded in bytes. A consumer that falls behind the bound is closed
 rather than silently starved (a slow connection never delays others on the node).
 """
 
-import asyncio
 import itertools
 import os
 import time
 from collections import deque
 from dataclasses import dataclass
 from enum import Enum, auto
+from typing import Protocol
 
 from bushub.auth import Grant
 from bushub.closecodes import CloseCode
+from bushub.lightsync import Flag
 from bushub.limits import TokenBucket
 from buswire import Dialect, Format
 
@@ -29,9 +30,20 @@ def new_connection_id(node_id: str) -> str:
 class Enqueued(Enum):
     """What ``Connection.enqueue`` did with a frame."""
 
-    QUEUED = auto()
+    QUEUED = auto()  # for the writer task
+    SENT = auto()  # written to the socket's transport at once (direct path)
     FULL = auto()  # over the byte bound: the caller closes the slow consumer
     CLOSING = auto()  # the socket is being closed: the frame is lost
+
+
+class Outlet(Protocol):
+    """A socket that takes frames synchronously (see ``bushub.wsprotocol``)."""
+
+    def send_frame(self, payload: bytes) -> bool:
+        """Write one frame now; False once the socket no longer takes data."""
+
+    def takes_frames(self) -> bool:
+        """False while the transport is over its high-water mark (flow control)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,15 +101,28 @@ class Connection:
         # The code the client closed with, when it closed first.
         self.client_close_code: int | None = None
         self.flush_before_close = False
-        self.closed = asyncio.Event()
-        # Set by a close that must not wait for the writer (anything but a drain).
-        self.closing = asyncio.Event()
+        self.closed = Flag()
+        # Set when the socket is to end now: a close that must not wait for the
+        # writer (anything but a drain), or, on the direct path, any end at all.
+        self.closing = Flag()
+        # The direct path: frames go straight to the transport while it takes
+        # them, and wait in _queue while it does not; None: the writer task
+        # drains _queue.
+        self.outlet: Outlet | None = None
         # The frame being written right now, if any.
         self.sending: tuple[bytes, float] | None = None
-        self._queue: deque[tuple[bytes, float]] = deque()
+        # Frames waiting for the writer task, or on the direct path for the
+        # transport to resume writing; made lazily (most sockets never need it).
+        self._queue: deque[tuple[bytes, float]] | None = None
         self._queued_bytes = 0
         self._queue_limit = queue_bytes
-        self._wakeup = asyncio.Event()
+        self._wakeup = Flag()
+
+    def client_ended(self, code: int) -> None:
+        """The client closed or vanished (direct path): end the socket now."""
+        if self.client_close_code is None:
+            self.client_close_code = code
+        self.closing.set()
 
     def __repr__(self) -> str:
         return f"<Connection {self.id} agent={self.agent} peer={self.peer}>"
@@ -111,12 +136,19 @@ class Connection:
                 hub made itself (no latency is measured for those).
 
         Returns:
-            What became of the frame; only ``QUEUED`` means it may still be sent.
+            What became of the frame. On the direct path a frame is written at once
+            (``SENT``) while the transport takes more; past its high-water mark
+            frames wait here (``QUEUED``) until the transport resumes writing.
         """
         if self.close_code is not None and not self.flush_before_close:
             return Enqueued.CLOSING
+        outlet = self.outlet
+        if outlet is not None and not self._queue and outlet.takes_frames():
+            return Enqueued.SENT if outlet.send_frame(payload) else Enqueued.CLOSING
         if self._queued_bytes + len(payload) > self._queue_limit:
             return Enqueued.FULL
+        if self._queue is None:
+            self._queue = deque()
         self._queue.append((payload, received_at))
         self._queued_bytes += len(payload)
         self._wakeup.set()
@@ -134,7 +166,8 @@ class Connection:
         if self.close_code is None:
             self.close_code = code
             self.flush_before_close = flush
-            if not flush:
+            if not flush or (self.outlet is not None and not self._queue):
+                # On the direct path the hub's flush sets it once the queue is empty.
                 self.closing.set()
         self._wakeup.set()
 
@@ -158,4 +191,4 @@ class Connection:
 
     def unsent(self) -> int:
         """Frames that will never be written: still queued, or cut off mid-send."""
-        return len(self._queue) + (1 if self.sending is not None else 0)
+        return len(self._queue or ()) + (1 if self.sending is not None else 0)

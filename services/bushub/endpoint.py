@@ -1,14 +1,18 @@
 """``GET /ws/{agent}``: one agent socket, from handshake to close.
 
-One connection, two tasks, one owner: a reader that checks and routes, a writer
-that drains the bounded queue. Whichever ends first ends the other; cleanup runs
-in ``finally``. A client going away is a normal ending, not an error.
+Served by the hub's own uvicorn protocol (``bushub serve``), a socket takes the
+direct path: frames are routed from the protocol's ``data_received`` and written
+straight to its transport, and the socket's one task only waits for the end (see
+``bushub.wsprotocol`` for why). Under any other ASGI server it falls back to one
+connection, two tasks, one owner: a reader that checks and routes, a writer that
+drains the bounded queue. Either way cleanup runs in ``finally``, and a client
+going away is a normal ending, not an error.
 """
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from starlette.responses import PlainTextResponse
@@ -19,9 +23,13 @@ from bushub.closecodes import CLOSE_REASONS, CloseCode
 from bushub.connection import Connection, ConnectionParams, new_connection_id
 from bushub.hub import Hub
 from bushub.limits import TokenBucket
+from bushub.wsprotocol import DIRECT_EXTENSION, HubWebSocketProtocol
 from buswire import DecodeError, Dialect, Format, validate_agent_name
 
 log = logging.getLogger(__name__)
+
+# An accepted socket's raw ASGI send and receive.
+AsgiChannel = tuple[Callable[[Any], Awaitable[None]], Callable[[], Awaitable[Any]]]
 
 _DIALECTS = {"auto": None, "subagents": Dialect.SUBAGENTS, "pipecat": Dialect.PIPECAT}
 _PEER_LOST = {"close": True, "keep": False}
@@ -98,6 +106,39 @@ async def _writer(websocket: WebSocket, conn: Connection, hub: Hub) -> None:
         hub.sent(conn, item[0], item[1])
 
 
+def _serve_direct(
+    protocol: HubWebSocketProtocol,
+    conn: Connection,
+    hub: Hub,
+    ending: Callable[[], Coroutine[Any, Any, None]],
+) -> None:
+    """Route frames from the protocol's callbacks; run ``ending()`` once it is to end.
+
+    The socket's task returns after this: nothing waits on an idle socket.
+    """
+    publisher = hub.publisher
+    route = hub.route
+
+    def on_frame(data: bytes) -> None:
+        route(conn, data)
+        if publisher.crowded:
+            protocol.hold_reading(asyncio.ensure_future(publisher.room()))
+
+    def on_closing() -> None:
+        protocol.detach()
+        protocol.finish_with(ending())
+
+    protocol.attach(on_frame, conn.client_ended, lambda: hub.flush(conn))
+    protocol.hand_over()
+    conn.closing.on_set(on_closing)
+
+
+def _direct_protocol(websocket: WebSocket) -> HubWebSocketProtocol | None:
+    extension = websocket.scope.get("extensions", {}).get(DIRECT_EXTENSION)
+    protocol = extension.get("protocol") if extension else None
+    return protocol if isinstance(protocol, HubWebSocketProtocol) else None
+
+
 async def _first_to_end(*coros: Coroutine[Any, Any, object]) -> None:
     """Run until one coroutine ends; cancel and await the rest."""
     tasks = [asyncio.create_task(c) for c in coros]
@@ -113,7 +154,7 @@ async def _first_to_end(*coros: Coroutine[Any, Any, object]) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _close_and_wait(websocket: WebSocket, code: CloseCode, timeout: float) -> None:
+async def _close_and_wait(channel: AsgiChannel, code: CloseCode, timeout: float) -> None:
     """Close with ``code`` and wait, bounded, until the TCP connection is gone.
 
     Sending the close frame is not enough before a takeover: the stock proxy, when
@@ -122,9 +163,10 @@ async def _close_and_wait(websocket: WebSocket, code: CloseCode, timeout: float)
     transport's end as a second ``websocket.disconnect`` (1005/1006), after the one
     it queues when the close frame goes out; the raw ASGI receive sees both.
     """
+    send, receive = channel  # the raw ASGI channel: starlette's stops at the first
+    close = {"type": "websocket.close", "code": int(code), "reason": ""}
     with contextlib.suppress(RuntimeError, OSError, TimeoutError, WebSocketDisconnect):
-        await asyncio.wait_for(websocket.close(code=code), timeout=timeout)
-    receive = websocket._receive  # the raw ASGI channel: starlette's stops at the first
+        await asyncio.wait_for(send(close), timeout=timeout)
     with contextlib.suppress(TimeoutError, RuntimeError, OSError):
         async with asyncio.timeout(timeout):
             while True:
@@ -227,6 +269,7 @@ async def agent_socket(websocket: WebSocket, agent: str) -> None:
         ),
     )
     attached = False
+    handed_over = False
     try:
         try:
             claimed = await hub.claim(conn)
@@ -238,15 +281,33 @@ async def agent_socket(websocket: WebSocket, agent: str) -> None:
             await _refuse(websocket, hub, Refusal(403, "claimed_by_newer"))
             return
         await websocket.accept()
+        direct = _direct_protocol(websocket)
+        if direct is not None:
+            conn.outlet = direct
+        # Logged at the accept, so open lines come in the order clients saw them.
+        log.info(
+            "open agent=%s peer=%s conn=%s node=%s", conn.agent, conn.peer, conn.id, hub.node_id
+        )
         try:
             await hub.attach(conn)
         except ConnectionError as exc:
             log.warning("closing %s: broker unreachable (%s)", agent, exc)
             conn.request_close(CloseCode.TRY_AGAIN_LATER)
         attached = True
-        log.info(
-            "open agent=%s peer=%s conn=%s node=%s", conn.agent, conn.peer, conn.id, hub.node_id
-        )
+        if direct is not None:
+            # The ending needs only the protocol: the starlette WebSocket, and the
+            # headers it caches, are let go with this task.
+            protocol = direct
+            _serve_direct(
+                direct,
+                conn,
+                hub,
+                lambda: _ending(
+                    conn, hub, attached=True, open_channel=(protocol.send, protocol.receive)
+                ),
+            )
+            handed_over = True
+            return
         await _first_to_end(
             _reader(websocket, conn, hub),
             _writer(websocket, conn, hub),
@@ -255,22 +316,44 @@ async def agent_socket(websocket: WebSocket, agent: str) -> None:
             conn.closing.wait(),
         )
     finally:
-        reason = _CLIENT_SIDE_REASONS.get(conn.client_close_code or 0, "client_closed")
-        if conn.close_code is not None:
-            reason = CLOSE_REASONS[conn.close_code]
-            if attached and websocket.application_state is WebSocketState.CONNECTED:
-                await _close_and_wait(websocket, conn.close_code, settings.takeover_timeout)
-        if attached:
-            # Counted and logged before detach lowers the gauge, so a scrape never
-            # sees the socket gone without its reason.
-            hub.metrics.connections_closed.labels(reason).inc()
-            log.info(
-                "close agent=%s peer=%s conn=%s node=%s code=%s reason=%s",
-                conn.agent,
-                conn.peer,
-                conn.id,
-                hub.node_id,
-                int(conn.close_code) if conn.close_code else conn.client_close_code or "-",
-                reason,
+        if not handed_over:
+            connected = websocket.application_state is WebSocketState.CONNECTED
+            channel = (websocket._send, websocket._receive) if attached and connected else None
+            await _ending(conn, hub, attached=attached, open_channel=channel)
+
+
+async def _ending(
+    conn: Connection, hub: Hub, *, attached: bool, open_channel: AsgiChannel | None
+) -> None:
+    """Close (when the hub ends the socket), count, log and forget a socket.
+
+    Args:
+        attached: The hub started serving the socket (``Hub.attach``).
+        open_channel: The socket's raw ASGI (send, receive) while it is accepted
+            and open; None when it is closed already.
+    """
+    reason = _CLIENT_SIDE_REASONS.get(conn.client_close_code or 0, "client_closed")
+    if conn.close_code is not None:
+        reason = CLOSE_REASONS[conn.close_code]
+        if open_channel is not None and conn.client_close_code is None:
+            # A drain waits for the backlog to reach the client (bounded by the
+            # drain); any other close only for the close frame to cross.
+            settings = hub.settings
+            timeout = (
+                settings.drain_timeout if conn.flush_before_close else settings.takeover_timeout
             )
-        await hub.detach(conn, attached=attached)
+            await _close_and_wait(open_channel, conn.close_code, timeout)
+    if attached:
+        # Counted and logged before detach lowers the gauge, so a scrape never
+        # sees the socket gone without its reason.
+        hub.metrics.connections_closed.labels(reason).inc()
+        log.info(
+            "close agent=%s peer=%s conn=%s node=%s code=%s reason=%s",
+            conn.agent,
+            conn.peer,
+            conn.id,
+            hub.node_id,
+            int(conn.close_code) if conn.close_code else conn.client_close_code or "-",
+            reason,
+        )
+    await hub.detach(conn, attached=attached)

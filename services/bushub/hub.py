@@ -518,11 +518,29 @@ class Hub:
 
     def _enqueue(self, conn: Connection, payload: bytes, received_at: float) -> None:
         result = conn.enqueue(payload, received_at)
-        if result is Enqueued.FULL:
+        if result is Enqueued.SENT:
+            self.sent(conn, payload, received_at)
+        elif result is Enqueued.FULL:
             self.metrics.messages_dropped.labels("slow_consumer").inc()
             conn.request_close(CloseCode.SLOW_CONSUMER)
         elif result is Enqueued.CLOSING:
             self.metrics.messages_dropped.labels("closing").inc()
+
+    def flush(self, conn: Connection) -> None:
+        """Write a direct socket's queued frames while its transport takes them."""
+        outlet = conn.outlet
+        if outlet is None:
+            return
+        while outlet.takes_frames():
+            item = conn.pop()
+            if item is None:
+                if conn.flush_before_close:
+                    conn.closing.set()  # a drain waited for this queue to empty
+                return
+            if not outlet.send_frame(item[0]):
+                self.metrics.messages_dropped.labels("closing").inc()
+                return
+            self.sent(conn, item[0], item[1])
 
     def sent(self, conn: Connection, payload: bytes, received_at: float) -> None:
         """Account for one frame written to a client."""

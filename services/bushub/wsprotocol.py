@@ -1,22 +1,245 @@
-"""uvicorn's WebSocket protocol, with a close that does not wait for the client.
+"""uvicorn's WebSocket protocol, with a direct data path for agent sockets.
 
-uvicorn's ``send`` waits until the transport is writable before anything, a close
-frame included. A client that stopped reading keeps the transport paused forever,
-so the hub could never tell it 4008 (slow consumer): the frame is queued now,
-behind the backlog the client will read first, and uvicorn's close timer ends the
-connection if the client never answers.
+The handshake, denials, pings and the closing handshake stay uvicorn's
+(``websockets-sansio``). Once an agent socket is attached, data frames skip the
+ASGI channel in both directions:
+
+- inbound, each complete message is handed to a callback from ``data_received``:
+  no receive queue, no task woken per frame, and no pause/resume of reading per
+  message (uvicorn pauses the transport after every frame until the app reads it,
+  two epoll changes per message);
+- outbound, a frame is written to the transport at once while the transport is
+  under its high-water mark; above it, frames wait in the connection's bounded
+  queue and are written from ``resume_writing`` (no writer task either);
+- once set up, the socket is *handed over*: the ASGI task ends without closing
+  the transport, and the socket lives on as callbacks until its end spawns one
+  task for the closing handshake and clean-up.
+
+That removes two task hand-offs per relayed message on each node, and the tasks
+and coroutine frames an idle socket would otherwise keep for hours. The close frame also skips
+uvicorn's flow-control wait: a client that stopped reading keeps the transport
+paused forever, so the hub could never tell it 4008 (slow consumer). The frame is
+queued behind the backlog the client will read first, and uvicorn's close timer
+ends the connection if the client never answers.
 """
 
+import asyncio
+import logging
+import struct
+from collections.abc import Callable, Coroutine
 from typing import Any
 
+from uvicorn._types import ASGIReceiveEvent
+from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.protocol import State
+
+from bushub.lightsync import Flag, Inbox
+
+log = logging.getLogger(__name__)
+
+# The ASGI scope extension under which an agent socket finds its direct path.
+DIRECT_EXTENSION = "bushub.direct"
+
+FrameCallback = Callable[[bytes], None]
+DisconnectCallback = Callable[[int], None]
+
+_BINARY_FIN = 0x82
+_HEADERS_7BIT = [bytes((_BINARY_FIN, n)) for n in range(126)]
+_HEADER_16BIT = struct.Struct("!BBH")
+_HEADER_64BIT = struct.Struct("!BBQ")
+_INTERNAL_ERROR = 1011
+_INVALID_DATA = 1007
+
+
+def frame_header(length: int) -> bytes:
+    """The header of an unmasked, final binary frame (servers never mask)."""
+    if length < 126:
+        return _HEADERS_7BIT[length]
+    if length < 1 << 16:
+        return _HEADER_16BIT.pack(_BINARY_FIN, 126, length)
+    return _HEADER_64BIT.pack(_BINARY_FIN, 127, length)
 
 
 class HubWebSocketProtocol(WebSocketsSansIOProtocol):
-    """``websockets-sansio`` whose close frame skips the flow-control wait."""
+    """``websockets-sansio`` with a direct data path and a close that never waits."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Lighter than uvicorn's asyncio.Queue and asyncio.Event (see lightsync);
+        # every way a connection ends (close frame, lost transport, protocol error,
+        # server shutdown) passes through the inbox as a websocket.disconnect.
+        self.queue = Inbox(self._on_inbox_put)  # type: ignore[assignment]
+        self.writable = Flag()  # type: ignore[assignment]
+        self.writable.set()
+        self._on_frame: FrameCallback | None = None
+        self._on_disconnect: DisconnectCallback | None = None
+        self._on_writable: Callable[[], None] | None = None
+        self._reading_held = False
+        self._handed_over = False
+
+    def handle_connect(self, event: Any) -> None:
+        super().handle_connect(event)
+        # The request is in the scope now; only the response is still needed. The
+        # sansio parser's frame keeps the request object for the socket's life, so
+        # its headers are emptied, not just let go.
+        event.headers.clear()
+        del self.request
+        if not self.close_sent:  # an upgrade: uvicorn built the scope
+            self.scope["extensions"][DIRECT_EXTENSION] = {"protocol": self}
+
+    # ---- the direct path ------------------------------------------------------
+
+    def attach(
+        self,
+        on_frame: FrameCallback,
+        on_disconnect: DisconnectCallback,
+        on_writable: Callable[[], None],
+    ) -> None:
+        """Hand every later message to ``on_frame``, the end to ``on_disconnect``,
+        and each resumption of writing (flow control) to ``on_writable``.
+
+        Messages that arrived before (queued for the ASGI app, reading paused) are
+        handed over first, in order.
+        """
+        early: list[ASGIReceiveEvent] = []
+        while not self.queue.empty():
+            early.append(self.queue.get_nowait())
+        self._on_frame = on_frame
+        self._on_disconnect = on_disconnect
+        self._on_writable = on_writable
+        for message in early:
+            if message["type"] == "websocket.receive":
+                data = message.get("bytes")
+                text = message.get("text")
+                self._deliver(data if data is not None else (text or "").encode())
+            else:
+                self.queue.put_nowait(message)
+        if self.read_paused:
+            self.read_paused = False
+            if not self._reading_held:
+                self.transport.resume_reading()
+
+    def detach(self) -> None:
+        """Back to uvicorn's ASGI channel (for the closing handshake)."""
+        self._on_frame = None
+        self._on_disconnect = None
+        self._on_writable = None
+
+    def _on_inbox_put(self, message: ASGIReceiveEvent) -> None:
+        callback = self._on_disconnect
+        if callback is not None and message["type"] == "websocket.disconnect":
+            self._on_disconnect = None
+            callback(int(message.get("code", 1005)))
+
+    def hand_over(self) -> None:
+        """Let the ASGI task end without closing the socket; see ``finish_with``."""
+        self._handed_over = True
+        # Admission has read them: ~1 KB a socket that nothing reads again.
+        self.scope["headers"] = []
+
+    def finish_with(self, ending: Coroutine[Any, Any, None]) -> None:
+        """Run a handed-over socket's ending as a task uvicorn's shutdown waits for,
+        then close the transport as the ASGI task's end would have."""
+        task = self.loop.create_task(self._finish(ending))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _finish(self, ending: Coroutine[Any, Any, None]) -> None:
+        try:
+            await ending
+        except Exception:
+            self.logger.exception("Exception ending a WebSocket\n")
+        if self.close_timer is None:
+            self.transport.close()
+        # close() waits for the write buffer to drain, which a client that stopped
+        # reading never lets happen: past the close timeout, cut it off.
+        self.loop.call_later(self.close_timeout, self._abort_if_open)
+
+    def _abort_if_open(self) -> None:
+        if not self.disconnected:
+            self.transport.abort()
+
+    async def run_asgi(self) -> None:
+        # uvicorn's, except that a socket handed over keeps its transport open.
+        try:
+            result = await self.app(self.scope, self.receive, self.send)
+        except ClientDisconnected:
+            pass
+        except BaseException:
+            self.logger.exception("Exception in ASGI application\n")
+            self.send_500_response()
+        else:
+            if not self.handshake_complete:
+                self.logger.error("ASGI callable returned without completing handshake.")
+                self.send_500_response()
+            elif result is not None:
+                self.logger.error("ASGI callable should return None, but returned '%s'.", result)
+        if self.close_timer is None and not self._handed_over:
+            self.transport.close()
+
+    def send_frame(self, payload: bytes) -> bool:
+        """Write one binary frame now; False once the socket no longer takes data."""
+        if self.close_sent or self.disconnected or self.conn.state is not State.OPEN:
+            return False
+        self.transport.write(frame_header(len(payload)) + payload)
+        return True
+
+    def takes_frames(self) -> bool:
+        """False while the transport is over its high-water mark."""
+        return self.writable.is_set()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._on_writable is not None:
+            self._on_writable()
+
+    def hold_reading(self, until: "asyncio.Future[Any] | asyncio.Task[Any]") -> None:
+        """Stop reading from the client until ``until`` is done (backpressure)."""
+        if self._reading_held:
+            return
+        self._reading_held = True
+        self.transport.pause_reading()
+        until.add_done_callback(self._release_reading)
+
+    def _release_reading(self, _: object) -> None:
+        self._reading_held = False
+        if not self.disconnected and not self.read_paused:
+            self.transport.resume_reading()
+
+    def send_receive_event_to_app(self) -> None:
+        if self._on_frame is None or self.close_sent:
+            super().send_receive_event_to_app()
+            return
+        data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
+        self.frames = []
+        if self.curr_msg_data_type == "text":
+            try:
+                data.decode()
+            except UnicodeDecodeError:
+                self.conn.send_close(_INVALID_DATA)
+                self.handle_parser_exception()
+                return
+        self._deliver(data)
+
+    def _deliver(self, data: bytes) -> None:
+        on_frame = self._on_frame
+        assert on_frame is not None
+        try:
+            on_frame(data)
+        except Exception:
+            # A bug in routing must end this socket loudly, not the event loop's
+            # callback (uvloop would only log it) and not the other sockets.
+            log.exception("routing a frame failed; closing the socket")
+            self.conn.send_close(_INTERNAL_ERROR)
+            self.handle_parser_exception()
+
+    # ---- closing --------------------------------------------------------------
 
     async def send(self, message: Any) -> None:
         if message["type"] == "websocket.close" and self.handshake_complete:
             # Nothing is sent after a close, so leaving the gate open is harmless.
             self.writable.set()
         await super().send(message)
+        if message["type"] == "websocket.accept" and self.handshake_complete:
+            del self.response  # its headers are on the wire; it is not read again

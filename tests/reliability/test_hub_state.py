@@ -20,6 +20,7 @@ import uvicorn
 from websockets.asyncio.client import connect
 
 from bushub.app import create_app
+from bushub.cli import uvicorn_config
 from bushub.hub import Hub
 from bushub.settings import Settings
 from tests.integration.procs import TIMEOUT
@@ -34,17 +35,8 @@ LONERS = 150  # agents whose peer never connects
 @asynccontextmanager
 async def _serve(settings: Settings) -> AsyncIterator[tuple[Hub, int]]:
     app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=0,
-        ws="websockets-sansio",
-        ws_max_size=max(settings.max_message_bytes * 2, 1 << 16),
-        lifespan="on",
-        log_config=None,
-        log_level="warning",
-        access_log=False,
-        timeout_graceful_shutdown=1,
+    config = uvicorn_config(
+        app, settings, host="127.0.0.1", port=0, log_level="warning", timeout_graceful_shutdown=1
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(), name="uvicorn")

@@ -18,6 +18,7 @@ import uvicorn
 from websockets.asyncio.client import connect
 
 from bushub.app import create_app
+from bushub.cli import uvicorn_config
 from bushub.hub import Hub
 from bushub.settings import Settings
 from buswire import presence_key
@@ -127,21 +128,17 @@ class RunningHub:
 
 
 @asynccontextmanager
-async def running_hub(settings: Settings) -> AsyncIterator[RunningHub]:
-    """Serve a node built from ``settings`` until the block ends."""
+async def running_hub(settings: Settings, **uvicorn_options: Any) -> AsyncIterator[RunningHub]:
+    """Serve a node built from ``settings`` until the block ends.
+
+    Args:
+        uvicorn_options: Overrides of ``bushub serve``'s uvicorn settings
+            (``ws="websockets-sansio"`` serves sockets on the ASGI fallback path).
+    """
     app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=0,
-        ws="websockets-sansio",
-        ws_max_size=max(settings.max_message_bytes * 2, 1 << 16),
-        lifespan="on",
-        log_config=None,
-        log_level="warning",
-        access_log=False,
-        timeout_graceful_shutdown=1,
-    )
+    options: dict[str, Any] = {"port": 0, "log_level": "warning", "timeout_graceful_shutdown": 1}
+    options.update(uvicorn_options)
+    config = uvicorn_config(app, settings, host=settings.host, **options)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(), name="uvicorn")
     loop = asyncio.get_running_loop()
