@@ -1,6 +1,12 @@
-"""One ordered publisher per node: it coalesces publishes into broker pipelines.
+"""One ordered publisher per node: straight to the broker, or through one queue.
 
-A single FIFO keeps every connection's messages in order. While the broker is
+In steady state a message goes straight to the broker's non-blocking path
+(``Broker.publish_nowait``) from ``publish()``, and its reply comes back through a
+callback: no task step. Whenever that cannot be used (the broker is away, a hold is
+on, the fast path refused or lost messages, or anything is queued already) messages
+go to a single FIFO that a task coalesces into broker pipelines, and keep doing so
+until the queue is empty and no fast-path message is unacknowledged; so messages
+reach the broker in the order ``publish()`` was called. While the broker is
 unreachable, publishes wait in the same bounded buffer and go out, still in order,
 when it comes back; past the bound the oldest are dropped and counted.
 """
@@ -26,11 +32,12 @@ _BATCH_MAX = 512
 
 
 class Publisher:
-    """Feeds the broker from one bounded queue.
+    """Feeds the broker, straight or from one bounded queue.
 
     Args:
         broker: Where to publish.
-        capacity: Messages held at most (while the broker is slow or away).
+        capacity: Messages held at most (queued, or handed to the broker and not
+            acknowledged yet).
         on_published: Called with each message's subscriber count.
         on_dropped: Called with (reason, count) for messages given up on.
         settle: After a failed publish, how long to hold before trying again: the
@@ -53,6 +60,15 @@ class Publisher:
         self._on_dropped = on_dropped
         self._pending: deque[tuple[str, bytes]] = deque()
         self._inflight: list[tuple[str, bytes]] = []
+        # Taken by the broker's fast path, reply not in yet; oldest first.
+        self._unacked: deque[tuple[str, bytes]] = deque()
+        # Fast-path messages not known to be out (refused, or their connection
+        # failed). They wait here until every earlier one is settled, then go
+        # back to the head of the queue in order.
+        self._returned: list[tuple[str, bytes]] = []
+        self._closed = False
+        # Bound once: the fast path hands it over with every message.
+        self._done = self._acked
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -65,17 +81,21 @@ class Publisher:
         self._room.set()
 
     def close(self) -> None:
-        """Count anything still pending as dropped; the owner cancels ``run()`` first."""
-        lost = len(self._pending) + len(self._inflight)
+        """Count anything not known to be published as dropped; the owner cancels
+        ``run()`` first. Replies still to come for fast-path messages are ignored."""
+        self._closed = True
+        lost = self.pending
         if lost:
             self._on_dropped("shutdown", lost)
             self._pending.clear()
             self._inflight = []
+            self._unacked.clear()
+            self._returned = []
 
     @property
     def pending(self) -> int:
-        """Messages waiting to be published."""
-        return len(self._pending) + len(self._inflight)
+        """Messages not yet known to be published."""
+        return len(self._pending) + len(self._inflight) + len(self._unacked) + len(self._returned)
 
     @property
     def crowded(self) -> bool:
@@ -95,7 +115,20 @@ class Publisher:
         self._hold_until = max(self._hold_until, time.monotonic() + seconds)
 
     def publish(self, channel: str, data: bytes) -> None:
-        """Queue one message; never blocks."""
+        """Publish one message, or queue it; never blocks."""
+        if (
+            not self._pending
+            and not self._inflight
+            and not self._returned
+            and len(self._unacked) < self._capacity
+            and self._broker.up
+            and time.monotonic() >= self._hold_until
+            and self._broker.publish_nowait(channel, data, self._done)
+        ):
+            # Behind only other fast-path messages, on the same connection: in order.
+            self._unacked.append((channel, data))
+            self._idle.clear()
+            return
         if self.pending >= self._capacity:
             if not self._pending:
                 self._on_dropped("publish_buffer_full", 1)
@@ -104,19 +137,57 @@ class Publisher:
             self._on_dropped("publish_buffer_full", 1)
         self._pending.append((channel, data))
         self._idle.clear()
-        self._wakeup.set()
+        if not self._unacked:
+            # Otherwise the last reply (or the loss) of those wakes run().
+            self._wakeup.set()
+
+    def _acked(self, count: int | None) -> None:
+        """The broker's outcome for the oldest unacknowledged fast-path message."""
+        if self._closed:
+            return  # counted as shutdown already
+        item = self._unacked.popleft()
+        if count is None:
+            self._returned.append(item)
+        else:
+            self._on_published(item[0], count)
+        if not self._unacked:
+            self._settled()
+        elif not self._room.is_set() and self.pending < self._high_water:
+            self._room.set()
+
+    def _settled(self) -> None:
+        """No fast-path message is unacknowledged: the queue may go out, led by any
+        handed back (the next ``publish()`` must not overtake them)."""
+        if self._returned:
+            log.info(
+                "%d publishes not acknowledged (refused or connection lost); retrying in order",
+                len(self._returned),
+            )
+            self._pending.extendleft(reversed(self._returned))
+            self._returned = []
+            self.hold(self._settle)
+        if self._pending:
+            self._wakeup.set()
+        elif not self._inflight:
+            self._idle.set()
+        if not self._room.is_set() and self.pending < self._high_water:
+            self._room.set()
 
     async def flushed(self) -> None:
-        """Wait until everything queued so far has been handed to the broker."""
+        """Wait until everything published so far is acknowledged by the broker."""
         await self._idle.wait()
 
     async def run(self) -> None:
-        """Flush forever; the owner runs this as a task and cancels it."""
+        """Flush the queue forever; the owner runs this as a task and cancels it."""
         delay = 0.02
         while True:
-            if not self._pending:
-                self._idle.set()
+            if not self._pending or self._unacked:
+                # Nothing queued; or fast-path messages ahead of the queue are still
+                # unacknowledged, and whether they went out decides what goes first
+                # (the last reply, or the loss, wakes this through _settled).
                 self._wakeup.clear()
+                if not self._pending and not self._unacked:
+                    self._idle.set()
                 await self._wakeup.wait()
                 continue
             if not self._broker.up or time.monotonic() < self._hold_until:

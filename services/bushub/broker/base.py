@@ -12,6 +12,10 @@ from collections.abc import Callable, Sequence
 MessageHandler = Callable[[str, bytes], None]
 # Called with True when the broker becomes reachable, False when it is lost.
 StateHandler = Callable[[bool], None]
+# Called once per message taken by ``Broker.publish_nowait``, in the order they were
+# taken: with how many subscribers it reached, or with None where it is not known to
+# have been published (refused, or its connection failed first): the caller retries.
+PublishDone = Callable[[int | None], None]
 
 
 class PartialPublish(ConnectionError):
@@ -67,6 +71,16 @@ class Broker(ABC):
             ConnectionError: the broker is unreachable; nothing in ``items`` is known
                 to have been published.
         """
+
+    def publish_nowait(self, channel: str, data: bytes, done: PublishDone) -> bool:
+        """Publish without a task switch where the broker can: True if it took the
+        message (``done`` will be called for it, from the event loop, never from
+        inside this call), False if the caller must use ``publish_many``.
+
+        Messages taken go out in the order taken, and after every earlier
+        ``publish_many`` batch that has returned. This default takes nothing.
+        """
+        return False
 
     @abstractmethod
     async def subscribe(self, channel: str) -> None:

@@ -1,8 +1,10 @@
 """A single Redis (or a primary behind a proxy) as the broker.
 
-One command connection pool for publishes and records, one pub/sub connection
-owned by a listener task. When Redis goes away the listener retries with jittered
-backoff and, once back, resubscribes every channel the hub still wants.
+A command connection pool for records, a raw publish connection (resp.py) and a
+raw pub/sub connection (subscriber.py) owned by a listener task; both raw ones run
+on the event loop's callbacks, so a relayed message costs no task step here. When
+Redis goes away the listener retries with jittered backoff and, once back,
+resubscribes every channel the hub still wants.
 """
 
 import asyncio
@@ -20,13 +22,18 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from bushub.broker.base import Broker
-from bushub.broker.resp import PublishConnection
+from bushub.broker.base import Broker, MessageHandler, PublishDone, StateHandler
+from bushub.broker.resp import FastItem, PublishConnection
+from bushub.broker.subscriber import Subscriber, close_quietly
 
 log = logging.getLogger(__name__)
 
-# A publish batch that takes longer than this is treated as Redis being away.
+# A publish batch that takes longer than this is treated as Redis being away; so
+# is a publish connection owing replies that has received none for as long.
 _PUBLISH_SECONDS = 3.0
+# Bounds on opening the pub/sub connection and on Redis running its SUBSCRIBEs.
+_CONNECT_SECONDS = 2.0
+_SUBSCRIBE_SECONDS = 5.0
 
 # redis-py retries a failed connection with seconds of backoff by default, which
 # hides an outage from the listener and the publisher; both retry on their own.
@@ -72,8 +79,8 @@ class RedisBroker(Broker):
 
     Args:
         url: ``redis://`` or ``rediss://`` URL.
-        control_channel: Always subscribed, so the listener always has a
-            subscription to block on.
+        control_channel: Always subscribed, so the pub/sub connection is always in
+            subscribed mode (and has a subscription to block on).
         backoff_max: Longest wait between reconnect attempts, seconds.
     """
 
@@ -83,35 +90,46 @@ class RedisBroker(Broker):
         # A blocking pool: when thousands of sockets connect at once, presence
         # commands wait for a connection instead of failing with "too many
         # connections" (which would read as Redis being down).
+        # (Keepalive is a TCP option: redis-py's unix-socket connection refuses it.)
+        keepalive = {} if url.startswith("unix:") else {"socket_keepalive": True}
         pool = aioredis.BlockingConnectionPool.from_url(
             url,
             max_connections=64,
             timeout=5.0,
             socket_connect_timeout=2.0,
-            socket_keepalive=True,
             health_check_interval=0,
             retry=NO_RETRY,
+            **keepalive,
         )
         self._client: aioredis.Redis = aioredis.Redis(connection_pool=pool)
-        # Plain TCP URLs publish over a raw connection (see resp.py); TLS and unix
-        # sockets keep redis-py's pipeline.
+        # Plain TCP URLs publish and subscribe over raw connections driven by the
+        # event loop's callbacks (resp.py, subscriber.py); TLS and unix sockets
+        # keep redis-py's pipeline and PubSub.
         params = parse_url(url)
+        self._raw = url.startswith("redis://")
+        self._address = (str(params.get("host", "localhost")), int(params.get("port", 6379)))
+        self._credentials: tuple[str | None, str | None] = (
+            params.get("username"),
+            params.get("password"),
+        )
         self._publisher: PublishConnection | None = None
-        if url.startswith("redis://"):
+        if self._raw:
             self._publisher = PublishConnection(
-                params.get("host", "localhost"),
-                int(params.get("port", 6379)),
+                *self._address,
                 username=params.get("username"),
                 password=params.get("password"),
             )
+            self._publisher.on_lost = self._publish_lost
+            self._publisher.stall_seconds = _PUBLISH_SECONDS
         self._refresh = self._client.register_script(REFRESH_SCRIPT)
         self._release = self._client.register_script(RELEASE_SCRIPT)
         self._channels: set[str] = {control_channel}
+        self._subscriber: Subscriber | None = None
         self._pubsub: Any = None
         self._listener: asyncio.Task[None] | None = None
-        # One command at a time on the pub/sub connection: redis-py opens it
-        # lazily, and two concurrent first commands would each open one, leaving
-        # subscriptions on a connection nobody reads.
+        # (redis-py PubSub only) One command at a time on the pub/sub connection:
+        # redis-py opens it lazily, and two concurrent first commands would each
+        # open one, leaving subscriptions on a connection nobody reads.
         self._lock = asyncio.Lock()
         self._up = False
         self._closed = False
@@ -129,7 +147,8 @@ class RedisBroker(Broker):
     async def start(self) -> None:
         await self._client.ping()
         ready = asyncio.get_running_loop().create_future()
-        self._listener = asyncio.create_task(self._listen(ready), name="redis-listener")
+        listen = self._listen if self._raw else self._listen_pubsub
+        self._listener = asyncio.create_task(listen(ready), name="redis-listener")
         await ready
 
     async def close(self) -> None:
@@ -142,6 +161,14 @@ class RedisBroker(Broker):
         if self._publisher is not None:
             await self._publisher.close()
         await self._client.aclose()
+        # A client given its pool does not close it: its sockets would be left to
+        # the garbage collector (a ResourceWarning, and an unclean loop close).
+        await self._client.connection_pool.disconnect()
+
+    def set_handlers(self, on_message: MessageHandler, on_state: StateHandler) -> None:
+        super().set_handlers(on_message, on_state)
+        if self._subscriber is not None:
+            self._subscriber.on_message = on_message
 
     def _set_up(self, up: bool) -> None:
         if up != self._up:
@@ -153,6 +180,62 @@ class RedisBroker(Broker):
         delay = 0.05
         first = True
         while not self._closed:
+            sub: Subscriber | None = None
+            try:
+                host, port = self._address
+                username, password = self._credentials
+                sub = await Subscriber.open(
+                    host,
+                    port,
+                    self._on_message,
+                    username=username,
+                    password=password,
+                    timeout=_CONNECT_SECONDS,
+                )
+                # The snapshot written and the connection made current with no
+                # await between: a subscribe() before this is in the snapshot, one
+                # after writes on this connection itself.
+                sub.subscribe(self._channels)
+                self._subscriber = sub
+                # Redis has run every SUBSCRIBE once PING is answered: readiness
+                # then means subscribed, not just connected.
+                await asyncio.wait_for(sub.ping(), _SUBSCRIBE_SECONDS)
+                if not first:
+                    await self._after_outage()
+                first = False
+                self._set_up(True)
+                if not ready.done():
+                    ready.set_result(None)
+                delay = 0.05
+                # Messages are delivered from the read callback; this task wakes
+                # only when the connection ends (EOF: Redis died or cut off a
+                # subscriber past its output-buffer limit; or a socket error).
+                cause = await sub.lost
+                raise ConnectionError(f"pub/sub connection lost: {cause or 'closed by redis'}")
+            except (*UNREACHABLE, RedisError) as exc:
+                self._subscriber = None
+                self._set_up(False)
+                log.warning("redis unreachable (%s); retrying in %.2fs", type(exc).__name__, delay)
+                await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+                delay = min(delay * 2, self._backoff_max)
+            finally:
+                self._subscriber = None
+                await asyncio.shield(close_quietly(sub))
+
+    async def _after_outage(self) -> None:
+        """Pooled command connections died with the old server: drop them now, or the
+        first commands after the outage fail on them. The publish connection too,
+        once it owes no replies (see PublishConnection.retire)."""
+        await self._client.connection_pool.disconnect()
+        if self._publisher is not None:
+            self._publisher.retire()
+        log.warning("redis reachable again; resubscribed %d channels", len(self._channels))
+
+    async def _listen_pubsub(self, ready: "asyncio.Future[None]") -> None:
+        """`_listen` on redis-py's PubSub, for TLS and unix-socket URLs."""
+        delay = 0.05
+        first = True
+        while not self._closed:
             pubsub = self._client.pubsub(ignore_subscribe_messages=True)
             try:
                 async with self._lock:
@@ -161,14 +244,7 @@ class RedisBroker(Broker):
                     await pubsub.subscribe(*self._channels)
                     self._pubsub = pubsub
                 if not first:
-                    # Pooled command connections died with the old server: drop them
-                    # now, or the first commands after the outage fail on them.
-                    await self._client.connection_pool.disconnect()
-                    if self._publisher is not None:
-                        await self._publisher.close()
-                    log.warning(
-                        "redis reachable again; resubscribed %d channels", len(self._channels)
-                    )
+                    await self._after_outage()
                 first = False
                 self._set_up(True)
                 if not ready.done():
@@ -200,8 +276,25 @@ class RedisBroker(Broker):
                 results: list[int] = await pipe.execute()
                 return results
 
+    def publish_nowait(self, channel: str, data: bytes, done: PublishDone) -> bool:
+        publisher = self._publisher
+        return publisher is not None and publisher.publish_nowait(channel, data, done)
+
+    def _publish_lost(self, items: list[FastItem]) -> None:
+        """The publish connection failed with these unacknowledged: not known to be
+        out, so each is reported as such (in order) for its owner to retry."""
+        log.debug("publish connection lost; %d unacknowledged handed back", len(items))
+        for _, _, done in items:
+            done(None)
+
     async def subscribe(self, channel: str) -> None:
         self._channels.add(channel)
+        if self._raw:
+            # Written on the live connection (Redis confirms later); without one,
+            # the listener subscribes everything in _channels when it connects.
+            if self._subscriber is not None:
+                self._subscriber.subscribe((channel,))
+            return
         async with self._lock:
             if self._pubsub is not None:
                 # On failure the listener resubscribes everything when it reconnects.
@@ -210,6 +303,10 @@ class RedisBroker(Broker):
 
     async def unsubscribe(self, channel: str) -> None:
         self._channels.discard(channel)
+        if self._raw:
+            if self._subscriber is not None:
+                self._subscriber.unsubscribe((channel,))
+            return
         async with self._lock:
             if self._pubsub is not None:
                 with contextlib.suppress(*UNREACHABLE):

@@ -1,18 +1,36 @@
-"""A raw Redis connection that only publishes.
+"""A raw Redis connection that only publishes, driven by the event loop's callbacks.
 
-The publisher sends one batch at a time: the commands go out in a single write and
-the integer replies come back in order. redis-py's pipeline machinery (command
-objects, response callbacks, connection pool round trips) cost more than the
-publishing itself on the relay's hot path; this is the few lines the hub needs.
+Two ways in, one FIFO of replies. ``publish_many`` sends a batch in one write and
+awaits its replies (the queued path, and Redis Cluster's per-shard batches).
+``publish_nowait`` is the hot path: it appends the command to a buffer written once
+per event-loop iteration, and the reply, parsed by hiredis in ``data_received``,
+calls the caller's ``done`` there. A message then costs no task step at all, where
+awaiting a reader cost one wake-up per reply; redis-py's pipeline machinery
+(command objects, response callbacks, pool round trips) cost more still.
 """
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+import logging
+import socket
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
-from bushub.broker.base import PartialPublish
+import hiredis
+
+from bushub.broker.base import PartialPublish, PublishDone
+
+log = logging.getLogger(__name__)
 
 _CRLF = b"\r\n"
+_CONNECT_SECONDS = 2.0
+
+# A message handed to ``publish_nowait``: (channel as given, data, done).
+FastItem = tuple[bytes | str, bytes, PublishDone]
+# Called with the fast-path messages a failed connection had not had acknowledged,
+# oldest first: none of them is known to have been published.
+LostHandler = Callable[[list[FastItem]], None]
 
 
 def encode_publish(command: bytes, channel: bytes, data: bytes) -> bytes:
@@ -27,12 +45,211 @@ def encode_publish(command: bytes, channel: bytes, data: bytes) -> bytes:
     )
 
 
+def encode_command(*parts: bytes) -> bytes:
+    """Any command in RESP."""
+    return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
+
+
+def auth_command(username: str | None, password: str) -> bytes:
+    """``AUTH [username] password`` in RESP."""
+    return encode_command(b"AUTH", *([username.encode()] if username else []), password.encode())
+
+
+def set_keepalive(transport: asyncio.BaseTransport) -> None:
+    """Let the kernel notice a peer that vanished without a FIN (as redis-py's pool
+    does with ``socket_keepalive``)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+
+
 class ReplyError(ConnectionError):
     """Redis refused the connection set-up (AUTH)."""
 
 
+class _Batch:
+    """Raw replies awaited together: a ``publish_many`` batch, or AUTH."""
+
+    __slots__ = ("future", "replies", "size")
+
+    def __init__(self, size: int, future: "asyncio.Future[list[Any]]") -> None:
+        self.size = size
+        self.replies: list[Any] = []
+        self.future = future
+
+    def add(self, reply: Any) -> bool:
+        """Take one reply; True once the batch has all of them."""
+        self.replies.append(reply)
+        if len(self.replies) < self.size:
+            return False
+        if not self.future.done():  # cancelled: the caller gave up waiting
+            self.future.set_result(self.replies)
+        return True
+
+    def fail(self, exc: Exception) -> None:
+        if not self.future.done():
+            self.future.set_exception(exc)
+            # Retrieved or not, the caller has been told (or gave up): no warning.
+            self.future.exception()
+
+
+class _Connection(asyncio.Protocol):
+    """One TCP connection's state; a reconnect makes a new one, so callbacks from
+    an old socket never touch the new one's FIFO."""
+
+    def __init__(self, owner: "PublishConnection", stall_seconds: float | None) -> None:
+        self._owner = owner
+        self._loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        # Errors come back as ReplyError instances, not raised: a refused PUBLISH
+        # (MOVED) answers that command only, and the stream stays in step.
+        self._reader = hiredis.Reader(replyError=hiredis.ReplyError)
+        # Every command written or buffered, in order: a FastItem per fast-path
+        # message, a _Batch for a group awaited together.
+        self.waiting: deque[FastItem | _Batch] = deque()
+        self.out: list[bytes] = []
+        self._flush_scheduled = False
+        self.ready = False  # authenticated: the fast path may use it
+        self.retiring = False  # close once every reply is in
+        self.closing = False
+        self._replies = 0
+        self._stall_seconds = stall_seconds
+        self._stalled = 0.0
+        self._seen = 0
+        self._watchdog: asyncio.TimerHandle | None = None
+        self.gone: asyncio.Future[None] = self._loop.create_future()
+
+    # ---- asyncio.Protocol ---------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # A cast, not an isinstance check: uvloop's transports do not subclass it.
+        self.transport = cast(asyncio.Transport, transport)
+        set_keepalive(transport)
+        if self._stall_seconds is not None:
+            self._watchdog = self._loop.call_later(self._stall_seconds / 3, self._watch)
+
+    def data_received(self, data: bytes) -> None:
+        reader = self._reader
+        reader.feed(data)
+        waiting = self.waiting
+        while True:
+            try:
+                reply = reader.gets()
+            except hiredis.ProtocolError as exc:
+                log.warning("redis publish connection: %s; reconnecting", exc)
+                self.abort()
+                return
+            if reply is False:
+                break
+            if not waiting:
+                log.warning("redis publish connection: unexpected reply; reconnecting")
+                self.abort()
+                return
+            self._replies += 1
+            head = waiting[0]
+            if type(head) is tuple:
+                waiting.popleft()
+                try:
+                    head[2](reply if type(reply) is int else None)
+                except Exception:
+                    # The owner's bug must not cost the connection (and re-send
+                    # everything behind this reply).
+                    log.exception("publish callback failed")
+            else:
+                assert isinstance(head, _Batch)
+                if head.add(reply):
+                    waiting.popleft()
+        if self.retiring and not waiting:
+            self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.ready = False
+        self.closing = True
+        self.transport = None
+        self.out.clear()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        waiting, self.waiting = self.waiting, deque()
+        reason = f": {exc}" if exc else ""
+        error = ConnectionError(f"redis closed the publish connection{reason}")
+        unacked: list[FastItem] = []
+        for entry in waiting:
+            if type(entry) is tuple:
+                unacked.append(entry)
+            else:
+                assert isinstance(entry, _Batch)
+                entry.fail(error)
+        self._owner._lost(self, unacked)
+        if not self.gone.done():
+            self.gone.set_result(None)
+
+    # ---- writing ------------------------------------------------------------
+
+    def buffer(self, header: bytes, data: bytes, entry: FastItem) -> None:
+        """Queue one fast-path command (its data unjoined: the flush copies it once);
+        written with the rest of this iteration's."""
+        out = self.out
+        out.append(header)
+        out.append(data)
+        out.append(_CRLF)
+        self.waiting.append(entry)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self.flush)
+
+    def request(self, commands: bytes, size: int) -> "asyncio.Future[list[Any]]":
+        """Write ``size`` commands now (after anything buffered); their raw replies."""
+        future: asyncio.Future[list[Any]] = self._loop.create_future()
+        self.out.append(commands)
+        self.waiting.append(_Batch(size, future))
+        self.flush()
+        return future
+
+    def flush(self) -> None:
+        self._flush_scheduled = False
+        transport = self.transport
+        if self.out and transport is not None and not transport.is_closing():
+            data = b"".join(self.out)
+            self.out.clear()
+            transport.write(data)
+
+    # ---- ending -------------------------------------------------------------
+
+    def _watch(self) -> None:
+        """Replies owed and none arriving for ``stall_seconds``: Redis is stopped or
+        the network silently gone. Treated as lost, like a publish batch's timeout."""
+        assert self._stall_seconds is not None
+        period = self._stall_seconds / 3
+        if self.waiting and self._replies == self._seen:
+            self._stalled += period
+            if self._stalled >= self._stall_seconds:
+                log.warning("redis publish connection: no reply for %.1fs", self._stalled)
+                self.abort()
+                return
+        else:
+            self._stalled = 0.0
+        self._seen = self._replies
+        self._watchdog = self._loop.call_later(period, self._watch)
+
+    def close(self) -> None:
+        """Close after writing what is buffered; replies still owed are lost."""
+        self.ready = False
+        self.closing = True
+        if self.transport is not None:
+            self.flush()
+            self.transport.close()
+
+    def abort(self) -> None:
+        """Drop the socket now (the reply stream cannot be trusted)."""
+        self.ready = False
+        self.closing = True
+        if self.transport is not None:
+            self.transport.abort()
+
+
 class PublishConnection:
-    """A lazily opened TCP connection for ``PUBLISH``/``SPUBLISH`` batches.
+    """A lazily opened TCP connection for ``PUBLISH``/``SPUBLISH``.
 
     Args:
         host: Redis host.
@@ -40,6 +257,14 @@ class PublishConnection:
         command: ``PUBLISH`` or ``SPUBLISH``.
         username: ACL user, if any.
         password: Password, if any.
+
+    Attributes:
+        on_lost: Called with the fast-path messages a failed connection had not had
+            acknowledged; unset, they are only logged. (Attributes, not arguments,
+            so the constructor's keywords stay the credentials Cluster passes.)
+        stall_seconds: With replies owed and none arriving for this long, the
+            connection is dropped as lost (at most a third of it sooner); unset,
+            only the caller's timeout on ``publish_many`` applies.
     """
 
     def __init__(
@@ -53,77 +278,154 @@ class PublishConnection:
     ) -> None:
         self._address = (host, port)
         self._command = command
+        self._prefix = b"*3\r\n$%d\r\n%s\r\n" % (len(command), command)
         self._auth = (username, password)
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
+        self.on_lost: LostHandler | None = None
+        self.stall_seconds: float | None = None
+        self._conn: _Connection | None = None
+        # One connect at a time: two concurrent first batches would each open one.
+        self._connect_lock = asyncio.Lock()
 
-    async def _connect(self) -> None:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(*self._address), 2.0)
-        self._reader, self._writer = reader, writer
-        username, password = self._auth
-        if password:
-            parts = [b"AUTH", *([username.encode()] if username else []), password.encode()]
-            writer.write(
-                b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
-            )
-            reply = await reader.readline()
-            if not reply.startswith(b"+OK"):
-                await self.close()
-                raise ReplyError("redis refused AUTH")
+    @property
+    def is_open(self) -> bool:
+        """True while the fast path can take messages."""
+        conn = self._conn
+        return conn is not None and conn.ready
+
+    async def connect(self) -> None:
+        """Open the connection now if it is not (``publish_many`` does so itself).
+
+        Raises:
+            ConnectionError: Redis could not be reached or refused AUTH.
+        """
+        await self._open()
+
+    async def _open(self) -> _Connection:
+        conn = self._conn
+        if conn is not None and not conn.closing:
+            return conn
+        async with self._connect_lock:
+            conn = self._conn
+            if conn is not None and not conn.closing:
+                return conn
+            loop = asyncio.get_running_loop()
+            try:
+                _, new = await asyncio.wait_for(
+                    loop.create_connection(
+                        lambda: _Connection(self, self.stall_seconds), *self._address
+                    ),
+                    _CONNECT_SECONDS,
+                )
+            except (OSError, TimeoutError) as exc:
+                raise ConnectionError(f"redis publish connection: {exc!r}") from exc
+            try:
+                username, password = self._auth
+                if password:
+                    request = new.request(auth_command(username, password), 1)
+                    [reply] = await asyncio.wait_for(request, _CONNECT_SECONDS)
+                    if reply != b"OK":
+                        raise ReplyError("redis refused AUTH")
+            except TimeoutError as exc:
+                new.abort()
+                raise ConnectionError("redis publish connection: AUTH timed out") from exc
+            except BaseException:
+                new.abort()
+                raise
+            new.ready = True
+            self._conn = new
+            return new
+
+    def publish_nowait(self, channel: bytes | str, data: bytes, done: PublishDone) -> bool:
+        """Publish without waiting; False (nothing done) when not connected.
+
+        Every command of one event-loop iteration goes out in one write. ``done`` is
+        called from the reply, in order, with the subscriber count, or None where
+        Redis answered with an error. If the connection fails first, the message is
+        handed to ``on_lost`` instead; ``done`` is then never called.
+        """
+        conn = self._conn
+        if conn is None or not conn.ready:
+            return False
+        raw = channel.encode() if isinstance(channel, str) else channel
+        conn.buffer(
+            b"%s$%d\r\n%s\r\n$%d\r\n" % (self._prefix, len(raw), raw, len(data)),
+            data,
+            (channel, data, done),
+        )
+        return True
 
     async def publish_many(self, items: Sequence[tuple[str, bytes]]) -> list[int]:
         """Publish in order; the number of subscribers reached by each message.
 
         Raises:
+            PartialPublish: Redis refused some (MOVED after a slot moved); says which.
             ConnectionError: the connection failed (it is closed; the next call
-                reconnects) or Redis answered with an error.
+                reconnects).
         """
-        if self._writer is None:
-            try:
-                await self._connect()
-            except OSError as exc:
-                raise ConnectionError(f"redis publish connection: {exc}") from exc
-        reader, writer = self._reader, self._writer
-        assert reader is not None and writer is not None
+        conn = await self._open()
+        if not items:
+            return []
         command = self._command
+        payload = b"".join(encode_publish(command, c.encode(), d) for c, d in items)
         try:
-            writer.write(b"".join(encode_publish(command, c.encode(), d) for c, d in items))
-            # Every reply is read, errors too: Redis runs each command of a batch on
-            # its own, so only the refused ones (MOVED after a slot moved) are retried.
-            counts: list[int | None] = []
-            errors: list[str] = []
-            for _ in items:
-                line = await reader.readline()
-                if line[:1] == b":":
-                    counts.append(int(line[1:-2]))
-                elif not line:
-                    raise ConnectionError("redis closed the publish connection")
-                else:
-                    counts.append(None)
-                    errors.append(line.rstrip(_CRLF).decode(errors="replace"))
+            replies = await conn.request(payload, len(items))
         except asyncio.CancelledError:
-            # Cut off mid-batch (a timeout): replies would be out of step.
-            self._abandon()
+            # Cut off mid-batch (a timeout): Redis is not answering, start over.
+            conn.abort()
             raise
-        except (OSError, asyncio.IncompleteReadError, ValueError, ConnectionError) as exc:
-            # The reply stream is no longer in step with the commands: start over.
-            await self.close()
-            if isinstance(exc, ConnectionError):
-                raise
-            raise ConnectionError(f"redis publish connection: {exc}") from exc
+        # Every reply is read, errors too: Redis runs each command of a batch on its
+        # own, so only the refused ones (MOVED after a slot moved) are retried.
+        counts: list[int | None] = []
+        errors: list[str] = []
+        for reply in replies:
+            if type(reply) is int:
+                counts.append(reply)
+            else:
+                counts.append(None)
+                errors.append(str(reply) if isinstance(reply, Exception) else repr(reply))
         if errors:
             raise PartialPublish(counts, errors[0])
         return [c for c in counts if c is not None]
 
-    def _abandon(self) -> None:
-        writer, self._writer, self._reader = self._writer, None, None
-        if writer is not None:
-            writer.close()
+    def retire(self) -> None:
+        """Take no more fast-path messages; close once the replies owed are in.
+
+        For a connection that may be stale (Redis came back from an outage): an idle
+        one closes at once and the next publish reconnects; one still owed replies
+        either gets them (nothing re-sent twice) or fails and hands them back.
+        """
+        conn = self._conn
+        if conn is None:
+            return
+        self._conn = None
+        if conn.waiting:
+            conn.ready = False
+            conn.retiring = True
+            # publish_many may still use it until it closes: same FIFO, same order.
+            self._conn = conn
+        else:
+            conn.close()
+
+    def _lost(self, conn: _Connection, unacked: list[FastItem]) -> None:
+        if self._conn is conn:
+            self._conn = None
+        if not unacked:
+            return
+        if self.on_lost is None:
+            log.warning("redis publish connection lost with %d unacknowledged", len(unacked))
+            return
+        try:
+            self.on_lost(unacked)
+        except Exception:
+            log.exception("publish loss handler failed")
 
     async def close(self) -> None:
-        """Close the connection; safe to call twice."""
-        writer, self._writer, self._reader = self._writer, None, None
-        if writer is not None:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
+        """Close the connection; safe to call twice. Replies still owed are lost
+        (fast-path messages go to ``on_lost`` once the socket is down)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.abort()
+            # connection_lost runs from the loop soon after; wait so that the
+            # socket is gone (and on_lost called) when this returns.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(conn.gone), 1.0)

@@ -1,6 +1,7 @@
 """The node's ordered publisher against a fake in-memory broker: order across
 batches, a bounded buffer that drops the oldest with a count, and messages held
-and retried in order while the broker fails."""
+and retried in order while the broker fails; with a fast path, order across both
+paths, lost and refused fast-path messages retried ahead of newer ones."""
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
@@ -8,6 +9,7 @@ from contextlib import asynccontextmanager
 from typing import cast
 
 from bushub.broker import Broker
+from bushub.broker.base import PublishDone
 from bushub.publisher import Publisher
 from tests.unit.bushub.helpers import TIMEOUT, wait_until
 
@@ -23,6 +25,9 @@ class FakeBroker:
         self.calls = 0
         self.gate = asyncio.Event()
         self.gate.set()
+
+    def publish_nowait(self, channel: str, data: bytes, done: object) -> bool:
+        return False  # the queued path only, as MemoryBroker and Redis Cluster
 
     async def publish_many(self, items: Sequence[tuple[str, bytes]]) -> list[int]:
         batch = list(items)
@@ -164,4 +169,165 @@ async def test_flushed_waits_for_the_broker_and_close_counts_what_is_left() -> N
         flushed.cancel()
     publisher.close()
     assert calls.dropped == [("shutdown", 3)]
+    assert publisher.pending == 0
+
+
+class FastBroker(FakeBroker):
+    """Also has a fast path; the test answers what it took (or fails it), in order.
+
+    ``wire`` is what reached the broker in order, by either path, retries included.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fast_open = True
+        self.taken: list[tuple[str, bytes, PublishDone]] = []
+        self.wire: list[tuple[str, bytes]] = []
+
+    def publish_nowait(self, channel: str, data: bytes, done: object) -> bool:
+        if not self.fast_open:
+            return False
+        self.taken.append((channel, data, cast(PublishDone, done)))
+        self.wire.append((channel, data))
+        return True
+
+    async def publish_many(self, items: Sequence[tuple[str, bytes]]) -> list[int]:
+        self.wire.extend(items)
+        return await super().publish_many(items)
+
+    def answer(self, count: int | None = None, refuse: int | None = None) -> None:
+        """Reply to the oldest ``count`` taken (all by default); None for ``refuse``."""
+        count = len(self.taken) if count is None else count
+        answered, self.taken = self.taken[:count], self.taken[count:]
+        for n, (_, data, done) in enumerate(answered):
+            done(None if n == refuse else len(data) % 3)
+
+    def lose(self) -> None:
+        """The connection fails: every unanswered one is reported not known out."""
+        self.fast_open = False
+        lost, self.taken = self.taken, []
+        for _, _, done in lost:
+            done(None)
+
+
+def fast_publisher(broker: FastBroker, calls: Recorder, capacity: int = 100) -> Publisher:
+    return Publisher(cast(Broker, broker), capacity, calls.on_published, calls.on_dropped)
+
+
+def expected(sent: list[tuple[str, bytes]]) -> list[tuple[str, int]]:
+    return [(c, len(d) % 3) for c, d in sent]
+
+
+async def test_fast_path_takes_steady_traffic_and_flushed_waits_for_replies() -> None:
+    broker, calls = FastBroker(), Recorder()
+    publisher = fast_publisher(broker, calls)
+    sent = items(20)
+    async with running(publisher):
+        for channel, data in sent:
+            publisher.publish(channel, data)
+        assert broker.calls == 0 and len(broker.taken) == 20
+        assert publisher.pending == 20
+        flushed = asyncio.create_task(publisher.flushed())
+        await asyncio.sleep(TIMEOUT / 20)
+        assert not flushed.done()  # taken is not acknowledged
+        broker.answer(5)
+        assert calls.delivered == expected(sent[:5]) and publisher.pending == 15
+        broker.answer()
+        await asyncio.wait_for(flushed, TIMEOUT)
+    assert calls.delivered == expected(sent)
+    assert broker.calls == 0 and calls.dropped == []
+
+
+async def test_once_anything_is_queued_new_messages_queue_until_the_fast_path_settles() -> None:
+    broker, calls = FastBroker(), Recorder()
+    publisher = fast_publisher(broker, calls)
+    first, second, third = items(3), items(3, start=3), items(3, start=6)
+    async with running(publisher):
+        for channel, data in first:
+            publisher.publish(channel, data)
+        broker.fast_open = False  # e.g. the connection is retiring
+        for channel, data in second:
+            publisher.publish(channel, data)
+        broker.fast_open = True
+        publisher.publish(*third[0])  # the queue is not empty: queued too
+        await asyncio.sleep(TIMEOUT / 20)
+        # The queue waits for the replies of the fast-path messages ahead of it.
+        assert broker.calls == 0 and publisher.pending == 7
+        broker.answer()
+        await wait_until(lambda: broker.calls == 1, "the queued batch")
+        await asyncio.wait_for(publisher.flushed(), TIMEOUT)
+        # Queue empty and nothing unacknowledged: the fast path again.
+        for channel, data in third[1:]:
+            publisher.publish(channel, data)
+        assert broker.calls == 1 and len(broker.taken) == 2
+        broker.answer()
+        await asyncio.wait_for(publisher.flushed(), TIMEOUT)
+    assert broker.batches == [second + third[:1]]
+    assert broker.wire == first + second + third
+    assert calls.delivered == expected(first + second + third)
+
+
+async def test_a_lost_connection_puts_its_unacknowledged_back_at_the_head_in_order() -> None:
+    broker, calls = FastBroker(), Recorder()
+    publisher = fast_publisher(broker, calls)
+    sent = items(6)
+    async with running(publisher):
+        for channel, data in sent[:4]:
+            publisher.publish(channel, data)
+        broker.answer(1)
+        broker.fast_open = False
+        for channel, data in sent[4:]:
+            publisher.publish(channel, data)  # queued behind the three unanswered
+        broker.lose()
+        assert publisher.pending == 5
+        await asyncio.wait_for(publisher.flushed(), TIMEOUT)
+    # Retried in one batch, the lost ones first, in their order.
+    assert broker.batches == [sent[1:]]
+    assert calls.delivered == expected(sent)
+    assert calls.dropped == []
+
+
+async def test_a_refused_fast_path_message_is_retried_before_anything_newer() -> None:
+    broker, calls = FastBroker(), Recorder()
+    publisher = fast_publisher(broker, calls)
+    sent = items(5)
+    async with running(publisher):
+        for channel, data in sent[:3]:
+            publisher.publish(channel, data)
+        broker.answer(2, refuse=1)  # sent[1] refused, sent[2] still unanswered
+        publisher.publish(*sent[3])  # not overtaking the refused one: queued
+        assert len(broker.taken) == 1
+        broker.answer()
+        publisher.publish(*sent[4])
+        await asyncio.wait_for(publisher.flushed(), TIMEOUT)
+    assert broker.batches == [[sent[1], sent[3], sent[4]]]
+    assert calls.delivered == expected([sent[0], sent[2], sent[1], sent[3], sent[4]])
+
+
+async def test_no_fast_path_while_held_or_down_and_unacknowledged_count_toward_the_bound() -> None:
+    broker, calls = FastBroker(), Recorder()
+    publisher = fast_publisher(broker, calls, capacity=4)
+    publisher.hold(TIMEOUT / 10)
+    publisher.publish(*items(1)[0])
+    assert broker.taken == [] and publisher.pending == 1
+    async with running(publisher):
+        await asyncio.wait_for(publisher.flushed(), TIMEOUT)
+        broker.up = False
+        publisher.publish(*items(1, start=1)[0])
+        assert broker.taken == []
+        broker.up = True
+        await asyncio.wait_for(publisher.flushed(), TIMEOUT)
+        assert broker.calls == 2
+        sent = items(5, start=2)
+        for channel, data in sent:
+            publisher.publish(channel, data)
+        # Four unacknowledged fill the buffer: the fifth is dropped, as when queued.
+        assert len(broker.taken) == 4 and calls.dropped == [("publish_buffer_full", 1)]
+        assert publisher.crowded
+        broker.answer()
+        assert not publisher.crowded
+    publisher.publish(*items(1, start=9)[0])
+    publisher.close()
+    assert calls.dropped == [("publish_buffer_full", 1), ("shutdown", 1)]
+    broker.answer()  # a late reply after close is ignored
     assert publisher.pending == 0

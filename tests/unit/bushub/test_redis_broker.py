@@ -1,0 +1,204 @@
+"""The raw pub/sub connection and the single-Redis broker against a real redis-server,
+on asyncio and uvloop: messages dispatched from the read callback, in order, for the
+subscribed channels only; a subscriber Redis cuts off for its output buffer, or a
+Redis killed and restarted, noticed at once and every channel resubscribed; the
+publisher's fast path carrying steady traffic with no batch at all; and unix-socket
+URLs still served by redis-py's PubSub."""
+
+import asyncio
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from bushub.broker.redis import RedisBroker
+from bushub.broker.resp import PublishConnection
+from bushub.broker.subscriber import SUBSCRIBE_BATCH, Subscriber
+from bushub.publisher import Publisher
+from tests.reliability.harness import FaultRedis
+from tests.unit.bushub.helpers import TIMEOUT
+from tests.unit.bushub.realredis import LOOPS, off_loop, run, running_redis, until
+
+pytestmark = pytest.mark.parametrize("loop", LOOPS)
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[FaultRedis]:
+    yield from running_redis(tmp_path)
+
+
+def test_subscriber_dispatches_subscribed_channels_in_order(redis: FaultRedis, loop: str) -> None:
+    async def scenario() -> None:
+        got: list[tuple[str, bytes]] = []
+        sub = await Subscriber.open("127.0.0.1", redis.port, lambda c, d: got.append((c, d)))
+        sub.subscribe(["a", "b"])
+        await sub.ping()
+        pub = PublishConnection("127.0.0.1", redis.port)
+        items = [(("a", "b", "z")[i % 3], b"%d" % i) for i in range(3000)]
+        counts = await pub.publish_many(items)
+        assert counts == [0 if c == "z" else 1 for c, _ in items]
+        await until(lambda: len(got) == 2000, "every message")
+        assert got == [(c, d) for c, d in items if c != "z"]
+        sub.unsubscribe(["a"])
+        await sub.ping()
+        await pub.publish_many([("a", b"gone"), ("b", b"kept")])
+        await until(lambda: got[-1] == ("b", b"kept"), "the last message")
+        assert ("a", b"gone") not in got
+        # A handler that raises costs nothing but a log line.
+        sub.on_message = lambda c, d: 1 / 0  # type: ignore[assignment,return-value]
+        await pub.publish_many([("b", b"boom")])
+        await sub.ping()
+        assert sub.is_open and not sub.lost.done()
+        sub.close()
+        await asyncio.wait_for(sub.lost, 1)
+        await pub.close()
+
+    run(loop, scenario())
+
+
+def test_a_subscriber_cut_off_for_its_output_buffer_is_noticed(
+    redis: FaultRedis, loop: str
+) -> None:
+    async def scenario() -> None:
+        await off_loop(
+            lambda: redis.cli("CONFIG", "SET", "client-output-buffer-limit", "pubsub 64kb 32kb 1")
+        )
+        got: list[tuple[str, bytes]] = []
+        sub = await Subscriber.open("127.0.0.1", redis.port, lambda c, d: got.append((c, d)))
+        sub.subscribe(["a"])
+        await sub.ping()
+        assert sub._transport is not None
+        sub._transport.pause_reading()  # a stalled node
+        pub = PublishConnection("127.0.0.1", redis.port)
+        for _ in range(20):
+            await pub.publish_many([("a", b"x" * 50_000)] * 10)
+        await until(
+            lambda: "output buffer limits" in redis.log_path.read_text(), "Redis to cut it off"
+        )
+        sub._transport.resume_reading()
+        await asyncio.wait_for(sub.lost, 2)
+        assert not sub.is_open
+        await pub.close()
+
+    run(loop, scenario())
+
+
+def test_broker_resubscribes_everything_after_a_restart(redis: FaultRedis, loop: str) -> None:
+    async def scenario() -> None:
+        broker = RedisBroker(redis.url, control_channel="bushub:node:t", backoff_max=0.2)
+        got: list[tuple[str, bytes]] = []
+        states: list[bool] = []
+        broker.set_handlers(lambda c, d: got.append((c, d)), states.append)
+        await broker.start()
+        assert broker.up and states == [True]
+        # More channels than one SUBSCRIBE command carries.
+        channels = [f"t:{i}" for i in range(SUBSCRIBE_BATCH * 2 + 7)]
+        for channel in channels:
+            await broker.subscribe(channel)
+        await broker.unsubscribe("t:3")
+
+        def subscribed() -> int:
+            return len(redis.lines("PUBSUB", "CHANNELS", "t:*"))
+
+        await until(lambda: subscribed() == len(channels) - 1, "every subscription")
+        assert await broker.publish_many([("t:9", b"before"), ("t:3", b"not")]) == [1, 0]
+        await until(lambda: got == [("t:9", b"before")], "the first message")
+
+        redis.signal(signal.SIGKILL)
+        await off_loop(redis.wait)
+        await until(lambda: states[-1:] == [False], "the loss to be noticed")
+        assert not broker.up
+        with pytest.raises(ConnectionError):
+            await broker.publish_many([("t:9", b"away")])
+        await off_loop(redis.restart)
+        await until(lambda: states[-1:] == [True], "the broker to be back")
+        assert states == [True, False, True]
+        # Readiness means subscribed: everything wanted, nothing unsubscribed.
+        assert subscribed() == len(channels) - 1
+        assert await broker.publish_many([("t:1000", b"after"), ("t:3", b"not")]) == [1, 0]
+        await until(lambda: got[-1:] == [("t:1000", b"after")], "a message after")
+        await broker.close()
+        await broker.close()
+
+    run(loop, scenario())
+
+
+def test_steady_traffic_goes_through_the_fast_path(redis: FaultRedis, loop: str) -> None:
+    async def scenario() -> None:
+        broker = RedisBroker(redis.url, control_channel="bushub:node:t")
+        got: list[tuple[str, bytes]] = []
+        broker.set_handlers(lambda c, d: got.append((c, d)), lambda up: None)
+        batches: list[int] = []
+        publish_many = broker.publish_many
+
+        async def counted(items: Sequence[tuple[str, bytes]]) -> list[int]:
+            batches.append(len(items))
+            return await publish_many(items)
+
+        broker.publish_many = counted  # type: ignore[method-assign]
+        await broker.start()
+        await broker.subscribe("t:a")
+        delivered: list[tuple[str, int]] = []
+        dropped: list[tuple[str, int]] = []
+        publisher = Publisher(
+            broker, 10_000, lambda c, n: delivered.append((c, n)), lambda *d: dropped.append(d)
+        )
+        task = asyncio.create_task(publisher.run())
+        publisher.publish("t:a", b"first")  # opens the publish connection
+        await asyncio.wait_for(publisher.flushed(), 2)
+        assert batches == [1]
+        sent = [(("t:a", "t:b")[i % 2], b"%d" % i) for i in range(2000)]
+        for n, (channel, data) in enumerate(sent):
+            publisher.publish(channel, data)
+            if n % 100 == 0:
+                await asyncio.sleep(0)
+        assert publisher.pending > 0
+        await asyncio.wait_for(publisher.flushed(), 5)
+        assert batches == [1]  # no batch: every one went straight to the connection
+        assert dropped == []
+        assert delivered == [("t:a", 1)] + [(c, 1 if c == "t:a" else 0) for c, _ in sent]
+        await until(lambda: len(got) == 1001, "every message")
+        assert got == [("t:a", b"first")] + [(c, d) for c, d in sent if c == "t:a"]
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        publisher.close()
+        await broker.close()
+
+    run(loop, scenario())
+
+
+def test_a_unix_socket_url_keeps_redis_pys_pubsub(tmp_path: Path, loop: str) -> None:
+    """URLs other than ``redis://`` (unix sockets, TLS) take redis-py's PubSub and
+    pipelines; both paths must deliver the same."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    path = tmp_path / "redis.sock"
+    argv = ["redis-server", "--port", "0", "--unixsocket", str(path), "--save", ""]
+    with (tmp_path / "redis.log").open("w") as log:
+        proc = subprocess.Popen([*argv, "--appendonly", "no"], stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not path.exists():
+            assert time.monotonic() < deadline, "redis-server did not open its socket"
+            time.sleep(0.01)
+
+        async def scenario() -> None:
+            broker = RedisBroker(f"unix://{path}", control_channel="bushub:node:t")
+            got: list[tuple[str, bytes]] = []
+            broker.set_handlers(lambda c, d: got.append((c, d)), lambda up: None)
+            await broker.start()
+            await broker.subscribe("t:a")
+            await asyncio.sleep(0.05)
+            assert not broker.publish_nowait("t:a", b"x", lambda n: None)
+            assert await broker.publish_many([("t:a", b"1"), ("t:b", b"2")]) == [1, 0]
+            await until(lambda: got == [("t:a", b"1")], "the message")
+            await broker.close()
+
+        run(loop, scenario())
+    finally:
+        proc.terminate()
+        proc.wait(TIMEOUT)
