@@ -120,15 +120,23 @@ class TypePolicy:
         type_name = tree.get("__type__")
         if not isinstance(type_name, str) or type_name not in self._top:
             raise DecodeError("type_not_allowed", str(type_name)[:100])
-        stack: list[tuple[Any, int]] = [(tree.get("__data__"), 1)]
-        while stack:
-            value, depth = stack.pop()
-            if depth > MAX_DEPTH:
-                raise DecodeError("malformed", "nested too deep")
-            if isinstance(value, dict):
-                nested = value.get("__type__")
-                if nested is not None and not (isinstance(nested, str) and self._nested_ok(nested)):
-                    raise DecodeError("nested_type_not_allowed", str(nested)[:100])
-                stack.extend((v, depth + 1) for v in value.values())
-            elif isinstance(value, list):
-                stack.extend((v, depth + 1) for v in value)
+        data = tree.get("__data__")
+        if type(data) is dict or type(data) is list:
+            self._walk(data, 1)
+
+    def _walk(self, value: dict[str, Any] | list[Any], depth: int) -> None:
+        # Recursive, and only into containers: most values are scalars, and this
+        # runs on every frame (exact type checks: both decoders make plain dicts
+        # and lists).
+        if depth > MAX_DEPTH:
+            raise DecodeError("malformed", "nested too deep")
+        if type(value) is dict:
+            nested = value.get("__type__")
+            if nested is not None and not (isinstance(nested, str) and self._nested_ok(nested)):
+                raise DecodeError("nested_type_not_allowed", str(nested)[:100])
+            children = value.values()
+        else:
+            children = value  # type: ignore[assignment]
+        for child in children:
+            if type(child) is dict or type(child) is list:
+                self._walk(child, depth + 1)

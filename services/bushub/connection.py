@@ -19,6 +19,7 @@ from bushub.limits import TokenBucket
 from buswire import Dialect, Format
 
 _ids = itertools.count(1)
+_MAX_ROUTES = 64
 _PROCESS_TAG = f"{os.getpid():x}{int(time.time() * 1000) % 0xFFFFFF:06x}"
 
 
@@ -109,6 +110,8 @@ class Connection:
         # them, and wait in _queue while it does not; None: the writer task
         # drains _queue.
         self.outlet: Outlet | None = None
+        # Targets this socket may send to, checked once: target -> channel.
+        self.routes: dict[str, str] = {}
         # The frame being written right now, if any.
         self.sending: tuple[bytes, float] | None = None
         # Frames waiting for the writer task, or on the direct path for the
@@ -117,6 +120,13 @@ class Connection:
         self._queued_bytes = 0
         self._queue_limit = queue_bytes
         self._wakeup = Flag()
+
+    def remember_route(self, target: str, channel: str) -> str:
+        """Keep a checked target's channel (bounded: a client may name many)."""
+        if len(self.routes) >= _MAX_ROUTES:
+            self.routes.clear()
+        self.routes[target] = channel
+        return channel
 
     def client_ended(self, code: int) -> None:
         """The client closed or vanished (direct path): end the socket now."""

@@ -429,7 +429,8 @@ class Hub:
         Undecodable, oversize or disallowed frames are dropped and counted here;
         nothing else on the connection is affected.
         """
-        self.metrics.bytes_received.inc(len(data))
+        traffic = self.metrics.traffic
+        traffic.bytes_received += len(data)
         if len(data) > self.settings.max_message_bytes:
             self._received_and_dropped(conn, "oversize")
             return
@@ -448,7 +449,7 @@ class Hub:
                     conn.request_close(CloseCode.INVALID_DATA)
                     return
                 fmt = sniffed
-        self.metrics.received_by_format[fmt.value].inc()
+        traffic.received[fmt.value] += 1
         try:
             tree = load_tree(data, fmt)
             if not conn.format_confirmed:
@@ -464,19 +465,23 @@ class Hub:
             target = envelope.target or conn.peer
             if target is None:
                 raise DecodeError("no_route")
-            validate_agent_name(target)
+            channel = conn.routes.get(target)
+            if channel is None:
+                validate_agent_name(target)
         except DecodeError as exc:
             self.metrics.messages_dropped.labels(exc.reason).inc()
             return
         if conn.dialect is None and envelope.dialect is not None:
             conn.dialect = envelope.dialect
-        if not conn.grant.may_address(target):
-            self.metrics.messages_dropped.labels("target_not_allowed").inc()
-            return
-        self.publisher.publish(message_channel(target), pack_relay(conn.format, time.time(), data))
+        if channel is None:
+            if not conn.grant.may_address(target):
+                self.metrics.messages_dropped.labels("target_not_allowed").inc()
+                return
+            channel = conn.remember_route(target, message_channel(target))
+        self.publisher.publish(channel, pack_relay(conn.format, time.time(), data))
 
     def _received_and_dropped(self, conn: Connection, reason: str) -> None:
-        self.metrics.received_by_format[conn.format.value].inc()
+        self.metrics.traffic.received[conn.format.value] += 1
         self.metrics.messages_dropped.labels(reason).inc()
 
     def _on_published(self, channel: str, receivers: int) -> None:
@@ -544,7 +549,8 @@ class Hub:
 
     def sent(self, conn: Connection, payload: bytes, received_at: float) -> None:
         """Account for one frame written to a client."""
-        self.metrics.delivered_by_format[conn.format.value].inc()
-        self.metrics.bytes_sent.inc(len(payload))
+        traffic = self.metrics.traffic
+        traffic.delivered[conn.format.value] += 1
+        traffic.bytes_sent += len(payload)
         if received_at:
-            self.metrics.relay_latency.observe(max(0.0, time.time() - received_at))
+            traffic.observe_latency(max(0.0, time.time() - received_at))

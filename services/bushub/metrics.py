@@ -8,12 +8,12 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
-    Histogram,
     disable_created_metrics,
     generate_latest,
 )
 
 from bushub.closecodes import CLOSE_REASONS
+from bushub.traffic import Traffic
 
 # The _created series double every counter's cardinality for no operator value.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -42,7 +42,6 @@ DROP_REASONS = (
     "publish_buffer_full",
     "shutdown",
 )
-FORMATS = ("json", "msgpack")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -67,24 +66,11 @@ class Metrics:
             ["reason"],
             registry=r,
         )
-        self.messages_received = Counter(
-            "bushub_messages_received", "Frames received from clients", ["format"], registry=r
-        )
-        self.messages_delivered = Counter(
-            "bushub_messages_delivered", "Frames sent to clients", ["format"], registry=r
-        )
+        # Received/delivered messages, bytes and relay latency: see traffic.py.
+        self.traffic = Traffic(LATENCY_BUCKETS)
+        r.register(self.traffic)
         self.messages_dropped = Counter(
             "bushub_messages_dropped", "Frames not delivered, by reason", ["reason"], registry=r
-        )
-        self.bytes_received = Counter(
-            "bushub_bytes_received", "Frame bytes received from clients", registry=r
-        )
-        self.bytes_sent = Counter("bushub_bytes_sent", "Frame bytes sent to clients", registry=r)
-        self.relay_latency = Histogram(
-            "bushub_relay_latency_seconds",
-            "From receive on the publishing node to send on the delivering node",
-            buckets=LATENCY_BUCKETS,
-            registry=r,
         )
         self.redis_up = Gauge("bushub_redis_up", "1 while the broker is reachable", registry=r)
         self.redis_reconnects = Counter(
@@ -93,9 +79,6 @@ class Metrics:
         self.agents = Gauge("bushub_agents", "Agent names held by sockets on this node", registry=r)
         for reason in DROP_REASONS:
             self.messages_dropped.labels(reason)
-        # Children for the per-message path, looked up once rather than per frame.
-        self.received_by_format = {fmt: self.messages_received.labels(fmt) for fmt in FORMATS}
-        self.delivered_by_format = {fmt: self.messages_delivered.labels(fmt) for fmt in FORMATS}
         for close_reason in (
             *CLOSE_REASONS.values(),
             "client_closed",
