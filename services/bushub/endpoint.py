@@ -122,7 +122,7 @@ def _serve_direct(
     def on_frame(data: bytes) -> None:
         route(conn, data)
         if publisher.crowded:
-            protocol.hold_reading(asyncio.ensure_future(publisher.room()))
+            protocol.hold_reading(publisher.room)
 
     def on_closing() -> None:
         protocol.detach()

@@ -16,11 +16,12 @@ ASGI channel in both directions:
   task for the closing handshake and clean-up.
 
 That removes two task hand-offs per relayed message on each node, and the tasks
-and coroutine frames an idle socket would otherwise keep for hours. The close frame also skips
-uvicorn's flow-control wait: a client that stopped reading keeps the transport
-paused forever, so the hub could never tell it 4008 (slow consumer). The frame is
-queued behind the backlog the client will read first, and uvicorn's close timer
-ends the connection if the client never answers.
+and coroutine frames an idle socket would otherwise keep for hours.
+
+The close frame skips uvicorn's flow-control wait: a client that stopped reading
+keeps the transport paused forever, so the hub could never tell it 4008 (slow
+consumer). The frame is queued behind the backlog the client will read first; a
+client that never reads it is cut off after uvicorn's close timeout.
 """
 
 import asyncio
@@ -75,7 +76,10 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         self._on_frame: FrameCallback | None = None
         self._on_disconnect: DisconnectCallback | None = None
         self._on_writable: Callable[[], None] | None = None
-        self._reading_held = False
+        # The task waiting for the publisher to have room, while reading is held.
+        self._reading_held: asyncio.Task[None] | None = None
+        # Messages read but not routed while reading is held, oldest first.
+        self._held_frames: list[bytes] | None = None
         self._handed_over = False
 
     def handle_connect(self, event: Any) -> None:
@@ -117,7 +121,7 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
                 self.queue.put_nowait(message)
         if self.read_paused:
             self.read_paused = False
-            if not self._reading_held:
+            if self._reading_held is None:
                 self.transport.resume_reading()
 
     def detach(self) -> None:
@@ -194,16 +198,29 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         if self._on_writable is not None:
             self._on_writable()
 
-    def hold_reading(self, until: "asyncio.Future[Any] | asyncio.Task[Any]") -> None:
-        """Stop reading from the client until ``until`` is done (backpressure)."""
-        if self._reading_held:
+    def hold_reading(self, until: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Route nothing more from the client until ``until()`` returns (backpressure).
+
+        Reading stops, and messages already read in the same chunk wait here: a
+        chunk can hold hundreds of small frames, more than the room left.
+        """
+        if self._reading_held is not None:
             return
-        self._reading_held = True
         self.transport.pause_reading()
-        until.add_done_callback(self._release_reading)
+        # Held here: the loop keeps only a weak reference to a task.
+        self._reading_held = self.loop.create_task(until())
+        self._reading_held.add_done_callback(self._release_reading)
 
     def _release_reading(self, _: object) -> None:
-        self._reading_held = False
+        self._reading_held = None
+        held, self._held_frames = self._held_frames, None
+        for index, data in enumerate(held or ()):
+            if self._on_frame is None:
+                return  # the socket is ending: nothing is routed any more
+            self._route(data)
+            if self._reading_held is not None:  # full again: keep the rest, in order
+                self._held_frames = [*(held or ())[index + 1 :], *(self._held_frames or ())]
+                return
         if not self.disconnected and not self.read_paused:
             self.transport.resume_reading()
 
@@ -223,6 +240,14 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         self._deliver(data)
 
     def _deliver(self, data: bytes) -> None:
+        if self._reading_held is not None:
+            if self._held_frames is None:
+                self._held_frames = []
+            self._held_frames.append(data)
+            return
+        self._route(data)
+
+    def _route(self, data: bytes) -> None:
         on_frame = self._on_frame
         assert on_frame is not None
         try:

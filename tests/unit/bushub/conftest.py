@@ -18,6 +18,7 @@ import uvicorn
 from websockets.asyncio.client import connect
 
 from bushub.app import create_app
+from bushub.broker import Broker
 from bushub.cli import uvicorn_config
 from bushub.hub import Hub
 from bushub.settings import Settings
@@ -128,14 +129,17 @@ class RunningHub:
 
 
 @asynccontextmanager
-async def running_hub(settings: Settings, **uvicorn_options: Any) -> AsyncIterator[RunningHub]:
+async def running_hub(
+    settings: Settings, broker: Broker | None = None, **uvicorn_options: Any
+) -> AsyncIterator[RunningHub]:
     """Serve a node built from ``settings`` until the block ends.
 
     Args:
+        broker: The node's broker; the in-process one by default.
         uvicorn_options: Overrides of ``bushub serve``'s uvicorn settings
             (``ws="websockets-sansio"`` serves sockets on the ASGI fallback path).
     """
-    app = create_app(settings)
+    app = create_app(settings, broker)
     options: dict[str, Any] = {"port": 0, "log_level": "warning", "timeout_graceful_shutdown": 1}
     options.update(uvicorn_options)
     config = uvicorn_config(app, settings, host=settings.host, **options)
