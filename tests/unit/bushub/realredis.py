@@ -40,16 +40,6 @@ def running_redis(tmp_path: Path) -> Iterator[FaultRedis]:
         redis.stop()
 
 
-async def until(predicate: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> None:
-    """Wait for ``predicate`` by polling the loop; fail naming ``what``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.005)
-
-
 async def off_loop(fn: Callable[[], T]) -> T:
     """Run a blocking call (redis-cli, a process wait) without stalling the loop."""
     return await asyncio.to_thread(fn)

@@ -21,7 +21,8 @@ from bushub.broker.subscriber import SUBSCRIBE_BATCH, Subscriber
 from bushub.publisher import Publisher
 from tests.reliability.harness import FaultRedis
 from tests.unit.bushub.helpers import TIMEOUT
-from tests.unit.bushub.realredis import LOOPS, off_loop, run, running_redis, until
+from tests.unit.bushub.helpers import wait_until as until
+from tests.unit.bushub.realredis import LOOPS, off_loop, run, running_redis
 
 pytestmark = pytest.mark.parametrize("loop", LOOPS)
 
