@@ -2,8 +2,8 @@
 
 Served by the hub's own uvicorn protocol (``bushub serve``), a socket takes the
 direct path: frames are routed from the protocol's ``data_received`` and written
-straight to its transport, and the socket's one task only waits for the end (see
-``bushub.wsprotocol`` for why). Under any other ASGI server it falls back to one
+straight to its transport, and once set up the socket needs no task until it ends
+(see ``bushub.wsprotocol`` for why). Under any other ASGI server it falls back to one
 connection, two tasks, one owner: a reader that checks and routes, a writer that
 drains the bounded queue. Either way cleanup runs in ``finally``, and a client
 going away is a normal ending, not an error.
