@@ -1,0 +1,127 @@
+"""The hub's own work per relayed message, by payload and format, without any I/O.
+
+Not a test: it prints a Markdown table, to be read, never asserted on. Run from the
+repository root:
+
+    .venv/bin/python bench/hub_path.py [--repeat 31] [--iterations 20000]
+
+One message is relayed the way two nodes would: ``Hub.route`` on the publishing
+node (envelope decode, checks, relay frame) and ``Hub._deliver`` on the delivering
+node (relay frame split, same-format pass-through, the frame handed to a socket
+that takes it at once). The publisher and the socket are stand-ins that only keep
+what they are given; everything between is the hub's real code. Formats alternate
+run by run, and each cell is the median of ``--repeat`` runs' CPU time per message
+(``time.process_time``), so the noise of a shared machine falls on both alike.
+"""
+
+import argparse
+import asyncio
+import statistics
+import time
+import warnings
+
+from bushub.auth import TokenVerifier
+from bushub.broker import MemoryBroker
+from bushub.connection import Connection, ConnectionParams
+from bushub.hub import Hub
+from bushub.limits import TokenBucket
+from bushub.metrics import Metrics
+from bushub.settings import Settings
+from buswire import Format
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from busbench.payloads import Builder
+
+
+class _Socket:
+    """A socket that takes every frame at once."""
+
+    def send_frame(self, payload: bytes) -> bool:
+        return True
+
+    def takes_frames(self) -> bool:
+        return True
+
+
+def _connection(agent: str, peer: str, fmt: Format) -> Connection:
+    params = ConnectionParams(
+        agent=agent,
+        peer=peer,
+        format=fmt,
+        format_declared=True,
+        dialect=None,
+        close_on_peer_lost=True,
+    )
+    return Connection(
+        f"bench.{agent}",
+        params,
+        queue_bytes=1 << 20,
+        grant=TokenVerifier(None, [], 0, None).verify(None),
+        message_rate=TokenBucket(0),
+        byte_rate=TokenBucket(0, 1 << 20),
+    )
+
+
+class _Case:
+    """One payload in one format, with a hub wired to relay it in memory."""
+
+    def __init__(self, builder: Builder, payload: str, fmt: str) -> None:
+        request, _ = builder.pairs(payload, fmt, "a_1", "b_1")[0]
+        self.data = request.fill(42)
+        self.hub = Hub(
+            Settings(node_id="bench", rate_messages=0, rate_bytes=0), MemoryBroker(), Metrics()
+        )
+        self.published: list[bytes] = []
+        self.hub.publisher.publish = lambda channel, data: self.published.append(data)
+        self.sender = _connection("a_1", "b_1", Format(fmt))
+        receiver = _connection("b_1", "a_1", Format(fmt))
+        receiver.outlet = _Socket()
+        self.hub._local["b_1"] = receiver
+        self.hub.route(self.sender, self.data)
+        self.frame = self.published[0]
+
+    def run(self, iterations: int) -> float:
+        """CPU µs per message over ``iterations`` relays."""
+        route, deliver, sender, data, frame = (
+            self.hub.route,
+            self.hub._deliver,
+            self.sender,
+            self.data,
+            self.frame,
+        )
+        start = time.process_time()
+        for _ in range(iterations):
+            route(sender, data)
+            deliver("b_1", frame)
+        elapsed = time.process_time() - start
+        self.published.clear()
+        return elapsed / iterations * 1e6
+
+
+async def _main(repeat: int, iterations: int) -> None:
+    builder = Builder()
+    payloads = ("task", "audio")
+    cases = {(p, f): _Case(builder, p, f) for p in payloads for f in ("json", "msgpack")}
+    samples: dict[tuple[str, str], list[float]] = {key: [] for key in cases}
+    for _ in range(repeat):
+        for key, case in cases.items():
+            samples[key].append(case.run(iterations))
+    print("| payload | JSON µs/msg | MsgPack µs/msg | MsgPack / JSON |")
+    print("| --- | ---: | ---: | ---: |")
+    for payload in payloads:
+        json_us = statistics.median(samples[(payload, "json")])
+        msgpack_us = statistics.median(samples[(payload, "msgpack")])
+        print(f"| {payload} | {json_us:.2f} | {msgpack_us:.2f} | {msgpack_us / json_us:.2f}x |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=31)
+    parser.add_argument("--iterations", type=int, default=20000)
+    args = parser.parse_args()
+    asyncio.run(_main(args.repeat, args.iterations))
+
+
+if __name__ == "__main__":
+    main()
