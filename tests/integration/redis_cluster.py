@@ -13,9 +13,10 @@ from pathlib import Path
 
 from tests.integration.procs import TIMEOUT, RedisServer, Service, _wait_until
 
-# A cluster node also listens on its port + 10000 for the cluster bus, so its port
-# must be at most 55535.
+# A cluster node also listens on its port + 10000 for the cluster bus.
 _CLUSTER_BUS_OFFSET = 10_000
+# Attempts at starting a node, each on newly chosen ports.
+_START_ATTEMPTS = 5
 
 
 def _port_is_free(port: int) -> bool:
@@ -27,10 +28,24 @@ def _port_is_free(port: int) -> bool:
     return True
 
 
+def _cluster_port_range() -> tuple[int, int]:
+    """Ports whose bus port (+10000) is below the kernel's ephemeral range, so that
+    no outgoing connection on the machine (the cluster's own bus links among them)
+    can take either between the check and redis-server's bind."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            ephemeral_low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 0
+    high = ephemeral_low - _CLUSTER_BUS_OFFSET - 1
+    return (20_000, high) if high - 20_000 >= 1_000 else (20_000, 55_535)
+
+
 def cluster_port() -> int:
     """A free port whose cluster-bus port (+10000) is free too."""
+    low, high = _cluster_port_range()
     while True:
-        port = random.randint(20_000, 55_535)
+        port = random.randint(low, high)
         if port != 6379 and _port_is_free(port) and _port_is_free(port + _CLUSTER_BUS_OFFSET):
             return port
 
@@ -40,21 +55,36 @@ class ClusterNodeServer(RedisServer):
 
     def __init__(self, log_path: Path, workdir: Path) -> None:
         super().__init__(log_path)
-        self.port = cluster_port()
-        self.name = f"redis-cluster:{self.port}"
         self.workdir = workdir
+        self._place(cluster_port())
+
+    def _place(self, port: int) -> None:
+        self.port = port
+        self.name = f"redis-cluster:{self.port}"
 
     def start(self) -> None:
+        """Start the node; a port taken between the check and the bind (the node
+        exits at once) means new ports and another try."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
-        argv += ["--save", "", "--appendonly", "no", "--dir", str(self.workdir)]
-        argv += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
-        # Short enough that a failover completes within a test's patience.
-        argv += ["--cluster-node-timeout", "1500"]
-        # A replica may always take over, however long its link was down.
-        argv += ["--cluster-replica-validity-factor", "0"]
-        self._spawn(argv)
-        _wait_until(self._pong, TIMEOUT, "PONG", self)
+        for attempt in range(_START_ATTEMPTS):
+            argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
+            argv += ["--save", "", "--appendonly", "no", "--dir", str(self.workdir)]
+            argv += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+            # Short enough that a failover completes within a test's patience.
+            argv += ["--cluster-node-timeout", "1500"]
+            # A replica may always take over, however long its link was down.
+            argv += ["--cluster-replica-validity-factor", "0"]
+            self._spawn(argv)
+            try:
+                _wait_until(self._pong, TIMEOUT, "PONG", self)
+                return
+            except RuntimeError:
+                self.wait()
+                if attempt == _START_ATTEMPTS - 1 or "Address already in use" not in (
+                    self.log_path.read_text(errors="replace")
+                ):
+                    raise
+                self._place(cluster_port())
 
     def cli(self, *args: str) -> str:
         """Run one redis-cli command against this node."""
