@@ -34,6 +34,8 @@ _PUBLISH_SECONDS = 3.0
 # Bounds on opening the pub/sub connection and on Redis running its SUBSCRIBEs.
 _CONNECT_SECONDS = 2.0
 _SUBSCRIBE_SECONDS = 5.0
+# First wait before reconnecting the pub/sub connection; it doubles up to backoff_max.
+_BACKOFF_FIRST = 0.05
 
 # redis-py retries a failed connection with seconds of backoff by default, which
 # hides an outage from the listener and the publisher; both retry on their own.
@@ -177,7 +179,7 @@ class RedisBroker(Broker):
 
     async def _listen(self, ready: "asyncio.Future[None]") -> None:
         """Own the pub/sub connection for the broker's whole life."""
-        delay = 0.05
+        delay = _BACKOFF_FIRST
         first = True
         while not self._closed:
             sub: Subscriber | None = None
@@ -200,13 +202,9 @@ class RedisBroker(Broker):
                 # Redis has run every SUBSCRIBE once PING is answered: readiness
                 # then means subscribed, not just connected.
                 await asyncio.wait_for(sub.ping(), _SUBSCRIBE_SECONDS)
-                if not first:
-                    await self._after_outage()
+                await self._subscribed(ready, again=not first)
                 first = False
-                self._set_up(True)
-                if not ready.done():
-                    ready.set_result(None)
-                delay = 0.05
+                delay = _BACKOFF_FIRST
                 # Messages are delivered from the read callback; this task wakes
                 # only when the connection ends (EOF: Redis died or cut off a
                 # subscriber past its output-buffer limit; or a socket error).
@@ -214,26 +212,36 @@ class RedisBroker(Broker):
                 raise ConnectionError(f"pub/sub connection lost: {cause or 'closed by redis'}")
             except (*UNREACHABLE, RedisError) as exc:
                 self._subscriber = None
-                self._set_up(False)
-                log.warning("redis unreachable (%s); retrying in %.2fs", type(exc).__name__, delay)
-                await asyncio.sleep(delay * random.uniform(0.5, 1.5))
-                delay = min(delay * 2, self._backoff_max)
+                delay = await self._back_off(exc, delay)
             finally:
                 self._subscriber = None
                 await asyncio.shield(close_quietly(sub))
 
-    async def _after_outage(self) -> None:
-        """Pooled command connections died with the old server: drop them now, or the
-        first commands after the outage fail on them. The publish connection too,
-        once it owes no replies (see PublishConnection.retire)."""
-        await self._client.connection_pool.disconnect()
-        if self._publisher is not None:
-            self._publisher.retire()
-        log.warning("redis reachable again; resubscribed %d channels", len(self._channels))
+    async def _subscribed(self, ready: "asyncio.Future[None]", *, again: bool) -> None:
+        """Every channel is subscribed on a new pub/sub connection: the broker is up."""
+        if again:
+            # Pooled command connections died with the old server: drop them now,
+            # or the first commands after the outage fail on them. The publish
+            # connection too, once it owes no replies (see PublishConnection.retire).
+            await self._client.connection_pool.disconnect()
+            if self._publisher is not None:
+                self._publisher.retire()
+            log.warning("redis reachable again; resubscribed %d channels", len(self._channels))
+        self._set_up(True)
+        if not ready.done():
+            ready.set_result(None)
+
+    async def _back_off(self, exc: BaseException, delay: float) -> float:
+        """The pub/sub connection failed: the broker is down; wait, jittered, before
+        the next attempt. Returns the delay for the one after."""
+        self._set_up(False)
+        log.warning("redis unreachable (%s); retrying in %.2fs", type(exc).__name__, delay)
+        await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+        return min(delay * 2, self._backoff_max)
 
     async def _listen_pubsub(self, ready: "asyncio.Future[None]") -> None:
         """`_listen` on redis-py's PubSub, for TLS and unix-socket URLs."""
-        delay = 0.05
+        delay = _BACKOFF_FIRST
         first = True
         while not self._closed:
             pubsub = self._client.pubsub(ignore_subscribe_messages=True)
@@ -243,23 +251,16 @@ class RedisBroker(Broker):
                     # this connection and then apply their change on it.
                     await pubsub.subscribe(*self._channels)
                     self._pubsub = pubsub
-                if not first:
-                    await self._after_outage()
+                await self._subscribed(ready, again=not first)
                 first = False
-                self._set_up(True)
-                if not ready.done():
-                    ready.set_result(None)
-                delay = 0.05
+                delay = _BACKOFF_FIRST
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
                     if message is not None and message["type"] == "message":
                         self._on_message(message["channel"].decode(), message["data"])
             except (*UNREACHABLE, RedisError) as exc:
                 self._pubsub = None
-                self._set_up(False)
-                log.warning("redis unreachable (%s); retrying in %.2fs", type(exc).__name__, delay)
-                await asyncio.sleep(delay * random.uniform(0.5, 1.5))
-                delay = min(delay * 2, self._backoff_max)
+                delay = await self._back_off(exc, delay)
             finally:
                 self._pubsub = None
                 await asyncio.shield(pubsub.aclose())  # type: ignore[no-untyped-call]
