@@ -40,7 +40,7 @@ class BadParameters(ValueError):
 
 
 def parse_params(agent: str, query: dict[str, str]) -> ConnectionParams:
-    """Read the connection contract of DESIGN.md §4 from the path and query.
+    """Read the connection contract (docs/protocol.md) from the path and query.
 
     Raises:
         BadParameters: naming the offending parameter.

@@ -1,4 +1,4 @@
-"""The hub's Prometheus metrics; names are part of the contract (DESIGN.md §7).
+"""The hub's Prometheus metrics; names are part of the contract (docs/protocol.md, Metrics).
 
 Each hub owns its registry, so several hubs can live in one test process. Agent
 names are never labels: they are unbounded.

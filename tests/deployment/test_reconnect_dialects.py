@@ -160,7 +160,8 @@ async def test_activating_twice_keeps_one_socket(dialect: str) -> None:
 
 @pytest.mark.parametrize("dialect", DIALECTS)
 async def test_the_stock_proxy_dials_again_on_every_activation(dialect: str) -> None:
-    """What the reconnecting proxy avoids (DESIGN.md §3: 0.6.0 may be activated twice)."""
+    """What the reconnecting proxy avoids (0.6.0 may be activated twice: docs/protocol.md,
+    Wire facts)."""
     server = ScriptedServer([SERVE])
     async with server, Harness(dialect, server.url, reconnecting=False) as h:
         await eventually(lambda: server.handshakes == 1)

@@ -257,7 +257,7 @@ async def test_sigterm_drains_a_node_under_traffic(ops: OpsCluster) -> None:
     )
 
     # Nothing node 1 accepted from x was lost. "Accepted" is the contract's word
-    # (DESIGN.md §7): frames the node read and counted as received, which include
+    # (docs/protocol.md, Metrics): frames the node read and counted as received, which include
     # every frame x sent before the signal. Frames x wrote after the node's Close
     # was on the wire are discarded by the WebSocket layer (RFC 6455 §5.5.1: after
     # sending Close an endpoint need not process data); x learns of the close from
@@ -339,7 +339,8 @@ async def test_second_sigterm_ends_a_slow_drain_at_once(ops: OpsCluster) -> None
 
 
 async def test_frames_for_a_draining_socket_are_delivered_or_counted(ops: OpsCluster) -> None:
-    """DESIGN §4: delivery is at most once and every loss has a counter with a reason.
+    """Delivery is at most once and every loss has a counter with a reason
+    (docs/protocol.md, Routing).
 
     While node 1 drains, z's socket is closing (1012 requested, its backlog still being
     flushed). Frames f sends to z meanwhile must be delivered to z or counted as dropped

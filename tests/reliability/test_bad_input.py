@@ -396,7 +396,7 @@ async def test_frame_over_the_transport_limit_is_counted(node: FaultNode) -> Non
 async def test_a_broken_first_frame_does_not_switch_the_socket_to_msgpack(
     node: FaultNode,
 ) -> None:
-    """DESIGN.md §4: an undecodable frame is dropped and counted and "never kills the
+    """docs/protocol.md, Routing: an undecodable frame is dropped and counted and "never kills the
     connection's other traffic". On a socket that did not declare its format, a first
     frame that merely starts like a MsgPack map but does not decode must not decide the
     format: the client's next (JSON) messages must still be relayed, and what the hub

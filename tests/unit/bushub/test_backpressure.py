@@ -1,4 +1,4 @@
-"""Backpressure (DESIGN.md §4): each connection has one bounded outbound queue; a
+"""Backpressure (docs/protocol.md, Routing): each connection has one bounded outbound queue; a
 consumer that falls behind its bound is closed with 4008 and counted, and a slow
 connection never delays the others on the node."""
 

@@ -1,4 +1,4 @@
-"""Bad frames on a live connection (DESIGN.md §4 step 1): each is dropped and
+"""Bad frames on a live connection (docs/protocol.md, Routing step 1): each is dropped and
 counted by reason, is never delivered, and the connection keeps working."""
 
 import json

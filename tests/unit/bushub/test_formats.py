@@ -1,6 +1,7 @@
-"""Serializers on the wire (DESIGN.md §4, §6): a declared format is enforced, an
-undeclared one is learned from the first frame, and the hub translates between a
-JSON and a MsgPack client but never re-encodes same-format traffic."""
+"""Serializers on the wire (docs/protocol.md, Routing and Serializers): a declared
+format is enforced, an undeclared one is learned from the first frame, and the hub
+translates between a JSON and a MsgPack client but never re-encodes same-format
+traffic."""
 
 import json
 

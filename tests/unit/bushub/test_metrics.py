@@ -1,4 +1,4 @@
-"""Metrics (DESIGN.md §7): every contract name is exported, and after known traffic
+"""Metrics (docs/protocol.md, Metrics): every contract name is exported, and after known traffic
 each counter and gauge holds exactly the value that traffic implies."""
 
 import json

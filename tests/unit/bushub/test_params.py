@@ -1,4 +1,5 @@
-"""Connection parameters (DESIGN.md §4) and the plain HTTP routes (§7).
+"""Connection parameters (docs/protocol.md, Connection contract) and the plain HTTP
+routes (Operating).
 
 A handshake asking for something the hub does not offer is refused with HTTP 403
 before any upgrade, and nothing of it is claimed or recorded.

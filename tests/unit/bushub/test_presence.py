@@ -1,4 +1,4 @@
-"""Presence and discovery on one node (DESIGN.md §5): the hub announces a peer with
+"""Presence and discovery on one node (docs/protocol.md, Presence): the hub announces a peer with
 a registry message per dialect, under a runner named after the peer's connection,
 and closes a watcher whose peer stays gone past the grace period."""
 

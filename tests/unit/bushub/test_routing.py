@@ -1,4 +1,4 @@
-"""Routing on one node (DESIGN.md §4): target, else the connection's peer, in order."""
+"""Routing on one node (docs/protocol.md, Routing): target, else the connection's peer, in order."""
 
 import asyncio
 import json

@@ -1,4 +1,4 @@
-"""Settings (DESIGN.md §7): every option is a ``bushub serve`` flag and a
+"""Settings (docs/protocol.md, Operating): every option is a ``bushub serve`` flag and a
 ``BUSHUB_*`` variable; a flag wins over the variable, and a bad value is refused
 with a message naming the option."""
 

@@ -1,4 +1,4 @@
-"""Takeover on one node (DESIGN.md §5): a second connection claiming an agent name
+"""Takeover on one node (docs/protocol.md, Presence): a second connection claiming an agent name
 closes the older socket with 4001 before its own handshake completes, and from then
 on messages go to the newest socket only."""
 
