@@ -11,6 +11,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[pipecat,test,bench]'
 	touch $(STAMP)
 
+# The oldest uvicorn pyproject.toml admits, beside the venv: tests/integration/
+# test_uvicorn_floor.py reruns the hub's unit tests on it.
+UVICORN_FLOOR := $(VENV)/uvicorn-floor
+UVICORN_FLOOR_VERSION := $(shell sed -n 's/.*"uvicorn\[standard\]>=\([0-9.]*\)".*/\1/p' pyproject.toml)
+$(UVICORN_FLOOR)/.installed: pyproject.toml $(STAMP)
+	rm -rf $(UVICORN_FLOOR)
+	$(PY) -m pip install -q --no-deps --target $(UVICORN_FLOOR) 'uvicorn==$(UVICORN_FLOOR_VERSION)'
+	touch $@
+
 # Tests start their own redis-server processes on free ports, run nginx on
 # loopback in front of hub nodes, and check the deploy/ files with promtool
 # (Debian ships it in the prometheus package).
@@ -30,7 +39,7 @@ system-deps:
 run: $(STAMP)
 	$(VENV)/bin/bushub serve
 
-test: $(STAMP) system-deps
+test: $(STAMP) $(UVICORN_FLOOR)/.installed system-deps
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)

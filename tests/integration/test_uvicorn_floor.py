@@ -1,0 +1,48 @@
+"""The hub works on the oldest uvicorn its pyproject.toml admits.
+
+The direct data path (``bushub.wsprotocol``) subclasses uvicorn's sans-I/O WebSocket
+protocol and uses parts of it that are not public API, so the declared lower bound is
+a claim that only a run on that release can back. ``make test`` installs that release
+beside the venv (``.venv/uvicorn-floor``); this test reruns the hub's unit tests, which
+serve real sockets through that protocol, with it first on the path.
+"""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+FLOOR_DIR = ROOT / ".venv" / "uvicorn-floor"
+HUB_UNIT_TESTS = ROOT / "tests" / "unit" / "bushub"
+
+
+def declared_floor() -> str:
+    text = (ROOT / "pyproject.toml").read_text()
+    match = re.search(r'"uvicorn\[standard\]>=([0-9.]+)"', text)
+    assert match, "pyproject.toml no longer declares a uvicorn lower bound"
+    return match.group(1)
+
+
+def _run(code: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(FLOOR_DIR), str(ROOT)])}
+    return subprocess.run(
+        [sys.executable, *code],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_the_hub_unit_tests_pass_on_the_declared_uvicorn_floor() -> None:
+    floor = declared_floor()
+    assert FLOOR_DIR.is_dir(), "run `make test`: it installs the uvicorn floor"
+    seen = _run(["-c", "import uvicorn; print(uvicorn.__version__)"], 60)
+    assert seen.stdout.strip() == floor, seen.stdout + seen.stderr
+    result = _run(["-m", "pytest", "-q", "-p", "no:cacheprovider", str(HUB_UNIT_TESTS)], 600)
+    tail = "\n".join(result.stdout.splitlines()[-30:])
+    assert result.returncode == 0, f"hub unit tests on uvicorn {floor}:\n{tail}{result.stderr}"
+    assert re.search(r"\d+ passed", tail), tail
