@@ -5,8 +5,8 @@ repository root:
 
     .venv/bin/python bench/hub_path.py [--repeat 31] [--iterations 20000]
 
-One message is relayed the way two nodes would: ``Hub.route`` on the publishing
-node (envelope decode, checks, relay frame) and ``Hub._deliver`` on the delivering
+One message is relayed the way two nodes would: ``Relay.route`` on the publishing
+node (envelope decode, checks, relay frame) and ``Relay.deliver`` on the delivering
 node (relay frame split, same-format pass-through, the frame handed to a socket
 that takes it at once). The publisher and the socket are stand-ins that only keep
 what they are given; everything between is the hub's real code. Formats alternate
@@ -21,11 +21,11 @@ import time
 import warnings
 
 from bushub.auth import TokenVerifier
-from bushub.broker import MemoryBroker
 from bushub.connection import Connection, ConnectionParams
-from bushub.hub import Hub
 from bushub.limits import TokenBucket
 from bushub.metrics import Metrics
+from bushub.outbound import Outbound
+from bushub.relay import Relay
 from bushub.settings import Settings
 from buswire import Format
 
@@ -64,28 +64,34 @@ def _connection(agent: str, peer: str, fmt: Format) -> Connection:
 
 
 class _Case:
-    """One payload in one format, with a hub wired to relay it in memory."""
+    """One payload in one format, with a relay wired to carry it in memory."""
 
     def __init__(self, builder: Builder, payload: str, fmt: str) -> None:
         request, _ = builder.pairs(payload, fmt, "a_1", "b_1")[0]
         self.data = request.fill(42)
-        self.hub = Hub(
-            Settings(node_id="bench", rate_messages=0, rate_bytes=0), MemoryBroker(), Metrics()
-        )
+        settings = Settings(node_id="bench", rate_messages=0, rate_bytes=0)
+        metrics = Metrics()
         self.published: list[bytes] = []
-        self.hub.publisher.publish = lambda channel, data: self.published.append(data)
+        self.holders: dict[str, Connection] = {}
+        self.relay = Relay(
+            settings,
+            metrics,
+            self.holders,
+            lambda channel, data: self.published.append(data),
+            Outbound(metrics),
+        )
         self.sender = _connection("a_1", "b_1", Format(fmt))
         receiver = _connection("b_1", "a_1", Format(fmt))
         receiver.outlet = _Socket()
-        self.hub._local["b_1"] = receiver
-        self.hub.route(self.sender, self.data)
+        self.holders["b_1"] = receiver
+        self.relay.route(self.sender, self.data)
         self.frame = self.published[0]
 
     def run(self, iterations: int) -> float:
         """CPU µs per message over ``iterations`` relays."""
         route, deliver, sender, data, frame = (
-            self.hub.route,
-            self.hub._deliver,
+            self.relay.route,
+            self.relay.deliver,
             self.sender,
             self.data,
             self.frame,

@@ -52,21 +52,10 @@ async def _serve(settings: Settings) -> AsyncIterator[tuple[Hub, int]]:
 
 def _state(hub: Hub) -> dict[str, int]:
     """Sizes of every per-agent structure of the hub (and its broker's channel set)."""
-    sizes = {
-        name: len(getattr(hub, name))
-        for name in (
-            "_by_agent",
-            "_local",
-            "_watchers",
-            "_holders",
-            "_peer_version",
-            "_lost_timers",
-            "_release_waiters",
-            "_subscriptions",
-        )
-    }
+    sizes = dict(hub.presence.per_agent_sizes())
+    sizes["subscriptions"] = len(hub.subscriptions)
     sizes["broker channels"] = len(hub.broker._channels)  # type: ignore[attr-defined]
-    sizes["hub tasks"] = len(hub._tasks)
+    sizes["hub tasks"] = hub.task_count
     sizes["publisher pending"] = hub.publisher.pending
     return sizes
 

@@ -40,12 +40,12 @@ async def node(hub_settings: Settings) -> AsyncIterator[RunningHub]:
 async def test_sockets_take_the_fallback_path(node: RunningHub) -> None:
     async with node.connect("a"):
         await node.wait_metric("bushub_connections", 1)
-        [conn] = node.hub._local.values()
+        [conn] = node.hub.presence.holders.values()
         assert conn.outlet is None  # no direct path under this protocol
 
 
 async def test_the_hubs_own_protocol_takes_the_direct_path(hub_settings: Settings) -> None:
     async with running_hub(hub_settings) as direct, direct.connect("a"):
         await direct.wait_metric("bushub_connections", 1)
-        [conn] = direct.hub._local.values()
+        [conn] = direct.hub.presence.holders.values()
         assert conn.outlet is not None

@@ -1,0 +1,75 @@
+"""Frames to agent sockets: the one owner of what the hub writes to a client.
+
+A frame reaches a socket one of three ways: written to its transport at once (the
+direct path, while the transport is under its high-water mark), queued and written
+by ``flush`` when the transport resumes writing, or queued for the writer task (other
+ASGI servers). Every way ends in ``sent``, which counts it. A frame that does not fit
+the socket's bounded queue closes the socket as a slow consumer (4008) rather than
+starving it silently; a frame for a socket that is closing is counted lost.
+"""
+
+import time
+from collections.abc import Callable
+
+from bushub.closecodes import CloseCode
+from bushub.connection import Connection, Enqueued
+from bushub.metrics import Metrics
+
+
+class Outbound:
+    """Queueing, writing and accounting of frames to clients.
+
+    Args:
+        metrics: Where writes and losses are counted.
+        clock: Wall-clock seconds, for the relay latency of relayed frames.
+    """
+
+    def __init__(self, metrics: Metrics, clock: Callable[[], float] = time.time) -> None:
+        self._metrics = metrics
+        self._clock = clock
+
+    def enqueue(self, conn: Connection, payload: bytes, received_at: float) -> None:
+        """Send one frame to ``conn``, now or in turn.
+
+        Args:
+            payload: The bytes to send, already in the connection's format.
+            received_at: When the first hub received it; 0 for the hub's own frames.
+        """
+        result = conn.enqueue(payload, received_at)
+        if result is Enqueued.SENT:
+            self.sent(conn, payload, received_at)
+        elif result is Enqueued.FULL:
+            self._metrics.messages_dropped.labels("slow_consumer").inc()
+            conn.request_close(CloseCode.SLOW_CONSUMER)
+        elif result is Enqueued.CLOSING:
+            self._metrics.messages_dropped.labels("closing").inc()
+
+    def flush(self, conn: Connection) -> None:
+        """Write a direct socket's queued frames while its transport takes them."""
+        outlet = conn.outlet
+        if outlet is None:
+            return
+        while outlet.takes_frames():
+            item = conn.pop()
+            if item is None:
+                if conn.flush_before_close:
+                    conn.closing.set()  # a drain waited for this queue to empty
+                return
+            if not outlet.send_frame(item[0]):
+                self._metrics.messages_dropped.labels("closing").inc()
+                return
+            self.sent(conn, item[0], item[1])
+
+    def sent(self, conn: Connection, payload: bytes, received_at: float) -> None:
+        """Account for one frame written to a client."""
+        traffic = self._metrics.traffic
+        traffic.delivered[conn.format.value] += 1
+        traffic.bytes_sent += len(payload)
+        if received_at:
+            traffic.observe_latency(max(0.0, self._clock() - received_at))
+
+    def lost(self, conn: Connection) -> None:
+        """Count what an ended socket will never write."""
+        unsent = conn.unsent()
+        if unsent:
+            self._metrics.messages_dropped.labels("closing").inc(unsent)

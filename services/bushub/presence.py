@@ -1,0 +1,381 @@
+"""Presence on one node: who holds which agent name, takeover, and peers' comings and goings.
+
+Each socket first *claims* its agent name: a claim event on the name's presence
+channel tells every node, and any older holder is closed with 4001 before the newer
+socket is accepted, so at most one socket holds a name (docs/protocol.md, Presence).
+A socket that holds a name is recorded in an expiring broker record, refreshed by a
+periodic reconcile; its peer's holder is announced to it with a registry message
+naming a runner per holder connection, and a peer gone for longer than the grace
+period closes it with 4002 when it asked for that. A crashed node's records expire,
+and the reconcile of the nodes watching its agents sees them gone.
+
+Everything with a side effect comes in from outside (broker, subscriptions, publish,
+outbound writer, timers), so a test can drive every transition with events and a fake
+clock.
+"""
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+
+from bushub.broker import Broker
+from bushub.closecodes import CloseCode
+from bushub.connection import Connection
+from bushub.metrics import Metrics
+from bushub.outbound import Outbound
+from bushub.settings import Settings
+from bushub.subscriptions import Subscriptions
+from buswire import (
+    DecodeError,
+    Dialect,
+    presence_channel,
+    presence_key,
+    registry_message,
+)
+from buswire.codec import encode_tree
+from buswire.presence import (
+    EventKind,
+    PresenceEvent,
+    PresenceRecord,
+    decode_event,
+    encode_event,
+    encode_record,
+    record_conn,
+)
+
+log = logging.getLogger(__name__)
+
+HUB_SOURCE = "bushub"
+PRESENCE_PREFIX = presence_channel("")[:-2]
+
+Publish = Callable[[str, bytes], None]
+# loop.call_later's shape: (delay, callback, *args) -> a cancellable handle.
+CallLater = Callable[..., asyncio.TimerHandle]
+
+
+def runner_name(agent: str, conn_id: str) -> str:
+    """The runner an agent is announced under: one per connection holding it.
+
+    Clients deduplicate agents per runner, so a new connection of the agent (a
+    restart) makes ``@agent_ready`` fire again, while re-announcing the same
+    connection (a reconnect of the watcher) does not.
+    """
+    return f"{HUB_SOURCE}:{agent}:{conn_id}"
+
+
+class Presence:
+    """Claims, holders, peers and their records, for the sockets on one node.
+
+    Args:
+        settings: Node id, takeover timeout, presence TTL and refresh, peer grace.
+        broker: Where presence records live.
+        subscriptions: The node's shared channel subscriptions.
+        publish: Publishes a presence event on a channel; never blocks.
+        outbound: Writes registry announcements to sockets.
+        metrics: Where undecodable events are counted.
+        call_later: Schedules the peer-lost timers (``loop.call_later``).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        broker: Broker,
+        subscriptions: Subscriptions,
+        publish: Publish,
+        outbound: Outbound,
+        metrics: Metrics,
+        call_later: CallLater,
+    ) -> None:
+        self._settings = settings
+        self._node_id = settings.node_id
+        self._broker = broker
+        self._subscriptions = subscriptions
+        self._publish = publish
+        self._outbound = outbound
+        self._metrics = metrics
+        self._call_later = call_later
+        # The connection currently holding each agent name on this node; the relay
+        # reads it to deliver.
+        self.holders: dict[str, Connection] = {}
+        # Every connection claiming or holding an agent name here, by name.
+        self._by_agent: dict[str, set[Connection]] = defaultdict(set)
+        self._connection_count = 0
+        # Local connections by the peer they serve, and who holds each such peer.
+        self._watchers: dict[str, set[Connection]] = {}
+        self._peer_holders: dict[str, str | None] = {}
+        self._peer_version: dict[str, int] = defaultdict(int)
+        self._lost_timers: dict[str, asyncio.TimerHandle] = {}
+        # Futures of new connections waiting for the previous holder to let go.
+        self._release_waiters: dict[tuple[str, str], asyncio.Future[None]] = {}
+        self._reconcile_now = asyncio.Event()
+
+    @property
+    def connection_count(self) -> int:
+        """Sockets claiming or holding a name on this node (checked per handshake,
+        so kept as a count rather than summed over every agent)."""
+        return self._connection_count
+
+    def connections(self) -> list[Connection]:
+        """Every socket claiming or holding a name on this node."""
+        return [conn for group in self._by_agent.values() for conn in group]
+
+    def per_agent_sizes(self) -> dict[str, int]:
+        """How many entries each per-agent structure holds (for leak checks)."""
+        return {
+            "holders": len(self.holders),
+            "by_agent": len(self._by_agent),
+            "watchers": len(self._watchers),
+            "peer_holders": len(self._peer_holders),
+            "peer_version": len(self._peer_version),
+            "lost_timers": len(self._lost_timers),
+            "release_waiters": len(self._release_waiters),
+        }
+
+    # ---- claims and holders -------------------------------------------------
+
+    async def claim(self, conn: Connection) -> bool:
+        """Claim ``conn.agent`` before the socket is accepted.
+
+        Any older holder, on any node, is told to close; this waits (bounded by
+        ``takeover_timeout``) until it has, so at most one socket holds a name and
+        the older socket's close reaches its client before the newer is accepted.
+
+        Returns:
+            False when a newer claim beat this one; the socket must be refused.
+        """
+        agent = conn.agent
+        self._by_agent[agent].add(conn)
+        self._connection_count += 1
+        await self._subscriptions.acquire(presence_channel(agent))
+        [record] = await self._broker.get_records([presence_key(agent)])
+        holder = record_conn(record) if record is not None else None
+        local = self.holders.get(agent)
+        waits = {h for h in (holder, local.id if local else None) if h and h != conn.id}
+        futures = []
+        loop = asyncio.get_running_loop()
+        for old in waits:
+            future = self._release_waiters.setdefault((agent, old), loop.create_future())
+            futures.append(future)
+        self._publish_event(EventKind.CLAIM, agent, conn.id)
+        if futures:
+            done, _ = await asyncio.wait(futures, timeout=self._settings.takeover_timeout)
+            if len(done) < len(futures):
+                log.warning("takeover of %s: previous holder did not confirm; proceeding", agent)
+            for old in waits:
+                self._release_waiters.pop((agent, old), None)
+        return conn.close_code is None
+
+    def hold(self, conn: Connection) -> None:
+        """Make an accepted socket the local holder of its name, closing any older."""
+        previous = self.holders.get(conn.agent)
+        if previous is not None and previous is not conn:
+            previous.request_close(CloseCode.TAKEN_OVER)
+        self.holders[conn.agent] = conn
+
+    async def announce(self, conn: Connection) -> None:
+        """Record the holder in the broker, tell the cluster, and start watching its peer."""
+        agent = conn.agent
+        await self._broker.put_record(
+            presence_key(agent), encode_record(self._record(conn)), self._settings.presence_ttl
+        )
+        self._publish_event(EventKind.UP, agent, conn.id)
+        if conn.peer is not None:
+            await self._watch(conn)
+
+    def let_go(self, conn: Connection) -> bool:
+        """Forget ``conn`` as a claimant; True if it was the local holder of its name."""
+        agent = conn.agent
+        group = self._by_agent.get(agent)
+        if group is not None and conn in group:
+            group.discard(conn)
+            self._connection_count -= 1
+            if not group:
+                del self._by_agent[agent]
+        if self.holders.get(agent) is conn:
+            del self.holders[agent]
+            return True
+        return False
+
+    async def withdraw(self, conn: Connection) -> None:
+        """Stop watching the peer of an ended holder, delete its record, tell the cluster."""
+        agent = conn.agent
+        if conn.peer is not None:
+            await self._unwatch(conn)
+        try:
+            await self._broker.delete_record(presence_key(agent), conn.id)
+        except (ConnectionError, OSError) as exc:
+            log.warning("could not withdraw presence of %s: %s", agent, exc)
+        self._publish_event(EventKind.DOWN, agent, conn.id)
+
+    async def unclaim(self, conn: Connection) -> None:
+        """Drop an ended socket's interest in its name's presence channel."""
+        await self._subscriptions.release(presence_channel(conn.agent))
+
+    def _record(self, conn: Connection) -> PresenceRecord:
+        return PresenceRecord(
+            agent=conn.agent,
+            conn=conn.id,
+            node=self._node_id,
+            since=conn.since,
+            format=conn.format.value,
+            dialect=conn.dialect.value if conn.dialect else "auto",
+            peer=conn.peer,
+        )
+
+    # ---- peers --------------------------------------------------------------
+
+    async def _watch(self, conn: Connection) -> None:
+        peer = conn.peer
+        assert peer is not None
+        first = peer not in self._watchers
+        self._watchers.setdefault(peer, set()).add(conn)
+        if first:
+            await self._subscriptions.acquire(presence_channel(peer))
+            version = self._peer_version[peer]
+            [record] = await self._broker.get_records([presence_key(peer)])
+            if self._peer_version[peer] == version and peer not in self._peer_holders:
+                self._peer_holders[peer] = record_conn(record) if record is not None else None
+        self._announce_peer(conn)
+
+    async def _unwatch(self, conn: Connection) -> None:
+        peer = conn.peer
+        assert peer is not None
+        watchers = self._watchers.get(peer)
+        if watchers is None or conn not in watchers:
+            return
+        watchers.discard(conn)
+        if not watchers:
+            del self._watchers[peer]
+            self._peer_holders.pop(peer, None)
+            self._peer_version.pop(peer, None)
+            timer = self._lost_timers.pop(peer, None)
+            if timer is not None:
+                timer.cancel()
+            await self._subscriptions.release(presence_channel(peer))
+
+    def _announce_peer(self, conn: Connection) -> None:
+        """Tell a client its peer exists, once per holder connection of the peer."""
+        holder = self._peer_holders.get(conn.peer or "")
+        if conn.peer is None or holder is None or conn.announced_holder == holder:
+            return
+        conn.announced_holder = holder
+        dialects = [conn.dialect] if conn.dialect else [Dialect.SUBAGENTS, Dialect.PIPECAT]
+        for dialect in dialects:
+            tree = registry_message(
+                dialect, source=HUB_SOURCE, runner=runner_name(conn.peer, holder), agent=conn.peer
+            )
+            self._outbound.enqueue(conn, encode_tree(tree, conn.format), 0.0)
+
+    def _peer_up(self, peer: str, holder: str) -> None:
+        if peer not in self._watchers or self._peer_holders.get(peer) == holder:
+            return
+        self._peer_holders[peer] = holder
+        timer = self._lost_timers.pop(peer, None)
+        if timer is not None:
+            timer.cancel()
+        for conn in self._watchers[peer]:
+            self._announce_peer(conn)
+
+    def _peer_down(self, peer: str) -> None:
+        if peer not in self._watchers or self._peer_holders.get(peer) is None:
+            return
+        self._peer_holders[peer] = None
+        if peer not in self._lost_timers:
+            self._lost_timers[peer] = self._call_later(
+                self._settings.peer_grace, self._peer_lost, peer
+            )
+
+    def _peer_lost(self, peer: str) -> None:
+        self._lost_timers.pop(peer, None)
+        if self._peer_holders.get(peer) is not None:
+            return
+        for conn in list(self._watchers.get(peer, ())):
+            if conn.close_on_peer_lost:
+                log.info(
+                    "peer %s of %s lost for %.1fs; closing",
+                    peer,
+                    conn.agent,
+                    self._settings.peer_grace,
+                )
+                conn.request_close(CloseCode.PEER_LOST)
+
+    def cancel_timers(self) -> None:
+        """Forget every pending peer-lost timer (the node is stopping)."""
+        for timer in self._lost_timers.values():
+            timer.cancel()
+        self._lost_timers.clear()
+
+    # ---- presence events ----------------------------------------------------
+
+    def _publish_event(self, kind: EventKind, agent: str, conn_id: str) -> None:
+        event = PresenceEvent(kind=kind, agent=agent, conn=conn_id, node=self._node_id)
+        self._publish(presence_channel(agent), encode_event(event))
+
+    def on_event(self, agent: str, data: bytes) -> None:
+        """Take one event from ``agent``'s presence channel."""
+        try:
+            event = decode_event(data)
+        except DecodeError:
+            self._metrics.messages_dropped.labels("bad_presence").inc()
+            return
+        if event.agent != agent:
+            return
+        if event.kind is EventKind.CLAIM:
+            for conn in self._by_agent.get(agent, ()):
+                if conn.id == event.conn:
+                    conn.claim_seen = True
+                elif conn.claim_seen:
+                    # This claim came after ours on the channel: it is newer and wins.
+                    conn.request_close(CloseCode.TAKEN_OVER)
+            return
+        if agent in self._watchers:
+            self._peer_version[agent] += 1
+        if event.kind is EventKind.UP:
+            self._peer_up(agent, event.conn)
+        else:
+            waiter = self._release_waiters.get((agent, event.conn))
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+            if self._peer_holders.get(agent) == event.conn:
+                self._peer_down(agent)
+
+    # ---- reconcile ----------------------------------------------------------
+
+    def reconcile_soon(self) -> None:
+        """Run the next reconcile now rather than at the end of the period."""
+        self._reconcile_now.set()
+
+    async def run(self) -> None:
+        """Reconcile every ``presence_refresh`` seconds, or sooner when asked."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._reconcile_now.wait(), self._settings.presence_refresh)
+            self._reconcile_now.clear()
+            if not self._broker.up:
+                continue
+            try:
+                await self.reconcile()
+            except (ConnectionError, OSError) as exc:
+                log.warning("presence reconcile failed: %s", exc)
+
+    async def reconcile(self) -> None:
+        """Refresh this node's records; re-read its peers' (crashed nodes expire)."""
+        local = list(self.holders.items())
+        items = [(presence_key(a), c.id, encode_record(self._record(c))) for a, c in local]
+        kept = await self._broker.refresh_records(items, self._settings.presence_ttl)
+        for (agent, conn), ok in zip(local, kept, strict=True):
+            if not ok and self.holders.get(agent) is conn:
+                log.info("presence of %s is held elsewhere now; closing %s", agent, conn.id)
+                conn.request_close(CloseCode.TAKEN_OVER)
+        peers = list(self._watchers)
+        versions = [self._peer_version[p] for p in peers]
+        records = await self._broker.get_records([presence_key(p) for p in peers])
+        for peer, version, record in zip(peers, versions, records, strict=True):
+            if self._peer_version.get(peer) != version:
+                continue  # an event arrived meanwhile and is fresher than this read
+            if record is None:
+                self._peer_down(peer)
+            else:
+                self._peer_up(peer, record_conn(record))

@@ -1,0 +1,149 @@
+"""Relaying messages: frames from sockets to agent channels, and back to sockets.
+
+A frame read from a socket is checked (size, rate, format, envelope, type policy,
+target) and published on its target's message channel, wrapped in a relay frame that
+carries its format and receive time (docs/protocol.md, Routing). A relay frame from a
+channel is translated to the format of the local socket holding the agent, if any, and
+handed to the outbound side. Every frame that goes no further is counted with its
+reason; nothing else on the socket is affected.
+
+The relay does no I/O of its own: it is given the publish function, the map of local
+holders and the outbound writer, so a test drives it with bytes.
+"""
+
+import time
+from collections.abc import Callable, Mapping
+
+from bushub.closecodes import CloseCode
+from bushub.connection import Connection
+from bushub.metrics import Metrics
+from bushub.outbound import Outbound
+from bushub.settings import Settings
+from buswire import (
+    DecodeError,
+    is_registry_type,
+    message_channel,
+    sniff_format,
+    translate,
+    validate_agent_name,
+)
+from buswire.allowlist import TypePolicy
+from buswire.codec import envelope_of, load_tree
+from buswire.relayframe import pack_relay, unpack_relay
+
+MESSAGE_PREFIX = message_channel("")[:-2]
+
+Publish = Callable[[str, bytes], None]
+
+
+class Relay:
+    """Routing of frames from sockets, and delivery of frames to them.
+
+    Args:
+        settings: Frame size limit and type policy.
+        metrics: Where frames received and dropped are counted.
+        holders: The local socket holding each agent name (kept by presence).
+        publish: Publishes one relay frame on a channel; never blocks.
+        outbound: Writes frames to sockets.
+        clock: Wall-clock seconds, stamped on relayed frames for the latency metric.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        holders: Mapping[str, Connection],
+        publish: Publish,
+        outbound: Outbound,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._max_message_bytes = settings.max_message_bytes
+        self._policy = TypePolicy(
+            settings.split(settings.allow_types), settings.split(settings.allow_type_prefixes)
+        )
+        self._metrics = metrics
+        self._holders = holders
+        self._publish = publish
+        self._outbound = outbound
+        self._clock = clock
+
+    def route(self, conn: Connection, data: bytes) -> None:
+        """Route one frame received on ``conn``: decode the envelope, publish.
+
+        Undecodable, oversize or disallowed frames are dropped and counted here;
+        nothing else on the connection is affected.
+        """
+        metrics = self._metrics
+        traffic = metrics.traffic
+        traffic.bytes_received += len(data)
+        if len(data) > self._max_message_bytes:
+            self._received_and_dropped(conn, "oversize")
+            return
+        if not conn.message_rate.take() or not conn.byte_rate.take(len(data)):
+            self._received_and_dropped(conn, "rate_limited")
+            return
+        fmt = conn.format
+        if not conn.format_confirmed:
+            sniffed = sniff_format(data)
+            if sniffed is None:
+                self._received_and_dropped(conn, "malformed")
+                return
+            if sniffed is not fmt:
+                if conn.format_declared:
+                    self._received_and_dropped(conn, "format_mismatch")
+                    conn.request_close(CloseCode.INVALID_DATA)
+                    return
+                fmt = sniffed
+        traffic.received[fmt.value] += 1
+        try:
+            tree = load_tree(data, fmt)
+            if not conn.format_confirmed:
+                # Only a frame that parses settles the format: one broken frame that
+                # merely starts like MsgPack must not switch a JSON client over.
+                conn.format = fmt
+                conn.format_confirmed = True
+            envelope = envelope_of(tree)
+            if is_registry_type(envelope.type_name):
+                # The hub speaks for presence itself.
+                raise DecodeError("registry")
+            self._policy.check(tree)
+            target = envelope.target or conn.peer
+            if target is None:
+                raise DecodeError("no_route")
+            channel = conn.routes.get(target)
+            if channel is None:
+                validate_agent_name(target)
+        except DecodeError as exc:
+            metrics.messages_dropped.labels(exc.reason).inc()
+            return
+        if conn.dialect is None and envelope.dialect is not None:
+            conn.dialect = envelope.dialect
+        if channel is None:
+            if not conn.grant.may_address(target):
+                metrics.messages_dropped.labels("target_not_allowed").inc()
+                return
+            channel = conn.remember_route(target, message_channel(target))
+        self._publish(channel, pack_relay(conn.format, self._clock(), data))
+
+    def _received_and_dropped(self, conn: Connection, reason: str) -> None:
+        self._metrics.traffic.received[conn.format.value] += 1
+        self._metrics.messages_dropped.labels(reason).inc()
+
+    def deliver(self, agent: str, data: bytes) -> None:
+        """Hand a relay frame from ``agent``'s channel to the local socket holding it."""
+        conn = self._holders.get(agent)
+        if conn is None:
+            self._metrics.messages_dropped.labels("no_local_agent").inc()
+            return
+        try:
+            frame = unpack_relay(data)
+            payload = translate(frame.payload, frame.fmt, conn.format)
+        except DecodeError as exc:
+            self._metrics.messages_dropped.labels(exc.reason).inc()
+            return
+        self._outbound.enqueue(conn, payload, frame.received_at)
+
+    def published(self, channel: str, receivers: int) -> None:
+        """Count a relay frame that no node was subscribed to receive."""
+        if receivers == 0 and channel.startswith(MESSAGE_PREFIX):
+            self._metrics.messages_dropped.labels("undeliverable").inc()

@@ -1,0 +1,108 @@
+"""The relay on its own, driven with bytes: no socket, no broker, no event loop."""
+
+import json
+
+import msgpack
+
+from bushub.metrics import Metrics
+from bushub.outbound import Outbound
+from bushub.relay import Relay
+from bushub.settings import Settings
+from buswire import Format, message_channel
+from buswire.relayframe import pack_relay, unpack_relay
+from tests.unit.bushub.helpers import as_json, task_request
+from tests.unit.bushub.parts import connection, written
+
+NOW = 1_700_000_000.25
+
+
+class Wired:
+    """A relay whose publishes are kept and whose clock stands still."""
+
+    def __init__(self, **settings: object) -> None:
+        self.metrics = Metrics()
+        self.published: list[tuple[str, bytes]] = []
+        self.holders = {}  # type: ignore[var-annotated]
+        self.relay = Relay(
+            Settings(node_id="unit", **settings),  # type: ignore[arg-type]
+            self.metrics,
+            self.holders,
+            lambda channel, data: self.published.append((channel, data)),
+            Outbound(self.metrics, clock=lambda: NOW),
+            clock=lambda: NOW,
+        )
+
+    def dropped(self, reason: str) -> float:
+        value = self.metrics.registry.get_sample_value(
+            "bushub_messages_dropped_total", {"reason": reason}
+        )
+        return value or 0.0
+
+
+def test_a_frame_is_published_on_its_targets_channel_untouched_with_format_and_time() -> None:
+    wired = Wired()
+    data = as_json(task_request("a", "b", seq=7))
+    wired.relay.route(connection("a", "b"), data)
+    [(channel, frame)] = wired.published
+    assert channel == message_channel("b")
+    assert frame == pack_relay(Format.JSON, NOW, data)
+
+
+def test_an_untargeted_frame_goes_to_the_peer_and_without_one_is_dropped() -> None:
+    wired = Wired()
+    data = as_json(task_request("a", None))
+    wired.relay.route(connection("a", "b"), data)
+    wired.relay.route(connection("a"), data)
+    assert [channel for channel, _ in wired.published] == [message_channel("b")]
+    assert wired.dropped("no_route") == 1
+
+
+def test_an_oversize_frame_is_dropped_and_counted_as_received() -> None:
+    wired = Wired(max_message_bytes=100)
+    wired.relay.route(connection("a", "b"), as_json(task_request("a", "b", pad="x" * 200)))
+    assert wired.published == []
+    assert wired.dropped("oversize") == 1
+    received = wired.metrics.registry.get_sample_value(
+        "bushub_messages_received_total", {"format": "json"}
+    )
+    assert received == 1
+
+
+def test_a_relay_frame_reaches_the_local_holder_in_its_own_format() -> None:
+    wired = Wired()
+    holder = connection("b", "a", fmt=Format.MSGPACK)
+    wired.holders["b"] = holder
+    tree = task_request("a", "b", seq=3)
+    wired.relay.deliver("b", pack_relay(Format.JSON, NOW - 0.5, as_json(tree)))
+    [frame] = written(holder)
+    assert msgpack.unpackb(frame) == tree
+    latency = wired.metrics.registry.get_sample_value("bushub_relay_latency_seconds_sum")
+    assert latency == 0.5
+
+
+def test_same_format_delivery_forwards_the_senders_bytes() -> None:
+    wired = Wired()
+    holder = connection("b", "a")
+    wired.holders["b"] = holder
+    data = as_json(task_request("a", "b"))
+    wired.relay.deliver("b", pack_relay(Format.JSON, NOW, data))
+    assert written(holder) == [data]
+    assert json.loads(written(holder)[0])["__data__"]["target"] == "b"
+
+
+def test_a_frame_for_no_local_holder_or_a_broken_relay_frame_is_counted() -> None:
+    wired = Wired()
+    wired.relay.deliver("nobody", pack_relay(Format.JSON, NOW, b"{}"))
+    wired.holders["b"] = connection("b")
+    wired.relay.deliver("b", b"\x00")
+    assert wired.dropped("no_local_agent") == 1
+    assert wired.dropped("bad_relay_frame") == 1
+
+
+def test_a_publish_nobody_received_is_undeliverable_only_on_message_channels() -> None:
+    wired = Wired()
+    wired.relay.published(message_channel("b"), 0)
+    wired.relay.published(message_channel("b"), 1)
+    wired.relay.published("bushub:presence:{b}", 0)
+    assert wired.dropped("undeliverable") == 1
+    assert unpack_relay(pack_relay(Format.JSON, NOW, b"x")).received_at == NOW
