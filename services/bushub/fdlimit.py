@@ -1,11 +1,12 @@
 """Warn before the process runs out of file descriptors.
 
-At RLIMIT_NOFILE every accept fails with EMFILE: the node answers neither new
-handshakes nor ``/healthz``, and the event loop says nothing about it. Each socket
-is a descriptor, so the count is checked as connections are accepted (at most once
-a second: listing the descriptors of a busy node costs a few milliseconds), and a
-WARNING is logged from ``WARN_RATIO`` of the soft limit on. The gauges are read at
-scrape time.
+At RLIMIT_NOFILE every accept fails: the node answers neither new handshakes nor
+``/healthz``, and the event loop says nothing about it. The kernel gives each new
+descriptor the lowest free number, so an accepted socket numbered ``n`` means
+descriptors 0 to n-1 are all in use: one comparison per accept tells when the
+process passes ``WARN_RATIO`` of its soft limit, and only then are descriptors
+counted (at most once per ``interval``: listing them costs milliseconds on a busy
+node) for a WARNING. The gauges are read at scrape time.
 """
 
 import logging
@@ -41,26 +42,28 @@ def fd_limit() -> int | None:
 
 
 class FdWatch:
-    """Checks descriptor use against the limit, at most once per ``interval``."""
+    """Warns when accepted sockets show descriptors near the limit."""
 
     def __init__(self, metrics: Metrics, interval: float = CHECK_INTERVAL) -> None:
         self._interval = interval
-        self._next_check = 0.0
+        self._next_warning = 0.0
         metrics.open_fds.set_function(lambda: open_fds() or 0)
         metrics.fd_limit.set_function(lambda: fd_limit() or 0)
 
-    def accepted(self) -> None:
-        """A connection was accepted: check, unless checked within the interval."""
-        now = time.monotonic()
-        if now < self._next_check:
+    def accepted(self, fd: int) -> None:
+        """A socket numbered ``fd`` was accepted."""
+        # Read each time (one cheap system call): the limit can change at run time.
+        limit = fd_limit()
+        if limit is None or fd < WARN_RATIO * limit:
             return
-        self._next_check = now + self._interval
-        used, limit = open_fds(), fd_limit()
-        if used is not None and limit is not None and used >= WARN_RATIO * limit:
-            # Rate-limited by bushub.logs like every repeated warning.
-            log.warning(
-                "%d of %d file descriptors open: at the limit new connections and "
-                "/healthz go unanswered (raise ulimit -n, or add nodes)",
-                used,
-                limit,
-            )
+        now = time.monotonic()
+        if now < self._next_warning:
+            return
+        self._next_warning = now + self._interval
+        # Rate-limited further by bushub.logs, like every repeated warning.
+        log.warning(
+            "%s of %d file descriptors open: at the limit new connections and /healthz "
+            "go unanswered (raise ulimit -n, or add nodes)",
+            open_fds() or f">{fd}",
+            limit,
+        )

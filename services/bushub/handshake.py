@@ -85,7 +85,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._arm()
-        self.guard.fds.accepted()
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            self.guard.fds.accepted(sock.fileno())
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
