@@ -112,9 +112,10 @@ async def test_half_sent_requests_are_closed_at_the_deadline(hub: SecureHub) -> 
             task.cancel()
         for _, writer in sockets:
             writer.close()
-    assert all(isinstance(a, bytes) for a in answers), answers
+    received = [a for a in answers if isinstance(a, bytes)]
+    assert len(received) == SLOWLORIS, [a for a in answers if not isinstance(a, bytes)][:3]
     # Each was answered 408 and closed, none before its deadline, all soon after it.
-    assert all(a.startswith(b"HTTP/1.1 408 ") for a in answers), {bytes(a[:40]) for a in answers}
+    assert all(a.startswith(b"HTTP/1.1 408 ") for a in received), {a[:40] for a in received}
     assert closed - opened >= DEADLINE - 0.1
     assert closed - started <= DEADLINE + SLACK
     assert hub.refused("handshake_timeout") == refused_before + SLOWLORIS
