@@ -256,7 +256,7 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         self._deliver(data)
 
     def fail(self, code: CloseCode) -> None:
-        """Close the socket with ``code`` now, as the hub's own doing."""
+        """Fail the connection (RFC 6455 7.1.7) with ``code``, as the hub's own doing."""
         self.conn.send_close(code)
         self.handle_parser_exception()
 

@@ -124,6 +124,29 @@ async def test_half_sent_requests_are_closed_at_the_deadline(hub: SecureHub) -> 
     assert len(lines) == 1 and " WARNING " in lines[0], lines
 
 
+async def test_a_kept_alive_connection_gets_a_deadline_per_request(hub: SecureHub) -> None:
+    """Idle between requests is uvicorn's keep-alive business, not a handshake; a
+    later request that stalls is cut off at its own deadline."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", hub.port)
+    request = b"GET /healthz HTTP/1.1\r\nHost: hub\r\n\r\n"
+    try:
+        for _ in range(2):
+            writer.write(request)
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+            assert head.startswith(b"HTTP/1.1 200 "), head
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            await asyncio.wait_for(reader.readexactly(length), TIMEOUT)
+            # Longer than the deadline, shorter than uvicorn's keep-alive (5 s).
+            await asyncio.sleep(DEADLINE + 0.5)
+        writer.write(b"GET /healthz HTTP/1.1\r\n")
+        started = time.monotonic()
+        answer = await _read_to_end(reader, DEADLINE + SLACK)
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:60]
+    assert DEADLINE - 0.1 <= time.monotonic() - started <= DEADLINE + SLACK
+
+
 async def test_a_header_flood_is_refused_with_431_and_memory_stays_flat(hub: SecureHub) -> None:
     log_seen = len(hub.log_text())
     refused_before = hub.refused("headers_too_large")
