@@ -10,7 +10,8 @@ flood of header lines grows memory by its size. This protocol adds both bounds:
   connection) to a complete request or WebSocket upgrade; past it the connection
   is closed, with 408 when nothing has been answered yet;
 - at most ``max_header_bytes`` read before the headers are complete; past it the
-  connection gets 431 and is closed, before the bytes reach the parser.
+  connection gets 431 and is closed, before the bytes reach the parser. (A request
+  pipelined behind a body, in the same read, can bring one read's worth more.)
 
 Refusals are counted in ``bushub_connections_refused_total`` and logged as
 warnings, which ``bushub.logs`` prints at most once per 10 s with a count of the
@@ -138,7 +139,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             return
         # Only what fits reaches the parser; the rest waits for the headers' end.
         self._header_bytes += room
-        super().data_received(data[:room])
+        if room:
+            super().data_received(data[:room])
         if self.transport.is_closing() or self.transport.get_protocol() is not self:
             return  # refused by the parser, or upgraded (uvicorn drops the rest)
         if self._reading_headers:
