@@ -25,12 +25,13 @@ log = logging.getLogger(__name__)
 
 
 class AgentSockets:
-    """ASGI middleware that serves ``/ws/{agent}`` below FastAPI's routing.
+    """ASGI middleware that serves every WebSocket below FastAPI's routing.
 
     A socket lives for hours, and every coroutine frame above its handler stays in
     memory for as long: FastAPI's router, dependency solving, exit stacks and
-    exception middleware came to ~8 KB per idle socket. Everything else goes on
-    to FastAPI.
+    exception middleware came to ~8 KB per idle socket. The node has no WebSocket
+    route but ``/ws/{agent}``, so a socket on any other path is refused and counted
+    there too. Everything else goes on to FastAPI.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -38,11 +39,8 @@ class AgentSockets:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
-            path: str = scope["path"]
-            agent = path[4:] if path.startswith("/ws/") else ""
-            if agent and "/" not in agent:
-                await agent_socket(WebSocket(scope, receive, send), agent)
-                return
+            await agent_socket(WebSocket(scope, receive, send))
+            return
         await self.app(scope, receive, send)
 
 

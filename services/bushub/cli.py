@@ -10,6 +10,7 @@ from typing import Any
 import uvicorn
 
 from bushub.app import create_app
+from bushub.handshake import HandshakeGuard, guarded
 from bushub.hub import Hub
 from bushub.logs import configure_logging
 from bushub.settings import Settings, SettingsError, add_arguments, load_settings
@@ -56,11 +57,16 @@ class DrainingServer(uvicorn.Server):
 
 def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Config:
     """How uvicorn serves a node; tests serve in-process nodes with the same."""
+    guard = HandshakeGuard(
+        settings.handshake_timeout, settings.max_header_bytes, app.state.hub.metrics
+    )
     options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
         "log_level": settings.log_level.lower(),
         "log_config": None,
+        # httptools, with a deadline and a size limit on what comes before a request.
+        "http": guarded(guard),
         # The hub's protocol: the direct data path (see bushub.wsprotocol).
         "ws": HubWebSocketProtocol,
         "ws_max_size": max(settings.max_message_bytes * 2, 1 << 16),

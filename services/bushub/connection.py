@@ -101,6 +101,9 @@ class Connection:
         self.close_code: CloseCode | None = None
         # The code the client closed with, when it closed first.
         self.client_close_code: int | None = None
+        # The close the hub's WebSocket layer sent on its own (a protocol error, a
+        # text frame that is not UTF-8, a failure routing a frame), if it did.
+        self.socket_close_code: CloseCode | None = None
         self.flush_before_close = False
         self.closed = Flag()
         # Set when the socket is to end now: a close that must not wait for the
@@ -128,9 +131,18 @@ class Connection:
         self.routes[target] = channel
         return channel
 
-    def client_ended(self, code: int) -> None:
-        """The client closed or vanished (direct path): end the socket now."""
-        if self.client_close_code is None:
+    def socket_ended(self, code: int, sent_close: CloseCode | None = None) -> None:
+        """The socket ended under the hub (direct path): end the connection now.
+
+        Args:
+            code: The code of the end: the client's close code, 1005/1006 when it
+                vanished, or ``sent_close``.
+            sent_close: The close the hub's WebSocket layer sent on its own; None
+                when the client closed or vanished.
+        """
+        if sent_close is not None:
+            self.socket_close_code = sent_close
+        elif self.client_close_code is None:
             self.client_close_code = code
         self.closing.set()
 

@@ -14,12 +14,13 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
+from urllib.parse import quote, unquote_to_bytes
 
 from starlette.responses import PlainTextResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from bushub.auth import AuthError, Grant, TokenVerifier
-from bushub.closecodes import CLOSE_REASONS, CloseCode
+from bushub.closecodes import SOCKET_CLOSE_REASONS, CloseCode, close_reason
 from bushub.connection import Connection, ConnectionParams, new_connection_id
 from bushub.hub import Hub
 from bushub.limits import TokenBucket
@@ -37,6 +38,37 @@ _PEER_LOST = {"close": True, "keep": False}
 
 class BadParameters(ValueError):
     """The connection URL asks for something the hub does not offer."""
+
+
+# The path of an agent socket, before its one segment: the agent's name.
+_SOCKET_PATH = b"/ws/"
+
+
+def agent_in_path(raw_path: bytes) -> str:
+    """The agent a socket's path names: the one segment after ``/ws/``, decoded.
+
+    Decoded here from the raw path, strictly: the server's decoded path turns every
+    byte that is not UTF-8 into U+FFFD, so ``/ws/%FF`` and ``/ws/%FE`` would name
+    the same agent and take each other over.
+
+    Raises:
+        BadParameters: no name, more than one segment (a slash, encoded or not),
+            a dot segment, or bytes that are not UTF-8.
+    """
+    if not raw_path.startswith(_SOCKET_PATH):
+        raise BadParameters("not /ws/{agent}")
+    segment = raw_path[len(_SOCKET_PATH) :]
+    decoded = unquote_to_bytes(segment)
+    if not segment or b"/" in decoded:
+        raise BadParameters("the path must be /ws/ and one segment")
+    try:
+        agent = decoded.decode()
+    except UnicodeDecodeError:
+        raise BadParameters("the agent name is not UTF-8") from None
+    if agent in (".", ".."):
+        # Clients and proxies resolve dot segments: such a name is never reached.
+        raise BadParameters("the agent name is a dot segment")
+    return agent
 
 
 def parse_params(agent: str, query: dict[str, str]) -> ConnectionParams:
@@ -78,7 +110,7 @@ async def _reader(websocket: WebSocket, conn: Connection, hub: Hub) -> None:
     while True:
         message = await websocket.receive()
         if message["type"] == "websocket.disconnect":
-            conn.client_close_code = message.get("code")
+            _fallback_ended(conn, int(message.get("code", 1005)))
             return
         data = message.get("bytes")
         if data is None:
@@ -89,6 +121,23 @@ async def _reader(websocket: WebSocket, conn: Connection, hub: Hub) -> None:
         hub.route(conn, data)
         if publisher.crowded:
             await publisher.room()
+
+
+def _fallback_ended(conn: Connection, code: int) -> None:
+    """Record the end of a socket served by another ASGI server.
+
+    Its disconnect event does not say who closed, so codes the WebSocket layer sends
+    on its own (1002, 1007, 1009) are taken as the server's, which is how such
+    servers use them; on the direct path the hub's protocol says so itself.
+    """
+    try:
+        sent = CloseCode(code)
+    except ValueError:
+        sent = None
+    if sent in SOCKET_CLOSE_REASONS and sent is not CloseCode.INTERNAL_ERROR:
+        conn.socket_ended(code, sent)
+    else:
+        conn.socket_ended(code)
 
 
 async def _writer(websocket: WebSocket, conn: Connection, hub: Hub) -> None:
@@ -128,7 +177,7 @@ def _serve_direct(
         protocol.detach()
         protocol.finish_with(ending())
 
-    protocol.attach(on_frame, conn.client_ended, lambda: hub.flush(conn))
+    protocol.attach(on_frame, conn.socket_ended, lambda: hub.flush(conn))
     protocol.hand_over()
     conn.closing.on_set(on_closing)
 
@@ -176,10 +225,6 @@ async def _close_and_wait(channel: AsgiChannel, code: CloseCode, timeout: float)
                     1006,
                 ):
                     return
-
-
-# Closes the WebSocket layer makes before the hub sees a frame, by the code it sent.
-_CLIENT_SIDE_REASONS = {1002: "protocol_error", 1007: "invalid_data", 1009: "too_big"}
 
 
 class Refusal(Exception):
@@ -243,10 +288,17 @@ def admit(websocket: WebSocket, hub: Hub, verifier: TokenVerifier, agent: str) -
     return grant
 
 
-async def agent_socket(websocket: WebSocket, agent: str) -> None:
+async def agent_socket(websocket: WebSocket) -> None:
     """Serve one agent socket."""
     hub: Hub = websocket.app.state.hub
     settings = hub.settings
+    scope = websocket.scope
+    try:
+        agent = agent_in_path(scope.get("raw_path") or quote(scope["path"]).encode())
+    except BadParameters as exc:
+        log.info("refused %s: %s", websocket.url.path, exc)
+        await _refuse(websocket, hub, Refusal(403, "bad_path"))
+        return
     try:
         params = parse_params(agent, dict(websocket.query_params))
         grant = admit(websocket, hub, websocket.app.state.verifier, agent)
@@ -332,10 +384,10 @@ async def _ending(
         open_channel: The socket's raw ASGI (send, receive) while it is accepted
             and open; None when it is closed already.
     """
-    reason = _CLIENT_SIDE_REASONS.get(conn.client_close_code or 0, "client_closed")
+    reason = close_reason(conn.close_code, conn.socket_close_code)
     if conn.close_code is not None:
-        reason = CLOSE_REASONS[conn.close_code]
-        if open_channel is not None and conn.client_close_code is None:
+        ended = conn.client_close_code is not None or conn.socket_close_code is not None
+        if open_channel is not None and not ended:
             # A drain waits for the backlog to reach the client (bounded by the
             # drain); any other close only for the close frame to cross.
             settings = hub.settings
@@ -353,7 +405,7 @@ async def _ending(
             conn.peer,
             conn.id,
             hub.node_id,
-            int(conn.close_code) if conn.close_code else conn.client_close_code or "-",
+            int(conn.close_code or conn.socket_close_code or 0) or conn.client_close_code or "-",
             reason,
         )
     await hub.detach(conn, attached=attached)

@@ -24,6 +24,40 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry).decode()
 
 
+# Characters that end a line, or steer a terminal, in someone's log viewer: C0 and C1
+# controls (NUL, CR, LF, ESC, CSI...), DEL, and Unicode's line and paragraph
+# separators. A tab is harmless and stays.
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    escaped = repr(char)[1:-1]  # \n, \r, \x00, \x1b, \u2028
+    return escaped if escaped != char else f"\\x{ord(char):02x}"
+
+
+def escape_controls(text: str) -> str:
+    """``text`` on one line: control characters written as Python escapes."""
+    return _CONTROL.sub(_escape, text)
+
+
+class TextFormatter(logging.Formatter):
+    """Plain lines in which a message is always one line.
+
+    Messages carry what clients sent (agent names, paths, header values): a newline
+    there would forge a line of its own, a NUL or an escape sequence would garble
+    the file or the terminal. Escaping here covers every log call, the hub's and
+    the libraries'. Tracebacks keep their lines.
+    """
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        # ``format`` sets record.message afresh for each handler, so this changes
+        # nothing another formatter sees. A trailing newline (uvicorn's "Exception
+        # in ASGI application\n") only precedes the traceback.
+        record.message = escape_controls(record.message.rstrip("\n"))
+        return super().formatMessage(record)
+
+
 class RateLimitFilter(logging.Filter):
     """Let each distinct warning template through at most once per ``interval``.
 
@@ -89,7 +123,7 @@ def configure_logging(level: str, fmt: str) -> None:
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     # Rate-limit first: it keys on the message template, before redaction merges
     # the arguments in.
     handler.addFilter(RateLimitFilter())

@@ -12,7 +12,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from bushub.closecodes import CLOSE_REASONS
+from bushub.closecodes import CLIENT_CLOSED, CLOSE_REASONS, SOCKET_CLOSE_REASONS
 from bushub.traffic import Traffic
 
 # The _created series double every counter's cardinality for no operator value.
@@ -41,6 +41,13 @@ DROP_REASONS = (
     "closing",
     "publish_buffer_full",
     "shutdown",
+)
+# Refusals exported at zero from the start, for the same reason: those of connections
+# that never became a request (bushub.handshake) and of paths that name no agent.
+REFUSAL_REASONS = (
+    "handshake_timeout",
+    "headers_too_large",
+    "bad_path",
 )
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -77,15 +84,21 @@ class Metrics:
             "bushub_redis_reconnects", "Times the broker connection was re-established", registry=r
         )
         self.agents = Gauge("bushub_agents", "Agent names held by sockets on this node", registry=r)
+        # Set to functions read at scrape time by bushub.fdlimit.
+        self.open_fds = Gauge("bushub_open_fds", "File descriptors open in the process", registry=r)
+        self.fd_limit = Gauge(
+            "bushub_fd_limit", "Soft limit on open file descriptors (RLIMIT_NOFILE)", registry=r
+        )
         for reason in DROP_REASONS:
             self.messages_dropped.labels(reason)
         for close_reason in (
             *CLOSE_REASONS.values(),
-            "client_closed",
-            "protocol_error",
-            "invalid_data",
+            *SOCKET_CLOSE_REASONS.values(),
+            CLIENT_CLOSED,
         ):
             self.connections_closed.labels(close_reason)
+        for refusal_reason in REFUSAL_REASONS:
+            self.connections_refused.labels(refusal_reason)
 
     def render(self) -> bytes:
         """The text exposition format."""

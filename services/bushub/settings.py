@@ -120,6 +120,17 @@ class Settings:
         default="",
         metadata={"help": "comma-separated Origin values browsers may connect from; empty = any"},
     )
+    handshake_timeout: float = field(
+        default=10.0,
+        metadata={
+            "help": "seconds from accept to a complete HTTP request or WebSocket upgrade "
+            "before the connection is closed"
+        },
+    )
+    max_header_bytes: int = field(
+        default=16384,
+        metadata={"help": "bytes of request line and headers read before refusing with 431"},
+    )
 
     @property
     def auth_enabled(self) -> bool:
@@ -154,7 +165,13 @@ class Settings:
             raise SettingsError(
                 f"redis-url: must start with redis://, rediss://, unix:// or {CLUSTER_SCHEME}"
             )
-        for name in ("presence_ttl", "peer_grace", "takeover_timeout", "drain_timeout"):
+        for name in (
+            "presence_ttl",
+            "peer_grace",
+            "takeover_timeout",
+            "drain_timeout",
+            "handshake_timeout",
+        ):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name.replace('_', '-')}: must be > 0")
         for name in ("max_message_bytes", "queue_bytes", "publish_buffer"):
@@ -169,6 +186,8 @@ class Settings:
                 raise SettingsError(f"{name.replace('_', '-')}: must be >= 0")
         if self.max_connections < 1:
             raise SettingsError("max-connections: must be >= 1")
+        if self.max_header_bytes < 1024:
+            raise SettingsError("max-header-bytes: must be >= 1024")
         for path in self.split(self.jwt_public_keys):
             if not os.path.isfile(path):
                 raise SettingsError(f"jwt-public-keys: {path} is not a readable file")

@@ -35,6 +35,7 @@ from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.protocol import State
 
+from bushub.closecodes import CloseCode
 from bushub.lightsync import Flag, Inbox
 
 log = logging.getLogger(__name__)
@@ -43,14 +44,22 @@ log = logging.getLogger(__name__)
 DIRECT_EXTENSION = "bushub.direct"
 
 FrameCallback = Callable[[bytes], None]
-DisconnectCallback = Callable[[int], None]
+# The code of the websocket.disconnect, and the close the hub's WebSocket layer sent
+# on its own before it (None when the client closed or vanished).
+DisconnectCallback = Callable[[int, CloseCode | None], None]
 
 _BINARY_FIN = 0x82
 _HEADERS_7BIT = [bytes((_BINARY_FIN, n)) for n in range(126)]
 _HEADER_16BIT = struct.Struct("!BBH")
 _HEADER_64BIT = struct.Struct("!BBQ")
-_INTERNAL_ERROR = 1011
-_INVALID_DATA = 1007
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def frame_header(length: int) -> bytes:
@@ -81,6 +90,10 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         # Messages read but not routed while reading is held, oldest first.
         self._held_frames: list[bytes] | None = None
         self._handed_over = False
+        # The close this layer sent on its own (a protocol error, a text frame that
+        # is not UTF-8, a frame over the limit, a failure routing a frame): the
+        # socket ended by the hub's doing, not the client's.
+        self.sent_close: CloseCode | None = None
 
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
@@ -134,7 +147,7 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         callback = self._on_disconnect
         if callback is not None and message["type"] == "websocket.disconnect":
             self._on_disconnect = None
-            callback(int(message.get("code", 1005)))
+            callback(int(message.get("code", 1005)), self.sent_close)
 
     def hand_over(self) -> None:
         """Let the ASGI task end without closing the socket; see ``finish_with``."""
@@ -225,19 +238,38 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
             self.transport.resume_reading()
 
     def send_receive_event_to_app(self) -> None:
-        if self._on_frame is None or self.close_sent:
-            super().send_receive_event_to_app()
+        if self.close_sent:
+            super().send_receive_event_to_app()  # discards it
             return
         data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
         self.frames = []
-        if self.curr_msg_data_type == "text":
-            try:
-                data.decode()
-            except UnicodeDecodeError:
-                self.conn.send_close(_INVALID_DATA)
-                self.handle_parser_exception()
-                return
+        if self.curr_msg_data_type == "text" and not _is_utf8(data):
+            # The client's fault, not the hub's: one line, no traceback (uvicorn's
+            # own check logs an ERROR with one).
+            log.info("closing a socket: a text frame is not UTF-8")
+            self.fail(CloseCode.INVALID_DATA)
+            return
+        if self._on_frame is None:
+            self.frames = [data]
+            super().send_receive_event_to_app()
+            return
         self._deliver(data)
+
+    def fail(self, code: CloseCode) -> None:
+        """Fail the connection (RFC 6455 7.1.7) with ``code``, as the hub's own doing."""
+        self.conn.send_close(code)
+        self.handle_parser_exception()
+
+    def handle_parser_exception(self) -> None:
+        # Every close this layer makes on its own passes here: websockets' (protocol
+        # error, too big) and the hub's (``fail``).
+        sent = self.conn.close_sent
+        if sent is not None and self.sent_close is None:
+            try:
+                self.sent_close = CloseCode(sent.code)
+            except ValueError:  # a code the hub does not list: still the hub's close
+                self.sent_close = CloseCode.PROTOCOL_ERROR
+        super().handle_parser_exception()
 
     def _deliver(self, data: bytes) -> None:
         if self._reading_held is not None:
@@ -256,8 +288,7 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
             # A bug in routing must end this socket loudly, not the event loop's
             # callback (uvloop would only log it) and not the other sockets.
             log.exception("routing a frame failed; closing the socket")
-            self.conn.send_close(_INTERNAL_ERROR)
-            self.handle_parser_exception()
+            self.fail(CloseCode.INTERNAL_ERROR)
 
     # ---- closing --------------------------------------------------------------
 

@@ -40,7 +40,8 @@ def test_promtool_accepts(command: str, path: str) -> None:
 
 def test_alert_rules_fire_as_intended(tmp_path: Path) -> None:
     """promtool's rule unit test: Redis down for a minute pages; drops of registry
-    messages (consumed by design) do not alert."""
+    messages (consumed by design) do not alert; descriptors past 90% of the limit
+    page, an unlimited node (limit 0) does not."""
     assert PROMTOOL
     (tmp_path / "alerts.yml").write_text((DEPLOY / "prometheus/alerts.yml").read_text())
     (tmp_path / "test.yml").write_text(
@@ -54,6 +55,14 @@ tests:
         values: '1 0x8'
       - series: 'bushub_messages_dropped_total{instance="n1",reason="registry"}'
         values: '0+1000x40'
+      - series: 'bushub_open_fds{instance="n1"}'
+        values: '100 950x8'
+      - series: 'bushub_fd_limit{instance="n1"}'
+        values: '1000x8'
+      - series: 'bushub_open_fds{instance="n2"}'
+        values: '950x8'
+      - series: 'bushub_fd_limit{instance="n2"}'
+        values: '0x8'
     alert_rule_test:
       - eval_time: 2m
         alertname: BushubRedisDown
@@ -64,6 +73,12 @@ tests:
       - eval_time: 10m
         alertname: BushubDropsRising
         exp_alerts: []
+      - eval_time: 2m
+        alertname: BushubNearFdLimit
+        exp_alerts:
+          - exp_labels: {severity: page, instance: n1}
+            exp_annotations:
+              summary: "n1 holds 95% of its file descriptors; at the limit it answers nothing"
 """
     )
     result = subprocess.run(

@@ -7,6 +7,7 @@ given more time in one place.
 import asyncio
 import base64
 import json
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -180,3 +181,19 @@ async def still_served(ws: ClientConnection, agent: str) -> None:
     probe = as_json(task_request(agent, agent, seq=424242))
     await ws.send(probe)
     assert await recv_non_registry(ws) == probe
+
+
+async def upgrade_status(port: int, target: str, timeout: float = TIMEOUT) -> int:
+    """Send a WebSocket handshake for ``target`` exactly as given (clients re-encode
+    odd paths); the HTTP status of the answer."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(
+        f"GET {target} HTTP/1.1\r\nHost: hub\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    try:
+        status_line = await asyncio.wait_for(reader.readline(), timeout)
+    finally:
+        writer.close()
+    return int(status_line.split()[1])

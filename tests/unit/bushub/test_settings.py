@@ -80,6 +80,8 @@ def test_environment_alone_and_defaults() -> None:
         ("BUSHUB_REDIS_URL", "http://localhost:6379", "redis-url"),
         ("BUSHUB_LOG_LEVEL", "loud", "log-level"),
         ("BUSHUB_NODE_ID", "two words", "node-id"),
+        ("BUSHUB_HANDSHAKE_TIMEOUT", "0", "handshake-timeout"),
+        ("BUSHUB_MAX_HEADER_BYTES", "512", "max-header-bytes"),  # below one real request
     ],
 )
 def test_bad_value_is_refused_naming_the_option(variable: str, value: str, option: str) -> None:

@@ -1,0 +1,222 @@
+"""Connections that never become a request: half-sent requests, header floods, and a
+node run up to its file descriptor limit (``bushub.handshake``, ``bushub.fdlimit``).
+
+Each test runs its own ``bushub serve`` process with a short handshake deadline and a
+small header limit, and talks to it over raw TCP sockets, as an attacker would.
+"""
+
+import asyncio
+import contextlib
+import resource
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.procs import TIMEOUT
+from tests.security.conftest import _start, _stop
+from tests.security.helpers import Peer, SecureHub
+
+pytestmark = pytest.mark.integration
+
+DEADLINE = 1.5  # --handshake-timeout
+MAX_HEADER_BYTES = 4096  # --max-header-bytes
+# How late a deadline may act on a loaded machine.
+SLACK = TIMEOUT / 2
+SLOWLORIS = 200
+# The header flood of the report: 21 MB of header lines on each of several sockets.
+FLOOD_BYTES = 21 << 20
+FLOODS = 5
+FLOOD_LINE = b"X-Flood: " + b"f" * 65_000 + b"\r\n"
+# What a node's resident memory may grow by while refusing the floods.
+RSS_GROWTH_ALLOWED = 30 << 20
+
+TIMED_OUT_LINE = "no complete request within"
+TOO_LARGE_LINE = "request headers over"
+
+
+@pytest.fixture
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureHub]:
+    """A node of its own per test, so that rate-limited log lines are this test's."""
+    node = _start(
+        tmp_path_factory,
+        "handshake",
+        *("--handshake-timeout", str(DEADLINE), "--max-header-bytes", str(MAX_HEADER_BYTES)),
+    )
+    yield node
+    _stop(node)
+
+
+def _rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def _open_fds(pid: int) -> int:
+    return len(list(Path(f"/proc/{pid}/fd").iterdir()))
+
+
+async def _read_to_end(reader: asyncio.StreamReader, timeout: float) -> bytes:
+    """Everything the hub sends until it closes the connection (a reset counts)."""
+    received = b""
+    with contextlib.suppress(ConnectionError):
+        async with asyncio.timeout(timeout):
+            while chunk := await reader.read(4096):
+                received += chunk
+    return received
+
+
+async def _half_request(port: int, n: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A socket that sent the start of a handshake and nothing more."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET /ws/slow-{n} HTTP/1.1\r\nHost: hub\r\nUpgrade: websocket\r\n".encode())
+    await writer.drain()
+    return reader, writer
+
+
+async def _trickle(writer: asyncio.StreamWriter) -> None:
+    """Keep a half-sent request alive with a byte now and then, as slowloris does."""
+    with contextlib.suppress(ConnectionError):
+        while not writer.is_closing():
+            writer.write(b"X")
+            await writer.drain()
+            await asyncio.sleep(DEADLINE / 5)
+
+
+def _new_lines(hub: SecureHub, seen: int, needle: str) -> list[str]:
+    return [line for line in hub.log_text()[seen:].splitlines() if needle in line]
+
+
+async def test_half_sent_requests_are_closed_at_the_deadline(hub: SecureHub) -> None:
+    log_seen = len(hub.log_text())
+    refused_before = hub.refused("handshake_timeout")
+    started = time.monotonic()
+    sockets = [await _half_request(hub.port, n) for n in range(SLOWLORIS)]
+    opened = time.monotonic()
+    # A tenth of them keep sending: data does not push the deadline back.
+    tricklers = [asyncio.create_task(_trickle(w)) for _, w in sockets[::10]]
+    try:
+        # The node answers while they are all open.
+        status, _ = await asyncio.to_thread(hub.get, "/healthz")
+        assert status == 200
+        answers = await asyncio.gather(
+            *(_read_to_end(r, DEADLINE + SLACK) for r, _ in sockets), return_exceptions=True
+        )
+        closed = time.monotonic()
+    finally:
+        for task in tricklers:
+            task.cancel()
+        for _, writer in sockets:
+            writer.close()
+    received = [a for a in answers if isinstance(a, bytes)]
+    assert len(received) == SLOWLORIS, [a for a in answers if not isinstance(a, bytes)][:3]
+    # Each was answered 408 and closed, none before its deadline, all soon after it.
+    assert all(a.startswith(b"HTTP/1.1 408 ") for a in received), {a[:40] for a in received}
+    assert closed - opened >= DEADLINE - 0.1
+    assert closed - started <= DEADLINE + SLACK
+    assert hub.refused("handshake_timeout") == refused_before + SLOWLORIS
+    # One warning for all of them: the next would come 10 s later, with a count.
+    lines = _new_lines(hub, log_seen, TIMED_OUT_LINE)
+    assert len(lines) == 1 and " WARNING " in lines[0], lines
+
+
+async def test_a_kept_alive_connection_gets_a_deadline_per_request(hub: SecureHub) -> None:
+    """Idle between requests is uvicorn's keep-alive business, not a handshake; a
+    later request that stalls is cut off at its own deadline."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", hub.port)
+    request = b"GET /healthz HTTP/1.1\r\nHost: hub\r\n\r\n"
+    try:
+        for _ in range(2):
+            writer.write(request)
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+            assert head.startswith(b"HTTP/1.1 200 "), head
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            await asyncio.wait_for(reader.readexactly(length), TIMEOUT)
+            # Longer than the deadline, shorter than uvicorn's keep-alive (5 s).
+            await asyncio.sleep(DEADLINE + 0.5)
+        writer.write(b"GET /healthz HTTP/1.1\r\n")
+        started = time.monotonic()
+        answer = await _read_to_end(reader, DEADLINE + SLACK)
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:60]
+    assert DEADLINE - 0.1 <= time.monotonic() - started <= DEADLINE + SLACK
+
+
+async def test_a_header_flood_is_refused_with_431_and_memory_stays_flat(hub: SecureHub) -> None:
+    log_seen = len(hub.log_text())
+    refused_before = hub.refused("headers_too_large")
+    rss_before = _rss_bytes(hub.pid)
+
+    def flood() -> int:
+        """Send header lines until the hub cuts the socket off; the bytes it took."""
+        sent = 0
+        with socket.create_connection(("127.0.0.1", hub.port), timeout=TIMEOUT) as sock:
+            try:
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: hub\r\n")
+                while sent < FLOOD_BYTES:
+                    sock.sendall(FLOOD_LINE)
+                    sent += len(FLOOD_LINE)
+                # Everything went through: the hub must still close the socket.
+                assert sock.recv(4096).startswith(b"HTTP/1.1 431 ")
+                assert sock.recv(4096) == b""
+            except (ConnectionError, TimeoutError) as exc:
+                assert not isinstance(exc, TimeoutError), f"still open after {sent} bytes"
+        return sent
+
+    for _ in range(FLOODS):
+        await asyncio.to_thread(flood)
+    assert _rss_bytes(hub.pid) - rss_before < RSS_GROWTH_ALLOWED
+    assert hub.refused("headers_too_large") == refused_before + FLOODS
+
+    # One oversize header sent at once, then the client waits: it reads the 431.
+    reader, writer = await asyncio.open_connection("127.0.0.1", hub.port)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: hub\r\nX-Big: " + b"b" * MAX_HEADER_BYTES)
+    answer = await _read_to_end(reader, TIMEOUT)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:60]
+    assert hub.refused("headers_too_large") == refused_before + FLOODS + 1
+    lines = _new_lines(hub, log_seen, TOO_LARGE_LINE)
+    assert len(lines) == 1 and " WARNING " in lines[0], lines
+
+    # Requests under the limit are served as before, plain and WebSocket alike.
+    status, _ = await asyncio.to_thread(
+        hub.get, "/healthz", {f"X-Pad-{i}": "p" * 500 for i in range(5)}
+    )
+    assert status == 200
+    peer = await Peer.connect(hub, "after-the-flood")
+    assert not peer.closed
+    await peer.close()
+
+
+async def test_near_its_descriptor_limit_a_node_warns_and_recovers(hub: SecureHub) -> None:
+    """Run the node into a low descriptor limit with half-sent requests: it warns on
+    the way up, and answers again once their deadline has passed."""
+    limit = _open_fds(hub.pid) + 100
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.prlimit(hub.pid, resource.RLIMIT_NOFILE, (limit, hard))
+    log_seen = len(hub.log_text())
+    sockets = []
+    try:
+        # More than the limit: the last ones wait in the backlog, or are cut off.
+        for n in range(150):
+            with contextlib.suppress(ConnectionError):
+                sockets.append(await _half_request(hub.port, n))
+        # Once the first ones are dropped at their deadline, the node answers again
+        # (the backlog's get their own deadline as they are accepted).
+        deadline = time.monotonic() + 2 * DEADLINE + SLACK
+        while hub.http_status("/healthz") != 200:
+            assert time.monotonic() < deadline, "the node never answered again"
+            await asyncio.sleep(0.1)
+    finally:
+        for _, writer in sockets:
+            writer.close()
+    assert hub.metric("bushub_fd_limit") == limit
+    assert hub.metric("bushub_open_fds") < limit
+    lines = _new_lines(hub, log_seen, "file descriptors open")
+    assert len(lines) == 1 and " WARNING " in lines[0], lines
+    assert f"of {limit} file descriptors" in lines[0]

@@ -1,0 +1,42 @@
+"""The text log's formatter keeps every message on one line of printable text
+(``bushub.logs.TextFormatter``); tracebacks keep their lines."""
+
+import logging
+import sys
+
+import pytest
+
+from bushub.logs import TextFormatter
+
+
+def render(msg: str, *args: object, exc: bool = False) -> str:
+    record = logging.LogRecord("bushub.test", logging.INFO, __file__, 1, msg, args, None)
+    if exc:
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            record.exc_info = sys.exc_info()
+    return TextFormatter("%(levelname)s %(message)s").format(record)
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("a\nINFO forged", "a\\nINFO forged"),
+        ("a\r\nb", "a\\r\\nb"),
+        ("nul\x00", "nul\\x00"),
+        ("\x1b[31mred", "\\x1b[31mred"),
+        ("csi\x9b", "csi\\x9b"),
+        ("line\u2028sep", "line\\u2028sep"),
+        ("tab\tstays, é and ✓ too", "tab\tstays, é and ✓ too"),
+    ],
+)
+def test_arguments_are_escaped(value: str, shown: str) -> None:
+    assert render("refused %s: bad", value) == f"INFO refused {shown}: bad"
+
+
+def test_a_traceback_keeps_its_lines_after_a_one_line_message() -> None:
+    lines = render("Exception in ASGI application\n", exc=True).splitlines()
+    assert lines[0] == "INFO Exception in ASGI application"
+    assert lines[1] == "Traceback (most recent call last):"
+    assert lines[-1] == "ValueError: boom"
