@@ -8,6 +8,7 @@ A wrong password stops the node at start-up with Redis's own reason.
 """
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
@@ -108,6 +109,24 @@ def locked(
     request: pytest.FixtureRequest, tmp_path: Path, locked_clusters: LockedClusters
 ) -> Iterator[LockedRedis]:
     broker, lock = request.param
+    yield from start_locked(broker, lock, request, tmp_path, locked_clusters)
+
+
+@pytest.fixture(params=BROKERS)
+def acl_locked(
+    request: pytest.FixtureRequest, tmp_path: Path, locked_clusters: LockedClusters
+) -> Iterator[LockedRedis]:
+    yield from start_locked(request.param, "acl-user", request, tmp_path, locked_clusters)
+
+
+def start_locked(
+    broker: str,
+    lock: str,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    locked_clusters: LockedClusters,
+) -> Iterator[LockedRedis]:
+    """One Redis of this test's own, or the module's cluster for ``lock``."""
     if broker == "redis-cluster":
         servers = locked_clusters.get(lock)
         yield LockedRedis(servers.url, LOCKS[lock], servers.nodes)
@@ -224,6 +243,54 @@ def test_a_wrong_password_stops_the_node_with_redis_reason(locked: LockedRedis, 
     # ...and never the password, as given or as written in the URL.
     assert WRONG_PASSWORD not in log and quote(WRONG_PASSWORD, safe="") not in log
     assert locked.auth.password not in log
+
+
+async def test_a_cluster_shard_refusing_a_command_is_logged_with_redis_reason(
+    locked_clusters: LockedClusters, hubs: Hubs
+) -> None:
+    servers = locked_clusters.get("acl-user")
+    user = ACL_USER.username
+    assert user is not None
+    # The ACL user loses SSUBSCRIBE on every node: its pub/sub connections log in
+    # but cannot subscribe. The node must say so, not just retry in silence.
+    for node in servers.nodes:
+        assert node.cli("ACL", "SETUSER", user, "-ssubscribe").strip() == "OK"
+    try:
+        hub = hubs.ready(servers.url, "p1")[0]
+        with contextlib.suppress(Exception):  # refused or accepted: the log tells
+            await ws_connect(hub.ws_url("a", peer="b", format="json", dialect="subagents"))
+        said = "refused this node (NoPermissionError: this user has no permissions to run"
+        assert wait_until(lambda: said in hub.log_text()), hub.log_text()
+        assert " WARNING " in next(line for line in hub.log_text().splitlines() if said in line)
+    finally:
+        for node in servers.nodes:
+            node.cli("ACL", "SETUSER", user, "+ssubscribe")
+
+
+async def test_a_login_refused_while_running_is_logged_with_redis_reason(
+    acl_locked: LockedRedis, hubs: Hubs
+) -> None:
+    user = ACL_USER.username
+    assert user is not None
+    hub = hubs.ready(acl_locked.url, "r1")[0]
+    await ws_connect(hub.ws_url("a", peer="b", format="json", dialect="subagents"))
+    # The password is changed under the running node and its connections cut: it
+    # reconnects with the old one.
+    for server in acl_locked.servers:
+        assert server.cli("ACL", "SETUSER", user, "resetpass", ">rotated").strip() == "OK"
+        server.cli("CLIENT", "KILL", "USER", user)
+    try:
+        said = "invalid username-password pair"
+        assert wait_until(
+            lambda: any("refused this node" in line and said in line for line in log_lines(hub))
+        ), hub.log_text()
+    finally:
+        for server in acl_locked.servers:
+            server.cli("ACL", "SETUSER", user, "resetpass", f">{ACL_USER.password}")
+
+
+def log_lines(node: OpsNode) -> list[str]:
+    return node.log_text().splitlines()
 
 
 @pytest.fixture

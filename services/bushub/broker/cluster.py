@@ -147,8 +147,11 @@ class _Shard:
                 # RedisError covers MOVED on SSUBSCRIBE: the slot moved before we knew.
                 self._pubsub = None
                 if isinstance(exc, AuthenticationError | NoPermissionError):
-                    # Not an outage that retrying mends: the operator must act.
-                    log.warning("shard %s refused this node's login: %s", self.name, exc)
+                    # A refused login or command is no outage that retrying mends:
+                    # say what Redis said, for the operator to act on.
+                    log.warning(
+                        "shard %s refused this node (%s: %s)", self.name, type(exc).__name__, exc
+                    )
                 self._set_failed(True)
                 self._broker.request_refresh(f"shard {self.name} lost ({type(exc).__name__})")
                 await asyncio.sleep(delay * random.uniform(0.5, 1.5))

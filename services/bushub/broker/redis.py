@@ -18,13 +18,13 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import AuthenticationError, NoPermissionError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bushub.broker.base import Broker, MessageHandler, PublishDone, StateHandler
 from bushub.broker.credentials import Credentials
-from bushub.broker.resp import FastItem, PublishConnection
+from bushub.broker.resp import FastItem, PublishConnection, ReplyError
 from bushub.broker.subscriber import Subscriber, close_quietly
 
 log = logging.getLogger(__name__)
@@ -234,7 +234,17 @@ class RedisBroker(Broker):
         """The pub/sub connection failed: the broker is down; wait, jittered, before
         the next attempt. Returns the delay for the one after."""
         self._set_up(False)
-        log.warning("redis unreachable (%s); retrying in %.2fs", type(exc).__name__, delay)
+        if isinstance(exc, ReplyError | AuthenticationError | NoPermissionError):
+            # A refused login or command is no outage: say what Redis said, for
+            # the operator to act on (retrying mends it once they have).
+            log.warning(
+                "redis refused this node (%s: %s); retrying in %.2fs",
+                type(exc).__name__,
+                exc,
+                delay,
+            )
+        else:
+            log.warning("redis unreachable (%s); retrying in %.2fs", type(exc).__name__, delay)
         await asyncio.sleep(delay * random.uniform(0.5, 1.5))
         return min(delay * 2, self._backoff_max)
 
