@@ -4,7 +4,9 @@ permissions the hub needs (`HUB_ACL_RULES`), on one Redis and on a Redis Cluster
 The credentials travel in ``--redis-url`` only. Every connection a node opens must
 log in with them: redis-py's pools, the raw publish and pub/sub connections, the
 cluster's per-shard pub/sub connections and the presence scan behind ``/agents``.
-A wrong password stops the node at start-up with Redis's own reason.
+A wrong password stops the node at start-up with Redis's own reason; a login or
+command refused while it runs (a password changed, a permission taken away) is
+logged with Redis's reason too.
 """
 
 import asyncio
