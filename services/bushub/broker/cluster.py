@@ -24,7 +24,12 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import AuthenticationError, NoPermissionError, RedisError
+from redis.exceptions import (
+    AuthenticationError,
+    NoPermissionError,
+    RedisClusterException,
+    RedisError,
+)
 
 from bushub.broker.base import Broker, PartialPublish
 from bushub.broker.credentials import Credentials
@@ -254,10 +259,13 @@ class RedisClusterBroker(Broker):
             try:
                 async with asyncio.timeout(_COMMAND_SECONDS * 2):
                     await self._rehome()
-            except (*UNREACHABLE, ConnectionError, RedisError) as exc:
-                # RedisClusterException ("cannot be connected") is a RedisError too:
-                # mid-failover no node may answer for a moment.
-                log.warning("cluster topology unreadable (%s); retrying", type(exc).__name__)
+            except (*UNREACHABLE, ConnectionError, RedisError, RedisClusterException) as exc:
+                # RedisClusterException ("cannot be connected", not a RedisError):
+                # mid-failover no node may answer for a moment; with a refused
+                # login, none ever will, and what it says names the reason.
+                log.warning(
+                    "cluster topology unreadable (%s: %s); retrying", type(exc).__name__, exc
+                )
                 await asyncio.sleep(random.uniform(0.1, 0.3))
                 self._refresh_needed.set()
             except Exception:
