@@ -193,6 +193,16 @@ def announced(registry: dict[str, Any]) -> list[str]:
     return [entry["__data__"]["name"] for entry in registry["__data__"]["agents"]]
 
 
+def log_lines(node: OpsNode) -> list[str]:
+    return node.log_text().splitlines()
+
+
+def node_output(node: OpsNode) -> str:
+    """What the node itself wrote: not the harness's line quoting its command line
+    (which holds the URL, password and all)."""
+    return "\n".join(line for line in log_lines(node) if not line.startswith("====="))
+
+
 async def test_agents_on_two_nodes_talk_and_are_listed_through_a_locked_redis(
     locked: LockedRedis, hubs: Hubs
 ) -> None:
@@ -229,6 +239,9 @@ async def test_agents_on_two_nodes_talk_and_are_listed_through_a_locked_redis(
     # Nothing the nodes did was refused: the ACL user's rules (HUB_ACL_RULES) are
     # enough, not just enough for what the assertions above happened to notice.
     assert locked.refusals() == []
+    for node in (n1, n2):
+        assert locked.auth.password not in node_output(node)
+        assert quote(locked.auth.password, safe="") not in node_output(node)
 
 
 def test_a_wrong_password_stops_the_node_with_redis_reason(locked: LockedRedis, hubs: Hubs) -> None:
@@ -236,9 +249,7 @@ def test_a_wrong_password_stops_the_node_with_redis_reason(locked: LockedRedis, 
     started = time.monotonic()
     assert wait_until(lambda: not node.alive, timeout=TIMEOUT), "the node kept running"
     assert node.returncode != 0
-    # The node's own output: not the harness's line quoting its command line.
-    lines = node.log_text().splitlines()
-    log = "\n".join(line for line in lines if not line.startswith("====="))
+    log = node_output(node)
     # Redis's own reason, in a few seconds rather than after a retry loop...
     assert "invalid username-password pair" in log, log[-2000:]
     assert time.monotonic() - started < TIMEOUT
@@ -293,10 +304,6 @@ async def test_a_login_refused_while_running_is_logged_with_redis_reason(
     finally:
         for server in acl_locked.servers:
             server.cli("ACL", "SETUSER", user, "resetpass", f">{ACL_USER.password}")
-
-
-def log_lines(node: OpsNode) -> list[str]:
-    return node.log_text().splitlines()
 
 
 @pytest.fixture
