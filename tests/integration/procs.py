@@ -19,6 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
+from tests.integration.redis_auth import RedisAuth
+
 ROOT = Path(__file__).resolve().parents[2]
 
 # The one constant every timeout in the suite derives from, in seconds: the longest a
@@ -122,26 +124,59 @@ class Service:
 
 
 class RedisServer(Service):
-    """A throwaway redis-server: no persistence, its own port."""
+    """A throwaway redis-server: no persistence, its own port.
 
-    def __init__(self, log_path: Path) -> None:
+    Args:
+        auth: Lock it with a password or an ACL user; its ``url`` then carries the
+            hub's credentials.
+    """
+
+    def __init__(self, log_path: Path, auth: RedisAuth | None = None) -> None:
         super().__init__("redis", log_path)
         self.port = free_port()
+        self.auth = auth
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        userinfo = self.auth.userinfo() if self.auth else ""
+        return f"redis://{userinfo}127.0.0.1:{self.port}/0"
+
+    def auth_args(self) -> list[str]:
+        """redis-server options that lock it (none when open)."""
+        return self.auth.server_args() if self.auth else []
 
     def start(self) -> None:
         argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
-        self._spawn([*argv, "--save", "", "--appendonly", "no"])
+        self._spawn([*argv, "--save", "", "--appendonly", "no", *self.auth_args()])
         _wait_until(self._pong, TIMEOUT, "PONG", self)
 
+    def cli(self, *args: str) -> str:
+        """Run one redis-cli command against this server."""
+        result = subprocess.run(
+            ["redis-cli", "-p", str(self.port), *self.cli_login(), *args],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
+        return result.stdout
+
+    def cli_login(self) -> list[str]:
+        """redis-cli options that log the harness in (none when open)."""
+        return self.auth.cli_args() if self.auth else []
+
     def _pong(self) -> bool:
+        login = self.auth.auth_command() if self.auth else b""
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
+                sock.sendall(login + b"PING\r\n")
+                answer = b""
+                # AUTH's +OK, then PING's +PONG (or an error line for either).
+                while answer.count(b"\r\n") < (2 if login else 1):
+                    chunk = sock.recv(64)
+                    if not chunk:
+                        return False
+                    answer += chunk
+                return answer.endswith(b"+PONG\r\n")
         except OSError:
             return False
 

@@ -1,7 +1,8 @@
 """A real local Redis Cluster for tests: three primaries, three replicas, free ports.
 
 Started with ``redis-server --cluster-enabled yes`` and joined with
-``redis-cli --cluster create``, as an operator would; nothing is persisted.
+``redis-cli --cluster create``, as an operator would; nothing is persisted. Given a
+`RedisAuth`, every node is locked alike and replicas log in to their primaries.
 """
 
 import contextlib
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 
 from tests.integration.procs import TIMEOUT, RedisServer, Service, _wait_until
+from tests.integration.redis_auth import RedisAuth
 
 # A cluster node also listens on its port + 10000 for the cluster bus.
 _CLUSTER_BUS_OFFSET = 10_000
@@ -53,8 +55,8 @@ def cluster_port() -> int:
 class ClusterNodeServer(RedisServer):
     """One cluster-enabled redis-server in its own directory."""
 
-    def __init__(self, log_path: Path, workdir: Path) -> None:
-        super().__init__(log_path)
+    def __init__(self, log_path: Path, workdir: Path, auth: RedisAuth | None = None) -> None:
+        super().__init__(log_path, auth)
         self.workdir = workdir
         self._place(cluster_port())
 
@@ -74,6 +76,9 @@ class ClusterNodeServer(RedisServer):
             argv += ["--cluster-node-timeout", "1500"]
             # A replica may always take over, however long its link was down.
             argv += ["--cluster-replica-validity-factor", "0"]
+            if self.auth is not None:
+                # Any node may become a replica, which must log in to its primary.
+                argv += [*self.auth_args(), *self.auth.replica_args()]
             self._spawn(argv)
             try:
                 _wait_until(self._pong, TIMEOUT, "PONG", self)
@@ -86,29 +91,28 @@ class ClusterNodeServer(RedisServer):
                     raise
                 self._place(cluster_port())
 
-    def cli(self, *args: str) -> str:
-        """Run one redis-cli command against this node."""
-        result = subprocess.run(
-            ["redis-cli", "-p", str(self.port), *args],
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT,
-        )
-        return result.stdout
-
 
 class RedisClusterServers:
-    """Six cluster nodes joined into one cluster with one replica per primary."""
+    """Six cluster nodes joined into one cluster with one replica per primary.
 
-    def __init__(self, tmp: Path) -> None:
-        self.nodes = [ClusterNodeServer(tmp / f"rc-{i}.log", tmp / f"rc-{i}") for i in range(6)]
+    Args:
+        auth: Lock every node with a password or an ACL user; ``url`` then carries
+            the hub's credentials.
+    """
+
+    def __init__(self, tmp: Path, auth: RedisAuth | None = None) -> None:
+        self.auth = auth
+        self.nodes = [
+            ClusterNodeServer(tmp / f"rc-{i}.log", tmp / f"rc-{i}", auth) for i in range(6)
+        ]
         # The node hubs are pointed at; they discover the rest from it.
         self.seed = self.nodes[0]
 
     @property
     def url(self) -> str:
         """The hub's --redis-url: the seed node, with the cluster scheme."""
-        return f"redis+cluster://127.0.0.1:{self.seed.port}"
+        userinfo = self.auth.userinfo() if self.auth else ""
+        return f"redis+cluster://{userinfo}127.0.0.1:{self.seed.port}"
 
     def start(self) -> None:
         for node in self.nodes:
@@ -123,6 +127,7 @@ class RedisClusterServers:
                 "--cluster-replicas",
                 "1",
                 "--cluster-yes",
+                *self.seed.cli_login(),
             ],
             check=True,
             capture_output=True,

@@ -9,6 +9,10 @@ This node keeps one pub/sub connection per primary that owns at least one of its
 channels. The topology is re-read, and every channel re-homed, when a shard
 connection fails (a failover), when Redis unsubscribes a channel on its own (its
 slot migrated), and every few seconds as a safety net.
+
+Every connection logs in with the URL's credentials (``requirepass`` or an ACL
+user): the cluster client reads them from the URL, the per-primary pub/sub and
+publish connections are handed them.
 """
 
 import asyncio
@@ -20,10 +24,15 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.connection import parse_url
-from redis.exceptions import RedisError
+from redis.exceptions import (
+    AuthenticationError,
+    NoPermissionError,
+    RedisClusterException,
+    RedisError,
+)
 
 from bushub.broker.base import Broker, PartialPublish
+from bushub.broker.credentials import Credentials
 from bushub.broker.redis import (
     NO_RETRY,
     REFRESH_SCRIPT,
@@ -40,12 +49,21 @@ _TOPOLOGY_CHECK_SECONDS = 5.0
 # dead primary far longer than a caller should, with the topology lock held.
 _COMMAND_SECONDS = 3.0
 _FIRST_CONNECT_SECONDS = 2.0
+# The operator's view scans every primary: longer than one command, never forever.
+_SCAN_SECONDS = 10.0
 
 
 class _Shard:
     """The sharded pub/sub connection to one primary."""
 
-    def __init__(self, name: str, host: str, port: int, broker: "RedisClusterBroker") -> None:
+    def __init__(
+        self,
+        name: str,
+        host: str,
+        port: int,
+        credentials: Credentials,
+        broker: "RedisClusterBroker",
+    ) -> None:
         self.name = name
         self.channels: set[str] = set()
         # A shard counts as down only once its connection has failed; a new one
@@ -54,7 +72,12 @@ class _Shard:
         self.connected = asyncio.Event()
         self._broker = broker
         self._client = aioredis.Redis(
-            host=host, port=int(port), socket_connect_timeout=2.0, retry=NO_RETRY
+            host=host,
+            port=int(port),
+            username=credentials.username,
+            password=credentials.password,
+            socket_connect_timeout=2.0,
+            retry=NO_RETRY,
         )
         self._pubsub: Any = None
         self._changed = asyncio.Event()
@@ -128,6 +151,12 @@ class _Shard:
             except (*UNREACHABLE, RedisError) as exc:
                 # RedisError covers MOVED on SSUBSCRIBE: the slot moved before we knew.
                 self._pubsub = None
+                if isinstance(exc, AuthenticationError | NoPermissionError):
+                    # A refused login or command is no outage that retrying mends:
+                    # say what Redis said, for the operator to act on.
+                    log.warning(
+                        "shard %s refused this node (%s: %s)", self.name, type(exc).__name__, exc
+                    )
                 self._set_failed(True)
                 self._broker.request_refresh(f"shard {self.name} lost ({type(exc).__name__})")
                 await asyncio.sleep(delay * random.uniform(0.5, 1.5))
@@ -141,23 +170,19 @@ class RedisClusterBroker(Broker):
     """Sharded pub/sub and presence records on a Redis Cluster (Redis >= 7).
 
     Args:
-        url: ``redis://host:port`` of any node of the cluster.
+        url: ``redis://[user:password@]host:port`` of any node of the cluster; the
+            login is used on every node.
     """
 
     def __init__(self, url: str) -> None:
         super().__init__()
         self._client = RedisCluster.from_url(url, socket_connect_timeout=2.0)
+        self._credentials = Credentials.from_url(url)
         self._refresh = self._client.register_script(REFRESH_SCRIPT)
         self._release = self._client.register_script(RELEASE_SCRIPT)
         self._channels: set[str] = set()
         self._shards: dict[str, _Shard] = {}
         self._node_publishers: dict[str, PublishConnection] = {}
-        params = parse_url(url)
-        self._credentials = {
-            "username": params.get("username"),
-            "password": params.get("password"),
-        }
-        self._node_clients: dict[str, aioredis.Redis] = {}
         self._refresh_needed = asyncio.Event()
         self._refresher: asyncio.Task[None] | None = None
         self._started = False
@@ -192,9 +217,6 @@ class RedisClusterBroker(Broker):
         for publisher in self._node_publishers.values():
             await publisher.close()
         self._node_publishers.clear()
-        for client in self._node_clients.values():
-            await client.aclose()
-        self._node_clients.clear()
         await self._client.aclose()
 
     # ---- shards -------------------------------------------------------------
@@ -225,7 +247,7 @@ class RedisClusterBroker(Broker):
     def _shard_for(self, node: Any) -> _Shard:
         shard = self._shards.get(node.name)
         if shard is None:
-            shard = _Shard(node.name, node.host, node.port, self)
+            shard = _Shard(node.name, node.host, node.port, self._credentials, self)
             self._shards[node.name] = shard
         return shard
 
@@ -237,10 +259,13 @@ class RedisClusterBroker(Broker):
             try:
                 async with asyncio.timeout(_COMMAND_SECONDS * 2):
                     await self._rehome()
-            except (*UNREACHABLE, ConnectionError, RedisError) as exc:
-                # RedisClusterException ("cannot be connected") is a RedisError too:
-                # mid-failover no node may answer for a moment.
-                log.warning("cluster topology unreadable (%s); retrying", type(exc).__name__)
+            except (*UNREACHABLE, ConnectionError, RedisError, RedisClusterException) as exc:
+                # RedisClusterException ("cannot be connected", not a RedisError):
+                # mid-failover no node may answer for a moment; with a refused
+                # login, none ever will, and what it says names the reason.
+                log.warning(
+                    "cluster topology unreadable (%s: %s); retrying", type(exc).__name__, exc
+                )
                 await asyncio.sleep(random.uniform(0.1, 0.3))
                 self._refresh_needed.set()
             except Exception:
@@ -255,9 +280,6 @@ class RedisClusterBroker(Broker):
         primaries = {node.name for node in self._client.get_primaries()}
         for name in [n for n in self._node_publishers if n not in primaries]:
             await self._node_publishers.pop(name).close()
-        primaries = {node.name for node in self._client.get_primaries()}
-        for name in [n for n in self._node_clients if n not in primaries]:
-            await self._node_clients.pop(name).aclose()
         desired: dict[str, set[str]] = {}
         nodes: dict[str, Any] = {}
         for channel in self._channels:
@@ -292,7 +314,11 @@ class RedisClusterBroker(Broker):
         publisher = self._node_publishers.get(node.name)
         if publisher is None:
             publisher = PublishConnection(
-                node.host, int(node.port), command=b"SPUBLISH", **self._credentials
+                node.host,
+                int(node.port),
+                command=b"SPUBLISH",
+                username=self._credentials.username,
+                password=self._credentials.password,
             )
             self._node_publishers[node.name] = publisher
         return publisher
@@ -367,12 +393,11 @@ class RedisClusterBroker(Broker):
         return [v.encode() if isinstance(v, str) else v for v in values]
 
     async def scan_records(self, pattern: str) -> list[bytes]:
-        keys: list[str] = []
+        # The cluster client scans every primary, each to its own cursor's end, on
+        # its own connections: the URL's login, and the same bounds as any command.
         with unreachable_as_connection_error():
-            for node in self._client.get_primaries():
-                client = aioredis.Redis(host=node.host, port=int(node.port))
-                try:
-                    keys += [k.decode() async for k in client.scan_iter(match=pattern, count=500)]
-                finally:
-                    await client.aclose()
+            async with asyncio.timeout(_SCAN_SECONDS):
+                keys = [
+                    key.decode() async for key in self._client.scan_iter(match=pattern, count=500)
+                ]
         return [v for v in await self.get_records(keys) if v is not None]

@@ -18,12 +18,13 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import AuthenticationError, NoPermissionError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bushub.broker.base import Broker, MessageHandler, PublishDone, StateHandler
-from bushub.broker.resp import FastItem, PublishConnection
+from bushub.broker.credentials import Credentials
+from bushub.broker.resp import FastItem, PublishConnection, ReplyError
 from bushub.broker.subscriber import Subscriber, close_quietly
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,8 @@ class RedisBroker(Broker):
     """Pub/sub and presence records on one Redis.
 
     Args:
-        url: ``redis://`` or ``rediss://`` URL.
+        url: ``redis://`` or ``rediss://`` URL; ``user:password@`` in it logs every
+            connection in (``requirepass``: the password alone).
         control_channel: Always subscribed, so the pub/sub connection is always in
             subscribed mode (and has a subscription to block on).
         backoff_max: Longest wait between reconnect attempts, seconds.
@@ -110,16 +112,14 @@ class RedisBroker(Broker):
         params = parse_url(url)
         self._raw = url.startswith("redis://")
         self._address = (str(params.get("host", "localhost")), int(params.get("port", 6379)))
-        self._credentials: tuple[str | None, str | None] = (
-            params.get("username"),
-            params.get("password"),
-        )
+        # The pool reads the login from the URL; the raw connections are handed it.
+        self._credentials = Credentials.from_url(url)
         self._publisher: PublishConnection | None = None
         if self._raw:
             self._publisher = PublishConnection(
                 *self._address,
-                username=params.get("username"),
-                password=params.get("password"),
+                username=self._credentials.username,
+                password=self._credentials.password,
             )
             self._publisher.on_lost = self._publish_lost
             self._publisher.stall_seconds = _PUBLISH_SECONDS
@@ -185,13 +185,12 @@ class RedisBroker(Broker):
             sub: Subscriber | None = None
             try:
                 host, port = self._address
-                username, password = self._credentials
                 sub = await Subscriber.open(
                     host,
                     port,
                     self._on_message,
-                    username=username,
-                    password=password,
+                    username=self._credentials.username,
+                    password=self._credentials.password,
                     timeout=_CONNECT_SECONDS,
                 )
                 # The snapshot written and the connection made current with no
@@ -235,7 +234,17 @@ class RedisBroker(Broker):
         """The pub/sub connection failed: the broker is down; wait, jittered, before
         the next attempt. Returns the delay for the one after."""
         self._set_up(False)
-        log.warning("redis unreachable (%s); retrying in %.2fs", type(exc).__name__, delay)
+        if isinstance(exc, ReplyError | AuthenticationError | NoPermissionError):
+            # A refused login or command is no outage: say what Redis said, for
+            # the operator to act on (retrying mends it once they have).
+            log.warning(
+                "redis refused this node (%s: %s); retrying in %.2fs",
+                type(exc).__name__,
+                exc,
+                delay,
+            )
+        else:
+            log.warning("redis unreachable (%s); retrying in %.2fs", type(exc).__name__, delay)
         await asyncio.sleep(delay * random.uniform(0.5, 1.5))
         return min(delay * 2, self._backoff_max)
 

@@ -50,9 +50,16 @@ def encode_command(*parts: bytes) -> bytes:
     return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
 
 
-def auth_command(username: str | None, password: str) -> bytes:
-    """``AUTH [username] password`` in RESP."""
-    return encode_command(b"AUTH", *([username.encode()] if username else []), password.encode())
+def auth_command(username: str | None, password: str | None) -> bytes | None:
+    """``AUTH [username] password`` in RESP; None when there is no login to send.
+
+    As redis-py logs in: a user without a password (an ACL ``nopass`` user) is sent
+    with an empty one, so every connection of a node is the same user.
+    """
+    if not (username or password):
+        return None
+    user = [username.encode()] if username else []
+    return encode_command(b"AUTH", *user, (password or "").encode())
 
 
 def set_keepalive(transport: asyncio.BaseTransport) -> None:
@@ -319,12 +326,12 @@ class PublishConnection:
             except (OSError, TimeoutError) as exc:
                 raise ConnectionError(f"redis publish connection: {exc!r}") from exc
             try:
-                username, password = self._auth
-                if password:
-                    request = new.request(auth_command(username, password), 1)
+                login = auth_command(*self._auth)
+                if login is not None:
+                    request = new.request(login, 1)
                     [reply] = await asyncio.wait_for(request, _CONNECT_SECONDS)
                     if reply != b"OK":
-                        raise ReplyError("redis refused AUTH")
+                        raise ReplyError(f"redis refused AUTH: {reply}")
             except TimeoutError as exc:
                 new.abort()
                 raise ConnectionError("redis publish connection: AUTH timed out") from exc

@@ -69,10 +69,11 @@ class Subscriber(asyncio.Protocol):
             loop.create_connection(lambda: cls(on_message), host, port), timeout
         )
         try:
-            if password:
-                reply = await asyncio.wait_for(sub._ask(auth_command(username, password)), timeout)
+            login = auth_command(username, password)
+            if login is not None:
+                reply = await asyncio.wait_for(sub._ask(login), timeout)
                 if reply != b"OK":
-                    raise ReplyError("redis refused AUTH")
+                    raise ReplyError(f"redis refused AUTH: {reply}")
         except BaseException:
             sub.close()
             raise
