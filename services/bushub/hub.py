@@ -14,8 +14,13 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from bushub.broker import Broker
+from bushub.broker.base import PartialPublish
+from bushub.broker.refusals import BrokerRefused
+from bushub.brokerhealth import BrokerHealth
 from bushub.closecodes import CloseCode
 from bushub.connection import Connection, Enqueued
 from bushub.metrics import Metrics
@@ -52,6 +57,11 @@ HUB_SOURCE = "bushub"
 # After the broker comes back, publishes wait this long so that every node, each
 # retrying on its own jittered backoff, has resubscribed its agents' channels.
 RESUBSCRIBE_SETTLE = 1.0
+# A background loop that failed is started again after this, doubling up to the
+# maximum; one that then ran this long without failing starts from the first again.
+RESTART_FIRST = 0.1
+RESTART_MAX = 5.0
+RESTART_RESET_AFTER = 60.0
 _MSG_PREFIX = message_channel("")[:-2]
 _PRESENCE_PREFIX = presence_channel("")[:-2]
 
@@ -75,6 +85,7 @@ class Hub:
         self.broker = broker
         self.metrics = metrics
         self.draining = False
+        self.health = BrokerHealth(metrics.redis_errors)
         self.policy = TypePolicy(
             settings.split(settings.allow_types), settings.split(settings.allow_type_prefixes)
         )
@@ -84,6 +95,7 @@ class Hub:
             self._on_published,
             self._on_publish_dropped,
             settle=RESUBSCRIBE_SETTLE,
+            health=self.health,
         )
         # Every connection claiming or holding an agent name here, by name.
         self._by_agent: dict[str, set[Connection]] = defaultdict(set)
@@ -101,6 +113,8 @@ class Hub:
         self._tasks: set[asyncio.Task[None]] = set()
         self._reconcile_now = asyncio.Event()
         self._broker_was_down = False
+        # Where the node checks that Redis takes writes again after refusing them.
+        self._probe_name = f"bushub:probe:{{{self.node_id}}}"
         broker.set_handlers(self._on_broker_message, self._on_broker_state)
 
     # ---- life cycle ---------------------------------------------------------
@@ -113,15 +127,17 @@ class Hub:
 
     @property
     def ready(self) -> bool:
-        """Broker reachable and not draining."""
-        return self.broker.up and not self.draining
+        """Broker reachable and taking writes, background loops running, not draining."""
+        return self.broker.up and not self.draining and self.health.problem is None
 
     async def start(self) -> None:
         """Connect the broker and start the background tasks."""
         await self.broker.start()
         self.metrics.redis_up.set(1 if self.broker.up else 0)
-        self._spawn(self.publisher.run(), "publisher")
-        self._spawn(self._reconcile_loop(), "presence-reconcile")
+        self._spawn(self._supervised(self.publisher.run, "publisher"), "publisher")
+        self._spawn(
+            self._supervised(self._reconcile_loop, "presence-reconcile"), "presence-reconcile"
+        )
 
     def _spawn(self, coro: "asyncio._CoroutineLike[None]", name: str) -> None:
         task = asyncio.create_task(coro, name=name)
@@ -134,6 +150,26 @@ class Hub:
             log.error("background task %s died", task.get_name(), exc_info=task.exception())
             # A dead reconcile loop would silently freeze presence: stop serving.
             self.draining = True
+
+    async def _supervised(self, run: Callable[[], Coroutine[Any, Any, None]], name: str) -> None:
+        """Run a background loop for the node's life. One that fails is logged, holds
+        readiness down while it waits, and is started again: a node whose presence
+        loop died would otherwise serve on with its records expiring."""
+        loop = asyncio.get_running_loop()
+        delay = RESTART_FIRST
+        while True:
+            started = loop.time()
+            try:
+                await run()
+                return
+            except Exception:
+                if loop.time() - started > RESTART_RESET_AFTER:
+                    delay = RESTART_FIRST
+                log.exception("background task %s failed; restarting in %.1fs", name, delay)
+                self.health.failed(f"task {name}", f"background task {name} restarting")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RESTART_MAX)
+            self.health.accepted(f"task {name}")
 
     async def drain(self, timeout: float) -> None:
         """Stop taking sockets, flush and close open ones with 1012, withdraw presence.
@@ -230,9 +266,10 @@ class Hub:
         self.metrics.connections.inc()
         self.metrics.connections_opened.inc()
         self.metrics.agents.set(len(self._local))
-        await self.broker.put_record(
-            presence_key(agent), encode_record(self._record(conn)), self.settings.presence_ttl
-        )
+        with self.health.watching("presence_write"):
+            await self.broker.put_record(
+                presence_key(agent), encode_record(self._record(conn)), self.settings.presence_ttl
+            )
         self._publish_event(EventKind.UP, agent, conn.id)
         if conn.peer is not None:
             await self._watch(conn)
@@ -398,21 +435,45 @@ class Hub:
                 continue
             try:
                 await self._reconcile()
+                if self._local:
+                    self.health.accepted("presence")  # their records were written
+                await self._probe_refused_writes()
+            except BrokerRefused:
+                pass  # counted, logged and readiness taken down where it was refused
             except (ConnectionError, OSError) as exc:
                 log.warning("presence reconcile failed: %s", exc)
+
+    async def _probe_refused_writes(self) -> None:
+        """Retry what Redis refused on a key and channel of this node's own: with no
+        agent here and no traffic, nothing else would find out that Redis relented."""
+        if self.health.is_failing("presence") and not self._local:
+            with self.health.watching("presence_write"):
+                await self.broker.put_record(self._probe_name, b"probe", self.settings.presence_ttl)
+            self.health.accepted("presence")
+        if self.health.is_failing("publish"):
+            try:
+                await self.broker.publish_many([(self._probe_name, b"")])
+            except PartialPublish as partial:
+                refusals = [e for e in partial.errors if e is not None]
+                if refusals:
+                    self.health.refused("publish", refusals[0])
+                return
+            self.health.accepted("publish")
 
     async def _reconcile(self) -> None:
         """Refresh this node's records; re-read its peers' (crashed nodes expire)."""
         local = list(self._local.items())
         items = [(presence_key(a), c.id, encode_record(self._record(c))) for a, c in local]
-        kept = await self.broker.refresh_records(items, self.settings.presence_ttl)
+        with self.health.watching("presence_refresh"):
+            kept = await self.broker.refresh_records(items, self.settings.presence_ttl)
         for (agent, conn), ok in zip(local, kept, strict=True):
             if not ok and self._local.get(agent) is conn:
                 log.info("presence of %s is held elsewhere now; closing %s", agent, conn.id)
                 conn.request_close(CloseCode.TAKEN_OVER)
         peers = list(self._watchers)
         versions = [self._peer_version[p] for p in peers]
-        records = await self.broker.get_records([presence_key(p) for p in peers])
+        with self.health.watching("presence_read"):
+            records = await self.broker.get_records([presence_key(p) for p in peers])
         for peer, version, record in zip(peers, versions, records, strict=True):
             if self._peer_version.get(peer) != version:
                 continue  # an event arrived meanwhile and is fresher than this read

@@ -40,6 +40,7 @@ DROP_REASONS = (
     "slow_consumer",
     "closing",
     "publish_buffer_full",
+    "broker_refused",
     "shutdown",
 )
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -75,6 +76,12 @@ class Metrics:
         self.redis_up = Gauge("bushub_redis_up", "1 while the broker is reachable", registry=r)
         self.redis_reconnects = Counter(
             "bushub_redis_reconnects", "Times the broker connection was re-established", registry=r
+        )
+        self.redis_errors = Counter(
+            "bushub_redis_errors",
+            "Error replies from a reachable Redis (ACL, out of memory...), by operation and kind",
+            ["op", "kind"],
+            registry=r,
         )
         self.agents = Gauge("bushub_agents", "Agent names held by sockets on this node", registry=r)
         for reason in DROP_REASONS:
