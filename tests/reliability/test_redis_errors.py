@@ -9,11 +9,14 @@ come back by itself once Redis relents, without a restart.
 import asyncio
 import json
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from websockets.exceptions import InvalidStatus
 
 from tests.integration.conftest import _register_log
+from tests.integration.redis_cluster import RedisClusterServers
 from tests.reliability.conftest import Faults
 from tests.reliability.harness import (
     FaultNode,
@@ -35,10 +38,10 @@ REFUSED_REFRESH = "WARNING bushub.brokerhealth redis refused presence_refresh (o
 REFUSED_WRITE = "WARNING bushub.brokerhealth redis refused presence_write (oom): OOM"
 
 
-def acl_node(faults: Faults, node_id: str, **flags: object) -> FaultNode:
-    """A node that logs in to the suite's Redis as ``ACL_USER``."""
-    redis = faults.start_redis()
-    url = f"redis://{ACL_USER}:{ACL_PASSWORD}@127.0.0.1:{redis.port}/0"
+def acl_node(faults: Faults, node_id: str, url: str | None = None, **flags: object) -> FaultNode:
+    """A node that logs in to the suite's Redis as ``ACL_USER`` (or to ``url``)."""
+    if url is None:
+        url = f"redis://{ACL_USER}:{ACL_PASSWORD}@127.0.0.1:{faults.start_redis().port}/0"
     node = FaultNode(node_id, faults._tmp / f"hub-{node_id}.log", url, **flags)
     _register_log(faults._request, f"hub {node_id} log", node.log_path)
     faults.nodes.append(node)
@@ -217,4 +220,67 @@ async def test_redis_out_of_memory_does_not_kill_presence_and_the_node_recovers(
     )
     figures("s from filler deleted to both records back", back_at - freed_at)
     for inbox in (a, b, c):
+        await inbox.close()
+
+
+@pytest.fixture
+def redis_cluster(tmp_path: Path) -> Iterator[RedisClusterServers]:
+    """A Redis Cluster of this test's own: its ACLs are changed."""
+    servers = RedisClusterServers(tmp_path / "rc")
+    try:
+        servers.start()
+        yield servers
+    finally:
+        servers.stop()
+
+
+async def test_spublish_refused_by_acl_on_redis_cluster_is_dropped_and_recovers(
+    faults: Faults, redis_cluster: RedisClusterServers, figures
+) -> None:
+    n1 = acl_node(faults, "n1", redis_cluster.url)
+    n2 = acl_node(faults, "n2", redis_cluster.url)
+    n1.wait_ready()
+    n2.wait_ready()
+    a = await Inbox.open(n1, "rc-a", "rc-b")
+    b = await Inbox.open(n2, "rc-b", "rc-a")
+    await a.announced_peer("rc-b")
+    await b.announced_peer("rc-a")
+    await a.ws.send(encode(task_request("rc-a", "rc-b", 0)))
+    assert await b.count(1)
+    before = await in_thread(n1.metrics)
+
+    def acl(rule: str) -> None:
+        for server in redis_cluster.nodes:
+            server.cli("ACL", "SETUSER", "default", rule)
+
+    await in_thread(acl, "-spublish")
+    revoked_at = time.monotonic()
+    sent = 50
+    for seq in range(1, sent + 1):
+        await a.ws.send(encode(task_request("rc-a", "rc-b", seq)))
+
+    def refused() -> float:
+        return delta(n1.metrics().dropped(), before.dropped()).get("broker_refused", 0)
+
+    assert await until(lambda: in_thread(lambda: refused() >= sent), timeout=10), (
+        f"n1 drops: {delta((await in_thread(n1.metrics)).dropped(), before.dropped())}"
+    )
+    counted_at = time.monotonic()
+    assert await in_thread(refused) == sent
+    status, body = await in_thread(readiness, n1)
+    assert status == 503 and "NOPERM" in str(body["broker_refuses"]), body
+    assert errors(await in_thread(n1.metrics), "publish", "noperm") >= sent
+    assert REFUSED_PUBLISH in n1.log_text()
+
+    await in_thread(acl, "+spublish")
+    granted_at = time.monotonic()
+    assert await until(lambda: in_thread(lambda: n1.get("/readyz")[0] == 200), timeout=10)
+    ready_at = time.monotonic()
+    for seq in range(sent + 1, sent + 6):
+        await a.ws.send(encode(task_request("rc-a", "rc-b", seq)))
+    assert await b.count(6), f"b got {b.seqs}"
+    assert b.seqs == [0, *range(sent + 1, sent + 6)]
+    figures("cluster: s from revoke to all 50 drops counted", counted_at - revoked_at)
+    figures("cluster: s from ACL fixed to /readyz 200 (n1)", ready_at - granted_at)
+    for inbox in (a, b):
         await inbox.close()
