@@ -248,8 +248,8 @@ class Publisher:
                 self._inflight = []
                 if refusals:
                     self._refuse(refusals)
-                elif self._refused and len(retry) < len(partial.counts):
-                    self._accepted()
+                elif self._refused and any(c is not None for c in partial.counts):
+                    self._accepted()  # some went out, none refused for good
                 if retry:
                     self._pending.extendleft(reversed(retry))
                     log.info("publish partly refused (%s); retrying %d", partial, len(retry))
