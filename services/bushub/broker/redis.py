@@ -338,7 +338,12 @@ class RedisBroker(Broker):
             async with self._client.pipeline(transaction=False) as pipe:
                 for key, conn, value in items:
                     await self._refresh(keys=[key], args=[conn, value, ttl_ms], client=pipe)
-                results = await pipe.execute()
+                # Errors as results: raised, redis-py rewrites the reply's text into
+                # "Command # 1 (EVALSHA ...) of pipeline caused error: ...".
+                results = await pipe.execute(raise_on_error=False)
+        refused = next((r for r in results if isinstance(r, Exception)), None)
+        if refused is not None:
+            raise BrokerRefused(refused)
         return [bool(r) for r in results]
 
     async def delete_record(self, key: str, conn: str) -> None:
