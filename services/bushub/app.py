@@ -91,7 +91,12 @@ def create_app(settings: Settings, broker: Broker | None = None) -> FastAPI:
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
         ready = hub.ready
-        body = {"ready": ready, "broker_up": hub.broker.up, "draining": hub.draining}
+        body = {
+            "ready": ready,
+            "broker_up": hub.broker.up,
+            "draining": hub.draining,
+            "broker_refuses": hub.health.problem,  # reachable, but writes refused
+        }
         return JSONResponse(body, status_code=200 if ready else 503)
 
     @app.get("/metrics")

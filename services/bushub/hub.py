@@ -17,9 +17,11 @@ wait for every node to resubscribe and presence is re-recorded at once.
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from bushub.broker import Broker
+from bushub.brokerhealth import BrokerHealth
 from bushub.closecodes import CloseCode
 from bushub.connection import Connection
 from bushub.metrics import Metrics
@@ -36,6 +38,11 @@ log = logging.getLogger(__name__)
 # After the broker comes back, publishes wait this long so that every node, each
 # retrying on its own jittered backoff, has resubscribed its agents' channels.
 RESUBSCRIBE_SETTLE = 1.0
+# A background loop that failed is started again after this, doubling up to the
+# maximum; one that then ran this long without failing starts from the first again.
+RESTART_FIRST = 0.1
+RESTART_MAX = 5.0
+RESTART_RESET_AFTER = 60.0
 
 
 def _call_later(
@@ -55,12 +62,14 @@ class Hub:
         self.broker = broker
         self.metrics = metrics
         self.draining = False
+        self.health = BrokerHealth(metrics.redis_errors)
         self.publisher = Publisher(
             broker,
             settings.publish_buffer,
             self._on_published,
             self._on_publish_dropped,
             settle=RESUBSCRIBE_SETTLE,
+            health=self.health,
         )
         self.subscriptions = Subscriptions(broker)
         self.outbound = Outbound(metrics)
@@ -72,6 +81,7 @@ class Hub:
             self.outbound,
             metrics,
             _call_later,
+            self.health,
         )
         self.relay = Relay(
             settings, metrics, self.presence.holders, self.publisher.publish, self.outbound
@@ -89,8 +99,8 @@ class Hub:
 
     @property
     def ready(self) -> bool:
-        """Broker reachable and not draining."""
-        return self.broker.up and not self.draining
+        """Broker reachable and taking writes, background loops running, not draining."""
+        return self.broker.up and not self.draining and self.health.problem is None
 
     def route(self, conn: Connection, data: bytes) -> None:
         """Route one frame received on ``conn`` (see ``Relay.route``)."""
@@ -142,8 +152,8 @@ class Hub:
         """Connect the broker and start the background tasks."""
         await self.broker.start()
         self.metrics.redis_up.set(1 if self.broker.up else 0)
-        self._spawn(self.publisher.run(), "publisher")
-        self._spawn(self.presence.run(), "presence-reconcile")
+        self._spawn(self._supervised(self.publisher.run, "publisher"), "publisher")
+        self._spawn(self._supervised(self.presence.run, "presence-reconcile"), "presence-reconcile")
 
     def _spawn(self, coro: "asyncio._CoroutineLike[None]", name: str) -> None:
         task = asyncio.create_task(coro, name=name)
@@ -156,6 +166,26 @@ class Hub:
             log.error("background task %s died", task.get_name(), exc_info=task.exception())
             # A dead reconcile loop would silently freeze presence: stop serving.
             self.draining = True
+
+    async def _supervised(self, run: Callable[[], Coroutine[Any, Any, None]], name: str) -> None:
+        """Run a background loop for the node's life. One that fails is logged, holds
+        readiness down while it waits, and is started again: a node whose presence
+        loop died would otherwise serve on with its records expiring."""
+        loop = asyncio.get_running_loop()
+        delay = RESTART_FIRST
+        while True:
+            started = loop.time()
+            try:
+                await run()
+                return
+            except Exception:
+                if loop.time() - started > RESTART_RESET_AFTER:
+                    delay = RESTART_FIRST
+                log.exception("background task %s failed; restarting in %.1fs", name, delay)
+                self.health.failed(f"task {name}", f"background task {name} restarting")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RESTART_MAX)
+            self.health.accepted(f"task {name}")
 
     @property
     def task_count(self) -> int:

@@ -40,6 +40,7 @@ DROP_REASONS = (
     "slow_consumer",
     "closing",
     "publish_buffer_full",
+    "broker_refused",
     "shutdown",
 )
 # Refusals exported at zero from the start, for the same reason: those of connections
@@ -82,6 +83,12 @@ class Metrics:
         self.redis_up = Gauge("bushub_redis_up", "1 while the broker is reachable", registry=r)
         self.redis_reconnects = Counter(
             "bushub_redis_reconnects", "Times the broker connection was re-established", registry=r
+        )
+        self.redis_errors = Counter(
+            "bushub_redis_errors",
+            "Error replies from a reachable Redis (ACL, out of memory...), by operation and kind",
+            ["op", "kind"],
+            registry=r,
         )
         self.agents = Gauge("bushub_agents", "Agent names held by sockets on this node", registry=r)
         # Set to functions read at scrape time by bushub.fdlimit.

@@ -21,6 +21,8 @@ from collections import defaultdict
 from collections.abc import Callable
 
 from bushub.broker import Broker
+from bushub.broker.refusals import BrokerRefused
+from bushub.brokerhealth import BrokerHealth
 from bushub.closecodes import CloseCode
 from bushub.connection import Connection
 from bushub.metrics import Metrics
@@ -76,6 +78,7 @@ class Presence:
         outbound: Writes registry announcements to sockets.
         metrics: Where undecodable events are counted.
         call_later: Schedules the peer-lost timers (``loop.call_later``).
+        health: Told of the writes Redis refuses and of those that go through again.
     """
 
     def __init__(
@@ -87,6 +90,7 @@ class Presence:
         outbound: Outbound,
         metrics: Metrics,
         call_later: CallLater,
+        health: BrokerHealth,
     ) -> None:
         self._settings = settings
         self._node_id = settings.node_id
@@ -96,6 +100,9 @@ class Presence:
         self._outbound = outbound
         self._metrics = metrics
         self._call_later = call_later
+        self._health = health
+        # Where the node checks that Redis takes writes again after refusing them.
+        self._probe_name = f"bushub:probe:{{{self._node_id}}}"
         # The connection currently holding each agent name on this node; the relay
         # reads it to deliver.
         self.holders: dict[str, Connection] = {}
@@ -177,9 +184,10 @@ class Presence:
     async def announce(self, conn: Connection) -> None:
         """Record the holder in the broker, tell the cluster, and start watching its peer."""
         agent = conn.agent
-        await self._broker.put_record(
-            presence_key(agent), encode_record(self._record(conn)), self._settings.presence_ttl
-        )
+        with self._health.watching("presence_write"):
+            await self._broker.put_record(
+                presence_key(agent), encode_record(self._record(conn)), self._settings.presence_ttl
+            )
         self._publish_event(EventKind.UP, agent, conn.id)
         if conn.peer is not None:
             await self._watch(conn)
@@ -357,6 +365,14 @@ class Presence:
                 continue
             try:
                 await self.reconcile()
+                await self._health.probe(
+                    self._broker,
+                    self._probe_name,
+                    self._settings.presence_ttl,
+                    records_written=bool(self.holders),
+                )
+            except BrokerRefused:
+                pass  # counted, logged and readiness taken down where it was refused
             except (ConnectionError, OSError) as exc:
                 log.warning("presence reconcile failed: %s", exc)
 
@@ -364,14 +380,16 @@ class Presence:
         """Refresh this node's records; re-read its peers' (crashed nodes expire)."""
         local = list(self.holders.items())
         items = [(presence_key(a), c.id, encode_record(self._record(c))) for a, c in local]
-        kept = await self._broker.refresh_records(items, self._settings.presence_ttl)
+        with self._health.watching("presence_refresh"):
+            kept = await self._broker.refresh_records(items, self._settings.presence_ttl)
         for (agent, conn), ok in zip(local, kept, strict=True):
             if not ok and self.holders.get(agent) is conn:
                 log.info("presence of %s is held elsewhere now; closing %s", agent, conn.id)
                 conn.request_close(CloseCode.TAKEN_OVER)
         peers = list(self._watchers)
         versions = [self._peer_version[p] for p in peers]
-        records = await self._broker.get_records([presence_key(p) for p in peers])
+        with self._health.watching("presence_read"):
+            records = await self._broker.get_records([presence_key(p) for p in peers])
         for peer, version, record in zip(peers, versions, records, strict=True):
             if self._peer_version.get(peer) != version:
                 continue  # an event arrived meanwhile and is fresher than this read

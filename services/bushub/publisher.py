@@ -9,6 +9,11 @@ until the queue is empty and no fast-path message is unacknowledged; so messages
 reach the broker in the order ``publish()`` was called. While the broker is
 unreachable, publishes wait in the same bounded buffer and go out, still in order,
 when it comes back; past the bound the oldest are dropped and counted.
+
+A message Redis refuses with an error a retry cannot fix (an ACL without the
+command, see ``broker/refusals.py``) is dropped and counted ``broker_refused`` at
+once instead: retried at the head of the queue it would stall every later one.
+The refusal takes readiness down (``BrokerHealth``) until a publish goes through.
 """
 
 import asyncio
@@ -21,6 +26,8 @@ from collections.abc import Callable
 
 from bushub.broker import Broker
 from bushub.broker.base import PartialPublish
+from bushub.broker.refusals import ErrorKind, classify, is_retryable
+from bushub.brokerhealth import BrokerHealth
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +50,7 @@ class Publisher:
         settle: After a failed publish, how long to hold before trying again: the
             failure may be a failover, and subscribers elsewhere need that long to
             move to the new primary, or the retried publishes find nobody there.
+        health: Told of error replies and of the publish after them that works.
     """
 
     def __init__(
@@ -52,8 +60,12 @@ class Publisher:
         on_published: DeliveryCallback,
         on_dropped: DropCallback,
         settle: float = 0.0,
+        health: BrokerHealth | None = None,
     ) -> None:
         self._broker = broker
+        self._health = health or BrokerHealth()
+        # True from a refusal until a publish goes through (checked per reply).
+        self._refused = False
         self._settle = settle
         self._capacity = capacity
         self._on_published = on_published
@@ -141,19 +153,36 @@ class Publisher:
             # Otherwise the last reply (or the loss) of those wakes run().
             self._wakeup.set()
 
-    def _acked(self, count: int | None) -> None:
+    def _acked(self, outcome: int | Exception | None) -> None:
         """The broker's outcome for the oldest unacknowledged fast-path message."""
         if self._closed:
             return  # counted as shutdown already
         item = self._unacked.popleft()
-        if count is None:
-            self._returned.append(item)
+        if type(outcome) is int:
+            self._on_published(item[0], outcome)
+            if self._refused:
+                self._accepted()
+        elif outcome is not None and not is_retryable(outcome):
+            self._refuse({classify(outcome): (outcome, 1)})
         else:
-            self._on_published(item[0], count)
+            if outcome is not None:
+                self._health.count("publish", outcome)
+            self._returned.append(item)
         if not self._unacked:
             self._settled()
         elif not self._room.is_set() and self.pending < self._high_water:
             self._room.set()
+
+    def _refuse(self, refusals: dict[ErrorKind, tuple[object, int]]) -> None:
+        """Drop messages Redis refused for good, by kind: (an error reply, how many)."""
+        self._refused = True
+        for error, count in refusals.values():
+            self._on_dropped("broker_refused", count)
+            self._health.refused("publish", error, count)
+
+    def _accepted(self) -> None:
+        self._refused = False
+        self._health.accepted("publish")
 
     def _settled(self) -> None:
         """No fast-path message is unacknowledged: the queue may go out, led by any
@@ -201,17 +230,30 @@ class Publisher:
             try:
                 counts = await self._broker.publish_many(self._inflight)
             except PartialPublish as partial:
-                # Account for what went out; put only the refused back, in order.
-                refused = []
-                for item, count in zip(self._inflight, partial.counts, strict=True):
-                    if count is None:
-                        refused.append(item)
-                    else:
+                # Account for what went out; drop what cannot succeed; put only the
+                # rest back, in order.
+                retry = []
+                refusals: dict[ErrorKind, tuple[object, int]] = {}
+                outcomes = zip(self._inflight, partial.counts, partial.errors, strict=True)
+                for item, count, error in outcomes:
+                    if count is not None:
                         self._on_published(item[0], count)
-                self._pending.extendleft(reversed(refused))
+                    elif error is not None and not is_retryable(error):
+                        kind = classify(error)
+                        refusals[kind] = (error, refusals.get(kind, (error, 0))[1] + 1)
+                    else:
+                        if error is not None:
+                            self._health.count("publish", error)
+                        retry.append(item)
                 self._inflight = []
-                log.info("publish partly refused (%s); retrying %d", partial, len(refused))
-                self.hold(self._settle)
+                if refusals:
+                    self._refuse(refusals)
+                elif self._refused and any(c is not None for c in partial.counts):
+                    self._accepted()  # some went out, none refused for good
+                if retry:
+                    self._pending.extendleft(reversed(retry))
+                    log.info("publish partly refused (%s); retrying %d", partial, len(retry))
+                    self.hold(self._settle)
                 continue
             except ConnectionError as exc:
                 # Back to the head, in order: nothing of the batch is known to be out.
@@ -222,8 +264,16 @@ class Publisher:
                 await asyncio.sleep(delay * random.uniform(0.5, 1.5))
                 delay = min(delay * 2, 1.0)
                 continue
+            except BaseException:
+                # Cancelled, or a failure nobody foresaw: the batch goes back to the
+                # head, so a restarted run() sends it and close() counts it.
+                self._pending.extendleft(reversed(self._inflight))
+                self._inflight = []
+                raise
             batch, self._inflight = self._inflight, []
             delay = 0.02
+            if self._refused:
+                self._accepted()
             if self.pending < self._high_water:
                 self._room.set()
             for (channel, _), count in zip(batch, counts, strict=True):

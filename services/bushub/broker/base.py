@@ -13,9 +13,10 @@ MessageHandler = Callable[[str, bytes], None]
 # Called with True when the broker becomes reachable, False when it is lost.
 StateHandler = Callable[[bool], None]
 # Called once per message taken by ``Broker.publish_nowait``, in the order they were
-# taken: with how many subscribers it reached, or with None where it is not known to
-# have been published (refused, or its connection failed first): the caller retries.
-PublishDone = Callable[[int | None], None]
+# taken: with how many subscribers it reached; with the error reply where Redis
+# refused it (see refusals.py: the caller retries or drops it by kind); or with None
+# where its connection failed first: not known to be out, the caller retries.
+PublishDone = Callable[[int | Exception | None], None]
 
 
 class PartialPublish(ConnectionError):
@@ -25,11 +26,16 @@ class PartialPublish(ConnectionError):
         counts: Per message, the subscribers it reached, or None where refused
             (those, and only those, are to be retried).
         reason: The first refusal, for logs.
+        errors: Per message, the error reply where Redis answered with one (None
+            elsewhere); without it every refusal counts as retryable.
     """
 
-    def __init__(self, counts: list[int | None], reason: str) -> None:
+    def __init__(
+        self, counts: list[int | None], reason: str, errors: Sequence[object | None] = ()
+    ) -> None:
         super().__init__(reason)
         self.counts = counts
+        self.errors: list[object | None] = list(errors) or [None] * len(counts)
 
 
 class Broker(ABC):

@@ -336,6 +336,7 @@ class RedisClusterBroker(Broker):
         for index, (channel, _) in enumerate(items):
             node = self._owner(channel)
             groups.setdefault(node.name, (node, []))[1].append(index)
+        errors: list[object | None] = [None] * len(items)  # refusals, for the caller
 
         async def send(node: Any, indexes: list[int]) -> list[int | None]:
             publisher = self._node_publisher(node)
@@ -344,6 +345,8 @@ class RedisClusterBroker(Broker):
                 return list(counts)
             except PartialPublish as partial:
                 self.request_refresh(f"publish refused ({partial})")
+                for i, error in zip(indexes, partial.errors, strict=True):
+                    errors[i] = error
                 return partial.counts
             except ConnectionError:
                 self.request_refresh(f"publish to {node.name} failed")
@@ -357,7 +360,7 @@ class RedisClusterBroker(Broker):
             for i, count in zip(indexes, node_replies, strict=True):
                 results[i] = count
         if any(count is None for count in results):
-            raise PartialPublish(results, "some primaries refused or were unreachable")
+            raise PartialPublish(results, "some primaries refused or were unreachable", errors)
         return [count for count in results if count is not None]
 
     # ---- records ------------------------------------------------------------

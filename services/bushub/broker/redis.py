@@ -18,12 +18,13 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import AuthenticationError, NoPermissionError, RedisError
+from redis.exceptions import AuthenticationError, NoPermissionError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from bushub.broker.base import Broker, MessageHandler, PublishDone, StateHandler
+from bushub.broker.base import Broker, MessageHandler, PartialPublish, PublishDone, StateHandler
 from bushub.broker.credentials import Credentials
+from bushub.broker.refusals import BrokerRefused
 from bushub.broker.resp import FastItem, PublishConnection, ReplyError
 from bushub.broker.subscriber import Subscriber, close_quietly
 
@@ -48,13 +49,16 @@ UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError, asyncio.Timeout
 @contextlib.contextmanager
 def unreachable_as_connection_error() -> Iterator[None]:
     """Present every way Redis can be out of reach as the builtin ConnectionError,
-    which is what the Broker interface promises callers."""
+    which is what the Broker interface promises callers; and an error reply
+    (ACL, out of memory...) as BrokerRefused, a ConnectionError that says which."""
     try:
         yield
     except ConnectionError:
         raise  # already the builtin (PartialPublish among them): keep what it says
     except UNREACHABLE as exc:
         raise ConnectionError(f"redis: {type(exc).__name__}: {exc}") from exc
+    except ResponseError as exc:
+        raise BrokerRefused(exc) from exc
 
 
 # Store the record if nobody holds the key or the same connection still does.
@@ -283,8 +287,15 @@ class RedisBroker(Broker):
             async with self._client.pipeline(transaction=False) as pipe:
                 for channel, data in items:
                     pipe.publish(channel, data)
-                results: list[int] = await pipe.execute()
-                return results
+                # Each reply on its own, as on the raw path: a refused PUBLISH is
+                # that message's outcome, not the batch's.
+                results: list[Any] = await pipe.execute(raise_on_error=False)
+        errors = [r if isinstance(r, Exception) else None for r in results]
+        first = next((e for e in errors if e is not None), None)
+        if first is not None:
+            counts = [r if isinstance(r, int) else None for r in results]
+            raise PartialPublish(counts, str(first), errors)
+        return [int(r) for r in results]
 
     def publish_nowait(self, channel: str, data: bytes, done: PublishDone) -> bool:
         publisher = self._publisher
@@ -336,7 +347,12 @@ class RedisBroker(Broker):
             async with self._client.pipeline(transaction=False) as pipe:
                 for key, conn, value in items:
                     await self._refresh(keys=[key], args=[conn, value, ttl_ms], client=pipe)
-                results = await pipe.execute()
+                # Errors as results: raised, redis-py rewrites the reply's text into
+                # "Command # 1 (EVALSHA ...) of pipeline caused error: ...".
+                results = await pipe.execute(raise_on_error=False)
+        refused = next((r for r in results if isinstance(r, Exception)), None)
+        if refused is not None:
+            raise BrokerRefused(refused)
         return [bool(r) for r in results]
 
     async def delete_record(self, key: str, conn: str) -> None:

@@ -158,7 +158,9 @@ class _Connection(asyncio.Protocol):
             if type(head) is tuple:
                 waiting.popleft()
                 try:
-                    head[2](reply if type(reply) is int else None)
+                    # An error reply is handed over as is: whether to retry or drop
+                    # depends on which (refusals.py).
+                    head[2](reply if type(reply) is int or isinstance(reply, Exception) else None)
                 except Exception:
                     # The owner's bug must not cost the connection (and re-send
                     # everything behind this reply).
@@ -346,9 +348,10 @@ class PublishConnection:
         """Publish without waiting; False (nothing done) when not connected.
 
         Every command of one event-loop iteration goes out in one write. ``done`` is
-        called from the reply, in order, with the subscriber count, or None where
-        Redis answered with an error. If the connection fails first, the message is
-        handed to ``on_lost`` instead; ``done`` is then never called.
+        called from the reply, in order, with the subscriber count, or with the
+        error reply (a ``hiredis.ReplyError``) where Redis refused it. If the
+        connection fails first, the message is handed to ``on_lost`` instead;
+        ``done`` is then never called.
         """
         conn = self._conn
         if conn is None or not conn.ready:
@@ -365,7 +368,8 @@ class PublishConnection:
         """Publish in order; the number of subscribers reached by each message.
 
         Raises:
-            PartialPublish: Redis refused some (MOVED after a slot moved); says which.
+            PartialPublish: Redis refused some (MOVED after a slot moved, an ACL
+                without the command...); says which, and with what error.
             ConnectionError: the connection failed (it is closed; the next call
                 reconnects).
         """
@@ -381,17 +385,19 @@ class PublishConnection:
             conn.abort()
             raise
         # Every reply is read, errors too: Redis runs each command of a batch on its
-        # own, so only the refused ones (MOVED after a slot moved) are retried.
+        # own, so only the refused ones are retried or dropped, each by its error.
         counts: list[int | None] = []
-        errors: list[str] = []
+        errors: list[object | None] = []
         for reply in replies:
             if type(reply) is int:
                 counts.append(reply)
+                errors.append(None)
             else:
                 counts.append(None)
-                errors.append(str(reply) if isinstance(reply, Exception) else repr(reply))
-        if errors:
-            raise PartialPublish(counts, errors[0])
+                errors.append(reply if isinstance(reply, Exception) else repr(reply))
+        first = next((e for e in errors if e is not None), None)
+        if first is not None:
+            raise PartialPublish(counts, str(first), errors)
         return [c for c in counts if c is not None]
 
     def retire(self) -> None:

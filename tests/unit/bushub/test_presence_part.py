@@ -5,6 +5,7 @@ import json
 from typing import Any
 
 from bushub.broker import MemoryBroker
+from bushub.brokerhealth import BrokerHealth
 from bushub.closecodes import CloseCode
 from bushub.metrics import Metrics
 from bushub.outbound import Outbound
@@ -39,6 +40,7 @@ class Wired:
             Outbound(self.metrics),
             self.metrics,
             self.timers,
+            BrokerHealth(),
         )
 
     def event(self, kind: EventKind, agent: str, conn_id: str, node: str = "n2") -> None:

@@ -8,8 +8,12 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import cast
 
+import hiredis
+
 from bushub.broker import Broker
-from bushub.broker.base import PublishDone
+from bushub.broker.base import PartialPublish, PublishDone
+from bushub.brokerhealth import BrokerHealth
+from bushub.metrics import Metrics
 from bushub.publisher import Publisher
 from tests.unit.bushub.helpers import TIMEOUT, wait_until
 
@@ -331,3 +335,148 @@ async def test_no_fast_path_while_held_or_down_and_unacknowledged_count_toward_t
     assert calls.dropped == [("publish_buffer_full", 1), ("shutdown", 1)]
     broker.answer()  # a late reply after close is ignored
     assert publisher.pending == 0
+
+
+# ---- error replies ------------------------------------------------------------------
+
+NOPERM = "NOPERM this user has no permissions to run the 'publish' command"
+
+
+def reply_error(text: str) -> Exception:
+    """An error reply as the raw publish connection hands it over."""
+    reader = hiredis.Reader(replyError=hiredis.ReplyError)
+    reader.feed(b"-" + text.encode() + b"\r\n")
+    error = reader.gets()
+    assert isinstance(error, hiredis.ReplyError)
+    return error
+
+
+def watched_publisher(
+    broker: FakeBroker, calls: Recorder, capacity: int = 100
+) -> tuple[Publisher, BrokerHealth, Metrics]:
+    metrics = Metrics()
+    health = BrokerHealth(metrics.redis_errors)
+    publisher = Publisher(
+        cast(Broker, broker), capacity, calls.on_published, calls.on_dropped, health=health
+    )
+    return publisher, health, metrics
+
+
+def errors_counted(metrics: Metrics, kind: str) -> float:
+    value = metrics.registry.get_sample_value(
+        "bushub_redis_errors_total", {"op": "publish", "kind": kind}
+    )
+    return value or 0.0
+
+
+async def test_a_fast_path_message_refused_for_good_is_dropped_and_nothing_waits_on_it() -> None:
+    broker, calls = FastBroker(), Recorder()
+    publisher, health, metrics = watched_publisher(broker, calls)
+    sent = items(4)
+    async with running(publisher):
+        for channel, data in sent[:2]:
+            publisher.publish(channel, data)
+        refused = broker.taken.pop(0)
+        refused[2](reply_error(NOPERM))
+        # Dropped and counted at once; readiness down, saying why.
+        assert calls.dropped == [("broker_refused", 1)]
+        assert errors_counted(metrics, "noperm") == 1
+        assert health.problem is not None and NOPERM in health.problem
+        broker.answer()
+        # Not handed back: later messages still take the fast path, nothing queues.
+        for channel, data in sent[2:]:
+            publisher.publish(channel, data)
+        assert publisher.pending == 2 and len(broker.taken) == 2
+        broker.answer()
+        await asyncio.wait_for(publisher.flushed(), TIMEOUT)
+    assert broker.calls == 0
+    assert calls.delivered == expected([sent[1], *sent[2:]])
+    # A publish went through after the refusal: the node is ready again.
+    assert health.problem is None
+
+
+async def test_a_retryable_fast_path_refusal_is_retried_in_order_and_not_dropped() -> None:
+    broker, calls = FastBroker(), Recorder()
+    publisher, health, metrics = watched_publisher(broker, calls)
+    sent = items(3)
+    async with running(publisher):
+        for channel, data in sent:
+            publisher.publish(channel, data)
+        first = broker.taken.pop(0)
+        first[2](reply_error("TRYAGAIN Multiple keys request during rehashing of slot"))
+        broker.answer()
+        await asyncio.wait_for(publisher.flushed(), TIMEOUT)
+    assert broker.batches == [[sent[0]]]
+    assert calls.dropped == []
+    assert errors_counted(metrics, "tryagain") == 1
+    assert health.problem is None
+
+
+class RefusingBroker(FakeBroker):
+    """Refuses chosen channels with chosen replies, message by message, as Redis
+    answers each command of a batch on its own."""
+
+    def __init__(self, refusals: dict[str, list[str]]) -> None:
+        super().__init__()
+        self.refusals = refusals  # channel -> replies to give, one per attempt
+
+    async def publish_many(self, items: Sequence[tuple[str, bytes]]) -> list[int]:
+        batch = list(items)
+        self.calls += 1
+        counts: list[int | None] = []
+        errors: list[object | None] = []
+        for channel, data in batch:
+            replies = self.refusals.get(channel)
+            if replies:
+                counts.append(None)
+                errors.append(reply_error(replies.pop(0)))
+            else:
+                counts.append(len(data) % 3)
+                errors.append(None)
+                self.batches.append([(channel, data)])
+        if any(c is None for c in counts):
+            raise PartialPublish(counts, "refused", errors)
+        return [c for c in counts if c is not None]
+
+
+async def test_a_batch_drops_what_cannot_succeed_and_retries_only_the_rest() -> None:
+    sent = [(f"c:{i}", b"m%d" % i) for i in range(6)]
+    broker = RefusingBroker(
+        {
+            "c:1": [NOPERM],
+            "c:2": ["OOM command not allowed when used memory > 'maxmemory'."],
+            "c:4": ["MOVED 3999 127.0.0.1:6381"],
+        }
+    )
+    calls = Recorder()
+    publisher, health, metrics = watched_publisher(broker, calls)
+    for channel, data in sent:
+        publisher.publish(channel, data)
+    async with running(publisher):
+        await asyncio.wait_for(publisher.flushed(), TIMEOUT)
+    # Two given up on, counted; the MOVED one retried and out, after the first batch.
+    assert sorted(calls.dropped) == [("broker_refused", 1), ("broker_refused", 1)]
+    assert broker.published == [sent[0], sent[3], sent[5], sent[4]]
+    assert broker.calls == 2
+    assert errors_counted(metrics, "noperm") == 1
+    assert errors_counted(metrics, "oom") == 1
+    assert errors_counted(metrics, "redirect") == 1
+    # The retried batch went through: readiness is back.
+    assert health.problem is None
+
+
+async def test_a_queue_refused_for_good_keeps_flowing_and_counts_every_drop() -> None:
+    # Every publish refused (an ACL without publish): the queue must not stall.
+    sent = items(1500)
+    broker = RefusingBroker({channel: [NOPERM] * 1500 for channel, _ in sent})
+    calls = Recorder()
+    publisher, health, metrics = watched_publisher(broker, calls, capacity=2000)
+    for channel, data in sent:
+        publisher.publish(channel, data)
+    async with running(publisher):
+        await asyncio.wait_for(publisher.flushed(), TIMEOUT)
+        assert publisher.pending == 0 and not publisher.crowded
+    assert sum(n for reason, n in calls.dropped if reason == "broker_refused") == 1500
+    assert errors_counted(metrics, "noperm") == 1500
+    assert broker.published == []
+    assert health.problem is not None and "publish" in health.problem

@@ -2,8 +2,9 @@
 on asyncio and uvloop: messages dispatched from the read callback, in order, for the
 subscribed channels only; a subscriber Redis cuts off for its output buffer, or a
 Redis killed and restarted, noticed at once and every channel resubscribed; the
-publisher's fast path carrying steady traffic with no batch at all; and unix-socket
-URLs still served by redis-py's PubSub."""
+publisher's fast path carrying steady traffic with no batch at all; error replies
+(ACL, out of memory) handed to the caller classified, on either publish path; and
+unix-socket URLs still served by redis-py's PubSub."""
 
 import asyncio
 import shutil
@@ -15,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from bushub.broker.base import PartialPublish
 from bushub.broker.redis import RedisBroker
+from bushub.broker.refusals import BrokerRefused, ErrorKind, classify
 from bushub.broker.resp import PublishConnection
 from bushub.broker.subscriber import SUBSCRIBE_BATCH, Subscriber
 from bushub.publisher import Publisher
@@ -197,9 +200,60 @@ def test_a_unix_socket_url_keeps_redis_pys_pubsub(tmp_path: Path, loop: str) -> 
             assert not broker.publish_nowait("t:a", b"x", lambda n: None)
             assert await broker.publish_many([("t:a", b"1"), ("t:b", b"2")]) == [1, 0]
             await until(lambda: got == [("t:a", b"1")], "the message")
+            # redis-py's pipeline: a refused PUBLISH is that message's outcome only.
+            await broker._client.execute_command(
+                "ACL", "SETUSER", "default", "resetchannels", "&bushub:*", "&t:a"
+            )
+            with pytest.raises(PartialPublish) as partial:
+                await broker.publish_many([("t:b", b"3"), ("t:a", b"4")])
+            assert partial.value.counts == [None, 1]
+            assert [classify(e) if e else None for e in partial.value.errors] == [
+                ErrorKind.NOPERM,
+                None,
+            ]
             await broker.close()
 
         run(loop, scenario())
     finally:
         proc.terminate()
         proc.wait(TIMEOUT)
+
+
+def test_error_replies_reach_the_caller_classified(redis: FaultRedis, loop: str) -> None:
+    async def scenario() -> None:
+        broker = RedisBroker(redis.url, control_channel="bushub:node:t")
+        await broker.start()
+        # An ACL that refuses one channel: each publish path hands the reply over.
+        await off_loop(
+            lambda: redis.cli("ACL", "SETUSER", "default", "resetchannels", "&bushub:*", "&ok")
+        )
+        with pytest.raises(PartialPublish) as partial:
+            await broker.publish_many([("ok", b"1"), ("no", b"2")])
+        assert partial.value.counts == [0, None]
+        assert classify(partial.value.errors[1]) is ErrorKind.NOPERM
+        replies: list[int | Exception | None] = []
+        assert broker.publish_nowait("no", b"3", replies.append)
+        await until(lambda: bool(replies), "the reply")
+        assert classify(replies[0]) is ErrorKind.NOPERM
+        await off_loop(lambda: redis.cli("ACL", "SETUSER", "default", "allchannels"))
+
+        # maxmemory reached under noeviction: record writes are refused with OOM,
+        # as BrokerRefused (a ConnectionError); reads and publishes still work.
+        await off_loop(lambda: redis.cli("CONFIG", "SET", "maxmemory-policy", "noeviction"))
+        await off_loop(lambda: redis.cli("SETRANGE", "filler", str(8 << 20), "x"))
+        info = await off_loop(lambda: redis.cli("INFO", "memory"))
+        used = int(next(x for x in info.splitlines() if x.startswith("used_memory:"))[12:])
+        await off_loop(lambda: redis.cli("CONFIG", "SET", "maxmemory", str(used - (4 << 20))))
+        with pytest.raises(BrokerRefused) as put:
+            await broker.put_record("k", b"c1 v", 10.0)
+        assert put.value.kind is ErrorKind.OOM
+        with pytest.raises(BrokerRefused) as refresh:
+            await broker.refresh_records([("k", "c1", b"c1 v")], 10.0)
+        assert refresh.value.kind is ErrorKind.OOM and str(refresh.value).startswith("OOM")
+        assert await broker.get_records(["k"]) == [None]
+        assert await broker.publish_many([("ok", b"4")]) == [0]
+        await off_loop(lambda: redis.cli("DEL", "filler"))
+        assert await broker.refresh_records([("k", "c1", b"c1 v")], 10.0) == [True]
+        await broker.close()
+
+    run(loop, scenario())

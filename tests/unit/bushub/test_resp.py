@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from bushub.broker.base import PartialPublish
+from bushub.broker.refusals import ErrorKind, classify
 from bushub.broker.resp import FastItem, PublishConnection
 from bushub.broker.subscriber import Subscriber
 from tests.reliability.harness import FaultRedis
@@ -113,15 +114,22 @@ def test_an_error_reply_answers_only_its_own_command(redis: FaultRedis, loop: st
             await bad.connect()
         conn, lost = connection(redis, username="pub", password="secret")
         await conn.connect()
-        done: list[int | None] = []
+        done: list[int | Exception | None] = []
         for channel in ("ok:1", "no:1", "ok:2"):
             assert conn.publish_nowait(channel, b"x", done.append)
         await until(lambda: len(done) == 3, "three replies")
-        assert done == [0, None, 0]
+        # The refused one gets its error reply, for the caller to retry or drop by kind.
+        assert done[0] == done[2] == 0
+        assert classify(done[1]) is ErrorKind.NOPERM
         with pytest.raises(PartialPublish) as partial:
             await conn.publish_many([("ok:1", b"a"), ("no:2", b"b"), ("ok:3", b"c")])
         assert partial.value.counts == [0, None, 0]
         assert "NOPERM" in str(partial.value)
+        assert [classify(e) if e else None for e in partial.value.errors] == [
+            None,
+            ErrorKind.NOPERM,
+            None,
+        ]
         # Still in step: the connection stays up and answers the next batch.
         assert await conn.publish_many([("ok:4", b"d")]) == [0]
         assert conn.is_open and lost == []

@@ -1,0 +1,114 @@
+"""Error replies from Redis: which ones a retry can fix, and what to call them.
+
+A reachable Redis can still answer a command with an error. Some pass on their
+own (a slot moving, a failover, a dataset loading); others last until an operator
+acts: an ACL without the command (``NOPERM``), ``maxmemory`` reached under
+``noeviction`` (``OOM``). Retrying the second kind at the head of an ordered queue
+stalls everything behind it, so callers drop what cannot succeed and retry only
+what can.
+
+Replies arrive in two shapes: hiredis ``ReplyError`` (the raw publish connection),
+whose text starts with the error code, and redis-py's typed errors, which strip
+the code from the text and keep it in ``status_code``.
+"""
+
+from enum import StrEnum
+
+
+class ErrorKind(StrEnum):
+    """An error reply's code, as a bounded metric label."""
+
+    NOPERM = "noperm"  # ACL: the user may not run the command or touch the key/channel
+    OOM = "oom"  # maxmemory reached and the policy evicts nothing (or not enough)
+    NOAUTH = "noauth"  # not authenticated, or the credentials are wrong
+    MISCONF = "misconf"  # writes stopped by the server (failed RDB save)
+    READONLY = "readonly"  # a replica: the primary moved (failover)
+    LOADING = "loading"  # the server is loading its dataset
+    BUSY = "busy"  # a script is running
+    REDIRECT = "redirect"  # MOVED / ASK: a cluster slot is elsewhere
+    TRYAGAIN = "tryagain"  # a cluster slot is migrating
+    CLUSTERDOWN = "clusterdown"
+    MASTERDOWN = "masterdown"
+    NOREPLICAS = "noreplicas"  # min-replicas-to-write not met
+    OTHER = "other"
+
+
+_BY_CODE = {
+    "NOPERM": ErrorKind.NOPERM,
+    "OOM": ErrorKind.OOM,
+    "NOAUTH": ErrorKind.NOAUTH,
+    "WRONGPASS": ErrorKind.NOAUTH,
+    "MISCONF": ErrorKind.MISCONF,
+    "READONLY": ErrorKind.READONLY,
+    "LOADING": ErrorKind.LOADING,
+    "BUSY": ErrorKind.BUSY,
+    "MOVED": ErrorKind.REDIRECT,
+    "ASK": ErrorKind.REDIRECT,
+    "TRYAGAIN": ErrorKind.TRYAGAIN,
+    "CLUSTERDOWN": ErrorKind.CLUSTERDOWN,
+    "MASTERDOWN": ErrorKind.MASTERDOWN,
+    "NOREPLICAS": ErrorKind.NOREPLICAS,
+}
+
+# What passes without anyone acting: retried. Everything else, unknown codes
+# included, is given up on: an unknown error retried forever is the stall this
+# module exists to prevent, and a drop is at least counted.
+RETRYABLE = frozenset(
+    {
+        ErrorKind.READONLY,
+        ErrorKind.LOADING,
+        ErrorKind.BUSY,
+        ErrorKind.REDIRECT,
+        ErrorKind.TRYAGAIN,
+        ErrorKind.CLUSTERDOWN,
+        ErrorKind.MASTERDOWN,
+        ErrorKind.NOREPLICAS,
+    }
+)
+
+
+def error_code(error: object) -> str:
+    """The reply's error code (``NOPERM``, ``OOM``...): redis-py's ``status_code``
+    where it kept one, else the first word of the text."""
+    code = getattr(error, "status_code", None)
+    if isinstance(code, str) and code:
+        return code.upper()
+    words = str(error).split(maxsplit=1)
+    return words[0].upper() if words else ""
+
+
+def classify(error: object) -> ErrorKind:
+    """What kind of error reply ``error`` is (an exception, or its text)."""
+    return _BY_CODE.get(error_code(error), ErrorKind.OTHER)
+
+
+def is_retryable(error: object) -> bool:
+    """True when the same command may succeed later without anyone acting."""
+    return classify(error) in RETRYABLE
+
+
+def describe(error: object) -> str:
+    """The reply as Redis sent it, code first (redis-py strips the code), for logs."""
+    text = str(error)
+    code = getattr(error, "status_code", None)
+    if isinstance(code, str) and code and not text.startswith(code):
+        return f"{code} {text}"
+    return text
+
+
+class BrokerRefused(ConnectionError):
+    """Redis is reachable but answered a command with an error reply.
+
+    A ConnectionError, so every caller that already copes with an unreachable
+    broker (refuses the handshake, closes with 1013, retries on the next pass) does
+    the same here; callers that can say more (metrics, readiness) catch it first.
+
+    Args:
+        error: The error reply (an exception or its text).
+    """
+
+    def __init__(self, error: object) -> None:
+        # Kept as redis-py does, so classify() and describe() read it like the reply.
+        self.status_code = error_code(error)
+        self.kind = classify(error)
+        super().__init__(describe(error))

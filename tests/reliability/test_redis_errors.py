@@ -1,0 +1,286 @@
+"""Redis is reachable but refuses writes: an ACL without ``publish``, ``maxmemory``
+reached under ``noeviction``. Real redis-server and hub processes.
+
+A node must keep serving what it can, drop and count what cannot succeed, say so
+(``/readyz`` 503, ``bushub_redis_errors_total{op,kind}``, one WARNING per 10 s) and
+come back by itself once Redis relents, without a restart.
+"""
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from websockets.exceptions import InvalidStatus
+
+from tests.integration.conftest import _register_log
+from tests.integration.redis_cluster import RedisClusterServers
+from tests.reliability.conftest import Faults
+from tests.reliability.harness import (
+    FaultNode,
+    Inbox,
+    Samples,
+    delta,
+    encode,
+    in_thread,
+    open_ws,
+    task_request,
+    until,
+)
+
+pytestmark = pytest.mark.integration
+
+ACL_USER, ACL_PASSWORD = "hub", "hub-secret"
+REFUSED_PUBLISH = "WARNING bushub.brokerhealth redis refused publish (noperm): NOPERM"
+REFUSED_REFRESH = "WARNING bushub.brokerhealth redis refused presence_refresh (oom): OOM"
+REFUSED_WRITE = "WARNING bushub.brokerhealth redis refused presence_write (oom): OOM"
+
+
+def acl_node(faults: Faults, node_id: str, url: str | None = None, **flags: object) -> FaultNode:
+    """A node that logs in to the suite's Redis as ``ACL_USER`` (or to ``url``)."""
+    if url is None:
+        url = f"redis://{ACL_USER}:{ACL_PASSWORD}@127.0.0.1:{faults.start_redis().port}/0"
+    node = FaultNode(node_id, faults._tmp / f"hub-{node_id}.log", url, **flags)
+    _register_log(faults._request, f"hub {node_id} log", node.log_path)
+    faults.nodes.append(node)
+    node.spawn()
+    return node
+
+
+def readiness(node: FaultNode) -> tuple[int | None, dict[str, object]]:
+    status, body = node.get("/readyz")
+    return status, json.loads(body) if body else {}
+
+
+def errors(samples: Samples, op: str, kind: str) -> float:
+    return samples.value("bushub_redis_errors_total", op=op, kind=kind)
+
+
+async def refused_handshake(node: FaultNode, agent: str) -> int:
+    with pytest.raises(InvalidStatus) as refused:
+        await open_ws(node, agent)
+    return refused.value.response.status_code
+
+
+async def test_publish_refused_by_acl_is_dropped_and_counted_and_the_node_recovers(
+    faults: Faults, figures
+) -> None:
+    redis = faults.start_redis()
+    redis.cli("ACL", "SETUSER", ACL_USER, "on", f">{ACL_PASSWORD}", "~*", "&*", "+@all")
+    # A small buffer: a refused head of the queue used to hold everything behind it,
+    # and readers paused at half of it.
+    n1, n2 = acl_node(faults, "n1", publish_buffer=64), acl_node(faults, "n2", publish_buffer=64)
+    n1.wait_ready()
+    n2.wait_ready()
+    a = await Inbox.open(n1, "acl-a", "acl-b")
+    b = await Inbox.open(n2, "acl-b", "acl-a")
+    await a.announced_peer("acl-b")
+    await b.announced_peer("acl-a")
+    await a.ws.send(encode(task_request("acl-a", "acl-b", 0)))
+    assert await b.count(1)
+    before = {n.node_id: await in_thread(n.metrics) for n in (n1, n2)}
+
+    await in_thread(redis.cli, "ACL", "SETUSER", ACL_USER, "-publish")
+    revoked_at = time.monotonic()
+    sent = 300  # several times the publish buffer
+    for seq in range(1, sent + 1):
+        await a.ws.send(encode(task_request("acl-a", "acl-b", seq)))
+    await b.ws.send(encode(task_request("acl-b", "acl-a", 1)))
+
+    def dropped(node: FaultNode) -> dict[str, float]:
+        return delta(node.metrics().dropped(), before[node.node_id].dropped())
+
+    # Every message read, none stuck in the buffer: each refused one dropped, counted.
+    assert await until(
+        lambda: in_thread(lambda: dropped(n1).get("broker_refused", 0) >= sent), timeout=10
+    ), f"n1 drops: {await in_thread(dropped, n1)}"
+    assert await until(lambda: in_thread(lambda: bool(dropped(n2).get("broker_refused"))))
+    after = await in_thread(n1.metrics)
+    assert after.received() - before["n1"].received() == sent
+    assert dropped(n1) == {"broker_refused": sent}
+    assert errors(after, "publish", "noperm") >= sent
+    # Not ready, and saying why; new sockets go elsewhere.
+    status, body = await in_thread(readiness, n1)
+    assert status == 503 and body["broker_up"] is True, body
+    assert "NOPERM" in str(body["broker_refuses"]), body
+    down_at = time.monotonic()
+    assert await refused_handshake(n1, "acl-late") == 503
+    assert a.close_code is None and b.close_code is None
+    assert b.seqs == [0]
+    # One WARNING for hundreds of refusals: the log is rate-limited.
+    assert n1.log_text().count(REFUSED_PUBLISH) == 1, n1.log_text()[-3000:]
+
+    # The ACL is fixed at runtime: the node finds out by itself (no traffic needed).
+    await in_thread(redis.cli, "ACL", "SETUSER", ACL_USER, "+publish")
+    granted_at = time.monotonic()
+    assert await until(lambda: in_thread(lambda: n1.get("/readyz")[0] == 200), timeout=10)
+    ready_at = time.monotonic()
+    assert await until(lambda: in_thread(lambda: n2.get("/readyz")[0] == 200), timeout=10)
+    for seq in range(sent + 1, sent + 11):
+        await a.ws.send(encode(task_request("acl-a", "acl-b", seq)))
+    assert await b.count(11), f"b got {b.seqs[-5:]}"
+    assert b.seqs == [0, *range(sent + 1, sent + 11)]
+    late = await Inbox.open(n1, "acl-late", "acl-b")
+    await late.announced_peer("acl-b")
+    assert "publish works again" in n1.log_text()
+
+    figures("s from revoke to /readyz 503 seen (n1)", down_at - revoked_at)
+    figures("s from ACL fixed to /readyz 200 (n1)", ready_at - granted_at)
+    figures(
+        "n1 broker_refused drops / publish noperm errors",
+        f"{sent} / {errors(after, 'publish', 'noperm'):.0f}",
+    )
+    for inbox in (a, b, late):
+        await inbox.close()
+
+
+async def test_redis_out_of_memory_does_not_kill_presence_and_the_node_recovers(
+    faults: Faults, figures
+) -> None:
+    # Peer grace above the gap between two nodes' first refreshes after recovery.
+    n1, n2, n3 = faults.ready("n1", "n2", "n3", peer_grace=5.0)
+    redis = faults.redis
+    assert redis is not None
+    a = await Inbox.open(n1, "oom-a", "oom-b")
+    b = await Inbox.open(n2, "oom-b", "oom-a")
+    await a.announced_peer("oom-b")
+    await b.announced_peer("oom-a")
+    assert sorted(await in_thread(n1.agents)) == ["oom-a", "oom-b"]
+
+    # Fill Redis past maxmemory with one key, under noeviction.
+    await in_thread(redis.cli, "CONFIG", "SET", "maxmemory-policy", "noeviction")
+    await in_thread(redis.cli, "SETRANGE", "test:filler", str(16 << 20), "x")
+    info = await in_thread(redis.cli, "INFO", "memory")
+    used = int(next(line for line in info.splitlines() if line.startswith("used_memory:"))[12:])
+    await in_thread(redis.cli, "CONFIG", "SET", "maxmemory", str(used - (8 << 20)))
+    full_at = time.monotonic()
+
+    # The next presence refresh is refused: counted, logged, readiness down.
+    def refusing(node: FaultNode) -> bool:
+        status, body = readiness(node)
+        return status == 503 and "OOM" in str(body.get("broker_refuses"))
+
+    assert await until(lambda: in_thread(lambda: refusing(n1) and refusing(n2)), timeout=10)
+    down_at = time.monotonic()
+    assert await refused_handshake(n1, "oom-late") == 503
+    # Open sockets stay and still talk (PUBLISH is not refused for memory).
+    await a.ws.send(encode(task_request("oom-a", "oom-b", 0)))
+    assert await b.count(1)
+    # A socket set up on a node that had written nothing since: its presence cannot
+    # be recorded, so it is closed with 1013 (try again), and the node turns unready.
+    ws = await open_ws(n3, "oom-x")
+    await asyncio.wait_for(ws.wait_closed(), 10)
+    assert ws.close_code == 1013
+    assert await until(lambda: in_thread(lambda: refusing(n3)), timeout=10)
+
+    # Held past the presence TTL: the records expire under open sockets.
+    assert await until(lambda: in_thread(lambda: n1.agents() == []), timeout=10)
+    samples = {n.node_id: await in_thread(n.metrics) for n in (n1, n2, n3)}
+    for node in (n1, n2):
+        assert errors(samples[node.node_id], "presence_refresh", "oom") >= 1
+        assert node.log_text().count(REFUSED_REFRESH) >= 1
+    assert errors(samples["n3"], "presence_write", "oom") >= 1
+    assert REFUSED_WRITE in n3.log_text()
+
+    # Memory freed: every node comes back by itself.
+    await in_thread(redis.cli, "DEL", "test:filler")
+    freed_at = time.monotonic()
+    ready_at: dict[str, float] = {}
+
+    def all_ready() -> bool:
+        for node in (n1, n2, n3):
+            if node.node_id not in ready_at and node.get("/readyz")[0] == 200:
+                ready_at[node.node_id] = time.monotonic()
+        return len(ready_at) == 3
+
+    assert await until(lambda: in_thread(all_ready), timeout=10)
+    assert await until(
+        lambda: in_thread(lambda: sorted(n1.agents()) == ["oom-a", "oom-b"]), timeout=10
+    )
+    back_at = time.monotonic()
+    assert a.close_code is None and b.close_code is None
+    await a.ws.send(encode(task_request("oom-a", "oom-b", 1)))
+    assert await b.count(2)
+    assert b.seqs == [0, 1]
+    c = await Inbox.open(n3, "oom-c", "oom-a")
+    await c.announced_peer("oom-a")
+    await c.ws.send(encode(task_request("oom-c", "oom-a", 7)))
+    assert await a.count(1) and a.seqs == [7]
+    for node in (n1, n2, n3):
+        assert not (await in_thread(readiness, node))[1]["draining"]
+        assert "presence works again" in node.log_text()
+        assert "background task" not in node.log_text()
+
+    figures("s from maxmemory set to /readyz 503 on n1 and n2", down_at - full_at)
+    figures(
+        "s from filler deleted to /readyz 200",
+        {k: round(v - freed_at, 2) for k, v in ready_at.items()},
+    )
+    figures("s from filler deleted to both records back", back_at - freed_at)
+    for inbox in (a, b, c):
+        await inbox.close()
+
+
+@pytest.fixture
+def redis_cluster(tmp_path: Path) -> Iterator[RedisClusterServers]:
+    """A Redis Cluster of this test's own: its ACLs are changed."""
+    servers = RedisClusterServers(tmp_path / "rc")
+    try:
+        servers.start()
+        yield servers
+    finally:
+        servers.stop()
+
+
+async def test_spublish_refused_by_acl_on_redis_cluster_is_dropped_and_recovers(
+    faults: Faults, redis_cluster: RedisClusterServers, figures
+) -> None:
+    n1 = acl_node(faults, "n1", redis_cluster.url)
+    n2 = acl_node(faults, "n2", redis_cluster.url)
+    n1.wait_ready()
+    n2.wait_ready()
+    a = await Inbox.open(n1, "rc-a", "rc-b")
+    b = await Inbox.open(n2, "rc-b", "rc-a")
+    await a.announced_peer("rc-b")
+    await b.announced_peer("rc-a")
+    await a.ws.send(encode(task_request("rc-a", "rc-b", 0)))
+    assert await b.count(1)
+    before = await in_thread(n1.metrics)
+
+    def acl(rule: str) -> None:
+        for server in redis_cluster.nodes:
+            server.cli("ACL", "SETUSER", "default", rule)
+
+    await in_thread(acl, "-spublish")
+    revoked_at = time.monotonic()
+    sent = 50
+    for seq in range(1, sent + 1):
+        await a.ws.send(encode(task_request("rc-a", "rc-b", seq)))
+
+    def refused() -> float:
+        return delta(n1.metrics().dropped(), before.dropped()).get("broker_refused", 0)
+
+    assert await until(lambda: in_thread(lambda: refused() >= sent), timeout=10), (
+        f"n1 drops: {delta((await in_thread(n1.metrics)).dropped(), before.dropped())}"
+    )
+    counted_at = time.monotonic()
+    assert await in_thread(refused) == sent
+    status, body = await in_thread(readiness, n1)
+    assert status == 503 and "NOPERM" in str(body["broker_refuses"]), body
+    assert errors(await in_thread(n1.metrics), "publish", "noperm") >= sent
+    assert REFUSED_PUBLISH in n1.log_text()
+
+    await in_thread(acl, "+spublish")
+    granted_at = time.monotonic()
+    assert await until(lambda: in_thread(lambda: n1.get("/readyz")[0] == 200), timeout=10)
+    ready_at = time.monotonic()
+    for seq in range(sent + 1, sent + 6):
+        await a.ws.send(encode(task_request("rc-a", "rc-b", seq)))
+    assert await b.count(6), f"b got {b.seqs}"
+    assert b.seqs == [0, *range(sent + 1, sent + 6)]
+    figures("cluster: s from revoke to all 50 drops counted", counted_at - revoked_at)
+    figures("cluster: s from ACL fixed to /readyz 200 (n1)", ready_at - granted_at)
+    for inbox in (a, b):
+        await inbox.close()

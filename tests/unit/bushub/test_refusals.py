@@ -1,0 +1,99 @@
+"""Which Redis error replies a retry can fix: read from hiredis replies (the raw
+publish connection, code in the text) and redis-py's typed errors (code stripped
+from the text, kept in ``status_code``) alike."""
+
+import hiredis
+import pytest
+from redis._parsers.base import BaseParser
+from redis.exceptions import ResponseError
+
+from bushub.broker.refusals import (
+    BrokerRefused,
+    ErrorKind,
+    classify,
+    describe,
+    error_code,
+    is_retryable,
+)
+
+# Replies as Redis 7 sends them (taken from a redis-server: ACL, maxmemory, cluster).
+NOPERM = "NOPERM this user has no permissions to run the 'publish' command"
+NOPERM_CHANNEL = (
+    "NOPERM this user has no permissions to access one of the channels used as arguments"
+)
+OOM_SCRIPT = (
+    "OOM command not allowed when used memory > 'maxmemory'. "
+    "script: d8f2fad9f8e86a53d2a6ebd960b33c4972cacc37, on @user_script:1."
+)
+
+CASES = [
+    (NOPERM, ErrorKind.NOPERM, False),
+    (NOPERM_CHANNEL, ErrorKind.NOPERM, False),
+    ("OOM command not allowed when used memory > 'maxmemory'.", ErrorKind.OOM, False),
+    (OOM_SCRIPT, ErrorKind.OOM, False),
+    ("NOAUTH Authentication required.", ErrorKind.NOAUTH, False),
+    ("WRONGPASS invalid username-password pair or user is disabled.", ErrorKind.NOAUTH, False),
+    ("MISCONF Redis is configured to save RDB snapshots, but ...", ErrorKind.MISCONF, False),
+    ("ERR unknown command 'SPUBLISH'", ErrorKind.OTHER, False),
+    ("WEIRD something new", ErrorKind.OTHER, False),
+    ("READONLY You can't write against a read only replica.", ErrorKind.READONLY, True),
+    ("LOADING Redis is loading the dataset in memory", ErrorKind.LOADING, True),
+    ("BUSY Redis is busy running a script.", ErrorKind.BUSY, True),
+    ("MOVED 3999 127.0.0.1:6381", ErrorKind.REDIRECT, True),
+    ("ASK 3999 127.0.0.1:6381", ErrorKind.REDIRECT, True),
+    ("TRYAGAIN Multiple keys request during rehashing of slot", ErrorKind.TRYAGAIN, True),
+    ("CLUSTERDOWN The cluster is down", ErrorKind.CLUSTERDOWN, True),
+    ("MASTERDOWN Link with MASTER is down", ErrorKind.MASTERDOWN, True),
+    ("NOREPLICAS Not enough good replicas to write.", ErrorKind.NOREPLICAS, True),
+]
+
+
+@pytest.mark.parametrize(("reply", "kind", "retryable"), CASES)
+def test_a_hiredis_reply_is_classified_by_its_code(
+    reply: str, kind: ErrorKind, retryable: bool
+) -> None:
+    # What the raw publish connection's reader hands over for an error reply.
+    reader = hiredis.Reader(replyError=hiredis.ReplyError)
+    reader.feed(b"-" + reply.encode() + b"\r\n")
+    error = reader.gets()
+    assert isinstance(error, hiredis.ReplyError)
+    assert classify(error) is kind
+    assert is_retryable(error) is retryable
+    assert describe(error) == reply
+
+
+@pytest.mark.parametrize(("reply", "kind", "retryable"), CASES)
+def test_a_redis_py_error_is_classified_like_the_reply_it_came_from(
+    reply: str, kind: ErrorKind, retryable: bool
+) -> None:
+    # redis-py's own parsing: NoPermissionError, OutOfMemoryError... with the code
+    # cut from the text, or a plain ResponseError that keeps it.
+    error = BaseParser.parse_error(reply)
+    assert classify(error) is kind
+    assert is_retryable(error) is retryable
+    assert describe(error) == reply
+
+
+def test_redis_py_strips_the_code_that_classification_needs() -> None:
+    # Why error_code() reads status_code first: the text alone says nothing.
+    error = BaseParser.parse_error(NOPERM)
+    assert isinstance(error, ResponseError) and not str(error).startswith("NOPERM")
+    assert classify(str(error)) is ErrorKind.OTHER
+    assert classify(error) is ErrorKind.NOPERM
+
+
+def test_text_without_a_code_is_other_and_given_up_on() -> None:
+    assert error_code("") == ""
+    assert classify("") is ErrorKind.OTHER
+    assert not is_retryable("something went wrong")
+
+
+def test_broker_refused_is_a_connection_error_that_keeps_the_reply() -> None:
+    refusal = BrokerRefused(BaseParser.parse_error(OOM_SCRIPT))
+    # Callers that handle an unreachable broker handle this too (1013, 503, retry).
+    assert isinstance(refusal, ConnectionError)
+    assert refusal.kind is ErrorKind.OOM
+    assert str(refusal) == OOM_SCRIPT
+    # Read again, it is still the same reply (BrokerHealth classifies what it catches).
+    assert classify(refusal) is ErrorKind.OOM
+    assert describe(refusal) == OOM_SCRIPT
