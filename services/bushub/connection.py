@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from enum import Enum, auto
 from typing import Protocol
 
-from bushub.auth import Grant
+from bushub.auth import OPEN_GRANT, Grant
 from bushub.closecodes import CloseCode
 from bushub.lightsync import Flag
 from bushub.limits import TokenBucket
@@ -112,6 +112,8 @@ class Connection:
         self.outlet: Outlet | None = None
         # Targets this socket may send to, checked once: target -> channel.
         self.routes: dict[str, str] = {}
+        # Sources its messages may carry, checked once: source -> allowed.
+        self._sources: dict[str, bool] = {}
         # The frame being written right now, if any.
         self.sending: tuple[bytes, float] | None = None
         # Frames waiting for the writer task, or on the direct path for the
@@ -127,6 +129,24 @@ class Connection:
             self.routes.clear()
         self.routes[target] = channel
         return channel
+
+    def may_send_as(self, source: str) -> bool:
+        """True if the grant lets this socket send messages from ``source``.
+
+        A message's source is whoever a receiver believes sent it, so with auth on
+        it must be a name the token could hold (the proxy forwards its other local
+        agents' messages too: their names belong in the token's ``agents``). The
+        answer is kept per source (bounded, as routes are): glob matching on every
+        frame would cost more than the rest of the routing.
+        """
+        if self.grant is OPEN_GRANT:
+            return True
+        allowed = self._sources.get(source)
+        if allowed is None:
+            if len(self._sources) >= _MAX_ROUTES:
+                self._sources.clear()
+            allowed = self._sources[source] = self.grant.may_hold(source)
+        return allowed
 
     def client_ended(self, code: int) -> None:
         """The client closed or vanished (direct path): end the socket now."""

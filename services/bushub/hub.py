@@ -24,6 +24,7 @@ from bushub.settings import Settings
 from buswire import (
     DecodeError,
     Dialect,
+    DropReason,
     is_registry_type,
     message_channel,
     presence_channel,
@@ -35,6 +36,7 @@ from buswire import (
 )
 from buswire.allowlist import TypePolicy
 from buswire.codec import encode_tree, envelope_of, load_tree
+from buswire.complexity import container_budget
 from buswire.presence import (
     EventKind,
     PresenceEvent,
@@ -432,20 +434,20 @@ class Hub:
         traffic = self.metrics.traffic
         traffic.bytes_received += len(data)
         if len(data) > self.settings.max_message_bytes:
-            self._received_and_dropped(conn, "oversize")
+            self._received_and_dropped(conn, DropReason.OVERSIZE)
             return
         if not conn.message_rate.take() or not conn.byte_rate.take(len(data)):
-            self._received_and_dropped(conn, "rate_limited")
+            self._received_and_dropped(conn, DropReason.RATE_LIMITED)
             return
         fmt = conn.format
         if not conn.format_confirmed:
             sniffed = sniff_format(data)
             if sniffed is None:
-                self._received_and_dropped(conn, "malformed")
+                self._received_and_dropped(conn, DropReason.MALFORMED)
                 return
             if sniffed is not fmt:
                 if conn.format_declared:
-                    self._received_and_dropped(conn, "format_mismatch")
+                    self._received_and_dropped(conn, DropReason.FORMAT_MISMATCH)
                     conn.request_close(CloseCode.INVALID_DATA)
                     return
                 fmt = sniffed
@@ -460,11 +462,11 @@ class Hub:
             envelope = envelope_of(tree)
             if is_registry_type(envelope.type_name):
                 # The hub speaks for presence itself.
-                raise DecodeError("registry")
-            self.policy.check(tree)
+                raise DecodeError(DropReason.REGISTRY)
+            self.policy.check(tree, container_budget(len(data), self.settings.bytes_per_container))
             target = envelope.target or conn.peer
             if target is None:
-                raise DecodeError("no_route")
+                raise DecodeError(DropReason.NO_ROUTE)
             channel = conn.routes.get(target)
             if channel is None:
                 validate_agent_name(target)
@@ -475,18 +477,21 @@ class Hub:
             conn.dialect = envelope.dialect
         if channel is None:
             if not conn.grant.may_address(target):
-                self.metrics.messages_dropped.labels("target_not_allowed").inc()
+                self.metrics.messages_dropped.labels(DropReason.TARGET_NOT_ALLOWED).inc()
                 return
             channel = conn.remember_route(target, message_channel(target))
+        if not conn.may_send_as(envelope.source):
+            self.metrics.messages_dropped.labels(DropReason.SOURCE_NOT_ALLOWED).inc()
+            return
         self.publisher.publish(channel, pack_relay(conn.format, time.time(), data))
 
-    def _received_and_dropped(self, conn: Connection, reason: str) -> None:
+    def _received_and_dropped(self, conn: Connection, reason: DropReason) -> None:
         self.metrics.traffic.received[conn.format.value] += 1
         self.metrics.messages_dropped.labels(reason).inc()
 
     def _on_published(self, channel: str, receivers: int) -> None:
         if receivers == 0 and channel.startswith(_MSG_PREFIX):
-            self.metrics.messages_dropped.labels("undeliverable").inc()
+            self.metrics.messages_dropped.labels(DropReason.UNDELIVERABLE).inc()
 
     def _on_publish_dropped(self, reason: str, count: int) -> None:
         self.metrics.messages_dropped.labels(reason).inc(count)
@@ -511,7 +516,7 @@ class Hub:
     def _deliver(self, agent: str, data: bytes) -> None:
         conn = self._local.get(agent)
         if conn is None:
-            self.metrics.messages_dropped.labels("no_local_agent").inc()
+            self.metrics.messages_dropped.labels(DropReason.NO_LOCAL_AGENT).inc()
             return
         try:
             frame = unpack_relay(data)
@@ -526,10 +531,10 @@ class Hub:
         if result is Enqueued.SENT:
             self.sent(conn, payload, received_at)
         elif result is Enqueued.FULL:
-            self.metrics.messages_dropped.labels("slow_consumer").inc()
+            self.metrics.messages_dropped.labels(DropReason.SLOW_CONSUMER).inc()
             conn.request_close(CloseCode.SLOW_CONSUMER)
         elif result is Enqueued.CLOSING:
-            self.metrics.messages_dropped.labels("closing").inc()
+            self.metrics.messages_dropped.labels(DropReason.CLOSING).inc()
 
     def flush(self, conn: Connection) -> None:
         """Write a direct socket's queued frames while its transport takes them."""
@@ -543,7 +548,7 @@ class Hub:
                     conn.closing.set()  # a drain waited for this queue to empty
                 return
             if not outlet.send_frame(item[0]):
-                self.metrics.messages_dropped.labels("closing").inc()
+                self.metrics.messages_dropped.labels(DropReason.CLOSING).inc()
                 return
             self.sent(conn, item[0], item[1])
 
