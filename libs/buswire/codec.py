@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import msgpack
 import orjson
 
-from buswire.complexity import MAX_DEPTH, too_deep
+from buswire.complexity import MAX_DEPTH, too_deep, too_many
 from buswire.dialect import dialect_of
 from buswire.envelope import Envelope
 from buswire.errors import DecodeError
@@ -30,11 +30,22 @@ _T = TypeVar("_T")
 BYTES_TAG = "bytes"
 _JSON_WHITESPACE = b" \t\r\n"
 _MSGPACK_MAP_MARKERS = frozenset([*range(0x80, 0x90), 0xDE, 0xDF])
+# Every byte but the first bytes of MsgPack maps and arrays (fix, 16- and 32-bit).
+_NOT_MSGPACK_CONTAINER_MARKERS = bytes(
+    b for b in range(256) if not (0x80 <= b <= 0x9F or 0xDC <= b <= 0xDF)
+)
 # Frames at least this big are parsed with the garbage collector paused. A parsed
 # tree holds no cycles, so there is nothing for it to find, but a frame of many
-# small lists would set off collections of the node's whole heap, over and over:
-# at 1 MB that is most of the parse time, and more the bigger the heap.
-GC_PAUSE_BYTES = 16 << 10
+# small lists sets off collections that promote them and, in turn, full passes over
+# the node's whole heap: with 300,000 live objects a 4 KB frame of empty MsgPack
+# arrays took 430 µs/KB to parse and refuse, 57 with the pause (bench/frame_cost.py).
+# Under 1 KB the pause (50 ns) would cost more than it saves.
+GC_PAUSE_BYTES = 1 << 10
+# MsgPack frames at least this big are counted while parsed when they may be too
+# complex (see load_tree). Below it the check itself (half a nanosecond a byte)
+# would add a tenth to an ordinary audio frame's cost, and parsing a refused frame
+# whole costs at most a millisecond.
+COUNT_WHILE_PARSING_BYTES = 16 << 10
 # A MsgPack float32/float64 whose exponent bits are all ones: NaN or an infinity.
 # JSON output is written by orjson, which turns those into null; a frame that may
 # hold one goes through json, which keeps them as the library writes them. A match
@@ -59,19 +70,65 @@ def sniff_format(data: bytes) -> Format | None:
     return None
 
 
-def load_tree(data: bytes, fmt: Format) -> Any:
+def load_tree(data: bytes, fmt: Format, max_containers: int | None = None) -> Any:
     """Parse a frame into its tagged tree.
 
+    Args:
+        data: The frame as received.
+        fmt: The encoding it is in.
+        max_containers: When given, a MsgPack frame of ``COUNT_WHILE_PARSING_BYTES``
+            or more that may hold more maps and lists than this is counted while parsed,
+            and refused as soon as it has (parsing a million empty arrays to count
+            them afterwards costs several times an ordinary frame per byte). Other
+            frames are counted by the type walk (``TypePolicy.check``), which
+            every frame relayed goes through.
+
     Raises:
-        DecodeError: ``too_complex`` when nesting is deeper than the parsers go,
-            ``malformed`` when the bytes are not valid in ``fmt``.
+        DecodeError: ``too_complex`` when nesting is deeper than the parsers go or
+            there are more than ``max_containers`` maps and lists; ``malformed``
+            when the bytes are not valid in ``fmt``.
     """
     if len(data) < GC_PAUSE_BYTES:
         return _load(data, fmt)
-    return _gc_paused(_load, data, fmt)
+    return _load_big(data, fmt, max_containers)
 
 
-def _load(data: bytes, fmt: Format) -> Any:
+def _load_big(data: bytes, fmt: Format, max_containers: int | None) -> Any:
+    hook = None
+    if (
+        max_containers is not None
+        and fmt is Format.MSGPACK
+        and len(data) >= COUNT_WHILE_PARSING_BYTES
+        # Every map and list starts with one of these bytes, so no more of them
+        # means no more containers; strings and bytes may hold them too, and
+        # those frames are counted exactly.
+        and len(data.translate(None, _NOT_MSGPACK_CONTAINER_MARKERS)) > max_containers
+    ):
+        hook = _counter(max_containers)
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _load(data, fmt, hook)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _counter(max_containers: int) -> Callable[[_T], _T]:
+    """An unpacker hook that refuses the frame past ``max_containers`` containers."""
+    left = max_containers
+
+    def count(container: _T) -> _T:
+        nonlocal left
+        left -= 1
+        if left < 0:
+            raise too_many()
+        return container
+
+    return count
+
+
+def _load(data: bytes, fmt: Format, hook: Callable[[Any], Any] | None = None) -> Any:
     try:
         if fmt is Format.JSON:
             try:
@@ -80,6 +137,10 @@ def _load(data: bytes, fmt: Format) -> Any:
                 # The library writes with json.dumps, which may emit NaN, Infinity
                 # and integers past 64 bits; orjson refuses those, json does not.
                 return json.loads(data)
+        if hook is not None:
+            return msgpack.unpackb(
+                data, raw=False, strict_map_key=True, object_hook=hook, list_hook=hook
+            )
         return msgpack.unpackb(data, raw=False, strict_map_key=True)
     except (RecursionError, msgpack.StackError):
         # Valid, but nested past what the parser takes (orjson 1,024 levels, then
@@ -89,16 +150,6 @@ def _load(data: bytes, fmt: Format) -> Any:
         # JSONDecodeError, UnicodeDecodeError and msgpack's ExtraData/FormatError
         # are ValueErrors.
         raise DecodeError(DropReason.MALFORMED, type(exc).__name__) from None
-
-
-def _gc_paused(work: Callable[[bytes, Format], _T], data: bytes, fmt: Format) -> _T:
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        return work(data, fmt)
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def dump_tree(tree: Any, fmt: Format) -> bytes:
@@ -222,7 +273,13 @@ def translate(data: bytes, src: Format, dst: Format) -> bytes:
         return data
     if len(data) < GC_PAUSE_BYTES:
         return _translate(data, src)
-    return _gc_paused(_translate, data, src)
+    enabled = gc.isenabled()
+    gc.disable()  # as load_tree does, for the same reason
+    try:
+        return _translate(data, src)
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _translate(data: bytes, src: Format) -> bytes:

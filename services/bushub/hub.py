@@ -452,8 +452,9 @@ class Hub:
                     return
                 fmt = sniffed
         traffic.received[fmt.value] += 1
+        budget = container_budget(len(data), self.settings.bytes_per_container)
         try:
-            tree = load_tree(data, fmt)
+            tree = load_tree(data, fmt, budget)
             if not conn.format_confirmed:
                 # Only a frame that parses settles the format: one broken frame that
                 # merely starts like MsgPack must not switch a JSON client over.
@@ -463,7 +464,7 @@ class Hub:
             if is_registry_type(envelope.type_name):
                 # The hub speaks for presence itself.
                 raise DecodeError(DropReason.REGISTRY)
-            self.policy.check(tree, container_budget(len(data), self.settings.bytes_per_container))
+            self.policy.check(tree, budget)
             target = envelope.target or conn.peer
             if target is None:
                 raise DecodeError(DropReason.NO_ROUTE)
