@@ -72,8 +72,8 @@ class Settings:
     bytes_per_container: int = field(
         default=DEFAULT_BYTES_PER_CONTAINER,
         metadata={
-            "help": f"frame bytes per map or list allowed (plus {BASE_CONTAINERS}); "
-            "denser frames are dropped as too complex"
+            "help": f"a frame may hold {BASE_CONTAINERS} maps and lists plus one per this "
+            "many bytes; more are dropped (too_complex)"
         },
     )
     queue_bytes: int = field(
