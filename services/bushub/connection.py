@@ -112,8 +112,9 @@ class Connection:
         self.outlet: Outlet | None = None
         # Targets this socket may send to, checked once: target -> channel.
         self.routes: dict[str, str] = {}
-        # Sources its messages may carry, checked once: source -> allowed.
-        self._sources: dict[str, bool] = {}
+        # Sources its messages may carry, checked once: source -> allowed; None when
+        # auth is off and any source goes.
+        self.sources: dict[str, bool] | None = None if grant is OPEN_GRANT else {}
         # The frame being written right now, if any.
         self.sending: tuple[bytes, float] | None = None
         # Frames waiting for the writer task, or on the direct path for the
@@ -139,13 +140,14 @@ class Connection:
         answer is kept per source (bounded, as routes are): glob matching on every
         frame would cost more than the rest of the routing.
         """
-        if self.grant is OPEN_GRANT:
+        sources = self.sources
+        if sources is None:
             return True
-        allowed = self._sources.get(source)
+        allowed = sources.get(source)
         if allowed is None:
-            if len(self._sources) >= _MAX_ROUTES:
-                self._sources.clear()
-            allowed = self._sources[source] = self.grant.may_hold(source)
+            if len(sources) >= _MAX_ROUTES:
+                sources.clear()
+            allowed = sources[source] = self.grant.may_hold(source)
         return allowed
 
     def client_ended(self, code: int) -> None:

@@ -481,7 +481,7 @@ class Hub:
                 self.metrics.messages_dropped.labels(DropReason.TARGET_NOT_ALLOWED).inc()
                 return
             channel = conn.remember_route(target, message_channel(target))
-        if not conn.may_send_as(envelope.source):
+        if conn.sources is not None and not conn.may_send_as(envelope.source):
             self.metrics.messages_dropped.labels(DropReason.SOURCE_NOT_ALLOWED).inc()
             return
         self.publisher.publish(channel, pack_relay(conn.format, time.time(), data))
