@@ -10,10 +10,12 @@ from buswire.dialect import Dialect, dialect_of, is_registry_type, registry_mess
 from buswire.envelope import Envelope
 from buswire.errors import DecodeError, WireError
 from buswire.formats import Format
+from buswire.reasons import DropReason
 
 __all__ = [
     "DecodeError",
     "Dialect",
+    "DropReason",
     "Envelope",
     "Format",
     "WireError",

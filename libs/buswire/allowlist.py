@@ -10,7 +10,9 @@ from allowed module prefixes.
 from collections.abc import Iterable
 from typing import Any
 
+from buswire.complexity import MAX_DEPTH, too_deep, too_many
 from buswire.errors import DecodeError
+from buswire.reasons import DropReason
 
 _SUBAGENTS = "pipecat_subagents.bus.messages."
 _PIPECAT = "pipecat.bus.messages."
@@ -92,7 +94,6 @@ BUS_MESSAGE_TYPES: frozenset[str] = frozenset(
 
 NESTED_PREFIXES: tuple[str, ...] = ("pipecat.", "pipecat_subagents.")
 NESTED_EXACT: frozenset[str] = frozenset(["bytes"])
-MAX_DEPTH = 256
 
 
 class TypePolicy:
@@ -110,33 +111,67 @@ class TypePolicy:
     def _nested_ok(self, type_name: str) -> bool:
         return type_name in NESTED_EXACT or type_name.startswith(self._prefixes)
 
-    def check(self, tree: dict[str, Any]) -> None:
-        """Refuse a tree whose types are not all allowed.
+    def check(self, tree: dict[str, Any], max_containers: int) -> None:
+        """Refuse a tree whose types are not all allowed, or that is too complex.
+
+        The walk that checks nested types also counts maps and lists: it visits
+        every one of them anyway, so the bound costs a subtraction each.
+
+        Args:
+            tree: A parsed frame whose envelope has been checked.
+            max_containers: The most maps and lists the tree may hold, its top map
+                included (``buswire.complexity.container_budget``).
 
         Raises:
             DecodeError: ``type_not_allowed`` for the top level,
-                ``nested_type_not_allowed`` for anything below it.
+                ``nested_type_not_allowed`` for anything below it, ``too_complex``
+                for more containers than ``max_containers`` or nesting deeper
+                than ``MAX_DEPTH``.
         """
         type_name = tree.get("__type__")
         if not isinstance(type_name, str) or type_name not in self._top:
-            raise DecodeError("type_not_allowed", str(type_name)[:100])
+            raise DecodeError(DropReason.TYPE_NOT_ALLOWED, str(type_name)[:100])
+        left = max_containers - 1  # the top map
         data = tree.get("__data__")
         if type(data) is dict or type(data) is list:
-            self._walk(data, 1)
+            left = self._walk(data, 1, left)
+        if len(tree) > 2:
+            # The libraries read __type__ and __data__ only, so other keys are not
+            # the type policy's concern; but they still cost the node to relay.
+            for key, value in tree.items():
+                if key != "__data__" and (type(value) is dict or type(value) is list):
+                    left = _count(value, 1, left)
 
-    def _walk(self, value: dict[str, Any] | list[Any], depth: int) -> None:
+    def _walk(self, value: dict[str, Any] | list[Any], depth: int, left: int) -> int:
         # Recursive, and only into containers: most values are scalars, and this
         # runs on every frame (exact type checks: both decoders make plain dicts
-        # and lists).
+        # and lists). Returns how many more containers the tree may hold.
         if depth > MAX_DEPTH:
-            raise DecodeError("malformed", "nested too deep")
+            raise too_deep()
+        left -= 1
+        if left < 0:
+            raise too_many()
         if type(value) is dict:
             nested = value.get("__type__")
             if nested is not None and not (isinstance(nested, str) and self._nested_ok(nested)):
-                raise DecodeError("nested_type_not_allowed", str(nested)[:100])
+                raise DecodeError(DropReason.NESTED_TYPE_NOT_ALLOWED, str(nested)[:100])
             children = value.values()
         else:
             children = value  # type: ignore[assignment]
         for child in children:
             if type(child) is dict or type(child) is list:
-                self._walk(child, depth + 1)
+                left = self._walk(child, depth + 1, left)
+        return left
+
+
+def _count(value: dict[str, Any] | list[Any], depth: int, left: int) -> int:
+    """``TypePolicy._walk`` without the type checks."""
+    if depth > MAX_DEPTH:
+        raise too_deep()
+    left -= 1
+    if left < 0:
+        raise too_many()
+    for child in value.values() if type(value) is dict else value:
+        if type(child) is dict or type(child) is list:
+            left = _count(child, depth + 1, left)
+    return left

@@ -5,6 +5,7 @@ agent's message channel, presence channel and presence key live on one shard.
 """
 
 from buswire.errors import DecodeError
+from buswire.reasons import DropReason
 
 MAX_AGENT_NAME = 128
 _PREFIX = "bushub"
@@ -18,9 +19,9 @@ def validate_agent_name(name: str) -> str:
             would break channel names (braces, whitespace, control characters).
     """
     if not name or len(name) > MAX_AGENT_NAME:
-        raise DecodeError("bad_agent", "length")
+        raise DecodeError(DropReason.BAD_AGENT, "length")
     if any(ch in "{}" or ch.isspace() or not ch.isprintable() for ch in name):
-        raise DecodeError("bad_agent", "characters")
+        raise DecodeError(DropReason.BAD_AGENT, "characters")
     return name
 
 

@@ -7,6 +7,8 @@ Callers map these to drop counters or close codes in one place; details never
 travel back to a client.
 """
 
+from buswire.reasons import DropReason
+
 
 class WireError(Exception):
     """Base of every error raised by buswire."""
@@ -16,12 +18,12 @@ class DecodeError(WireError):
     """A frame that is not a routable bus message.
 
     Args:
-        reason: Short, fixed label (``malformed``, ``not_a_message``, ``bad_source``,
-            ``bad_target``, ``bad_type``) safe to use as a metric label.
+        reason: Why (``malformed``, ``too_complex``, ``not_a_message``, ...): the
+            label the frame is counted under when dropped.
         detail: Free text for logs only.
     """
 
-    def __init__(self, reason: str, detail: str = "") -> None:
+    def __init__(self, reason: DropReason, detail: str = "") -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail

@@ -17,6 +17,7 @@ from enum import StrEnum
 import orjson
 
 from buswire.errors import DecodeError
+from buswire.reasons import DropReason
 
 
 class EventKind(StrEnum):
@@ -70,14 +71,14 @@ def decode_record(data: bytes) -> PresenceRecord:
         fields = orjson.loads(body)
         record = PresenceRecord(**fields)
     except (ValueError, TypeError) as exc:
-        raise DecodeError("bad_presence", type(exc).__name__) from None
+        raise DecodeError(DropReason.BAD_PRESENCE, type(exc).__name__) from None
     if (
         any(not isinstance(getattr(record, name), str) for name in _RECORD_TEXT_FIELDS)
         or not isinstance(record.since, int | float)
         or isinstance(record.since, bool)
         or not (record.peer is None or isinstance(record.peer, str))
     ):
-        raise DecodeError("bad_presence", "field types")
+        raise DecodeError(DropReason.BAD_PRESENCE, "field types")
     return record
 
 
@@ -90,7 +91,7 @@ def record_conn(data: bytes) -> str:
     try:
         return data.partition(b" ")[0].decode()
     except UnicodeDecodeError:
-        raise DecodeError("bad_presence", "connection id is not UTF-8") from None
+        raise DecodeError(DropReason.BAD_PRESENCE, "connection id is not UTF-8") from None
 
 
 def encode_event(event: PresenceEvent) -> bytes:
@@ -113,7 +114,7 @@ def decode_event(data: bytes) -> PresenceEvent:
             node=fields["node"],
         )
     except (ValueError, TypeError, KeyError) as exc:
-        raise DecodeError("bad_presence", type(exc).__name__) from None
+        raise DecodeError(DropReason.BAD_PRESENCE, type(exc).__name__) from None
     if not all(isinstance(v, str) for v in (event.agent, event.conn, event.node)):
-        raise DecodeError("bad_presence", "field types")
+        raise DecodeError(DropReason.BAD_PRESENCE, "field types")
     return event

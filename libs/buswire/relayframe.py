@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from buswire.errors import DecodeError
 from buswire.formats import Format
+from buswire.reasons import DropReason
 
 VERSION = 1
 _HEADER = struct.Struct("!BBd")
@@ -42,9 +43,9 @@ def unpack_relay(data: bytes) -> RelayFrame:
         DecodeError: ``bad_relay_frame`` for a short frame, an unknown version or format.
     """
     if len(data) < _HEADER.size:
-        raise DecodeError("bad_relay_frame", "short")
+        raise DecodeError(DropReason.BAD_RELAY_FRAME, "short")
     version, code, received_at = _HEADER.unpack_from(data)
     fmt = _CODE_FORMATS.get(code)
     if version != VERSION or fmt is None:
-        raise DecodeError("bad_relay_frame", f"version {version} format {code}")
+        raise DecodeError(DropReason.BAD_RELAY_FRAME, f"version {version} format {code}")
     return RelayFrame(fmt=fmt, received_at=received_at, payload=data[_HEADER.size :])

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from enum import Enum, auto
 from typing import Protocol
 
-from bushub.auth import Grant
+from bushub.auth import OPEN_GRANT, Grant
 from bushub.closecodes import CloseCode
 from bushub.lightsync import Flag
 from bushub.limits import TokenBucket
@@ -115,6 +115,9 @@ class Connection:
         self.outlet: Outlet | None = None
         # Targets this socket may send to, checked once: target -> channel.
         self.routes: dict[str, str] = {}
+        # Sources its messages may carry, checked once: source -> allowed; None when
+        # auth is off and any source goes.
+        self.sources: dict[str, bool] | None = None if grant is OPEN_GRANT else {}
         # The frame being written right now, if any.
         self.sending: tuple[bytes, float] | None = None
         # Frames waiting for the writer task, or on the direct path for the
@@ -130,6 +133,25 @@ class Connection:
             self.routes.clear()
         self.routes[target] = channel
         return channel
+
+    def may_send_as(self, source: str) -> bool:
+        """True if the grant lets this socket send messages from ``source``.
+
+        A message's source is whoever a receiver believes sent it, so with auth on
+        it must be a name the token could hold (the proxy forwards its other local
+        agents' messages too: their names belong in the token's ``agents``). The
+        answer is kept per source (bounded, as routes are): glob matching on every
+        frame would cost more than the rest of the routing.
+        """
+        sources = self.sources
+        if sources is None:
+            return True
+        allowed = sources.get(source)
+        if allowed is None:
+            if len(sources) >= _MAX_ROUTES:
+                sources.clear()
+            allowed = sources[source] = self.grant.may_hold(source)
+        return allowed
 
     def socket_ended(self, code: int, sent_close: CloseCode | None = None) -> None:
         """The socket ended under the hub (direct path): end the connection now.

@@ -19,10 +19,12 @@ from bushub.traffic import Traffic
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
 # Reasons known in advance are exported at zero from the start, so a rate() over
-# them works before the first drop and dashboards show what can go wrong.
+# them works before the first drop and dashboards show what can go wrong. Every
+# member of buswire.DropReason, one a line (a test holds the two together).
 DROP_REASONS = (
     "oversize",
     "malformed",
+    "too_complex",
     "not_a_message",
     "bad_type",
     "bad_source",
@@ -31,11 +33,14 @@ DROP_REASONS = (
     "type_not_allowed",
     "nested_type_not_allowed",
     "target_not_allowed",
+    "source_not_allowed",
     "rate_limited",
     "format_mismatch",
     "registry",
     "no_route",
     "undeliverable",
+    "bad_relay_frame",
+    "bad_presence",
     "no_local_agent",
     "slow_consumer",
     "closing",

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from bushub.closecodes import CloseCode
 from bushub.connection import Connection, Enqueued
 from bushub.metrics import Metrics
+from buswire import DropReason
 
 
 class Outbound:
@@ -39,10 +40,10 @@ class Outbound:
         if result is Enqueued.SENT:
             self.sent(conn, payload, received_at)
         elif result is Enqueued.FULL:
-            self._metrics.messages_dropped.labels("slow_consumer").inc()
+            self._metrics.messages_dropped.labels(DropReason.SLOW_CONSUMER).inc()
             conn.request_close(CloseCode.SLOW_CONSUMER)
         elif result is Enqueued.CLOSING:
-            self._metrics.messages_dropped.labels("closing").inc()
+            self._metrics.messages_dropped.labels(DropReason.CLOSING).inc()
 
     def flush(self, conn: Connection) -> None:
         """Write a direct socket's queued frames while its transport takes them."""
@@ -56,7 +57,7 @@ class Outbound:
                     conn.closing.set()  # a drain waited for this queue to empty
                 return
             if not outlet.send_frame(item[0]):
-                self._metrics.messages_dropped.labels("closing").inc()
+                self._metrics.messages_dropped.labels(DropReason.CLOSING).inc()
                 return
             self.sent(conn, item[0], item[1])
 
@@ -72,4 +73,4 @@ class Outbound:
         """Count what an ended socket will never write."""
         unsent = conn.unsent()
         if unsent:
-            self._metrics.messages_dropped.labels("closing").inc(unsent)
+            self._metrics.messages_dropped.labels(DropReason.CLOSING).inc(unsent)

@@ -32,6 +32,7 @@ from bushub.subscriptions import Subscriptions
 from buswire import (
     DecodeError,
     Dialect,
+    DropReason,
     presence_channel,
     presence_key,
     registry_message,
@@ -326,7 +327,7 @@ class Presence:
         try:
             event = decode_event(data)
         except DecodeError:
-            self._metrics.messages_dropped.labels("bad_presence").inc()
+            self._metrics.messages_dropped.labels(DropReason.BAD_PRESENCE).inc()
             return
         if event.agent != agent:
             return

@@ -21,6 +21,7 @@ from bushub.outbound import Outbound
 from bushub.settings import Settings
 from buswire import (
     DecodeError,
+    DropReason,
     is_registry_type,
     message_channel,
     sniff_format,
@@ -29,6 +30,7 @@ from buswire import (
 )
 from buswire.allowlist import TypePolicy
 from buswire.codec import envelope_of, load_tree
+from buswire.complexity import container_budget
 from buswire.relayframe import pack_relay, unpack_relay
 
 MESSAGE_PREFIX = message_channel("")[:-2]
@@ -58,6 +60,7 @@ class Relay:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._max_message_bytes = settings.max_message_bytes
+        self._bytes_per_container = settings.bytes_per_container
         self._policy = TypePolicy(
             settings.split(settings.allow_types), settings.split(settings.allow_type_prefixes)
         )
@@ -77,26 +80,27 @@ class Relay:
         traffic = metrics.traffic
         traffic.bytes_received += len(data)
         if len(data) > self._max_message_bytes:
-            self._received_and_dropped(conn, "oversize")
+            self._received_and_dropped(conn, DropReason.OVERSIZE)
             return
         if not conn.message_rate.take() or not conn.byte_rate.take(len(data)):
-            self._received_and_dropped(conn, "rate_limited")
+            self._received_and_dropped(conn, DropReason.RATE_LIMITED)
             return
         fmt = conn.format
         if not conn.format_confirmed:
             sniffed = sniff_format(data)
             if sniffed is None:
-                self._received_and_dropped(conn, "malformed")
+                self._received_and_dropped(conn, DropReason.MALFORMED)
                 return
             if sniffed is not fmt:
                 if conn.format_declared:
-                    self._received_and_dropped(conn, "format_mismatch")
+                    self._received_and_dropped(conn, DropReason.FORMAT_MISMATCH)
                     conn.request_close(CloseCode.INVALID_DATA)
                     return
                 fmt = sniffed
         traffic.received[fmt.value] += 1
+        budget = container_budget(len(data), self._bytes_per_container)
         try:
-            tree = load_tree(data, fmt)
+            tree = load_tree(data, fmt, budget)
             if not conn.format_confirmed:
                 # Only a frame that parses settles the format: one broken frame that
                 # merely starts like MsgPack must not switch a JSON client over.
@@ -105,11 +109,11 @@ class Relay:
             envelope = envelope_of(tree)
             if is_registry_type(envelope.type_name):
                 # The hub speaks for presence itself.
-                raise DecodeError("registry")
-            self._policy.check(tree)
+                raise DecodeError(DropReason.REGISTRY)
+            self._policy.check(tree, budget)
             target = envelope.target or conn.peer
             if target is None:
-                raise DecodeError("no_route")
+                raise DecodeError(DropReason.NO_ROUTE)
             channel = conn.routes.get(target)
             if channel is None:
                 validate_agent_name(target)
@@ -120,12 +124,15 @@ class Relay:
             conn.dialect = envelope.dialect
         if channel is None:
             if not conn.grant.may_address(target):
-                metrics.messages_dropped.labels("target_not_allowed").inc()
+                metrics.messages_dropped.labels(DropReason.TARGET_NOT_ALLOWED).inc()
                 return
             channel = conn.remember_route(target, message_channel(target))
+        if conn.sources is not None and not conn.may_send_as(envelope.source):
+            metrics.messages_dropped.labels(DropReason.SOURCE_NOT_ALLOWED).inc()
+            return
         self._publish(channel, pack_relay(conn.format, self._clock(), data))
 
-    def _received_and_dropped(self, conn: Connection, reason: str) -> None:
+    def _received_and_dropped(self, conn: Connection, reason: DropReason) -> None:
         self._metrics.traffic.received[conn.format.value] += 1
         self._metrics.messages_dropped.labels(reason).inc()
 
@@ -133,7 +140,7 @@ class Relay:
         """Hand a relay frame from ``agent``'s channel to the local socket holding it."""
         conn = self._holders.get(agent)
         if conn is None:
-            self._metrics.messages_dropped.labels("no_local_agent").inc()
+            self._metrics.messages_dropped.labels(DropReason.NO_LOCAL_AGENT).inc()
             return
         try:
             frame = unpack_relay(data)
@@ -146,4 +153,4 @@ class Relay:
     def published(self, channel: str, receivers: int) -> None:
         """Count a relay frame that no node was subscribed to receive."""
         if receivers == 0 and channel.startswith(MESSAGE_PREFIX):
-            self._metrics.messages_dropped.labels("undeliverable").inc()
+            self._metrics.messages_dropped.labels(DropReason.UNDELIVERABLE).inc()

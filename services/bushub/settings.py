@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from buswire.complexity import BASE_CONTAINERS, DEFAULT_BYTES_PER_CONTAINER
+
 # A --redis-url with this scheme selects the Redis Cluster broker (sharded pub/sub).
 CLUSTER_SCHEME = "redis+cluster://"
 
@@ -66,6 +68,13 @@ class Settings:
     )
     max_message_bytes: int = field(
         default=1 << 20, metadata={"help": "largest frame relayed; larger ones are dropped"}
+    )
+    bytes_per_container: int = field(
+        default=DEFAULT_BYTES_PER_CONTAINER,
+        metadata={
+            "help": f"a frame may hold {BASE_CONTAINERS} maps and lists plus one per this "
+            "many bytes; more are dropped (too_complex)"
+        },
     )
     queue_bytes: int = field(
         default=8 << 20,
@@ -174,7 +183,7 @@ class Settings:
         ):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name.replace('_', '-')}: must be > 0")
-        for name in ("max_message_bytes", "queue_bytes", "publish_buffer"):
+        for name in ("max_message_bytes", "bytes_per_container", "queue_bytes", "publish_buffer"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name.replace('_', '-')}: must be >= 1")
         if self.queue_bytes < self.max_message_bytes:

@@ -114,8 +114,9 @@ class Case:
     peer: bool = True
 
 
-def _nested(depth: int) -> bytes:
-    return b'{"__type__":"x.Y","__data__":{"source":"s","v":' + b"[" * depth + b"]" * depth + b"}}"
+def _nested(depth: int, type_name: str = "x.Y") -> bytes:
+    head = b'{"__type__":"%s","__data__":{"source":"s","v":' % type_name.encode()
+    return head + b"[" * depth + b"]" * depth + b"}}"
 
 
 CASES = [
@@ -137,11 +138,13 @@ CASES = [
     Case("JSON string at top level", lambda s, t: ['"just a string"'], {"malformed": 1}),
     Case("empty frame", lambda s, t: [b""], {"malformed": 1}),
     Case("binary garbage", lambda s, t: [bytes(range(0xC1, 0x100)) * 3], {"malformed": 1}),
-    Case("JSON nested 1500 deep", lambda s, t: [_nested(1500)], {"malformed": 1}),
+    # Valid, but nested past what the parsers take: too complex, not malformed.
+    Case("JSON nested 1500 deep", lambda s, t: [_nested(1500)], {"too_complex": 1}),
+    Case("JSON nested 300 deep", lambda s, t: [_nested(300, TASK_REQUEST)], {"too_complex": 1}),
     Case(
         "MsgPack nested 2000 deep",
         lambda s, t: [b"\x81\xa1a" + b"\x91" * 2000 + b"\xc0"],
-        {"malformed": 1},
+        {"too_complex": 1},
         query=MSGPACK,
     ),
     Case(

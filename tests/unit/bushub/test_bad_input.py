@@ -27,8 +27,12 @@ BAD_FRAMES = {
     "not_a_message": json.dumps([task_request("a", "b", seq=99)]).encode(),
     "bad_source": json.dumps({"__type__": TASK_REQUEST, "__data__": {"target": "b"}}).encode(),
     "registry": as_json(registry_from_client("a", "b", "a")),
+    # 20 KB holding 5,000 empty lists: more maps and lists than its size allows.
+    "too_complex": as_json(task_request("a", "b", seq=99, v=[[] for _ in range(5000)])),
+    # Valid JSON nested 300 deep: too complex too, not malformed.
+    "too_deep": as_json(task_request("a", "b", seq=99, v=json.loads("[" * 300 + "]" * 300))),
 }
-EXPECTED_REASON = {"malformed_json": "malformed"}
+EXPECTED_REASON = {"malformed_json": "malformed", "too_deep": "too_complex"}
 
 
 @pytest.mark.parametrize("case", list(BAD_FRAMES))

@@ -77,6 +77,7 @@ def test_environment_alone_and_defaults() -> None:
         ("BUSHUB_MAX_MESSAGE_BYTES", "0", "max-message-bytes"),
         ("BUSHUB_QUEUE_BYTES", "1024", "queue-bytes"),  # below max-message-bytes
         ("BUSHUB_PUBLISH_BUFFER", "0", "publish-buffer"),
+        ("BUSHUB_BYTES_PER_CONTAINER", "0", "bytes-per-container"),
         ("BUSHUB_REDIS_URL", "http://localhost:6379", "redis-url"),
         ("BUSHUB_LOG_LEVEL", "loud", "log-level"),
         ("BUSHUB_NODE_ID", "two words", "node-id"),

@@ -13,9 +13,12 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from buswire import DecodeError
-from buswire.allowlist import BUS_MESSAGE_TYPES, MAX_DEPTH, TypePolicy
+from buswire.allowlist import BUS_MESSAGE_TYPES, TypePolicy
+from buswire.complexity import MAX_DEPTH, container_budget
 from buswire.dialect import PIPECAT_REGISTRY_TYPE, SUBAGENTS_REGISTRY_TYPE
 
 # Where each library defines its bus messages, by the module holding its base classes.
@@ -111,17 +114,21 @@ def test_real_messages_pass(subagents_serializer: Any, pipecat_serializer: Any) 
             PipecatFrame(source="a", frame=TextFrame(text="hi"), direction=FrameDirection.UPSTREAM),
         ),
     ):
-        tree = json.loads(serializer.serialize(message))
-        policy.check(tree)
+        data = serializer.serialize(message)
+        policy.check(json.loads(data), container_budget(len(data)))
 
 
 def message(type_name: Any = "pipecat.bus.messages.BusDataMessage", **data: Any) -> dict[str, Any]:
     return {"__type__": type_name, "__data__": {"source": "a", "target": "b", **data}}
 
 
-def reason(policy: TypePolicy, tree: dict[str, Any]) -> str | None:
+# More than any tree here holds: the count has tests of its own.
+ROOMY = 10_000
+
+
+def reason(policy: TypePolicy, tree: dict[str, Any], max_containers: int = ROOMY) -> str | None:
     try:
-        policy.check(tree)
+        policy.check(tree, max_containers)
     except DecodeError as exc:
         return exc.reason
     return None
@@ -211,7 +218,7 @@ def test_depth_is_bounded_without_recursion() -> None:
     deep: Any = "leaf"
     for _ in range(MAX_DEPTH + 5):
         deep = [deep]
-    assert reason(TypePolicy(), message(payload=deep)) == "malformed"
+    assert reason(TypePolicy(), message(payload=deep)) == "too_complex"
     fine: Any = "leaf"
     for _ in range(MAX_DEPTH - 5):
         fine = {"x": fine}
@@ -224,3 +231,52 @@ def test_only_the_data_is_walked_not_sibling_keys() -> None:
     tree = message(payload={"__type__": "os.system", "__data__": "id"})
     tree["__extra__"] = {"__type__": "os.system"}
     assert reason(TypePolicy(), tree) == "nested_type_not_allowed"
+    del tree["__data__"]["payload"]
+    assert reason(TypePolicy(), tree) is None
+
+
+def containers(tree: Any) -> int:
+    if isinstance(tree, dict):
+        return 1 + sum(containers(v) for v in tree.values())
+    if isinstance(tree, list):
+        return 1 + sum(containers(v) for v in tree)
+    return 0
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        pytest.param([[] for _ in range(50)], id="flat-lists"),
+        pytest.param([{} for _ in range(50)], id="flat-maps"),
+        pytest.param({"a": [{"b": [1, 2, {"c": []}]}] * 10}, id="mixed"),
+        pytest.param([0] * 1000, id="scalars-are-free"),
+    ],
+)
+def test_containers_are_counted_to_the_last(payload: Any) -> None:
+    tree = message(payload=payload)
+    total = containers(tree)
+    assert reason(TypePolicy(), tree, total) is None
+    assert reason(TypePolicy(), tree, total - 1) == "too_complex"
+
+
+def test_sibling_keys_count_too() -> None:
+    # Not type-checked, but relayed and translated all the same.
+    tree = message()
+    tree["__extra__"] = [[] for _ in range(20)]
+    total = containers(tree)
+    assert reason(TypePolicy(), tree, total) is None
+    assert reason(TypePolicy(), tree, total - 1) == "too_complex"
+
+
+@given(
+    st.recursive(
+        st.none() | st.integers(),
+        lambda kids: st.lists(kids) | st.dictionaries(st.text(max_size=3), kids),
+        max_leaves=40,
+    )
+)
+def test_property_the_count_is_exact(payload: Any) -> None:
+    tree = message(payload=payload)
+    total = containers(tree)
+    assert reason(TypePolicy(), tree, total) is None
+    assert reason(TypePolicy(), tree, total - 1) == "too_complex"

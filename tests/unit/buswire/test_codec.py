@@ -6,6 +6,8 @@ Every failure must surface as DecodeError with a fixed reason, never as anything
 """
 
 import base64
+import contextlib
+import gc
 import json
 import math
 from collections.abc import Callable
@@ -18,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from buswire.codec import (
+    COUNT_WHILE_PARSING_BYTES,
     convert_tree,
     decode_envelope,
     dump_tree,
@@ -27,6 +30,7 @@ from buswire.codec import (
     sniff_format,
     translate,
 )
+from buswire.complexity import MAX_DEPTH
 from buswire.dialect import Dialect, is_registry_type
 from buswire.envelope import Envelope
 from buswire.errors import DecodeError
@@ -34,7 +38,7 @@ from buswire.formats import Format
 
 JSON = Format.JSON
 MSGPACK = Format.MSGPACK
-REASONS = {"malformed", "not_a_message", "bad_source", "bad_target", "bad_type"}
+REASONS = {"malformed", "too_complex", "not_a_message", "bad_source", "bad_target", "bad_type"}
 
 PROPERTY_SETTINGS = settings(
     max_examples=150,
@@ -451,16 +455,17 @@ HOSTILE_JSON = [
     pytest.param(
         json_bytes(message({"source": "s", "target": False})), "bad_target", id="false-target"
     ),
-    pytest.param(b"[" * 100_000 + b"]" * 100_000, "malformed", id="nested-100k-top"),
+    # Valid JSON, but deeper than any parser here goes: too complex, not malformed.
+    pytest.param(b"[" * 100_000 + b"]" * 100_000, "too_complex", id="nested-100k-top"),
     pytest.param(
         b'{"__type__":"a.B","__data__":{"source":"s","x":'
         + b"[" * 100_000
         + b"]" * 100_000
         + b"}}",
-        "malformed",
+        "too_complex",
         id="nested-100k-payload",
     ),
-    pytest.param(b'{"a":' * 5_000 + b"1" + b"}" * 5_000, "malformed", id="nested-maps"),
+    pytest.param(b'{"a":' * 5_000 + b"1" + b"}" * 5_000, "too_complex", id="nested-maps"),
     pytest.param(b'{"__type__":"a.B","__data__":{"source":"\xff"}}', "malformed", id="bad-utf8"),
     pytest.param(
         b'{"__type__":"a.B","__data__":{"source":"\xc0\x80"}}', "malformed", id="overlong-utf8"
@@ -511,9 +516,9 @@ def test_hostile_json_translate(data: bytes, reason: str) -> None:
     # translate parses but does not check shape: unparseable input is malformed,
     # parseable input of the wrong shape is converted or refused, never crashes.
     result = only_decode_error(translate, data, JSON, MSGPACK)
-    if reason == "malformed":
+    if reason in ("malformed", "too_complex"):
         assert isinstance(result, DecodeError)
-        assert result.reason == "malformed"
+        assert result.reason == reason
 
 
 def mp_map(*pairs: bytes) -> bytes:
@@ -558,12 +563,12 @@ HOSTILE_MSGPACK = [
     pytest.param(
         msgpack_bytes(message({"source": "s", "target": 1.5})), "bad_target", id="float-target"
     ),
-    pytest.param(b"\x91" * 100_000 + b"\x90", "malformed", id="nested-100k-top"),
+    pytest.param(b"\x91" * 100_000 + b"\x90", "too_complex", id="nested-100k-top"),
     pytest.param(
         b"\x82\xa8__type__\xa3a.B\xa8__data__\x82\xa6source\xa1s\xa1x"
         + b"\x91" * 100_000
         + b"\x90",
-        "malformed",
+        "too_complex",
         id="nested-100k-payload",
     ),
     pytest.param(mp_map(b"\x01", b"\x02"), "malformed", id="int-key"),
@@ -617,9 +622,9 @@ def test_hostile_msgpack(data: bytes, reason: str) -> None:
 @pytest.mark.parametrize(("data", "reason"), HOSTILE_MSGPACK)
 def test_hostile_msgpack_translate(data: bytes, reason: str) -> None:
     result = only_decode_error(translate, data, MSGPACK, JSON)
-    if reason == "malformed":
+    if reason in ("malformed", "too_complex"):
         assert isinstance(result, DecodeError)
-        assert result.reason == "malformed"
+        assert result.reason == reason
 
 
 @pytest.mark.parametrize(("fmt", "data"), [(JSON, TASK_JSON), (MSGPACK, TASK_MSGPACK)])
@@ -672,11 +677,12 @@ def test_translate_keeps_non_finite_floats_for_json(value: float) -> None:
     assert (math.isnan(restored) and math.isnan(value)) or restored == value
 
 
-@pytest.mark.parametrize("depth", [100, 300, 500, 700, 900, 1000])
-def test_deep_but_parseable_nesting_translates_or_is_malformed(depth: int) -> None:
+@pytest.mark.parametrize("depth", [100, 254, 255, 256, 300, 500, 700, 900, 1000])
+def test_deep_but_parseable_nesting_translates_or_is_refused(depth: int) -> None:
     # Both parsers accept up to ~1,000 levels, so a payload this deep passes
-    # decode_envelope; translate must then succeed or raise DecodeError, never
-    # RecursionError.
+    # decode_envelope (the hub's receipt refuses past MAX_DEPTH, in its type walk);
+    # translate must then succeed or raise DecodeError, never RecursionError, and
+    # must succeed for anything the hub relays.
     as_json = (
         b'{"__type__":"a.B","__data__":{"source":"s","x":' + b"[" * depth + b"]" * depth + b"}}"
     )
@@ -687,8 +693,10 @@ def test_deep_but_parseable_nesting_translates_or_is_malformed(depth: int) -> No
     assert decode_envelope(as_msgpack, MSGPACK).source == "s"
     for data, src, dst in ((as_json, JSON, MSGPACK), (as_msgpack, MSGPACK, JSON)):
         result = only_decode_error(translate, data, src, dst)
-        if isinstance(result, DecodeError):
-            assert result.reason == "malformed"
+        if depth + 1 <= MAX_DEPTH:  # the innermost list is depth + 1 below the top
+            assert isinstance(result, bytes)
+        elif isinstance(result, DecodeError):
+            assert result.reason in ("malformed", "too_complex")
 
 
 @pytest.mark.parametrize(
@@ -902,3 +910,114 @@ def mutated_messages(draw: st.DrawFn) -> bytes:
 @given(mutated_messages())
 def test_property_mutated_messages_raise_only_decode_error(data: bytes) -> None:
     assert_only_decode_errors(data)
+
+
+# --- Complexity ---------------------------------------------------------------------
+
+
+def msgpack_lists(count: int, pad: bytes = b"") -> bytes:
+    """A message whose ``v`` is ``count`` empty arrays (0x90, one byte each)."""
+    tree = message({"source": "s", "target": "t", "pad": pad, "v": None})
+    head = msgpack_bytes(tree)
+    assert head.endswith(b"\xa1v\xc0")
+    return head[:-1] + b"\xdd" + count.to_bytes(4, "big") + b"\x90" * count
+
+
+def test_big_msgpack_frames_are_counted_while_parsed() -> None:
+    data = msgpack_lists(200_000)
+    assert len(data) >= COUNT_WHILE_PARSING_BYTES
+    # 200,004 containers: the top map, __data__, the payload list, its lists.
+    assert len(load_tree(data, MSGPACK)["__data__"]["v"]) == 200_000  # no bound asked
+    assert len(load_tree(data, MSGPACK, 200_003)["__data__"]["v"]) == 200_000
+    with pytest.raises(DecodeError) as info:
+        load_tree(data, MSGPACK, 200_002)
+    assert info.value.reason == "too_complex"
+
+
+@pytest.mark.parametrize("marker", [0x80, 0x8F, 0x90, 0x9F, 0xDC, 0xDD, 0xDE, 0xDF])
+def test_container_marker_bytes_inside_bytes_are_not_containers(marker: int) -> None:
+    # Bytes that look like map and array headers make the cheap bound say "maybe";
+    # the exact count then says no.
+    data = msgpack_lists(10, pad=bytes([marker]) * (64 << 10))
+    # 13 containers: the top map, __data__, v and its 10 lists.
+    assert load_tree(data, MSGPACK, 13)["__data__"]["pad"][:1] == bytes([marker])
+    with pytest.raises(DecodeError) as info:
+        load_tree(data, MSGPACK, 12)
+    assert info.value.reason == "too_complex"
+
+
+@pytest.mark.parametrize(
+    ("fmt", "data"),
+    [
+        pytest.param(MSGPACK, msgpack_lists(100_000), id="msgpack-bomb"),
+        pytest.param(MSGPACK, msgpack_lists(100_000)[:-1], id="msgpack-truncated"),
+        pytest.param(JSON, b"[" * 20_000 + b"]" * 20_000, id="json-deep"),
+        pytest.param(JSON, b'{"a":[' + b"[]," * 20_000 + b"]}", id="json-bad"),
+    ],
+)
+def test_the_collector_is_back_on_after_a_big_frame(fmt: Format, data: bytes) -> None:
+    # Big frames are parsed with the collector paused: it must come back on,
+    # whatever the frame did, and stay off if it was off.
+    for enabled in (True, False):
+        if not enabled:
+            gc.disable()
+        try:
+            other = JSON if fmt is MSGPACK else MSGPACK
+            with contextlib.suppress(DecodeError):
+                load_tree(data, fmt, 1000)
+            assert gc.isenabled() is enabled
+            with contextlib.suppress(DecodeError):
+                translate(data, fmt, other)
+            assert gc.isenabled() is enabled
+        finally:
+            gc.enable()
+
+
+@pytest.mark.parametrize(
+    "blob",
+    [
+        pytest.param(b"\xcb\x7f\xf8\x00\x00\x00\x00\x00\x00", id="float64-nan-bytes"),
+        pytest.param(b"\xca\xff\x80\x00\x00", id="float32-minus-inf-bytes"),
+    ],
+)
+def test_non_finite_look_alikes_in_bytes_translate_the_same(blob: bytes) -> None:
+    # A frame that may hold NaN goes through the slower encoder; bytes that only
+    # look like one must come out exactly as orjson would write them.
+    data = msgpack_bytes(message({"source": "s", "blob": blob, "text": "é"}))
+    out = translate(data, MSGPACK, JSON)
+    assert json.loads(out)["__data__"]["blob"] == {
+        "__type__": "bytes",
+        "__data__": base64.b64encode(blob).decode(),
+    }
+    assert json.loads(out)["__data__"]["text"] == "é"
+
+
+@given(
+    st.recursive(
+        st.none() | st.integers(-(2**63), 2**64 - 1) | st.floats() | st.binary(max_size=8),
+        lambda kids: st.lists(kids, max_size=6) | st.dictionaries(KEY, kids, max_size=6),
+        max_leaves=60,
+    )
+)
+@PROPERTY_SETTINGS
+def test_property_translation_in_c_matches_the_tree_walk(payload: Any) -> None:
+    # translate converts bytes with the encoders' hooks; convert_tree walks the tree.
+    # Both must agree, NaN and infinities included.
+    native = message({"source": "s", "v": payload})
+    data = msgpack_bytes(native)
+    as_json = translate(data, MSGPACK, JSON)
+    expected = convert_tree(native, MSGPACK, JSON)
+    assert json.dumps(json.loads(as_json), sort_keys=True) == json.dumps(expected, sort_keys=True)
+    assert msgpack.unpackb(translate(as_json, JSON, MSGPACK), raw=False) == msgpack.unpackb(
+        data, raw=False
+    ) or _has_nan(payload)
+
+
+def _has_nan(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isnan(value)
+    if isinstance(value, dict):
+        return any(_has_nan(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_nan(v) for v in value)
+    return False
