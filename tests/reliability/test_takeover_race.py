@@ -1,0 +1,88 @@
+"""Two clients keep taking one agent name from each other on two nodes while a third
+sends to that name: no message is delivered to two sockets.
+
+Each contender reconnects as soon as its socket ends (taken over, or refused because a
+newer claim beat it), one on each node, so claims race across nodes many times a
+second. The sender numbers every message; afterwards every socket's list of received
+numbers is compared with every other's.
+"""
+
+import asyncio
+import contextlib
+import time
+from collections import Counter
+from typing import Any
+
+import pytest
+from websockets.exceptions import InvalidStatus
+
+from tests.reliability.conftest import Faults
+from tests.reliability.harness import FaultNode, Inbox, encode, open_ws, task_request
+
+pytestmark = pytest.mark.integration
+
+AGENT = "contested"
+RACE_SECONDS = 6.0
+RATE = 100  # messages per second from the sender
+# Sanity bounds, so that a run where nothing raced (or nothing arrived) cannot pass.
+MIN_SOCKETS = 20
+MIN_DELIVERED_SHARE = 0.2
+
+
+async def _contend(node: FaultNode, until: float, sockets: list[Inbox]) -> int:
+    """Hold AGENT on ``node``, reconnecting whenever the socket ends; returns refusals."""
+    refused = 0
+    while time.monotonic() < until:
+        try:
+            inbox = Inbox(await open_ws(node, AGENT), f"{AGENT}@{node.node_id}")
+        except InvalidStatus:
+            refused += 1  # a newer claim beat this one before its handshake completed
+            continue
+        sockets.append(inbox)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(inbox.closed.wait(), max(0.0, until - time.monotonic()))
+    return refused
+
+
+async def _send(node: FaultNode, until: float) -> int:
+    """Send numbered messages to AGENT at RATE until ``until``; returns how many."""
+    ws = await open_ws(node, "sender")
+    seq = 0
+    start = time.monotonic()
+    try:
+        while time.monotonic() < until:
+            await ws.send(encode(task_request("sender", AGENT, seq)))
+            seq += 1
+            await asyncio.sleep(max(0.0, start + seq / RATE - time.monotonic()))
+    finally:
+        await ws.close()
+    return seq
+
+
+async def test_no_message_reaches_two_sockets_while_nodes_race_for_a_name(
+    faults: Faults, figures: Any
+) -> None:
+    n1, n2 = faults.ready("n1", "n2")
+    sockets: list[Inbox] = []
+    until = time.monotonic() + RACE_SECONDS
+    sent, refused_1, refused_2 = await asyncio.gather(
+        _send(n1, until), _contend(n1, until, sockets), _contend(n2, until, sockets)
+    )
+    await asyncio.sleep(0.3)  # the last messages in flight
+    for inbox in sockets:
+        await inbox.close()
+
+    seen_by = Counter(seq for inbox in sockets for seq in set(inbox.seqs))
+    twice = sorted(seq for seq, n in seen_by.items() if n > 1)
+    taken_over = sum(inbox.close_code == 4001 for inbox in sockets)
+    figures("sent", sent)
+    figures("sockets", len(sockets))
+    figures("closed 4001", taken_over)
+    figures("refused handshakes", refused_1 + refused_2)
+    figures("ids delivered", len(seen_by))
+    figures("ids delivered to two sockets", len(twice))
+
+    assert len(sockets) >= MIN_SOCKETS, f"only {len(sockets)} sockets: the nodes did not race"
+    assert taken_over >= MIN_SOCKETS // 2, f"only {taken_over} takeovers"
+    assert len(seen_by) >= MIN_DELIVERED_SHARE * sent, f"{len(seen_by)} of {sent} delivered"
+    assert twice == [], f"{len(twice)} of {sent} ids delivered to two sockets: {twice[:20]}"
