@@ -16,6 +16,7 @@ import time
 from collections import defaultdict
 
 from bushub.broker import Broker
+from bushub.claims import ClaimFence
 from bushub.closecodes import CloseCode
 from bushub.connection import Connection, Enqueued
 from bushub.metrics import Metrics
@@ -97,6 +98,8 @@ class Hub:
         self._lost_timers: dict[str, asyncio.TimerHandle] = {}
         # Futures of new connections waiting for the previous holder to let go.
         self._release_waiters: dict[tuple[str, str], asyncio.Future[None]] = {}
+        # The newest claim seen per name claimed here: only its socket gets messages.
+        self._claims = ClaimFence()
         self._subscriptions: dict[str, int] = defaultdict(int)
         self._tasks: set[asyncio.Task[None]] = set()
         self._reconcile_now = asyncio.Event()
@@ -191,11 +194,18 @@ class Hub:
         """Claim ``conn.agent`` before the socket is accepted.
 
         Any older holder, on any node, is told to close; this waits (bounded by
-        ``takeover_timeout``) until it has, so at most one socket holds a name and
-        the older socket's close reaches its client before the newer is accepted.
+        ``takeover_timeout``) until the holders known from the presence record or
+        this node have, so their close reaches their client before the newer is
+        accepted. It also waits for this claim to come back on the presence
+        channel: from then on, every node orders each message for the name against
+        it (see ``bushub.claims``), so no message reaches an older socket and this
+        one both.
 
         Returns:
             False when a newer claim beat this one; the socket must be refused.
+
+        Raises:
+            ConnectionError: the broker did not bring this claim back in time.
         """
         agent = conn.agent
         self._by_agent[agent].add(conn)
@@ -210,13 +220,19 @@ class Hub:
         for old in waits:
             future = self._release_waiters.setdefault((agent, old), loop.create_future())
             futures.append(future)
+        echo = self._claims.expect(conn.id)
         self._publish_event(EventKind.CLAIM, agent, conn.id)
-        if futures:
-            done, _ = await asyncio.wait(futures, timeout=self.settings.takeover_timeout)
-            if len(done) < len(futures):
-                log.warning("takeover of %s: previous holder did not confirm; proceeding", agent)
+        try:
+            await asyncio.wait([echo, *futures], timeout=self.settings.takeover_timeout)
+        finally:
+            self._claims.unexpect(conn.id)
             for old in waits:
                 self._release_waiters.pop((agent, old), None)
+        if not all(f.done() for f in futures):
+            log.warning("takeover of %s: previous holder did not confirm; proceeding", agent)
+        if not echo.done():
+            # Unordered against other claims, the socket could never be given a message.
+            raise ConnectionError(f"claim of {agent} not seen back within the takeover timeout")
         return conn.close_code is None
 
     async def attach(self, conn: Connection) -> None:
@@ -246,6 +262,7 @@ class Hub:
             self._connection_count -= 1
             if not group:
                 del self._by_agent[agent]
+                self._claims.forget(agent)
         unsent = conn.unsent()
         if unsent:
             self.metrics.messages_dropped.labels("closing").inc(unsent)
@@ -371,6 +388,8 @@ class Hub:
         if event.agent != agent:
             return
         if event.kind is EventKind.CLAIM:
+            if agent in self._by_agent:
+                self._claims.seen(agent, event.conn)
             for conn in self._by_agent.get(agent, ()):
                 if conn.id == event.conn:
                     conn.claim_seen = True
@@ -512,6 +531,11 @@ class Hub:
         conn = self._local.get(agent)
         if conn is None:
             self.metrics.messages_dropped.labels("no_local_agent").inc()
+            return
+        if not self._claims.holds(agent, conn.id):
+            # A newer claim of the name came first in the broker's order: the message
+            # is the newer socket's (on whichever node), and this one is being closed.
+            self.metrics.messages_dropped.labels("closing").inc()
             return
         try:
             frame = unpack_relay(data)

@@ -62,6 +62,7 @@ def _state(hub: Hub) -> dict[str, int]:
             "_peer_version",
             "_lost_timers",
             "_release_waiters",
+            "_claims",
             "_subscriptions",
         )
     }

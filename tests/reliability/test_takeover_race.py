@@ -26,7 +26,7 @@ RACE_SECONDS = 6.0
 RATE = 100  # messages per second from the sender
 # Sanity bounds, so that a run where nothing raced (or nothing arrived) cannot pass.
 MIN_SOCKETS = 20
-MIN_DELIVERED_SHARE = 0.2
+MIN_DELIVERED_SHARE = 0.1
 
 
 async def _contend(node: FaultNode, until: float, sockets: list[Inbox]) -> int:
@@ -81,8 +81,14 @@ async def test_no_message_reaches_two_sockets_while_nodes_race_for_a_name(
     figures("refused handshakes", refused_1 + refused_2)
     figures("ids delivered", len(seen_by))
     figures("ids delivered to two sockets", len(twice))
+    for node in (n1, n2):
+        drops = {k: v for k, v in node.metrics().dropped().items() if v}
+        figures(f"drops on {node.node_id}", drops)
 
     assert len(sockets) >= MIN_SOCKETS, f"only {len(sockets)} sockets: the nodes did not race"
     assert taken_over >= MIN_SOCKETS // 2, f"only {taken_over} takeovers"
     assert len(seen_by) >= MIN_DELIVERED_SHARE * sent, f"{len(seen_by)} of {sent} delivered"
+    for node in (n1, n2):
+        got = sum(len(i.seqs) for i in sockets if i.name.endswith("@" + node.node_id))
+        assert got, f"no socket on {node.node_id} received anything: the race was one-sided"
     assert twice == [], f"{len(twice)} of {sent} ids delivered to two sockets: {twice[:20]}"
