@@ -11,11 +11,15 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from websockets.exceptions import InvalidStatus
 
+from tests.integration.conftest import _register_log
+from tests.integration.redis_cluster import RedisClusterServers
 from tests.reliability.conftest import Faults
 from tests.reliability.harness import FaultNode, Inbox, encode, open_ws, task_request
 
@@ -27,6 +31,33 @@ RATE = 100  # messages per second from the sender
 # Sanity bounds, so that a run where nothing raced (or nothing arrived) cannot pass.
 MIN_SOCKETS = 20
 MIN_DELIVERED_SHARE = 0.1
+
+
+@pytest.fixture(params=["redis", "redis-cluster"])
+def two_nodes(
+    faults: Faults, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[list[FaultNode]]:
+    """Two nodes on one Redis, or on a Redis Cluster (where sharded pub/sub orders a
+    name's claims and messages on the shard owning its hash slot)."""
+    if request.param == "redis":
+        yield faults.ready("n1", "n2")
+        return
+    servers = RedisClusterServers(tmp_path / "redis-cluster")
+    try:
+        servers.start()
+        nodes = []
+        for node_id in ("n1", "n2"):
+            node = FaultNode(node_id, tmp_path / f"hub-{node_id}.log", servers.url)
+            _register_log(request, f"hub {node_id} log", node.log_path)
+            faults.nodes.append(node)
+            node.spawn()
+            nodes.append(node)
+        for node in nodes:
+            node.wait_ready()
+        yield nodes
+    finally:
+        faults.stop()  # the nodes before the cluster under them
+        servers.stop()
 
 
 async def _contend(node: FaultNode, until: float, sockets: list[Inbox]) -> int:
@@ -60,9 +91,9 @@ async def _send(node: FaultNode, until: float) -> int:
 
 
 async def test_no_message_reaches_two_sockets_while_nodes_race_for_a_name(
-    faults: Faults, figures: Any
+    two_nodes: list[FaultNode], figures: Any
 ) -> None:
-    n1, n2 = faults.ready("n1", "n2")
+    n1, n2 = two_nodes
     sockets: list[Inbox] = []
     until = time.monotonic() + RACE_SECONDS
     sent, refused_1, refused_2 = await asyncio.gather(
