@@ -13,6 +13,12 @@ channel before it publishes its claim, and it accepts a socket only once that
 socket's own claim has come back (`ClaimFence.expect`): every later claim then
 arrives after it, and every message its node receives from then on is ordered
 against both.
+
+A node whose pub/sub connection breaks may miss claims. From the break on it
+delivers nothing (`ClaimFence.suspend`) until, subscribed again, it has read each
+name's claim key (written in one step with the claim's publish) and found its own
+socket's claim still the newest there (`ClaimFence.confirm`); a claim made after
+that read arrives on the new subscription.
 """
 
 import asyncio
@@ -43,6 +49,15 @@ class ClaimFence:
         echo = self._echoes.pop(conn_id, None)
         if echo is not None and not echo.done():
             echo.set_result(None)
+
+    def suspend(self) -> None:
+        """Claims may have been missed: no name is held here until confirmed."""
+        self._newest.clear()
+
+    def confirm(self, agent: str, conn_id: str) -> None:
+        """The claim key read after a `suspend` still names ``conn_id``: it holds
+        ``agent`` again, unless a claim seen since says otherwise."""
+        self._newest.setdefault(agent, conn_id)
 
     def holds(self, agent: str, conn_id: str) -> bool:
         """True if ``conn_id`` made the newest claim of ``agent`` seen here."""

@@ -35,6 +35,7 @@ from buswire import (
     validate_agent_name,
 )
 from buswire.allowlist import TypePolicy
+from buswire.channels import claim_key
 from buswire.codec import encode_tree, envelope_of, load_tree
 from buswire.presence import (
     EventKind,
@@ -104,6 +105,9 @@ class Hub:
         self._tasks: set[asyncio.Task[None]] = set()
         self._reconcile_now = asyncio.Event()
         self._broker_was_down = False
+        # Counts broker state changes: a claim key read confirms a holder only if
+        # it was made while subscribed, with no break since (see bushub.claims).
+        self._broker_epoch = 0
         broker.set_handlers(self._on_broker_message, self._on_broker_state)
 
     # ---- life cycle ---------------------------------------------------------
@@ -221,8 +225,17 @@ class Hub:
             future = self._release_waiters.setdefault((agent, old), loop.create_future())
             futures.append(future)
         echo = self._claims.expect(conn.id)
-        self._publish_event(EventKind.CLAIM, agent, conn.id)
+        event = PresenceEvent(kind=EventKind.CLAIM, agent=agent, conn=conn.id, node=self.node_id)
         try:
+            # The claim key and the claim event in one step, so that a node that
+            # missed the event can tell from the key (see _reconcile).
+            await self.broker.claim_record(
+                claim_key(agent),
+                self._claim_value(conn),
+                self.settings.presence_ttl,
+                presence_channel(agent),
+                encode_event(event),
+            )
             await asyncio.wait([echo, *futures], timeout=self.settings.takeover_timeout)
         finally:
             self._claims.unexpect(conn.id)
@@ -280,9 +293,17 @@ class Hub:
                 except (ConnectionError, OSError) as exc:
                     log.warning("could not withdraw presence of %s: %s", agent, exc)
                 self._publish_event(EventKind.DOWN, agent, conn.id)
+            try:
+                await self.broker.delete_record(claim_key(agent), conn.id)
+            except (ConnectionError, OSError) as exc:
+                log.warning("could not withdraw the claim of %s: %s", agent, exc)
             await self._release(presence_channel(agent))
         finally:
             conn.closed.set()
+
+    def _claim_value(self, conn: Connection) -> bytes:
+        # Connection id first, as in a presence record, for the broker's scripts.
+        return f"{conn.id} {self.node_id}".encode()
 
     def _record(self, conn: Connection) -> PresenceRecord:
         return PresenceRecord(
@@ -421,14 +442,25 @@ class Hub:
                 log.warning("presence reconcile failed: %s", exc)
 
     async def _reconcile(self) -> None:
-        """Refresh this node's records; re-read its peers' (crashed nodes expire)."""
+        """Refresh this node's records and claim keys; re-read its peers' (crashed
+        nodes expire); confirm holders after a broker break."""
+        epoch = self._broker_epoch if self.broker.up else None
         local = list(self._local.items())
         items = [(presence_key(a), c.id, encode_record(self._record(c))) for a, c in local]
+        items += [(claim_key(a), c.id, self._claim_value(c)) for a, c in local]
         kept = await self.broker.refresh_records(items, self.settings.presence_ttl)
-        for (agent, conn), ok in zip(local, kept, strict=True):
-            if not ok and self._local.get(agent) is conn:
+        # Made while subscribed and unbroken since: no claim before the read was missed.
+        confirms = epoch == self._broker_epoch
+        for (agent, conn), ok, claimed in zip(
+            local, kept[: len(local)], kept[len(local) :], strict=True
+        ):
+            if self._local.get(agent) is not conn:
+                continue
+            if not (ok and claimed):
                 log.info("presence of %s is held elsewhere now; closing %s", agent, conn.id)
                 conn.request_close(CloseCode.TAKEN_OVER)
+            elif confirms:
+                self._claims.confirm(agent, conn.id)
         peers = list(self._watchers)
         versions = [self._peer_version[p] for p in peers]
         records = await self.broker.get_records([presence_key(p) for p in peers])
@@ -518,6 +550,10 @@ class Hub:
 
     def _on_broker_state(self, up: bool) -> None:
         self.metrics.redis_up.set(1 if up else 0)
+        self._broker_epoch += 1
+        if not up:
+            # Claims published from now until resubscribed would be missed.
+            self._claims.suspend()
         if up and self._broker_was_down:
             log.info(
                 "broker back: holding publishes %.1fs while nodes resubscribe", RESUBSCRIBE_SETTLE
@@ -535,7 +571,9 @@ class Hub:
         if not self._claims.holds(agent, conn.id):
             # A newer claim of the name came first in the broker's order: the message
             # is the newer socket's (on whichever node), and this one is being closed.
-            self.metrics.messages_dropped.labels("closing").inc()
+            # Or, after a broker break, the socket's claim is not confirmed yet.
+            reason = "unconfirmed" if conn.close_code is None else "closing"
+            self.metrics.messages_dropped.labels(reason).inc()
             return
         try:
             frame = unpack_relay(data)

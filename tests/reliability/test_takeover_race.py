@@ -9,6 +9,7 @@ numbers is compared with every other's.
 
 import asyncio
 import contextlib
+import signal
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -18,10 +19,20 @@ from typing import Any
 import pytest
 from websockets.exceptions import InvalidStatus
 
+from bushub.hub import RESUBSCRIBE_SETTLE
 from tests.integration.conftest import _register_log
+from tests.integration.procs import TIMEOUT
 from tests.integration.redis_cluster import RedisClusterServers
 from tests.reliability.conftest import Faults
-from tests.reliability.harness import FaultNode, Inbox, encode, open_ws, task_request
+from tests.reliability.harness import (
+    FaultNode,
+    Inbox,
+    encode,
+    in_thread,
+    open_ws,
+    task_request,
+    until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -60,10 +71,10 @@ def two_nodes(
         servers.stop()
 
 
-async def _contend(node: FaultNode, until: float, sockets: list[Inbox]) -> int:
+async def _contend(node: FaultNode, deadline: float, sockets: list[Inbox]) -> int:
     """Hold AGENT on ``node``, reconnecting whenever the socket ends; returns refusals."""
     refused = 0
-    while time.monotonic() < until:
+    while time.monotonic() < deadline:
         try:
             inbox = Inbox(await open_ws(node, AGENT), f"{AGENT}@{node.node_id}")
         except InvalidStatus:
@@ -71,17 +82,17 @@ async def _contend(node: FaultNode, until: float, sockets: list[Inbox]) -> int:
             continue
         sockets.append(inbox)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(inbox.closed.wait(), max(0.0, until - time.monotonic()))
+            await asyncio.wait_for(inbox.closed.wait(), max(0.0, deadline - time.monotonic()))
     return refused
 
 
-async def _send(node: FaultNode, until: float) -> int:
-    """Send numbered messages to AGENT at RATE until ``until``; returns how many."""
+async def _send(node: FaultNode, deadline: float) -> int:
+    """Send numbered messages to AGENT at RATE until ``deadline``; returns how many."""
     ws = await open_ws(node, "sender")
     seq = 0
     start = time.monotonic()
     try:
-        while time.monotonic() < until:
+        while time.monotonic() < deadline:
             await ws.send(encode(task_request("sender", AGENT, seq)))
             seq += 1
             await asyncio.sleep(max(0.0, start + seq / RATE - time.monotonic()))
@@ -95,9 +106,9 @@ async def test_no_message_reaches_two_sockets_while_nodes_race_for_a_name(
 ) -> None:
     n1, n2 = two_nodes
     sockets: list[Inbox] = []
-    until = time.monotonic() + RACE_SECONDS
+    deadline = time.monotonic() + RACE_SECONDS
     sent, refused_1, refused_2 = await asyncio.gather(
-        _send(n1, until), _contend(n1, until, sockets), _contend(n2, until, sockets)
+        _send(n1, deadline), _contend(n1, deadline, sockets), _contend(n2, deadline, sockets)
     )
     await asyncio.sleep(0.3)  # the last messages in flight
     for inbox in sockets:
@@ -123,3 +134,48 @@ async def test_no_message_reaches_two_sockets_while_nodes_race_for_a_name(
         got = sum(len(i.seqs) for i in sockets if i.name.endswith("@" + node.node_id))
         assert got, f"no socket on {node.node_id} received anything: the race was one-sided"
     assert twice == [], f"{len(twice)} of {sent} ids delivered to two sockets: {twice[:20]}"
+
+
+async def test_a_node_that_missed_the_newer_claim_delivers_nothing_more(
+    faults: Faults, figures: Any
+) -> None:
+    """Node 1 holds the name; its pub/sub connection is cut while it is stalled, and
+    node 2 claims the name meanwhile: node 1 never receives that claim. Once running
+    and subscribed again, node 1 must not deliver to its socket what node 2 delivers
+    to the newer one. (A long presence TTL keeps node 1's periodic reconcile, which
+    would notice the newer presence record, out of the way.)"""
+    n1, n2 = faults.ready("n1", "n2", presence_ttl=9.0)
+    redis = faults.redis
+    assert redis is not None
+    older = await Inbox.open(n1, AGENT)
+    deadline = time.monotonic() + 8.0
+    sender = asyncio.create_task(_send(n2, deadline))
+    assert await older.count(20), f"older socket got {len(older.seqs)}"
+
+    n1.signal(signal.SIGSTOP)
+    try:
+        # Both nodes' subscriber connections; node 2 comes back at once, and holds
+        # its publishes for a second while nodes resubscribe: wait that out.
+        redis.cli("CLIENT", "KILL", "TYPE", "pubsub")
+        assert await until(lambda: in_thread(lambda: n2.http_status("/readyz") == 200))
+        await asyncio.sleep(RESUBSCRIBE_SETTLE + 0.3)
+        # Node 2 publishes the claim while node 1 has no subscription; the handshake
+        # waits (up to the takeover timeout) for node 1's socket to close.
+        opening = asyncio.create_task(open_ws(n2, AGENT))
+        await asyncio.sleep(0.3)
+    finally:
+        n1.signal(signal.SIGCONT)
+    newer = Inbox(await opening, f"{AGENT}@n2")
+    await asyncio.wait_for(older.closed.wait(), TIMEOUT)
+    assert await newer.count(len(newer.seqs) + 50), f"newer socket got {len(newer.seqs)}"
+    sent = await sender
+    await newer.close()
+
+    twice = sorted(set(older.seqs) & set(newer.seqs))
+    figures("sent", sent)
+    figures("older socket got", len(older.seqs))
+    figures("newer socket got", len(newer.seqs))
+    figures("ids delivered to both", len(twice))
+    figures("n1 drops", {k: v for k, v in n1.metrics().dropped().items() if v})
+    assert older.close_code == 4001, older.close_code
+    assert twice == [], f"{len(twice)} ids delivered to both sockets: {twice[:20]}"
