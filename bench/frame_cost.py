@@ -34,6 +34,7 @@ from typing import Any
 import msgpack
 
 from bushub.auth import OPEN_GRANT
+from bushub.claims import ClaimFence
 from bushub.connection import Connection, ConnectionParams
 from bushub.limits import TokenBucket
 from bushub.metrics import Metrics
@@ -141,10 +142,12 @@ class _Relay:
         metrics = Metrics()
         self.published: list[bytes] = []
         holders: dict[str, Connection] = {}
+        claims = ClaimFence()
         self.relay = Relay(
             settings,
             metrics,
             holders,
+            claims,
             lambda channel, frame: self.published.append(frame),
             Outbound(metrics),
         )
@@ -153,6 +156,7 @@ class _Relay:
         receiver = _connection("b_1", "a_1", other)
         receiver.outlet = _Socket()
         holders["b_1"] = receiver
+        claims.seen("b_1", receiver.id)
         self.data = data
         self.relay.route(self.sender, data)
         self.accepted = bool(self.published)

@@ -21,6 +21,7 @@ import time
 import warnings
 
 from bushub.auth import TokenVerifier
+from bushub.claims import ClaimFence
 from bushub.connection import Connection, ConnectionParams
 from bushub.limits import TokenBucket
 from bushub.metrics import Metrics
@@ -73,10 +74,12 @@ class _Case:
         metrics = Metrics()
         self.published: list[bytes] = []
         self.holders: dict[str, Connection] = {}
+        claims = ClaimFence()
         self.relay = Relay(
             settings,
             metrics,
             self.holders,
+            claims,
             lambda channel, data: self.published.append(data),
             Outbound(metrics),
         )
@@ -84,6 +87,7 @@ class _Case:
         receiver = _connection("b_1", "a_1", Format(fmt))
         receiver.outlet = _Socket()
         self.holders["b_1"] = receiver
+        claims.seen("b_1", receiver.id)
         self.relay.route(self.sender, self.data)
         self.frame = self.published[0]
 

@@ -35,6 +35,11 @@ def presence_channel(agent: str) -> str:
     return f"{_PREFIX}:presence:{{{agent}}}"
 
 
+def claim_key(agent: str) -> str:
+    """The key holding the connection that made ``agent``'s newest claim."""
+    return f"{_PREFIX}:claim:{{{agent}}}"
+
+
 def presence_key(agent: str) -> str:
     """The key holding ``agent``'s presence record."""
     return f"{_PREFIX}:agent:{{{agent}}}"

@@ -39,4 +39,5 @@ class DropReason(StrEnum):
     BAD_PRESENCE = "bad_presence"
     NO_LOCAL_AGENT = "no_local_agent"
     SLOW_CONSUMER = "slow_consumer"
+    UNCONFIRMED = "unconfirmed"  # after a broker break, before the claim is re-confirmed
     CLOSING = "closing"

@@ -84,7 +84,12 @@ class Hub:
             self.health,
         )
         self.relay = Relay(
-            settings, metrics, self.presence.holders, self.publisher.publish, self.outbound
+            settings,
+            metrics,
+            self.presence.holders,
+            self.presence.claims,
+            self.publisher.publish,
+            self.outbound,
         )
         self._tasks: set[asyncio.Task[None]] = set()
         self._broker_was_down = False
@@ -238,6 +243,7 @@ class Hub:
 
     def _on_broker_state(self, up: bool) -> None:
         self.metrics.redis_up.set(1 if up else 0)
+        self.presence.broker_state_changed(up)
         if up and self._broker_was_down:
             log.info(
                 "broker back: holding publishes %.1fs while nodes resubscribe", RESUBSCRIBE_SETTLE

@@ -44,6 +44,7 @@ DROP_REASONS = (
     "no_local_agent",
     "slow_consumer",
     "closing",
+    "unconfirmed",
     "publish_buffer_full",
     "broker_refused",
     "shutdown",

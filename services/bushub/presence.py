@@ -23,6 +23,7 @@ from collections.abc import Callable
 from bushub.broker import Broker
 from bushub.broker.refusals import BrokerRefused
 from bushub.brokerhealth import BrokerHealth
+from bushub.claims import ClaimFence
 from bushub.closecodes import CloseCode
 from bushub.connection import Connection
 from bushub.metrics import Metrics
@@ -37,6 +38,7 @@ from buswire import (
     presence_key,
     registry_message,
 )
+from buswire.channels import claim_key
 from buswire.codec import encode_tree
 from buswire.presence import (
     EventKind,
@@ -118,6 +120,11 @@ class Presence:
         # Futures of new connections waiting for the previous holder to let go.
         self._release_waiters: dict[tuple[str, str], asyncio.Future[None]] = {}
         self._reconcile_now = asyncio.Event()
+        # The newest claim seen per name claimed here: only its socket gets messages.
+        self.claims = ClaimFence()
+        # Counts broker state changes: a claim key read confirms a holder only if
+        # it was made while subscribed, with no break since (see bushub.claims).
+        self._broker_epoch = 0
 
     @property
     def connection_count(self) -> int:
@@ -139,6 +146,7 @@ class Presence:
             "peer_version": len(self._peer_version),
             "lost_timers": len(self._lost_timers),
             "release_waiters": len(self._release_waiters),
+            "claims": len(self.claims),
         }
 
     # ---- claims and holders -------------------------------------------------
@@ -147,11 +155,18 @@ class Presence:
         """Claim ``conn.agent`` before the socket is accepted.
 
         Any older holder, on any node, is told to close; this waits (bounded by
-        ``takeover_timeout``) until it has, so at most one socket holds a name and
-        the older socket's close reaches its client before the newer is accepted.
+        ``takeover_timeout``) until the holders known from the presence record or
+        this node have, so their close reaches their client before the newer is
+        accepted. It also waits for this claim to come back on the presence
+        channel: from then on, every node orders each message for the name against
+        it (see ``bushub.claims``), so no message reaches an older socket and this
+        one both.
 
         Returns:
             False when a newer claim beat this one; the socket must be refused.
+
+        Raises:
+            ConnectionError: the broker did not bring this claim back in time.
         """
         agent = conn.agent
         self._by_agent[agent].add(conn)
@@ -166,13 +181,28 @@ class Presence:
         for old in waits:
             future = self._release_waiters.setdefault((agent, old), loop.create_future())
             futures.append(future)
-        self._publish_event(EventKind.CLAIM, agent, conn.id)
-        if futures:
-            done, _ = await asyncio.wait(futures, timeout=self._settings.takeover_timeout)
-            if len(done) < len(futures):
-                log.warning("takeover of %s: previous holder did not confirm; proceeding", agent)
+        echo = self.claims.expect(conn.id)
+        event = PresenceEvent(kind=EventKind.CLAIM, agent=agent, conn=conn.id, node=self._node_id)
+        try:
+            # The claim key and the claim event in one step, so that a node that
+            # missed the event can tell from the key (see reconcile).
+            await self._broker.claim_record(
+                claim_key(agent),
+                self._claim_value(conn),
+                self._settings.presence_ttl,
+                presence_channel(agent),
+                encode_event(event),
+            )
+            await asyncio.wait([echo, *futures], timeout=self._settings.takeover_timeout)
+        finally:
+            self.claims.unexpect(conn.id)
             for old in waits:
                 self._release_waiters.pop((agent, old), None)
+        if not all(f.done() for f in futures):
+            log.warning("takeover of %s: previous holder did not confirm; proceeding", agent)
+        if not echo.done():
+            # Unordered against other claims, the socket could never be given a message.
+            raise ConnectionError(f"claim of {agent} not seen back within the takeover timeout")
         return conn.close_code is None
 
     def hold(self, conn: Connection) -> None:
@@ -202,6 +232,7 @@ class Presence:
             self._connection_count -= 1
             if not group:
                 del self._by_agent[agent]
+                self.claims.forget(agent)
         if self.holders.get(agent) is conn:
             del self.holders[agent]
             return True
@@ -219,8 +250,17 @@ class Presence:
         self._publish_event(EventKind.DOWN, agent, conn.id)
 
     async def unclaim(self, conn: Connection) -> None:
-        """Drop an ended socket's interest in its name's presence channel."""
+        """Delete an ended socket's claim key (if still its own) and drop its interest
+        in its name's presence channel."""
+        try:
+            await self._broker.delete_record(claim_key(conn.agent), conn.id)
+        except (ConnectionError, OSError) as exc:
+            log.warning("could not withdraw the claim of %s: %s", conn.agent, exc)
         await self._subscriptions.release(presence_channel(conn.agent))
+
+    def _claim_value(self, conn: Connection) -> bytes:
+        # Connection id first, as in a presence record, for the broker's scripts.
+        return f"{conn.id} {self._node_id}".encode()
 
     def _record(self, conn: Connection) -> PresenceRecord:
         return PresenceRecord(
@@ -332,6 +372,8 @@ class Presence:
         if event.agent != agent:
             return
         if event.kind is EventKind.CLAIM:
+            if agent in self._by_agent:
+                self.claims.seen(agent, event.conn)
             for conn in self._by_agent.get(agent, ()):
                 if conn.id == event.conn:
                     conn.claim_seen = True
@@ -351,6 +393,13 @@ class Presence:
                 self._peer_down(agent)
 
     # ---- reconcile ----------------------------------------------------------
+
+    def broker_state_changed(self, up: bool) -> None:
+        """The broker connection went down or came back (resubscribed)."""
+        self._broker_epoch += 1
+        if not up:
+            # Claims published from now until resubscribed would be missed.
+            self.claims.suspend()
 
     def reconcile_soon(self) -> None:
         """Run the next reconcile now rather than at the end of the period."""
@@ -378,15 +427,26 @@ class Presence:
                 log.warning("presence reconcile failed: %s", exc)
 
     async def reconcile(self) -> None:
-        """Refresh this node's records; re-read its peers' (crashed nodes expire)."""
+        """Refresh this node's records and claim keys; re-read its peers' (crashed
+        nodes expire); confirm holders after a broker break."""
+        epoch = self._broker_epoch if self._broker.up else None
         local = list(self.holders.items())
         items = [(presence_key(a), c.id, encode_record(self._record(c))) for a, c in local]
+        items += [(claim_key(a), c.id, self._claim_value(c)) for a, c in local]
         with self._health.watching("presence_refresh"):
             kept = await self._broker.refresh_records(items, self._settings.presence_ttl)
-        for (agent, conn), ok in zip(local, kept, strict=True):
-            if not ok and self.holders.get(agent) is conn:
+        # Made while subscribed and unbroken since: no claim before the read was missed.
+        confirms = epoch == self._broker_epoch
+        for (agent, conn), ok, claimed in zip(
+            local, kept[: len(local)], kept[len(local) :], strict=True
+        ):
+            if self.holders.get(agent) is not conn:
+                continue
+            if not (ok and claimed):
                 log.info("presence of %s is held elsewhere now; closing %s", agent, conn.id)
                 conn.request_close(CloseCode.TAKEN_OVER)
+            elif confirms:
+                self.claims.confirm(agent, conn.id)
         peers = list(self._watchers)
         versions = [self._peer_version[p] for p in peers]
         with self._health.watching("presence_read"):

@@ -14,6 +14,7 @@ holders and the outbound writer, so a test drives it with bytes.
 import time
 from collections.abc import Callable, Mapping
 
+from bushub.claims import ClaimFence
 from bushub.closecodes import CloseCode
 from bushub.connection import Connection
 from bushub.metrics import Metrics
@@ -45,6 +46,8 @@ class Relay:
         settings: Frame size limit and type policy.
         metrics: Where frames received and dropped are counted.
         holders: The local socket holding each agent name (kept by presence).
+        claims: The newest claim seen per name (kept by presence): a holder gets a
+            message only while its claim is the newest.
         publish: Publishes one relay frame on a channel; never blocks.
         outbound: Writes frames to sockets.
         clock: Wall-clock seconds, stamped on relayed frames for the latency metric.
@@ -55,6 +58,7 @@ class Relay:
         settings: Settings,
         metrics: Metrics,
         holders: Mapping[str, Connection],
+        claims: ClaimFence,
         publish: Publish,
         outbound: Outbound,
         clock: Callable[[], float] = time.time,
@@ -66,6 +70,7 @@ class Relay:
         )
         self._metrics = metrics
         self._holders = holders
+        self._claims = claims
         self._publish = publish
         self._outbound = outbound
         self._clock = clock
@@ -141,6 +146,13 @@ class Relay:
         conn = self._holders.get(agent)
         if conn is None:
             self._metrics.messages_dropped.labels(DropReason.NO_LOCAL_AGENT).inc()
+            return
+        if not self._claims.holds(agent, conn.id):
+            # A newer claim of the name came first in the broker's order: the message
+            # is the newer socket's (on whichever node), and this one is being closed.
+            # Or, after a broker break, the socket's claim is not confirmed yet.
+            reason = DropReason.UNCONFIRMED if conn.close_code is None else DropReason.CLOSING
+            self._metrics.messages_dropped.labels(reason).inc()
             return
         try:
             frame = unpack_relay(data)

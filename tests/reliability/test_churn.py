@@ -127,6 +127,7 @@ async def test_churn_leaves_nothing_behind(faults: Faults, figures: Any) -> None
         )
     quiet_s = time.monotonic() - quiet_at
     assert await until(lambda: in_thread(lambda: redis.keys("bushub:agent:*") == []), timeout=3)
+    assert await until(lambda: in_thread(lambda: redis.keys("bushub:claim:*") == []), timeout=3)
     channels = redis.channels("bushub:*")
     leftover = [c for c in channels if not c.startswith("bushub:node:")]
     sample = [f"bushub:msg:{{ch{b}-{i}-a}}" for b in (0, 9) for i in (0, 6, 9)]

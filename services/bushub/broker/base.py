@@ -101,6 +101,20 @@ class Broker(ABC):
         """Store ``value`` under ``key`` for ``ttl`` seconds, replacing any holder."""
 
     @abstractmethod
+    async def claim_record(
+        self, key: str, value: bytes, ttl: float, channel: str, data: bytes
+    ) -> None:
+        """Store ``value`` under ``key`` (as `put_record`) and publish ``data`` on
+        ``channel`` in one step: nothing published or written falls between them.
+
+        Readers of the key can then tell whether a publish on the channel came
+        before their read, which a subscriber that missed it needs to know.
+
+        Raises:
+            ConnectionError: the broker is unreachable; neither may have happened.
+        """
+
+    @abstractmethod
     async def refresh_records(
         self, items: Sequence[tuple[str, str, bytes]], ttl: float
     ) -> list[bool]:

@@ -34,6 +34,7 @@ from redis.exceptions import (
 from bushub.broker.base import Broker, PartialPublish
 from bushub.broker.credentials import Credentials
 from bushub.broker.redis import (
+    CLAIM_SCRIPT,
     NO_RETRY,
     REFRESH_SCRIPT,
     RELEASE_SCRIPT,
@@ -180,6 +181,7 @@ class RedisClusterBroker(Broker):
         self._credentials = Credentials.from_url(url)
         self._refresh = self._client.register_script(REFRESH_SCRIPT)
         self._release = self._client.register_script(RELEASE_SCRIPT)
+        self._claim = self._client.register_script(CLAIM_SCRIPT)
         self._channels: set[str] = set()
         self._shards: dict[str, _Shard] = {}
         self._node_publishers: dict[str, PublishConnection] = {}
@@ -369,6 +371,15 @@ class RedisClusterBroker(Broker):
         with unreachable_as_connection_error():
             async with asyncio.timeout(_COMMAND_SECONDS):
                 await self._client.set(key, value, px=max(1, int(ttl * 1000)))
+
+    async def claim_record(
+        self, key: str, value: bytes, ttl: float, channel: str, data: bytes
+    ) -> None:
+        ttl_ms = max(1, int(ttl * 1000))
+        with unreachable_as_connection_error():
+            async with asyncio.timeout(_COMMAND_SECONDS):
+                # The key and the channel share a hash tag: one shard runs both.
+                await self._claim(keys=[key], args=[value, ttl_ms, "SPUBLISH", channel, data])
 
     async def refresh_records(
         self, items: Sequence[tuple[str, str, bytes]], ttl: float

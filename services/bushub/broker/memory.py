@@ -64,6 +64,12 @@ class MemoryBroker(Broker):
     async def put_record(self, key: str, value: bytes, ttl: float) -> None:
         self._records[key] = (value, time.monotonic() + ttl)
 
+    async def claim_record(
+        self, key: str, value: bytes, ttl: float, channel: str, data: bytes
+    ) -> None:
+        await self.put_record(key, value, ttl)
+        await self.publish_many([(channel, data)])
+
     async def refresh_records(
         self, items: Sequence[tuple[str, str, bytes]], ttl: float
     ) -> list[bool]:

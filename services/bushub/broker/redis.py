@@ -81,6 +81,13 @@ return 0
 """
 
 
+# Store a record and publish in one step (see Broker.claim_record).
+CLAIM_SCRIPT = """
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return redis.call(ARGV[3], ARGV[4], ARGV[5])
+"""
+
+
 class RedisBroker(Broker):
     """Pub/sub and presence records on one Redis.
 
@@ -129,6 +136,7 @@ class RedisBroker(Broker):
             self._publisher.stall_seconds = _PUBLISH_SECONDS
         self._refresh = self._client.register_script(REFRESH_SCRIPT)
         self._release = self._client.register_script(RELEASE_SCRIPT)
+        self._claim = self._client.register_script(CLAIM_SCRIPT)
         self._channels: set[str] = {control_channel}
         self._subscriber: Subscriber | None = None
         self._pubsub: Any = None
@@ -336,6 +344,13 @@ class RedisBroker(Broker):
     async def put_record(self, key: str, value: bytes, ttl: float) -> None:
         with unreachable_as_connection_error():
             await self._client.set(key, value, px=max(1, int(ttl * 1000)))
+
+    async def claim_record(
+        self, key: str, value: bytes, ttl: float, channel: str, data: bytes
+    ) -> None:
+        ttl_ms = max(1, int(ttl * 1000))
+        with unreachable_as_connection_error():
+            await self._claim(keys=[key], args=[value, ttl_ms, "PUBLISH", channel, data])
 
     async def refresh_records(
         self, items: Sequence[tuple[str, str, bytes]], ttl: float

@@ -4,6 +4,8 @@ no socket, no clock that moves by itself."""
 import json
 from typing import Any
 
+import pytest
+
 from bushub.broker import MemoryBroker
 from bushub.brokerhealth import BrokerHealth
 from bushub.closecodes import CloseCode
@@ -11,7 +13,7 @@ from bushub.metrics import Metrics
 from bushub.outbound import Outbound
 from bushub.presence import Presence, runner_name
 from bushub.subscriptions import Subscriptions
-from buswire import presence_channel, presence_key
+from buswire import presence_key
 from buswire.presence import (
     EventKind,
     PresenceEvent,
@@ -42,6 +44,13 @@ class Wired:
             self.timers,
             BrokerHealth(),
         )
+        # Claims go through the broker itself (key and event in one step): its
+        # presence channels lead back here, as a node's subscriber would.
+        self.broker.set_handlers(self._from_broker, lambda up: None)
+
+    def _from_broker(self, channel: str, data: bytes) -> None:
+        agent = channel[channel.index("{") + 1 : -1]
+        self.presence.on_event(agent, data)
 
     def event(self, kind: EventKind, agent: str, conn_id: str, node: str = "n2") -> None:
         data = encode_event(PresenceEvent(kind=kind, agent=agent, conn=conn_id, node=node))
@@ -101,13 +110,20 @@ async def test_a_peer_back_within_the_grace_cancels_the_close() -> None:
 async def test_a_newer_claim_seen_after_ours_takes_the_name_over() -> None:
     wired = Wired()
     ours = connection("w", conn_id="n1.ours")
-    assert await wired.presence.claim(ours)  # nobody held w: no wait
-    [(channel, _)] = wired.events
-    assert channel == presence_channel("w")
-    wired.event(EventKind.CLAIM, "w", "n1.ours", node="n1")  # our claim comes back
+    # Nobody held w: the claim waits only for its own event to come back.
+    assert await wired.presence.claim(ours)
+    assert wired.presence.claims.holds("w", "n1.ours")
     wired.presence.hold(ours)
     wired.event(EventKind.CLAIM, "w", "n2.newer")
     assert ours.close_code is CloseCode.TAKEN_OVER
+    assert not wired.presence.claims.holds("w", "n1.ours")
+
+
+async def test_a_claim_the_broker_never_brings_back_is_refused() -> None:
+    wired = Wired()
+    wired.broker.set_handlers(lambda channel, data: None, lambda up: None)
+    with pytest.raises(ConnectionError):
+        await wired.presence.claim(connection("w"))
 
 
 async def test_an_undecodable_event_is_counted_and_changes_nothing() -> None:

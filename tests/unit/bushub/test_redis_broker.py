@@ -257,3 +257,26 @@ def test_error_replies_reach_the_caller_classified(redis: FaultRedis, loop: str)
         await broker.close()
 
     run(loop, scenario())
+
+
+def test_claim_record_stores_the_key_and_publishes(redis: FaultRedis, loop: str) -> None:
+    async def scenario() -> None:
+        broker = RedisBroker(redis.url, control_channel="bushub:node:t")
+        got: list[tuple[str, bytes]] = []
+        broker.set_handlers(lambda c, d: got.append((c, d)), lambda up: None)
+        await broker.start()
+        await broker.subscribe("bushub:presence:{a}")
+        await until(lambda: redis.lines("PUBSUB", "CHANNELS", "bushub:presence:*") != [], "sub")
+        await broker.claim_record(
+            "bushub:claim:{a}", b"c1 n1", 5.0, "bushub:presence:{a}", b"claimed"
+        )
+        await until(lambda: got == [("bushub:presence:{a}", b"claimed")], "the claim event")
+        assert await broker.get_records(["bushub:claim:{a}"]) == [b"c1 n1"]
+        assert 0 < int(redis.cli("PTTL", "bushub:claim:{a}").strip()) <= 5000
+        # The claim key follows the record rules: refreshed and withdrawn by its holder only.
+        assert await broker.refresh_records([("bushub:claim:{a}", "c2", b"c2 n2")], 5.0) == [False]
+        await broker.delete_record("bushub:claim:{a}", "c1")
+        assert await broker.get_records(["bushub:claim:{a}"]) == [None]
+        await broker.close()
+
+    run(loop, scenario())

@@ -4,6 +4,8 @@ import json
 
 import msgpack
 
+from bushub.claims import ClaimFence
+from bushub.connection import Connection
 from bushub.metrics import Metrics
 from bushub.outbound import Outbound
 from bushub.relay import Relay
@@ -22,15 +24,22 @@ class Wired:
     def __init__(self, **settings: object) -> None:
         self.metrics = Metrics()
         self.published: list[tuple[str, bytes]] = []
-        self.holders = {}  # type: ignore[var-annotated]
+        self.holders: dict[str, Connection] = {}
+        self.claims = ClaimFence()
         self.relay = Relay(
             Settings(node_id="unit", **settings),  # type: ignore[arg-type]
             self.metrics,
             self.holders,
+            self.claims,
             lambda channel, data: self.published.append((channel, data)),
             Outbound(self.metrics, clock=lambda: NOW),
             clock=lambda: NOW,
         )
+
+    def hold(self, conn: Connection) -> None:
+        """Make ``conn`` the holder of its name, with the newest claim of it."""
+        self.holders[conn.agent] = conn
+        self.claims.seen(conn.agent, conn.id)
 
     def dropped(self, reason: str) -> float:
         value = self.metrics.registry.get_sample_value(
@@ -71,7 +80,7 @@ def test_an_oversize_frame_is_dropped_and_counted_as_received() -> None:
 def test_a_relay_frame_reaches_the_local_holder_in_its_own_format() -> None:
     wired = Wired()
     holder = connection("b", "a", fmt=Format.MSGPACK)
-    wired.holders["b"] = holder
+    wired.hold(holder)
     tree = task_request("a", "b", seq=3)
     wired.relay.deliver("b", pack_relay(Format.JSON, NOW - 0.5, as_json(tree)))
     [frame] = written(holder)
@@ -83,7 +92,7 @@ def test_a_relay_frame_reaches_the_local_holder_in_its_own_format() -> None:
 def test_same_format_delivery_forwards_the_senders_bytes() -> None:
     wired = Wired()
     holder = connection("b", "a")
-    wired.holders["b"] = holder
+    wired.hold(holder)
     data = as_json(task_request("a", "b"))
     wired.relay.deliver("b", pack_relay(Format.JSON, NOW, data))
     assert written(holder) == [data]
@@ -93,10 +102,20 @@ def test_same_format_delivery_forwards_the_senders_bytes() -> None:
 def test_a_frame_for_no_local_holder_or_a_broken_relay_frame_is_counted() -> None:
     wired = Wired()
     wired.relay.deliver("nobody", pack_relay(Format.JSON, NOW, b"{}"))
-    wired.holders["b"] = connection("b")
+    wired.hold(connection("b"))
     wired.relay.deliver("b", b"\x00")
     assert wired.dropped("no_local_agent") == 1
     assert wired.dropped("bad_relay_frame") == 1
+
+
+def test_a_holder_whose_claim_is_not_the_newest_gets_nothing() -> None:
+    wired = Wired()
+    holder = connection("b", "a")
+    wired.hold(holder)
+    wired.claims.seen("b", "elsewhere.newer")
+    wired.relay.deliver("b", pack_relay(Format.JSON, NOW, as_json(task_request("a", "b"))))
+    assert written(holder) == []
+    assert wired.dropped("unconfirmed") == 1
 
 
 def test_a_publish_nobody_received_is_undeliverable_only_on_message_channels() -> None:
