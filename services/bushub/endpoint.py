@@ -20,6 +20,7 @@ from starlette.responses import PlainTextResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from bushub.auth import AuthError, Grant, TokenVerifier
+from bushub.broker.refusals import BrokerRefused
 from bushub.closecodes import SOCKET_CLOSE_REASONS, CloseCode, close_reason
 from bushub.connection import Connection, ConnectionParams, new_connection_id
 from bushub.hub import Hub
@@ -325,6 +326,11 @@ async def agent_socket(websocket: WebSocket) -> None:
     try:
         try:
             claimed = await hub.claim(conn)
+        except BrokerRefused as exc:
+            # Reachable, but refusing the claim's write (ACL, out of memory).
+            log.warning("refused %s: redis refused the claim (%s)", agent, exc)
+            await _refuse(websocket, hub, Refusal(503, "broker_refused"))
+            return
         except ConnectionError as exc:
             log.warning("refused %s: broker unreachable (%s)", agent, exc)
             await _refuse(websocket, hub, Refusal(503, "broker_unreachable"))

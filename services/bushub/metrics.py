@@ -55,6 +55,8 @@ REFUSAL_REASONS = (
     "handshake_timeout",
     "headers_too_large",
     "bad_path",
+    "broker_unreachable",
+    "broker_refused",
 )
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 

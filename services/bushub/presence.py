@@ -186,13 +186,14 @@ class Presence:
         try:
             # The claim key and the claim event in one step, so that a node that
             # missed the event can tell from the key (see reconcile).
-            await self._broker.claim_record(
-                claim_key(agent),
-                self._claim_value(conn),
-                self._settings.presence_ttl,
-                presence_channel(agent),
-                encode_event(event),
-            )
+            with self._health.watching("presence_write"):
+                await self._broker.claim_record(
+                    claim_key(agent),
+                    self._claim_value(conn),
+                    self._settings.presence_ttl,
+                    presence_channel(agent),
+                    encode_event(event),
+                )
             await asyncio.wait([echo, *futures], timeout=self._settings.takeover_timeout)
         finally:
             self.claims.unexpect(conn.id)
