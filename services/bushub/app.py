@@ -39,7 +39,7 @@ class AgentSockets:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
-            await agent_socket(WebSocket(scope, receive, send))
+            await agent_socket(WebSocket(scope, receive, send), (send, receive))
             return
         await self.app(scope, receive, send)
 

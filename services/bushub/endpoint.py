@@ -289,8 +289,14 @@ def admit(websocket: WebSocket, hub: Hub, verifier: TokenVerifier, agent: str) -
     return grant
 
 
-async def agent_socket(websocket: WebSocket) -> None:
-    """Serve one agent socket."""
+async def agent_socket(websocket: WebSocket, raw: AsgiChannel) -> None:
+    """Serve one agent socket.
+
+    Args:
+        websocket: The socket, as Starlette wraps it.
+        raw: The ASGI (send, receive) under it: closing waits for a second
+            disconnect event, which Starlette's wrapper would not hand on.
+    """
     hub: Hub = websocket.app.state.hub
     settings = hub.settings
     scope = websocket.scope
@@ -376,7 +382,7 @@ async def agent_socket(websocket: WebSocket) -> None:
     finally:
         if not handed_over:
             connected = websocket.application_state is WebSocketState.CONNECTED
-            channel = (websocket._send, websocket._receive) if attached and connected else None
+            channel = raw if attached and connected else None
             await _ending(conn, hub, attached=attached, open_channel=channel)
 
 
