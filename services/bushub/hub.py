@@ -230,7 +230,7 @@ class Hub:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.publisher.close()
-        self.presence.cancel_timers()
+        self.presence.peers.cancel_timers()
         await self.broker.close()
 
     # ---- the broker's side --------------------------------------------------

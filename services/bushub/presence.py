@@ -1,13 +1,11 @@
-"""Presence on one node: who holds which agent name, takeover, and peers' comings and goings.
+"""Presence on one node: who holds which agent name, and takeover.
 
-Each socket first *claims* its agent name: a claim event on the name's presence
-channel tells every node, and any older holder is closed with 4001 before the newer
-socket is accepted, so at most one socket holds a name (docs/protocol.md, Presence).
-A socket that holds a name is recorded in an expiring broker record, refreshed by a
-periodic reconcile; its peer's holder is announced to it with a registry message
-naming a runner per holder connection, and a peer gone for longer than the grace
-period closes it with 4002 when it asked for that. A crashed node's records expire,
-and the reconcile of the nodes watching its agents sees them gone.
+Each socket first *claims* its agent name: the claim key and a claim event on the
+name's presence channel tell every node, and any older holder is closed with 4001
+(docs/protocol.md, Presence); the claim fence (``bushub.claims``) makes sure no
+message reaches two sockets of one name. A socket that holds a name is recorded in an
+expiring broker record, refreshed by a periodic reconcile, which also re-reads the
+peers' records (``bushub.peers``: a crashed node's agents expire there).
 
 Everything with a side effect comes in from outside (broker, subscriptions, publish,
 outbound writer, timers), so a test can drive every transition with events and a fake
@@ -28,18 +26,16 @@ from bushub.closecodes import CloseCode
 from bushub.connection import Connection
 from bushub.metrics import Metrics
 from bushub.outbound import Outbound
+from bushub.peers import CallLater, Peers
 from bushub.settings import Settings
 from bushub.subscriptions import Subscriptions
 from buswire import (
     DecodeError,
-    Dialect,
     DropReason,
     presence_channel,
     presence_key,
-    registry_message,
 )
 from buswire.channels import claim_key
-from buswire.codec import encode_tree
 from buswire.presence import (
     EventKind,
     PresenceEvent,
@@ -52,26 +48,13 @@ from buswire.presence import (
 
 log = logging.getLogger(__name__)
 
-HUB_SOURCE = "bushub"
 PRESENCE_PREFIX = presence_channel("")[:-2]
 
 Publish = Callable[[str, bytes], None]
-# loop.call_later's shape: (delay, callback, *args) -> a cancellable handle.
-CallLater = Callable[..., asyncio.TimerHandle]
-
-
-def runner_name(agent: str, conn_id: str) -> str:
-    """The runner an agent is announced under: one per connection holding it.
-
-    Clients deduplicate agents per runner, so a new connection of the agent (a
-    restart) makes ``@agent_ready`` fire again, while re-announcing the same
-    connection (a reconnect of the watcher) does not.
-    """
-    return f"{HUB_SOURCE}:{agent}:{conn_id}"
 
 
 class Presence:
-    """Claims, holders, peers and their records, for the sockets on one node.
+    """Claims, holders and their records for the sockets on one node, and their peers.
 
     Args:
         settings: Node id, takeover timeout, presence TTL and refresh, peer grace.
@@ -102,7 +85,8 @@ class Presence:
         self._publish = publish
         self._outbound = outbound
         self._metrics = metrics
-        self._call_later = call_later
+        # The peers local sockets watch, and what they are told of them.
+        self.peers = Peers(settings, broker, subscriptions, outbound, call_later, health)
         self._health = health
         # Where the node checks that Redis takes writes again after refusing them.
         self._probe_name = f"bushub:probe:{{{self._node_id}}}"
@@ -112,11 +96,6 @@ class Presence:
         # Every connection claiming or holding an agent name here, by name.
         self._by_agent: dict[str, set[Connection]] = defaultdict(set)
         self._connection_count = 0
-        # Local connections by the peer they serve, and who holds each such peer.
-        self._watchers: dict[str, set[Connection]] = {}
-        self._peer_holders: dict[str, str | None] = {}
-        self._peer_version: dict[str, int] = defaultdict(int)
-        self._lost_timers: dict[str, asyncio.TimerHandle] = {}
         # Futures of new connections waiting for the previous holder to let go.
         self._release_waiters: dict[tuple[str, str], asyncio.Future[None]] = {}
         self._reconcile_now = asyncio.Event()
@@ -141,10 +120,7 @@ class Presence:
         return {
             "holders": len(self.holders),
             "by_agent": len(self._by_agent),
-            "watchers": len(self._watchers),
-            "peer_holders": len(self._peer_holders),
-            "peer_version": len(self._peer_version),
-            "lost_timers": len(self._lost_timers),
+            **self.peers.sizes(),
             "release_waiters": len(self._release_waiters),
             "claims": len(self.claims),
         }
@@ -222,7 +198,7 @@ class Presence:
             )
         self._publish_event(EventKind.UP, agent, conn.id)
         if conn.peer is not None:
-            await self._watch(conn)
+            await self.peers.watch(conn)
 
     def let_go(self, conn: Connection) -> bool:
         """Forget ``conn`` as a claimant; True if it was the local holder of its name."""
@@ -243,7 +219,7 @@ class Presence:
         """Stop watching the peer of an ended holder, delete its record, tell the cluster."""
         agent = conn.agent
         if conn.peer is not None:
-            await self._unwatch(conn)
+            await self.peers.unwatch(conn)
         try:
             await self._broker.delete_record(presence_key(agent), conn.id)
         except (ConnectionError, OSError) as exc:
@@ -274,89 +250,6 @@ class Presence:
             peer=conn.peer,
         )
 
-    # ---- peers --------------------------------------------------------------
-
-    async def _watch(self, conn: Connection) -> None:
-        peer = conn.peer
-        assert peer is not None
-        first = peer not in self._watchers
-        self._watchers.setdefault(peer, set()).add(conn)
-        if first:
-            await self._subscriptions.acquire(presence_channel(peer))
-            version = self._peer_version[peer]
-            [record] = await self._broker.get_records([presence_key(peer)])
-            if self._peer_version[peer] == version and peer not in self._peer_holders:
-                self._peer_holders[peer] = record_conn(record) if record is not None else None
-        self._announce_peer(conn)
-
-    async def _unwatch(self, conn: Connection) -> None:
-        peer = conn.peer
-        assert peer is not None
-        watchers = self._watchers.get(peer)
-        if watchers is None or conn not in watchers:
-            return
-        watchers.discard(conn)
-        if not watchers:
-            del self._watchers[peer]
-            self._peer_holders.pop(peer, None)
-            self._peer_version.pop(peer, None)
-            timer = self._lost_timers.pop(peer, None)
-            if timer is not None:
-                timer.cancel()
-            await self._subscriptions.release(presence_channel(peer))
-
-    def _announce_peer(self, conn: Connection) -> None:
-        """Tell a client its peer exists, once per holder connection of the peer."""
-        holder = self._peer_holders.get(conn.peer or "")
-        if conn.peer is None or holder is None or conn.announced_holder == holder:
-            return
-        conn.announced_holder = holder
-        dialects = [conn.dialect] if conn.dialect else [Dialect.SUBAGENTS, Dialect.PIPECAT]
-        for dialect in dialects:
-            tree = registry_message(
-                dialect, source=HUB_SOURCE, runner=runner_name(conn.peer, holder), agent=conn.peer
-            )
-            self._outbound.enqueue(conn, encode_tree(tree, conn.format), 0.0)
-
-    def _peer_up(self, peer: str, holder: str) -> None:
-        if peer not in self._watchers or self._peer_holders.get(peer) == holder:
-            return
-        self._peer_holders[peer] = holder
-        timer = self._lost_timers.pop(peer, None)
-        if timer is not None:
-            timer.cancel()
-        for conn in self._watchers[peer]:
-            self._announce_peer(conn)
-
-    def _peer_down(self, peer: str) -> None:
-        if peer not in self._watchers or self._peer_holders.get(peer) is None:
-            return
-        self._peer_holders[peer] = None
-        if peer not in self._lost_timers:
-            self._lost_timers[peer] = self._call_later(
-                self._settings.peer_grace, self._peer_lost, peer
-            )
-
-    def _peer_lost(self, peer: str) -> None:
-        self._lost_timers.pop(peer, None)
-        if self._peer_holders.get(peer) is not None:
-            return
-        for conn in list(self._watchers.get(peer, ())):
-            if conn.close_on_peer_lost:
-                log.info(
-                    "peer %s of %s lost for %.1fs; closing",
-                    peer,
-                    conn.agent,
-                    self._settings.peer_grace,
-                )
-                conn.request_close(CloseCode.PEER_LOST)
-
-    def cancel_timers(self) -> None:
-        """Forget every pending peer-lost timer (the node is stopping)."""
-        for timer in self._lost_timers.values():
-            timer.cancel()
-        self._lost_timers.clear()
-
     # ---- presence events ----------------------------------------------------
 
     def _publish_event(self, kind: EventKind, agent: str, conn_id: str) -> None:
@@ -382,16 +275,13 @@ class Presence:
                     # This claim came after ours on the channel: it is newer and wins.
                     conn.request_close(CloseCode.TAKEN_OVER)
             return
-        if agent in self._watchers:
-            self._peer_version[agent] += 1
         if event.kind is EventKind.UP:
-            self._peer_up(agent, event.conn)
+            self.peers.up(agent, event.conn)
         else:
             waiter = self._release_waiters.get((agent, event.conn))
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
-            if self._peer_holders.get(agent) == event.conn:
-                self._peer_down(agent)
+            self.peers.down(agent, event.conn)
 
     # ---- reconcile ----------------------------------------------------------
 
@@ -448,14 +338,4 @@ class Presence:
                 conn.request_close(CloseCode.TAKEN_OVER)
             elif confirms:
                 self.claims.confirm(agent, conn.id)
-        peers = list(self._watchers)
-        versions = [self._peer_version[p] for p in peers]
-        with self._health.watching("presence_read"):
-            records = await self._broker.get_records([presence_key(p) for p in peers])
-        for peer, version, record in zip(peers, versions, records, strict=True):
-            if self._peer_version.get(peer) != version:
-                continue  # an event arrived meanwhile and is fresher than this read
-            if record is None:
-                self._peer_down(peer)
-            else:
-                self._peer_up(peer, record_conn(record))
+        await self.peers.reread()

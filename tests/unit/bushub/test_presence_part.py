@@ -11,7 +11,8 @@ from bushub.brokerhealth import BrokerHealth
 from bushub.closecodes import CloseCode
 from bushub.metrics import Metrics
 from bushub.outbound import Outbound
-from bushub.presence import Presence, runner_name
+from bushub.peers import runner_name
+from bushub.presence import Presence
 from bushub.subscriptions import Subscriptions
 from buswire import presence_key
 from buswire.presence import (

@@ -1,0 +1,200 @@
+"""Peers: what local sockets are told about the agents they talk to.
+
+A socket that names a ``peer`` is told, by a registry message, that the peer exists
+as soon as it is connected to any node, under a runner named per holder connection
+(docs/protocol.md, Presence): a restarted peer is announced anew, a re-announcement
+of the same holder says nothing. A peer gone (its DOWN event, or its record expired
+because its node died) and not back within ``--peer-grace`` closes the sockets that
+asked ``on_peer_lost=close`` with 4002.
+
+Events come from the presence channels; a periodic re-read of the peers' records
+(``reread``) catches what no event says: a crashed node publishes no DOWN. Timers
+come in from outside (``call_later``), so a test drives every transition.
+"""
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+
+from bushub.broker import Broker
+from bushub.brokerhealth import BrokerHealth
+from bushub.closecodes import CloseCode
+from bushub.connection import Connection
+from bushub.outbound import Outbound
+from bushub.settings import Settings
+from bushub.subscriptions import Subscriptions
+from buswire import Dialect, presence_channel, presence_key, registry_message
+from buswire.codec import encode_tree
+from buswire.presence import record_conn
+
+log = logging.getLogger(__name__)
+
+HUB_SOURCE = "bushub"
+# loop.call_later's shape: (delay, callback, *args) -> a cancellable handle.
+CallLater = Callable[..., asyncio.TimerHandle]
+
+
+def runner_name(agent: str, conn_id: str) -> str:
+    """The runner an agent is announced under: one per connection holding it.
+
+    Clients deduplicate agents per runner, so a new connection of the agent (a
+    restart) makes ``@agent_ready`` fire again, while re-announcing the same
+    connection (a reconnect of the watcher) does not.
+    """
+    return f"{HUB_SOURCE}:{agent}:{conn_id}"
+
+
+class Peers:
+    """The peers watched by local sockets, their holders and their lost timers.
+
+    Args:
+        settings: Peer grace.
+        broker: Where the peers' presence records are read.
+        subscriptions: The node's shared channel subscriptions.
+        outbound: Writes registry announcements to sockets.
+        call_later: Schedules the peer-lost timers (``loop.call_later``).
+        health: Told of reads Redis refuses.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        broker: Broker,
+        subscriptions: Subscriptions,
+        outbound: Outbound,
+        call_later: CallLater,
+        health: BrokerHealth,
+    ) -> None:
+        self._settings = settings
+        self._broker = broker
+        self._subscriptions = subscriptions
+        self._outbound = outbound
+        self._call_later = call_later
+        self._health = health
+        # Local connections by the peer they serve, and who holds each such peer.
+        self._watchers: dict[str, set[Connection]] = {}
+        self._holders: dict[str, str | None] = {}
+        # Bumped by each event about a watched peer: a record read that started
+        # before an event is older than it.
+        self._version: dict[str, int] = defaultdict(int)
+        self._lost_timers: dict[str, asyncio.TimerHandle] = {}
+
+    def sizes(self) -> dict[str, int]:
+        """How many entries each per-peer structure holds (for leak checks)."""
+        return {
+            "watchers": len(self._watchers),
+            "peer_holders": len(self._holders),
+            "peer_version": len(self._version),
+            "lost_timers": len(self._lost_timers),
+        }
+
+    async def watch(self, conn: Connection) -> None:
+        peer = conn.peer
+        assert peer is not None
+        first = peer not in self._watchers
+        self._watchers.setdefault(peer, set()).add(conn)
+        if first:
+            await self._subscriptions.acquire(presence_channel(peer))
+            version = self._version[peer]
+            [record] = await self._broker.get_records([presence_key(peer)])
+            if self._version[peer] == version and peer not in self._holders:
+                self._holders[peer] = record_conn(record) if record is not None else None
+        self._announce_peer(conn)
+
+    async def unwatch(self, conn: Connection) -> None:
+        peer = conn.peer
+        assert peer is not None
+        watchers = self._watchers.get(peer)
+        if watchers is None or conn not in watchers:
+            return
+        watchers.discard(conn)
+        if not watchers:
+            del self._watchers[peer]
+            self._holders.pop(peer, None)
+            self._version.pop(peer, None)
+            timer = self._lost_timers.pop(peer, None)
+            if timer is not None:
+                timer.cancel()
+            await self._subscriptions.release(presence_channel(peer))
+
+    def _announce_peer(self, conn: Connection) -> None:
+        """Tell a client its peer exists, once per holder connection of the peer."""
+        holder = self._holders.get(conn.peer or "")
+        if conn.peer is None or holder is None or conn.announced_holder == holder:
+            return
+        conn.announced_holder = holder
+        dialects = [conn.dialect] if conn.dialect else [Dialect.SUBAGENTS, Dialect.PIPECAT]
+        for dialect in dialects:
+            tree = registry_message(
+                dialect, source=HUB_SOURCE, runner=runner_name(conn.peer, holder), agent=conn.peer
+            )
+            self._outbound.enqueue(conn, encode_tree(tree, conn.format), 0.0)
+
+    def _peer_up(self, peer: str, holder: str) -> None:
+        if peer not in self._watchers or self._holders.get(peer) == holder:
+            return
+        self._holders[peer] = holder
+        timer = self._lost_timers.pop(peer, None)
+        if timer is not None:
+            timer.cancel()
+        for conn in self._watchers[peer]:
+            self._announce_peer(conn)
+
+    def _peer_down(self, peer: str) -> None:
+        if peer not in self._watchers or self._holders.get(peer) is None:
+            return
+        self._holders[peer] = None
+        if peer not in self._lost_timers:
+            self._lost_timers[peer] = self._call_later(
+                self._settings.peer_grace, self._peer_lost, peer
+            )
+
+    def _peer_lost(self, peer: str) -> None:
+        self._lost_timers.pop(peer, None)
+        if self._holders.get(peer) is not None:
+            return
+        for conn in list(self._watchers.get(peer, ())):
+            if conn.close_on_peer_lost:
+                log.info(
+                    "peer %s of %s lost for %.1fs; closing",
+                    peer,
+                    conn.agent,
+                    self._settings.peer_grace,
+                )
+                conn.request_close(CloseCode.PEER_LOST)
+
+    def cancel_timers(self) -> None:
+        """Forget every pending peer-lost timer (the node is stopping)."""
+        for timer in self._lost_timers.values():
+            timer.cancel()
+        self._lost_timers.clear()
+
+    # ---- what presence tells ------------------------------------------------
+
+    def up(self, agent: str, conn_id: str) -> None:
+        """``agent`` is held by ``conn_id`` now (an UP event)."""
+        if agent in self._watchers:
+            self._version[agent] += 1
+            self._peer_up(agent, conn_id)
+
+    def down(self, agent: str, conn_id: str) -> None:
+        """``conn_id`` let go of ``agent`` (a DOWN event)."""
+        if agent in self._watchers:
+            self._version[agent] += 1
+            if self._holders.get(agent) == conn_id:
+                self._peer_down(agent)
+
+    async def reread(self) -> None:
+        """Re-read every watched peer's record: a crashed node's agents have none."""
+        peers = list(self._watchers)
+        versions = [self._version[p] for p in peers]
+        with self._health.watching("presence_read"):
+            records = await self._broker.get_records([presence_key(p) for p in peers])
+        for peer, version, record in zip(peers, versions, records, strict=True):
+            if self._version.get(peer) != version:
+                continue  # an event arrived meanwhile and is fresher than this read
+            if record is None:
+                self._peer_down(peer)
+            else:
+                self._peer_up(peer, record_conn(record))
