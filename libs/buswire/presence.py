@@ -52,7 +52,7 @@ class PresenceEvent:
 
 
 def encode_record(record: PresenceRecord) -> bytes:
-    """Serialize a record, connection id first."""
+    """Serialize a record, connection id first (the owner prefix the broker reads)."""
     return record.conn.encode() + b" " + orjson.dumps(asdict(record))
 
 

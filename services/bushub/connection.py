@@ -28,6 +28,21 @@ def new_connection_id(node_id: str) -> str:
     return f"{node_id}.{_PROCESS_TAG}.{next(_ids)}"
 
 
+class State(Enum):
+    """Where a socket is in its life; each transition is one assignment here.
+
+    CLAIMING -> OPEN -> (DRAINING ->) CLOSING -> CLOSED, and from any state before
+    CLOSED straight to CLOSING when the hub closes without flushing or the socket ends
+    under it.
+    """
+
+    CLAIMING = auto()  # handshake under way: claiming the agent name
+    OPEN = auto()  # accepted and served
+    DRAINING = auto()  # closing after what is queued has been written (SIGTERM)
+    CLOSING = auto()  # ending now: nothing more is written
+    CLOSED = auto()  # forgotten by the hub
+
+
 class Enqueued(Enum):
     """What ``Connection.enqueue`` did with a frame."""
 
@@ -98,16 +113,18 @@ class Connection:
         # Set once this connection's own claim came back on its presence channel:
         # claims seen after it are newer and win.
         self.claim_seen = False
+        self.state = State.CLAIMING
+        # Why the hub closes it, once it does.
         self.close_code: CloseCode | None = None
         # The code the client closed with, when it closed first.
         self.client_close_code: int | None = None
         # The close the hub's WebSocket layer sent on its own (a protocol error, a
         # text frame that is not UTF-8, a failure routing a frame), if it did.
         self.socket_close_code: CloseCode | None = None
-        self.flush_before_close = False
+        # Signals for those who wait on the state: set on entering CLOSED, and when
+        # the socket is to end now (a close that must not wait for the writer, a
+        # drained queue, or on the direct path any end at all).
         self.closed = Flag()
-        # Set when the socket is to end now: a close that must not wait for the
-        # writer (anything but a drain), or, on the direct path, any end at all.
         self.closing = Flag()
         # The direct path: frames go straight to the transport while it takes
         # them, and wait in _queue while it does not; None: the writer task
@@ -126,6 +143,9 @@ class Connection:
         self._queued_bytes = 0
         self._queue_limit = queue_bytes
         self._wakeup = Flag()
+        # Frames are still taken after a drain was asked for: the drain waits for
+        # them (bounded by --drain-timeout).
+        self._drained_close = False
 
     def remember_route(self, target: str, channel: str) -> str:
         """Keep a checked target's channel (bounded: a client may name many)."""
@@ -133,6 +153,26 @@ class Connection:
             self.routes.clear()
         self.routes[target] = channel
         return channel
+
+    @property
+    def flush_before_close(self) -> bool:
+        """The hub closes this socket after writing what is queued (a drain)."""
+        return self._drained_close
+
+    def opened(self) -> None:
+        """The hub accepted the socket and serves it."""
+        if self.state is State.CLAIMING:
+            self.state = State.OPEN
+
+    def forgotten(self) -> None:
+        """The hub let go of the socket."""
+        self.state = State.CLOSED
+        self.closed.set()
+
+    def _end_now(self) -> None:
+        if self.state is not State.CLOSED:
+            self.state = State.CLOSING
+        self.closing.set()
 
     def may_send_as(self, source: str) -> bool:
         """True if the grant lets this socket send messages from ``source``.
@@ -166,7 +206,7 @@ class Connection:
             self.socket_close_code = sent_close
         elif self.client_close_code is None:
             self.client_close_code = code
-        self.closing.set()
+        self._end_now()
 
     def __repr__(self) -> str:
         return f"<Connection {self.id} agent={self.agent} peer={self.peer}>"
@@ -209,11 +249,18 @@ class Connection:
         """
         if self.close_code is None:
             self.close_code = code
-            self.flush_before_close = flush
+            self._drained_close = flush
+            if flush and self.state in (State.CLAIMING, State.OPEN):
+                self.state = State.DRAINING
             if not flush or (self.outlet is not None and not self._queue):
-                # On the direct path the hub's flush sets it once the queue is empty.
-                self.closing.set()
+                # On the direct path a drain ends once the queue is empty (drained()).
+                self._end_now()
         self._wakeup.set()
+
+    def drained(self) -> None:
+        """A draining socket's queue is empty: it ends now."""
+        if self.state is State.DRAINING:
+            self._end_now()
 
     def pop(self) -> tuple[bytes, float] | None:
         """The next frame to write, or None if none is queued."""

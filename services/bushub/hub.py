@@ -129,6 +129,7 @@ class Hub:
 
     async def attach(self, conn: Connection) -> None:
         """Start serving an accepted socket: hold its name, subscribe, record, announce."""
+        conn.opened()
         self.presence.hold(conn)
         await self.subscriptions.acquire(message_channel(conn.agent))
         self.metrics.connections.inc()
@@ -149,7 +150,7 @@ class Hub:
                 await self.presence.withdraw(conn)
             await self.presence.unclaim(conn)
         finally:
-            conn.closed.set()
+            conn.forgotten()
 
     # ---- life cycle ---------------------------------------------------------
 

@@ -53,8 +53,7 @@ class Outbound:
         while outlet.takes_frames():
             item = conn.pop()
             if item is None:
-                if conn.flush_before_close:
-                    conn.closing.set()  # a drain waited for this queue to empty
+                conn.drained()  # a drain waits for this queue to empty
                 return
             if not outlet.send_frame(item[0]):
                 self._metrics.messages_dropped.labels(DropReason.CLOSING).inc()

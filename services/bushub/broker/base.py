@@ -2,6 +2,12 @@
 
 Routing code talks to this interface only, so a single Redis, a Redis Cluster with
 sharded pub/sub, or the in-process broker can sit behind it.
+
+Records are opaque to the broker but for one convention of its own: a record's value
+begins with the id of the connection that owns it and a space (``owner_of``). That
+is what lets a refresh or a delete act only while the same owner still holds the key,
+in one step on the server (the Redis scripts compare the same prefix). What follows
+the space is the caller's.
 """
 
 from abc import ABC, abstractmethod
@@ -17,6 +23,11 @@ StateHandler = Callable[[bool], None]
 # refused it (see refusals.py: the caller retries or drops it by kind); or with None
 # where its connection failed first: not known to be out, the caller retries.
 PublishDone = Callable[[int | Exception | None], None]
+
+
+def owner_of(value: bytes) -> str:
+    """The id of the connection that owns a record: its value up to the first space."""
+    return value.partition(b" ")[0].decode(errors="replace")
 
 
 class PartialPublish(ConnectionError):

@@ -9,8 +9,7 @@ import fnmatch
 import time
 from collections.abc import Sequence
 
-from bushub.broker.base import Broker
-from buswire.presence import record_conn
+from bushub.broker.base import Broker, owner_of
 
 
 class MemoryBroker(Broker):
@@ -76,7 +75,7 @@ class MemoryBroker(Broker):
         results = []
         for key, conn, value in items:
             current = self._live(key)
-            if current is None or record_conn(current) == conn:
+            if current is None or owner_of(current) == conn:
                 self._records[key] = (value, time.monotonic() + ttl)
                 results.append(True)
             else:
@@ -85,7 +84,7 @@ class MemoryBroker(Broker):
 
     async def delete_record(self, key: str, conn: str) -> None:
         current = self._live(key)
-        if current is not None and record_conn(current) == conn:
+        if current is not None and owner_of(current) == conn:
             del self._records[key]
 
     async def get_records(self, keys: Sequence[str]) -> list[bytes | None]:
