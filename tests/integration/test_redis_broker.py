@@ -22,10 +22,10 @@ from bushub.broker.refusals import BrokerRefused, ErrorKind, classify
 from bushub.broker.resp import PublishConnection
 from bushub.broker.subscriber import SUBSCRIBE_BATCH, Subscriber
 from bushub.publisher import Publisher
+from tests.integration.realredis import LOOPS, off_loop, run, running_redis
 from tests.reliability.harness import FaultRedis
 from tests.unit.bushub.helpers import TIMEOUT
 from tests.unit.bushub.helpers import wait_until as until
-from tests.unit.bushub.realredis import LOOPS, off_loop, run, running_redis
 
 pytestmark = pytest.mark.parametrize("loop", LOOPS)
 

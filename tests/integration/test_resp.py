@@ -16,9 +16,9 @@ from bushub.broker.base import PartialPublish
 from bushub.broker.refusals import ErrorKind, classify
 from bushub.broker.resp import FastItem, PublishConnection
 from bushub.broker.subscriber import Subscriber
+from tests.integration.realredis import LOOPS, off_loop, run, running_redis
 from tests.reliability.harness import FaultRedis
 from tests.unit.bushub.helpers import wait_until as until
-from tests.unit.bushub.realredis import LOOPS, off_loop, run, running_redis
 
 pytestmark = pytest.mark.parametrize("loop", LOOPS)
 
