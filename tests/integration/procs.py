@@ -19,7 +19,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
+from busbench.procs import free_port
+
 from tests.integration.redis_auth import RedisAuth
+
+__all__ = ["free_port"]  # re-exported: one definition, shared with the benchmark
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,14 +37,14 @@ PEER_GRACE = 1.0
 PRESENCE_REFRESH = PRESENCE_TTL / 3  # the hub refreshes presence every third of the TTL
 
 
-def free_port() -> int:
-    """A TCP port nothing listens on right now (never 6379)."""
-    while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if port != 6379:
-            return port
+def wait_until(predicate: Callable[[], bool], timeout: float = TIMEOUT, step: float = 0.05) -> bool:
+    """Poll ``predicate``; True once it holds, False if ``timeout`` passed first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return predicate()
 
 
 def _wait_until(predicate: Callable[[], bool], timeout: float, what: str, proc: "Service") -> None:

@@ -23,7 +23,9 @@ import msgpack
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import ClientConnection, connect
 
-from tests.integration.procs import TIMEOUT, HubNode
+from tests.integration.procs import TIMEOUT, HubNode, wait_until
+
+__all__ = ["wait_until"]  # re-exported for the operations suites
 
 ADMIN_TOKEN = "ops-admin-secret"
 
@@ -157,15 +159,6 @@ def wait_for_metrics(
         if predicate(samples) or time.monotonic() > deadline:
             return samples
         time.sleep(0.05)
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = TIMEOUT) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 # ---- bus messages, as the subagents library writes them (JSON convention) -----------

@@ -34,7 +34,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.integration.procs import TIMEOUT, HubNode, RedisServer
+from tests.integration.procs import TIMEOUT, HubNode, RedisServer, wait_until
+
+__all__ = ["wait_until"]  # re-exported for the suites that wait from here
 
 ADMIN_TOKEN = "reliability-admin-token"
 SUBAGENTS = "pipecat_subagents.bus.messages."
@@ -205,16 +207,6 @@ def _status_kb(pid: int, field: str) -> int:
 
 
 # ---- waiting ------------------------------------------------------------------------
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = TIMEOUT, step: float = 0.05) -> bool:
-    """Poll ``predicate``; True once it holds, False if ``timeout`` passed first."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
 
 
 async def until(
