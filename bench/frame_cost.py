@@ -32,11 +32,10 @@ from collections.abc import Callable
 from typing import Any
 
 import msgpack
+from busbench.inmemory import TakingSocket, memory_connection
 
-from bushub.auth import OPEN_GRANT
 from bushub.claims import ClaimFence
-from bushub.connection import Connection, ConnectionParams
-from bushub.limits import TokenBucket
+from bushub.connection import Connection
 from bushub.metrics import Metrics
 from bushub.outbound import Outbound
 from bushub.relay import Relay
@@ -52,26 +51,6 @@ TASK = "pipecat_subagents.bus.messages.BusTaskRequestMessage"
 # The container budget this measures (buswire.complexity): 64 + size // 8.
 BASE, PER = 64, 8
 DEPTH = 256
-
-
-class _Socket:
-    def send_frame(self, payload: bytes) -> bool:
-        return True
-
-    def takes_frames(self) -> bool:
-        return True
-
-
-def _connection(agent: str, peer: str, fmt: Format) -> Connection:
-    params = ConnectionParams(agent, peer, fmt, True, None, True)
-    return Connection(
-        f"bench.{agent}",
-        params,
-        queue_bytes=1 << 30,
-        grant=OPEN_GRANT,
-        message_rate=TokenBucket(0),
-        byte_rate=TokenBucket(0, 1 << 30),
-    )
 
 
 def _encode(tree: Any, fmt: Format) -> bytes:
@@ -151,10 +130,10 @@ class _Relay:
             lambda channel, frame: self.published.append(frame),
             Outbound(metrics),
         )
-        self.sender = _connection("a_1", "b_1", fmt)
+        self.sender = memory_connection("a_1", "b_1", fmt)
         other = Format.JSON if fmt is Format.MSGPACK else Format.MSGPACK
-        receiver = _connection("b_1", "a_1", other)
-        receiver.outlet = _Socket()
+        receiver = memory_connection("b_1", "a_1", other)
+        receiver.outlet = TakingSocket()
         holders["b_1"] = receiver
         claims.seen("b_1", receiver.id)
         self.data = data

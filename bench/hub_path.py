@@ -20,10 +20,10 @@ import statistics
 import time
 import warnings
 
-from bushub.auth import TokenVerifier
+from busbench.inmemory import TakingSocket, memory_connection
+
 from bushub.claims import ClaimFence
-from bushub.connection import Connection, ConnectionParams
-from bushub.limits import TokenBucket
+from bushub.connection import Connection
 from bushub.metrics import Metrics
 from bushub.outbound import Outbound
 from bushub.relay import Relay
@@ -33,35 +33,6 @@ from buswire import Format
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from busbench.payloads import Builder
-
-
-class _Socket:
-    """A socket that takes every frame at once."""
-
-    def send_frame(self, payload: bytes) -> bool:
-        return True
-
-    def takes_frames(self) -> bool:
-        return True
-
-
-def _connection(agent: str, peer: str, fmt: Format) -> Connection:
-    params = ConnectionParams(
-        agent=agent,
-        peer=peer,
-        format=fmt,
-        format_declared=True,
-        dialect=None,
-        close_on_peer_lost=True,
-    )
-    return Connection(
-        f"bench.{agent}",
-        params,
-        queue_bytes=1 << 20,
-        grant=TokenVerifier(None, [], 0, None).verify(None),
-        message_rate=TokenBucket(0),
-        byte_rate=TokenBucket(0, 1 << 20),
-    )
 
 
 class _Case:
@@ -83,9 +54,9 @@ class _Case:
             lambda channel, data: self.published.append(data),
             Outbound(metrics),
         )
-        self.sender = _connection("a_1", "b_1", Format(fmt))
-        receiver = _connection("b_1", "a_1", Format(fmt))
-        receiver.outlet = _Socket()
+        self.sender = memory_connection("a_1", "b_1", Format(fmt))
+        receiver = memory_connection("b_1", "a_1", Format(fmt))
+        receiver.outlet = TakingSocket()
         self.holders["b_1"] = receiver
         claims.seen("b_1", receiver.id)
         self.relay.route(self.sender, self.data)

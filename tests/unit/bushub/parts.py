@@ -4,13 +4,13 @@ sent, timers that fire when the test says, and connections built in memory."""
 from collections.abc import Callable
 from typing import Any
 
-from bushub.auth import Grant, TokenVerifier
-from bushub.connection import Connection, ConnectionParams
-from bushub.limits import TokenBucket
+from busbench.inmemory import TakingSocket, memory_connection
+
+from bushub.connection import Connection
 from buswire import Format
 
 
-class KeepingSocket:
+class KeepingSocket(TakingSocket):
     """A socket that takes every frame at once and keeps it."""
 
     def __init__(self) -> None:
@@ -18,9 +18,6 @@ class KeepingSocket:
 
     def send_frame(self, payload: bytes) -> bool:
         self.frames.append(payload)
-        return True
-
-    def takes_frames(self) -> bool:
         return True
 
 
@@ -56,11 +53,6 @@ class FakeTimers:
         return [t for t in self.set if not t.cancelled]
 
 
-def open_grant() -> Grant:
-    """What a socket may do with auth off: anything."""
-    return TokenVerifier(None, [], 0, None).verify(None)
-
-
 def connection(
     agent: str,
     peer: str | None = None,
@@ -70,21 +62,13 @@ def connection(
     close_on_peer_lost: bool = True,
 ) -> Connection:
     """An accepted socket in memory, writing to a ``KeepingSocket``."""
-    params = ConnectionParams(
-        agent=agent,
-        peer=peer,
-        format=fmt,
-        format_declared=True,
-        dialect=None,
+    conn = memory_connection(
+        agent,
+        peer,
+        fmt,
+        conn_id=conn_id or f"test.{agent}",
         close_on_peer_lost=close_on_peer_lost,
-    )
-    conn = Connection(
-        conn_id or f"test.{agent}",
-        params,
         queue_bytes=1 << 20,
-        grant=open_grant(),
-        message_rate=TokenBucket(0),
-        byte_rate=TokenBucket(0, 1 << 20),
     )
     conn.outlet = KeepingSocket()
     return conn
