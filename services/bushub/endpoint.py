@@ -3,10 +3,9 @@
 Served by the hub's own uvicorn protocol (``bushub serve``), a socket takes the
 direct path: frames are routed from the protocol's ``data_received`` and written
 straight to its transport, and once set up the socket needs no task until it ends
-(see ``bushub.wsprotocol`` for why). Under any other ASGI server it falls back to one
-connection, two tasks, one owner: a reader that checks and routes, a writer that
-drains the bounded queue. Either way cleanup runs in ``finally``, and a client
-going away is a normal ending, not an error.
+(see ``bushub.wsprotocol`` for why). Under any other ASGI server it is served by
+``bushub.fallback``: a reader and a writer task. Either way cleanup runs in
+``finally``, and a client going away is a normal ending, not an error.
 """
 
 import asyncio
@@ -21,8 +20,9 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from bushub.auth import AuthError, Grant, TokenVerifier
 from bushub.broker.refusals import BrokerRefused
-from bushub.closecodes import SOCKET_CLOSE_REASONS, CloseCode, close_reason
+from bushub.closecodes import CloseCode, close_reason
 from bushub.connection import Connection, ConnectionParams, new_connection_id
+from bushub.fallback import serve_fallback
 from bushub.hub import Hub
 from bushub.limits import TokenBucket
 from bushub.wsprotocol import DIRECT_EXTENSION, HubWebSocketProtocol
@@ -106,56 +106,6 @@ def parse_params(agent: str, query: dict[str, str]) -> ConnectionParams:
     )
 
 
-async def _reader(websocket: WebSocket, conn: Connection, hub: Hub) -> None:
-    publisher = hub.publisher
-    while True:
-        message = await websocket.receive()
-        if message["type"] == "websocket.disconnect":
-            _fallback_ended(conn, int(message.get("code", 1005)))
-            return
-        data = message.get("bytes")
-        if data is None:
-            text = message.get("text")
-            if text is None:
-                continue
-            data = text.encode()
-        hub.route(conn, data)
-        if publisher.crowded:
-            await publisher.room()
-
-
-def _fallback_ended(conn: Connection, code: int) -> None:
-    """Record the end of a socket served by another ASGI server.
-
-    Its disconnect event does not say who closed, so codes the WebSocket layer sends
-    on its own (1002, 1007, 1009) are taken as the server's, which is how such
-    servers use them; on the direct path the hub's protocol says so itself.
-    """
-    try:
-        sent = CloseCode(code)
-    except ValueError:
-        sent = None
-    if sent in SOCKET_CLOSE_REASONS and sent is not CloseCode.INTERNAL_ERROR:
-        conn.socket_ended(code, sent)
-    else:
-        conn.socket_ended(code)
-
-
-async def _writer(websocket: WebSocket, conn: Connection, hub: Hub) -> None:
-    send = websocket.send
-    while True:
-        item = conn.pop()
-        if item is None:
-            if not await conn.wait_for_frames():
-                return
-            continue
-        # Held while in flight: a frame cut off by a close is counted as lost.
-        conn.sending = item
-        await send({"type": "websocket.send", "bytes": item[0]})
-        conn.sending = None
-        hub.sent(conn, item[0], item[1])
-
-
 def _serve_direct(
     protocol: HubWebSocketProtocol,
     conn: Connection,
@@ -187,21 +137,6 @@ def _direct_protocol(websocket: WebSocket) -> HubWebSocketProtocol | None:
     extension = websocket.scope.get("extensions", {}).get(DIRECT_EXTENSION)
     protocol = extension.get("protocol") if extension else None
     return protocol if isinstance(protocol, HubWebSocketProtocol) else None
-
-
-async def _first_to_end(*coros: Coroutine[Any, Any, object]) -> None:
-    """Run until one coroutine ends; cancel and await the rest."""
-    tasks = [asyncio.create_task(c) for c in coros]
-    try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        for task in done:
-            exc = task.exception()
-            if exc is not None and not isinstance(exc, WebSocketDisconnect | OSError):
-                raise exc
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _close_and_wait(channel: AsgiChannel, code: CloseCode, timeout: float) -> None:
@@ -372,13 +307,7 @@ async def agent_socket(websocket: WebSocket, raw: AsgiChannel) -> None:
             )
             handed_over = True
             return
-        await _first_to_end(
-            _reader(websocket, conn, hub),
-            _writer(websocket, conn, hub),
-            # Ends the connection at once on a close that must not wait for the
-            # writer, which may be stuck on a client that does not read.
-            conn.closing.wait(),
-        )
+        await serve_fallback(websocket, conn, hub)
     finally:
         if not handed_over:
             connected = websocket.application_state is WebSocketState.CONNECTED
