@@ -117,7 +117,8 @@ def _serve_direct(
     The socket's task returns after this: nothing waits on an idle socket.
     """
     publisher = hub.publisher
-    route = hub.route
+    route = hub.relay.route
+    flush = hub.outbound.flush
 
     def on_frame(data: bytes) -> None:
         route(conn, data)
@@ -128,7 +129,7 @@ def _serve_direct(
         protocol.detach()
         protocol.finish_with(ending())
 
-    protocol.attach(on_frame, conn.socket_ended, lambda: hub.flush(conn))
+    protocol.attach(on_frame, conn.socket_ended, lambda: flush(conn))
     protocol.hand_over()
     conn.closing.on_set(on_closing)
 

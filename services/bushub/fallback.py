@@ -43,7 +43,7 @@ async def _reader(websocket: WebSocket, conn: Connection, hub: Hub) -> None:
             if text is None:
                 continue
             data = text.encode()
-        hub.route(conn, data)
+        hub.relay.route(conn, data)
         if publisher.crowded:
             await publisher.room()
 
@@ -77,7 +77,7 @@ async def _writer(websocket: WebSocket, conn: Connection, hub: Hub) -> None:
         conn.sending = item
         await send({"type": "websocket.send", "bytes": item[0]})
         conn.sending = None
-        hub.sent(conn, item[0], item[1])
+        hub.outbound.sent(conn, item[0], item[1])
 
 
 async def _first_to_end(*coros: Coroutine[Any, Any, object]) -> None:

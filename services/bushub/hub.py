@@ -107,18 +107,6 @@ class Hub:
         """Broker reachable and taking writes, background loops running, not draining."""
         return self.broker.up and not self.draining and self.health.problem is None
 
-    def route(self, conn: Connection, data: bytes) -> None:
-        """Route one frame received on ``conn`` (see ``Relay.route``)."""
-        self.relay.route(conn, data)
-
-    def flush(self, conn: Connection) -> None:
-        """Write a direct socket's queued frames while its transport takes them."""
-        self.outbound.flush(conn)
-
-    def sent(self, conn: Connection, payload: bytes, received_at: float) -> None:
-        """Account for one frame the writer task wrote to a client."""
-        self.outbound.sent(conn, payload, received_at)
-
     async def claim(self, conn: Connection) -> bool:
         """Claim ``conn.agent`` before the socket is accepted (see ``Presence.claim``).
 

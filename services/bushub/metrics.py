@@ -14,43 +14,17 @@ from prometheus_client import (
 
 from bushub.closecodes import CLIENT_CLOSED, CLOSE_REASONS, SOCKET_CLOSE_REASONS
 from bushub.traffic import Traffic
+from buswire import DropReason
 
 # The _created series double every counter's cardinality for no operator value.
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
 # Reasons known in advance are exported at zero from the start, so a rate() over
-# them works before the first drop and dashboards show what can go wrong. Every
-# member of buswire.DropReason, one a line (a test holds the two together).
-DROP_REASONS = (
-    "oversize",
-    "malformed",
-    "too_complex",
-    "not_a_message",
-    "bad_type",
-    "bad_source",
-    "bad_target",
-    "bad_agent",
-    "type_not_allowed",
-    "nested_type_not_allowed",
-    "target_not_allowed",
-    "source_not_allowed",
-    "rate_limited",
-    "format_mismatch",
-    "registry",
-    "no_route",
-    "undeliverable",
-    "bad_relay_frame",
-    "bad_presence",
-    "no_local_agent",
-    "slow_consumer",
-    "closing",
-    "unconfirmed",
-    "publish_buffer_full",
-    "broker_refused",
-    "shutdown",
-)
+# them works before the first drop and dashboards show what can go wrong.
+DROP_REASONS = tuple(reason.value for reason in DropReason)
 # Refusals exported at zero from the start, for the same reason: those of connections
-# that never became a request (bushub.handshake) and of paths that name no agent.
+# that never became a request (bushub.handshake), of paths that name no agent, and of
+# a broker that cannot take the claim.
 REFUSAL_REASONS = (
     "handshake_timeout",
     "headers_too_large",

@@ -62,7 +62,7 @@ async def test_a_routing_bug_closes_1011_counted_as_internal_error(
         raise RuntimeError("a bug in routing")
 
     async with node.connect("bystander") as bystander:
-        monkeypatch.setattr(node.hub, "route", broken_route)
+        monkeypatch.setattr(node.hub.relay, "route", broken_route)
         async with node.connect("victim") as victim:
             await victim.send(json.dumps(task_request("victim", "bystander")).encode())
             assert await close_code(victim) == CloseCode.INTERNAL_ERROR
