@@ -20,6 +20,9 @@ class TakingSocket:
     def takes_frames(self) -> bool:
         return True
 
+    def keepalive_check(self) -> bool:
+        return True
+
 
 def memory_connection(
     agent: str,

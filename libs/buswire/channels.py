@@ -43,3 +43,27 @@ def claim_key(agent: str) -> str:
 def presence_key(agent: str) -> str:
     """The key holding ``agent``'s presence record."""
     return f"{_PREFIX}:agent:{{{agent}}}"
+
+
+# The node registry's keys share one hash tag: its scripts touch several at once.
+_NODES = f"{_PREFIX}:{{nodes}}"
+
+
+def live_nodes_key() -> str:
+    """The sorted set of nodes by the time (Redis clock, ms) their heartbeat lapses."""
+    return f"{_NODES}:live"
+
+
+def collecting_key() -> str:
+    """The sorted set of dead nodes being cleaned up, by when the cleaner's hold ends."""
+    return f"{_NODES}:collecting"
+
+
+def node_index_key(node: str) -> str:
+    """The set of ``"<conn> <agent>"`` claims a node has made and not withdrawn."""
+    return f"{_NODES}:index:{node}"
+
+
+def collected_index_key(node: str) -> str:
+    """A dead node's index, taken over by the node cleaning up after it."""
+    return f"{_NODES}:collected:{node}"

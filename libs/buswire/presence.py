@@ -94,6 +94,16 @@ def record_conn(data: bytes) -> str:
         raise DecodeError(DropReason.BAD_PRESENCE, "connection id is not UTF-8") from None
 
 
+def record_holder(data: bytes) -> tuple[str, str]:
+    """The connection and node of a stored record.
+
+    Raises:
+        DecodeError: ``bad_presence`` when the bytes are not a record.
+    """
+    record = decode_record(data)
+    return record.conn, record.node
+
+
 def encode_event(event: PresenceEvent) -> bytes:
     """Serialize a presence event."""
     return orjson.dumps(asdict(event))

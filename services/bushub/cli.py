@@ -73,6 +73,9 @@ def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Co
         # The stock proxy offers permessage-deflate; declining it saves ~35 KB of
         # zlib state per socket and CPU on audio that does not compress.
         "ws_per_message_deflate": False,
+        # No per-socket ping timers: bushub.keepalive sweeps every socket at once.
+        "ws_ping_interval": None,
+        "ws_ping_timeout": None,
         "lifespan": "on",
         "access_log": False,
         "timeout_graceful_shutdown": max(1, round(settings.drain_timeout)),

@@ -25,6 +25,7 @@ class CloseCode(IntEnum):
     TAKEN_OVER = 4001  # a newer connection claimed this agent name
     PEER_LOST = 4002  # the peer left and did not come back within the grace period
     SLOW_CONSUMER = 4008  # the outbound queue passed its bound
+    KEEPALIVE_TIMEOUT = 4009  # silent through a keepalive interval, and a ping unanswered
 
 
 # Metric label and log word for each close the hub asks for (``Connection.request_close``).
@@ -39,6 +40,7 @@ CLOSE_REASONS: dict[CloseCode, str] = {
     CloseCode.TAKEN_OVER: "taken_over",
     CloseCode.PEER_LOST: "peer_lost",
     CloseCode.SLOW_CONSUMER: "slow_consumer",
+    CloseCode.KEEPALIVE_TIMEOUT: "keepalive_timeout",
 }
 
 # ... and for each close the hub's WebSocket layer makes on its own, from a frame the

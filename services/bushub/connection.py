@@ -61,6 +61,10 @@ class Outlet(Protocol):
     def takes_frames(self) -> bool:
         """False while the transport is over its high-water mark (flow control)."""
 
+    def keepalive_check(self) -> bool:
+        """Once per keepalive interval: ping a client silent since the last check;
+        False when it stayed silent through a whole interval after such a ping."""
+
 
 @dataclass(frozen=True, slots=True)
 class ConnectionParams:

@@ -4,7 +4,8 @@
 stop. The work is done by its parts, each built with what it needs passed in:
 
 - ``Presence`` (``bushub.presence``): claims and takeover, holders and their broker
-  records, peers and their announcements, the periodic reconcile;
+  records, peers and their announcements, the node's membership of the cluster;
+- ``Heartbeat`` (``bushub.heartbeat``): the periodic pass, one heartbeat per node;
 - ``Relay`` (``bushub.relay``): frames from sockets to agent channels and back;
 - ``Outbound`` (``bushub.outbound``): every frame written to a socket, counted;
 - ``Publisher`` (``bushub.publisher``): ordered, bounded publishing to the broker;
@@ -20,10 +21,12 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from bushub import keepalive
 from bushub.broker import Broker
 from bushub.brokerhealth import BrokerHealth
 from bushub.closecodes import CloseCode
 from bushub.connection import Connection
+from bushub.heartbeat import Heartbeat
 from bushub.metrics import Metrics
 from bushub.outbound import Outbound
 from bushub.presence import PRESENCE_PREFIX, Presence
@@ -83,6 +86,7 @@ class Hub:
             _call_later,
             self.health,
         )
+        self.heartbeat = Heartbeat(settings, broker, self.presence, self.health)
         self.relay = Relay(
             settings,
             metrics,
@@ -90,6 +94,7 @@ class Hub:
             self.presence.claims,
             self.publisher.publish,
             self.outbound,
+            dialect_learned=self.presence.rewriter.changed,
         )
         self._tasks: set[asyncio.Task[None]] = set()
         self._broker_was_down = False
@@ -146,8 +151,16 @@ class Hub:
         """Connect the broker and start the background tasks."""
         await self.broker.start()
         self.metrics.redis_up.set(1 if self.broker.up else 0)
+        await self.heartbeat.join()
         self._spawn(self._supervised(self.publisher.run, "publisher"), "publisher")
-        self._spawn(self._supervised(self.presence.run, "presence-reconcile"), "presence-reconcile")
+        self._spawn(
+            self._supervised(self.heartbeat.run, "presence-heartbeat"), "presence-heartbeat"
+        )
+        if self.settings.keepalive:
+            self._spawn(self._supervised(self._keepalive, "keepalive"), "keepalive")
+
+    async def _keepalive(self) -> None:
+        await keepalive.run(self.presence.connections, self.settings.keepalive)
 
     def _spawn(self, coro: "asyncio._CoroutineLike[None]", name: str) -> None:
         task = asyncio.create_task(coro, name=name)
@@ -220,6 +233,7 @@ class Hub:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.publisher.close()
         self.presence.peers.cancel_timers()
+        await self.heartbeat.leave()
         await self.broker.close()
 
     # ---- the broker's side --------------------------------------------------
@@ -239,7 +253,7 @@ class Hub:
             )
             self.publisher.hold(RESUBSCRIBE_SETTLE)
             self.metrics.redis_reconnects.inc()
-            self.presence.reconcile_soon()  # re-record presence at once
+            self.heartbeat.reconcile_soon()  # re-record presence at once
         self._broker_was_down = not up
 
     def _on_published(self, channel: str, receivers: int) -> None:

@@ -3,13 +3,15 @@
 A socket that names a ``peer`` is told, by a registry message, that the peer exists
 as soon as it is connected to any node, under a runner named per holder connection
 (docs/protocol.md, Presence): a restarted peer is announced anew, a re-announcement
-of the same holder says nothing. A peer gone (its DOWN event, or its record expired
-because its node died) and not back within ``--peer-grace`` closes the sockets that
-asked ``on_peer_lost=close`` with 4002.
+of the same holder says nothing. A peer gone (its DOWN event, or the heartbeat of
+its node lapsed: ``bushub.membership``) and not back within ``--peer-grace`` closes the
+sockets that asked ``on_peer_lost=close`` with 4002.
 
-Events come from the presence channels; a periodic re-read of the peers' records
-(``reread``) catches what no event says: a crashed node publishes no DOWN. Timers
-come in from outside (``call_later``), so a test drives every transition.
+Events come from the presence channels; the node's heartbeat says which nodes died
+(a crashed node publishes no DOWN). The peers' records are read when first watched,
+after a broker break (events may have been missed) and when a node thought dead
+beats again; never on a timer. Timers come in from outside (``call_later``), so a
+test drives every transition.
 """
 
 import asyncio
@@ -21,12 +23,13 @@ from bushub.broker import Broker
 from bushub.brokerhealth import BrokerHealth
 from bushub.closecodes import CloseCode
 from bushub.connection import Connection
+from bushub.membership import Membership
 from bushub.outbound import Outbound
 from bushub.settings import Settings
 from bushub.subscriptions import Subscriptions
-from buswire import Dialect, presence_channel, presence_key, registry_message
+from buswire import DecodeError, Dialect, presence_channel, presence_key, registry_message
 from buswire.codec import encode_tree
-from buswire.presence import record_conn
+from buswire.presence import record_holder
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +58,7 @@ class Peers:
         outbound: Writes registry announcements to sockets.
         call_later: Schedules the peer-lost timers (``loop.call_later``).
         health: Told of reads Redis refuses.
+        membership: Which nodes are dead.
     """
 
     def __init__(
@@ -65,6 +69,7 @@ class Peers:
         outbound: Outbound,
         call_later: CallLater,
         health: BrokerHealth,
+        membership: Membership,
     ) -> None:
         self._settings = settings
         self._broker = broker
@@ -72,9 +77,12 @@ class Peers:
         self._outbound = outbound
         self._call_later = call_later
         self._health = health
-        # Local connections by the peer they serve, and who holds each such peer.
+        self._membership = membership
+        # Local connections by the peer they serve, and who holds each such peer
+        # (its connection), and on which node.
         self._watchers: dict[str, set[Connection]] = {}
         self._holders: dict[str, str | None] = {}
+        self._holder_nodes: dict[str, str] = {}
         # Bumped by each event about a watched peer: a record read that started
         # before an event is older than it.
         self._version: dict[str, int] = defaultdict(int)
@@ -85,6 +93,7 @@ class Peers:
         return {
             "watchers": len(self._watchers),
             "peer_holders": len(self._holders),
+            "peer_holder_nodes": len(self._holder_nodes),
             "peer_version": len(self._version),
             "lost_timers": len(self._lost_timers),
         }
@@ -99,8 +108,22 @@ class Peers:
             version = self._version[peer]
             [record] = await self._broker.get_records([presence_key(peer)])
             if self._version[peer] == version and peer not in self._holders:
-                self._holders[peer] = record_conn(record) if record is not None else None
+                holder = self._live_holder(record)
+                self._holders[peer] = holder[0] if holder else None
+                if holder:
+                    self._holder_nodes[peer] = holder[1]
         self._announce_peer(conn)
+
+    def _live_holder(self, record: bytes | None) -> tuple[str, str] | None:
+        """The (connection, node) a record names, unless absent, unreadable or on a
+        node known dead."""
+        if record is None:
+            return None
+        try:
+            conn_id, node = record_holder(record)
+        except DecodeError:
+            return None
+        return (conn_id, node) if self._membership.is_live(node) else None
 
     async def unwatch(self, conn: Connection) -> None:
         peer = conn.peer
@@ -112,6 +135,7 @@ class Peers:
         if not watchers:
             del self._watchers[peer]
             self._holders.pop(peer, None)
+            self._holder_nodes.pop(peer, None)
             self._version.pop(peer, None)
             timer = self._lost_timers.pop(peer, None)
             if timer is not None:
@@ -131,8 +155,11 @@ class Peers:
             )
             self._outbound.enqueue(conn, encode_tree(tree, conn.format), 0.0)
 
-    def _peer_up(self, peer: str, holder: str) -> None:
-        if peer not in self._watchers or self._holders.get(peer) == holder:
+    def _peer_up(self, peer: str, holder: str, node: str) -> None:
+        if peer not in self._watchers:
+            return
+        self._holder_nodes[peer] = node
+        if self._holders.get(peer) == holder:
             return
         self._holders[peer] = holder
         timer = self._lost_timers.pop(peer, None)
@@ -172,11 +199,11 @@ class Peers:
 
     # ---- what presence tells ------------------------------------------------
 
-    def up(self, agent: str, conn_id: str) -> None:
-        """``agent`` is held by ``conn_id`` now (an UP event)."""
+    def up(self, agent: str, conn_id: str, node: str) -> None:
+        """``agent`` is held by ``conn_id`` on ``node`` now (an UP event)."""
         if agent in self._watchers:
             self._version[agent] += 1
-            self._peer_up(agent, conn_id)
+            self._peer_up(agent, conn_id, node)
 
     def down(self, agent: str, conn_id: str) -> None:
         """``conn_id`` let go of ``agent`` (a DOWN event)."""
@@ -185,16 +212,31 @@ class Peers:
             if self._holders.get(agent) == conn_id:
                 self._peer_down(agent)
 
-    async def reread(self) -> None:
-        """Re-read every watched peer's record: a crashed node's agents have none."""
-        peers = list(self._watchers)
+    async def nodes_changed(self, dead_before: frozenset[str]) -> None:
+        """The set of dead nodes changed: peers held on newly dead nodes are gone;
+        peers that are down are read again if a node came back."""
+        dead = self._membership.dead
+        if dead - dead_before:
+            for peer, node in list(self._holder_nodes.items()):
+                if node in dead:
+                    self._peer_down(peer)
+        if dead_before - dead:
+            await self.reread(only_down=True)
+
+    async def reread(self, *, only_down: bool = False) -> None:
+        """Re-read the watched peers' records (after a broker break: events may
+        have been missed), or only those of peers that are down."""
+        peers = [p for p in self._watchers if not only_down or self._holders.get(p) is None]
+        if not peers:
+            return
         versions = [self._version[p] for p in peers]
         with self._health.watching("presence_read"):
             records = await self._broker.get_records([presence_key(p) for p in peers])
         for peer, version, record in zip(peers, versions, records, strict=True):
             if self._version.get(peer) != version:
                 continue  # an event arrived meanwhile and is fresher than this read
-            if record is None:
+            holder = self._live_holder(record)
+            if holder is None:
                 self._peer_down(peer)
             else:
-                self._peer_up(peer, record_conn(record))
+                self._peer_up(peer, *holder)

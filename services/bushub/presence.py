@@ -3,9 +3,12 @@
 Each socket first *claims* its agent name: the claim key and a claim event on the
 name's presence channel tell every node, and any older holder is closed with 4001
 (docs/protocol.md, Presence); the claim fence (``bushub.claims``) makes sure no
-message reaches two sockets of one name. A socket that holds a name is recorded in an
-expiring broker record, refreshed by a periodic reconcile, which also re-reads the
-peers' records (``bushub.peers``: a crashed node's agents expire there).
+message reaches two sockets of one name. A socket that holds a name is recorded in a
+broker record that stays until withdrawn; every claim is listed in the node's index,
+so that when the node's heartbeat lapses another node removes its records
+(``bushub.membership``). Per agent, nothing runs on a timer: the records are
+re-asserted, and the peers' re-read, only after a broker break or when the registry
+had lost this node.
 
 Everything with a side effect comes in from outside (broker, subscriptions, publish,
 outbound writer, timers), so a test can drive every transition with events and a fake
@@ -13,17 +16,17 @@ clock.
 """
 
 import asyncio
-import contextlib
 import logging
 from collections import defaultdict
 from collections.abc import Callable
 
 from bushub.broker import Broker
-from bushub.broker.refusals import BrokerRefused
 from bushub.brokerhealth import BrokerHealth
 from bushub.claims import ClaimFence
 from bushub.closecodes import CloseCode
 from bushub.connection import Connection
+from bushub.holderrecords import Rewriter, claim_value, presence_record
+from bushub.membership import Membership
 from bushub.metrics import Metrics
 from bushub.outbound import Outbound
 from bushub.peers import CallLater, Peers
@@ -39,11 +42,9 @@ from buswire.channels import claim_key
 from buswire.presence import (
     EventKind,
     PresenceEvent,
-    PresenceRecord,
     decode_event,
     encode_event,
-    encode_record,
-    record_conn,
+    record_holder,
 )
 
 log = logging.getLogger(__name__)
@@ -85,11 +86,17 @@ class Presence:
         self._publish = publish
         self._outbound = outbound
         self._metrics = metrics
+        self.membership = Membership(
+            settings,
+            broker,
+            health,
+            lambda agent, conn_id: self._publish_event(EventKind.DOWN, agent, conn_id),
+        )
         # The peers local sockets watch, and what they are told of them.
-        self.peers = Peers(settings, broker, subscriptions, outbound, call_later, health)
+        self.peers = Peers(
+            settings, broker, subscriptions, outbound, call_later, health, self.membership
+        )
         self._health = health
-        # Where the node checks that Redis takes writes again after refusing them.
-        self._probe_name = f"bushub:probe:{{{self._node_id}}}"
         # The connection currently holding each agent name on this node; the relay
         # reads it to deliver.
         self.holders: dict[str, Connection] = {}
@@ -98,9 +105,10 @@ class Presence:
         self._connection_count = 0
         # Futures of new connections waiting for the previous holder to let go.
         self._release_waiters: dict[tuple[str, str], asyncio.Future[None]] = {}
-        self._reconcile_now = asyncio.Event()
         # The newest claim seen per name claimed here: only its socket gets messages.
         self.claims = ClaimFence()
+        # Writes the records of holders whose record changed.
+        self.rewriter = Rewriter(broker, health, self._node_id, self._holds)
         # Counts broker state changes: a claim key read confirms a holder only if
         # it was made while subscribed, with no break since (see bushub.claims).
         self._broker_epoch = 0
@@ -148,8 +156,10 @@ class Presence:
         self._by_agent[agent].add(conn)
         self._connection_count += 1
         await self._subscriptions.acquire(presence_channel(agent))
+        # Listed before it is made: a claim key of a node that dies is always found.
+        await self.membership.enlist([(conn.id, agent)])
         [record] = await self._broker.get_records([presence_key(agent)])
-        holder = record_conn(record) if record is not None else None
+        holder = self._record_holder(record)
         local = self.holders.get(agent)
         waits = {h for h in (holder, local.id if local else None) if h and h != conn.id}
         futures = []
@@ -165,8 +175,8 @@ class Presence:
             with self._health.watching("presence_write"):
                 await self._broker.claim_record(
                     claim_key(agent),
-                    self._claim_value(conn),
-                    self._settings.presence_ttl,
+                    claim_value(conn, self._node_id),
+                    None,
                     presence_channel(agent),
                     encode_event(event),
                 )
@@ -194,11 +204,14 @@ class Presence:
         agent = conn.agent
         with self._health.watching("presence_write"):
             await self._broker.put_record(
-                presence_key(agent), encode_record(self._record(conn)), self._settings.presence_ttl
+                presence_key(agent), presence_record(conn, self._node_id), None
             )
         self._publish_event(EventKind.UP, agent, conn.id)
         if conn.peer is not None:
             await self.peers.watch(conn)
+
+    def _holds(self, conn: Connection) -> bool:
+        return self.holders.get(conn.agent) is conn
 
     def let_go(self, conn: Connection) -> bool:
         """Forget ``conn`` as a claimant; True if it was the local holder of its name."""
@@ -231,24 +244,21 @@ class Presence:
         in its name's presence channel."""
         try:
             await self._broker.delete_record(claim_key(conn.agent), conn.id)
+            await self.membership.delist(conn.id, conn.agent)
         except (ConnectionError, OSError) as exc:
             log.warning("could not withdraw the claim of %s: %s", conn.agent, exc)
         await self._subscriptions.release(presence_channel(conn.agent))
 
-    def _claim_value(self, conn: Connection) -> bytes:
-        # Connection id first, as in a presence record, for the broker's scripts.
-        return f"{conn.id} {self._node_id}".encode()
-
-    def _record(self, conn: Connection) -> PresenceRecord:
-        return PresenceRecord(
-            agent=conn.agent,
-            conn=conn.id,
-            node=self._node_id,
-            since=conn.since,
-            format=conn.format.value,
-            dialect=conn.dialect.value if conn.dialect else "auto",
-            peer=conn.peer,
-        )
+    def _record_holder(self, record: bytes | None) -> str | None:
+        """The connection a record names, unless its node is known dead."""
+        if record is None:
+            return None
+        try:
+            conn_id, node = record_holder(record)
+        except DecodeError:
+            self._metrics.messages_dropped.labels(DropReason.BAD_PRESENCE).inc()
+            return None
+        return conn_id if self.membership.is_live(node) else None
 
     # ---- presence events ----------------------------------------------------
 
@@ -275,8 +285,9 @@ class Presence:
                     # This claim came after ours on the channel: it is newer and wins.
                     conn.request_close(CloseCode.TAKEN_OVER)
             return
+        self.membership.heard_from(event.node)
         if event.kind is EventKind.UP:
-            self.peers.up(agent, event.conn)
+            self.peers.up(agent, event.conn, event.node)
         else:
             waiter = self._release_waiters.get((agent, event.conn))
             if waiter is not None and not waiter.done():
@@ -292,50 +303,39 @@ class Presence:
             # Claims published from now until resubscribed would be missed.
             self.claims.suspend()
 
-    def reconcile_soon(self) -> None:
-        """Run the next reconcile now rather than at the end of the period."""
-        self._reconcile_now.set()
+    async def reconcile(self, *, announce: bool = False) -> None:
+        """Re-assert this node's records, claim keys and index; re-read its peers'
+        records; confirm holders after a broker break.
 
-    async def run(self) -> None:
-        """Reconcile every ``presence_refresh`` seconds, or sooner when asked."""
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._reconcile_now.wait(), self._settings.presence_refresh)
-            self._reconcile_now.clear()
-            if not self._broker.up:
-                continue
-            try:
-                await self.reconcile()
-                await self._health.probe(
-                    self._broker,
-                    self._probe_name,
-                    self._settings.presence_ttl,
-                    records_written=bool(self.holders),
-                )
-            except BrokerRefused:
-                pass  # counted, logged and readiness taken down where it was refused
-            except (ConnectionError, OSError) as exc:
-                log.warning("presence reconcile failed: %s", exc)
-
-    async def reconcile(self) -> None:
-        """Refresh this node's records and claim keys; re-read its peers' (crashed
-        nodes expire); confirm holders after a broker break."""
+        Args:
+            announce: Publish UP for every holder again (the cluster took this node
+                for dead, so its peers may have dropped them).
+        """
         epoch = self._broker_epoch if self._broker.up else None
         local = list(self.holders.items())
-        items = [(presence_key(a), c.id, encode_record(self._record(c))) for a, c in local]
-        items += [(claim_key(a), c.id, self._claim_value(c)) for a, c in local]
+        items = [(presence_key(a), c.id, presence_record(c, self._node_id)) for a, c in local]
+        items += [(claim_key(a), c.id, claim_value(c, self._node_id)) for a, c in local]
+        await self.membership.enlist((c.id, c.agent) for c in self.connections())
         with self._health.watching("presence_refresh"):
-            kept = await self._broker.refresh_records(items, self._settings.presence_ttl)
+            kept = await self._broker.refresh_records(items, None)
         # Made while subscribed and unbroken since: no claim before the read was missed.
         confirms = epoch == self._broker_epoch
+        ended: list[tuple[str, str]] = []
         for (agent, conn), ok, claimed in zip(
             local, kept[: len(local)], kept[len(local) :], strict=True
         ):
             if self.holders.get(agent) is not conn:
+                # It ended while its records were re-stored: its own deletes may have
+                # come first, so they are made again (records have no lifetime).
+                ended += [(presence_key(agent), conn.id), (claim_key(agent), conn.id)]
                 continue
             if not (ok and claimed):
                 log.info("presence of %s is held elsewhere now; closing %s", agent, conn.id)
                 conn.request_close(CloseCode.TAKEN_OVER)
-            elif confirms:
+                continue
+            if confirms:
                 self.claims.confirm(agent, conn.id)
+            if announce:
+                self._publish_event(EventKind.UP, agent, conn.id)
+        await self._broker.delete_records(ended)
         await self.peers.reread()

@@ -51,6 +51,7 @@ class Relay:
         publish: Publishes one relay frame on a channel; never blocks.
         outbound: Writes frames to sockets.
         clock: Wall-clock seconds, stamped on relayed frames for the latency metric.
+        dialect_learned: Told of a socket whose dialect its first message showed.
     """
 
     def __init__(
@@ -62,7 +63,9 @@ class Relay:
         publish: Publish,
         outbound: Outbound,
         clock: Callable[[], float] = time.time,
+        dialect_learned: Callable[[Connection], None] = lambda conn: None,
     ) -> None:
+        self._dialect_learned = dialect_learned
         self._max_message_bytes = settings.max_message_bytes
         self._bytes_per_container = settings.bytes_per_container
         self._policy = TypePolicy(
@@ -127,6 +130,7 @@ class Relay:
             return
         if conn.dialect is None and envelope.dialect is not None:
             conn.dialect = envelope.dialect
+            self._dialect_learned(conn)
         if channel is None:
             if not conn.grant.may_address(target):
                 metrics.messages_dropped.labels(DropReason.TARGET_NOT_ALLOWED).inc()

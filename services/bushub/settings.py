@@ -52,7 +52,10 @@ class Settings:
     )
     presence_ttl: float = field(
         default=10.0,
-        metadata={"help": "seconds a node's presence records outlive it after a crash"},
+        metadata={
+            "help": "seconds a node's heartbeat lives (it beats every third of it); its "
+            "agents leave presence this long (plus one beat) after it dies"
+        },
     )
     peer_grace: float = field(
         default=5.0,
@@ -83,6 +86,13 @@ class Settings:
     publish_buffer: int = field(
         default=10_000,
         metadata={"help": "publishes held while the broker is unreachable before dropping"},
+    )
+    keepalive: float = field(
+        default=30.0,
+        metadata={
+            "help": "seconds between keepalive checks: a socket silent for one is pinged, "
+            "one silent for another after that ping is closed with 4009 (0 = off)"
+        },
     )
     drain_timeout: float = field(
         default=10.0, metadata={"help": "seconds SIGTERM waits for queues to flush before exiting"}
@@ -190,7 +200,7 @@ class Settings:
             raise SettingsError("queue-bytes: must be >= max-message-bytes")
         if not self.node_id or any(ch.isspace() for ch in self.node_id):
             raise SettingsError("node-id: must be non-empty with no whitespace")
-        for name in ("rate_messages", "rate_bytes", "jwt_leeway"):
+        for name in ("rate_messages", "rate_bytes", "jwt_leeway", "keepalive"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{name.replace('_', '-')}: must be >= 0")
         if self.max_connections < 1:

@@ -94,6 +94,28 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         # is not UTF-8, a frame over the limit, a failure routing a frame): the
         # socket ended by the hub's doing, not the client's.
         self.sent_close: CloseCode | None = None
+        # Keepalive (bushub.keepalive): anything received since the last check, and
+        # whether the hub pinged at that check.
+        self.heard = True
+        self._pinged = False
+
+    def data_received(self, data: bytes) -> None:
+        self.heard = True
+        super().data_received(data)
+
+    def keepalive_check(self) -> bool:
+        if self.heard:
+            self.heard = False
+            self._pinged = False
+            return True
+        if self._pinged:
+            return False
+        # Only a client that sends no keepalive of its own costs a ping.
+        if not (self.close_sent or self.disconnected) and self.conn.state is State.OPEN:
+            self._pinged = True
+            self.conn.send_ping(b"")
+            self.transport.write(b"".join(self.conn.data_to_send()))
+        return True
 
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)

@@ -15,8 +15,8 @@ from urllib.parse import quote
 # What a hub's ACL user needs, and no more: its own keys and channels, and the
 # commands it sends, redis-py's cluster discovery (CLUSTER SLOTS, COMMAND) among
 # them. AUTH needs no permission; redis-py's CLIENT SETINFO (Redis >= 7.2) may be
-# refused, it ignores that. The presence scripts' GET/SET/DEL are checked against
-# the key patterns as well.
+# refused, it ignores that. The presence and node-registry scripts' commands are
+# checked against the key patterns as well.
 HUB_ACL_RULES = (
     "resetkeys",
     "~bushub:*",
@@ -28,7 +28,18 @@ HUB_ACL_RULES = (
     "+set",
     "+mget",
     "+del",
+    "+exists",
     "+scan",
+    "+time",
+    "+zadd",
+    "+zrem",
+    "+zscore",
+    "+zrange",
+    "+zrangebyscore",
+    "+sadd",
+    "+srem",
+    "+smembers",
+    "+sunionstore",
     "+evalsha",
     "+script|load",
     "+script|exists",

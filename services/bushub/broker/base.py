@@ -13,6 +13,8 @@ the space is the caller's.
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 
+from bushub.broker.nodes import NodeRegistry
+
 # Called for every message on a subscribed channel, in the order the broker
 # delivered them. It must not block: it hands work off and returns.
 MessageHandler = Callable[[str, bytes], None]
@@ -71,6 +73,11 @@ class Broker(ABC):
     def description(self) -> str:
         """What this broker is, for logs (never with credentials)."""
 
+    @property
+    @abstractmethod
+    def nodes(self) -> NodeRegistry:
+        """The node registry (heartbeats and claim indexes) on this broker."""
+
     @abstractmethod
     async def start(self) -> None:
         """Connect; raises if the broker cannot be reached at start-up."""
@@ -108,12 +115,13 @@ class Broker(ABC):
         """Stop delivering ``channel``."""
 
     @abstractmethod
-    async def put_record(self, key: str, value: bytes, ttl: float) -> None:
-        """Store ``value`` under ``key`` for ``ttl`` seconds, replacing any holder."""
+    async def put_record(self, key: str, value: bytes, ttl: float | None) -> None:
+        """Store ``value`` under ``key`` for ``ttl`` seconds (None: until deleted),
+        replacing any holder."""
 
     @abstractmethod
     async def claim_record(
-        self, key: str, value: bytes, ttl: float, channel: str, data: bytes
+        self, key: str, value: bytes, ttl: float | None, channel: str, data: bytes
     ) -> None:
         """Store ``value`` under ``key`` (as `put_record`) and publish ``data`` on
         ``channel`` in one step: nothing published or written falls between them.
@@ -127,16 +135,22 @@ class Broker(ABC):
 
     @abstractmethod
     async def refresh_records(
-        self, items: Sequence[tuple[str, str, bytes]], ttl: float
+        self, items: Sequence[tuple[str, str, bytes]], ttl: float | None, *, create: bool = True
     ) -> list[bool]:
-        """Re-store ``(key, conn, value)`` records if absent or still held by ``conn``.
+        """Re-store ``(key, conn, value)`` records still held by ``conn``, or absent
+        (unless ``create`` is False: a record deleted meanwhile stays deleted).
 
-        Returns, per item, False where another connection holds the key now.
+        Returns, per item, False where the record was not stored.
         """
 
     @abstractmethod
     async def delete_record(self, key: str, conn: str) -> None:
         """Delete ``key`` only if ``conn`` still holds it."""
+
+    async def delete_records(self, items: Sequence[tuple[str, str]]) -> None:
+        """`delete_record` for each ``(key, conn)``; brokers send them together."""
+        for key, conn in items:
+            await self.delete_record(key, conn)
 
     @abstractmethod
     async def get_records(self, keys: Sequence[str]) -> list[bytes | None]:

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -33,14 +33,17 @@ from redis.exceptions import (
 
 from bushub.broker.base import Broker, PartialPublish
 from bushub.broker.credentials import Credentials
+from bushub.broker.nodes import NodeRegistry
 from bushub.broker.redis import (
     CLAIM_SCRIPT,
     NO_RETRY,
     REFRESH_SCRIPT,
     RELEASE_SCRIPT,
     UNREACHABLE,
+    ttl_ms,
     unreachable_as_connection_error,
 )
+from bushub.broker.redisnodes import RedisNodeRegistry
 from bushub.broker.resp import PublishConnection
 
 log = logging.getLogger(__name__)
@@ -52,6 +55,14 @@ _COMMAND_SECONDS = 3.0
 _FIRST_CONNECT_SECONDS = 2.0
 # The operator's view scans every primary: longer than one command, never forever.
 _SCAN_SECONDS = 10.0
+
+
+@contextlib.asynccontextmanager
+async def guarded() -> AsyncIterator[None]:
+    """Errors translated as on a single Redis, and every call bounded."""
+    with unreachable_as_connection_error():
+        async with asyncio.timeout(_COMMAND_SECONDS):
+            yield
 
 
 class _Shard:
@@ -182,6 +193,7 @@ class RedisClusterBroker(Broker):
         self._refresh = self._client.register_script(REFRESH_SCRIPT)
         self._release = self._client.register_script(RELEASE_SCRIPT)
         self._claim = self._client.register_script(CLAIM_SCRIPT)
+        self._nodes = RedisNodeRegistry(self._client, guarded)
         self._channels: set[str] = set()
         self._shards: dict[str, _Shard] = {}
         self._node_publishers: dict[str, PublishConnection] = {}
@@ -194,6 +206,10 @@ class RedisClusterBroker(Broker):
     @property
     def up(self) -> bool:
         return self._up
+
+    @property
+    def nodes(self) -> NodeRegistry:
+        return self._nodes
 
     @property
     def description(self) -> str:
@@ -367,36 +383,35 @@ class RedisClusterBroker(Broker):
 
     # ---- records ------------------------------------------------------------
 
-    async def put_record(self, key: str, value: bytes, ttl: float) -> None:
-        with unreachable_as_connection_error():
-            async with asyncio.timeout(_COMMAND_SECONDS):
-                await self._client.set(key, value, px=max(1, int(ttl * 1000)))
+    async def put_record(self, key: str, value: bytes, ttl: float | None) -> None:
+        async with guarded():
+            await self._client.set(key, value, px=ttl_ms(ttl) or None)
 
     async def claim_record(
-        self, key: str, value: bytes, ttl: float, channel: str, data: bytes
+        self, key: str, value: bytes, ttl: float | None, channel: str, data: bytes
     ) -> None:
-        ttl_ms = max(1, int(ttl * 1000))
-        with unreachable_as_connection_error():
-            async with asyncio.timeout(_COMMAND_SECONDS):
-                # The key and the channel share a hash tag: one shard runs both.
-                await self._claim(keys=[key], args=[value, ttl_ms, "SPUBLISH", channel, data])
+        async with guarded():
+            # The key and the channel share a hash tag: one shard runs both.
+            await self._claim(keys=[key], args=[value, ttl_ms(ttl), "SPUBLISH", channel, data])
 
     async def refresh_records(
-        self, items: Sequence[tuple[str, str, bytes]], ttl: float
+        self, items: Sequence[tuple[str, str, bytes]], ttl: float | None, *, create: bool = True
     ) -> list[bool]:
-        ttl_ms = max(1, int(ttl * 1000))
-        with unreachable_as_connection_error():
-            # Keys live on different shards: one script call each, concurrently.
-            async with asyncio.timeout(_COMMAND_SECONDS):
-                results = await asyncio.gather(
-                    *(self._refresh(keys=[k], args=[c, v, ttl_ms]) for k, c, v in items)
-                )
+        lifetime, absent = ttl_ms(ttl), int(create)
+        # Keys live on different shards: one script call each, concurrently.
+        async with guarded():
+            results = await asyncio.gather(
+                *(self._refresh(keys=[k], args=[c, v, lifetime, absent]) for k, c, v in items)
+            )
         return [bool(r) for r in results]
 
     async def delete_record(self, key: str, conn: str) -> None:
-        with unreachable_as_connection_error():
-            async with asyncio.timeout(_COMMAND_SECONDS):
-                await self._release(keys=[key], args=[conn])
+        async with guarded():
+            await self._release(keys=[key], args=[conn])
+
+    async def delete_records(self, items: Sequence[tuple[str, str]]) -> None:
+        async with guarded():
+            await asyncio.gather(*(self._release(keys=[k], args=[c]) for k, c in items))
 
     async def get_records(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:

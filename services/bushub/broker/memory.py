@@ -6,10 +6,17 @@ with a real broker: a publish never runs a subscriber's code inside it.
 
 import asyncio
 import fnmatch
+import math
 import time
 from collections.abc import Sequence
 
 from bushub.broker.base import Broker, owner_of
+from bushub.broker.memorynodes import MemoryNodeRegistry
+from bushub.broker.nodes import NodeRegistry
+
+
+def _expiry(ttl: float | None) -> float:
+    return math.inf if ttl is None else time.monotonic() + ttl
 
 
 class MemoryBroker(Broker):
@@ -19,6 +26,7 @@ class MemoryBroker(Broker):
         super().__init__()
         self._channels: set[str] = set()
         self._records: dict[str, tuple[bytes, float]] = {}
+        self._nodes = MemoryNodeRegistry()
 
     @property
     def up(self) -> bool:
@@ -27,6 +35,10 @@ class MemoryBroker(Broker):
     @property
     def description(self) -> str:
         return "in-process broker (single node)"
+
+    @property
+    def nodes(self) -> NodeRegistry:
+        return self._nodes
 
     async def start(self) -> None:
         self._on_state(True)
@@ -60,23 +72,23 @@ class MemoryBroker(Broker):
             return None
         return entry[0]
 
-    async def put_record(self, key: str, value: bytes, ttl: float) -> None:
-        self._records[key] = (value, time.monotonic() + ttl)
+    async def put_record(self, key: str, value: bytes, ttl: float | None) -> None:
+        self._records[key] = (value, _expiry(ttl))
 
     async def claim_record(
-        self, key: str, value: bytes, ttl: float, channel: str, data: bytes
+        self, key: str, value: bytes, ttl: float | None, channel: str, data: bytes
     ) -> None:
         await self.put_record(key, value, ttl)
         await self.publish_many([(channel, data)])
 
     async def refresh_records(
-        self, items: Sequence[tuple[str, str, bytes]], ttl: float
+        self, items: Sequence[tuple[str, str, bytes]], ttl: float | None, *, create: bool = True
     ) -> list[bool]:
         results = []
         for key, conn, value in items:
             current = self._live(key)
-            if current is None or owner_of(current) == conn:
-                self._records[key] = (value, time.monotonic() + ttl)
+            if (current is None and create) or (current is not None and owner_of(current) == conn):
+                self._records[key] = (value, _expiry(ttl))
                 results.append(True)
             else:
                 results.append(False)

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -24,6 +24,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bushub.broker.base import Broker, MessageHandler, PartialPublish, PublishDone, StateHandler
 from bushub.broker.credentials import Credentials
+from bushub.broker.nodes import NodeRegistry
+from bushub.broker.redisnodes import RedisNodeRegistry
 from bushub.broker.refusals import BrokerRefused
 from bushub.broker.resp import FastItem, PublishConnection, ReplyError
 from bushub.broker.subscriber import Subscriber, close_quietly
@@ -61,11 +63,29 @@ def unreachable_as_connection_error() -> Iterator[None]:
         raise BrokerRefused(exc) from exc
 
 
-# Store the record if nobody holds the key or the same connection still does.
+@contextlib.asynccontextmanager
+async def guarded() -> AsyncIterator[None]:
+    """`unreachable_as_connection_error` for an ``async with`` (the node registry)."""
+    with unreachable_as_connection_error():
+        yield
+
+
+def ttl_ms(ttl: float | None) -> int:
+    """A record's lifetime for the scripts, in ms; 0 for none (kept until deleted)."""
+    return 0 if ttl is None else max(1, int(ttl * 1000))
+
+
+# Store the record if the same connection still holds the key, or (ARGV[4] = 1)
+# nobody does.
 REFRESH_SCRIPT = """
 local v = redis.call('GET', KEYS[1])
-if (not v) or string.sub(v, 1, string.len(ARGV[1]) + 1) == ARGV[1] .. ' ' then
-  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+local mine = v and string.sub(v, 1, string.len(ARGV[1]) + 1) == ARGV[1] .. ' '
+if mine or ((not v) and ARGV[4] == '1') then
+  if ARGV[3] == '0' then
+    redis.call('SET', KEYS[1], ARGV[2])
+  else
+    redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  end
   return 1
 end
 return 0
@@ -83,7 +103,11 @@ return 0
 
 # Store a record and publish in one step (see Broker.claim_record).
 CLAIM_SCRIPT = """
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if ARGV[2] == '0' then
+  redis.call('SET', KEYS[1], ARGV[1])
+else
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+end
 return redis.call(ARGV[3], ARGV[4], ARGV[5])
 """
 
@@ -137,6 +161,7 @@ class RedisBroker(Broker):
         self._refresh = self._client.register_script(REFRESH_SCRIPT)
         self._release = self._client.register_script(RELEASE_SCRIPT)
         self._claim = self._client.register_script(CLAIM_SCRIPT)
+        self._nodes = RedisNodeRegistry(self._client, guarded)
         self._channels: set[str] = {control_channel}
         self._subscriber: Subscriber | None = None
         self._pubsub: Any = None
@@ -152,6 +177,10 @@ class RedisBroker(Broker):
     @property
     def up(self) -> bool:
         return self._up
+
+    @property
+    def nodes(self) -> NodeRegistry:
+        return self._nodes
 
     @property
     def description(self) -> str:
@@ -341,27 +370,28 @@ class RedisBroker(Broker):
                 with contextlib.suppress(*UNREACHABLE):
                     await self._pubsub.unsubscribe(channel)
 
-    async def put_record(self, key: str, value: bytes, ttl: float) -> None:
+    async def put_record(self, key: str, value: bytes, ttl: float | None) -> None:
         with unreachable_as_connection_error():
-            await self._client.set(key, value, px=max(1, int(ttl * 1000)))
+            await self._client.set(key, value, px=ttl_ms(ttl) or None)
 
     async def claim_record(
-        self, key: str, value: bytes, ttl: float, channel: str, data: bytes
+        self, key: str, value: bytes, ttl: float | None, channel: str, data: bytes
     ) -> None:
-        ttl_ms = max(1, int(ttl * 1000))
         with unreachable_as_connection_error():
-            await self._claim(keys=[key], args=[value, ttl_ms, "PUBLISH", channel, data])
+            await self._claim(keys=[key], args=[value, ttl_ms(ttl), "PUBLISH", channel, data])
 
     async def refresh_records(
-        self, items: Sequence[tuple[str, str, bytes]], ttl: float
+        self, items: Sequence[tuple[str, str, bytes]], ttl: float | None, *, create: bool = True
     ) -> list[bool]:
         if not items:
             return []
-        ttl_ms = max(1, int(ttl * 1000))
+        lifetime = ttl_ms(ttl)
+        absent = int(create)
         with unreachable_as_connection_error():
             async with self._client.pipeline(transaction=False) as pipe:
                 for key, conn, value in items:
-                    await self._refresh(keys=[key], args=[conn, value, ttl_ms], client=pipe)
+                    args: list[str | bytes | int] = [conn, value, lifetime, absent]
+                    await self._refresh(keys=[key], args=args, client=pipe)
                 # Errors as results: raised, redis-py rewrites the reply's text into
                 # "Command # 1 (EVALSHA ...) of pipeline caused error: ...".
                 results = await pipe.execute(raise_on_error=False)
@@ -373,6 +403,15 @@ class RedisBroker(Broker):
     async def delete_record(self, key: str, conn: str) -> None:
         with unreachable_as_connection_error():
             await self._release(keys=[key], args=[conn])
+
+    async def delete_records(self, items: Sequence[tuple[str, str]]) -> None:
+        if not items:
+            return
+        with unreachable_as_connection_error():
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key, conn in items:
+                    await self._release(keys=[key], args=[conn], client=pipe)
+                await pipe.execute()
 
     async def get_records(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:

@@ -1,14 +1,17 @@
 """Presence on its own, driven by events and fake timers: the in-process broker,
 no socket, no clock that moves by itself."""
 
+import asyncio
 import json
 from typing import Any
 
 import pytest
 
 from bushub.broker import MemoryBroker
+from bushub.broker.nodes import BeatStatus
 from bushub.brokerhealth import BrokerHealth
 from bushub.closecodes import CloseCode
+from bushub.heartbeat import Heartbeat
 from bushub.metrics import Metrics
 from bushub.outbound import Outbound
 from bushub.peers import runner_name
@@ -29,9 +32,9 @@ from tests.unit.bushub.parts import FakeTimers, connection, written
 class Wired:
     """Presence with its events kept instead of published, and timers that wait."""
 
-    def __init__(self) -> None:
+    def __init__(self, broker: MemoryBroker | None = None) -> None:
         self.settings = small_settings(node_id="n1", peer_grace=5.0)
-        self.broker = MemoryBroker()
+        self.broker = broker or MemoryBroker()
         self.metrics = Metrics()
         self.events: list[tuple[str, bytes]] = []
         self.timers = FakeTimers()
@@ -149,3 +152,164 @@ async def test_reconcile_closes_a_holder_whose_record_another_connection_owns() 
     assert holder.close_code is CloseCode.TAKEN_OVER
     assert wired.presence.let_go(holder)
     assert wired.presence.per_agent_sizes()["holders"] == 0
+
+
+# ---- the heartbeat: one per node, nothing per agent -------------------------------
+
+
+class Counting(MemoryBroker):
+    """The in-process broker, counting the per-agent record work it is asked for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.record_calls = 0
+
+    async def refresh_records(self, items: Any, ttl: float | None) -> list[bool]:
+        self.record_calls += 1
+        return await super().refresh_records(items, ttl)
+
+    async def get_records(self, keys: Any) -> list[bytes | None]:
+        self.record_calls += 1
+        return await super().get_records(keys)
+
+
+def heartbeat_of(wired: Wired) -> Heartbeat:
+    return Heartbeat(wired.settings, wired.broker, wired.presence, BrokerHealth())
+
+
+async def _worker_on_n2(wired: Wired, agent: str, conn_id: str) -> None:
+    """An agent held on another node "n2", as its node would record it."""
+    record = PresenceRecord(
+        agent=agent, conn=conn_id, node="n2", since=0.0, format="json", dialect="auto"
+    )
+    await wired.broker.nodes.beat("n2", wired.settings.presence_ttl)
+    await wired.broker.nodes.enlist("n2", [f"{conn_id} {agent}"])
+    await wired.broker.put_record(presence_key(agent), encode_record(record), None)
+
+
+async def test_at_rest_a_pass_does_no_per_agent_work() -> None:
+    broker = Counting()
+    wired = Wired(broker)
+    beat = heartbeat_of(wired)
+    for name in ("a", "b", "c"):
+        conn = connection(name, "p", conn_id=f"n1.{name}")
+        assert await wired.presence.claim(conn)
+        wired.presence.hold(conn)
+        await wired.presence.announce(conn)
+    await beat.join()
+    await beat._pass()
+    before = broker.record_calls
+    for _ in range(5):
+        await beat._pass()
+    assert broker.record_calls == before
+
+
+async def test_a_peer_on_a_node_whose_heartbeat_lapsed_is_lost_and_cleaned_up() -> None:
+    wired = Wired()
+    beat = heartbeat_of(wired)
+    await beat.join()
+    await _worker_on_n2(wired, "p", "n2.p")
+    watcher = connection("a", "p", conn_id="n1.a")
+    wired.presence.hold(watcher)
+    await wired.presence.announce(watcher)
+    assert announced_runners(written(watcher)) == [runner_name("p", "n2.p")] * 2
+    await beat._pass()
+    assert wired.timers.pending() == []  # n2 is alive
+    await _beat_alone(beat, wired.settings.presence_ttl + 0.1)  # n2 stops beating
+    [timer] = wired.timers.pending()
+    assert timer.delay == wired.settings.peer_grace
+    # Cleaned up after: its record is gone.
+    assert await _record_gone(wired, "p")
+    timer.fire()
+    assert watcher.close_code is CloseCode.PEER_LOST
+
+
+async def test_a_node_back_after_its_cleanup_is_taken_back_quietly() -> None:
+    wired = Wired()
+    beat = heartbeat_of(wired)
+    await _worker_on_n2(wired, "p", "n2.p")
+    watcher = connection("a", "p", conn_id="n1.a")
+    wired.presence.hold(watcher)
+    await wired.presence.announce(watcher)
+    await beat.join()
+    await _beat_alone(beat, wired.settings.presence_ttl + 0.1)  # n2 stalls past its TTL
+    [timer] = wired.timers.pending()
+    assert await _record_gone(wired, "p")
+    # n2 beats again, finds itself unknown, re-asserts and announces its holder: the
+    # same connection, so the loss is cancelled and nothing is announced anew.
+    assert (await wired.broker.nodes.beat("n2", 1.0)).status is BeatStatus.ABSENT
+    await _worker_on_n2(wired, "p", "n2.p")
+    wired.event(EventKind.UP, "p", "n2.p")
+    assert timer.cancelled
+    await beat._pass()
+    assert wired.timers.pending() == []
+    assert announced_runners(written(watcher)) == [runner_name("p", "n2.p")] * 2
+
+
+async def _beat_alone(beat: Heartbeat, seconds: float) -> None:
+    """This node beats every third of ``seconds`` while others are silent."""
+    for _ in range(4):
+        await asyncio.sleep(seconds / 3)
+        await beat._pass()
+
+
+async def test_a_node_that_was_out_itself_judges_no_other_node() -> None:
+    wired = Wired()
+    beat = heartbeat_of(wired)
+    await beat.join()
+    await _worker_on_n2(wired, "p", "n2.p")
+    watcher = connection("a", "p", conn_id="n1.a")
+    wired.presence.hold(watcher)
+    await wired.presence.announce(watcher)
+    # Both silent past the TTL (as through a Redis outage): n1's next beat finds
+    # itself lapsed and leaves n2 be; n2 beats meanwhile and nothing is lost.
+    await asyncio.sleep(wired.settings.presence_ttl + 0.1)
+    await beat._pass()
+    assert wired.presence.membership.dead == frozenset()
+    await wired.broker.nodes.beat("n2", wired.settings.presence_ttl)
+    await beat._pass()
+    assert wired.timers.pending() == []
+    assert await wired.broker.get_records([presence_key("p")]) != [None]
+
+
+async def _record_gone(wired: Wired, agent: str) -> bool:
+    """Wait (bounded) for the cleanup task to delete ``agent``'s record."""
+    for _ in range(100):
+        if await wired.broker.get_records([presence_key(agent)]) == [None]:
+            return True
+        await asyncio.sleep(0.01)
+    return False
+
+
+async def test_a_node_unknown_to_the_registry_announces_its_holders_again() -> None:
+    wired = Wired()
+    beat = heartbeat_of(wired)
+    holder = connection("w", conn_id="n1.w")
+    assert await wired.presence.claim(holder)
+    wired.presence.hold(holder)
+    await wired.presence.announce(holder)
+    await beat.join()
+    wired.events.clear()
+    # The registry forgot n1 (a Redis that lost its data): say it all again.
+    await wired.broker.nodes.leave("n1")
+    await beat._pass()
+    ups = [json.loads(data) for _, data in wired.events]
+    assert [(e["kind"], e["agent"], e["conn"]) for e in ups] == [("up", "w", "n1.w")]
+    wired.events.clear()
+    await beat._pass()  # known now: nothing per agent
+    assert wired.events == []
+
+
+async def test_a_node_restarted_under_its_name_withdraws_what_it_left() -> None:
+    wired = Wired()
+    # An earlier process of n1 held w and was killed; n1 starts again at once, so
+    # its heartbeat never lapsed and no other node would clean up after it.
+    old = PresenceRecord(
+        agent="w", conn="n1.old", node="n1", since=0.0, format="json", dialect="auto"
+    )
+    await wired.broker.nodes.enlist("n1", ["n1.old w"])
+    await wired.broker.put_record(presence_key("w"), encode_record(old), None)
+    await heartbeat_of(wired).join()
+    assert await wired.broker.get_records([presence_key("w")]) == [None]
+    downs = [json.loads(data) for _, data in wired.events]
+    assert [(e["kind"], e["agent"], e["conn"]) for e in downs] == [("down", "w", "n1.old")]

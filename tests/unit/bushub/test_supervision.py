@@ -1,36 +1,45 @@
 """A background loop that fails is logged, holds readiness down while it waits, and
 is started again; the node must not drift into a silent, permanent drain (its
-presence records expiring under open sockets, every new socket refused)."""
+heartbeat lapsing under open sockets, every new socket refused)."""
 
 import asyncio
 import logging
-from collections.abc import Sequence
 
 import httpx
 import pytest
 
 from bushub.broker import MemoryBroker
+from bushub.broker.memorynodes import MemoryNodeRegistry
+from bushub.broker.nodes import Beat, NodeRegistry
 from tests.unit.bushub.conftest import running_hub, small_settings
 from tests.unit.bushub.helpers import TIMEOUT, wait_until
 
 
-class FlakyBroker(MemoryBroker):
-    """The in-process broker, whose next presence refresh fails with a bug's exception
+class FlakyRegistry(MemoryNodeRegistry):
+    """The in-process node registry, whose next heartbeat fails with a bug's exception
     (not a ConnectionError: something nobody foresaw)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.fail_next = False
-        self.refreshes = 0
+        self.beats = 0
 
-    async def refresh_records(
-        self, items: Sequence[tuple[str, str, bytes]], ttl: float
-    ) -> list[bool]:
-        if items and self.fail_next:
+    async def beat(self, node: str, ttl: float) -> Beat:
+        if self.fail_next:
             self.fail_next = False
             raise RuntimeError("unforeseen")
-        self.refreshes += bool(items)
-        return await super().refresh_records(items, ttl)
+        self.beats += 1
+        return await super().beat(node, ttl)
+
+
+class FlakyBroker(MemoryBroker):
+    def __init__(self) -> None:
+        super().__init__()
+        self.registry = FlakyRegistry()
+
+    @property
+    def nodes(self) -> NodeRegistry:
+        return self.registry
 
 
 async def test_a_failed_reconcile_loop_is_restarted_and_the_node_serves_on(
@@ -46,16 +55,16 @@ async def test_a_failed_reconcile_loop_is_restarted_and_the_node_serves_on(
         async with node.connect("worker"):
             await node.wait_holder("worker")
             with caplog.at_level(logging.ERROR, logger="bushub.hub"):
-                broker.fail_next = True
-                await wait_until(lambda: not broker.fail_next, "the failing refresh")
+                broker.registry.fail_next = True
+                await wait_until(lambda: not broker.registry.fail_next, "the failing heartbeat")
                 await wait_until(lambda: not hub.ready, "readiness down")
                 assert (await http.get("/readyz")).status_code == 503
-            # Restarted: ready again, and presence refreshed for longer than its TTL.
+            # Restarted: ready again, and beating for longer than its TTL.
             await wait_until(lambda: hub.ready, "readiness back")
-            assert "background task presence-reconcile failed; restarting" in caplog.text
-            refreshes = broker.refreshes
+            assert "background task presence-heartbeat failed; restarting" in caplog.text
+            beats = broker.registry.beats
             await asyncio.sleep(settings.presence_ttl * 1.5)
-            assert broker.refreshes >= refreshes + 2
+            assert broker.registry.beats >= beats + 2
             assert await node.holder("worker") is not None
             assert (await http.get("/readyz")).status_code == 200
             assert not hub.draining

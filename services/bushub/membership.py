@@ -1,0 +1,147 @@
+"""This node in the cluster: its heartbeat, the nodes known dead, and the cleanup
+after them (docs/protocol.md, Presence).
+
+Presence records never expire on their own; what keeps them honest is one heartbeat
+per node every ``--presence-ttl``/3. A node whose heartbeat lapses is dead to every
+other node at its next beat: the holders it had count as gone (``is_live``), and the
+first node to see it takes its claim index over and deletes what it lists,
+owner-checked. So at rest Redis does one command per node per refresh, whatever the
+number of agents, and a crashed node's agents leave within ``--presence-ttl`` plus
+one refresh, as they did when each record had to be refreshed to stay.
+"""
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable
+
+from bushub.broker import Broker
+from bushub.broker.nodes import BeatStatus
+from bushub.brokerhealth import BrokerHealth
+from bushub.settings import Settings
+from buswire import presence_key
+from buswire.channels import claim_key
+
+log = logging.getLogger(__name__)
+
+# Deletes per pipelined batch when cleaning up after a dead node.
+_COLLECT_BATCH = 1000
+# How long a cleanup may take before another node may take it over.
+_COLLECT_HOLD_MIN = 30.0
+
+
+def index_member(conn_id: str, agent: str) -> str:
+    """A claim as listed in its node's index (neither part holds a space)."""
+    return f"{conn_id} {agent}"
+
+
+def _claim_of(member: str) -> tuple[str, str]:
+    conn_id, _, agent = member.partition(" ")
+    return conn_id, agent
+
+
+class Membership:
+    """The heartbeat of one node and what it learns of the others.
+
+    Args:
+        settings: Node id and presence TTL.
+        broker: The node registry and the records to clean up.
+        health: Told of the writes Redis refuses.
+        went_down: Publishes that a connection let go of an agent (a DOWN event).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        broker: Broker,
+        health: BrokerHealth,
+        went_down: Callable[[str, str], None],
+    ) -> None:
+        self._went_down = went_down
+        self._node_id = settings.node_id
+        self._ttl = settings.presence_ttl
+        self._broker = broker
+        self._health = health
+        # Nodes whose heartbeat lapsed, or that are being cleaned up; every other
+        # node named in a record or an event counts as alive.
+        self.dead: frozenset[str] = frozenset()
+        self._cleanups: dict[str, asyncio.Task[None]] = {}
+
+    def is_live(self, node: str) -> bool:
+        """False for a node known dead: its records and holders count for nothing."""
+        return node not in self.dead
+
+    def heard_from(self, node: str) -> None:
+        """``node`` just published: it is alive, whatever the last beat said."""
+        if node in self.dead:
+            self.dead = self.dead - {node}
+
+    async def join(self) -> None:
+        """Start: clean up after an earlier process of this node id (it was never
+        seen dead if this one started within its TTL), then beat."""
+        members = await self._broker.nodes.reset(self._node_id)
+        if members:
+            claims = [_claim_of(member) for member in members]
+            await self._delete(claims)
+            for conn_id, agent in claims:
+                self._went_down(agent, conn_id)
+            log.info("removed %d agents an earlier process of this node left", len(claims))
+        await self.beat()
+
+    async def beat(self) -> BeatStatus:
+        """Say this node is alive; learn which are dead and clean up after them."""
+        with self._health.watching("presence_write"):
+            beat = await self._broker.nodes.beat(self._node_id, self._ttl)
+        if beat.status is not BeatStatus.LIVE:
+            # This node was not beating either (a Redis outage, refused writes, a
+            # stall): the others' lapses may be the same gap. Judge them next time,
+            # once each has had a refresh period to beat again.
+            return beat.status
+        self.dead = beat.dead
+        for dead in beat.dead - self._cleanups.keys():
+            self._cleanups[dead] = asyncio.create_task(self._collect(dead), name=f"collect-{dead}")
+        return beat.status
+
+    async def enlist(self, claims: Iterable[tuple[str, str]]) -> None:
+        """List ``(conn id, agent)`` claims in this node's index."""
+        members = [index_member(conn_id, agent) for conn_id, agent in claims]
+        with self._health.watching("presence_write"):
+            await self._broker.nodes.enlist(self._node_id, members)
+
+    async def delist(self, conn_id: str, agent: str) -> None:
+        """Remove an ended claim from this node's index."""
+        await self._broker.nodes.delist(self._node_id, index_member(conn_id, agent))
+
+    async def leave(self) -> None:
+        """Deregister (the node stops; its claims are withdrawn already)."""
+        await self._broker.nodes.leave(self._node_id)
+
+    async def stop(self) -> None:
+        """Cancel cleanups in progress (another node takes them over)."""
+        tasks = list(self._cleanups.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _collect(self, dead: str) -> None:
+        """Delete what a dead node's index lists, unless another node does it."""
+        try:
+            members = await self._broker.nodes.take(dead, max(_COLLECT_HOLD_MIN, 3 * self._ttl))
+            if members is None:
+                return
+            await self._delete([_claim_of(member) for member in members])
+            await self._broker.nodes.collected(dead)
+            log.warning("node %s is dead: removed its %d agents from presence", dead, len(members))
+        except (ConnectionError, OSError) as exc:
+            # Its hold lapses and a later beat (here or elsewhere) takes it again.
+            log.warning("cleanup after dead node %s failed: %s", dead, exc)
+        finally:
+            self._cleanups.pop(dead, None)
+
+    async def _delete(self, claims: list[tuple[str, str]]) -> None:
+        """Delete the records and claim keys of ``(conn id, agent)`` claims, each only
+        while that connection still owns it."""
+        items: list[tuple[str, str]] = []
+        for conn_id, agent in claims:
+            items += [(presence_key(agent), conn_id), (claim_key(agent), conn_id)]
+        for start in range(0, len(items), _COLLECT_BATCH):
+            await self._broker.delete_records(items[start : start + _COLLECT_BATCH])

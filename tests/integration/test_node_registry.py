@@ -1,0 +1,144 @@
+"""The node registry (heartbeats, dead nodes, claim indexes taken over for cleanup),
+the same on a real redis-server as in the in-process broker: every status a beat can
+answer, a dead node's index handed to one cleaner only, a node that beats while it is
+cleaned up kept out until the cleaner is done, and a cleaner that gives up."""
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from bushub.broker.base import Broker
+from bushub.broker.memory import MemoryBroker
+from bushub.broker.nodes import BeatStatus, NodeRegistry
+from bushub.broker.redis import RedisBroker
+from tests.integration.realredis import running_redis
+from tests.reliability.harness import FaultRedis
+
+TTL = 0.3
+# Long enough for a beat to lapse, on a loaded machine too.
+LAPSE = TTL + 0.2
+
+
+@pytest.fixture(params=["memory", "redis"])
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def redis(kind: str, tmp_path: Path) -> Iterator[FaultRedis | None]:
+    if kind == "memory":
+        yield None
+    else:
+        yield from running_redis(tmp_path)
+
+
+async def _broker(redis: FaultRedis | None) -> AsyncIterator[Broker]:
+    broker: Broker = (
+        MemoryBroker() if redis is None else RedisBroker(redis.url, control_channel="bushub:ctl")
+    )
+    await broker.start()
+    try:
+        yield broker
+    finally:
+        await broker.close()
+
+
+def _scenario(redis: FaultRedis | None, test: Callable[[NodeRegistry], Awaitable[None]]) -> None:
+    async def main() -> None:
+        async for broker in _broker(redis):
+            await test(broker.nodes)
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_a_node_is_absent_then_live_then_lapsed(redis: FaultRedis | None) -> None:
+    async def test(nodes: NodeRegistry) -> None:
+        assert (await nodes.beat("a", TTL)).status is BeatStatus.ABSENT
+        assert (await nodes.beat("a", TTL)).status is BeatStatus.LIVE
+        await asyncio.sleep(LAPSE)
+        # Another node's beat sees it dead; its own next beat says it had lapsed.
+        assert (await nodes.beat("b", TTL)).dead == {"a"}
+        assert (await nodes.beat("a", TTL)).status is BeatStatus.LAPSED
+        assert (await nodes.beat("b", TTL)).dead == frozenset()
+
+    _scenario(redis, test)
+
+
+def test_a_dead_nodes_index_goes_to_one_cleaner(redis: FaultRedis | None) -> None:
+    async def test(nodes: NodeRegistry) -> None:
+        await nodes.beat("a", TTL)
+        await nodes.enlist("a", ["c1 w", "c2 x", "c3 y"])
+        await nodes.delist("a", "c3 y")
+        assert await nodes.take("a", 5.0) is None  # alive: nothing to take
+        await asyncio.sleep(LAPSE)
+        assert sorted(await nodes.take("a", 5.0) or []) == ["c1 w", "c2 x"]
+        assert await nodes.take("a", 5.0) is None  # held by the first cleaner
+        # Still listed dead while being cleaned; not registered again by its beat.
+        assert (await nodes.beat("b", TTL)).dead == {"a"}
+        assert (await nodes.beat("a", TTL)).status is BeatStatus.COLLECTING
+        await nodes.collected("a")
+        assert (await nodes.beat("b", TTL)).dead == frozenset()
+        assert await nodes.take("a", 5.0) is None  # gone
+        # Cleaned up after: it comes back as a new node, with an empty index.
+        assert (await nodes.beat("a", TTL)).status is BeatStatus.ABSENT
+        await asyncio.sleep(LAPSE)
+        await nodes.beat("b", TTL)
+        assert await nodes.take("a", 5.0) == []
+
+    _scenario(redis, test)
+
+
+def test_a_cleaner_that_gives_up_leaves_the_index_to_the_next(redis: FaultRedis | None) -> None:
+    async def test(nodes: NodeRegistry) -> None:
+        await nodes.beat("a", TTL)
+        await nodes.enlist("a", ["c1 w"])
+        await asyncio.sleep(LAPSE)
+        assert await nodes.take("a", 0.2) == ["c1 w"]
+        await asyncio.sleep(0.3)
+        # The hold lapsed: another cleaner takes what the first did not finish.
+        assert await nodes.take("a", 5.0) == ["c1 w"]
+
+    _scenario(redis, test)
+
+
+def test_a_node_back_after_its_cleaner_gave_up_keeps_its_claims(
+    redis: FaultRedis | None,
+) -> None:
+    async def test(nodes: NodeRegistry) -> None:
+        await nodes.beat("a", TTL)
+        await nodes.enlist("a", ["c1 w"])
+        await asyncio.sleep(LAPSE)
+        assert await nodes.take("a", 0.2) == ["c1 w"]
+        await asyncio.sleep(0.3)
+        # Back before anyone took it again: its claims are listed as its own again.
+        assert (await nodes.beat("a", TTL)).status is BeatStatus.ABSENT
+        assert (await nodes.beat("b", TTL)).dead == frozenset()
+        await asyncio.sleep(LAPSE)
+        await nodes.beat("b", TTL)
+        assert await nodes.take("a", 5.0) == ["c1 w"]
+
+    _scenario(redis, test)
+
+
+def test_a_node_that_leaves_is_neither_live_nor_dead(redis: FaultRedis | None) -> None:
+    async def test(nodes: NodeRegistry) -> None:
+        await nodes.beat("a", TTL)
+        await nodes.enlist("a", ["c1 w"])
+        await nodes.leave("a")
+        await asyncio.sleep(LAPSE)
+        assert (await nodes.beat("b", TTL)).dead == frozenset()
+        assert await nodes.take("a", 5.0) is None
+
+    _scenario(redis, test)
+
+
+def test_a_node_restarted_under_its_name_gets_back_what_it_left(redis: FaultRedis | None) -> None:
+    async def test(nodes: NodeRegistry) -> None:
+        await nodes.beat("a", TTL)
+        await nodes.enlist("a", ["c1 w", "c2 x"])
+        assert sorted(await nodes.reset("a")) == ["c1 w", "c2 x"]
+        assert await nodes.reset("a") == []
+
+    _scenario(redis, test)
