@@ -25,8 +25,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from bushub.broker.base import Broker, MessageHandler, PartialPublish, PublishDone, StateHandler
 from bushub.broker.credentials import Credentials
 from bushub.broker.refusals import BrokerRefused
-from bushub.broker.resp import FastItem, PublishConnection, ReplyError
-from bushub.broker.subscriber import Subscriber, close_quietly
+from bushub.broker.resp import FastItem, PublishConnection
+from bushub.broker.respconn import ReplyError
+from bushub.broker.subscriber import Subscriber
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +227,8 @@ class RedisBroker(Broker):
                 delay = await self._back_off(exc, delay)
             finally:
                 self._subscriber = None
-                await asyncio.shield(close_quietly(sub))
+                if sub is not None:
+                    await asyncio.shield(sub.aclose())
 
     async def _subscribed(self, ready: "asyncio.Future[None]", *, again: bool) -> None:
         """Every channel is subscribed on a new pub/sub connection: the broker is up."""
