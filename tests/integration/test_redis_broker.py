@@ -75,15 +75,15 @@ def test_a_subscriber_cut_off_for_its_output_buffer_is_noticed(
         sub = await Subscriber.open("127.0.0.1", redis.port, lambda c, d: got.append((c, d)))
         sub.subscribe(["a"])
         await sub.ping()
-        assert sub._transport is not None
-        sub._transport.pause_reading()  # a stalled node
+        assert sub.transport is not None
+        sub.transport.pause_reading()  # a stalled node
         pub = PublishConnection("127.0.0.1", redis.port)
         for _ in range(20):
             await pub.publish_many([("a", b"x" * 50_000)] * 10)
         await until(
             lambda: "output buffer limits" in redis.log_path.read_text(), "Redis to cut it off"
         )
-        sub._transport.resume_reading()
+        sub.transport.resume_reading()
         await asyncio.wait_for(sub.lost, 2)
         assert not sub.is_open
         await pub.close()

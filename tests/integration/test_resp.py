@@ -201,7 +201,7 @@ def test_retire_closes_once_the_replies_owed_are_in(redis: FaultRedis, loop: str
         first = conn._conn
         conn.retire()  # idle: closed at once
         assert not conn.is_open
-        await until(lambda: first is not None and first.gone.done(), "the idle one to close")
+        await until(lambda: first is not None and first.lost.done(), "the idle one to close")
         await conn.connect()
         second = conn._conn
         assert second is not None and second is not first
@@ -214,7 +214,7 @@ def test_retire_closes_once_the_replies_owed_are_in(redis: FaultRedis, loop: str
         assert not conn.is_open
         assert not conn.publish_nowait("c", b"refused", done.append)
         redis.signal(signal.SIGCONT)
-        await until(second.gone.done, "the retired one to close")
+        await until(second.lost.done, "the retired one to close")
         assert done == [0, 0, 0] and lost == []
         assert await conn.publish_many([("c", b"new")]) == [0]
         await conn.close()

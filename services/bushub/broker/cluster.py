@@ -6,9 +6,11 @@ agent carries the agent in a hash tag, so one agent's traffic and presence sit o
 one shard.
 
 This node keeps one pub/sub connection per primary that owns at least one of its
-channels. The topology is re-read, and every channel re-homed, when a shard
-connection fails (a failover), when Redis unsubscribes a channel on its own (its
-slot migrated), and every few seconds as a safety net.
+channels: the raw subscriber in sharded mode (subscriber.py), kept open by the
+same listener loop as the single-Redis broker's (listener.py). The topology is
+re-read, and every channel re-homed, when a shard connection fails (a failover),
+when Redis unsubscribes a channel on its own (its slot migrated) or refuses one
+(MOVED), and every few seconds as a safety net.
 
 Every connection logs in with the URL's credentials (``requirepass`` or an ACL
 user): the cluster client reads them from the URL, the per-primary pub/sub and
@@ -22,21 +24,15 @@ import random
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import (
-    AuthenticationError,
-    NoPermissionError,
-    RedisClusterException,
-    RedisError,
-)
+from redis.exceptions import RedisClusterException, RedisError
 
 from bushub.broker.base import Broker, PartialPublish
 from bushub.broker.credentials import Credentials
+from bushub.broker.listener import Listener
 from bushub.broker.nodes import NodeRegistry
 from bushub.broker.redis import (
     CLAIM_SCRIPT,
-    NO_RETRY,
     REFRESH_SCRIPT,
     RELEASE_SCRIPT,
     UNREACHABLE,
@@ -45,6 +41,7 @@ from bushub.broker.redis import (
 )
 from bushub.broker.redisnodes import RedisNodeRegistry
 from bushub.broker.resp import PublishConnection
+from bushub.broker.subscriber import Subscriber
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +50,10 @@ _TOPOLOGY_CHECK_SECONDS = 5.0
 # dead primary far longer than a caller should, with the topology lock held.
 _COMMAND_SECONDS = 3.0
 _FIRST_CONNECT_SECONDS = 2.0
+# Bound on opening a shard's pub/sub connection (each step: connect, AUTH).
+_CONNECT_SECONDS = 2.0
+# Longest wait between a shard's reconnect attempts.
+_BACKOFF_MAX = 0.5
 # The operator's view scans every primary: longer than one command, never forever.
 _SCAN_SECONDS = 10.0
 
@@ -66,7 +67,7 @@ async def guarded() -> AsyncIterator[None]:
 
 
 class _Shard:
-    """The sharded pub/sub connection to one primary."""
+    """The sharded pub/sub connection to one primary, kept open by a listener."""
 
     def __init__(
         self,
@@ -77,105 +78,78 @@ class _Shard:
         broker: "RedisClusterBroker",
     ) -> None:
         self.name = name
-        self.channels: set[str] = set()
         # A shard counts as down only once its connection has failed; a new one
         # is pending, not down, so opening it does not flap the node's readiness.
         self.failed = False
         self.connected = asyncio.Event()
         self._broker = broker
-        self._client = aioredis.Redis(
-            host=host,
-            port=int(port),
-            username=credentials.username,
-            password=credentials.password,
-            socket_connect_timeout=2.0,
-            retry=NO_RETRY,
+        self._address = (host, int(port))
+        self._credentials = credentials
+        self._listener = Listener(
+            f"shard {name}",
+            self._connect,
+            on_up=self._up,
+            on_down=self._down,
+            backoff_max=_BACKOFF_MAX,
         )
-        self._pubsub: Any = None
-        self._changed = asyncio.Event()
-        # One command at a time on the pub/sub connection: redis-py opens the
-        # connection lazily, and two concurrent first commands would each open
-        # one, leaving subscriptions on a connection nobody reads.
-        self._lock = asyncio.Lock()
-        self._task = asyncio.create_task(self._listen(), name=f"shard-{name}")
+        self._task = asyncio.create_task(self._listener.run(), name=f"shard-{name}")
+
+    @property
+    def channels(self) -> set[str]:
+        """The channels this shard subscribes (the listener's set: read only)."""
+        return self._listener.channels
 
     async def subscribe(self, channels: set[str]) -> None:
         """Add channels; on a new shard, wait (bounded) for its first connection so
         that messages published right after this returns are not missed."""
-        new = channels - self.channels
-        self.channels |= new
-        if new:
-            async with self._lock:
-                if self._pubsub is not None:
-                    with contextlib.suppress(*UNREACHABLE):
-                        await self._pubsub.ssubscribe(*new)
-        self._changed.set()
+        self._listener.subscribe(channels)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.connected.wait(), _FIRST_CONNECT_SECONDS)
 
-    async def unsubscribe(self, channels: set[str]) -> None:
-        gone = channels & self.channels
-        self.channels -= gone
-        if gone:
-            async with self._lock:
-                if self._pubsub is not None:
-                    with contextlib.suppress(*UNREACHABLE):
-                        await self._pubsub.sunsubscribe(*gone)
+    def unsubscribe(self, channels: set[str]) -> None:
+        self._listener.unsubscribe(channels)
 
     async def close(self) -> None:
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
-        await self._client.aclose()
+
+    async def _connect(self) -> Subscriber:
+        host, port = self._address
+        sub = await Subscriber.open(
+            host,
+            port,
+            self._broker.deliver,
+            username=self._credentials.username,
+            password=self._credentials.password,
+            timeout=_CONNECT_SECONDS,
+            sharded=True,
+        )
+        sub.on_dropped = self._dropped
+        sub.on_refused = self._refused
+        return sub
+
+    def _dropped(self, channel: str) -> None:
+        # Our own SUNSUBSCRIBE takes a channel out of the set first: one still
+        # wanted was dropped by Redis on its own, its slot having moved elsewhere.
+        if channel in self.channels:
+            self._broker.request_refresh("slot moved")
+
+    def _refused(self, error: Exception) -> None:
+        # MOVED on SSUBSCRIBE: the slot moved before we knew.
+        self._broker.request_refresh(f"subscribe refused on shard {self.name} ({error})")
+
+    async def _up(self, again: bool) -> None:
+        self.connected.set()
+        self._set_failed(False)
+
+    def _down(self, exc: BaseException) -> None:
+        self._set_failed(True)
+        self._broker.request_refresh(f"shard {self.name} lost ({type(exc).__name__})")
 
     def _set_failed(self, failed: bool) -> None:
         if failed != self.failed:
             self.failed = failed
             self._broker.shard_state_changed()
-
-    async def _listen(self) -> None:
-        delay = 0.05
-        while True:
-            if not self.channels:
-                self._changed.clear()
-                await self._changed.wait()
-                continue
-            pubsub = self._client.pubsub()
-            try:
-                async with self._lock:
-                    # Under the lock, so subscribe()/unsubscribe() calls wait for
-                    # this connection and then apply their change on it.
-                    await pubsub.ssubscribe(*self.channels)
-                    self._pubsub = pubsub
-                self.connected.set()
-                self._set_failed(False)
-                delay = 0.05
-                while True:
-                    message = await pubsub.get_message(timeout=None)
-                    if message is None:
-                        continue
-                    kind = message["type"]
-                    channel = message["channel"].decode()
-                    if kind == "smessage":
-                        self._broker.deliver(channel, message["data"])
-                    elif kind == "sunsubscribe" and channel in self.channels:
-                        # Redis dropped it on its own: the slot moved elsewhere.
-                        self._broker.request_refresh("slot moved")
-            except (*UNREACHABLE, RedisError) as exc:
-                # RedisError covers MOVED on SSUBSCRIBE: the slot moved before we knew.
-                self._pubsub = None
-                if isinstance(exc, AuthenticationError | NoPermissionError):
-                    # A refused login or command is no outage that retrying mends:
-                    # say what Redis said, for the operator to act on.
-                    log.warning(
-                        "shard %s refused this node (%s: %s)", self.name, type(exc).__name__, exc
-                    )
-                self._set_failed(True)
-                self._broker.request_refresh(f"shard {self.name} lost ({type(exc).__name__})")
-                await asyncio.sleep(delay * random.uniform(0.5, 1.5))
-                delay = min(delay * 2, 0.5)
-            finally:
-                self._pubsub = None
-                await asyncio.shield(pubsub.aclose())  # type: ignore[no-untyped-call]
 
 
 class RedisClusterBroker(Broker):
@@ -307,7 +281,7 @@ class RedisClusterBroker(Broker):
         for name, shard in list(self._shards.items()):
             stale = shard.channels - desired.get(name, set())
             if stale:
-                await shard.unsubscribe(stale)
+                shard.unsubscribe(stale)
             if not shard.channels and name not in desired:
                 del self._shards[name]
                 await shard.close()
@@ -326,7 +300,7 @@ class RedisClusterBroker(Broker):
         self._channels.discard(channel)
         for shard in self._shards.values():
             if channel in shard.channels:
-                await shard.unsubscribe({channel})
+                shard.unsubscribe({channel})
 
     def _node_publisher(self, node: Any) -> PublishConnection:
         publisher = self._node_publishers.get(node.name)

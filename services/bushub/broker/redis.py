@@ -1,16 +1,17 @@
 """A single Redis (or a primary behind a proxy) as the broker.
 
 A command connection pool for records, a raw publish connection (resp.py) and a
-raw pub/sub connection (subscriber.py) owned by a listener task; both raw ones run
-on the event loop's callbacks, so a relayed message costs no task step here. When
-Redis goes away the listener retries with jittered backoff and, once back,
-resubscribes every channel the hub still wants.
+raw pub/sub connection (subscriber.py) kept open by the listener (listener.py);
+both raw ones run on the event loop's callbacks, so a relayed message costs no task
+step here. TLS and unix-socket URLs publish on redis-py's pipeline and subscribe on
+its PubSub (redispubsub.py). When Redis goes away the listener retries with
+jittered backoff and, once back, resubscribes every channel the hub still wants;
+the broker then drops its pooled and publish connections, which died with it.
 """
 
 import asyncio
 import contextlib
 import logging
-import random
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
@@ -18,28 +19,27 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import AuthenticationError, NoPermissionError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bushub.broker.base import Broker, MessageHandler, PartialPublish, PublishDone, StateHandler
 from bushub.broker.credentials import Credentials
+from bushub.broker.listener import Listener
 from bushub.broker.nodes import NodeRegistry
 from bushub.broker.redisnodes import RedisNodeRegistry
+from bushub.broker.redispubsub import PubSubLink
 from bushub.broker.refusals import BrokerRefused
-from bushub.broker.resp import FastItem, PublishConnection, ReplyError
-from bushub.broker.subscriber import Subscriber, close_quietly
+from bushub.broker.resp import FastItem, PublishConnection
+from bushub.broker.subscriber import Subscriber
 
 log = logging.getLogger(__name__)
 
 # A publish batch that takes longer than this is treated as Redis being away; so
 # is a publish connection owing replies that has received none for as long.
 _PUBLISH_SECONDS = 3.0
-# Bounds on opening the pub/sub connection and on Redis running its SUBSCRIBEs.
+# Bound on opening the pub/sub connection (each step: connect, AUTH).
 _CONNECT_SECONDS = 2.0
-_SUBSCRIBE_SECONDS = 5.0
-# First wait before reconnecting the pub/sub connection; it doubles up to backoff_max.
-_BACKOFF_FIRST = 0.05
 
 # redis-py retries a failed connection with seconds of backoff by default, which
 # hides an outage from the listener and the publisher; both retry on their own.
@@ -162,17 +162,19 @@ class RedisBroker(Broker):
         self._release = self._client.register_script(RELEASE_SCRIPT)
         self._claim = self._client.register_script(CLAIM_SCRIPT)
         self._nodes = RedisNodeRegistry(self._client, guarded)
-        self._channels: set[str] = {control_channel}
-        self._subscriber: Subscriber | None = None
-        self._pubsub: Any = None
-        self._listener: asyncio.Task[None] | None = None
-        # (redis-py PubSub only) One command at a time on the pub/sub connection:
-        # redis-py opens it lazily, and two concurrent first commands would each
-        # open one, leaving subscriptions on a connection nobody reads.
-        self._lock = asyncio.Lock()
+        self._listener = Listener(
+            "redis",
+            self._connect if self._raw else self._connect_pubsub,
+            on_up=self._subscribed,
+            on_down=lambda exc: self._set_up(False),
+            backoff_max=backoff_max,
+        )
+        # Always subscribed, so the pub/sub connection always has one.
+        self._listener.subscribe((control_channel,))
+        self._listening: asyncio.Task[None] | None = None
+        self._ready: asyncio.Future[None] | None = None
         self._up = False
         self._closed = False
-        self._backoff_max = backoff_max
 
     @property
     def up(self) -> bool:
@@ -189,18 +191,17 @@ class RedisBroker(Broker):
 
     async def start(self) -> None:
         await self._client.ping()
-        ready = asyncio.get_running_loop().create_future()
-        listen = self._listen if self._raw else self._listen_pubsub
-        self._listener = asyncio.create_task(listen(ready), name="redis-listener")
-        await ready
+        self._ready = asyncio.get_running_loop().create_future()
+        self._listening = asyncio.create_task(self._listener.run(), name="redis-listener")
+        await self._ready
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        if self._listener is not None:
-            self._listener.cancel()
-            await asyncio.gather(self._listener, return_exceptions=True)
+        if self._listening is not None:
+            self._listening.cancel()
+            await asyncio.gather(self._listening, return_exceptions=True)
         if self._publisher is not None:
             await self._publisher.close()
         await self._client.aclose()
@@ -210,54 +211,32 @@ class RedisBroker(Broker):
 
     def set_handlers(self, on_message: MessageHandler, on_state: StateHandler) -> None:
         super().set_handlers(on_message, on_state)
-        if self._subscriber is not None:
-            self._subscriber.on_message = on_message
+        link = self._listener.link
+        if link is not None:
+            link.on_message = on_message
 
     def _set_up(self, up: bool) -> None:
         if up != self._up:
             self._up = up
             self._on_state(up)
 
-    async def _listen(self, ready: "asyncio.Future[None]") -> None:
-        """Own the pub/sub connection for the broker's whole life."""
-        delay = _BACKOFF_FIRST
-        first = True
-        while not self._closed:
-            sub: Subscriber | None = None
-            try:
-                host, port = self._address
-                sub = await Subscriber.open(
-                    host,
-                    port,
-                    self._on_message,
-                    username=self._credentials.username,
-                    password=self._credentials.password,
-                    timeout=_CONNECT_SECONDS,
-                )
-                # The snapshot written and the connection made current with no
-                # await between: a subscribe() before this is in the snapshot, one
-                # after writes on this connection itself.
-                sub.subscribe(self._channels)
-                self._subscriber = sub
-                # Redis has run every SUBSCRIBE once PING is answered: readiness
-                # then means subscribed, not just connected.
-                await asyncio.wait_for(sub.ping(), _SUBSCRIBE_SECONDS)
-                await self._subscribed(ready, again=not first)
-                first = False
-                delay = _BACKOFF_FIRST
-                # Messages are delivered from the read callback; this task wakes
-                # only when the connection ends (EOF: Redis died or cut off a
-                # subscriber past its output-buffer limit; or a socket error).
-                cause = await sub.lost
-                raise ConnectionError(f"pub/sub connection lost: {cause or 'closed by redis'}")
-            except (*UNREACHABLE, RedisError) as exc:
-                self._subscriber = None
-                delay = await self._back_off(exc, delay)
-            finally:
-                self._subscriber = None
-                await asyncio.shield(close_quietly(sub))
+    async def _connect(self) -> Subscriber:
+        """A raw pub/sub connection (plain TCP URLs)."""
+        host, port = self._address
+        return await Subscriber.open(
+            host,
+            port,
+            self._on_message,
+            username=self._credentials.username,
+            password=self._credentials.password,
+            timeout=_CONNECT_SECONDS,
+        )
 
-    async def _subscribed(self, ready: "asyncio.Future[None]", *, again: bool) -> None:
+    async def _connect_pubsub(self) -> PubSubLink:
+        """redis-py's PubSub (TLS and unix-socket URLs)."""
+        return await PubSubLink.open(self._client, self._on_message)
+
+    async def _subscribed(self, again: bool) -> None:
         """Every channel is subscribed on a new pub/sub connection: the broker is up."""
         if again:
             # Pooled command connections died with the old server: drop them now,
@@ -266,54 +245,9 @@ class RedisBroker(Broker):
             await self._client.connection_pool.disconnect()
             if self._publisher is not None:
                 self._publisher.retire()
-            log.warning("redis reachable again; resubscribed %d channels", len(self._channels))
         self._set_up(True)
-        if not ready.done():
-            ready.set_result(None)
-
-    async def _back_off(self, exc: BaseException, delay: float) -> float:
-        """The pub/sub connection failed: the broker is down; wait, jittered, before
-        the next attempt. Returns the delay for the one after."""
-        self._set_up(False)
-        if isinstance(exc, ReplyError | AuthenticationError | NoPermissionError):
-            # A refused login or command is no outage: say what Redis said, for
-            # the operator to act on (retrying mends it once they have).
-            log.warning(
-                "redis refused this node (%s: %s); retrying in %.2fs",
-                type(exc).__name__,
-                exc,
-                delay,
-            )
-        else:
-            log.warning("redis unreachable (%s); retrying in %.2fs", type(exc).__name__, delay)
-        await asyncio.sleep(delay * random.uniform(0.5, 1.5))
-        return min(delay * 2, self._backoff_max)
-
-    async def _listen_pubsub(self, ready: "asyncio.Future[None]") -> None:
-        """`_listen` on redis-py's PubSub, for TLS and unix-socket URLs."""
-        delay = _BACKOFF_FIRST
-        first = True
-        while not self._closed:
-            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
-            try:
-                async with self._lock:
-                    # Under the lock, so subscribe()/unsubscribe() calls wait for
-                    # this connection and then apply their change on it.
-                    await pubsub.subscribe(*self._channels)
-                    self._pubsub = pubsub
-                await self._subscribed(ready, again=not first)
-                first = False
-                delay = _BACKOFF_FIRST
-                while True:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
-                    if message is not None and message["type"] == "message":
-                        self._on_message(message["channel"].decode(), message["data"])
-            except (*UNREACHABLE, RedisError) as exc:
-                self._pubsub = None
-                delay = await self._back_off(exc, delay)
-            finally:
-                self._pubsub = None
-                await asyncio.shield(pubsub.aclose())  # type: ignore[no-untyped-call]
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_result(None)
 
     async def publish_many(self, items: Sequence[tuple[str, bytes]]) -> list[int]:
         if self._publisher is not None:
@@ -346,29 +280,12 @@ class RedisBroker(Broker):
             done(None)
 
     async def subscribe(self, channel: str) -> None:
-        self._channels.add(channel)
-        if self._raw:
-            # Written on the live connection (Redis confirms later); without one,
-            # the listener subscribes everything in _channels when it connects.
-            if self._subscriber is not None:
-                self._subscriber.subscribe((channel,))
-            return
-        async with self._lock:
-            if self._pubsub is not None:
-                # On failure the listener resubscribes everything when it reconnects.
-                with contextlib.suppress(*UNREACHABLE):
-                    await self._pubsub.subscribe(channel)
+        # Written on the live connection (Redis confirms later); without one, the
+        # listener subscribes every channel when it connects.
+        self._listener.subscribe((channel,))
 
     async def unsubscribe(self, channel: str) -> None:
-        self._channels.discard(channel)
-        if self._raw:
-            if self._subscriber is not None:
-                self._subscriber.unsubscribe((channel,))
-            return
-        async with self._lock:
-            if self._pubsub is not None:
-                with contextlib.suppress(*UNREACHABLE):
-                    await self._pubsub.unsubscribe(channel)
+        self._listener.unsubscribe((channel,))
 
     async def put_record(self, key: str, value: bytes, ttl: float | None) -> None:
         with unreachable_as_connection_error():

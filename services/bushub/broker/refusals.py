@@ -7,12 +7,14 @@ acts: an ACL without the command (``NOPERM``), ``maxmemory`` reached under
 stalls everything behind it, so callers drop what cannot succeed and retry only
 what can.
 
-Replies arrive in two shapes: hiredis ``ReplyError`` (the raw publish connection),
+Replies arrive in two shapes: hiredis ``ReplyError`` (the raw connections),
 whose text starts with the error code, and redis-py's typed errors, which strip
 the code from the text and keep it in ``status_code``.
 """
 
 from enum import StrEnum
+
+from redis.exceptions import AuthenticationError, NoPermissionError, RedisError, ResponseError
 
 
 class ErrorKind(StrEnum):
@@ -94,6 +96,27 @@ def describe(error: object) -> str:
     if isinstance(code, str) and code and not text.startswith(code):
         return f"{code} {text}"
     return text
+
+
+# The error codes a subscription connection meets that redis-py raises as a class of
+# its own; the listener tells a refusal from an outage by these.
+_REDIS_PY_CLASSES: dict[str, type[RedisError]] = {
+    "NOPERM": NoPermissionError,
+    "WRONGPASS": AuthenticationError,
+    "NOAUTH": AuthenticationError,
+}
+
+
+def as_redis_error(error: object) -> RedisError:
+    """An error reply as redis-py raises it: its class by the code, the code moved
+    from the text to ``status_code``. A refusal met on a raw connection then reads in
+    the log as it did on redis-py's (``NoPermissionError: this user has no...``)."""
+    text = str(error)
+    code = error_code(error)
+    cls = _REDIS_PY_CLASSES.get(code)
+    if cls is None:
+        return ResponseError(text, status_code=code or None)
+    return cls(text.removeprefix(code).lstrip(), status_code=code)
 
 
 class BrokerRefused(ConnectionError):

@@ -6,20 +6,18 @@ awaits its replies (the queued path, and Redis Cluster's per-shard batches).
 per event-loop iteration, and the reply, parsed by hiredis in ``data_received``,
 calls the caller's ``done`` there. A message then costs no task step at all, where
 awaiting a reader cost one wake-up per reply; redis-py's pipeline machinery
-(command objects, response callbacks, pool round trips) cost more still.
+(command objects, response callbacks, pool round trips) cost more still. The
+connection itself (connect, AUTH, parsing, loss) is respconn.py's.
 """
 
 import asyncio
-import contextlib
 import logging
-import socket
-from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any, cast
-
-import hiredis
+from typing import Any
 
 from bushub.broker.base import PartialPublish, PublishDone
+from bushub.broker.credentials import Credentials
+from bushub.broker.respconn import ReplyError, RespConnection, open_connection
 
 log = logging.getLogger(__name__)
 
@@ -45,76 +43,15 @@ def encode_publish(command: bytes, channel: bytes, data: bytes) -> bytes:
     )
 
 
-def encode_command(*parts: bytes) -> bytes:
-    """Any command in RESP."""
-    return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
+class _Connection(RespConnection):
+    """One publish connection. ``waiting`` holds a FastItem per fast-path message and
+    a Replies per group awaited together, in the order written."""
 
-
-def auth_command(username: str | None, password: str | None) -> bytes | None:
-    """``AUTH [username] password`` in RESP; None when there is no login to send.
-
-    As redis-py logs in: a user without a password (an ACL ``nopass`` user) is sent
-    with an empty one, so every connection of a node is the same user.
-    """
-    if not (username or password):
-        return None
-    user = [username.encode()] if username else []
-    return encode_command(b"AUTH", *user, (password or "").encode())
-
-
-def set_keepalive(transport: asyncio.BaseTransport) -> None:
-    """Let the kernel notice a peer that vanished without a FIN (as redis-py's pool
-    does with ``socket_keepalive``)."""
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-
-
-class ReplyError(ConnectionError):
-    """Redis refused the connection set-up (AUTH)."""
-
-
-class _Batch:
-    """Raw replies awaited together: a ``publish_many`` batch, or AUTH."""
-
-    __slots__ = ("future", "replies", "size")
-
-    def __init__(self, size: int, future: "asyncio.Future[list[Any]]") -> None:
-        self.size = size
-        self.replies: list[Any] = []
-        self.future = future
-
-    def add(self, reply: Any) -> bool:
-        """Take one reply; True once the batch has all of them."""
-        self.replies.append(reply)
-        if len(self.replies) < self.size:
-            return False
-        if not self.future.done():  # cancelled: the caller gave up waiting
-            self.future.set_result(self.replies)
-        return True
-
-    def fail(self, exc: Exception) -> None:
-        if not self.future.done():
-            self.future.set_exception(exc)
-            # Retrieved or not, the caller has been told (or gave up): no warning.
-            self.future.exception()
-
-
-class _Connection(asyncio.Protocol):
-    """One TCP connection's state; a reconnect makes a new one, so callbacks from
-    an old socket never touch the new one's FIFO."""
+    what = "publish"
 
     def __init__(self, owner: "PublishConnection", stall_seconds: float | None) -> None:
+        super().__init__()
         self._owner = owner
-        self._loop = asyncio.get_running_loop()
-        self.transport: asyncio.Transport | None = None
-        # Errors come back as ReplyError instances, not raised: a refused PUBLISH
-        # (MOVED) answers that command only, and the stream stays in step.
-        self._reader = hiredis.Reader(replyError=hiredis.ReplyError)
-        # Every command written or buffered, in order: a FastItem per fast-path
-        # message, a _Batch for a group awaited together.
-        self.waiting: deque[FastItem | _Batch] = deque()
         self.out: list[bytes] = []
         self._flush_scheduled = False
         self.ready = False  # authenticated: the fast path may use it
@@ -125,73 +62,50 @@ class _Connection(asyncio.Protocol):
         self._stalled = 0.0
         self._seen = 0
         self._watchdog: asyncio.TimerHandle | None = None
-        self.gone: asyncio.Future[None] = self._loop.create_future()
 
     # ---- asyncio.Protocol ---------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # A cast, not an isinstance check: uvloop's transports do not subclass it.
-        self.transport = cast(asyncio.Transport, transport)
-        set_keepalive(transport)
+        super().connection_made(transport)
         if self._stall_seconds is not None:
             self._watchdog = self._loop.call_later(self._stall_seconds / 3, self._watch)
 
     def data_received(self, data: bytes) -> None:
-        reader = self._reader
-        reader.feed(data)
+        super().data_received(data)
+        if self.retiring and not self.waiting:
+            self.close()
+
+    def _on_reply(self, reply: Any) -> None:
         waiting = self.waiting
-        while True:
-            try:
-                reply = reader.gets()
-            except hiredis.ProtocolError as exc:
-                log.warning("redis publish connection: %s; reconnecting", exc)
-                self.abort()
-                return
-            if reply is False:
-                break
-            if not waiting:
+        if not waiting:
+            if not self.closing:  # once is enough: the rest of what arrived is moot
                 log.warning("redis publish connection: unexpected reply; reconnecting")
                 self.abort()
-                return
-            self._replies += 1
-            head = waiting[0]
-            if type(head) is tuple:
-                waiting.popleft()
-                try:
-                    # An error reply is handed over as is: whether to retry or drop
-                    # depends on which (refusals.py).
-                    head[2](reply if type(reply) is int or isinstance(reply, Exception) else None)
-                except Exception:
-                    # The owner's bug must not cost the connection (and re-send
-                    # everything behind this reply).
-                    log.exception("publish callback failed")
-            else:
-                assert isinstance(head, _Batch)
-                if head.add(reply):
-                    waiting.popleft()
-        if self.retiring and not waiting:
-            self.close()
+            return
+        self._replies += 1
+        head = waiting[0]
+        if type(head) is tuple:
+            waiting.popleft()
+            try:
+                # An error reply is handed over as is: whether to retry or drop
+                # depends on which (refusals.py).
+                head[2](reply if type(reply) is int or isinstance(reply, Exception) else None)
+            except Exception:
+                # The owner's bug must not cost the connection (and re-send
+                # everything behind this reply).
+                log.exception("publish callback failed")
+        elif head.add(reply):
+            waiting.popleft()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.ready = False
         self.closing = True
-        self.transport = None
         self.out.clear()
         if self._watchdog is not None:
             self._watchdog.cancel()
-        waiting, self.waiting = self.waiting, deque()
-        reason = f": {exc}" if exc else ""
-        error = ConnectionError(f"redis closed the publish connection{reason}")
-        unacked: list[FastItem] = []
-        for entry in waiting:
-            if type(entry) is tuple:
-                unacked.append(entry)
-            else:
-                assert isinstance(entry, _Batch)
-                entry.fail(error)
+        unacked: list[FastItem] = [e for e in self.waiting if type(e) is tuple]
+        super().connection_lost(exc)  # fails the batches awaited
         self._owner._lost(self, unacked)
-        if not self.gone.done():
-            self.gone.set_result(None)
 
     # ---- writing ------------------------------------------------------------
 
@@ -207,13 +121,10 @@ class _Connection(asyncio.Protocol):
             self._flush_scheduled = True
             self._loop.call_soon(self.flush)
 
-    def request(self, commands: bytes, size: int) -> "asyncio.Future[list[Any]]":
-        """Write ``size`` commands now (after anything buffered); their raw replies."""
-        future: asyncio.Future[list[Any]] = self._loop.create_future()
-        self.out.append(commands)
-        self.waiting.append(_Batch(size, future))
+    def write(self, data: bytes) -> None:
+        """Write now, after anything buffered: the FIFO's order is the wire's."""
+        self.out.append(data)
         self.flush()
-        return future
 
     def flush(self) -> None:
         self._flush_scheduled = False
@@ -247,14 +158,13 @@ class _Connection(asyncio.Protocol):
         self.closing = True
         if self.transport is not None:
             self.flush()
-            self.transport.close()
+        super().close()
 
     def abort(self) -> None:
         """Drop the socket now (the reply stream cannot be trusted)."""
         self.ready = False
         self.closing = True
-        if self.transport is not None:
-            self.transport.abort()
+        super().abort()
 
 
 class PublishConnection:
@@ -288,7 +198,7 @@ class PublishConnection:
         self._address = (host, port)
         self._command = command
         self._prefix = b"*3\r\n$%d\r\n%s\r\n" % (len(command), command)
-        self._auth = (username, password)
+        self._credentials = Credentials(username, password)
         self.on_lost: LostHandler | None = None
         self.stall_seconds: float | None = None
         self._conn: _Connection | None = None
@@ -317,29 +227,17 @@ class PublishConnection:
             conn = self._conn
             if conn is not None and not conn.closing:
                 return conn
-            loop = asyncio.get_running_loop()
             try:
-                _, new = await asyncio.wait_for(
-                    loop.create_connection(
-                        lambda: _Connection(self, self.stall_seconds), *self._address
-                    ),
+                new = await open_connection(
+                    lambda: _Connection(self, self.stall_seconds),
+                    *self._address,
+                    self._credentials,
                     _CONNECT_SECONDS,
                 )
+            except ReplyError:
+                raise  # AUTH refused: already says so, with what Redis said
             except (OSError, TimeoutError) as exc:
                 raise ConnectionError(f"redis publish connection: {exc!r}") from exc
-            try:
-                login = auth_command(*self._auth)
-                if login is not None:
-                    request = new.request(login, 1)
-                    [reply] = await asyncio.wait_for(request, _CONNECT_SECONDS)
-                    if reply != b"OK":
-                        raise ReplyError(f"redis refused AUTH: {reply}")
-            except TimeoutError as exc:
-                new.abort()
-                raise ConnectionError("redis publish connection: AUTH timed out") from exc
-            except BaseException:
-                new.abort()
-                raise
             new.ready = True
             self._conn = new
             return new
@@ -437,8 +335,6 @@ class PublishConnection:
         (fast-path messages go to ``on_lost`` once the socket is down)."""
         conn, self._conn = self._conn, None
         if conn is not None:
-            conn.abort()
-            # connection_lost runs from the loop soon after; wait so that the
-            # socket is gone (and on_lost called) when this returns.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(conn.gone), 1.0)
+            # Waits for connection_lost: the socket is gone (and on_lost called)
+            # when this returns.
+            await conn.aclose()

@@ -10,6 +10,7 @@ from redis.exceptions import ResponseError
 from bushub.broker.refusals import (
     BrokerRefused,
     ErrorKind,
+    as_redis_error,
     classify,
     describe,
     error_code,
@@ -80,6 +81,31 @@ def test_redis_py_strips_the_code_that_classification_needs() -> None:
     assert isinstance(error, ResponseError) and not str(error).startswith("NOPERM")
     assert classify(str(error)) is ErrorKind.OTHER
     assert classify(error) is ErrorKind.NOPERM
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        NOPERM,
+        "WRONGPASS invalid username-password pair or user is disabled.",
+        "NOAUTH Authentication required.",
+    ],
+)
+def test_a_raw_refusal_reads_as_redis_py_raises_it(reply: str) -> None:
+    # A subscription refused on the raw connection is logged as on redis-py's.
+    reader = hiredis.Reader(replyError=hiredis.ReplyError)
+    reader.feed(b"-" + reply.encode() + b"\r\n")
+    error = as_redis_error(reader.gets())
+    expected = BaseParser.parse_error(reply)
+    assert type(error) is type(expected)
+    assert f"{type(error).__name__}: {error}" == f"{type(expected).__name__}: {expected}"
+    assert classify(error) is classify(expected) and describe(error) == reply
+
+
+def test_other_raw_error_replies_read_as_a_response_error_with_their_code() -> None:
+    error = as_redis_error(hiredis.ReplyError("MOVED 3999 127.0.0.1:6381"))
+    assert type(error) is ResponseError and str(error) == "MOVED 3999 127.0.0.1:6381"
+    assert classify(error) is ErrorKind.REDIRECT
 
 
 def test_text_without_a_code_is_other_and_given_up_on() -> None:
