@@ -37,22 +37,18 @@ from tests.reliability.harness import (
     OP_BINARY,
     OP_CONT,
     OP_TEXT,
-    SUBAGENTS,
-    TASK_REQUEST,
     FaultNode,
     FaultRedis,
     Inbox,
     RawSocket,
     Samples,
     delta,
-    encode,
     fd_breakdown,
     in_thread,
     open_ws,
-    task_request,
-    until,
-    wait_until,
 )
+from tests.support.messages import SUBAGENTS, TASK_REQUEST, encode, task_request
+from tests.support.waiting import until, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -17,17 +17,9 @@ from websockets.exceptions import InvalidStatus
 from tests.integration.conftest import _register_log
 from tests.integration.redis_cluster import RedisClusterServers
 from tests.reliability.conftest import Faults
-from tests.reliability.harness import (
-    FaultNode,
-    Inbox,
-    Samples,
-    delta,
-    encode,
-    in_thread,
-    open_ws,
-    task_request,
-    until,
-)
+from tests.reliability.harness import FaultNode, Inbox, Samples, delta, in_thread, open_ws
+from tests.support.messages import encode, task_request
+from tests.support.waiting import until
 
 pytestmark = pytest.mark.integration
 

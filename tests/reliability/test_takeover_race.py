@@ -24,15 +24,9 @@ from tests.integration.conftest import _register_log
 from tests.integration.procs import TIMEOUT
 from tests.integration.redis_cluster import RedisClusterServers
 from tests.reliability.conftest import Faults
-from tests.reliability.harness import (
-    FaultNode,
-    Inbox,
-    encode,
-    in_thread,
-    open_ws,
-    task_request,
-    until,
-)
+from tests.reliability.harness import FaultNode, Inbox, in_thread, open_ws
+from tests.support.messages import encode, task_request
+from tests.support.waiting import until
 
 pytestmark = pytest.mark.integration
 

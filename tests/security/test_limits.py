@@ -28,13 +28,13 @@ from tests.security.helpers import (
     SecureHub,
     assert_accepted,
     assert_refused,
-    encode,
     padded,
     task_request,
     token,
     wait_for_metric,
     wait_idle,
 )
+from tests.support.messages import encode
 
 pytestmark = pytest.mark.integration
 
