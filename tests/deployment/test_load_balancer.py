@@ -36,9 +36,9 @@ from typing import Any
 
 import pytest
 
-from tests.deployment.conftest import register_log
 from tests.deployment.lb import LbHubNode, Nginx, nginx_path
 from tests.integration.procs import TIMEOUT, AgentProcess, RedisServer
+from tests.support.reports import register_log
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -83,7 +83,7 @@ class Deployment:
         self.nginx.start([node.port for node in self.nodes])
 
     def agent(self, dialect: str, role: str, name: str, peer: str, proxy: str) -> AgentProcess:
-        proc = AgentProcess(name, self.tmp / f"{name}.log", self.tmp / f"{name}.events")
+        proc = AgentProcess.reported(self.request, self.tmp, name)
         argv = [sys.executable, "-m", f"tests.deployment.agents.{dialect}_pair"]
         argv += ["--role", role, "--proxy", proxy, "--url", self.nginx.url]
         # A reconnecting worker keeps its socket when its client goes (the client may be
@@ -92,8 +92,6 @@ class Deployment:
         argv += ["--on-peer-lost", on_peer_lost]
         argv += ["--name", name, "--peer", peer, "--timeout", str(TIMEOUT * 3)]
         argv += ["--stop-file", str(self.stop_file), "--log-level", "DEBUG"]
-        register_log(self.request, f"{name} events", proc.events_path)
-        register_log(self.request, f"{name} stderr", proc.log_path)
         proc.start(argv)
         self.agents[name] = proc
         return proc
@@ -113,10 +111,7 @@ class Deployment:
 
     def stop(self) -> None:
         for proc in self.agents.values():
-            if proc.alive:
-                proc.kill()
-            else:
-                proc.wait()
+            proc.end()
         self.nginx.stop()
         for node in self.nodes:
             node.stop()

@@ -18,9 +18,11 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+import pytest
 from busbench.procs import free_port
 
 from tests.integration.redis_auth import RedisAuth
+from tests.support.reports import register_log
 from tests.support.waiting import TIMEOUT, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -209,6 +211,22 @@ class AgentProcess(Service):
         self._cond = threading.Condition()
         self._reader: threading.Thread | None = None
         self._eof = False
+
+    @classmethod
+    def reported(cls, request: "pytest.FixtureRequest", folder: Path, label: str) -> "AgentProcess":
+        """An agent whose stderr and events land in ``folder`` and, if the test fails,
+        in its report."""
+        proc = cls(label, folder / f"{label}.log", folder / f"{label}.events")
+        register_log(request, f"{label} stderr", proc.log_path)
+        register_log(request, f"{label} events", proc.events_path)
+        return proc
+
+    def end(self) -> None:
+        """At the end of a test: kill it if it still runs, else reap it."""
+        if self.alive:
+            self.kill()
+        else:
+            self.wait()
 
     def start(self, argv: list[str]) -> None:
         self._log = open(self.log_path, "a")  # noqa: SIM115 - closed in _reap
