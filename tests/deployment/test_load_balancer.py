@@ -30,16 +30,16 @@ Pairs:
 
 import signal
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.deployment.conftest import register_log
 from tests.deployment.lb import LbHubNode, Nginx, nginx_path
 from tests.integration.procs import TIMEOUT, AgentProcess, RedisServer
+from tests.support.reports import register_log
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -83,7 +83,7 @@ class Deployment:
         self.nginx.start([node.port for node in self.nodes])
 
     def agent(self, dialect: str, role: str, name: str, peer: str, proxy: str) -> AgentProcess:
-        proc = AgentProcess(name, self.tmp / f"{name}.log", self.tmp / f"{name}.events")
+        proc = AgentProcess.reported(self.request, self.tmp, name)
         argv = [sys.executable, "-m", f"tests.deployment.agents.{dialect}_pair"]
         argv += ["--role", role, "--proxy", proxy, "--url", self.nginx.url]
         # A reconnecting worker keeps its socket when its client goes (the client may be
@@ -92,8 +92,6 @@ class Deployment:
         argv += ["--on-peer-lost", on_peer_lost]
         argv += ["--name", name, "--peer", peer, "--timeout", str(TIMEOUT * 3)]
         argv += ["--stop-file", str(self.stop_file), "--log-level", "DEBUG"]
-        register_log(self.request, f"{name} events", proc.events_path)
-        register_log(self.request, f"{name} stderr", proc.log_path)
         proc.start(argv)
         self.agents[name] = proc
         return proc
@@ -113,10 +111,7 @@ class Deployment:
 
     def stop(self) -> None:
         for proc in self.agents.values():
-            if proc.alive:
-                proc.kill()
-            else:
-                proc.wait()
+            proc.end()
         self.nginx.stop()
         for node in self.nodes:
             node.stop()
@@ -130,15 +125,6 @@ def deployment(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Deplo
         yield d
     finally:
         d.stop()
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def answered(proc: AgentProcess) -> int:
@@ -196,10 +182,11 @@ def test_pairs_through_nginx_survive_a_drain_and_a_kill(deployment: Deployment) 
 
     for proc in clients.values():
         proc.expect("started", timeout=TIMEOUT * 3)
-    wait_for(
+    wait_until(
         lambda: all(answered(clients[p]) >= 20 for p in clients),
         TIMEOUT * 2,
-        "20 answers per client",
+        step=0.1,
+        what="20 answers per client",
     )
     before = d.placement()
     assert set(sockets) <= set(before), f"not every socket is present: {before}"
@@ -235,10 +222,11 @@ def test_pairs_through_nginx_survive_a_drain_and_a_kill(deployment: Deployment) 
                 d.agents[name].expect("reconnected", timeout=TIMEOUT)
                 first = d.agents[name].named("reconnecting")[0]
                 assert first["code"] == 1012, f"{name}: {first}"
-    wait_for(
+    wait_until(
         lambda: all(answered(clients[p]) >= marks[p] + 20 for p in reconnecting),
         TIMEOUT * 2,
-        "reconnecting clients making progress after the drain",
+        step=0.1,
+        what="reconnecting clients making progress after the drain",
     )
 
     # A rolling restart brings the drained node back on its port.
@@ -272,10 +260,11 @@ def test_pairs_through_nginx_survive_a_drain_and_a_kill(deployment: Deployment) 
                 proc = d.agents[name]
                 proc.expect("reconnected", timeout=TIMEOUT * 2)
                 assert 1006 in codes(proc, "reconnecting"), proc.named("reconnecting")
-    wait_for(
+    wait_until(
         lambda: all(answered(clients[p]) >= marks[p] + 20 for p in reconnecting),
         TIMEOUT * 3,
-        "reconnecting clients making progress after the kill",
+        step=0.1,
+        what="reconnecting clients making progress after the kill",
     )
     # Every reconnecting socket is back, on the nodes still alive.
     after = d.placement()

@@ -13,6 +13,7 @@ import pytest
 
 from busclient.reconnecting import ReconnectPolicy
 from tests.deployment.scripted_server import SERVE, ScriptedServer, close
+from tests.support.waiting import until
 
 # A backoff long enough that messages told during it surely find no socket.
 POLICY = ReconnectPolicy(initial_delay=0.5, max_delay=0.5, jitter=0.0)
@@ -136,18 +137,11 @@ class Harness:
         await asyncio.wait_for(self.task, 10)
 
 
-async def eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "timed out"
-        await asyncio.sleep(0.02)
-
-
 @pytest.mark.parametrize("dialect", DIALECTS)
 async def test_activating_twice_keeps_one_socket(dialect: str) -> None:
     async with ScriptedServer([SERVE]) as server:
         async with Harness(dialect, server.url, reconnecting=True) as h:
-            await eventually(lambda: server.handshakes == 1 and h.proxy.connected)
+            assert await until(lambda: server.handshakes == 1 and h.proxy.connected, 5.0)
             await h.local.activate_proxy()
             await h.local.activate_proxy()
             await asyncio.sleep(0.5)
@@ -164,22 +158,22 @@ async def test_the_stock_proxy_dials_again_on_every_activation(dialect: str) -> 
     Wire facts)."""
     server = ScriptedServer([SERVE])
     async with server, Harness(dialect, server.url, reconnecting=False) as h:
-        await eventually(lambda: server.handshakes == 1)
+        assert await until(lambda: server.handshakes == 1, 5.0)
         await h.local.activate_proxy()
-        await eventually(lambda: server.handshakes == 2)
+        assert await until(lambda: server.handshakes == 2, 5.0)
 
 
 @pytest.mark.parametrize("dialect", DIALECTS)
 async def test_messages_survive_a_drain_close_in_order(dialect: str) -> None:
     server = ScriptedServer([close(1012, receive=2), SERVE])
     async with server, Harness(dialect, server.url, reconnecting=True) as h:
-        await eventually(lambda: h.proxy.connected)
+        assert await until(lambda: h.proxy.connected, 5.0)
         for i in range(2):
             await h.local.tell(f"m{i}")
-        await eventually(lambda: "on_reconnecting" in h.names())
+        assert await until(lambda: "on_reconnecting" in h.names(), 5.0)
         for i in range(2, 6):
             await h.local.tell(f"m{i}")  # sent while no socket is open
-        await eventually(lambda: len(server.received) == 6)
+        assert await until(lambda: len(server.received) == 6, 5.0)
         assert h.tags(server) == [f"m{i}" for i in range(6)]
         assert h.names() == ["on_connected", "on_reconnecting", "on_reconnected"]
         [(_, (disconnect, attempt, _delay))] = [e for e in h.events if e[0] == "on_reconnecting"]
@@ -193,10 +187,10 @@ async def test_messages_survive_a_drain_close_in_order(dialect: str) -> None:
 async def test_a_takeover_close_fires_on_disconnected_once(dialect: str) -> None:
     server = ScriptedServer([close(4001, after=0.2), SERVE])
     async with server, Harness(dialect, server.url, reconnecting=True) as h:
-        await eventually(lambda: "on_disconnected" in h.names())
+        assert await until(lambda: "on_disconnected" in h.names(), 5.0)
         await asyncio.sleep(0.5)
         assert h.names() == ["on_connected", "on_disconnected"]
         assert server.handshakes == 1
         await h.local.tell("after")  # dropped, and counted, like the stock proxy
-        await eventually(lambda: h.proxy.reconnect_stats.dropped_stopped == 1)
+        assert await until(lambda: h.proxy.reconnect_stats.dropped_stopped == 1, 5.0)
         assert h.proxy.reconnect_stats.gave_up.startswith("refused (close 4001")

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.deployment.conftest import register_log
 from tests.deployment.lb import LbHubNode
 from tests.integration.procs import TIMEOUT, AgentProcess
+from tests.support.reports import register_log
 
 pytestmark = pytest.mark.integration
 
@@ -40,9 +40,7 @@ class Setup:
         self, dialect: str, role: str, name: str, peer: str, node: LbHubNode, *extra: str
     ) -> AgentProcess:
         label = f"{name}#{len(self.agents)}"
-        proc = AgentProcess(label, self.tmp / f"{label}.log", self.tmp / f"{label}.events")
-        register_log(self.request, f"{label} events", proc.events_path)
-        register_log(self.request, f"{label} stderr", proc.log_path)
+        proc = AgentProcess.reported(self.request, self.tmp, label)
         argv = [sys.executable, "-m", f"tests.deployment.agents.{dialect}_pair"]
         argv += ["--role", role, "--url", node.url, "--name", name, "--peer", peer]
         argv += ["--timeout", str(TIMEOUT * 2), "--stop-file", str(self.stop_file)]
@@ -53,10 +51,7 @@ class Setup:
 
     def stop(self) -> None:
         for proc in self.agents:
-            if proc.alive:
-                proc.kill()
-            else:
-                proc.wait()
+            proc.end()
         for node in self.nodes:
             node.stop()
 

@@ -13,28 +13,11 @@ import pytest
 
 from tests.integration.procs import TIMEOUT, AgentProcess, HubNode, RedisServer
 from tests.integration.redis_cluster import RedisClusterServers
+from tests.support.reports import register_log
 
 DIALECTS = ("subagents", "pipecat")
 # The brokers a two-node test runs on: one Redis, and a Redis Cluster (sharded pub/sub).
 BROKERS = ("redis", "redis-cluster")
-
-_LOGS = pytest.StashKey[list[tuple[str, Path]]]()
-_LOG_TAIL_BYTES = 20_000
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> pytest.TestReport:
-    report: pytest.TestReport = yield
-    if report.failed:
-        for title, path in item.stash.get(_LOGS, []):
-            if path.exists():
-                text = path.read_bytes()[-_LOG_TAIL_BYTES:].decode(errors="replace")
-                report.sections.append((title, text))
-    return report
-
-
-def _register_log(request: pytest.FixtureRequest, title: str, path: Path) -> None:
-    request.node.stash.setdefault(_LOGS, []).append((title, path))
 
 
 class Cluster:
@@ -58,12 +41,12 @@ class Cluster:
             url = redis_cluster.url
         elif redis:
             self.redis = RedisServer(self._tmp / "redis.log")
-            _register_log(self._request, "redis log", self.redis.log_path)
+            register_log(self._request, "redis log", self.redis.log_path)
             self.redis.start()
             url = self.redis.url
         for i in range(nodes):
             node = HubNode(f"n{i + 1}", self._tmp / f"hub-n{i + 1}.log", url)
-            _register_log(self._request, f"hub n{i + 1} log", node.log_path)
+            register_log(self._request, f"hub n{i + 1} log", node.log_path)
             self.nodes.append(node)
         for node in self.nodes:
             node.spawn()
@@ -88,9 +71,7 @@ class Agents:
 
     def _start(self, label: str, module: str, args: list[str]) -> AgentProcess:
         label = f"{label}#{sum(p.name.startswith(label + '#') for p in self.procs) + 1}"
-        proc = AgentProcess(label, self._tmp / f"{label}.log", self._tmp / f"{label}.events")
-        _register_log(self._request, f"{label} stderr", proc.log_path)
-        _register_log(self._request, f"{label} events", proc.events_path)
+        proc = AgentProcess.reported(self._request, self._tmp, label)
         self.procs.append(proc)
         argv = ["-m", f"tests.agents.{module}", "--timeout", str(TIMEOUT), *args]
         proc.start([sys.executable, *argv])
@@ -124,10 +105,7 @@ class Agents:
 
     def stop(self) -> None:
         for proc in self.procs:
-            if proc.alive:
-                proc.kill()
-            else:
-                proc.wait()
+            proc.end()
 
 
 @pytest.fixture

@@ -15,47 +15,22 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
+import pytest
 from busbench.procs import free_port
 
 from tests.integration.redis_auth import RedisAuth
-
-__all__ = ["free_port"]  # re-exported: one definition, shared with the benchmark
+from tests.support.reports import register_log
+from tests.support.waiting import TIMEOUT, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
-
-# The one constant every timeout in the suite derives from, in seconds: the longest a
-# single step (a process starting, a message arriving) may take on a loaded machine.
-TIMEOUT = float(os.environ.get("BUSHUB_TEST_TIMEOUT", "10"))
 
 # Hub timings the suite runs with (short, so that expiry tests finish quickly).
 PRESENCE_TTL = 2.0
 PEER_GRACE = 1.0
 PRESENCE_REFRESH = PRESENCE_TTL / 3  # the hub refreshes presence every third of the TTL
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = TIMEOUT, step: float = 0.05) -> bool:
-    """Poll ``predicate``; True once it holds, False if ``timeout`` passed first."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
-
-
-def _wait_until(predicate: Callable[[], bool], timeout: float, what: str, proc: "Service") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        if not proc.alive:
-            raise RuntimeError(f"{proc.name} exited ({proc.returncode}) while waiting for {what}")
-        time.sleep(0.05)
-    raise TimeoutError(f"{proc.name}: no {what} after {timeout:.1f}s")
 
 
 class Service:
@@ -152,7 +127,7 @@ class RedisServer(Service):
     def start(self) -> None:
         argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
         self._spawn([*argv, "--save", "", "--appendonly", "no", *self.auth_args()])
-        _wait_until(self._pong, TIMEOUT, "PONG", self)
+        wait_until(self._pong, TIMEOUT, what="PONG", proc=self)
 
     def cli(self, *args: str) -> str:
         """Run one redis-cli command against this server."""
@@ -208,7 +183,7 @@ class HubNode(Service):
         self._spawn(argv)
 
     def wait_ready(self) -> None:
-        _wait_until(lambda: self.http_status("/readyz") == 200, TIMEOUT, "200 on /readyz", self)
+        wait_until(lambda: self.http_status("/readyz") == 200, what="200 on /readyz", proc=self)
 
     def start(self) -> None:
         self.spawn()
@@ -236,6 +211,22 @@ class AgentProcess(Service):
         self._cond = threading.Condition()
         self._reader: threading.Thread | None = None
         self._eof = False
+
+    @classmethod
+    def reported(cls, request: "pytest.FixtureRequest", folder: Path, label: str) -> "AgentProcess":
+        """An agent whose stderr and events land in ``folder`` and, if the test fails,
+        in its report."""
+        proc = cls(label, folder / f"{label}.log", folder / f"{label}.events")
+        register_log(request, f"{label} stderr", proc.log_path)
+        register_log(request, f"{label} events", proc.events_path)
+        return proc
+
+    def end(self) -> None:
+        """At the end of a test: kill it if it still runs, else reap it."""
+        if self.alive:
+            self.kill()
+        else:
+            self.wait()
 
     def start(self, argv: list[str]) -> None:
         self._log = open(self.log_path, "a")  # noqa: SIM115 - closed in _reap

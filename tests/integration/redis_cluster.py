@@ -12,8 +12,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.integration.procs import TIMEOUT, RedisServer, Service, _wait_until
+from tests.integration.procs import TIMEOUT, RedisServer, Service
 from tests.integration.redis_auth import RedisAuth
+from tests.support.waiting import wait_until
 
 # A cluster node also listens on its port + 10000 for the cluster bus.
 _CLUSTER_BUS_OFFSET = 10_000
@@ -81,7 +82,7 @@ class ClusterNodeServer(RedisServer):
                 argv += [*self.auth_args(), *self.auth.replica_args()]
             self._spawn(argv)
             try:
-                _wait_until(self._pong, TIMEOUT, "PONG", self)
+                wait_until(self._pong, TIMEOUT, what="PONG", proc=self)
                 return
             except RuntimeError:
                 self.wait()

@@ -16,10 +16,10 @@ import websockets
 from tests.integration.conftest import Cluster
 from tests.integration.procs import TIMEOUT, HubNode
 from tests.integration.redis_cluster import RedisClusterServers
+from tests.support.messages import TASK_REQUEST, task_request
 
 pytestmark = pytest.mark.integration
 
-TASK = "pipecat_subagents.bus.messages.BusTaskRequestMessage"
 RATE = 200  # messages per second from the sender
 CHANNEL = "bushub:msg:{b}"
 
@@ -44,8 +44,7 @@ def dropped(node: HubNode) -> dict[str, float]:
 
 
 def message(seq: int) -> bytes:
-    data = {"source": "a", "target": "b", "task_id": str(seq)}
-    return json.dumps({"__type__": TASK, "__data__": data}).encode()
+    return json.dumps(task_request("a", "b", seq, task_id="{seq}")).encode()
 
 
 async def stream_through_failover(
@@ -60,7 +59,7 @@ async def stream_through_failover(
     async def receive() -> None:
         async for raw in b:
             tree = json.loads(raw)
-            if tree["__type__"] == TASK:
+            if tree["__type__"] == TASK_REQUEST:
                 received.append(int(tree["__data__"]["task_id"]))
                 if killed_at and not first_after_kill and received[-1] > sent_before_kill:
                     first_after_kill.append(time.monotonic())

@@ -23,28 +23,18 @@ from websockets.asyncio.client import ClientConnection
 from bushub.broker.resp import PublishConnection
 from bushub.broker.subscriber import Subscriber
 from buswire.dialect import SUBAGENTS_REGISTRY_TYPE
-from tests.integration.conftest import _register_log
 from tests.integration.procs import TIMEOUT, RedisServer
 from tests.integration.redis_auth import ACL_USER, HUB_ACL_RULES, REQUIREPASS, RedisAuth
 from tests.integration.redis_cluster import RedisClusterServers
-from tests.operations.ops import (
-    ADMIN_TOKEN,
-    PRESENCE_TTL,
-    SUBAGENTS,
-    OpsNode,
-    close_clients,
-    decode,
-    task_request,
-    to_json,
-    wait_until,
-    ws_connect,
-)
+from tests.operations.ops import ADMIN_TOKEN, PRESENCE_TTL, OpsNode, close_clients, ws_connect
+from tests.support.messages import TASK_REQUEST, decode, encode, task_request
+from tests.support.reports import register_log
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
 LOCKS = {"requirepass": REQUIREPASS, "acl-user": ACL_USER}
 BROKERS = ("redis", "redis-cluster")
-TASK_TYPE = SUBAGENTS + "BusTaskRequestMessage"
 WRONG_PASSWORD = "not/the@pass:word"
 
 
@@ -134,7 +124,7 @@ def start_locked(
         yield LockedRedis(servers.url, LOCKS[lock], servers.nodes)
         return
     redis = RedisServer(tmp_path / "redis.log", LOCKS[lock])
-    _register_log(request, "redis log", redis.log_path)
+    register_log(request, "redis log", redis.log_path)
     redis.start()
     try:
         yield LockedRedis(redis.url, LOCKS[lock], [redis])
@@ -152,7 +142,7 @@ class Hubs:
 
     def spawn(self, node_id: str, redis_url: str) -> OpsNode:
         node = OpsNode(node_id, self._tmp / f"hub-{node_id}.log", redis_url)
-        _register_log(self._request, f"hub {node_id} log", node.log_path)
+        register_log(self._request, f"hub {node_id} log", node.log_path)
         self.nodes.append(node)
         node.spawn()
         return node
@@ -217,10 +207,10 @@ async def test_agents_on_two_nodes_talk_and_are_listed_through_a_locked_redis(
     assert announced(await next_of_type(b, SUBAGENTS_REGISTRY_TYPE)) == ["a"]
 
     # A message each way, published by one node and delivered by the other.
-    await a.send(to_json(task_request("a", "b", 1)))
-    assert (await next_of_type(b, TASK_TYPE))["__data__"]["payload"] == {"seq": 1}
-    await b.send(to_json(task_request("b", "a", 2)))
-    assert (await next_of_type(a, TASK_TYPE))["__data__"]["payload"] == {"seq": 2}
+    await a.send(encode(task_request("a", "b", 1)))
+    assert (await next_of_type(b, TASK_REQUEST))["__data__"]["payload"] == {"seq": 1}
+    await b.send(encode(task_request("b", "a", 2)))
+    assert (await next_of_type(a, TASK_REQUEST))["__data__"]["payload"] == {"seq": 2}
 
     # The operator's view, read from Redis, is the same from either node.
     def listed(node: OpsNode) -> list[tuple[str, str]]:
@@ -309,7 +299,7 @@ async def test_a_login_refused_while_running_is_logged_with_redis_reason(
 @pytest.fixture
 def acl_redis(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[RedisServer]:
     redis = RedisServer(tmp_path / "redis.log", ACL_USER)
-    _register_log(request, "redis log", redis.log_path)
+    register_log(request, "redis log", redis.log_path)
     redis.start()
     try:
         yield redis

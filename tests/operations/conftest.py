@@ -1,7 +1,7 @@
 """Fixtures for the operations tests: a Redis and hub nodes started with chosen flags.
 
-Reuses the integration suite's processes and log attachment: the report hook imported
-below attaches every registered process log to a failing test's report.
+Reuses the integration suite's processes; the report hook of ``tests/conftest.py``
+attaches every registered process log to a failing test's report.
 """
 
 from collections.abc import AsyncIterator, Mapping
@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import _register_log
-from tests.integration.conftest import pytest_runtest_makereport as pytest_runtest_makereport
 from tests.integration.procs import RedisServer
 from tests.operations.ops import OpsNode, close_clients
+from tests.support.reports import register_log
 
 
 class OpsCluster:
@@ -27,7 +26,7 @@ class OpsCluster:
     def start_redis(self) -> RedisServer:
         if self.redis is None:
             self.redis = RedisServer(self._tmp / "redis.log")
-            _register_log(self._request, "redis log", self.redis.log_path)
+            register_log(self._request, "redis log", self.redis.log_path)
             self.redis.start()
         return self.redis
 
@@ -44,7 +43,7 @@ class OpsCluster:
         url = self.start_redis().url if redis else None
         label = label or node_id or f"node{len(self.nodes) + 1}"
         node = OpsNode(node_id, self._tmp / f"hub-{label}.log", url, flags=flags, env=env)
-        _register_log(self._request, f"hub {label} log", node.log_path)
+        register_log(self._request, f"hub {label} log", node.log_path)
         self.nodes.append(node)
         node.spawn()
         return node

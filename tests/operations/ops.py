@@ -19,13 +19,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import msgpack
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import ClientConnection, connect
 
-from tests.integration.procs import TIMEOUT, HubNode, wait_until
-
-__all__ = ["wait_until"]  # re-exported for the operations suites
+from tests.integration.procs import TIMEOUT, HubNode
+from tests.support.messages import SUBAGENTS
 
 ADMIN_TOKEN = "ops-admin-secret"
 
@@ -34,7 +32,6 @@ PRESENCE_TTL = 1.5
 PEER_GRACE = 0.5
 DRAIN_TIMEOUT = 5.0
 
-SUBAGENTS = "pipecat_subagents.bus.messages."
 REGISTRY_TYPE = SUBAGENTS + "BusAgentRegistryMessage"
 
 # Every flag an OpsNode passes unless told otherwise; None leaves a flag out.
@@ -164,19 +161,6 @@ def wait_for_metrics(
 # ---- bus messages, as the subagents library writes them (JSON convention) -----------
 
 
-def task_request(source: str, target: str, seq: int) -> dict[str, Any]:
-    """A targeted message: a task request carrying a sequence number."""
-    return {
-        "__type__": SUBAGENTS + "BusTaskRequestMessage",
-        "__data__": {
-            "source": source,
-            "target": target,
-            "task_id": f"t-{source}-{seq}",
-            "payload": {"seq": seq},
-        },
-    }
-
-
 def frame_message(source: str, seq: int, audio: bytes) -> dict[str, Any]:
     """An untargeted bridged frame (no ``target`` key), with bytes inside."""
     return {
@@ -198,35 +182,6 @@ def registry_from_client(source: str) -> dict[str, Any]:
         "__type__": REGISTRY_TYPE,
         "__data__": {"source": source, "runner": "r", "agents": [entry]},
     }
-
-
-def to_json(tree: dict[str, Any]) -> bytes:
-    return json.dumps(tree, separators=(",", ":")).encode()
-
-
-def to_msgpack(tree: dict[str, Any]) -> bytes:
-    """The MsgPack form: the same tree with bytes as native ``bin``."""
-
-    def native(value: Any) -> Any:
-        if isinstance(value, dict):
-            if value.get("__type__") == "bytes":
-                return base64.b64decode(value["__data__"])
-            return {k: native(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [native(v) for v in value]
-        return value
-
-    packed: bytes = msgpack.packb(native(tree), use_bin_type=True)
-    return packed
-
-
-def decode(frame: bytes | str) -> Any:
-    """A frame from the hub, JSON or MsgPack."""
-    if isinstance(frame, str):
-        return json.loads(frame)
-    if frame[:1] == b"{":
-        return json.loads(frame)
-    return msgpack.unpackb(frame, raw=False)
 
 
 # Every client socket a test opened, closed by the ``ops`` fixture before the nodes stop

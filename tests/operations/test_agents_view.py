@@ -6,16 +6,9 @@ from typing import Any
 import pytest
 
 from tests.operations.conftest import OpsCluster
-from tests.operations.ops import (
-    ADMIN_TOKEN,
-    PRESENCE_TTL,
-    OpsNode,
-    recv_frame,
-    task_request,
-    to_json,
-    wait_until,
-    ws_connect,
-)
+from tests.operations.ops import ADMIN_TOKEN, PRESENCE_TTL, OpsNode, recv_frame, ws_connect
+from tests.support.messages import encode, task_request
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -50,7 +43,7 @@ async def test_agents_lists_every_agent_of_the_cluster(ops: OpsCluster) -> None:
             assert row == {"agent": row["agent"], **expected[row["agent"]]}
 
     # c's first message shows its dialect; the refreshed record says so.
-    await c.send(to_json(task_request("c", "a", 0)))
+    await c.send(encode(task_request("c", "a", 0)))
     assert wait_until(
         lambda: any(
             r["agent"] == "c" and r["dialect"] == "subagents"

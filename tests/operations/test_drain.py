@@ -27,16 +27,14 @@ from tests.operations.ops import (
     PEER_GRACE,
     OpsNode,
     Samples,
-    decode,
     raw_socket,
     read_until_close,
     recv_frame,
-    task_request,
-    to_json,
     wait_for_metrics,
-    wait_until,
     ws_connect,
 )
+from tests.support.messages import decode, encode, task_request
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -86,7 +84,7 @@ class Streamer:
                     self.trigger = None
                     self.sent_before_trigger = i
                     burst_until = time.monotonic() + BURST_SECONDS
-                await self.ws.send(to_json(task_request(self.source, self.target, i)))
+                await self.ws.send(encode(task_request(self.source, self.target, i)))
                 self.accepted.append(i)
                 i += 1
                 if time.monotonic() < burst_until:
@@ -290,7 +288,7 @@ async def _fill(sender: ClientConnection, target: str, count: int, size: int) ->
     for i in range(count):
         tree: dict[str, Any] = task_request("f", target, i)
         tree["__data__"]["payload"]["pad"] = pad
-        await sender.send(to_json(tree))
+        await sender.send(encode(tree))
 
 
 async def _slow_drain(
@@ -353,7 +351,7 @@ async def test_frames_for_a_draining_socket_are_delivered_or_counted(ops: OpsClu
 
     late = 20
     for i in range(late):
-        await f_ws.send(to_json(task_request("f", "z", BACKLOG + i)))
+        await f_ws.send(encode(task_request("f", "z", BACKLOG + i)))
     s2 = wait_for_metrics(
         n2,
         lambda s: s.value("bushub_messages_received_total", format="json") == 2 * BACKLOG + late,

@@ -10,13 +10,8 @@ import pytest
 
 from tests.integration.procs import TIMEOUT
 from tests.operations.conftest import OpsCluster
-from tests.operations.ops import (
-    OpsNode,
-    recv_frame,
-    wait_for_metrics,
-    wait_until,
-    ws_connect,
-)
+from tests.operations.ops import OpsNode, recv_frame, wait_for_metrics, ws_connect
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -11,16 +11,13 @@ from websockets.exceptions import InvalidStatus
 from tests.operations.conftest import OpsCluster
 from tests.operations.ops import (
     Samples,
-    decode,
     frame_message,
     recv_frame,
     registry_from_client,
-    task_request,
-    to_json,
-    to_msgpack,
     wait_for_metrics,
     ws_connect,
 )
+from tests.support.messages import decode, encode, task_request
 
 pytestmark = pytest.mark.integration
 
@@ -108,13 +105,13 @@ async def test_counters_and_gauges_by_value(ops: OpsCluster) -> None:
     # Relayed traffic: a -> b (targeted, then untargeted), b -> a.
     audio = bytes(range(256)) * 2
     for i in range(N_TARGETED):
-        sent_n1.append(to_json(task_request("a", "b", i)))
+        sent_n1.append(encode(task_request("a", "b", i)))
         await a.send(sent_n1[-1])
     for i in range(M_UNTARGETED):
-        sent_n1.append(to_json(frame_message("a", i, audio)))
+        sent_n1.append(encode(frame_message("a", i, audio)))
         await a.send(sent_n1[-1])
     for i in range(R_REPLIES):
-        sent_n2.append(to_msgpack(task_request("b", "a", i)))
+        sent_n2.append(encode(task_request("b", "a", i), "msgpack"))
         await b.send(sent_n2[-1])
     for _ in range(N_TARGETED + M_UNTARGETED):
         got_b.append(await recv_frame(b))
@@ -129,18 +126,18 @@ async def test_counters_and_gauges_by_value(ops: OpsCluster) -> None:
     assert [m["__data__"]["payload"]["seq"] for m in at_a] == list(range(R_REPLIES))
 
     # Known drops, all on node 1 (a's format is confirmed JSON by now).
-    oversize = to_json(task_request("a", "b", 999) | {"pad": "x" * MAX_MESSAGE_BYTES})
+    oversize = encode(task_request("a", "b", 999) | {"pad": "x" * MAX_MESSAGE_BYTES})
     assert len(oversize) > MAX_MESSAGE_BYTES
     drops = [
         oversize,  # oversize
         b'{"__type__": "pipecat_subagents.bus.mess',  # malformed
-        to_json(registry_from_client("a")),  # registry
-        to_json(task_request("a", "ghost", 0)),  # undeliverable: nobody holds "ghost"
+        encode(registry_from_client("a")),  # registry
+        encode(task_request("a", "ghost", 0)),  # undeliverable: nobody holds "ghost"
     ]
     for frame in drops:
         sent_n1.append(frame)
         await a.send(frame)
-    sent_n1.append(to_json(frame_message("c", 0, audio)))  # no_route: c has no peer
+    sent_n1.append(encode(frame_message("c", 0, audio)))  # no_route: c has no peer
     await c.send(sent_n1[-1])
 
     expected_drops_n1 = {

@@ -10,7 +10,8 @@ import pytest
 
 from tests.integration.procs import ROOT, TIMEOUT
 from tests.operations.conftest import OpsCluster
-from tests.operations.ops import wait_until, ws_connect
+from tests.operations.ops import ws_connect
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -1,7 +1,7 @@
 """Fixtures for the reliability suite: a Redis that can be killed and hub nodes with
 chosen flags, all real processes on 127.0.0.1, stopped at the end of each test.
 
-The report hook of ``tests/integration`` attaches every registered process log to a
+The report hook of ``tests/conftest.py`` attaches every registered process log to a
 failing test's report. Each test records the figures it measured with ``figures``;
 they are printed in a "reliability figures" section at the end of the run, which is
 where RELIABILITY.md takes its numbers from.
@@ -13,9 +13,8 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import _register_log
-from tests.integration.conftest import pytest_runtest_makereport as pytest_runtest_makereport
 from tests.reliability.harness import FaultNode, FaultRedis
+from tests.support.reports import register_log
 
 _FIGURES: list[tuple[str, str, Any]] = []
 
@@ -32,14 +31,14 @@ class Faults:
     def start_redis(self) -> FaultRedis:
         if self.redis is None:
             self.redis = FaultRedis(self._tmp / "redis.log")
-            _register_log(self._request, "redis log", self.redis.log_path)
+            register_log(self._request, "redis log", self.redis.log_path)
             self.redis.start()
         return self.redis
 
     def node(self, node_id: str, **flags: object) -> FaultNode:
         """A node on the shared Redis, spawned but not waited for."""
         node = FaultNode(node_id, self._tmp / f"hub-{node_id}.log", self.start_redis().url, **flags)
-        _register_log(self._request, f"hub {node_id} log", node.log_path)
+        register_log(self._request, f"hub {node_id} log", node.log_path)
         self.nodes.append(node)
         node.spawn()
         return node

@@ -24,23 +24,19 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-import msgpack
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.integration.procs import TIMEOUT, HubNode, RedisServer, wait_until
-
-__all__ = ["wait_until"]  # re-exported for the suites that wait from here
+from tests.integration.procs import TIMEOUT, HubNode, RedisServer
+from tests.support.messages import decode, encode, task_request
 
 ADMIN_TOKEN = "reliability-admin-token"
-SUBAGENTS = "pipecat_subagents.bus.messages."
-TASK_REQUEST = SUBAGENTS + "BusTaskRequestMessage"
 
 
 # ---- Redis --------------------------------------------------------------------------
@@ -209,50 +205,9 @@ def _status_kb(pid: int, field: str) -> int:
 # ---- waiting ------------------------------------------------------------------------
 
 
-async def until(
-    predicate: Callable[[], bool | Awaitable[bool]], timeout: float = TIMEOUT, step: float = 0.02
-) -> bool:
-    """The async `wait_until`; ``predicate`` may be a coroutine function."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if not isinstance(result, bool):
-            result = await result
-        if result or time.monotonic() >= deadline:
-            return result
-        await asyncio.sleep(step)
-
-
 async def in_thread(fn: Callable[..., Any], *args: Any) -> Any:
     """Run a blocking call (HTTP, redis-cli, /proc) off the event loop."""
     return await asyncio.to_thread(fn, *args)
-
-
-# ---- messages -----------------------------------------------------------------------
-
-
-def task_request(source: str, target: str | None, seq: int, pad: int = 0) -> dict[str, Any]:
-    """A bus message carrying a sequence number (and ``pad`` bytes of filler)."""
-    data: dict[str, Any] = {"source": source, "task_id": f"{source}-{seq}", "payload": {"seq": seq}}
-    if target is not None:
-        data["target"] = target
-    if pad:
-        data["payload"]["pad"] = "x" * pad
-    return {"__type__": TASK_REQUEST, "__data__": data}
-
-
-def encode(tree: Any, fmt: str = "json") -> bytes:
-    if fmt == "json":
-        return json.dumps(tree, separators=(",", ":")).encode()
-    return bytes(msgpack.packb(tree, use_bin_type=True))
-
-
-def decode(data: bytes | str) -> Any:
-    if isinstance(data, str):
-        return json.loads(data)
-    if data[:1] == b"{":
-        return json.loads(data)
-    return msgpack.unpackb(data, raw=False)
 
 
 # ---- clients ------------------------------------------------------------------------

@@ -32,27 +32,23 @@ from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as sync_connect
 
-from tests.integration.conftest import _register_log
 from tests.reliability.harness import (
     OP_BINARY,
     OP_CONT,
     OP_TEXT,
-    SUBAGENTS,
-    TASK_REQUEST,
     FaultNode,
     FaultRedis,
     Inbox,
     RawSocket,
     Samples,
     delta,
-    encode,
     fd_breakdown,
     in_thread,
     open_ws,
-    task_request,
-    until,
-    wait_until,
 )
+from tests.support.messages import SUBAGENTS, TASK_REQUEST, encode, task_request
+from tests.support.reports import register_log
+from tests.support.waiting import until, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -83,7 +79,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultNode]:
 
 @pytest.fixture(autouse=True)
 def _hub_log_in_report(node: FaultNode, request: pytest.FixtureRequest) -> None:
-    _register_log(request, "hub bad log", node.log_path)
+    register_log(request, "hub bad log", node.log_path)
 
 
 def msg(data: dict[str, Any], type_name: str = TASK_REQUEST) -> dict[str, Any]:

@@ -19,16 +19,9 @@ from typing import Any
 import pytest
 
 from tests.reliability.conftest import Faults
-from tests.reliability.harness import (
-    FaultNode,
-    Inbox,
-    encode,
-    fd_breakdown,
-    in_thread,
-    open_ws,
-    task_request,
-    until,
-)
+from tests.reliability.harness import FaultNode, Inbox, fd_breakdown, in_thread, open_ws
+from tests.support.messages import encode, task_request
+from tests.support.waiting import until
 
 pytestmark = pytest.mark.integration
 

@@ -24,7 +24,9 @@ from bushub.cli import uvicorn_config
 from bushub.hub import Hub
 from bushub.settings import Settings
 from tests.integration.procs import TIMEOUT
-from tests.reliability.harness import FaultRedis, encode, task_request, until
+from tests.reliability.harness import FaultRedis
+from tests.support.messages import encode, task_request
+from tests.support.waiting import until
 
 pytestmark = pytest.mark.integration
 

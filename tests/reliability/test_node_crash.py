@@ -13,7 +13,9 @@ import time
 import pytest
 
 from tests.reliability.conftest import Faults
-from tests.reliability.harness import Inbox, delta, encode, in_thread, task_request, until
+from tests.reliability.harness import Inbox, delta, in_thread
+from tests.support.messages import encode, task_request
+from tests.support.waiting import until
 
 pytestmark = pytest.mark.integration
 

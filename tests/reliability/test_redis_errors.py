@@ -15,20 +15,12 @@ from pathlib import Path
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from tests.integration.conftest import _register_log
 from tests.integration.redis_cluster import RedisClusterServers
 from tests.reliability.conftest import Faults
-from tests.reliability.harness import (
-    FaultNode,
-    Inbox,
-    Samples,
-    delta,
-    encode,
-    in_thread,
-    open_ws,
-    task_request,
-    until,
-)
+from tests.reliability.harness import FaultNode, Inbox, Samples, delta, in_thread, open_ws
+from tests.support.messages import encode, task_request
+from tests.support.reports import register_log
+from tests.support.waiting import until
 
 pytestmark = pytest.mark.integration
 
@@ -42,7 +34,7 @@ def acl_node(faults: Faults, node_id: str, url: str | None = None, **flags: obje
     if url is None:
         url = f"redis://{ACL_USER}:{ACL_PASSWORD}@127.0.0.1:{faults.start_redis().port}/0"
     node = FaultNode(node_id, faults._tmp / f"hub-{node_id}.log", url, **flags)
-    _register_log(faults._request, f"hub {node_id} log", node.log_path)
+    register_log(faults._request, f"hub {node_id} log", node.log_path)
     faults.nodes.append(node)
     node.spawn()
     return node

@@ -17,15 +17,9 @@ from datetime import datetime
 import pytest
 
 from tests.reliability.conftest import Faults
-from tests.reliability.harness import (
-    FaultRedis,
-    Inbox,
-    delta,
-    encode,
-    in_thread,
-    task_request,
-    until,
-)
+from tests.reliability.harness import FaultRedis, Inbox, delta, in_thread
+from tests.support.messages import encode, task_request
+from tests.support.waiting import until
 
 pytestmark = pytest.mark.integration
 

@@ -14,18 +14,9 @@ import pytest
 from websockets.exceptions import InvalidStatus
 
 from tests.reliability.conftest import Faults
-from tests.reliability.harness import (
-    FaultNode,
-    Inbox,
-    Samples,
-    delta,
-    encode,
-    in_thread,
-    losses,
-    open_ws,
-    task_request,
-    until,
-)
+from tests.reliability.harness import FaultNode, Inbox, Samples, delta, in_thread, losses, open_ws
+from tests.support.messages import encode, task_request
+from tests.support.waiting import until
 
 pytestmark = pytest.mark.integration
 

@@ -13,16 +13,9 @@ import time
 import pytest
 
 from tests.reliability.conftest import Faults
-from tests.reliability.harness import (
-    FaultNode,
-    Inbox,
-    RawSocket,
-    encode,
-    in_thread,
-    percentile,
-    task_request,
-    until,
-)
+from tests.reliability.harness import FaultNode, Inbox, RawSocket, in_thread, percentile
+from tests.support.messages import encode, task_request
+from tests.support.waiting import until
 
 pytestmark = pytest.mark.integration
 

@@ -20,19 +20,13 @@ import pytest
 from websockets.exceptions import InvalidStatus
 
 from bushub.hub import RESUBSCRIBE_SETTLE
-from tests.integration.conftest import _register_log
 from tests.integration.procs import TIMEOUT
 from tests.integration.redis_cluster import RedisClusterServers
 from tests.reliability.conftest import Faults
-from tests.reliability.harness import (
-    FaultNode,
-    Inbox,
-    encode,
-    in_thread,
-    open_ws,
-    task_request,
-    until,
-)
+from tests.reliability.harness import FaultNode, Inbox, in_thread, open_ws
+from tests.support.messages import encode, task_request
+from tests.support.reports import register_log
+from tests.support.waiting import until
 
 pytestmark = pytest.mark.integration
 
@@ -59,7 +53,7 @@ def two_nodes(
         nodes = []
         for node_id in ("n1", "n2"):
             node = FaultNode(node_id, tmp_path / f"hub-{node_id}.log", servers.url)
-            _register_log(request, f"hub {node_id} log", node.log_path)
+            register_log(request, f"hub {node_id} log", node.log_path)
             faults.nodes.append(node)
             node.spawn()
             nodes.append(node)

@@ -1,8 +1,8 @@
 """Hub processes for the security suite, started once per session with the flags each
 group of tests needs, plus the signing keys of the RS256/ES256 hub.
 
-The processes and their failure reports are those of ``tests/integration``: a failing
-test's report carries the tail of every hub log.
+The processes are those of ``tests/integration``; a failing test's report carries the
+tail of every hub log (the hook of ``tests/conftest.py``).
 """
 
 from collections.abc import Iterator
@@ -12,11 +12,9 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import _register_log, pytest_runtest_makereport
 from tests.integration.procs import RedisServer
 from tests.security.helpers import ADMIN_TOKEN, SECRET, SecureHub
-
-__all__ = ["pytest_runtest_makereport"]  # attaches hub logs to failing tests' reports
+from tests.support.reports import register_log
 
 _RUNNING: list[SecureHub] = []
 # The test being set up, so that a hub started for it lands in its report too.
@@ -35,7 +33,7 @@ MAX_CONNECTIONS = 2
 def _track(hub: SecureHub) -> None:
     _RUNNING.append(hub)
     if _CURRENT:
-        _register_log(_CURRENT[-1], f"{hub.name} log", hub.log_path)
+        register_log(_CURRENT[-1], f"{hub.name} log", hub.log_path)
 
 
 def _start(factory: pytest.TempPathFactory, name: str, *flags: str) -> SecureHub:
@@ -53,7 +51,7 @@ def _stop(hub: SecureHub) -> None:
 @pytest.fixture(autouse=True)
 def _hub_logs_in_reports(request: pytest.FixtureRequest) -> Iterator[None]:
     for hub in _RUNNING:
-        _register_log(request, f"{hub.name} log", hub.log_path)
+        register_log(request, f"{hub.name} log", hub.log_path)
     _CURRENT.append(request)
     yield
     _CURRENT.remove(request)

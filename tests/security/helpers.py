@@ -17,7 +17,6 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from functools import cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -30,6 +29,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.integration.procs import ROOT, TIMEOUT, HubNode
+from tests.support import messages
+from tests.support.messages import encode
+from tests.support.waiting import until
 
 # PyJWT warns about HMAC secrets under 32 bytes, and warnings are errors here.
 SECRET = "bushub-security-suite-hs256-secret-" + "0123456789abcdef" * 2  # >= 64 bytes: HS512 too
@@ -145,26 +147,12 @@ def forged_token(header: dict[str, Any], claims: dict[str, Any], hmac_key: bytes
 # ---- bus messages -----------------------------------------------------------
 
 
-@cache
-def _serializer() -> Any:
-    from pipecat_subagents.bus.serializers import JSONMessageSerializer
-
-    return JSONMessageSerializer()
-
-
 def task_request(source: str, target: str | None, payload: Any = None) -> dict[str, Any]:
-    """A real ``BusTaskRequestMessage`` tree, as the library's serializer writes it."""
-    from pipecat_subagents.bus import BusTaskRequestMessage
-
-    message = BusTaskRequestMessage(
-        source=source,
-        target=target,
-        task_id=uuid.uuid4().hex,
-        task_name="echo",
-        payload=payload if payload is not None else {},
+    """The shared task request as the library's serializer writes it, a fresh task id."""
+    body = {} if payload is None else payload
+    return messages.task_request(
+        source, target, payload=body, task_id=uuid.uuid4().hex, library=True
     )
-    tree: dict[str, Any] = json.loads(_serializer().serialize(message))
-    return tree
 
 
 def payload_of(tree: dict[str, Any]) -> Any:
@@ -178,13 +166,6 @@ def padded(source: str, target: str | None, size: int, label: str) -> dict[str, 
     assert short <= size, f"{size} bytes is too small for a task request"
     tree["__data__"]["payload"]["pad"] = "x" * (size - short)
     return tree
-
-
-def encode(tree: Any, fmt: str = "json") -> bytes:
-    if fmt == "msgpack":
-        packed: bytes = msgpack.packb(tree, use_bin_type=True)
-        return packed
-    return json.dumps(tree, separators=(",", ":")).encode()
 
 
 # ---- a recording client -----------------------------------------------------
@@ -350,17 +331,10 @@ async def wait_for_metric(
     hub: SecureHub, name: str, labels: dict[str, str], value: float, timeout: float = TIMEOUT
 ) -> None:
     """Poll ``/metrics`` until one sample reaches ``value``."""
-    deadline = time.monotonic() + timeout
-    while (current := hub.metric(name, **labels)) < value:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{name}{labels} is {current}, expected {value}")
-        await asyncio.sleep(0.05)
+    if not await until(lambda: hub.metric(name, **labels) >= value, timeout, 0.05):
+        raise AssertionError(f"{name}{labels} is {hub.metric(name, **labels)}, expected {value}")
 
 
 async def wait_idle(hub: SecureHub, timeout: float = TIMEOUT) -> None:
     """Wait until the hub holds no sockets (earlier tests' sockets are gone)."""
-    deadline = time.monotonic() + timeout
-    while hub.metric("bushub_connections") > 0:
-        if time.monotonic() > deadline:
-            raise AssertionError("the hub still holds sockets")
-        await asyncio.sleep(0.05)
+    await until(lambda: hub.metric("bushub_connections") <= 0, timeout, 0.05, what="no sockets")

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 from websockets.asyncio.client import connect
 
-from tests.integration.conftest import _register_log
 from tests.integration.procs import TIMEOUT
 from tests.security.conftest import (
     ALLOWED_ORIGINS,
@@ -28,13 +27,14 @@ from tests.security.helpers import (
     SecureHub,
     assert_accepted,
     assert_refused,
-    encode,
     padded,
     task_request,
     token,
     wait_for_metric,
     wait_idle,
 )
+from tests.support.messages import encode
+from tests.support.reports import register_log
 
 pytestmark = pytest.mark.integration
 
@@ -198,7 +198,7 @@ async def test_a_message_rate_under_one_per_second_still_lets_messages_through(
 ) -> None:
     # --rate-messages 0.5: one message every two seconds, so the first one passes.
     hub = SecureHub("slow", tmp_path / "hub-slow.log", "--rate-messages", "0.5")
-    _register_log(request, "hub slow log", hub.log_path)
+    register_log(request, "hub slow log", hub.log_path)
     hub.start()
     try:
         sender = await Peer.connect(hub, "slow-s", peer="slow-r")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import DIALECTS, _register_log
+from tests.integration.conftest import DIALECTS
 from tests.integration.procs import TIMEOUT, AgentProcess
 from tests.security.helpers import SECRET, SecureHub, cli_token
 
@@ -38,10 +38,7 @@ class Programs:
         self.procs: list[AgentProcess] = []
 
     def start(self, label: str, token: str, module: str, *args: str) -> AgentProcess:
-        folder = self._tmp
-        proc = AgentProcess(label, folder / f"{label}.log", folder / f"{label}.events")
-        _register_log(self._request, f"{label} stderr", proc.log_path)
-        _register_log(self._request, f"{label} events", proc.events_path)
+        proc = AgentProcess.reported(self._request, self._tmp, label)
         self.procs.append(proc)
         argv = [sys.executable, "-m", "tests.security.token_agent", "--token", token]
         proc.start([*argv, f"tests.agents.{module}", "--timeout", str(TIMEOUT), *args])
@@ -49,10 +46,7 @@ class Programs:
 
     def stop(self) -> None:
         for proc in self.procs:
-            if proc.alive:
-                proc.kill()
-            else:
-                proc.wait()
+            proc.end()
 
 
 @pytest.fixture

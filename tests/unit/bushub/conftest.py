@@ -24,6 +24,7 @@ from bushub.hub import Hub
 from bushub.settings import Settings
 from buswire import presence_key
 from buswire.presence import record_conn
+from tests.support.waiting import until
 from tests.unit.bushub.helpers import TIMEOUT, TimedConnection
 
 
@@ -104,13 +105,9 @@ class RunningHub:
         self, name: str, expected: float, timeout: float = TIMEOUT, **labels: str
     ) -> None:
         """Wait until a sample reaches ``expected``; fail with the last value seen."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while self.metric(name, **labels) != expected:
-            if loop.time() > deadline:
-                got = self.metric(name, **labels)
-                raise AssertionError(f"{name}{labels} is {got}, expected {expected}")
-            await asyncio.sleep(0.01)
+        if not await until(lambda: self.metric(name, **labels) == expected, timeout, 0.01):
+            got = self.metric(name, **labels)
+            raise AssertionError(f"{name}{labels} is {got}, expected {expected}")
 
     async def holder(self, agent: str) -> str | None:
         """The connection id holding ``agent`` in the presence records."""

@@ -17,6 +17,9 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
 
+from tests.support.messages import task_request
+from tests.support.waiting import until
+
 TIMEOUT = 2.0
 # How long "nothing arrives" is watched for: several presence reconcile passes at
 # the settings the harness uses.
@@ -24,7 +27,6 @@ QUIET = TIMEOUT / 4
 # How long "nothing more arrives" is watched for where no timer is involved.
 BRIEF = TIMEOUT / 20
 
-TASK_REQUEST = "pipecat_subagents.bus.messages.BusTaskRequestMessage"
 FRAME_MESSAGE = "pipecat_subagents.bus.messages.BusFrameMessage"
 SUBAGENTS_REGISTRY = "pipecat_subagents.bus.messages.BusAgentRegistryMessage"
 SUBAGENTS_ENTRY = "pipecat_subagents.types.AgentRegistryEntry"
@@ -48,15 +50,6 @@ class TimedConnection(ClientConnection):
         if closing and self.close_frame_at is None:
             self.close_frame_at = time.monotonic()
         super().process_event(event)
-
-
-def task_request(source: str, target: str | None, seq: int = 0, **extra: Any) -> dict[str, Any]:
-    """A subagents task request tree; ``target`` None omits the key, as the library does."""
-    data: dict[str, Any] = {"source": source, "task_id": f"t{seq}", "payload": {"seq": seq}}
-    if target is not None:
-        data["target"] = target
-    data.update(extra)
-    return {"__type__": TASK_REQUEST, "__data__": data}
 
 
 def frame_message(source: str, audio: bytes) -> dict[str, Any]:
@@ -86,36 +79,10 @@ def as_json(tree: Any) -> bytes:
     return json.dumps(tree).encode()
 
 
-def native_bytes(tree: Any) -> Any:
-    """JSON's tagged base64 bytes turned into native bytes: the MsgPack tree."""
-    if isinstance(tree, dict):
-        if tree.get("__type__") == "bytes" and set(tree) == {"__type__", "__data__"}:
-            return base64.b64decode(tree["__data__"])
-        return {k: native_bytes(v) for k, v in tree.items()}
-    if isinstance(tree, list):
-        return [native_bytes(v) for v in tree]
-    return tree
-
-
-def tagged_bytes(tree: Any) -> Any:
-    """Native bytes turned into JSON's tagged base64: the JSON tree."""
-    if isinstance(tree, bytes):
-        return {"__type__": "bytes", "__data__": base64.b64encode(tree).decode()}
-    if isinstance(tree, dict):
-        return {k: tagged_bytes(v) for k, v in tree.items()}
-    if isinstance(tree, list):
-        return [tagged_bytes(v) for v in tree]
-    return tree
-
-
 async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> None:
-    """Poll ``predicate`` until it holds; fail naming ``what`` after ``timeout``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.005)
+    """The shared `until` at this suite's timeout, polling often: the hub runs in-process
+    and some states (readiness down) last only briefly. Fails naming ``what``."""
+    await until(predicate, timeout, 0.005, what=what)
 
 
 async def recv_bytes(ws: ClientConnection, timeout: float = TIMEOUT) -> bytes:

@@ -12,6 +12,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection
 
 from bushub.settings import Settings
+from tests.support.messages import task_request
 from tests.unit.bushub.conftest import RunningHub, small_settings
 from tests.unit.bushub.helpers import (
     BRIEF,
@@ -19,7 +20,6 @@ from tests.unit.bushub.helpers import (
     as_json,
     close_code,
     drain_until_closed,
-    task_request,
     wait_until,
 )
 
@@ -125,7 +125,7 @@ async def test_every_message_to_a_slow_consumer_is_delivered_or_counted(
         sent = await flood_until_detected(node, flooder)
         # More messages for the consumer the hub has already decided to close.
         for seq in range(sent, sent + 10):
-            await flooder.send(as_json(task_request("flood", "slow", seq=seq, pad="x")))
+            await flooder.send(as_json(task_request("flood", "slow", seq=seq, pad=1)))
         sent += 10
         await node.wait_metric("bushub_messages_received_total", sent, format="json")
         frames = await drain_until_closed(slow, 2 * TIMEOUT)

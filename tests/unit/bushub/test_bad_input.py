@@ -5,20 +5,19 @@ import json
 
 import pytest
 
+from tests.support.messages import TASK_REQUEST, task_request
 from tests.unit.bushub.conftest import RunningHub
 from tests.unit.bushub.helpers import (
     BRIEF,
-    TASK_REQUEST,
     as_json,
     assert_silent,
     recv_bytes,
     registry_from_client,
-    task_request,
 )
 
 # The harness allows 64 KiB messages and 128 KiB WebSocket frames: this frame is
 # over the hub's limit but under the transport's, so the hub itself must drop it.
-_OVERSIZE = as_json(task_request("a", "b", seq=99, pad="x" * (80 << 10)))
+_OVERSIZE = as_json(task_request("a", "b", seq=99, pad=80 << 10))
 
 BAD_FRAMES = {
     "oversize": _OVERSIZE,

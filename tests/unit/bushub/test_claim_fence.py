@@ -19,15 +19,9 @@ from buswire import Format, message_channel, presence_channel
 from buswire.channels import claim_key
 from buswire.presence import EventKind, PresenceEvent, decode_event, encode_event
 from buswire.relayframe import pack_relay
+from tests.support.messages import task_request
 from tests.unit.bushub.conftest import RunningHub, running_hub, small_settings
-from tests.unit.bushub.helpers import (
-    BRIEF,
-    as_json,
-    close_code,
-    drain_until_closed,
-    recv_bytes,
-    task_request,
-)
+from tests.unit.bushub.helpers import BRIEF, as_json, close_code, drain_until_closed, recv_bytes
 
 TAKEN_OVER = 4001
 

@@ -15,8 +15,9 @@ from bushub.closecodes import (
     close_reason,
 )
 from bushub.connection import Connection
+from tests.support.messages import task_request
 from tests.unit.bushub.conftest import RunningHub
-from tests.unit.bushub.helpers import close_code, task_request, wait_until
+from tests.unit.bushub.helpers import close_code, wait_until
 
 CLOSED = "bushub_connections_closed_total"
 

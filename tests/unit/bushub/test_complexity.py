@@ -6,8 +6,9 @@ the default budget (64 + size/8), within one of 64 + size/2.
 
 import pytest
 
+from tests.support.messages import task_request
 from tests.unit.bushub.conftest import running_hub, small_settings
-from tests.unit.bushub.helpers import BRIEF, as_json, assert_silent, recv_bytes, task_request
+from tests.unit.bushub.helpers import BRIEF, as_json, assert_silent, recv_bytes
 
 DENSE = as_json(task_request("a", "b", seq=1, v=[[] for _ in range(2000)]))
 

@@ -7,17 +7,9 @@ import json
 
 import msgpack
 
+from tests.support.messages import native_bytes, tagged_bytes, task_request
 from tests.unit.bushub.conftest import RunningHub
-from tests.unit.bushub.helpers import (
-    as_json,
-    close_code,
-    frame_message,
-    native_bytes,
-    recv_bytes,
-    recv_msgpack,
-    tagged_bytes,
-    task_request,
-)
+from tests.unit.bushub.helpers import as_json, close_code, frame_message, recv_bytes, recv_msgpack
 
 WS_1007_INVALID_DATA = 1007
 _AUDIO = bytes(range(256)) * 5

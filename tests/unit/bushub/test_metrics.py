@@ -8,6 +8,7 @@ import httpx
 import msgpack
 from websockets.asyncio.client import ClientConnection
 
+from tests.support.messages import task_request
 from tests.unit.bushub.conftest import RunningHub
 from tests.unit.bushub.helpers import (
     SUBAGENTS_REGISTRY,
@@ -15,7 +16,6 @@ from tests.unit.bushub.helpers import (
     as_json,
     frame_message,
     recv_bytes,
-    task_request,
 )
 
 CONTRACT = {

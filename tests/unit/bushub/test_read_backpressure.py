@@ -9,8 +9,9 @@ from collections.abc import Sequence
 from websockets.asyncio.client import ClientConnection
 
 from bushub.broker import MemoryBroker
+from tests.support.messages import task_request
 from tests.unit.bushub.conftest import running_hub, small_settings
-from tests.unit.bushub.helpers import TIMEOUT, as_json, recv_bytes, task_request
+from tests.unit.bushub.helpers import TIMEOUT, as_json, recv_bytes
 
 PUBLISH_BUFFER = 64  # high-water mark: 32
 SENT = 400

@@ -12,7 +12,8 @@ from bushub.relay import Relay
 from bushub.settings import Settings
 from buswire import Format, message_channel
 from buswire.relayframe import pack_relay, unpack_relay
-from tests.unit.bushub.helpers import as_json, task_request
+from tests.support.messages import task_request
+from tests.unit.bushub.helpers import as_json
 from tests.unit.bushub.parts import connection, written
 
 NOW = 1_700_000_000.25
@@ -68,7 +69,7 @@ def test_an_untargeted_frame_goes_to_the_peer_and_without_one_is_dropped() -> No
 
 def test_an_oversize_frame_is_dropped_and_counted_as_received() -> None:
     wired = Wired(max_message_bytes=100)
-    wired.relay.route(connection("a", "b"), as_json(task_request("a", "b", pad="x" * 200)))
+    wired.relay.route(connection("a", "b"), as_json(task_request("a", "b", pad=200)))
     assert wired.published == []
     assert wired.dropped("oversize") == 1
     received = wired.metrics.registry.get_sample_value(

@@ -5,16 +5,15 @@ import json
 
 from websockets.asyncio.client import ClientConnection
 
+from tests.support.messages import TASK_REQUEST, task_request
 from tests.unit.bushub.conftest import RunningHub
 from tests.unit.bushub.helpers import (
     BRIEF,
-    TASK_REQUEST,
     as_json,
     assert_silent,
     frame_message,
     recv_bytes,
     recv_non_registry,
-    task_request,
 )
 
 

@@ -5,15 +5,9 @@ on messages go to the newest socket only."""
 import asyncio
 import time
 
+from tests.support.messages import task_request
 from tests.unit.bushub.conftest import RunningHub
-from tests.unit.bushub.helpers import (
-    BRIEF,
-    as_json,
-    assert_silent,
-    drain_until_closed,
-    recv_bytes,
-    task_request,
-)
+from tests.unit.bushub.helpers import BRIEF, as_json, assert_silent, drain_until_closed, recv_bytes
 
 TAKEN_OVER = 4001
 
