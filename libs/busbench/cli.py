@@ -10,6 +10,7 @@ load. It prints a Markdown report; ``--json`` keeps the raw figures.
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import os
 import platform
@@ -416,8 +417,13 @@ def versions() -> str:
 
 
 def code_version() -> str:
-    """The commit the hub runs from, and whether its code has uncommitted changes."""
-    root = Path(__file__).resolve().parents[2]
+    """The commit the hub runs from, and whether its code has uncommitted changes.
+
+    The checkout is the one ``bushub`` is imported from (``PYTHONPATH`` may point the
+    bench at another checkout's hub), else the bench's own."""
+    spec = importlib.util.find_spec("bushub")
+    origin = spec.origin if spec is not None else None
+    root = Path(origin or __file__).resolve().parents[2]
 
     def git(*cmd: str) -> str:
         return subprocess.run(
