@@ -455,7 +455,7 @@ def find_pyspy() -> str | None:
 
 def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     started = time.monotonic()
-    nofile = raise_nofile(max(args.idle, default=0) + 1024)
+    nofile = raise_nofile(max(max(args.idle, default=0) + idle.FD_MARGIN, 4096))
     work = Path(tempfile.mkdtemp(prefix="bushub-bench-"))
     procs = Procs(work)
     jobs = Jobs(args)
