@@ -280,7 +280,7 @@ def _idle_targets(idle: dict[str, dict[str, Any]], skipped: list[Any]) -> list[R
 # (label, figure, digits, limit): the scale issue's targets for idle agent sockets
 _SCALE_TARGETS = (
     ("node CPU µs per idle socket per s", "server_us_per_sock_s", 2, 3.0),
-    ("Redis commands per idle socket per s, at rest", "redis_cmds_per_sock_s", 3, 0.01),
+    ("Redis commands per idle socket per s, at rest", "redis_cmds_per_sock_s", 4, 0.01),
     ("RSS KB per idle socket", "kb_per_conn", 1, 12.0),
 )
 
@@ -679,7 +679,7 @@ def _idle_agents_section(idle: dict[str, dict[str, Any]], skipped: list[Any]) ->
             f"{m['count']:,}",
             f"{m['opened']:,} / {_counts(m['errors'])}",
             _f(m.get("server_us_per_sock_s"), 2),
-            _f(m.get("redis_cmds_per_sock_s"), 3),
+            _f(m.get("redis_cmds_per_sock_s"), 4),
             _f(_pct_value(m.get("redis_cpu_share")), 1),
             _f(m["kb_per_conn"]),
             _counts(m["closed_by_server"]),
