@@ -10,6 +10,7 @@ load. It prints a Markdown report; ``--json`` keeps the raw figures.
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import os
 import platform
@@ -25,7 +26,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from busbench import report
+from busbench import idle, report
 from busbench.payloads import (
     FORMATS,
     PAYLOADS,
@@ -33,6 +34,7 @@ from busbench.payloads import (
     encode_template,
 )
 from busbench.procs import (
+    Child,
     Procs,
     die_with_parent,
     dropped_counters,
@@ -74,8 +76,46 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--solo-rate", type=float, default=200.0, help="one-pair fixed rate, rt/s")
     p.add_argument("--solo-seconds", type=float, default=4.0, help="one-pair windows")
     p.add_argument("--no-stock", action="store_true", help="skip the stock-proxy baseline")
-    p.add_argument("--idle", type=int, default=2000, help="idle sockets per server (<= 10000)")
+    p.add_argument(
+        "--idle",
+        type=_counts,
+        default=[2000],
+        help="idle agent sockets per server, even, <= 100000; a list (2000,10000) measures "
+        "each count on fresh server processes",
+    )
     p.add_argument("--idle-only", action="store_true", help="only the idle-connection measurement")
+    p.add_argument(
+        "--idle-ping",
+        type=float,
+        default=20.0,
+        help="idle clients' keepalive ping interval and timeout, s (websockets' default, "
+        "as the stock proxy keeps); 0 = no pings",
+    )
+    p.add_argument("--idle-window", type=float, default=20.0, help="idle quiet window, s")
+    p.add_argument(
+        "--idle-hold",
+        type=float,
+        default=0.0,
+        help="seconds the idle sockets stay open after settling, before the window",
+    )
+    p.add_argument(
+        "--idle-per-addr",
+        type=int,
+        default=20000,
+        help="idle sockets per loopback source address (127.0.0.1, 127.0.0.2, ...)",
+    )
+    p.add_argument(
+        "--idle-per-loadgen",
+        type=int,
+        default=20000,
+        help="idle sockets per load-generator process (lowered to fit RLIMIT_NOFILE)",
+    )
+    p.add_argument(
+        "--idle-floor-max",
+        type=int,
+        default=20000,
+        help="measure the floor relay idle only up to this many sockets",
+    )
     p.add_argument("--profile-only", action="store_true", help="only the py-spy profile")
     p.add_argument(
         "--compression",
@@ -114,12 +154,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.sat_seconds = min(args.sat_seconds, 1.0)
         args.solo_seconds = min(args.solo_seconds, 1.0)
         args.warmup = min(args.warmup, 0.3)
-        args.idle = min(args.idle, 300)
+        args.idle = [min(n, 300) for n in args.idle]
+        args.idle_window = min(args.idle_window, 3.0)
+        args.idle_hold = min(args.idle_hold, 1.0)
         args.profile_seconds = min(args.profile_seconds, 2.0)
     if not 1 <= args.pairs <= 2000:
         p.error("--pairs must be within 1..2000")
-    if not 0 <= args.idle <= 10000:
-        p.error("--idle must be within 0..10000")
+    if any(not 0 <= n <= 100_000 or n % 2 for n in args.idle):
+        p.error("--idle: each count must be even (agent pairs) and within 0..100000")
+    args.idle = [n for n in args.idle if n]
+    if args.idle_window <= 0 or args.idle_hold < 0 or args.idle_ping < 0:
+        p.error("--idle-window must be > 0, --idle-hold and --idle-ping >= 0")
+    if not 1 <= args.idle_per_addr <= 28000 or args.idle_per_loadgen < 2:
+        p.error("--idle-per-addr must be within 1..28000, --idle-per-loadgen >= 2")
+    if args.idle and max(args.idle) > 254 * args.idle_per_addr:
+        p.error("--idle: more than 254 source addresses needed; raise --idle-per-addr")
     if args.reps < 1:
         p.error("--reps must be >= 1")
     combos = [c.strip() for c in args.payloads.split(",") if c.strip()]
@@ -129,6 +178,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             p.error(f"--payloads: unknown combination {combo!r}")
     args.combos = combos
     return args
+
+
+def _counts(text: str) -> list[int]:
+    try:
+        return [int(part.replace("_", "")) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of counts: {text!r}") from None
 
 
 # ---- jobs ----------------------------------------------------------------------
@@ -289,8 +345,6 @@ class Jobs:
 
 def job_budget(job: dict[str, Any]) -> float:
     """Seconds a load-generator job may take before it is killed."""
-    if job["kind"] == "idle":
-        return job.get("open_timeout", 120) + 120
     seconds = 60.0
     for ph in job["phases"]:
         seconds += ph["warmup"] + ph["duration"] + ph.get("drain", 5.0) + 5
@@ -363,8 +417,13 @@ def versions() -> str:
 
 
 def code_version() -> str:
-    """The commit the hub runs from, and whether its code has uncommitted changes."""
-    root = Path(__file__).resolve().parents[2]
+    """The commit the hub runs from, and whether its code has uncommitted changes.
+
+    The checkout is the one ``bushub`` is imported from (``PYTHONPATH`` may point the
+    bench at another checkout's hub), else the bench's own."""
+    spec = importlib.util.find_spec("bushub")
+    origin = spec.origin if spec is not None else None
+    root = Path(origin or __file__).resolve().parents[2]
 
     def git(*cmd: str) -> str:
         return subprocess.run(
@@ -396,7 +455,7 @@ def find_pyspy() -> str | None:
 
 def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     started = time.monotonic()
-    nofile = raise_nofile(args.idle + 1024)
+    nofile = raise_nofile(max(max(args.idle, default=0) + idle.FD_MARGIN, 4096))
     work = Path(tempfile.mkdtemp(prefix="bushub-bench-"))
     procs = Procs(work)
     jobs = Jobs(args)
@@ -418,90 +477,22 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         "nofile": nofile,
         "runs": [],
         "idle": [],
+        "idle_skipped": [],
         "profiles": [],
         "logs": str(work),
     }
     ok = False
     try:
         redis = procs.redis()
-        redis_url = f"redis://127.0.0.1:{redis.port}/0"
         extra = shlex.split(args.hub_args)
-        hub1, hub2 = procs.hub("n1", redis_url, extra), procs.hub("n2", redis_url, extra)
-        floor1, floor2 = procs.floor("floor-1", redis_url), procs.floor("floor-2", redis_url)
-        for hub in (hub1, hub2):
-            wait_until(lambda h=hub: http_ready(h.port), 30, hub, "/readyz 200")
-        for fl in (floor1, floor2):
-            wait_until(lambda f=fl: tcp_open(f.port), 30, fl, "listening port")
-        out["hub_argv"] = shlex.join(hub1.argv)
-        url = "ws://127.0.0.1:{}".format
-        servers = {
-            "hub": (hub1, hub2),
-            "floor": (floor1, floor2),
-        }
-        only = args.idle_only or args.profile_only
-        for rep in range(0 if only else args.reps):
-            for kind in ("hub", "floor"):
-                n1, n2 = servers[kind]
-                pids = {"node1": n1.pid, "node2": n2.pid, "redis": redis.pid}
-                job = jobs.relay_job(kind, rep, url(n1.port), url(n2.port), pids)
-                drops0 = _drops(kind, n1, n2)
-                log(f"rep {rep + 1}/{args.reps}: {kind}")
-                result = run_loadgen(job, work, f"{kind}-{rep}")
-                result.update(server=kind, rep=rep, drops=_diff(_drops(kind, n1, n2), drops0))
-                out["runs"].append(result)
-            if not args.no_stock:
-                stock = procs.stock(f"stock-{rep}")
-                wait_until(lambda s=stock: http_ready(s.port), 60, stock, "/readyz 200")
-                log(f"rep {rep + 1}/{args.reps}: stock proxy")
-                pids = {"node1": stock.pid, "redis": redis.pid}
-                result = run_loadgen(
-                    jobs.stock_job(rep, url(stock.port), pids), work, f"stock-{rep}"
-                )
-                result.update(server="stock", rep=rep, drops={})
-                out["runs"].append(result)
-                procs.stop(stock)
-        if pyspy is not None and not args.idle_only:
-            out["profiles"] = []
-            for native in (False, True) if args.profile_native else (False,):
-                log(f"py-spy profile ({'native' if native else 'Python'} frames) of both hubs")
-                out["profiles"].append(
-                    _profile(args, jobs, work, pyspy, (hub1, hub2, redis), url, native)
-                )
+        if not args.idle_only:
+            _relay_runs(args, jobs, procs, redis, extra, work, out, pyspy)
+        # The relay nodes are stopped by now: the idle windows count every command
+        # Redis serves and must see the idle server alone.
         if args.idle and not args.profile_only:
-            # The hub accepts permessage-deflate and keeps a zlib context per socket; the
-            # floor never negotiates it. With deflate offered, the hub is measured twice.
-            idle_runs = [("hub", args.compression), ("floor", args.compression)]
-            if args.compression == "deflate":
-                idle_runs.insert(1, ("hub", "none"))
-            for n, (kind, compression) in enumerate(idle_runs):
-                # A fresh process each time: memory freed by an earlier measurement
-                # stays in the process and would be reused, hiding the growth.
-                if kind == "hub":
-                    node = procs.hub(f"idle{n}", redis_url, extra)
-                    wait_until(lambda c=node: http_ready(c.port), 30, node, "/readyz 200")
-                else:
-                    node = procs.floor(f"floor-idle{n}", redis_url)
-                    wait_until(lambda c=node: tcp_open(c.port), 30, node, "listening port")
-                label = kind if compression == args.compression else f"{kind}, no deflate"
-                log(f"idle sockets: {args.idle} on {label} (a fresh process)")
-                job = {
-                    "kind": "idle",
-                    "url": url(node.port),
-                    "count": args.idle,
-                    "pids": {"server": node.pid, "redis": redis.pid},
-                    "compression": compression,
-                    "open_timeout": 240,
-                    "settle": 3.0 if args.idle > 4000 else 2.0,
-                }
-                result = run_loadgen(job, work, f"idle-{kind}-{compression}")
-                result.update(
-                    server=kind, label=label, compression=compression, alive_after=node.alive
-                )
-                out["idle"].append(result)
-                procs.stop(node)
-        for child in (hub1, hub2, floor1, floor2, redis):
-            if not child.alive:
-                raise RuntimeError(f"{child.name} died during the run:\n{child.log_tail()}")
+            _idle_runs(args, procs, redis, extra, work, out)
+        if not redis.alive:
+            raise RuntimeError(f"redis died during the run:\n{redis.log_tail()}")
         ok = True
     finally:
         procs.stop_all()
@@ -510,6 +501,132 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
             shutil.rmtree(work, ignore_errors=True)
             out["logs"] = None
     return out
+
+
+def _relay_runs(
+    args: argparse.Namespace,
+    jobs: Jobs,
+    procs: Procs,
+    redis: Child,
+    extra: list[str],
+    work: Path,
+    out: dict[str, Any],
+    pyspy: str | None,
+) -> None:
+    """Two hub nodes and two floor processes: the repetitions, then the profiles."""
+    redis_url = f"redis://127.0.0.1:{redis.port}/0"
+    hub1, hub2 = procs.hub("n1", redis_url, extra), procs.hub("n2", redis_url, extra)
+    floor1, floor2 = procs.floor("floor-1", redis_url), procs.floor("floor-2", redis_url)
+    for hub in (hub1, hub2):
+        wait_until(lambda h=hub: http_ready(h.port), 30, hub, "/readyz 200")
+    for fl in (floor1, floor2):
+        wait_until(lambda f=fl: tcp_open(f.port), 30, fl, "listening port")
+    out["hub_argv"] = shlex.join(hub1.argv)
+    url = "ws://127.0.0.1:{}".format
+    servers = {
+        "hub": (hub1, hub2),
+        "floor": (floor1, floor2),
+    }
+    for rep in range(0 if args.profile_only else args.reps):
+        for kind in ("hub", "floor"):
+            n1, n2 = servers[kind]
+            pids = {"node1": n1.pid, "node2": n2.pid, "redis": redis.pid}
+            job = jobs.relay_job(kind, rep, url(n1.port), url(n2.port), pids)
+            drops0 = _drops(kind, n1, n2)
+            log(f"rep {rep + 1}/{args.reps}: {kind}")
+            result = run_loadgen(job, work, f"{kind}-{rep}")
+            result.update(server=kind, rep=rep, drops=_diff(_drops(kind, n1, n2), drops0))
+            out["runs"].append(result)
+        if not args.no_stock:
+            stock = procs.stock(f"stock-{rep}")
+            wait_until(lambda s=stock: http_ready(s.port), 60, stock, "/readyz 200")
+            log(f"rep {rep + 1}/{args.reps}: stock proxy")
+            pids = {"node1": stock.pid, "redis": redis.pid}
+            result = run_loadgen(jobs.stock_job(rep, url(stock.port), pids), work, f"stock-{rep}")
+            result.update(server="stock", rep=rep, drops={})
+            out["runs"].append(result)
+            procs.stop(stock)
+    if pyspy is not None:
+        out["profiles"] = []
+        for native in (False, True) if args.profile_native else (False,):
+            log(f"py-spy profile ({'native' if native else 'Python'} frames) of both hubs")
+            out["profiles"].append(
+                _profile(args, jobs, work, pyspy, (hub1, hub2, redis), url, native)
+            )
+    for child in (hub1, hub2, floor1, floor2):
+        if not child.alive:
+            raise RuntimeError(f"{child.name} died during the run:\n{child.log_tail()}")
+        procs.stop(child)
+
+
+def _idle_runs(
+    args: argparse.Namespace,
+    procs: Procs,
+    redis: Child,
+    extra: list[str],
+    work: Path,
+    out: dict[str, Any],
+) -> None:
+    """Each count on fresh server processes: the hub, and the floor where it can take it."""
+    redis_url = f"redis://127.0.0.1:{redis.port}/0"
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    per_loadgen = min(args.idle_per_loadgen, max(2, soft - idle.FD_MARGIN))
+    m = 0
+    for count in args.idle:
+        # The hub accepts permessage-deflate and keeps a zlib context per socket; the
+        # floor never negotiates it. With deflate offered, the hub is measured twice.
+        idle_runs = [("hub", args.compression), ("floor", args.compression)]
+        if args.compression == "deflate":
+            idle_runs.insert(1, ("hub", "none"))
+        for kind, compression in idle_runs:
+            label = kind if compression == args.compression else f"{kind}, no deflate"
+            plan = idle.IdlePlan(
+                count=count,
+                ping=args.idle_ping,
+                window=args.idle_window,
+                hold=args.idle_hold,
+                per_loadgen=per_loadgen,
+                per_addr=args.idle_per_addr,
+                compression=compression,
+                tag=f"x{m}",
+            )
+            m += 1
+            reason = idle.fd_shortfall(plan)
+            if kind == "floor" and count > args.idle_floor_max:
+                reason = f"above --idle-floor-max {args.idle_floor_max:,}"
+            if reason:
+                log(f"idle sockets: {count:,} on {label} skipped: {reason}")
+                out["idle_skipped"].append(
+                    {"server": kind, "label": label, "count": count, "reason": reason}
+                )
+                continue
+            # A fresh process each time: memory freed by an earlier measurement
+            # stays in the process and would be reused, hiding the growth.
+            if kind == "hub":
+                cap = ["--max-connections", str(max(20_000, count + 100))]
+                node = procs.hub(f"idle{m}", redis_url, cap + extra)
+                wait_until(lambda c=node: http_ready(c.port), 30, node, "/readyz 200")
+            else:
+                node = procs.floor(f"floor-idle{m}", redis_url)
+                wait_until(lambda c=node: tcp_open(c.port), 30, node, "listening port")
+            log(
+                f"idle sockets: {count:,} on {label} (a fresh process; "
+                f"{len(plan.shares())} load generator(s), {len(plan.addresses())} source "
+                "address(es))"
+            )
+            result = idle.measure(
+                plan,
+                f"ws://127.0.0.1:{node.port}",
+                node.pid,
+                (redis.pid, redis.port),
+                work,
+                log,
+            )
+            result.update(server=kind, label=label, compression=compression, alive_after=node.alive)
+            if kind == "hub":
+                result["hub_argv"] = shlex.join(node.argv)
+            out["idle"].append(result)
+            procs.stop(node)
 
 
 def _drops(kind: str, n1: Any, n2: Any) -> dict[str, float]:
@@ -599,3 +716,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(out, indent=1, default=str))
     print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -3,7 +3,8 @@
     python -m busbench.loadgen JOB.json RESULT.json
 
 A job is either ``pairs`` (connect sets of agent pairs, run timed phases over them)
-or ``idle`` (open many quiet sockets and read the server's RSS). Clients are raw
+or ``idle`` (open a share of many quiet agent sockets and hold them while the
+orchestrator, ``busbench.idle``, measures the server). Clients are raw
 ``websockets`` asyncio connections on uvloop; messages are built and checked from
 byte templates (see ``busbench.payloads``), never through a serializer. Every wait
 is bounded. The generator reads ``/proc/<pid>/stat`` of the measured processes and
@@ -12,9 +13,11 @@ of itself at the edges of each measured window.
 
 import asyncio
 import contextlib
+import errno
 import json
 import os
 import resource
+import socket
 import subprocess
 import sys
 import time
@@ -467,77 +470,164 @@ def percentiles(sorted_ns: list[int]) -> dict[str, float] | None:
     }
 
 
-async def run_idle(job: dict[str, Any]) -> dict[str, Any]:
-    """Open ``count`` quiet sockets; report the servers' RSS before and after."""
-    count = job["count"]
-    limits = raise_nofile(count + 256)
-    pids = {k: int(v) for k, v in job["pids"].items()}
-    socks: list[ClientConnection] = []
-    errors: dict[str, int] = {}
-    sem = asyncio.Semaphore(job.get("concurrency", 64))
-    url = job["url"]
-    deadline = time.monotonic() + job.get("open_timeout", 120)
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 
-    async def open_one(n: int, prefix: str = "idle") -> None:
-        async with sem:
-            if time.monotonic() > deadline:
-                errors["timeout"] = errors.get("timeout", 0) + 1
-                return
+
+def idle_name(i: int, tag: str) -> tuple[str, str]:
+    """Socket ``i`` of an idle job: (its agent name, its peer). Sockets 2n and 2n+1 are
+    the pair ``idleA{n}``/``idleB{n}``, each watching the other."""
+    n, side = divmod(i, 2)
+    a, b = f"idleA{n}{tag}", f"idleB{n}{tag}"
+    return (a, b) if side == 0 else (b, a)
+
+
+def source_address(i: int, per_addr: int) -> str:
+    """Loopback source address of socket ``i``: 127.0.0.1 for the first ``per_addr``
+    sockets, 127.0.0.2 for the next, ... (one address to one server port has as many
+    connections as ephemeral ports: ~28,000 by default)."""
+    k = i // per_addr + 1
+    if k > 254:
+        raise ValueError(f"socket {i}: more than 254 source addresses at {per_addr} each")
+    return f"127.0.0.{k}"
+
+
+def _error_key(exc: BaseException) -> str:
+    if isinstance(exc, InvalidStatus):
+        return f"HTTP {exc.response.status_code}"
+    name = type(exc).__name__
+    if isinstance(exc, OSError) and exc.errno:
+        return f"{name} {errno.errorcode.get(exc.errno, exc.errno)}"
+    return name
+
+
+class IdleSockets:
+    """One load generator's share of the idle sockets, driven by the orchestrator.
+
+    Lines on stdout tell the orchestrator where it is (``warmed``, ``opened``); lines on
+    stdin tell it to go on (``open``, ``close``). End of stdin, or ``hold_timeout``
+    seconds without a word, closes everything: the process never outlives its job.
+    """
+
+    def __init__(self, job: dict[str, Any]) -> None:
+        self.job = job
+        self.socks: list[ClientConnection] = []
+        self.errors: dict[str, int] = {}
+        self.sem = asyncio.Semaphore(job.get("concurrency", 32))
+        ping = job.get("ping_interval") or None
+        self.ping_interval: float | None = ping
+        self.ping_timeout: float | None = job.get("ping_timeout") if ping else None
+
+    async def _connect(self, i: int, tag: str, deadline: float) -> ClientConnection | None:
+        job = self.job
+        name, peer = idle_name(i, tag)
+        async with self.sem:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.errors["not tried (open deadline)"] = (
+                    self.errors.get("not tried (open deadline)", 0) + 1
+                )
+                return None
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             try:
-                ws = await connect(
-                    f"{url}/ws/{prefix}{n:05d}?peer=absent{n:05d}&format=json&dialect=subagents",
+                # The port is picked at connect(), by 4-tuple, as for an unbound socket:
+                # the bench takes no port other programs on the machine could use.
+                sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+                sock.bind((source_address(i, job["per_addr"]), 0))
+                sock.setblocking(False)
+                loop = asyncio.get_running_loop()
+                await asyncio.wait_for(
+                    loop.sock_connect(sock, (job["host"], job["port"])), min(left, 30)
+                )
+                return await connect(
+                    f"{job['url']}/ws/{name}?peer={peer}&format=json&dialect=subagents",
+                    sock=sock,
                     compression="deflate" if job.get("compression") == "deflate" else None,
-                    ping_interval=None,
-                    open_timeout=30,
+                    ping_interval=self.ping_interval,
+                    ping_timeout=self.ping_timeout,
+                    open_timeout=min(left, 30),
                     close_timeout=2,
                 )
-                socks.append(ws)
-            except InvalidStatus as exc:
-                key = f"HTTP {exc.response.status_code}"
-                errors[key] = errors.get(key, 0) + 1
             except (OSError, InvalidHandshake, TimeoutError) as exc:
-                key = type(exc).__name__
-                errors[key] = errors.get(key, 0) + 1
+                sock.close()
+                key = _error_key(exc)
+                self.errors[key] = self.errors.get(key, 0) + 1
+                return None
 
-    # Warm-up: the first sockets pay one-time costs (lazy imports, caches, pools).
-    warm = min(100, count)
-    await asyncio.gather(*(open_one(n, "warm") for n in range(warm)))
-    await asyncio.gather(*(ws.close() for ws in socks), return_exceptions=True)
-    socks.clear()
-    await asyncio.sleep(1.0)
-    before = {name: proc_rss_kb(pid) for name, pid in pids.items()}
-    t = time.monotonic()
-    await asyncio.gather(*(open_one(n) for n in range(count)))
-    open_s = time.monotonic() - t
-    # Let the servers finish per-connection work (subscriptions, presence) and settle.
-    await asyncio.sleep(job.get("settle", 2.0))
-    after = {name: proc_rss_kb(pid) for name, pid in pids.items()}
-    await asyncio.sleep(job.get("hold", 1.0))
-    still_open = sum(1 for ws in socks if ws.close_code is None)
-    closed_by_server: dict[str, int] = {}
-    for ws in socks:
-        if ws.close_code is not None:
-            key = f"{ws.close_code} {ws.close_reason or ''}".strip()
-            closed_by_server[key] = closed_by_server.get(key, 0) + 1
-    close_sem = asyncio.Semaphore(256)
+    async def warm(self, count: int) -> None:
+        """The first sockets pay one-time costs (lazy imports, caches, pools)."""
+        deadline = time.monotonic() + 60
+        socks = await asyncio.gather(*(self._connect(i, "w", deadline) for i in range(count)))
+        await asyncio.gather(*(ws.close() for ws in socks if ws), return_exceptions=True)
+        self.errors.clear()
 
-    async def close(ws: ClientConnection) -> None:
-        async with close_sem:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(ws.close(), 5)
+    async def open(self) -> float:
+        job = self.job
+        first, count = job["first"], job["count"]
+        deadline = time.monotonic() + job.get("open_timeout", 120)
+        t = time.monotonic()
+        socks = await asyncio.gather(
+            *(self._connect(i, job["tag"], deadline) for i in range(first, first + count))
+        )
+        self.socks = [ws for ws in socks if ws is not None]
+        return time.monotonic() - t
 
-    await asyncio.gather(*(close(ws) for ws in socks))
-    return {
-        "count": count,
-        "opened": len(socks),
-        "still_open": still_open,
-        "closed_by_server": closed_by_server,
-        "errors": errors,
-        "open_s": open_s,
-        "rss_before_kb": before,
-        "rss_after_kb": after,
-        "nofile": limits,
-    }
+    def still_open(self) -> tuple[int, dict[str, int]]:
+        closed: dict[str, int] = {}
+        for ws in self.socks:
+            if ws.close_code is not None:
+                key = f"{ws.close_code} {ws.close_reason or ''}".strip()
+                closed[key] = closed.get(key, 0) + 1
+        return len(self.socks) - sum(closed.values()), closed
+
+    async def close(self) -> None:
+        close_sem = asyncio.Semaphore(256)
+
+        async def close(ws: ClientConnection) -> None:
+            async with close_sem:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(ws.close(), 5)
+
+        await asyncio.gather(*(close(ws) for ws in self.socks))
+
+
+def _say(event: str, **fields: Any) -> None:
+    sys.stdout.write(json.dumps({"event": event, "pid": os.getpid(), **fields}) + "\n")
+    sys.stdout.flush()
+
+
+async def _word(reader: asyncio.StreamReader, timeout: float) -> str:
+    """The orchestrator's next line: ``""`` on end of input or after ``timeout``."""
+    try:
+        line = await asyncio.wait_for(reader.readline(), timeout)
+    except TimeoutError:
+        return ""
+    return line.decode().strip()
+
+
+async def run_idle(job: dict[str, Any]) -> dict[str, Any]:
+    """Open this generator's share of idle agent sockets and hold them until told."""
+    limits = raise_nofile(job["count"] + 256)
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    idle = IdleSockets(job)
+    if job.get("warm"):
+        await idle.warm(job["warm"])
+    _say("warmed", nofile=limits)
+    result: dict[str, Any] = {"count": job["count"], "nofile": limits, "open_s": None}
+    if await _word(reader, 120) == "open":
+        result["open_s"] = await idle.open()
+        _say("opened", opened=len(idle.socks), errors=idle.errors)
+        await _word(reader, job.get("hold_timeout", 600))
+    still_open, closed = idle.still_open()
+    result.update(
+        opened=len(idle.socks),
+        still_open=still_open,
+        closed_by_server=closed,
+        errors=idle.errors,
+    )
+    await idle.close()
+    return result
 
 
 async def main_async(job: dict[str, Any]) -> dict[str, Any]:

@@ -112,6 +112,7 @@ def _idle_figures(res: dict[str, Any]) -> dict[str, Any]:
     grow_redis = res["rss_after_kb"]["redis"] - res["rss_before_kb"]["redis"]
     return {
         "server": res["server"],
+        "label": res.get("label", res["server"]),
         "compression": res.get("compression"),
         "count": res["count"],
         "opened": opened,
@@ -125,7 +126,49 @@ def _idle_figures(res: dict[str, Any]) -> dict[str, Any]:
         "redis_kb_per_conn": grow_redis / opened if opened else None,
         "alive_after": res.get("alive_after", True),
         "nofile": res["nofile"],
+        **_idle_window_figures(res),
     }
+
+
+def _idle_window_figures(res: dict[str, Any]) -> dict[str, Any]:
+    """The quiet window: CPU and Redis commands per idle socket per second."""
+    win = res.get("window")
+    opened = res["opened"]
+    out: dict[str, Any] = {
+        "ping_interval": res.get("ping_interval"),
+        "hold_s": res.get("hold_s"),
+        "loadgens": res.get("loadgens"),
+        "source_addresses": len(res.get("source_addresses") or []) or None,
+        "window_s": None,
+        "server_us_per_sock_s": None,
+        "loadgen_us_per_sock_s": None,
+        "redis_cmds_per_sock_s": None,
+        "redis_cmds_per_s": None,
+        "redis_cpu_share": None,
+        "redis_by_command": {},
+        "others_cores": None,
+    }
+    if not win or not win.get("wall_s"):
+        return out
+    wall = win["wall_s"]
+    redis = win["redis"]
+    socket_s = opened * wall
+    ours = win["server_cpu_s"] + win["redis_proc_cpu_s"] + win["loadgen_cpu_s"]
+    out.update(
+        window_s=wall,
+        server_us_per_sock_s=win["server_cpu_s"] * 1e6 / socket_s if opened else None,
+        loadgen_us_per_sock_s=win["loadgen_cpu_s"] * 1e6 / socket_s if opened else None,
+        redis_cmds_per_sock_s=redis["commands"] / socket_s if opened else None,
+        redis_cmds_per_s=redis["commands"] / wall,
+        redis_cpu_share=redis["cpu_s"] / wall,
+        redis_by_command=dict(sorted(redis["by_command"].items(), key=lambda kv: -kv[1])),
+        others_cores=_machine_figures(win.get("machine_s") or {}, ours, wall)["others_cores"],
+    )
+    return out
+
+
+def _idle_key(res: dict[str, Any]) -> str:
+    return f"{res.get('label', res['server'])}, {res['count']:,}"
 
 
 def summarise(out: dict[str, Any]) -> dict[str, Any]:
@@ -138,8 +181,7 @@ def summarise(out: dict[str, Any]) -> dict[str, Any]:
             for server, phases in per.items()
         },
         "drops": _drops(out["runs"]),
-        "idle": {
-            res.get("label", res["server"]): _idle_figures(res) for res in out.get("idle", [])
-        },
+        "idle": {_idle_key(res): _idle_figures(res) for res in out.get("idle", [])},
+        "idle_skipped": out.get("idle_skipped") or [],
         "ext": {run["server"]: run.get("extensions") for run in out["runs"]},
     }

@@ -29,6 +29,7 @@ def markdown(out: dict[str, Any]) -> str:
         _saturation_section(med, c),
         _one_pair_section(med, c),
         _idle_section(s["idle"]),
+        _idle_agents_section(s["idle"], s.get("idle_skipped") or []),
         _loss_section(med, s["drops"]),
         _load_generator_section(med),
         _machine_section(s["per_rep"]),
@@ -190,7 +191,7 @@ def targets(summary: dict[str, Any], config: dict[str, Any]) -> list[Row]:
     hub, floor = med.get("hub", {}), med.get("floor", {})
     return [
         *_relay_targets(hub, floor, config["rate"]),
-        *_idle_targets(summary["idle"]),
+        *_idle_targets(summary["idle"], summary.get("idle_skipped") or []),
         *_msgpack_targets(hub),
     ]
 
@@ -247,11 +248,17 @@ def _relay_target_caveat(
     return ""
 
 
-def _idle_targets(idle: dict[str, dict[str, Any]]) -> list[Row]:
-    """Per hub idle measurement: RSS per socket, then whether 10,000 sockets held."""
-    idle_floor = idle.get("floor")
+def _idle_targets(idle: dict[str, dict[str, Any]], skipped: list[Any]) -> list[Row]:
+    """The largest count measured: RSS per socket and whether 10,000 sockets held, per
+    hub measurement; then the scale targets (CPU, Redis commands and RSS per idle
+    socket, 100,000 sockets held a minute) for the hub with the run's client offer."""
+    if not idle:
+        return []
+    top = max(m["count"] for m in idle.values())
+    at_top = [m for m in idle.values() if m["count"] == top]
+    idle_floor = next((m for m in at_top if m["server"] == "floor"), None)
     floor_kb = idle_floor["kb_per_conn"] if idle_floor else None
-    hub = {label: m for label, m in idle.items() if m["server"] == "hub"}
+    hub = [m for m in at_top if m["server"] == "hub"]
     rss = [
         [
             f"RSS per idle connection ({m['opened']:,} sockets, client offers {m['compression']})",
@@ -261,9 +268,62 @@ def _idle_targets(idle: dict[str, dict[str, Any]]) -> list[Row]:
             "<= 16 KB",
             _verdict(m["kb_per_conn"] is not None and m["kb_per_conn"] <= 16),
         ]
-        for m in hub.values()
+        for m in hub
     ]
-    return rss + [_ten_thousand_row(label, m, idle_floor) for label, m in hub.items()]
+    rows = rss + [_ten_thousand_row(m["label"], m, idle_floor) for m in hub]
+    if hub:
+        big = [s for s in skipped if s["server"] == "hub" and s["count"] >= 100_000]
+        rows += _scale_rows(hub[0], idle_floor, big[0]["reason"] if big else "")
+    return rows
+
+
+# (label, figure, digits, limit): the scale issue's targets for idle agent sockets
+_SCALE_TARGETS = (
+    ("node CPU µs per idle socket per s", "server_us_per_sock_s", 2, 3.0),
+    ("Redis commands per idle socket per s, at rest", "redis_cmds_per_sock_s", 4, 0.01),
+    ("RSS KB per idle socket", "kb_per_conn", 1, 12.0),
+)
+
+
+def _scale_rows(m: dict[str, Any], idle_floor: dict[str, Any] | None, why_not: str) -> list[Row]:
+    rows = []
+    for label, key, digits, limit in _SCALE_TARGETS:
+        h = m.get(key)
+        f = idle_floor.get(key) if idle_floor else None
+        rows.append(
+            [
+                f"Scale: {label} ({m['opened']:,} agents, client offers {m['compression']})",
+                _f(h, digits),
+                _f(f, digits),
+                _ratio(h, f),
+                f"<= {limit:g}",
+                _verdict(None if h is None else h <= limit),
+            ]
+        )
+    held = None
+    if m["count"] >= 100_000:
+        held = (
+            m["opened"] == m["count"]
+            and m["still_open"] == m["count"]
+            and not m["errors"]
+            and not m["closed_by_server"]
+            and m["alive_after"]
+            and (m.get("hold_s") or 0) + (m.get("window_s") or 0) >= 60
+        )
+    rows.append(
+        [
+            "Scale: 100,000 idle agent sockets on one node, held a minute",
+            f"{m['still_open']:,}/{m['count']:,} open; refused: {_counts(m['errors'])}; "
+            f"closed: {_counts(m['closed_by_server'])}",
+            "",
+            "",
+            "100,000, no errors, >= 60 s",
+            _verdict(held)
+            if held is not None
+            else f"not tried (ran {m['count']:,}{'; ' + why_not if why_not else ''})",
+        ]
+    )
+    return rows
 
 
 def _ten_thousand_row(label: str, m: dict[str, Any], idle_floor: dict[str, Any] | None) -> Row:
@@ -568,7 +628,7 @@ def _idle_section(idle: dict[str, dict[str, Any]]) -> list[str]:
         return []
     rows = [
         [
-            label,
+            m["label"],
             _offer(m),
             f"{m['opened']:,}/{m['count']:,}",
             f"{m['still_open']:,}",
@@ -580,17 +640,110 @@ def _idle_section(idle: dict[str, dict[str, Any]]) -> list[str]:
             _f(m["kb_per_conn"]),
             _f(m["redis_kb_per_conn"]),
         ]
-        for label, m in idle.items()
+        for m in idle.values()
     ]
     return [
         "## Idle connections (node 1 only)",
         _table(_IDLE_COLUMNS, rows),
         "Each measurement uses a freshly started server process (node 1 of its kind, on "
-        "the same Redis), warmed with 100 sockets opened and closed. Each idle socket is "
-        "`/ws/idleN?peer=absentN` (a peer that never connects), opened 64 at a time; "
-        "RSS (`VmRSS`) is read before and 2-3 s after the last one opened. The floor "
-        "never negotiates permessage-deflate, whatever the client offers.",
+        "the same Redis), warmed with 100 sockets opened and closed. The sockets are agent "
+        "pairs watching each other (`/ws/idleA{n}?peer=idleB{n}` and "
+        "`/ws/idleB{n}?peer=idleA{n}`), opened 32 at a time per load generator; RSS "
+        "(`VmRSS`) is read before and 2-15 s after the last one opened. The floor never "
+        "negotiates permessage-deflate, whatever the client offers.",
     ]
+
+
+_IDLE_AGENT_COLUMNS = [
+    "server",
+    "client offers",
+    "sockets",
+    "opened / errors",
+    "node µs CPU /socket/s",
+    "Redis cmds /socket/s",
+    "Redis CPU %",
+    "RSS KB/socket",
+    "closed by server",
+    "loadgen µs /socket/s",
+    "other procs, cores",
+]
+
+
+def _idle_agents_section(idle: dict[str, dict[str, Any]], skipped: list[Any]) -> list[str]:
+    if not idle and not skipped:
+        return []
+    rows = [
+        [
+            m["label"],
+            _offer(m),
+            f"{m['count']:,}",
+            f"{m['opened']:,} / {_counts(m['errors'])}",
+            _f(m.get("server_us_per_sock_s"), 2),
+            _f(m.get("redis_cmds_per_sock_s"), 4),
+            _f(_pct_value(m.get("redis_cpu_share")), 1),
+            _f(m["kb_per_conn"]),
+            _counts(m["closed_by_server"]),
+            _f(m.get("loadgen_us_per_sock_s"), 2),
+            _f(m.get("others_cores"), 2),
+        ]
+        for m in idle.values()
+    ]
+    pings = sorted(
+        {m["ping_interval"] for m in idle.values() if m.get("ping_interval") is not None}
+    )
+    windows = [m["window_s"] for m in idle.values() if m.get("window_s")]
+    holds = sorted({m["hold_s"] for m in idle.values() if m.get("hold_s")})
+    when = f"A quiet window of {min(windows):.0f} s" if windows else "A quiet window"
+    when += " after the sockets settled"
+    if holds:
+        when += f" and were held {', '.join(f'{h:g}' for h in holds)} s more"
+    keepalive = ""
+    if pings:
+        keepalive = (
+            " Clients keep websockets' keepalive: "
+            + ", ".join(f"a ping every {p:g} s" if p else "no pings" for p in pings)
+            + "."
+        )
+    spread = [
+        f"{m['label']}, {m['count']:,}: {m['loadgens']} generator(s), "
+        f"{m['source_addresses']} address(es)"
+        for m in idle.values()
+        if m.get("loadgens")
+    ]
+    blocks = [
+        "## Idle agents",
+        _table(_IDLE_AGENT_COLUMNS, rows),
+        when
+        + "."
+        + keepalive
+        + " *node µs CPU*: utime+stime of the server process from `/proc/<pid>/stat` over "
+        "the window, per socket per second. *Redis cmds*: the change in "
+        "`total_commands_processed` (`INFO`) of the bench's own redis-server, less the "
+        "bench's one `INFO` in the window, per socket per second; *Redis CPU*: "
+        "`used_cpu_sys + used_cpu_user` over the window. *loadgen*: the clients' CPU (their "
+        "pings). *other procs*: cores the rest of the machine took (noise).",
+    ]
+    if spread:
+        blocks.append("Clients: " + "; ".join(spread) + " (loopback source addresses 127.0.0.x).")
+    by_command = [
+        f"{m['label']}, {m['count']:,}: "
+        + ", ".join(f"{cmd} {n:,}" for cmd, n in list(m["redis_by_command"].items())[:6])
+        for m in idle.values()
+        if m.get("redis_by_command")
+    ]
+    if by_command:
+        blocks.append("Redis commands in the window: " + "; ".join(by_command) + ".")
+    if skipped:
+        blocks.append(
+            "Not measured: "
+            + "; ".join(f"{s['label']} at {s['count']:,} sockets ({s['reason']})" for s in skipped)
+            + "."
+        )
+    return blocks
+
+
+def _pct_value(share: Any) -> float | None:
+    return None if share is None else 100 * share
 
 
 def _loss_section(med: dict[str, Any], drops: dict[str, dict[str, float]]) -> list[str]:

@@ -225,9 +225,23 @@ def idle_result(
     closed_by_server: dict[str, int] | None = None,
     alive_after: bool = True,
     rss_before_kb: int = 71782,
+    us_per_sock_s: float | None = None,
+    cmds_per_sock_s: float | None = None,
+    hold_s: float = 0.0,
 ) -> dict[str, Any]:
-    """An idle-socket job's result, with what ``cli.run`` adds to it."""
+    """An idle-socket measurement's result, with what ``cli.run`` adds to it."""
     opened = count if opened is None else opened
+    if us_per_sock_s is None:
+        us_per_sock_s = 1.6 if server == "hub" else 0.9
+    if cmds_per_sock_s is None:
+        cmds_per_sock_s = 0.75 if server == "hub" else 0.0
+    wall = 20.0
+    commands = round(cmds_per_sock_s * opened * wall)
+    by_command = (
+        {"evalsha": commands // 3, "set": commands // 3, "get": commands - 2 * (commands // 3)}
+        if commands
+        else {}
+    )
     return {
         "count": count,
         "opened": opened,
@@ -240,7 +254,30 @@ def idle_result(
             "server": rss_before_kb + round(kb_per_conn * opened),
             "redis": 9120 + opened // 9,
         },
+        "rss_end_kb": {
+            "server": rss_before_kb + round(kb_per_conn * opened) + 40,
+            "redis": 9120 + opened // 9,
+        },
         "nofile": {"soft": 20000, "hard": 20000, "wanted": count + 256},
+        "loadgens": -(-count // 20000),
+        "source_addresses": [f"127.0.0.{k + 1}" for k in range(-(-count // 20000))],
+        "ping_interval": 20.0,
+        "hold_s": hold_s,
+        "settle_s": max(2.0, min(15.0, count / 5000)),
+        "window": {
+            "wall_s": wall,
+            "server_cpu_s": us_per_sock_s * opened * wall / 1e6,
+            "redis_proc_cpu_s": 0.002 * commands / 1000,
+            "loadgen_cpu_s": 2.5 * opened * wall / 1e6,
+            "machine_s": {"user": 3.0, "nice": 0.0, "system": 1.0, "idle": 36.0, "softirq": 0.1},
+            "redis": {
+                "commands": commands,
+                "cpu_s": 0.002 * commands / 1000,
+                "by_command": by_command,
+                "keys_after": f"keys={2 * opened},expires={2 * opened},avg_ttl=7300",
+                "clients_after": 67,
+            },
+        },
         "server": server,
         "label": label,
         "compression": compression,
@@ -328,6 +365,7 @@ def header(**changes: Any) -> dict[str, Any]:
         "nofile": {"soft": 20000, "hard": 20000, "wanted": 11024, "note": ""},
         "runs": [],
         "idle": [],
+        "idle_skipped": [],
         "profiles": [],
         "logs": None,
         "hub_argv": (
@@ -501,10 +539,58 @@ def missing_figures_run() -> dict[str, Any]:
     return out
 
 
+def idle_scale_run() -> dict[str, Any]:
+    """``--idle-only --idle 2000,18000,100000 --idle-hold 40 --idle-floor-max 10000``:
+    counts side by side, the floor skipped above its cap, 100,000 past the file limit."""
+    out = header(
+        command="bushub-bench --idle-only --idle 2000,18000,100000 --idle-hold 40 "
+        "--idle-floor-max 10000",
+        config=config(idle=[2000, 18000, 100000], idle_only=True, profile_native=False),
+        elapsed_s=402.0,
+    )
+    del out["hub_argv"]
+    out["idle"] = [
+        idle_result("hub", "hub", "deflate", 2000, 12.6, hold_s=40.0),
+        idle_result("hub", "hub, no deflate", "none", 2000, 12.9, hold_s=40.0),
+        idle_result("floor", "floor", "deflate", 2000, 13.2, rss_before_kb=37580, hold_s=40.0),
+        idle_result("hub", "hub", "deflate", 18000, 12.1, hold_s=40.0, us_per_sock_s=1.4),
+        idle_result(
+            "hub",
+            "hub, no deflate",
+            "none",
+            18000,
+            12.3,
+            hold_s=40.0,
+            still_open=17990,
+            closed_by_server={"1011 keepalive ping timeout": 10},
+        ),
+    ]
+    out["idle_skipped"] = [
+        {
+            "server": "floor",
+            "label": "floor",
+            "count": 18000,
+            "reason": "above --idle-floor-max 10,000",
+        },
+        *(
+            {
+                "server": kind,
+                "label": label,
+                "count": 100000,
+                "reason": "RLIMIT_NOFILE hard limit 20000 is below the 100,256 descriptors one "
+                "server process needs for these sockets",
+            }
+            for kind, label in (("hub", "hub"), ("hub", "hub, no deflate"), ("floor", "floor"))
+        ),
+    ]
+    return out
+
+
 SCENARIOS = {
     "full": full_run,
     "quick_noisy": quick_noisy_run,
     "idle_only": idle_only_run,
     "profile_only": profile_only_run,
     "missing_figures": missing_figures_run,
+    "idle_scale": idle_scale_run,
 }
