@@ -10,6 +10,7 @@ from typing import Any
 import uvicorn
 
 from bushub.app import create_app
+from bushub.fdlimit import raise_fd_limit
 from bushub.handshake import HandshakeGuard, guarded
 from bushub.hub import Hub
 from bushub.logs import configure_logging
@@ -87,6 +88,7 @@ def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Co
 def serve(settings: Settings) -> None:
     """Run one node until signalled."""
     configure_logging(settings.log_level, settings.log_format)
+    raise_fd_limit(settings.max_connections)
     app = create_app(settings)
     DrainingServer(uvicorn_config(app, settings), settings, app.state.hub).run()
 

@@ -67,3 +67,38 @@ class FdWatch:
             open_fds() or f">{fd}",
             limit,
         )
+
+
+# Descriptors a node needs beside its sockets: the listening socket, Redis
+# connections (a pool of up to 64, plus per-shard ones), logs, the event loop's own.
+RESERVED_FDS = 256
+
+
+def raise_fd_limit(max_connections: int) -> None:
+    """Raise the soft descriptor limit as far as the hard limit allows, for
+    ``max_connections`` sockets; say at start-up when even that is too low.
+
+    A node at its limit answers nothing, so this is checked before serving rather
+    than found out under load.
+    """
+    wanted = max_connections + RESERVED_FDS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    ceiling = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < ceiling:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (ceiling, hard))
+            log.info("file descriptor limit raised from %d to %d", soft, ceiling)
+            soft = ceiling
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the file descriptor limit from %d: %s", soft, exc)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        log.warning(
+            "--max-connections %d needs about %d file descriptors, but the limit is %d "
+            "(hard limit %s): at most about %d sockets will be taken; raise the hard "
+            "limit (ulimit -Hn, systemd LimitNOFILE, docker --ulimit nofile)",
+            max_connections,
+            wanted,
+            soft,
+            "unlimited" if hard == resource.RLIM_INFINITY else hard,
+            max(0, soft - RESERVED_FDS),
+        )
