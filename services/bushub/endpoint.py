@@ -185,8 +185,10 @@ async def _refuse(websocket: WebSocket, hub: Hub, refusal: Refusal) -> None:
     """Answer the handshake with an HTTP status, before any upgrade."""
     hub.metrics.connections_refused.labels(refusal.reason).inc()
     log.info("refused %s: %s", websocket.url.path, refusal.reason)
+    # 503s are all "not now": say when to try again (clients add their own jitter).
+    headers = {"Retry-After": "1"} if refusal.status == 503 else None
     await websocket.send_denial_response(
-        PlainTextResponse(_STATUS_TEXT.get(refusal.status, "refused"), refusal.status)
+        PlainTextResponse(_STATUS_TEXT.get(refusal.status, "refused"), refusal.status, headers)
     )
 
 
@@ -213,6 +215,10 @@ def admit(websocket: WebSocket, hub: Hub, verifier: TokenVerifier, agent: str) -
         raise Refusal(503, "not_ready")
     if hub.connection_count >= settings.max_connections:
         raise Refusal(503, "over_capacity")
+    if not hub.handshakes.take():
+        # A reconnect storm (a node died and its clients come here): the sockets
+        # already open keep their latency, the rest retry after backing off.
+        raise Refusal(503, "accept_rate")
     try:
         grant = verifier.verify(_bearer_token(websocket))
     except AuthError as exc:

@@ -27,6 +27,7 @@ from bushub.brokerhealth import BrokerHealth
 from bushub.closecodes import CloseCode
 from bushub.connection import Connection
 from bushub.heartbeat import Heartbeat
+from bushub.limits import TokenBucket
 from bushub.metrics import Metrics
 from bushub.outbound import Outbound
 from bushub.presence import PRESENCE_PREFIX, Presence
@@ -62,6 +63,8 @@ class Hub:
     def __init__(self, settings: Settings, broker: Broker, metrics: Metrics) -> None:
         self.settings = settings
         self.node_id = settings.node_id
+        # Handshakes this node takes per second (``--accept-rate``).
+        self.handshakes = TokenBucket(settings.accept_rate)
         self.broker = broker
         self.metrics = metrics
         self.draining = False

@@ -135,6 +135,13 @@ class Settings:
     max_connections: int = field(
         default=20_000, metadata={"help": "sockets one node accepts before refusing (HTTP 503)"}
     )
+    accept_rate: float = field(
+        default=2000.0,
+        metadata={
+            "help": "WebSocket handshakes per second one node takes (burst: one second's "
+            "worth); past it HTTP 503 with Retry-After, and clients back off; 0 = no limit"
+        },
+    )
     allowed_origins: str = field(
         default="",
         metadata={"help": "comma-separated Origin values browsers may connect from; empty = any"},
@@ -200,7 +207,7 @@ class Settings:
             raise SettingsError("queue-bytes: must be >= max-message-bytes")
         if not self.node_id or any(ch.isspace() for ch in self.node_id):
             raise SettingsError("node-id: must be non-empty with no whitespace")
-        for name in ("rate_messages", "rate_bytes", "jwt_leeway", "keepalive"):
+        for name in ("rate_messages", "rate_bytes", "jwt_leeway", "keepalive", "accept_rate"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{name.replace('_', '-')}: must be >= 0")
         if self.max_connections < 1:

@@ -28,6 +28,7 @@ ALLOWED_ORIGINS = ("https://app.example.com", "https://admin.example.com")
 CUSTOM_TYPE = "myapp.bus.CustomMessage"
 CUSTOM_PREFIX = "myapp.types."
 MAX_CONNECTIONS = 2
+ACCEPT_RATE = 5
 
 
 def _track(hub: SecureHub) -> None:
@@ -137,6 +138,14 @@ def ops_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureHub]:
 def cap_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureHub]:
     """A node that takes at most ``MAX_CONNECTIONS`` sockets."""
     hub = _start(tmp_path_factory, "cap", "--max-connections", str(MAX_CONNECTIONS))
+    yield hub
+    _stop(hub)
+
+
+@pytest.fixture
+def rate_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureHub]:
+    """A node that takes at most ``ACCEPT_RATE`` handshakes per second."""
+    hub = _start(tmp_path_factory, "rate", "--accept-rate", str(ACCEPT_RATE))
     yield hub
     _stop(hub)
 

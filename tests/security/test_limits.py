@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
 from tests.integration.procs import TIMEOUT
 from tests.security.conftest import (
+    ACCEPT_RATE,
     ALLOWED_ORIGINS,
     MAX_CONNECTIONS,
     MAX_MESSAGE_BYTES,
@@ -32,6 +34,7 @@ from tests.security.helpers import (
     token,
     wait_for_metric,
     wait_idle,
+    ws_url,
 )
 from tests.support.messages import encode
 from tests.support.reports import register_log
@@ -212,3 +215,30 @@ async def test_a_message_rate_under_one_per_second_still_lets_messages_through(
         await receiver.close()
     finally:
         hub.stop()
+
+
+async def test_handshakes_past_the_accept_rate_get_503_with_retry_after(
+    rate_hub: SecureHub,
+) -> None:
+    """A burst of handshakes (a reconnect storm): one second's worth is taken, the rest
+    is told to come back; those that do, a second later, are taken."""
+    statuses: list[int] = []
+    retry_after: set[str | None] = set()
+    held = []
+    for n in range(3 * ACCEPT_RATE):
+        try:
+            held.append(await connect(ws_url(rate_hub, f"storm-{n}"), open_timeout=TIMEOUT))
+            statuses.append(101)
+        except InvalidStatus as exc:
+            statuses.append(exc.response.status_code)
+            retry_after.add(exc.response.headers.get("Retry-After"))
+    try:
+        assert statuses.count(101) <= ACCEPT_RATE + 1  # the burst, and what refilled
+        assert statuses.count(101) >= ACCEPT_RATE - 1
+        assert set(statuses) == {101, 503}
+        assert retry_after == {"1"}
+        assert rate_hub.refused("accept_rate") == statuses.count(503)
+        await asyncio.sleep(1.0)
+        await assert_accepted(rate_hub, "storm-later")
+    finally:
+        await asyncio.gather(*(ws.close() for ws in held))
