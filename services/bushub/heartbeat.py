@@ -87,16 +87,16 @@ class Heartbeat:
         that the node is ready again soon after Redis relents."""
         loop = asyncio.get_running_loop()
         last = loop.time()
-        # Woken this often at least: a refusal met elsewhere (a claim, a publish)
-        # shortens the wait already under way.
-        tick = min(REFUSED_RETRY, self._settings.presence_refresh)
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._now.wait(), tick)
             period = self._settings.presence_refresh
             if self._health.problem is not None:
                 period = min(period, REFUSED_RETRY)
-            if not self._now.is_set() and loop.time() - last < period:
+            due = last + period - loop.time()
+            if due > 0 and not self._now.is_set():
+                # Woken every REFUSED_RETRY at least: a refusal met elsewhere (a
+                # claim, a publish) shortens the wait already under way.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._now.wait(), min(due, REFUSED_RETRY))
                 continue
             self._now.clear()
             last = loop.time()
