@@ -26,8 +26,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from busclient.reconnecting import ReconnectPolicy
-
 from busbench import idle, report, storm
 from busbench.payloads import (
     FORMATS,
@@ -44,6 +42,7 @@ from busbench.procs import (
     tcp_open,
     wait_until,
 )
+from busclient.reconnecting import ReconnectPolicy
 
 MACHINE_NOTE = (
     "2 shared cores, noisy (other engineers' test runs share them): compare ratios "

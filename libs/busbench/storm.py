@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from busclient.reconnecting import ReconnectPolicy
-
 from busbench.idle import (
     Generator,
     IdlePlan,
@@ -34,6 +32,7 @@ from busbench.idle import (
 from busbench.loadgen import machine_times
 from busbench.procs import Child, metric_value
 from busbench.stormclient import OPEN_TIMEOUT
+from busclient.reconnecting import ReconnectPolicy
 
 
 def proxy_policy() -> dict[str, Any]:
@@ -151,9 +150,7 @@ def measure(
         opened = sum(e["opened"] for g in gens for e in g.events if e["event"] == "opened")
         log(f"  {opened:,}/{plan.count:,} open on {doomed.name}; settle {iplan.settle:.0f} s")
         time.sleep(iplan.settle)
-        before = {
-            s.name: metric_value(s.port, "bushub_connections") for s in [doomed, *survivors]
-        }
+        before = {s.name: metric_value(s.port, "bushub_connections") for s in [doomed, *survivors]}
         info_all0 = info.read("all")
         samples.append(_sample(info, pids, gens))
         t_kill = time.monotonic()
@@ -179,7 +176,10 @@ def measure(
                 pump(waiting, next_tick - now)
                 if t_restored is None and all(said(g, "restored") for g in gens):
                     t_restored = time.monotonic()
-                    log(f"  every client back or given up {t_restored - t_kill:.1f} s after the kill")
+                    log(
+                        f"  every client back or given up {t_restored - t_kill:.1f} s "
+                        "after the kill"
+                    )
             else:
                 time.sleep(max(0.0, next_tick - now))
         doomed.proc.wait(10)

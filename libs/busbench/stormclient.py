@@ -23,11 +23,11 @@ import sys
 import time
 from typing import Any
 
-from busclient.reconnecting import ReconnectPolicy, describe_close, describe_failure
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from busbench.loadgen import IdleSockets, _error_key, _say, _word, idle_name, raise_nofile
+from busclient.reconnecting import ReconnectPolicy, describe_close, describe_failure
 
 # The reconnecting proxies' default handshake timeout (``ReconnectingLink.open_timeout``).
 OPEN_TIMEOUT = 10.0
@@ -154,9 +154,7 @@ class StormSockets(IdleSockets):
         attempt = 0
         while True:
             attempt += 1
-            decision = self.policy.decide(
-                disconnect, attempt, time.monotonic() - outage, self.rng
-            )
+            decision = self.policy.decide(disconnect, attempt, time.monotonic() - outage, self.rng)
             if not decision.retry:
                 key = give_up_key(self.policy, disconnect)
                 self.gave_up[key] = self.gave_up.get(key, 0) + 1
@@ -197,9 +195,7 @@ class StormSockets(IdleSockets):
         still_open = sum(
             1
             for j in self.opened
-            if self.est[j] is not None
-            and (ws := self.ws[j]) is not None
-            and ws.close_code is None
+            if self.est[j] is not None and (ws := self.ws[j]) is not None and ws.close_code is None
         )
         return {
             "opened": len(self.opened),

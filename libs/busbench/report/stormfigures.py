@@ -4,6 +4,7 @@ Pure functions of ``busbench.storm.measure``'s result. Times are seconds from th
 SIGKILL (the clients' ``time.monotonic()`` less the orchestrator's at the kill).
 """
 
+import itertools
 from typing import Any
 
 TARGET_S = 10.0  # the scale issue's "re-established within 10 s of the kill"
@@ -55,7 +56,7 @@ def interval_rates(
 ) -> list[float]:
     """Per-second rates between consecutive (time, counter) samples, ``ours`` left out."""
     out = []
-    for (t0, v0), (t1, v1) in zip(samples, samples[1:], strict=False):
+    for (t0, v0), (t1, v1) in itertools.pairwise(samples):
         if t1 > t0:
             out.append(max(0.0, v1 - v0 - ours_per_interval) / (t1 - t0))
     return out
