@@ -16,6 +16,7 @@ from busbench.report.stormfigures import (
 )
 from busbench.storm import StormPlan, proxy_policy
 from busbench.stormclient import give_up_key, policy_of
+
 from busclient.reconnecting import Disconnect, ReconnectPolicy
 
 
