@@ -491,6 +491,10 @@ def source_address(i: int, per_addr: int) -> str:
     return f"127.0.0.{k}"
 
 
+class ConnectTimeout(TimeoutError):
+    """The TCP connection itself was not made in time (SYNs unanswered: a full backlog)."""
+
+
 def _error_key(exc: BaseException) -> str:
     if isinstance(exc, InvalidStatus):
         return f"HTTP {exc.response.status_code}"
@@ -535,7 +539,10 @@ class IdleSockets:
                 return None
 
     async def dial(self, i: int, tag: str, url: str, port: int, timeout: float) -> ClientConnection:
-        """Open socket ``i`` (its name, its peer, its source address) to ``url``; raises."""
+        """Open socket ``i`` (its name, its peer, its source address) to ``url``; raises.
+
+        ``timeout`` bounds the TCP connection and the upgrade together; a TCP connection
+        not made in time raises ``ConnectTimeout``."""
         job = self.job
         name, peer = idle_name(i, tag, self.prefix)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -546,7 +553,12 @@ class IdleSockets:
             sock.bind((source_address(i, job["per_addr"]), 0))
             sock.setblocking(False)
             loop = asyncio.get_running_loop()
-            await asyncio.wait_for(loop.sock_connect(sock, (job["host"], port)), timeout)
+            start = time.monotonic()
+            try:
+                await asyncio.wait_for(loop.sock_connect(sock, (job["host"], port)), timeout)
+            except TimeoutError:
+                raise ConnectTimeout from None
+            timeout = max(0.001, timeout - (time.monotonic() - start))
             return await connect(
                 f"{url}/ws/{name}?peer={peer}&format=json&dialect=subagents",
                 sock=sock,

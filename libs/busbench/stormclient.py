@@ -166,7 +166,7 @@ class StormSockets(IdleSockets):
             self.attempts[j] += 1
             try:
                 ws = await asyncio.wait_for(
-                    self.dial(i, self.job["tag"], url, port, OPEN_TIMEOUT), OPEN_TIMEOUT
+                    self.dial(i, self.job["tag"], url, port, OPEN_TIMEOUT), OPEN_TIMEOUT + 1
                 )
             except DIAL_ERRORS as exc:
                 disconnect = describe_failure(exc)
