@@ -26,7 +26,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from busbench import idle, report
+from busbench import idle, report, storm
 from busbench.payloads import (
     FORMATS,
     PAYLOADS,
@@ -42,6 +42,7 @@ from busbench.procs import (
     tcp_open,
     wait_until,
 )
+from busclient.reconnecting import ReconnectPolicy
 
 MACHINE_NOTE = (
     "2 shared cores, noisy (other engineers' test runs share them): compare ratios "
@@ -116,6 +117,62 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=20000,
         help="measure the floor relay idle only up to this many sockets",
     )
+    p.add_argument(
+        "--storm",
+        type=lambda t: int(t.replace("_", "")),
+        nargs="?",
+        const=19_000,
+        default=0,
+        help="reconnect storm: N agent sockets on node 1 of three, node 1 SIGKILLed, the "
+        "clients back through the two survivors with the reconnecting proxies' backoff "
+        "(N even; given alone, 19,000: one process holds at most ~19,700 sockets here)",
+    )
+    p.add_argument("--storm-only", action="store_true", help="only the reconnect storm")
+    policy = ReconnectPolicy()
+    p.add_argument(
+        "--storm-deadline",
+        type=float,
+        default=policy.max_elapsed,
+        help="seconds a client keeps trying before giving up (the proxies' max_elapsed)",
+    )
+    p.add_argument(
+        "--storm-initial-delay",
+        type=float,
+        default=policy.initial_delay,
+        help="the first backoff ceiling, s (the proxies' initial_delay)",
+    )
+    p.add_argument(
+        "--storm-max-delay",
+        type=float,
+        default=policy.max_delay,
+        help="the backoff's cap, s (the proxies' max_delay)",
+    )
+    p.add_argument(
+        "--storm-jitter",
+        type=float,
+        default=policy.jitter,
+        help="backoff jitter: each wait is its ceiling times a random factor in "
+        "(1 - jitter, 1]; 1 is full jitter (the proxies' jitter)",
+    )
+    p.add_argument(
+        "--storm-pick",
+        choices=("alternate", "random"),
+        default="alternate",
+        help="how a client picks a survivor, standing in for the load balancer: by its "
+        "index (pairs split across the survivors) or at random on each attempt",
+    )
+    p.add_argument(
+        "--storm-per-loadgen",
+        type=int,
+        default=10_000,
+        help="storm sockets per load-generator process",
+    )
+    p.add_argument(
+        "--storm-settle",
+        type=float,
+        default=5.0,
+        help="seconds after the last client is back before the sockets are counted",
+    )
     p.add_argument("--profile-only", action="store_true", help="only the py-spy profile")
     p.add_argument(
         "--compression",
@@ -169,6 +226,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--idle-per-addr must be within 1..28000, --idle-per-loadgen >= 2")
     if args.idle and max(args.idle) > 254 * args.idle_per_addr:
         p.error("--idle: more than 254 source addresses needed; raise --idle-per-addr")
+    if args.storm < 0 or args.storm % 2:
+        p.error("--storm must be even (agent pairs) and >= 0")
+    if args.storm_only and not args.storm:
+        args.storm = 19_000
+    if args.storm_per_loadgen < 2 or args.storm_deadline <= 0 or not 0 <= args.storm_jitter <= 1:
+        p.error("--storm-per-loadgen >= 2, --storm-deadline > 0, --storm-jitter within 0..1")
+    if not 0 <= args.storm_initial_delay <= args.storm_max_delay:
+        p.error("need 0 <= --storm-initial-delay <= --storm-max-delay")
     if args.reps < 1:
         p.error("--reps must be >= 1")
     combos = [c.strip() for c in args.payloads.split(",") if c.strip()]
@@ -455,7 +520,7 @@ def find_pyspy() -> str | None:
 
 def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     started = time.monotonic()
-    nofile = raise_nofile(max(max(args.idle, default=0) + idle.FD_MARGIN, 4096))
+    nofile = raise_nofile(max(max([*args.idle, args.storm]) + idle.FD_MARGIN, 4096))
     work = Path(tempfile.mkdtemp(prefix="bushub-bench-"))
     procs = Procs(work)
     jobs = Jobs(args)
@@ -478,6 +543,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         "runs": [],
         "idle": [],
         "idle_skipped": [],
+        "storm": [],
         "profiles": [],
         "logs": str(work),
     }
@@ -485,12 +551,14 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     try:
         redis = procs.redis()
         extra = shlex.split(args.hub_args)
-        if not args.idle_only:
+        if not args.idle_only and not args.storm_only:
             _relay_runs(args, jobs, procs, redis, extra, work, out, pyspy)
         # The relay nodes are stopped by now: the idle windows count every command
         # Redis serves and must see the idle server alone.
-        if args.idle and not args.profile_only:
+        if args.idle and not args.profile_only and not args.storm_only:
             _idle_runs(args, procs, redis, extra, work, out)
+        if args.storm and not args.profile_only and not args.idle_only:
+            _storm_run(args, procs, extra, work, out)
         if not redis.alive:
             raise RuntimeError(f"redis died during the run:\n{redis.log_tail()}")
         ok = True
@@ -627,6 +695,51 @@ def _idle_runs(
                 result["hub_argv"] = shlex.join(node.argv)
             out["idle"].append(result)
             procs.stop(node)
+
+
+def _storm_run(
+    args: argparse.Namespace, procs: Procs, extra: list[str], work: Path, out: dict[str, Any]
+) -> None:
+    """Three fresh hub nodes on a fresh Redis; node 1 holds the sockets and is killed."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    plan = storm.StormPlan(
+        count=args.storm,
+        per_loadgen=min(args.storm_per_loadgen, max(2, soft - idle.FD_MARGIN)),
+        per_addr=args.idle_per_addr,
+        compression=args.compression,
+        ping=args.idle_ping,
+        pick=args.storm_pick,
+        policy={
+            **storm.proxy_policy(),
+            "initial_delay": args.storm_initial_delay,
+            "max_delay": args.storm_max_delay,
+            "jitter": args.storm_jitter,
+            "max_elapsed": args.storm_deadline,
+        },
+        settle=args.storm_settle,
+    )
+    reason = idle.fd_shortfall(plan.idle_plan())
+    if reason:
+        log(f"reconnect storm: {plan.count:,} skipped: {reason}")
+        out["storm_skipped"] = reason
+        return
+    # A Redis of its own: the storm's Redis figures see only the storm.
+    redis = procs.redis()
+    redis_url = f"redis://127.0.0.1:{redis.port}/0"
+    cap = ["--max-connections", str(max(20_000, plan.count + 100))]
+    nodes = [procs.hub(f"n{k}", redis_url, cap + extra) for k in (1, 2, 3)]
+    for node in nodes:
+        wait_until(lambda c=node: http_ready(c.port), 30, node, "/readyz 200")
+    log(
+        f"reconnect storm: {plan.count:,} sockets on n1 ({len(plan.idle_plan().shares())} "
+        "load generator(s)), then SIGKILL n1"
+    )
+    result = storm.measure(plan, nodes[0], nodes[1:], (redis.pid, redis.port), work, log)
+    result["hub_argv"] = shlex.join(nodes[1].argv)
+    result["redis_alive"] = redis.alive
+    out["storm"].append(result)
+    for child in (*nodes, redis):
+        procs.stop(child)
 
 
 def _drops(kind: str, n1: Any, n2: Any) -> dict[str, float]:

@@ -97,9 +97,9 @@ class RedisInfo:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
         self.calls = 0
 
-    def read(self) -> dict[str, str]:
-        """``INFO all`` as a flat dict (one command on this connection)."""
-        self.sock.sendall(b"INFO all\r\n")
+    def read(self, section: str = "all") -> dict[str, str]:
+        """``INFO <section>`` as a flat dict (one command on this connection)."""
+        self.sock.sendall(b"INFO " + section.encode() + b"\r\n")
         self.calls += 1
         buf = b""
         while b"\r\n" not in buf:
@@ -180,9 +180,17 @@ class Generator:
             pass
 
 
-def _spawn(plan: IdlePlan, url: str, k: int, share: tuple[int, int], work: Path) -> Generator:
+def _spawn(
+    plan: IdlePlan,
+    url: str,
+    k: int,
+    share: tuple[int, int],
+    work: Path,
+    more: dict[str, Any] | None = None,
+) -> Generator:
+    """Start load generator ``k`` on its share; ``more`` adds to (or overrides) its job."""
     host, _, port = url.removeprefix("ws://").partition(":")
-    job = {
+    job: dict[str, Any] = {
         "kind": "idle",
         "url": url,
         "host": host,
@@ -198,8 +206,9 @@ def _spawn(plan: IdlePlan, url: str, k: int, share: tuple[int, int], work: Path)
         "open_timeout": plan.open_timeout,
         "warm": 100 if k == 0 else 0,
         "hold_timeout": plan.hold + plan.window + plan.settle + 300,
+        **(more or {}),
     }
-    label = f"idle{plan.tag}-{k}"
+    label = f"{job['kind']}{plan.tag}-{k}"
     job_path, result_path = work / f"job-{label}.json", work / f"result-{label}.json"
     job_path.write_text(json.dumps(job))
     with open(work / f"loadgen-{label}.log", "wb") as err:
@@ -213,29 +222,39 @@ def _spawn(plan: IdlePlan, url: str, k: int, share: tuple[int, int], work: Path)
     return Generator(proc, result_path, share)
 
 
+def pump(gens: list[Generator], timeout: float) -> None:
+    """Read what the generators said within ``timeout`` s; raises on one that exits."""
+    fds = {g.proc.stdout.fileno(): g for g in gens if g.proc.stdout is not None}
+    ready, _, _ = select.select(list(fds), [], [], max(0.0, timeout))
+    for fd in ready:
+        g = fds[fd]
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            g.proc.wait(10)
+            raise RuntimeError(f"load generator {g.share} exited ({g.proc.returncode})")
+        g.buf += chunk
+        while b"\n" in g.buf:
+            line, _, g.buf = g.buf.partition(b"\n")
+            g.events.append(json.loads(line))
+
+
+def said(g: Generator, event: str) -> bool:
+    return any(e["event"] == event for e in g.events)
+
+
 def _await_event(gens: list[Generator], event: str, timeout: float) -> None:
     """Until every generator has said ``event``; raises on a generator that exits."""
     deadline = time.monotonic() + timeout
-    waiting = [g for g in gens if not any(e["event"] == event for e in g.events)]
+    waiting = [g for g in gens if not said(g, event)]
     while waiting:
         left = deadline - time.monotonic()
         if left <= 0:
             raise TimeoutError(f"{len(waiting)} load generator(s) did not say {event!r}")
-        fds = {g.proc.stdout.fileno(): g for g in waiting if g.proc.stdout is not None}
-        ready, _, _ = select.select(list(fds), [], [], min(left, 1.0))
-        for fd in ready:
-            g = fds[fd]
-            chunk = os.read(fd, 1 << 16)
-            if not chunk:
-                g.proc.wait(10)
-                raise RuntimeError(
-                    f"load generator {g.share} exited ({g.proc.returncode}) before {event!r}"
-                )
-            g.buf += chunk
-            while b"\n" in g.buf:
-                line, _, g.buf = g.buf.partition(b"\n")
-                g.events.append(json.loads(line))
-        waiting = [g for g in waiting if not any(e["event"] == event for e in g.events)]
+        try:
+            pump(waiting, min(left, 1.0))
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc} before {event!r}") from None
+        waiting = [g for g in waiting if not said(g, event)]
 
 
 def _cpu_s(pid: int) -> float:

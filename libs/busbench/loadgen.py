@@ -473,11 +473,11 @@ def percentiles(sorted_ns: list[int]) -> dict[str, float] | None:
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 
 
-def idle_name(i: int, tag: str) -> tuple[str, str]:
+def idle_name(i: int, tag: str, prefix: str = "idle") -> tuple[str, str]:
     """Socket ``i`` of an idle job: (its agent name, its peer). Sockets 2n and 2n+1 are
-    the pair ``idleA{n}``/``idleB{n}``, each watching the other."""
+    the pair ``idleA{n}``/``idleB{n}`` (``{prefix}A{n}``...), each watching the other."""
     n, side = divmod(i, 2)
-    a, b = f"idleA{n}{tag}", f"idleB{n}{tag}"
+    a, b = f"{prefix}A{n}{tag}", f"{prefix}B{n}{tag}"
     return (a, b) if side == 0 else (b, a)
 
 
@@ -489,6 +489,10 @@ def source_address(i: int, per_addr: int) -> str:
     if k > 254:
         raise ValueError(f"socket {i}: more than 254 source addresses at {per_addr} each")
     return f"127.0.0.{k}"
+
+
+class ConnectTimeout(TimeoutError):
+    """The TCP connection itself was not made in time (SYNs unanswered: a full backlog)."""
 
 
 def _error_key(exc: BaseException) -> str:
@@ -513,13 +517,13 @@ class IdleSockets:
         self.socks: list[ClientConnection] = []
         self.errors: dict[str, int] = {}
         self.sem = asyncio.Semaphore(job.get("concurrency", 32))
+        self.prefix: str = job.get("prefix", "idle")
         ping = job.get("ping_interval") or None
         self.ping_interval: float | None = ping
         self.ping_timeout: float | None = job.get("ping_timeout") if ping else None
 
     async def _connect(self, i: int, tag: str, deadline: float) -> ClientConnection | None:
         job = self.job
-        name, peer = idle_name(i, tag)
         async with self.sem:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -527,31 +531,46 @@ class IdleSockets:
                     self.errors.get("not tried (open deadline)", 0) + 1
                 )
                 return None
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             try:
-                # The port is picked at connect(), by 4-tuple, as for an unbound socket:
-                # the bench takes no port other programs on the machine could use.
-                sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
-                sock.bind((source_address(i, job["per_addr"]), 0))
-                sock.setblocking(False)
-                loop = asyncio.get_running_loop()
-                await asyncio.wait_for(
-                    loop.sock_connect(sock, (job["host"], job["port"])), min(left, 30)
-                )
-                return await connect(
-                    f"{job['url']}/ws/{name}?peer={peer}&format=json&dialect=subagents",
-                    sock=sock,
-                    compression="deflate" if job.get("compression") == "deflate" else None,
-                    ping_interval=self.ping_interval,
-                    ping_timeout=self.ping_timeout,
-                    open_timeout=min(left, 30),
-                    close_timeout=2,
-                )
+                return await self.dial(i, tag, job["url"], job["port"], min(left, 30))
             except (OSError, InvalidHandshake, TimeoutError) as exc:
-                sock.close()
                 key = _error_key(exc)
                 self.errors[key] = self.errors.get(key, 0) + 1
                 return None
+
+    async def dial(self, i: int, tag: str, url: str, port: int, timeout: float) -> ClientConnection:
+        """Open socket ``i`` (its name, its peer, its source address) to ``url``; raises.
+
+        ``timeout`` bounds the TCP connection and the upgrade together; a TCP connection
+        not made in time raises ``ConnectTimeout``."""
+        job = self.job
+        name, peer = idle_name(i, tag, self.prefix)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            # The port is picked at connect(), by 4-tuple, as for an unbound socket:
+            # the bench takes no port other programs on the machine could use.
+            sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+            sock.bind((source_address(i, job["per_addr"]), 0))
+            sock.setblocking(False)
+            loop = asyncio.get_running_loop()
+            start = time.monotonic()
+            try:
+                await asyncio.wait_for(loop.sock_connect(sock, (job["host"], port)), timeout)
+            except TimeoutError:
+                raise ConnectTimeout from None
+            timeout = max(0.001, timeout - (time.monotonic() - start))
+            return await connect(
+                f"{url}/ws/{name}?peer={peer}&format=json&dialect=subagents",
+                sock=sock,
+                compression="deflate" if job.get("compression") == "deflate" else None,
+                ping_interval=self.ping_interval,
+                ping_timeout=self.ping_timeout,
+                open_timeout=timeout,
+                close_timeout=2,
+            )
+        except BaseException:
+            sock.close()
+            raise
 
     async def warm(self, count: int) -> None:
         """The first sockets pay one-time costs (lazy imports, caches, pools)."""
@@ -633,6 +652,10 @@ async def run_idle(job: dict[str, Any]) -> dict[str, Any]:
 async def main_async(job: dict[str, Any]) -> dict[str, Any]:
     if job["kind"] == "idle":
         return await run_idle(job)
+    if job["kind"] == "storm":
+        from busbench.stormclient import run_storm
+
+        return await run_storm(job)
     raise_nofile(4096)
     return await PairsRun(job).run()
 

@@ -229,3 +229,18 @@ def dropped_counters(port: int) -> dict[str, float]:
             reason = labels.split('reason="', 1)[-1].split('"', 1)[0]
             out[reason] = out.get(reason, 0.0) + float(value)
     return out
+
+
+def metric_value(port: int, name: str) -> float | None:
+    """One unlabelled gauge or counter from a hub's /metrics; None when unreadable."""
+    try:
+        status, body = http_get(port, "/metrics")
+    except OSError:
+        return None
+    if status != 200:
+        return None
+    for line in body.decode(errors="replace").splitlines():
+        key, _, value = line.partition(" ")
+        if key == name:
+            return float(value)
+    return None

@@ -3,6 +3,8 @@
 import statistics
 from typing import Any
 
+from busbench.report.stormfigures import storm_figures
+
 SERVER_PROCS = ("node1", "node2")
 ERROR_KEYS = ("lost", "duplicate", "corrupt", "late", "unexpected", "bad_request", "closed")
 
@@ -174,6 +176,11 @@ def _idle_key(res: dict[str, Any]) -> str:
 def summarise(out: dict[str, Any]) -> dict[str, Any]:
     """Per server and phase: per-repetition figures, medians, summed error counts."""
     per = _figures_per_rep(out["runs"])
+    storm: dict[str, Any] = {}
+    if out.get("storm"):
+        storm["storm"] = [storm_figures(res) for res in out["storm"]]
+    if out.get("storm_skipped"):
+        storm["storm_skipped"] = out["storm_skipped"]
     return {
         "per_rep": per,
         "medians": {
@@ -184,4 +191,5 @@ def summarise(out: dict[str, Any]) -> dict[str, Any]:
         "idle": {_idle_key(res): _idle_figures(res) for res in out.get("idle", [])},
         "idle_skipped": out.get("idle_skipped") or [],
         "ext": {run["server"]: run.get("extensions") for run in out["runs"]},
+        **storm,
     }

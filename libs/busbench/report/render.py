@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from busbench.report.figures import ERROR_KEYS, phase_figures
+from busbench.report.stormfigures import TARGET_COUNT, TARGET_S
 
 LOADGEN_SATURATED = 0.85
 SERVER_LABEL = {
@@ -30,6 +31,7 @@ def markdown(out: dict[str, Any]) -> str:
         _one_pair_section(med, c),
         _idle_section(s["idle"]),
         _idle_agents_section(s["idle"], s.get("idle_skipped") or []),
+        _storm_section(s.get("storm") or [], s.get("storm_skipped")),
         _loss_section(med, s["drops"]),
         _load_generator_section(med),
         _machine_section(s["per_rep"]),
@@ -193,6 +195,7 @@ def targets(summary: dict[str, Any], config: dict[str, Any]) -> list[Row]:
         *_relay_targets(hub, floor, config["rate"]),
         *_idle_targets(summary["idle"], summary.get("idle_skipped") or []),
         *_msgpack_targets(hub),
+        *_storm_targets(summary.get("storm") or []),
     ]
 
 
@@ -739,6 +742,148 @@ def _idle_agents_section(idle: dict[str, dict[str, Any]], skipped: list[Any]) ->
             + "; ".join(f"{s['label']} at {s['count']:,} sockets ({s['reason']})" for s in skipped)
             + "."
         )
+    return blocks
+
+
+# ---- the reconnect storm ---------------------------------------------------------
+
+
+def _storm_targets(storms: list[dict[str, Any]]) -> list[Row]:
+    rows = []
+    for m in storms:
+        verdict = _verdict(m["met"])
+        if m["count"] < TARGET_COUNT:
+            verdict = (
+                f"{'met' if m['met'] else 'not met'} at {m['count']:,} ({TARGET_COUNT:,} not tried)"
+            )
+        rows.append(
+            [
+                f"Storm: {m['count']:,} sockets of a SIGKILLed node back on two survivors",
+                f"all back in {_f(m['all_back_s'], 2)} s; gave up {m['gave_up']:,}"
+                + (f", unfinished {m['unfinished']:,}" if m["unfinished"] else ""),
+                "",
+                "",
+                f"{TARGET_COUNT:,}, <= {TARGET_S:g} s, 0 giving up",
+                verdict,
+            ]
+        )
+    return rows
+
+
+def _spread(d: dict[str, float] | None, digits: int = 2) -> str:
+    if not d:
+        return "-"
+    return " / ".join(_f(d[k], digits) for k in ("p50", "p90", "p99"))
+
+
+def _storm_rows(m: dict[str, Any]) -> list[Row]:
+    surv = m["per_survivor"]
+    cpu = m["survivors_cpu"]
+    pct = _pct_value
+    return [
+        [
+            "sockets on the killed node",
+            f"{m['opened']:,}/{m['count']:,} opened"
+            + (f" (refused: {_counts(m['open_errors'])})" if m["open_errors"] else "")
+            + f"; peer announced on {m['registry_before']:,}",
+        ],
+        [
+            "re-established / gave up / unfinished",
+            f"{m['back']:,} / {m['gave_up']:,} / {m['unfinished']:,}"
+            + (f" ({_counts(m['gave_up_by'])})" if m["gave_up_by"] else ""),
+        ],
+        ["all re-established, s after the kill", _f(m["all_back_s"], 2)],
+        ["re-established p50 / p90 / p99, s", _spread(m["back_s"])],
+        [
+            "loss seen by the clients p50 / p99, s",
+            f"{_f((m['lost_s'] or {}).get('p50'), 3)} / {_f((m['lost_s'] or {}).get('p99'), 3)}",
+        ],
+        [
+            "handshakes/s, peak (1 s) / mean from the kill",
+            f"{_f(m['handshakes_peak_per_s'], 0)} / {_f(m['handshakes_mean_per_s'], 0)}",
+        ],
+        *[
+            [
+                f"  on {s['name']}: back, peak / mean per s, sockets after",
+                f"{s['back']:,}, {_f(s['peak_per_s'], 0)} / {_f(s['mean_per_s'], 0)}, "
+                f"{_f(s['connections_after'], 0)}",
+            ]
+            for s in surv
+        ],
+        [
+            "handshakes per second from the kill",
+            ", ".join(str(n) for n in m["handshakes_per_s"]) or "-",
+        ],
+        ["attempts (all clients) / most by one client", f"{m['attempts']:,} / {m['attempts_max']}"],
+        ["HTTP 503 received", f"{m['http_503']:,}"],
+        [
+            "other failed attempts",
+            _counts({k: v for k, v in m["failures"].items() if k != "HTTP 503"}),
+        ],
+        [
+            "peer announced again (registry message) / p99 s",
+            f"{m['registry_after']:,}/{m['back']:,} / "
+            + _f((m["registry_after_s"] or {}).get("p99"), 2),
+        ],
+        [
+            f"open {_f(m['settle_s'], 0)} s after the last came back / closed since",
+            f"{_f(m['still_open'], 0)} / {_counts(m['closed_after'])}",
+        ],
+        [
+            "Redis CPU %, peak / mean",
+            f"{_f(pct(m['redis_cpu_peak']))} / {_f(pct(m['redis_cpu_mean']))}",
+        ],
+        [
+            "Redis commands/s, peak / mean",
+            f"{_f(m['redis_cmds_peak'], 0)} / {_f(m['redis_cmds_mean'], 0)}",
+        ],
+        *[
+            [
+                f"{name} CPU cores, peak / mean",
+                f"{_f(c['peak_cores'], 2)} / {_f(c['mean_cores'], 2)}",
+            ]
+            for name, c in cpu.items()
+        ],
+        [
+            "load generators, cores (mean) / machine busy, cores (mean)",
+            f"{_f(m['loadgen_cores'], 2)} / {_f(m['machine_cores'], 2)}",
+        ],
+    ]
+
+
+def _storm_section(storms: list[dict[str, Any]], skipped: str | None) -> list[str]:
+    if not storms and not skipped:
+        return []
+    blocks = ["## Reconnect storm"]
+    if skipped:
+        blocks.append(f"Not measured: {skipped}.")
+    for m in storms:
+        p = m["policy"]
+        blocks += [
+            _table(["figure", f"{m['count']:,} sockets"], _storm_rows(m)),
+            "Three hub nodes on one Redis of their own; the sockets are agent pairs watching "
+            "each other (`/ws/stA{n}?peer=stB{n}` and the reverse) on node 1, with "
+            "websockets' default keepalive, from "
+            f"{m['loadgens']} load generator(s) over {m['source_addresses']} loopback source "
+            "address(es). Node 1 then gets SIGKILL. Each client does what the reconnecting "
+            "proxies do (`busclient.reconnecting.ReconnectPolicy`): the n-th attempt of an "
+            f"outage waits min({p.get('max_delay'):g}, {p.get('initial_delay'):g} * "
+            f"{p.get('multiplier'):g}^(n-1)) s times a random factor in "
+            f"({1 - p.get('jitter', 0):g}, 1], a handshake may take {_f(m['open_timeout'], 0)} s, "
+            "an HTTP 5xx or a network failure is retried the same way, and a client gives up "
+            f"{p.get('max_elapsed'):g} s after its loss. The survivor is picked "
+            + (
+                "by the client's index (each pair split across the two)"
+                if m["pick"] == "alternate"
+                else "at random on each attempt"
+            )
+            + ", standing in for the load balancer. Times are from the kill "
+            "(`time.monotonic()`, one clock for all processes); handshakes are counted where "
+            "the clients saw them complete. Redis: `used_cpu_sys + used_cpu_user` and "
+            f"`total_commands_processed` (`INFO`, the bench's own left out) every "
+            f"{_f(m['sample_s'], 1)} s from the kill until every client was back; survivors' "
+            "CPU from `/proc/<pid>/stat` over the same samples.",
+        ]
     return blocks
 
 

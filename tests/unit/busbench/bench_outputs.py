@@ -586,7 +586,92 @@ def idle_scale_run() -> dict[str, Any]:
     return out
 
 
+def storm_result(count: int) -> dict[str, Any]:
+    """A reconnect storm's result as ``cli.run`` keeps it: most clients back after the
+    takeover wait, some after a 503 or a timed-out connection, one given up."""
+    back = [round(2.1 + 0.8 * k / count, 4) for k in range(count)]
+    back[-1] = None  # type: ignore[call-overload]
+    failures = [[0.3 + 0.01 * k, k % 2, "HTTP 503"] for k in range(count // 10)]
+    failures += [[10.2, 0, "ConnectTimeout"], [10.3, 1, "TimeoutError"]]
+    samples = []
+    for k in range(20):
+        t = -0.01 if k == 0 else 0.2 * k
+        busy = 0.16 * (k - 10) if k > 10 else 0.0
+        samples.append(
+            {
+                "t": t,
+                "redis_cpu_s": 3.0 + 0.02 * k + (0.03 * (k - 10) if k > 10 else 0.0),
+                "redis_commands": 50_000 + 400 * k + (6_000 * (k - 10) if k > 10 else 0),
+                "cpu_s": {
+                    "redis": 3.0 + 0.02 * k,
+                    "survivor1": 4.0 + 0.02 * k + busy,
+                    "survivor2": 4.1 + 0.02 * k + 0.9 * busy,
+                },
+                "loadgen_cpu_s": 1.0 + 0.05 * k,
+                "machine": {"user": 100.0 + 0.3 * k, "system": 20.0 + 0.05 * k, "idle": 50.0},
+            }
+        )
+    return {
+        "count": count,
+        "opened": count,
+        "t_kill": 12345.678,
+        "restored_s": 3.2,
+        "settle_s": 5.0,
+        "sample_s": 0.2,
+        "pick": "alternate",
+        "policy": {
+            "initial_delay": 0.2,
+            "max_delay": 10.0,
+            "multiplier": 2.0,
+            "jitter": 0.5,
+            "max_elapsed": 60.0,
+        },
+        "open_timeout": 10.0,
+        "ping_interval": 20.0,
+        "loadgens": 1,
+        "source_addresses": ["127.0.0.1"],
+        "nofile": {"soft": 20000, "hard": 20000, "wanted": count + 256},
+        "connections_before": {"hub-n1": float(count), "hub-n2": 0.0, "hub-n3": 0.0},
+        "connections_after": {"hub-n2": float(count // 2), "hub-n3": float(count // 2 - 1)},
+        "survivors": ["hub-n2", "hub-n3"],
+        "open_s": 4.2,
+        "clients": {
+            "opened": count,
+            "registry_before": count,
+            "lost": [round(0.01 + 0.1 * k / count, 4) for k in range(count)],
+            "established": back,
+            "survivor": [k % 2 if k < count - 1 else -1 for k in range(count)],
+            "attempts": [1 + (k % 10 == 0) for k in range(count)],
+            "registry_after": [t for t in back],
+            "failures": failures,
+            "gave_up": {"deadline; last: HTTP 503": 1},
+            "unfinished": 0,
+            "closed_after": {},
+            "still_open": count - 1,
+            "open_errors": {},
+        },
+        "samples": samples,
+        "redis_window": {"commands": 90_000, "cpu_s": 0.6, "by_command": {"evalsha": 400}},
+        "survivors_alive": [True, True],
+        "hub_argv": "/work/main/.venv/bin/python -m bushub serve --port 40001 --node-id n2",
+        "redis_alive": True,
+    }
+
+
+def storm_only_run() -> dict[str, Any]:
+    """``--storm-only --storm 200``: the reconnect storm alone; one client gave up."""
+    out = header(
+        command="bushub-bench --storm-only --storm 200",
+        config=config(idle_only=False, profile_native=False, storm=200, storm_only=True),
+        elapsed_s=48.0,
+    )
+    del out["hub_argv"]
+    out["storm"] = [storm_result(200)]
+    return out
+
+
 SCENARIOS = {
+    "storm_only": storm_only_run,
     "full": full_run,
     "quick_noisy": quick_noisy_run,
     "idle_only": idle_only_run,
