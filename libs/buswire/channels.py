@@ -45,6 +45,12 @@ def presence_key(agent: str) -> str:
     return f"{_PREFIX}:agent:{{{agent}}}"
 
 
+def node_channel(node: str) -> str:
+    """A node's own channel: always subscribed while the node runs, so that the number
+    of subscribers a publish on it reaches says whether the node is still there."""
+    return f"{_PREFIX}:node:{node}"
+
+
 # The node registry's keys share one hash tag: its scripts touch several at once.
 _NODES = f"{_PREFIX}:{{nodes}}"
 

@@ -18,7 +18,7 @@ from bushub.hub import Hub
 from bushub.metrics import Metrics
 from bushub.settings import CLUSTER_SCHEME, Settings
 from buswire import DecodeError
-from buswire.channels import presence_key
+from buswire.channels import node_channel, presence_key
 from buswire.presence import decode_record
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def make_broker(settings: Settings) -> Broker:
         return RedisClusterBroker("redis://" + settings.redis_url.removeprefix(CLUSTER_SCHEME))
     from bushub.broker.redis import RedisBroker
 
-    return RedisBroker(settings.redis_url, control_channel=f"bushub:node:{settings.node_id}")
+    return RedisBroker(settings.redis_url, control_channel=node_channel(settings.node_id))
 
 
 def create_app(settings: Settings, broker: Broker | None = None) -> FastAPI:

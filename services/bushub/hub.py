@@ -36,6 +36,7 @@ from bushub.relay import MESSAGE_PREFIX, Relay
 from bushub.settings import Settings
 from bushub.subscriptions import Subscriptions
 from buswire import message_channel
+from buswire.channels import node_channel
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +155,8 @@ class Hub:
         """Connect the broker and start the background tasks."""
         await self.broker.start()
         self.metrics.redis_up.set(1 if self.broker.up else 0)
+        # The node's own channel: a takeover elsewhere asks whether it is there.
+        await self.subscriptions.acquire(node_channel(self.node_id))
         await self.heartbeat.join()
         self._spawn(self._supervised(self.publisher.run, "publisher"), "publisher")
         self._spawn(

@@ -88,3 +88,28 @@ async def test_crashed_nodes_agents_leave_presence_within_the_bound(
     )
     await keeper.close()
     await worker.close()
+
+
+async def test_an_agent_of_a_killed_node_is_taken_over_elsewhere_without_waiting(
+    faults: Faults, figures
+) -> None:
+    """Its node is not known dead yet (its heartbeat has not lapsed), but Redis dropped
+    that node's subscriptions: the claim elsewhere does not wait out the takeover
+    timeout for a release that cannot come."""
+    takeover = 3.0
+    n1, n2 = faults.ready("n1", "n2", presence_ttl=30.0, takeover_timeout=takeover)
+    worker = await Inbox.open(n1, "moved-w", "moved-c")
+    client = await Inbox.open(n2, "moved-c", "moved-w", on_peer_lost="keep")
+    await client.announced_peer("moved-w")
+    n1.signal(signal.SIGKILL)
+    await in_thread(n1.wait)
+    started = time.monotonic()
+    again = await Inbox.open(n2, "moved-w", "moved-c")
+    took = time.monotonic() - started
+    figures("s to re-open the agent on n2 after its node was killed", took)
+    assert took < takeover / 2
+    assert "did not confirm" not in n2.log_text()
+    await again.ws.send(encode(task_request("moved-w", "moved-c", 0)))
+    assert await client.count(1)
+    for inbox in (again, client, worker):
+        await inbox.close()
