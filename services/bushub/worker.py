@@ -49,7 +49,10 @@ def reuseport_socket(host: str, port: int) -> socket.socket:
     )[0]
     sock = socket.socket(family, kind, proto)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # SO_REUSEPORT alone: the kernel then lets only sockets of the same user that
+        # also ask for it share the port (a restarted worker among them, past its
+        # predecessor's TIME_WAIT connections). SO_REUSEADDR would also let a stranger
+        # bind the port beside the supervisor's reserving socket, which never listens.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
     except BaseException:
