@@ -123,7 +123,8 @@ class Procs:
         wait_until(lambda: _redis_ping(port), 15, child, "PING")
         return child
 
-    def hub(self, node: str, redis_url: str, extra: list[str]) -> Child:
+    def hub(self, node: str, redis_url: str, extra: list[str], workers: int = 1) -> Child:
+        """A hub node; with ``workers`` > 1, one node of that many worker processes."""
         port = free_port()
         argv = [
             sys.executable,
@@ -144,6 +145,7 @@ class Procs:
             "0",
             "--rate-bytes",
             "0",
+            *(["--workers", str(workers)] if workers > 1 else []),
             *extra,
         ]
         return self.spawn(f"hub-{node}", argv, port)
@@ -165,6 +167,15 @@ class Procs:
         port = free_port()
         argv = [sys.executable, "-m", "busbench.stock", "--port", str(port)]
         return self.spawn(name, argv, port)
+
+
+def child_pids(pid: int) -> list[int]:
+    """The children of ``pid`` (a hub's workers), oldest first (Linux)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return sorted(int(p) for p in f.read().split())
+    except OSError:
+        return []
 
 
 def _redis_ping(port: int) -> bool:

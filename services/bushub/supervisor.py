@@ -8,8 +8,8 @@ sockets (bushub.siblings), and starts each worker (bushub.worker) as a fresh pro
 - A worker that exits while the node is not stopping is started again after a delay
   that doubles from ``RESTART_FIRST`` up to ``RESTART_MAX`` (and starts from the first
   again once a worker has run ``RESTART_RESET_AFTER``). A worker that cannot start the
-  first time stops the node instead: that is a setting or the environment, which
-  restarting will not mend.
+  first time stops the node instead (exit code 3, a single node's): that is a setting
+  or the environment, which restarting will not mend.
 - SIGTERM or SIGINT: every worker is sent SIGTERM and drains as a single node does;
   the supervisor waits for them (at most the drain timeout plus ``EXIT_MARGIN``, then
   SIGKILL) and exits 0 if each exited by itself. A second signal kills them at once.
@@ -33,7 +33,7 @@ from typing import Any
 
 from bushub.settings import Settings
 from bushub.siblings import WorkerSlot
-from bushub.worker import reuseport_socket, run_worker, worker_node_id
+from bushub.worker import STARTUP_FAILURE, reuseport_socket, run_worker, worker_node_id
 
 log = logging.getLogger("bushub.supervisor")
 
@@ -79,7 +79,11 @@ class Supervisor:
 
     def run(self) -> int:
         """Serve until signalled; the process's exit code."""
-        reserved = reuseport_socket(self.settings.host, self.settings.port)
+        try:
+            reserved = reuseport_socket(self.settings.host, self.settings.port)
+        except OSError as exc:  # as uvicorn says it for a single node
+            log.error("cannot serve %s:%d: %s", self.settings.host, self.settings.port, exc)
+            return STARTUP_FAILURE
         port = int(reserved.getsockname()[1])
         self.settings = replace(self.settings, port=port)
         runtime_dir = tempfile.mkdtemp(prefix="bushub-", dir=os.environ.get("XDG_RUNTIME_DIR"))
@@ -107,7 +111,9 @@ class Supervisor:
             shutil.rmtree(runtime_dir, ignore_errors=True)
             os.close(self._wake_r)
             os.close(self._wake_w)
-        if self._failed or self._killed:
+        if self._failed:
+            return STARTUP_FAILURE
+        if self._killed:
             return 1
         log.info("workers stopped; exiting")
         return 0

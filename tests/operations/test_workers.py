@@ -12,6 +12,7 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import time
 from typing import Any
 
@@ -134,11 +135,13 @@ def serving_pids(node: OpsNode) -> dict[int, int]:
 
 
 def alive(pid: int) -> bool:
+    """Whether ``pid`` still runs (a zombie nobody has reaped yet does not)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
         return False
-    return True
+    return state != "Z"
 
 
 def get_or_none(node: OpsNode, path: str) -> tuple[int, bytes] | None:
@@ -266,6 +269,23 @@ async def test_sigterm_drains_every_worker(ops: OpsCluster) -> None:
     assert "workers stopped; exiting" in log
 
 
+async def test_workers_drain_and_exit_when_the_supervisor_dies(ops: OpsCluster) -> None:
+    (node,) = ops.nodes_ready(NODE, flags=WORKERS)
+    ws = await ws_connect(url(node, "o"))
+    await landed(node, "o")
+    pids = serving_pids(node)
+    node.kill()  # SIGKILL: the supervisor forwards nothing
+    assert await closed_with(ws, DRAIN_TIMEOUT) == 1012  # its worker drained
+    assert await asyncio.to_thread(
+        wait_until, lambda: not any(alive(pid) for pid in pids.values()), DRAIN_TIMEOUT
+    )
+    # Presence was withdrawn, and nothing holds the port any more.
+    assert ops.redis is not None
+    assert ops.redis.cli("--scan", "--pattern", "bushub:agent:*").split() == []
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", node.port), timeout=1).close()
+
+
 async def test_one_scrape_answers_for_every_worker(ops: OpsCluster) -> None:
     (node,) = ops.nodes_ready(NODE, flags=WORKERS)
     sockets = []
@@ -330,3 +350,23 @@ def test_workers_without_a_shared_broker_are_refused(workers: str) -> None:
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
     assert "workers" in last and "--redis-url" in last, result.stderr
+
+
+def test_a_node_whose_workers_cannot_start_stops(ops: OpsCluster) -> None:
+    """Exit code 3 (a single node's when it cannot start), with the reason, rather than
+    restarting forever: a taken port, or a Redis that refuses the login."""
+    redis = ops.start_redis()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        result = serve("--port", port, "--workers", "2", "--redis-url", redis.url)
+    assert result.returncode == 3, result.stderr
+    assert "Address already in use" in result.stderr
+    assert "Traceback" not in result.stderr
+
+    redis.cli("CONFIG", "SET", "requirepass", "not-the-hub's")
+    result = serve("--port", "0", "--workers", "2", "--redis-url", redis.url)
+    assert result.returncode == 3, result.stderr
+    assert "could not start (exit code 3): stopping the node" in result.stderr
+    assert "restarting" not in result.stderr
