@@ -34,12 +34,12 @@ from busbench.payloads import (
 )
 from busbench.procs import (
     Procs,
-    child_pids,
     die_with_parent,
     dropped_counters,
     http_ready,
     tcp_open,
     wait_until,
+    worker_pids,
 )
 
 MACHINE_NOTE = (
@@ -542,7 +542,7 @@ def _hub_pids(hub1: Any, hub2: Any, workers: int) -> dict[str, int]:
         return {"node1": hub1.pid, "node2": hub2.pid}
     found: list[int] = []
     for _ in range(100):
-        found = child_pids(hub1.pid)
+        found = worker_pids(hub1.pid)
         if len(found) == workers:
             break
         time.sleep(0.1)

@@ -169,13 +169,23 @@ class Procs:
         return self.spawn(name, argv, port)
 
 
-def child_pids(pid: int) -> list[int]:
-    """The children of ``pid`` (a hub's workers), oldest first (Linux)."""
+def worker_pids(pid: int) -> list[int]:
+    """The worker processes of hub ``pid`` started with ``--workers``, oldest first
+    (Linux). Its other child, multiprocessing's resource tracker, is left out."""
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return sorted(int(p) for p in f.read().split())
+            children = sorted(int(p) for p in f.read().split())
     except OSError:
         return []
+    workers = []
+    for child in children:
+        try:
+            with open(f"/proc/{child}/cmdline", "rb") as f:
+                if b"spawn_main" in f.read():
+                    workers.append(child)
+        except OSError:
+            continue
+    return workers
 
 
 def _redis_ping(port: int) -> bool:

@@ -44,7 +44,9 @@ RESTART_RESET_AFTER = 60.0
 # closing the broker) before it is killed.
 EXIT_MARGIN = 5.0
 # A fresh interpreter for each worker: nothing of the supervisor's state is inherited,
-# and a restarted worker starts exactly like the first.
+# and a restarted worker starts exactly like the first. (Spawning also starts
+# multiprocessing's resource tracker, a small idle child of the supervisor; the node
+# creates nothing it tracks.)
 _SPAWN = multiprocessing.get_context("spawn")
 
 

@@ -295,6 +295,7 @@ async def test_one_scrape_answers_for_every_worker(ops: OpsCluster) -> None:
         held = [row["node"] for row in rows(node).values()]
         if len(set(held)) == 2:
             break
+    assert set(held) == {f"{NODE}-w0", f"{NODE}-w1"}
     per_worker = {w: held.count(f"{NODE}-w{w}") for w in ("0", "1")}
 
     def counted(s: Samples) -> dict[str, float]:
