@@ -41,6 +41,7 @@ from busbench.procs import (
     http_ready,
     tcp_open,
     wait_until,
+    worker_pids,
 )
 from busclient.reconnecting import ReconnectPolicy
 
@@ -188,6 +189,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--hub-args='--queue-bytes 1000000'",
     )
     p.add_argument(
+        "--workers",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        help="1: two hub nodes; 2: one hub node of two worker processes on one port "
+        "(bushub serve --workers 2), its workers measured as node 1 and node 2 (pairs "
+        "land on either worker, as the kernel spreads the sockets)",
+    )
+    p.add_argument(
         "--profile",
         choices=("auto", "on", "off"),
         default="auto",
@@ -242,6 +252,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if payload not in PAYLOADS or fmt not in FORMATS:
             p.error(f"--payloads: unknown combination {combo!r}")
     args.combos = combos
+    if args.workers > 1 and (args.profile == "on" or args.profile_only):
+        p.error("--workers 2: the profile follows the two nodes' pids; use --profile off")
+    if args.workers > 1:
+        args.profile = "off"
     return args
 
 
@@ -583,10 +597,15 @@ def _relay_runs(
 ) -> None:
     """Two hub nodes and two floor processes: the repetitions, then the profiles."""
     redis_url = f"redis://127.0.0.1:{redis.port}/0"
-    hub1, hub2 = procs.hub("n1", redis_url, extra), procs.hub("n2", redis_url, extra)
+    if args.workers > 1:
+        # One node, two workers: sockets of both sides go to the one port.
+        hub1 = hub2 = procs.hub("n1", redis_url, extra, workers=args.workers)
+    else:
+        hub1, hub2 = procs.hub("n1", redis_url, extra), procs.hub("n2", redis_url, extra)
     floor1, floor2 = procs.floor("floor-1", redis_url), procs.floor("floor-2", redis_url)
-    for hub in (hub1, hub2):
+    for hub in dict.fromkeys((hub1, hub2)):
         wait_until(lambda h=hub: http_ready(h.port), 30, hub, "/readyz 200")
+    hub_pids = _hub_pids(hub1, hub2, args.workers)
     for fl in (floor1, floor2):
         wait_until(lambda f=fl: tcp_open(f.port), 30, fl, "listening port")
     out["hub_argv"] = shlex.join(hub1.argv)
@@ -599,6 +618,8 @@ def _relay_runs(
         for kind in ("hub", "floor"):
             n1, n2 = servers[kind]
             pids = {"node1": n1.pid, "node2": n2.pid, "redis": redis.pid}
+            if kind == "hub":
+                pids.update(hub_pids)
             job = jobs.relay_job(kind, rep, url(n1.port), url(n2.port), pids)
             drops0 = _drops(kind, n1, n2)
             log(f"rep {rep + 1}/{args.reps}: {kind}")
@@ -621,7 +642,9 @@ def _relay_runs(
             out["profiles"].append(
                 _profile(args, jobs, work, pyspy, (hub1, hub2, redis), url, native)
             )
-    for child in (hub1, hub2, floor1, floor2):
+    if _hub_pids(hub1, hub2, args.workers) != hub_pids:
+        raise RuntimeError(f"a worker of {hub1.name} restarted during the run")
+    for child in dict.fromkeys((hub1, hub2, floor1, floor2)):
         if not child.alive:
             raise RuntimeError(f"{child.name} died during the run:\n{child.log_tail()}")
         procs.stop(child)
@@ -742,11 +765,27 @@ def _storm_run(
         procs.stop(child)
 
 
+def _hub_pids(hub1: Any, hub2: Any, workers: int) -> dict[str, int]:
+    """The processes measured as node 1 and node 2: the nodes, or one node's workers
+    (its supervisor only waits, and is not measured)."""
+    if workers == 1:
+        return {"node1": hub1.pid, "node2": hub2.pid}
+    found: list[int] = []
+    for _ in range(100):
+        found = worker_pids(hub1.pid)
+        if len(found) == workers:
+            break
+        time.sleep(0.1)
+    if len(found) != workers:
+        raise RuntimeError(f"{hub1.name}: {len(found)} worker processes, not {workers}")
+    return {"node1": found[0], "node2": found[1]}
+
+
 def _drops(kind: str, n1: Any, n2: Any) -> dict[str, float]:
     if kind != "hub":
         return {}
     total: dict[str, float] = {}
-    for node in (n1, n2):
+    for node in dict.fromkeys((n1, n2)):  # one node when it has two workers
         for reason, value in dropped_counters(node.port).items():
             total[reason] = total.get(reason, 0.0) + value
     return total

@@ -123,7 +123,8 @@ class Procs:
         wait_until(lambda: _redis_ping(port), 15, child, "PING")
         return child
 
-    def hub(self, node: str, redis_url: str, extra: list[str]) -> Child:
+    def hub(self, node: str, redis_url: str, extra: list[str], workers: int = 1) -> Child:
+        """A hub node; with ``workers`` > 1, one node of that many worker processes."""
         port = free_port()
         argv = [
             sys.executable,
@@ -144,6 +145,7 @@ class Procs:
             "0",
             "--rate-bytes",
             "0",
+            *(["--workers", str(workers)] if workers > 1 else []),
             *extra,
         ]
         return self.spawn(f"hub-{node}", argv, port)
@@ -165,6 +167,25 @@ class Procs:
         port = free_port()
         argv = [sys.executable, "-m", "busbench.stock", "--port", str(port)]
         return self.spawn(name, argv, port)
+
+
+def worker_pids(pid: int) -> list[int]:
+    """The worker processes of hub ``pid`` started with ``--workers``, oldest first
+    (Linux). Its other child, multiprocessing's resource tracker, is left out."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            children = sorted(int(p) for p in f.read().split())
+    except OSError:
+        return []
+    workers = []
+    for child in children:
+        try:
+            with open(f"/proc/{child}/cmdline", "rb") as f:
+                if b"spawn_main" in f.read():
+                    workers.append(child)
+        except OSError:
+            continue
+    return workers
 
 
 def _redis_ping(port: int) -> bool:

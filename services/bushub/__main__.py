@@ -2,4 +2,6 @@
 
 from bushub.cli import main
 
-main()
+# Guarded: a worker process (bushub.supervisor) must not run the command again.
+if __name__ == "__main__":
+    main()

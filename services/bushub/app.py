@@ -4,6 +4,7 @@ import hmac
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -17,6 +18,7 @@ from bushub.endpoint import agent_socket
 from bushub.hub import Hub
 from bushub.metrics import Metrics
 from bushub.settings import CLUSTER_SCHEME, Settings
+from bushub.siblings import Siblings, WorkerSlot
 from buswire import DecodeError
 from buswire.channels import node_channel, presence_key
 from buswire.presence import decode_record
@@ -57,21 +59,42 @@ def make_broker(settings: Settings) -> Broker:
     return RedisBroker(settings.redis_url, control_channel=node_channel(settings.node_id))
 
 
-def create_app(settings: Settings, broker: Broker | None = None) -> FastAPI:
-    """Build a node's app; the hub starts and stops with the ASGI lifespan."""
+def create_app(
+    settings: Settings, broker: Broker | None = None, worker: WorkerSlot | None = None
+) -> FastAPI:
+    """Build a node's app; the hub starts and stops with the ASGI lifespan.
+
+    Args:
+        worker: Given when this node is one worker of several (``--workers``):
+            ``/metrics`` and ``/readyz`` then answer for all of them (bushub.siblings).
+    """
     metrics = Metrics()
     hub = Hub(settings, broker or make_broker(settings), metrics)
+
+    def readiness() -> dict[str, Any]:
+        return {
+            "ready": hub.ready,
+            "broker_up": hub.broker.up,
+            "draining": hub.draining,
+            "broker_refuses": hub.health.problem,  # reachable, but writes refused
+        }
+
+    siblings = Siblings(worker, metrics.render, readiness) if worker is not None else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if not settings.redis_url:
             log.warning("no --redis-url: running single-node on the in-process broker")
         await hub.start()
+        if siblings is not None:
+            await siblings.start()
         log.info("node %s serving on %s", settings.node_id, hub.broker.description)
         try:
             yield
         finally:
             await hub.drain(settings.drain_timeout)
+            if siblings is not None:
+                await siblings.stop()
             await hub.stop()
 
     app = FastAPI(title="bushub", lifespan=lifespan, docs_url=None, redoc_url=None)
@@ -90,18 +113,17 @@ def create_app(settings: Settings, broker: Broker | None = None) -> FastAPI:
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
-        ready = hub.ready
-        body = {
-            "ready": ready,
-            "broker_up": hub.broker.up,
-            "draining": hub.draining,
-            "broker_refuses": hub.health.problem,  # reachable, but writes refused
-        }
+        if siblings is not None:
+            ready, body = await siblings.readiness()
+        else:
+            body = readiness()
+            ready = body["ready"]
         return JSONResponse(body, status_code=200 if ready else 503)
 
     @app.get("/metrics")
     async def metrics_endpoint() -> Response:
-        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+        text = await siblings.metrics() if siblings is not None else metrics.render()
+        return Response(text, media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/agents")
     async def agents(request: Request) -> JSONResponse:

@@ -4,6 +4,7 @@ import argparse
 import asyncio
 import logging
 import signal
+import sys
 from types import FrameType
 from typing import Any
 
@@ -86,9 +87,13 @@ def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Co
 
 
 def serve(settings: Settings) -> None:
-    """Run one node until signalled."""
+    """Run one node until signalled; with ``--workers N``, N of them on one port."""
     configure_logging(settings.log_level, settings.log_format)
     raise_fd_limit(settings.max_connections)
+    if settings.workers > 1:
+        from bushub.supervisor import Supervisor  # imports this module: import late
+
+        sys.exit(Supervisor(settings).run())
     app = create_app(settings)
     DrainingServer(uvicorn_config(app, settings), settings, app.state.hub).run()
 

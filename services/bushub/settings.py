@@ -24,6 +24,13 @@ class SettingsError(ValueError):
     """A setting has a value the hub cannot run with."""
 
 
+def cpu_count() -> int:
+    """The CPUs this process may run on (its affinity mask, where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def _default_node_id() -> str:
     return f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
 
@@ -157,6 +164,14 @@ class Settings:
         default=16384,
         metadata={"help": "bytes of request line and headers read before refusing with 431"},
     )
+    workers: int = field(
+        default=1,
+        metadata={
+            "help": "processes sharing the port (SO_REUSEPORT), each a node of its own; "
+            "auto = one per CPU; more than 1 needs --redis-url",
+            "words": {"auto": cpu_count},
+        },
+    )
 
     @property
     def auth_enabled(self) -> bool:
@@ -217,6 +232,16 @@ class Settings:
         for path in self.split(self.jwt_public_keys):
             if not os.path.isfile(path):
                 raise SettingsError(f"jwt-public-keys: {path} is not a readable file")
+        if self.workers < 1:
+            raise SettingsError("workers: must be >= 1, or auto")
+        if self.workers > 1 and not self.redis_url:
+            # Each worker is a node of its own; without a shared broker they could not
+            # see each other's agents, and an agent's messages would reach only the
+            # worker its socket happened to land on.
+            raise SettingsError(
+                f"workers: {self.workers} workers need a shared broker: set --redis-url "
+                "(or BUSHUB_REDIS_URL), or run one worker"
+            )
         if not self.auth_enabled and not self.insecure and not _is_loopback(self.host):
             raise SettingsError(
                 f"host: refusing to listen on {self.host} with auth off; "
@@ -260,7 +285,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         )
 
 
-def _convert(name: str, kind: Any, raw: str) -> Any:
+def _convert(name: str, kind: Any, raw: str, words: Mapping[str, Any]) -> Any:
+    if raw.lower() in words:  # a named value, such as --workers auto
+        return words[raw.lower()]()
     if kind in (bool, "bool"):
         if raw.lower() in ("1", "true", "yes", "on"):
             return True
@@ -288,7 +315,7 @@ def load_settings(
         if raw is None:
             raw = env.get(_env_name(f.name))
         if raw is not None:
-            values[f.name] = _convert(f.name, f.type, str(raw))
+            values[f.name] = _convert(f.name, f.type, str(raw), f.metadata.get("words", {}))
     return Settings(**values).validate()
 
 

@@ -10,7 +10,7 @@ from dataclasses import fields
 
 import pytest
 
-from bushub.settings import Settings, SettingsError, add_arguments, load_settings
+from bushub.settings import Settings, SettingsError, add_arguments, cpu_count, load_settings
 from tests.unit.bushub.helpers import TIMEOUT
 
 SUBPROCESS_TIMEOUT = 10 * TIMEOUT
@@ -83,12 +83,22 @@ def test_environment_alone_and_defaults() -> None:
         ("BUSHUB_NODE_ID", "two words", "node-id"),
         ("BUSHUB_HANDSHAKE_TIMEOUT", "0", "handshake-timeout"),
         ("BUSHUB_MAX_HEADER_BYTES", "512", "max-header-bytes"),  # below one real request
+        ("BUSHUB_WORKERS", "0", "workers"),
+        ("BUSHUB_WORKERS", "many", "workers"),
+        ("BUSHUB_WORKERS", "2", "workers"),  # no --redis-url: the workers could not meet
     ],
 )
 def test_bad_value_is_refused_naming_the_option(variable: str, value: str, option: str) -> None:
     with pytest.raises(SettingsError) as refused:
         load_settings(None, {variable: value})
     assert str(refused.value).startswith(f"{option}:")
+
+
+def test_workers_auto_is_the_cpu_count() -> None:
+    url = {"BUSHUB_REDIS_URL": "redis://127.0.0.1:1/0"}
+    assert load_settings(parse("--workers", "auto"), url).workers == cpu_count()
+    assert load_settings(None, {**url, "BUSHUB_WORKERS": "AUTO"}).workers == cpu_count()
+    assert load_settings(None, {}).workers == 1  # one process, as before workers existed
 
 
 def test_bad_flag_is_refused_naming_the_option() -> None:

@@ -1,0 +1,371 @@
+"""``bushub serve --workers 2``: two worker processes on one port, each a node of its own.
+
+Which worker a socket lands on is the kernel's choice (SO_REUSEPORT spreads new
+connections over the workers), so the tests connect until they have what they need
+and read where each agent landed from ``/agents`` (its ``node`` is ``<node-id>-w<i>``).
+Presence, takeover and routing between workers go through the broker, as between
+machines; the supervisor restarts a killed worker and drains them all on SIGTERM;
+one scrape of ``/metrics`` or ``/readyz`` answers for both workers.
+"""
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import time
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
+
+from bushub.settings import cpu_count
+from tests.integration.procs import TIMEOUT
+from tests.operations.conftest import OpsCluster
+from tests.operations.ops import (
+    ADMIN_TOKEN,
+    DRAIN_TIMEOUT,
+    PEER_GRACE,
+    PRESENCE_TTL,
+    OpsNode,
+    Samples,
+    wait_for_metrics,
+    ws_connect,
+)
+from tests.operations.test_settings import serve
+from tests.support.messages import decode, encode, task_request
+from tests.support.waiting import wait_until
+
+pytestmark = pytest.mark.integration
+
+NODE = "wn"
+WORKERS = {"--workers": "2"}
+# Each connection lands on either worker with even odds: after this many tries, the
+# chance of never having reached the other one is 2**-30.
+ATTEMPTS = 30
+PRESENCE_REFRESH = PRESENCE_TTL / 3
+EXIT_SLACK = 1.5  # seconds allowed past --drain-timeout for the node to exit
+SERVING = re.compile(r"worker (\d+) serving as node \S+ \(pid (\d+)\)")
+
+
+def rows(node: OpsNode) -> dict[str, dict[str, Any]]:
+    """``/agents`` by agent name."""
+    listed = node.get_json("/agents", ADMIN_TOKEN)["agents"]
+    return {row["agent"]: row for row in listed}
+
+
+def rows_or_none(node: OpsNode) -> dict[str, dict[str, Any]] | None:
+    """``/agents``, or None when the request was lost: connections the kernel had
+    queued for a worker that was just killed are reset."""
+    try:
+        return rows(node)
+    except OSError:
+        return None
+
+
+async def landed(node: OpsNode, agent: str, peer: str | None = None) -> str:
+    """The worker node holding ``agent`` once presence lists it (with that ``peer``)."""
+
+    def listed() -> bool:
+        row = (rows_or_none(node) or {}).get(agent)
+        return row is not None and (peer is None or row["peer"] == peer)
+
+    assert await asyncio.to_thread(wait_until, listed), f"{agent} never listed"
+    return str(rows(node)[agent]["node"])
+
+
+async def gone(node: OpsNode, agent: str, timeout: float = TIMEOUT) -> bool:
+    def left() -> bool:
+        listed = rows_or_none(node)
+        return listed is not None and agent not in listed
+
+    return await asyncio.to_thread(wait_until, left, timeout)
+
+
+def url(node: OpsNode, agent: str, peer: str | None = None, on_peer_lost: str = "keep") -> str:
+    query = {"format": "json", "dialect": "subagents", "on_peer_lost": on_peer_lost}
+    if peer is not None:
+        query["peer"] = peer
+    return node.ws_url(agent, **query)
+
+
+async def next_message(ws: ClientConnection, kind: str) -> dict[str, Any]:
+    """The next frame whose type ends with ``kind``, skipping others (announcements)."""
+    while True:
+        message: dict[str, Any] = decode(await asyncio.wait_for(ws.recv(), TIMEOUT))
+        if message["__type__"].endswith(kind):
+            return message
+
+
+async def closed_with(ws: ClientConnection, timeout: float = TIMEOUT) -> int | None:
+    """Read until the hub closes ``ws``; its close code."""
+    try:
+        while True:
+            await asyncio.wait_for(ws.recv(), timeout)
+    except ConnectionClosed:
+        return ws.close_code
+
+
+async def pair_on_two_workers(
+    node: OpsNode, on_peer_lost_b: str = "keep"
+) -> tuple[ClientConnection, ClientConnection, str, str]:
+    """``a`` and ``b``, paired with each other, held by different workers.
+
+    Returns:
+        (a's socket, b's socket, a's worker node, b's worker node)
+    """
+    a = await ws_connect(url(node, "a", peer="b"))
+    worker_a = await landed(node, "a")
+    for _ in range(ATTEMPTS):
+        b = await ws_connect(url(node, "b", peer="a", on_peer_lost=on_peer_lost_b))
+        worker_b = await landed(node, "b")
+        if worker_b != worker_a:
+            return a, b, worker_a, worker_b
+        await b.close()
+        assert await gone(node, "b")
+    raise AssertionError(f"b landed on {worker_a} with a, {ATTEMPTS} times")
+
+
+def serving_pids(node: OpsNode) -> dict[int, int]:
+    """Each worker's latest pid, from the supervisor's log."""
+    return {int(i): int(pid) for i, pid in SERVING.findall(node.log_text())}
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` still runs (a zombie nobody has reaped yet does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def get_or_none(node: OpsNode, path: str) -> tuple[int, bytes] | None:
+    """GET ``path``; None when the worker the kernel chose does not answer."""
+    try:
+        return node.get(path)
+    except OSError:
+        return None
+
+
+def status(node: OpsNode, path: str) -> int | None:
+    got = get_or_none(node, path)
+    return None if got is None else got[0]
+
+
+async def test_agents_land_on_both_workers_and_talk_across_them(ops: OpsCluster) -> None:
+    (node,) = ops.nodes_ready(NODE, flags=WORKERS)
+    a, b, worker_a, worker_b = await pair_on_two_workers(node)
+    assert {worker_a, worker_b} == {f"{NODE}-w0", f"{NODE}-w1"}
+
+    # Each is told of its peer on the other worker, then messages cross both ways.
+    announced = await next_message(b, "BusAgentRegistryMessage")
+    assert [e["__data__"]["name"] for e in announced["__data__"]["agents"]] == ["a"]
+    await next_message(a, "BusAgentRegistryMessage")
+    await a.send(encode(task_request("a", "b", 1)))
+    got = await next_message(b, "BusTaskRequestMessage")
+    assert got["__data__"]["payload"] == {"seq": 1}
+    await b.send(encode(task_request("b", "a", 2)))
+    got = await next_message(a, "BusTaskRequestMessage")
+    assert got["__data__"]["payload"] == {"seq": 2}
+
+
+async def test_takeover_of_a_name_across_workers(ops: OpsCluster) -> None:
+    (node,) = ops.nodes_ready(NODE, flags=WORKERS)
+    # Each socket names a different peer, so /agents tells which one holds "t".
+    holder = await ws_connect(url(node, "t", peer="p0"))
+    holder_worker = await landed(node, "t", "p0")
+    takeovers = crossed = 0
+    for attempt in range(1, ATTEMPTS + 1):
+        newer = await ws_connect(url(node, "t", peer=f"p{attempt}"))
+        assert await closed_with(holder) == 4001  # the older socket, on either worker
+        takeovers += 1
+        newer_worker = await landed(node, "t", f"p{attempt}")
+        if newer_worker != holder_worker:
+            crossed += 1
+            if crossed == 2:  # both directions: w0 to w1 and w1 to w0
+                break
+        holder, holder_worker = newer, newer_worker
+    assert crossed == 2, f"{takeovers} takeovers, all on {holder_worker}"
+
+    # The whole-node scrape counts every takeover, whichever worker it happened on.
+    def taken_over(s: Samples) -> float:
+        return sum(
+            s.get("bushub_connections_closed_total", worker=w, reason="taken_over")
+            for w in ("0", "1")
+        )
+
+    assert await asyncio.to_thread(wait_until, lambda: taken_over(node.metrics()) == takeovers), (
+        taken_over(node.metrics())
+    )
+
+
+async def test_a_killed_worker_is_restarted_and_its_agents_leave_presence(
+    ops: OpsCluster,
+) -> None:
+    (node,) = ops.nodes_ready(NODE, flags=WORKERS)
+    a, b, worker_a, _ = await pair_on_two_workers(node, on_peer_lost_b="close")
+    await next_message(b, "BusAgentRegistryMessage")
+    index = int(worker_a.rsplit("-w", 1)[1])
+    old_pid = serving_pids(node)[index]
+
+    os.kill(old_pid, signal.SIGKILL)
+    killed = time.monotonic()
+    assert await closed_with(a) == 1006  # no close frame: the process just died
+
+    # a's record expires within the TTL plus one refresh; b is closed with 4002 after a
+    # further grace period, by the worker that survived.
+    assert await gone(node, "a", PRESENCE_TTL + PRESENCE_REFRESH + TIMEOUT)
+    left = time.monotonic() - killed
+    assert await closed_with(b, TIMEOUT + PRESENCE_TTL) == 4002
+    closed = time.monotonic() - killed
+    print(f"killed worker: a left presence after {left:.2f}s, b closed after {closed:.2f}s")
+    assert left < PRESENCE_TTL + PRESENCE_REFRESH + 1.0, left
+    assert left + PEER_GRACE * 0.9 <= closed < PRESENCE_TTL + PRESENCE_REFRESH + PEER_GRACE + 1.5
+
+    # The supervisor started the worker again; the node is whole and serves.
+    assert await asyncio.to_thread(
+        wait_until, lambda: serving_pids(node).get(index, old_pid) != old_pid
+    )
+    assert node.alive and not alive(old_pid)
+    assert "restarting it in" in node.log_text()
+    assert await asyncio.to_thread(wait_until, lambda: status(node, "/readyz") == 200)
+    again = await ws_connect(url(node, "a", peer="b"))
+    await landed(node, "a")
+    await again.close()
+
+
+async def test_sigterm_drains_every_worker(ops: OpsCluster) -> None:
+    (node,) = ops.nodes_ready(NODE, flags=WORKERS)
+    sockets: list[ClientConnection] = []
+    workers: set[str] = set()
+    for i in range(ATTEMPTS):
+        sockets.append(await ws_connect(url(node, f"d{i}")))
+        workers.add(await landed(node, f"d{i}"))
+        if len(workers) == 2 and len(sockets) >= 4:
+            break
+    assert workers == {f"{NODE}-w0", f"{NODE}-w1"}
+    pids = serving_pids(node)
+
+    signalled = time.monotonic()
+    node.signal(signal.SIGTERM)
+    codes = await asyncio.gather(*(closed_with(ws) for ws in sockets))
+    assert codes == [1012] * len(sockets)
+    code = await asyncio.to_thread(node.wait, DRAIN_TIMEOUT + EXIT_SLACK + 1)
+    took = time.monotonic() - signalled
+    print(f"drain of {len(sockets)} sockets on 2 workers: exit {code} after {took:.2f}s")
+    assert code == 0
+    assert took < DRAIN_TIMEOUT + EXIT_SLACK, took
+    assert not any(alive(pid) for pid in pids.values())
+    # Presence was withdrawn by each worker, not left to expire.
+    assert ops.redis is not None
+    assert ops.redis.cli("--scan", "--pattern", "bushub:agent:*").split() == []
+    log = node.log_text()
+    assert log.count("code=1012 reason=draining") == len(sockets)
+    assert "workers stopped; exiting" in log
+
+
+async def test_workers_drain_and_exit_when_the_supervisor_dies(ops: OpsCluster) -> None:
+    (node,) = ops.nodes_ready(NODE, flags=WORKERS)
+    ws = await ws_connect(url(node, "o"))
+    await landed(node, "o")
+    pids = serving_pids(node)
+    node.kill()  # SIGKILL: the supervisor forwards nothing
+    assert await closed_with(ws, DRAIN_TIMEOUT) == 1012  # its worker drained
+    assert await asyncio.to_thread(
+        wait_until, lambda: not any(alive(pid) for pid in pids.values()), DRAIN_TIMEOUT
+    )
+    # Presence was withdrawn, and nothing holds the port any more.
+    assert ops.redis is not None
+    assert ops.redis.cli("--scan", "--pattern", "bushub:agent:*").split() == []
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", node.port), timeout=1).close()
+
+
+async def test_one_scrape_answers_for_every_worker(ops: OpsCluster) -> None:
+    (node,) = ops.nodes_ready(NODE, flags=WORKERS)
+    sockets = []
+    for i in range(ATTEMPTS):
+        sockets.append(await ws_connect(url(node, f"m{i}")))
+        await landed(node, f"m{i}")
+        held = [row["node"] for row in rows(node).values()]
+        if len(set(held)) == 2:
+            break
+    assert set(held) == {f"{NODE}-w0", f"{NODE}-w1"}
+    per_worker = {w: held.count(f"{NODE}-w{w}") for w in ("0", "1")}
+
+    def counted(s: Samples) -> dict[str, float]:
+        return s.by_label("bushub_connections", "worker")
+
+    scrape = await asyncio.to_thread(wait_for_metrics, node, lambda s: counted(s) == per_worker)
+    assert counted(scrape) == per_worker
+    assert scrape.by_label("bushub_worker_up", "worker") == {"0": 1, "1": 1}
+    assert scrape.by_label("bushub_redis_up", "worker") == {"0": 1, "1": 1}
+    assert scrape.value("bushub_connections_opened_total", worker="0") == per_worker["0"]
+
+    # A worker that does not answer (stopped) makes the node unready, named in the body,
+    # and is marked absent from the scrape; once it answers again, the node is ready.
+    pids = serving_pids(node)
+    os.kill(pids[1], signal.SIGSTOP)
+    try:
+        # The kernel may hand a request to the stopped worker: it then goes unanswered.
+        answer: list[tuple[int, bytes]] = []
+
+        def unready() -> bool:
+            got = get_or_none(node, "/readyz")
+            if got is not None and got[0] == 503:
+                answer.append(got)
+            return bool(answer)
+
+        assert await asyncio.to_thread(wait_until, unready)
+        body = decode(answer[0][1])
+        assert body["ready"] is False and body["not_ready"] == ["1"], body
+        assert body["workers"]["0"]["ready"] is True
+        assert body["workers"]["1"].get("unanswered") is True
+
+        scrapes: list[Samples] = []
+
+        def scraped() -> bool:
+            got = get_or_none(node, "/metrics")
+            if got is not None and got[0] == 200:
+                scrapes.append(Samples(got[1].decode()))
+            return bool(scrapes)
+
+        assert await asyncio.to_thread(wait_until, scraped)
+        assert scrapes[0].by_label("bushub_worker_up", "worker") == {"0": 1, "1": 0}
+        assert set(counted(scrapes[0])) == {"0"}
+    finally:
+        os.kill(pids[1], signal.SIGCONT)
+    assert await asyncio.to_thread(wait_until, lambda: status(node, "/readyz") == 200)
+
+
+@pytest.mark.parametrize("workers", ["2", "auto"])
+def test_workers_without_a_shared_broker_are_refused(workers: str) -> None:
+    if workers == "auto" and cpu_count() < 2:
+        pytest.skip("auto means one worker here")
+    result = serve("--port", "0", "--workers", workers)
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert "workers" in last and "--redis-url" in last, result.stderr
+
+
+def test_a_node_whose_workers_cannot_start_stops(ops: OpsCluster) -> None:
+    """Exit code 3 (a single node's when it cannot start), with the reason, rather than
+    restarting forever: a taken port, or a Redis that refuses the login."""
+    redis = ops.start_redis()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        result = serve("--port", port, "--workers", "2", "--redis-url", redis.url)
+    assert result.returncode == 3, result.stderr
+    assert "Address already in use" in result.stderr
+    assert "Traceback" not in result.stderr
+
+    redis.cli("CONFIG", "SET", "requirepass", "not-the-hub's")
+    result = serve("--port", "0", "--workers", "2", "--redis-url", redis.url)
+    assert result.returncode == 3, result.stderr
+    assert "could not start (exit code 3): stopping the node" in result.stderr
+    assert "restarting" not in result.stderr
