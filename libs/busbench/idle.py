@@ -257,6 +257,27 @@ def _await_event(gens: list[Generator], event: str, timeout: float) -> None:
         waiting = [g for g in waiting if not said(g, event)]
 
 
+def close_generators(gens: list[Generator]) -> list[dict[str, Any]]:
+    """Tell every generator to close its sockets; their results, in order."""
+    for g in gens:
+        g.tell("close")
+    results = []
+    for g in gens:
+        g.proc.wait(120)
+        if g.proc.returncode != 0:
+            raise RuntimeError(f"load generator {g.share} failed ({g.proc.returncode})")
+        results.append(json.loads(g.result_path.read_text()))
+    return results
+
+
+def reap(gens: list[Generator]) -> None:
+    """Kill what is left of the generators (a run that failed half-way)."""
+    for g in gens:
+        if g.proc.poll() is None:
+            g.proc.kill()
+            g.proc.wait()
+
+
 def _cpu_s(pid: int) -> float:
     return sum(proc_times(pid))
 
@@ -311,20 +332,10 @@ def measure(
         time.sleep(plan.window)
         snap1, info1 = _snapshot(server_pid, redis_pid, gens), info.read()
         rss_end = {"server": proc_rss_kb(server_pid), "redis": proc_rss_kb(redis_pid)}
-        for g in gens:
-            g.tell("close")
-        results = []
-        for g in gens:
-            g.proc.wait(120)
-            if g.proc.returncode != 0:
-                raise RuntimeError(f"load generator {g.share} failed ({g.proc.returncode})")
-            results.append(json.loads(g.result_path.read_text()))
+        results = close_generators(gens)
     finally:
         info.close()
-        for g in gens:
-            if g.proc.poll() is None:
-                g.proc.kill()
-                g.proc.wait()
+        reap(gens)
     wall = snap1["t"] - snap0["t"]
     machine = {k: v - snap0["machine"].get(k, 0.0) for k, v in snap1["machine"].items()}
     return {

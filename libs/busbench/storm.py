@@ -12,7 +12,6 @@ re-established (or given up), every ``sample`` seconds: Redis's CPU and commands
 generator counts the sockets still open and those whose peer was announced again.
 """
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,9 @@ from busbench.idle import (
     _await_event,
     _cpu_s,
     _spawn,
+    close_generators,
     pump,
+    reap,
     redis_figures,
     said,
 )
@@ -185,20 +186,10 @@ def measure(
         doomed.proc.wait(10)
         info_all1 = info.read("all")
         after = {s.name: metric_value(s.port, "bushub_connections") for s in survivors}
-        for g in gens:
-            g.tell("close")
-        results = []
-        for g in gens:
-            g.proc.wait(120)
-            if g.proc.returncode != 0:
-                raise RuntimeError(f"load generator {g.share} failed ({g.proc.returncode})")
-            results.append(json.loads(g.result_path.read_text()))
+        results = close_generators(gens)
     finally:
         info.close()
-        for g in gens:
-            if g.proc.poll() is None:
-                g.proc.kill()
-                g.proc.wait()
+        reap(gens)
     merged = _merge(results)
     return {
         "count": plan.count,
