@@ -19,7 +19,7 @@ from bushub.broker.nodes import BeatStatus
 from bushub.brokerhealth import BrokerHealth
 from bushub.settings import Settings
 from buswire import presence_key
-from buswire.channels import claim_key
+from buswire.channels import claim_key, node_channel
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,23 @@ class Membership:
         """``node`` just published: it is alive, whatever the last beat said."""
         if node in self.dead:
             self.dead = self.dead - {node}
+
+    async def answers(self, node: str) -> bool:
+        """Whether Redis still hears ``node``: its own channel has a subscriber.
+
+        A node killed a moment ago is not known dead until its heartbeat lapses, but
+        Redis dropped its subscriptions with its connections; a node taken for dead at
+        the last beat may be back since. Unknown (the probe failed) counts as heard.
+        """
+        if node == self._node_id:
+            return True
+        try:
+            [receivers] = await self._broker.publish_many([(node_channel(node), b"")])
+        except (ConnectionError, OSError):
+            return True
+        if receivers:
+            self.heard_from(node)
+        return receivers > 0
 
     async def join(self) -> None:
         """Start: clean up after an earlier process of this node id (it was never

@@ -15,6 +15,7 @@ test drives every transition.
 """
 
 import asyncio
+import contextlib
 import logging
 from collections import defaultdict
 from collections.abc import Callable
@@ -107,12 +108,24 @@ class Peers:
             await self._subscriptions.acquire(presence_channel(peer))
             version = self._version[peer]
             [record] = await self._broker.get_records([presence_key(peer)])
+            await self._check_node(record)
             if self._version[peer] == version and peer not in self._holders:
                 holder = self._live_holder(record)
                 self._holders[peer] = holder[0] if holder else None
                 if holder:
                     self._holder_nodes[peer] = holder[1]
         self._announce_peer(conn)
+
+    async def _check_node(self, record: bytes | None) -> None:
+        """A record on a node this one last saw dead: ask whether Redis hears it now
+        (it may be back since, re-asserting what it holds), rather than leave the
+        peer unannounced until the next beat."""
+        if record is None:
+            return
+        with contextlib.suppress(DecodeError):
+            _, node = record_holder(record)
+            if not self._membership.is_live(node):
+                await self._membership.answers(node)
 
     def _live_holder(self, record: bytes | None) -> tuple[str, str] | None:
         """The (connection, node) a record names, unless absent, unreadable or on a

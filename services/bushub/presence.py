@@ -38,7 +38,7 @@ from buswire import (
     presence_channel,
     presence_key,
 )
-from buswire.channels import claim_key, node_channel
+from buswire.channels import claim_key
 from buswire.presence import (
     EventKind,
     PresenceEvent,
@@ -162,7 +162,7 @@ class Presence:
         holder = self._record_holder(record)
         local = self.holders.get(agent)
         waits = {local.id} if local is not None and local.id != conn.id else set()
-        if holder is not None and holder[0] != conn.id and await self._node_there(holder[1]):
+        if holder is not None and holder[0] != conn.id and await self.membership.answers(holder[1]):
             waits.add(holder[0])
         futures = []
         loop = asyncio.get_running_loop()
@@ -252,7 +252,7 @@ class Presence:
         await self._subscriptions.release(presence_channel(conn.agent))
 
     def _record_holder(self, record: bytes | None) -> tuple[str, str] | None:
-        """The connection and node a record names, unless its node is known dead."""
+        """The connection and node a record names (None: none, or unreadable)."""
         if record is None:
             return None
         try:
@@ -260,23 +260,7 @@ class Presence:
         except DecodeError:
             self._metrics.messages_dropped.labels(DropReason.BAD_PRESENCE).inc()
             return None
-        return (conn_id, node) if self.membership.is_live(node) else None
-
-    async def _node_there(self, node: str) -> bool:
-        """Whether a node can still hear a claim: its own channel has a subscriber.
-
-        A node killed a moment ago is not known dead until its heartbeat lapses, but
-        Redis dropped its subscriptions with its connections: a takeover of its agents
-        (their clients reconnecting elsewhere) need not wait for a release that will
-        never come. Unknown (the probe failed) counts as there.
-        """
-        if node == self._node_id:
-            return True
-        try:
-            [receivers] = await self._broker.publish_many([(node_channel(node), b"")])
-        except (ConnectionError, OSError):
-            return True
-        return receivers > 0
+        return conn_id, node
 
     # ---- presence events ----------------------------------------------------
 

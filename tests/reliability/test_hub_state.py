@@ -20,6 +20,7 @@ import uvicorn
 from websockets.asyncio.client import connect
 
 from bushub.app import create_app
+from bushub.broker.redis import RedisBroker
 from bushub.cli import uvicorn_config
 from bushub.hub import Hub
 from bushub.settings import Settings
@@ -56,7 +57,8 @@ def _state(hub: Hub) -> dict[str, int]:
     """Sizes of every per-agent structure of the hub (and its broker's channel set)."""
     sizes = dict(hub.presence.per_agent_sizes())
     sizes["subscriptions"] = len(hub.subscriptions)
-    sizes["broker channels"] = len(hub.broker._channels)  # type: ignore[attr-defined]
+    assert isinstance(hub.broker, RedisBroker)
+    sizes["broker channels"] = hub.broker.channel_count
     sizes["hub tasks"] = hub.task_count
     sizes["publisher pending"] = hub.publisher.pending
     return sizes

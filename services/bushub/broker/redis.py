@@ -185,6 +185,11 @@ class RedisBroker(Broker):
         return self._nodes
 
     @property
+    def channel_count(self) -> int:
+        """Channels subscribed, the control channel among them (for leak checks)."""
+        return len(self._listener.channels)
+
+    @property
     def description(self) -> str:
         pool = self._client.connection_pool.connection_kwargs
         return f"redis {pool.get('host', '?')}:{pool.get('port', '?')}/{pool.get('db', 0)}"

@@ -18,6 +18,7 @@ from bushub.peers import runner_name
 from bushub.presence import Presence
 from bushub.subscriptions import Subscriptions
 from buswire import presence_key
+from buswire.channels import node_channel
 from buswire.presence import (
     EventKind,
     PresenceEvent,
@@ -313,3 +314,20 @@ async def test_a_node_restarted_under_its_name_withdraws_what_it_left() -> None:
     assert await wired.broker.get_records([presence_key("w")]) == [None]
     downs = [json.loads(data) for _, data in wired.events]
     assert [(e["kind"], e["agent"], e["conn"]) for e in downs] == [("down", "w", "n1.old")]
+
+
+@pytest.mark.parametrize("back", [True, False])
+async def test_a_peer_on_a_node_last_seen_dead_is_announced_if_redis_hears_that_node(
+    back: bool,
+) -> None:
+    wired = Wired()
+    await _worker_on_n2(wired, "p", "n2.p")
+    wired.presence.membership.dead = frozenset({"n2"})  # as the last beat here saw it
+    if back:  # n2 is running again: its own channel has its subscriber
+        await wired.broker.subscribe(node_channel("n2"))
+    watcher = connection("a", "p", conn_id="n1.a")
+    wired.presence.hold(watcher)
+    await wired.presence.announce(watcher)
+    announced = announced_runners(written(watcher))
+    assert announced == ([runner_name("p", "n2.p")] * 2 if back else [])
+    assert wired.presence.membership.is_live("n2") is back
