@@ -142,3 +142,41 @@ def test_a_node_restarted_under_its_name_gets_back_what_it_left(redis: FaultRedi
         assert await nodes.reset("a") == []
 
     _scenario(redis, test)
+
+
+def _calls(redis: FaultRedis, command: str) -> int:
+    for line in redis.cli("INFO", "commandstats").splitlines():
+        if line.startswith(f"cmdstat_{command}:"):
+            return int(line.split("calls=")[1].split(",")[0])
+    return 0
+
+
+def test_a_storm_of_claims_is_sent_as_few_commands(tmp_path: Path) -> None:
+    """200 handshakes at once: their reads are one MGET, their claims one SADD, their
+    records one pipeline."""
+    redis_iter = running_redis(tmp_path)
+    redis = next(redis_iter)
+    try:
+
+        async def main() -> None:
+            async for broker in _broker(redis):
+                before = {c: _calls(redis, c) for c in ("mget", "sadd", "set")}
+                keys = [f"bushub:agent:{{s{n}}}" for n in range(200)]
+                await asyncio.gather(
+                    *(broker.nodes.enlist("n1", [f"c{n} s{n}"]) for n in range(200))
+                )
+                await asyncio.gather(*(broker.put_record(k, b"c x", None) for k in keys))
+                got = await asyncio.gather(*(broker.get_records([k]) for k in keys))
+                assert got == [[b"c x"]] * 200
+                after = {c: _calls(redis, c) for c in ("mget", "sadd", "set")}
+                assert {c: after[c] - before[c] for c in after} == {
+                    "mget": 1,
+                    "sadd": 1,
+                    "set": 200,
+                }
+                assert _calls(redis, "exec") == 0  # a pipeline, not a transaction
+
+        asyncio.run(asyncio.wait_for(main(), 30))
+    finally:
+        for _ in redis_iter:
+            pass

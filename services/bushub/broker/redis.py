@@ -24,6 +24,7 @@ from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bushub.broker.base import Broker, MessageHandler, PartialPublish, PublishDone, StateHandler
+from bushub.broker.coalesce import Coalesced
 from bushub.broker.credentials import Credentials
 from bushub.broker.listener import Listener
 from bushub.broker.nodes import NodeRegistry
@@ -61,6 +62,11 @@ def unreachable_as_connection_error() -> Iterator[None]:
         raise ConnectionError(f"redis: {type(exc).__name__}: {exc}") from exc
     except ResponseError as exc:
         raise BrokerRefused(exc) from exc
+
+
+def _refused_or(result: object) -> object:
+    """A pipeline's per-command result, its error reply as BrokerRefused."""
+    return BrokerRefused(result) if isinstance(result, ResponseError) else result
 
 
 @contextlib.asynccontextmanager
@@ -162,6 +168,10 @@ class RedisBroker(Broker):
         self._release = self._client.register_script(RELEASE_SCRIPT)
         self._claim = self._client.register_script(CLAIM_SCRIPT)
         self._nodes = RedisNodeRegistry(self._client, guarded)
+        # What many handshakes ask at once goes as one command or one pipeline.
+        self._reads = Coalesced(self._read_batch)
+        self._puts = Coalesced(self._put_batch)
+        self._claims = Coalesced(self._claim_batch)
         self._listener = Listener(
             "redis",
             self._connect if self._raw else self._connect_pubsub,
@@ -293,14 +303,28 @@ class RedisBroker(Broker):
         self._listener.unsubscribe((channel,))
 
     async def put_record(self, key: str, value: bytes, ttl: float | None) -> None:
+        await self._puts((key, value, ttl_ms(ttl)))
+
+    async def _put_batch(self, items: list[tuple[str, bytes, int]]) -> list[object]:
         with unreachable_as_connection_error():
-            await self._client.set(key, value, px=ttl_ms(ttl) or None)
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key, value, lifetime in items:
+                    pipe.set(key, value, px=lifetime or None)
+                results: list[object] = await pipe.execute(raise_on_error=False)
+        return [_refused_or(r) for r in results]
 
     async def claim_record(
         self, key: str, value: bytes, ttl: float | None, channel: str, data: bytes
     ) -> None:
+        await self._claims((key, [value, ttl_ms(ttl), "PUBLISH", channel, data]))
+
+    async def _claim_batch(self, items: list[tuple[str, list[Any]]]) -> list[object]:
         with unreachable_as_connection_error():
-            await self._claim(keys=[key], args=[value, ttl_ms(ttl), "PUBLISH", channel, data])
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key, args in items:
+                    await self._claim(keys=[key], args=args, client=pipe)
+                results: list[object] = await pipe.execute(raise_on_error=False)
+        return [_refused_or(r) for r in results]
 
     async def refresh_records(
         self, items: Sequence[tuple[str, str, bytes]], ttl: float | None, *, create: bool = True
@@ -338,9 +362,19 @@ class RedisBroker(Broker):
     async def get_records(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:
             return []
+        return await self._reads(list(keys))
+
+    async def _read_batch(self, reads: list[list[str]]) -> list[list[bytes | None]]:
+        """Concurrent reads as one MGET."""
         with unreachable_as_connection_error():
-            values = await self._client.mget(list(keys))
-        return [v.encode() if isinstance(v, str) else v for v in values]
+            values = await self._client.mget([key for keys in reads for key in keys])
+        out, start = [], 0
+        for keys in reads:
+            out.append(
+                [v.encode() if isinstance(v, str) else v for v in values[start : start + len(keys)]]
+            )
+            start += len(keys)
+        return out
 
     async def scan_records(self, pattern: str) -> list[bytes]:
         with unreachable_as_connection_error():

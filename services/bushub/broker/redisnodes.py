@@ -11,6 +11,7 @@ from typing import Any
 
 from redis.asyncio import Redis, RedisCluster
 
+from bushub.broker.coalesce import Coalesced
 from bushub.broker.nodes import Beat, BeatStatus, NodeRegistry
 from buswire.channels import (
     collected_index_key,
@@ -110,6 +111,7 @@ class RedisNodeRegistry(NodeRegistry):
         self._beat = client.register_script(BEAT_SCRIPT)
         self._take = client.register_script(TAKE_SCRIPT)
         self._reset = client.register_script(RESET_SCRIPT)
+        self._enlist = Coalesced(self._enlist_batch)
 
     async def beat(self, node: str, ttl: float) -> Beat:
         async with self._guard():
@@ -118,8 +120,17 @@ class RedisNodeRegistry(NodeRegistry):
 
     async def enlist(self, node: str, members: Sequence[str]) -> None:
         if members:
-            async with self._guard():
+            await self._enlist((node, list(members)))
+
+    async def _enlist_batch(self, items: list[tuple[str, list[str]]]) -> list[None]:
+        """The claims of one loop iteration (a storm of handshakes) in one SADD a node."""
+        by_node: dict[str, list[str]] = {}
+        for node, members in items:
+            by_node.setdefault(node, []).extend(members)
+        async with self._guard():
+            for node, members in by_node.items():
                 await self._client.sadd(node_index_key(node), *members)
+        return [None] * len(items)
 
     async def delist(self, node: str, member: str) -> None:
         async with self._guard():
