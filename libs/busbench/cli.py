@@ -95,6 +95,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--idle-window", type=float, default=20.0, help="idle quiet window, s")
     p.add_argument(
+        "--idle-workers",
+        type=int,
+        default=1,
+        help="the idle hub as one node of this many worker processes (bushub serve "
+        "--workers): each holds its share of the sockets under its own descriptor limit",
+    )
+    p.add_argument(
         "--idle-hold",
         type=float,
         default=0.0,
@@ -682,7 +689,7 @@ def _idle_runs(
                 tag=f"x{m}",
             )
             m += 1
-            reason = idle.fd_shortfall(plan)
+            reason = idle.fd_shortfall(plan, args.idle_workers if kind == "hub" else 1)
             if kind == "floor" and count > args.idle_floor_max:
                 reason = f"above --idle-floor-max {args.idle_floor_max:,}"
             if reason:
@@ -695,7 +702,7 @@ def _idle_runs(
             # stays in the process and would be reused, hiding the growth.
             if kind == "hub":
                 cap = ["--max-connections", str(max(20_000, count + 100))]
-                node = procs.hub(f"idle{m}", redis_url, cap + extra)
+                node = procs.hub(f"idle{m}", redis_url, cap + extra, workers=args.idle_workers)
                 wait_until(lambda c=node: http_ready(c.port), 30, node, "/readyz 200")
             else:
                 node = procs.floor(f"floor-idle{m}", redis_url)

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from busbench.loadgen import machine_times, proc_rss_kb, proc_times
-from busbench.procs import die_with_parent
+from busbench.procs import die_with_parent, worker_pids
 
 # Descriptors a server or generator needs besides its sockets (Redis, logs, loop, ...).
 FD_MARGIN = 256
@@ -77,14 +77,17 @@ class IdlePlan:
         return [f"127.0.0.{k}" for k in range(1, last + 1)]
 
 
-def fd_shortfall(plan: IdlePlan) -> str:
-    """Why this machine cannot hold the sockets (RLIMIT_NOFILE), or ``""``."""
+def fd_shortfall(plan: IdlePlan, processes: int = 1) -> str:
+    """Why this machine cannot hold the sockets (RLIMIT_NOFILE) in ``processes``
+    server processes (a hub's workers share them), or ``""``."""
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     limit = hard if hard != resource.RLIM_INFINITY else 1 << 30
-    if plan.count + FD_MARGIN > limit:
+    # The kernel spreads a hub's sockets over its workers only about evenly.
+    per_process = plan.count if processes == 1 else int(plan.count / processes * 1.1)
+    if per_process + FD_MARGIN > limit:
         return (
-            f"RLIMIT_NOFILE hard limit {hard} is below the {plan.count + FD_MARGIN:,} "
-            "descriptors one server process needs for these sockets"
+            f"RLIMIT_NOFILE hard limit {hard} is below the {per_process + FD_MARGIN:,} "
+            f"descriptors each of {processes} server process(es) needs for these sockets"
         )
     return ""
 
@@ -282,10 +285,20 @@ def _cpu_s(pid: int) -> float:
     return sum(proc_times(pid))
 
 
+def _server_pids(pid: int) -> list[int]:
+    """A server process and, for a hub with ``--workers``, its workers."""
+    return [pid, *worker_pids(pid)]
+
+
+def server_rss_kb(pid: int) -> int:
+    """Resident memory of a server: its process and its workers."""
+    return sum(proc_rss_kb(p) for p in _server_pids(pid))
+
+
 def _snapshot(server_pid: int, redis_pid: int, gens: list[Generator]) -> dict[str, Any]:
     return {
         "t": time.monotonic(),
-        "server": _cpu_s(server_pid),
+        "server": sum(_cpu_s(p) for p in _server_pids(server_pid)),
         "redis_proc": _cpu_s(redis_pid),
         "loadgen": sum(_cpu_s(g.proc.pid) for g in gens),
         "machine": machine_times(),
@@ -318,20 +331,20 @@ def measure(
     try:
         _await_event(gens, "warmed", 120)
         time.sleep(1.0)
-        before = {"server": proc_rss_kb(server_pid), "redis": proc_rss_kb(redis_pid)}
+        before = {"server": server_rss_kb(server_pid), "redis": proc_rss_kb(redis_pid)}
         for g in gens:
             g.tell("open")
         _await_event(gens, "opened", plan.open_timeout + 60)
         opened = sum(e["opened"] for g in gens for e in g.events if e["event"] == "opened")
         log(f"  {opened:,}/{plan.count:,} open; settle {plan.settle:.0f} s, hold {plan.hold:g} s")
         time.sleep(plan.settle)
-        after = {"server": proc_rss_kb(server_pid), "redis": proc_rss_kb(redis_pid)}
+        after = {"server": server_rss_kb(server_pid), "redis": proc_rss_kb(redis_pid)}
         time.sleep(plan.hold)
         log(f"  quiet window: {plan.window:g} s")
         info0, snap0 = info.read(), _snapshot(server_pid, redis_pid, gens)
         time.sleep(plan.window)
         snap1, info1 = _snapshot(server_pid, redis_pid, gens), info.read()
-        rss_end = {"server": proc_rss_kb(server_pid), "redis": proc_rss_kb(redis_pid)}
+        rss_end = {"server": server_rss_kb(server_pid), "redis": proc_rss_kb(redis_pid)}
         results = close_generators(gens)
     finally:
         info.close()
