@@ -104,7 +104,8 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         super().data_received(data)
 
     def keepalive_check(self) -> bool:
-        if self.heard:
+        if self.heard or self._reading_held is not None or self.read_paused:
+            # Not reading (backpressure): the client's pings wait unread; no verdict.
             self.heard = False
             self._pinged = False
             return True
