@@ -65,6 +65,12 @@ def collecting_key() -> str:
     return f"{_NODES}:collecting"
 
 
+def gone_key() -> str:
+    """The sorted set of nodes cleaned up after, by when they stop being listed dead:
+    every node's beat sees a dead node for a while, however fast it was cleaned up."""
+    return f"{_NODES}:gone"
+
+
 def node_index_key(node: str) -> str:
     """The set of ``"<conn> <agent>"`` claims a node has made and not withdrawn."""
     return f"{_NODES}:index:{node}"

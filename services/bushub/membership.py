@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 # Deletes per pipelined batch when cleaning up after a dead node.
 _COLLECT_BATCH = 1000
+# How long, in presence TTLs, a node cleaned up after is still listed dead.
+_GONE_LINGER_TTLS = 3
 # How long a cleanup may take before another node may take it over.
 _COLLECT_HOLD_MIN = 30.0
 
@@ -146,7 +148,9 @@ class Membership:
             if members is None:
                 return
             await self._delete([_claim_of(member) for member in members])
-            await self._broker.nodes.collected(dead)
+            # Listed dead a while longer: a node whose beat comes after this cleanup
+            # must still see it die (its peers held there are lost).
+            await self._broker.nodes.collected(dead, _GONE_LINGER_TTLS * self._ttl)
             log.warning("node %s is dead: removed its %d agents from presence", dead, len(members))
         except (ConnectionError, OSError) as exc:
             # Its hold lapses and a later beat (here or elsewhere) takes it again.

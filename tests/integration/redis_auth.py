@@ -36,6 +36,7 @@ HUB_ACL_RULES = (
     "+zscore",
     "+zrange",
     "+zrangebyscore",
+    "+zremrangebyscore",
     "+sadd",
     "+srem",
     "+smembers",

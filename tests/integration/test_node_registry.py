@@ -78,14 +78,30 @@ def test_a_dead_nodes_index_goes_to_one_cleaner(redis: FaultRedis | None) -> Non
         # Still listed dead while being cleaned; not registered again by its beat.
         assert (await nodes.beat("b", TTL)).dead == {"a"}
         assert (await nodes.beat("a", TTL)).status is BeatStatus.COLLECTING
-        await nodes.collected("a")
+        await nodes.collected("a", 0.3)
+        # Listed dead a while longer, for nodes whose beat comes after the cleanup.
+        assert (await nodes.beat("b", TTL)).dead == {"a"}
+        assert await nodes.take("a", 5.0) is None  # gone: nothing to take
+        await asyncio.sleep(0.35)
         assert (await nodes.beat("b", TTL)).dead == frozenset()
-        assert await nodes.take("a", 5.0) is None  # gone
         # Cleaned up after: it comes back as a new node, with an empty index.
         assert (await nodes.beat("a", TTL)).status is BeatStatus.ABSENT
         await asyncio.sleep(LAPSE)
         await nodes.beat("b", TTL)
         assert await nodes.take("a", 5.0) == []
+
+    _scenario(redis, test)
+
+
+def test_a_node_cleaned_up_after_and_back_is_not_listed_dead(redis: FaultRedis | None) -> None:
+    async def test(nodes: NodeRegistry) -> None:
+        await nodes.beat("a", TTL)
+        await asyncio.sleep(LAPSE)
+        assert await nodes.take("a", 5.0) == []
+        await nodes.collected("a", 60.0)
+        assert (await nodes.beat("b", TTL)).dead == {"a"}
+        assert (await nodes.beat("a", TTL)).status is BeatStatus.ABSENT
+        assert (await nodes.beat("b", TTL)).dead == frozenset()
 
     _scenario(redis, test)
 

@@ -15,6 +15,8 @@ class MemoryNodeRegistry(NodeRegistry):
         self._collecting: dict[str, float] = {}
         self._index: dict[str, set[str]] = {}
         self._collected: dict[str, set[str]] = {}
+        # Nodes cleaned up after, listed dead until then.
+        self._gone: dict[str, float] = {}
 
     async def beat(self, node: str, ttl: float) -> Beat:
         now = time.monotonic()
@@ -34,7 +36,10 @@ class MemoryNodeRegistry(NodeRegistry):
                 else BeatStatus.LIVE
             )
             self._live[node] = now + ttl
-        dead = {n for n, lapses in self._live.items() if lapses < now} | set(self._collecting)
+            self._gone.pop(node, None)
+        self._gone = {n: until for n, until in self._gone.items() if until >= now}
+        dead = {n for n, lapses in self._live.items() if lapses < now}
+        dead |= set(self._collecting) | set(self._gone)
         return Beat(status, frozenset(dead - {node}))
 
     async def enlist(self, node: str, members: Sequence[str]) -> None:
@@ -57,9 +62,10 @@ class MemoryNodeRegistry(NodeRegistry):
         taken.update(self._index.pop(dead, ()))
         return sorted(taken)
 
-    async def collected(self, dead: str) -> None:
+    async def collected(self, dead: str, linger: float) -> None:
         self._collecting.pop(dead, None)
         self._collected.pop(dead, None)
+        self._gone[dead] = time.monotonic() + linger
 
     async def reset(self, node: str) -> list[str]:
         return sorted(self._index.pop(node, ()))

@@ -69,8 +69,9 @@ class NodeRegistry(ABC):
         """
 
     @abstractmethod
-    async def collected(self, dead: str) -> None:
-        """The cleanup of ``dead`` is done: forget it."""
+    async def collected(self, dead: str, linger: float) -> None:
+        """The cleanup of ``dead`` is done; it is still listed dead for ``linger``
+        seconds (unless it beats again), so that every node's beat sees it dead."""
 
     @abstractmethod
     async def reset(self, node: str) -> list[str]:

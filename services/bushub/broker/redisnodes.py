@@ -16,6 +16,7 @@ from bushub.broker.nodes import Beat, BeatStatus, NodeRegistry
 from buswire.channels import (
     collected_index_key,
     collecting_key,
+    gone_key,
     live_nodes_key,
     node_index_key,
 )
@@ -25,7 +26,7 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# KEYS: live, collecting, index, collected; ARGV: node, ttl ms.
+# KEYS: live, collecting, index, collected, gone; ARGV: node, ttl ms.
 # A node being collected is not registered again until that ends (its records
 # are being deleted; re-asserting them now would race the cleaner). A node whose
 # cleaner gave up merges the collected index back into its own.
@@ -49,9 +50,12 @@ else
   elseif tonumber(s) < now then status = 'lapsed'
   else status = 'live' end
   redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+  redis.call('ZREM', KEYS[5], ARGV[1])
 end
+redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', '(' .. now)
 local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. now)
 for _, n in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do table.insert(dead, n) end
+for _, n in ipairs(redis.call('ZRANGE', KEYS[5], 0, -1)) do table.insert(dead, n) end
 return {status, dead}
 """
 )
@@ -76,6 +80,17 @@ return redis.call('SMEMBERS', KEYS[4])
 )
 
 
+# KEYS: collecting, collected, gone; ARGV: node, linger ms.
+COLLECTED_SCRIPT = (
+    _NOW
+    + """
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('DEL', KEYS[2])
+redis.call('ZADD', KEYS[3], now + tonumber(ARGV[2]), ARGV[1])
+return 1
+"""
+)
+
 # KEYS: index.
 RESET_SCRIPT = """
 local members = redis.call('SMEMBERS', KEYS[1])
@@ -85,7 +100,13 @@ return members
 
 
 def _keys(node: str) -> list[str]:
-    return [live_nodes_key(), collecting_key(), node_index_key(node), collected_index_key(node)]
+    return [
+        live_nodes_key(),
+        collecting_key(),
+        node_index_key(node),
+        collected_index_key(node),
+        gone_key(),
+    ]
 
 
 def _text(value: Any) -> str:
@@ -111,6 +132,7 @@ class RedisNodeRegistry(NodeRegistry):
         self._beat = client.register_script(BEAT_SCRIPT)
         self._take = client.register_script(TAKE_SCRIPT)
         self._reset = client.register_script(RESET_SCRIPT)
+        self._collected = client.register_script(COLLECTED_SCRIPT)
         self._enlist = Coalesced(self._enlist_batch)
 
     async def beat(self, node: str, ttl: float) -> Beat:
@@ -141,10 +163,10 @@ class RedisNodeRegistry(NodeRegistry):
             members = await self._take(keys=_keys(dead), args=[dead, _ms(hold)])
         return None if members is None else [_text(m) for m in members]
 
-    async def collected(self, dead: str) -> None:
+    async def collected(self, dead: str, linger: float) -> None:
+        keys = [collecting_key(), collected_index_key(dead), gone_key()]
         async with self._guard():
-            await self._client.zrem(collecting_key(), dead)
-            await self._client.delete(collected_index_key(dead))
+            await self._collected(keys=keys, args=[dead, _ms(linger)])
 
     async def reset(self, node: str) -> list[str]:
         async with self._guard():
