@@ -92,20 +92,14 @@ class BrokerHealth:
     def is_failing(self, area: str) -> bool:
         return area in self._failing
 
-    async def probe(self, broker: Broker, name: str, ttl: float, *, records_written: bool) -> None:
-        """Retry what Redis refused on a key and channel of this node's own: with no
-        agent here and no traffic, nothing else would find out that Redis relented.
+    async def probe_publish(self, broker: Broker, name: str) -> None:
+        """Retry a refused publish on a channel of this node's own: with no traffic,
+        nothing else would find out that Redis relented (presence finds out by itself:
+        every heartbeat is a write).
 
         Args:
-            name: The node's probe key and channel.
-            records_written: A presence pass just wrote records (so presence works).
+            name: The node's probe channel.
         """
-        if records_written:
-            self.accepted("presence")
-        elif self.is_failing("presence"):
-            with self.watching("presence_write"):
-                await broker.put_record(name, b"probe", ttl)
-            self.accepted("presence")
         if self.is_failing("publish"):
             try:
                 await broker.publish_many([(name, b"")])

@@ -124,6 +124,5 @@ class Heartbeat:
             self._full_pass = False
         await self._presence.peers.nodes_changed(dead_before)
         # The beat was a write that went through: presence works.
-        await self._health.probe(
-            self._broker, self._probe_name, self._settings.presence_ttl, records_written=True
-        )
+        self._health.accepted("presence")
+        await self._health.probe_publish(self._broker, self._probe_name)
