@@ -15,7 +15,6 @@ test drives every transition.
 """
 
 import asyncio
-import contextlib
 import logging
 from collections import defaultdict
 from collections.abc import Callable
@@ -108,35 +107,22 @@ class Peers:
             await self._subscriptions.acquire(presence_channel(peer))
             version = self._version[peer]
             [record] = await self._broker.get_records([presence_key(peer)])
-            await self._check_node(record)
+            holder = _holder_of(record)
+            if holder is not None and not self._membership.is_live(holder[1]):
+                # On a node last seen dead: ask whether Redis hears it now (it may be
+                # back, re-asserting what it holds) rather than leave the peer
+                # unannounced until the next beat.
+                await self._membership.answers(holder[1])
             if self._version[peer] == version and peer not in self._holders:
-                holder = self._live_holder(record)
-                self._holders[peer] = holder[0] if holder else None
-                if holder:
-                    self._holder_nodes[peer] = holder[1]
+                live = self._live(holder)
+                self._holders[peer] = live[0] if live else None
+                if live:
+                    self._holder_nodes[peer] = live[1]
         self._announce_peer(conn)
 
-    async def _check_node(self, record: bytes | None) -> None:
-        """A record on a node this one last saw dead: ask whether Redis hears it now
-        (it may be back since, re-asserting what it holds), rather than leave the
-        peer unannounced until the next beat."""
-        if record is None:
-            return
-        with contextlib.suppress(DecodeError):
-            _, node = record_holder(record)
-            if not self._membership.is_live(node):
-                await self._membership.answers(node)
-
-    def _live_holder(self, record: bytes | None) -> tuple[str, str] | None:
-        """The (connection, node) a record names, unless absent, unreadable or on a
-        node known dead."""
-        if record is None:
-            return None
-        try:
-            conn_id, node = record_holder(record)
-        except DecodeError:
-            return None
-        return (conn_id, node) if self._membership.is_live(node) else None
+    def _live(self, holder: tuple[str, str] | None) -> tuple[str, str] | None:
+        """A record's (connection, node), unless its node is known dead."""
+        return holder if holder is not None and self._membership.is_live(holder[1]) else None
 
     async def unwatch(self, conn: Connection) -> None:
         peer = conn.peer
@@ -248,8 +234,18 @@ class Peers:
         for peer, version, record in zip(peers, versions, records, strict=True):
             if self._version.get(peer) != version:
                 continue  # an event arrived meanwhile and is fresher than this read
-            holder = self._live_holder(record)
+            holder = self._live(_holder_of(record))
             if holder is None:
                 self._peer_down(peer)
             else:
                 self._peer_up(peer, *holder)
+
+
+def _holder_of(record: bytes | None) -> tuple[str, str] | None:
+    """The (connection, node) a record names; None when absent or unreadable."""
+    if record is None:
+        return None
+    try:
+        return record_holder(record)
+    except DecodeError:
+        return None
