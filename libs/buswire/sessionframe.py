@@ -1,0 +1,99 @@
+"""The framing of a session socket (docs/protocol.md, Sessions), both ends' one codec.
+
+Every frame on a session socket begins with a kind byte: a bus message at a position,
+a bus message with no position (hub to proxy only), or an acknowledgement of every
+position up to one. Positions are 8-byte big-endian unsigned integers.
+"""
+
+import re
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+
+from buswire.errors import DecodeError
+from buswire.reasons import DropReason
+
+_POSITION = struct.Struct("!Q")
+_SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+# The handshake's query parameters and the upgrade's response header.
+SESSION_PARAM = "session"
+RECEIVED_PARAM = "received"
+RESUME_HEADER = "bushub-resume"
+
+
+class Kind(IntEnum):
+    """What a session frame carries."""
+
+    MESSAGE = 1  # a bus message at a position
+    UNNUMBERED = 2  # a bus message with no position (hub to proxy)
+    ACK = 3  # every position up to this one is taken
+
+
+class ResumeResult:
+    """The first word of the ``bushub-resume`` header."""
+
+    NEW = "new"
+    RECOVERED = "recovered"
+    GAP = "gap"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionFrame:
+    """One decoded frame: ``position`` is 0 for an unnumbered message."""
+
+    kind: Kind
+    position: int
+    payload: bytes
+
+
+def message(position: int, payload: bytes) -> bytes:
+    """A bus message at ``position``."""
+    return b"\x01" + _POSITION.pack(position) + payload
+
+
+def unnumbered(payload: bytes) -> bytes:
+    """A bus message with no position."""
+    return b"\x02" + payload
+
+
+def ack(position: int) -> bytes:
+    """An acknowledgement of every position up to ``position``."""
+    return b"\x03" + _POSITION.pack(position)
+
+
+def decode(data: bytes) -> SessionFrame:
+    """Split a session frame.
+
+    Raises:
+        DecodeError: ``malformed`` for an empty or short frame or an unknown kind.
+    """
+    if not data:
+        raise DecodeError(DropReason.MALFORMED, "empty session frame")
+    kind = data[0]
+    if kind == Kind.UNNUMBERED:
+        return SessionFrame(Kind.UNNUMBERED, 0, data[1:])
+    if len(data) < 9 or kind not in (Kind.MESSAGE, Kind.ACK):
+        raise DecodeError(DropReason.MALFORMED, f"session frame kind {kind}, {len(data)} bytes")
+    (position,) = _POSITION.unpack_from(data, 1)
+    if kind == Kind.ACK:
+        return SessionFrame(Kind.ACK, position, b"")
+    return SessionFrame(Kind.MESSAGE, position, data[9:])
+
+
+def valid_session_id(value: str) -> bool:
+    """True for a session id the hub takes (1-64 of ``[A-Za-z0-9_-]``)."""
+    return _SESSION_ID.fullmatch(value) is not None
+
+
+def resume_header(result: str, epoch: str) -> str:
+    """The ``bushub-resume`` header's value."""
+    return f"{result} {epoch}"
+
+
+def parse_resume_header(value: str) -> tuple[str, str]:
+    """(result, epoch) from a ``bushub-resume`` header; unknown results read as gap."""
+    result, _, epoch = value.strip().partition(" ")
+    if result not in (ResumeResult.NEW, ResumeResult.RECOVERED, ResumeResult.GAP):
+        result = ResumeResult.GAP
+    return result, epoch
