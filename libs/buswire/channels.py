@@ -45,6 +45,22 @@ def presence_key(agent: str) -> str:
     return f"{_PREFIX}:agent:{{{agent}}}"
 
 
+def session_key(agent: str) -> str:
+    """The hash holding the session that holds ``agent``'s name (docs/protocol.md,
+    Sessions): its id, epoch, newest position, stream size and holding connection."""
+    return f"{_PREFIX}:session:{{{agent}}}"
+
+
+def stream_key(agent: str) -> str:
+    """The stream of messages addressed to ``agent``'s session, by position."""
+    return f"{_PREFIX}:stream:{{{agent}}}"
+
+
+def relayed_key(agent: str) -> str:
+    """The hash of the newest position relayed to ``agent`` per sending session."""
+    return f"{_PREFIX}:relayed:{{{agent}}}"
+
+
 def node_channel(node: str) -> str:
     """A node's own channel: always subscribed while the node runs, so that the number
     of subscribers a publish on it reaches says whether the node is still there."""

@@ -7,7 +7,8 @@ without parsing JSON.
 Events travel on the agent's presence channel:
 - ``claim``: a new connection wants the name; holders elsewhere must close.
 - ``up``: a connection now holds the name (peers announce it under a runner
-  named after that connection).
+  named after its ``runner``: the connection, or the session it resumes, so that a
+  resumed session is not announced anew).
 - ``down``: a connection let go of the name.
 """
 
@@ -39,6 +40,7 @@ class PresenceRecord:
     format: str
     dialect: str
     peer: str | None = None
+    runner: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,11 +51,15 @@ class PresenceEvent:
     agent: str
     conn: str
     node: str
+    runner: str = ""
 
 
 def encode_record(record: PresenceRecord) -> bytes:
     """Serialize a record, connection id first (the owner prefix the broker reads)."""
-    return record.conn.encode() + b" " + orjson.dumps(asdict(record))
+    fields = asdict(record)
+    if record.runner is None:
+        del fields["runner"]  # a socket without a session: the record as it always was
+    return record.conn.encode() + b" " + orjson.dumps(fields)
 
 
 _RECORD_TEXT_FIELDS = ("agent", "conn", "node", "format", "dialect")
@@ -77,6 +83,7 @@ def decode_record(data: bytes) -> PresenceRecord:
         or not isinstance(record.since, int | float)
         or isinstance(record.since, bool)
         or not (record.peer is None or isinstance(record.peer, str))
+        or not (record.runner is None or isinstance(record.runner, str))
     ):
         raise DecodeError(DropReason.BAD_PRESENCE, "field types")
     return record
@@ -104,9 +111,22 @@ def record_holder(data: bytes) -> tuple[str, str]:
     return record.conn, record.node
 
 
+def record_runner(data: bytes) -> tuple[str, str, str]:
+    """The connection, node and runner (the connection when it names none) of a record.
+
+    Raises:
+        DecodeError: ``bad_presence`` when the bytes are not a record.
+    """
+    record = decode_record(data)
+    return record.conn, record.node, record.runner or record.conn
+
+
 def encode_event(event: PresenceEvent) -> bytes:
     """Serialize a presence event."""
-    return orjson.dumps(asdict(event))
+    fields = asdict(event)
+    if not event.runner:
+        del fields["runner"]  # announced as its connection, as it always was
+    return orjson.dumps(fields)
 
 
 def decode_event(data: bytes) -> PresenceEvent:
@@ -122,9 +142,10 @@ def decode_event(data: bytes) -> PresenceEvent:
             agent=fields["agent"],
             conn=fields["conn"],
             node=fields["node"],
+            runner=fields.get("runner") or "",
         )
     except (ValueError, TypeError, KeyError) as exc:
         raise DecodeError(DropReason.BAD_PRESENCE, type(exc).__name__) from None
-    if not all(isinstance(v, str) for v in (event.agent, event.conn, event.node)):
+    if not all(isinstance(v, str) for v in (event.agent, event.conn, event.node, event.runner)):
         raise DecodeError(DropReason.BAD_PRESENCE, "field types")
     return event

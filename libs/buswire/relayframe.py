@@ -1,12 +1,21 @@
-"""The frame hubs put on a broker channel: a fixed header and the client's bytes.
+"""The frames hubs put on a broker channel: a fixed header and the client's bytes.
 
-    byte 0      version (1)
+    byte 0      version: 1, or 2 when a session sent it
     byte 1      format of the payload (0 json, 1 msgpack)
     bytes 2-9   receive time on the publishing node, float64 seconds (wall clock)
-    bytes 10-   the frame exactly as the client sent it
+    version 2 only:
+    bytes 10-17 the sender's position, float64 (an integer below 2**53)
+    byte 18     length of the sending session's id, then the id
+    then        the frame exactly as the client sent it
 
 The payload is never re-encoded on the way through the broker, so same-format
-delivery sends the client's own bytes.
+delivery sends the client's own bytes. The sender's session and position let the
+broker relay a message a reconnecting session sends again only once (the delivery
+script reads them at these offsets).
+
+A message kept for a session comes off the channel wrapped once more, by the
+broker's delivery script: byte 0 is 3, bytes 1-8 its position in the receiving
+agent's stream (float64), then the relay frame as published.
 """
 
 import struct
@@ -17,18 +26,27 @@ from buswire.formats import Format
 from buswire.reasons import DropReason
 
 VERSION = 1
+SESSION_VERSION = 2
+STORED = 3
 _HEADER = struct.Struct("!BBd")
+_ORIGIN = struct.Struct("!dB")
+_POSITION = struct.Struct("!Bd")
 _FORMAT_CODES = {Format.JSON: 0, Format.MSGPACK: 1}
 _CODE_FORMATS = {code: fmt for fmt, code in _FORMAT_CODES.items()}
 
 
 @dataclass(frozen=True, slots=True)
 class RelayFrame:
-    """One message in transit between hub nodes."""
+    """One message in transit between hub nodes.
+
+    Attributes:
+        position: Its position in the receiving agent's stream; 0 when not kept.
+    """
 
     fmt: Format
     received_at: float
     payload: bytes
+    position: int = 0
 
 
 def pack_relay(fmt: Format, received_at: float, payload: bytes) -> bytes:
@@ -36,16 +54,57 @@ def pack_relay(fmt: Format, received_at: float, payload: bytes) -> bytes:
     return _HEADER.pack(VERSION, _FORMAT_CODES[fmt], received_at) + payload
 
 
+def pack_session_relay(
+    fmt: Format, received_at: float, payload: bytes, session: bytes, position: int
+) -> bytes:
+    """A relay frame that names the sending session and its position.
+
+    Args:
+        session: The session id, ASCII, at most 255 bytes.
+    """
+    return (
+        _HEADER.pack(SESSION_VERSION, _FORMAT_CODES[fmt], received_at)
+        + _ORIGIN.pack(position, len(session))
+        + session
+        + payload
+    )
+
+
+def pack_stored(position: int, relay: bytes) -> bytes:
+    """What the delivery script publishes for a kept message (tests, in-process broker)."""
+    return _POSITION.pack(STORED, position) + relay
+
+
+def stored_position(data: bytes) -> int:
+    """The stream position of a kept message as it came off the channel; 0 if not kept."""
+    if data[:1] != b"\x03" or len(data) < _POSITION.size:
+        return 0
+    return int(_POSITION.unpack_from(data)[1])
+
+
 def unpack_relay(data: bytes) -> RelayFrame:
-    """Split a relay frame into header fields and payload.
+    """Split a relay frame (kept or not) into header fields and payload.
 
     Raises:
         DecodeError: ``bad_relay_frame`` for a short frame, an unknown version or format.
     """
+    position = 0
+    if data[:1] == b"\x03":
+        if len(data) < _POSITION.size:
+            raise DecodeError(DropReason.BAD_RELAY_FRAME, "short")
+        position = int(_POSITION.unpack_from(data)[1])
+        data = data[_POSITION.size :]
     if len(data) < _HEADER.size:
         raise DecodeError(DropReason.BAD_RELAY_FRAME, "short")
     version, code, received_at = _HEADER.unpack_from(data)
     fmt = _CODE_FORMATS.get(code)
-    if version != VERSION or fmt is None:
+    start = _HEADER.size
+    if version == SESSION_VERSION:
+        if len(data) < start + _ORIGIN.size:
+            raise DecodeError(DropReason.BAD_RELAY_FRAME, "short")
+        start += _ORIGIN.size + data[start + _ORIGIN.size - 1]
+    elif version != VERSION:
+        fmt = None
+    if fmt is None or len(data) < start:
         raise DecodeError(DropReason.BAD_RELAY_FRAME, f"version {version} format {code}")
-    return RelayFrame(fmt=fmt, received_at=received_at, payload=data[_HEADER.size :])
+    return RelayFrame(fmt=fmt, received_at=received_at, payload=data[start:], position=position)

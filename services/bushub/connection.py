@@ -10,13 +10,16 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from enum import Enum, auto
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from bushub.auth import OPEN_GRANT, Grant
 from bushub.closecodes import CloseCode
 from bushub.lightsync import Flag
 from bushub.limits import TokenBucket
 from buswire import Dialect, Format
+
+if TYPE_CHECKING:
+    from bushub.sessions import Session
 
 _ids = itertools.count(1)
 _MAX_ROUTES = 64
@@ -111,6 +114,8 @@ class Connection:
         self.dialect = params.dialect
         self.close_on_peer_lost = params.close_on_peer_lost
         self.since = time.time()
+        # Set when the handshake named a session (bushub.sessions): frames are framed.
+        self.session: Session | None = None
         # The holder of the peer name last announced to this client, so that a
         # refresh of the same holder is not announced twice.
         self.announced_holder: str | None = None
@@ -150,6 +155,13 @@ class Connection:
         # Frames are still taken after a drain was asked for: the drain waits for
         # them (bounded by --drain-timeout).
         self._drained_close = False
+
+    @property
+    def runner(self) -> str:
+        """Who peers announce this socket as: the connection, or its session (a
+        resumed session is the same agent to its peers; a gap makes it a new one)."""
+        session = self.session
+        return self.id if session is None else session.runner
 
     def remember_route(self, target: str, channel: str) -> str:
         """Keep a checked target's channel (bounded: a client may name many)."""

@@ -25,8 +25,9 @@ from bushub.connection import Connection, ConnectionParams, new_connection_id
 from bushub.fallback import serve_fallback
 from bushub.hub import Hub
 from bushub.limits import TokenBucket
+from bushub.sessions import Session, SessionParamError, session_params
 from bushub.wsprotocol import DIRECT_EXTENSION, HubWebSocketProtocol
-from buswire import DecodeError, Dialect, Format, validate_agent_name
+from buswire import DecodeError, Dialect, Format, sessionframe, validate_agent_name
 
 log = logging.getLogger(__name__)
 
@@ -249,9 +250,11 @@ async def agent_socket(websocket: WebSocket, raw: AsgiChannel) -> None:
         await _refuse(websocket, hub, Refusal(403, "bad_path"))
         return
     try:
-        params = parse_params(agent, dict(websocket.query_params))
+        query = dict(websocket.query_params)
+        params = parse_params(agent, query)
+        resuming = session_params(query) if hub.sessions.enabled else None
         grant = admit(websocket, hub, websocket.app.state.verifier, agent)
-    except BadParameters as exc:
+    except (BadParameters, SessionParamError) as exc:
         log.info("refused %s: %s", agent, exc)
         await _refuse(websocket, hub, Refusal(403, "bad_parameters"))
         return
@@ -269,11 +272,14 @@ async def agent_socket(websocket: WebSocket, raw: AsgiChannel) -> None:
             settings.rate_bytes, max(settings.rate_bytes, settings.max_message_bytes)
         ),
     )
+    if resuming is not None:
+        conn.session = Session(*resuming)
     attached = False
     handed_over = False
     try:
         try:
             claimed = await hub.claim(conn)
+            headers = await _resume(hub, conn) if claimed else None
         except BrokerRefused as exc:
             # Reachable, but refusing the claim's write (ACL, out of memory).
             log.warning("refused %s: redis refused the claim (%s)", agent, exc)
@@ -286,7 +292,7 @@ async def agent_socket(websocket: WebSocket, raw: AsgiChannel) -> None:
         if not claimed:
             await _refuse(websocket, hub, Refusal(403, "claimed_by_newer"))
             return
-        await websocket.accept()
+        await websocket.accept(headers=headers)
         direct = _direct_protocol(websocket)
         if direct is not None:
             conn.outlet = direct
@@ -300,6 +306,8 @@ async def agent_socket(websocket: WebSocket, raw: AsgiChannel) -> None:
             log.warning("closing %s: broker unreachable (%s)", agent, exc)
             conn.request_close(CloseCode.TRY_AGAIN_LATER)
         attached = True
+        if conn.session is not None:
+            hub.sessions.started(conn)
         if direct is not None:
             # The ending needs only the protocol: the starlette WebSocket, and the
             # headers it caches, are let go with this task.
@@ -320,6 +328,19 @@ async def agent_socket(websocket: WebSocket, raw: AsgiChannel) -> None:
             connected = websocket.application_state is WebSocketState.CONNECTED
             channel = raw if attached and connected else None
             await _ending(conn, hub, attached=attached, open_channel=channel)
+
+
+async def _resume(hub: Hub, conn: Connection) -> list[tuple[bytes, bytes]] | None:
+    """Resume a session's socket before it is accepted: held as its name's holder
+    (live messages wait for the replay), the stream read, the result for the
+    upgrade's ``bushub-resume`` header. None for a socket without a session."""
+    session = conn.session
+    if session is None:
+        return None
+    hub.presence.hold(conn)
+    resumed = await hub.sessions.resume(conn)
+    value = sessionframe.resume_header(resumed.result, resumed.epoch)
+    return [(sessionframe.RESUME_HEADER.encode(), value.encode())]
 
 
 async def _ending(

@@ -24,6 +24,7 @@ def presence_record(conn: Connection, node_id: str) -> bytes:
         format=conn.format.value,
         dialect=conn.dialect.value if conn.dialect else "auto",
         peer=conn.peer,
+        runner=conn.runner if conn.session is not None else None,
     )
     return encode_record(record)
 

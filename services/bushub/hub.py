@@ -9,6 +9,8 @@ stop. The work is done by its parts, each built with what it needs passed in:
 - ``Relay`` (``bushub.relay``): frames from sockets to agent channels and back;
 - ``Outbound`` (``bushub.outbound``): every frame written to a socket, counted;
 - ``Publisher`` (``bushub.publisher``): ordered, bounded publishing to the broker;
+- ``Sessions`` (``bushub.sessions``): resume, replay and acknowledgements of the
+  sockets of reconnecting proxies;
 - ``Subscriptions`` (``bushub.subscriptions``): the node's channel subscriptions.
 
 The hub routes what the broker delivers to the part it is for, and follows the
@@ -23,6 +25,7 @@ from typing import Any
 
 from bushub import keepalive
 from bushub.broker import Broker
+from bushub.broker.sessionscripts import SessionLimits
 from bushub.brokerhealth import BrokerHealth
 from bushub.closecodes import CloseCode
 from bushub.connection import Connection
@@ -33,6 +36,7 @@ from bushub.outbound import Outbound
 from bushub.presence import PRESENCE_PREFIX, Presence
 from bushub.publisher import Publisher
 from bushub.relay import MESSAGE_PREFIX, Relay
+from bushub.sessions import Sessions
 from bushub.settings import Settings
 from bushub.subscriptions import Subscriptions
 from buswire import message_channel
@@ -100,6 +104,16 @@ class Hub:
             self.outbound,
             dialect_learned=self.presence.rewriter.changed,
         )
+        self.sessions = Sessions(
+            settings, broker, metrics, self.outbound.enqueue, self.relay.payload_for
+        )
+        self.relay.sessions = self.sessions
+        if self.sessions.enabled:
+            broker.keep_for_sessions(
+                SessionLimits(
+                    settings.resume_window, settings.resume_messages, settings.resume_bytes
+                )
+            )
         self._tasks: set[asyncio.Task[None]] = set()
         self._broker_was_down = False
         broker.set_handlers(self._on_broker_message, self._on_broker_state)
@@ -119,9 +133,16 @@ class Hub:
     async def claim(self, conn: Connection) -> bool:
         """Claim ``conn.agent`` before the socket is accepted (see ``Presence.claim``).
 
+        A session's socket subscribes its message channel first: once the claim has
+        come back on the same connection, that subscription is in force, so the
+        resume's read of the stream misses nothing that is not then delivered live.
+
         Returns:
             False when a newer claim beat this one; the socket must be refused.
         """
+        if conn.session is not None:
+            conn.session.subscribed = True
+            await self.subscriptions.acquire(message_channel(conn.agent))
         return await self.presence.claim(conn)
 
     async def attach(self, conn: Connection) -> None:
@@ -138,7 +159,12 @@ class Hub:
         """Forget a socket that has ended; withdraw its presence if it held the name."""
         was_holder = self.presence.let_go(conn)
         self.outbound.lost(conn)
+        session = conn.session
         try:
+            if session is not None:
+                if session.subscribed:
+                    await self.subscriptions.release(message_channel(conn.agent))
+                await self.sessions.ended(conn, held=attached and was_holder)
             if attached:
                 self.metrics.connections.dec()
                 if was_holder:
@@ -262,8 +288,10 @@ class Hub:
             self.heartbeat.reconcile_soon()  # re-record presence at once
         self._broker_was_down = not up
 
-    def _on_published(self, channel: str, receivers: int) -> None:
+    def _on_published(self, channel: str, data: bytes, receivers: int) -> None:
         self.relay.published(channel, receivers)
+        self.sessions.published(data, receivers)
 
     def _on_publish_dropped(self, reason: str, count: int) -> None:
         self.metrics.messages_dropped.labels(reason).inc(count)
+        self.sessions.publish_dropped()

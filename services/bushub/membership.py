@@ -61,6 +61,7 @@ class Membership:
         self._went_down = went_down
         self._node_id = settings.node_id
         self._ttl = settings.presence_ttl
+        self._resume_window = settings.resume_window
         self._broker = broker
         self._health = health
         # Nodes whose heartbeat lapsed, or that are being cleaned up; every other
@@ -166,3 +167,9 @@ class Membership:
             items += [(presence_key(agent), conn_id), (claim_key(agent), conn_id)]
         for start in range(0, len(items), _COLLECT_BATCH):
             await self._broker.delete_records(items[start : start + _COLLECT_BATCH])
+        if self._resume_window > 0:
+            # Their sessions are away now: kept for the window, as if they had closed.
+            held = [(agent, conn_id) for conn_id, agent in claims]
+            for start in range(0, len(held), _COLLECT_BATCH):
+                chunk = held[start : start + _COLLECT_BATCH]
+                await self._broker.release_sessions(chunk, self._resume_window)

@@ -72,6 +72,24 @@ class Metrics:
             ["op", "kind"],
             registry=r,
         )
+        self.resumes = Counter(
+            "bushub_resumes",
+            "Session handshakes by how the resume went: new, recovered, gap",
+            ["result"],
+            registry=r,
+        )
+        self.session_messages = Counter(
+            "bushub_session_messages",
+            "Sessions' messages by what happened: replayed after a resume, kept while "
+            "the session was away, a resend taken already, a duplicate position not "
+            "written twice, positions lost in transit",
+            ["event"],
+            registry=r,
+        )
+        for result in ("new", "recovered", "gap"):
+            self.resumes.labels(result)
+        for event in ("replayed", "kept_away", "resent_taken", "duplicate", "lost"):
+            self.session_messages.labels(event)
         self.agents = Gauge("bushub_agents", "Agent names held by sockets on this node", registry=r)
         # Set to functions read at scrape time by bushub.fdlimit.
         self.open_fds = Gauge("bushub_open_fds", "File descriptors open in the process", registry=r)

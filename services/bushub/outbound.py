@@ -15,6 +15,7 @@ from bushub.closecodes import CloseCode
 from bushub.connection import Connection, Enqueued
 from bushub.metrics import Metrics
 from buswire import DropReason
+from buswire.sessionframe import unnumbered
 
 
 class Outbound:
@@ -44,6 +45,12 @@ class Outbound:
             conn.request_close(CloseCode.SLOW_CONSUMER)
         elif result is Enqueued.CLOSING:
             self._metrics.messages_dropped.labels(DropReason.CLOSING).inc()
+
+    def announce(self, conn: Connection, payload: bytes) -> None:
+        """Send a message the hub made itself (no position on a session socket)."""
+        if conn.session is not None:
+            payload = unnumbered(payload)
+        self.enqueue(conn, payload, 0.0)
 
     def flush(self, conn: Connection) -> None:
         """Write a direct socket's queued frames while its transport takes them."""

@@ -29,11 +29,13 @@ from bushub.settings import Settings
 from bushub.subscriptions import Subscriptions
 from buswire import DecodeError, Dialect, presence_channel, presence_key, registry_message
 from buswire.codec import encode_tree
-from buswire.presence import record_holder
+from buswire.presence import record_runner
 
 log = logging.getLogger(__name__)
 
 HUB_SOURCE = "bushub"
+# Who holds a peer: (connection, node, the runner it is announced under).
+Holder = tuple[str, str, str]
 # loop.call_later's shape: (delay, callback, *args) -> a cancellable handle.
 CallLater = Callable[..., asyncio.TimerHandle]
 
@@ -82,6 +84,8 @@ class Peers:
         # (its connection), and on which node.
         self._watchers: dict[str, set[Connection]] = {}
         self._holders: dict[str, str | None] = {}
+        # The runner each held peer is announced under (its connection or session).
+        self._runners: dict[str, str] = {}
         self._holder_nodes: dict[str, str] = {}
         # Bumped by each event about a watched peer: a record read that started
         # before an event is older than it.
@@ -93,6 +97,7 @@ class Peers:
         return {
             "watchers": len(self._watchers),
             "peer_holders": len(self._holders),
+            "peer_runners": len(self._runners),
             "peer_holder_nodes": len(self._holder_nodes),
             "peer_version": len(self._version),
             "lost_timers": len(self._lost_timers),
@@ -118,10 +123,11 @@ class Peers:
                 self._holders[peer] = live[0] if live else None
                 if live:
                     self._holder_nodes[peer] = live[1]
+                    self._runners[peer] = live[2]
         self._announce_peer(conn)
 
-    def _live(self, holder: tuple[str, str] | None) -> tuple[str, str] | None:
-        """A record's (connection, node), unless its node is known dead."""
+    def _live(self, holder: Holder | None) -> Holder | None:
+        """A record's (connection, node, runner), unless its node is known dead."""
         return holder if holder is not None and self._membership.is_live(holder[1]) else None
 
     async def unwatch(self, conn: Connection) -> None:
@@ -134,6 +140,7 @@ class Peers:
         if not watchers:
             del self._watchers[peer]
             self._holders.pop(peer, None)
+            self._runners.pop(peer, None)
             self._holder_nodes.pop(peer, None)
             self._version.pop(peer, None)
             timer = self._lost_timers.pop(peer, None)
@@ -142,8 +149,9 @@ class Peers:
             await self._subscriptions.release(presence_channel(peer))
 
     def _announce_peer(self, conn: Connection) -> None:
-        """Tell a client its peer exists, once per holder connection of the peer."""
-        holder = self._holders.get(conn.peer or "")
+        """Tell a client its peer exists, once per runner of the peer."""
+        peer = conn.peer or ""
+        holder = self._runners.get(peer) if self._holders.get(peer) is not None else None
         if conn.peer is None or holder is None or conn.announced_holder == holder:
             return
         conn.announced_holder = holder
@@ -152,15 +160,16 @@ class Peers:
             tree = registry_message(
                 dialect, source=HUB_SOURCE, runner=runner_name(conn.peer, holder), agent=conn.peer
             )
-            self._outbound.enqueue(conn, encode_tree(tree, conn.format), 0.0)
+            self._outbound.announce(conn, encode_tree(tree, conn.format))
 
-    def _peer_up(self, peer: str, holder: str, node: str) -> None:
+    def _peer_up(self, peer: str, holder: str, node: str, runner: str) -> None:
         if peer not in self._watchers:
             return
         self._holder_nodes[peer] = node
         if self._holders.get(peer) == holder:
             return
         self._holders[peer] = holder
+        self._runners[peer] = runner
         timer = self._lost_timers.pop(peer, None)
         if timer is not None:
             timer.cancel()
@@ -198,11 +207,12 @@ class Peers:
 
     # ---- what presence tells ------------------------------------------------
 
-    def up(self, agent: str, conn_id: str, node: str) -> None:
-        """``agent`` is held by ``conn_id`` on ``node`` now (an UP event)."""
+    def up(self, agent: str, conn_id: str, node: str, runner: str) -> None:
+        """``agent`` is held by ``conn_id`` on ``node`` now, announced as ``runner``
+        (an UP event)."""
         if agent in self._watchers:
             self._version[agent] += 1
-            self._peer_up(agent, conn_id, node)
+            self._peer_up(agent, conn_id, node, runner)
 
     def down(self, agent: str, conn_id: str) -> None:
         """``conn_id`` let go of ``agent`` (a DOWN event)."""
@@ -241,11 +251,11 @@ class Peers:
                 self._peer_up(peer, *holder)
 
 
-def _holder_of(record: bytes | None) -> tuple[str, str] | None:
-    """The (connection, node) a record names; None when absent or unreadable."""
+def _holder_of(record: bytes | None) -> Holder | None:
+    """The (connection, node, runner) a record names; None when absent or unreadable."""
     if record is None:
         return None
     try:
-        return record_holder(record)
+        return record_runner(record)
     except DecodeError:
         return None

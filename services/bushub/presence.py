@@ -208,7 +208,7 @@ class Presence:
             await self._broker.put_record(
                 presence_key(agent), presence_record(conn, self._node_id), None
             )
-        self._publish_event(EventKind.UP, agent, conn.id)
+        self._publish_event(EventKind.UP, agent, conn.id, conn.runner)
         if conn.peer is not None:
             await self.peers.watch(conn)
 
@@ -264,8 +264,10 @@ class Presence:
 
     # ---- presence events ----------------------------------------------------
 
-    def _publish_event(self, kind: EventKind, agent: str, conn_id: str) -> None:
-        event = PresenceEvent(kind=kind, agent=agent, conn=conn_id, node=self._node_id)
+    def _publish_event(self, kind: EventKind, agent: str, conn_id: str, runner: str = "") -> None:
+        event = PresenceEvent(
+            kind=kind, agent=agent, conn=conn_id, node=self._node_id, runner=runner
+        )
         self._publish(presence_channel(agent), encode_event(event))
 
     def on_event(self, agent: str, data: bytes) -> None:
@@ -289,7 +291,7 @@ class Presence:
             return
         self.membership.heard_from(event.node)
         if event.kind is EventKind.UP:
-            self.peers.up(agent, event.conn, event.node)
+            self.peers.up(agent, event.conn, event.node, event.runner or event.conn)
         else:
             waiter = self._release_waiters.get((agent, event.conn))
             if waiter is not None and not waiter.done():
@@ -338,6 +340,6 @@ class Presence:
             if confirms:
                 self.claims.confirm(agent, conn.id)
             if announce:
-                self._publish_event(EventKind.UP, agent, conn.id)
+                self._publish_event(EventKind.UP, agent, conn.id, conn.runner)
         await self._broker.delete_records(ended)
         await self.peers.reread()

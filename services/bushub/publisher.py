@@ -31,8 +31,9 @@ from bushub.brokerhealth import BrokerHealth
 
 log = logging.getLogger(__name__)
 
-# Called per published message with its channel and how many subscribers got it.
-DeliveryCallback = Callable[[str, int], None]
+# Called per published message with its channel, its data and how many subscribers
+# got it.
+DeliveryCallback = Callable[[str, bytes, int], None]
 DropCallback = Callable[[str, int], None]
 
 _BATCH_MAX = 512
@@ -159,7 +160,7 @@ class Publisher:
             return  # counted as shutdown already
         item = self._unacked.popleft()
         if type(outcome) is int:
-            self._on_published(item[0], outcome)
+            self._on_published(item[0], item[1], outcome)
             if self._refused:
                 self._accepted()
         elif outcome is not None and not is_retryable(outcome):
@@ -237,7 +238,7 @@ class Publisher:
                 outcomes = zip(self._inflight, partial.counts, partial.errors, strict=True)
                 for item, count, error in outcomes:
                     if count is not None:
-                        self._on_published(item[0], count)
+                        self._on_published(item[0], item[1], count)
                     elif error is not None and not is_retryable(error):
                         kind = classify(error)
                         refusals[kind] = (error, refusals.get(kind, (error, 0))[1] + 1)
@@ -276,5 +277,5 @@ class Publisher:
                 self._accepted()
             if self.pending < self._high_water:
                 self._room.set()
-            for (channel, _), count in zip(batch, counts, strict=True):
-                self._on_published(channel, count)
+            for (channel, data), count in zip(batch, counts, strict=True):
+                self._on_published(channel, data, count)

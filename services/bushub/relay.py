@@ -13,6 +13,7 @@ holders and the outbound writer, so a test drives it with bytes.
 
 import time
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 from bushub.claims import ClaimFence
 from bushub.closecodes import CloseCode
@@ -25,6 +26,7 @@ from buswire import (
     DropReason,
     is_registry_type,
     message_channel,
+    sessionframe,
     sniff_format,
     translate,
     validate_agent_name,
@@ -32,7 +34,10 @@ from buswire import (
 from buswire.allowlist import TypePolicy
 from buswire.codec import envelope_of, load_tree
 from buswire.complexity import container_budget
-from buswire.relayframe import pack_relay, unpack_relay
+from buswire.relayframe import pack_relay, pack_session_relay, stored_position, unpack_relay
+
+if TYPE_CHECKING:
+    from bushub.sessions import Sessions
 
 MESSAGE_PREFIX = message_channel("")[:-2]
 
@@ -77,6 +82,8 @@ class Relay:
         self._publish = publish
         self._outbound = outbound
         self._clock = clock
+        # Set by the hub: sockets that named a session are framed and numbered.
+        self.sessions: Sessions | None = None
 
     def route(self, conn: Connection, data: bytes) -> None:
         """Route one frame received on ``conn``: decode the envelope, publish.
@@ -84,26 +91,53 @@ class Relay:
         Undecodable, oversize or disallowed frames are dropped and counted here;
         nothing else on the connection is affected.
         """
+        session = conn.session
+        if session is None:
+            self._route(conn, data, None)
+            return
+        sessions = self.sessions
+        assert sessions is not None
+        try:
+            frame = sessionframe.decode(data)
+        except DecodeError as exc:
+            self._received_and_dropped(conn, exc.reason)
+            return
+        if frame.kind is sessionframe.Kind.ACK:
+            sessions.proxy_ack(conn, frame.position)
+            return
+        if frame.kind is not sessionframe.Kind.MESSAGE:
+            self._received_and_dropped(conn, DropReason.MALFORMED)
+            return
+        sessions.routed(conn, frame.position)
+        if not self._route(conn, frame.payload, (session.id.encode(), frame.position)):
+            sessions.refused(conn, frame.position)
+
+    def _route(self, conn: Connection, data: bytes, origin: tuple[bytes, int] | None) -> bool:
+        """Check and publish one message; True once it is handed to the publisher.
+
+        Args:
+            origin: The sending session and its position, for a session's message.
+        """
         metrics = self._metrics
         traffic = metrics.traffic
         traffic.bytes_received += len(data)
         if len(data) > self._max_message_bytes:
             self._received_and_dropped(conn, DropReason.OVERSIZE)
-            return
+            return False
         if not conn.message_rate.take() or not conn.byte_rate.take(len(data)):
             self._received_and_dropped(conn, DropReason.RATE_LIMITED)
-            return
+            return False
         fmt = conn.format
         if not conn.format_confirmed:
             sniffed = sniff_format(data)
             if sniffed is None:
                 self._received_and_dropped(conn, DropReason.MALFORMED)
-                return
+                return False
             if sniffed is not fmt:
                 if conn.format_declared:
                     self._received_and_dropped(conn, DropReason.FORMAT_MISMATCH)
                     conn.request_close(CloseCode.INVALID_DATA)
-                    return
+                    return False
                 fmt = sniffed
         traffic.received[fmt.value] += 1
         budget = container_budget(len(data), self._bytes_per_container)
@@ -127,19 +161,24 @@ class Relay:
                 validate_agent_name(target)
         except DecodeError as exc:
             metrics.messages_dropped.labels(exc.reason).inc()
-            return
+            return False
         if conn.dialect is None and envelope.dialect is not None:
             conn.dialect = envelope.dialect
             self._dialect_learned(conn)
         if channel is None:
             if not conn.grant.may_address(target):
                 metrics.messages_dropped.labels(DropReason.TARGET_NOT_ALLOWED).inc()
-                return
+                return False
             channel = conn.remember_route(target, message_channel(target))
         if conn.sources is not None and not conn.may_send_as(envelope.source):
             metrics.messages_dropped.labels(DropReason.SOURCE_NOT_ALLOWED).inc()
-            return
-        self._publish(channel, pack_relay(conn.format, self._clock(), data))
+            return False
+        if origin is None:
+            self._publish(channel, pack_relay(conn.format, self._clock(), data))
+        else:
+            relay = pack_session_relay(conn.format, self._clock(), data, *origin)
+            self._publish(channel, relay)
+        return True
 
     def _received_and_dropped(self, conn: Connection, reason: DropReason) -> None:
         self._metrics.traffic.received[conn.format.value] += 1
@@ -158,6 +197,10 @@ class Relay:
             reason = DropReason.UNCONFIRMED if conn.close_code is None else DropReason.CLOSING
             self._metrics.messages_dropped.labels(reason).inc()
             return
+        if conn.session is not None:
+            assert self.sessions is not None
+            self.sessions.deliver(conn, stored_position(data), data)
+            return
         try:
             frame = unpack_relay(data)
             payload = translate(frame.payload, frame.fmt, conn.format)
@@ -165,6 +208,16 @@ class Relay:
             self._metrics.messages_dropped.labels(exc.reason).inc()
             return
         self._outbound.enqueue(conn, payload, frame.received_at)
+
+    def payload_for(self, conn: Connection, data: bytes) -> tuple[bytes, float] | None:
+        """A relay frame's payload in ``conn``'s format, and when it was received;
+        None (counted) when it cannot be read."""
+        try:
+            frame = unpack_relay(data)
+            return translate(frame.payload, frame.fmt, conn.format), frame.received_at
+        except DecodeError as exc:
+            self._metrics.messages_dropped.labels(exc.reason).inc()
+            return None
 
     def published(self, channel: str, receivers: int) -> None:
         """Count a relay frame that no node was subscribed to receive."""

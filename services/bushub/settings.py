@@ -104,6 +104,21 @@ class Settings:
     drain_timeout: float = field(
         default=10.0, metadata={"help": "seconds SIGTERM waits for queues to flush before exiting"}
     )
+    resume_window: float = field(
+        default=120.0,
+        metadata={
+            "help": "seconds a reconnecting proxy's session is kept while it is away: what is "
+            "addressed to it meanwhile is replayed when it comes back (0 = sessions off)"
+        },
+    )
+    resume_messages: int = field(
+        default=10_000,
+        metadata={"help": "messages kept per session at most; past it the oldest go (a gap)"},
+    )
+    resume_bytes: int = field(
+        default=16 << 20,
+        metadata={"help": "bytes kept per session at most; past it the oldest go (a gap)"},
+    )
     jwt_secret: str = field(
         default="", metadata={"help": "HS256 secret; setting it (or a public key) turns auth on"}
     )
@@ -222,7 +237,17 @@ class Settings:
             raise SettingsError("queue-bytes: must be >= max-message-bytes")
         if not self.node_id or any(ch.isspace() for ch in self.node_id):
             raise SettingsError("node-id: must be non-empty with no whitespace")
-        for name in ("rate_messages", "rate_bytes", "jwt_leeway", "keepalive", "accept_rate"):
+        for name in ("resume_messages", "resume_bytes"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{name.replace('_', '-')}: must be >= 1")
+        for name in (
+            "rate_messages",
+            "rate_bytes",
+            "jwt_leeway",
+            "keepalive",
+            "accept_rate",
+            "resume_window",
+        ):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{name.replace('_', '-')}: must be >= 0")
         if self.max_connections < 1:

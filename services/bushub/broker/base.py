@@ -14,6 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 
 from bushub.broker.nodes import NodeRegistry
+from bushub.broker.sessionscripts import Resumed, SessionLimits
 
 # Called for every message on a subscribed channel, in the order the broker
 # delivered them. It must not block: it hands work off and returns.
@@ -159,3 +160,34 @@ class Broker(ABC):
     @abstractmethod
     async def scan_records(self, pattern: str) -> list[bytes]:
         """Every live record whose key matches ``pattern`` (operator views only)."""
+
+    # ---- sessions (docs/protocol.md, Sessions) ------------------------------
+
+    def keep_for_sessions(self, limits: SessionLimits) -> None:
+        """From now on, publish every message for an agent through the delivery
+        step that keeps it for the session holding the agent, if any."""
+        raise NotImplementedError
+
+    async def resume_session(
+        self, agent: str, session: str, received: int, epoch: str, conn: str
+    ) -> Resumed:
+        """Make ``session``, on connection ``conn``, the session holding ``agent``
+        and read what it missed after position ``received``.
+
+        Args:
+            epoch: The epoch to take if this starts a new numbering (new or gap).
+        """
+        raise NotImplementedError
+
+    async def read_session(self, agent: str, after: int) -> list[tuple[int, bytes]]:
+        """The messages kept for ``agent``'s session after ``position``, oldest first."""
+        raise NotImplementedError
+
+    async def ack_session(self, agent: str, session: str, position: int) -> None:
+        """Forget what ``session`` took of ``agent``'s stream, up to ``position``."""
+        raise NotImplementedError
+
+    async def release_sessions(self, items: Sequence[tuple[str, str]], window: float) -> None:
+        """``(agent, conn)``: the connection ended; keep its session for ``window``
+        seconds more, unless a newer connection holds it already."""
+        raise NotImplementedError

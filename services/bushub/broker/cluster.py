@@ -41,6 +41,13 @@ from bushub.broker.redis import (
 )
 from bushub.broker.redisnodes import RedisNodeRegistry
 from bushub.broker.resp import PublishConnection
+from bushub.broker.sessionscripts import (
+    DELIVER,
+    Delivery,
+    Resumed,
+    SessionLimits,
+    SessionScripts,
+)
 from bushub.broker.subscriber import Subscriber
 
 log = logging.getLogger(__name__)
@@ -167,6 +174,8 @@ class RedisClusterBroker(Broker):
         self._refresh = self._client.register_script(REFRESH_SCRIPT)
         self._release = self._client.register_script(RELEASE_SCRIPT)
         self._claim = self._client.register_script(CLAIM_SCRIPT)
+        self._sessions = SessionScripts(self._client)
+        self._delivery: Delivery | None = None
         self._nodes = RedisNodeRegistry(self._client, guarded)
         self._channels: set[str] = set()
         self._shards: dict[str, _Shard] = {}
@@ -192,6 +201,9 @@ class RedisClusterBroker(Broker):
 
     async def start(self) -> None:
         await self._client.initialize()
+        if self._delivery is not None:
+            # Every primary's cache (the queued path, EVAL, fills one that lost it).
+            await self._client.script_load(DELIVER)
         self._started = True
         self._refresher = asyncio.create_task(self._refresh_loop(), name="cluster-topology")
         self.shard_state_changed()
@@ -312,6 +324,7 @@ class RedisClusterBroker(Broker):
                 username=self._credentials.username,
                 password=self._credentials.password,
             )
+            publisher.delivery = self._delivery
             self._node_publishers[node.name] = publisher
         return publisher
 
@@ -404,3 +417,28 @@ class RedisClusterBroker(Broker):
                     key.decode() async for key in self._client.scan_iter(match=pattern, count=500)
                 ]
         return [v for v in await self.get_records(keys) if v is not None]
+
+    # ---- sessions -----------------------------------------------------------
+
+    def keep_for_sessions(self, limits: SessionLimits) -> None:
+        self._delivery = Delivery(limits, b"SPUBLISH")
+        for publisher in self._node_publishers.values():
+            publisher.delivery = self._delivery
+
+    async def resume_session(
+        self, agent: str, session: str, received: int, epoch: str, conn: str
+    ) -> Resumed:
+        async with guarded():
+            return await self._sessions.resume(agent, session, received, epoch, conn)
+
+    async def read_session(self, agent: str, after: int) -> list[tuple[int, bytes]]:
+        async with guarded():
+            return await self._sessions.read(agent, after)
+
+    async def ack_session(self, agent: str, session: str, position: int) -> None:
+        async with guarded():
+            await self._sessions.ack(agent, session, position)
+
+    async def release_sessions(self, items: Sequence[tuple[str, str]], window: float) -> None:
+        async with guarded():
+            await self._sessions.release(items, window)

@@ -12,7 +12,12 @@ from collections.abc import Sequence
 
 from bushub.broker.base import Broker, owner_of
 from bushub.broker.memorynodes import MemoryNodeRegistry
+from bushub.broker.memorysessions import MemorySessions
 from bushub.broker.nodes import NodeRegistry
+from bushub.broker.sessionscripts import Resumed, SessionLimits
+from buswire import message_channel
+
+_MESSAGE_PREFIX = message_channel("")[:-1]
 
 
 def _expiry(ttl: float | None) -> float:
@@ -27,6 +32,7 @@ class MemoryBroker(Broker):
         self._channels: set[str] = set()
         self._records: dict[str, tuple[bytes, float]] = {}
         self._nodes = MemoryNodeRegistry()
+        self._sessions: MemorySessions | None = None
 
     @property
     def up(self) -> bool:
@@ -49,12 +55,20 @@ class MemoryBroker(Broker):
     async def publish_many(self, items: Sequence[tuple[str, bytes]]) -> list[int]:
         loop = asyncio.get_running_loop()
         counts = []
+        sessions = self._sessions
         for channel, data in items:
+            kept = 0
+            if sessions is not None and channel.startswith(_MESSAGE_PREFIX):
+                published, kept = sessions.deliver(channel[len(_MESSAGE_PREFIX) : -1], data)
+                if published is None:
+                    counts.append(-1)  # relayed once already (DELIVER's -1)
+                    continue
+                data = published
             if channel in self._channels:
                 loop.call_soon(self._on_message, channel, data)
                 counts.append(1)
             else:
-                counts.append(0)
+                counts.append(-2 if kept else 0)
         return counts
 
     async def subscribe(self, channel: str) -> None:
@@ -108,3 +122,26 @@ class MemoryBroker(Broker):
             for key in list(self._records)
             if fnmatch.fnmatchcase(key, pattern) and (value := self._live(key)) is not None
         ]
+
+    def keep_for_sessions(self, limits: SessionLimits) -> None:
+        self._sessions = MemorySessions(limits)
+
+    def _kept(self) -> MemorySessions:
+        if self._sessions is None:
+            raise RuntimeError("sessions are off (keep_for_sessions was not called)")
+        return self._sessions
+
+    async def resume_session(
+        self, agent: str, session: str, received: int, epoch: str, conn: str
+    ) -> Resumed:
+        return self._kept().resume(agent, session, received, epoch, conn)
+
+    async def read_session(self, agent: str, after: int) -> list[tuple[int, bytes]]:
+        return self._kept().read(agent, after)
+
+    async def ack_session(self, agent: str, session: str, position: int) -> None:
+        self._kept().ack(agent, session, position)
+
+    async def release_sessions(self, items: Sequence[tuple[str, str]], window: float) -> None:
+        for agent, conn in items:
+            self._kept().release(agent, conn, window)

@@ -32,6 +32,14 @@ from bushub.broker.redisnodes import RedisNodeRegistry
 from bushub.broker.redispubsub import PubSubLink
 from bushub.broker.refusals import BrokerRefused
 from bushub.broker.resp import FastItem, PublishConnection
+from bushub.broker.sessionscripts import (
+    DELIVER,
+    Delivery,
+    Resumed,
+    SessionLimits,
+    SessionScripts,
+    agent_of,
+)
 from bushub.broker.subscriber import Subscriber
 
 log = logging.getLogger(__name__)
@@ -167,6 +175,8 @@ class RedisBroker(Broker):
         self._refresh = self._client.register_script(REFRESH_SCRIPT)
         self._release = self._client.register_script(RELEASE_SCRIPT)
         self._claim = self._client.register_script(CLAIM_SCRIPT)
+        self._sessions = SessionScripts(self._client)
+        self._delivery: Delivery | None = None
         self._nodes = RedisNodeRegistry(self._client, guarded)
         # What many handshakes ask at once goes as one command or one pipeline.
         self._reads = Coalesced(self._read_batch)
@@ -206,6 +216,7 @@ class RedisBroker(Broker):
 
     async def start(self) -> None:
         await self._client.ping()
+        await self._load_delivery()
         self._ready = asyncio.get_running_loop().create_future()
         self._listening = asyncio.create_task(self._listener.run(), name="redis-listener")
         await self._ready
@@ -260,6 +271,8 @@ class RedisBroker(Broker):
             await self._client.connection_pool.disconnect()
             if self._publisher is not None:
                 self._publisher.retire()
+            with contextlib.suppress(RedisError, *UNREACHABLE):
+                await self._load_delivery()  # a restarted Redis has no scripts
         self._set_up(True)
         if self._ready is not None and not self._ready.done():
             self._ready.set_result(None)
@@ -271,8 +284,12 @@ class RedisBroker(Broker):
                     return await self._publisher.publish_many(items)
         with unreachable_as_connection_error():
             async with self._client.pipeline(transaction=False) as pipe:
+                delivery = self._delivery
                 for channel, data in items:
-                    pipe.publish(channel, data)
+                    if delivery is not None and agent_of(channel.encode()) is not None:
+                        pipe.eval(DELIVER, 3, *delivery.args(channel, data))
+                    else:
+                        pipe.publish(channel, data)
                 # Each reply on its own, as on the raw path: a refused PUBLISH is
                 # that message's outcome, not the batch's.
                 results: list[Any] = await pipe.execute(raise_on_error=False)
@@ -380,6 +397,35 @@ class RedisBroker(Broker):
         with unreachable_as_connection_error():
             keys = [key async for key in self._client.scan_iter(match=pattern, count=500)]
         return [v for v in await self.get_records(keys) if v is not None]
+
+    async def _load_delivery(self) -> None:
+        """Put DELIVER in the script cache, so the hot path's EVALSHA finds it (a
+        NOSCRIPT would send the message again, in full, after a hold)."""
+        if self._delivery is not None:
+            await self._client.script_load(DELIVER)
+
+    def keep_for_sessions(self, limits: SessionLimits) -> None:
+        self._delivery = Delivery(limits, b"PUBLISH")
+        if self._publisher is not None:
+            self._publisher.delivery = self._delivery
+
+    async def resume_session(
+        self, agent: str, session: str, received: int, epoch: str, conn: str
+    ) -> Resumed:
+        with unreachable_as_connection_error():
+            return await self._sessions.resume(agent, session, received, epoch, conn)
+
+    async def read_session(self, agent: str, after: int) -> list[tuple[int, bytes]]:
+        with unreachable_as_connection_error():
+            return await self._sessions.read(agent, after)
+
+    async def ack_session(self, agent: str, session: str, position: int) -> None:
+        with unreachable_as_connection_error():
+            await self._sessions.ack(agent, session, position)
+
+    async def release_sessions(self, items: Sequence[tuple[str, str]], window: float) -> None:
+        with unreachable_as_connection_error():
+            await self._sessions.release(items, window)
 
 
 __all__ = ["RedisBroker", "RedisError"]

@@ -30,6 +30,7 @@ class ErrorKind(StrEnum):
     REDIRECT = "redirect"  # MOVED / ASK: a cluster slot is elsewhere
     TRYAGAIN = "tryagain"  # a cluster slot is migrating
     CLUSTERDOWN = "clusterdown"
+    NOSCRIPT = "noscript"  # the script cache was emptied (a restart): sent again in full
     MASTERDOWN = "masterdown"
     NOREPLICAS = "noreplicas"  # min-replicas-to-write not met
     OTHER = "other"
@@ -50,6 +51,7 @@ _BY_CODE = {
     "CLUSTERDOWN": ErrorKind.CLUSTERDOWN,
     "MASTERDOWN": ErrorKind.MASTERDOWN,
     "NOREPLICAS": ErrorKind.NOREPLICAS,
+    "NOSCRIPT": ErrorKind.NOSCRIPT,
 }
 
 # What passes without anyone acting: retried. Everything else, unknown codes
@@ -65,6 +67,7 @@ RETRYABLE = frozenset(
         ErrorKind.CLUSTERDOWN,
         ErrorKind.MASTERDOWN,
         ErrorKind.NOREPLICAS,
+        ErrorKind.NOSCRIPT,
     }
 )
 

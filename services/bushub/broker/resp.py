@@ -18,6 +18,7 @@ from typing import Any
 from bushub.broker.base import PartialPublish, PublishDone
 from bushub.broker.credentials import Credentials
 from bushub.broker.respconn import ReplyError, RespConnection, open_connection
+from bushub.broker.sessionscripts import Delivery
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +201,8 @@ class PublishConnection:
         self._prefix = b"*3\r\n$%d\r\n%s\r\n" % (len(command), command)
         self._credentials = Credentials(username, password)
         self.on_lost: LostHandler | None = None
+        # Set when sessions are on: messages for agents go through DELIVER.
+        self.delivery: Delivery | None = None
         self.stall_seconds: float | None = None
         self._conn: _Connection | None = None
         # One connect at a time: two concurrent first batches would each open one.
@@ -255,12 +258,21 @@ class PublishConnection:
         if conn is None or not conn.ready:
             return False
         raw = channel.encode() if isinstance(channel, str) else channel
-        conn.buffer(
-            b"%s$%d\r\n%s\r\n$%d\r\n" % (self._prefix, len(raw), raw, len(data)),
-            data,
-            (channel, data, done),
-        )
+        delivery = self.delivery
+        header = None if delivery is None else delivery.header(raw, len(data), by_sha=True)
+        if header is None:
+            header = b"%s$%d\r\n%s\r\n$%d\r\n" % (self._prefix, len(raw), raw, len(data))
+        conn.buffer(header, data, (channel, data, done))
         return True
+
+    def _encode(self, channel: str, data: bytes) -> bytes:
+        raw = channel.encode()
+        delivery = self.delivery
+        # The queued path sends the script's text: it also fills an emptied cache.
+        header = None if delivery is None else delivery.header(raw, len(data), by_sha=False)
+        if header is None:
+            return encode_publish(self._command, raw, data)
+        return header + data + _CRLF
 
     async def publish_many(self, items: Sequence[tuple[str, bytes]]) -> list[int]:
         """Publish in order; the number of subscribers reached by each message.
@@ -274,8 +286,7 @@ class PublishConnection:
         conn = await self._open()
         if not items:
             return []
-        command = self._command
-        payload = b"".join(encode_publish(command, c.encode(), d) for c, d in items)
+        payload = b"".join(self._encode(c, d) for c, d in items)
         try:
             replies = await conn.request(payload, len(items))
         except asyncio.CancelledError:

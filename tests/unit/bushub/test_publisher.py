@@ -56,7 +56,7 @@ class Recorder:
         self.delivered: list[tuple[str, int]] = []
         self.dropped: list[tuple[str, int]] = []
 
-    def on_published(self, channel: str, receivers: int) -> None:
+    def on_published(self, channel: str, data: bytes, receivers: int) -> None:
         self.delivered.append((channel, receivers))
 
     def on_dropped(self, reason: str, count: int) -> None:

@@ -1,0 +1,110 @@
+"""Sessions in the in-process broker: ``bushub.broker.sessionscripts``'s scripts,
+in Python, over dicts (one node: a client reconnecting to it resumes)."""
+
+import struct
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from bushub.broker.sessionscripts import Resumed, SessionLimits
+from buswire.relayframe import SESSION_VERSION, pack_stored
+
+# A session relay frame's sender position (see buswire.relayframe).
+_POSITION = struct.Struct("!d")
+
+
+@dataclass
+class _Session:
+    id: str
+    epoch: str
+    holder: str
+    seq: int = 0
+    lost: int = 0
+    size: int = 0
+    expires: float | None = None
+    kept: deque[tuple[int, bytes]] = field(default_factory=deque)
+
+
+@dataclass
+class _Relayed:
+    newest: dict[bytes, int] = field(default_factory=dict)
+    expires: float = 0.0
+
+
+class MemorySessions:
+    """Streams, sessions and relayed positions per agent, with their lifetimes."""
+
+    def __init__(self, limits: SessionLimits) -> None:
+        self.limits = limits
+        self._sessions: dict[str, _Session] = {}
+        self._relayed: dict[str, _Relayed] = {}
+
+    def _session(self, agent: str) -> _Session | None:
+        session = self._sessions.get(agent)
+        if session is not None and session.expires is not None and session.expires <= _now():
+            del self._sessions[agent]
+            return None
+        return session
+
+    def deliver(self, agent: str, data: bytes) -> tuple[bytes | None, int]:
+        """What to publish for ``data`` addressed to ``agent`` (None: a message
+        relayed once already) and the position it was kept at (0: not kept)."""
+        if data[:1] == bytes([SESSION_VERSION]):
+            position = int(_POSITION.unpack_from(data, 10)[0])
+            sender = data[19 : 19 + data[18]]
+            relayed = self._relayed.get(agent)
+            if relayed is None or relayed.expires <= _now():
+                relayed = self._relayed[agent] = _Relayed()
+            if position <= relayed.newest.get(sender, 0):
+                return None, 0
+            relayed.newest[sender] = position
+            relayed.expires = _now() + self.limits.window
+        session = self._session(agent)
+        if session is None:
+            return data, 0
+        session.seq += 1
+        session.kept.append((session.seq, data))
+        session.size += len(data)
+        while len(session.kept) > 1 and (
+            len(session.kept) > self.limits.messages or session.size > self.limits.bytes
+        ):
+            position, old = session.kept.popleft()
+            session.size -= len(old)
+            session.lost = position
+        return pack_stored(session.seq, data), session.seq
+
+    def resume(self, agent: str, session_id: str, received: int, epoch: str, conn: str) -> Resumed:
+        session = self._session(agent)
+        if session is not None and session.id == session_id:
+            if received > session.seq or session.lost > received:
+                result, session.epoch = "gap", epoch
+            else:
+                result = "recovered"
+        else:
+            seq = session.seq if session is not None else 0
+            session = self._sessions[agent] = _Session(session_id, epoch, conn, seq=seq)
+            result = "gap" if received > 0 else "new"
+        session.holder = conn
+        session.expires = None
+        replay = [] if result == "new" else [(p, d) for p, d in session.kept if p > received]
+        return Resumed(result, session.epoch, session.seq, replay)
+
+    def read(self, agent: str, after: int) -> list[tuple[int, bytes]]:
+        session = self._session(agent)
+        return [] if session is None else [(p, d) for p, d in session.kept if p > after]
+
+    def ack(self, agent: str, session_id: str, position: int) -> None:
+        session = self._session(agent)
+        if session is None or session.id != session_id:
+            return
+        while session.kept and session.kept[0][0] <= position:
+            session.size -= len(session.kept.popleft()[1])
+
+    def release(self, agent: str, conn: str, window: float) -> None:
+        session = self._session(agent)
+        if session is not None and session.holder == conn:
+            session.expires = _now() + window
+
+
+def _now() -> float:
+    return time.monotonic()

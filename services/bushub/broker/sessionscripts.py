@@ -1,0 +1,308 @@
+"""The Redis side of sessions (docs/protocol.md, Sessions): three scripts and the
+delivery command.
+
+Every message for an agent is published by ``DELIVER`` instead of a bare
+``PUBLISH`` once sessions are on. In one step on the agent's shard it
+
+- relays a session's message once: the newest position relayed per sending session
+  is kept in ``bushub:relayed:{agent}``, and a position at or below it is answered -1
+  (a resend after a reconnect, taken already);
+- keeps it in the agent's stream when a session holds the name (connected, or away
+  for at most the window), under the next position, trimming the oldest over the
+  bounds (the highest position so lost is remembered: a resume from before it is a
+  gap), and publishes it wrapped with its position; answered -2 when it was kept and
+  nobody is subscribed (the session is away: not undeliverable);
+- otherwise publishes it as ``PUBLISH`` would.
+
+Positions are written with ``%d``: Lua's numbers are doubles, exact to 2**53, and
+``tostring`` would write a large one in exponent form.
+"""
+
+import asyncio
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from buswire.channels import relayed_key, session_key, stream_key
+
+# KEYS: session, stream, relayed. ARGV: publish command, channel, most messages,
+# most bytes, window (ms), relay frame.
+DELIVER = """
+local data = ARGV[6]
+if string.byte(data, 1) == 2 then
+  local position = struct.unpack('>d', data, 11)
+  local sender = string.sub(data, 20, 19 + string.byte(data, 19))
+  local last = tonumber(redis.call('HGET', KEYS[3], sender) or '0')
+  if position <= last then
+    return -1
+  end
+  redis.call('HSET', KEYS[3], sender, string.format('%d', position))
+  redis.call('PEXPIRE', KEYS[3], ARGV[5])
+end
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return redis.call(ARGV[1], ARGV[2], data)
+end
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+redis.call('XADD', KEYS[2], string.format('0-%d', seq), 'd', data)
+local bytes = redis.call('HINCRBY', KEYS[1], 'bytes', #data)
+local count = redis.call('XLEN', KEYS[2])
+local most, most_bytes = tonumber(ARGV[3]), tonumber(ARGV[4])
+while count > 1 and (count > most or bytes > most_bytes) do
+  local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)[1]
+  redis.call('XDEL', KEYS[2], first[1])
+  bytes = redis.call('HINCRBY', KEYS[1], 'bytes', -#first[2][2])
+  redis.call('HSET', KEYS[1], 'lost', string.sub(first[1], 3))
+  count = count - 1
+end
+local n = redis.call(ARGV[1], ARGV[2], struct.pack('>Bd', 3, seq) .. data)
+if n == 0 then
+  return -2
+end
+return n
+"""
+
+# KEYS: session, stream. ARGV: session id, received, new epoch, holding connection.
+# Returns {result, epoch, newest position, replay as {position, data, ...}}.
+RESUME = """
+local received = tonumber(ARGV[2])
+local id = redis.call('HGET', KEYS[1], 'id')
+local seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
+local result, epoch
+if id == ARGV[1] then
+  epoch = redis.call('HGET', KEYS[1], 'epoch')
+  local lost = tonumber(redis.call('HGET', KEYS[1], 'lost') or '0')
+  if received > seq or lost > received then
+    result, epoch = 'gap', ARGV[3]
+  else
+    result = 'recovered'
+  end
+else
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'id', ARGV[1], 'bytes', 0, 'lost', 0, 'seq', seq)
+  epoch = ARGV[3]
+  if received > 0 then result = 'gap' else result = 'new' end
+end
+redis.call('HSET', KEYS[1], 'epoch', epoch, 'holder', ARGV[4])
+redis.call('PERSIST', KEYS[1])
+redis.call('PERSIST', KEYS[2])
+local replay = {}
+if result ~= 'new' and received < seq then
+  local entries = redis.call('XRANGE', KEYS[2], string.format('0-%d', received + 1), '+')
+  for _, e in ipairs(entries) do
+    replay[#replay + 1] = string.sub(e[1], 3)
+    replay[#replay + 1] = e[2][2]
+  end
+end
+return {result, epoch, string.format('%d', seq), replay}
+"""
+
+# KEYS: session, stream. ARGV: session id, position. Trims what the session took.
+ACK = """
+if redis.call('HGET', KEYS[1], 'id') ~= ARGV[1] then
+  return 0
+end
+local upto = string.format('0-%d', tonumber(ARGV[2]))
+local entries = redis.call('XRANGE', KEYS[2], '-', upto)
+if #entries == 0 then
+  return 0
+end
+local freed = 0
+for _, e in ipairs(entries) do
+  freed = freed + #e[2][2]
+end
+redis.call('XTRIM', KEYS[2], 'MINID', string.format('0-%d', tonumber(ARGV[2]) + 1))
+redis.call('HINCRBY', KEYS[1], 'bytes', -freed)
+return #entries
+"""
+
+# KEYS: session, stream. ARGV: holding connection, window (ms). The session is away:
+# it is kept for the window, unless a newer connection of it holds it already.
+RELEASE = """
+if redis.call('HGET', KEYS[1], 'holder') ~= ARGV[1] then
+  return 0
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+return 1
+"""
+
+DELIVER_SHA = hashlib.sha1(DELIVER.encode()).hexdigest().encode()
+_MESSAGE_PREFIX = b"bushub:msg:{"
+_PREFIXES_KEPT = 4096
+
+
+@dataclass(frozen=True)
+class SessionLimits:
+    """What a session may keep while away, and for how long.
+
+    Attributes:
+        window: Seconds an away session is kept (``--resume-window``).
+        messages: Messages kept per session at most (``--resume-messages``).
+        bytes: Bytes kept per session at most (``--resume-bytes``).
+    """
+
+    window: float
+    messages: int
+    bytes: int
+
+    @property
+    def window_ms(self) -> int:
+        return max(1, int(self.window * 1000))
+
+
+def agent_of(channel: bytes) -> bytes | None:
+    """The agent a message channel is for; None for any other channel."""
+    if channel.startswith(_MESSAGE_PREFIX) and channel.endswith(b"}"):
+        return channel[len(_MESSAGE_PREFIX) : -1]
+    return None
+
+
+def _bulk(value: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+class Delivery:
+    """Builds ``DELIVER`` commands in RESP for a publish connection.
+
+    Args:
+        limits: The bounds the script applies.
+        publish: ``PUBLISH``, or ``SPUBLISH`` on Redis Cluster.
+    """
+
+    def __init__(self, limits: SessionLimits, publish: bytes) -> None:
+        self._tail = (
+            _bulk(str(limits.messages).encode())
+            + _bulk(str(limits.bytes).encode())
+            + _bulk(str(limits.window_ms).encode())
+        )
+        self._publish = _bulk(publish)
+        self.limits = limits
+        self.publish_command = publish
+        # The command up to the frame's size, per channel (bounded: few agents are
+        # addressed from one node at a time, and a miss costs a few microseconds).
+        self._prefixes: dict[tuple[bytes, bool], bytes | None] = {}
+
+    def header(self, channel: bytes, size: int, *, by_sha: bool) -> bytes | None:
+        """The command up to the relay frame's bytes (which follow, then CRLF); None
+        when ``channel`` is not a message channel (it is published plainly).
+
+        Args:
+            by_sha: ``EVALSHA`` (the hot path; a Redis that lost its script cache
+                answers NOSCRIPT, retried), else ``EVAL`` with the script's text.
+        """
+        key = (channel, by_sha)
+        prefix = self._prefixes.get(key, b"")
+        if prefix == b"":
+            if len(self._prefixes) >= _PREFIXES_KEPT:
+                self._prefixes.clear()
+            prefix = self._prefixes[key] = self._prefix(channel, by_sha=by_sha)
+        return None if prefix is None else prefix + b"$%d\r\n" % size
+
+    def _prefix(self, channel: bytes, *, by_sha: bool) -> bytes | None:
+        agent = agent_of(channel)
+        if agent is None:
+            return None
+        name = agent.decode(errors="surrogateescape")
+        script = (
+            _bulk(b"EVALSHA") + _bulk(DELIVER_SHA)
+            if by_sha
+            else _bulk(b"EVAL") + _bulk(DELIVER.encode())
+        )
+        return (
+            b"*12\r\n"
+            + script
+            + _bulk(b"3")
+            + _bulk(session_key(name).encode(errors="surrogateescape"))
+            + _bulk(stream_key(name).encode(errors="surrogateescape"))
+            + _bulk(relayed_key(name).encode(errors="surrogateescape"))
+            + self._publish
+            + _bulk(channel)
+            + self._tail
+        )
+
+    def args(self, channel: str, data: bytes) -> list[bytes | str | int]:
+        """``DELIVER``'s keys and arguments, for redis-py (``keys`` first three)."""
+        agent = channel[len("bushub:msg:{") : -1]
+        limits = self.limits
+        return [
+            session_key(agent),
+            stream_key(agent),
+            relayed_key(agent),
+            self.publish_command,
+            channel,
+            limits.messages,
+            limits.bytes,
+            limits.window_ms,
+            data,
+        ]
+
+
+@dataclass(frozen=True)
+class Resumed:
+    """What a resume found (see ``RESUME``).
+
+    Attributes:
+        result: ``new``, ``recovered`` or ``gap``.
+        epoch: The session's epoch now.
+        newest: The newest position kept for the agent when it was read.
+        replay: The kept messages after the position resumed from, oldest first:
+            (position, relay frame).
+    """
+
+    result: str
+    epoch: str
+    newest: int
+    replay: list[tuple[int, bytes]]
+
+
+def parse_resumed(reply: list[object]) -> Resumed:
+    """``RESUME``'s reply as a `Resumed`."""
+    result, epoch, newest, flat = reply
+    entries = list(flat) if isinstance(flat, list) else []
+    replay = [(int(_text(entries[i])), _raw(entries[i + 1])) for i in range(0, len(entries), 2)]
+    return Resumed(_text(result), _text(epoch), int(_text(newest)), replay)
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _raw(value: object) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
+class SessionScripts:
+    """``RESUME``, ``ACK`` and ``RELEASE`` on a redis-py client (one Redis or a
+    cluster: each touches one agent's keys, on one slot)."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._resume = client.register_script(RESUME)
+        self._ack = client.register_script(ACK)
+        self._release = client.register_script(RELEASE)
+
+    async def resume(
+        self, agent: str, session: str, received: int, epoch: str, conn: str
+    ) -> Resumed:
+        reply = await self._resume(
+            keys=[session_key(agent), stream_key(agent)], args=[session, received, epoch, conn]
+        )
+        return parse_resumed(list(reply))
+
+    async def read(self, agent: str, after: int) -> list[tuple[int, bytes]]:
+        entries = await self._client.xrange(stream_key(agent), min=f"0-{after + 1}")
+        return [(int(_text(eid).partition("-")[2]), _raw(fields[b"d"])) for eid, fields in entries]
+
+    async def ack(self, agent: str, session: str, position: int) -> None:
+        await self._ack(keys=[session_key(agent), stream_key(agent)], args=[session, position])
+
+    async def release(self, items: Sequence[tuple[str, str]], window: float) -> None:
+        window_ms = max(1, int(window * 1000))
+        # Agents live on different shards of a cluster: one call each, together.
+        await asyncio.gather(
+            *(
+                self._release(keys=[session_key(agent), stream_key(agent)], args=[conn, window_ms])
+                for agent, conn in items
+            )
+        )

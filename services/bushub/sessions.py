@@ -1,0 +1,381 @@
+"""Sessions on one node: exactly once, in order, across reconnects (docs/protocol.md,
+Sessions).
+
+A socket whose handshake named a session gets a `Session`. Towards the agent, every
+message addressed to it is kept in Redis by the broker's delivery step; here the node
+
+- resumes the session once the socket's claim has come back (its message channel is
+  subscribed by then, so whatever the resume's read missed arrives live), replays
+  what the proxy had not received, and only then lets live messages through, each
+  position once and in order;
+- fills a hole in the live positions from the stream (a message dropped on the way,
+  a subscription that lapsed in a broker break);
+- passes the proxy's acknowledgements on to Redis, which trims what it took.
+
+From the agent, each message carries the session's send position into the relay
+frame; the delivery step relays each position once. The node acknowledges a
+position to the proxy once every message up to it has an outcome (relayed, kept,
+relayed once already, or refused for good), so the proxy can forget it.
+"""
+
+import asyncio
+import hashlib
+import logging
+import secrets
+import struct
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from bushub.broker import Broker
+from bushub.broker.sessionscripts import Resumed
+from bushub.closecodes import CloseCode
+from bushub.connection import Connection
+from bushub.metrics import Metrics
+from bushub.settings import Settings
+from buswire import sessionframe
+
+log = logging.getLogger(__name__)
+
+# How often acknowledgements are sent, both to proxies and to Redis: one per socket
+# per tick at most, whatever the message rate.
+ACK_TICK = 0.05
+# A session relay frame's sender position (see buswire.relayframe).
+_SENDER_POSITION = struct.Struct("!d")
+
+
+class SessionParamError(ValueError):
+    """The handshake's session parameters are malformed."""
+
+
+def session_params(query: dict[str, str]) -> tuple[str, int] | None:
+    """(session id, position received) from a handshake's query; None without one.
+
+    Raises:
+        SessionParamError: a malformed id or position.
+    """
+    session = query.get(sessionframe.SESSION_PARAM)
+    if session is None:
+        return None
+    if not sessionframe.valid_session_id(session):
+        raise SessionParamError("session must be 1-64 of [A-Za-z0-9_-]")
+    raw = query.get(sessionframe.RECEIVED_PARAM, "0")
+    if not raw.isdigit() or len(raw) > 15:
+        raise SessionParamError("received must be a position (digits)")
+    return session, int(raw)
+
+
+@dataclass(eq=False)
+class Session:
+    """One socket's session state on this node.
+
+    Attributes:
+        id: The session id the proxy named.
+        received: The position the proxy said it had received at the handshake.
+        epoch: The session's epoch (it changes on a gap).
+        result: How the resume went: new, recovered or gap.
+        newest_at_resume: The newest position kept when the resume read the stream:
+            every position up to it was replayed, or is not this session's.
+        delivered: The newest position written to the socket (or covered by the
+            resume: positions at or below it are not written again).
+        replaying: Live messages wait in ``held`` while the stream is being read.
+        replay: What the resume read from the stream, until the socket is open.
+        held: Live relay frames that arrived while replaying: (position, frame).
+        outstanding: The proxy's positions routed and without an outcome yet, in order.
+        settled_early: Positions with an outcome while an older one has none.
+        acked: The newest position acknowledged to the proxy.
+        proxy_acked: The newest position the proxy acknowledged (0: none yet).
+        proxy_acked_sent: The newest of those passed on to Redis.
+        acked_written: The newest acknowledgement written to the proxy.
+        subscribed: The socket holds a subscription of its own to its channel.
+    """
+
+    id: str
+    received: int
+    epoch: str = ""
+    result: str = ""
+    newest_at_resume: int = 0
+    delivered: int = 0
+    replaying: bool = True
+    replay: list[tuple[int, bytes]] = field(default_factory=list)
+    held: list[tuple[int, bytes]] = field(default_factory=list)
+    outstanding: deque[int] = field(default_factory=deque)
+    settled_early: set[int] = field(default_factory=set)
+    acked: int = 0
+    proxy_acked: int = 0
+    proxy_acked_sent: int = 0
+    acked_written: int = 0
+    subscribed: bool = False
+
+    @property
+    def runner(self) -> str:
+        """The session as peers know it: a digest of its id (which resumes it, so is
+        not told to others) and its epoch."""
+        digest = hashlib.sha256(self.id.encode()).hexdigest()[:16]
+        return f"s{digest}.{self.epoch}"
+
+    def settle(self, position: int) -> None:
+        """``position`` has an outcome: move the acknowledgement over what is done."""
+        outstanding = self.outstanding
+        if outstanding and outstanding[0] == position:
+            outstanding.popleft()
+            self.acked = position
+            early = self.settled_early
+            while outstanding and outstanding[0] in early:
+                self.acked = outstanding.popleft()
+                early.discard(self.acked)
+        elif position in outstanding:
+            self.settled_early.add(position)
+
+
+# Writes one frame (already framed) to a socket; the outbound side counts it.
+Write = Callable[[Connection, bytes, float], None]
+
+
+class Sessions:
+    """The sessions of this node's sockets.
+
+    Args:
+        settings: The resume window and bounds.
+        broker: Where sessions are kept.
+        metrics: Resumes by result, and what happened to sessions' messages.
+        write: Writes a framed frame to a socket (``Outbound.enqueue``).
+        translate: A relay frame's payload in the socket's format and its receive
+            time; None when it cannot be read (``Relay.payload_for``).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        broker: Broker,
+        metrics: Metrics,
+        write: Write,
+        translate: Callable[[Connection, bytes], tuple[bytes, float] | None],
+    ) -> None:
+        self.window = settings.resume_window
+        self.enabled = settings.resume_window > 0
+        self._broker = broker
+        self._metrics = metrics
+        self._write = write
+        self._translate = translate
+        # Sockets by session id: the publish outcomes of their messages come back by it.
+        self._by_id: dict[str, Connection] = {}
+        self._due: set[Connection] = set()
+        self._tick: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # ---- the handshake --------------------------------------------------------
+
+    async def resume(self, conn: Connection) -> Resumed:
+        """Resume ``conn``'s session once its claim has come back (its channel is
+        subscribed then): live messages wait until ``started``.
+
+        Raises:
+            ConnectionError: the broker could not be asked.
+        """
+        session = conn.session
+        assert session is not None
+        epoch = secrets.token_hex(4)
+        resumed = await self._broker.resume_session(
+            conn.agent, session.id, session.received, epoch, conn.id
+        )
+        session.epoch = resumed.epoch
+        session.result = resumed.result
+        self._metrics.resumes.labels(resumed.result).inc()
+        if resumed.result == sessionframe.ResumeResult.GAP:
+            log.warning(
+                "session of %s resumed with a gap (received %d, newest %d)",
+                conn.agent,
+                session.received,
+                resumed.newest,
+            )
+        previous = self._by_id.get(session.id)
+        if previous is not None and previous is not conn:
+            previous.request_close(CloseCode.TAKEN_OVER)
+        self._by_id[session.id] = conn
+        session.replay = resumed.replay
+        session.newest_at_resume = resumed.newest
+        return resumed
+
+    def started(self, conn: Connection) -> None:
+        """The socket is open: write the replay, then what arrived live meanwhile."""
+        session = conn.session
+        assert session is not None
+        replay, session.replay = session.replay, []
+        for position, data in replay:
+            self._write_positioned(conn, session, position, data)
+        if replay:
+            self._metrics.session_messages.labels("replayed").inc(len(replay))
+        # Positions up to the newest at the resume were replayed or are not ours.
+        session.delivered = max(session.delivered, session.newest_at_resume)
+        self._release_held(conn, session)
+
+    def _release_held(self, conn: Connection, session: Session) -> None:
+        """Let live messages through again, the ones held meanwhile first."""
+        held, session.held = sorted(session.held, key=lambda item: item[0]), []
+        session.replaying = False
+        for index, (position, data) in enumerate(held):
+            self.deliver(conn, position, data)
+            if session.replaying:  # a hole: the rest wait for its fill
+                session.held.extend(held[index + 1 :])
+                return
+
+    # ---- towards the agent ------------------------------------------------------
+
+    def deliver(self, conn: Connection, position: int, data: bytes) -> None:
+        """A relay frame for a session's socket, live from the agent's channel."""
+        session = conn.session
+        assert session is not None
+        if session.replaying:
+            session.held.append((position, data))
+            return
+        if position == 0:
+            self._write_positioned(conn, session, 0, data)
+            return
+        if position <= session.delivered:
+            self._metrics.session_messages.labels("duplicate").inc()
+            return
+        if position > session.delivered + 1:
+            # A hole: read it from the stream first; this one waits with the rest.
+            session.replaying = True
+            session.held.append((position, data))
+            self._spawn(self._fill(conn, session))
+            return
+        self._write_positioned(conn, session, position, data)
+
+    async def _fill(self, conn: Connection, session: Session) -> None:
+        try:
+            entries = await self._broker.read_session(conn.agent, session.delivered)
+        except ConnectionError as exc:
+            log.warning("could not read the stream of %s: %s", conn.agent, exc)
+            entries = []
+        for position, data in entries:
+            if position > session.delivered:
+                self._write_positioned(conn, session, position, data)
+        first = min((p for p, _ in session.held if p > 0), default=0)
+        if first > session.delivered + 1:
+            # Not in the stream either (trimmed over its bounds, or Redis lost it).
+            lost = first - session.delivered - 1
+            log.warning("session of %s: %d positions lost in transit", conn.agent, lost)
+            self._metrics.session_messages.labels("lost").inc(lost)
+            session.delivered = first - 1
+        self._release_held(conn, session)
+
+    def _write_positioned(
+        self, conn: Connection, session: Session, position: int, data: bytes
+    ) -> None:
+        translated = self._translate(conn, data)
+        if translated is None:
+            return
+        payload, received_at = translated
+        if position:
+            session.delivered = position
+            frame = sessionframe.message(position, payload)
+        else:
+            frame = sessionframe.unnumbered(payload)
+        self._write(conn, frame, received_at)
+
+    def proxy_ack(self, conn: Connection, position: int) -> None:
+        """The proxy took every position up to ``position``: Redis may trim them."""
+        session = conn.session
+        assert session is not None
+        if position > session.proxy_acked:
+            session.proxy_acked = position
+            self._mark_due(conn)
+
+    # ---- from the agent ---------------------------------------------------------
+
+    def routed(self, conn: Connection, position: int) -> None:
+        """The proxy's message at ``position`` is on its way (an outcome follows)."""
+        session = conn.session
+        assert session is not None
+        session.outstanding.append(position)
+
+    def refused(self, conn: Connection, position: int) -> None:
+        """The proxy's message at ``position`` will never be relayed (its outcome)."""
+        session = conn.session
+        assert session is not None
+        session.settle(position)
+        self._mark_due(conn)
+
+    def published(self, data: bytes, receivers: int) -> None:
+        """A publish outcome: if a session sent it, its position is settled."""
+        if data[:1] != b"\x02":
+            return
+        size = data[18]
+        conn = self._by_id.get(data[19 : 19 + size].decode(errors="replace"))
+        if conn is None or conn.session is None:
+            return
+        if receivers == -1:
+            self._metrics.session_messages.labels("resent_taken").inc()
+        elif receivers == -2:
+            self._metrics.session_messages.labels("kept_away").inc()
+        conn.session.settle(int(_SENDER_POSITION.unpack_from(data, 10)[0]))
+        self._mark_due(conn)
+
+    def publish_dropped(self) -> None:
+        """The publisher gave messages up: sockets whose messages may be among them
+        are closed, so their proxies send them again to a node that can relay them."""
+        for conn in list(self._by_id.values()):
+            session = conn.session
+            if session is not None and session.outstanding:
+                conn.request_close(CloseCode.TRY_AGAIN_LATER)
+
+    # ---- acknowledgements, in ticks -----------------------------------------------
+
+    def _mark_due(self, conn: Connection) -> None:
+        self._due.add(conn)
+        if self._tick is None:
+            self._tick = asyncio.get_running_loop().call_later(ACK_TICK, self._flush_acks)
+
+    def _flush_acks(self) -> None:
+        self._tick = None
+        due, self._due = self._due, set()
+        to_redis: list[tuple[str, str, int]] = []
+        for conn in due:
+            session = conn.session
+            if session is None:
+                continue
+            if session.acked > session.acked_written:
+                session.acked_written = session.acked
+                self._write(conn, sessionframe.ack(session.acked), 0.0)
+            if session.proxy_acked > session.proxy_acked_sent:
+                session.proxy_acked_sent = session.proxy_acked
+                to_redis.append((conn.agent, session.id, session.proxy_acked))
+        if to_redis:
+            self._spawn(self._trim(to_redis))
+
+    async def _trim(self, items: list[tuple[str, str, int]]) -> None:
+        for agent, session_id, position in items:
+            try:
+                await self._broker.ack_session(agent, session_id, position)
+            except ConnectionError as exc:
+                # Kept a while longer; the next acknowledgement trims it.
+                log.debug("could not trim the stream of %s: %s", agent, exc)
+
+    def _spawn(self, coro: "asyncio._CoroutineLike[None]") -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ---- the end ----------------------------------------------------------------
+
+    async def ended(self, conn: Connection, *, held: bool) -> None:
+        """The socket ended: keep its session for the window, unless a newer socket
+        of the session holds it already (here or on another node)."""
+        session = conn.session
+        if session is None:
+            return
+        if self._by_id.get(session.id) is conn:
+            del self._by_id[session.id]
+        self._due.discard(conn)
+        if not held:
+            return
+        try:
+            await self._broker.release_sessions([(conn.agent, conn.id)], self.window)
+        except ConnectionError as exc:
+            log.warning("could not release the session of %s: %s", conn.agent, exc)
+
+    def sizes(self) -> dict[str, int]:
+        """Entries per structure (for leak checks)."""
+        return {"sessions": len(self._by_id), "acks_due": len(self._due)}
