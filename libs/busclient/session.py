@@ -51,7 +51,8 @@ def session_url(url: str, session_id: str, received: int) -> str:
         if name not in (SESSION_PARAM, RECEIVED_PARAM)
     ]
     query += [(SESSION_PARAM, session_id), (RECEIVED_PARAM, str(received))]
-    return urlunsplit(parts._replace(query=urlencode(query, quote_via=quote)))
+    encoded = urlencode(query, quote_via=quote)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, encoded, parts.fragment))
 
 
 @dataclass(frozen=True, slots=True)
