@@ -19,7 +19,8 @@ come back through the same URL. This module holds what does not depend on the li
 
 The dialect modules (``busclient.reconnecting_subagents``,
 ``busclient.reconnecting_pipecat``) subclass the stock proxies on top of this. This
-module imports only ``websockets``, which both libraries' proxies already need.
+module imports neither library: only ``websockets``, which both libraries' proxies
+already need, and ``buswire.sessionframe``, the session framing the hub shares.
 
 Delivery with a session-speaking hub is exactly once and in order in both directions,
 as the protocol says: every frame carries a position, each side acknowledges what it
