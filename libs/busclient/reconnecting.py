@@ -13,18 +13,31 @@ come back through the same URL. This module holds what does not depend on the li
 - `ReconnectingLink`: one supervisor coroutine that owns the socket: connect, flush the
   buffer, receive, and on an end ask the policy whether and when to dial again. Exactly
   one socket and one receive loop exist at any time, because only this coroutine opens
-  sockets and it receives inline.
+  sockets and it receives inline. With ``session=True`` it speaks the hub's Sessions
+  protocol (docs/protocol.md) on every socket whose handshake answers ``bushub-resume``,
+  keeping its state in a `busclient.session.ClientSession`.
 
 The dialect modules (``busclient.reconnecting_subagents``,
 ``busclient.reconnecting_pipecat``) subclass the stock proxies on top of this. This
-module imports only ``websockets``, which both libraries' proxies already need.
+module imports neither library: only ``websockets``, which both libraries' proxies
+already need, and ``buswire.sessionframe``, the session framing the hub shares.
 
-Delivery stays at most once, as the hub's is: a message written into a socket that
-then drops without the hub having read it is lost, and so is a message the hub sends
-while this side is away. What the buffer adds is that nothing the local agent sends
-*while the proxy knows it is disconnected* is lost, up to the buffer's bounds. A send
-that fails on a socket that closed under it is kept and sent again after reconnecting,
-so that message alone may arrive twice.
+Delivery with a session-speaking hub is exactly once and in order in both directions,
+as the protocol says: every frame carries a position, each side acknowledges what it
+took, this side keeps what it sent until acknowledged and sends it all again with the
+same positions after a reconnect, and drops positions it has taken already. The
+exceptions are counted and logged: the send log's bounds (``overflowed``, oldest
+first), ``max_age`` (``expired``) and a hub that could not replay (``gaps``, the
+``link_resumed`` hook).
+
+With any other server (an older hub, a stock ``WebSocketProxyServerAgent``: no
+``bushub-resume`` header) a socket runs plain, and delivery stays at most once: a
+message written into a socket that then drops without the server having read it is
+lost, and so is a message the server sends while this side is away. What the buffer
+adds is that nothing the local agent sends *while the proxy knows it is
+disconnected* is lost, up to the buffer's bounds. A send that fails on a socket that
+closed under it is kept and sent again after reconnecting, so that message alone may
+arrive twice.
 """
 
 from __future__ import annotations
@@ -37,6 +50,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Protocol
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -47,6 +61,10 @@ from websockets.exceptions import (
     InvalidURI,
 )
 from websockets.protocol import State
+
+from busclient.session import ClientSession
+from buswire import sessionframe
+from buswire.errors import DecodeError
 
 log = logging.getLogger(__name__)
 
@@ -279,24 +297,54 @@ class ReconnectStats:
     sent: int = 0  # messages written to a socket directly
     flushed: int = 0  # buffered messages written after a reconnect
     dropped_stopped: int = 0  # messages sent after the proxy stopped or gave up
+    resent: int = 0  # send-log messages written on a session socket's (re)connect
     last_disconnect: Disconnect | None = None
     gave_up: str | None = None  # why, once the proxy gave up
+    last_resume_lost: bool = False  # the last session handshake lost the hub's messages
     buffer: OutboundBuffer = field(default_factory=OutboundBuffer)
+    session: ClientSession | None = None  # with session=True
 
     @property
     def buffered(self) -> int:
-        """Messages waiting for a socket now."""
+        """Messages waiting for a socket now (without sessions)."""
         return len(self.buffer)
 
     @property
+    def unacked(self) -> int:
+        """Messages in the session's send log: sent or held, not acknowledged yet."""
+        return len(self.session.log) if self.session is not None else 0
+
+    @property
     def overflowed(self) -> int:
-        """Messages dropped because the buffer was full."""
-        return self.buffer.overflowed
+        """Messages dropped because the buffer (or the send log) was full."""
+        logged = self.session.log.overflowed if self.session is not None else 0
+        return self.buffer.overflowed + logged
 
     @property
     def expired(self) -> int:
         """Messages dropped because they waited longer than the buffer's max_age."""
-        return self.buffer.expired
+        logged = self.session.log.expired if self.session is not None else 0
+        return self.buffer.expired + logged
+
+    @property
+    def session_id(self) -> str | None:
+        """The session's id, with session=True."""
+        return self.session.id if self.session is not None else None
+
+    @property
+    def resumes(self) -> int:
+        """Session handshakes that recovered (the hub replayed what this side missed)."""
+        return self.session.receiver.recovered if self.session is not None else 0
+
+    @property
+    def gaps(self) -> int:
+        """Session handshakes that lost messages from the hub (``gap``, or a forgotten session)."""
+        return self.session.receiver.gaps if self.session is not None else 0
+
+    @property
+    def duplicates(self) -> int:
+        """Messages from the hub dropped because their position was taken already."""
+        return self.session.receiver.duplicates if self.session is not None else 0
 
 
 class LinkHooks(Protocol):
@@ -307,6 +355,11 @@ class LinkHooks(Protocol):
 
     async def link_frame(self, data: bytes | str) -> None:
         """One frame arrived."""
+
+    async def link_resumed(self, result: str, epoch: str) -> None:
+        """A session socket's handshake answered ``result`` (new, recovered, gap) and
+        ``epoch``; called after `link_connected`, before the send log is sent again.
+        ``stats.last_resume_lost`` says whether messages from the hub were lost."""
 
     async def link_reconnecting(self, disconnect: Disconnect, attempt: int, delay: float) -> None:
         """The link will dial again in ``delay`` seconds (attempt ``attempt`` of an outage)."""
@@ -334,16 +387,28 @@ def describe_failure(exc: BaseException) -> Disconnect:
     return Disconnect(error=f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
 
 
+class Framing(Enum):
+    """How the open socket's frames are written and read."""
+
+    PLAIN = "plain"  # no session: frames are the serializer's bytes as they are
+    SESSION = "session"  # the hub answered bushub-resume: positions and acks
+
+
 class ReconnectingLink:
     """The socket of one reconnecting proxy, owned by the single `run` coroutine.
 
     Args:
-        url: The WebSocket URL, dialled again unchanged on every reconnect.
+        url: The WebSocket URL, dialled again on every reconnect (with ``session``,
+            its query also names the session and the last position received).
         hooks: The proxy that receives frames and turns link events into its own.
         headers: Handshake headers (e.g. ``Authorization``), sent on every attempt.
         policy: Retry, backoff and give-up rules.
-        buffer: Where messages wait while disconnected.
-        open_timeout: Seconds one handshake may take.
+        buffer: Where messages wait while disconnected; with ``session``, its bounds
+            (and max_age) bound the session's send log instead.
+        open_timeout: Seconds one handshake may take; with ``session``, also how long
+            a send waits for an acknowledgement to make room in a full send log
+            before dropping the oldest.
+        session: Speak the Sessions protocol with a hub that answers it.
         connect_kwargs: Further arguments for ``websockets.asyncio.client.connect``.
         rng: Source of jitter (a seeded one makes tests repeatable).
         clock: Monotonic seconds.
@@ -358,6 +423,7 @@ class ReconnectingLink:
         policy: ReconnectPolicy | None = None,
         buffer: OutboundBuffer | None = None,
         open_timeout: float = 10.0,
+        session: bool = False,
         connect_kwargs: Mapping[str, Any] | None = None,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -368,17 +434,26 @@ class ReconnectingLink:
         self.policy = policy or ReconnectPolicy()
         self.stats = ReconnectStats(buffer=buffer if buffer is not None else OutboundBuffer())
         self._buffer = self.stats.buffer
+        if session:
+            self.stats.session = ClientSession(
+                self._buffer.max_messages, self._buffer.max_bytes, self._buffer.max_age
+            )
+        self._session = self.stats.session
         self._open_timeout = open_timeout
         self._connect_kwargs = dict(connect_kwargs or {})
         self._rng = rng or random.Random()
         self._clock = clock
         self._ws: ClientConnection | None = None
+        self._framing = Framing.PLAIN
         self._live = False  # a socket is open and the buffer has been flushed into it
         self._running = False  # accepting messages: started and neither closed nor given up
         self._supervising = False  # run() is executing
         self._closing = False
         self._send_lock = asyncio.Lock()
         self._wake = asyncio.Event()
+        # Set when acknowledgements make room in the send log, or the socket ends: a
+        # send waiting for room (holding the send lock) must not outlive its socket.
+        self._room = asyncio.Event()
 
     @property
     def websocket(self) -> ClientConnection | None:
@@ -390,6 +465,11 @@ class ReconnectingLink:
         """A socket is open and everything buffered has been sent into it."""
         ws = self._ws
         return self._live and ws is not None and ws.state is State.OPEN
+
+    @property
+    def framing(self) -> Framing:
+        """How the open socket is spoken (PLAIN while none is open)."""
+        return self._framing
 
     @property
     def running(self) -> bool:
@@ -414,7 +494,8 @@ class ReconnectingLink:
         """Write ``data`` to the socket, or hold it until the next one opens.
 
         Calls are serialised, so messages leave in the order they were sent, buffered
-        or not.
+        or not. On a session socket a full send log makes this wait for the hub's
+        acknowledgements (backpressure), for ``open_timeout`` at most.
         """
         async with self._send_lock:
             if not self.running:
@@ -422,6 +503,9 @@ class ReconnectingLink:
                 return
             ws = self._ws
             if self._live and ws is not None and ws.state is State.OPEN:
+                if self._framing is Framing.SESSION:
+                    await self._send_logged(ws, data)
+                    return
                 try:
                     await ws.send(data)
                 except ConnectionClosed:
@@ -429,24 +513,67 @@ class ReconnectingLink:
                 else:
                     self.stats.sent += 1
                     return
+            self._hold(data)
+
+    def _hold(self, data: bytes) -> None:
+        """Keep ``data`` for the next socket, dropping the oldest when full."""
+        if self._session is not None:
+            _, dropped = self._session.log.append(data, self._clock())
+        else:
             dropped = self._buffer.push(data, self._clock())
-            if dropped:
-                log.warning(
-                    "%s: outbound buffer full, dropped %d oldest (%d in all)",
-                    self.url,
-                    dropped,
-                    self._buffer.overflowed,
-                )
+        if dropped:
+            # With a session this is a gap the hub cannot know of: say so.
+            log.warning(
+                "%s: outbound buffer full, dropped %d oldest (%d in all)",
+                self.url,
+                dropped,
+                self.stats.overflowed,
+            )
+
+    async def _send_logged(self, ws: ClientConnection, data: bytes) -> None:
+        """Log ``data`` at the next position and write it framed; wait for room first."""
+        assert self._session is not None
+        send_log = self._session.log
+        while self._live and not send_log.fits(len(data)):
+            self._room.clear()
+            try:
+                await asyncio.wait_for(self._room.wait(), self._open_timeout)
+            except TimeoutError:
+                # No acknowledgement for open_timeout: the hub is stuck or gone
+                # without the socket noticing yet. Drop the oldest rather than hang.
+                break
+        position, dropped = send_log.append(data, self._clock())
+        if dropped:
+            log.warning(
+                "%s: send log full and unacknowledged, dropped %d oldest (%d in all)",
+                self.url,
+                dropped,
+                self.stats.overflowed,
+            )
+        if not self._live or ws.state is not State.OPEN:
+            return  # logged: sent again on the next session socket
+        try:
+            await ws.send(sessionframe.message(position, data))
+        except ConnectionClosed:
+            self._live = False
+        else:
+            self.stats.sent += 1
 
     async def close(self) -> None:
         """Stop for good: no more reconnects; close the open socket (code 1000)."""
         self._closing = True
         self._wake.set()
+        self._room.set()
         ws = self._ws
         if ws is not None:
             with contextlib.suppress(Exception):
                 await ws.close()
+        self._drop_held()
+
+    def _drop_held(self) -> None:
         dropped = self._buffer.clear()
+        if self._session is not None:
+            dropped += self._session.log.clear()
         self.stats.dropped_stopped += dropped
 
     async def run(self) -> None:
@@ -468,9 +595,10 @@ class ReconnectingLink:
             while not self._closing:
                 ended: ClientConnection | None = None
                 self.stats.attempts += 1
+                url = self._session.url(self.url) if self._session is not None else self.url
                 try:
                     ws = await connect(
-                        self.url,
+                        url,
                         additional_headers=self._headers,
                         open_timeout=self._open_timeout,
                         **self._connect_kwargs,
@@ -483,16 +611,22 @@ class ReconnectingLink:
                         break
                     opened_at = self._clock()
                     self._ws = ws
+                    resume = self._resume_header(ws)
+                    self._framing = Framing.PLAIN if resume is None else Framing.SESSION
                     self.stats.connects += 1
                     if not first:
                         self.stats.reconnects += 1
                     await self._hooks.link_connected(ws, first, attempt)
                     first = False
                     try:
+                        if resume is not None:
+                            await self._resumed(resume)
                         await self._flush(ws)
                         await self._receive(ws)
                     finally:
                         self._live = False
+                        self._framing = Framing.PLAIN
+                        self._room.set()
                     self._ws = None
                     ended = ws
                     disconnect = describe_close(ws, local=self._closing)
@@ -510,8 +644,7 @@ class ReconnectingLink:
                     self.stats.gave_up = decision.reason
                     self._running = False
                     self._live = False
-                    lost = self._buffer.clear()
-                    self.stats.dropped_stopped += lost
+                    self._drop_held()
                     await self._hooks.link_gave_up(ended, disconnect, decision.reason)
                     return
                 await self._hooks.link_reconnecting(disconnect, attempt, decision.delay)
@@ -527,22 +660,78 @@ class ReconnectingLink:
                 # Cancelled mid-connection: do not leave the socket behind.
                 current.transport.abort()
 
+    def _resume_header(self, ws: ClientConnection) -> str | None:
+        """The handshake's ``bushub-resume`` value; None without sessions on either side."""
+        if self._session is None or ws.response is None:
+            return None
+        return ws.response.headers.get(sessionframe.RESUME_HEADER)
+
+    async def _resumed(self, header: str) -> None:
+        """Account for the handshake's result and tell the hooks."""
+        assert self._session is not None
+        result, epoch = sessionframe.parse_resume_header(header)
+        lost = self._session.receiver.resumed(result)
+        self.stats.last_resume_lost = lost
+        if lost:
+            # The epoch is the hub's text: quoted (%r) in the log.
+            log.warning("%s: session %s (epoch %r): messages lost", self.url, result, epoch)
+        await self._hooks.link_resumed(result, epoch)
+
     async def _flush(self, ws: ClientConnection) -> None:
         """Send everything held, in order, then let sends go straight to the socket."""
         async with self._send_lock:
-            while True:
-                data = self._buffer.peek(self._clock())
-                if data is None:
-                    break
-                if ws.state is not State.OPEN:
-                    return
-                try:
-                    await ws.send(data)
-                except ConnectionClosed:
-                    return  # kept at the head, for the next socket
-                self._buffer.pop()
-                self.stats.flushed += 1
-            self._live = ws.state is State.OPEN
+            if self._framing is Framing.SESSION:
+                done = await self._resend(ws)
+            elif self._session is not None:
+                done = await self._flush_log_plain(ws)
+            else:
+                done = await self._flush_buffer(ws)
+            self._live = done and ws.state is State.OPEN
+
+    async def _flush_buffer(self, ws: ClientConnection) -> bool:
+        while True:
+            data = self._buffer.peek(self._clock())
+            if data is None:
+                return True
+            if ws.state is not State.OPEN:
+                return False
+            try:
+                await ws.send(data)
+            except ConnectionClosed:
+                return False  # kept at the head, for the next socket
+            self._buffer.pop()
+            self.stats.flushed += 1
+
+    async def _resend(self, ws: ClientConnection) -> bool:
+        """Send the whole send log again, oldest first, at the positions it had."""
+        assert self._session is not None
+        send_log = self._session.log
+        send_log.expire(self._clock())
+        for entry in send_log.entries():
+            if ws.state is not State.OPEN:
+                return False
+            try:
+                await ws.send(sessionframe.message(entry.position, entry.payload))
+            except ConnectionClosed:
+                return False  # still logged, for the next socket
+            self.stats.resent += 1
+        return True
+
+    async def _flush_log_plain(self, ws: ClientConnection) -> bool:
+        """A server without sessions: the send log leaves as the buffer would, unframed."""
+        assert self._session is not None
+        send_log = self._session.log
+        send_log.expire(self._clock())
+        for entry in send_log.entries():
+            if ws.state is not State.OPEN:
+                return False
+            try:
+                await ws.send(entry.payload)
+            except ConnectionClosed:
+                return False
+            send_log.pop_oldest()  # no acknowledgements come: written is all there is
+            self.stats.flushed += 1
+        return True
 
     async def _receive(self, ws: ClientConnection) -> None:
         """The one receive loop: every frame to the hooks until the socket ends.
@@ -551,11 +740,67 @@ class ReconnectingLink:
         way the close is described afterwards from the socket itself.
         """
         with contextlib.suppress(ConnectionClosed):
+            if self._framing is Framing.SESSION:
+                await self._receive_session(ws)
+                return
             async for data in ws:
+                await self._hand_on(data)
+
+    async def _hand_on(self, data: bytes | str) -> None:
+        try:
+            await self._hooks.link_frame(data)
+        except Exception:
+            log.exception("%s: failed to handle an inbound frame", self.url)
+
+    async def _receive_session(self, ws: ClientConnection) -> None:
+        """Receive session frames, acknowledging what was taken when it falls due.
+
+        The acknowledgement timer is the receive's timeout, so the one loop owns it
+        (``recv`` is safe to cancel: no frame is lost).
+        """
+        assert self._session is not None
+        receiver = self._session.receiver
+        while True:
+            deadline = receiver.ack_deadline
+            if deadline is None:
+                data = await ws.recv()
+            else:
                 try:
-                    await self._hooks.link_frame(data)
-                except Exception:
-                    log.exception("%s: failed to handle an inbound frame", self.url)
+                    async with asyncio.timeout(max(0.0, deadline - self._clock())):
+                        data = await ws.recv()
+                except TimeoutError:
+                    await self._acknowledge(ws)
+                    continue
+            await self._take(ws, data)
+
+    async def _take(self, ws: ClientConnection, data: bytes | str) -> None:
+        assert self._session is not None
+        if isinstance(data, str):
+            log.warning("%s: text frame on a session socket, dropped", self.url)
+            return
+        try:
+            frame = sessionframe.decode(data)
+        except DecodeError as exc:
+            log.warning("%s: malformed session frame dropped (%s)", self.url, exc.detail)
+            return
+        if frame.kind is sessionframe.Kind.ACK:
+            if self._session.log.ack(frame.position):
+                self._room.set()
+            return
+        now = self._clock()
+        if frame.kind is sessionframe.Kind.MESSAGE and not self._session.receiver.take(
+            frame.position, now
+        ):
+            return  # taken already (a replay overlapping what arrived before a drop)
+        await self._hand_on(frame.payload)
+        if self._session.receiver.ack_due(self._clock()):
+            await self._acknowledge(ws)
+
+    async def _acknowledge(self, ws: ClientConnection) -> None:
+        assert self._session is not None
+        position = self._session.receiver.received
+        await ws.send(sessionframe.ack(position))
+        self._session.receiver.acknowledged(position)
 
 
 def merge_codes(
@@ -571,6 +816,7 @@ __all__ = [
     "RETRY_HTTP_STATUSES",
     "Decision",
     "Disconnect",
+    "Framing",
     "LinkHooks",
     "OutboundBuffer",
     "ReconnectPolicy",

@@ -11,6 +11,12 @@ out and what comes in, but:
   back;
 - messages the local agent sends while no socket is open are held in a bounded buffer
   and sent in order once one is (the stock proxy drops them);
+- with a hub that speaks sessions (docs/protocol.md, Sessions; on by default,
+  ``session=False`` turns it off) delivery is exactly once and in order in both
+  directions across reconnects: what the hub has not acknowledged is sent again, what
+  it replays twice is dropped. A hub that could not replay fires ``on_resume_gap``.
+  With any other server (an older hub, a stock server proxy) delivery stays at most
+  once, as the stock proxy's;
 - it fires ``on_disconnected`` only when it gives up: a definite refusal (4001 taken
   over, 4002 peer lost, 1008, HTTP 401/403 on the handshake...) or the policy's limit;
 - only one socket and one receive loop exist at any time: activating it again while it
@@ -72,13 +78,20 @@ class ReconnectingWebSocketProxyClientAgent(WebSocketProxyClientAgent):  # type:
     - on_disconnected(agent, websocket): the proxy gave up (``websocket`` is the socket
       that ended, or None when a handshake was refused); ``reconnect_stats.gave_up``
       says why. Activating the proxy again starts over.
+    - on_resume_gap(agent, result, epoch): a session handshake lost messages from the
+      hub: ``result`` is ``gap`` (the hub could not replay) or ``new`` (it forgot the
+      session after this side had taken messages); ``epoch`` is the hub's new one.
+      The peers are announced again, so applications re-activate.
 
     Args:
         policy: Retry, backoff and give-up rules (`ReconnectPolicy` defaults otherwise).
         buffer_messages: Messages held at most while disconnected (oldest dropped first).
         buffer_bytes: Bytes held at most while disconnected.
         buffer_max_age: Seconds a held message stays worth sending; None keeps it.
-        open_timeout: Seconds one handshake may take.
+        open_timeout: Seconds one handshake may take; with sessions, also how long a
+            send waits for acknowledgements when the send log is full before dropping
+            the oldest (the log is bounded by buffer_messages and buffer_bytes).
+        session: Speak sessions with a hub that answers them (exactly-once delivery).
         Every other argument is the stock proxy's.
     """
 
@@ -98,6 +111,7 @@ class ReconnectingWebSocketProxyClientAgent(WebSocketProxyClientAgent):  # type:
         buffer_bytes: int = 8 << 20,
         buffer_max_age: float | None = None,
         open_timeout: float = 10.0,
+        session: bool = True,
     ) -> None:
         super().__init__(
             name,
@@ -117,13 +131,15 @@ class ReconnectingWebSocketProxyClientAgent(WebSocketProxyClientAgent):  # type:
             policy=policy,
             buffer=OutboundBuffer(buffer_messages, buffer_bytes, buffer_max_age),
             open_timeout=open_timeout,
+            session=session,
         )
         self._register_event_handler("on_reconnecting")
         self._register_event_handler("on_reconnected")
+        self._register_event_handler("on_resume_gap")
 
     @property
     def reconnect_stats(self) -> ReconnectStats:
-        """Connects, reconnects, buffered/flushed/overflowed messages, why it gave up."""
+        """Connects, reconnects, held/overflowed messages, session counters, why it gave up."""
         return self._link.stats
 
     @property
@@ -190,9 +206,18 @@ class ReconnectingWebSocketProxyClientAgent(WebSocketProxyClientAgent):  # type:
         else:
             logger.info(
                 f"Agent '{self}': reconnected after {attempts} attempt(s); "
-                f"flushing {self._link.stats.buffered} buffered message(s)"
+                f"sending {self._link.stats.buffered + self._link.stats.unacked} held message(s)"
             )
             await self._call_event_handler("on_reconnected", websocket, attempts)
+
+    async def link_resumed(self, result: str, epoch: str) -> None:
+        if not self._link.stats.last_resume_lost:
+            logger.debug(f"Agent '{self}': session {result} (epoch {epoch!r})")
+            return
+        logger.warning(
+            f"Agent '{self}': session {result} (epoch {epoch!r}): messages from the hub were lost"
+        )
+        await self._call_event_handler("on_resume_gap", result, epoch)
 
     async def link_reconnecting(self, disconnect: Disconnect, attempt: int, delay: float) -> None:
         logger.warning(
