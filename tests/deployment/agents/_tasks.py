@@ -2,16 +2,11 @@
 
 Client: asks its worker for tasks at a steady pace, keeping at most ``--window`` open,
 until ``--stop-file`` exists; then it waits for the open ones and reports ``done``.
-Each task has a key; a task not answered within ``--reask-after`` seconds is asked
-again under the same key (a new request id). The client takes the first answer per key
-and counts later ones as duplicates, so every task is answered exactly once.
-
-Why re-ask at all: the hub delivers at most once. The reconnecting proxy holds what its
-agent sends while it knows it is disconnected and flushes it after reconnecting, but a
-request already written into a socket whose node is SIGKILLed before relaying it, or an
-answer published while the requester has no socket anywhere, is gone. Re-asking on a
-timeout, with the worker answering a repeated key from its cache instead of running the
-task again, turns that into exactly-once answers at the application level.
+Each task has a key. The client takes the first answer per key and counts later ones
+as duplicates. With ``--reask-after`` a task not answered in time is asked again under
+the same key; off by default (0): the reconnecting proxies' sessions deliver exactly
+once (docs/protocol.md, Sessions), so a real application never re-asks, and neither
+does this client. A stock pair would need re-asks; it gives up at its first close.
 
 Worker: answers ``work`` tasks; the first request for a key runs it (event
 ``executed``), a repeat is answered from the cache (event ``repeat``).
@@ -38,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stop-file", help="client: stop asking once this file exists")
     parser.add_argument("--interval", type=float, default=0.05, help="client: seconds per ask")
     parser.add_argument("--window", type=int, default=4, help="client: open tasks at most")
-    parser.add_argument("--reask-after", type=float, default=3.0)
+    parser.add_argument("--reask-after", type=float, default=0.0, help="0: never re-ask")
     parser.add_argument("--max-tasks", type=int, default=5000)
     parser.add_argument("--finish-within", type=float, default=30.0)
 
@@ -105,7 +100,7 @@ class TaskLoop:
         while not self.gave_up.is_set():
             now = loop.time()
             for key, (asked, attempts) in list(self.open.items()):
-                if now - asked >= args.reask_after:
+                if args.reask_after and now - asked >= args.reask_after:
                     self.open[key] = (now, attempts + 1)
                     self.reasks += 1
                     emit("reask", key=key, attempt=attempts + 1)
@@ -146,6 +141,11 @@ def proxy_stats(proxy: Any) -> dict[str, Any]:
         "overflowed": stats.overflowed,
         "dropped_stopped": stats.dropped_stopped,
         "gave_up": stats.gave_up,
+        "resent": stats.resent,
+        "resumes": stats.resumes,
+        "gaps": stats.gaps,
+        "duplicates": stats.duplicates,
+        "unacked": stats.unacked,
     }
 
 
@@ -180,6 +180,10 @@ def attach_proxy_events(proxy: Any, on_gave_up: Callable[[], None] | None = None
         @proxy.event_handler("on_reconnected")
         async def on_reconnected(_proxy: Any, _ws: Any, attempts: int) -> None:
             emit("reconnected", attempts=attempts)
+
+        @proxy.event_handler("on_resume_gap")
+        async def on_resume_gap(_proxy: Any, result: str, epoch: str) -> None:
+            emit("resume_gap", result=result, epoch=epoch)
 
 
 async def report_stats_forever(proxy: Any, every: float = 0.5) -> None:

@@ -1,0 +1,109 @@
+"""A session socket spoken by hand (docs/protocol.md, Sessions): the hub's side of the
+protocol tested without the proxies, each frame seen as it crosses."""
+
+import asyncio
+import json
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+
+from buswire import sessionframe
+from tests.support.messages import decode, encode, task_request
+
+
+class SessionSocket:
+    """One socket of a session: what it received, by position, and its acks."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        result, self.epoch = sessionframe.parse_resume_header(
+            ws.response.headers.get(sessionframe.RESUME_HEADER, "")
+        )
+        self.result = result if sessionframe.RESUME_HEADER in ws.response.headers else None
+        self.messages: list[tuple[int, Any]] = []  # (position, tree) of numbered ones
+        self.announcements: list[Any] = []
+        self.acked = 0
+        self._reader = asyncio.create_task(self._read())
+
+    @classmethod
+    async def open(
+        cls, hub: str, agent: str, peer: str, session: str, received: int = 0
+    ) -> "SessionSocket":
+        url = f"{hub}/ws/{agent}?peer={peer}&session={session}&received={received}"
+        return cls(await connect(url))
+
+    async def _read(self) -> None:
+        async for data in self.ws:
+            assert isinstance(data, bytes), "frames to a session socket are binary"
+            frame = sessionframe.decode(data)
+            if frame.kind is sessionframe.Kind.ACK:
+                self.acked = frame.position
+            elif frame.kind is sessionframe.Kind.MESSAGE:
+                self.messages.append((frame.position, decode(frame.payload)))
+            else:
+                self.announcements.append(decode(frame.payload))
+
+    @property
+    def positions(self) -> list[int]:
+        return [position for position, _ in self.messages]
+
+    def seqs(self) -> list[int]:
+        """``payload.seq`` of every numbered message, in arrival order."""
+        return [tree["__data__"]["payload"]["seq"] for _, tree in self.messages]
+
+    async def send(self, position: int, source: str, target: str, seq: int) -> None:
+        tree = task_request(source, target, seq)
+        await self.ws.send(sessionframe.message(position, encode(tree)))
+
+    async def ack(self, position: int) -> None:
+        await self.ws.send(sessionframe.ack(position))
+
+    async def vanish(self) -> None:
+        """Drop the TCP connection with no close frame (a killed process, a cut)."""
+        self.ws.transport.abort()
+        self._reader.cancel()
+        await asyncio.gather(self._reader, return_exceptions=True)
+
+    async def close(self) -> None:
+        await self.ws.close()
+        await asyncio.gather(self._reader, return_exceptions=True)
+
+
+class PlainSocket:
+    """A stock client's socket: JSON frames, no session."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.trees: list[Any] = []
+        self._reader = asyncio.create_task(self._read())
+
+    @classmethod
+    async def open(cls, hub: str, agent: str, peer: str) -> "PlainSocket":
+        return cls(await connect(f"{hub}/ws/{agent}?peer={peer}"))
+
+    async def _read(self) -> None:
+        async for data in self.ws:
+            self.trees.append(json.loads(data))
+
+    def seqs(self) -> list[int]:
+        """``payload.seq`` of every task request received, in order."""
+        return [
+            t["__data__"]["payload"]["seq"]
+            for t in self.trees
+            if t["__type__"].endswith("BusTaskRequestMessage")
+        ]
+
+    def runners(self) -> list[str]:
+        """The runners of the registry messages received (one per announcement)."""
+        return [
+            t["__data__"]["runner"]
+            for t in self.trees
+            if t["__type__"].endswith("BusAgentRegistryMessage")
+        ]
+
+    async def send(self, source: str, target: str, seq: int) -> None:
+        await self.ws.send(encode(task_request(source, target, seq)))
+
+    async def close(self) -> None:
+        await self.ws.close()
+        await asyncio.gather(self._reader, return_exceptions=True)
