@@ -300,16 +300,16 @@ class Sessions:
 
     def published(self, data: bytes, receivers: int) -> None:
         """A publish outcome: if a session sent it, its position is settled."""
+        if receivers == -2:
+            self._metrics.session_messages.labels("kept_away").inc()
         if data[:1] != b"\x02":
             return
+        if receivers == -1:
+            self._metrics.session_messages.labels("resent_taken").inc()
         size = data[18]
         conn = self._by_id.get(data[19 : 19 + size].decode(errors="replace"))
         if conn is None or conn.session is None:
             return
-        if receivers == -1:
-            self._metrics.session_messages.labels("resent_taken").inc()
-        elif receivers == -2:
-            self._metrics.session_messages.labels("kept_away").inc()
         conn.session.settle(int(_SENDER_POSITION.unpack_from(data, 10)[0]))
         self._mark_due(conn)
 

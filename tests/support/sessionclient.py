@@ -78,8 +78,10 @@ class PlainSocket:
         self._reader = asyncio.create_task(self._read())
 
     @classmethod
-    async def open(cls, hub: str, agent: str, peer: str) -> "PlainSocket":
-        return cls(await connect(f"{hub}/ws/{agent}?peer={peer}"))
+    async def open(
+        cls, hub: str, agent: str, peer: str, *, on_peer_lost: str = "close"
+    ) -> "PlainSocket":
+        return cls(await connect(f"{hub}/ws/{agent}?peer={peer}&on_peer_lost={on_peer_lost}"))
 
     async def _read(self) -> None:
         async for data in self.ws:

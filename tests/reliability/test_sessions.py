@@ -1,0 +1,232 @@
+"""Sessions on real nodes and a real Redis, spoken by hand (docs/protocol.md, Sessions).
+
+Each test drives a session socket frame by frame (`tests.support.sessionclient`), so
+that what the hub promises is seen exactly: which positions are replayed, which are
+not written twice, what a resume answers, and what the peers are told. The proxies'
+own half is tested in ``tests/unit/busclient`` and end to end with real pipecat
+agents in ``tests/deployment``.
+"""
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.redis_cluster import RedisClusterServers
+from tests.reliability.conftest import Faults
+from tests.reliability.harness import FaultNode
+from tests.support.reports import register_log
+from tests.support.sessionclient import PlainSocket, SessionSocket
+from tests.support.waiting import TIMEOUT, until
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    servers = RedisClusterServers(tmp_path_factory.mktemp("sessions-cluster"))
+    try:
+        servers.start()
+        yield servers
+    finally:
+        servers.stop()
+
+
+def cluster_nodes(
+    servers: RedisClusterServers, tmp_path: Path, request: pytest.FixtureRequest
+) -> list[FaultNode]:
+    servers.flush()
+    nodes = [FaultNode(n, tmp_path / f"hub-{n}.log", servers.url) for n in ("n1", "n2")]
+    for node in nodes:
+        register_log(request, f"hub {node.node_id} log", node.log_path)
+        node.spawn()
+    for node in nodes:
+        node.wait_ready()
+    return nodes
+
+
+async def received(sock: SessionSocket, count: int, what: str) -> None:
+    await until(lambda: len(sock.messages) >= count, what=what)
+
+
+@pytest.mark.parametrize("broker", ["redis", "redis-cluster"])
+async def test_what_an_away_session_missed_is_replayed_in_order_on_another_node(
+    broker: str, faults: Faults, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    if broker == "redis":
+        n1, n2 = faults.ready("n1", "n2")
+    else:
+        n1, n2 = cluster_nodes(request.getfixturevalue("redis_cluster"), tmp_path, request)
+    a = await SessionSocket.open(n1.url, "a", "b", "S1")
+    assert a.result == "new"
+    b = await PlainSocket.open(n2.url, "b", "a")
+    await until(lambda: len(a.announcements) >= 1, what="a told b is there")
+    for seq in (1, 2, 3):
+        await b.send("b", "a", seq)
+    await received(a, 3, "the first three, live")
+    assert a.seqs() == [1, 2, 3]
+    # It took all three but only acknowledged two when its connection died.
+    await a.ack(a.positions[1])
+    await asyncio.sleep(0.2)  # the acknowledgement reaches Redis (trimmed, or not: both fine)
+    last_taken = a.positions[2]
+    await a.vanish()
+    await until(lambda: n1.metrics().value("bushub_connections") == 0, what="n1 seeing a gone")
+    for seq in (4, 5, 6):
+        await b.send("b", "a", seq)
+    await until(
+        lambda: n2.metrics().value("bushub_session_messages_total", event="kept_away") >= 3,
+        what="three messages kept while a was away",
+    )
+
+    back = await SessionSocket.open(n2.url, "a", "b", "S1", received=last_taken)
+    assert back.result == "recovered"
+    assert back.epoch == a.epoch
+    await received(back, 3, "the replay")
+    await b.send("b", "a", 7)
+    await received(back, 4, "live after the replay")
+    await asyncio.sleep(0.3)
+    assert back.seqs() == [4, 5, 6, 7], "each missed message once, in order, then live"
+    assert back.positions == sorted(back.positions)
+    metrics = n2.metrics()
+    assert metrics.value("bushub_resumes_total", result="recovered") == 1
+    assert metrics.value("bushub_session_messages_total", event="replayed") == 3
+    # b's peer came back as the same session: not announced anew.
+    await b.send("b", "a", 8)
+    await received(back, 5, "another live one")
+    assert len(set(b.runners())) == 1, b.runners()
+    await back.close()
+    await b.close()
+
+
+async def test_what_a_session_sends_again_after_a_reconnect_is_relayed_once(
+    faults: Faults,
+) -> None:
+    n1, n2 = faults.ready("n1", "n2")
+    b = await PlainSocket.open(n2.url, "b", "a")
+    a = await SessionSocket.open(n1.url, "a", "b", "S1")
+    for position in (1, 2, 3):
+        await a.send(position, "a", "b", position)
+    await until(lambda: a.acked == 3, what="the hub acknowledging all three")
+    await until(lambda: b.seqs() == [1, 2, 3], what="b receiving them")
+    await a.vanish()
+    # As if the acknowledgement had been lost with the connection: all sent again.
+    again = await SessionSocket.open(n2.url, "a", "b", "S1")
+    for position in (1, 2, 3, 4):
+        await again.send(position, "a", "b", position)
+    await until(lambda: again.acked == 4, what="the hub acknowledging the resend")
+    await until(lambda: 4 in b.seqs(), what="the new one reaching b")
+    await asyncio.sleep(0.3)
+    assert b.seqs() == [1, 2, 3, 4], "a resent message is relayed once"
+    taken = n2.metrics().value("bushub_session_messages_total", event="resent_taken")
+    assert taken == 3
+    await again.close()
+    await b.close()
+
+
+async def test_a_session_whose_node_was_killed_resumes_elsewhere(faults: Faults) -> None:
+    n1, n2 = faults.ready("n1", "n2")
+    redis = faults.start_redis()
+    a = await SessionSocket.open(n1.url, "a", "b", "S1")
+    b = await PlainSocket.open(n2.url, "b", "a", on_peer_lost="keep")
+    n1.kill()
+    await a.vanish()
+    for seq in (1, 2):
+        await b.send("b", "a", seq)
+    # Once the dead node is cleaned up, its session is kept for the window, no longer.
+    await until(
+        lambda: int(redis.cli("PTTL", "bushub:session:{a}").strip()) > 0,
+        timeout=TIMEOUT * 2,
+        what="the dead node's session given the window",
+    )
+    back = await SessionSocket.open(n2.url, "a", "b", "S1")
+    assert back.result == "recovered"
+    await received(back, 2, "what was sent while a's node was dead")
+    assert back.seqs() == [1, 2]
+    assert int(redis.cli("PTTL", "bushub:session:{a}").strip()) == -1, "held again: no expiry"
+    await back.close()
+    await b.close()
+
+
+async def test_away_past_the_window_is_a_gap_and_the_peer_is_announced_anew(
+    faults: Faults,
+) -> None:
+    (n1,) = faults.ready("n1", resume_window=1.0, peer_grace=5.0)
+    a = await SessionSocket.open(n1.url, "a", "b", "S1")
+    b = await PlainSocket.open(n1.url, "b", "a")
+    await b.send("b", "a", 1)
+    await received(a, 1, "the first message")
+    await until(lambda: len(b.runners()) == 1, what="b told of a")
+    await a.vanish()
+    await b.send("b", "a", 2)
+    await asyncio.sleep(1.5)  # past the window: the session and what it kept are gone
+    back = await SessionSocket.open(n1.url, "a", "b", "S1", received=a.positions[0])
+    assert back.result == "gap"
+    assert back.epoch != a.epoch
+    await asyncio.sleep(0.3)
+    assert back.messages == [], "nothing to replay: it expired"
+    await until(lambda: len(set(b.runners())) == 2, what="b told of a anew (a new runner)")
+    assert n1.metrics().value("bushub_resumes_total", result="gap") == 1
+    await b.send("b", "a", 3)
+    await received(back, 1, "live traffic after the gap")
+    assert back.seqs() == [3]
+    await back.close()
+    await b.close()
+
+
+async def test_over_the_bounds_the_oldest_go_and_the_resume_says_gap(faults: Faults) -> None:
+    (n1,) = faults.ready("n1", resume_messages=3)
+    a = await SessionSocket.open(n1.url, "a", "b", "S1")
+    b = await PlainSocket.open(n1.url, "b", "a", on_peer_lost="keep")
+    await a.vanish()
+    for seq in range(1, 6):
+        await b.send("b", "a", seq)
+    await asyncio.sleep(0.3)
+    back = await SessionSocket.open(n1.url, "a", "b", "S1")
+    assert back.result == "gap"
+    await received(back, 3, "the three kept")
+    assert back.seqs() == [3, 4, 5]
+    await back.close()
+    await b.close()
+
+
+async def test_a_new_session_of_the_name_gets_no_replay_and_is_announced_anew(
+    faults: Faults,
+) -> None:
+    (n1,) = faults.ready("n1")
+    a = await SessionSocket.open(n1.url, "a", "b", "S1")
+    b = await PlainSocket.open(n1.url, "b", "a", on_peer_lost="keep")
+    await until(lambda: len(b.runners()) == 1, what="b told of a")
+    await a.vanish()
+    await b.send("b", "a", 1)
+    await asyncio.sleep(0.3)
+    restarted = await SessionSocket.open(n1.url, "a", "b", "S2")
+    assert restarted.result == "new"
+    await until(lambda: len(set(b.runners())) == 2, what="b told of the new a")
+    await asyncio.sleep(0.3)
+    assert restarted.messages == [], "a restarted agent gets nothing of its predecessor's"
+    await restarted.close()
+    await b.close()
+
+
+async def test_the_in_process_broker_resumes_a_session_on_its_one_node(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    node = FaultNode("solo", tmp_path / "hub-solo.log", None)
+    register_log(request, "hub solo log", node.log_path)
+    node.start()
+    try:
+        a = await SessionSocket.open(node.url, "a", "b", "S1")
+        b = await PlainSocket.open(node.url, "b", "a", on_peer_lost="keep")
+        await b.send("b", "a", 1)
+        await received(a, 1, "the first message")
+        await a.vanish()
+        await b.send("b", "a", 2)
+        back = await SessionSocket.open(node.url, "a", "b", "S1", received=a.positions[0])
+        assert back.result == "recovered"
+        await received(back, 1, "the replay")
+        assert back.seqs() == [2]
+        await back.close()
+        await b.close()
+    finally:
+        node.stop()
