@@ -109,7 +109,7 @@ class Relay:
             self._received_and_dropped(conn, DropReason.MALFORMED)
             return
         sessions.routed(conn, frame.position)
-        if not self._route(conn, frame.payload, (session.id.encode(), frame.position)):
+        if not self._route(conn, frame.payload, (session.origin, frame.position)):
             sessions.refused(conn, frame.position)
 
     def _route(self, conn: Connection, data: bytes, origin: tuple[bytes, int] | None) -> bool:

@@ -88,6 +88,7 @@ class Session:
         proxy_acked_sent: The newest of those passed on to Redis.
         acked_written: The newest acknowledgement written to the proxy.
         subscribed: The socket holds a subscription of its own to its channel.
+        origin: The sender its messages carry: its agent and session id.
     """
 
     id: str
@@ -106,6 +107,7 @@ class Session:
     proxy_acked_sent: int = 0
     acked_written: int = 0
     subscribed: bool = False
+    origin: bytes = b""
 
     @property
     def runner(self) -> str:
@@ -119,11 +121,13 @@ class Session:
         outstanding = self.outstanding
         if outstanding and outstanding[0] == position:
             outstanding.popleft()
-            self.acked = position
+            # Never backwards: a proxy that sends a position twice settles it twice.
+            self.acked = max(self.acked, position)
             early = self.settled_early
             while outstanding and outstanding[0] in early:
-                self.acked = outstanding.popleft()
-                early.discard(self.acked)
+                done = outstanding.popleft()
+                early.discard(done)
+                self.acked = max(self.acked, done)
         elif position in outstanding:
             self.settled_early.add(position)
 
@@ -158,8 +162,9 @@ class Sessions:
         self._metrics = metrics
         self._write = write
         self._translate = translate
-        # Sockets by session id: the publish outcomes of their messages come back by it.
-        self._by_id: dict[str, Connection] = {}
+        # Sockets by origin (agent and session id): the publish outcomes of their
+        # messages come back by it.
+        self._by_id: dict[bytes, Connection] = {}
         self._due: set[Connection] = set()
         self._tick: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -189,10 +194,13 @@ class Sessions:
                 session.received,
                 resumed.newest,
             )
-        previous = self._by_id.get(session.id)
+        # What its messages carry as their sender: the agent with the session, so a
+        # socket can only ever mark positions of its own agent's sessions as relayed.
+        session.origin = f"{conn.agent} {session.id}".encode()
+        previous = self._by_id.get(session.origin)
         if previous is not None and previous is not conn:
             previous.request_close(CloseCode.TAKEN_OVER)
-        self._by_id[session.id] = conn
+        self._by_id[session.origin] = conn
         session.replay = resumed.replay
         session.newest_at_resume = resumed.newest
         return resumed
@@ -307,7 +315,7 @@ class Sessions:
         if receivers == -1:
             self._metrics.session_messages.labels("resent_taken").inc()
         size = data[18]
-        conn = self._by_id.get(data[19 : 19 + size].decode(errors="replace"))
+        conn = self._by_id.get(data[19 : 19 + size])
         if conn is None or conn.session is None:
             return
         conn.session.settle(int(_SENDER_POSITION.unpack_from(data, 10)[0]))
@@ -366,8 +374,8 @@ class Sessions:
         session = conn.session
         if session is None:
             return
-        if self._by_id.get(session.id) is conn:
-            del self._by_id[session.id]
+        if self._by_id.get(session.origin) is conn:
+            del self._by_id[session.origin]
         self._due.discard(conn)
         if not held:
             return
