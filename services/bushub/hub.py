@@ -286,6 +286,7 @@ class Hub:
             self.publisher.hold(RESUBSCRIBE_SETTLE)
             self.metrics.redis_reconnects.inc()
             self.heartbeat.reconcile_soon()  # re-record presence at once
+            self.sessions.broker_back()
         self._broker_was_down = not up
 
     def _on_published(self, channel: str, data: bytes, receivers: int) -> None:

@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 # How often acknowledgements are sent, both to proxies and to Redis: one per socket
 # per tick at most, whatever the message rate.
 ACK_TICK = 0.05
+# Sessions re-asserted at once after a broker break (one script call each).
+_REASSERT_BATCH = 256
 # A session relay frame's sender position (see buswire.relayframe).
 _SENDER_POSITION = struct.Struct("!d")
 
@@ -365,6 +367,39 @@ class Sessions:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    # ---- after a broker break ------------------------------------------------------
+
+    def broker_back(self) -> None:
+        """The broker is back: put back the sessions it may have lost."""
+        conns = [c for c in self._by_id.values() if c.session is not None]
+        if conns:
+            self._spawn(self._reassert(conns))
+
+    async def _reassert(self, conns: list[Connection]) -> None:
+        """A Redis that restarted empty no longer keeps what is sent to these
+        sessions; a replica promoted without the newest writes numbers new messages
+        from an older position, which would read as duplicates here. Each holder
+        puts its session back, numbering after what its socket was given: nothing
+        a connected socket holds is lost, so nothing is reported."""
+        for start in range(0, len(conns), _REASSERT_BATCH):
+            batch = [c for c in conns[start : start + _REASSERT_BATCH] if c.session is not None]
+            try:
+                await asyncio.gather(*(self._reassert_one(conn) for conn in batch))
+            except ConnectionError as exc:
+                log.warning("could not re-assert sessions (%s); the next return will", exc)
+                return
+
+    async def _reassert_one(self, conn: Connection) -> None:
+        session = conn.session
+        if session is None or conn.close_code is not None:
+            return
+        held = await self._broker.reassert_session(
+            conn.agent, session.id, session.epoch, conn.id, session.delivered
+        )
+        if not held:
+            log.info("session of %s is held elsewhere now; closing %s", conn.agent, conn.id)
+            conn.request_close(CloseCode.TAKEN_OVER)
 
     # ---- the end ----------------------------------------------------------------
 

@@ -230,3 +230,36 @@ async def test_the_in_process_broker_resumes_a_session_on_its_one_node(
         await b.close()
     finally:
         node.stop()
+
+
+async def test_a_redis_that_restarted_empty_gets_connected_sessions_back(
+    faults: Faults,
+) -> None:
+    n1, n2 = faults.ready("n1", "n2")
+    redis = faults.start_redis()
+    a = await SessionSocket.open(n1.url, "a", "b", "S1")
+    b = await PlainSocket.open(n2.url, "b", "a", on_peer_lost="keep")
+    for seq in (1, 2):
+        await b.send("b", "a", seq)
+    await received(a, 2, "two messages before the outage")
+    redis.kill()
+    await asyncio.sleep(1.0)
+    redis.restart()  # empty: no persistence
+    for node in (n1, n2):
+        node.wait_ready()
+    await until(
+        lambda: redis.cli("HGET", "bushub:session:{a}", "seq").strip() == str(a.positions[-1]),
+        what="n1 putting a's session back, numbered after what a was given",
+    )
+    await b.send("b", "a", 3)
+    await received(a, 3, "a live message after the outage, numbered on")
+    assert a.positions == sorted(a.positions) and len(set(a.positions)) == 3
+    await a.vanish()
+    await until(lambda: n1.metrics().value("bushub_connections") == 0, what="n1 seeing a gone")
+    await b.send("b", "a", 4)
+    back = await SessionSocket.open(n1.url, "a", "b", "S1", received=a.positions[-1])
+    assert back.result == "recovered", "the outage lost nothing a had been given"
+    await received(back, 1, "what was kept after the outage")
+    assert back.seqs() == [4]
+    await back.close()
+    await b.close()

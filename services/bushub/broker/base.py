@@ -183,6 +183,13 @@ class Broker(ABC):
         """The messages kept for ``agent``'s session after ``position``, oldest first."""
         raise NotImplementedError
 
+    async def reassert_session(
+        self, agent: str, session: str, epoch: str, conn: str, delivered: int
+    ) -> bool:
+        """After a broker break: make sure ``session`` still holds ``agent`` on
+        ``conn`` and numbers after ``delivered``. False when another holds it."""
+        raise NotImplementedError
+
     async def ack_session(self, agent: str, session: str, position: int) -> None:
         """Forget what ``session`` took of ``agent``'s stream, up to ``position``."""
         raise NotImplementedError

@@ -435,6 +435,12 @@ class RedisClusterBroker(Broker):
         async with guarded():
             return await self._sessions.read(agent, after)
 
+    async def reassert_session(
+        self, agent: str, session: str, epoch: str, conn: str, delivered: int
+    ) -> bool:
+        async with guarded():
+            return await self._sessions.reassert(agent, session, epoch, conn, delivered)
+
     async def ack_session(self, agent: str, session: str, position: int) -> None:
         async with guarded():
             await self._sessions.ack(agent, session, position)

@@ -139,6 +139,11 @@ class MemoryBroker(Broker):
     async def read_session(self, agent: str, after: int) -> list[tuple[int, bytes]]:
         return self._kept().read(agent, after)
 
+    async def reassert_session(
+        self, agent: str, session: str, epoch: str, conn: str, delivered: int
+    ) -> bool:
+        return True  # the in-process broker never loses what it holds
+
     async def ack_session(self, agent: str, session: str, position: int) -> None:
         self._kept().ack(agent, session, position)
 

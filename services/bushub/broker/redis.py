@@ -419,6 +419,12 @@ class RedisBroker(Broker):
         with unreachable_as_connection_error():
             return await self._sessions.read(agent, after)
 
+    async def reassert_session(
+        self, agent: str, session: str, epoch: str, conn: str, delivered: int
+    ) -> bool:
+        with unreachable_as_connection_error():
+            return await self._sessions.reassert(agent, session, epoch, conn, delivered)
+
     async def ack_session(self, agent: str, session: str, position: int) -> None:
         with unreachable_as_connection_error():
             await self._sessions.ack(agent, session, position)

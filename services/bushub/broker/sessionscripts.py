@@ -116,6 +116,27 @@ redis.call('HINCRBY', KEYS[1], 'bytes', -freed)
 return #entries
 """
 
+# KEYS: session. ARGV: session id, epoch, holding connection, position delivered.
+# After a broker break: a Redis that restarted empty, or a replica promoted without
+# the newest writes, no longer knows a connected session (or numbers from an older
+# position): the holder puts it back, numbering after what its socket was given.
+REASSERT = """
+local id = redis.call('HGET', KEYS[1], 'id')
+if not id then
+  redis.call('HSET', KEYS[1], 'id', ARGV[1], 'epoch', ARGV[2], 'holder', ARGV[3],
+    'bytes', 0, 'lost', 0, 'seq', ARGV[4])
+  return 1
+end
+if id ~= ARGV[1] or redis.call('HGET', KEYS[1], 'holder') ~= ARGV[3] then
+  return 0
+end
+if tonumber(redis.call('HGET', KEYS[1], 'seq') or '0') < tonumber(ARGV[4]) then
+  redis.call('HSET', KEYS[1], 'seq', ARGV[4])
+end
+redis.call('PERSIST', KEYS[1])
+return 1
+"""
+
 # KEYS: session, stream. ARGV: holding connection, window (ms). The session is away:
 # it is kept for the window, unless a newer connection of it holds it already.
 RELEASE = """
@@ -281,6 +302,7 @@ class SessionScripts:
         self._resume = client.register_script(RESUME)
         self._ack = client.register_script(ACK)
         self._release = client.register_script(RELEASE)
+        self._reassert = client.register_script(REASSERT)
 
     async def resume(
         self, agent: str, session: str, received: int, epoch: str, conn: str
@@ -293,6 +315,12 @@ class SessionScripts:
     async def read(self, agent: str, after: int) -> list[tuple[int, bytes]]:
         entries = await self._client.xrange(stream_key(agent), min=f"0-{after + 1}")
         return [(int(_text(eid).partition("-")[2]), _raw(fields[b"d"])) for eid, fields in entries]
+
+    async def reassert(
+        self, agent: str, session: str, epoch: str, conn: str, delivered: int
+    ) -> bool:
+        keys = [session_key(agent)]
+        return bool(await self._reassert(keys=keys, args=[session, epoch, conn, delivered]))
 
     async def ack(self, agent: str, session: str, position: int) -> None:
         await self._ack(keys=[session_key(agent), stream_key(agent)], args=[session, position])
