@@ -6,10 +6,11 @@ are dropped without a trace. Behind a load balancer in front of hub nodes that d
 (1012 on SIGTERM), shed load (1013) or die (a dropped TCP connection), a client has to
 come back through the same URL. This module holds what does not depend on the library:
 
-- `ReconnectPolicy`: which ends are worth a retry, which are a definite refusal, the
-  jittered exponential backoff and the give-up limits. Pure logic.
-- `OutboundBuffer`: the bounded, ordered hold for messages sent while disconnected,
-  with counters for what it had to drop. Pure logic.
+- `ReconnectPolicy` (``busclient.reconnectpolicy``, re-exported here): which ends are
+  worth a retry, which are a definite refusal, the jittered exponential backoff and
+  the give-up limits. Pure logic.
+- `OutboundBuffer` (``busclient.outboundbuffer``, re-exported here): the bounded,
+  ordered hold for messages sent while disconnected. Pure logic.
 - `ReconnectingLink`: one supervisor coroutine that owns the socket: connect, flush the
   buffer, receive, and on an end ask the policy whether and when to dial again. Exactly
   one socket and one receive loop exist at any time, because only this coroutine opens
@@ -47,8 +48,7 @@ import contextlib
 import logging
 import random
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
@@ -62,229 +62,21 @@ from websockets.exceptions import (
 )
 from websockets.protocol import State
 
+from busclient.outboundbuffer import OutboundBuffer
+from busclient.reconnectpolicy import (
+    GIVE_UP_CLOSE_CODES,
+    RETRY_CLOSE_CODES,
+    RETRY_HTTP_STATUSES,
+    Decision,
+    Disconnect,
+    ReconnectPolicy,
+    merge_codes,
+)
 from busclient.session import ClientSession
 from buswire import sessionframe
 from buswire.errors import DecodeError
 
 log = logging.getLogger(__name__)
-
-# Close codes after which the same URL is worth dialling again: a normal or going-away
-# close the proxy did not ask for (an idle timeout, a load balancer restarting), no
-# close frame at all (1005, 1006: a dropped connection, a killed node), a server error
-# (1011), a draining node (1012), an overloaded or not-ready node (1013), a bad gateway
-# (1014), and the hub's slow-consumer cut (4008), after which this side can keep up again.
-RETRY_CLOSE_CODES: frozenset[int] = frozenset(
-    {1000, 1001, 1005, 1006, 1011, 1012, 1013, 1014, 4008}
-)
-# Close codes that are a definite answer: the protocol or the data is wrong (1002,
-# 1003, 1007, 1009, 1010), the connection parameters are refused (1008), TLS failed
-# (1015), a newer connection took this agent name over (4001), the peer is gone (4002).
-# Other codes in 3000-4999 (application-defined) are treated the same way.
-GIVE_UP_CLOSE_CODES: frozenset[int] = frozenset(
-    {1002, 1003, 1007, 1008, 1009, 1010, 1015, 4001, 4002}
-)
-# HTTP statuses of a refused handshake that are worth a retry; every other 4xx (401
-# unauthorized, 403 forbidden, 404...) is a definite refusal, every 5xx is retried.
-RETRY_HTTP_STATUSES: frozenset[int] = frozenset({408, 425, 429})
-
-
-@dataclass(frozen=True)
-class Disconnect:
-    """How a socket ended, or how a handshake failed.
-
-    Exactly one of ``code`` (an open socket ended), ``status`` (the server answered the
-    handshake with an HTTP status instead of an upgrade) or ``error`` (the handshake
-    failed on the network: refused, reset, timed out) is set.
-    """
-
-    code: int | None = None
-    status: int | None = None
-    error: str | None = None
-    reason: str = ""
-    local: bool = False  # the proxy closed the socket itself (stop, cleanup)
-    fatal: bool = False  # a handshake that can never succeed (a malformed URL)
-
-    def describe(self) -> str:
-        """A short human-readable account, for logs."""
-        if self.code is not None:
-            text = f"close {self.code}"
-            return f"{text} ({self.reason})" if self.reason else text
-        if self.status is not None:
-            return f"HTTP {self.status}"
-        return f"handshake failed: {self.error or 'unknown error'}"
-
-
-@dataclass(frozen=True)
-class Decision:
-    """What to do after a disconnect: dial again after ``delay`` seconds, or give up."""
-
-    retry: bool
-    reason: str
-    delay: float = 0.0
-
-
-@dataclass(frozen=True)
-class ReconnectPolicy:
-    """When to reconnect, how long to wait, and when to stop trying.
-
-    Backoff: the n-th attempt of an outage waits
-    ``min(max_delay, initial_delay * multiplier ** (n - 1))`` scaled down by a random
-    factor in ``(1 - jitter, 1]``; ``jitter=1`` is "full jitter", ``0`` none. Clients
-    closed together by a draining node so spread their reconnects instead of arriving
-    at the load balancer in one burst.
-
-    Limits: an outage is given up after ``max_attempts`` failed attempts or
-    ``max_elapsed`` seconds, whichever comes first (``None`` disables a limit). An
-    outage ends only when a connection has stayed open for ``stable_after`` seconds, so
-    a node that accepts and at once closes again cannot keep a client looping forever.
-    """
-
-    initial_delay: float = 0.2
-    max_delay: float = 10.0
-    multiplier: float = 2.0
-    jitter: float = 0.5
-    max_attempts: int | None = None
-    max_elapsed: float | None = 60.0
-    stable_after: float = 5.0
-    retry_codes: frozenset[int] = RETRY_CLOSE_CODES
-    give_up_codes: frozenset[int] = GIVE_UP_CLOSE_CODES
-    retry_statuses: frozenset[int] = RETRY_HTTP_STATUSES
-
-    def __post_init__(self) -> None:
-        if self.initial_delay < 0 or self.max_delay < self.initial_delay:
-            raise ValueError("need 0 <= initial_delay <= max_delay")
-        if self.multiplier < 1:
-            raise ValueError("multiplier must be >= 1")
-        if not 0 <= self.jitter <= 1:
-            raise ValueError("jitter must be within [0, 1]")
-        if self.max_attempts is not None and self.max_attempts < 0:
-            raise ValueError("max_attempts must be >= 0")
-        if self.max_elapsed is not None and self.max_elapsed < 0:
-            raise ValueError("max_elapsed must be >= 0")
-        if self.retry_codes & self.give_up_codes:
-            raise ValueError("a close code cannot be both retried and given up on")
-
-    def classify(self, disconnect: Disconnect) -> tuple[bool, str]:
-        """Whether this end is worth another attempt, and why (limits aside)."""
-        what = disconnect.describe()
-        if disconnect.local:
-            return False, f"closed by the proxy ({what})"
-        if disconnect.fatal:
-            return False, f"cannot connect ({what})"
-        status = disconnect.status
-        if status is not None:
-            if status in self.retry_statuses or 500 <= status <= 599:
-                return True, f"server unavailable ({what})"
-            return False, f"refused ({what})"
-        code = disconnect.code
-        if code is not None:
-            if code in self.give_up_codes:
-                return False, f"refused ({what})"
-            if code in self.retry_codes:
-                return True, f"recoverable ({what})"
-            if 3000 <= code <= 4999:
-                return False, f"refused ({what})"
-            return True, f"recoverable ({what})"
-        return True, f"unreachable ({what})"
-
-    def delay(self, attempt: int, rng: random.Random) -> float:
-        """Seconds to wait before reconnect attempt number ``attempt`` (from 1)."""
-        exponent = max(0, attempt - 1)
-        # Capped before the power can overflow a float on a very long outage.
-        ceiling = self.initial_delay
-        for _ in range(exponent):
-            ceiling *= self.multiplier
-            if ceiling >= self.max_delay:
-                break
-        ceiling = min(self.max_delay, ceiling)
-        return ceiling * (1.0 - self.jitter * rng.random())
-
-    def decide(
-        self, disconnect: Disconnect, attempt: int, elapsed: float, rng: random.Random
-    ) -> Decision:
-        """Retry or give up before attempt number ``attempt`` of an outage.
-
-        Args:
-            disconnect: How the last socket or handshake ended.
-            attempt: The attempt about to be made, counted from 1 within the outage.
-            elapsed: Seconds since the outage began.
-            rng: The source of jitter.
-        """
-        retry, why = self.classify(disconnect)
-        if not retry:
-            return Decision(False, why)
-        if self.max_attempts is not None and attempt > self.max_attempts:
-            return Decision(False, f"gave up after {self.max_attempts} attempts; last: {why}")
-        if self.max_elapsed is not None and elapsed >= self.max_elapsed:
-            return Decision(False, f"gave up after {elapsed:.1f}s; last: {why}")
-        wait = self.delay(attempt, rng)
-        if self.max_elapsed is not None:
-            wait = min(wait, self.max_elapsed - elapsed)
-        return Decision(True, why, max(0.0, wait))
-
-
-class OutboundBuffer:
-    """Messages held while disconnected: ordered, bounded, oldest dropped first.
-
-    Bounded by ``max_messages`` and ``max_bytes``; when a push passes either bound the
-    oldest messages are dropped and counted in ``overflowed`` (for real-time traffic the
-    newest is the one worth keeping). With ``max_age`` set, messages older than that are
-    dropped when they reach the head, counted in ``expired``.
-    """
-
-    def __init__(
-        self, max_messages: int = 1000, max_bytes: int = 8 << 20, max_age: float | None = None
-    ) -> None:
-        if max_messages < 1 or max_bytes < 1:
-            raise ValueError("buffer bounds must be >= 1")
-        self.max_messages = max_messages
-        self.max_bytes = max_bytes
-        self.max_age = max_age
-        self._items: deque[tuple[float, bytes]] = deque()
-        self.bytes = 0
-        self.pushed = 0
-        self.overflowed = 0
-        self.expired = 0
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def push(self, data: bytes, now: float) -> int:
-        """Hold ``data``; returns how many messages were dropped to make room."""
-        self._items.append((now, data))
-        self.bytes += len(data)
-        self.pushed += 1
-        dropped = 0
-        while self._items and (len(self._items) > self.max_messages or self.bytes > self.max_bytes):
-            _, old = self._items.popleft()
-            self.bytes -= len(old)
-            dropped += 1
-        self.overflowed += dropped
-        return dropped
-
-    def peek(self, now: float) -> bytes | None:
-        """The oldest message still within ``max_age``, left in place; None if empty."""
-        while self._items:
-            stamp, data = self._items[0]
-            if self.max_age is None or now - stamp <= self.max_age:
-                return data
-            self._items.popleft()
-            self.bytes -= len(data)
-            self.expired += 1
-        return None
-
-    def pop(self) -> bytes:
-        """Remove and return the oldest message."""
-        _, data = self._items.popleft()
-        self.bytes -= len(data)
-        return data
-
-    def clear(self) -> int:
-        """Drop everything held; returns how many messages that was."""
-        count = len(self._items)
-        self._items.clear()
-        self.bytes = 0
-        return count
 
 
 @dataclass
@@ -801,13 +593,6 @@ class ReconnectingLink:
         position = self._session.receiver.received
         await ws.send(sessionframe.ack(position))
         self._session.receiver.acknowledged(position)
-
-
-def merge_codes(
-    base: frozenset[int], add: Iterable[int] = (), remove: Iterable[int] = ()
-) -> frozenset[int]:
-    """``base`` with codes added and removed, for building a policy's code sets."""
-    return (base | frozenset(add)) - frozenset(remove)
 
 
 __all__ = [
