@@ -26,7 +26,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from busbench import idle, report, storm
+from busbench import idle, report, resume, storm
 from busbench.payloads import (
     FORMATS,
     PAYLOADS,
@@ -183,6 +183,37 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--profile-only", action="store_true", help="only the py-spy profile")
     p.add_argument(
+        "--resume",
+        action="store_true",
+        help="add the cost of sessions: workload R with sessions off, on with plain "
+        "sockets and on with session sockets, side by side; then Redis memory and CPU "
+        "per session",
+    )
+    p.add_argument("--resume-only", action="store_true", help="only the --resume measurement")
+    p.add_argument(
+        "--resume-payloads",
+        default="task-json,audio-json",
+        help="payload-format combinations of the resume workload",
+    )
+    p.add_argument(
+        "--resume-sessions",
+        type=int,
+        default=1000,
+        help="agents in the memory measurement (each with a plain partner); 0 = skip it",
+    )
+    p.add_argument(
+        "--resume-messages",
+        type=int,
+        default=10,
+        help="messages sent to each of them and never acknowledged",
+    )
+    p.add_argument(
+        "--resume-away",
+        type=float,
+        default=2.0,
+        help="seconds after the sockets close before the away sessions' memory is read",
+    )
+    p.add_argument(
         "--compression",
         choices=("deflate", "none"),
         default="deflate",
@@ -232,6 +263,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.idle_window = min(args.idle_window, 3.0)
         args.idle_hold = min(args.idle_hold, 1.0)
         args.profile_seconds = min(args.profile_seconds, 2.0)
+        args.resume_sessions = min(args.resume_sessions, 100)
+        args.resume_away = min(args.resume_away, 1.0)
     if not 1 <= args.pairs <= 2000:
         p.error("--pairs must be within 1..2000")
     if any(not 0 <= n <= 100_000 or n % 2 for n in args.idle):
@@ -259,6 +292,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if payload not in PAYLOADS or fmt not in FORMATS:
             p.error(f"--payloads: unknown combination {combo!r}")
     args.combos = combos
+    if args.resume_only:
+        args.resume = True
+    args.resume_combos = resume.combos(args.resume_payloads)
+    for combo in args.resume_combos:
+        payload, _, fmt = combo.partition("-")
+        if payload not in PAYLOADS or fmt not in FORMATS:
+            p.error(f"--resume-payloads: unknown combination {combo!r}")
+    if not 0 <= args.resume_sessions <= 5000 or args.resume_messages < 1:
+        p.error("--resume-sessions must be within 0..5000, --resume-messages >= 1")
     if args.workers > 1 and (args.profile == "on" or args.profile_only):
         p.error("--workers 2: the profile follows the two nodes' pids; use --profile off")
     if args.workers > 1:
@@ -572,14 +614,17 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     try:
         redis = procs.redis()
         extra = shlex.split(args.hub_args)
-        if not args.idle_only and not args.storm_only:
+        only = args.idle_only or args.storm_only or args.profile_only or args.resume_only
+        if not args.idle_only and not args.storm_only and not args.resume_only:
             _relay_runs(args, jobs, procs, redis, extra, work, out, pyspy)
         # The relay nodes are stopped by now: the idle windows count every command
         # Redis serves and must see the idle server alone.
-        if args.idle and not args.profile_only and not args.storm_only:
+        if args.idle and (not only or args.idle_only):
             _idle_runs(args, procs, redis, extra, work, out)
-        if args.storm and not args.profile_only and not args.idle_only:
+        if args.storm and (not only or args.storm_only):
             _storm_run(args, procs, extra, work, out)
+        if args.resume and (not only or args.resume_only):
+            out["resume"] = resume.run(args, jobs, procs, extra, work, log, run_loadgen)
         if not redis.alive:
             raise RuntimeError(f"redis died during the run:\n{redis.log_tail()}")
         ok = True

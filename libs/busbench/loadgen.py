@@ -169,6 +169,10 @@ class PairsRun:
             close_timeout=2,
         )
 
+    def _url(self, base: str, name: str, peer: str, query: str) -> str:
+        """The URL one agent socket dials (a subclass adds session parameters)."""
+        return f"{base}/ws/{name}?peer={peer}&{query}"
+
     async def _first_message(self, ws: ClientConnection, counters: Counters) -> None:
         """Skip the registry message a hub or stock proxy sends before anything else."""
         data = await asyncio.wait_for(ws.recv(), timeout=20)
@@ -190,9 +194,9 @@ class PairsRun:
         async def open_pair(pair: Pair) -> None:
             a, b = spec["a_names"][pair.i], spec["b_names"][pair.i]
             async with sem:
-                pair.a = await self._open(f"{spec['url_a']}/ws/{a}?peer={b}&{query}")
+                pair.a = await self._open(self._url(spec["url_a"], a, b, query))
                 if spec.get("url_b"):
-                    pair.b = await self._open(f"{spec['url_b']}/ws/{b}?peer={a}&{query}")
+                    pair.b = await self._open(self._url(spec["url_b"], b, a, query))
 
         await asyncio.gather(*(open_pair(p) for p in pairs))
         if self.job.get("expect_registry"):
@@ -232,31 +236,50 @@ class PairsRun:
         else:
             c.unexpected += 1
 
+    def _take_reply(self, pair: Pair, data: bytes, t: int) -> bool:
+        """Check and time a reply that reached ``a``; True when the closed loop sends on."""
+        ph = self.phase
+        cur = pair.cur
+        off = cur.rep_off
+        seq = data[off : off + SEQ_WIDTH]
+        sent = pair.outstanding.pop(seq, None)
+        if sent is None:
+            self._classify_stray(pair, data, seq, ph.c)
+            return False
+        tpl = cur.reps[(seq[-1] - 48) % cur.n]
+        if data == tpl.prefix + seq + tpl.suffix:
+            ph.c.ok += 1
+        else:
+            ph.c.corrupt += 1
+        if ph.in_window:
+            ph.win_completed += 1
+        if ph.win_start <= sent < ph.win_end:
+            ph.rtts.append(t - sent)
+        return ph.closed_loop and not ph.stopping
+
+    def _take_request(self, pair: Pair, data: bytes) -> bytes | None:
+        """Check a request that reached ``b``; the echo to send back, or None."""
+        cur = pair.cur
+        off = cur.req_off
+        seq = data[off : off + SEQ_WIDTH]
+        v = (seq[-1] - 48) % cur.n if seq else 0
+        req = cur.reqs[v]
+        if data != req.prefix + seq + req.suffix:
+            if b"Registry" in data:
+                self.phase.c.registry += 1
+            else:
+                self.phase.c.bad_request += 1
+            return None
+        rep = cur.reps[v]
+        return rep.prefix + seq + rep.suffix
+
     async def _a_reader(self, pair: Pair) -> None:
         ws = pair.a
         assert ws is not None
         try:
             async for data in ws:
-                t = now_ns()
-                ph = self.phase
-                cur = pair.cur
-                off = cur.rep_off
-                seq = data[off : off + SEQ_WIDTH]
-                sent = pair.outstanding.pop(seq, None)
-                if sent is None:
-                    self._classify_stray(pair, data, seq, ph.c)
-                    continue
-                tpl = cur.reps[(seq[-1] - 48) % cur.n]
-                if data == tpl.prefix + seq + tpl.suffix:
-                    ph.c.ok += 1
-                else:
-                    ph.c.corrupt += 1
-                if ph.in_window:
-                    ph.win_completed += 1
-                if ph.win_start <= sent < ph.win_end:
-                    ph.rtts.append(t - sent)
-                if ph.closed_loop and not ph.stopping:
-                    await self._send(pair, ph)
+                if self._take_reply(pair, data, now_ns()):  # type: ignore[arg-type]
+                    await self._send(pair, self.phase)
         except ConnectionClosed:
             self.phase.c.closed += 1
 
@@ -266,23 +289,14 @@ class PairsRun:
         send = ws.send
         try:
             async for data in ws:
-                cur = pair.cur
-                off = cur.req_off
-                seq = data[off : off + SEQ_WIDTH]
-                v = (seq[-1] - 48) % cur.n if seq else 0
-                req = cur.reqs[v]
-                if data != req.prefix + seq + req.suffix:
-                    if b"Registry" in data:
-                        self.phase.c.registry += 1
-                    else:
-                        self.phase.c.bad_request += 1
-                    continue
-                rep = cur.reps[v]
-                await send(rep.prefix + seq + rep.suffix)
+                echo = self._take_request(pair, data)  # type: ignore[arg-type]
+                if echo is not None:
+                    await send(echo)
         except ConnectionClosed:
             self.phase.c.closed += 1
 
-    async def _send(self, pair: Pair, ph: Phase) -> None:
+    def _request(self, pair: Pair, ph: Phase) -> bytes:
+        """The next request of ``pair``, counted and timed as sent."""
         n = pair.next_seq
         seq = b"%010d" % n
         pair.next_seq = n + 1
@@ -290,9 +304,12 @@ class PairsRun:
         req = cur.reqs[n % 10 % cur.n]
         ph.c.sent += 1
         pair.outstanding[seq] = now_ns()
+        return req.prefix + seq + req.suffix
+
+    async def _send(self, pair: Pair, ph: Phase) -> None:
         ws = pair.a
         assert ws is not None
-        await ws.send(req.prefix + seq + req.suffix)
+        await ws.send(self._request(pair, ph))
 
     # ---- phases -----------------------------------------------------------
 
@@ -657,6 +674,10 @@ async def main_async(job: dict[str, Any]) -> dict[str, Any]:
 
         return await run_storm(job)
     raise_nofile(4096)
+    if job.get("sessions"):
+        from busbench.sessionload import SessionPairsRun
+
+        return await SessionPairsRun(job).run()
     return await PairsRun(job).run()
 
 

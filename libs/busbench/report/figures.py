@@ -181,6 +181,10 @@ def summarise(out: dict[str, Any]) -> dict[str, Any]:
         storm["storm"] = [storm_figures(res) for res in out["storm"]]
     if out.get("storm_skipped"):
         storm["storm_skipped"] = out["storm_skipped"]
+    if out.get("resume"):
+        from busbench.report.resume import resume_summary  # it imports this module
+
+        storm["resume"] = resume_summary(out["resume"])
     return {
         "per_rep": per,
         "medians": {

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from busbench.report.figures import ERROR_KEYS, phase_figures
+from busbench.report.resume import resume_markdown, resume_sections
 from busbench.report.stormfigures import TARGET_COUNT, TARGET_S
 
 LOADGEN_SATURATED = 0.85
@@ -22,6 +23,8 @@ Row = list[str]
 
 def markdown(out: dict[str, Any]) -> str:
     s, c = out["summary"], out["config"]
+    if c.get("resume_only"):
+        return resume_markdown(out)
     med = s["medians"]
     sections = [
         _setup_section(out),
@@ -38,6 +41,8 @@ def markdown(out: dict[str, Any]) -> str:
         _repetitions_section(s["per_rep"]),
         *(_profile_section(prof) for prof in out.get("profiles") or []),
     ]
+    if s.get("resume"):
+        sections.append(resume_sections(s["resume"], c))
     # Every block (heading, list, table, paragraph) is followed by a blank line.
     lines = [line for blocks in sections for block in blocks for line in (block, "")]
     if out.get("logs"):

@@ -670,7 +670,103 @@ def storm_only_run() -> dict[str, Any]:
     return out
 
 
+# Resume variants against sessions off: (CPU, p99, Redis) multipliers per variant.
+RESUME_COST = {"off": (1.0, 1.0, 1.0), "on-plain": (1.05, 1.1, 1.3), "on-session": (1.4, 1.6, 3.0)}
+
+
+def resume_runs(reps: int = 3) -> list[dict[str, Any]]:
+    """Workload R's JSON task and audio phases in the three resume variants."""
+    runs = []
+    for rep in range(reps):
+        for variant, (cpu, p99, redis) in RESUME_COST.items():
+            phases = []
+            for name in ("task-json/fixed", "task-json/saturation", "audio-json/fixed"):
+                rt, us, redis_us, lg, (p50, p99_ms, p999), lag, size, writes = HUB[name]
+                figs = (rt, us * cpu, redis_us * redis, lg, (p50, p99_ms * p99, p999), lag)
+                extra = 9 if variant == "on-session" else 0
+                phases.append(phase(name, (*figs, size + extra, writes), spread=REP_SPREAD[rep]))
+            run = {"phases": phases, "server": variant, "rep": rep, "drops": {}}
+            if variant == "on-session":
+                run["session"] = {
+                    "sockets": 100,
+                    "resume": {"new": 100},
+                    "acks_sent": 500,
+                    "acks_received": 900,
+                    "unnumbered": 0,
+                    "duplicates": 0,
+                    "malformed": 0,
+                    "sent": 32000,
+                    "taken": 32000,
+                }
+                if rep == 2:
+                    run["drops"] = {"closing": 3.0}
+            runs.append(run)
+    return runs
+
+
+def memory_variant(kind: str, combo: str, size: int, kept_per_msg: int) -> dict[str, Any]:
+    """One ``busbench.sessionmem`` variant: 1,000 agents, 10 messages each."""
+    base = 2_000_000
+    opened = base + 1000 * (1200 if kind == "session" else 1000)
+    kept = opened + 1000 * 10 * kept_per_msg
+    away = base + (1000 * (300 + 10 * kept_per_msg) if kind == "session" else 2000)
+    return {
+        "kind": kind,
+        "combo": combo,
+        "sessions": 1000,
+        "messages": 10,
+        "message_bytes": size,
+        "open_s": 1.5,
+        "announced": True,
+        "arrived": True,
+        "received": 10000 if kind == "plain" else 9990,
+        "other_frames": 0,
+        "used_memory": {"before": base, "open": opened, "kept": kept, "away": away},
+        "keys": {"before": "", "open": "keys=4000", "kept": "keys=5000", "away": "keys=2000"},
+        "send_s": 0.8,
+        "redis_cpu_s": 0.1 if kind == "plain" else 0.25,
+        "hub_cpu_s": 0.6,
+    }
+
+
+def resume_only_run() -> dict[str, Any]:
+    """``--resume-only``: the three variants and the memory per session; one session
+    variant lost ten messages (the report flags it)."""
+    out = header(
+        command="bushub-bench --resume-only --reps 3",
+        config=config(
+            idle_only=False,
+            profile_native=False,
+            resume=True,
+            resume_only=True,
+            resume_combos=["task-json", "audio-json"],
+        ),
+        elapsed_s=190.0,
+    )
+    del out["hub_argv"]
+    out["resume"] = {
+        "runs": resume_runs(),
+        "hub_argv": {
+            "off": "python -m bushub serve --node-id off1 --resume-window 0",
+            "on": "python -m bushub serve --node-id on1",
+        },
+        "memory": {
+            "sessions": 1000,
+            "messages": 10,
+            "hub_argv": "python -m bushub serve --node-id mem --accept-rate 0",
+            "variants": [
+                memory_variant("plain", "task-json", 269, 0),
+                memory_variant("session", "task-json", 269, 400),
+                memory_variant("plain", "audio-json", 1400, 0),
+                memory_variant("session", "audio-json", 1400, 1600),
+            ],
+        },
+    }
+    return out
+
+
 SCENARIOS = {
+    "resume_only": resume_only_run,
     "storm_only": storm_only_run,
     "full": full_run,
     "quick_noisy": quick_noisy_run,

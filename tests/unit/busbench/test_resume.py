@@ -1,0 +1,85 @@
+"""The resume measurement's pure parts: job shapes, names, the memory measurement's
+templates and figures (its report is checked against the ``resume_only`` golden file)."""
+
+import argparse
+
+import pytest
+from busbench import resume, sessionmem
+from busbench.payloads import Template
+from busbench.report.resume import memory_figures, resume_summary
+
+from tests.unit.busbench.bench_outputs import memory_variant, resume_runs
+
+
+def test_combos_split_and_strip() -> None:
+    assert resume.combos("task-json, audio-json,,") == ["task-json", "audio-json"]
+
+
+def test_each_variant_and_repetition_gets_fresh_names() -> None:
+    seen: set[str] = set()
+    for variant in resume.VARIANTS:
+        for rep in range(3):
+            a, b = resume.names(variant, rep, "json", 2)
+            assert len(a) == len(b) == 2
+            assert not seen & {*a, *b}
+            seen |= {*a, *b}
+    assert resume.names("on-session", 1, "msgpack", 1) == (["a000rs1m"], ["b000rs1m"])
+
+
+def test_phases_fixed_then_saturation_per_combination() -> None:
+    args = argparse.Namespace(
+        resume_combos=["task-json", "audio-msgpack"],
+        warmup=0.5,
+        rate=2000.0,
+        fixed_seconds=3.0,
+        inflight=4,
+        sat_seconds=2.0,
+    )
+    phases = resume.phases(args)
+    assert [p["name"] for p in phases] == [
+        "task-json/fixed",
+        "task-json/saturation",
+        "audio-msgpack/fixed",
+        "audio-msgpack/saturation",
+    ]
+    assert phases[2]["set"] == "msgpack" and phases[2]["payload"] == "audio"
+    assert phases[0]["rate"] == 2000.0 and phases[1]["inflight"] == 4
+
+
+def test_retarget_swaps_both_names_byte_for_byte() -> None:
+    tag = "m1"
+    a0, b0 = sessionmem.agent("A", 0, tag), sessionmem.agent("B", 0, tag)
+    t = Template(f'{{"source":"{b0}","target":"{a0}","task_id":"'.encode(), b'"}')
+    moved = sessionmem.retarget(t, 123, tag)
+    assert moved.prefix == b'{"source":"rsB00123m1","target":"rsA00123m1","task_id":"'
+    assert moved.size == t.size
+    assert sessionmem.agent("A", 99999, tag).__len__() == len(a0)
+
+
+def test_memory_plan_measures_plain_before_session_per_combination() -> None:
+    plan = sessionmem.MemoryPlan(sessions=10, messages=2, combos=["task-json", "audio-json"])
+    assert plan.variants() == [
+        ("plain", "task-json"),
+        ("session", "task-json"),
+        ("plain", "audio-json"),
+        ("session", "audio-json"),
+    ]
+
+
+def test_memory_figures_per_socket_and_per_message() -> None:
+    fig = memory_figures(memory_variant("session", "task-json", 269, 400))
+    assert fig["open_b"] == pytest.approx(1200)
+    assert fig["kept_b"] == pytest.approx(4000)
+    assert fig["kept_b_per_msg"] == pytest.approx(400)
+    assert fig["away_b"] == pytest.approx(300 + 4000)
+    assert fig["redis_us"] == pytest.approx(25.0)
+    assert fig["complete"] is False  # 9,990 of 10,000 arrived
+
+
+def test_ratios_side_by_side_per_repetition() -> None:
+    s = resume_summary({"runs": resume_runs()})
+    r = s["ratios"]["on-session"]["task-json/fixed"]["server_us"]
+    assert r["per_rep"] == pytest.approx([1.4, 1.4, 1.4])
+    assert r["of_medians"] == pytest.approx(1.4)
+    assert s["sessions"]["on-session"]["resume"] == {"new": 300}
+    assert s["drops"] == {"on-session": {"closing": 3.0}}
