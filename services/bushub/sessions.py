@@ -23,7 +23,6 @@ import hashlib
 import logging
 import secrets
 import struct
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -67,7 +66,7 @@ def session_params(query: dict[str, str]) -> tuple[str, int] | None:
     return session, int(raw)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Session:
     """One socket's session state on this node.
 
@@ -102,8 +101,10 @@ class Session:
     replaying: bool = True
     replay: list[tuple[int, bytes]] = field(default_factory=list)
     held: list[tuple[int, bytes]] = field(default_factory=list)
-    outstanding: deque[int] = field(default_factory=deque)
-    settled_early: set[int] = field(default_factory=set)
+    # Lists, not a deque and a set: both hold a few entries at most (acknowledged
+    # within milliseconds) and an idle session should cost little memory.
+    outstanding: list[int] = field(default_factory=list)
+    settled_early: list[int] = field(default_factory=list)
     acked: int = 0
     proxy_acked: int = 0
     proxy_acked_sent: int = 0
@@ -122,16 +123,16 @@ class Session:
         """``position`` has an outcome: move the acknowledgement over what is done."""
         outstanding = self.outstanding
         if outstanding and outstanding[0] == position:
-            outstanding.popleft()
+            del outstanding[0]
             # Never backwards: a proxy that sends a position twice settles it twice.
             self.acked = max(self.acked, position)
             early = self.settled_early
             while outstanding and outstanding[0] in early:
-                done = outstanding.popleft()
-                early.discard(done)
+                done = outstanding.pop(0)
+                early.remove(done)
                 self.acked = max(self.acked, done)
         elif position in outstanding:
-            self.settled_early.add(position)
+            self.settled_early.append(position)
 
 
 # Writes one frame (already framed) to a socket; the outbound side counts it.
