@@ -1,8 +1,10 @@
 """Processes for the load-balancer tests: hub nodes with the deployment test's timings,
 and nginx run by ``deploy/nginx/run-local.sh``. Built on ``tests.integration.procs``."""
 
+import contextlib
 import http.client
 import json
+import os
 import re
 import shutil
 import signal
@@ -12,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.integration.procs import ROOT, TIMEOUT, HubNode, Service, free_port
+from tests.support.waiting import wait_until
 
 NGINX_MISSING = (
     "nginx is not on PATH: `make test` installs it (Debian package `nginx`); "
@@ -115,6 +118,38 @@ class Nginx(Service):
                 raise RuntimeError(f"nginx exited ({self.returncode}): see {self.log_path}")
         raise RuntimeError(f"nginx found no free port: see {self.log_path}")
 
+    def restart(self, node_ports: list[int], *, fail_timeout: str = "2s") -> None:
+        """Start nginx again on the port it had (after `cut`), so clients dial the same URL."""
+        argv = [str(RUN_LOCAL), "--port", str(self.port), "--dir", str(self.directory)]
+        argv += ["--fail-timeout", fail_timeout, *[str(p) for p in node_ports]]
+        self._spawn(argv)
+        if not self._wait_listening():
+            raise RuntimeError(f"nginx exited ({self.returncode}): see {self.log_path}")
+
+    def cut(self) -> None:
+        """SIGKILL the master and its workers: every proxied TCP connection ends with no
+        WebSocket close frame, in both directions, and nothing listens on the port."""
+        workers = self._children()
+        self.kill()  # the master first, or it would start new workers
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        wait_until(
+            lambda: all(not _running(pid) for pid in workers),
+            what="nginx workers gone",
+        )
+
+    def _children(self) -> list[int]:
+        path = Path(f"/proc/{self.pid}/task/{self.pid}/children")
+        if path.exists():
+            return [int(pid) for pid in path.read_text().split()]
+        found = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == self.pid:
+                    found.append(int(stat.parent.name))
+        return found
+
     def _wait_listening(self) -> bool:
         deadline = time.monotonic() + TIMEOUT
         while time.monotonic() < deadline:
@@ -132,3 +167,12 @@ class Nginx(Service):
         # SIGTERM is nginx's fast shutdown: workers close their sockets at once.
         self.signal(signal.SIGTERM)
         super().stop()
+
+
+def _running(pid: int) -> bool:
+    """The process exists and is not a zombie (a killed one's sockets are closed by then)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")

@@ -8,8 +8,22 @@ the same key; off by default (0): the reconnecting proxies' sessions deliver exa
 once (docs/protocol.md, Sessions), so a real application never re-asks, and neither
 does this client. A stock pair would need re-asks; it gives up at its first close.
 
+With ``--task-timeout T`` each task is asked with the library's own timeout
+(``request_task(..., timeout=T)`` / ``JobParams(timeout=T)``): a task the library
+cancels on timeout is reported (event ``task_timeout``) and counted in ``done``, so
+every task ends answered or timed out, none pending forever. An answer that comes
+after its task timed out is counted as ``late``.
+
 Worker: answers ``work`` tasks; the first request for a key runs it (event
 ``executed``), a repeat is answered from the cache (event ``repeat``).
+
+Bridged frames (``--frames-per-second N``, both sides): once its client is ready, the
+worker sends ``BusFrameMessage``s with audio (``OutputAudioRawFrame``, the bytes of
+``audio_chunk(i)``, ``pts`` = i * 20 ms) through its proxy, built with
+``forward_messages=(BusFrameMessage,)``; the hub relays them to the socket's peer.
+At the stop file it sends a ``TextFrame("frames-end:<count>")``. The client records
+the indexes it receives and reports in ``done`` whether they are complete, in order,
+without duplicates and with intact bytes; it waits for the end marker before ending.
 
 Both report their proxy's events as JSON lines: ``connected``, ``reconnecting``,
 ``reconnected``, ``disconnected`` (the proxy gave up or, stock, closed), and ``stats``.
@@ -22,9 +36,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from tests.agents._common import close_code, emit
+from pipecat.frames.frames import OutputAudioRawFrame, TextFrame
+
+from tests.agents._common import AUDIO_SAMPLE_RATE, audio_chunk, close_code, emit
 
 TASK_NAME = "work"
+FRAME_PTS_STEP = 20_000_000  # ns: each frame is 20 ms of audio
+FRAMES_END = "frames-end:"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,6 +54,92 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reask-after", type=float, default=0.0, help="0: never re-ask")
     parser.add_argument("--max-tasks", type=int, default=5000)
     parser.add_argument("--finish-within", type=float, default=30.0)
+    parser.add_argument(
+        "--task-timeout", type=float, default=0.0, help="client: the library's task timeout"
+    )
+    parser.add_argument(
+        "--frames-per-second",
+        type=float,
+        default=0.0,
+        help="worker: bridged audio frames sent to the client; client: expect them (0: none)",
+    )
+
+
+def audio_frame(index: int) -> OutputAudioRawFrame:
+    """Frame ``index`` of the stream: its bytes and its pts both say which it is."""
+    frame = OutputAudioRawFrame(
+        audio=audio_chunk(index), sample_rate=AUDIO_SAMPLE_RATE, num_channels=1
+    )
+    frame.pts = index * FRAME_PTS_STEP
+    return frame
+
+
+async def stream_frames(send: Callable[[Any], Awaitable[None]], args: argparse.Namespace) -> None:
+    """Worker: audio frames at a steady pace until the stop file exists, then the end."""
+    period = 1.0 / args.frames_per_second
+    stop_file = Path(args.stop_file) if args.stop_file else None
+    sent = 0
+    emit("frames_started")
+    while stop_file is None or not stop_file.exists():
+        await send(audio_frame(sent))
+        sent += 1
+        await asyncio.sleep(period)
+    await send(TextFrame(text=f"{FRAMES_END}{sent}"))
+    emit("frames_sent", count=sent)
+
+
+class FrameTally:
+    """The client's record of the worker's frames."""
+
+    def __init__(self) -> None:
+        self.indexes: list[int] = []
+        self.corrupt = 0
+        self.expected: int | None = None
+        self.ended = asyncio.Event()
+        self._jumps = 0
+
+    def take(self, frame: Any) -> None:
+        text = getattr(frame, "text", None)
+        if isinstance(text, str) and text.startswith(FRAMES_END):
+            self.expected = int(text[len(FRAMES_END) :])
+            self.ended.set()
+            return
+        pts = getattr(frame, "pts", None)
+        if not isinstance(pts, int) or pts % FRAME_PTS_STEP:
+            self.corrupt += 1
+            emit("frame_corrupt", type=type(frame).__name__, pts=pts)
+            return
+        index = pts // FRAME_PTS_STEP
+        if getattr(frame, "audio", None) != audio_chunk(index):
+            self.corrupt += 1
+            emit("frame_corrupt", type=type(frame).__name__, index=index)
+        last = self.indexes[-1] if self.indexes else -1
+        if index != last + 1 and self._jumps < 20:
+            self._jumps += 1
+            emit("frame_jump", after=last, got=index)
+        self.indexes.append(index)
+
+    def report(self) -> dict[str, Any]:
+        seen = set(self.indexes)
+        pairs = zip(self.indexes, self.indexes[1:], strict=False)
+        missing = sorted(set(range(self.expected)) - seen) if self.expected is not None else []
+        report = {
+            "expected": self.expected,
+            "received": len(self.indexes),
+            "duplicates": len(self.indexes) - len(seen),
+            "out_of_order": sum(1 for a, b in pairs if b <= a),
+            "corrupt": self.corrupt,
+            "missing": len(missing),
+            "first_missing": missing[:20],
+            "beyond": sorted(i for i in seen if self.expected is not None and i >= self.expected),
+        }
+        report["ok"] = (
+            self.expected is not None
+            and report["received"] == self.expected
+            and not missing
+            and report["duplicates"] == report["out_of_order"] == report["corrupt"] == 0
+        )
+        return report
 
 
 def answer_for(key: str) -> dict[str, Any]:
@@ -72,11 +176,25 @@ class TaskLoop:
         self.duplicates = 0
         self.wrong = 0
         self.reasks = 0
+        self.timed_out: dict[str, str] = {}  # key -> the library's reason
+        self.late = 0
+        self.frames = FrameTally() if args.frames_per_second else None
+
+    def timeout(self, key: str, reason: str) -> None:
+        """The library gave up on this task (its timeout)."""
+        if key in self.open:
+            del self.open[key]
+            self.timed_out[key] = reason
+            emit("task_timeout", key=key, reason=reason)
 
     def answer(self, response: dict[str, Any] | None) -> None:
         key = str((response or {}).get("key"))
         if key in self.answers:
             self.duplicates += 1
+            return
+        if key in self.timed_out:
+            self.late += 1
+            emit("late_answer", key=key)
             return
         if key not in self.open:
             self.wrong += 1
@@ -87,7 +205,8 @@ class TaskLoop:
         self.answers[key] = response or {}
         del self.open[key]
         if len(self.answers) % 10 == 0:
-            emit("progress", answered=len(self.answers))
+            frames = len(self.frames.indexes) if self.frames else 0
+            emit("progress", answered=len(self.answers), frames=frames)
 
     async def run(self, ask: Callable[[str], Awaitable[None]]) -> dict[str, Any]:
         args = self.args
@@ -108,7 +227,8 @@ class TaskLoop:
             stopping = sent >= args.max_tasks or (stop_file is not None and stop_file.exists())
             if stopping:
                 stopping_since = stopping_since or now
-                if not self.open or now - stopping_since > args.finish_within:
+                frames_over = self.frames is None or self.frames.ended.is_set()
+                if (not self.open and frames_over) or now - stopping_since > args.finish_within:
                     break
             elif len(self.open) < args.window:
                 key = f"{args.name}-{sent}"
@@ -123,6 +243,10 @@ class TaskLoop:
             "duplicates": self.duplicates,
             "wrong": self.wrong,
             "reasks": self.reasks,
+            "timed_out": sorted(self.timed_out),
+            "timeout_reasons": sorted(set(self.timed_out.values())),
+            "late": self.late,
+            "frames": self.frames.report() if self.frames else None,
             "gave_up": self.gave_up.is_set(),
         }
 

@@ -2,7 +2,8 @@
 (see ``_tasks.py``).
 
 ``--proxy reconnecting`` uses busclient's ReconnectingWebSocketProxyClient,
-``--proxy stock`` pipecat's WebSocketProxyClient.
+``--proxy stock`` pipecat's WebSocketProxyClient; both forward ``BusFrameMessage``
+(the worker's bridged audio stream, ``--frames-per-second``).
 
 Run: ``python -m tests.deployment.agents.pipecat_pair --role worker --url ws://LB
 --name w1 --peer c1`` and ``... --role client --name c1 --peer w1 --stop-file F``.
@@ -12,9 +13,17 @@ import asyncio
 import sys
 from typing import Any
 
-from pipecat.bus import BusJobRequestMessage, BusJobResponseMessage, BusJobResponseUrgentMessage
-from pipecat.pipeline.job_context import JobParams
+from pipecat.bus import (
+    BusFrameMessage,
+    BusJobRequestMessage,
+    BusJobResponseMessage,
+    BusJobResponseUrgentMessage,
+    BusMessage,
+)
+from pipecat.frames.frames import Frame
+from pipecat.pipeline.job_context import JobGroupError, JobGroupParams, JobParams
 from pipecat.pipeline.job_decorator import job
+from pipecat.processors.frame_processor import FrameDirection
 from pipecat.registry.types import WorkerReadyData
 from pipecat.workers.base_worker import BaseWorker
 from pipecat.workers.proxy.websocket import WebSocketProxyClient
@@ -31,16 +40,19 @@ from tests.deployment.agents._tasks import (
     attach_proxy_events,
     proxy_stats,
     report_stats_forever,
+    stream_frames,
 )
 
 POLICY = ReconnectPolicy(initial_delay=0.2, max_delay=2.0, jitter=0.5, max_elapsed=30.0)
 
 
 class Worker(BaseWorker):
-    def __init__(self, name: str, *, peer: str, proxy: Any) -> None:
+    def __init__(self, name: str, *, peer: str, proxy: Any, args: Any) -> None:
         super().__init__(name)
         self._peer = peer
         self._proxy = proxy
+        self._args = args
+        self._streaming = False
         self.state = WorkerState()
 
     async def on_activated(self, args: dict | None) -> None:
@@ -53,6 +65,15 @@ class Worker(BaseWorker):
         await super().on_worker_ready(data)
         if data.worker_name == self._peer:
             emit("peer_ready", runner=data.runner)
+            if self._args.frames_per_second and not self._streaming:
+                self._streaming = True
+                self.create_task(stream_frames(self._send_frame, self._args), "frames")
+
+    async def _send_frame(self, frame: Frame) -> None:
+        # No target: the proxy forwards it by source, the hub routes it to the peer.
+        downstream = FrameDirection.DOWNSTREAM
+        message = BusFrameMessage(source=self.name, frame=frame, direction=downstream)
+        await self.send_bus_message(message)
 
     @job(name=TASK_NAME)
     async def on_work(self, message: BusJobRequestMessage) -> None:
@@ -91,9 +112,31 @@ class Client(BaseWorker):
         await super().on_job_response(message)
         self.loop.answer(message.response)
 
+    async def on_bus_message(self, message: BusMessage) -> None:
+        if (
+            isinstance(message, BusFrameMessage)
+            and message.source == self._peer
+            and self.loop.frames is not None
+        ):
+            self.loop.frames.take(message.frame)
+        await super().on_bus_message(message)
+
     async def ask(self, key: str) -> None:
-        params = JobParams(name=TASK_NAME, payload={"key": key}, timeout=None)
-        await self.request_job(self._peer, params=params)
+        timeout = self.loop.args.task_timeout or None
+        if timeout is None:
+            params = JobParams(name=TASK_NAME, payload={"key": key})
+            await self.request_job(self._peer, params=params)
+            return
+        # request_job(..., JobParams(timeout=T)) without the wait: the group tells of it.
+        self.create_task(self._ask_within(key, timeout), f"ask-{key}")
+
+    async def _ask_within(self, key: str, timeout: float) -> None:
+        params = JobGroupParams(name=TASK_NAME, payload={"key": key}, timeout=timeout)
+        try:
+            group = await self.create_job_group_and_request_job([self._peer], params=params)
+            await group.wait()
+        except JobGroupError as exc:
+            self.loop.timeout(key, str(exc))
 
 
 def make_proxy(args: Any) -> Any:
@@ -101,6 +144,7 @@ def make_proxy(args: Any) -> Any:
         "url": hub_url(args, "pipecat"),
         "remote_worker_name": args.peer,
         "local_worker_name": args.name,
+        "forward_messages": (BusFrameMessage,),
     }
     if args.proxy == "stock":
         return WebSocketProxyClient(f"{args.name}-proxy", **options)
@@ -118,7 +162,7 @@ async def main() -> int:
 
     if args.role == "worker":
         attach_proxy_events(proxy)
-        await runner.add_workers(Worker(args.name, peer=args.peer, proxy=proxy), proxy)
+        await runner.add_workers(Worker(args.name, peer=args.peer, proxy=proxy, args=args), proxy)
         await runner.run()
         return 0
 

@@ -1,7 +1,8 @@
 """A pipecat-ai-subagents client or worker for the load-balancer test (see ``_tasks.py``).
 
 ``--proxy reconnecting`` uses busclient's ReconnectingWebSocketProxyClientAgent,
-``--proxy stock`` the library's WebSocketProxyClientAgent.
+``--proxy stock`` the library's WebSocketProxyClientAgent; both forward
+``BusFrameMessage`` (the worker's bridged audio stream, ``--frames-per-second``).
 
 Run: ``python -m tests.deployment.agents.subagents_pair --role worker --url ws://LB
 --name w1 --peer c1`` and ``... --role client --name c1 --peer w1 --stop-file F``.
@@ -11,9 +12,16 @@ import asyncio
 import sys
 from typing import Any
 
-from pipecat_subagents.agents import BaseAgent, task
+from pipecat.frames.frames import Frame
+from pipecat.processors.frame_processor import FrameDirection
+from pipecat_subagents.agents import BaseAgent, TaskGroupError, task
 from pipecat_subagents.agents.proxy.websocket import WebSocketProxyClientAgent
-from pipecat_subagents.bus import BusTaskRequestMessage, BusTaskResponseMessage
+from pipecat_subagents.bus import (
+    BusFrameMessage,
+    BusMessage,
+    BusTaskRequestMessage,
+    BusTaskResponseMessage,
+)
 from pipecat_subagents.runner import AgentRunner
 from pipecat_subagents.types import AgentReadyData
 
@@ -28,15 +36,18 @@ from tests.deployment.agents._tasks import (
     attach_proxy_events,
     proxy_stats,
     report_stats_forever,
+    stream_frames,
 )
 
 POLICY = ReconnectPolicy(initial_delay=0.2, max_delay=2.0, jitter=0.5, max_elapsed=30.0)
 
 
 class Worker(BaseAgent):
-    def __init__(self, name: str, *, bus: Any, peer: str) -> None:
+    def __init__(self, name: str, *, bus: Any, peer: str, args: Any) -> None:
         super().__init__(name, bus=bus)
         self._peer = peer
+        self._args = args
+        self._streaming = False
         self.state = WorkerState()
 
     async def on_ready(self) -> None:
@@ -47,6 +58,15 @@ class Worker(BaseAgent):
         await super().on_agent_ready(data)
         if data.agent_name == self._peer:
             emit("peer_ready", runner=data.runner)
+            if self._args.frames_per_second and not self._streaming:
+                self._streaming = True
+                self.create_asyncio_task(stream_frames(self._send_frame, self._args), "frames")
+
+    async def _send_frame(self, frame: Frame) -> None:
+        # No target: the proxy forwards it by source, the hub routes it to the peer.
+        downstream = FrameDirection.DOWNSTREAM
+        message = BusFrameMessage(source=self.name, frame=frame, direction=downstream)
+        await self.send_message(message)
 
     @task(name=TASK_NAME)
     async def on_work(self, message: BusTaskRequestMessage) -> None:
@@ -73,8 +93,31 @@ class Client(BaseAgent):
         await super().on_task_response(message)
         self.loop.answer(message.response)
 
+    async def on_bus_message(self, message: BusMessage) -> None:
+        if (
+            isinstance(message, BusFrameMessage)
+            and message.source == self._peer
+            and self.loop.frames is not None
+        ):
+            self.loop.frames.take(message.frame)
+        await super().on_bus_message(message)
+
     async def ask(self, key: str) -> None:
-        await self.request_task(self._peer, name=TASK_NAME, payload={"key": key}, timeout=None)
+        timeout = self.loop.args.task_timeout or None
+        if timeout is None:
+            await self.request_task(self._peer, name=TASK_NAME, payload={"key": key})
+            return
+        # request_task(..., timeout=T) without the wait: the group tells of the timeout.
+        self.create_asyncio_task(self._ask_within(key, timeout), f"ask-{key}")
+
+    async def _ask_within(self, key: str, timeout: float) -> None:
+        try:
+            group = await self.create_task_group_and_request_task(
+                [self._peer], name=TASK_NAME, payload={"key": key}, timeout=timeout
+            )
+            await group.wait()
+        except TaskGroupError as exc:
+            self.loop.timeout(key, str(exc))
 
 
 def make_proxy(args: Any, runner: AgentRunner) -> Any:
@@ -83,6 +126,7 @@ def make_proxy(args: Any, runner: AgentRunner) -> Any:
         "url": hub_url(args, "subagents"),
         "remote_agent_name": args.peer,
         "local_agent_name": args.name,
+        "forward_messages": (BusFrameMessage,),
     }
     if args.proxy == "stock":
         return WebSocketProxyClientAgent(f"{args.name}-proxy", **options)
@@ -99,7 +143,7 @@ async def main() -> int:
     proxy = make_proxy(args, runner)
 
     if args.role == "worker":
-        worker = Worker(args.name, bus=runner.bus, peer=args.peer)
+        worker = Worker(args.name, bus=runner.bus, peer=args.peer, args=args)
         attach_proxy_events(proxy)
 
         @worker.event_handler("on_ready")
