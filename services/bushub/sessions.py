@@ -255,6 +255,8 @@ class Sessions:
         self._write_positioned(conn, session, position, data)
 
     async def _fill(self, conn: Connection, session: Session) -> None:
+        """Write what the stream holds after the socket's newest position, then let
+        the live messages held meanwhile through."""
         try:
             entries = await self._broker.read_session(conn.agent, session.delivered)
         except ConnectionError as exc:
@@ -401,6 +403,12 @@ class Sessions:
         if not held:
             log.info("session of %s is held elsewhere now; closing %s", conn.agent, conn.id)
             conn.request_close(CloseCode.TAKEN_OVER)
+            return
+        if not session.replaying:
+            # What the break kept from this node (published while it was
+            # resubscribing, or cut off in Redis' output buffer) is in the stream.
+            session.replaying = True
+            await self._fill(conn, session)
 
     # ---- the end ----------------------------------------------------------------
 

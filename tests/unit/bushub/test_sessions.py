@@ -191,3 +191,16 @@ def test_kept_frames_carry_their_position() -> None:
     data = pack_stored(7, relay_frame(1))
     assert stored_position(data) == 7
     assert stored_position(relay_frame(1)) == 0
+
+
+async def test_after_a_broker_break_what_the_stream_kept_is_delivered() -> None:
+    node = Node()
+    conn = await node.session_socket("S1")
+    # Kept while this node's subscription was broken: never delivered live.
+    for seq in (1, 2):
+        data, _ = node.broker._kept().deliver("a", relay_frame(seq))
+        assert data is not None
+    assert numbered(conn) == []
+    node.sessions.broker_back()
+    await asyncio.sleep(0.01)
+    assert numbered(conn) == [(1, 1), (2, 2)]
