@@ -44,6 +44,7 @@ from busbench.procs import (
     worker_pids,
 )
 from busclient.reconnecting import ReconnectPolicy
+from busclient.session import ACK_DELAY, ACK_EVERY
 
 MACHINE_NOTE = (
     "2 shared cores, noisy (other engineers' test runs share them): compare ratios "
@@ -206,6 +207,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         default=10,
         help="messages sent to each of them and never acknowledged",
+    )
+    p.add_argument(
+        "--resume-ack-every",
+        type=int,
+        default=ACK_EVERY,
+        help="session sockets acknowledge at least every this many messages (the proxy's)",
+    )
+    p.add_argument(
+        "--resume-ack-delay",
+        type=float,
+        default=ACK_DELAY,
+        help="... or once the oldest unacknowledged message is this many s old (the proxy's)",
     )
     p.add_argument(
         "--resume-away",

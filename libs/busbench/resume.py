@@ -96,6 +96,8 @@ def job(
         "expect_registry": True,
         "compression": args.compression,
         "sessions": variant == "on-session",
+        "ack_every": args.resume_ack_every,
+        "ack_delay": args.resume_ack_delay,
     }
 
 

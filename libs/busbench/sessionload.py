@@ -7,7 +7,8 @@ opened as session sockets (docs/protocol.md, Sessions): the URL carries
 received is split with ``sessionframe.decode`` (a message at a position is checked as
 before, an unnumbered one is an announcement, an acknowledgement of our sends is
 counted and ignored), and what was taken is acknowledged with the real proxy's policy
-(``busclient.session.Receiver``: at least every 64 messages or 200 ms). The count is
+(``busclient.session.Receiver``: at least every 64 messages or 200 ms; the job's
+``ack_every`` and ``ack_delay`` change it, for trials). The count is
 checked on each message taken; the age by one sweep every ``SWEEP_S`` over all
 sockets (the proxy arms a timer per socket instead: the same acknowledgements, less
 work for the generator).
@@ -24,7 +25,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from busbench.loadgen import Counters, Pair, PairsRun, now_ns
-from busclient.session import Receiver, session_url
+from busclient.session import ACK_DELAY, ACK_EVERY, Receiver, session_url
 from buswire import sessionframe
 from buswire.errors import DecodeError
 
@@ -41,10 +42,10 @@ class SessionEnd:
 
     __slots__ = ("receiver", "sent", "ws")
 
-    def __init__(self, ws: ClientConnection) -> None:
+    def __init__(self, ws: ClientConnection, ack_every: int, ack_delay: float) -> None:
         self.ws = ws
         self.sent = 0
-        self.receiver = Receiver()
+        self.receiver = Receiver(ack_every, ack_delay)
 
 
 class SessionPairsRun(PairsRun):
@@ -58,6 +59,8 @@ class SessionPairsRun(PairsRun):
         self.duplicates = 0
         self.malformed = 0
         self._sweeper: asyncio.Task[None] | None = None
+        self.ack_every: int = job.get("ack_every", ACK_EVERY)
+        self.ack_delay: float = job.get("ack_delay", ACK_DELAY)
 
     # ---- connections ------------------------------------------------------
 
@@ -69,7 +72,7 @@ class SessionPairsRun(PairsRun):
         header = ws.response.headers.get(sessionframe.RESUME_HEADER) if ws.response else None
         result = sessionframe.parse_resume_header(header)[0] if header else "none"
         self.resume[result] = self.resume.get(result, 0) + 1
-        self.ends[ws] = SessionEnd(ws)
+        self.ends[ws] = SessionEnd(ws, self.ack_every, self.ack_delay)
         return ws
 
     async def _first_message(self, ws: ClientConnection, counters: Counters) -> None:

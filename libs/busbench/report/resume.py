@@ -120,7 +120,15 @@ def resume_summary(res: dict[str, Any]) -> dict[str, Any]:
             else:
                 s[key] = s.get(key, 0) + value
     memory = res.get("memory") or {}
+    others = [
+        r["others_cores"]
+        for phases in per.values()
+        for reps in phases.values()
+        for r in reps
+        if r.get("others_cores") is not None
+    ]
     return {
+        "others_cores": statistics.median(others) if others else None,
         "per_rep": per,
         "medians": medians,
         "ratios": ratios,
@@ -162,6 +170,16 @@ def _intro(s: dict[str, Any], c: dict[str, Any]) -> list[str]:
     ]
     if argv:
         bullets += [f"- Hub nodes, {side}: `{cmd}`" for side, cmd in argv.items()]
+    if s.get("others_cores") is not None:
+        bullets.append(
+            f"- Other processes took a median of {s['others_cores']:.2f} of the 2 cores "
+            "during the measured windows"
+            + (
+                ": **a noisy run; latency suffers first, CPU per message least.**"
+                if s["others_cores"] > 0.5
+                else "."
+            )
+        )
     return ["## Sessions (resume)", "\n".join(bullets)]
 
 
