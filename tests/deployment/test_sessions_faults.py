@@ -39,7 +39,7 @@ from typing import Any
 import pytest
 
 from buswire.channels import session_key
-from tests.deployment.lb import DRAIN_TIMEOUT, LbHubNode, Nginx, nginx_path
+from tests.deployment.lb import DRAIN_TIMEOUT, PRESENCE_TTL, LbHubNode, Nginx, nginx_path
 from tests.integration.procs import TIMEOUT, AgentProcess, RedisServer
 from tests.support.reports import register_log
 from tests.support.waiting import wait_until
@@ -54,6 +54,25 @@ PROGRESS = 10
 SHORT_WINDOW = 2.0
 KEEPALIVE = 0.5
 TASK_TIMEOUT = 3.0
+# busclient's reconnect policy counts the hub's keepalive close (4009: silent through a
+# keepalive interval, a ping unanswered) among the definite refusals (an unlisted
+# 4xxx code), so a proxy whose process was frozen (SIGSTOP, a long pause, a suspended
+# machine) gives up instead of reconnecting: reported, libs/busclient/reconnectpolicy.py.
+FROZEN = "the reconnecting proxy gives up on close 4009 (keepalive timeout)"
+# The hub remembers the newest position it relayed per sending session for the window
+# only (``bushub:relayed:{agent}``, PEXPIRE window): a sender away longer sends again
+# what it had not seen acknowledged (a node SIGKILLed between relay and ack), and it is
+# relayed a second time. Reported; non-strict, as the kill may land after the last ack.
+TWICE = "sends held past the window are relayed again after a gap (the hub forgot them)"
+
+
+class ProxyGaveUp(AssertionError):
+    """The reconnecting proxy stopped reconnecting."""
+
+
+class DeliveredTwice(AssertionError):
+    """The client received a message twice."""
+
 
 Figures = Callable[[str, Any], None]
 
@@ -368,15 +387,27 @@ def test_connections_cut_without_close_frames(
 
 
 @pytest.mark.parametrize("dialect", DIALECTS)
+@pytest.mark.parametrize(
+    "away",
+    [
+        pytest.param(
+            "frozen", marks=pytest.mark.xfail(strict=True, raises=ProxyGaveUp, reason=FROZEN)
+        ),
+        pytest.param(
+            "node_down", marks=pytest.mark.xfail(strict=False, raises=DeliveredTwice, reason=TWICE)
+        ),
+    ],
+)
 def test_an_agent_away_longer_than_the_window(
-    deployment: Deployment, dialect: str, figures: Figures
+    deployment: Deployment, dialect: str, away: str, figures: Figures
 ) -> None:
     d = deployment
     hub_args = ("--resume-window", str(SHORT_WINDOW), "--keepalive", str(KEEPALIVE))
     d.start(nginx=False, hub_args=hub_args)
+    worker_node = d.nodes[1]
     client, worker = d.pair(
         dialect,
-        worker_url=d.nodes[1].url,
+        worker_url=worker_node.url,
         client_url=d.nodes[0].url,
         client_peer_lost="keep",
         client_args=("--task-timeout", str(TASK_TIMEOUT)),
@@ -384,23 +415,35 @@ def test_an_agent_away_longer_than_the_window(
     wait_progress(client, 0, "at first")
     runner = client.named("peer_ready")[-1]["runner"]
 
-    frozen_at = time.monotonic()
-    os.kill(worker.pid, signal.SIGSTOP)
-    try:
-        # Frozen: the hub's keepalive closes its socket, then the window passes and the
-        # hub forgets the session (its record in Redis expires).
-        key = session_key(worker.name)
-        wait_until(
-            lambda: d.redis.cli("EXISTS", key).strip() == "0",
-            KEEPALIVE * 2 + SHORT_WINDOW + TIMEOUT,
-            step=0.1,
-            what="the frozen worker's session forgotten",
-        )
-    finally:
-        os.kill(worker.pid, signal.SIGCONT)
-    figures("worker frozen seconds", time.monotonic() - frozen_at)
+    # Away until the hub has forgotten the worker's session: its record in Redis
+    # expires once the window has passed since the hub saw the socket end.
+    def forgotten() -> bool:
+        return d.redis.cli("EXISTS", session_key(worker.name)).strip() == "0"
 
-    gap = worker.expect("resume_gap", timeout=TIMEOUT)
+    what = "the away worker's session forgotten"
+    gone_at = time.monotonic()
+    if away == "frozen":
+        # The hub's keepalive closes the frozen process's socket (4009).
+        os.kill(worker.pid, signal.SIGSTOP)
+        try:
+            wait_until(forgotten, KEEPALIVE * 2 + SHORT_WINDOW + TIMEOUT, 0.1, what=what)
+        finally:
+            os.kill(worker.pid, signal.SIGCONT)
+    else:
+        # The worker dials its node only: it cannot connect until the node is back.
+        worker_node.kill()
+        wait_until(forgotten, PRESENCE_TTL + SHORT_WINDOW + TIMEOUT, 0.1, what=what)
+        worker_node.start()
+    figures("worker away seconds", time.monotonic() - gone_at)
+
+    wait_until(
+        lambda: worker.named("resume_gap") or worker.named("disconnected"),
+        TIMEOUT * 3,
+        what="the worker's proxy back, or given up",
+    )
+    if worker.named("disconnected"):
+        raise ProxyGaveUp(f"the worker's proxy gave up: {worker.named('disconnected')}")
+    gap = worker.named("resume_gap")[0]
     assert gap["result"] in ("gap", "new"), gap
     announced = client.expect("peer_ready", timeout=TIMEOUT * 2)  # the first is taken
     while announced["runner"] == runner:
@@ -414,7 +457,7 @@ def test_an_agent_away_longer_than_the_window(
     assert done["ok"] is True, done
     assert done["unanswered"] == [], done
     assert done["answered"] + len(done["timed_out"]) == done["sent"], done
-    assert done["duplicates"] == 0 and done["wrong"] == 0 and done["reasks"] == 0, done
+    assert done["wrong"] == 0 and done["reasks"] == 0, done
     executed = [e["key"] for e in worker.named("executed")]
     assert len(executed) == len(set(executed)), "a task ran twice"
     assert set(executed) <= {f"{client.name}-{i}" for i in range(done["sent"])}
@@ -424,4 +467,11 @@ def test_an_agent_away_longer_than_the_window(
     figures("runner before", runner)
     figures("runner after", announced["runner"])
     figures("late answers", done["late"])
-    figures("frames report", done["frames"])
+    frames = done["frames"]
+    figures("frames missing", frames["missing"])
+    figures("answers received twice", done["duplicates"])
+    figures("frames received twice", frames["duplicates"])
+    # The gap is towards the worker; what the worker sends still arrives once, in order.
+    if done["duplicates"] or frames["duplicates"]:
+        raise DeliveredTwice(f"answers {done['duplicates']}, frames {frames}")
+    assert frames["out_of_order"] == frames["corrupt"] == 0, frames
