@@ -83,3 +83,20 @@ def test_ratios_side_by_side_per_repetition() -> None:
     assert r["of_medians"] == pytest.approx(1.4)
     assert s["sessions"]["on-session"]["resume"] == {"new": 300}
     assert s["drops"] == {"on-session": {"closing": 3.0}}
+
+
+def test_a_full_run_with_resume_appends_the_section() -> None:
+    from busbench import report
+
+    from tests.unit.busbench.bench_outputs import full_run, resume_only_run
+
+    out = full_run()
+    resumed = resume_only_run()
+    out["resume"] = resumed["resume"]
+    out["config"]["resume_combos"] = resumed["config"]["resume_combos"]
+    out["summary"] = report.summarise(out)
+    text = report.markdown(out)
+    assert text.startswith("# bushub-bench: workload R")
+    assert text.count("## Sessions (resume)") == 1
+    assert text.index("## Profile") < text.index("## Sessions (resume)")
+    assert "| hub CPU µs/msg, task-json, fixed rate: on, session sockets | 124.5 |" in text
