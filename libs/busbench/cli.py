@@ -5,7 +5,8 @@ one ``redis-server``, two hub nodes and two floor-relay processes on loopback, a
 the load generator (``busbench.loadgen``, a separate process) once per repetition per
 server, alternating hub and floor (and the stock proxy for the one-pair comparison).
 Then idle sockets, and optionally a py-spy profile of the hub under the fixed-rate
-load. It prints a Markdown report; ``--json`` keeps the raw figures.
+load. ``--resume`` adds the cost of sessions (``busbench.resume``). It prints a Markdown
+report; ``--json`` keeps the raw figures.
 """
 
 import argparse

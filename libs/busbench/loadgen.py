@@ -4,7 +4,8 @@
 
 A job is either ``pairs`` (connect sets of agent pairs, run timed phases over them)
 or ``idle`` (open a share of many quiet agent sockets and hold them while the
-orchestrator, ``busbench.idle``, measures the server). Clients are raw
+orchestrator, ``busbench.idle``, measures the server). A ``pairs`` job with
+``sessions`` runs over session sockets (``busbench.sessionload``). Clients are raw
 ``websockets`` asyncio connections on uvloop; messages are built and checked from
 byte templates (see ``busbench.payloads``), never through a serializer. Every wait
 is bounded. The generator reads ``/proc/<pid>/stat`` of the measured processes and
