@@ -463,6 +463,20 @@ class ReconnectingLink:
         assert self._session is not None
         result, epoch = sessionframe.parse_resume_header(header)
         lost = self._session.receiver.resumed(result)
+        window = sessionframe.resume_window(header)
+        if window is not None:
+            stale = self._session.log.drop_sent_before(self._clock() - window)
+            if stale:
+                # Sent longer ago than the hub remembers relays: a loss, reported.
+                log.warning(
+                    "%s: %d unacknowledged message(s) older than the %.0fs window dropped",
+                    self.url,
+                    stale,
+                    window,
+                )
+                if not lost:
+                    self._session.receiver.gaps += 1
+                lost = True
         self.stats.last_resume_lost = lost
         if lost:
             # The epoch is the hub's text: quoted (%r) in the log.

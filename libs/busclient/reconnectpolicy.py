@@ -15,9 +15,10 @@ from dataclasses import dataclass
 # close the proxy did not ask for (an idle timeout, a load balancer restarting), no
 # close frame at all (1005, 1006: a dropped connection, a killed node), a server error
 # (1011), a draining node (1012), an overloaded or not-ready node (1013), a bad gateway
-# (1014), and the hub's slow-consumer cut (4008), after which this side can keep up again.
+# (1014), the hub's slow-consumer cut (4008), after which this side can keep up again,
+# and its keepalive timeout (4009: this side was silent, e.g. a paused process).
 RETRY_CLOSE_CODES: frozenset[int] = frozenset(
-    {1000, 1001, 1005, 1006, 1011, 1012, 1013, 1014, 4008}
+    {1000, 1001, 1005, 1006, 1011, 1012, 1013, 1014, 4008, 4009}
 )
 # Close codes that are a definite answer: the protocol or the data is wrong (1002,
 # 1003, 1007, 1009, 1010), the connection parameters are refused (1008), TLS failed

@@ -143,6 +143,17 @@ class SendLog:
         self.expired += count
         return count
 
+    def drop_sent_before(self, cutoff: float) -> int:
+        """Drop what was sent before ``cutoff`` (counted in ``expired``): the hub no
+        longer remembers whether it relayed it, so sending it again could relay it
+        twice. Returns how many."""
+        count = 0
+        while self._entries and self._entries[0].stamp < cutoff:
+            self._remove_oldest()
+            count += 1
+        self.expired += count
+        return count
+
     def entries(self) -> list[LogEntry]:
         """Everything logged, oldest first (a copy: the log may change while it is sent)."""
         return list(self._entries)

@@ -86,14 +86,31 @@ def valid_session_id(value: str) -> bool:
     return _SESSION_ID.fullmatch(value) is not None
 
 
-def resume_header(result: str, epoch: str) -> str:
-    """The ``bushub-resume`` header's value."""
-    return f"{result} {epoch}"
+def resume_header(result: str, epoch: str, window: float) -> str:
+    """The ``bushub-resume`` header's value: result, epoch, and the window in seconds."""
+    return f"{result} {epoch} {window:g}"
 
 
 def parse_resume_header(value: str) -> tuple[str, str]:
     """(result, epoch) from a ``bushub-resume`` header; unknown results read as gap."""
-    result, _, epoch = value.strip().partition(" ")
+    words = value.split()
+    result = words[0] if words else ""
+    epoch = words[1] if len(words) > 1 else ""
     if result not in (ResumeResult.NEW, ResumeResult.RECOVERED, ResumeResult.GAP):
         result = ResumeResult.GAP
     return result, epoch
+
+
+def resume_window(value: str) -> float | None:
+    """The window a ``bushub-resume`` header names, in seconds; None if it names none.
+
+    A session's resend is relayed once only while the hub remembers it: for the
+    window after it was relayed. What a proxy sent longer ago than that cannot be sent
+    again safely.
+    """
+    words = value.split()
+    try:
+        window = float(words[2])
+    except (IndexError, ValueError):
+        return None
+    return window if window > 0 else None

@@ -339,7 +339,7 @@ async def _resume(hub: Hub, conn: Connection) -> list[tuple[bytes, bytes]] | Non
         return None
     hub.presence.hold(conn)
     resumed = await hub.sessions.resume(conn)
-    value = sessionframe.resume_header(resumed.result, resumed.epoch)
+    value = sessionframe.resume_header(resumed.result, resumed.epoch, hub.sessions.window)
     return [(sessionframe.RESUME_HEADER.encode(), value.encode())]
 
 
