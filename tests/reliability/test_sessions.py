@@ -33,17 +33,23 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
         servers.stop()
 
 
+@pytest.fixture
 def cluster_nodes(
-    servers: RedisClusterServers, tmp_path: Path, request: pytest.FixtureRequest
-) -> list[FaultNode]:
-    servers.flush()
-    nodes = [FaultNode(n, tmp_path / f"hub-{n}.log", servers.url) for n in ("n1", "n2")]
-    for node in nodes:
-        register_log(request, f"hub {node.node_id} log", node.log_path)
-        node.spawn()
-    for node in nodes:
-        node.wait_ready()
-    return nodes
+    redis_cluster: RedisClusterServers, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[list[FaultNode]]:
+    """Two nodes on the module's Redis Cluster (emptied first), stopped at the end."""
+    redis_cluster.flush()
+    nodes = [FaultNode(n, tmp_path / f"hub-{n}.log", redis_cluster.url) for n in ("n1", "n2")]
+    try:
+        for node in nodes:
+            register_log(request, f"hub {node.node_id} log", node.log_path)
+            node.spawn()
+        for node in nodes:
+            node.wait_ready()
+        yield nodes
+    finally:
+        for node in nodes:
+            node.stop()
 
 
 async def received(sock: SessionSocket, count: int, what: str) -> None:
@@ -52,12 +58,12 @@ async def received(sock: SessionSocket, count: int, what: str) -> None:
 
 @pytest.mark.parametrize("broker", ["redis", "redis-cluster"])
 async def test_what_an_away_session_missed_is_replayed_in_order_on_another_node(
-    broker: str, faults: Faults, tmp_path: Path, request: pytest.FixtureRequest
+    broker: str, faults: Faults, request: pytest.FixtureRequest
 ) -> None:
     if broker == "redis":
         n1, n2 = faults.ready("n1", "n2")
     else:
-        n1, n2 = cluster_nodes(request.getfixturevalue("redis_cluster"), tmp_path, request)
+        n1, n2 = request.getfixturevalue("cluster_nodes")
     a = await SessionSocket.open(n1.url, "a", "b", "S1")
     assert a.result == "new"
     b = await PlainSocket.open(n2.url, "b", "a")
