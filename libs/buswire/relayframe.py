@@ -1,7 +1,8 @@
 """The frames hubs put on a broker channel: a fixed header and the client's bytes.
 
     byte 0      version: 1, or 2 when a session sent it
-    byte 1      format of the payload (0 json, 1 msgpack)
+    byte 1      format of the payload (0 json, 1 msgpack); bit 7 set: transient (a
+                bridged frame the hub delivers at most once, not kept for sessions)
     bytes 2-9   receive time on the publishing node, float64 seconds (wall clock)
     version 2 only:
     bytes 10-17 the sender's position, float64 (an integer below 2**53)
@@ -32,6 +33,7 @@ _HEADER = struct.Struct("!BBd")
 _ORIGIN = struct.Struct("!dB")
 _POSITION = struct.Struct("!Bd")
 _FORMAT_CODES = {Format.JSON: 0, Format.MSGPACK: 1}
+TRANSIENT = 0x80
 _CODE_FORMATS = {code: fmt for fmt, code in _FORMAT_CODES.items()}
 
 
@@ -49,21 +51,31 @@ class RelayFrame:
     position: int = 0
 
 
-def pack_relay(fmt: Format, received_at: float, payload: bytes) -> bytes:
+def pack_relay(
+    fmt: Format, received_at: float, payload: bytes, *, transient: bool = False
+) -> bytes:
     """Prefix ``payload`` with the relay header."""
-    return _HEADER.pack(VERSION, _FORMAT_CODES[fmt], received_at) + payload
+    code = _FORMAT_CODES[fmt] | (TRANSIENT if transient else 0)
+    return _HEADER.pack(VERSION, code, received_at) + payload
 
 
 def pack_session_relay(
-    fmt: Format, received_at: float, payload: bytes, session: bytes, position: int
+    fmt: Format,
+    received_at: float,
+    payload: bytes,
+    session: bytes,
+    position: int,
+    *,
+    transient: bool = False,
 ) -> bytes:
     """A relay frame that names the sending session and its position.
 
     Args:
-        session: The session id, ASCII, at most 255 bytes.
+        session: The sender: its agent and session id, at most 255 bytes.
     """
+    code = _FORMAT_CODES[fmt] | (TRANSIENT if transient else 0)
     return (
-        _HEADER.pack(SESSION_VERSION, _FORMAT_CODES[fmt], received_at)
+        _HEADER.pack(SESSION_VERSION, code, received_at)
         + _ORIGIN.pack(position, len(session))
         + session
         + payload
@@ -97,7 +109,7 @@ def unpack_relay(data: bytes) -> RelayFrame:
     if len(data) < _HEADER.size:
         raise DecodeError(DropReason.BAD_RELAY_FRAME, "short")
     version, code, received_at = _HEADER.unpack_from(data)
-    fmt = _CODE_FORMATS.get(code)
+    fmt = _CODE_FORMATS.get(code & ~TRANSIENT)
     start = _HEADER.size
     if version == SESSION_VERSION:
         if len(data) < start + _ORIGIN.size:

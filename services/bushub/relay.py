@@ -40,6 +40,8 @@ if TYPE_CHECKING:
     from bushub.sessions import Sessions
 
 MESSAGE_PREFIX = message_channel("")[:-2]
+# The bridged pipeline frame of both dialects (``--transient-frames``).
+_FRAME_MESSAGE = ".BusFrameMessage"
 
 Publish = Callable[[str, bytes], None]
 
@@ -72,6 +74,7 @@ class Relay:
     ) -> None:
         self._dialect_learned = dialect_learned
         self._max_message_bytes = settings.max_message_bytes
+        self._transient_frames = settings.transient_frames
         self._bytes_per_container = settings.bytes_per_container
         self._policy = TypePolicy(
             settings.split(settings.allow_types), settings.split(settings.allow_type_prefixes)
@@ -173,11 +176,14 @@ class Relay:
         if conn.sources is not None and not conn.may_send_as(envelope.source):
             metrics.messages_dropped.labels(DropReason.SOURCE_NOT_ALLOWED).inc()
             return False
+        transient = self._transient_frames and envelope.type_name.endswith(_FRAME_MESSAGE)
         if origin is None:
-            self._publish(channel, pack_relay(conn.format, self._clock(), data))
+            relay = pack_relay(conn.format, self._clock(), data, transient=transient)
         else:
-            relay = pack_session_relay(conn.format, self._clock(), data, *origin)
-            self._publish(channel, relay)
+            relay = pack_session_relay(
+                conn.format, self._clock(), data, *origin, transient=transient
+            )
+        self._publish(channel, relay)
         return True
 
     def _received_and_dropped(self, conn: Connection, reason: DropReason) -> None:

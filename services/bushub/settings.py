@@ -119,6 +119,13 @@ class Settings:
         default=16 << 20,
         metadata={"help": "bytes kept per session at most; past it the oldest go (a gap)"},
     )
+    transient_frames: bool = field(
+        default=False,
+        metadata={
+            "help": "deliver bridged frames (BusFrameMessage) to sessions at most once "
+            "instead of keeping them for a resume (less Redis memory for audio)"
+        },
+    )
     jwt_secret: str = field(
         default="", metadata={"help": "HS256 secret; setting it (or a public key) turns auth on"}
     )

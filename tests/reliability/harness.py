@@ -131,7 +131,8 @@ class FaultNode(HubNode):
 
     Args:
         flags: ``--flag value`` pairs added to (and overriding) the defaults below;
-            names are given with underscores (``queue_bytes=65536``).
+            names are given with underscores (``queue_bytes=65536``); True for a
+            switch (``insecure=True``).
     """
 
     DEFAULTS: dict[str, object] = {
@@ -149,7 +150,11 @@ class FaultNode(HubNode):
         argv = [sys.executable, "-m", "bushub", "serve", "--host", "127.0.0.1"]
         argv += ["--port", str(self.port), "--node-id", self.node_id]
         for name, value in self.flags.items():
-            argv += ["--" + name.replace("_", "-"), str(value)]
+            flag = "--" + name.replace("_", "-")
+            if value is True:
+                argv.append(flag)  # a switch: no value
+            else:
+                argv += [flag, str(value)]
         if self.redis_url:
             argv += ["--redis-url", self.redis_url]
         self._spawn(argv)

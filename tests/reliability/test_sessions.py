@@ -16,6 +16,7 @@ import pytest
 from tests.integration.redis_cluster import RedisClusterServers
 from tests.reliability.conftest import Faults
 from tests.reliability.harness import FaultNode
+from tests.support.messages import encode, task_request
 from tests.support.reports import register_log
 from tests.support.sessionclient import PlainSocket, SessionSocket
 from tests.support.waiting import TIMEOUT, until
@@ -267,5 +268,29 @@ async def test_a_redis_that_restarted_empty_gets_connected_sessions_back(
     assert back.result == "recovered", "the outage lost nothing a had been given"
     await received(back, 1, "what was kept after the outage")
     assert back.seqs() == [4]
+    await back.close()
+    await b.close()
+
+
+async def test_with_transient_frames_bridged_frames_are_not_kept(faults: Faults) -> None:
+    (n1,) = faults.ready("n1", transient_frames=True)
+    redis = faults.start_redis()
+    a = await SessionSocket.open(n1.url, "a", "b", "S1")
+    b = await PlainSocket.open(n1.url, "b", "a", on_peer_lost="keep")
+    await a.vanish()
+    await until(lambda: n1.metrics().value("bushub_connections") == 1, what="n1 seeing a gone")
+    frame = task_request("b", "a", 1)
+    frame["__type__"] = "pipecat_subagents.bus.messages.BusFrameMessage"
+    await b.ws.send(encode(frame))
+    await b.send("b", "a", 2)
+    await until(
+        lambda: n1.metrics().value("bushub_session_messages_total", event="kept_away") >= 1,
+        what="the task request kept",
+    )
+    assert redis.cli("XLEN", "bushub:stream:{a}").strip() == "1", "the frame was not kept"
+    back = await SessionSocket.open(n1.url, "a", "b", "S1")
+    await received(back, 1, "the replay")
+    await asyncio.sleep(0.3)
+    assert back.seqs() == [2]
     await back.close()
     await b.close()

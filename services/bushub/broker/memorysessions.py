@@ -7,7 +7,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from bushub.broker.sessionscripts import Resumed, SessionLimits
-from buswire.relayframe import SESSION_VERSION, pack_stored
+from buswire.relayframe import SESSION_VERSION, TRANSIENT, pack_stored
 
 # A session relay frame's sender position (see buswire.relayframe).
 _POSITION = struct.Struct("!d")
@@ -60,7 +60,7 @@ class MemorySessions:
             relayed.newest[sender] = position
             relayed.expires = _now() + self.limits.window
         session = self._session(agent)
-        if session is None:
+        if session is None or data[1] & TRANSIENT:
             return data, 0
         session.seq += 1
         session.kept.append((session.seq, data))

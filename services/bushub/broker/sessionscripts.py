@@ -7,7 +7,8 @@ Every message for an agent is published by ``DELIVER`` instead of a bare
 - relays a session's message once: the newest position relayed per sending session
   is kept in ``bushub:relayed:{agent}``, and a position at or below it is answered -1
   (a resend after a reconnect, taken already);
-- keeps it in the agent's stream when a session holds the name (connected, or away
+- keeps it (unless the relay frame says transient: a bridged frame, with
+  ``--transient-frames``) in the agent's stream when a session holds the name (connected, or away
   for at most the window), under the next position, trimming the oldest over the
   bounds (the highest position so lost is remembered: a resume from before it is a
   gap), and publishes it wrapped with its position; answered -2 when it was kept and
@@ -40,7 +41,7 @@ if string.byte(data, 1) == 2 then
   redis.call('HSET', KEYS[3], sender, string.format('%d', position))
   redis.call('PEXPIRE', KEYS[3], ARGV[5])
 end
-if redis.call('EXISTS', KEYS[1]) == 0 then
+if string.byte(data, 2) >= 128 or redis.call('EXISTS', KEYS[1]) == 0 then
   return redis.call(ARGV[1], ARGV[2], data)
 end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)

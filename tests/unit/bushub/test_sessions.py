@@ -16,7 +16,13 @@ from bushub.relay import Relay
 from bushub.sessions import ACK_TICK, Session, Sessions, session_params
 from bushub.settings import Settings
 from buswire import Format, message_channel, sessionframe
-from buswire.relayframe import pack_relay, pack_session_relay, pack_stored, stored_position
+from buswire.relayframe import (
+    pack_relay,
+    pack_session_relay,
+    pack_stored,
+    stored_position,
+    unpack_relay,
+)
 from tests.support.messages import encode, task_request
 from tests.unit.bushub.parts import connection, written
 
@@ -204,3 +210,28 @@ async def test_after_a_broker_break_what_the_stream_kept_is_delivered() -> None:
     node.sessions.broker_back()
     await asyncio.sleep(0.01)
     assert numbered(conn) == [(1, 1), (2, 2)]
+
+
+async def test_transient_frames_are_not_kept_for_an_away_session() -> None:
+    node = Node()
+    conn = await node.session_socket("S1")
+    del node.holders["a"]
+    await node.broker.unsubscribe(message_channel("a"))
+    await node.sessions.ended(conn, held=True)
+    payload = encode(task_request("b", "a", 1))
+    transient = pack_relay(Format.JSON, 1.0, payload, transient=True)
+    [count] = await node.broker.publish_many([(message_channel("a"), transient)])
+    assert count == 0, "published as is: nobody there, not kept"
+    assert await node.send_to_a(2) == -2
+    back = await node.session_socket("S1")
+    assert [seq for _, seq in numbered(back)] == [2]
+
+
+def test_the_transient_bit_leaves_the_format_readable() -> None:
+    payload = encode(task_request("b", "a", 1))
+    for frame in (
+        pack_relay(Format.MSGPACK, 2.0, payload, transient=True),
+        pack_session_relay(Format.MSGPACK, 2.0, payload, b"a S1", 3, transient=True),
+    ):
+        relay = unpack_relay(frame)
+        assert relay.fmt is Format.MSGPACK and relay.payload == payload
