@@ -149,7 +149,7 @@ def test_steady_traffic_goes_through_the_fast_path(redis: FaultRedis, loop: str)
         delivered: list[tuple[str, int]] = []
         dropped: list[tuple[str, int]] = []
         publisher = Publisher(
-            broker, 10_000, lambda c, n: delivered.append((c, n)), lambda *d: dropped.append(d)
+            broker, 10_000, lambda c, _, n: delivered.append((c, n)), lambda *d: dropped.append(d)
         )
         task = asyncio.create_task(publisher.run())
         publisher.publish("t:a", b"first")  # opens the publish connection
