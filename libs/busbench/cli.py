@@ -337,7 +337,7 @@ class Jobs:
         self.args = args
         self.builder = Builder()
 
-    def _set(
+    def pair_set(
         self, name: str, fmt: str, a_names: list[str], b_names: list[str], url_a: str, url_b: str
     ) -> dict[str, Any]:
         templates = []
@@ -426,8 +426,8 @@ class Jobs:
                 continue
             a_names = [f"a{i:03d}{tag}{fmt[0]}" for i in range(k)]
             b_names = [f"b{i:03d}{tag}{fmt[0]}" for i in range(k)]
-            sets.append(self._set(fmt, fmt, a_names, b_names, url1, url2))
-        sets.append(self._set("solo", "json", [f"s000{tag}j"], [f"t000{tag}j"], url1, url2))
+            sets.append(self.pair_set(fmt, fmt, a_names, b_names, url1, url2))
+        sets.append(self.pair_set("solo", "json", [f"s000{tag}j"], [f"t000{tag}j"], url1, url2))
         return {
             "kind": "pairs",
             "server": kind,
@@ -440,7 +440,7 @@ class Jobs:
 
     def stock_job(self, rep: int, url: str, pids: dict[str, int]) -> dict[str, Any]:
         tag = f"s{rep}"
-        sets = [self._set("solo", "json", [f"s000{tag}j"], [f"t000{tag}j"], url, "")]
+        sets = [self.pair_set("solo", "json", [f"s000{tag}j"], [f"t000{tag}j"], url, "")]
         return {
             "kind": "pairs",
             "server": "stock",
@@ -466,7 +466,7 @@ class Jobs:
         return {
             "kind": "pairs",
             "server": "hub",
-            "sets": [self._set("json", "json", a_names, b_names, url1, url2)],
+            "sets": [self.pair_set("json", "json", a_names, b_names, url1, url2)],
             "phases": [
                 {
                     "name": "profile/task-json/fixed",

@@ -86,7 +86,7 @@ def job(
     for fmt in FORMATS:
         if fmt in formats:
             a_names, b_names = names(variant, rep, fmt, args.pairs)
-            sets.append(jobs._set(fmt, fmt, a_names, b_names, *urls))
+            sets.append(jobs.pair_set(fmt, fmt, a_names, b_names, *urls))
     return {
         "kind": "pairs",
         "server": variant,

@@ -148,5 +148,7 @@ class MemoryBroker(Broker):
         self._kept().ack(agent, session, position)
 
     async def release_sessions(self, items: Sequence[tuple[str, str]], window: float) -> None:
+        if self._sessions is None:
+            return  # none kept: nothing to release
         for agent, conn in items:
-            self._kept().release(agent, conn, window)
+            self._sessions.release(agent, conn, window)
