@@ -82,9 +82,17 @@ def error_code(error: object) -> str:
     return words[0].upper() if words else ""
 
 
+# How Redis words an ACL refusal of a command a script calls (Redis 7: the script's
+# error comes back as ERR, not NOPERM).
+_SCRIPT_NOPERM = "the user executing the script can't run this command"
+
+
 def classify(error: object) -> ErrorKind:
     """What kind of error reply ``error`` is (an exception, or its text)."""
-    return _BY_CODE.get(error_code(error), ErrorKind.OTHER)
+    kind = _BY_CODE.get(error_code(error), ErrorKind.OTHER)
+    if kind is ErrorKind.OTHER and _SCRIPT_NOPERM in str(error).lower():
+        return ErrorKind.NOPERM
+    return kind
 
 
 def is_retryable(error: object) -> bool:

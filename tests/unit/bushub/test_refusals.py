@@ -123,3 +123,12 @@ def test_broker_refused_is_a_connection_error_that_keeps_the_reply() -> None:
     # Read again, it is still the same reply (BrokerHealth classifies what it catches).
     assert classify(refusal) is ErrorKind.OOM
     assert describe(refusal) == OOM_SCRIPT
+
+
+def test_a_command_a_script_may_not_run_is_a_noperm() -> None:
+    error = (
+        "ERR The user executing the script can't run this command or subcommand "
+        "script: 695b53f7bb3c117a06ddff64461ef23bd645e4cc, on @user_script:14."
+    )
+    assert classify(error) is ErrorKind.NOPERM
+    assert not is_retryable(error)
