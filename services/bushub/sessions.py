@@ -359,12 +359,11 @@ class Sessions:
             self._spawn(self._trim(to_redis))
 
     async def _trim(self, items: list[tuple[str, str, int]]) -> None:
-        for agent, session_id, position in items:
-            try:
-                await self._broker.ack_session(agent, session_id, position)
-            except ConnectionError as exc:
-                # Kept a while longer; the next acknowledgement trims it.
-                log.debug("could not trim the stream of %s: %s", agent, exc)
+        try:
+            await self._broker.ack_sessions(items)
+        except ConnectionError as exc:
+            # Kept a while longer; the next acknowledgements trim it.
+            log.debug("could not trim %d session streams: %s", len(items), exc)
 
     def _spawn(self, coro: "asyncio._CoroutineLike[None]") -> None:
         task = asyncio.create_task(coro)

@@ -295,89 +295,102 @@ def assert_exactly_once(done: dict[str, Any], client: AgentProcess, worker: Agen
 # ---- the tests ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("dialect", DIALECTS)
-def test_rolling_restart_of_every_node(
-    deployment: Deployment, dialect: str, figures: Figures
+def both_pairs(d: Deployment) -> list[tuple[AgentProcess, AgentProcess]]:
+    """A client and worker of each dialect, through nginx; both streaming."""
+    pairs = [d.pair(dialect) for dialect in DIALECTS]
+    for client, _ in pairs:
+        wait_progress(client, 0, "at first")
+    return pairs
+
+
+def wait_all_progress(pairs: list[tuple[AgentProcess, AgentProcess]], what: str) -> None:
+    marks = {client.name: answered(client) for client, _ in pairs}
+    for client, _ in pairs:
+        wait_progress(client, marks[client.name], what)
+
+
+def finish_all(
+    d: Deployment, pairs: list[tuple[AgentProcess, AgentProcess]], figures: Figures
 ) -> None:
+    """Stop both pairs; each task and frame once, in order, for each."""
+    d.stop_file.touch()
+    for client, worker in pairs:
+        done = client.expect("done", timeout=TIMEOUT * 4)
+        worker.expect("frames_sent", timeout=TIMEOUT)
+        record_figures(figures, done, client, worker)
+        assert_exactly_once(done, client, worker)
+
+
+def test_rolling_restart_of_every_node(deployment: Deployment, figures: Figures) -> None:
     d = deployment
     d.start()
-    client, worker = d.pair(dialect)
-    wait_progress(client, 0, "at first")
+    pairs = both_pairs(d)
+    procs = [proc for pair in pairs for proc in pair]
     first = d.placement()
-    assert first[client.name] != first[worker.name], f"client and worker share a node: {first}"
+    # nginx (least connections) put the first pair's client away from its worker; the
+    # second pair lands where the ties fall.
+    client, worker = pairs[0]
+    assert first[client.name] != first[worker.name], f"the first pair shares a node: {first}"
 
     for node in d.nodes:
         placed = d.placement()
-        here = [p for p in (client, worker) if placed.get(p.name) == node.node_id]
-        before = {p.name: count(p, "reconnected") for p in (client, worker)}
-        mark = answered(client)
+        here = [p for p in procs if placed.get(p.name) == node.node_id]
+        before = {p.name: count(p, "reconnected") for p in procs}
         node.signal(signal.SIGTERM)
         assert node.wait(timeout=DRAIN_TIMEOUT + TIMEOUT) == 0, f"{node.name} did not drain"
         node.start()
         wait_reconnected(here, before, f"after {node.node_id} restarted")
-        wait_progress(client, mark, f"after {node.node_id} restarted")
+        wait_all_progress(pairs, f"after {node.node_id} restarted")
         print(f"{node.node_id} restarted; it held {[p.name for p in here]}")
 
-    done = d.finish(client, worker)
-    record_figures(figures, done, client, worker)
-    assert_exactly_once(done, client, worker)
-    moved = sum(count(p, "reconnected") for p in (client, worker))
-    assert moved >= 2, "the restarts moved neither side"
+    moved = sum(count(p, "reconnected") for p in procs)
+    assert moved >= len(procs), "the restarts did not move every side"
+    finish_all(d, pairs, figures)
 
 
-@pytest.mark.parametrize("dialect", DIALECTS)
 def test_kill_the_workers_node_then_the_clients_node(
-    deployment: Deployment, dialect: str, figures: Figures
+    deployment: Deployment, figures: Figures
 ) -> None:
     d = deployment
     d.start()
-    client, worker = d.pair(dialect)
-    wait_progress(client, 0, "at first")
+    pairs = both_pairs(d)
+    procs = [proc for pair in pairs for proc in pair]
+    client, worker = pairs[0]
 
     for victim in (worker, client):
         placed = d.placement()
         node = d.node(placed[victim.name])
-        here = [p for p in (client, worker) if placed.get(p.name) == node.node_id]
-        before = {p.name: count(p, "reconnected") for p in (client, worker)}
-        mark = answered(client)
+        here = [p for p in procs if placed.get(p.name) == node.node_id]
+        before = {p.name: count(p, "reconnected") for p in procs}
         node.kill()
         wait_reconnected(here, before, f"after {node.node_id} was killed")
         node.start()
-        wait_progress(client, mark, f"after {node.node_id} was killed")
+        wait_all_progress(pairs, f"after {node.node_id} was killed")
         print(f"{node.node_id} killed ({victim.name}'s node); it held {[p.name for p in here]}")
         assert any(e.get("code") == 1006 for e in victim.named("reconnecting"))
 
-    done = d.finish(client, worker)
-    record_figures(figures, done, client, worker)
-    assert_exactly_once(done, client, worker)
+    finish_all(d, pairs, figures)
 
 
-@pytest.mark.parametrize("dialect", DIALECTS)
-def test_connections_cut_without_close_frames(
-    deployment: Deployment, dialect: str, figures: Figures
-) -> None:
+def test_connections_cut_without_close_frames(deployment: Deployment, figures: Figures) -> None:
     d = deployment
     d.start()
     assert d.nginx is not None
-    client, worker = d.pair(dialect)
-    wait_progress(client, 0, "at first")
+    pairs = both_pairs(d)
+    procs = [proc for pair in pairs for proc in pair]
 
-    mark = answered(client)
-    before = {p.name: count(p, "reconnected") for p in (client, worker)}
+    before = {p.name: count(p, "reconnected") for p in procs}
     d.nginx.cut()
-    for proc in (client, worker):
+    for proc in procs:
         proc.expect("reconnecting", timeout=TIMEOUT, code=1006)
     d.nginx.restart(d.ports)
-    wait_reconnected([client, worker], before, "through nginx started again")
-    wait_progress(client, mark, "after the cut")
-
-    done = d.finish(client, worker)
-    record_figures(figures, done, client, worker)
-    assert_exactly_once(done, client, worker)
+    wait_reconnected(procs, before, "through nginx started again")
+    wait_all_progress(pairs, "after the cut")
+    finish_all(d, pairs, figures)
 
 
-@pytest.mark.parametrize("dialect", DIALECTS)
-@pytest.mark.parametrize("away", ["frozen", "node_down"])
+# Each way of being away once, each dialect once (both ways cost ~15 s each).
+@pytest.mark.parametrize(("away", "dialect"), [("frozen", "subagents"), ("node_down", "pipecat")])
 def test_an_agent_away_longer_than_the_window(
     deployment: Deployment, dialect: str, away: str, figures: Figures
 ) -> None:

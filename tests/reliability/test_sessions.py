@@ -67,7 +67,7 @@ async def test_what_an_away_session_missed_is_replayed_in_order_on_another_node(
         n1, n2 = request.getfixturevalue("cluster_nodes")
     a = await SessionSocket.open(n1.url, "a", "b", "S1")
     assert a.result == "new"
-    b = await PlainSocket.open(n2.url, "b", "a")
+    b = await PlainSocket.open(n2.url, "b", "a", on_peer_lost="keep")
     await until(lambda: len(a.announcements) >= 1, what="a told b is there")
     for seq in (1, 2, 3):
         await b.send("b", "a", seq)
@@ -110,7 +110,7 @@ async def test_what_a_session_sends_again_after_a_reconnect_is_relayed_once(
     faults: Faults,
 ) -> None:
     n1, n2 = faults.ready("n1", "n2")
-    b = await PlainSocket.open(n2.url, "b", "a")
+    b = await PlainSocket.open(n2.url, "b", "a", on_peer_lost="keep")
     a = await SessionSocket.open(n1.url, "a", "b", "S1")
     for position in (1, 2, 3):
         await a.send(position, "a", "b", position)

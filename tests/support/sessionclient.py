@@ -27,10 +27,19 @@ class SessionSocket:
 
     @classmethod
     async def open(
-        cls, hub: str, agent: str, peer: str, session: str, received: int = 0
+        cls,
+        hub: str,
+        agent: str,
+        peer: str,
+        session: str,
+        received: int = 0,
+        *,
+        on_peer_lost: str = "keep",
     ) -> "SessionSocket":
+        """Open a session socket; ``on_peer_lost`` is ``keep`` unless told: its peer's
+        own comings and goings are not what these tests look at."""
         url = f"{hub}/ws/{agent}?peer={peer}&session={session}&received={received}"
-        return cls(await connect(url))
+        return cls(await connect(f"{url}&on_peer_lost={on_peer_lost}"))
 
     async def _read(self) -> None:
         async for data in self.ws:

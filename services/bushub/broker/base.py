@@ -190,8 +190,9 @@ class Broker(ABC):
         ``conn`` and numbers after ``delivered``. False when another holds it."""
         raise NotImplementedError
 
-    async def ack_session(self, agent: str, session: str, position: int) -> None:
-        """Forget what ``session`` took of ``agent``'s stream, up to ``position``."""
+    async def ack_sessions(self, items: Sequence[tuple[str, str, int]]) -> None:
+        """``(agent, session, position)``: forget what each session took of its agent's
+        stream, up to the position (sent together)."""
         raise NotImplementedError
 
     async def release_sessions(self, items: Sequence[tuple[str, str]], window: float) -> None:

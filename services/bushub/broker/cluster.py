@@ -441,9 +441,10 @@ class RedisClusterBroker(Broker):
         async with guarded():
             return await self._sessions.reassert(agent, session, epoch, conn, delivered)
 
-    async def ack_session(self, agent: str, session: str, position: int) -> None:
+    async def ack_sessions(self, items: Sequence[tuple[str, str, int]]) -> None:
         async with guarded():
-            await self._sessions.ack(agent, session, position)
+            # Agents live on different shards: one call each, together.
+            await asyncio.gather(*(self._sessions.ack(a, s, p) for a, s, p in items))
 
     async def release_sessions(self, items: Sequence[tuple[str, str]], window: float) -> None:
         async with guarded():

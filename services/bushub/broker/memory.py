@@ -144,8 +144,9 @@ class MemoryBroker(Broker):
     ) -> bool:
         return True  # the in-process broker never loses what it holds
 
-    async def ack_session(self, agent: str, session: str, position: int) -> None:
-        self._kept().ack(agent, session, position)
+    async def ack_sessions(self, items: Sequence[tuple[str, str, int]]) -> None:
+        for agent, session, position in items:
+            self._kept().ack(agent, session, position)
 
     async def release_sessions(self, items: Sequence[tuple[str, str]], window: float) -> None:
         if self._sessions is None:

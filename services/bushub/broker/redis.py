@@ -425,9 +425,12 @@ class RedisBroker(Broker):
         with unreachable_as_connection_error():
             return await self._sessions.reassert(agent, session, epoch, conn, delivered)
 
-    async def ack_session(self, agent: str, session: str, position: int) -> None:
+    async def ack_sessions(self, items: Sequence[tuple[str, str, int]]) -> None:
         with unreachable_as_connection_error():
-            await self._sessions.ack(agent, session, position)
+            async with self._client.pipeline(transaction=False) as pipe:
+                for agent, session, position in items:
+                    await self._sessions.ack(agent, session, position, client=pipe)
+                await pipe.execute()
 
     async def release_sessions(self, items: Sequence[tuple[str, str]], window: float) -> None:
         with unreachable_as_connection_error():

@@ -323,8 +323,10 @@ class SessionScripts:
         keys = [session_key(agent)]
         return bool(await self._reassert(keys=keys, args=[session, epoch, conn, delivered]))
 
-    async def ack(self, agent: str, session: str, position: int) -> None:
-        await self._ack(keys=[session_key(agent), stream_key(agent)], args=[session, position])
+    async def ack(self, agent: str, session: str, position: int, client: Any = None) -> None:
+        """``ACK`` for one session; with ``client`` (a pipeline), queued on it."""
+        keys = [session_key(agent), stream_key(agent)]
+        await self._ack(keys=keys, args=[session, position], client=client)
 
     async def release(self, items: Sequence[tuple[str, str]], window: float) -> None:
         window_ms = max(1, int(window * 1000))
