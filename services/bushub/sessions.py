@@ -167,7 +167,7 @@ class Sessions:
         self._translate = translate
         # Sockets by origin (agent and session id): the publish outcomes of their
         # messages come back by it.
-        self._by_id: dict[bytes, Connection] = {}
+        self._by_origin: dict[bytes, Connection] = {}
         self._due: set[Connection] = set()
         self._tick: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -200,10 +200,10 @@ class Sessions:
         # What its messages carry as their sender: the agent with the session, so a
         # socket can only ever mark positions of its own agent's sessions as relayed.
         session.origin = f"{conn.agent} {session.id}".encode()
-        previous = self._by_id.get(session.origin)
+        previous = self._by_origin.get(session.origin)
         if previous is not None and previous is not conn:
             previous.request_close(CloseCode.TAKEN_OVER)
-        self._by_id[session.origin] = conn
+        self._by_origin[session.origin] = conn
         session.replay = resumed.replay
         session.newest_at_resume = resumed.newest
         return resumed
@@ -320,7 +320,7 @@ class Sessions:
         if receivers == -1:
             self._metrics.session_messages.labels("resent_taken").inc()
         size = data[18]
-        conn = self._by_id.get(data[19 : 19 + size])
+        conn = self._by_origin.get(data[19 : 19 + size])
         if conn is None or conn.session is None:
             return
         conn.session.settle(int(_SENDER_POSITION.unpack_from(data, 10)[0]))
@@ -329,7 +329,7 @@ class Sessions:
     def publish_dropped(self) -> None:
         """The publisher gave messages up: sockets whose messages may be among them
         are closed, so their proxies send them again to a node that can relay them."""
-        for conn in list(self._by_id.values()):
+        for conn in list(self._by_origin.values()):
             session = conn.session
             if session is not None and session.outstanding:
                 conn.request_close(CloseCode.TRY_AGAIN_LATER)
@@ -374,7 +374,7 @@ class Sessions:
 
     def broker_back(self) -> None:
         """The broker is back: put back the sessions it may have lost."""
-        conns = [c for c in self._by_id.values() if c.session is not None]
+        conns = [c for c in self._by_origin.values() if c.session is not None]
         if conns:
             self._spawn(self._reassert(conns))
 
@@ -417,8 +417,8 @@ class Sessions:
         session = conn.session
         if session is None:
             return
-        if self._by_id.get(session.origin) is conn:
-            del self._by_id[session.origin]
+        if self._by_origin.get(session.origin) is conn:
+            del self._by_origin[session.origin]
         self._due.discard(conn)
         if not held:
             return
@@ -429,4 +429,4 @@ class Sessions:
 
     def sizes(self) -> dict[str, int]:
         """Entries per structure (for leak checks)."""
-        return {"sessions": len(self._by_id), "acks_due": len(self._due)}
+        return {"sessions": len(self._by_origin), "acks_due": len(self._due)}
