@@ -24,6 +24,7 @@ from bushub.broker.redis import RedisBroker
 from bushub.cli import uvicorn_config
 from bushub.hub import Hub
 from bushub.settings import Settings
+from buswire import sessionframe
 from tests.integration.procs import TIMEOUT
 from tests.reliability.harness import FaultRedis
 from tests.support.messages import encode, task_request
@@ -61,6 +62,7 @@ def _state(hub: Hub) -> dict[str, int]:
     sizes["broker channels"] = hub.broker.channel_count
     sizes["hub tasks"] = hub.task_count
     sizes["publisher pending"] = hub.publisher.pending
+    sizes.update(hub.sessions.sizes())
     return sizes
 
 
@@ -81,15 +83,19 @@ async def test_per_agent_state_is_gone_after_the_agents_are(tmp_path: Path, figu
             empty = _state(hub)
             tasks_before = len(asyncio.all_tasks())
 
-            async def open_(agent: str, peer: str) -> Any:
+            async def open_(agent: str, peer: str, session: bool = False) -> Any:
                 url = f"ws://127.0.0.1:{port}/ws/{agent}?peer={peer}&on_peer_lost=close"
+                if session:  # a reconnecting proxy's socket (docs/protocol.md, Sessions)
+                    url += f"&session={agent}&received=0"
                 return await connect(url, open_timeout=TIMEOUT, ping_interval=None)
 
             async def pair(i: int) -> None:
-                a = await open_(f"st-{i}-a", f"st-{i}-b")
-                b = await open_(f"st-{i}-b", f"st-{i}-a")
+                session = i % 2 == 1
+                a = await open_(f"st-{i}-a", f"st-{i}-b", session)
+                b = await open_(f"st-{i}-b", f"st-{i}-a", session)
                 for seq in range(5):
-                    await a.send(encode(task_request(f"st-{i}-a", f"st-{i}-b", seq)))
+                    data = encode(task_request(f"st-{i}-a", f"st-{i}-b", seq))
+                    await a.send(sessionframe.message(seq + 1, data) if session else data)
                 if i % 3 == 0:
                     a.transport.abort()  # vanish; b is then closed with 4002 or by us
                 else:
