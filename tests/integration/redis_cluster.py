@@ -44,12 +44,21 @@ def _cluster_port_range() -> tuple[int, int]:
     return (20_000, high) if high - 20_000 >= 1_000 else (20_000, 55_535)
 
 
+# Ports handed out in this process: nodes are placed before any of them binds, so a
+# port free at the check could go to two nodes (the second then answers PONG with the
+# first one's server, and the cluster is created with one address twice).
+_HANDED_OUT: set[int] = set()
+
+
 def cluster_port() -> int:
-    """A free port whose cluster-bus port (+10000) is free too."""
+    """A free port whose cluster-bus port (+10000) is free too, given out once."""
     low, high = _cluster_port_range()
     while True:
         port = random.randint(low, high)
-        if port != 6379 and _port_is_free(port) and _port_is_free(port + _CLUSTER_BUS_OFFSET):
+        if port in _HANDED_OUT or port == 6379:
+            continue
+        if _port_is_free(port) and _port_is_free(port + _CLUSTER_BUS_OFFSET):
+            _HANDED_OUT.add(port)
             return port
 
 
