@@ -87,6 +87,16 @@ def pack_stored(position: int, relay: bytes) -> bytes:
     return _POSITION.pack(STORED, position) + relay
 
 
+def session_origin(data: bytes) -> tuple[bytes, int] | None:
+    """(sender, position) of a relay frame a session sent (as published, not wrapped
+    as kept); None for any other frame, or one too short to hold them."""
+    if data[:1] != b"\x02" or len(data) < _HEADER.size + _ORIGIN.size:
+        return None
+    position, size = _ORIGIN.unpack_from(data, _HEADER.size)
+    start = _HEADER.size + _ORIGIN.size
+    return data[start : start + size], int(position)
+
+
 def stored_position(data: bytes) -> int:
     """The stream position of a kept message as it came off the channel; 0 if not kept."""
     if data[:1] != b"\x03" or len(data) < _POSITION.size:

@@ -22,7 +22,6 @@ import asyncio
 import hashlib
 import logging
 import secrets
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -33,6 +32,7 @@ from bushub.connection import Connection
 from bushub.metrics import Metrics
 from bushub.settings import Settings
 from buswire import sessionframe
+from buswire.relayframe import session_origin
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +41,6 @@ log = logging.getLogger(__name__)
 ACK_TICK = 0.05
 # Sessions re-asserted at once after a broker break (one script call each).
 _REASSERT_BATCH = 256
-# A session relay frame's sender position (see buswire.relayframe).
-_SENDER_POSITION = struct.Struct("!d")
 
 
 class SessionParamError(ValueError):
@@ -315,15 +313,16 @@ class Sessions:
         """A publish outcome: if a session sent it, its position is settled."""
         if receivers == -2:
             self._metrics.session_messages.labels("kept_away").inc()
-        if data[:1] != b"\x02":
+        origin = session_origin(data)
+        if origin is None:
             return
         if receivers == -1:
             self._metrics.session_messages.labels("resent_taken").inc()
-        size = data[18]
-        conn = self._by_origin.get(data[19 : 19 + size])
+        sender, position = origin
+        conn = self._by_origin.get(sender)
         if conn is None or conn.session is None:
             return
-        conn.session.settle(int(_SENDER_POSITION.unpack_from(data, 10)[0]))
+        conn.session.settle(position)
         self._mark_due(conn)
 
     def publish_dropped(self) -> None:

@@ -1,16 +1,12 @@
 """Sessions in the in-process broker: ``bushub.broker.sessionscripts``'s scripts,
 in Python, over dicts (one node: a client reconnecting to it resumes)."""
 
-import struct
 import time
 from collections import deque
 from dataclasses import dataclass, field
 
 from bushub.broker.sessionscripts import Resumed, SessionLimits
-from buswire.relayframe import SESSION_VERSION, TRANSIENT, pack_stored
-
-# A session relay frame's sender position (see buswire.relayframe).
-_POSITION = struct.Struct("!d")
+from buswire.relayframe import TRANSIENT, pack_stored, session_origin
 
 
 @dataclass
@@ -49,9 +45,9 @@ class MemorySessions:
     def deliver(self, agent: str, data: bytes) -> tuple[bytes | None, int]:
         """What to publish for ``data`` addressed to ``agent`` (None: a message
         relayed once already) and the position it was kept at (0: not kept)."""
-        if data[:1] == bytes([SESSION_VERSION]):
-            position = int(_POSITION.unpack_from(data, 10)[0])
-            sender = data[19 : 19 + data[18]]
+        origin = session_origin(data)
+        if origin is not None:
+            sender, position = origin
             relayed = self._relayed.get(agent)
             if relayed is None or relayed.expires <= _now():
                 relayed = self._relayed[agent] = _Relayed()
