@@ -61,6 +61,23 @@ def relayed_key(agent: str) -> str:
     return f"{_PREFIX}:relayed:{{{agent}}}"
 
 
+def tap_channel(agent: str) -> str:
+    """The channel that carries what nodes see of ``agent``'s traffic while it is tapped
+    (docs/protocol.md, Operator API)."""
+    return f"{_PREFIX}:tap:{{{agent}}}"
+
+
+def ops_channel() -> str:
+    """The channel every node listens to for operators' notices: which agents are
+    tapped, and whether a console is watching."""
+    return f"{_PREFIX}:ops"
+
+
+def console_channel() -> str:
+    """The channel nodes report themselves on while a console is watching."""
+    return f"{_PREFIX}:console"
+
+
 def node_channel(node: str) -> str:
     """A node's own channel: always subscribed while the node runs, so that the number
     of subscribers a publish on it reaches says whether the node is still there."""

@@ -1,12 +1,10 @@
 """The FastAPI application of one hub node."""
 
-import hmac
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -17,11 +15,10 @@ from bushub.broker import Broker, MemoryBroker
 from bushub.endpoint import agent_socket
 from bushub.hub import Hub
 from bushub.metrics import Metrics
+from bushub.opsapi import add_operator_routes
 from bushub.settings import CLUSTER_SCHEME, Settings
 from bushub.siblings import Siblings, WorkerSlot
-from buswire import DecodeError
-from buswire.channels import node_channel, presence_key
-from buswire.presence import decode_record
+from buswire.channels import node_channel
 
 log = logging.getLogger(__name__)
 
@@ -71,15 +68,7 @@ def create_app(
     metrics = Metrics()
     hub = Hub(settings, broker or make_broker(settings), metrics)
 
-    def readiness() -> dict[str, Any]:
-        return {
-            "ready": hub.ready,
-            "broker_up": hub.broker.up,
-            "draining": hub.draining,
-            "broker_refuses": hub.health.problem,  # reachable, but writes refused
-        }
-
-    siblings = Siblings(worker, metrics.render, readiness) if worker is not None else None
+    siblings = Siblings(worker, metrics.render, hub.readiness) if worker is not None else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -116,7 +105,7 @@ def create_app(
         if siblings is not None:
             ready, body = await siblings.readiness()
         else:
-            body = readiness()
+            body = hub.readiness()
             ready = body["ready"]
         return JSONResponse(body, status_code=200 if ready else 503)
 
@@ -125,31 +114,6 @@ def create_app(
         text = await siblings.metrics() if siblings is not None else metrics.render()
         return Response(text, media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/agents")
-    async def agents(request: Request) -> JSONResponse:
-        """Cluster-wide presence, for operators."""
-        if not settings.admin_token:
-            return JSONResponse({"error": "admin routes are off: set --admin-token"}, 403)
-        offered = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        if not hmac.compare_digest(offered.encode(), settings.admin_token.encode()):
-            return JSONResponse({"error": "bad admin token"}, 401)
-        rows = []
-        for raw in await hub.broker.scan_records(presence_key("*")):
-            try:
-                record = decode_record(raw)
-            except DecodeError:
-                continue
-            rows.append(
-                {
-                    "agent": record.agent,
-                    "node": record.node,
-                    "connected_since": record.since,
-                    "format": record.format,
-                    "dialect": record.dialect,
-                    "peer": record.peer,
-                }
-            )
-        rows.sort(key=lambda row: str(row["agent"]))
-        return JSONResponse({"agents": rows})
+    add_operator_routes(app, hub, app.state.verifier)
 
     return app

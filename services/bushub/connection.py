@@ -114,6 +114,10 @@ class Connection:
         self.dialect = params.dialect
         self.close_on_peer_lost = params.close_on_peer_lost
         self.since = time.time()
+        # This socket's own counts, for the console (the metrics are per node).
+        self.messages_in = 0
+        self.messages_out = 0
+        self.dropped = 0
         # Set when the handshake named a session (bushub.sessions): frames are framed.
         self.session: Session | None = None
         # The holder of the peer name last announced to this client, so that a

@@ -11,7 +11,8 @@ stop. The work is done by its parts, each built with what it needs passed in:
 - ``Publisher`` (``bushub.publisher``): ordered, bounded publishing to the broker;
 - ``Sessions`` (``bushub.sessions``): resume, replay and acknowledgements of the
   sockets of reconnecting proxies;
-- ``Subscriptions`` (``bushub.subscriptions``): the node's channel subscriptions.
+- ``Subscriptions`` (``bushub.subscriptions``): the node's channel subscriptions;
+- ``Operators`` (``bushub.operators``): taps, console reports and sends by HTTP.
 
 The hub routes what the broker delivers to the part it is for, and follows the
 broker's state: while it is away the node is not ready; when it comes back, publishes
@@ -32,6 +33,7 @@ from bushub.connection import Connection
 from bushub.heartbeat import Heartbeat
 from bushub.limits import TokenBucket
 from bushub.metrics import Metrics
+from bushub.operators import Operators
 from bushub.outbound import Outbound
 from bushub.presence import PRESENCE_PREFIX, Presence
 from bushub.publisher import Publisher
@@ -108,6 +110,16 @@ class Hub:
             settings, broker, metrics, self.outbound.enqueue, self.relay.payload_for
         )
         self.relay.sessions = self.sessions
+        self.operators = Operators(
+            settings,
+            broker,
+            self.subscriptions,
+            metrics,
+            self.presence.holders,
+            lambda: self.connection_count,
+            self.readiness,
+        )
+        self.relay.taps = self.operators.recorder
         if self.sessions.enabled:
             broker.keep_for_sessions(
                 SessionLimits(
@@ -129,6 +141,15 @@ class Hub:
     def ready(self) -> bool:
         """Broker reachable and taking writes, background loops running, not draining."""
         return self.broker.up and not self.draining and self.health.problem is None
+
+    def readiness(self) -> dict[str, Any]:
+        """The body of ``/readyz``: ready, and what stands in its way."""
+        return {
+            "ready": self.ready,
+            "broker_up": self.broker.up,
+            "draining": self.draining,
+            "broker_refuses": self.health.problem,  # reachable, but writes refused
+        }
 
     async def claim(self, conn: Connection) -> bool:
         """Claim ``conn.agent`` before the socket is accepted (see ``Presence.claim``).
@@ -183,6 +204,7 @@ class Hub:
         self.metrics.redis_up.set(1 if self.broker.up else 0)
         # The node's own channel: a takeover elsewhere asks whether it is there.
         await self.subscriptions.acquire(node_channel(self.node_id))
+        await self.operators.start()
         await self.heartbeat.join()
         self._spawn(self._supervised(self.publisher.run, "publisher"), "publisher")
         self._spawn(
@@ -264,6 +286,7 @@ class Hub:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.publisher.close()
+        await self.operators.stop()
         self.presence.peers.cancel_timers()
         await self.heartbeat.leave()
         await self.broker.close()
@@ -275,6 +298,8 @@ class Hub:
             self.relay.deliver(channel[len(MESSAGE_PREFIX) + 1 : -1], data)
         elif channel.startswith(PRESENCE_PREFIX):
             self.presence.on_event(channel[len(PRESENCE_PREFIX) + 1 : -1], data)
+        else:
+            self.operators.on_message(channel, data)
 
     def _on_broker_state(self, up: bool) -> None:
         self.metrics.redis_up.set(1 if up else 0)

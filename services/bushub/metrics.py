@@ -32,6 +32,15 @@ REFUSAL_REASONS = (
     "broker_unreachable",
     "broker_refused",
 )
+API_SEND_RESULTS = (
+    "accepted",
+    "kept",
+    "no_agent",
+    "bad_request",
+    "forbidden",
+    "oversize",
+    "broker_down",
+)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -90,6 +99,21 @@ class Metrics:
             self.resumes.labels(result)
         for event in ("replayed", "kept_away", "resent_taken", "duplicate", "lost"):
             self.session_messages.labels(event)
+        self.tap_events = Counter(
+            "bushub_tap_events",
+            "Tap events by outcome: published by the node where the message entered, "
+            "dropped there (over the rate bound, or the broker away), dropped for a slow "
+            "tap reader",
+            ["outcome"],
+            registry=r,
+        )
+        for outcome in ("published", "dropped", "reader_dropped"):
+            self.tap_events.labels(outcome)
+        self.api_sends = Counter(
+            "bushub_api_sends", "Messages sent by POST /api/send, by result", ["result"], registry=r
+        )
+        for result in API_SEND_RESULTS:
+            self.api_sends.labels(result)
         self.agents = Gauge("bushub_agents", "Agent names held by sockets on this node", registry=r)
         # Set to functions read at scrape time by bushub.fdlimit.
         self.open_fds = Gauge("bushub_open_fds", "File descriptors open in the process", registry=r)

@@ -41,9 +41,11 @@ class Outbound:
         if result is Enqueued.SENT:
             self.sent(conn, payload, received_at)
         elif result is Enqueued.FULL:
+            conn.dropped += 1
             self._metrics.messages_dropped.labels(DropReason.SLOW_CONSUMER).inc()
             conn.request_close(CloseCode.SLOW_CONSUMER)
         elif result is Enqueued.CLOSING:
+            conn.dropped += 1
             self._metrics.messages_dropped.labels(DropReason.CLOSING).inc()
 
     def announce(self, conn: Connection, payload: bytes) -> None:
@@ -63,12 +65,14 @@ class Outbound:
                 conn.drained()  # a drain waits for this queue to empty
                 return
             if not outlet.send_frame(item[0]):
+                conn.dropped += 1
                 self._metrics.messages_dropped.labels(DropReason.CLOSING).inc()
                 return
             self.sent(conn, item[0], item[1])
 
     def sent(self, conn: Connection, payload: bytes, received_at: float) -> None:
         """Account for one frame written to a client."""
+        conn.messages_out += 1
         traffic = self._metrics.traffic
         traffic.delivered[conn.format.value] += 1
         traffic.bytes_sent += len(payload)
@@ -79,4 +83,5 @@ class Outbound:
         """Count what an ended socket will never write."""
         unsent = conn.unsent()
         if unsent:
+            conn.dropped += unsent
             self._metrics.messages_dropped.labels(DropReason.CLOSING).inc(unsent)

@@ -38,6 +38,7 @@ from buswire.relayframe import pack_relay, pack_session_relay, stored_position, 
 
 if TYPE_CHECKING:
     from bushub.sessions import Sessions
+    from bushub.taps import TapRecorder
 
 MESSAGE_PREFIX = message_channel("")[:-2]
 # The bridged pipeline frame of both dialects (``--transient-frames``).
@@ -87,6 +88,8 @@ class Relay:
         self._clock = clock
         # Set by the hub: sockets that named a session are framed and numbered.
         self.sessions: Sessions | None = None
+        # Set by the hub: taps see what is relayed of the agents they watch.
+        self.taps: TapRecorder | None = None
 
     def route(self, conn: Connection, data: bytes) -> None:
         """Route one frame received on ``conn``: decode the envelope, publish.
@@ -124,6 +127,7 @@ class Relay:
         metrics = self._metrics
         traffic = metrics.traffic
         traffic.bytes_received += len(data)
+        conn.messages_in += 1
         if len(data) > self._max_message_bytes:
             self._received_and_dropped(conn, DropReason.OVERSIZE)
             return False
@@ -163,6 +167,7 @@ class Relay:
             if channel is None:
                 validate_agent_name(target)
         except DecodeError as exc:
+            conn.dropped += 1
             metrics.messages_dropped.labels(exc.reason).inc()
             return False
         if conn.dialect is None and envelope.dialect is not None:
@@ -170,10 +175,12 @@ class Relay:
             self._dialect_learned(conn)
         if channel is None:
             if not conn.grant.may_address(target):
+                conn.dropped += 1
                 metrics.messages_dropped.labels(DropReason.TARGET_NOT_ALLOWED).inc()
                 return False
             channel = conn.remember_route(target, message_channel(target))
         if conn.sources is not None and not conn.may_send_as(envelope.source):
+            conn.dropped += 1
             metrics.messages_dropped.labels(DropReason.SOURCE_NOT_ALLOWED).inc()
             return False
         transient = self._transient_frames and envelope.type_name.endswith(_FRAME_MESSAGE)
@@ -184,9 +191,13 @@ class Relay:
                 conn.format, self._clock(), data, *origin, transient=transient
             )
         self._publish(channel, relay)
+        taps = self.taps
+        if taps is not None and taps.tapped:
+            taps.seen(conn.agent, envelope.type_name, envelope.source, target, tree, len(data), fmt)
         return True
 
     def _received_and_dropped(self, conn: Connection, reason: DropReason) -> None:
+        conn.dropped += 1
         self._metrics.traffic.received[conn.format.value] += 1
         self._metrics.messages_dropped.labels(reason).inc()
 

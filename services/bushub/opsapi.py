@@ -1,0 +1,140 @@
+"""The operator API's HTTP routes (docs/protocol.md, Operator API).
+
+``/agents``, ``/api/cluster`` and ``/api/tap/{agent}`` need the admin token and are off
+without ``--admin-token``; ``/api/send`` also takes an agent token whose grant allows
+the target; ``/console`` is the page, which holds no data and asks for the token.
+"""
+
+import hmac
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from bushub import console
+from bushub.auth import OPEN_GRANT, AuthError, Grant, TokenVerifier
+from bushub.hub import Hub
+from bushub.taps import event_stream
+from buswire import DecodeError, validate_agent_name
+from buswire.channels import presence_key
+from buswire.presence import decode_record
+
+# What an admin route answers while --admin-token is unset.
+_OFF = "admin routes are off: set --admin-token"
+# Bodies of POST /api/send read at most this far past the message size limit, so an
+# endless body is cut off rather than buffered.
+_BODY_SLACK = 1024
+
+
+def _bearer(request: Request) -> str:
+    return request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+
+
+def _is_admin(offered: str, admin_token: str) -> bool:
+    return bool(admin_token) and hmac.compare_digest(offered.encode(), admin_token.encode())
+
+
+def _refusal(admin_token: str, offered: str) -> JSONResponse | None:
+    """The answer to a request without the admin token; None when it has it."""
+    if not admin_token:
+        return JSONResponse({"error": _OFF}, 403)
+    if not _is_admin(offered, admin_token):
+        return JSONResponse({"error": "bad admin token"}, 401)
+    return None
+
+
+def add_operator_routes(app: FastAPI, hub: Hub, verifier: TokenVerifier) -> None:
+    """Serve the operator API of ``hub`` from ``app``."""
+    settings = hub.settings
+    admin_token = settings.admin_token
+    operators = hub.operators
+
+    @app.get("/console")
+    async def console_page() -> Response:
+        return Response(console.page(), media_type="text/html; charset=utf-8")
+
+    @app.get("/agents")
+    async def agents(request: Request) -> JSONResponse:
+        """Cluster-wide presence, from the presence records."""
+        refused = _refusal(admin_token, _bearer(request))
+        if refused is not None:
+            return refused
+        rows = []
+        for raw in await hub.broker.scan_records(presence_key("*")):
+            try:
+                record = decode_record(raw)
+            except DecodeError:
+                continue
+            rows.append(
+                {
+                    "agent": record.agent,
+                    "node": record.node,
+                    "connected_since": record.since,
+                    "format": record.format,
+                    "dialect": record.dialect,
+                    "peer": record.peer,
+                }
+            )
+        rows.sort(key=lambda row: str(row["agent"]))
+        return JSONResponse({"agents": rows})
+
+    @app.get("/api/cluster")
+    async def cluster(request: Request) -> JSONResponse:
+        refused = _refusal(admin_token, _bearer(request))
+        if refused is not None:
+            return refused
+        return JSONResponse(await operators.console.answer())
+
+    @app.get("/api/tap/{agent}", response_model=None)
+    async def tap(agent: str, request: Request) -> Response:
+        refused = _refusal(admin_token, _bearer(request))
+        if refused is not None:
+            return refused
+        try:
+            validate_agent_name(agent)
+        except DecodeError:
+            return JSONResponse({"error": f"not an agent name: {agent!r}"}, 400)
+        stream = await operators.streams.open(agent)
+
+        async def body() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in event_stream(stream, hub.node_id):
+                    yield chunk
+            finally:
+                await operators.streams.close(stream)
+
+        return StreamingResponse(
+            body(),
+            media_type="text/event-stream",
+            headers={"cache-control": "no-store", "x-accel-buffering": "no"},
+        )
+
+    @app.post("/api/send")
+    async def send(request: Request) -> JSONResponse:
+        offered = _bearer(request)
+        grant: Grant = OPEN_GRANT
+        if not _is_admin(offered, admin_token):
+            if not verifier.enabled:
+                refused = _refusal(admin_token, offered)
+                assert refused is not None
+                return refused
+            try:
+                grant = verifier.verify(offered or None)
+            except AuthError as exc:
+                return JSONResponse({"error": f"token refused: {exc.reason}"}, 401)
+        data = await _read_body(request, settings.max_message_bytes + _BODY_SLACK)
+        answer = await operators.sender.send(data, grant)
+        return JSONResponse(answer.body, answer.status)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, or its first ``limit`` bytes and one more (the sender then
+    refuses it as oversize without the node buffering the rest)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            break
+    return b"".join(chunks)

@@ -1,0 +1,267 @@
+"""Taps: what an operator sees of one agent's traffic, anywhere in the cluster.
+
+Two halves (docs/protocol.md, Operator API):
+
+- ``TapRecorder``, on every node: for each message the node takes in (from a socket or
+  ``POST /api/send``) whose source, target or sending socket is tapped, it publishes
+  one event on the tapped agent's tap channel. Whether anything is tapped is one truth
+  test of an empty dict (``Watched.tapped``) until a tap is open; events are bounded
+  by a node-wide rate and go through the lossy ``SidePublisher``, so a tap never holds
+  up the traffic it watches. What the bound drops is told in the next event
+  (``lost``).
+- ``TapStreams``, on the node serving ``GET /api/tap/{agent}``: subscribes the tap
+  channel, keeps the tap's notice renewed, and hands events to each open stream
+  through a bounded queue; a slow reader loses events and is told how many.
+"""
+
+import asyncio
+import base64
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import orjson
+
+from bushub.limits import TokenBucket
+from bushub.opsnotices import Watched
+from bushub.sidepublisher import SidePublisher
+from bushub.subscriptions import Subscriptions
+from buswire import Format
+from buswire.channels import tap_channel
+
+TAP_PREFIX = tap_channel("")[:-2]
+# Events a node publishes per second for all taps together, at most.
+EVENT_RATE = 2_000.0
+# Events a stream holds for a slow reader before it drops.
+STREAM_CAPACITY = 1_000
+# A comment line this often keeps proxies from closing an idle stream.
+KEEPALIVE_EVERY = 15.0
+
+_MAX_STRING = 512
+_MAX_ITEMS = 100
+_MAX_DEPTH = 16
+
+
+def summarise(tree: Any, depth: int = 0) -> Any:
+    """A message tree for people: bytes (raw, or the JSON dialect's tagged base64) as
+    ``"<N bytes>"``, long strings and long lists cut, deep nesting elided."""
+    if isinstance(tree, bytes | bytearray | memoryview):
+        return f"<{len(tree)} bytes>"
+    if isinstance(tree, str):
+        if len(tree) > _MAX_STRING:
+            return f"{tree[:_MAX_STRING]}… (+{len(tree) - _MAX_STRING} chars)"
+        return tree
+    if depth >= _MAX_DEPTH and isinstance(tree, dict | list):
+        return "…"
+    if isinstance(tree, dict):
+        if tree.get("__type__") == "bytes" and "__data__" in tree:
+            return _bytes_summary(tree["__data__"])
+        items = list(tree.items())
+        shown = {str(key): summarise(value, depth + 1) for key, value in items[:_MAX_ITEMS]}
+        if len(items) > _MAX_ITEMS:
+            shown["…"] = f"+{len(items) - _MAX_ITEMS} keys"
+        return shown
+    if isinstance(tree, list | tuple):
+        shown_list = [summarise(value, depth + 1) for value in tree[:_MAX_ITEMS]]
+        if len(tree) > _MAX_ITEMS:
+            shown_list.append(f"… +{len(tree) - _MAX_ITEMS} items")
+        return shown_list
+    if tree is None or isinstance(tree, bool | int | float):
+        return tree
+    return repr(tree)[:_MAX_STRING]
+
+
+def _bytes_summary(data: Any) -> str:
+    if isinstance(data, str):
+        try:
+            return f"<{len(base64.b64decode(data, validate=True))} bytes>"
+        except ValueError:
+            return f"<{len(data)} chars of base64>"
+    if isinstance(data, bytes | bytearray):
+        return f"<{len(data)} bytes>"
+    return "<bytes>"
+
+
+class TapRecorder:
+    """Publishes what this node takes in of tapped agents' traffic.
+
+    Args:
+        node_id: Stamped on every event: where the message entered the cluster.
+        watched: Which agents are tapped (from the ops channel).
+        side: The lossy publisher events go through.
+        counted: Told ``("published" | "dropped", n)`` per event.
+    """
+
+    def __init__(
+        self,
+        node_id: str,
+        watched: Watched,
+        side: SidePublisher,
+        counted: Callable[[str, int], None],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._node_id = node_id
+        self._watched = watched
+        self.tapped = watched.tapped  # the relay's truth test
+        self._side = side
+        self._counted = counted
+        self._clock = clock
+        self._rate = TokenBucket(EVENT_RATE)
+        self._lost: dict[str, int] = defaultdict(int)
+
+    def seen(
+        self,
+        agent: str | None,
+        type_name: str,
+        source: str,
+        target: str,
+        tree: Any,
+        size: int,
+        fmt: Format,
+    ) -> None:
+        """One message taken in: from ``agent``'s socket (None from the HTTP API)."""
+        watched = self._watched
+        taps: list[tuple[str, str]] = []
+        for name, direction in ((source, "sent"), (agent, "sent"), (target, "received")):
+            if name is not None and watched.is_tapped(name) and all(n != name for n, _ in taps):
+                taps.append((name, direction))
+        if not taps:
+            return
+        event: dict[str, Any] = {
+            "kind": "message",
+            "t": self._clock(),
+            "node": self._node_id,
+            "type": type_name,
+            "source": source,
+            "target": target,
+            "size": size,
+            "format": fmt.value,
+            "body": summarise(tree),
+        }
+        for name, direction in taps:
+            if not self._rate.take():
+                self._lost[name] += 1
+                self._counted("dropped", 1)
+                continue
+            event["direction"] = direction
+            lost = self._lost.pop(name, 0)
+            if lost:
+                event["lost"] = lost
+            if self._side.publish(tap_channel(name), orjson.dumps(event)):
+                self._counted("published", 1)
+            else:
+                self._lost[name] += 1 + lost
+                self._counted("dropped", 1)
+            event.pop("lost", None)
+
+
+class TapStream:
+    """One open ``GET /api/tap/{agent}``: events for its reader, bounded."""
+
+    def __init__(self, agent: str, capacity: int = STREAM_CAPACITY) -> None:
+        self.agent = agent
+        self._queue: asyncio.Queue[bytes] = asyncio.Queue(capacity)
+        # Events lost since the reader last heard of losses.
+        self.dropped = 0
+
+    def put(self, event: bytes) -> None:
+        """Hand one event over; a full queue drops it (the reader is told)."""
+        try:
+            self._queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.dropped += 1
+
+    async def next(self, timeout: float) -> bytes | None:
+        """The next event, or None when none came within ``timeout``."""
+        try:
+            return await asyncio.wait_for(self._queue.get(), timeout)
+        except TimeoutError:
+            return None
+
+
+class TapStreams:
+    """The taps served by this node: their subscriptions and their readers.
+
+    Args:
+        subscriptions: The node's reference-counted channel subscriptions.
+        want_notices: Called with the agents tapped here whenever that set changes
+            (the notice sender renews a notice per agent while it is in the set).
+        dropped: Told how many events slow readers lost.
+    """
+
+    def __init__(
+        self,
+        subscriptions: Subscriptions,
+        want_notices: Callable[[set[str]], None],
+        dropped: Callable[[int], None],
+    ) -> None:
+        self._subscriptions = subscriptions
+        self._want_notices = want_notices
+        self._dropped = dropped
+        self._streams: dict[str, set[TapStream]] = defaultdict(set)
+
+    async def open(self, agent: str) -> TapStream:
+        """Start a tap on ``agent``: subscribed before the notice goes out, so that
+        no event a node publishes after hearing the notice is missed."""
+        stream = TapStream(agent)
+        await self._subscriptions.acquire(tap_channel(agent))
+        self._streams[agent].add(stream)
+        self._want_notices(set(self._streams))
+        return stream
+
+    async def close(self, stream: TapStream) -> None:
+        """End a tap; the last one on an agent lets its notice lapse."""
+        streams = self._streams.get(stream.agent)
+        if streams is None or stream not in streams:
+            return
+        streams.discard(stream)
+        if not streams:
+            del self._streams[stream.agent]
+            self._want_notices(set(self._streams))
+        await self._subscriptions.release(tap_channel(stream.agent))
+
+    def on_event(self, agent: str, data: bytes) -> None:
+        """An event from ``agent``'s tap channel, for every stream on it here."""
+        for stream in self._streams.get(agent, ()):
+            before = stream.dropped
+            stream.put(data)
+            if stream.dropped != before:
+                self._dropped(1)
+
+    @property
+    def open_count(self) -> int:
+        """Streams open on this node (for leak checks)."""
+        return sum(len(streams) for streams in self._streams.values())
+
+
+async def event_stream(stream: TapStream, node_id: str) -> AsyncIterator[bytes]:
+    """The body of ``GET /api/tap/{agent}``: server-sent events, one JSON each."""
+    yield _sse({"kind": "open", "agent": stream.agent, "node": node_id})
+    while True:
+        event = await stream.next(KEEPALIVE_EVERY)
+        if stream.dropped:
+            lost, stream.dropped = stream.dropped, 0
+            yield _sse({"kind": "dropped", "count": lost})
+        if event is None:
+            yield b": keepalive\n\n"
+            continue
+        lost_at_node = _lost_at_node(event)
+        if lost_at_node:
+            yield _sse({"kind": "dropped", "count": lost_at_node})
+        yield b"data: " + event + b"\n\n"
+
+
+def _lost_at_node(event: bytes) -> int:
+    # Only events that say so carry "lost"; most skip the parse.
+    if b'"lost":' not in event:
+        return 0
+    try:
+        lost = orjson.loads(event).get("lost", 0)
+    except orjson.JSONDecodeError:
+        return 0
+    return lost if isinstance(lost, int) else 0
+
+
+def _sse(event: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(event) + b"\n\n"

@@ -1,0 +1,304 @@
+"""The operator API on one node (docs/protocol.md, Operator API): ``POST /api/send``,
+``GET /api/tap/{agent}``, ``GET /api/cluster``, with real sockets and HTTP clients."""
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+
+from bushub.auth import make_token
+from bushub.settings import Settings
+from tests.support.messages import TASK_REQUEST, encode, task_request
+from tests.unit.bushub.conftest import RunningHub, running_hub, small_settings
+from tests.unit.bushub.helpers import (
+    BRIEF,
+    PIPECAT_REGISTRY,
+    TIMEOUT,
+    as_json,
+    assert_silent,
+    frame_message,
+    recv_bytes,
+    recv_non_registry,
+    wait_until,
+)
+
+ADMIN = "admin-secret-token"
+SECRET = "jwt-secret-for-the-operator-api-tests-0123456789"
+
+
+@pytest.fixture
+def hub_settings() -> Settings:
+    return small_settings(admin_token=ADMIN, max_message_bytes=4096)
+
+
+def admin() -> dict[str, str]:
+    return {"authorization": f"Bearer {ADMIN}"}
+
+
+async def post_send(node: RunningHub, body: bytes, headers: dict[str, str]) -> httpx.Response:
+    async with httpx.AsyncClient(base_url=node.http_url, timeout=TIMEOUT) as client:
+        return await client.post("/api/send", content=body, headers=headers)
+
+
+class Tap:
+    """An open ``GET /api/tap/{agent}``: its events, read as they come."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self._lines = response.aiter_lines()
+
+    async def next(self, timeout: float = TIMEOUT) -> dict[str, Any]:
+        """The next event (comment lines skipped)."""
+
+        async def read() -> dict[str, Any]:
+            async for line in self._lines:
+                if line.startswith("data: "):
+                    event: dict[str, Any] = json.loads(line[6:])
+                    return event
+            raise AssertionError("the tap stream ended")
+
+        return await asyncio.wait_for(read(), timeout)
+
+    async def next_message(self, timeout: float = TIMEOUT) -> dict[str, Any]:
+        """The next event of kind ``message``."""
+        while (event := await self.next(timeout))["kind"] != "message":
+            pass
+        return event
+
+
+@asynccontextmanager
+async def tapping(node: RunningHub, agent: str) -> AsyncIterator[Tap]:
+    """A tap on ``agent``, open until the block ends; its ``open`` event read."""
+    async with (
+        httpx.AsyncClient(base_url=node.http_url, timeout=TIMEOUT) as client,
+        client.stream("GET", f"/api/tap/{agent}", headers=admin()) as response,
+    ):
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        tap = Tap(response)
+        assert await tap.next() == {"kind": "open", "agent": agent, "node": "unit"}
+        yield tap
+
+
+# ---- POST /api/send ----------------------------------------------------------
+
+
+async def test_send_reaches_the_agent_byte_identical(node: RunningHub) -> None:
+    body = as_json(task_request("scheduler", "worker", 7))
+    async with node.connect("worker") as worker:
+        await node.wait_holder("worker")
+        response = await post_send(node, body, admin())
+        assert response.status_code == 202, response.text
+        assert response.json() == {"accepted": True, "target": "worker", "nodes": 1}
+        assert await recv_non_registry(worker) == body
+    assert node.metric("bushub_api_sends_total", result="accepted") == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "result", "says"),
+    [
+        (encode(task_request("s", "nobody")), 404, "no_agent", "no agent named 'nobody'"),
+        (b'{"__type__": "os.system", "__data__": {"source": "s", "target": "worker"}}', 400,
+         "bad_request", "type_not_allowed"),
+        (encode(task_request("s", "worker", pad=5000)), 413, "oversize", "max-message-bytes"),
+        (encode(task_request("s", None)), 400, "bad_request", "no target"),
+        (b"{not json", 400, "bad_request", "malformed"),
+        (b'{"__type__": "' + PIPECAT_REGISTRY.encode() + b'", "__data__": {"source": "s",'
+         b' "target": "worker"}}', 400, "bad_request", "registry"),
+        (encode(task_request("s", "a{b}")), 400, "bad_request", "bad_agent"),
+    ],
+    ids=["no-agent", "unknown-type", "oversize", "no-target", "malformed", "registry", "bad-name"],
+)  # fmt: skip
+async def test_bad_sends_get_a_clear_error_and_change_nothing(
+    node: RunningHub, body: bytes, status: int, result: str, says: str
+) -> None:
+    async with node.connect("worker") as worker:
+        await node.wait_holder("worker")
+        response = await post_send(node, body, admin())
+        assert response.status_code == status, response.text
+        assert says in response.json()["error"]
+        await assert_silent(worker, BRIEF * 4)
+        # The socket is served as before.
+        good = as_json(task_request("s", "worker"))
+        assert (await post_send(node, good, admin())).status_code == 202
+        assert await recv_non_registry(worker) == good
+    assert node.metric("bushub_api_sends_total", result=result) == 1
+    assert node.metric("bushub_messages_received_total", format="json") == 0
+
+
+async def test_send_with_an_endless_body_is_cut_off_as_oversize(node: RunningHub) -> None:
+    async def body() -> AsyncIterator[bytes]:
+        for _ in range(10_000):  # 10 MB if the node read it all
+            yield b"x" * 1024
+
+    async with httpx.AsyncClient(base_url=node.http_url, timeout=TIMEOUT) as client:
+        response = await client.post("/api/send", content=body(), headers=admin())
+    assert response.status_code == 413
+
+
+async def test_send_needs_a_token(node: RunningHub) -> None:
+    body = as_json(task_request("s", "worker"))
+    for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": ADMIN[:-1]}):
+        response = await post_send(node, body, headers)
+        assert response.status_code == 401, headers
+
+
+async def test_send_is_off_without_admin_token_or_token_auth() -> None:
+    async with running_hub(small_settings()) as bare:
+        response = await post_send(bare, as_json(task_request("s", "w")), admin())
+    assert response.status_code == 403
+    assert "--admin-token" in response.json()["error"]
+
+
+async def test_an_agent_token_may_send_within_its_grant() -> None:
+    settings = small_settings(admin_token=ADMIN, jwt_secret=SECRET)
+    token = make_token(SECRET, agents=["scheduler"], targets=["worker-*"], ttl=60, now=time.time())
+    worker_token = make_token(SECRET, agents=["worker-1"], targets=["*"], ttl=60, now=time.time())
+    headers = {"authorization": f"Bearer {token}"}
+    async with running_hub(settings) as node:
+        query = {"token": worker_token}
+        async with node.connect("worker-1", **query) as worker:
+            await node.wait_holder("worker-1")
+            ok = as_json(task_request("scheduler", "worker-1"))
+            assert (await post_send(node, ok, headers)).status_code == 202
+            assert await recv_non_registry(worker) == ok
+            outside = await post_send(node, as_json(task_request("scheduler", "db")), headers)
+            assert outside.status_code == 403
+            assert "may not address 'db'" in outside.json()["error"]
+            impostor = await post_send(node, as_json(task_request("boss", "worker-1")), headers)
+            assert impostor.status_code == 403
+            assert "may not send as 'boss'" in impostor.json()["error"]
+            expired = make_token(
+                SECRET, agents=["scheduler"], targets=["*"], ttl=-60, now=time.time()
+            )
+            late = await post_send(node, ok, {"authorization": f"Bearer {expired}"})
+            assert late.status_code == 401
+            await assert_silent(worker, BRIEF * 4)
+        assert node.metric("bushub_api_sends_total", result="forbidden") == 2
+
+
+# ---- GET /api/tap/{agent} ------------------------------------------------------
+
+
+async def test_a_tap_shows_what_an_agent_sends_and_receives(node: RunningHub) -> None:
+    async with node.connect("a") as a, node.connect("b") as b, tapping(node, "b") as tap:
+        await wait_until(lambda: "b" in node.hub.relay.taps.tapped, "tap noticed")  # type: ignore[union-attr]
+        await a.send(as_json(task_request("a", "b", 1, payload={"note": "hello"})))
+        event = await tap.next_message()
+        assert await recv_non_registry(b)
+        assert event["direction"] == "received"
+        assert (event["type"], event["source"], event["target"]) == (TASK_REQUEST, "a", "b")
+        assert event["format"] == "json" and event["node"] == "unit" and event["size"] > 0
+        assert event["body"]["__data__"]["payload"] == {"note": "hello"}
+
+        # What b sends, in MsgPack with audio: bytes are summarised, not shown.
+        await b.send(encode(frame_message("b", b"\x01" * 640), "msgpack"))  # no peer: dropped
+        await b.send(encode(task_request("b", "a", 2, payload={"pcm": b"\x00" * 640}), "msgpack"))
+        event = await tap.next_message()
+        assert event["direction"] == "sent" and event["format"] == "msgpack"
+        assert event["body"]["__data__"]["payload"]["pcm"] == "<640 bytes>"
+        assert await recv_non_registry(a)
+
+        # Traffic between others is not shown.
+        async with node.connect("c") as c:
+            await a.send(as_json(task_request("a", "c", 3)))
+            assert await recv_non_registry(c)
+        response = await post_send(node, as_json(task_request("ops", "b", 4)), admin())
+        assert response.status_code == 202
+        event = await tap.next_message()
+        assert (event["source"], event["direction"]) == ("ops", "received")
+    assert node.metric("bushub_tap_events_total", outcome="published") == 3
+
+
+async def test_no_tap_no_cost_and_a_closed_tap_lapses(node: RunningHub) -> None:
+    taps = node.hub.relay.taps
+    assert taps is not None and not taps.tapped
+    async with node.connect("a") as a, node.connect("b") as b:
+        async with tapping(node, "b"):
+            await wait_until(lambda: "b" in taps.tapped, "tap noticed")
+        # The node notices the reader gone and ends the stream (and its subscription).
+        await wait_until(lambda: node.hub.operators.streams.open_count == 0, "tap closed")
+        await a.send(as_json(task_request("a", "b")))
+        assert await recv_non_registry(b)
+    # Nothing renews the notice any more (it lapses by itself: test_opsnotices.py).
+    await wait_until(lambda: not node.hub.operators.announcer.renewing, "renewals stopped")
+
+
+async def test_a_slow_tap_reader_loses_events_and_is_told(node: RunningHub) -> None:
+    from bushub.taps import STREAM_CAPACITY
+
+    async with node.connect("a") as a, node.connect("b") as b, tapping(node, "b") as tap:
+        await wait_until(lambda: "b" in node.hub.operators.watched.tapped, "tap noticed")
+        count = STREAM_CAPACITY + 300
+        for seq in range(count):
+            await a.send(as_json(task_request("a", "b", seq)))
+        for _ in range(count):  # the traffic itself is whole
+            await recv_non_registry(b)
+        await wait_until(
+            lambda: node.metric("bushub_tap_events_total", outcome="published") == count,
+            "all published",
+        )
+        await asyncio.sleep(BRIEF)
+        seen, dropped = 0, 0
+        while seen + dropped < count:
+            event = await tap.next()
+            if event["kind"] == "dropped":
+                dropped += event["count"]
+            else:
+                seen += 1
+        assert seen >= STREAM_CAPACITY and dropped > 0
+        assert node.metric("bushub_tap_events_total", outcome="reader_dropped") == dropped
+
+
+async def test_tap_needs_the_admin_token_and_an_agent_name(node: RunningHub) -> None:
+    async with httpx.AsyncClient(base_url=node.http_url, timeout=TIMEOUT) as client:
+        assert (await client.get("/api/tap/b")).status_code == 401
+        wrong = {"authorization": "Bearer nope"}
+        assert (await client.get("/api/tap/b", headers=wrong)).status_code == 401
+        assert (await client.get("/api/tap/a%7Bb%7D", headers=admin())).status_code == 400
+        assert (await client.get("/api/cluster", headers=wrong)).status_code == 401
+    assert node.hub.operators.streams.open_count == 0
+
+
+# ---- GET /api/cluster ----------------------------------------------------------
+
+
+async def test_cluster_lists_the_node_and_its_sockets_with_their_counts(node: RunningHub) -> None:
+    async with httpx.AsyncClient(base_url=node.http_url, timeout=TIMEOUT) as client:
+        async with node.connect("a", peer="b") as a, node.connect("b", format="msgpack") as b:
+            await node.wait_holder("b")
+            for seq in range(3):
+                await a.send(as_json(task_request("a", "b", seq)))
+                await recv_bytes(b)
+            await a.send(b"\xff not a message")
+            await wait_until(lambda: node.metric_sum("bushub_messages_dropped_total") == 1, "drop")
+            response = await client.get("/api/cluster", headers=admin())
+            assert response.status_code == 200
+            view = response.json()
+        assert view["node"] == "unit" and view["truncated"] is False
+        [report] = view["nodes"]
+        assert report["node"] == "unit" and report["ready"] is True and report["broker"] == "up"
+        assert report["connections"] == 2 and report["agents"] == 2
+        assert report["dropped"] == {"malformed": 1}
+        rows = {row["agent"]: row for row in view["agents"]}
+        assert list(rows) == ["a", "b"]
+        assert rows["a"]["messages_in"] == 4 and rows["a"]["dropped"] == 1
+        assert rows["a"]["peer"] == "b" and rows["a"]["format"] == "json"
+        assert rows["b"]["format"] == "msgpack" and rows["b"]["messages_out"] >= 3
+        assert rows["b"]["session"] is False and rows["b"]["dialect"] == "auto"
+        # Sockets gone, rows gone.
+        await wait_until(lambda: node.hub.connection_count == 0, "closed")
+        view = (await client.get("/api/cluster", headers=admin())).json()
+        assert view["agents"] == []
+
+
+async def test_console_page_is_served(node: RunningHub) -> None:
+    async with httpx.AsyncClient(base_url=node.http_url, timeout=TIMEOUT) as client:
+        response = await client.get("/console")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    assert b"/api/cluster" in response.content
