@@ -75,11 +75,7 @@ class ApiSender:
             grant: An agent token's grant; the open grant for the admin token.
         """
         if len(data) > self._max_message_bytes:
-            return self._refused(
-                413,
-                "oversize",
-                f"{len(data)} bytes is over --max-message-bytes ({self._max_message_bytes})",
-            )
+            return self.oversize(len(data))
         budget = container_budget(len(data), self._bytes_per_container)
         try:
             tree = load_tree(data, Format.JSON, budget)
@@ -118,6 +114,12 @@ class ApiSender:
             return SendAnswer(202, {"accepted": True, "target": target, "kept": True})
         self._sends.labels("accepted").inc()
         return SendAnswer(202, {"accepted": True, "target": target, "nodes": count})
+
+    def oversize(self, size: int) -> SendAnswer:
+        """The answer to a body of ``size`` bytes, over the limit."""
+        return self._refused(
+            413, "oversize", f"{size} bytes is over --max-message-bytes ({self._max_message_bytes})"
+        )
 
     def _refused(self, status: int, result: str, error: str) -> SendAnswer:
         self._sends.labels(result).inc()

@@ -16,6 +16,7 @@ from bushub.handshake import HandshakeGuard, guarded
 from bushub.hub import Hub
 from bushub.logs import configure_logging
 from bushub.settings import Settings, SettingsError, add_arguments, load_settings
+from bushub.tap_cli import add_tap_command, run_tap_command
 from bushub.token_cli import add_token_command, run_token_command
 from bushub.wsprotocol import HubWebSocketProtocol
 
@@ -105,7 +106,10 @@ def main(argv: list[str] | None = None) -> None:
     serve_parser = commands.add_parser("serve", help="run one hub node")
     add_arguments(serve_parser)
     add_token_command(commands)
+    add_tap_command(commands)
     args = parser.parse_args(argv)
+    if args.command == "tap":
+        sys.exit(run_tap_command(args))
     if args.command == "token":
         run_token_command(args)
         return

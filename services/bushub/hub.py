@@ -263,6 +263,7 @@ class Hub:
         if self.draining and not conns:
             return
         self.draining = True
+        self.operators.streams.end_all()
         log.info("draining %d connections", len(conns))
         for conn in conns:
             conn.request_close(CloseCode.SERVICE_RESTART, flush=True)

@@ -21,9 +21,8 @@ from buswire.presence import decode_record
 
 # What an admin route answers while --admin-token is unset.
 _OFF = "admin routes are off: set --admin-token"
-# Bodies of POST /api/send read at most this far past the message size limit, so an
-# endless body is cut off rather than buffered.
-_BODY_SLACK = 1024
+# An oversize body is read (and thrown away) up to this many times the size limit.
+_DRAIN_FACTOR = 4
 
 
 def _bearer(request: Request) -> str:
@@ -122,19 +121,37 @@ def add_operator_routes(app: FastAPI, hub: Hub, verifier: TokenVerifier) -> None
                 grant = verifier.verify(offered or None)
             except AuthError as exc:
                 return JSONResponse({"error": f"token refused: {exc.reason}"}, 401)
-        data = await _read_body(request, settings.max_message_bytes + _BODY_SLACK)
-        answer = await operators.sender.send(data, grant)
+        data = await _read_body(request, settings.max_message_bytes)
+        if isinstance(data, int):
+            answer = operators.sender.oversize(data)
+        else:
+            answer = await operators.sender.send(data, grant)
         return JSONResponse(answer.body, answer.status)
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The request body, or its first ``limit`` bytes and one more (the sender then
-    refuses it as oversize without the node buffering the rest)."""
+async def _read_body(request: Request, limit: int) -> bytes | int:
+    """The request body; its size instead when it is over ``limit`` bytes (counted as
+    far as it was read), so the node never holds more than the limit.
+
+    The rest of an oversize body is read and thrown away, up to ``_DRAIN_FACTOR`` times
+    the limit, so that a client that writes its whole body before it reads (most do,
+    curl aside) gets the 413 rather than a reset connection. A client that asked
+    ``Expect: 100-continue`` with a ``Content-Length`` over the limit has sent nothing
+    yet: it gets the 413 at once.
+    """
+    declared = request.headers.get("content-length", "")
+    if (
+        declared.isdigit()
+        and int(declared) > limit
+        and request.headers.get("expect", "").lower() == "100-continue"
+    ):
+        return int(declared)  # never read, so uvicorn sends no 100 Continue
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
-        chunks.append(chunk)
         size += len(chunk)
-        if size > limit:
+        if size <= limit:
+            chunks.append(chunk)
+        elif size > limit * _DRAIN_FACTOR:
             break
-    return b"".join(chunks)
+    return b"".join(chunks) if size <= limit else size

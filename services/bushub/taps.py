@@ -164,6 +164,8 @@ class TapStream:
         self._queue: asyncio.Queue[bytes] = asyncio.Queue(capacity)
         # Events lost since the reader last heard of losses.
         self.dropped = 0
+        self.ended = False
+        self._end = asyncio.Event()
 
     def put(self, event: bytes) -> None:
         """Hand one event over; a full queue drops it (the reader is told)."""
@@ -172,12 +174,26 @@ class TapStream:
         except asyncio.QueueFull:
             self.dropped += 1
 
+    def end(self) -> None:
+        """End the stream (the node is draining): its reader sees it end at once."""
+        self.ended = True
+        self._end.set()
+
     async def next(self, timeout: float) -> bytes | None:
-        """The next event, or None when none came within ``timeout``."""
+        """The next event; None when none came within ``timeout`` or the stream ended."""
+        if not self._queue.empty():
+            return self._queue.get_nowait()
+        getter = asyncio.ensure_future(self._queue.get())
+        ender = asyncio.ensure_future(self._end.wait())
         try:
-            return await asyncio.wait_for(self._queue.get(), timeout)
-        except TimeoutError:
-            return None
+            await asyncio.wait(
+                (getter, ender), timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            ender.cancel()
+            if not getter.done():
+                getter.cancel()
+        return getter.result() if getter.done() and not getter.cancelled() else None
 
 
 class TapStreams:
@@ -229,6 +245,12 @@ class TapStreams:
             if stream.dropped != before:
                 self._dropped(1)
 
+    def end_all(self) -> None:
+        """End every stream served here (the node is draining)."""
+        for streams in self._streams.values():
+            for stream in streams:
+                stream.end()
+
     @property
     def open_count(self) -> int:
         """Streams open on this node (for leak checks)."""
@@ -238,7 +260,7 @@ class TapStreams:
 async def event_stream(stream: TapStream, node_id: str) -> AsyncIterator[bytes]:
     """The body of ``GET /api/tap/{agent}``: server-sent events, one JSON each."""
     yield _sse({"kind": "open", "agent": stream.agent, "node": node_id})
-    while True:
+    while not stream.ended:
         event = await stream.next(KEEPALIVE_EVERY)
         if stream.dropped:
             lost, stream.dropped = stream.dropped, 0
