@@ -103,6 +103,14 @@ class Operators:
             return False
         return True
 
+    def sizes(self) -> dict[str, int]:
+        """What the operator views hold (for leak checks)."""
+        return {
+            "tap streams": self.streams.open_count,
+            "tapped": len(self.watched.tapped),
+            "operator messages queued": self.side.pending,
+        }
+
     async def _listen_console(self, on: bool) -> None:
         if on:
             await self._subscriptions.acquire(_CONSOLE)

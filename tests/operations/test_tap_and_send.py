@@ -52,8 +52,7 @@ class TapCommand:
         return self
 
     def events(self, kind: str = "message") -> list[dict[str, Any]]:
-        with self.proc._cond:
-            return [e for e in self.proc.events if e.get("kind") == kind]
+        return [e for e in list(self.proc.events) if e.get("kind") == kind]
 
     def wait(self, what: str, found: Callable[[], bool], timeout: float = TIMEOUT) -> None:
         assert wait_until(found, timeout=timeout), f"tap: {what}; saw {self.proc.events}"

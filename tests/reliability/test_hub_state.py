@@ -63,6 +63,7 @@ def _state(hub: Hub) -> dict[str, int]:
     sizes["hub tasks"] = hub.task_count
     sizes["publisher pending"] = hub.publisher.pending
     sizes.update(hub.sessions.sizes())
+    sizes.update(hub.operators.sizes())
     return sizes
 
 
