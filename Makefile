@@ -21,8 +21,10 @@ $(UVICORN_FLOOR)/.installed: pyproject.toml $(STAMP)
 	touch $@
 
 # Tests start their own redis-server processes on free ports, run nginx on
-# loopback in front of hub nodes, and check the deploy/ files with promtool
-# (Debian ships it in the prometheus package).
+# loopback in front of hub nodes, check the deploy/ files with promtool
+# (Debian ships it in the prometheus package), and drive the console page in
+# Debian's headless chromium (playwright's own browser download needs a network
+# the machines lack), with a font so that screenshots show text.
 APT := DEBIAN_FRONTEND=noninteractive apt-get
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 system-deps:
@@ -30,11 +32,13 @@ system-deps:
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	{ command -v nginx >/dev/null || [ -x /usr/sbin/nginx ]; } || missing="$$missing nginx"; \
+	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing="$$missing fonts-dejavu-core"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  $(SUDO) $(APT) update -qq && $(SUDO) $(APT) install -y -qq --no-install-recommends $$missing; \
 	fi
-	@command -v redis-server >/dev/null && command -v promtool >/dev/null
+	@command -v redis-server >/dev/null && command -v promtool >/dev/null && [ -x /usr/bin/chromium ]
 
 run: $(STAMP)
 	$(VENV)/bin/bushub serve
