@@ -67,6 +67,7 @@ class Operators:
         self.streams = TapStreams(
             subscriptions,
             self.announcer.set_taps,
+            self.side.flushed,
             lambda n: tap_events.labels("reader_dropped").inc(n),
         )
         self.reporter = NodeReporter(

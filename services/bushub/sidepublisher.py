@@ -60,6 +60,11 @@ class SidePublisher:
         finally:
             self._task = None
 
+    async def flushed(self) -> None:
+        """Wait until what is queued now has been handed to the broker (or dropped)."""
+        while (task := self._task) is not None:
+            await asyncio.shield(task)
+
     async def close(self) -> None:
         """Drop what is queued and wait for the task to end."""
         self._closed = True

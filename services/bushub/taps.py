@@ -18,7 +18,7 @@ import asyncio
 import base64
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -203,6 +203,7 @@ class TapStreams:
         subscriptions: The node's reference-counted channel subscriptions.
         want_notices: Called with the agents tapped here whenever that set changes
             (the notice sender renews a notice per agent while it is in the set).
+        notices_out: Waits until the notices sent so far are with the broker.
         dropped: Told how many events slow readers lost.
     """
 
@@ -210,20 +211,24 @@ class TapStreams:
         self,
         subscriptions: Subscriptions,
         want_notices: Callable[[set[str]], None],
+        notices_out: Callable[[], Awaitable[None]],
         dropped: Callable[[int], None],
     ) -> None:
         self._subscriptions = subscriptions
         self._want_notices = want_notices
+        self._notices_out = notices_out
         self._dropped = dropped
         self._streams: dict[str, set[TapStream]] = defaultdict(set)
 
     async def open(self, agent: str) -> TapStream:
         """Start a tap on ``agent``: subscribed before the notice goes out, so that
-        no event a node publishes after hearing the notice is missed."""
+        no event a node publishes after hearing the notice is missed; returns once the
+        broker has passed the notice on, so the tap sees what follows its opening."""
         stream = TapStream(agent)
         await self._subscriptions.acquire(tap_channel(agent))
         self._streams[agent].add(stream)
         self._want_notices(set(self._streams))
+        await self._notices_out()
         return stream
 
     async def close(self, stream: TapStream) -> None:
