@@ -55,7 +55,10 @@ class Settings:
     log_format: str = field(default="text", metadata={"help": "text, or json for log shippers"})
     admin_token: str = field(
         default="",
-        metadata={"help": "bearer token for GET /agents; empty leaves /agents disabled"},
+        metadata={
+            "help": "bearer token of the operator API (/console's data, /agents, /api/tap, "
+            "/api/send); empty leaves it off"
+        },
     )
     presence_ttl: float = field(
         default=10.0,
