@@ -5,8 +5,9 @@ one ``redis-server``, two hub nodes and two floor-relay processes on loopback, a
 the load generator (``busbench.loadgen``, a separate process) once per repetition per
 server, alternating hub and floor (and the stock proxy for the one-pair comparison).
 Then idle sockets, and optionally a py-spy profile of the hub under the fixed-rate
-load. ``--resume`` adds the cost of sessions (``busbench.resume``). It prints a Markdown
-report; ``--json`` keeps the raw figures.
+load. ``--resume`` adds the cost of sessions (``busbench.resume``), ``--operators`` that
+of operators watching (``busbench.operators``). It prints a Markdown report; ``--json``
+keeps the raw figures.
 """
 
 import argparse
@@ -27,7 +28,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from busbench import idle, report, resume, storm
+from busbench import idle, operators, report, resume, sidebyside, storm
 from busbench.payloads import (
     FORMATS,
     PAYLOADS,
@@ -43,6 +44,11 @@ from busbench.procs import (
     tcp_open,
     wait_until,
     worker_pids,
+)
+from busbench.report.operators import (
+    operators_markdown,
+    operators_sections,
+    operators_summary,
 )
 from busclient.reconnecting import ReconnectPolicy
 from busclient.session import ACK_DELAY, ACK_EVERY
@@ -228,6 +234,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="seconds after the sockets close before the away sessions' memory is read",
     )
     p.add_argument(
+        "--operators",
+        action="store_true",
+        help="add what operators watching costs: workload R with nobody watching, with a "
+        "console polling /api/cluster and with a tap on an agent outside the workload, "
+        "side by side",
+    )
+    p.add_argument("--operators-only", action="store_true", help="only the --operators measurement")
+    p.add_argument(
+        "--operators-payloads",
+        default="task-json,audio-msgpack",
+        help="payload-format combinations of the operators workload",
+    )
+    p.add_argument(
         "--compression",
         choices=("deflate", "none"),
         default="deflate",
@@ -300,19 +319,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("need 0 <= --storm-initial-delay <= --storm-max-delay")
     if args.reps < 1:
         p.error("--reps must be >= 1")
-    combos = [c.strip() for c in args.payloads.split(",") if c.strip()]
-    for combo in combos:
-        payload, _, fmt = combo.partition("-")
-        if payload not in PAYLOADS or fmt not in FORMATS:
-            p.error(f"--payloads: unknown combination {combo!r}")
-    args.combos = combos
+    args.combos = _combos(p, args.payloads, "--payloads")
     if args.resume_only:
         args.resume = True
-    args.resume_combos = resume.combos(args.resume_payloads)
-    for combo in args.resume_combos:
-        payload, _, fmt = combo.partition("-")
-        if payload not in PAYLOADS or fmt not in FORMATS:
-            p.error(f"--resume-payloads: unknown combination {combo!r}")
+    args.resume_combos = _combos(p, args.resume_payloads, "--resume-payloads")
+    if args.operators_only:
+        args.operators = True
+    args.operators_combos = _combos(p, args.operators_payloads, "--operators-payloads")
     if not 0 <= args.resume_sessions <= 5000 or args.resume_messages < 1:
         p.error("--resume-sessions must be within 0..5000, --resume-messages >= 1")
     if args.workers > 1 and (args.profile == "on" or args.profile_only):
@@ -320,6 +333,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.workers > 1:
         args.profile = "off"
     return args
+
+
+def _combos(p: argparse.ArgumentParser, text: str, flag: str) -> list[str]:
+    """``text``'s payload-format combinations; an unknown one ends the parse."""
+    combos = sidebyside.combos(text)
+    for combo in combos:
+        payload, _, fmt = combo.partition("-")
+        if payload not in PAYLOADS or fmt not in FORMATS:
+            p.error(f"{flag}: unknown combination {combo!r}")
+    return combos
 
 
 def _counts(text: str) -> list[int]:
@@ -628,8 +651,14 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     try:
         redis = procs.redis()
         extra = shlex.split(args.hub_args)
-        only = args.idle_only or args.storm_only or args.profile_only or args.resume_only
-        if not args.idle_only and not args.storm_only and not args.resume_only:
+        only = (
+            args.idle_only
+            or args.storm_only
+            or args.profile_only
+            or args.resume_only
+            or args.operators_only
+        )
+        if not (args.idle_only or args.storm_only or args.resume_only or args.operators_only):
             _relay_runs(args, jobs, procs, redis, extra, work, out, pyspy)
         # The relay nodes are stopped by now: the idle windows count every command
         # Redis serves and must see the idle server alone.
@@ -639,6 +668,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
             _storm_run(args, procs, extra, work, out)
         if args.resume and (not only or args.resume_only):
             out["resume"] = resume.run(args, jobs, procs, extra, work, log, run_loadgen)
+        if args.operators and (not only or args.operators_only):
+            out["operators"] = operators.run(args, jobs, procs, extra, work, log, run_loadgen)
         if not redis.alive:
             raise RuntimeError(f"redis died during the run:\n{redis.log_tail()}")
         ok = True
@@ -930,10 +961,27 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, on_term)
     out = run(args, argv)
     out["summary"] = report.summarise(out)
-    text = report.markdown(out)
+    if out.get("operators"):
+        out["summary"]["operators"] = operators_summary(out["operators"])
+    text = render(out)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(out, indent=1, default=str))
     print(text)
+
+
+def render(out: dict[str, Any]) -> str:
+    """The report; the operators measurement's part after the rest, its own page with
+    ``--operators-only``."""
+    ops, c = out["summary"].get("operators"), out["config"]
+    if ops is None:
+        return report.markdown(out)
+    if c.get("operators_only") and not c.get("resume_only"):
+        return operators_markdown(out)
+    rest = report.markdown({**out, "logs": None}).rstrip("\n").split("\n")
+    lines = [*rest, "", *(line for block in operators_sections(ops, c) for line in (block, ""))]
+    if out.get("logs"):
+        lines.append(f"Child logs kept in `{out['logs']}`.")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -5,10 +5,23 @@ Pure functions of ``busbench.resume.run``'s result: the workload's three variant
 1.25x targets) and Redis memory and CPU per session.
 """
 
-import statistics
 from typing import Any
 
-from busbench.report.figures import ERROR_KEYS, _figures_per_rep, _phase_medians
+from busbench.report.sidebyside import (
+    RATIO_NOTE,
+    Figure,
+    Variants,
+    comparison_rows,
+    loss_table,
+    num,
+    others_note,
+    page,
+    ratio,
+    repetitions,
+    summary,
+    table,
+    workload_table,
+)
 
 VARIANTS = ("off", "on-plain", "on-session")
 LABEL = {
@@ -16,33 +29,13 @@ LABEL = {
     "on-plain": "on, plain sockets",
     "on-session": "on, session sockets",
 }
+_VARIANTS = Variants(VARIANTS, LABEL)
 LIMIT = 1.25  # the issue's "within 1.25x of resume off in the same run"
-# (label, figure, digits) held to LIMIT, per combination at the fixed rate
-_TARGET_FIGURES = (("hub CPU µs/msg", "server_us", 1), ("p99 ms", "p99", 2))
-
-Row = list[str]
-
-
-def _ratio_val(a: Any, b: Any) -> float | None:
-    return None if a is None or b in (None, 0) else float(a / b)
-
-
-def _ratio(a: Any, b: Any) -> str:
-    r = _ratio_val(a, b)
-    return "-" if r is None else f"{r:.2f}x"
-
-
-def _f(value: Any, digits: int = 1) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:,.{digits}f}"
-    return f"{value:,}"
-
-
-def _table(header: list[str], rows: list[Row], align_first: int = 1) -> str:
-    align = ["---"] * align_first + ["---:"] * (len(header) - align_first)
-    return "\n".join("| " + " | ".join(cells) + " |" for cells in [header, align, *rows])
+# held to LIMIT, per combination at the fixed rate
+_TARGET_FIGURES = (
+    Figure("fixed", "hub CPU µs/msg", "server_us", 1),
+    Figure("fixed", "p99 ms", "p99", 2),
+)
 
 
 # ---- figures ---------------------------------------------------------------------
@@ -72,46 +65,11 @@ def memory_figures(v: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _per_rep_ratios(
-    per: dict[str, dict[str, list[dict[str, Any]]]], variant: str, phase: str, key: str
-) -> list[float]:
-    """variant / off, repetition by repetition (each pair of runs side by side)."""
-    on, off = per.get(variant, {}).get(phase, []), per.get("off", {}).get(phase, [])
-    out = []
-    for a, b in zip(on, off, strict=False):
-        r = _ratio_val(a.get(key), b.get(key))
-        if r is not None:
-            out.append(r)
-    return out
-
-
 def resume_summary(res: dict[str, Any]) -> dict[str, Any]:
     """Per variant and phase: per-repetition figures, medians and ratios to off."""
-    per = _figures_per_rep(res.get("runs") or [])
-    medians = {
-        variant: {name: _phase_medians(reps) for name, reps in phases.items()}
-        for variant, phases in per.items()
-    }
-    phases = list(dict.fromkeys(name for phases in per.values() for name in phases))
-    ratios: dict[str, dict[str, dict[str, Any]]] = {}
-    for variant in VARIANTS[1:]:
-        for name in phases:
-            for key in ("server_us", "p50", "p99", "redis_us", "rt_per_s"):
-                reps = _per_rep_ratios(per, variant, name, key)
-                ratios.setdefault(variant, {}).setdefault(name, {})[key] = {
-                    "of_medians": _ratio_val(
-                        medians.get(variant, {}).get(name, {}).get(key),
-                        medians.get("off", {}).get(name, {}).get(key),
-                    ),
-                    "per_rep": reps,
-                    "median_per_rep": statistics.median(reps) if reps else None,
-                }
-    drops: dict[str, dict[str, float]] = {}
+    runs = res.get("runs") or []
     sessions: dict[str, dict[str, Any]] = {}
-    for run in res.get("runs") or []:
-        for reason, value in (run.get("drops") or {}).items():
-            d = drops.setdefault(run["server"], {})
-            d[reason] = d.get(reason, 0.0) + value
+    for run in runs:
         for key, value in (run.get("session") or {}).items():
             s = sessions.setdefault(run["server"], {})
             if isinstance(value, dict):
@@ -120,19 +78,8 @@ def resume_summary(res: dict[str, Any]) -> dict[str, Any]:
             else:
                 s[key] = s.get(key, 0) + value
     memory = res.get("memory") or {}
-    others = [
-        r["others_cores"]
-        for phases in per.values()
-        for reps in phases.values()
-        for r in reps
-        if r.get("others_cores") is not None
-    ]
     return {
-        "others_cores": statistics.median(others) if others else None,
-        "per_rep": per,
-        "medians": medians,
-        "ratios": ratios,
-        "drops": drops,
+        **summary(runs, _VARIANTS),
         "sessions": sessions,
         "memory": [memory_figures(v) for v in memory.get("variants") or []],
         "hub_argv": res.get("hub_argv") or {},
@@ -150,7 +97,7 @@ def resume_sections(s: dict[str, Any], c: dict[str, Any]) -> list[str]:
         *_targets(s, c),
         *_workload(s, c),
         *_loss(s),
-        *_repetitions(s),
+        *repetitions(s, _VARIANTS),
         *_memory(s["memory"], s.get("memory_hub_argv")),
     ]
 
@@ -170,146 +117,35 @@ def _intro(s: dict[str, Any], c: dict[str, Any]) -> list[str]:
     ]
     if argv:
         bullets += [f"- Hub nodes, {side}: `{cmd}`" for side, cmd in argv.items()]
-    if s.get("others_cores") is not None:
-        bullets.append(
-            f"- Other processes took a median of {s['others_cores']:.2f} of the 2 cores "
-            "during the measured windows"
-            + (
-                ": **a noisy run; latency suffers first, CPU per message least.**"
-                if s["others_cores"] > 0.5
-                else "."
-            )
-        )
+    bullets += others_note(s)
     return ["## Sessions (resume)", "\n".join(bullets)]
 
 
 def _targets(s: dict[str, Any], c: dict[str, Any]) -> list[str]:
-    med, ratios = s["medians"], s["ratios"]
-    rows = []
-    for combo in c.get("resume_combos") or []:
-        phase = f"{combo}/fixed"
-        for label, key, digits in _TARGET_FIGURES:
-            off = med.get("off", {}).get(phase, {}).get(key)
-            for variant in VARIANTS[1:]:
-                on = med.get(variant, {}).get(phase, {}).get(key)
-                r = ratios.get(variant, {}).get(phase, {}).get(key, {})
-                ok = None if r.get("of_medians") is None else r["of_medians"] <= LIMIT
-                per_rep = r.get("median_per_rep")
-                rows.append(
-                    [
-                        f"{label}, {combo}, fixed rate: {LABEL[variant]}",
-                        _f(off, digits),
-                        _f(on, digits),
-                        _ratio(on, off),
-                        "-" if per_rep is None else f"{per_rep:.2f}x",
-                        f"<= {LIMIT}x off",
-                        "-" if ok is None else ("**met**" if ok else "**not met**"),
-                    ]
-                )
+    combos = c.get("resume_combos") or []
+    rows = comparison_rows(s, combos, _TARGET_FIGURES, _VARIANTS, LIMIT)
     header = ["figure", "off", "on", "on / off", "median of per-rep ratios", "target", "verdict"]
     return [
         "### Targets: sessions on against off, same run",
-        _table(header, rows),
-        "*on / off*: the ratio of the medians; *per-rep*: the median of the ratios of "
-        "runs side by side (one repetition each), less exposed to the machine's drift.",
+        table(header, rows),
+        f"*on / off*: {RATIO_NOTE}",
     ]
 
 
-_WORKLOAD_COLUMNS = [
-    "phase",
-    "variant",
-    "frame B",
-    "rt/s",
-    "p50 ms",
-    "p99 ms",
-    "hub CPU µs/msg",
-    "Redis µs/msg",
-    "Redis cores",
-    "hub writes B/msg",
-    "loadgen µs/msg",
-    "loadgen util",
-]
-
-
 def _workload(s: dict[str, Any], c: dict[str, Any]) -> list[str]:
-    med = s["medians"]
-    rows = []
-    for combo in c.get("resume_combos") or []:
-        for kind in ("fixed", "saturation"):
-            phase = f"{combo}/{kind}"
-            off = med.get("off", {}).get(phase)
-            for variant in VARIANTS:
-                m = med.get(variant, {}).get(phase)
-                if not m:
-                    continue
-                rows.append(_workload_row(phase, LABEL[variant], m))
-                if variant != "off" and off:
-                    rows.append(_workload_ratio(phase, f"*{variant} / off*", m, off))
     return [
         "### Workload R with sessions off and on",
-        _table(_WORKLOAD_COLUMNS, rows, 2),
+        workload_table(s, c.get("resume_combos") or [], _VARIANTS),
         "*frame B*: the request as the client's serializer makes it (a session socket "
         "adds 9 bytes of framing). CPU per relayed message from `/proc/<pid>/stat` over "
         "the window: *hub*, both nodes; *Redis*, the redis-server process.",
     ]
 
 
-def _workload_row(phase: str, label: str, m: dict[str, Any]) -> Row:
-    return [
-        phase,
-        label,
-        _f(m["request_bytes"]),
-        _f(m["rt_per_s"], 0),
-        _f(m["p50"], 2),
-        _f(m["p99"], 2),
-        _f(m["server_us"]),
-        _f(m["redis_us"]),
-        _f(m["redis_cores"], 2),
-        _f(m["server_wbytes"], 0),
-        _f(m["loadgen_us"]),
-        _f(m["loadgen_util"], 2),
-    ]
-
-
-def _workload_ratio(phase: str, label: str, m: dict[str, Any], off: dict[str, Any]) -> Row:
-    return [
-        phase,
-        label,
-        "",
-        _ratio(m["rt_per_s"], off["rt_per_s"]),
-        _ratio(m["p50"], off["p50"]),
-        _ratio(m["p99"], off["p99"]),
-        _ratio(m["server_us"], off["server_us"]),
-        _ratio(m["redis_us"], off["redis_us"]),
-        _ratio(m["redis_cores"], off["redis_cores"]),
-        _ratio(m["server_wbytes"], off["server_wbytes"]),
-        "",
-        "",
-    ]
-
-
 def _loss(s: dict[str, Any]) -> list[str]:
-    rows = []
-    for variant in VARIANTS:
-        phases = s["medians"].get(variant)
-        if not phases:
-            continue
-        sent = sum(m["sent"] for m in phases.values())
-        ok = sum(m["ok"] for m in phases.values())
-        errors = [sum(m["errors"][k] for m in phases.values()) for k in ERROR_KEYS]
-        drops = s["drops"].get(variant) or {}
-        rows.append(
-            [
-                LABEL[variant],
-                _f(sent),
-                _f(ok),
-                *(_f(n) for n in errors),
-                ", ".join(f"{k} {v:.0f}" for k, v in sorted(drops.items())) or "-",
-            ]
-        )
     blocks = [
         "### Loss and duplication (sums over repetitions; must all be 0)",
-        _table(["variant", "sent", "ok", *ERROR_KEYS, "hub dropped counters"], rows),
+        loss_table(s, _VARIANTS),
     ]
     sess = s["sessions"].get("on-session")
     if sess:
@@ -319,28 +155,12 @@ def _loss(s: dict[str, Any]) -> list[str]:
             + ", ".join(f"{k}: {v:,}" for k, v in sorted((sess.get("resume") or {}).items()))
             + f"); {sess.get('sent', 0):,} messages sent, {taken:,} taken; "
             f"{sess.get('acks_sent', 0):,} acknowledgements sent "
-            f"({_f(taken / sess['acks_sent'] if sess.get('acks_sent') else None)} messages "
+            f"({num(taken / sess['acks_sent'] if sess.get('acks_sent') else None)} messages "
             f"each), {sess.get('acks_received', 0):,} received from the hub; "
             f"{sess.get('duplicates', 0):,} positions received twice, "
             f"{sess.get('malformed', 0):,} malformed frames."
         )
     return blocks
-
-
-def _repetitions(s: dict[str, Any]) -> list[str]:
-    rows = []
-    for variant in VARIANTS:
-        for phase, reps in s["per_rep"].get(variant, {}).items():
-            if not phase.endswith("/fixed"):
-                continue
-            for key, digits in (("server_us", 1), ("p99", 2)):
-                rows.append(
-                    [LABEL[variant], f"{phase} {key}", " / ".join(_f(r[key], digits) for r in reps)]
-                )
-    if not rows:
-        return []
-    header = ["variant", "figure", "per repetition"]
-    return ["### Repetitions (fixed rate)", _table(header, rows, 2)]
 
 
 _MEMORY_COLUMNS = [
@@ -368,13 +188,13 @@ def _memory(mem: list[dict[str, Any]], hub_argv: str | None) -> list[str]:
             [
                 m["combo"],
                 f"{m['sessions']:,} {m['kind']}",
-                _f(m["message_bytes"]),
-                _f(m["open_b"], 0),
-                _f(m["kept_b"], 0),
-                _f(m["kept_b_per_msg"], 0),
-                _f(m["away_b"], 0),
-                _f(m["redis_us"], 2),
-                _f(m["hub_us"], 1),
+                num(m["message_bytes"]),
+                num(m["open_b"], 0),
+                num(m["kept_b"], 0),
+                num(m["kept_b_per_msg"], 0),
+                num(m["away_b"], 0),
+                num(m["redis_us"], 2),
+                num(m["hub_us"], 1),
                 f"{m['received']:,}/{m['sessions'] * m['messages']:,}"
                 + ("" if m["complete"] else " **incomplete**"),
             ]
@@ -387,12 +207,12 @@ def _memory(mem: list[dict[str, Any]], hub_argv: str | None) -> list[str]:
                     combo,
                     "*session - plain*",
                     "",
-                    _f(_minus(q["open_b"], p["open_b"]), 0),
-                    _f(_minus(q["kept_b"], p["kept_b"]), 0),
-                    _f(_minus(q["kept_b_per_msg"], p["kept_b_per_msg"]), 0),
-                    _f(_minus(q["away_b"], p["away_b"]), 0),
-                    _ratio(q["redis_us"], p["redis_us"]),
-                    _ratio(q["hub_us"], p["hub_us"]),
+                    num(_minus(q["open_b"], p["open_b"]), 0),
+                    num(_minus(q["kept_b"], p["kept_b"]), 0),
+                    num(_minus(q["kept_b_per_msg"], p["kept_b_per_msg"]), 0),
+                    num(_minus(q["away_b"], p["away_b"]), 0),
+                    ratio(q["redis_us"], p["redis_us"]),
+                    ratio(q["hub_us"], p["hub_us"]),
                     "",
                 ]
             )
@@ -400,7 +220,7 @@ def _memory(mem: list[dict[str, Any]], hub_argv: str | None) -> list[str]:
     return [
         f"### Redis memory and CPU per session ({first['sessions']:,} agents, "
         f"{first['messages']} messages each, never acknowledged)",
-        _table(_MEMORY_COLUMNS, rows),
+        table(_MEMORY_COLUMNS, rows),
         "One fresh node and Redis"
         + (f" (`{hub_argv}`)" if hub_argv else "")
         + ". Each measured socket `rsA{i}` has a plain partner `rsB{i}` that sends it M "
@@ -423,21 +243,4 @@ def _minus(a: Any, b: Any) -> float | None:
 
 def resume_markdown(out: dict[str, Any]) -> str:
     """The whole report of a ``--resume-only`` run."""
-    c = out["config"]
-    bullets = [
-        f"- Command: `{out['command']}`",
-        f"- Machine: {out['machine']}",
-        f"- Host: {out['host']}; {out['versions']}",
-    ]
-    if out.get("code"):
-        bullets.append(f"- Code: {out['code']}")
-    bullets.append(f"- Elapsed: {out['elapsed_s']:.0f} s")
-    blocks = [
-        "# bushub-bench: sessions (resume)",
-        "\n".join(bullets),
-        *resume_sections(out["summary"]["resume"], c),
-    ]
-    lines = [line for block in blocks for line in (block, "")]
-    if out.get("logs"):
-        lines.append(f"Child logs kept in `{out['logs']}`.")
-    return "\n".join(lines)
+    return page(out, "sessions (resume)", resume_sections(out["summary"]["resume"], out["config"]))
