@@ -43,8 +43,15 @@ system-deps:
 run: $(STAMP)
 	$(VENV)/bin/bushub serve
 
+# The suite runs in TEST_JOBS processes (pytest-xdist); tests marked serial bound time
+# under faults or load, so they run afterwards, alone. Exit status 5 (nothing
+# selected, e.g. PYTEST_ARGS naming a file without serial tests) is not a failure.
+TEST_JOBS ?= 2
 test: $(STAMP) $(UVICORN_FLOOR)/.installed system-deps
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_JOBS) -m "not serial" $(PYTEST_ARGS); \
+	  status=$$?; [ $$status -eq 0 ] || [ $$status -eq 5 ] || exit $$status
+	$(PY) -m pytest -q -m serial $(PYTEST_ARGS); \
+	  status=$$?; [ $$status -eq 0 ] || [ $$status -eq 5 ] || exit $$status
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -37,7 +37,8 @@ from tests.integration.procs import TIMEOUT, AgentProcess, RedisServer
 from tests.support.reports import register_log
 from tests.support.waiting import wait_until
 
-pytestmark = pytest.mark.integration
+# Bounds time under faults or load: run alone (see the Makefile).
+pytestmark = [pytest.mark.integration, pytest.mark.serial]
 
 RECONNECTING = [("subagents", "rs1"), ("subagents", "rs2"), ("pipecat", "rp1"), ("pipecat", "rp2")]
 STOCK = [("subagents", "ss1"), ("pipecat", "sp1")]

@@ -16,7 +16,8 @@ from tests.deployment.lb import LbHubNode
 from tests.integration.procs import TIMEOUT, AgentProcess
 from tests.support.reports import register_log
 
-pytestmark = pytest.mark.integration
+# Bounds time under faults or load: run alone (see the Makefile).
+pytestmark = [pytest.mark.integration, pytest.mark.serial]
 
 DIALECTS = ("subagents", "pipecat")
 

@@ -44,7 +44,8 @@ from tests.integration.procs import TIMEOUT, AgentProcess, RedisServer
 from tests.support.reports import register_log
 from tests.support.waiting import wait_until
 
-pytestmark = pytest.mark.integration
+# Bounds time under faults or load: run alone (see the Makefile).
+pytestmark = [pytest.mark.integration, pytest.mark.serial]
 
 DIALECTS = ["subagents", "pipecat"]
 FRAMES_PER_SECOND = 20

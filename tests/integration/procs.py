@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import pytest
-from busbench.procs import free_port
 
 from tests.integration.redis_auth import RedisAuth
+from tests.support.ports import free_port
 from tests.support.reports import register_log
 from tests.support.waiting import TIMEOUT, wait_until
 

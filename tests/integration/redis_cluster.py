@@ -6,60 +6,17 @@ Started with ``redis-server --cluster-enabled yes`` and joined with
 """
 
 import contextlib
-import random
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 from tests.integration.procs import TIMEOUT, RedisServer, Service
 from tests.integration.redis_auth import RedisAuth
+from tests.support.ports import cluster_port
 from tests.support.waiting import wait_until
 
-# A cluster node also listens on its port + 10000 for the cluster bus.
-_CLUSTER_BUS_OFFSET = 10_000
 # Attempts at starting a node, each on newly chosen ports.
 _START_ATTEMPTS = 5
-
-
-def _port_is_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _cluster_port_range() -> tuple[int, int]:
-    """Ports whose bus port (+10000) is below the kernel's ephemeral range, so that
-    no outgoing connection on the machine (the cluster's own bus links among them)
-    can take either between the check and redis-server's bind."""
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            ephemeral_low = int(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        ephemeral_low = 0
-    high = ephemeral_low - _CLUSTER_BUS_OFFSET - 1
-    return (20_000, high) if high - 20_000 >= 1_000 else (20_000, 55_535)
-
-
-# Ports handed out in this process: nodes are placed before any of them binds, so a
-# port free at the check could go to two nodes (the second then answers PONG with the
-# first one's server, and the cluster is created with one address twice).
-_HANDED_OUT: set[int] = set()
-
-
-def cluster_port() -> int:
-    """A free port whose cluster-bus port (+10000) is free too, given out once."""
-    low, high = _cluster_port_range()
-    while True:
-        port = random.randint(low, high)
-        if port in _HANDED_OUT or port == 6379:
-            continue
-        if _port_is_free(port) and _port_is_free(port + _CLUSTER_BUS_OFFSET):
-            _HANDED_OUT.add(port)
-            return port
 
 
 class ClusterNodeServer(RedisServer):

@@ -3,8 +3,11 @@
 The direct data path (``bushub.wsprotocol``) subclasses uvicorn's sans-I/O WebSocket
 protocol and uses parts of it that are not public API, so the declared lower bound is
 a claim that only a run on that release can back. ``make test`` installs that release
-beside the venv (``.venv/uvicorn-floor``); this test reruns the hub's unit tests, which
-serve real sockets through that protocol, with it first on the path.
+beside the venv (``.venv/uvicorn-floor``); this test reruns, with it first on the path,
+the hub's unit tests that serve real sockets through that protocol and are about the
+socket itself (framing, flow control, closing, the fallback path, bad input): the ones
+about presence, takeover or the operator API go through the same protocol code and
+would only repeat it at a minute of the suite's time.
 """
 
 import os
@@ -16,6 +19,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 FLOOR_DIR = ROOT / ".venv" / "uvicorn-floor"
 HUB_UNIT_TESTS = ROOT / "tests" / "unit" / "bushub"
+SOCKET_TESTS = (
+    "test_wsprotocol.py",
+    "test_fallback_path.py",
+    "test_backpressure.py",
+    "test_read_backpressure.py",
+    "test_close_accounting.py",
+    "test_bad_input.py",
+    "test_routing.py",
+    "test_formats.py",
+    "test_params.py",
+    "test_paths.py",
+    "test_complexity.py",
+    "test_metrics.py",
+)
 
 
 def declared_floor() -> str:
@@ -42,7 +59,8 @@ def test_the_hub_unit_tests_pass_on_the_declared_uvicorn_floor() -> None:
     assert FLOOR_DIR.is_dir(), "run `make test`: it installs the uvicorn floor"
     seen = _run(["-c", "import uvicorn; print(uvicorn.__version__)"], 60)
     assert seen.stdout.strip() == floor, seen.stdout + seen.stderr
-    result = _run(["-m", "pytest", "-q", "-p", "no:cacheprovider", str(HUB_UNIT_TESTS)], 600)
+    tests = [str(HUB_UNIT_TESTS / name) for name in SOCKET_TESTS]
+    result = _run(["-m", "pytest", "-q", "-p", "no:cacheprovider", *tests], 600)
     tail = "\n".join(result.stdout.splitlines()[-30:])
     assert result.returncode == 0, f"hub unit tests on uvicorn {floor}:\n{tail}{result.stderr}"
     assert re.search(r"\d+ passed", tail), tail

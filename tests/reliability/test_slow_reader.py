@@ -17,7 +17,8 @@ from tests.reliability.harness import FaultNode, Inbox, RawSocket, in_thread, pe
 from tests.support.messages import encode, task_request
 from tests.support.waiting import until
 
-pytestmark = pytest.mark.integration
+# Bounds time under faults or load: run alone (see the Makefile).
+pytestmark = [pytest.mark.integration, pytest.mark.serial]
 
 QUEUE_BYTES = 262_144
 FLAGS = {"queue_bytes": QUEUE_BYTES, "max_message_bytes": 65_536}

@@ -21,7 +21,8 @@ import pytest
 from tests.security.conftest import _start, _stop
 from tests.security.helpers import Peer, SecureHub, task_request, wait_for_metric
 
-pytestmark = pytest.mark.integration
+# Bounds time under faults or load: run alone (see the Makefile).
+pytestmark = [pytest.mark.integration, pytest.mark.serial]
 
 BOMBS = 3
 # Far above what a round trip costs behind three refused bombs (about 0.1 s of CPU
