@@ -52,8 +52,8 @@ from pipecat.workers.base_worker import BaseWorker
 from pipecat.workers.proxy.websocket import WebSocketProxyClient
 from websockets.asyncio.client import ClientConnection
 
+from busclient.linkevents import LinkEvents
 from busclient.reconnecting import (
-    Disconnect,
     OutboundBuffer,
     ReconnectingLink,
     ReconnectPolicy,
@@ -61,7 +61,7 @@ from busclient.reconnecting import (
 )
 
 
-class ReconnectingWebSocketProxyClient(WebSocketProxyClient):
+class ReconnectingWebSocketProxyClient(LinkEvents, WebSocketProxyClient):
     """``WebSocketProxyClient`` that reconnects through the same URL and buffers.
 
     Event handlers available:
@@ -91,6 +91,8 @@ class ReconnectingWebSocketProxyClient(WebSocketProxyClient):
         session: Speak sessions with a hub that answers them (exactly-once delivery).
         Every other argument is the stock proxy's.
     """
+
+    _kind = "Worker"
 
     def __init__(
         self,
@@ -188,38 +190,6 @@ class ReconnectingWebSocketProxyClient(WebSocketProxyClient):
         await self._link.send(self._serializer.serialize(message))
 
     # ---- link hooks ----------------------------------------------------------------
-
-    async def link_connected(self, websocket: ClientConnection, first: bool, attempts: int) -> None:
-        if first:
-            logger.debug(f"Worker '{self}': connected to {self._url}")
-            await self._call_event_handler("on_connected", websocket)
-        else:
-            logger.info(
-                f"Worker '{self}': reconnected after {attempts} attempt(s); "
-                f"sending {self._link.stats.buffered + self._link.stats.unacked} held message(s)"
-            )
-            await self._call_event_handler("on_reconnected", websocket, attempts)
-
-    async def link_resumed(self, result: str, epoch: str) -> None:
-        if not self._link.stats.last_resume_lost:
-            logger.debug(f"Worker '{self}': session {result} (epoch {epoch!r})")
-            return
-        logger.warning(
-            f"Worker '{self}': session {result} (epoch {epoch!r}): messages from the hub were lost"
-        )
-        await self._call_event_handler("on_resume_gap", result, epoch)
-
-    async def link_reconnecting(self, disconnect: Disconnect, attempt: int, delay: float) -> None:
-        logger.warning(
-            f"Worker '{self}': {disconnect.describe()}; reconnect attempt {attempt} in {delay:.2f}s"
-        )
-        await self._call_event_handler("on_reconnecting", disconnect, attempt, delay)
-
-    async def link_gave_up(
-        self, websocket: ClientConnection | None, disconnect: Disconnect, reason: str
-    ) -> None:
-        logger.warning(f"Worker '{self}': WebSocket connection closed for good: {reason}")
-        await self._call_event_handler("on_disconnected", websocket)
 
     async def link_frame(self, data: bytes | str) -> None:
         """The stock receive loop's filter, one frame at a time."""

@@ -55,8 +55,8 @@ from pipecat_subagents.bus import BusAgentRegistryMessage
 from pipecat_subagents.bus.messages import BusLocalMessage
 from websockets.asyncio.client import ClientConnection
 
+from busclient.linkevents import LinkEvents
 from busclient.reconnecting import (
-    Disconnect,
     OutboundBuffer,
     ReconnectingLink,
     ReconnectPolicy,
@@ -64,7 +64,7 @@ from busclient.reconnecting import (
 )
 
 
-class ReconnectingWebSocketProxyClientAgent(WebSocketProxyClientAgent):  # type: ignore[misc]
+class ReconnectingWebSocketProxyClientAgent(LinkEvents, WebSocketProxyClientAgent):  # type: ignore[misc]
     """``WebSocketProxyClientAgent`` that reconnects through the same URL and buffers.
 
     Event handlers available:
@@ -198,38 +198,6 @@ class ReconnectingWebSocketProxyClientAgent(WebSocketProxyClientAgent):  # type:
         await self._link.send(self._serializer.serialize(message))
 
     # ---- link hooks ----------------------------------------------------------------
-
-    async def link_connected(self, websocket: ClientConnection, first: bool, attempts: int) -> None:
-        if first:
-            logger.debug(f"Agent '{self}': connected to {self._url}")
-            await self._call_event_handler("on_connected", websocket)
-        else:
-            logger.info(
-                f"Agent '{self}': reconnected after {attempts} attempt(s); "
-                f"sending {self._link.stats.buffered + self._link.stats.unacked} held message(s)"
-            )
-            await self._call_event_handler("on_reconnected", websocket, attempts)
-
-    async def link_resumed(self, result: str, epoch: str) -> None:
-        if not self._link.stats.last_resume_lost:
-            logger.debug(f"Agent '{self}': session {result} (epoch {epoch!r})")
-            return
-        logger.warning(
-            f"Agent '{self}': session {result} (epoch {epoch!r}): messages from the hub were lost"
-        )
-        await self._call_event_handler("on_resume_gap", result, epoch)
-
-    async def link_reconnecting(self, disconnect: Disconnect, attempt: int, delay: float) -> None:
-        logger.warning(
-            f"Agent '{self}': {disconnect.describe()}; reconnect attempt {attempt} in {delay:.2f}s"
-        )
-        await self._call_event_handler("on_reconnecting", disconnect, attempt, delay)
-
-    async def link_gave_up(
-        self, websocket: ClientConnection | None, disconnect: Disconnect, reason: str
-    ) -> None:
-        logger.warning(f"Agent '{self}': WebSocket connection closed for good: {reason}")
-        await self._call_event_handler("on_disconnected", websocket)
 
     async def link_frame(self, data: bytes | str) -> None:
         """The stock receive loop's filter, one frame at a time."""
