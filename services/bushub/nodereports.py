@@ -17,6 +17,7 @@ import orjson
 
 from bushub.connection import Connection
 from bushub.metrics import Metrics
+from bushub.ondemand import OnDemandTask
 from bushub.opsnotices import Watched
 from buswire.channels import console_channel
 
@@ -78,7 +79,7 @@ class NodeReporter:
         self._state = state
         self._watched = watched
         self._publish = publish
-        self._task: asyncio.Task[None] | None = None
+        self._task = OnDemandTask(self._run, "reports")
         self._last_counts = (0, 0)
         self._last_at = time.monotonic()
         self._rates = (0.0, 0.0)
@@ -123,23 +124,17 @@ class NodeReporter:
 
     def watch_heard(self) -> None:
         """A console notice came: report at once, then every second while it holds."""
-        if self._task is None and self._watched.console_watching:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="reports")
+        if self._watched.console_watching:
+            self._task.ensure()
 
     async def _run(self) -> None:
-        try:
-            while self._watched.console_watching:
-                self._publish(console_channel(), orjson.dumps(self.report()))
-                await asyncio.sleep(REPORT_EVERY)
-        finally:
-            self._task = None
+        while self._watched.console_watching:
+            self._publish(console_channel(), orjson.dumps(self.report()))
+            await asyncio.sleep(REPORT_EVERY)
 
     async def close(self) -> None:
         """Stop reporting."""
-        task = self._task
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await self._task.close()
 
 
 def _dropped_by_reason(metrics: Metrics) -> dict[str, float]:
@@ -175,7 +170,7 @@ class ConsoleView:
         self._reports: dict[str, tuple[float, dict[str, Any]]] = {}
         self._listening_until = 0.0
         self._subscribed = False
-        self._task: asyncio.Task[None] | None = None
+        self._task = OnDemandTask(self._stop_listening_later, "console-view")
 
     def on_report(self, data: bytes) -> None:
         """A report from the console channel."""
@@ -195,10 +190,7 @@ class ConsoleView:
         if not self._subscribed:
             self._subscribed = True
             await self._subscribe(True)
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(
-                self._stop_listening_later(), name="console-view"
-            )
+        self._task.ensure()
         own = self._reporter.report()
         reports = {
             node: report
@@ -216,20 +208,14 @@ class ConsoleView:
         return {"node": own["node"], "nodes": nodes, "agents": agents, "truncated": truncated}
 
     async def _stop_listening_later(self) -> None:
-        try:
-            # A deadline each answer pushes out, not an event to wait for.
-            while (left := self._listening_until - time.monotonic()) > 0:  # noqa: ASYNC110
-                await asyncio.sleep(left)
-            self._reports.clear()
-            if self._subscribed:
-                self._subscribed = False
-                await self._subscribe(False)
-        finally:
-            self._task = None
+        # A deadline each answer pushes out, not an event to wait for.
+        while (left := self._listening_until - time.monotonic()) > 0:  # noqa: ASYNC110
+            await asyncio.sleep(left)
+        self._reports.clear()
+        if self._subscribed:
+            self._subscribed = False
+            await self._subscribe(False)
 
     async def close(self) -> None:
         """Stop listening."""
-        task = self._task
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await self._task.close()

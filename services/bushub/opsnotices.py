@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import orjson
 
+from bushub.ondemand import OnDemandTask
 from buswire.channels import ops_channel
 
 # A notice holds this long unless renewed; renewals come three times in it, so one
@@ -98,7 +99,7 @@ class Announcer:
         self._publish = publish
         self._taps: set[str] = set()
         self._console_until = 0.0
-        self._task: asyncio.Task[None] | None = None
+        self._task = OnDemandTask(self._renew, "notices")
 
     def set_taps(self, agents: set[str]) -> None:
         """Keep announcing a tap on each of ``agents`` (new ones at once)."""
@@ -118,31 +119,25 @@ class Announcer:
     @property
     def renewing(self) -> bool:
         """True while some notice is still being renewed."""
-        return self._task is not None
+        return self._task.running
 
     def _ensure_running(self) -> None:
-        if self._task is None and self._wanted():
-            self._task = asyncio.get_running_loop().create_task(self._renew(), name="notices")
+        if self._wanted():
+            self._task.ensure()
 
     def _wanted(self) -> bool:
         return bool(self._taps) or time.monotonic() < self._console_until
 
     async def _renew(self) -> None:
-        try:
-            while True:
-                await asyncio.sleep(RENEW_EVERY)
-                if not self._wanted():
-                    return
-                for agent in self._taps:
-                    self._publish(ops_channel(), tap_notice(agent))
-                if time.monotonic() < self._console_until:
-                    self._publish(ops_channel(), watch_notice())
-        finally:
-            self._task = None
+        while True:
+            await asyncio.sleep(RENEW_EVERY)
+            if not self._wanted():
+                return
+            for agent in self._taps:
+                self._publish(ops_channel(), tap_notice(agent))
+            if time.monotonic() < self._console_until:
+                self._publish(ops_channel(), watch_notice())
 
     async def close(self) -> None:
         """Stop renewing; what was announced lapses by itself."""
-        task = self._task
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await self._task.close()

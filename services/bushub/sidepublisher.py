@@ -6,13 +6,13 @@ holds is dropped and counted, not retried. The relay's ``Publisher`` keeps order
 holds messages through outages; none of that is worth anything for a debugging view.
 """
 
-import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable
 
 from bushub.broker import Broker
 from bushub.broker.base import PartialPublish
+from bushub.ondemand import OnDemandTask
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ class SidePublisher:
         self._capacity = capacity
         self._dropped = dropped
         self._queue: deque[tuple[str, bytes]] = deque()
-        self._task: asyncio.Task[None] | None = None
+        self._task = OnDemandTask(self._run, "side-publish")
         self._closed = False
 
     def publish(self, channel: str, data: bytes) -> bool:
@@ -42,28 +42,23 @@ class SidePublisher:
             self._dropped(1)
             return False
         self._queue.append((channel, data))
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="side-publish")
+        self._task.ensure()
         return True
 
     async def _run(self) -> None:
-        try:
-            while self._queue:
-                batch = [self._queue.popleft() for _ in range(min(_BATCH, len(self._queue)))]
-                try:
-                    await self._broker.publish_many(batch)
-                except PartialPublish as exc:
-                    self._dropped(sum(count is None for count in exc.counts))
-                except (ConnectionError, OSError, TimeoutError) as exc:
-                    log.debug("operator traffic not published: %s", exc)
-                    self._dropped(len(batch))
-        finally:
-            self._task = None
+        while self._queue:
+            batch = [self._queue.popleft() for _ in range(min(_BATCH, len(self._queue)))]
+            try:
+                await self._broker.publish_many(batch)
+            except PartialPublish as exc:
+                self._dropped(sum(count is None for count in exc.counts))
+            except (ConnectionError, OSError, TimeoutError) as exc:
+                log.debug("operator traffic not published: %s", exc)
+                self._dropped(len(batch))
 
     async def flushed(self) -> None:
         """Wait until what is queued now has been handed to the broker (or dropped)."""
-        while (task := self._task) is not None:
-            await asyncio.shield(task)
+        await self._task.finished()
 
     async def close(self) -> None:
         """Drop what is queued and wait for the task to end."""
@@ -71,10 +66,7 @@ class SidePublisher:
         if self._queue:
             self._dropped(len(self._queue))
             self._queue.clear()
-        task = self._task
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await self._task.close()
 
     @property
     def pending(self) -> int:
