@@ -124,8 +124,14 @@ class TapRecorder:
         watched = self._watched
         taps: list[tuple[str, str]] = []
         for name, direction in ((source, "sent"), (agent, "sent"), (target, "received")):
-            if name is not None and watched.is_tapped(name) and all(n != name for n, _ in taps):
+            if name is None or not watched.is_tapped(name) or any(n == name for n, _ in taps):
+                continue
+            # The bound comes first: past it, the message is not even summarised.
+            if self._rate.take():
                 taps.append((name, direction))
+            else:
+                self._lost[name] += 1
+                self._counted("dropped", 1)
         if not taps:
             return
         event: dict[str, Any] = {
@@ -140,10 +146,6 @@ class TapRecorder:
             "body": summarise(tree),
         }
         for name, direction in taps:
-            if not self._rate.take():
-                self._lost[name] += 1
-                self._counted("dropped", 1)
-                continue
             event["direction"] = direction
             lost = self._lost.pop(name, 0)
             if lost:

@@ -1,0 +1,106 @@
+"""The tap's recording side (bushub.taps.TapRecorder) and its summaries, without I/O."""
+
+import json
+import time
+from typing import Any
+
+from bushub.opsnotices import Watched, tap_notice
+from bushub.taps import EVENT_RATE, TapRecorder, summarise
+from buswire import Format
+
+
+class Side:
+    """Stands in for the side publisher: keeps what it is given."""
+
+    def __init__(self, takes: bool = True) -> None:
+        self.takes = takes
+        self.published: list[tuple[str, dict[str, Any]]] = []
+
+    def publish(self, channel: str, data: bytes) -> bool:
+        if self.takes:
+            self.published.append((channel, json.loads(data)))
+        return self.takes
+
+
+def recorder(side: Side, *tapped: str) -> tuple[TapRecorder, dict[str, int]]:
+    watched = Watched()
+    for agent in tapped:
+        watched.heard(tap_notice(agent))
+    counts = {"published": 0, "dropped": 0}
+
+    def counted(outcome: str, n: int) -> None:
+        counts[outcome] += n
+
+    return TapRecorder("n1", watched, side, counted), counts  # type: ignore[arg-type]
+
+
+def test_the_node_bound_drops_before_summarising_and_later_events_say_how_many() -> None:
+    side = Side()
+    tap, counts = recorder(side, "b")
+    summarised = 0
+
+    class Counted(dict[str, Any]):
+        def items(self) -> Any:  # summarise walks a map by its items
+            nonlocal summarised
+            summarised += 1
+            return super().items()
+
+    over = 2 * int(EVENT_RATE)
+    for _ in range(over):  # in well under a second: past the bucket's burst of a second
+        tap.seen("a", "m.T", "a", "b", Counted(x=1), 10, Format.JSON)
+    assert counts["published"] == len(side.published) == summarised
+    assert counts["dropped"] == over - counts["published"] > 0
+    time.sleep(2 / EVENT_RATE)
+    tap.seen("a", "m.T", "a", "b", {"x": 1}, 10, Format.JSON)
+    # Every drop is told, in the events that got through after it.
+    assert sum(event.get("lost", 0) for _, event in side.published) == counts["dropped"]
+    assert side.published[-1][0] == "bushub:tap:{b}"
+
+
+def test_one_event_per_tapped_name_with_its_direction() -> None:
+    side = Side()
+    tap, _ = recorder(side, "a", "b", "sock")
+    tap.seen("sock", "m.T", "a", "b", {"k": "v"}, 5, Format.MSGPACK)
+    got = {channel: event["direction"] for channel, event in side.published}
+    assert got == {
+        "bushub:tap:{a}": "sent",
+        "bushub:tap:{sock}": "sent",
+        "bushub:tap:{b}": "received",
+    }
+    assert all(e["format"] == "msgpack" and e["node"] == "n1" for _, e in side.published)
+    side.published.clear()
+    tap.seen("x", "m.T", "x", "y", {}, 5, Format.JSON)  # nobody tapped
+    assert side.published == []
+
+
+def test_a_refusing_publisher_counts_drops_and_they_are_told_later() -> None:
+    side = Side(takes=False)
+    tap, counts = recorder(side, "b")
+    tap.seen("a", "m.T", "a", "b", {}, 1, Format.JSON)
+    tap.seen("a", "m.T", "a", "b", {}, 1, Format.JSON)
+    assert counts == {"published": 0, "dropped": 2}
+    side.takes = True
+    tap.seen("a", "m.T", "a", "b", {}, 1, Format.JSON)
+    assert side.published[0][1]["lost"] == 2
+
+
+def test_summaries_show_bytes_as_sizes_and_cut_what_is_long() -> None:
+    tree = {
+        "__type__": "m.T",
+        "__data__": {
+            "raw": b"\x00" * 640,
+            "tagged": {"__type__": "bytes", "__data__": "AAECAw=="},
+            "bad": {"__type__": "bytes", "__data__": "not base64!"},
+            "text": "y" * 600,
+            "many": list(range(150)),
+        },
+    }
+    shown = summarise(tree)["__data__"]
+    assert shown["raw"] == "<640 bytes>" and shown["tagged"] == "<4 bytes>"
+    assert shown["bad"] == "<11 chars of base64>"
+    assert shown["text"].startswith("y" * 512) and shown["text"].endswith("(+88 chars)")
+    assert len(shown["many"]) == 101 and shown["many"][-1] == "… +50 items"
+    deep: Any = "leaf"
+    for _ in range(40):
+        deep = [deep]
+    assert "…" in json.dumps(summarise(deep), ensure_ascii=False)
