@@ -93,9 +93,13 @@ def add_operator_routes(app: FastAPI, hub: Hub, verifier: TokenVerifier) -> None
             validate_agent_name(agent)
         except DecodeError:
             return JSONResponse({"error": f"not an agent name: {agent!r}"}, 400)
-        stream = await operators.streams.open(agent)
+        if hub.draining:
+            return JSONResponse({"error": "this node is draining: tap through another"}, 503)
 
         async def body() -> AsyncIterator[bytes]:
+            # Opened here, not before the response: a reader gone before the body starts
+            # must not leave a tap behind (a generator that never ran never cleans up).
+            stream = await operators.streams.open(agent)
             try:
                 async for chunk in event_stream(stream, hub.node_id):
                     yield chunk

@@ -264,6 +264,18 @@ async def test_tap_needs_the_admin_token_and_an_agent_name(node: RunningHub) -> 
     assert node.hub.operators.streams.open_count == 0
 
 
+async def test_a_draining_node_serves_no_new_tap(node: RunningHub) -> None:
+    node.hub.draining = True  # as SIGTERM sets it: the node is about to go
+    try:
+        async with httpx.AsyncClient(base_url=node.http_url, timeout=TIMEOUT) as client:
+            response = await client.get("/api/tap/b", headers=admin())
+        assert response.status_code == 503
+        assert "draining" in response.json()["error"]
+        assert node.hub.operators.streams.open_count == 0
+    finally:
+        node.hub.draining = False
+
+
 # ---- GET /api/cluster ----------------------------------------------------------
 
 
