@@ -50,7 +50,9 @@ def add_operator_routes(app: FastAPI, hub: Hub, verifier: TokenVerifier) -> None
 
     @app.get("/console")
     async def console_page() -> Response:
-        return Response(console.page(), media_type="text/html; charset=utf-8")
+        # Off without --admin-token, like the rest: 403, with the page, which says so.
+        status = 200 if admin_token else 403
+        return Response(console.page(), status, media_type="text/html; charset=utf-8")
 
     @app.get("/agents")
     async def agents(request: Request) -> JSONResponse:

@@ -147,11 +147,16 @@ async def test_send_needs_a_token(node: RunningHub) -> None:
         assert response.status_code == 401, headers
 
 
-async def test_send_is_off_without_admin_token_or_token_auth() -> None:
+async def test_send_and_the_console_are_off_without_admin_token_or_token_auth() -> None:
     async with running_hub(small_settings()) as bare:
         response = await post_send(bare, as_json(task_request("s", "w")), admin())
+        async with httpx.AsyncClient(base_url=bare.http_url, timeout=TIMEOUT) as client:
+            page = await client.get("/console")
+            cluster = await client.get("/api/cluster", headers=admin())
     assert response.status_code == 403
     assert "--admin-token" in response.json()["error"]
+    assert page.status_code == 403 and page.headers["content-type"].startswith("text/html")
+    assert cluster.status_code == 403
 
 
 async def test_an_agent_token_may_send_within_its_grant() -> None:
