@@ -60,8 +60,12 @@ def add_operator_routes(app: FastAPI, hub: Hub, verifier: TokenVerifier) -> None
         refused = _refusal(admin_token, _bearer(request))
         if refused is not None:
             return refused
+        try:
+            records = await hub.broker.scan_records(presence_key("*"))
+        except ConnectionError as exc:  # unreachable, or refusing (BrokerRefused)
+            return JSONResponse({"error": f"the broker did not answer: {exc}"}, 503)
         rows = []
-        for raw in await hub.broker.scan_records(presence_key("*")):
+        for raw in records:
             try:
                 record = decode_record(raw)
             except DecodeError:

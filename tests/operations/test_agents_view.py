@@ -1,5 +1,6 @@
 """``GET /agents``: cluster-wide presence for operators, behind the admin token."""
 
+import json
 import time
 from typing import Any
 
@@ -75,3 +76,19 @@ def test_agents_needs_the_admin_token(ops: OpsCluster) -> None:
     assert off.get("/agents")[0] == 403
     assert off.get("/agents", ADMIN_TOKEN)[0] == 403
     assert off.get("/agents", "")[0] == 403
+
+
+def test_with_redis_away_agents_says_so_and_the_console_shows_the_node_down(
+    ops: OpsCluster,
+) -> None:
+    (node,) = ops.nodes_ready("r1")
+    assert ops.redis is not None
+    ops.redis.stop()
+    assert wait_until(lambda: node.get("/readyz")[0] == 503, timeout=2 * PRESENCE_TTL)
+    status, body = node.get("/agents", ADMIN_TOKEN)
+    assert status == 503, body
+    assert b"the broker did not answer" in body
+    status, body = node.get("/api/cluster", ADMIN_TOKEN)
+    assert status == 200, body
+    [report] = json.loads(body)["nodes"]
+    assert report["node"] == "r1" and report["broker"] == "down" and report["ready"] is False
