@@ -52,7 +52,16 @@ def add_operator_routes(app: FastAPI, hub: Hub, verifier: TokenVerifier) -> None
     async def console_page() -> Response:
         # Off without --admin-token, like the rest: 403, with the page, which says so.
         status = 200 if admin_token else 403
-        return Response(console.page(), status, media_type="text/html; charset=utf-8")
+        return Response(
+            console.page(),
+            status,
+            # Never inside another site's frame (the page holds an admin token).
+            headers={
+                "x-frame-options": "DENY",
+                "content-security-policy": "frame-ancestors 'none'",
+            },
+            media_type="text/html; charset=utf-8",
+        )
 
     @app.get("/agents")
     async def agents(request: Request) -> JSONResponse:

@@ -318,4 +318,6 @@ async def test_console_page_is_served(node: RunningHub) -> None:
         response = await client.get("/console")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/html")
-    assert b"/api/cluster" in response.content
+    assert b"api/cluster" in response.content
+    assert response.headers["x-frame-options"] == "DENY"
+    assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
