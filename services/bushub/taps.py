@@ -227,10 +227,15 @@ class TapStreams:
         no event a node publishes after hearing the notice is missed; returns once the
         broker has passed the notice on, so the tap sees what follows its opening."""
         stream = TapStream(agent)
-        await self._subscriptions.acquire(tap_channel(agent))
         self._streams[agent].add(stream)
-        self._want_notices(set(self._streams))
-        await self._notices_out()
+        try:
+            # acquire() counts the want before it first waits: close() gives it back.
+            await self._subscriptions.acquire(tap_channel(agent))
+            self._want_notices(set(self._streams))
+            await self._notices_out()
+        except BaseException:  # the reader went away meanwhile: leave nothing behind
+            await self.close(stream)
+            raise
         return stream
 
     async def close(self, stream: TapStream) -> None:

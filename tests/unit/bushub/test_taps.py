@@ -1,11 +1,15 @@
-"""The tap's recording side (bushub.taps.TapRecorder) and its summaries, without I/O."""
+"""Taps without sockets: the recording side (TapRecorder), its summaries, and a tap
+stream's opening (TapStreams)."""
 
+import asyncio
 import json
 import time
 from typing import Any
 
+from bushub.broker import MemoryBroker
 from bushub.opsnotices import Watched, tap_notice
-from bushub.taps import EVENT_RATE, TapRecorder, summarise
+from bushub.subscriptions import Subscriptions
+from bushub.taps import EVENT_RATE, TapRecorder, TapStreams, summarise
 from buswire import Format
 
 
@@ -104,3 +108,17 @@ def test_summaries_show_bytes_as_sizes_and_cut_what_is_long() -> None:
     for _ in range(40):
         deep = [deep]
     assert "…" in json.dumps(summarise(deep), ensure_ascii=False)
+
+
+async def test_a_tap_whose_reader_leaves_while_it_opens_leaves_nothing_behind() -> None:
+    subscriptions = Subscriptions(MemoryBroker())
+    wanted: list[set[str]] = []
+    never = asyncio.Event()
+    streams = TapStreams(subscriptions, wanted.append, never.wait, lambda n: None)
+    opening = asyncio.create_task(streams.open("b"))
+    await asyncio.sleep(0.01)
+    assert streams.open_count == 1 and len(subscriptions) == 1
+    opening.cancel()
+    await asyncio.gather(opening, return_exceptions=True)
+    assert streams.open_count == 0 and len(subscriptions) == 0
+    assert wanted[-1] == set()  # its notice is no longer renewed
