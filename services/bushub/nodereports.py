@@ -187,10 +187,12 @@ class ConsoleView:
         now = time.monotonic()
         self._watch(self.WATCH_FOR)
         self._listening_until = now + self.WATCH_FOR
+        # The task that lets go of the subscription first: a request cancelled while it
+        # subscribes must not leave the channel held.
+        self._task.ensure()
         if not self._subscribed:
             self._subscribed = True
             await self._subscribe(True)
-        self._task.ensure()
         own = self._reporter.report()
         reports = {
             node: report
