@@ -13,7 +13,7 @@ from bushub.broker import Broker
 from bushub.connection import Connection
 from bushub.metrics import Metrics
 from bushub.nodereports import ConsoleView, NodeReporter, NodeState
-from bushub.opsnotices import Announcer, Watched
+from bushub.opsnotices import Announcer, Watched, tap_notice
 from bushub.settings import Settings
 from bushub.sidepublisher import SidePublisher
 from bushub.subscriptions import Subscriptions
@@ -68,6 +68,7 @@ class Operators:
             subscriptions,
             self.announcer.set_taps,
             self.side.flushed,
+            lambda agent: self.watched.heard(tap_notice(agent)),
             lambda n: tap_events.labels("reader_dropped").inc(n),
         )
         self.reporter = NodeReporter(

@@ -206,6 +206,9 @@ class TapStreams:
         want_notices: Called with the agents tapped here whenever that set changes
             (the notice sender renews a notice per agent while it is in the set).
         notices_out: Waits until the notices sent so far are with the broker.
+        watch_here: Marks an agent tapped on this node at once: its own notice comes
+            back through the broker too, but a message entering here meanwhile must
+            not miss the tap.
         dropped: Told how many events slow readers lost.
     """
 
@@ -214,11 +217,13 @@ class TapStreams:
         subscriptions: Subscriptions,
         want_notices: Callable[[set[str]], None],
         notices_out: Callable[[], Awaitable[None]],
+        watch_here: Callable[[str], None],
         dropped: Callable[[int], None],
     ) -> None:
         self._subscriptions = subscriptions
         self._want_notices = want_notices
         self._notices_out = notices_out
+        self._watch_here = watch_here
         self._dropped = dropped
         self._streams: dict[str, set[TapStream]] = defaultdict(set)
 
@@ -232,6 +237,7 @@ class TapStreams:
             # acquire() counts the want before it first waits: close() gives it back.
             await self._subscriptions.acquire(tap_channel(agent))
             self._want_notices(set(self._streams))
+            self._watch_here(agent)
             await self._notices_out()
         except BaseException:  # the reader went away meanwhile: leave nothing behind
             await self.close(stream)

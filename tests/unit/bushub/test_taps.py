@@ -114,7 +114,7 @@ async def test_a_tap_whose_reader_leaves_while_it_opens_leaves_nothing_behind() 
     subscriptions = Subscriptions(MemoryBroker())
     wanted: list[set[str]] = []
     never = asyncio.Event()
-    streams = TapStreams(subscriptions, wanted.append, never.wait, lambda n: None)
+    streams = TapStreams(subscriptions, wanted.append, never.wait, lambda a: None, lambda n: None)
     opening = asyncio.create_task(streams.open("b"))
     await asyncio.sleep(0.01)
     assert streams.open_count == 1 and len(subscriptions) == 1
@@ -122,3 +122,26 @@ async def test_a_tap_whose_reader_leaves_while_it_opens_leaves_nothing_behind() 
     await asyncio.gather(opening, return_exceptions=True)
     assert streams.open_count == 0 and len(subscriptions) == 0
     assert wanted[-1] == set()  # its notice is no longer renewed
+
+
+async def test_the_node_serving_a_tap_watches_at_once_without_its_notice_coming_back() -> None:
+    from bushub.metrics import Metrics
+    from bushub.operators import Operators
+    from bushub.settings import Settings
+
+    broker = MemoryBroker()  # no handlers set: nothing published comes back
+    await broker.start()
+    operators = Operators(
+        Settings(node_id="n1"),
+        broker,
+        Subscriptions(broker),
+        Metrics(),
+        {},
+        lambda: 0,
+        lambda: {"ready": True, "broker_up": True, "draining": False, "broker_refuses": None},
+    )
+    stream = await operators.streams.open("b")
+    assert operators.watched.is_tapped("b")  # a message entering here now is seen
+    await operators.streams.close(stream)
+    await operators.stop()
+    await broker.close()
