@@ -260,10 +260,10 @@ class Hub:
             timeout: Seconds to wait for queues to flush and sockets to close.
         """
         conns = self.presence.connections()
+        self.operators.streams.end_all()  # the taps this node serves end now
         if self.draining and not conns:
             return
         self.draining = True
-        self.operators.streams.end_all()
         log.info("draining %d connections", len(conns))
         for conn in conns:
             conn.request_close(CloseCode.SERVICE_RESTART, flush=True)

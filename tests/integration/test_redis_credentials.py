@@ -248,6 +248,8 @@ def test_a_wrong_password_stops_the_node_with_redis_reason(locked: LockedRedis, 
     assert locked.auth.password not in log
 
 
+# Waits on a retry loop's log line: alone, so that a loaded machine does not stretch it.
+@pytest.mark.serial
 async def test_a_cluster_shard_refusing_a_command_is_logged_with_redis_reason(
     locked_clusters: LockedClusters, hubs: Hubs
 ) -> None:
