@@ -22,7 +22,6 @@ from bushub.broker.base import PartialPublish
 from bushub.settings import Settings
 from bushub.taps import TapRecorder
 from buswire import DecodeError, Format, is_registry_type, message_channel, validate_agent_name
-from buswire.allowlist import TypePolicy
 from buswire.codec import envelope_of, load_tree
 from buswire.complexity import container_budget
 from buswire.relayframe import pack_relay
@@ -60,9 +59,7 @@ class ApiSender:
     ) -> None:
         self._max_message_bytes = settings.max_message_bytes
         self._bytes_per_container = settings.bytes_per_container
-        self._policy = TypePolicy(
-            settings.split(settings.allow_types), settings.split(settings.allow_type_prefixes)
-        )
+        self._policy = settings.type_policy()
         self._broker = broker
         self._taps = taps
         self._sends = sends

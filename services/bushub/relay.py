@@ -31,7 +31,6 @@ from buswire import (
     translate,
     validate_agent_name,
 )
-from buswire.allowlist import TypePolicy
 from buswire.codec import envelope_of, load_tree
 from buswire.complexity import container_budget
 from buswire.relayframe import pack_relay, pack_session_relay, stored_position, unpack_relay
@@ -77,9 +76,7 @@ class Relay:
         self._max_message_bytes = settings.max_message_bytes
         self._transient_frames = settings.transient_frames
         self._bytes_per_container = settings.bytes_per_container
-        self._policy = TypePolicy(
-            settings.split(settings.allow_types), settings.split(settings.allow_type_prefixes)
-        )
+        self._policy = settings.type_policy()
         self._metrics = metrics
         self._holders = holders
         self._claims = claims

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from buswire.allowlist import TypePolicy
 from buswire.complexity import BASE_CONTAINERS, DEFAULT_BYTES_PER_CONTAINER
 
 # A --redis-url with this scheme selects the Redis Cluster broker (sharded pub/sub).
@@ -207,6 +208,10 @@ class Settings:
     def split(value: str) -> tuple[str, ...]:
         """A comma-separated setting as a tuple, blanks dropped."""
         return tuple(part.strip() for part in value.split(",") if part.strip())
+
+    def type_policy(self) -> TypePolicy:
+        """The type policy every message is checked against, socket or HTTP."""
+        return TypePolicy(self.split(self.allow_types), self.split(self.allow_type_prefixes))
 
     @property
     def presence_refresh(self) -> float:
