@@ -38,9 +38,9 @@ class PubSubLink:
         otherwise connect on the first command)."""
         pubsub = client.pubsub(ignore_subscribe_messages=True)
         try:
-            await pubsub.connect()  # type: ignore[no-untyped-call]
+            await pubsub.connect()  # type: ignore[no-untyped-call, unused-ignore]
         except BaseException:
-            await asyncio.shield(pubsub.aclose())  # type: ignore[no-untyped-call]
+            await asyncio.shield(pubsub.aclose())  # type: ignore[no-untyped-call, unused-ignore]
             raise
         return cls(pubsub, on_message)
 
