@@ -2,7 +2,9 @@
 
     byte 0      version: 1, or 2 when a session sent it
     byte 1      format of the payload (0 json, 1 msgpack); bit 7 set: transient (a
-                bridged frame the hub delivers at most once, not kept for sessions)
+                bridged frame the hub delivers at most once, not kept for sessions);
+                bit 6 set: sent again after a broker break (receivers that already
+                delivered the same frame drop it; see ``as_resent``)
     bytes 2-9   receive time on the publishing node, float64 seconds (wall clock)
     version 2 only:
     bytes 10-17 the sender's position, float64 (an integer below 2**53)
@@ -34,6 +36,7 @@ _ORIGIN = struct.Struct("!dB")
 _POSITION = struct.Struct("!Bd")
 _FORMAT_CODES = {Format.JSON: 0, Format.MSGPACK: 1}
 TRANSIENT = 0x80
+RESENT = 0x40
 _CODE_FORMATS = {code: fmt for fmt, code in _FORMAT_CODES.items()}
 
 
@@ -43,12 +46,14 @@ class RelayFrame:
 
     Attributes:
         position: Its position in the receiving agent's stream; 0 when not kept.
+        resent: Sent again after a broker break (``as_resent``).
     """
 
     fmt: Format
     received_at: float
     payload: bytes
     position: int = 0
+    resent: bool = False
 
 
 def pack_relay(
@@ -87,6 +92,21 @@ def pack_stored(position: int, relay: bytes) -> bytes:
     return _POSITION.pack(STORED, position) + relay
 
 
+def as_resent(data: bytes) -> bytes:
+    """``data`` marked as sent again: a publish whose outcome is in doubt after a
+    broker break (Redis may have acknowledged it and died before writing its copy to
+    the subscribing node). Anything shorter than a header is returned as is."""
+    if len(data) < _HEADER.size or data[1] & RESENT:
+        return data
+    return b"%c%c%s" % (data[0], data[1] | RESENT, data[2:])
+
+
+def as_first_sent(data: bytes) -> bytes:
+    """A resent relay frame (as published) as it was first published: what a
+    receiving node may have delivered already."""
+    return b"%c%c%s" % (data[0], data[1] & ~RESENT, data[2:])
+
+
 def session_origin(data: bytes) -> tuple[bytes, int] | None:
     """(sender, position) of a relay frame a session sent (as published, not wrapped
     as kept); None for any other frame, or one too short to hold them."""
@@ -119,7 +139,7 @@ def unpack_relay(data: bytes) -> RelayFrame:
     if len(data) < _HEADER.size:
         raise DecodeError(DropReason.BAD_RELAY_FRAME, "short")
     version, code, received_at = _HEADER.unpack_from(data)
-    fmt = _CODE_FORMATS.get(code & ~TRANSIENT)
+    fmt = _CODE_FORMATS.get(code & ~(TRANSIENT | RESENT))
     start = _HEADER.size
     if version == SESSION_VERSION:
         if len(data) < start + _ORIGIN.size:
@@ -129,4 +149,10 @@ def unpack_relay(data: bytes) -> RelayFrame:
         fmt = None
     if fmt is None or len(data) < start:
         raise DecodeError(DropReason.BAD_RELAY_FRAME, f"version {version} format {code}")
-    return RelayFrame(fmt=fmt, received_at=received_at, payload=data[start:], position=position)
+    return RelayFrame(
+        fmt=fmt,
+        received_at=received_at,
+        payload=data[start:],
+        position=position,
+        resent=bool(code & RESENT),
+    )

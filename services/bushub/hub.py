@@ -83,6 +83,8 @@ class Hub:
             self._on_publish_dropped,
             settle=RESUBSCRIBE_SETTLE,
             health=self.health,
+            resend_prefix=MESSAGE_PREFIX,
+            on_resent=lambda outcome, count: metrics.resent.labels(outcome).inc(count),
         )
         self.subscriptions = Subscriptions(broker)
         self.outbound = Outbound(metrics)
@@ -305,6 +307,8 @@ class Hub:
     def _on_broker_state(self, up: bool) -> None:
         self.metrics.redis_up.set(1 if up else 0)
         self.presence.broker_state_changed(up)
+        if not up and not self._broker_was_down:
+            self.publisher.broker_lost()
         if up and self._broker_was_down:
             log.info(
                 "broker back: holding publishes %.1fs while nodes resubscribe", RESUBSCRIBE_SETTLE

@@ -41,6 +41,9 @@ API_SEND_RESULTS = (
     "oversize",
     "broker_down",
 )
+# bushub_resent_total: marked to go again, or dropped for room in the publish buffer,
+# by the publishing node; dropped as a duplicate, or delivered, by a receiving node.
+RESENT_OUTCOMES = ("marked", "dropped", "duplicate", "delivered")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -109,6 +112,18 @@ class Metrics:
         )
         for outcome in ("published", "dropped", "reader_dropped"):
             self.tap_events.labels(outcome)
+        self.resent = Counter(
+            "bushub_resent",
+            "Messages sent again after a broker break, by outcome: marked by the node "
+            "that published them (acknowledged just before the break, or their reply "
+            "cut off), dropped there for room in a full publish buffer, dropped as a "
+            "duplicate by a receiving node that had delivered them already, delivered "
+            "by one that had not",
+            ["outcome"],
+            registry=r,
+        )
+        for outcome in RESENT_OUTCOMES:
+            self.resent.labels(outcome)
         self.api_sends = Counter(
             "bushub_api_sends", "Messages sent by POST /api/send, by result", ["result"], registry=r
         )

@@ -14,6 +14,14 @@ A message Redis refuses with an error a retry cannot fix (an ACL without the
 command, see ``broker/refusals.py``) is dropped and counted ``broker_refused`` at
 once instead: retried at the head of the queue it would stall every later one.
 The refusal takes readiness down (``BrokerHealth``) until a publish goes through.
+
+An acknowledgement is not a delivery: Redis writes a PUBLISH's reply before the
+copies to its subscribers when both are due in one turn of its loop, so one killed in
+between took the copies with it. Messages on resendable channels that the broker
+acknowledged in the last ``RESEND_SECONDS`` before a break (and while it lasts) are
+therefore sent again when it is back, ahead of everything newer and marked as resent
+(``relayframe.as_resent``), as are those whose connection failed before their reply;
+a receiving node that delivered one already drops the copy (recentframes.py).
 """
 
 import asyncio
@@ -28,6 +36,7 @@ from bushub.broker import Broker
 from bushub.broker.base import PartialPublish
 from bushub.broker.refusals import ErrorKind, classify, is_retryable
 from bushub.brokerhealth import BrokerHealth
+from buswire.relayframe import as_resent
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +46,11 @@ DeliveryCallback = Callable[[str, bytes, int], None]
 DropCallback = Callable[[str, int], None]
 
 _BATCH_MAX = 512
+# What the broker acknowledged this long before a break is sent again after it:
+# the break is seen within milliseconds of Redis dying; the rest is margin.
+RESEND_SECONDS = 1.0
+_RECENT_MAX = 4096
+_RECENT_BYTES = 8 * 1024 * 1024
 
 
 class Publisher:
@@ -52,6 +66,10 @@ class Publisher:
             failure may be a failover, and subscribers elsewhere need that long to
             move to the new primary, or the retried publishes find nobody there.
         health: Told of error replies and of the publish after them that works.
+        resend_prefix: The channels whose messages are sent again after a broker
+            break start with this (agents' channels: relay frames); None: none.
+        on_resent: Called with ("marked", n) for messages marked to go again, and
+            ("dropped", n) for those given up on to make room in the buffer.
     """
 
     def __init__(
@@ -62,6 +80,8 @@ class Publisher:
         on_dropped: DropCallback,
         settle: float = 0.0,
         health: BrokerHealth | None = None,
+        resend_prefix: str | None = None,
+        on_resent: Callable[[str, int], None] | None = None,
     ) -> None:
         self._broker = broker
         self._health = health or BrokerHealth()
@@ -79,6 +99,15 @@ class Publisher:
         # failed). They wait here until every earlier one is settled, then go
         # back to the head of the queue in order.
         self._returned: list[tuple[str, bytes]] = []
+        # Resendable messages acknowledged lately: (when, (channel, data)), oldest first.
+        self._resend_prefix = resend_prefix
+        self._on_resent = on_resent
+        self._recent: deque[tuple[float, tuple[str, bytes]]] = deque()
+        self._recent_bytes = 0
+        # Acknowledged before a break (or during it), to go out again ahead of
+        # everything else once the broker is back and nothing is in flight; oldest
+        # first, and the first to go when the buffer is full (most were delivered).
+        self._resend: deque[tuple[str, bytes]] = deque()
         self._closed = False
         # Bound once: the fast path hands it over with every message.
         self._done = self._acked
@@ -104,11 +133,18 @@ class Publisher:
             self._inflight = []
             self._unacked.clear()
             self._returned = []
+            self._resend.clear()
 
     @property
     def pending(self) -> int:
         """Messages not yet known to be published."""
-        return len(self._pending) + len(self._inflight) + len(self._unacked) + len(self._returned)
+        return (
+            len(self._pending)
+            + len(self._inflight)
+            + len(self._unacked)
+            + len(self._returned)
+            + len(self._resend)
+        )
 
     @property
     def crowded(self) -> bool:
@@ -133,6 +169,7 @@ class Publisher:
             not self._pending
             and not self._inflight
             and not self._returned
+            and not self._resend
             and len(self._unacked) < self._capacity
             and self._broker.up
             and time.monotonic() >= self._hold_until
@@ -143,11 +180,15 @@ class Publisher:
             self._idle.clear()
             return
         if self.pending >= self._capacity:
-            if not self._pending:
+            if self._resend:
+                self._resend.popleft()
+                self._count_resent("dropped", 1)
+            elif not self._pending:
                 self._on_dropped("publish_buffer_full", 1)
                 return
-            self._pending.popleft()
-            self._on_dropped("publish_buffer_full", 1)
+            else:
+                self._pending.popleft()
+                self._on_dropped("publish_buffer_full", 1)
         self._pending.append((channel, data))
         self._idle.clear()
         if not self._unacked:
@@ -161,18 +202,78 @@ class Publisher:
         item = self._unacked.popleft()
         if type(outcome) is int:
             self._on_published(item[0], item[1], outcome)
+            self._remember(item)
             if self._refused:
                 self._accepted()
         elif outcome is not None and not is_retryable(outcome):
             self._refuse({classify(outcome): (outcome, 1)})
+        elif outcome is None:
+            # The connection failed first: Redis may have run it.
+            self._returned.append(self._in_doubt(item))
         else:
-            if outcome is not None:
-                self._health.count("publish", outcome)
+            self._health.count("publish", outcome)
             self._returned.append(item)
         if not self._unacked:
             self._settled()
         elif not self._room.is_set() and self.pending < self._high_water:
             self._room.set()
+
+    def _remember(self, item: tuple[str, bytes]) -> None:
+        """An acknowledged message: kept a while in case a break follows (per
+        message on the hot path: an append, and a trim now and then)."""
+        prefix = self._resend_prefix
+        if prefix is None or not item[0].startswith(prefix):
+            return
+        if not self._broker.up:
+            # Acknowledged after the break was seen: just as much in doubt.
+            self._resend.append(self._in_doubt(item))
+            return
+        now = time.monotonic()
+        recent = self._recent
+        recent.append((now, item))
+        self._recent_bytes += len(item[1])
+        if (
+            len(recent) > _RECENT_MAX
+            or self._recent_bytes > _RECENT_BYTES
+            or recent[0][0] < now - RESEND_SECONDS
+        ):
+            while recent and (
+                recent[0][0] < now - RESEND_SECONDS
+                or len(recent) > _RECENT_MAX
+                or self._recent_bytes > _RECENT_BYTES
+            ):
+                self._recent_bytes -= len(recent.popleft()[1][1])
+
+    def _in_doubt(self, item: tuple[str, bytes]) -> tuple[str, bytes]:
+        prefix = self._resend_prefix
+        if prefix is None or not item[0].startswith(prefix):
+            return item
+        self._count_resent("marked", 1)
+        return item[0], as_resent(item[1])
+
+    def broker_lost(self) -> int:
+        """The broker broke: what it acknowledged in the last ``RESEND_SECONDS`` goes
+        out again (marked) once it is back, ahead of anything newer, as much as the
+        buffer has room for (the newest). Returns how many."""
+        since = time.monotonic() - RESEND_SECONDS
+        again = [item for t, item in self._recent if t >= since]
+        self._recent.clear()
+        self._recent_bytes = 0
+        # Within the buffer's bound, the newest first: Redis died after them.
+        room = max(0, self._capacity - self.pending)
+        if len(again) > room:
+            self._count_resent("dropped", len(again) - room)
+            again = again[len(again) - room :]
+        if again:
+            self._count_resent("marked", len(again))
+            self._resend.extend((c, as_resent(d)) for c, d in again)
+            self._idle.clear()
+            self._wakeup.set()
+        return len(again)
+
+    def _count_resent(self, outcome: str, count: int) -> None:
+        if self._on_resent is not None:
+            self._on_resent(outcome, count)
 
     def _refuse(self, refusals: dict[ErrorKind, tuple[object, int]]) -> None:
         """Drop messages Redis refused for good, by kind: (an error reply, how many)."""
@@ -188,15 +289,17 @@ class Publisher:
     def _settled(self) -> None:
         """No fast-path message is unacknowledged: the queue may go out, led by any
         handed back (the next ``publish()`` must not overtake them)."""
-        if self._returned:
+        if self._returned or self._resend:
             log.info(
-                "%d publishes not acknowledged (refused or connection lost); retrying in order",
+                "%d publishes not acknowledged (refused or connection lost) and %d "
+                "acknowledged just before a broker break; sending them again in order",
                 len(self._returned),
+                len(self._resend),
             )
             self._pending.extendleft(reversed(self._returned))
             self._returned = []
             self.hold(self._settle)
-        if self._pending:
+        if self._pending or self._resend:
             self._wakeup.set()
         elif not self._inflight:
             self._idle.set()
@@ -211,12 +314,12 @@ class Publisher:
         """Flush the queue forever; the owner runs this as a task and cancels it."""
         delay = 0.02
         while True:
-            if not self._pending or self._unacked:
+            if not (self._pending or self._resend) or self._unacked:
                 # Nothing queued; or fast-path messages ahead of the queue are still
                 # unacknowledged, and whether they went out decides what goes first
                 # (the last reply, or the loss, wakes this through _settled).
                 self._wakeup.clear()
-                if not self._pending and not self._unacked:
+                if not self._pending and not self._resend and not self._unacked:
                     self._idle.set()
                 await self._wakeup.wait()
                 continue
@@ -226,6 +329,10 @@ class Publisher:
                 # channels nobody listens on yet, and count as undeliverable.
                 await asyncio.sleep(0.05)
                 continue
+            if self._resend:
+                # Acknowledged before the break, so older than anything queued.
+                self._pending.extendleft(reversed(self._resend))
+                self._resend.clear()
             take = min(_BATCH_MAX, len(self._pending))
             self._inflight = [self._pending.popleft() for _ in range(take)]
             try:
@@ -239,12 +346,14 @@ class Publisher:
                 for item, count, error in outcomes:
                     if count is not None:
                         self._on_published(item[0], item[1], count)
+                        self._remember(item)
                     elif error is not None and not is_retryable(error):
                         kind = classify(error)
                         refusals[kind] = (error, refusals.get(kind, (error, 0))[1] + 1)
+                    elif error is None:
+                        retry.append(self._in_doubt(item))  # no reply: may have run
                     else:
-                        if error is not None:
-                            self._health.count("publish", error)
+                        self._health.count("publish", error)
                         retry.append(item)
                 self._inflight = []
                 if refusals:
@@ -257,8 +366,9 @@ class Publisher:
                     self.hold(self._settle)
                 continue
             except ConnectionError as exc:
-                # Back to the head, in order: nothing of the batch is known to be out.
-                self._pending.extendleft(reversed(self._inflight))
+                # Back to the head, in order: nothing of the batch is known to be out
+                # (but Redis may have run some of it).
+                self._pending.extendleft(reversed([self._in_doubt(i) for i in self._inflight]))
                 self._inflight = []
                 log.debug("publish failed (%s); holding %d messages", exc, len(self._pending))
                 self.hold(self._settle)
@@ -277,5 +387,6 @@ class Publisher:
                 self._accepted()
             if self.pending < self._high_water:
                 self._room.set()
-            for (channel, data), count in zip(batch, counts, strict=True):
-                self._on_published(channel, data, count)
+            for item, count in zip(batch, counts, strict=True):
+                self._on_published(item[0], item[1], count)
+                self._remember(item)

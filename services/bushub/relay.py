@@ -5,7 +5,8 @@ target) and published on its target's message channel, wrapped in a relay frame 
 carries its format and receive time (docs/protocol.md, Routing). A relay frame from a
 channel is translated to the format of the local socket holding the agent, if any, and
 handed to the outbound side. Every frame that goes no further is counted with its
-reason; nothing else on the socket is affected.
+reason; nothing else on the socket is affected. A frame marked as sent again after a
+broker break is dropped if this node delivered it already (recentframes.py).
 
 The relay does no I/O of its own: it is given the publish function, the map of local
 holders and the outbound writer, so a test drives it with bytes.
@@ -20,6 +21,7 @@ from bushub.closecodes import CloseCode
 from bushub.connection import Connection
 from bushub.metrics import Metrics
 from bushub.outbound import Outbound
+from bushub.recentframes import RecentFrames
 from bushub.settings import Settings
 from buswire import (
     DecodeError,
@@ -33,7 +35,13 @@ from buswire import (
 )
 from buswire.codec import envelope_of, load_tree
 from buswire.complexity import container_budget
-from buswire.relayframe import pack_relay, pack_session_relay, stored_position, unpack_relay
+from buswire.relayframe import (
+    as_first_sent,
+    pack_relay,
+    pack_session_relay,
+    stored_position,
+    unpack_relay,
+)
 
 if TYPE_CHECKING:
     from bushub.sessions import Sessions
@@ -82,6 +90,8 @@ class Relay:
         self._claims = claims
         self._publish = publish
         self._outbound = outbound
+        # What was delivered here lately, to drop a copy sent again after a break.
+        self._recent = RecentFrames()
         self._clock = clock
         # Set by the hub: sockets that named a session are framed and numbered.
         self.sessions: Sessions | None = None
@@ -221,7 +231,15 @@ class Relay:
         except DecodeError as exc:
             self._metrics.messages_dropped.labels(exc.reason).inc()
             return
+        if frame.resent:
+            # Sent again after a broker break: delivered here already, or lost then.
+            data = as_first_sent(data)
+            seen = self._recent.seen(data)
+            self._metrics.resent.labels("duplicate" if seen else "delivered").inc()
+            if seen:
+                return
         self._outbound.enqueue(conn, payload, frame.received_at)
+        self._recent.add(data)
 
     def payload_for(self, conn: Connection, data: bytes) -> tuple[bytes, float] | None:
         """A relay frame's payload in ``conn``'s format, and when it was received;

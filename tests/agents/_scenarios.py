@@ -9,7 +9,6 @@ into the final ``done`` event.
 
 import argparse
 import asyncio
-import itertools
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -175,28 +174,12 @@ class ClientOps(Protocol):
 # Building blocks.
 
 
-async def sequential_echo(
-    c: ClientOps, count: int, phase: int, may_lose: int = 0
-) -> tuple[list[int], int]:
-    """``count`` echo round trips, one after the other; returns counters and worker pid.
-
-    Args:
-        may_lose: How many round trips may time out (each reported as ``task_lost``)
-            before the scenario fails; the worker counters may then skip one per loss
-            (a lost response: the worker ran it).
-    """
+async def sequential_echo(c: ClientOps, count: int, phase: int) -> tuple[list[int], int]:
+    """``count`` echo round trips, one after the other; returns counters and worker pid."""
     counters: list[int] = []
     pid = -1
-    lost = 0
     for i in range(count):
-        try:
-            response = await c.run_task("echo", {"i": i, "phase": phase})
-        except TaskFailed as exc:
-            if lost >= may_lose:
-                raise
-            lost += 1
-            emit("task_lost", i=i, phase=phase, error=str(exc))
-            continue
+        response = await c.run_task("echo", {"i": i, "phase": phase})
         check(
             response.get("echo") == {"i": i, "phase": phase},
             f"echo {i}: payload came back as {response.get('echo')!r}",
@@ -204,9 +187,9 @@ async def sequential_echo(
         counters.append(response["counter"])
         pid = response["pid"]
         emit("task_result", i=i, phase=phase, counter=response["counter"], pid=pid)
-    skipped = sum(b - a - 1 for a, b in itertools.pairwise(counters))
+    first = counters[0]
     check(
-        all(b > a for a, b in itertools.pairwise(counters)) and skipped <= lost,
+        counters == list(range(first, first + count)),
         f"worker counters not consecutive (order or duplicates): {counters}",
     )
     return counters, pid
@@ -236,7 +219,7 @@ async def burst_echo(c: ClientOps, count: int) -> list[int]:
 
 async def scenario_tasks(c: ClientOps, args: argparse.Namespace) -> None:
     await c.state.next_ready()
-    counters, _ = await sequential_echo(c, args.count, phase=0, may_lose=args.may_lose)
+    counters, _ = await sequential_echo(c, args.count, phase=0)
     burst = await burst_echo(c, args.count)
     check(burst[0] == counters[-1] + 1, f"burst counters {burst[0]} after {counters[-1]}")
 
@@ -459,8 +442,5 @@ def add_scenario_args(parser: argparse.ArgumentParser) -> None:
     """Scenario arguments shared by both clients."""
     parser.add_argument("--scenario", required=True, choices=SCENARIOS)
     parser.add_argument("--count", type=int, default=20, help="round trips / chunks / frames")
-    parser.add_argument(
-        "--may-lose", type=int, default=0, help="echo round trips of 'tasks' that may time out"
-    )
     parser.add_argument("--rounds", type=int, default=2, help="lifecycle rounds")
     parser.add_argument("--phases", type=int, default=2, help="restart phases")

@@ -35,9 +35,11 @@ class Faults:
             self.redis.start()
         return self.redis
 
-    def node(self, node_id: str, **flags: object) -> FaultNode:
-        """A node on the shared Redis, spawned but not waited for."""
-        node = FaultNode(node_id, self._tmp / f"hub-{node_id}.log", self.start_redis().url, **flags)
+    def node(self, node_id: str, *, redis_url: str | None = None, **flags: object) -> FaultNode:
+        """A node on the shared Redis (or reaching it at ``redis_url``: a proxy),
+        spawned but not waited for."""
+        url = self.start_redis().url if redis_url is None else redis_url
+        node = FaultNode(node_id, self._tmp / f"hub-{node_id}.log", url, **flags)
         register_log(self._request, f"hub {node_id} log", node.log_path)
         self.nodes.append(node)
         node.spawn()

@@ -335,6 +335,25 @@ class Inbox:
             await asyncio.wait_for(self._task, TIMEOUT)
 
 
+async def send_numbered(
+    ws: ClientConnection,
+    source: str,
+    target: str,
+    stop: asyncio.Event,
+    sent: list[int],
+    interval: float,
+) -> None:
+    """Send messages numbered 0, 1, ... every ``interval`` s until ``stop``; record each."""
+    seq = 0
+    next_at = time.monotonic()
+    while not stop.is_set():
+        await ws.send(encode(task_request(source, target, seq)))
+        sent.append(seq)
+        seq += 1
+        next_at += interval
+        await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+
+
 def losses(sent: int, seqs: list[int]) -> tuple[list[int], int, bool]:
     """(sequence numbers never received, duplicates, whether arrival order held)."""
     got = set(seqs)

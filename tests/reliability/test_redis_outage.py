@@ -14,7 +14,16 @@ import pytest
 from websockets.exceptions import InvalidStatus
 
 from tests.reliability.conftest import Faults
-from tests.reliability.harness import FaultNode, Inbox, Samples, delta, in_thread, losses, open_ws
+from tests.reliability.harness import (
+    FaultNode,
+    Inbox,
+    Samples,
+    delta,
+    in_thread,
+    losses,
+    open_ws,
+    send_numbered,
+)
 from tests.support.messages import encode, task_request
 from tests.support.waiting import until
 
@@ -23,20 +32,6 @@ pytestmark = pytest.mark.integration
 OUTAGE = 2.0  # seconds between SIGKILL and restart
 LONG_OUTAGE = 4.0
 INTERVAL = 0.005  # seconds between messages of each sender (200 msg/s each way)
-
-
-async def _sender(
-    ws: object, source: str, target: str, stop: asyncio.Event, sent: list[int]
-) -> None:
-    """Send numbered messages every INTERVAL until ``stop``; record each sent seq."""
-    seq = 0
-    next_at = time.monotonic()
-    while not stop.is_set():
-        await ws.send(encode(task_request(source, target, seq)))  # type: ignore[attr-defined]
-        sent.append(seq)
-        seq += 1
-        next_at += INTERVAL
-        await asyncio.sleep(max(0.0, next_at - time.monotonic()))
 
 
 async def _watch_ready(nodes: list[FaultNode], stop: asyncio.Event, seen: list[tuple]) -> None:
@@ -66,8 +61,8 @@ async def test_two_second_outage_loses_nothing_and_recovers(faults: Faults, figu
     sent_ba: list[int] = []
     seen: list[tuple] = []
     tasks = [
-        asyncio.create_task(_sender(a.ws, "out-a", "out-b", stop_send, sent_ab)),
-        asyncio.create_task(_sender(b.ws, "out-b", "out-a", stop_send, sent_ba)),
+        asyncio.create_task(send_numbered(a.ws, "out-a", "out-b", stop_send, sent_ab, INTERVAL)),
+        asyncio.create_task(send_numbered(b.ws, "out-b", "out-a", stop_send, sent_ba, INTERVAL)),
         asyncio.create_task(_watch_ready([n1, n2], stop_watch, seen)),
     ]
     await asyncio.sleep(1.0)

@@ -6,7 +6,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from bushub.broker.sessionscripts import Resumed, SessionLimits
-from buswire.relayframe import TRANSIENT, pack_stored, session_origin
+from buswire.relayframe import RESENT, TRANSIENT, pack_stored, session_origin
 
 
 @dataclass
@@ -56,6 +56,8 @@ class MemorySessions:
             relayed.newest[sender] = position
             relayed.expires = _now() + self.limits.window
         session = self._session(agent)
+        if session is not None and data[1] & RESENT:
+            return None, 0  # as DELIVER's -3: a session's resume covers a break
         if session is None or data[1] & TRANSIENT:
             return data, 0
         session.seq += 1

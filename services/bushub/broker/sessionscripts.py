@@ -7,6 +7,9 @@ Every message for an agent is published by ``DELIVER`` instead of a bare
 - relays a session's message once: the newest position relayed per sending session
   is kept in ``bushub:relayed:{agent}``, and a position at or below it is answered -1
   (a resend after a reconnect, taken already);
+- answers -3 for a frame a node sent again after a broker break (relay frame byte 1,
+  bit 6) when a session holds the name: a session's stream and resume cover what the
+  break may have cost it, and storing the copy would number it twice;
 - keeps it (unless the relay frame says transient: a bridged frame, with
   ``--transient-frames``) in the agent's stream when a session holds the name (connected, or away
   for at most the window), under the next position, trimming the oldest over the
@@ -40,6 +43,9 @@ if string.byte(data, 1) == 2 then
   end
   redis.call('HSET', KEYS[3], sender, string.format('%d', position))
   redis.call('PEXPIRE', KEYS[3], ARGV[5])
+end
+if string.byte(data, 2) % 128 >= 64 and redis.call('EXISTS', KEYS[1]) == 1 then
+  return -3
 end
 if string.byte(data, 2) >= 128 or redis.call('EXISTS', KEYS[1]) == 0 then
   return redis.call(ARGV[1], ARGV[2], data)

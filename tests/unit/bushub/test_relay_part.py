@@ -11,7 +11,7 @@ from bushub.outbound import Outbound
 from bushub.relay import Relay
 from bushub.settings import Settings
 from buswire import Format, message_channel
-from buswire.relayframe import pack_relay, unpack_relay
+from buswire.relayframe import as_resent, pack_relay, unpack_relay
 from tests.support.messages import task_request
 from tests.unit.bushub.helpers import as_json
 from tests.unit.bushub.parts import connection, written
@@ -126,3 +126,25 @@ def test_a_publish_nobody_received_is_undeliverable_only_on_message_channels() -
     wired.relay.published("bushub:presence:{b}", 0)
     assert wired.dropped("undeliverable") == 1
     assert unpack_relay(pack_relay(Format.JSON, NOW, b"x")).received_at == NOW
+
+
+def resent_count(wired: Wired, outcome: str) -> float:
+    value = wired.metrics.registry.get_sample_value("bushub_resent_total", {"outcome": outcome})
+    return value or 0.0
+
+
+def test_a_frame_sent_again_after_a_break_is_delivered_once() -> None:
+    wired = Wired()
+    holder = connection("b", "a")
+    wired.hold(holder)
+    first, lost = (
+        pack_relay(Format.JSON, NOW + i, as_json(task_request("a", "b", i))) for i in (1, 2)
+    )
+    wired.relay.deliver("b", first)
+    # The publishing node sends both again: the first came through, the second did not.
+    wired.relay.deliver("b", as_resent(first))
+    wired.relay.deliver("b", as_resent(lost))
+    wired.relay.deliver("b", as_resent(lost))  # a second break: still once
+    assert written(holder) == [unpack_relay(first).payload, unpack_relay(lost).payload]
+    assert resent_count(wired, "duplicate") == 2
+    assert resent_count(wired, "delivered") == 1

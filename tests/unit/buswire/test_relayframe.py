@@ -2,6 +2,7 @@
 
 import math
 import struct
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -9,7 +10,17 @@ from hypothesis import strategies as st
 
 from buswire.errors import DecodeError
 from buswire.formats import Format
-from buswire.relayframe import VERSION, RelayFrame, pack_relay, unpack_relay
+from buswire.relayframe import (
+    RESENT,
+    VERSION,
+    RelayFrame,
+    as_first_sent,
+    as_resent,
+    pack_relay,
+    pack_session_relay,
+    session_origin,
+    unpack_relay,
+)
 
 PROPERTY_SETTINGS = settings(max_examples=200, deadline=None, database=None)
 PAYLOAD = b'{"__type__":"a.B","__data__":{"source":"s"}}'
@@ -107,3 +118,22 @@ def test_property_random_bytes_raise_only_decode_error(data: bytes) -> None:
         assert frame.received_at == expected or (
             math.isnan(frame.received_at) and math.isnan(expected)
         )
+
+
+@pytest.mark.parametrize("frame", [JSON_FRAME, MSGPACK_FRAME])
+def test_a_resent_frame_differs_by_one_bit_and_reads_the_same(frame: bytes) -> None:
+    resent = as_resent(frame)
+    assert resent[1] == frame[1] | RESENT and resent[:1] + resent[2:] == frame[:1] + frame[2:]
+    assert unpack_relay(resent) == replace(unpack_relay(frame), resent=True)
+    assert not unpack_relay(frame).resent
+    assert as_resent(resent) == resent  # marked once
+    assert as_first_sent(resent) == frame
+
+
+def test_a_resent_session_or_transient_frame_keeps_its_other_bits() -> None:
+    frame = pack_session_relay(Format.MSGPACK, 2.0, b"\x80", b"a/s1", 9, transient=True)
+    resent = as_resent(frame)
+    read = unpack_relay(resent)
+    assert (read.fmt, read.payload, read.resent) == (Format.MSGPACK, b"\x80", True)
+    assert session_origin(resent) == (b"a/s1", 9)
+    assert as_first_sent(resent) == frame
