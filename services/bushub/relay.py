@@ -14,7 +14,7 @@ holders and the outbound writer, so a test drives it with bytes.
 
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bushub.claims import ClaimFence
 from bushub.closecodes import CloseCode
@@ -26,6 +26,7 @@ from bushub.settings import Settings
 from buswire import (
     DecodeError,
     DropReason,
+    Format,
     is_registry_type,
     message_channel,
     sessionframe,
@@ -35,6 +36,7 @@ from buswire import (
 )
 from buswire.codec import envelope_of, load_tree
 from buswire.complexity import container_budget
+from buswire.envelope import Envelope
 from buswire.relayframe import (
     as_first_sent,
     pack_relay,
@@ -113,13 +115,13 @@ class Relay:
         try:
             frame = sessionframe.decode(data)
         except DecodeError as exc:
-            self._received_and_dropped(conn, exc.reason)
+            self._received_and_dropped(conn, exc.reason, len(data))
             return
         if frame.kind is sessionframe.Kind.ACK:
             sessions.proxy_ack(conn, frame.position)
             return
         if frame.kind is not sessionframe.Kind.MESSAGE:
-            self._received_and_dropped(conn, DropReason.MALFORMED)
+            self._received_and_dropped(conn, DropReason.MALFORMED, len(data))
             return
         sessions.routed(conn, frame.position)
         if not self._route(conn, frame.payload, (session.origin, frame.position)):
@@ -136,25 +138,27 @@ class Relay:
         traffic.bytes_received += len(data)
         conn.messages_in += 1
         if len(data) > self._max_message_bytes:
-            self._received_and_dropped(conn, DropReason.OVERSIZE)
+            self._received_and_dropped(conn, DropReason.OVERSIZE, len(data))
             return False
         if not conn.message_rate.take() or not conn.byte_rate.take(len(data)):
-            self._received_and_dropped(conn, DropReason.RATE_LIMITED)
+            self._received_and_dropped(conn, DropReason.RATE_LIMITED, len(data))
             return False
         fmt = conn.format
         if not conn.format_confirmed:
             sniffed = sniff_format(data)
             if sniffed is None:
-                self._received_and_dropped(conn, DropReason.MALFORMED)
+                self._received_and_dropped(conn, DropReason.MALFORMED, len(data))
                 return False
             if sniffed is not fmt:
                 if conn.format_declared:
-                    self._received_and_dropped(conn, DropReason.FORMAT_MISMATCH)
+                    self._received_and_dropped(conn, DropReason.FORMAT_MISMATCH, len(data))
                     conn.request_close(CloseCode.INVALID_DATA)
                     return False
                 fmt = sniffed
         traffic.received[fmt.value] += 1
         budget = container_budget(len(data), self._bytes_per_container)
+        tree: Any = None
+        envelope: Envelope | None = None
         try:
             tree = load_tree(data, fmt, budget)
             if not conn.format_confirmed:
@@ -174,21 +178,20 @@ class Relay:
             if channel is None:
                 validate_agent_name(target)
         except DecodeError as exc:
-            conn.dropped += 1
-            metrics.messages_dropped.labels(exc.reason).inc()
+            self._refused(conn, exc.reason, len(data), fmt, tree, envelope)
             return False
         if conn.dialect is None and envelope.dialect is not None:
             conn.dialect = envelope.dialect
             self._dialect_learned(conn)
         if channel is None:
             if not conn.grant.may_address(target):
-                conn.dropped += 1
-                metrics.messages_dropped.labels(DropReason.TARGET_NOT_ALLOWED).inc()
+                reason = DropReason.TARGET_NOT_ALLOWED
+                self._refused(conn, reason, len(data), fmt, tree, envelope, target)
                 return False
             channel = conn.remember_route(target, message_channel(target))
         if conn.sources is not None and not conn.may_send_as(envelope.source):
-            conn.dropped += 1
-            metrics.messages_dropped.labels(DropReason.SOURCE_NOT_ALLOWED).inc()
+            reason = DropReason.SOURCE_NOT_ALLOWED
+            self._refused(conn, reason, len(data), fmt, tree, envelope, target)
             return False
         transient = self._transient_frames and envelope.type_name.endswith(_FRAME_MESSAGE)
         if origin is None:
@@ -203,10 +206,34 @@ class Relay:
             taps.seen(conn.agent, envelope.type_name, envelope.source, target, tree, len(data), fmt)
         return True
 
-    def _received_and_dropped(self, conn: Connection, reason: DropReason) -> None:
-        conn.dropped += 1
+    def _received_and_dropped(self, conn: Connection, reason: DropReason, size: int) -> None:
+        """A frame refused before it was decoded: counted as received, and dropped."""
         self._metrics.traffic.received[conn.format.value] += 1
+        self._refused(conn, reason, size, conn.format)
+
+    def _refused(
+        self,
+        conn: Connection,
+        reason: DropReason,
+        size: int,
+        fmt: Format,
+        tree: Any = None,
+        envelope: Envelope | None = None,
+        target: str | None = None,
+    ) -> None:
+        """Count a frame from ``conn`` the node will not relay, and show it to taps
+        with what was read of it (docs/protocol.md, Operator API)."""
+        conn.dropped += 1
         self._metrics.messages_dropped.labels(reason).inc()
+        taps = self.taps
+        # A client's registry message is not refused but answered for: the hub
+        # speaks for presence itself, and a tap would show every one of them.
+        if taps is not None and taps.tapped and reason is not DropReason.REGISTRY:
+            type_name = source = None
+            if envelope is not None:
+                type_name, source = envelope.type_name, envelope.source
+                target = target or envelope.target
+            taps.seen(conn.agent, type_name, source, target, tree, size, fmt, str(reason))
 
     def deliver(self, agent: str, data: bytes) -> None:
         """Hand a relay frame from ``agent``'s channel to the local socket holding it."""

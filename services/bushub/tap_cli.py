@@ -96,10 +96,15 @@ def describe(event: dict[str, Any]) -> str:
         time.strftime("%H:%M:%S", time.localtime(event["t"])) + f".{int(event['t'] % 1 * 1000):03d}"
     )
     arrow = "->" if event.get("direction") == "sent" else "<-"
-    type_name = str(event.get("type", "")).rsplit(".", 1)[-1]
+    # A message refused before it was decoded has no type, source or target yet.
+    type_name = str(event.get("type") or "?").rsplit(".", 1)[-1]
     header = (
         f"{at} {event.get('node')} {arrow} {type_name} "
-        f"{event.get('source')} -> {event.get('target')} "
+        f"{event.get('source') or '?'} -> {event.get('target') or '?'} "
         f"{event.get('size')} B {event.get('format')}"
     )
+    if event.get("dropped"):
+        header += f"  DROPPED by the hub: {event['dropped']}"
+    if event.get("body") is None:
+        return header
     return f"{header}\n    {json.dumps(event.get('body'), ensure_ascii=False)}"

@@ -8,7 +8,9 @@ Two halves (docs/protocol.md, Operator API):
   test of an empty dict (``Watched.tapped``) until a tap is open; events are bounded
   by a node-wide rate and go through the lossy ``SidePublisher``, so a tap never holds
   up the traffic it watches. What the bound drops is told in the next event
-  (``lost``).
+  (``lost``). A message the node refused (too large, over its rate, not allowed...)
+  is shown too, with the reason (``dropped``), as far as it was read: a frame refused
+  before its envelope was decoded shows only the socket that sent it.
 - ``TapStreams``, on the node serving ``GET /api/tap/{agent}``: subscribes the tap
   channel, keeps the tap's notice renewed, and hands events to each open stream
   through a bounded queue; a slow reader loses events and is told how many.
@@ -113,14 +115,17 @@ class TapRecorder:
     def seen(
         self,
         agent: str | None,
-        type_name: str,
-        source: str,
-        target: str,
+        type_name: str | None,
+        source: str | None,
+        target: str | None,
         tree: Any,
         size: int,
         fmt: Format,
+        dropped: str | None = None,
     ) -> None:
-        """One message taken in: from ``agent``'s socket (None from the HTTP API)."""
+        """One message taken in: from ``agent``'s socket (None from the HTTP API);
+        ``dropped`` names why the node refused it (None: relayed). What was not read
+        before the refusal is None."""
         watched = self._watched
         taps: list[tuple[str, str]] = []
         for name, direction in ((source, "sent"), (agent, "sent"), (target, "received")):
@@ -145,6 +150,8 @@ class TapRecorder:
             "format": fmt.value,
             "body": summarise(tree),
         }
+        if dropped is not None:
+            event["dropped"] = dropped
         for name, direction in taps:
             event["direction"] = direction
             lost = self._lost.pop(name, 0)

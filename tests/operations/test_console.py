@@ -17,6 +17,7 @@ from tests.integration.procs import AgentProcess
 from tests.operations.conftest import OpsCluster
 from tests.operations.ops import ADMIN_TOKEN, ws_connect
 from tests.support.browser import chromium, screenshot
+from tests.support.messages import encode, task_request
 from tests.support.waiting import TIMEOUT
 
 pytestmark = pytest.mark.integration
@@ -143,6 +144,14 @@ async def test_console_follows_agents_and_taps_a_task(
             await asked.last.click()  # its body, pretty-printed
             await expect(page.locator("tr.tap-body:visible pre")).to_contain_text('"task_id"')
             await screenshot(page, "5-tap")
+            # A message the hub refuses is shown too, with the reason.
+            refused = task_request("alice", "worker", 9)
+            refused["__type__"] = "evil.module.Payload"
+            await alice_again.send(encode(refused))
+            dropped = events.and_(page.locator('[data-dropped="type_not_allowed"]'))
+            await expect(dropped.first).to_contain_text("received · dropped: type_not_allowed")
+            await expect(dropped.first).to_contain_text("alice → worker")
+            await screenshot(page, "5b-tap-refused")
 
             await page.get_by_test_id("tap-stop").click()
             await expect(page.get_by_test_id("tap-stop")).to_be_disabled()

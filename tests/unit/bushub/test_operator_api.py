@@ -200,10 +200,15 @@ async def test_a_tap_shows_what_an_agent_sends_and_receives(node: RunningHub) ->
         assert event["format"] == "json" and event["node"] == "unit" and event["size"] > 0
         assert event["body"]["__data__"]["payload"] == {"note": "hello"}
 
-        # What b sends, in MsgPack with audio: bytes are summarised, not shown.
-        await b.send(encode(frame_message("b", b"\x01" * 640), "msgpack"))  # no peer: dropped
+        # What b sends, in MsgPack with audio: bytes are summarised, not shown. A frame
+        # with no target and no peer is refused, and the tap says so.
+        await b.send(encode(frame_message("b", b"\x01" * 640), "msgpack"))
         await b.send(encode(task_request("b", "a", 2, payload={"pcm": b"\x00" * 640}), "msgpack"))
         event = await tap.next_message()
+        assert (event["dropped"], event["direction"], event["target"]) == ("no_route", "sent", None)
+        assert event["type"].endswith("BusFrameMessage") and event["source"] == "b"
+        event = await tap.next_message()
+        assert "dropped" not in event
         assert event["direction"] == "sent" and event["format"] == "msgpack"
         assert event["body"]["__data__"]["payload"]["pcm"] == "<640 bytes>"
         assert await recv_non_registry(a)
@@ -216,7 +221,38 @@ async def test_a_tap_shows_what_an_agent_sends_and_receives(node: RunningHub) ->
         assert response.status_code == 202
         event = await tap.next_message()
         assert (event["source"], event["direction"]) == ("ops", "received")
-    assert node.metric("bushub_tap_events_total", outcome="published") == 3
+    assert node.metric("bushub_tap_events_total", outcome="published") == 4
+
+
+async def test_a_tap_shows_what_the_hub_refused_and_why(node: RunningHub) -> None:
+    async with node.connect("a") as a, node.connect("b"), tapping(node, "a") as tap:
+        await wait_until(lambda: "a" in node.hub.relay.taps.tapped, "tap noticed")  # type: ignore[union-attr]
+        # Too large to be read: only the socket that sent it is known.
+        await a.send(as_json(task_request("a", "b", 1, pad=5000)))
+        event = await tap.next_message()
+        assert event["dropped"] == "oversize" and event["size"] > 4096
+        assert (event["type"], event["source"], event["target"], event["body"]) == (
+            None,
+            None,
+            None,
+            None,
+        )
+        assert event["direction"] == "sent"
+        # A registry message is answered for by the hub, not shown as refused.
+        registry = task_request("a", "b", 0)
+        registry["__type__"] = PIPECAT_REGISTRY
+        await a.send(as_json(registry))
+        # Read, and refused by the type policy: everything read is shown.
+        refused = task_request("a", "b", 2)
+        refused["__type__"] = "evil.module.Payload"
+        await a.send(as_json(refused))
+        event = await tap.next_message()
+        assert (event["dropped"], event["type"], event["target"]) == (
+            "type_not_allowed",
+            "evil.module.Payload",
+            "b",
+        )
+        assert event["body"]["__data__"]["payload"]["seq"] == 2
 
 
 async def test_no_tap_no_cost_and_a_closed_tap_lapses(node: RunningHub) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 from bushub.broker import MemoryBroker
 from bushub.opsnotices import Watched, tap_notice
 from bushub.subscriptions import Subscriptions
+from bushub.tap_cli import describe
 from bushub.taps import EVENT_RATE, TapRecorder, TapStreams, summarise
 from buswire import Format
 
@@ -145,3 +146,28 @@ async def test_the_node_serving_a_tap_watches_at_once_without_its_notice_coming_
     await operators.streams.close(stream)
     await operators.stop()
     await broker.close()
+
+
+def test_a_refused_message_is_shown_with_its_reason_and_what_was_read() -> None:
+    side = Side()
+    tap, _ = recorder(side, "a")
+    tap.seen("a", None, None, None, None, 9000, Format.JSON, "oversize")
+    tap.seen("a", "m.T", "a", "b", {"k": 1}, 5, Format.JSON, "target_not_allowed")
+    tap.seen("a", "m.T", "a", "b", {"k": 2}, 5, Format.JSON)
+    events = [event for _, event in side.published]
+    assert [e.get("dropped") for e in events] == ["oversize", "target_not_allowed", None]
+    assert (events[0]["type"], events[0]["body"], events[0]["direction"]) == (None, None, "sent")
+    assert events[1]["body"] == {"k": 1}
+
+
+def test_bushub_tap_prints_a_refused_message_with_its_reason() -> None:
+    base = {"kind": "message", "t": 0.0, "node": "n1", "direction": "sent", "format": "json"}
+    unread = {**base, "type": None, "source": None, "target": None, "size": 9000, "body": None}
+    assert describe({**unread, "dropped": "oversize"}).endswith(
+        "-> ? ? -> ? 9000 B json  DROPPED by the hub: oversize"
+    )
+    read = {**base, "type": "m.T", "source": "a", "target": "b", "size": 5, "body": {"k": 1}}
+    header, body = describe({**read, "dropped": "type_not_allowed"}).split("\n")
+    assert header.endswith("T a -> b 5 B json  DROPPED by the hub: type_not_allowed")
+    assert body.strip() == '{"k": 1}'
+    assert "DROPPED" not in describe(read)
