@@ -101,6 +101,17 @@ def as_resent(data: bytes) -> bytes:
     return b"%c%c%s" % (data[0], data[1] | RESENT, data[2:])
 
 
+def is_resent(data: bytes) -> bool:
+    """True for a relay frame sent again after a broker break, as published (not
+    wrapped as kept)."""
+    return len(data) >= _HEADER.size and data[0] != STORED and bool(data[1] & RESENT)
+
+
+def relay_of(data: bytes) -> bytes:
+    """The relay frame as published, from a frame that may be wrapped as kept."""
+    return data[_POSITION.size :] if data[:1] == b"\x03" else data
+
+
 def as_first_sent(data: bytes) -> bytes:
     """A resent relay frame (as published) as it was first published: what a
     receiving node may have delivered already."""

@@ -39,8 +39,10 @@ from buswire.complexity import container_budget
 from buswire.envelope import Envelope
 from buswire.relayframe import (
     as_first_sent,
+    is_resent,
     pack_relay,
     pack_session_relay,
+    relay_of,
     stored_position,
     unpack_relay,
 )
@@ -250,7 +252,15 @@ class Relay:
             return
         if conn.session is not None:
             assert self.sessions is not None
-            self.sessions.deliver(conn, stored_position(data), data)
+            position = stored_position(data)
+            if position == 0 and is_resent(data):
+                # A copy the delivery script let through unnumbered: Redis had lost
+                # the session's stream, so this may be all that is left of it.
+                data = as_first_sent(data)
+                if self._seen_again(data):
+                    return
+            self.sessions.deliver(conn, position, data)
+            self._recent.add(relay_of(data))
             return
         try:
             frame = unpack_relay(data)
@@ -261,12 +271,17 @@ class Relay:
         if frame.resent:
             # Sent again after a broker break: delivered here already, or lost then.
             data = as_first_sent(data)
-            seen = self._recent.seen(data)
-            self._metrics.resent.labels("duplicate" if seen else "delivered").inc()
-            if seen:
+            if self._seen_again(data):
                 return
         self._outbound.enqueue(conn, payload, frame.received_at)
         self._recent.add(data)
+
+    def _seen_again(self, original: bytes) -> bool:
+        """Whether a frame sent again (as first sent) was delivered here already;
+        counted either way."""
+        seen = self._recent.seen(original)
+        self._metrics.resent.labels("duplicate" if seen else "delivered").inc()
+        return seen
 
     def payload_for(self, conn: Connection, data: bytes) -> tuple[bytes, float] | None:
         """A relay frame's payload in ``conn``'s format, and when it was received;

@@ -20,8 +20,12 @@ from bushub.broker.base import PartialPublish
 from bushub.broker.redis import RedisBroker
 from bushub.broker.refusals import BrokerRefused, ErrorKind, classify
 from bushub.broker.resp import PublishConnection
+from bushub.broker.sessionscripts import SessionLimits
 from bushub.broker.subscriber import SUBSCRIBE_BATCH, Subscriber
 from bushub.publisher import Publisher
+from buswire import Format, message_channel
+from buswire.channels import session_key, stream_key
+from buswire.relayframe import as_resent, pack_relay, stored_position
 from tests.integration.realredis import LOOPS, off_loop, run, running_redis
 from tests.reliability.harness import FaultRedis
 from tests.unit.bushub.helpers import TIMEOUT
@@ -277,6 +281,45 @@ def test_claim_record_stores_the_key_and_publishes(redis: FaultRedis, loop: str)
         assert await broker.refresh_records([("bushub:claim:{a}", "c2", b"c2 n2")], 5.0) == [False]
         await broker.delete_record("bushub:claim:{a}", "c1")
         assert await broker.get_records(["bushub:claim:{a}"]) == [None]
+        await broker.close()
+
+    run(loop, scenario())
+
+
+def test_a_copy_sent_again_reaches_a_session_only_after_redis_lost_it(
+    redis: FaultRedis, loop: str
+) -> None:
+    """The delivery script and a resent frame (relayframe.as_resent): refused (-3) for a
+    session Redis still keeps, published unnumbered for a few seconds after the holder
+    put the session back (Redis had lost it), so the receiving node can decide."""
+
+    async def scenario() -> None:
+        broker = RedisBroker(redis.url, control_channel="bushub:node:t")
+        broker.keep_for_sessions(SessionLimits(120.0, 1000, 1 << 20))
+        got: list[bytes] = []
+        broker.set_handlers(lambda c, d: got.append(d), lambda up: None)
+        await broker.start()
+        channel = message_channel("a")
+        await broker.subscribe(channel)
+        await until(lambda: redis.lines("PUBSUB", "CHANNELS", channel) != [], "sub")
+        await broker.resume_session("a", "S1", 0, "e1", "c1")
+        first = pack_relay(Format.JSON, 1.0, b'{"n":1}')
+        copy = as_resent(pack_relay(Format.JSON, 2.0, b'{"n":2}'))
+
+        assert await broker.publish_many([(channel, first)]) == [1]
+        await until(lambda: len(got) == 1, "the kept message")
+        assert stored_position(got[0]) == 1
+        assert await broker.publish_many([(channel, copy)]) == [-3]
+
+        redis.cli("DEL", session_key("a"), stream_key("a"))  # as a Redis restarted empty
+        assert await broker.reassert_session("a", "S1", "e1", "c1", 1)
+        assert await broker.publish_many([(channel, copy)]) == [1]
+        await until(lambda: len(got) == 2, "the copy")
+        assert got[1] == copy  # as published: not kept, not numbered
+        later = pack_relay(Format.JSON, 3.0, b'{"n":3}')
+        assert await broker.publish_many([(channel, later)]) == [1]
+        await until(lambda: len(got) == 3, "numbered on")
+        assert stored_position(got[2]) == 2
         await broker.close()
 
     run(loop, scenario())

@@ -18,6 +18,10 @@ Agents on both nodes exchange numbered messages at 200 msg/s each way throughout
 
 Every message arrives exactly once and in order, both ways, and the metrics say which
 node sent what again and which dropped or delivered it.
+
+The same with a session socket for a: the restarted Redis no longer has the session's
+stream, node 1 puts the session back, and the delivery script lets the copies through
+unnumbered for a few seconds after that; node 1 delivers those it never had.
 """
 
 import asyncio
@@ -27,7 +31,9 @@ import pytest
 
 from tests.reliability.conftest import Faults
 from tests.reliability.harness import Inbox, Samples, delta, in_thread, losses, send_numbered
+from tests.support.sessionclient import PlainSocket, SessionSocket
 from tests.support.tcpproxy import TcpProxy
+from tests.support.waiting import until
 
 pytestmark = pytest.mark.integration
 
@@ -116,4 +122,61 @@ async def test_what_redis_acknowledged_but_never_wrote_arrives_once(
         for inbox in (a, b):
             if inbox is not None:
                 await inbox.close()
+        await proxy.close()
+
+
+async def test_a_session_gets_what_redis_acknowledged_and_lost_once(
+    faults: Faults, figures
+) -> None:
+    redis = faults.start_redis()
+    proxy = TcpProxy(redis.port)
+    await proxy.start()
+    a = b = None
+    try:
+        flags = {"presence_ttl": 3.0, "peer_grace": 6.0}
+        n1 = faults.node("n1", redis_url=f"redis://127.0.0.1:{proxy.port}/0", **flags)
+        n2 = faults.node("n2", **flags)
+        for node in (n1, n2):
+            await in_thread(node.wait_ready)
+        a = await SessionSocket.open(n1.url, "ks-a", "ks-b", "S-ks")
+        b = await PlainSocket.open(n2.url, "ks-b", "ks-a", on_peer_lost="keep")
+        before = await in_thread(n1.metrics)
+        stop = asyncio.Event()
+        sent: list[int] = []
+        sender = asyncio.create_task(send_numbered(b.ws, "ks-b", "ks-a", stop, sent, INTERVAL))
+        await asyncio.sleep(1.0)
+        proxy.swallow_replies = True
+        swallow_from = len(sent)
+        await asyncio.sleep(SWALLOWED)
+        redis.signal(signal.SIGKILL)
+        await in_thread(redis.wait)
+        proxy.cut()
+        proxy.swallow_replies = False
+        unwritten = len(sent) - swallow_from
+        got = len(a.arrivals)
+        await asyncio.sleep(OUTAGE)
+        await in_thread(redis.restart)
+        await until(lambda: len(a.arrivals) > got + 100, timeout=15, what="traffic again")
+        stop.set()
+        await sender
+        await until(lambda: len(a.arrivals) >= len(sent), timeout=10)
+        await asyncio.sleep(0.5)
+
+        after = await in_thread(n1.metrics)
+        lost, duplicates, in_order = losses(len(sent), a.arrivals)
+        again = resent(after, before)
+        figures("sent b->a (a: a session)", len(sent))
+        figures("sent while Redis' writes to node 1 were lost", unwritten)
+        figures("bushub_resent_total n1", again)
+        figures("lost / duplicates", f"{len(lost)} / {duplicates}")
+        figures("delivered unnumbered", len(a.announcements))
+
+        assert unwritten >= 20 and proxy.swallowed > 0
+        assert not lost, f"lost {lost[:20]}"
+        assert duplicates == 0 and in_order
+        assert again.get("delivered", 0) >= unwritten - 5
+    finally:
+        for socket in (a, b):
+            if socket is not None:
+                await socket.close()
         await proxy.close()

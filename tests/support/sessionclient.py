@@ -21,7 +21,8 @@ class SessionSocket:
         )
         self.result = result if sessionframe.RESUME_HEADER in ws.response.headers else None
         self.messages: list[tuple[int, Any]] = []  # (position, tree) of numbered ones
-        self.announcements: list[Any] = []
+        self.announcements: list[Any] = []  # the unnumbered ones
+        self.arrivals: list[int] = []  # payload.seq of every message, numbered or not, in order
         self.acked = 0
         self._reader = asyncio.create_task(self._read())
 
@@ -47,10 +48,15 @@ class SessionSocket:
             frame = sessionframe.decode(data)
             if frame.kind is sessionframe.Kind.ACK:
                 self.acked = frame.position
-            elif frame.kind is sessionframe.Kind.MESSAGE:
-                self.messages.append((frame.position, decode(frame.payload)))
             else:
-                self.announcements.append(decode(frame.payload))
+                tree = decode(frame.payload)
+                if frame.kind is sessionframe.Kind.MESSAGE:
+                    self.messages.append((frame.position, tree))
+                else:
+                    self.announcements.append(tree)
+                payload = tree.get("__data__", {}).get("payload")
+                if isinstance(payload, dict) and "seq" in payload:
+                    self.arrivals.append(payload["seq"])
 
     @property
     def positions(self) -> list[int]:

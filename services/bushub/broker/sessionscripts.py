@@ -7,9 +7,12 @@ Every message for an agent is published by ``DELIVER`` instead of a bare
 - relays a session's message once: the newest position relayed per sending session
   is kept in ``bushub:relayed:{agent}``, and a position at or below it is answered -1
   (a resend after a reconnect, taken already);
-- answers -3 for a frame a node sent again after a broker break (relay frame byte 1,
-  bit 6) when a session holds the name: a session's stream and resume cover what the
-  break may have cost it, and storing the copy would number it twice;
+- for a frame a node sent again after a broker break (relay frame byte 1, bit 6) when
+  a session holds the name: answers -3 (the session's stream and resume cover the
+  break, and storing the copy would number it twice), unless the session was put
+  back in the last ``RECOVERY_MS`` (Redis lost what it kept: the copy may be all that
+  is left of a message it acknowledged and never wrote), when the copy is published
+  unnumbered and the receiving node delivers it if it has not already;
 - keeps it (unless the relay frame says transient: a bridged frame, with
   ``--transient-frames``) in the agent's stream when a session holds the name (connected, or away
   for at most the window), under the next position, trimming the oldest over the
@@ -30,6 +33,10 @@ from typing import Any
 
 from buswire.channels import relayed_key, session_key, stream_key
 
+# How long after a session was put back (Redis had lost it) a copy sent again after
+# the break is published to it: the copies come within seconds of Redis' return.
+RECOVERY_MS = 10_000
+
 # KEYS: session, stream, relayed. ARGV: publish command, channel, most messages,
 # most bytes, window (ms), relay frame.
 DELIVER = """
@@ -45,6 +52,12 @@ if string.byte(data, 1) == 2 then
   redis.call('PEXPIRE', KEYS[3], ARGV[5])
 end
 if string.byte(data, 2) % 128 >= 64 and redis.call('EXISTS', KEYS[1]) == 1 then
+  local since = tonumber(redis.call('HGET', KEYS[1], 'reasserted') or '0')
+  local now = redis.call('TIME')
+  local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  if since > 0 and ms - since < RECOVERY_MS then
+    return redis.call(ARGV[1], ARGV[2], data)
+  end
   return -3
 end
 if string.byte(data, 2) >= 128 or redis.call('EXISTS', KEYS[1]) == 0 then
@@ -67,7 +80,7 @@ if n == 0 then
   return -2
 end
 return n
-"""
+""".replace("RECOVERY_MS", str(RECOVERY_MS))
 
 # KEYS: session, stream. ARGV: session id, received, new epoch, holding connection.
 # Returns {result, epoch, newest position, replay as {position, data, ...}}.
@@ -128,17 +141,19 @@ return #entries
 # the newest writes, no longer knows a connected session (or numbers from an older
 # position): the holder puts it back, numbering after what its socket was given.
 REASSERT = """
+local now = redis.call('TIME')
+local ms = string.format('%d', tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000))
 local id = redis.call('HGET', KEYS[1], 'id')
 if not id then
   redis.call('HSET', KEYS[1], 'id', ARGV[1], 'epoch', ARGV[2], 'holder', ARGV[3],
-    'bytes', 0, 'lost', 0, 'seq', ARGV[4])
+    'bytes', 0, 'lost', 0, 'seq', ARGV[4], 'reasserted', ms)
   return 1
 end
 if id ~= ARGV[1] or redis.call('HGET', KEYS[1], 'holder') ~= ARGV[3] then
   return 0
 end
 if tonumber(redis.call('HGET', KEYS[1], 'seq') or '0') < tonumber(ARGV[4]) then
-  redis.call('HSET', KEYS[1], 'seq', ARGV[4])
+  redis.call('HSET', KEYS[1], 'seq', ARGV[4], 'reasserted', ms)
 end
 redis.call('PERSIST', KEYS[1])
 return 1
