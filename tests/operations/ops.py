@@ -82,9 +82,10 @@ class OpsNode(HubNode):
     def http_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def get(self, path: str, token: str | None = None) -> tuple[int, bytes]:
-        """GET ``path``: (status, body). Raises OSError when nothing answers."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+    def get(self, path: str, token: str | None = None, timeout: float = 2.0) -> tuple[int, bytes]:
+        """GET ``path``: (status, body). Raises OSError when nothing answers in
+        ``timeout`` seconds."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         try:
             headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
             conn.request("GET", path, headers=headers)

@@ -21,6 +21,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from bushub.settings import cpu_count
+from bushub.siblings import ASK_TIMEOUT
 from tests.integration.procs import TIMEOUT
 from tests.operations.conftest import OpsCluster
 from tests.operations.ops import (
@@ -142,10 +143,10 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-def get_or_none(node: OpsNode, path: str) -> tuple[int, bytes] | None:
+def get_or_none(node: OpsNode, path: str, timeout: float = 2.0) -> tuple[int, bytes] | None:
     """GET ``path``; None when the worker the kernel chose does not answer."""
     try:
-        return node.get(path)
+        return node.get(path, timeout=timeout)
     except OSError:
         return None
 
@@ -328,12 +329,15 @@ async def test_one_scrape_answers_for_every_worker(ops: OpsCluster) -> None:
         scrapes: list[Samples] = []
 
         def scraped() -> bool:
-            got = get_or_none(node, "/metrics")
+            # The worker that answers waits ASK_TIMEOUT for the stopped one: room for
+            # that on a loaded machine, and tries enough for the kernel to pick the
+            # answering worker (each pick is even).
+            got = get_or_none(node, "/metrics", timeout=2.0 + 2 * ASK_TIMEOUT)
             if got is not None and got[0] == 200:
                 scrapes.append(Samples(got[1].decode()))
             return bool(scrapes)
 
-        assert await asyncio.to_thread(wait_until, scraped)
+        assert await asyncio.to_thread(wait_until, scraped, 4 * TIMEOUT)
         assert scrapes[0].by_label("bushub_worker_up", "worker") == {"0": 1, "1": 0}
         assert set(counted(scrapes[0])) == {"0"}
     finally:
