@@ -232,17 +232,12 @@ class Publisher:
         recent = self._recent
         recent.append((now, item))
         self._recent_bytes += len(item[1])
-        if (
-            len(recent) > _RECENT_MAX
+        while recent and (
+            recent[0][0] < now - RESEND_SECONDS
+            or len(recent) > _RECENT_MAX
             or self._recent_bytes > _RECENT_BYTES
-            or recent[0][0] < now - RESEND_SECONDS
         ):
-            while recent and (
-                recent[0][0] < now - RESEND_SECONDS
-                or len(recent) > _RECENT_MAX
-                or self._recent_bytes > _RECENT_BYTES
-            ):
-                self._recent_bytes -= len(recent.popleft()[1][1])
+            self._recent_bytes -= len(recent.popleft()[1][1])
 
     def _in_doubt(self, item: tuple[str, bytes]) -> tuple[str, bytes]:
         prefix = self._resend_prefix
