@@ -323,3 +323,54 @@ def test_a_copy_sent_again_reaches_a_session_only_after_redis_lost_it(
         await broker.close()
 
     run(loop, scenario())
+
+
+def test_acknowledgements_trim_on_the_publish_connection(redis: FaultRedis, loop: str) -> None:
+    """``ack_sessions`` on the raw publish connection: the stream is trimmed up to the
+    acknowledged position and its byte count follows; a Redis whose script cache was
+    emptied gets the script's text; an error reply is raised as BrokerRefused."""
+
+    async def scenario() -> None:
+        broker = RedisBroker(redis.url, control_channel="bushub:node:t")
+        broker.keep_for_sessions(SessionLimits(120.0, 1000, 1 << 20))
+        await broker.start()
+        for agent in ("a", "b"):
+            await broker.resume_session(agent, "S1", 0, "e1", "c1")
+        frames = [pack_relay(Format.JSON, 1.0, b'{"n":%d}' % n) for n in range(5)]
+        await broker.publish_many([(message_channel("a"), f) for f in frames])
+        await broker.publish_many([(message_channel("b"), f) for f in frames[:2]])
+        calls_before = _calls(redis, "evalsha"), _calls(redis, "script")
+
+        await broker.ack_sessions([("a", "S1", 3), ("b", "S1", 2)])
+        assert [p for p, _ in await broker.read_session("a", 0)] == [4, 5]
+        assert await broker.read_session("b", 0) == []
+        assert redis.cli("HGET", session_key("a"), "bytes").strip() == str(2 * len(frames[0]))
+        assert redis.cli("HGET", session_key("b"), "bytes").strip() == "0"
+        # Through the publish connection (EVALSHA), not a pipeline of redis-py's
+        # (which checks SCRIPT EXISTS first): exactly one call per session.
+        assert (_calls(redis, "evalsha"), _calls(redis, "script")) == (
+            calls_before[0] + 2,
+            calls_before[1],
+        )
+
+        redis.cli("SCRIPT", "FLUSH")  # as a restarted Redis: NOSCRIPT, then the text
+        await broker.ack_sessions([("a", "S1", 4)])
+        assert [p for p, _ in await broker.read_session("a", 0)] == [5]
+
+        await off_loop(lambda: redis.cli("ACL", "SETUSER", "default", "-xtrim"))
+        with pytest.raises(BrokerRefused) as refused:
+            await broker.ack_sessions([("a", "S1", 5)])
+        assert refused.value.kind is ErrorKind.NOPERM
+        await off_loop(lambda: redis.cli("ACL", "SETUSER", "default", "+@all"))
+        await broker.close()
+
+    run(loop, scenario())
+
+
+def _calls(redis: FaultRedis, command: str) -> int:
+    """Calls of ``command`` and its subcommands (``cmdstat_script|exists``...)."""
+    stats = redis.cli("INFO", "commandstats").splitlines()
+    names = (f"cmdstat_{command}:", f"cmdstat_{command}|")
+    return sum(
+        int(x.partition("calls=")[2].partition(",")[0]) for x in stats if x.startswith(names)
+    )

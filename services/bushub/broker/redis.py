@@ -30,7 +30,7 @@ from bushub.broker.listener import Listener
 from bushub.broker.nodes import NodeRegistry
 from bushub.broker.redisnodes import RedisNodeRegistry
 from bushub.broker.redispubsub import PubSubLink
-from bushub.broker.refusals import BrokerRefused
+from bushub.broker.refusals import BrokerRefused, ErrorKind, classify
 from bushub.broker.resp import FastItem, PublishConnection
 from bushub.broker.sessionscripts import (
     DELIVER,
@@ -38,6 +38,7 @@ from bushub.broker.sessionscripts import (
     Resumed,
     SessionLimits,
     SessionScripts,
+    ack_command,
     agent_of,
 )
 from bushub.broker.subscriber import Subscriber
@@ -426,11 +427,32 @@ class RedisBroker(Broker):
             return await self._sessions.reassert(agent, session, epoch, conn, delivered)
 
     async def ack_sessions(self, items: Sequence[tuple[str, str, int]]) -> None:
+        if self._publisher is not None:
+            await self._ack_raw(self._publisher, items)
+            return
         with unreachable_as_connection_error():
             async with self._client.pipeline(transaction=False) as pipe:
                 for agent, session, position in items:
                     await self._sessions.ack(agent, session, position, client=pipe)
                 await pipe.execute()
+
+    @staticmethod
+    async def _ack_raw(publisher: PublishConnection, items: Sequence[tuple[str, str, int]]) -> None:
+        """``ACK`` every session on the publish connection (trimming twice is
+        harmless: what was sent again after NOSCRIPT cannot have run)."""
+        commands = b"".join(ack_command(a, s, p, by_sha=True) for a, s, p in items)
+        replies = await publisher.request(commands, len(items))
+        again = [
+            item
+            for item, reply in zip(items, replies, strict=True)
+            if isinstance(reply, Exception) and classify(reply) is ErrorKind.NOSCRIPT
+        ]
+        if again:
+            commands = b"".join(ack_command(a, s, p, by_sha=False) for a, s, p in again)
+            replies = await publisher.request(commands, len(again))
+        refused = next((r for r in replies if isinstance(r, Exception)), None)
+        if refused is not None:
+            raise BrokerRefused(refused)
 
     async def release_sessions(self, items: Sequence[tuple[str, str]], window: float) -> None:
         with unreachable_as_connection_error():

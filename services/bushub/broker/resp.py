@@ -309,6 +309,19 @@ class PublishConnection:
             raise PartialPublish(counts, str(first), errors)
         return [c for c in counts if c is not None]
 
+    async def request(self, commands: bytes, size: int) -> list[Any]:
+        """Send ``size`` commands other than publishes (already in RESP), after what
+        is buffered; their replies, error replies among them.
+
+        No timeout of its own: with ``stall_seconds`` set the connection is dropped
+        when Redis stops answering, and this then raises.
+
+        Raises:
+            ConnectionError: the connection failed.
+        """
+        conn = await self._open()
+        return await conn.request(commands, size)
+
     def retire(self) -> None:
         """Take no more fast-path messages; close once the replies owed are in.
 
