@@ -13,7 +13,7 @@ from bushub.connection import Connection
 from bushub.metrics import Metrics
 from bushub.outbound import Outbound
 from bushub.relay import Relay
-from bushub.sessions import ACK_TICK, Session, Sessions, session_params
+from bushub.sessions import ACK_DELAY, ACK_EVERY, Session, Sessions, session_params
 from bushub.settings import Settings
 from buswire import Format, message_channel, sessionframe
 from buswire.relayframe import (
@@ -183,7 +183,7 @@ async def test_a_sessions_messages_are_relayed_once_and_acknowledged_in_order() 
     # A refused one (no target, no peer rule for it here: an unknown type) settles too.
     node.relay.route(conn, sessionframe.message(3, b"{not json"))
     node.relay.route(conn, sessionframe.message(2, encode(task_request("a", "b", 1))))
-    await asyncio.sleep(ACK_TICK * 3)
+    await asyncio.sleep(ACK_DELAY * 1.5)
     assert node.outcomes.count(-1) == 1, "position 2 sent again is relayed once"
     acks = [
         f.position
@@ -191,6 +191,38 @@ async def test_a_sessions_messages_are_relayed_once_and_acknowledged_in_order() 
         if f.kind is sessionframe.Kind.ACK
     ]
     assert acks and acks[-1] == 3
+
+
+async def test_the_hub_acknowledges_every_64_positions_at_once_else_after_a_delay() -> None:
+    """The proxy's own policy, mirrored: an acknowledgement is a write of its own, so a
+    busy socket is not sent one per message, nor one per short tick."""
+    node = Node()
+    conn = await node.session_socket("S1")
+    b = connection("b", "a", conn_id="c-b")
+    node.holders["b"] = b
+    node.claims.seen("b", b.id)
+
+    def acks() -> list[int]:
+        frames = map(sessionframe.decode, written(conn))
+        return [f.position for f in frames if f.kind is sessionframe.Kind.ACK]
+
+    async def send(positions: range) -> None:
+        for position in positions:
+            message = encode(task_request("a", "b", position))
+            node.relay.route(conn, sessionframe.message(position, message))
+        await asyncio.sleep(ACK_DELAY / 4)  # long enough for every publish outcome
+
+    await send(range(1, 4))
+    assert len(node.outcomes) == 3 and acks() == [], "settled, not yet due"
+    await asyncio.sleep(ACK_DELAY)
+    assert acks() == [3]
+    await send(range(4, 4 + ACK_EVERY))
+    assert acks() == [3, 3 + ACK_EVERY], "64 settled: at once"
+    await send(range(4 + ACK_EVERY, 6 + ACK_EVERY))
+    await node.sessions.ended(conn, held=False)
+    await asyncio.sleep(ACK_DELAY * 1.5)
+    assert acks() == [3, 3 + ACK_EVERY], "nothing written after the socket ended"
+    assert node.sessions.sizes() == {"sessions": 0, "acks_due": 0, "trims_due": 0}
 
 
 def test_kept_frames_carry_their_position() -> None:
