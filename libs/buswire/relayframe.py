@@ -22,7 +22,7 @@ agent's stream (float64), then the relay frame as published.
 """
 
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from buswire.errors import DecodeError
 from buswire.formats import Format
@@ -40,9 +40,9 @@ RESENT = 0x40
 _CODE_FORMATS = {code: fmt for fmt, code in _FORMAT_CODES.items()}
 
 
-@dataclass(frozen=True, slots=True)
-class RelayFrame:
-    """One message in transit between hub nodes.
+class RelayFrame(NamedTuple):
+    """One message in transit between hub nodes (a named tuple: built for every
+    delivery, in half the time of a frozen dataclass).
 
     Attributes:
         position: Its position in the receiving agent's stream; 0 when not kept.

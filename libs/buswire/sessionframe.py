@@ -7,8 +7,8 @@ position up to one. Positions are 8-byte big-endian unsigned integers.
 
 import re
 import struct
-from dataclasses import dataclass
 from enum import IntEnum
+from typing import NamedTuple
 
 from buswire.errors import DecodeError
 from buswire.reasons import DropReason
@@ -38,9 +38,10 @@ class ResumeResult:
     GAP = "gap"
 
 
-@dataclass(frozen=True, slots=True)
-class SessionFrame:
-    """One decoded frame: ``position`` is 0 for an unnumbered message."""
+class SessionFrame(NamedTuple):
+    """One decoded frame: ``position`` is 0 for an unnumbered message. (A named
+    tuple: built for every frame a session socket sends, in half the time of a
+    frozen dataclass.)"""
 
     kind: Kind
     position: int

@@ -2,7 +2,6 @@
 
 import math
 import struct
-from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -124,7 +123,7 @@ def test_property_random_bytes_raise_only_decode_error(data: bytes) -> None:
 def test_a_resent_frame_differs_by_one_bit_and_reads_the_same(frame: bytes) -> None:
     resent = as_resent(frame)
     assert resent[1] == frame[1] | RESENT and resent[:1] + resent[2:] == frame[:1] + frame[2:]
-    assert unpack_relay(resent) == replace(unpack_relay(frame), resent=True)
+    assert unpack_relay(resent) == unpack_relay(frame)._replace(resent=True)
     assert not unpack_relay(frame).resent
     assert as_resent(resent) == resent  # marked once
     assert as_first_sent(resent) == frame
