@@ -302,6 +302,9 @@ class Sessions:
         """The proxy took every position up to ``position``: Redis may trim them."""
         session = conn.session
         assert session is not None
+        # Never past what was written to it: a proxy that acknowledges ahead (a bug,
+        # or a hostile client) must not trim what is on its way to it.
+        position = min(position, session.delivered)
         if position > session.proxy_acked:
             session.proxy_acked = position
             self._trim_due(conn)

@@ -225,6 +225,21 @@ async def test_the_hub_acknowledges_every_64_positions_at_once_else_after_a_dela
     assert node.sessions.sizes() == {"sessions": 0, "acks_due": 0, "trims_due": 0}
 
 
+async def test_an_acknowledgement_ahead_of_what_was_written_trims_no_further() -> None:
+    node = Node()
+    conn = await node.session_socket("S1")
+    assert conn.session is not None
+    await node.send_to_a(1)
+    await node.send_to_a(2)
+    await asyncio.sleep(0.01)
+    assert [p for p, _ in numbered(conn)] == [1, 2]
+    node.sessions.proxy_ack(conn, 50)  # ahead of anything written to it
+    await node.send_to_a(3)  # kept before the trim is passed on
+    await asyncio.sleep(ACK_DELAY)
+    assert [p for p, _ in await node.broker.read_session("a", 0)] == [3]
+    assert [p for p, _ in numbered(conn)] == [1, 2, 3]
+
+
 def test_kept_frames_carry_their_position() -> None:
     data = pack_stored(7, relay_frame(1))
     assert stored_position(data) == 7
