@@ -142,16 +142,18 @@ def unpack_relay(data: bytes) -> RelayFrame:
         DecodeError: ``bad_relay_frame`` for a short frame, an unknown version or format.
     """
     position = 0
+    # Read at an offset past a kept frame's position: no copy but the payload's.
+    base = 0
     if data[:1] == b"\x03":
         if len(data) < _POSITION.size:
             raise DecodeError(DropReason.BAD_RELAY_FRAME, "short")
         position = int(_POSITION.unpack_from(data)[1])
-        data = data[_POSITION.size :]
-    if len(data) < _HEADER.size:
+        base = _POSITION.size
+    if len(data) < base + _HEADER.size:
         raise DecodeError(DropReason.BAD_RELAY_FRAME, "short")
-    version, code, received_at = _HEADER.unpack_from(data)
+    version, code, received_at = _HEADER.unpack_from(data, base)
     fmt = _CODE_FORMATS.get(code & ~(TRANSIENT | RESENT))
-    start = _HEADER.size
+    start = base + _HEADER.size
     if version == SESSION_VERSION:
         if len(data) < start + _ORIGIN.size:
             raise DecodeError(DropReason.BAD_RELAY_FRAME, "short")
@@ -160,10 +162,5 @@ def unpack_relay(data: bytes) -> RelayFrame:
         fmt = None
     if fmt is None or len(data) < start:
         raise DecodeError(DropReason.BAD_RELAY_FRAME, f"version {version} format {code}")
-    return RelayFrame(
-        fmt=fmt,
-        received_at=received_at,
-        payload=data[start:],
-        position=position,
-        resent=bool(code & RESENT),
-    )
+    # Positional: keywords cost a named tuple a third more.
+    return RelayFrame(fmt, received_at, data[start:], position, bool(code & RESENT))

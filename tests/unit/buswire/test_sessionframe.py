@@ -1,0 +1,45 @@
+"""The session socket's framing: each kind round-trips, anything else is malformed."""
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from buswire import sessionframe
+from buswire.errors import DecodeError
+from buswire.reasons import DropReason
+from buswire.sessionframe import Kind, SessionFrame
+
+POSITIONS = st.integers(min_value=0, max_value=2**64 - 1)
+
+
+@given(POSITIONS, st.binary(max_size=64))
+def test_every_kind_round_trips(position: int, payload: bytes) -> None:
+    assert sessionframe.decode(sessionframe.message(position, payload)) == SessionFrame(
+        Kind.MESSAGE, position, payload
+    )
+    assert sessionframe.decode(sessionframe.ack(position)) == SessionFrame(Kind.ACK, position, b"")
+    assert sessionframe.decode(sessionframe.unnumbered(payload)) == SessionFrame(
+        Kind.UNNUMBERED, 0, payload
+    )
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"\x01", b"\x01" + bytes(7), b"\x03" + bytes(7), b"\x00" + bytes(9), b"\x04" + bytes(9)],
+    ids=["empty", "message-kind-only", "short-message", "short-ack", "kind-0", "kind-4"],
+)
+def test_short_frames_and_unknown_kinds_are_malformed(data: bytes) -> None:
+    with pytest.raises(DecodeError) as refused:
+        sessionframe.decode(data)
+    assert refused.value.reason is DropReason.MALFORMED
+
+
+@given(st.binary(max_size=32))
+def test_any_bytes_decode_or_are_refused_as_malformed(data: bytes) -> None:
+    try:
+        frame = sessionframe.decode(data)
+    except DecodeError as exc:
+        assert exc.reason is DropReason.MALFORMED
+    else:
+        assert frame.kind in (Kind.MESSAGE, Kind.ACK, Kind.UNNUMBERED)
+        assert frame.kind is not Kind.ACK or frame.payload == b""
