@@ -94,13 +94,14 @@ class Metrics:
             "bushub_session_messages",
             "Sessions' messages by what happened: replayed after a resume, kept while "
             "the session was away, a resend taken already, a duplicate position not "
-            "written twice, positions lost in transit",
+            "written twice, positions lost in transit, an acknowledgement ahead of what "
+            "was written",
             ["event"],
             registry=r,
         )
         for result in ("new", "recovered", "gap"):
             self.resumes.labels(result)
-        for event in ("replayed", "kept_away", "resent_taken", "duplicate", "lost"):
+        for event in ("replayed", "kept_away", "resent_taken", "duplicate", "lost", "acked_ahead"):
             self.session_messages.labels(event)
         self.tap_events = Counter(
             "bushub_tap_events",

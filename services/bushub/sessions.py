@@ -304,7 +304,9 @@ class Sessions:
         assert session is not None
         # Never past what was written to it: a proxy that acknowledges ahead (a bug,
         # or a hostile client) must not trim what is on its way to it.
-        position = min(position, session.delivered)
+        if position > session.delivered:
+            self._metrics.session_messages.labels("acked_ahead").inc()
+            position = session.delivered
         if position > session.proxy_acked:
             session.proxy_acked = position
             self._trim_due(conn)

@@ -238,6 +238,7 @@ async def test_an_acknowledgement_ahead_of_what_was_written_trims_no_further() -
     await asyncio.sleep(ACK_DELAY)
     assert [p for p, _ in await node.broker.read_session("a", 0)] == [3]
     assert [p for p, _ in numbered(conn)] == [1, 2, 3]
+    assert node.counted("acked_ahead") == 1
 
 
 def test_kept_frames_carry_their_position() -> None:
