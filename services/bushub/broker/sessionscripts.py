@@ -206,6 +206,19 @@ def _bulk(value: bytes) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(value), value)
 
 
+def _script_head(text: str, sha: bytes, keys: Sequence[str], args: int, *, by_sha: bool) -> bytes:
+    """A script call in RESP up to its arguments (``args`` of them follow): ``EVALSHA``,
+    else ``EVAL`` with the script's text (for a Redis that answered NOSCRIPT, or to
+    fill an emptied cache), and its keys."""
+    script = _bulk(b"EVALSHA") + _bulk(sha) if by_sha else _bulk(b"EVAL") + _bulk(text.encode())
+    return (
+        b"*%d\r\n" % (3 + len(keys) + args)
+        + script
+        + _bulk(b"%d" % len(keys))
+        + b"".join(_bulk(key.encode(errors="surrogateescape")) for key in keys)
+    )
+
+
 def ack_command(agent: str, session: str, position: int, *, by_sha: bool) -> bytes:
     """``ACK`` for one session in RESP, for a publish connection: a node's trims
     cost it a few microseconds each there, where redis-py's pipeline cost tens, all
@@ -215,16 +228,9 @@ def ack_command(agent: str, session: str, position: int, *, by_sha: bool) -> byt
         by_sha: ``EVALSHA``, else ``EVAL`` with the script's text (for a Redis that
             answered NOSCRIPT: its script cache was emptied by a restart).
     """
-    script = _bulk(b"EVALSHA") + _bulk(ACK_SHA) if by_sha else _bulk(b"EVAL") + _bulk(ACK.encode())
-    return (
-        b"*7\r\n"
-        + script
-        + _bulk(b"2")
-        + _bulk(session_key(agent).encode(errors="surrogateescape"))
-        + _bulk(stream_key(agent).encode(errors="surrogateescape"))
-        + _bulk(session.encode())
-        + _bulk(b"%d" % position)
-    )
+    keys = (session_key(agent), stream_key(agent))
+    head = _script_head(ACK, ACK_SHA, keys, 2, by_sha=by_sha)
+    return head + _bulk(session.encode()) + _bulk(b"%d" % position)
 
 
 class Delivery:
@@ -269,22 +275,10 @@ class Delivery:
         if agent is None:
             return None
         name = agent.decode(errors="surrogateescape")
-        script = (
-            _bulk(b"EVALSHA") + _bulk(DELIVER_SHA)
-            if by_sha
-            else _bulk(b"EVAL") + _bulk(DELIVER.encode())
-        )
-        return (
-            b"*12\r\n"
-            + script
-            + _bulk(b"3")
-            + _bulk(session_key(name).encode(errors="surrogateescape"))
-            + _bulk(stream_key(name).encode(errors="surrogateescape"))
-            + _bulk(relayed_key(name).encode(errors="surrogateescape"))
-            + self._publish
-            + _bulk(channel)
-            + self._tail
-        )
+        keys = (session_key(name), stream_key(name), relayed_key(name))
+        # Arguments: the publish command, the channel, three bounds, the relay frame.
+        head = _script_head(DELIVER, DELIVER_SHA, keys, 6, by_sha=by_sha)
+        return head + self._publish + _bulk(channel) + self._tail
 
     def args(self, channel: str, data: bytes) -> list[bytes | str | int]:
         """``DELIVER``'s keys and arguments, for redis-py (``keys`` first three)."""
