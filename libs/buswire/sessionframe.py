@@ -14,6 +14,10 @@ from buswire.errors import DecodeError
 from buswire.reasons import DropReason
 
 _POSITION = struct.Struct("!Q")
+# The highest position a message may carry: hubs pass a sender's position on as a
+# float64 (relayframe.py) and Redis' scripts read it as a Lua number, both exact only
+# up to 2**53. A proxy numbering from 1 never gets there.
+MAX_POSITION = 2**53
 _SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 # The handshake's query parameters and the upgrade's response header.
@@ -78,7 +82,10 @@ def decode(data: bytes) -> SessionFrame:
     # was half of what this cost, for every frame a session socket sends.
     kind = data[0]
     if kind == _MESSAGE and len(data) >= 9:
-        return SessionFrame(_MESSAGE, _POSITION.unpack_from(data, 1)[0], data[9:])
+        position = _POSITION.unpack_from(data, 1)[0]
+        if 0 < position <= MAX_POSITION:
+            return SessionFrame(_MESSAGE, position, data[9:])
+        raise DecodeError(DropReason.MALFORMED, f"session message at position {position}")
     if kind == _ACK and len(data) >= 9:
         return SessionFrame(_ACK, _POSITION.unpack_from(data, 1)[0], b"")
     if kind == _UNNUMBERED:

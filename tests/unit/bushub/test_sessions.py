@@ -241,6 +241,35 @@ async def test_an_acknowledgement_ahead_of_what_was_written_trims_no_further() -
     assert node.counted("acked_ahead") == 1
 
 
+async def test_a_position_past_two_to_the_53_is_dropped_and_wedges_nothing() -> None:
+    """The relay frame carries a sender's position as a float64: 2**53 + 1 was relayed
+    as 2**53, so every later message of the session read as relayed already (-1, not
+    delivered), and its outcome never settled the position routed, so every later one
+    waited behind it for an acknowledgement, its settling cost growing with each."""
+    node = Node()
+    conn = await node.session_socket("S1")
+    b = connection("b", "a", conn_id="c-b")
+    node.holders["b"] = b
+    node.claims.seen("b", b.id)
+    message = encode(task_request("a", "b", 1))
+    node.relay.route(conn, sessionframe.message(sessionframe.MAX_POSITION + 1, message))
+    for position in (1, 2, 3):
+        node.relay.route(conn, sessionframe.message(position, message))
+    await asyncio.sleep(ACK_DELAY * 1.5)
+    assert len(node.outcomes) == 3  # the three relayed (b has no socket here: 0 each)
+    acks = [
+        f.position
+        for f in map(sessionframe.decode, written(conn))
+        if f.kind is sessionframe.Kind.ACK
+    ]
+    assert acks == [3]
+    assert conn.session is not None and conn.session.outstanding == []
+    dropped = node.metrics.registry.get_sample_value(
+        "bushub_messages_dropped_total", {"reason": "malformed"}
+    )
+    assert dropped == 1
+
+
 def test_kept_frames_carry_their_position() -> None:
     data = pack_stored(7, relay_frame(1))
     assert stored_position(data) == 7

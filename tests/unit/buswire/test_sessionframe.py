@@ -9,7 +9,7 @@ from buswire.errors import DecodeError
 from buswire.reasons import DropReason
 from buswire.sessionframe import Kind, SessionFrame
 
-POSITIONS = st.integers(min_value=0, max_value=2**64 - 1)
+POSITIONS = st.integers(min_value=1, max_value=sessionframe.MAX_POSITION)
 
 
 @given(POSITIONS, st.binary(max_size=64))
@@ -31,6 +31,15 @@ def test_every_kind_round_trips(position: int, payload: bytes) -> None:
 def test_short_frames_and_unknown_kinds_are_malformed(data: bytes) -> None:
     with pytest.raises(DecodeError) as refused:
         sessionframe.decode(data)
+    assert refused.value.reason is DropReason.MALFORMED
+
+
+@pytest.mark.parametrize("position", [0, sessionframe.MAX_POSITION + 1, 2**64 - 1])
+def test_a_message_position_a_float64_cannot_carry_is_malformed(position: int) -> None:
+    """Positions travel on as float64 and Lua numbers: 2**53 + 1 would come back as
+    2**53 and never settle (each later message then waited behind it)."""
+    with pytest.raises(DecodeError) as refused:
+        sessionframe.decode(sessionframe.message(position, b"{}"))
     assert refused.value.reason is DropReason.MALFORMED
 
 
