@@ -374,3 +374,34 @@ def _calls(redis: FaultRedis, command: str) -> int:
     return sum(
         int(x.partition("calls=")[2].partition(",")[0]) for x in stats if x.startswith(names)
     )
+
+
+def test_sessions_work_on_the_urls_database(redis: FaultRedis, loop: str) -> None:
+    """A URL naming database 1: the raw publish connection selects it, so the delivery
+    and acknowledgement scripts keep and trim the session's stream there (they wrote
+    database 0 while the resume read database 1, and nothing was delivered)."""
+
+    async def scenario() -> None:
+        url = f"redis://127.0.0.1:{redis.port}/1"
+        broker = RedisBroker(url, control_channel="bushub:node:t")
+        broker.keep_for_sessions(SessionLimits(120.0, 1000, 1 << 20))
+        got: list[bytes] = []
+        broker.set_handlers(lambda c, d: got.append(d), lambda up: None)
+        await broker.start()
+        channel = message_channel("a")
+        await broker.subscribe(channel)
+        await until(lambda: redis.lines("PUBSUB", "CHANNELS", channel) != [], "sub")
+        await broker.resume_session("a", "S1", 0, "e1", "c1")
+        frame = pack_relay(Format.JSON, 1.0, b'{"n":1}')
+        assert await broker.publish_many([(channel, frame)]) == [1]
+        outcomes: list[int | Exception | None] = []
+        assert broker.publish_nowait(channel, frame, outcomes.append)
+        await until(lambda: len(got) == 2 and bool(outcomes), "both kept and delivered")
+        assert [stored_position(d) for d in got] == [1, 2]
+        assert redis.cli("-n", "1", "XLEN", stream_key("a")).strip() == "2"
+        assert redis.cli("-n", "0", "DBSIZE").strip() == "0"
+        await broker.ack_sessions([("a", "S1", 1)])
+        assert [p for p, _ in await broker.read_session("a", 0)] == [2]
+        await broker.close()
+
+    run(loop, scenario())

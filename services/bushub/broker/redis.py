@@ -170,6 +170,8 @@ class RedisBroker(Broker):
                 *self._address,
                 username=self._credentials.username,
                 password=self._credentials.password,
+                # The delivery and acknowledgement scripts touch keys: the URL's database.
+                db=int(params.get("db") or 0),
             )
             self._publisher.on_lost = self._publish_lost
             self._publisher.stall_seconds = _PUBLISH_SECONDS

@@ -177,6 +177,7 @@ class PublishConnection:
         command: ``PUBLISH`` or ``SPUBLISH``.
         username: ACL user, if any.
         password: Password, if any.
+        db: The database selected once connected (the URL's; scripts touch keys).
 
     Attributes:
         on_lost: Called with the fast-path messages a failed connection had not had
@@ -195,8 +196,10 @@ class PublishConnection:
         command: bytes = b"PUBLISH",
         username: str | None = None,
         password: str | None = None,
+        db: int = 0,
     ) -> None:
         self._address = (host, port)
+        self._db = db
         self._command = command
         self._prefix = b"*3\r\n$%d\r\n%s\r\n" % (len(command), command)
         self._credentials = Credentials(username, password)
@@ -236,6 +239,7 @@ class PublishConnection:
                     *self._address,
                     self._credentials,
                     _CONNECT_SECONDS,
+                    self._db,
                 )
             except ReplyError:
                 raise  # AUTH refused: already says so, with what Redis said

@@ -206,8 +206,10 @@ async def open_connection(
     port: int,
     credentials: Credentials,
     timeout: float,
+    db: int = 0,
 ) -> C:
-    """Connect and log in, each step bounded by ``timeout``.
+    """Connect, log in and select ``db`` (a connection that runs scripts on keys must
+    be on the URL's database), each step bounded by ``timeout``.
 
     Raises:
         OSError: Redis could not be reached.
@@ -225,6 +227,14 @@ async def open_connection(
                 raise TimeoutError("AUTH timed out") from exc
             if reply != b"OK":
                 raise ReplyError(f"redis refused AUTH: {reply}")
+        if db:
+            select = encode_command(b"SELECT", b"%d" % db)
+            try:
+                [reply] = await asyncio.wait_for(conn.request(select), timeout)
+            except TimeoutError as exc:
+                raise TimeoutError("SELECT timed out") from exc
+            if reply != b"OK":
+                raise ReplyError(f"redis refused SELECT {db}: {reply}")
     except BaseException:
         conn.abort()
         raise
