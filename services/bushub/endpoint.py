@@ -252,7 +252,7 @@ async def agent_socket(websocket: WebSocket, raw: AsgiChannel) -> None:
     try:
         query = dict(websocket.query_params)
         params = parse_params(agent, query)
-        resuming = session_params(query) if hub.sessions.enabled else None
+        resuming = session_params(agent, query) if hub.sessions.enabled else None
         grant = admit(websocket, hub, websocket.app.state.verifier, agent)
     except (BadParameters, SessionParamError) as exc:
         log.info("refused %s: %s", agent, exc)

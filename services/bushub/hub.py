@@ -187,7 +187,9 @@ class Hub:
             if session is not None:
                 if session.subscribed:
                     await self.subscriptions.release(message_channel(conn.agent))
-                await self.sessions.ended(conn, held=attached and was_holder)
+                # Resumed is enough: a client gone between the resume and the accept
+                # left its session held (no expiry) for good.
+                await self.sessions.ended(conn, held=was_holder and bool(session.result))
             if attached:
                 self.metrics.connections.dec()
                 if was_holder:

@@ -55,19 +55,28 @@ class SessionParamError(ValueError):
     """The handshake's session parameters are malformed."""
 
 
-def session_params(query: dict[str, str]) -> tuple[str, int] | None:
+# A session's messages carry its agent and id as their sender, in at most 255 bytes
+# (relayframe.py): an agent name of multi-byte characters can leave too little room.
+_ORIGIN_BYTES = 255
+
+
+def session_params(agent: str, query: dict[str, str]) -> tuple[str, int] | None:
     """(session id, position received) from a handshake's query; None without one.
 
     Raises:
-        SessionParamError: a malformed id or position.
+        SessionParamError: a malformed id or position, or an agent name and id too
+            long together to name the sender of its messages.
     """
     session = query.get(sessionframe.SESSION_PARAM)
     if session is None:
         return None
     if not sessionframe.valid_session_id(session):
         raise SessionParamError("session must be 1-64 of [A-Za-z0-9_-]")
+    if len(f"{agent} {session}".encode()) > _ORIGIN_BYTES:
+        raise SessionParamError(f"agent name and session id over {_ORIGIN_BYTES} bytes")
     raw = query.get(sessionframe.RECEIVED_PARAM, "0")
-    if not raw.isdigit() or len(raw) > 15:
+    # isdigit() alone takes "²" (which int() refuses) and other scripts' digits.
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 15:
         raise SessionParamError("received must be a position (digits)")
     return session, int(raw)
 

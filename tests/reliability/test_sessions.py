@@ -8,6 +8,11 @@ agents in ``tests/deployment``.
 """
 
 import asyncio
+import base64
+import os
+import socket
+import struct
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -195,6 +200,46 @@ async def test_over_the_bounds_the_oldest_go_and_the_resume_says_gap(faults: Fau
     assert back.seqs() == [3, 4, 5]
     await back.close()
     await b.close()
+
+
+def _upgrade_and_reset(port: int, agent: str, session: str, wait: float) -> None:
+    """Ask for a session socket, then drop the connection (RST) before the answer."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+    key = base64.b64encode(os.urandom(16)).decode()
+    request = (
+        f"GET /ws/{agent}?peer=x&session={session}&received=0 HTTP/1.1\r\n"
+        f"Host: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    sock.sendall(request.encode())
+    time.sleep(wait)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+async def test_a_client_gone_during_the_handshake_leaves_its_session_for_the_window(
+    faults: Faults,
+) -> None:
+    """A client that drops its connection between the resume and the accept: the
+    session is released for the window like any other (it was left held, with no
+    expiry, for good: a probe saw 15 of 20 so; messages to the agent then kept)."""
+    (n1,) = faults.ready("n1", resume_window=5.0)
+    redis = faults.redis
+    assert redis is not None
+    agents = [f"h{i}" for i in range(20)]
+    for i, agent in enumerate(agents):
+        await asyncio.to_thread(_upgrade_and_reset, n1.port, agent, f"S{i}", (i % 4) / 1000)
+
+    def settled() -> bool:
+        # Each either released for the window, or never resumed at all.
+        ttls = [int(redis.cli("PTTL", f"bushub:session:{{{a}}}").strip()) for a in agents]
+        return all(ttl == -2 or 0 < ttl <= 5000 for ttl in ttls)
+
+    assert await until(settled, timeout=TIMEOUT), [
+        (a, redis.cli("PTTL", f"bushub:session:{{{a}}}").strip()) for a in agents
+    ]
+    resumed = [a for a in agents if redis.cli("EXISTS", f"bushub:session:{{{a}}}").strip() == "1"]
+    assert resumed, "no handshake got as far as the resume: the test proved nothing"
 
 
 async def test_a_new_session_of_the_name_gets_no_replay_and_is_announced_anew(

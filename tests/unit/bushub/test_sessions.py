@@ -100,14 +100,21 @@ def numbered(conn: Connection) -> list[tuple[int, int]]:
 
 
 def test_session_params_are_checked() -> None:
-    assert session_params({}) is None
-    assert session_params({"session": "abc_-9", "received": "12"}) == ("abc_-9", 12)
-    assert session_params({"session": "abc"}) == ("abc", 0)
+    assert session_params("a", {}) is None
+    assert session_params("a", {"session": "abc_-9", "received": "12"}) == ("abc_-9", 12)
+    assert session_params("a", {"session": "abc"}) == ("abc", 0)
     for bad in ({"session": ""}, {"session": "a b"}, {"session": "x" * 65}):
         with pytest.raises(ValueError):
-            session_params(bad)
+            session_params("a", bad)
+    # Digits of other scripts: "\u00b2" made int() raise (a 500), "\u0661" read as 1.
+    for received in ("-1", "²", "\u0661", "\uff11", "1" * 16):
+        with pytest.raises(ValueError):
+            session_params("a", {"session": "abc", "received": received})
+    # The sender a session's messages carry (agent, space, id) fits in 255 bytes.
+    agent = "\u00e9" * 120 + "abcdef"  # 126 characters, 246 bytes
     with pytest.raises(ValueError):
-        session_params({"session": "abc", "received": "-1"})
+        session_params(agent, {"session": "x" * 64})
+    assert session_params(agent, {"session": "x" * 8}) == ("x" * 8, 0)
 
 
 async def test_kept_messages_are_replayed_once_in_order_then_live() -> None:
