@@ -294,15 +294,8 @@ def test_a_copy_sent_again_reaches_a_session_only_after_redis_lost_it(
     put the session back (Redis had lost it), so the receiving node can decide."""
 
     async def scenario() -> None:
-        broker = RedisBroker(redis.url, control_channel="bushub:node:t")
-        broker.keep_for_sessions(SessionLimits(120.0, 1000, 1 << 20))
-        got: list[bytes] = []
-        broker.set_handlers(lambda c, d: got.append(d), lambda up: None)
-        await broker.start()
+        broker, got = await _session_broker(redis, redis.url)
         channel = message_channel("a")
-        await broker.subscribe(channel)
-        await until(lambda: redis.lines("PUBSUB", "CHANNELS", channel) != [], "sub")
-        await broker.resume_session("a", "S1", 0, "e1", "c1")
         first = pack_relay(Format.JSON, 1.0, b'{"n":1}')
         copy = as_resent(pack_relay(Format.JSON, 2.0, b'{"n":2}'))
 
@@ -382,16 +375,8 @@ def test_sessions_work_on_the_urls_database(redis: FaultRedis, loop: str) -> Non
     database 0 while the resume read database 1, and nothing was delivered)."""
 
     async def scenario() -> None:
-        url = f"redis://127.0.0.1:{redis.port}/1"
-        broker = RedisBroker(url, control_channel="bushub:node:t")
-        broker.keep_for_sessions(SessionLimits(120.0, 1000, 1 << 20))
-        got: list[bytes] = []
-        broker.set_handlers(lambda c, d: got.append(d), lambda up: None)
-        await broker.start()
+        broker, got = await _session_broker(redis, f"redis://127.0.0.1:{redis.port}/1")
         channel = message_channel("a")
-        await broker.subscribe(channel)
-        await until(lambda: redis.lines("PUBSUB", "CHANNELS", channel) != [], "sub")
-        await broker.resume_session("a", "S1", 0, "e1", "c1")
         frame = pack_relay(Format.JSON, 1.0, b'{"n":1}')
         assert await broker.publish_many([(channel, frame)]) == [1]
         outcomes: list[int | Exception | None] = []
@@ -405,3 +390,19 @@ def test_sessions_work_on_the_urls_database(redis: FaultRedis, loop: str) -> Non
         await broker.close()
 
     run(loop, scenario())
+
+
+async def _session_broker(redis: FaultRedis, url: str) -> tuple[RedisBroker, list[bytes]]:
+    """A started broker keeping messages for sessions, subscribed to agent ``a``'s
+    channel (what arrives there goes into the list), with session ``S1`` of ``a``
+    resumed as new."""
+    broker = RedisBroker(url, control_channel="bushub:node:t")
+    broker.keep_for_sessions(SessionLimits(120.0, 1000, 1 << 20))
+    got: list[bytes] = []
+    broker.set_handlers(lambda c, d: got.append(d), lambda up: None)
+    await broker.start()
+    channel = message_channel("a")
+    await broker.subscribe(channel)
+    await until(lambda: redis.lines("PUBSUB", "CHANNELS", channel) != [], "sub")
+    await broker.resume_session("a", "S1", 0, "e1", "c1")
+    return broker, got

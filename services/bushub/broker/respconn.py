@@ -213,29 +213,29 @@ async def open_connection(
 
     Raises:
         OSError: Redis could not be reached.
-        TimeoutError: Redis did not accept the connection, or answer AUTH, in time.
-        ReplyError: Redis refused AUTH (what it said is in the message).
+        TimeoutError: Redis did not accept the connection, or answer AUTH or
+            SELECT, in time.
+        ReplyError: Redis refused AUTH or SELECT (what it said is in the message).
     """
     loop = asyncio.get_running_loop()
     _, conn = await asyncio.wait_for(loop.create_connection(factory, host, port), timeout)
     try:
         login = auth_command(credentials)
         if login is not None:
-            try:
-                [reply] = await asyncio.wait_for(conn.request(login), timeout)
-            except TimeoutError as exc:
-                raise TimeoutError("AUTH timed out") from exc
-            if reply != b"OK":
-                raise ReplyError(f"redis refused AUTH: {reply}")
+            await _set_up(conn, login, "AUTH", timeout)
         if db:
-            select = encode_command(b"SELECT", b"%d" % db)
-            try:
-                [reply] = await asyncio.wait_for(conn.request(select), timeout)
-            except TimeoutError as exc:
-                raise TimeoutError("SELECT timed out") from exc
-            if reply != b"OK":
-                raise ReplyError(f"redis refused SELECT {db}: {reply}")
+            await _set_up(conn, encode_command(b"SELECT", b"%d" % db), f"SELECT {db}", timeout)
     except BaseException:
         conn.abort()
         raise
     return conn
+
+
+async def _set_up(conn: RespConnection, command: bytes, what: str, timeout: float) -> None:
+    """One step of a connection's set-up, answered OK within ``timeout``."""
+    try:
+        [reply] = await asyncio.wait_for(conn.request(command), timeout)
+    except TimeoutError as exc:
+        raise TimeoutError(f"{what} timed out") from exc
+    if reply != b"OK":
+        raise ReplyError(f"redis refused {what}: {reply}")
