@@ -23,12 +23,16 @@ from collections import deque
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
-from buswire.sessionframe import RECEIVED_PARAM, SESSION_PARAM, ResumeResult, valid_session_id
-
-# The protocol's "at least every 64 messages or 200 ms": a bound on what the hub keeps
-# for this session (its stream is trimmed only to what was acknowledged).
-ACK_EVERY = 64
-ACK_DELAY = 0.2
+# The protocol's policy (ACK_EVERY, ACK_DELAY) bounds what the hub keeps for this
+# session: its stream is trimmed only to what was acknowledged.
+from buswire.sessionframe import (
+    ACK_DELAY,
+    ACK_EVERY,
+    RECEIVED_PARAM,
+    SESSION_PARAM,
+    ResumeResult,
+    valid_session_id,
+)
 
 
 def new_session_id() -> str:

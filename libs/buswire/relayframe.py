@@ -33,6 +33,8 @@ SESSION_VERSION = 2
 STORED = 3
 _HEADER = struct.Struct("!BBd")
 _ORIGIN = struct.Struct("!dB")
+# The sending session's agent and id, as a relay frame carries them (a length byte).
+MAX_SENDER_BYTES = 255
 _POSITION = struct.Struct("!Bd")
 _FORMAT_CODES = {Format.JSON: 0, Format.MSGPACK: 1}
 TRANSIENT = 0x80
@@ -76,7 +78,7 @@ def pack_session_relay(
     """A relay frame that names the sending session and its position.
 
     Args:
-        session: The sender: its agent and session id, at most 255 bytes.
+        session: The sender (``sender_of``), at most MAX_SENDER_BYTES.
     """
     code = _FORMAT_CODES[fmt] | (TRANSIENT if transient else 0)
     return (
@@ -85,6 +87,11 @@ def pack_session_relay(
         + session
         + payload
     )
+
+
+def sender_of(agent: str, session: str) -> bytes:
+    """The sender a session's relay frames name: its agent and session id."""
+    return f"{agent} {session}".encode()
 
 
 def pack_stored(position: int, relay: bytes) -> bytes:

@@ -20,6 +20,11 @@ _POSITION = struct.Struct("!Q")
 MAX_POSITION = 2**53
 _SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
+# The protocol's acknowledgement policy, both ends: what was taken or settled is
+# acknowledged at least every ACK_EVERY messages or ACK_DELAY seconds.
+ACK_EVERY = 64
+ACK_DELAY = 0.2
+
 # The handshake's query parameters and the upgrade's response header.
 SESSION_PARAM = "session"
 RECEIVED_PARAM = "received"

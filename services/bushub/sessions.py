@@ -33,17 +33,16 @@ from bushub.connection import Connection
 from bushub.metrics import Metrics
 from bushub.settings import Settings
 from buswire import sessionframe
-from buswire.relayframe import session_origin
+from buswire.relayframe import MAX_SENDER_BYTES, sender_of, session_origin
+from buswire.sessionframe import ACK_DELAY, ACK_EVERY
 
 log = logging.getLogger(__name__)
 
-# Acknowledgements to a proxy, its own policy mirrored: at once when ACK_EVERY of
-# its positions have settled since the last, else ACK_DELAY after the first of them.
-# Each is a write of its own (a system call): acknowledged on every 50 ms tick, a
-# socket busy at 40 messages/s was written one for every two of its messages. The
-# proxy's send log (1,000 messages) is not strained by a 64-message or 200 ms lag.
-ACK_EVERY = 64
-ACK_DELAY = 0.2
+# Acknowledgements to a proxy follow the protocol's policy, as the proxy's own do: at
+# once when ACK_EVERY of its positions have settled since the last, else ACK_DELAY
+# after the first of them. Each is a write of its own (a system call): acknowledged
+# on every 50 ms tick, a socket busy at 40 messages/s was written one for every two
+# of its messages. The proxy's send log (1,000 messages) is not strained by the lag.
 # How often acknowledgements due are written, and the proxies' passed on to Redis
 # (the streams' trims, one write per node per tick whatever the number of sessions).
 ACK_TICK = 0.05
@@ -53,11 +52,6 @@ _REASSERT_BATCH = 256
 
 class SessionParamError(ValueError):
     """The handshake's session parameters are malformed."""
-
-
-# A session's messages carry its agent and id as their sender, in at most 255 bytes
-# (relayframe.py): an agent name of multi-byte characters can leave too little room.
-_ORIGIN_BYTES = 255
 
 
 def session_params(agent: str, query: dict[str, str]) -> tuple[str, int] | None:
@@ -72,8 +66,10 @@ def session_params(agent: str, query: dict[str, str]) -> tuple[str, int] | None:
         return None
     if not sessionframe.valid_session_id(session):
         raise SessionParamError("session must be 1-64 of [A-Za-z0-9_-]")
-    if len(f"{agent} {session}".encode()) > _ORIGIN_BYTES:
-        raise SessionParamError(f"agent name and session id over {_ORIGIN_BYTES} bytes")
+    # Its messages name it as their sender, in a relay frame's few bytes: an agent
+    # name of multi-byte characters can leave too little room.
+    if len(sender_of(agent, session)) > MAX_SENDER_BYTES:
+        raise SessionParamError(f"agent name and session id over {MAX_SENDER_BYTES} bytes")
     raw = query.get(sessionframe.RECEIVED_PARAM, "0")
     # isdigit() alone takes "²" (which int() refuses) and other scripts' digits.
     if not (raw.isascii() and raw.isdigit()) or len(raw) > 15:
@@ -218,7 +214,7 @@ class Sessions:
             )
         # What its messages carry as their sender: the agent with the session, so a
         # socket can only ever mark positions of its own agent's sessions as relayed.
-        session.origin = f"{conn.agent} {session.id}".encode()
+        session.origin = sender_of(conn.agent, session.id)
         previous = self._by_origin.get(session.origin)
         if previous is not None and previous is not conn:
             previous.request_close(CloseCode.TAKEN_OVER)

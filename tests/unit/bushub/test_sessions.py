@@ -13,7 +13,7 @@ from bushub.connection import Connection
 from bushub.metrics import Metrics
 from bushub.outbound import Outbound
 from bushub.relay import Relay
-from bushub.sessions import ACK_DELAY, ACK_EVERY, Session, Sessions, session_params
+from bushub.sessions import Session, Sessions, session_params
 from bushub.settings import Settings
 from buswire import Format, message_channel, sessionframe
 from buswire.relayframe import (
@@ -23,6 +23,7 @@ from buswire.relayframe import (
     stored_position,
     unpack_relay,
 )
+from buswire.sessionframe import ACK_DELAY, ACK_EVERY
 from tests.support.messages import encode, task_request
 from tests.unit.bushub.parts import connection, written
 
