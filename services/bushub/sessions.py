@@ -98,6 +98,7 @@ class Session:
         acked: The newest position acknowledged to the proxy.
         proxy_acked: The newest position the proxy acknowledged (0: none yet).
         proxy_acked_sent: The newest of those passed on to Redis.
+        trimmed_at: When they were last passed on (``time.monotonic``).
         acked_written: The newest acknowledgement written to the proxy.
         ack_since: When the oldest position not yet acknowledged settled
             (``time.monotonic``; 0 when every settled position is acknowledged).
@@ -121,6 +122,7 @@ class Session:
     acked: int = 0
     proxy_acked: int = 0
     proxy_acked_sent: int = 0
+    trimmed_at: float = 0.0
     acked_written: int = 0
     ack_since: float = 0.0
     subscribed: bool = False
@@ -314,7 +316,7 @@ class Sessions:
             position = session.delivered
         if position > session.proxy_acked:
             session.proxy_acked = position
-            self._trim_due(conn)
+            self._trim_due(conn, session)
 
     # ---- from the agent ---------------------------------------------------------
 
@@ -378,7 +380,24 @@ class Sessions:
             session.acked_written = session.acked
             self._write(conn, sessionframe.ack(session.acked), 0.0)
 
-    def _trim_due(self, conn: Connection) -> None:
+    def _trim_due(self, conn: Connection, session: Session) -> None:
+        """Pass the proxy's acknowledgement on to Redis now, unless this session's
+        last went less than a tick ago (a proxy acknowledges every 64 messages or
+        200 ms: more often, it is coalesced on the tick).
+
+        Held for the tick, every session's trims went out at once, and Redis ran them
+        all (tens of microseconds each) before the messages written after them: a
+        burst every 50 ms that set the session sockets' p99.
+        """
+        now = time.monotonic()
+        if (
+            now - session.trimmed_at >= ACK_TICK
+            and conn not in self._trims_due
+            and self._broker.ack_session_nowait(conn.agent, session.id, session.proxy_acked)
+        ):
+            session.trimmed_at = now
+            session.proxy_acked_sent = session.proxy_acked
+            return
         self._trims_due.add(conn)
         self._arm()
 
@@ -400,10 +419,12 @@ class Sessions:
                 self._write_ack(conn, session)
         trims, self._trims_due = self._trims_due, set()
         to_redis: list[tuple[str, str, int]] = []
+        now = time.monotonic()
         for conn in trims:
             session = conn.session
             if session is not None and session.proxy_acked > session.proxy_acked_sent:
                 session.proxy_acked_sent = session.proxy_acked
+                session.trimmed_at = now
                 to_redis.append((conn.agent, session.id, session.proxy_acked))
         if to_redis:
             self._spawn(self._trim(to_redis))

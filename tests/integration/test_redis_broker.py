@@ -11,7 +11,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -358,6 +358,55 @@ def test_acknowledgements_trim_on_the_publish_connection(redis: FaultRedis, loop
         await broker.close()
 
     run(loop, scenario())
+
+
+def test_an_acknowledgement_trims_without_waiting(redis: FaultRedis, loop: str) -> None:
+    """``ack_session_nowait``: one ``ACK`` written with the loop iteration's publishes
+    on the publish connection, nothing awaited; after Redis lost its script cache the
+    NOSCRIPT answer is followed by the script's text; a refused trim is only logged
+    (the next acknowledgement covers it) and leaves the connection in step."""
+
+    async def scenario() -> None:
+        broker, _ = await _session_broker(redis, redis.url)
+        channel = message_channel("a")
+        frames = [pack_relay(Format.JSON, 1.0, b'{"n":%d}' % n) for n in range(5)]
+        await broker.publish_many([(channel, f) for f in frames])
+
+        async def kept() -> list[int]:
+            return [p for p, _ in await broker.read_session("a", 0)]
+
+        assert broker.ack_session_nowait("a", "S1", 2)
+        await until_async(lambda: kept(), [3, 4, 5], "trimmed up to 2")
+        assert redis.cli("HGET", session_key("a"), "bytes").strip() == str(3 * len(frames[0]))
+
+        redis.cli("SCRIPT", "FLUSH")  # as a restarted Redis: NOSCRIPT, then the text
+        assert broker.ack_session_nowait("a", "S1", 3)
+        await until_async(lambda: kept(), [4, 5], "trimmed after NOSCRIPT")
+
+        # The queued path sends the delivery script's text: loaded again.
+        assert await broker.publish_many([(channel, frames[0])]) == [1]
+        await off_loop(lambda: redis.cli("ACL", "SETUSER", "default", "-xtrim"))
+        assert broker.ack_session_nowait("a", "S1", 4)
+        outcomes: list[int | Exception | None] = []
+        assert broker.publish_nowait(channel, frames[0], outcomes.append)
+        await until(lambda: bool(outcomes), "the publish behind the refused trim")
+        assert outcomes == [1], "the reply stream stays in step"
+        await off_loop(lambda: redis.cli("ACL", "SETUSER", "default", "+@all"))
+        assert await kept() == [4, 5, 6, 7]
+        await broker.close()
+        assert not broker.ack_session_nowait("a", "S1", 7), "closed: nothing written"
+
+    run(loop, scenario())
+
+
+async def until_async(
+    read: Callable[[], Awaitable[object]], expected: object, what: str, timeout: float = 5.0
+) -> None:
+    """Wait until ``await read()`` equals ``expected``."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while (got := await read()) != expected:
+        assert asyncio.get_running_loop().time() < deadline, f"{what}: {got!r}"
+        await asyncio.sleep(0.01)
 
 
 def _calls(redis: FaultRedis, command: str) -> int:

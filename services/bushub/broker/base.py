@@ -195,6 +195,13 @@ class Broker(ABC):
         stream, up to the position (sent together)."""
         raise NotImplementedError
 
+    def ack_session_nowait(self, agent: str, session: str, position: int) -> bool:
+        """``ack_sessions`` for one session without waiting, written with this
+        event-loop iteration's publishes; False (nothing done) where the broker has
+        no such path or it is not connected. A trim that fails is only logged: the
+        session's next acknowledgement covers it."""
+        return False
+
     async def release_sessions(self, items: Sequence[tuple[str, str]], window: float) -> None:
         """``(agent, conn)``: the connection ended; keep its session for ``window``
         seconds more, unless a newer connection holds it already."""

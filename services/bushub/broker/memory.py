@@ -148,6 +148,10 @@ class MemoryBroker(Broker):
         for agent, session, position in items:
             self._kept().ack(agent, session, position)
 
+    def ack_session_nowait(self, agent: str, session: str, position: int) -> bool:
+        self._kept().ack(agent, session, position)
+        return True
+
     async def release_sessions(self, items: Sequence[tuple[str, str]], window: float) -> None:
         if self._sessions is None:
             return  # none kept: nothing to release

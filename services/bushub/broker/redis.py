@@ -438,6 +438,37 @@ class RedisBroker(Broker):
                     await self._sessions.ack(agent, session, position, client=pipe)
                 await pipe.execute()
 
+    def ack_session_nowait(self, agent: str, session: str, position: int) -> bool:
+        publisher = self._publisher
+        if publisher is None:
+            return False
+        return self._ack_nowait(publisher, agent, session, position, by_sha=True)
+
+    @staticmethod
+    def _ack_nowait(
+        publisher: PublishConnection, agent: str, session: str, position: int, *, by_sha: bool
+    ) -> bool:
+        future = publisher.request_nowait(ack_command(agent, session, position, by_sha=by_sha), 1)
+        if future is None:
+            return False
+
+        def done(future: "asyncio.Future[list[Any]]") -> None:
+            if future.cancelled():
+                return
+            exc = future.exception()
+            reply = exc if exc is not None else future.result()[0]
+            if not isinstance(reply, Exception):
+                return
+            if by_sha and classify(reply) is ErrorKind.NOSCRIPT:
+                # Redis lost its script cache (a restart): the text loads it again.
+                RedisBroker._ack_nowait(publisher, agent, session, position, by_sha=False)
+                return
+            # Kept a while longer; the session's next acknowledgement trims it.
+            log.debug("could not trim the session stream of %s: %s", agent, reply)
+
+        future.add_done_callback(done)
+        return True
+
     @staticmethod
     async def _ack_raw(publisher: PublishConnection, items: Sequence[tuple[str, str, int]]) -> None:
         """``ACK`` every session on the publish connection (trimming twice is

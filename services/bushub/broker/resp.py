@@ -17,7 +17,7 @@ from typing import Any
 
 from bushub.broker.base import PartialPublish, PublishDone
 from bushub.broker.credentials import Credentials
-from bushub.broker.respconn import ReplyError, RespConnection, open_connection
+from bushub.broker.respconn import Replies, ReplyError, RespConnection, open_connection
 from bushub.broker.sessionscripts import Delivery
 
 log = logging.getLogger(__name__)
@@ -121,6 +121,16 @@ class _Connection(RespConnection):
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self.flush)
+
+    def buffer_request(self, commands: bytes, size: int) -> "asyncio.Future[list[Any]]":
+        """``request``, written with the rest of this iteration's commands."""
+        future: asyncio.Future[list[Any]] = self._loop.create_future()
+        self.waiting.append(Replies(size, future))
+        self.out.append(commands)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self.flush)
+        return future
 
     def write(self, data: bytes) -> None:
         """Write now, after anything buffered: the FIFO's order is the wire's."""
@@ -325,6 +335,15 @@ class PublishConnection:
         """
         conn = await self._open()
         return await conn.request(commands, size)
+
+    def request_nowait(self, commands: bytes, size: int) -> "asyncio.Future[list[Any]] | None":
+        """``request`` without waiting for a connection: written with this
+        event-loop iteration's publishes, in their order; None (nothing written)
+        when not connected."""
+        conn = self._conn
+        if conn is None or not conn.ready:
+            return None
+        return conn.buffer_request(commands, size)
 
     def retire(self) -> None:
         """Take no more fast-path messages; close once the replies owed are in.

@@ -13,7 +13,7 @@ from bushub.connection import Connection
 from bushub.metrics import Metrics
 from bushub.outbound import Outbound
 from bushub.relay import Relay
-from bushub.sessions import Session, Sessions, session_params
+from bushub.sessions import ACK_TICK, Session, Sessions, session_params
 from bushub.settings import Settings
 from buswire import Format, message_channel, sessionframe
 from buswire.relayframe import (
@@ -247,6 +247,29 @@ async def test_an_acknowledgement_ahead_of_what_was_written_trims_no_further() -
     assert [p for p, _ in await node.broker.read_session("a", 0)] == [3]
     assert [p for p, _ in numbered(conn)] == [1, 2, 3]
     assert node.counted("acked_ahead") == 1
+
+
+async def test_a_proxys_acknowledgement_trims_at_once_and_closer_ones_on_the_tick() -> None:
+    """Passed on to Redis as it comes (held for a tick, every session's went out in
+    one burst); one closer than a tick to the last of its session waits for the tick."""
+    node = Node()
+    conn = await node.session_socket("S1")
+    for seq in range(1, 4):
+        await node.send_to_a(seq)
+    await asyncio.sleep(0.01)
+
+    async def kept() -> list[int]:
+        return [p for p, _ in await node.broker.read_session("a", 0)]
+
+    node.sessions.proxy_ack(conn, 1)
+    assert await kept() == [2, 3], "at once, no tick waited for"
+    node.sessions.proxy_ack(conn, 2)
+    node.sessions.proxy_ack(conn, 3)
+    assert await kept() == [2, 3], "within a tick of the last: coalesced"
+    assert node.sessions.sizes()["trims_due"] == 1
+    await asyncio.sleep(ACK_TICK * 2)
+    assert await kept() == []
+    assert node.sessions.sizes()["trims_due"] == 0
 
 
 async def test_a_position_past_two_to_the_53_is_dropped_and_wedges_nothing() -> None:
