@@ -13,6 +13,7 @@ from bushub.broker.base import Broker
 from bushub.broker.memory import MemoryBroker
 from bushub.broker.nodes import BeatStatus, NodeRegistry
 from bushub.broker.redis import RedisBroker
+from buswire.channels import node_index_key
 from tests.integration.realredis import running_redis
 from tests.reliability.harness import FaultRedis
 
@@ -165,6 +166,51 @@ def _calls(redis: FaultRedis, command: str) -> int:
         if line.startswith(f"cmdstat_{command}:"):
             return int(line.split("calls=")[1].split(",")[0])
     return 0
+
+
+def _stat(redis: FaultRedis, name: str) -> int:
+    for line in redis.cli("INFO", "stats").splitlines():
+        if line.startswith(f"{name}:"):
+            return int(line.split(":")[1])
+    raise AssertionError(f"no {name} in INFO stats")
+
+
+def test_sockets_ending_together_are_withdrawn_in_few_round_trips(tmp_path: Path) -> None:
+    """200 sockets ending at once (a drain, a load balancer restarted): their records
+    and claims are deleted in one pipeline, each only where its connection still owns
+    it, and their index entries in one SREM; one command a socket sent on its own
+    cost each a round trip through the command pool."""
+    redis_iter = running_redis(tmp_path)
+    redis = next(redis_iter)
+    try:
+
+        async def main() -> None:
+            async for broker in _broker(redis):
+                keys = [f"bushub:agent:{{e{n}}}" for n in range(200)]
+                await asyncio.gather(
+                    *(broker.nodes.enlist("n1", [f"c{n} e{n}"]) for n in range(200))
+                )
+                for n, key in enumerate(keys):
+                    # The last 10 are held by a newer connection elsewhere.
+                    await broker.put_record(key, b"c%d x" % (n if n < 190 else n + 1000), None)
+                reads = _stat(redis, "total_reads_processed")
+                srem = _calls(redis, "srem")
+                await asyncio.gather(
+                    *(broker.delete_record(k, f"c{n}") for n, k in enumerate(keys)),
+                    *(broker.nodes.delist("n1", f"c{n} e{n}") for n in range(200)),
+                )
+                assert _calls(redis, "srem") - srem == 1
+                # The test's own INFO calls are reads too; 400 calls one by one were
+                # at least a read each.
+                assert _stat(redis, "total_reads_processed") - reads < 20
+                left = await broker.get_records(keys)
+                assert [v is not None for v in left] == [False] * 190 + [True] * 10
+                assert redis.lines("SMEMBERS", node_index_key("n1")) == []
+
+        asyncio.run(asyncio.wait_for(main(), 30))
+    finally:
+        for _ in redis_iter:
+            pass
 
 
 def test_a_storm_of_claims_is_sent_as_few_commands(tmp_path: Path) -> None:

@@ -185,6 +185,7 @@ class RedisBroker(Broker):
         self._reads = Coalesced(self._read_batch)
         self._puts = Coalesced(self._put_batch)
         self._claims = Coalesced(self._claim_batch)
+        self._deletes = Coalesced(self._delete_batch)
         self._listener = Listener(
             "redis",
             self._connect if self._raw else self._connect_pubsub,
@@ -367,17 +368,24 @@ class RedisBroker(Broker):
         return [bool(r) for r in results]
 
     async def delete_record(self, key: str, conn: str) -> None:
-        with unreachable_as_connection_error():
-            await self._release(keys=[key], args=[conn])
+        # Coalesced: a node whose sockets end together (a drain, a load balancer
+        # restarted) deletes their records and claims in one pipeline an iteration.
+        await self._deletes((key, conn))
 
     async def delete_records(self, items: Sequence[tuple[str, str]]) -> None:
         if not items:
             return
+        refused = next((r for r in await self._delete_batch(items) if r is not None), None)
+        if refused is not None:
+            raise refused
+
+    async def _delete_batch(self, items: Sequence[tuple[str, str]]) -> list[BrokerRefused | None]:
         with unreachable_as_connection_error():
             async with self._client.pipeline(transaction=False) as pipe:
                 for key, conn in items:
                     await self._release(keys=[key], args=[conn], client=pipe)
-                await pipe.execute()
+                results = await pipe.execute(raise_on_error=False)
+        return [BrokerRefused(r) if isinstance(r, ResponseError) else None for r in results]
 
     async def get_records(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:

@@ -99,6 +99,14 @@ return members
 """
 
 
+def _by_node(items: list[tuple[str, list[str]]]) -> dict[str, list[str]]:
+    """Index members grouped by node, in the order given."""
+    by_node: dict[str, list[str]] = {}
+    for node, members in items:
+        by_node.setdefault(node, []).extend(members)
+    return by_node
+
+
 def _keys(node: str) -> list[str]:
     return [
         live_nodes_key(),
@@ -134,6 +142,7 @@ class RedisNodeRegistry(NodeRegistry):
         self._reset = client.register_script(RESET_SCRIPT)
         self._collected = client.register_script(COLLECTED_SCRIPT)
         self._enlist = Coalesced(self._enlist_batch)
+        self._delist = Coalesced(self._delist_batch)
 
     async def beat(self, node: str, ttl: float) -> Beat:
         async with self._guard():
@@ -146,17 +155,20 @@ class RedisNodeRegistry(NodeRegistry):
 
     async def _enlist_batch(self, items: list[tuple[str, list[str]]]) -> list[None]:
         """The claims of one loop iteration (a storm of handshakes) in one SADD a node."""
-        by_node: dict[str, list[str]] = {}
-        for node, members in items:
-            by_node.setdefault(node, []).extend(members)
-        async with self._guard():
-            for node, members in by_node.items():
+        for node, members in _by_node(items).items():
+            async with self._guard():
                 await self._client.sadd(node_index_key(node), *members)
         return [None] * len(items)
 
     async def delist(self, node: str, member: str) -> None:
-        async with self._guard():
-            await self._client.srem(node_index_key(node), member)
+        await self._delist((node, [member]))
+
+    async def _delist_batch(self, items: list[tuple[str, list[str]]]) -> list[None]:
+        """The ends of one loop iteration (a drain, a mass disconnect) in one SREM a node."""
+        for node, members in _by_node(items).items():
+            async with self._guard():
+                await self._client.srem(node_index_key(node), *members)
+        return [None] * len(items)
 
     async def take(self, dead: str, hold: float) -> list[str] | None:
         async with self._guard():
