@@ -184,6 +184,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="storm sockets per load-generator process",
     )
     p.add_argument(
+        "--storm-workers",
+        type=int,
+        default=1,
+        help="worker processes of the node that is killed (its --workers): one process "
+        "holds at most RLIMIT_NOFILE sockets; all of them get SIGKILL",
+    )
+    p.add_argument(
         "--storm-settle",
         type=float,
         default=5.0,
@@ -313,6 +320,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--storm must be even (agent pairs) and >= 0")
     if args.storm_only and not args.storm:
         args.storm = 19_000
+    if args.storm_workers < 1:
+        p.error("--storm-workers must be >= 1")
     if args.storm_per_loadgen < 2 or args.storm_deadline <= 0 or not 0 <= args.storm_jitter <= 1:
         p.error("--storm-per-loadgen >= 2, --storm-deadline > 0, --storm-jitter within 0..1")
     if not 0 <= args.storm_initial_delay <= args.storm_max_delay:
@@ -838,7 +847,8 @@ def _storm_run(
         },
         settle=args.storm_settle,
     )
-    reason = idle.fd_shortfall(plan.idle_plan())
+    # The survivors hold half each, in one process.
+    reason = idle.fd_shortfall(plan.idle_plan(), args.storm_workers)
     if reason:
         log(f"reconnect storm: {plan.count:,} skipped: {reason}")
         out["storm_skipped"] = reason
@@ -847,15 +857,19 @@ def _storm_run(
     redis = procs.redis()
     redis_url = f"redis://127.0.0.1:{redis.port}/0"
     cap = ["--max-connections", str(max(20_000, plan.count + 100))]
-    nodes = [procs.hub(f"n{k}", redis_url, cap + extra) for k in (1, 2, 3)]
+    nodes = [
+        procs.hub(f"n{k}", redis_url, cap + extra, workers=args.storm_workers if k == 1 else 1)
+        for k in (1, 2, 3)
+    ]
     for node in nodes:
         wait_until(lambda c=node: http_ready(c.port), 30, node, "/readyz 200")
     log(
-        f"reconnect storm: {plan.count:,} sockets on n1 ({len(plan.idle_plan().shares())} "
-        "load generator(s)), then SIGKILL n1"
+        f"reconnect storm: {plan.count:,} sockets on n1 ({args.storm_workers} process(es), "
+        f"{len(plan.idle_plan().shares())} load generator(s)), then SIGKILL n1"
     )
     result = storm.measure(plan, nodes[0], nodes[1:], (redis.pid, redis.port), work, log)
     result["hub_argv"] = shlex.join(nodes[1].argv)
+    result["doomed_workers"] = args.storm_workers
     result["redis_alive"] = redis.alive
     out["storm"].append(result)
     for child in (*nodes, redis):

@@ -12,6 +12,8 @@ re-established (or given up), every ``sample`` seconds: Redis's CPU and commands
 generator counts the sockets still open and those whose peer was announced again.
 """
 
+import os
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +33,7 @@ from busbench.idle import (
     said,
 )
 from busbench.loadgen import machine_times
-from busbench.procs import Child, metric_value
+from busbench.procs import Child, metric_value, worker_pids
 from busbench.stormclient import OPEN_TIMEOUT
 from busclient.reconnecting import ReconnectPolicy
 
@@ -154,8 +156,12 @@ def measure(
         before = {s.name: metric_value(s.port, "bushub_connections") for s in [doomed, *survivors]}
         info_all0 = info.read("all")
         samples.append(_sample(info, pids, gens))
+        # A node of several workers dies whole, as its machine would: its supervisor
+        # and every worker at once (killed alone, the supervisor would leave them).
+        victims = [doomed.pid, *worker_pids(doomed.pid)]
         t_kill = time.monotonic()
-        doomed.proc.kill()
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)
         for g in gens:
             g.tell(f"storm {t_kill!r}")
         log(f"  SIGKILL {doomed.name}; clients reconnect to {', '.join(s.name for s in survivors)}")

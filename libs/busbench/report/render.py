@@ -870,7 +870,14 @@ def _storm_section(storms: list[dict[str, Any]], skipped: str | None) -> list[st
             "each other (`/ws/stA{n}?peer=stB{n}` and the reverse) on node 1, with "
             "websockets' default keepalive, from "
             f"{m['loadgens']} load generator(s) over {m['source_addresses']} loopback source "
-            "address(es). Node 1 then gets SIGKILL. Each client does what the reconnecting "
+            "address(es). "
+            + (
+                f"Node 1 ({m['doomed_workers']} worker processes: `--workers "
+                f"{m['doomed_workers']}`) then gets SIGKILL, its supervisor and every worker. "
+                if m.get("doomed_workers", 1) > 1
+                else "Node 1 then gets SIGKILL. "
+            )
+            + "Each client does what the reconnecting "
             "proxies do (`busclient.reconnecting.ReconnectPolicy`): the n-th attempt of an "
             f"outage waits min({p.get('max_delay'):g}, {p.get('initial_delay'):g} * "
             f"{p.get('multiplier'):g}^(n-1)) s times a random factor in "

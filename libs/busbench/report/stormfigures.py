@@ -178,6 +178,7 @@ def storm_figures(res: dict[str, Any]) -> dict[str, Any]:
         "pick": res.get("pick"),
         "open_timeout": res.get("open_timeout"),
         "loadgens": res.get("loadgens"),
+        "doomed_workers": res.get("doomed_workers") or 1,
         "source_addresses": len(res.get("source_addresses") or []) or None,
         "settle_s": res.get("settle_s"),
         "sample_s": res.get("sample_s"),

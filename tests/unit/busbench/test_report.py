@@ -37,6 +37,15 @@ def test_summary_matches_golden(name: str) -> None:
     assert summary == (GOLDEN / f"{name}.summary.json").read_text(encoding="utf-8")
 
 
+def test_a_storm_on_a_node_of_several_workers_says_all_of_them_were_killed() -> None:
+    out: dict[str, Any] = SCENARIOS["storm_only"]()
+    out["storm"][0]["doomed_workers"] = 2
+    out["summary"] = report.summarise(out)
+    assert "Node 1 (2 worker processes: `--workers 2`) then gets SIGKILL, its supervisor" in (
+        report.markdown(out)
+    )
+
+
 def write_golden() -> None:
     GOLDEN.mkdir(exist_ok=True)
     for name in sorted(SCENARIOS):
