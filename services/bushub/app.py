@@ -74,7 +74,11 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if not settings.redis_url:
             log.warning("no --redis-url: running single-node on the in-process broker")
-        await hub.start()
+        if not await hub.start():
+            description = hub.broker.description
+            log.warning("stopped before serving: a signal came while starting on %s", description)
+            yield  # uvicorn has been told to exit: it stops without serving
+            return
         if siblings is not None:
             await siblings.start()
         log.info("node %s serving on %s", settings.node_id, hub.broker.description)

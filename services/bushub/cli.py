@@ -38,6 +38,12 @@ class DrainingServer(uvicorn.Server):
         self._drain_task: asyncio.Task[None] | None = None
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if not self.started and sig in (signal.SIGTERM, signal.SIGINT):
+            # Still starting (the lifespan waits on Redis): nothing to drain, and
+            # uvicorn looks at should_exit only once the start is over.
+            self.should_exit = True
+            asyncio.get_event_loop().call_soon_threadsafe(self._hub.abort_start)
+            return
         if self._drain_task is not None or sig not in (signal.SIGTERM, signal.SIGINT):
             self.force_exit = True
             super().handle_exit(sig, frame)

@@ -129,6 +129,9 @@ class Hub:
                 )
             )
         self._tasks: set[asyncio.Task[None]] = set()
+        # The start under way, and whether a signal asked to stop before it ended.
+        self._starting: asyncio.Task[None] | None = None
+        self._start_aborted = False
         self._broker_was_down = False
         broker.set_handlers(self._on_broker_message, self._on_broker_state)
 
@@ -202,8 +205,31 @@ class Hub:
 
     # ---- life cycle ---------------------------------------------------------
 
-    async def start(self) -> None:
-        """Connect the broker and start the background tasks."""
+    async def start(self) -> bool:
+        """Connect the broker and start the background tasks; False when
+        ``abort_start`` came first (nothing is left running)."""
+        if self._start_aborted:
+            return False
+        self._starting = asyncio.ensure_future(self._start())
+        try:
+            await self._starting
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self._start_aborted and not (task is not None and task.cancelling()):
+                return False
+            raise
+        finally:
+            self._starting = None
+        return True
+
+    def abort_start(self) -> None:
+        """Stop a start still under way (a signal while Redis cannot be reached or
+        refuses the node): waiting on the broker would hold the process for good."""
+        self._start_aborted = True
+        if self._starting is not None:
+            self._starting.cancel()
+
+    async def _start(self) -> None:
         await self.broker.start()
         self.metrics.redis_up.set(1 if self.broker.up else 0)
         # The node's own channel: a takeover elsewhere asks whether it is there.

@@ -11,6 +11,7 @@ logged with Redis's reason too.
 
 import asyncio
 import contextlib
+import signal
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
@@ -246,6 +247,51 @@ def test_a_wrong_password_stops_the_node_with_redis_reason(locked: LockedRedis, 
     # ...and never the password, as given or as written in the URL.
     assert WRONG_PASSWORD not in log and quote(WRONG_PASSWORD, safe="") not in log
     assert locked.auth.password not in log
+
+
+def test_a_password_for_a_redis_without_one_stops_the_node(
+    tmp_path: Path, request: pytest.FixtureRequest, hubs: Hubs
+) -> None:
+    """A URL with a password for a Redis that has none: Redis refuses the AUTH (ERR,
+    not WRONGPASS), which the node retried for good at start-up, serving nothing."""
+    redis = RedisServer(tmp_path / "open-redis.log")
+    register_log(request, "redis log", redis.log_path)
+    redis.start()
+    try:
+        password = quote(WRONG_PASSWORD, safe="")
+        node = hubs.spawn("w2", redis.url.replace("redis://", f"redis://:{password}@"))
+        started = time.monotonic()
+        assert wait_until(lambda: not node.alive, timeout=TIMEOUT), "the node kept running"
+        assert node.returncode == 3
+        log = node_output(node)
+        assert "called without any password configured" in log, log[-2000:]
+        assert time.monotonic() - started < TIMEOUT
+        assert WRONG_PASSWORD not in log and password not in log
+    finally:
+        redis.stop()
+
+
+def test_a_signal_while_starting_stops_the_node(
+    tmp_path: Path, request: pytest.FixtureRequest, hubs: Hubs
+) -> None:
+    """SIGTERM while the node waits on a Redis that does not answer (stopped): the
+    start is abandoned and the process ends. It waited for the start to finish,
+    which never came, and a second signal did not help either."""
+    redis = RedisServer(tmp_path / "stopped-redis.log")
+    register_log(request, "redis log", redis.log_path)
+    redis.start()
+    redis.signal(signal.SIGSTOP)
+    try:
+        node = hubs.spawn("w3", redis.url)
+        assert wait_until(lambda: "Waiting for application startup" in node.log_text())
+        time.sleep(1.0)  # well into the wait on Redis
+        assert node.alive
+        node.signal(signal.SIGTERM)
+        assert wait_until(lambda: not node.alive, timeout=TIMEOUT), "still running"
+        assert "stopped before serving: a signal came while starting" in node.log_text()
+    finally:
+        redis.signal(signal.SIGCONT)
+        redis.stop()
 
 
 # Waits on a retry loop's log line: alone, so that a loaded machine does not stretch it.

@@ -19,8 +19,8 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import AuthenticationError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bushub.broker.base import Broker, MessageHandler, PartialPublish, PublishDone, StateHandler
@@ -32,6 +32,7 @@ from bushub.broker.redisnodes import RedisNodeRegistry
 from bushub.broker.redispubsub import PubSubLink
 from bushub.broker.refusals import BrokerRefused, ErrorKind, classify
 from bushub.broker.resp import FastItem, PublishConnection
+from bushub.broker.respconn import ReplyError
 from bushub.broker.sessionscripts import (
     DELIVER,
     Delivery,
@@ -71,6 +72,11 @@ def unreachable_as_connection_error() -> Iterator[None]:
         raise ConnectionError(f"redis: {type(exc).__name__}: {exc}") from exc
     except ResponseError as exc:
         raise BrokerRefused(exc) from exc
+
+
+# What a refused login looks like: AUTH or SELECT refused on a raw connection, or
+# redis-py's class for it (TLS and unix-socket URLs).
+LOGIN_REFUSALS = (ReplyError, AuthenticationError)
 
 
 def _refused_or(result: object) -> object:
@@ -190,7 +196,7 @@ class RedisBroker(Broker):
             "redis",
             self._connect if self._raw else self._connect_pubsub,
             on_up=self._subscribed,
-            on_down=lambda exc: self._set_up(False),
+            on_down=self._listener_down,
             backoff_max=backoff_max,
         )
         # Always subscribed, so the pub/sub connection always has one.
@@ -223,7 +229,24 @@ class RedisBroker(Broker):
         await self._load_delivery()
         self._ready = asyncio.get_running_loop().create_future()
         self._listening = asyncio.create_task(self._listener.run(), name="redis-listener")
-        await self._ready
+        try:
+            await self._ready
+        except BaseException:
+            # Refused (or stopped) before the first subscription: no listener left
+            # retrying behind a start that failed.
+            self._listening.cancel()
+            await asyncio.gather(self._listening, return_exceptions=True)
+            raise
+
+    def _listener_down(self, exc: BaseException) -> None:
+        self._set_up(False)
+        ready = self._ready
+        if ready is not None and not ready.done() and isinstance(exc, LOGIN_REFUSALS):
+            # A login refused before the node ever served is a setting to fix (a
+            # wrong password, a password for a Redis that has none, a user without
+            # access to the URL's database): the node stops at start-up saying so.
+            # Refused later (a password rotated under it), it retries instead.
+            ready.set_exception(exc)
 
     async def close(self) -> None:
         if self._closed:
