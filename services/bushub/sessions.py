@@ -43,8 +43,8 @@ log = logging.getLogger(__name__)
 # after the first of them. Each is a write of its own (a system call): acknowledged
 # on every 50 ms tick, a socket busy at 40 messages/s was written one for every two
 # of its messages. The proxy's send log (1,000 messages) is not strained by the lag.
-# How often acknowledgements due are written, and the proxies' passed on to Redis
-# (the streams' trims, one write per node per tick whatever the number of sessions).
+# How often acknowledgements due are written; a proxy's acknowledgement that comes
+# within this of its session's last is passed on to Redis (a trim) on the tick too.
 ACK_TICK = 0.05
 # Sessions re-asserted at once after a broker break (one script call each).
 _REASSERT_BATCH = 256
@@ -387,7 +387,7 @@ class Sessions:
 
         Held for the tick, every session's trims went out at once, and Redis ran them
         all (tens of microseconds each) before the messages written after them: a
-        burst every 50 ms that set the session sockets' p99.
+        burst every 50 ms ahead of live traffic.
         """
         now = time.monotonic()
         if (
