@@ -294,6 +294,31 @@ def test_a_signal_while_starting_stops_the_node(
         redis.stop()
 
 
+def test_a_node_whose_subscriptions_redis_refuses_is_not_ready_until_allowed(
+    tmp_path: Path, request: pytest.FixtureRequest, hubs: Hubs
+) -> None:
+    """The node's user may not SUBSCRIBE: it keeps saying so and does not serve;
+    allowed again, it serves. Redis' refusal of the SUBSCRIBE could arrive before the
+    PING after it waited for an answer: taken for an unasked error, the connection
+    passed for subscribed, and a node that could hear nothing served as ready."""
+    redis = RedisServer(tmp_path / "no-subscribe-redis.log")
+    register_log(request, "redis log", redis.log_path)
+    redis.start()
+    try:
+        assert redis.cli("ACL", "SETUSER", "default", "-subscribe").strip() == "OK"
+        node = hubs.spawn("w4", redis.url)
+        said = "refused this node (NoPermissionError: this user has no permissions"
+        assert wait_until(lambda: said in node.log_text()), node.log_text()
+        time.sleep(3.0)  # a dozen retries
+        assert node.alive
+        assert node.http_status("/readyz") != 200
+        assert " serving on " not in node.log_text()
+        assert redis.cli("ACL", "SETUSER", "default", "+subscribe").strip() == "OK"
+        node.wait_ready()
+    finally:
+        redis.stop()
+
+
 # Waits on a retry loop's log line: alone, so that a loaded machine does not stretch it.
 @pytest.mark.serial
 async def test_a_cluster_shard_refusing_a_command_is_logged_with_redis_reason(

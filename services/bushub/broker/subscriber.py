@@ -10,7 +10,7 @@ sharded pub/sub (``SSUBSCRIBE``, ``smessage``).
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 from redis.crc import key_slot
@@ -99,16 +99,26 @@ class Subscriber(RespConnection):
         """Write UNSUBSCRIBE for ``channels``."""
         self._write_batched(self._commands[1], channels)
 
-    async def ping(self) -> None:
-        """Wait for a PING's answer: Redis has run every command written before it
-        (all SUBSCRIBEs among them), so messages published from now on arrive.
+    def ping(self) -> Coroutine[Any, Any, None]:
+        """Write a PING now; awaited, its answer: Redis has run every command written
+        before it (all SUBSCRIBEs among them), so messages published from now on arrive.
+
+        Written at the call, not at the awaiting task's first step: Redis' refusal of
+        a SUBSCRIBE just written can arrive within that loop iteration, before the
+        PING waits for a reply; it was then taken for an unasked error, and the
+        connection, its subscriptions all refused, for confirmed (a node with no
+        subscriptions said it was ready).
 
         Raises:
             RedisError: a SUBSCRIBE before it was refused (NOPERM, MOVED...), as
                 redis-py would have raised it.
             ConnectionError: the connection was lost first.
         """
-        [reply] = await self.request(encode_command(b"PING"))
+        return self._answered(self.request(encode_command(b"PING")))
+
+    @staticmethod
+    async def _answered(replies: "asyncio.Future[list[Any]]") -> None:
+        [reply] = await replies
         if isinstance(reply, Exception):
             raise as_redis_error(reply)
 
