@@ -217,14 +217,27 @@ async def test_a_killed_worker_is_restarted_and_its_agents_leave_presence(
     assert await closed_with(a) == 1006  # no close frame: the process just died
 
     # a's record expires within the TTL plus one refresh; b is closed with 4002 after a
-    # further grace period, by the worker that survived.
-    assert await gone(node, "a", PRESENCE_TTL + PRESENCE_REFRESH + TIMEOUT)
+    # further grace period, by the worker that survived. When a left is known to within
+    # one poll of /agents: after the last poll that still listed it began (the lower
+    # bound the grace is counted from), and by the end of the first that did not.
+    last_listed = killed
+
+    def a_left() -> bool:
+        nonlocal last_listed
+        asked = time.monotonic()
+        listed = rows_or_none(node)
+        if listed is not None and "a" in listed:
+            last_listed = asked
+        return listed is not None and "a" not in listed
+
+    assert await asyncio.to_thread(wait_until, a_left, PRESENCE_TTL + PRESENCE_REFRESH + TIMEOUT)
     left = time.monotonic() - killed
     assert await closed_with(b, TIMEOUT + PRESENCE_TTL) == 4002
     closed = time.monotonic() - killed
     print(f"killed worker: a left presence after {left:.2f}s, b closed after {closed:.2f}s")
     assert left < PRESENCE_TTL + PRESENCE_REFRESH + 1.0, left
-    assert left + PEER_GRACE * 0.9 <= closed < PRESENCE_TTL + PRESENCE_REFRESH + PEER_GRACE + 1.5
+    assert last_listed - killed + PEER_GRACE * 0.9 <= closed, (last_listed - killed, closed)
+    assert closed < PRESENCE_TTL + PRESENCE_REFRESH + PEER_GRACE + 1.5, closed
 
     # The supervisor started the worker again; the node is whole and serves.
     assert await asyncio.to_thread(
