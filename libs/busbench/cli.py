@@ -847,8 +847,9 @@ def _storm_run(
         },
         settle=args.storm_settle,
     )
-    # The survivors hold half each, in one process.
-    reason = idle.fd_shortfall(plan.idle_plan(), args.storm_workers)
+    # The killed node holds them over its workers, and each survivor half of them in
+    # its one process: the larger share of a process is what must fit.
+    reason = idle.fd_shortfall(plan.idle_plan(), min(args.storm_workers, 2))
     if reason:
         log(f"reconnect storm: {plan.count:,} skipped: {reason}")
         out["storm_skipped"] = reason
