@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 # after the first of them. Each is a write of its own (a system call): acknowledged
 # on every 50 ms tick, a socket busy at 40 messages/s was written one for every two
 # of its messages. The proxy's send log (1,000 messages) is not strained by the lag.
+#
 # How often acknowledgements due are written; a proxy's acknowledgement that comes
 # within this of its session's last is passed on to Redis (a trim) on the tick too.
 ACK_TICK = 0.05
@@ -409,8 +410,9 @@ class Sessions:
 
     def _on_tick(self) -> None:
         self._tick = None
+        now = time.monotonic()
         # Due a little early rather than a whole tick late.
-        due_since = time.monotonic() - ACK_DELAY + ACK_TICK / 2
+        due_since = now - ACK_DELAY + ACK_TICK / 2
         for conn in list(self._acks_due):
             session = conn.session
             if session is None:
@@ -419,7 +421,6 @@ class Sessions:
                 self._write_ack(conn, session)
         trims, self._trims_due = self._trims_due, set()
         to_redis: list[tuple[str, str, int]] = []
-        now = time.monotonic()
         for conn in trims:
             session = conn.session
             if session is not None and session.proxy_acked > session.proxy_acked_sent:

@@ -398,17 +398,18 @@ class RedisBroker(Broker):
     async def delete_records(self, items: Sequence[tuple[str, str]]) -> None:
         if not items:
             return
-        refused = next((r for r in await self._delete_batch(items) if r is not None), None)
+        results = await self._delete_batch(items)
+        refused = next((r for r in results if isinstance(r, BrokerRefused)), None)
         if refused is not None:
             raise refused
 
-    async def _delete_batch(self, items: Sequence[tuple[str, str]]) -> list[BrokerRefused | None]:
+    async def _delete_batch(self, items: Sequence[tuple[str, str]]) -> list[object]:
         with unreachable_as_connection_error():
             async with self._client.pipeline(transaction=False) as pipe:
                 for key, conn in items:
                     await self._release(keys=[key], args=[conn], client=pipe)
                 results = await pipe.execute(raise_on_error=False)
-        return [BrokerRefused(r) if isinstance(r, ResponseError) else None for r in results]
+        return [_refused_or(r) for r in results]
 
     async def get_records(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:
