@@ -22,8 +22,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
@@ -31,6 +32,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from busbench.payloads import SEQ_WIDTH, Template, decode_template
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+S = TypeVar("S")
 now_ns = time.perf_counter_ns
 
 
@@ -541,6 +543,17 @@ class IdleSockets:
         self.ping_timeout: float | None = job.get("ping_timeout") if ping else None
 
     async def _connect(self, i: int, tag: str, deadline: float) -> ClientConnection | None:
+        return await self.attempt(self.dial, i, tag, deadline)
+
+    async def attempt(
+        self,
+        dial: Callable[[int, str, str, int, float], Awaitable[S]],
+        i: int,
+        tag: str,
+        deadline: float,
+    ) -> S | None:
+        """``dial`` socket ``i`` to the job's node, ``concurrency`` at a time, before
+        ``deadline``; None (counted in ``errors``) when it fails or is not tried."""
         job = self.job
         async with self.sem:
             left = deadline - time.monotonic()
@@ -550,37 +563,59 @@ class IdleSockets:
                 )
                 return None
             try:
-                return await self.dial(i, tag, job["url"], job["port"], min(left, 30))
-            except (OSError, InvalidHandshake, TimeoutError) as exc:
+                return await dial(i, tag, job["url"], job["port"], min(left, 30))
+            except (OSError, InvalidHandshake, TimeoutError, EOFError) as exc:
                 key = _error_key(exc)
                 self.errors[key] = self.errors.get(key, 0) + 1
                 return None
+
+    def bound_socket(self, i: int) -> socket.socket:
+        """A non-blocking TCP socket bound to socket ``i``'s source address."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            # The port is picked at connect(), by 4-tuple, as for an unbound socket:
+            # the bench takes no port other programs on the machine could use.
+            sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+            sock.bind((source_address(i, self.job["per_addr"]), 0))
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    async def tcp_connect(self, i: int, port: int, timeout: float) -> socket.socket:
+        """A TCP connection from socket ``i``'s source address to ``port``, non-blocking;
+        one not made within ``timeout`` raises ``ConnectTimeout``."""
+        sock = self.bound_socket(i)
+        try:
+            loop = asyncio.get_running_loop()
+            try:
+                await asyncio.wait_for(loop.sock_connect(sock, (self.job["host"], port)), timeout)
+            except TimeoutError:
+                raise ConnectTimeout from None
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def path(self, i: int, tag: str) -> str:
+        """Socket ``i``'s URL path: its agent name, its peer, JSON, the subagents dialect."""
+        name, peer = idle_name(i, tag, self.prefix)
+        return f"/ws/{name}?peer={peer}&format=json&dialect=subagents"
 
     async def dial(self, i: int, tag: str, url: str, port: int, timeout: float) -> ClientConnection:
         """Open socket ``i`` (its name, its peer, its source address) to ``url``; raises.
 
         ``timeout`` bounds the TCP connection and the upgrade together; a TCP connection
         not made in time raises ``ConnectTimeout``."""
-        job = self.job
-        name, peer = idle_name(i, tag, self.prefix)
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        start = time.monotonic()
+        sock = await self.tcp_connect(i, port, timeout)
         try:
-            # The port is picked at connect(), by 4-tuple, as for an unbound socket:
-            # the bench takes no port other programs on the machine could use.
-            sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
-            sock.bind((source_address(i, job["per_addr"]), 0))
-            sock.setblocking(False)
-            loop = asyncio.get_running_loop()
-            start = time.monotonic()
-            try:
-                await asyncio.wait_for(loop.sock_connect(sock, (job["host"], port)), timeout)
-            except TimeoutError:
-                raise ConnectTimeout from None
             timeout = max(0.001, timeout - (time.monotonic() - start))
             return await connect(
-                f"{url}/ws/{name}?peer={peer}&format=json&dialect=subagents",
+                url + self.path(i, tag),
                 sock=sock,
-                compression="deflate" if job.get("compression") == "deflate" else None,
+                compression="deflate" if self.job.get("compression") == "deflate" else None,
                 ping_interval=self.ping_interval,
                 ping_timeout=self.ping_timeout,
                 open_timeout=timeout,

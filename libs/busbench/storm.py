@@ -2,9 +2,10 @@
 through the two survivors.
 
 The orchestrator's side. Three hub nodes share one Redis. ``count`` agent sockets
-(pairs watching each other, ``stA{n}?peer=stB{n}`` and the reverse, websockets' default
-keepalive) are opened on node 1 by load generators (``busbench.stormclient``; the idle
-measurement's processes, shares and ``127.0.0.x`` source addresses). After they settle,
+(pairs watching each other, ``stA{n}?peer=stB{n}`` and the reverse, held by the lean
+``busbench.rawws`` client) are opened on node 1 by load generators
+(``busbench.stormclient``; the idle measurement's processes, shares and ``127.0.0.x``
+source addresses). After they settle,
 node 1 gets SIGKILL; each client follows the reconnecting proxies' policy to a survivor
 (see ``busbench.stormclient``). From the kill until every generator says its share is
 re-established (or given up), every ``sample`` seconds: Redis's CPU and commands (raw

@@ -1,13 +1,17 @@
 """The clients of a reconnect storm: one load generator's share of agent sockets.
 
 The sockets are opened on the node that will be killed, as agent pairs watching each
-other (``stA{n}?peer=stB{n}`` and the reverse), with websockets' default keepalive.
-When a socket is lost, its client does what the repository's reconnecting proxies do
-(``busclient.reconnecting.ReconnectPolicy``, used here as it is): wait the policy's
-jittered exponential backoff, dial again, and on a refused handshake (HTTP 503) or a
-network failure wait longer and dial again, until the policy's ``max_elapsed`` is
-spent, when the client gives up. The proxies dial one URL and a load balancer picks a
-live node; here the client picks a survivor itself (by its index, or at random).
+other (``stA{n}?peer=stB{n}`` and the reverse). They are ``busbench.rawws`` sockets,
+not websockets' client: 10,000 of those took a generator most of a core, where the
+survivors need the cores (see that module); they answer the hub's pings but send none
+(a storm is over within a keepalive interval), and offer no compression (the hub
+declines it anyway). When a socket is lost, its client does what the repository's
+reconnecting proxies do (``busclient.reconnecting.ReconnectPolicy``, used here as it
+is): wait the policy's jittered exponential backoff, dial again, and on a refused
+handshake (HTTP 503) or a network failure wait longer and dial again, until the
+policy's ``max_elapsed`` is spent, when the client gives up. The proxies dial one URL
+and a load balancer picks a live node; here the client picks a survivor itself (by its
+index, or at random).
 
 Every time is ``time.monotonic()`` (one clock for every process on the machine), so
 the orchestrator's kill time and the clients' times compare directly. The client
@@ -23,11 +27,19 @@ import sys
 import time
 from typing import Any
 
-from websockets.asyncio.client import ClientConnection
-from websockets.exceptions import ConnectionClosed, InvalidHandshake
+from websockets.exceptions import InvalidHandshake
 
-from busbench.loadgen import IdleSockets, _error_key, _say, _word, idle_name, raise_nofile
-from busclient.reconnecting import ReconnectPolicy, describe_close, describe_failure
+from busbench.loadgen import (
+    ConnectTimeout,
+    IdleSockets,
+    _error_key,
+    _say,
+    _word,
+    idle_name,
+    raise_nofile,
+)
+from busbench.rawws import RawSocket, open_raw, upgrade_request
+from busclient.reconnecting import ReconnectPolicy, describe_failure
 
 # The reconnecting proxies' default handshake timeout (``ReconnectingLink.open_timeout``).
 OPEN_TIMEOUT = 10.0
@@ -56,7 +68,7 @@ class StormSockets(IdleSockets):
         self.pick: str = job.get("pick", "alternate")
         n = job["count"]
         self.first: int = job["first"]
-        self.ws: list[ClientConnection | None] = [None] * n
+        self.ws: list[RawSocket | None] = [None] * n
         self.lost: list[float | None] = [None] * n
         self.est: list[float | None] = [None] * n
         self.target: list[int] = [-1] * n
@@ -71,6 +83,7 @@ class StormSockets(IdleSockets):
         self.all_finished = asyncio.Event()
         self.closing = False
         self.tasks: list[asyncio.Task[None]] = []
+        self.loop = asyncio.get_running_loop()
 
     # ---- the first sockets, on the node to be killed -------------------------------
 
@@ -85,9 +98,8 @@ class StormSockets(IdleSockets):
                     if left <= 0:
                         return
                     with contextlib.suppress(*DIAL_ERRORS):
-                        ws = await self.dial(i, "w", url, port, min(left, 30))
-                        with contextlib.suppress(Exception):
-                            await ws.close()
+                        ws = await self.dial_raw(i, "w", url, port, min(left, 30))
+                        await ws.close()
 
             await asyncio.gather(*(one(i) for i in range(count)))
 
@@ -97,13 +109,15 @@ class StormSockets(IdleSockets):
         deadline = time.monotonic() + job.get("open_timeout", 120)
         t = time.monotonic()
         socks = await asyncio.gather(
-            *(self._connect(self.first + j, job["tag"], deadline) for j in range(count))
+            *(
+                self.attempt(self.dial_raw, self.first + j, job["tag"], deadline)
+                for j in range(count)
+            )
         )
         for j, ws in enumerate(socks):
             if ws is not None:
                 self.ws[j] = ws
                 self.opened.append(j)
-        self.socks = [ws for ws in socks if ws is not None]
         elapsed = time.monotonic() - t
         for j in self.opened:
             self.tasks.append(asyncio.create_task(self._life(j)))
@@ -113,23 +127,42 @@ class StormSockets(IdleSockets):
 
     # ---- one client ----------------------------------------------------------------
 
+    async def dial_raw(self, i: int, tag: str, url: str, port: int, timeout: float) -> RawSocket:
+        """Open socket ``i`` to ``port`` as ``dial`` does, with the lean client; its data
+        frames go to ``_on_data`` (a warm-up socket's nowhere). ``timeout`` bounds the
+        TCP connection and the upgrade together (one ``asyncio.timeout``, no task: a
+        generator dials thousands at once)."""
+        j = i - self.first
+        on_data = (lambda data: None) if tag == "w" else (lambda data: self._on_data(j, data))
+        request = upgrade_request(self.job["host"], port, self.path(i, tag))
+        sock = self.bound_socket(i)
+        connected = False
+        try:
+            async with asyncio.timeout(timeout):
+                await self.loop.sock_connect(sock, (self.job["host"], port))
+                connected = True
+                return await open_raw(sock, request, on_data)
+        except TimeoutError:
+            sock.close()
+            if not connected:
+                raise ConnectTimeout from None
+            raise
+        except BaseException:
+            sock.close()
+            raise
+
     def _peer_needle(self, j: int) -> bytes:
         _, peer = idle_name(self.first + j, self.job["tag"], self.prefix)
         return b'"' + peer.encode() + b'"'
 
-    async def _read(self, ws: ClientConnection, j: int, after: bool) -> None:
-        """Every frame until the socket ends; notes the first registry naming the peer."""
-        needle = self._peer_needle(j)
-        with contextlib.suppress(ConnectionClosed):
-            async for data in ws:
-                raw = data.encode() if isinstance(data, str) else data
-                if b"Registry" not in raw or needle not in raw:
-                    continue
-                if after:
-                    if self.reg_after[j] is None:
-                        self.reg_after[j] = time.monotonic()
-                else:
-                    self.reg_before[j] = True
+    def _on_data(self, j: int, data: bytes) -> None:
+        """Notes the first registry naming the peer, before the loss and after."""
+        if b"Registry" not in data or self._peer_needle(j) not in data:
+            return
+        if self.lost[j] is None:
+            self.reg_before[j] = True
+        elif self.reg_after[j] is None:
+            self.reg_after[j] = time.monotonic()
 
     def _choose(self, i: int) -> int:
         if self.pick == "random":
@@ -145,11 +178,11 @@ class StormSockets(IdleSockets):
         i = self.first + j
         ws = self.ws[j]
         assert ws is not None
-        await self._read(ws, j, after=False)
+        await ws.ended
         if self.closing:
             return
         outage = self.lost[j] = time.monotonic()
-        disconnect = describe_close(ws, local=False)
+        disconnect = ws.disconnect()
         self.ws[j] = None
         attempt = 0
         while True:
@@ -165,9 +198,7 @@ class StormSockets(IdleSockets):
             url, port = self.survivors[k]
             self.attempts[j] += 1
             try:
-                ws = await asyncio.wait_for(
-                    self.dial(i, self.job["tag"], url, port, OPEN_TIMEOUT), OPEN_TIMEOUT + 1
-                )
+                ws = await self.dial_raw(i, self.job["tag"], url, port, OPEN_TIMEOUT)
             except DIAL_ERRORS as exc:
                 disconnect = describe_failure(exc)
                 self.failures.append((time.monotonic(), k, _error_key(exc)))
@@ -177,7 +208,7 @@ class StormSockets(IdleSockets):
         self.target[j] = k
         self.ws[j] = ws
         self._finish()
-        await self._read(ws, j, after=True)
+        await ws.ended
         if not self.closing:
             code = ws.close_code
             key = f"{code} {ws.close_reason or ''}".strip() if code is not None else "1006"
@@ -195,7 +226,7 @@ class StormSockets(IdleSockets):
         still_open = sum(
             1
             for j in self.opened
-            if self.est[j] is not None and (ws := self.ws[j]) is not None and ws.close_code is None
+            if self.est[j] is not None and (ws := self.ws[j]) is not None and not ws.ended.done()
         )
         return {
             "opened": len(self.opened),
@@ -217,10 +248,9 @@ class StormSockets(IdleSockets):
         self.closing = True
         close_sem = asyncio.Semaphore(256)
 
-        async def close(ws: ClientConnection) -> None:
+        async def close(ws: RawSocket) -> None:
             async with close_sem:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(ws.close(), 5)
+                await ws.close()
 
         await asyncio.gather(*(close(ws) for ws in self.ws if ws is not None))
         for task in self.tasks:

@@ -867,8 +867,9 @@ def _storm_section(storms: list[dict[str, Any]], skipped: str | None) -> list[st
         blocks += [
             _table(["figure", f"{m['count']:,} sockets"], _storm_rows(m)),
             "Three hub nodes on one Redis of their own; the sockets are agent pairs watching "
-            "each other (`/ws/stA{n}?peer=stB{n}` and the reverse) on node 1, with "
-            "websockets' default keepalive, from "
+            "each other (`/ws/stA{n}?peer=stB{n}` and the reverse) on node 1, held by "
+            "a lean client (`busbench.rawws`: the upgrade, then frames read; it answers "
+            "the hub's pings, sends none and offers no compression), from "
             f"{m['loadgens']} load generator(s) over {m['source_addresses']} loopback source "
             "address(es). "
             + (
