@@ -455,3 +455,56 @@ async def _session_broker(redis: FaultRedis, url: str) -> tuple[RedisBroker, lis
     await until(lambda: redis.lines("PUBSUB", "CHANNELS", channel) != [], "sub")
     await broker.resume_session("a", "S1", 0, "e1", "c1")
     return broker, got
+
+
+def test_a_handshakes_claims_records_and_deletes_go_on_the_publish_connection(
+    redis: FaultRedis, loop: str
+) -> None:
+    """The presence writes of many handshakes at once (claims, records, deletes) go as
+    one batch on the publish connection: no ``SCRIPT EXISTS`` before each batch (as
+    redis-py's pipeline asks); after Redis lost its script cache a claim runs by its
+    text; a refused write fails its own caller and the rest of the batch is written."""
+
+    async def scenario() -> None:
+        broker = RedisBroker(redis.url, control_channel="bushub:node:t")
+        got: list[tuple[str, bytes]] = []
+        broker.set_handlers(lambda c, d: got.append((c, d)), lambda up: None)
+        await broker.start()
+        await broker.subscribe("events")
+        await until(lambda: redis.lines("PUBSUB", "CHANNELS", "events") != [], "sub")
+        exists = _calls(redis, "script")
+        await asyncio.gather(
+            *(
+                broker.claim_record(f"k{n}", b"c%d rec" % n, 30.0, "events", b"claimed %d" % n)
+                for n in range(50)
+            ),
+            *(broker.put_record(f"p{n}", b"c%d put" % n, None) for n in range(50)),
+        )
+        assert await broker.get_records(["k0", "k49", "p7"]) == [b"c0 rec", b"c49 rec", b"c7 put"]
+        assert 29_000 < int(redis.cli("PTTL", "k3")) <= 30_000
+        assert redis.cli("TTL", "p3").strip() == "-1"
+        await until(lambda: len(got) == 50, "every claim's event")
+        assert got == [("events", b"claimed %d" % n) for n in range(50)]
+        assert _calls(redis, "script") == exists, "no SCRIPT EXISTS, no SCRIPT LOAD"
+
+        redis.cli("SCRIPT", "FLUSH")  # as a restarted Redis: NOSCRIPT, then the text
+        await broker.claim_record("k0", b"c9 again", None, "events", b"claimed again")
+        assert await broker.get_records(["k0"]) == [b"c9 again"]
+        # A delete only takes a record its connection still holds.
+        await asyncio.gather(broker.delete_record("k0", "c9"), broker.delete_record("k1", "c9"))
+        assert await broker.get_records(["k0", "k1"]) == [None, b"c1 rec"]
+
+        await off_loop(lambda: redis.cli("ACL", "SETUSER", "default", "resetkeys", "~p*"))
+        results = await asyncio.gather(
+            broker.put_record("p1", b"c1 new", None),
+            broker.put_record("k1", b"c1 new", None),
+            broker.delete_record("p2", "c2"),
+            return_exceptions=True,
+        )
+        await off_loop(lambda: redis.cli("ACL", "SETUSER", "default", "allkeys"))
+        assert results[0] is None and results[2] is None
+        assert isinstance(results[1], BrokerRefused) and results[1].kind is ErrorKind.NOPERM
+        assert await broker.get_records(["p1", "k1", "p2"]) == [b"c1 new", b"c1 rec", None]
+        await broker.close()
+
+    run(loop, scenario())

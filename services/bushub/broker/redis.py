@@ -28,11 +28,12 @@ from bushub.broker.coalesce import Coalesced
 from bushub.broker.credentials import Credentials
 from bushub.broker.listener import Listener
 from bushub.broker.nodes import NodeRegistry
+from bushub.broker.rawscripts import Script
 from bushub.broker.redisnodes import RedisNodeRegistry
 from bushub.broker.redispubsub import PubSubLink
 from bushub.broker.refusals import BrokerRefused, ErrorKind, classify
 from bushub.broker.resp import FastItem, PublishConnection
-from bushub.broker.respconn import ReplyError
+from bushub.broker.respconn import ReplyError, encode_command
 from bushub.broker.sessionscripts import (
     DELIVER,
     Delivery,
@@ -184,6 +185,10 @@ class RedisBroker(Broker):
         self._refresh = self._client.register_script(REFRESH_SCRIPT)
         self._release = self._client.register_script(RELEASE_SCRIPT)
         self._claim = self._client.register_script(CLAIM_SCRIPT)
+        # The same two on the publish connection, where the batches of a storm's
+        # handshakes go (no SCRIPT EXISTS round trip, no redis-py pipeline per batch).
+        self._release_raw = Script(RELEASE_SCRIPT)
+        self._claim_raw = Script(CLAIM_SCRIPT)
         self._sessions = SessionScripts(self._client)
         self._delivery: Delivery | None = None
         self._nodes = RedisNodeRegistry(self._client, guarded)
@@ -350,6 +355,17 @@ class RedisBroker(Broker):
         await self._puts((key, value, ttl_ms(ttl)))
 
     async def _put_batch(self, items: list[tuple[str, bytes, int]]) -> list[object]:
+        if self._publisher is not None:
+            commands = b"".join(
+                encode_command(b"SET", key.encode(), value, b"PX", b"%d" % lifetime)
+                if lifetime
+                else encode_command(b"SET", key.encode(), value)
+                for key, value, lifetime in items
+            )
+            with unreachable_as_connection_error():
+                async with asyncio.timeout(_PUBLISH_SECONDS):
+                    replies = await self._publisher.request(commands, len(items))
+            return [BrokerRefused(r) if isinstance(r, Exception) else r for r in replies]
         with unreachable_as_connection_error():
             async with self._client.pipeline(transaction=False) as pipe:
                 for key, value, lifetime in items:
@@ -363,6 +379,11 @@ class RedisBroker(Broker):
         await self._claims((key, [value, ttl_ms(ttl), "PUBLISH", channel, data]))
 
     async def _claim_batch(self, items: list[tuple[str, list[Any]]]) -> list[object]:
+        if self._publisher is not None:
+            calls = [([key], args) for key, args in items]
+            with unreachable_as_connection_error():
+                async with asyncio.timeout(_PUBLISH_SECONDS):
+                    return await self._claim_raw.run_many(self._publisher, calls)
         with unreachable_as_connection_error():
             async with self._client.pipeline(transaction=False) as pipe:
                 for key, args in items:
@@ -404,6 +425,11 @@ class RedisBroker(Broker):
             raise refused
 
     async def _delete_batch(self, items: Sequence[tuple[str, str]]) -> list[object]:
+        if self._publisher is not None:
+            calls = [([key], [conn]) for key, conn in items]
+            with unreachable_as_connection_error():
+                async with asyncio.timeout(_PUBLISH_SECONDS):
+                    return await self._release_raw.run_many(self._publisher, calls)
         with unreachable_as_connection_error():
             async with self._client.pipeline(transaction=False) as pipe:
                 for key, conn in items:

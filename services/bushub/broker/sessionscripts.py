@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from bushub.broker.rawscripts import bulk, script_head
 from buswire.channels import relayed_key, session_key, stream_key
 
 # How long after a session was put back (Redis had lost it) a copy sent again after
@@ -202,23 +203,6 @@ def agent_of(channel: bytes) -> bytes | None:
     return None
 
 
-def _bulk(value: bytes) -> bytes:
-    return b"$%d\r\n%s\r\n" % (len(value), value)
-
-
-def _script_head(text: str, sha: bytes, keys: Sequence[str], args: int, *, by_sha: bool) -> bytes:
-    """A script call in RESP up to its arguments (``args`` of them follow): ``EVALSHA``,
-    else ``EVAL`` with the script's text (for a Redis that answered NOSCRIPT, or to
-    fill an emptied cache), and its keys."""
-    script = _bulk(b"EVALSHA") + _bulk(sha) if by_sha else _bulk(b"EVAL") + _bulk(text.encode())
-    return (
-        b"*%d\r\n" % (3 + len(keys) + args)
-        + script
-        + _bulk(b"%d" % len(keys))
-        + b"".join(_bulk(key.encode(errors="surrogateescape")) for key in keys)
-    )
-
-
 def ack_command(agent: str, session: str, position: int, *, by_sha: bool) -> bytes:
     """``ACK`` for one session in RESP, for a publish connection: a node's trims
     cost it a few microseconds each there, where redis-py's pipeline cost tens, all
@@ -229,8 +213,8 @@ def ack_command(agent: str, session: str, position: int, *, by_sha: bool) -> byt
             answered NOSCRIPT: its script cache was emptied by a restart).
     """
     keys = (session_key(agent), stream_key(agent))
-    head = _script_head(ACK, ACK_SHA, keys, 2, by_sha=by_sha)
-    return head + _bulk(session.encode()) + _bulk(b"%d" % position)
+    head = script_head(ACK, ACK_SHA, keys, 2, by_sha=by_sha)
+    return head + bulk(session.encode()) + bulk(b"%d" % position)
 
 
 class Delivery:
@@ -243,11 +227,11 @@ class Delivery:
 
     def __init__(self, limits: SessionLimits, publish: bytes) -> None:
         self._tail = (
-            _bulk(str(limits.messages).encode())
-            + _bulk(str(limits.bytes).encode())
-            + _bulk(str(limits.window_ms).encode())
+            bulk(str(limits.messages).encode())
+            + bulk(str(limits.bytes).encode())
+            + bulk(str(limits.window_ms).encode())
         )
-        self._publish = _bulk(publish)
+        self._publish = bulk(publish)
         self.limits = limits
         self.publish_command = publish
         # The command up to the frame's size, per channel (bounded: few agents are
@@ -277,8 +261,8 @@ class Delivery:
         name = agent.decode(errors="surrogateescape")
         keys = (session_key(name), stream_key(name), relayed_key(name))
         # Arguments: the publish command, the channel, three bounds, the relay frame.
-        head = _script_head(DELIVER, DELIVER_SHA, keys, 6, by_sha=by_sha)
-        return head + self._publish + _bulk(channel) + self._tail
+        head = script_head(DELIVER, DELIVER_SHA, keys, 6, by_sha=by_sha)
+        return head + self._publish + bulk(channel) + self._tail
 
     def args(self, channel: str, data: bytes) -> list[bytes | str | int]:
         """``DELIVER``'s keys and arguments, for redis-py (``keys`` first three)."""
