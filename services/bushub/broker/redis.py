@@ -191,7 +191,7 @@ class RedisBroker(Broker):
         self._claim_raw = Script(CLAIM_SCRIPT)
         self._sessions = SessionScripts(self._client)
         self._delivery: Delivery | None = None
-        self._nodes = RedisNodeRegistry(self._client, guarded)
+        self._nodes = RedisNodeRegistry(self._client, guarded, self._publisher)
         # What many handshakes ask at once goes as one command or one pipeline.
         self._reads = Coalesced(self._read_batch)
         self._puts = Coalesced(self._put_batch)
@@ -443,9 +443,20 @@ class RedisBroker(Broker):
         return await self._reads(list(keys))
 
     async def _read_batch(self, reads: list[list[str]]) -> list[list[bytes | None]]:
-        """Concurrent reads as one MGET."""
+        """Concurrent reads as one MGET (on the publish connection, after the writes
+        before it)."""
+        keys = [key for keys in reads for key in keys]
         with unreachable_as_connection_error():
-            values = await self._client.mget([key for keys in reads for key in keys])
+            if self._publisher is not None:
+                async with asyncio.timeout(_PUBLISH_SECONDS):
+                    [reply] = await self._publisher.request(
+                        encode_command(b"MGET", *(key.encode() for key in keys)), 1
+                    )
+                if isinstance(reply, Exception):
+                    raise BrokerRefused(reply)
+                values: list[Any] = reply
+            else:
+                values = await self._client.mget(keys)
         out, start = [], 0
         for keys in reads:
             out.append(

@@ -13,6 +13,9 @@ from redis.asyncio import Redis, RedisCluster
 
 from bushub.broker.coalesce import Coalesced
 from bushub.broker.nodes import Beat, BeatStatus, NodeRegistry
+from bushub.broker.rawscripts import Requester
+from bushub.broker.refusals import BrokerRefused
+from bushub.broker.respconn import encode_command
 from buswire.channels import (
     collected_index_key,
     collecting_key,
@@ -128,15 +131,19 @@ class RedisNodeRegistry(NodeRegistry):
         client: The broker's command client.
         guard: Wraps every call: the broker's translation of Redis errors into
             ConnectionError and BrokerRefused, and its time bound.
+        raw: A raw connection to the same Redis (one Redis only) for the index
+            writes of many handshakes or ends at once, as one write with no pool.
     """
 
     def __init__(
         self,
         client: "Redis | RedisCluster",
         guard: Callable[[], AbstractAsyncContextManager[None]],
+        raw: Requester | None = None,
     ) -> None:
         self._client = client
         self._guard = guard
+        self._raw = raw
         self._beat = client.register_script(BEAT_SCRIPT)
         self._take = client.register_script(TAKE_SCRIPT)
         self._reset = client.register_script(RESET_SCRIPT)
@@ -155,9 +162,7 @@ class RedisNodeRegistry(NodeRegistry):
 
     async def _enlist_batch(self, items: list[tuple[str, list[str]]]) -> list[None]:
         """The claims of one loop iteration (a storm of handshakes) in one SADD a node."""
-        for node, members in _by_node(items).items():
-            async with self._guard():
-                await self._client.sadd(node_index_key(node), *members)
+        await self._index(b"SADD", _by_node(items))
         return [None] * len(items)
 
     async def delist(self, node: str, member: str) -> None:
@@ -165,10 +170,27 @@ class RedisNodeRegistry(NodeRegistry):
 
     async def _delist_batch(self, items: list[tuple[str, list[str]]]) -> list[None]:
         """The ends of one loop iteration (a drain, a mass disconnect) in one SREM a node."""
-        for node, members in _by_node(items).items():
-            async with self._guard():
-                await self._client.srem(node_index_key(node), *members)
+        await self._index(b"SREM", _by_node(items))
         return [None] * len(items)
+
+    async def _index(self, command: bytes, by_node: dict[str, list[str]]) -> None:
+        """``command`` (SADD, SREM) on each node's index."""
+        keys = [node_index_key(node) for node in by_node]
+        if self._raw is not None:
+            commands = b"".join(
+                encode_command(command, key.encode(), *(m.encode() for m in members))
+                for key, members in zip(keys, by_node.values(), strict=True)
+            )
+            async with self._guard():
+                replies = await self._raw.request(commands, len(keys))
+            refused = next((r for r in replies if isinstance(r, Exception)), None)
+            if refused is not None:
+                raise BrokerRefused(refused)
+            return
+        write = self._client.sadd if command == b"SADD" else self._client.srem
+        for key, members in zip(keys, by_node.values(), strict=True):
+            async with self._guard():
+                await write(key, *members)
 
     async def take(self, dead: str, hold: float) -> list[str] | None:
         async with self._guard():
