@@ -33,7 +33,9 @@ def arg_bytes(value: Arg) -> bytes:
     return value.encode(errors="surrogateescape")
 
 
-def script_head(text: str, sha: bytes, keys: Sequence[str], args: int, *, by_sha: bool) -> bytes:
+def script_head(
+    text: str, sha: bytes, keys: Sequence[str | bytes], args: int, *, by_sha: bool
+) -> bytes:
     """A script call in RESP up to its arguments (``args`` of them follow): ``EVALSHA``,
     else ``EVAL`` with the script's text (for a Redis that answered NOSCRIPT, or to
     fill an emptied cache), and its keys."""
@@ -42,7 +44,7 @@ def script_head(text: str, sha: bytes, keys: Sequence[str], args: int, *, by_sha
         b"*%d\r\n" % (3 + len(keys) + args)
         + script
         + bulk(b"%d" % len(keys))
-        + b"".join(bulk(key.encode(errors="surrogateescape")) for key in keys)
+        + b"".join(bulk(arg_bytes(key)) for key in keys)
     )
 
 
@@ -53,12 +55,14 @@ class Script:
         self.text = text
         self.sha = hashlib.sha1(text.encode()).hexdigest().encode()
 
-    def call(self, keys: Sequence[str], args: Sequence[Arg], *, by_sha: bool = True) -> bytes:
+    def call(
+        self, keys: Sequence[str | bytes], args: Sequence[Arg], *, by_sha: bool = True
+    ) -> bytes:
         head = script_head(self.text, self.sha, keys, len(args), by_sha=by_sha)
         return head + b"".join(bulk(arg_bytes(a)) for a in args)
 
     async def run_many(
-        self, conn: Requester, calls: Sequence[tuple[Sequence[str], Sequence[Arg]]]
+        self, conn: Requester, calls: Sequence[tuple[Sequence[str | bytes], Sequence[Arg]]]
     ) -> list[object]:
         """One call per ``(keys, args)``, in order, in one round trip (two after a
         NOSCRIPT: a call refused so did not run); each reply, an error reply as

@@ -28,7 +28,7 @@ from bushub.broker.coalesce import Coalesced
 from bushub.broker.credentials import Credentials
 from bushub.broker.listener import Listener
 from bushub.broker.nodes import NodeRegistry
-from bushub.broker.rawscripts import Script
+from bushub.broker.rawscripts import Script, arg_bytes
 from bushub.broker.redisnodes import RedisNodeRegistry
 from bushub.broker.redispubsub import PubSubLink
 from bushub.broker.refusals import BrokerRefused, ErrorKind, classify
@@ -357,9 +357,9 @@ class RedisBroker(Broker):
     async def _put_batch(self, items: list[tuple[str, bytes, int]]) -> list[object]:
         if self._publisher is not None:
             commands = b"".join(
-                encode_command(b"SET", key.encode(), value, b"PX", b"%d" % lifetime)
+                encode_command(b"SET", arg_bytes(key), value, b"PX", b"%d" % lifetime)
                 if lifetime
-                else encode_command(b"SET", key.encode(), value)
+                else encode_command(b"SET", arg_bytes(key), value)
                 for key, value, lifetime in items
             )
             with unreachable_as_connection_error():
@@ -450,7 +450,9 @@ class RedisBroker(Broker):
             if self._publisher is not None:
                 async with asyncio.timeout(_PUBLISH_SECONDS):
                     [reply] = await self._publisher.request(
-                        encode_command(b"MGET", *(key.encode() for key in keys)), 1
+                        # str, or bytes as SCAN gives them (scan_records)
+                        encode_command(b"MGET", *(arg_bytes(key) for key in keys)),
+                        1,
                     )
                 if isinstance(reply, Exception):
                     raise BrokerRefused(reply)

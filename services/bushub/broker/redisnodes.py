@@ -13,7 +13,7 @@ from redis.asyncio import Redis, RedisCluster
 
 from bushub.broker.coalesce import Coalesced
 from bushub.broker.nodes import Beat, BeatStatus, NodeRegistry
-from bushub.broker.rawscripts import Requester
+from bushub.broker.rawscripts import Requester, arg_bytes
 from bushub.broker.refusals import BrokerRefused
 from bushub.broker.respconn import encode_command
 from buswire.channels import (
@@ -178,7 +178,7 @@ class RedisNodeRegistry(NodeRegistry):
         keys = [node_index_key(node) for node in by_node]
         if self._raw is not None:
             commands = b"".join(
-                encode_command(command, key.encode(), *(m.encode() for m in members))
+                encode_command(command, arg_bytes(key), *(arg_bytes(m) for m in members))
                 for key, members in zip(keys, by_node.values(), strict=True)
             )
             async with self._guard():
