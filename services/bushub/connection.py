@@ -8,6 +8,7 @@ import itertools
 import os
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum, auto
 from typing import TYPE_CHECKING, Protocol
@@ -67,6 +68,14 @@ class Outlet(Protocol):
     def keepalive_check(self) -> bool:
         """Once per keepalive interval: ping a client silent since the last check;
         False when it stayed silent through a whole interval after such a ping."""
+
+
+def _never() -> bool:
+    return False
+
+
+class ClientGone(Exception):
+    """The client of a handshake hung up before its claim was written."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +152,9 @@ class Connection:
         # them, and wait in _queue while it does not; None: the writer task
         # drains _queue.
         self.outlet: Outlet | None = None
+        # Before the accept: whether its client has hung up already (the endpoint
+        # sets it from the transport; False where it cannot tell).
+        self.client_gone: Callable[[], bool] = _never
         # Targets this socket may send to, checked once: target -> channel.
         self.routes: dict[str, str] = {}
         # Sources its messages may carry, checked once: source -> allowed; None when

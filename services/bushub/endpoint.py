@@ -11,6 +11,7 @@ straight to its transport, and once set up the socket needs no task until it end
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 from urllib.parse import quote, unquote_to_bytes
@@ -21,7 +22,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from bushub.auth import AuthError, Grant, TokenVerifier
 from bushub.broker.refusals import BrokerRefused
 from bushub.closecodes import CloseCode, close_reason
-from bushub.connection import Connection, ConnectionParams, new_connection_id
+from bushub.connection import ClientGone, Connection, ConnectionParams, new_connection_id
 from bushub.fallback import serve_fallback
 from bushub.hub import Hub
 from bushub.limits import TokenBucket
@@ -133,6 +134,31 @@ def _serve_direct(
     protocol.attach(on_frame, conn.socket_ended, lambda: flush(conn))
     protocol.hand_over()
     conn.closing.on_set(on_closing)
+
+
+def _hung_up_probe(protocol: HubWebSocketProtocol) -> Callable[[], bool]:
+    """Whether the client has closed its end: the transport knows already, or the
+    socket has its FIN (or a reset) waiting unread. Asked at the claim, which can
+    come before the loop has read what arrived with the request."""
+    transport = protocol.transport
+    sock = transport.get_extra_info("socket")
+
+    def hung_up() -> bool:
+        if transport.is_closing():
+            return True
+        if sock is None:
+            return False
+        probe = socket.socket(fileno=sock.fileno())
+        try:
+            return probe.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True  # reset
+        finally:
+            probe.detach()
+
+    return hung_up
 
 
 def _direct_protocol(websocket: WebSocket) -> HubWebSocketProtocol | None:
@@ -274,12 +300,19 @@ async def agent_socket(websocket: WebSocket, raw: AsgiChannel) -> None:
     )
     if resuming is not None:
         conn.session = Session(*resuming)
+    probed = _direct_protocol(websocket)
+    if probed is not None:
+        conn.client_gone = _hung_up_probe(probed)
     attached = False
     handed_over = False
     try:
         try:
             claimed = await hub.claim(conn)
             headers = await _resume(hub, conn) if claimed else None
+        except ClientGone:
+            # Nobody reads the answer; counted, so that a storm's waste shows.
+            await _refuse(websocket, hub, Refusal(408, "client_gone"))
+            return
         except BrokerRefused as exc:
             # Reachable, but refusing the claim's write (ACL, out of memory).
             log.warning("refused %s: redis refused the claim (%s)", agent, exc)

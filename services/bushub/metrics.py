@@ -31,6 +31,7 @@ REFUSAL_REASONS = (
     "bad_path",
     "broker_unreachable",
     "broker_refused",
+    "client_gone",
 )
 API_SEND_RESULTS = (
     "accepted",

@@ -24,7 +24,7 @@ from bushub.broker import Broker
 from bushub.brokerhealth import BrokerHealth
 from bushub.claims import ClaimFence
 from bushub.closecodes import CloseCode
-from bushub.connection import Connection
+from bushub.connection import ClientGone, Connection
 from bushub.holderrecords import Rewriter, claim_value, presence_record
 from bushub.membership import Membership
 from bushub.metrics import Metrics
@@ -151,6 +151,7 @@ class Presence:
 
         Raises:
             ConnectionError: the broker did not bring this claim back in time.
+            ClientGone: the client hung up first; nothing was claimed.
         """
         agent = conn.agent
         self._by_agent[agent].add(conn)
@@ -159,6 +160,11 @@ class Presence:
         # Listed before it is made: a claim key of a node that dies is always found.
         await self.membership.enlist([(conn.id, agent)])
         [record] = await self._broker.get_records([presence_key(agent)])
+        if conn.client_gone():
+            # A storm's handshake that waited longer than its client (which timed
+            # out and dialled again): claimed now, the name would go to this dead
+            # socket and the client's newer one be refused 403, given up for good.
+            raise ClientGone(agent)
         holder = self._record_holder(record)
         local = self.holders.get(agent)
         waits = {local.id} if local is not None and local.id != conn.id else set()

@@ -7,6 +7,7 @@ foreign origins are refused before the upgrade.
 """
 
 import asyncio
+import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -242,3 +243,40 @@ async def test_handshakes_past_the_accept_rate_get_503_with_retry_after(
         await assert_accepted(rate_hub, "storm-later")
     finally:
         await asyncio.gather(*(ws.close() for ws in held))
+
+
+async def test_a_handshake_whose_client_hung_up_claims_nothing(ops_hub: SecureHub) -> None:
+    """A reconnect storm's stale handshake: its client timed out, hung up and got in on a
+    new socket; when the hub gets to the old request, it must not claim the name (which
+    would take it from the live socket, or refuse that one 403, and a reconnecting
+    proxy gives up on 403). Counted as ``client_gone``, nothing else happens."""
+    live = await Peer.connect(ops_hub, "gone-live")
+    sender = await Peer.connect(ops_hub, "gone-sender", peer="gone-live")
+    before = ops_hub.refused("client_gone")
+    try:
+        await asyncio.to_thread(_request_then_hang_up, ops_hub.port, "/ws/gone-live")
+        await wait_for_metric(
+            ops_hub, "bushub_connections_refused_total", {"reason": "client_gone"}, before + 1
+        )
+        await sender.send(task_request("gone-sender", "gone-live", {"label": "after"}))
+        await live.expect_label("after")
+        assert not live.closed
+    finally:
+        await sender.close()
+        await live.close()
+
+
+def _request_then_hang_up(port: int, path: str) -> None:
+    """An upgrade request and the client's FIN in one segment (corked): the hub reads
+    the request of a client that has already gone, as a storm's late handshakes."""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+        sock.sendall(
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(TIMEOUT)
+        while sock.recv(4096):  # until the hub closes its end
+            pass
