@@ -265,12 +265,7 @@ def test_error_replies_reach_the_caller_classified(redis: FaultRedis, loop: str)
 
 def test_claim_record_stores_the_key_and_publishes(redis: FaultRedis, loop: str) -> None:
     async def scenario() -> None:
-        broker = RedisBroker(redis.url, control_channel="bushub:node:t")
-        got: list[tuple[str, bytes]] = []
-        broker.set_handlers(lambda c, d: got.append((c, d)), lambda up: None)
-        await broker.start()
-        await broker.subscribe("bushub:presence:{a}")
-        await until(lambda: redis.lines("PUBSUB", "CHANNELS", "bushub:presence:*") != [], "sub")
+        broker, got = await _listening_broker(redis, "bushub:presence:{a}")
         await broker.claim_record(
             "bushub:claim:{a}", b"c1 n1", 5.0, "bushub:presence:{a}", b"claimed"
         )
@@ -466,12 +461,7 @@ def test_a_handshakes_claims_records_and_deletes_go_on_the_publish_connection(
     text; a refused write fails its own caller and the rest of the batch is written."""
 
     async def scenario() -> None:
-        broker = RedisBroker(redis.url, control_channel="bushub:node:t")
-        got: list[tuple[str, bytes]] = []
-        broker.set_handlers(lambda c, d: got.append((c, d)), lambda up: None)
-        await broker.start()
-        await broker.subscribe("events")
-        await until(lambda: redis.lines("PUBSUB", "CHANNELS", "events") != [], "sub")
+        broker, got = await _listening_broker(redis, "events")
         exists = _calls(redis, "script")
         await asyncio.gather(
             *(
@@ -508,3 +498,16 @@ def test_a_handshakes_claims_records_and_deletes_go_on_the_publish_connection(
         await broker.close()
 
     run(loop, scenario())
+
+
+async def _listening_broker(
+    redis: FaultRedis, channel: str
+) -> tuple[RedisBroker, list[tuple[str, bytes]]]:
+    """A started broker subscribed to ``channel``; what arrives goes into the list."""
+    broker = RedisBroker(redis.url, control_channel="bushub:node:t")
+    got: list[tuple[str, bytes]] = []
+    broker.set_handlers(lambda c, d: got.append((c, d)), lambda up: None)
+    await broker.start()
+    await broker.subscribe(channel)
+    await until(lambda: redis.lines("PUBSUB", "CHANNELS", channel) != [], "sub")
+    return broker, got
