@@ -148,7 +148,10 @@ def _hung_up_probe(protocol: HubWebSocketProtocol) -> Callable[[], bool]:
             return True
         if sock is None:
             return False
-        probe = socket.socket(fileno=sock.fileno())
+        try:
+            probe = socket.socket(fileno=sock.fileno())
+        except OSError:
+            return True  # the descriptor is gone with the connection
         try:
             return probe.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
         except BlockingIOError:

@@ -192,7 +192,7 @@ class RedisBroker(Broker):
         self._sessions = SessionScripts(self._client)
         self._delivery: Delivery | None = None
         self._nodes = RedisNodeRegistry(self._client, guarded, self._publisher)
-        # What many handshakes ask at once goes as one command or one pipeline.
+        # What many handshakes ask at once goes as one command or one batch.
         self._reads = Coalesced(self._read_batch)
         self._puts = Coalesced(self._put_batch)
         self._claims = Coalesced(self._claim_batch)
