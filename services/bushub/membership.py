@@ -68,6 +68,8 @@ class Membership:
         # node named in a record or an event counts as alive.
         self.dead: frozenset[str] = frozenset()
         self._cleanups: dict[str, asyncio.Task[None]] = {}
+        # The probe of each node in flight (see answers).
+        self._probes: dict[str, asyncio.Future[bool]] = {}
 
     def is_live(self, node: str) -> bool:
         """False for a node known dead: its records and holders count for nothing."""
@@ -84,9 +86,21 @@ class Membership:
         A node killed a moment ago is not known dead until its heartbeat lapses, but
         Redis dropped its subscriptions with its connections; a node taken for dead at
         the last beat may be back since. Unknown (the probe failed) counts as heard.
+
+        Asked while a probe of the same node is on its way, the answer is that
+        probe's: in a reconnect storm every handshake of a dead node's agents asks
+        about that node, and one probe a round trip does for all of them.
         """
         if node == self._node_id:
             return True
+        probe = self._probes.get(node)
+        if probe is None:
+            probe = self._probes[node] = asyncio.ensure_future(self._probe(node))
+            probe.add_done_callback(lambda _: self._probes.pop(node, None))
+        # Shielded: a handshake given up does not cancel the others' answer.
+        return await asyncio.shield(probe)
+
+    async def _probe(self, node: str) -> bool:
         try:
             [receivers] = await self._broker.publish_many([(node_channel(node), b"")])
         except (ConnectionError, OSError):

@@ -12,6 +12,7 @@ from bushub.broker.nodes import BeatStatus
 from bushub.brokerhealth import BrokerHealth
 from bushub.closecodes import CloseCode
 from bushub.heartbeat import Heartbeat
+from bushub.membership import Membership
 from bushub.metrics import Metrics
 from bushub.outbound import Outbound
 from bushub.peers import runner_name
@@ -331,3 +332,24 @@ async def test_a_peer_on_a_node_last_seen_dead_is_announced_if_redis_hears_that_
     announced = announced_runners(written(watcher))
     assert announced == ([runner_name("p", "n2.p")] * 2 if back else [])
     assert wired.presence.membership.is_live("n2") is back
+
+
+async def test_handshakes_asking_about_one_node_at_once_share_one_probe() -> None:
+    """A storm: every handshake of a dead node's agents asks whether Redis still hears
+    that node; asked together, one probe answers them all, and a later question
+    probes again (the node may be back)."""
+    broker = MemoryBroker()
+    probes: list[str] = []
+    broker.set_handlers(lambda channel, data: probes.append(channel), lambda up: None)
+    membership = Membership(small_settings(node_id="n1"), broker, BrokerHealth(), print)
+    assert await asyncio.gather(*(membership.answers("n9") for _ in range(50))) == [False] * 50
+    await broker.subscribe(node_channel("n9"))  # n9 is back
+    asked = [asyncio.ensure_future(membership.answers("n9")) for _ in range(50)]
+    asked[0].cancel()  # one handshake given up: the others still get their answer
+    results = await asyncio.gather(*asked, return_exceptions=True)
+    assert results[1:] == [True] * 49
+    await asyncio.sleep(0)
+    assert probes == [node_channel("n9")], "one probe for the 50 asking together"
+    assert await membership.answers("n9") is True
+    await asyncio.sleep(0)
+    assert probes == [node_channel("n9")] * 2
