@@ -341,7 +341,9 @@ async def test_handshakes_asking_about_one_node_at_once_share_one_probe() -> Non
     broker = MemoryBroker()
     probes: list[str] = []
     broker.set_handlers(lambda channel, data: probes.append(channel), lambda up: None)
-    membership = Membership(small_settings(node_id="n1"), broker, BrokerHealth(), print)
+    membership = Membership(
+        small_settings(node_id="n1"), broker, BrokerHealth(), lambda agent, conn: None
+    )
     assert await asyncio.gather(*(membership.answers("n9") for _ in range(50))) == [False] * 50
     await broker.subscribe(node_channel("n9"))  # n9 is back
     asked = [asyncio.ensure_future(membership.answers("n9")) for _ in range(50)]
