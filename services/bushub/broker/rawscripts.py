@@ -21,6 +21,11 @@ class Requester(Protocol):
         """Send ``size`` commands; their replies, error replies as exceptions."""
 
 
+def refused_or(replies: list[Any]) -> list[object]:
+    """A raw connection's replies, each error reply as ``BrokerRefused``."""
+    return [BrokerRefused(r) if isinstance(r, Exception) else r for r in replies]
+
+
 def bulk(value: bytes) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(value), value)
 
@@ -81,4 +86,4 @@ class Script:
             texts = b"".join(self.call(*calls[n], by_sha=False) for n in again)
             for n, reply in zip(again, await conn.request(texts, len(again)), strict=True):
                 replies[n] = reply
-        return [BrokerRefused(r) if isinstance(r, Exception) else r for r in replies]
+        return refused_or(replies)

@@ -28,7 +28,7 @@ from bushub.broker.coalesce import Coalesced
 from bushub.broker.credentials import Credentials
 from bushub.broker.listener import Listener
 from bushub.broker.nodes import NodeRegistry
-from bushub.broker.rawscripts import Script, arg_bytes
+from bushub.broker.rawscripts import Script, arg_bytes, refused_or
 from bushub.broker.redisnodes import RedisNodeRegistry
 from bushub.broker.redispubsub import PubSubLink
 from bushub.broker.refusals import BrokerRefused, ErrorKind, classify
@@ -90,6 +90,15 @@ async def guarded() -> AsyncIterator[None]:
     """`unreachable_as_connection_error` for an ``async with`` (the node registry)."""
     with unreachable_as_connection_error():
         yield
+
+
+@contextlib.asynccontextmanager
+async def on_publisher() -> AsyncIterator[None]:
+    """A call on the publish connection: Redis out of reach as ConnectionError, and
+    no longer than a publish batch may take."""
+    with unreachable_as_connection_error():
+        async with asyncio.timeout(_PUBLISH_SECONDS):
+            yield
 
 
 def ttl_ms(ttl: float | None) -> int:
@@ -311,9 +320,8 @@ class RedisBroker(Broker):
 
     async def publish_many(self, items: Sequence[tuple[str, bytes]]) -> list[int]:
         if self._publisher is not None:
-            with unreachable_as_connection_error():
-                async with asyncio.timeout(_PUBLISH_SECONDS):
-                    return await self._publisher.publish_many(items)
+            async with on_publisher():
+                return await self._publisher.publish_many(items)
         with unreachable_as_connection_error():
             async with self._client.pipeline(transaction=False) as pipe:
                 delivery = self._delivery
@@ -362,10 +370,9 @@ class RedisBroker(Broker):
                 else encode_command(b"SET", arg_bytes(key), value)
                 for key, value, lifetime in items
             )
-            with unreachable_as_connection_error():
-                async with asyncio.timeout(_PUBLISH_SECONDS):
-                    replies = await self._publisher.request(commands, len(items))
-            return [BrokerRefused(r) if isinstance(r, Exception) else r for r in replies]
+            async with on_publisher():
+                replies = await self._publisher.request(commands, len(items))
+            return refused_or(replies)
         with unreachable_as_connection_error():
             async with self._client.pipeline(transaction=False) as pipe:
                 for key, value, lifetime in items:
@@ -381,9 +388,8 @@ class RedisBroker(Broker):
     async def _claim_batch(self, items: list[tuple[str, list[Any]]]) -> list[object]:
         if self._publisher is not None:
             calls = [([key], args) for key, args in items]
-            with unreachable_as_connection_error():
-                async with asyncio.timeout(_PUBLISH_SECONDS):
-                    return await self._claim_raw.run_many(self._publisher, calls)
+            async with on_publisher():
+                return await self._claim_raw.run_many(self._publisher, calls)
         with unreachable_as_connection_error():
             async with self._client.pipeline(transaction=False) as pipe:
                 for key, args in items:
@@ -427,9 +433,8 @@ class RedisBroker(Broker):
     async def _delete_batch(self, items: Sequence[tuple[str, str]]) -> list[object]:
         if self._publisher is not None:
             calls = [([key], [conn]) for key, conn in items]
-            with unreachable_as_connection_error():
-                async with asyncio.timeout(_PUBLISH_SECONDS):
-                    return await self._release_raw.run_many(self._publisher, calls)
+            async with on_publisher():
+                return await self._release_raw.run_many(self._publisher, calls)
         with unreachable_as_connection_error():
             async with self._client.pipeline(transaction=False) as pipe:
                 for key, conn in items:
@@ -446,18 +451,18 @@ class RedisBroker(Broker):
         """Concurrent reads as one MGET (on the publish connection, after the writes
         before it)."""
         keys = [key for keys in reads for key in keys]
-        with unreachable_as_connection_error():
-            if self._publisher is not None:
-                async with asyncio.timeout(_PUBLISH_SECONDS):
-                    [reply] = await self._publisher.request(
-                        # str, or bytes as SCAN gives them (scan_records)
-                        encode_command(b"MGET", *(arg_bytes(key) for key in keys)),
-                        1,
-                    )
-                if isinstance(reply, Exception):
-                    raise BrokerRefused(reply)
-                values: list[Any] = reply
-            else:
+        if self._publisher is not None:
+            async with on_publisher():
+                [reply] = await self._publisher.request(
+                    # str, or bytes as SCAN gives them (scan_records)
+                    encode_command(b"MGET", *(arg_bytes(key) for key in keys)),
+                    1,
+                )
+            if isinstance(reply, Exception):
+                raise BrokerRefused(reply)
+            values: list[Any] = reply
+        else:
+            with unreachable_as_connection_error():
                 values = await self._client.mget(keys)
         out, start = [], 0
         for keys in reads:
