@@ -10,6 +10,7 @@ from typing import Any
 
 import uvicorn
 
+from bushub import gcpolicy
 from bushub.app import create_app
 from bushub.fdlimit import raise_fd_limit
 from bushub.handshake import HandshakeGuard, guarded
@@ -102,7 +103,9 @@ def serve(settings: Settings) -> None:
 
         sys.exit(Supervisor(settings).run())
     app = create_app(settings)
-    DrainingServer(uvicorn_config(app, settings), settings, app.state.hub).run()
+    server = DrainingServer(uvicorn_config(app, settings), settings, app.state.hub)
+    gcpolicy.apply()
+    server.run()
 
 
 def main(argv: list[str] | None = None) -> None:

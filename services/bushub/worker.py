@@ -19,6 +19,7 @@ from multiprocessing.connection import Connection
 
 import uvicorn
 
+from bushub import gcpolicy
 from bushub.app import create_app
 from bushub.cli import DrainingServer, uvicorn_config
 from bushub.hub import Hub
@@ -106,6 +107,7 @@ def run_worker(settings: Settings, slot: WorkerSlot, supervisor: int, started: C
     sock = reuseport_socket(settings.host, settings.port)
     app = create_app(settings, worker=slot)
     server = WorkerServer(uvicorn_config(app, settings), settings, app.state.hub, started)
+    gcpolicy.apply()
     server.run(sockets=[sock])
     if not server.started:
         sys.exit(STARTUP_FAILURE)
