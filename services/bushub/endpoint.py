@@ -311,6 +311,7 @@ async def agent_socket(websocket: WebSocket, raw: AsgiChannel) -> None:
     try:
         try:
             claimed = await hub.claim(conn)
+            conn.client_gone = None  # it holds the transport: not for the socket's life
             headers = await _resume(hub, conn) if claimed else None
         except ClientGone:
             # Nobody reads the answer; counted, so that a storm's waste shows.

@@ -160,7 +160,7 @@ class Presence:
         # Listed before it is made: a claim key of a node that dies is always found.
         await self.membership.enlist([(conn.id, agent)])
         [record] = await self._broker.get_records([presence_key(agent)])
-        if conn.client_gone():
+        if conn.client_gone is not None and conn.client_gone():
             # A storm's handshake that waited longer than its client (which timed
             # out and dialled again): claimed now, the name would go to this dead
             # socket and the client's newer one be refused 403, given up for good.

@@ -48,3 +48,11 @@ def test_the_first_reason_wins_and_an_ended_socket_stays_ending() -> None:
     assert conn.close_code is CloseCode.SERVICE_RESTART
     conn.drained()
     assert conn.state is State.CLOSING
+
+
+def test_a_connection_keeps_no_dict_of_its_own() -> None:
+    # Slotted: a dict per connection was ~1.6 KB of an idle socket's ~13 KB.
+    conn = connection("a", "b")
+    assert not hasattr(conn, "__dict__")
+    conn.session = None  # every attribute it is given has its slot
+    conn.client_gone = None
