@@ -86,6 +86,7 @@ def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Co
         # No per-socket ping timers: bushub.keepalive sweeps every socket at once.
         "ws_ping_interval": None,
         "ws_ping_timeout": None,
+        "backlog": settings.backlog,
         "lifespan": "on",
         "access_log": False,
         "timeout_graceful_shutdown": max(1, round(settings.drain_timeout)),

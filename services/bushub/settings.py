@@ -175,6 +175,14 @@ class Settings:
             "worth); past it HTTP 503 with Retry-After, and clients back off; 0 = no limit"
         },
     )
+    backlog: int = field(
+        default=65_535,
+        metadata={
+            "help": "connections the kernel queues until the node accepts them (the kernel "
+            "caps it at net.core.somaxconn); a full queue drops new connections' SYNs, "
+            "which clients retry only after 1, 3, 7... s"
+        },
+    )
     allowed_origins: str = field(
         default="",
         metadata={"help": "comma-separated Origin values browsers may connect from; empty = any"},
@@ -267,6 +275,8 @@ class Settings:
                 raise SettingsError(f"{name.replace('_', '-')}: must be >= 0")
         if self.max_connections < 1:
             raise SettingsError("max-connections: must be >= 1")
+        if self.backlog < 1:
+            raise SettingsError("backlog: must be >= 1")
         if self.max_header_bytes < 1024:
             raise SettingsError("max-header-bytes: must be >= 1024")
         for path in self.split(self.jwt_public_keys):
