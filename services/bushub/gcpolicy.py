@@ -2,7 +2,7 @@
 
 CPython runs a collection of its youngest generation whenever container allocations
 outnumber deallocations by 700, and every tenth of those scans the next generation
-too. A node holds tens of tracked objects per socket (its connection, protocol, tasks
+too. A node holds tens of tracked objects per socket (its connection, protocol, callbacks
 and state) and makes new ones with every handshake, so at the default it collected
 every few handshakes, re-scanning the objects of the sockets just opened each time
 before they settled into the oldest generation. Relayed messages leave little behind
@@ -12,8 +12,8 @@ the middle of a burst.
 Measured (BENCHMARKS.md, "Collections, and the 20,000 storm within 10 s"): node CPU
 per socket opened 450-510 µs at CPython's thresholds, 400-430 µs at these
 (``bench/open_close.py --sockets 3000``); in a 20,000-socket reconnect storm the two
-survivors spent ~40 % less CPU and every socket was back within 10 s; relaying and
-idle sockets cost the same within the spread between runs.
+survivors spent ~40 % less CPU and the storm ended seconds sooner; relaying and idle
+sockets cost the same within the spread between runs.
 
 The young generation may now hold up to ``GEN0_THRESHOLD`` objects before a
 collection, a few MB at most; objects that only a cycle keeps alive live that much
