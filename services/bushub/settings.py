@@ -19,6 +19,9 @@ from buswire.complexity import BASE_CONTAINERS, DEFAULT_BYTES_PER_CONTAINER
 
 # A --redis-url with this scheme selects the Redis Cluster broker (sharded pub/sub).
 CLUSTER_SCHEME = "redis+cluster://"
+# listen() takes a C int: a larger backlog would stop the node at start-up with an
+# OverflowError. The kernel caps what is asked at net.core.somaxconn anyway.
+MAX_BACKLOG = 2**31 - 1
 
 
 class SettingsError(ValueError):
@@ -275,8 +278,8 @@ class Settings:
                 raise SettingsError(f"{name.replace('_', '-')}: must be >= 0")
         if self.max_connections < 1:
             raise SettingsError("max-connections: must be >= 1")
-        if self.backlog < 1:
-            raise SettingsError("backlog: must be >= 1")
+        if not 1 <= self.backlog <= MAX_BACKLOG:
+            raise SettingsError(f"backlog: must be within 1..{MAX_BACKLOG}")
         if self.max_header_bytes < 1024:
             raise SettingsError("max-header-bytes: must be >= 1024")
         for path in self.split(self.jwt_public_keys):

@@ -38,6 +38,7 @@ def serve(*args: str, env: dict[str, str] | None = None) -> subprocess.Completed
         ([], {"BUSHUB_PEER_GRACE": "-2"}, "peer-grace"),
         ([], {"BUSHUB_DRAIN_TIMEOUT": "soon"}, "drain-timeout"),
         (["--backlog", "0"], {}, "backlog"),
+        (["--backlog", "4294967296"], {}, "backlog"),
     ],
 )
 def test_bad_value_stops_the_node_naming_the_option(
