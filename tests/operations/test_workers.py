@@ -325,15 +325,17 @@ async def test_one_scrape_answers_for_every_worker(ops: OpsCluster) -> None:
     os.kill(pids[1], signal.SIGSTOP)
     try:
         # The kernel may hand a request to the stopped worker: it then goes unanswered.
+        # The one that answers waits ASK_TIMEOUT for its sibling first (as for the
+        # scrape below: a 2 s request gave up on it once in a loaded CI run).
         answer: list[tuple[int, bytes]] = []
 
         def unready() -> bool:
-            got = get_or_none(node, "/readyz")
+            got = get_or_none(node, "/readyz", timeout=2.0 + 2 * ASK_TIMEOUT)
             if got is not None and got[0] == 503:
                 answer.append(got)
             return bool(answer)
 
-        assert await asyncio.to_thread(wait_until, unready)
+        assert await asyncio.to_thread(wait_until, unready, 4 * TIMEOUT)
         body = decode(answer[0][1])
         assert body["ready"] is False and body["not_ready"] == ["1"], body
         assert body["workers"]["0"]["ready"] is True
