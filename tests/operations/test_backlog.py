@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from bushub.settings import Settings
 from tests.operations.ops import OpsNode
 
 pytestmark = pytest.mark.integration
@@ -34,7 +35,7 @@ def somaxconn() -> int:
     [
         ({"--backlog": "100"}, lambda: 100),
         # The default asks for 65,535: the kernel's cap decides.
-        ({}, lambda: min(65_535, somaxconn())),
+        ({}, lambda: min(Settings().backlog, somaxconn())),
     ],
     ids=["asked", "default"],
 )
