@@ -4,14 +4,14 @@
 opened as session sockets (docs/protocol.md, Sessions): the URL carries
 ``session=<random id>&received=0``, every message sent is framed with
 ``sessionframe.message`` at the socket's next send position (1, 2, 3, ...), every frame
-received is split with ``sessionframe.decode`` (a message at a position is checked as
-before, an unnumbered one is an announcement, an acknowledgement of our sends is
-counted and ignored), and what was taken is acknowledged with the real proxy's policy
-(``busclient.session.Receiver``: at least every 64 messages or 200 ms; the job's
-``ack_every`` and ``ack_delay`` change it, for trials). The count is
-checked on each message taken; the age by one sweep every ``SWEEP_S`` over all
-sockets (the proxy arms a timer per socket instead: the same acknowledgements, less
-work for the generator).
+received is read with ``sessionframe.message_position`` (a message at a position is
+checked as before) or else split with ``sessionframe.decode`` (an unnumbered one is an
+announcement, an acknowledgement of our sends is counted and ignored), and what was
+taken is acknowledged with the real proxy's policy (``busclient.session.Receiver``: at
+least every 64 messages or 200 ms; the job's ``ack_every`` and ``ack_delay`` change
+it, for trials). Count and age are checked on each message taken, and the age again by
+one sweep every ``SWEEP_S`` over all sockets (the proxy arms a timer per socket
+instead: the same acknowledgements, less work for the generator).
 
 The sockets never reconnect: this measures the cost of sessions in steady state.
 """
@@ -30,11 +30,7 @@ from buswire import sessionframe
 from buswire.errors import DecodeError
 
 SWEEP_S = 0.05
-_MESSAGE, _UNNUMBERED, _ACK = (
-    sessionframe.Kind.MESSAGE,
-    sessionframe.Kind.UNNUMBERED,
-    (sessionframe.Kind.ACK),
-)
+_UNNUMBERED, _ACK = sessionframe.Kind.UNNUMBERED, sessionframe.Kind.ACK
 
 
 class SessionEnd:
@@ -100,19 +96,21 @@ class SessionPairsRun(PairsRun):
         end.sent += 1
         await end.ws.send(sessionframe.message(end.sent, payload))
 
-    def _payload(self, end: SessionEnd, data: bytes) -> bytes | None:
+    def _payload(self, end: SessionEnd, data: bytes, now: float) -> bytes | None:
         """The bus message in a received frame, or None (an ack, an announcement, a
         position taken already, a frame that does not decode)."""
+        position = sessionframe.message_position(data)
+        if position:
+            # A message at a position, as every message in steady state: no tuple.
+            if not end.receiver.take(position, now):
+                self.duplicates += 1
+                return None
+            return data[sessionframe.MESSAGE_HEAD :]
         try:
             frame = sessionframe.decode(data)
         except DecodeError:
             self.malformed += 1
             return None
-        if frame.kind is _MESSAGE:
-            if not end.receiver.take(frame.position, time.monotonic()):
-                self.duplicates += 1
-                return None
-            return frame.payload
         if frame.kind is _ACK:
             self.acks_received += 1
             return None
@@ -123,22 +121,21 @@ class SessionPairsRun(PairsRun):
             self.phase.c.unexpected += 1
         return None
 
-    async def _ack_if_due(self, end: SessionEnd) -> None:
+    async def _ack(self, end: SessionEnd) -> None:
         receiver = end.receiver
-        if receiver.ack_due(time.monotonic()):
-            position = receiver.received
-            await end.ws.send(sessionframe.ack(position))
-            receiver.acknowledged(position)
-            self.acks_sent += 1
+        position = receiver.received
+        await end.ws.send(sessionframe.ack(position))
+        receiver.acknowledged(position)
+        self.acks_sent += 1
 
     async def _sweep(self) -> None:
         """Acknowledge what has waited ``ACK_DELAY``: one pass over the sockets per tick."""
         while True:
             await asyncio.sleep(SWEEP_S)
             for end in list(self.ends.values()):
-                if end.receiver.ack_deadline is not None:
+                if end.receiver.ack_due(time.monotonic()):
                     try:
-                        await self._ack_if_due(end)
+                        await self._ack(end)
                     except ConnectionClosed:
                         continue
 
@@ -150,12 +147,15 @@ class SessionPairsRun(PairsRun):
         end = self.ends[ws]
         try:
             async for data in ws:
-                payload = self._payload(end, data)  # type: ignore[arg-type]
+                now = time.monotonic()
+                payload = self._payload(end, data, now)  # type: ignore[arg-type]
                 if payload is None:
                     continue
                 if self._take_reply(pair, payload, now_ns()):
                     await self._send(pair, self.phase)
-                await self._ack_if_due(end)
+                # A coroutine only when one is due: this runs for every message.
+                if end.receiver.ack_due(now):
+                    await self._ack(end)
         except ConnectionClosed:
             self.phase.c.closed += 1
 
@@ -165,13 +165,15 @@ class SessionPairsRun(PairsRun):
         end = self.ends[ws]
         try:
             async for data in ws:
-                payload = self._payload(end, data)  # type: ignore[arg-type]
+                now = time.monotonic()
+                payload = self._payload(end, data, now)  # type: ignore[arg-type]
                 if payload is None:
                     continue
                 echo = self._take_request(pair, payload)
                 if echo is not None:
                     await self._out(end, echo)
-                await self._ack_if_due(end)
+                if end.receiver.ack_due(now):
+                    await self._ack(end)
         except ConnectionClosed:
             self.phase.c.closed += 1
 

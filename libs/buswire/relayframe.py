@@ -33,6 +33,7 @@ SESSION_VERSION = 2
 STORED = 3
 _HEADER = struct.Struct("!BBd")
 _ORIGIN = struct.Struct("!dB")
+_SESSION_HEADER = struct.Struct("!BBddB")  # _HEADER and _ORIGIN in one
 # The sending session's agent and id, as a relay frame carries them (a length byte).
 MAX_SENDER_BYTES = 255
 _POSITION = struct.Struct("!Bd")
@@ -81,12 +82,8 @@ def pack_session_relay(
         session: The sender (``sender_of``), at most MAX_SENDER_BYTES.
     """
     code = _FORMAT_CODES[fmt] | (TRANSIENT if transient else 0)
-    return (
-        _HEADER.pack(SESSION_VERSION, code, received_at)
-        + _ORIGIN.pack(position, len(session))
-        + session
-        + payload
-    )
+    head = _SESSION_HEADER.pack(SESSION_VERSION, code, received_at, position, len(session))
+    return head + session + payload
 
 
 def sender_of(agent: str, session: str) -> bytes:

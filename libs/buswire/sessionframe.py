@@ -14,6 +14,9 @@ from buswire.errors import DecodeError
 from buswire.reasons import DropReason
 
 _POSITION = struct.Struct("!Q")
+# A bus message at a position: its kind byte and position, then the message.
+_MESSAGE_HEAD = struct.Struct("!BQ")
+MESSAGE_HEAD = _MESSAGE_HEAD.size
 # The highest position a message may carry: hubs pass a sender's position on as a
 # float64 (relayframe.py) and Redis' scripts read it as a Lua number, both exact only
 # up to 2**53. A proxy numbering from 1 never gets there.
@@ -62,7 +65,7 @@ class SessionFrame(NamedTuple):
 
 def message(position: int, payload: bytes) -> bytes:
     """A bus message at ``position``."""
-    return b"\x01" + _POSITION.pack(position) + payload
+    return _MESSAGE_HEAD.pack(1, position) + payload
 
 
 def unnumbered(payload: bytes) -> bytes:
@@ -73,6 +76,17 @@ def unnumbered(payload: bytes) -> bytes:
 def ack(position: int) -> bytes:
     """An acknowledgement of every position up to ``position``."""
     return b"\x03" + _POSITION.pack(position)
+
+
+def message_position(data: bytes) -> int:
+    """The position of a bus message at a position (the frame a session socket sends
+    for every message); 0 for any other frame, which ``decode`` splits or refuses.
+    The hub's per-message path: no tuple is built."""
+    if len(data) >= MESSAGE_HEAD and data[0] == 1:
+        position: int = _POSITION.unpack_from(data, 1)[0]
+        if 0 < position <= MAX_POSITION:
+            return position
+    return 0
 
 
 def decode(data: bytes) -> SessionFrame:

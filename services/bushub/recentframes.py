@@ -10,11 +10,14 @@ messages are not the same bytes.
 Bounded by count and bytes: what a resend can repeat was delivered in the moments
 before the break, and nothing comes through the broker while it is away. Recording
 a frame is an append; the set that answers lookups is built at the first lookup and
-kept while resends come, then dropped.
+kept while resends come, then dropped. A frame is recorded as it came (a kept one
+with its stream position) and compared by its ``key`` (the frame as published) only
+while that set is kept: no copy per delivery.
 """
 
 import time
 from collections import deque
+from collections.abc import Callable
 
 MAX_FRAMES = 4096
 MAX_BYTES = 8 * 1024 * 1024
@@ -25,9 +28,19 @@ _INDEX_CHECK_EVERY = 1024
 
 
 class RecentFrames:
-    """The last frames delivered, newest last, within ``max_frames``/``max_bytes``."""
+    """The last frames delivered, newest last, within ``max_frames``/``max_bytes``.
 
-    def __init__(self, max_frames: int = MAX_FRAMES, max_bytes: int = MAX_BYTES) -> None:
+    Args:
+        key: What a lookup compares a recorded frame by (the frame itself if None).
+    """
+
+    def __init__(
+        self,
+        max_frames: int = MAX_FRAMES,
+        max_bytes: int = MAX_BYTES,
+        key: Callable[[bytes], bytes] | None = None,
+    ) -> None:
+        self._key = key or _itself
         self._max_frames = max_frames
         self._max_bytes = max_bytes
         self._frames: deque[bytes] = deque()
@@ -46,7 +59,7 @@ class RecentFrames:
         self._bytes += len(data)
         index = self._index
         if index is not None:
-            index.add(data)
+            index.add(self._key(data))
             self._adds += 1
             if self._adds % _INDEX_CHECK_EVERY == 0 and self._index_idle():
                 self._index = index = None
@@ -54,14 +67,18 @@ class RecentFrames:
             old = frames.popleft()
             self._bytes -= len(old)
             if index is not None:
-                index.discard(old)
+                index.discard(self._key(old))
 
     def seen(self, data: bytes) -> bool:
         """True if ``data`` is among the frames recorded (and still kept)."""
         self._looked_up_at = time.monotonic()
         if self._index is None:
-            self._index = set(self._frames)
+            self._index = set(map(self._key, self._frames))
         return data in self._index
 
     def _index_idle(self) -> bool:
         return time.monotonic() - self._looked_up_at > _INDEX_IDLE_SECONDS
+
+
+def _itself(data: bytes) -> bytes:
+    return data

@@ -39,13 +39,12 @@ from buswire.complexity import container_budget
 from buswire.envelope import Envelope
 from buswire.relayframe import (
     as_first_sent,
-    is_resent,
     pack_relay,
     pack_session_relay,
     relay_of,
-    stored_position,
     unpack_relay,
 )
+from buswire.sessionframe import MESSAGE_HEAD, message_position
 
 if TYPE_CHECKING:
     from bushub.sessions import Sessions
@@ -95,7 +94,9 @@ class Relay:
         self._publish = publish
         self._outbound = outbound
         # What was delivered here lately, to drop a copy sent again after a break.
-        self._recent = RecentFrames()
+        # Kept frames are recorded with their stream position and looked up as
+        # published (a copy sent again is not kept).
+        self._recent = RecentFrames(key=relay_of)
         self._clock = clock
         # Set by the hub: sockets that named a session are framed and numbered.
         self.sessions: Sessions | None = None
@@ -110,30 +111,39 @@ class Relay:
         """
         session = conn.session
         if session is None:
-            self._route(conn, data, None)
+            self._route(conn, data, None, 0)
             return
-        sessions = self.sessions
-        assert sessions is not None
+        position = message_position(data)
+        if position:
+            # On its way, its outcome to follow (``Sessions.published`` or
+            # ``refused`` settles it): appended here, once a message, not in a call.
+            session.outstanding.append(position)
+            if not self._route(conn, data[MESSAGE_HEAD:], session.origin, position):
+                assert self.sessions is not None
+                self.sessions.refused(conn, position)
+            return
+        self._session_control(conn, data)
+
+    def _session_control(self, conn: Connection, data: bytes) -> None:
+        """A session socket's frame that is not a message at a position: the proxy's
+        acknowledgement, or a frame refused."""
+        assert self.sessions is not None
         try:
             frame = sessionframe.decode(data)
         except DecodeError as exc:
             self._received_and_dropped(conn, exc.reason, len(data))
             return
         if frame.kind is sessionframe.Kind.ACK:
-            sessions.proxy_ack(conn, frame.position)
+            self.sessions.proxy_ack(conn, frame.position)
             return
-        if frame.kind is not sessionframe.Kind.MESSAGE:
-            self._received_and_dropped(conn, DropReason.MALFORMED, len(data))
-            return
-        sessions.routed(conn, frame.position)
-        if not self._route(conn, frame.payload, (session.origin, frame.position)):
-            sessions.refused(conn, frame.position)
+        self._received_and_dropped(conn, DropReason.MALFORMED, len(data))
 
-    def _route(self, conn: Connection, data: bytes, origin: tuple[bytes, int] | None) -> bool:
+    def _route(self, conn: Connection, data: bytes, origin: bytes | None, position: int) -> bool:
         """Check and publish one message; True once it is handed to the publisher.
 
         Args:
-            origin: The sending session and its position, for a session's message.
+            origin: The sending session (its agent and id), for a session's message.
+            position: Its position in the sending session (with ``origin``).
         """
         metrics = self._metrics
         traffic = metrics.traffic
@@ -200,7 +210,7 @@ class Relay:
             relay = pack_relay(conn.format, self._clock(), data, transient=transient)
         else:
             relay = pack_session_relay(
-                conn.format, self._clock(), data, *origin, transient=transient
+                conn.format, self._clock(), data, origin, position, transient=transient
             )
         self._publish(channel, relay)
         taps = self.taps
@@ -250,30 +260,27 @@ class Relay:
             reason = DropReason.UNCONFIRMED if conn.close_code is None else DropReason.CLOSING
             self._metrics.messages_dropped.labels(reason).inc()
             return
-        if conn.session is not None:
-            assert self.sessions is not None
-            position = stored_position(data)
-            if position == 0 and is_resent(data):
-                # A copy the delivery script let through unnumbered: Redis had lost
-                # the session's stream, so this may be all that is left of it.
-                data = as_first_sent(data)
-                if self._seen_again(data):
-                    return
-            self.sessions.deliver(conn, position, data)
-            self._recent.add(relay_of(data))
-            return
         try:
             frame = unpack_relay(data)
             payload = translate(frame.payload, frame.fmt, conn.format)
         except DecodeError as exc:
+            # On a session socket the position is not delivered: the next one finds
+            # the hole, and the stream cannot fill it either (counted lost there).
             self._metrics.messages_dropped.labels(exc.reason).inc()
             return
-        if frame.resent:
+        if frame.resent and not frame.position:
             # Sent again after a broker break: delivered here already, or lost then.
+            # A copy is never kept at a position; on a session socket it is one the
+            # delivery script let through unnumbered, as Redis had lost the session's
+            # stream, so this may be all that is left of it.
             data = as_first_sent(data)
             if self._seen_again(data):
                 return
-        self._outbound.enqueue(conn, payload, frame.received_at)
+        if conn.session is not None:
+            assert self.sessions is not None
+            self.sessions.deliver(conn, frame.position, data, payload, frame.received_at)
+        else:
+            self._outbound.enqueue(conn, payload, frame.received_at)
         self._recent.add(data)
 
     def _seen_again(self, original: bytes) -> bool:

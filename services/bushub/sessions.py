@@ -244,17 +244,36 @@ class Sessions:
         held, session.held = sorted(session.held, key=lambda item: item[0]), []
         session.replaying = False
         for index, (position, data) in enumerate(held):
-            self.deliver(conn, position, data)
+            self._deliver(conn, session, position, data)
             if session.replaying:  # a hole: the rest wait for its fill
                 session.held.extend(held[index + 1 :])
                 return
 
     # ---- towards the agent ------------------------------------------------------
 
-    def deliver(self, conn: Connection, position: int, data: bytes) -> None:
-        """A relay frame for a session's socket, live from the agent's channel."""
+    def deliver(
+        self, conn: Connection, position: int, data: bytes, payload: bytes, received_at: float
+    ) -> None:
+        """A relay frame for a session's socket, live from the agent's channel.
+
+        Args:
+            position: Its position in the agent's stream; 0 when not kept.
+            data: The relay frame (kept while it waits behind a replay or a hole).
+            payload: Its message in the socket's format, and ``received_at`` its
+                receive time: what is written when it is the next position.
+        """
         session = conn.session
         assert session is not None
+        if position == session.delivered + 1 and not session.replaying:
+            # The next position, live: every message of a session in steady state.
+            session.delivered = position
+            self._write(conn, sessionframe.message(position, payload), received_at)
+            return
+        self._deliver(conn, session, position, data)
+
+    def _deliver(self, conn: Connection, session: Session, position: int, data: bytes) -> None:
+        """A relay frame for a session's socket, other than the next position live:
+        held behind a replay, unnumbered, a duplicate, or after a hole."""
         if session.replaying:
             session.held.append((position, data))
             return
@@ -321,12 +340,6 @@ class Sessions:
 
     # ---- from the agent ---------------------------------------------------------
 
-    def routed(self, conn: Connection, position: int) -> None:
-        """The proxy's message at ``position`` is on its way (an outcome follows)."""
-        session = conn.session
-        assert session is not None
-        session.outstanding.append(position)
-
     def refused(self, conn: Connection, position: int) -> None:
         """The proxy's message at ``position`` will never be relayed (its outcome)."""
         session = conn.session
@@ -345,10 +358,14 @@ class Sessions:
             self._metrics.session_messages.labels("resent_taken").inc()
         sender, position = origin
         conn = self._by_origin.get(sender)
-        if conn is None or conn.session is None:
+        if conn is None:
             return
-        conn.session.settle(position)
-        self._ack_due(conn, conn.session)
+        session = conn.session
+        if session is None:
+            return
+        session.settle(position)
+        if session.acked > session.acked_written:
+            self._ack_due(conn, session)
 
     def publish_dropped(self) -> None:
         """The publisher gave messages up: sockets whose messages may be among them

@@ -40,3 +40,12 @@ def test_the_oldest_go_past_the_byte_bound() -> None:
         recent.add(frame(i, size=100))
     assert len(recent) == 2
     assert [recent.seen(frame(i, size=100)) for i in range(5)] == [False] * 3 + [True] * 2
+
+
+def test_frames_are_looked_up_by_their_key_while_recorded_as_they_came() -> None:
+    recent = RecentFrames(key=lambda data: data[1:], max_frames=2)
+    recent.add(b"x" + frame(1))
+    assert recent.seen(frame(1)) and not recent.seen(b"x" + frame(1))
+    recent.add(b"y" + frame(2))  # recorded after the lookup set was built
+    recent.add(b"z" + frame(3))  # the oldest leaves the set by its key
+    assert [recent.seen(frame(i)) for i in (1, 2, 3)] == [False, True, True]

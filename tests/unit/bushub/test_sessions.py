@@ -17,6 +17,7 @@ from bushub.sessions import ACK_TICK, Session, Sessions, session_params
 from bushub.settings import Settings
 from buswire import Format, message_channel, sessionframe
 from buswire.relayframe import (
+    as_resent,
     pack_relay,
     pack_session_relay,
     pack_stored,
@@ -318,6 +319,26 @@ async def test_after_a_broker_break_what_the_stream_kept_is_delivered() -> None:
     node.sessions.broker_back()
     await asyncio.sleep(0.01)
     assert numbered(conn) == [(1, 1), (2, 2)]
+
+
+async def test_a_copy_sent_again_unnumbered_is_dropped_if_delivered_kept_before() -> None:
+    """After Redis lost a session's stream, copies of what was published just before
+    the break come unnumbered; one this node delivered (kept, at a position) is
+    recognised by the relay frame inside and not written twice."""
+    node = Node()
+    conn = await node.session_socket("S1")
+    first, second = relay_frame(1), relay_frame(2)
+    node.relay.deliver("a", pack_stored(1, first))
+    node.relay.deliver("a", as_resent(first))
+    node.relay.deliver("a", as_resent(second))
+    frames = list(map(sessionframe.decode, written(conn)))
+    kinds = [(frame.kind, frame.position) for frame in frames if b"Registry" not in frame.payload]
+    assert kinds == [(sessionframe.Kind.MESSAGE, 1), (sessionframe.Kind.UNNUMBERED, 0)]
+    assert json.loads(frames[-1].payload)["__data__"]["payload"]["seq"] == 2
+    duplicate = node.metrics.registry.get_sample_value(
+        "bushub_resent_total", {"outcome": "duplicate"}
+    )
+    assert duplicate == 1
 
 
 async def test_transient_frames_are_not_kept_for_an_away_session() -> None:

@@ -52,3 +52,29 @@ def test_any_bytes_decode_or_are_refused_as_malformed(data: bytes) -> None:
     else:
         assert frame.kind in (Kind.MESSAGE, Kind.ACK, Kind.UNNUMBERED)
         assert frame.kind is not Kind.ACK or frame.payload == b""
+
+
+@given(st.binary(max_size=32))
+def test_the_fast_position_read_agrees_with_decode(data: bytes) -> None:
+    """``message_position`` (the hub's per-message path) names a position exactly when
+    ``decode`` reads a message at one, and it is that position; the message follows
+    the MESSAGE_HEAD bytes."""
+    position = sessionframe.message_position(data)
+    try:
+        frame = sessionframe.decode(data)
+    except DecodeError:
+        assert position == 0
+        return
+    if frame.kind is Kind.MESSAGE:
+        assert position == frame.position
+        assert data[sessionframe.MESSAGE_HEAD :] == frame.payload
+    else:
+        assert position == 0
+
+
+@pytest.mark.parametrize("position", [1, 2**32 + 5, sessionframe.MAX_POSITION])
+def test_a_message_frame_gives_its_position_without_decoding(position: int) -> None:
+    framed = sessionframe.message(position, b"{}")
+    assert sessionframe.message_position(framed) == position
+    assert sessionframe.message_position(sessionframe.ack(position)) == 0
+    assert sessionframe.message_position(sessionframe.unnumbered(framed)) == 0
