@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from busbench import idle, operators, report, resume, sidebyside, storm
+from busbench.coupling import core_coupling
+from busbench.coupling import describe as describe_coupling
 from busbench.payloads import (
     FORMATS,
     PAYLOADS,
@@ -636,12 +638,15 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     pyspy = find_pyspy() if args.profile != "off" else None
     if (args.profile == "on" or args.profile_only) and pyspy is None:
         raise SystemExit("--profile on: py-spy not found (pip install py-spy)")
+    # Before any server starts: the machine as the measured processes will find it.
+    coupling = core_coupling()
     out: dict[str, Any] = {
         "command": shlex.join(["bushub-bench", *argv]),
         "config": {
             k: v for k, v in vars(args).items() if k not in ("json_out",) and not callable(v)
         },
-        "machine": MACHINE_NOTE,
+        "machine": f"{MACHINE_NOTE} {describe_coupling(coupling)}",
+        "core_coupling": coupling,
         "host": (
             f"{platform.machine()}, os.cpu_count()={os.cpu_count()}, "
             f"Python {platform.python_version()}"
