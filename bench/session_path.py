@@ -7,12 +7,13 @@ repository root:
 
 One message is relayed the way two nodes with sessions on would, through the hub's
 real code: ``Relay.route`` on the sender's node, the publish outcome
-(``Hub.on_published``'s two steps), then ``Relay.deliver`` on the receiver's node and
+(``Hub._on_published``'s two steps), then ``Relay.deliver`` on the receiver's node and
 the frame handed to a socket that takes it at once. With *session* sockets both ends
 named a session: the sender's frames carry positions, the delivered frame comes
 wrapped with its stream position as Redis' delivery script publishes it, the hub
 acknowledges the sender every 64 positions, and the receiver acknowledges what it
-took every 64 (passed on as a trim: its command built, not sent). With *plain*
+took every 64 (a trim's command is built for the first, not sent; the hub holds the
+rest for its 50 ms tick, which this loop never gives a turn). With *plain*
 sockets the same nodes relay the same payload with neither. Variants alternate run by
 run; each cell is the median of ``--repeat`` runs' CPU time per message
 (``time.process_time``).
