@@ -105,12 +105,6 @@ def as_resent(data: bytes) -> bytes:
     return b"%c%c%s" % (data[0], data[1] | RESENT, data[2:])
 
 
-def is_resent(data: bytes) -> bool:
-    """True for a relay frame sent again after a broker break, as published (not
-    wrapped as kept)."""
-    return len(data) >= _HEADER.size and data[0] != STORED and bool(data[1] & RESENT)
-
-
 def relay_of(data: bytes) -> bytes:
     """The relay frame as published, from a frame that may be wrapped as kept."""
     return data[_POSITION.size :] if data[:1] == b"\x03" else data
@@ -130,13 +124,6 @@ def session_origin(data: bytes) -> tuple[bytes, int] | None:
     position, size = _ORIGIN.unpack_from(data, _HEADER.size)
     start = _HEADER.size + _ORIGIN.size
     return data[start : start + size], int(position)
-
-
-def stored_position(data: bytes) -> int:
-    """The stream position of a kept message as it came off the channel; 0 if not kept."""
-    if data[:1] != b"\x03" or len(data) < _POSITION.size:
-        return 0
-    return int(_POSITION.unpack_from(data)[1])
 
 
 def unpack_relay(data: bytes) -> RelayFrame:

@@ -25,7 +25,7 @@ from bushub.broker.subscriber import SUBSCRIBE_BATCH, Subscriber
 from bushub.publisher import Publisher
 from buswire import Format, message_channel
 from buswire.channels import session_key, stream_key
-from buswire.relayframe import as_resent, pack_relay, stored_position
+from buswire.relayframe import as_resent, pack_relay, unpack_relay
 from tests.integration.realredis import LOOPS, off_loop, run, running_redis
 from tests.reliability.harness import FaultRedis
 from tests.unit.bushub.helpers import TIMEOUT
@@ -296,7 +296,7 @@ def test_a_copy_sent_again_reaches_a_session_only_after_redis_lost_it(
 
         assert await broker.publish_many([(channel, first)]) == [1]
         await until(lambda: len(got) == 1, "the kept message")
-        assert stored_position(got[0]) == 1
+        assert unpack_relay(got[0]).position == 1
         assert await broker.publish_many([(channel, copy)]) == [-3]
 
         redis.cli("DEL", session_key("a"), stream_key("a"))  # as a Redis restarted empty
@@ -307,7 +307,7 @@ def test_a_copy_sent_again_reaches_a_session_only_after_redis_lost_it(
         later = pack_relay(Format.JSON, 3.0, b'{"n":3}')
         assert await broker.publish_many([(channel, later)]) == [1]
         await until(lambda: len(got) == 3, "numbered on")
-        assert stored_position(got[2]) == 2
+        assert unpack_relay(got[2]).position == 2
         await broker.close()
 
     run(loop, scenario())
@@ -426,7 +426,7 @@ def test_sessions_work_on_the_urls_database(redis: FaultRedis, loop: str) -> Non
         outcomes: list[int | Exception | None] = []
         assert broker.publish_nowait(channel, frame, outcomes.append)
         await until(lambda: len(got) == 2 and bool(outcomes), "both kept and delivered")
-        assert [stored_position(d) for d in got] == [1, 2]
+        assert [unpack_relay(d).position for d in got] == [1, 2]
         assert redis.cli("-n", "1", "XLEN", stream_key("a")).strip() == "2"
         assert redis.cli("-n", "0", "DBSIZE").strip() == "0"
         await broker.ack_sessions([("a", "S1", 1)])

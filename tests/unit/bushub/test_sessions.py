@@ -21,7 +21,6 @@ from buswire.relayframe import (
     pack_relay,
     pack_session_relay,
     pack_stored,
-    stored_position,
     unpack_relay,
 )
 from buswire.sessionframe import ACK_DELAY, ACK_EVERY
@@ -304,8 +303,8 @@ async def test_a_position_past_two_to_the_53_is_dropped_and_wedges_nothing() -> 
 
 def test_kept_frames_carry_their_position() -> None:
     data = pack_stored(7, relay_frame(1))
-    assert stored_position(data) == 7
-    assert stored_position(relay_frame(1)) == 0
+    assert unpack_relay(data).position == 7
+    assert unpack_relay(relay_frame(1)).position == 0
 
 
 async def test_after_a_broker_break_what_the_stream_kept_is_delivered() -> None:
