@@ -100,11 +100,12 @@ def decode(data: bytes) -> SessionFrame:
     # Plain ints and members bound once: an enum attribute lookup per comparison
     # was half of what this cost, for every frame a session socket sends.
     kind = data[0]
-    if kind == _MESSAGE and len(data) >= 9:
-        position = _POSITION.unpack_from(data, 1)[0]
-        if 0 < position <= MAX_POSITION:
-            return SessionFrame(_MESSAGE, position, data[9:])
-        raise DecodeError(DropReason.MALFORMED, f"session message at position {position}")
+    if kind == _MESSAGE and len(data) >= MESSAGE_HEAD:
+        position = message_position(data)
+        if position:
+            return SessionFrame(_MESSAGE, position, data[MESSAGE_HEAD:])
+        out_of_range = _POSITION.unpack_from(data, 1)[0]
+        raise DecodeError(DropReason.MALFORMED, f"session message at position {out_of_range}")
     if kind == _ACK and len(data) >= 9:
         return SessionFrame(_ACK, _POSITION.unpack_from(data, 1)[0], b"")
     if kind == _UNNUMBERED:

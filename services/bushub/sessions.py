@@ -266,8 +266,7 @@ class Sessions:
         assert session is not None
         if position == session.delivered + 1 and not session.replaying:
             # The next position, live: every message of a session in steady state.
-            session.delivered = position
-            self._write(conn, sessionframe.message(position, payload), received_at)
+            self._write_payload(conn, session, position, payload, received_at)
             return
         self._deliver(conn, session, position, data)
 
@@ -315,9 +314,14 @@ class Sessions:
         self, conn: Connection, session: Session, position: int, data: bytes
     ) -> None:
         translated = self._translate(conn, data)
-        if translated is None:
-            return
-        payload, received_at = translated
+        if translated is not None:
+            self._write_payload(conn, session, position, *translated)
+
+    def _write_payload(
+        self, conn: Connection, session: Session, position: int, payload: bytes, received_at: float
+    ) -> None:
+        """Write a message in the socket's format at ``position`` (0: unnumbered); a
+        numbered one is the socket's newest position from now on."""
         if position:
             session.delivered = position
             frame = sessionframe.message(position, payload)
@@ -364,8 +368,7 @@ class Sessions:
         if session is None:
             return
         session.settle(position)
-        if session.acked > session.acked_written:
-            self._ack_due(conn, session)
+        self._ack_due(conn, session)
 
     def publish_dropped(self) -> None:
         """The publisher gave messages up: sockets whose messages may be among them
