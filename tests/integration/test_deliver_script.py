@@ -1,0 +1,145 @@
+"""The sessions' delivery script (``DELIVER``) on a real redis-server, called as a
+node calls it: what it keeps, numbers, trims and refuses, where it remembers a
+sender's newest position, and how many Redis calls a kept message costs."""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from bushub.broker.sessionscripts import DELIVER, SessionLimits
+from buswire import Format
+from buswire.channels import message_channel, relayed_key, session_key, stream_key
+from buswire.relayframe import as_resent, pack_relay, pack_session_relay, sender_of
+from tests.integration.realredis import running_redis
+from tests.reliability.harness import FaultRedis
+
+AGENT = "b"
+SENDER = sender_of("a", "S-a")
+# A kept message from a session: the hash read and written once, XADD, XLEN and the
+# publish. Redis' cost is per call (BENCHMARKS.md, "A leaner delivery script").
+CALLS_PER_KEPT_MESSAGE = 5
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[FaultRedis]:
+    yield from running_redis(tmp_path)
+
+
+@pytest.fixture
+def client(server: FaultRedis) -> Iterator[redis.Redis]:
+    conn = redis.Redis(port=server.port)
+    yield conn
+    conn.close()
+
+
+def deliver(client: redis.Redis, frame: bytes, limits: SessionLimits | None = None) -> int:
+    """One delivery of ``frame`` to AGENT, as a node's publish connection sends it."""
+    limits = limits or SessionLimits(120.0, 1000, 1 << 20)
+    keys = (session_key(AGENT), stream_key(AGENT), relayed_key(AGENT))
+    args = ("PUBLISH", message_channel(AGENT), limits.messages, limits.bytes)
+    return int(client.eval(DELIVER, 3, *keys, *args, limits.window_ms, frame))
+
+
+def hold(client: redis.Redis) -> None:
+    """A session holds AGENT's name (as ``RESUME`` leaves a new one)."""
+    client.hset(session_key(AGENT), mapping={"id": "S-b", "epoch": "e", "seq": 0, "bytes": 0})
+
+
+def from_session(position: int, payload: bytes = b'{"n":1}', **kw: bool) -> bytes:
+    return pack_session_relay(Format.JSON, 1.0, payload, SENDER, position, **kw)
+
+
+def kept(client: redis.Redis) -> list[tuple[int, bytes]]:
+    entries = client.xrange(stream_key(AGENT))
+    return [(int(eid.split(b"-")[1]), fields[b"d"]) for eid, fields in entries]
+
+
+def session(client: redis.Redis) -> dict[str, str]:
+    raw = client.hgetall(session_key(AGENT))
+    return {k.decode(errors="replace"): v.decode(errors="replace") for k, v in raw.items()}
+
+
+def test_a_session_keeps_each_message_once_numbered_in_order(client: redis.Redis) -> None:
+    hold(client)
+    frames = [from_session(p, b'{"n":%d}' % p) for p in (1, 2, 3)]
+    assert [deliver(client, f) for f in frames] == [-2, -2, -2]  # kept, nobody subscribed
+    assert deliver(client, frames[1]) == -1, "a resend of a relayed position is taken"
+    assert deliver(client, pack_relay(Format.JSON, 1.0, b"{}")) == -2  # a stock sender's
+    assert [p for p, _ in kept(client)] == [1, 2, 3, 4]
+    assert [d for _, d in kept(client)][:3] == frames
+    state = session(client)
+    assert state["seq"] == "4"
+    assert int(state["bytes"]) == sum(len(d) for _, d in kept(client))
+    assert state[">" + SENDER.decode()] == "3", "the sender's newest, in the session's hash"
+    assert not client.exists(relayed_key(AGENT)), "no second key while a session holds it"
+
+
+def test_a_senders_positions_kept_before_the_session_still_count(client: redis.Redis) -> None:
+    """Sent while no session held the name (remembered in the relayed hash, which
+    expires), then resent once a session holds it: still relayed once."""
+    assert deliver(client, from_session(1)) == 0  # published, nobody subscribed
+    assert deliver(client, from_session(2)) == 0
+    assert client.pttl(relayed_key(AGENT)) > 0
+    hold(client)
+    assert deliver(client, from_session(2)) == -1
+    assert deliver(client, from_session(3)) == -2
+    assert deliver(client, from_session(3)) == -1
+    assert [p for p, _ in kept(client)] == [1]
+
+
+def test_over_the_bounds_the_oldest_go_and_the_last_lost_is_remembered(
+    client: redis.Redis,
+) -> None:
+    hold(client)
+    limits = SessionLimits(120.0, 3, 1 << 20)
+    for p in range(1, 7):
+        deliver(client, from_session(p, b"x" * 50), limits)
+    assert [p for p, _ in kept(client)] == [4, 5, 6]
+    state = session(client)
+    assert state["lost"] == "3"
+    assert int(state["bytes"]) == sum(len(d) for _, d in kept(client))
+    by_bytes = SessionLimits(120.0, 1000, 2 * len(from_session(7, b"y" * 50)))
+    deliver(client, from_session(7, b"y" * 50), by_bytes)
+    assert [p for p, _ in kept(client)] == [6, 7]
+    assert session(client)["lost"] == "5"
+    assert int(session(client)["bytes"]) == sum(len(d) for _, d in kept(client))
+
+
+def test_transient_and_resent_frames_are_not_kept_but_count_as_relayed(
+    client: redis.Redis,
+) -> None:
+    hold(client)
+    assert deliver(client, from_session(1, transient=True)) == 0  # published, not kept
+    assert deliver(client, from_session(1)) == -1
+    assert deliver(client, as_resent(from_session(2))) == -3  # the session covers the break
+    assert deliver(client, from_session(2)) == -1
+    assert kept(client) == []
+    assert session(client)["seq"] == "0"
+
+
+def test_a_sender_named_like_a_field_of_the_session_changes_nothing(
+    client: redis.Redis,
+) -> None:
+    """The sender's field is prefixed: a session id spelling one of the hash's own
+    fields (``seq``, ``bytes``, ...) cannot overwrite it."""
+    hold(client)
+    for name in ("seq", "bytes", "lost", "id"):
+        frame = pack_session_relay(Format.JSON, 1.0, b"{}", name.encode(), 99)
+        assert deliver(client, frame) == -2
+    state = session(client)
+    assert (state["seq"], state["id"]) == ("4", "S-b")
+    assert int(state["bytes"]) == sum(len(d) for _, d in kept(client))
+
+
+def test_a_kept_message_costs_redis_five_calls(client: redis.Redis) -> None:
+    hold(client)
+    deliver(client, from_session(1))  # the first of a sender also reads the relayed hash
+    client.config_resetstat()
+    for p in range(2, 102):
+        assert deliver(client, from_session(p)) == -2
+    stats = client.info("commandstats")
+    ours = ("cmdstat_eval", "cmdstat_config", "cmdstat_info")  # the test's own commands
+    calls = sum(int(v["calls"]) for k, v in stats.items() if k.split("|")[0] not in ours)
+    assert calls == 100 * CALLS_PER_KEPT_MESSAGE, stats
