@@ -11,6 +11,7 @@ import statistics
 from typing import Any
 
 from busbench.report.sidebyside import (
+    BUSY_NOTE,
     RATIO_NOTE,
     Figure,
     Row,
@@ -177,6 +178,7 @@ def operators_sections(s: dict[str, Any], c: dict[str, Any]) -> list[str]:
         "CPU per relayed message from `/proc/<pid>/stat` over the window: *hub*, both "
         "nodes (node 1 also answers the console's polls and serves the tap); *Redis*, "
         "the redis-server process." + _watcher_note(s),
+        BUSY_NOTE,
         "### Loss and duplication (sums over repetitions; must all be 0)",
         loss_table(s, _VARIANTS),
         *repetitions(s, _VARIANTS),

@@ -8,6 +8,7 @@ Pure functions of ``busbench.resume.run``'s result: the workload's three variant
 from typing import Any
 
 from busbench.report.sidebyside import (
+    BUSY_NOTE,
     RATIO_NOTE,
     Figure,
     Variants,
@@ -139,6 +140,7 @@ def _workload(s: dict[str, Any], c: dict[str, Any]) -> list[str]:
         "*frame B*: the request as the client's serializer makes it (a session socket "
         "adds 9 bytes of framing). CPU per relayed message from `/proc/<pid>/stat` over "
         "the window: *hub*, both nodes; *Redis*, the redis-server process.",
+        BUSY_NOTE,
     ]
 
 
