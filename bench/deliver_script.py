@@ -11,7 +11,7 @@ redis-server of its own, sends ``--messages`` relay frames per variant in pipeli
 prints Redis' own ``usec_per_call`` (INFO commandstats), median of ``--runs``, for:
 
 - ``DELIVER`` as the hub runs it, for an agent a session holds and for one none holds;
-- the same script without its stream append or its length check (what they cost);
+- the same script with one part taken out (what each part costs);
 - ``PUBLISH`` through a one-line script and plain ``PUBLISH`` (the floor).
 """
 
@@ -33,18 +33,28 @@ from tests.support.ports import free_port
 
 KEYS = ("bushub:session:{b}", "bushub:stream:{b}", "bushub:relayed:{b}")
 CHANNEL = "bushub:msg:{b}"
-
-
-def _without(part: str, by: str = "") -> str:
-    """DELIVER with ``part`` replaced (it must be there: the script may change)."""
-    assert part in DELIVER, part
-    return DELIVER.replace(part, by)
-
+_DEDUP = DELIVER[
+    DELIVER.index("if string.byte(data, 1) == 2") : DELIVER.index("if string.byte(data, 2)")
+]
 
 VARIANTS: dict[str, str] = {
     "DELIVER (session holds the agent)": DELIVER,
-    "  without XADD": _without("redis.call('XADD', KEYS[2], '0-' .. id, 'd', data)\n"),
-    "  without XLEN": _without("redis.call('XLEN', KEYS[2])", "1"),
+    "  without the sender's dedup (HGET/HSET/PEXPIRE)": DELIVER.replace(_DEDUP, ""),
+    "  without PEXPIRE of the dedup hash": DELIVER.replace(
+        "  redis.call('PEXPIRE', KEYS[3], ARGV[5])\n", ""
+    ),
+    "  PEXPIRE only when the TTL is under the window (PTTL)": DELIVER.replace(
+        "  redis.call('PEXPIRE', KEYS[3], ARGV[5])\n",
+        "  if redis.call('PTTL', KEYS[3]) < tonumber(ARGV[5]) then\n"
+        "    redis.call('PEXPIRE', KEYS[3], 2 * tonumber(ARGV[5]))\n  end\n",
+    ),
+    "  without XADD": DELIVER.replace(
+        "redis.call('XADD', KEYS[2], string.format('0-%d', seq), 'd', data)\n", ""
+    ),
+    "  without the byte count (HINCRBY)": DELIVER.replace(
+        "redis.call('HINCRBY', KEYS[1], 'bytes', #data)", "0"
+    ),
+    "  without XLEN": DELIVER.replace("redis.call('XLEN', KEYS[2])", "1"),
     "PUBLISH in a script": "return redis.call(ARGV[1], ARGV[2], ARGV[6])",
 }
 

@@ -5,9 +5,8 @@ Every message for an agent is published by ``DELIVER`` instead of a bare
 ``PUBLISH`` once sessions are on. In one step on the agent's shard it
 
 - relays a session's message once: the newest position relayed per sending session
-  is kept in the agent's session hash while a session holds the name, else in
-  ``bushub:relayed:{agent}``, and a position at or below it is answered -1 (a resend
-  after a reconnect, taken already);
+  is kept in ``bushub:relayed:{agent}``, and a position at or below it is answered -1
+  (a resend after a reconnect, taken already);
 - for a frame a node sent again after a broker break (relay frame byte 1, bit 6) when
   a session holds the name: answers -3 (the session's stream and resume cover the
   break, and storing the copy would number it twice), unless the session was put
@@ -41,47 +40,20 @@ RECOVERY_MS = 10_000
 
 # KEYS: session, stream, relayed. ARGV: publish command, channel, most messages,
 # most bytes, window (ms), relay frame.
-#
-# Redis' cost is per call the script makes (a microsecond or two each, whatever the
-# command), so a kept message makes five: the session's hash read once (HMGET: is
-# a session holding the name, its count and bytes, the sender's newest position)
-# and written once (HSET), XADD, XLEN and the publish. The sender's newest position
-# lives in the target's session hash while a session holds the name (a field
-# '>'..sender: no fixed field begins with '>'), else in the relayed hash, which
-# expires a window after its last write; the first message of a sender to a session
-# also reads the relayed hash, where its positions were kept before the session.
 DELIVER = """
 local data = ARGV[6]
-local numbered = string.byte(data, 1) == 2
-local flags = string.byte(data, 2)
-local position, sender, field
-if numbered then
-  position = struct.unpack('>d', data, 11)
-  sender = string.sub(data, 20, 19 + string.byte(data, 19))
-  field = '>' .. sender
-end
-local held = redis.call('HMGET', KEYS[1], 'seq', 'bytes', 'reasserted', field or 'seq')
-local seq = held[1]
-if numbered then
-  local last = held[4]
-  if not seq or not last then
-    last = redis.call('HGET', KEYS[3], sender)
-  end
-  if position <= tonumber(last or '0') then
+if string.byte(data, 1) == 2 then
+  local position = struct.unpack('>d', data, 11)
+  local sender = string.sub(data, 20, 19 + string.byte(data, 19))
+  local last = tonumber(redis.call('HGET', KEYS[3], sender) or '0')
+  if position <= last then
     return -1
   end
-  if not seq then
-    redis.call('HSET', KEYS[3], sender, string.format('%d', position))
-    redis.call('PEXPIRE', KEYS[3], ARGV[5])
-  elseif flags >= 64 then
-    redis.call('HSET', KEYS[1], field, string.format('%d', position))
-  end
+  redis.call('HSET', KEYS[3], sender, string.format('%d', position))
+  redis.call('PEXPIRE', KEYS[3], ARGV[5])
 end
-if not seq then
-  return redis.call(ARGV[1], ARGV[2], data)
-end
-if flags % 128 >= 64 then
-  local since = tonumber(held[3] or '0')
+if string.byte(data, 2) % 128 >= 64 and redis.call('EXISTS', KEYS[1]) == 1 then
+  local since = tonumber(redis.call('HGET', KEYS[1], 'reasserted') or '0')
   local now = redis.call('TIME')
   local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
   if since > 0 and ms - since < RECOVERY_MS then
@@ -89,30 +61,20 @@ if flags % 128 >= 64 then
   end
   return -3
 end
-if flags >= 128 then
+if string.byte(data, 2) >= 128 or redis.call('EXISTS', KEYS[1]) == 0 then
   return redis.call(ARGV[1], ARGV[2], data)
 end
-seq = tonumber(seq) + 1
-local id = string.format('%d', seq)
-local bytes = tonumber(held[2] or '0') + #data
-redis.call('XADD', KEYS[2], '0-' .. id, 'd', data)
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+redis.call('XADD', KEYS[2], string.format('0-%d', seq), 'd', data)
+local bytes = redis.call('HINCRBY', KEYS[1], 'bytes', #data)
 local count = redis.call('XLEN', KEYS[2])
 local most, most_bytes = tonumber(ARGV[3]), tonumber(ARGV[4])
-if count > 1 and (count > most or bytes > most_bytes) then
-  local lost
-  repeat
-    local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)[1]
-    redis.call('XDEL', KEYS[2], first[1])
-    bytes = bytes - #first[2][2]
-    lost = string.sub(first[1], 3)
-    count = count - 1
-  until count <= 1 or (count <= most and bytes <= most_bytes)
-  redis.call('HSET', KEYS[1], 'lost', lost)
-end
-if numbered then
-  redis.call('HSET', KEYS[1], 'seq', id, 'bytes', bytes, field, string.format('%d', position))
-else
-  redis.call('HSET', KEYS[1], 'seq', id, 'bytes', bytes)
+while count > 1 and (count > most or bytes > most_bytes) do
+  local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)[1]
+  redis.call('XDEL', KEYS[2], first[1])
+  bytes = redis.call('HINCRBY', KEYS[1], 'bytes', -#first[2][2])
+  redis.call('HSET', KEYS[1], 'lost', string.sub(first[1], 3))
+  count = count - 1
 end
 local n = redis.call(ARGV[1], ARGV[2], struct.pack('>Bd', 3, seq) .. data)
 if n == 0 then
