@@ -199,12 +199,12 @@ WORKLOAD_COLUMNS = [
     "cores busy",
 ]
 
-# What the columns above do not say: p99 on a small machine follows how busy all of
-# it is (a wake-up waits when every core is taken), whoever made it busy.
+# What the columns above do not say: how busy the whole machine was. Where Redis and
+# the load generator share the hubs' cores, what a variant makes them do slows the
+# hubs too (a wake-up waits while every core is taken).
 BUSY_NOTE = (
     "*cores busy*: the whole machine's busy time over the window (`/proc/stat`: the "
-    "hubs, Redis, the load generator and anything else), of its cores; where Redis "
-    "and the load generator share the hubs' cores, the p99 grows with it."
+    "hubs, Redis, the load generator and anything else), in cores."
 )
 
 
