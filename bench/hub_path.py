@@ -14,13 +14,11 @@ run by run, and each cell is the median of ``--repeat`` runs' CPU time per messa
 (``time.process_time``), so the noise of a shared machine falls on both alike.
 """
 
-import argparse
-import asyncio
-import statistics
 import time
 import warnings
 
 from busbench.inmemory import TakingSocket, memory_connection
+from busbench.pathbench import alternated, main
 
 from bushub.claims import ClaimFence
 from bushub.connection import Connection
@@ -84,25 +82,14 @@ async def _main(repeat: int, iterations: int) -> None:
     builder = Builder()
     payloads = ("task", "audio")
     cases = {(p, f): _Case(builder, p, f) for p in payloads for f in ("json", "msgpack")}
-    samples: dict[tuple[str, str], list[float]] = {key: [] for key in cases}
-    for _ in range(repeat):
-        for key, case in cases.items():
-            samples[key].append(case.run(iterations))
+    medians = alternated({key: case.run for key, case in cases.items()}, repeat, iterations)
     print("| payload | JSON µs/msg | MsgPack µs/msg | MsgPack / JSON |")
     print("| --- | ---: | ---: | ---: |")
     for payload in payloads:
-        json_us = statistics.median(samples[(payload, "json")])
-        msgpack_us = statistics.median(samples[(payload, "msgpack")])
+        json_us = medians[(payload, "json")]
+        msgpack_us = medians[(payload, "msgpack")]
         print(f"| {payload} | {json_us:.2f} | {msgpack_us:.2f} | {msgpack_us / json_us:.2f}x |")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=31)
-    parser.add_argument("--iterations", type=int, default=20000)
-    args = parser.parse_args()
-    asyncio.run(_main(args.repeat, args.iterations))
-
-
 if __name__ == "__main__":
-    main()
+    main(__doc__, _main)

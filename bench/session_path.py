@@ -19,14 +19,12 @@ run; each cell is the median of ``--repeat`` runs' CPU time per message
 (``time.process_time``).
 """
 
-import argparse
-import asyncio
-import statistics
 import time
 import warnings
 from collections.abc import Callable
 
 from busbench.inmemory import TakingSocket, memory_connection
+from busbench.pathbench import alternated, main
 
 from bushub.broker.memory import MemoryBroker
 from bushub.broker.sessionscripts import SessionLimits, ack_command
@@ -157,28 +155,17 @@ async def _main(repeat: int, iterations: int) -> None:
     }
     for case in cases.values():
         await case.start()
-    samples: dict[tuple[str, str], list[float]] = {key: [] for key in cases}
-    for _ in range(repeat):
-        for key, case in cases.items():
-            samples[key].append(case.run(iterations))
+    medians = alternated({key: case.run for key, case in cases.items()}, repeat, iterations)
     print("| payload (JSON) | plain µs/msg | session µs/msg | session - plain | session / plain |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for payload in payloads:
-        plain = statistics.median(samples[(payload, "plain")])
-        session = statistics.median(samples[(payload, "session")])
+        plain = medians[(payload, "plain")]
+        session = medians[(payload, "session")]
         print(
             f"| {payload} | {plain:.2f} | {session:.2f} | {session - plain:.2f} "
             f"| {session / plain:.2f}x |"
         )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=31)
-    parser.add_argument("--iterations", type=int, default=20000)
-    args = parser.parse_args()
-    asyncio.run(_main(args.repeat, args.iterations))
-
-
 if __name__ == "__main__":
-    main()
+    main(__doc__, _main)
