@@ -243,6 +243,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="seconds after the sockets close before the away sessions' memory is read",
     )
     p.add_argument(
+        "--resume-control",
+        choices=("on", "off"),
+        default="on",
+        help="also run sessions off at the fixed rate beside a burner as busy as what "
+        "session sockets add to the machine (busbench.burner)",
+    )
+    p.add_argument(
         "--operators",
         action="store_true",
         help="add what operators watching costs: workload R with nobody watching, with a "

@@ -96,6 +96,28 @@ def raise_nofile(wanted: int) -> dict[str, int]:
     return {"soft": soft, "hard": hard, "wanted": wanted}
 
 
+def _started(argvs: list[list[str]]) -> list["subprocess.Popen[bytes]"]:
+    """Processes run beside a phase (a fork and exec each: the loop hardly notices)."""
+    return [subprocess.Popen(argv) for argv in argvs]
+
+
+def _stopped(procs: list["subprocess.Popen[bytes]"]) -> list[str]:
+    """Terminate processes run beside a phase; how each that had failed on its own ended."""
+    errors = []
+    for proc in procs:
+        failed = proc.poll()
+        if failed is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        elif failed:
+            errors.append(f"{proc.args!r} exited {failed} during the phase")
+    return errors
+
+
 @dataclass
 class Counters:
     sent: int = 0
@@ -343,6 +365,9 @@ class PairsRun:
         self.phase = ph
         warmup, duration = spec["warmup"], spec["duration"]
         profile_procs: list[subprocess.Popen[bytes]] = []
+        # Load beside the phase (a control variant's burner): from the warm-up on, so
+        # the window measures a steady state, until the window closes.
+        beside = _started(spec.get("beside", []))
         lags: list[int] = []
         t0 = now_ns()
         win_start = t0 + int(warmup * 1e9)
@@ -418,6 +443,7 @@ class PairsRun:
             if not opened:
                 open_window()
             cpu, cpu_sys, wall, completed = close_window()
+        beside_errors = _stopped(beside)
         await self._drain(pairs, spec.get("drain", 5.0))
         profile_errors = []
         for proc in profile_procs:
@@ -453,6 +479,7 @@ class PairsRun:
             "request_bytes": pairs[0].cur.reqs[0].size,
             "reply_bytes": pairs[0].cur.reps[0].size,
             "profile_errors": profile_errors,
+            "beside_errors": beside_errors,
         }
 
     async def run(self) -> dict[str, Any]:

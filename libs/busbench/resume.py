@@ -9,14 +9,22 @@ in three variants, alternating, ``--reps`` times, on one Redis of their own:
   for the hub having sessions on: the delivery script instead of ``PUBLISH``);
 - ``on-session``: the same nodes, both ends of every pair a session socket
   (``busbench.sessionload``): every message kept in the target's stream until
-  acknowledged.
+  acknowledged;
+- ``off-busy`` (a control, unless ``--resume-control off``): the fixed-rate phases of
+  ``off`` again, beside a burner (``busbench.burner``) that keeps as many more cores
+  busy as ``on-session`` did over ``off`` in the same repetition. On a machine whose
+  Redis and load generator share the hubs' cores, what session sockets add anywhere
+  delays every process's wake-ups; ``on-session`` against ``off-busy`` is what is left
+  once the machine is as busy.
 
 Then the Redis memory and CPU per session (``busbench.sessionmem``) on a fresh Redis
 and node. The figures and the report are ``busbench.report.resume``'s.
 """
 
 import argparse
+import math
 import shlex
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,10 +32,16 @@ from typing import Any
 from busbench import sessionmem, sidebyside
 from busbench.payloads import Builder
 from busbench.procs import Procs
+from busbench.report.figures import phase_figures
 from busbench.sidebyside import Log, NodePair
 
 VARIANTS = ("off", "on-plain", "on-session")
-_TAG = {"off": "f", "on-plain": "p", "on-session": "s"}
+CONTROL = "off-busy"
+_TAG = {"off": "f", "on-plain": "p", "on-session": "s", CONTROL: "b"}
+# Less added load than this is not worth a burner process.
+_MIN_CORES = 0.01
+# A burner stops by itself this long after its phase should have ended.
+_BURNER_SLACK_S = 30.0
 SESSIONS_OFF = ["--resume-window", "0"]
 
 RunLoadgen = Callable[[dict[str, Any], Path, str], dict[str, Any]]
@@ -37,6 +51,51 @@ combos = sidebyside.combos
 def phases(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Per combination: the fixed rate, then saturation (workload R's two phases)."""
     return sidebyside.phases(args, args.resume_combos)
+
+
+def added_cores(off: dict[str, Any], session: dict[str, Any]) -> dict[str, float]:
+    """Per fixed-rate phase: how many more cores the machine was busy in the session
+    sockets' run than in sessions off's (0 where it was not busier or not read)."""
+    busy_off = _busy(off)
+    out = {}
+    for name, cores in _busy(session).items():
+        base = busy_off.get(name)
+        out[name] = max(0.0, cores - base) if base is not None else 0.0
+    return out
+
+
+def _busy(run: dict[str, Any]) -> dict[str, float]:
+    out = {}
+    for phase in run.get("phases") or []:
+        if phase["kind"] == "fixed":
+            busy = phase_figures(phase)["machine_busy"]
+            if busy is not None:
+                out[phase["name"]] = busy
+    return out
+
+
+def burner_argv(cores: float, seconds: float) -> list[list[str]]:
+    """Burner processes that keep ``cores`` busy (one core at most each) and stop by
+    themselves after ``seconds``; none for less than ``_MIN_CORES``."""
+    if cores < _MIN_CORES:
+        return []
+    n = math.ceil(cores)
+    share = f"{cores / n:.3f}"
+    return [
+        [sys.executable, "-m", "busbench.burner", share, "--seconds", f"{seconds:g}"]
+        for _ in range(n)
+    ]
+
+
+def control_phases(args: argparse.Namespace, added: dict[str, float]) -> list[dict[str, Any]]:
+    """The fixed-rate phases only, each beside burners as busy as ``added`` says."""
+    out = []
+    for phase in phases(args):
+        if phase["kind"] != "fixed":
+            continue
+        seconds = phase["warmup"] + phase["duration"] + _BURNER_SLACK_S
+        out.append({**phase, "beside": burner_argv(added.get(phase["name"], 0.0), seconds)})
+    return out
 
 
 def names(variant: str, rep: int, fmt: str, k: int) -> tuple[list[str], list[str]]:
@@ -77,7 +136,7 @@ def run(
     log: Log,
     run_loadgen: RunLoadgen,
 ) -> dict[str, Any]:
-    """The three variants, alternating, then the memory measurement."""
+    """The three variants and the control, alternating, then the memory measurement."""
     out: dict[str, Any] = {"runs": [], "memory": None, "hub_argv": {}}
     if args.reps and args.resume_combos:
         out["runs"] = _workload(args, jobs, procs, extra, work, log, run_loadgen, out)
@@ -109,17 +168,24 @@ def _workload(
     )
     nodes = {"off": NodePair(off1, off2, redis), "on": NodePair(on1, on2, redis)}
     out["hub_argv"] = {side: shlex.join(pair.node1.argv) for side, pair in nodes.items()}
+    # This repetition's results so far: the control follows the runs it matches.
+    latest: dict[str, dict[str, Any]] = {}
 
     def measure(variant: str, rep: int) -> dict[str, Any]:
-        pair = nodes["off" if variant == "off" else "on"]
-        return sidebyside.measured(
+        pair = nodes["on" if variant.startswith("on") else "off"]
+        spec = job(jobs, args, variant, rep, pair.urls, pair.pids)
+        if variant == CONTROL:
+            added = added_cores(latest["off"], latest["on-session"])
+            spec["phases"] = control_phases(args, added)
+        result = sidebyside.measured(
             pair,
-            lambda pids: run_loadgen(
-                job(jobs, args, variant, rep, pair.urls, pids), work, f"resume-{variant}-{rep}"
-            ),
+            lambda pids: run_loadgen({**spec, "pids": pids}, work, f"resume-{variant}-{rep}"),
         )
+        latest[variant] = result
+        return result
 
-    runs = sidebyside.alternate(VARIANTS, args.reps, measure, log, "resume")
+    variants = VARIANTS + ((CONTROL,) if args.resume_control == "on" else ())
+    runs = sidebyside.alternate(variants, args.reps, measure, log, "resume")
     sidebyside.stop_checked(procs, (off1, off2, on1, on2, redis), "resume runs")
     return runs
 

@@ -2,7 +2,8 @@
 
 Pure functions of ``busbench.resume.run``'s result: the workload's three variants
 (medians over repetitions, ratios to sessions off in the same run, the issue's
-1.25x targets) and Redis memory and CPU per session.
+1.25x targets), the control (session sockets against sessions off on a machine as
+busy) and Redis memory and CPU per session.
 """
 
 from typing import Any
@@ -24,13 +25,18 @@ from busbench.report.sidebyside import (
     workload_table,
 )
 
-VARIANTS = ("off", "on-plain", "on-session")
+VARIANTS = ("off", "on-plain", "on-session", "off-busy")
 LABEL = {
     "off": "sessions off",
     "on-plain": "on, plain sockets",
     "on-session": "on, session sockets",
+    "off-busy": "sessions off, machine as busy",
 }
 _VARIANTS = Variants(VARIANTS, LABEL)
+# What the issue's targets hold to sessions off (not the control).
+_TARGETS = Variants(VARIANTS[:3], LABEL)
+# Session sockets against the control: sessions off beside a burner.
+_CONTROL = Variants(("off-busy", "on-session"), LABEL)
 LIMIT = 1.25  # the issue's "within 1.25x of resume off in the same run"
 # held to LIMIT, per combination at the fixed rate
 _TARGET_FIGURES = (
@@ -79,8 +85,10 @@ def resume_summary(res: dict[str, Any]) -> dict[str, Any]:
             else:
                 s[key] = s.get(key, 0) + value
     memory = res.get("memory") or {}
+    control = summary(runs, _CONTROL)
     return {
         **summary(runs, _VARIANTS),
+        "control": {"medians": control["medians"], "ratios": control["ratios"]},
         "sessions": sessions,
         "memory": [memory_figures(v) for v in memory.get("variants") or []],
         "hub_argv": res.get("hub_argv") or {},
@@ -96,6 +104,7 @@ def resume_sections(s: dict[str, Any], c: dict[str, Any]) -> list[str]:
     return [
         *_intro(s, c),
         *_targets(s, c),
+        *_control(s, c),
         *_workload(s, c),
         *_loss(s),
         *repetitions(s, _VARIANTS),
@@ -116,6 +125,11 @@ def _intro(s: dict[str, Any], c: dict[str, Any]) -> list[str]:
         f"{c['inflight']} in flight per pair ({c['sat_seconds']:g} s), after "
         f"{c['warmup']:g} s warm-up each; one Redis for all three.",
     ]
+    if s["medians"].get("off-busy"):
+        bullets.append(
+            "- Control, after each repetition's session sockets: *sessions off, machine "
+            "as busy*, the fixed rate only, on the sessions-off nodes beside a burner."
+        )
     if argv:
         bullets += [f"- Hub nodes, {side}: `{cmd}`" for side, cmd in argv.items()]
     bullets += others_note(s)
@@ -124,12 +138,31 @@ def _intro(s: dict[str, Any], c: dict[str, Any]) -> list[str]:
 
 def _targets(s: dict[str, Any], c: dict[str, Any]) -> list[str]:
     combos = c.get("resume_combos") or []
-    rows = comparison_rows(s, combos, _TARGET_FIGURES, _VARIANTS, LIMIT)
+    rows = comparison_rows(s, combos, _TARGET_FIGURES, _TARGETS, LIMIT)
     header = ["figure", "off", "on", "on / off", "median of per-rep ratios", "target", "verdict"]
     return [
         "### Targets: sessions on against off, same run",
         table(header, rows),
         f"*on / off*: {RATIO_NOTE}",
+    ]
+
+
+def _control(s: dict[str, Any], c: dict[str, Any]) -> list[str]:
+    control = s.get("control") or {}
+    if not control.get("medians", {}).get("off-busy"):
+        return []
+    fixed = tuple(f for f in _TARGET_FIGURES if f.kind == "fixed")
+    rows = comparison_rows(control, c.get("resume_combos") or [], fixed, _CONTROL)
+    header = ["figure", "off, as busy", "on", "on / off as busy", "median of per-rep ratios"]
+    return [
+        "### Control: sessions off on a machine as busy",
+        table(header, rows),
+        "*off, as busy*: sessions off at the fixed rate beside a burner "
+        "(`busbench.burner`, 0.2 ms bursts) keeping as many more cores busy as session "
+        "sockets did over sessions off in the same repetition. Where Redis and the load "
+        "generator share the hubs' cores, any added work delays every process's "
+        "wake-ups; *on / off as busy* is what is left of the ratio once the machine is as "
+        "busy: the session path's own cost.",
     ]
 
 

@@ -671,16 +671,24 @@ def storm_only_run() -> dict[str, Any]:
 
 
 # Resume variants against sessions off: (CPU, p99, Redis) multipliers per variant.
-RESUME_COST = {"off": (1.0, 1.0, 1.0), "on-plain": (1.05, 1.1, 1.3), "on-session": (1.4, 1.6, 3.0)}
+RESUME_COST = {
+    "off": (1.0, 1.0, 1.0),
+    "on-plain": (1.05, 1.1, 1.3),
+    "on-session": (1.4, 1.6, 3.0),
+    "off-busy": (0.97, 1.3, 0.95),
+}
 
 
 def resume_runs(reps: int = 3) -> list[dict[str, Any]]:
-    """Workload R's JSON task and audio phases in the three resume variants."""
+    """Workload R's JSON task and audio phases in the three resume variants, and the
+    control's fixed-rate phases."""
     runs = []
     for rep in range(reps):
         for variant, (cpu, p99, redis) in RESUME_COST.items():
             phases = []
             for name in ("task-json/fixed", "task-json/saturation", "audio-json/fixed"):
+                if variant == "off-busy" and name.endswith("/saturation"):
+                    continue
                 rt, us, redis_us, lg, (p50, p99_ms, p999), lag, size, writes = HUB[name]
                 figs = (rt, us * cpu, redis_us * redis, lg, (p50, p99_ms * p99, p999), lag)
                 extra = 9 if variant == "on-session" else 0

@@ -17,7 +17,7 @@ def test_combos_split_and_strip() -> None:
 
 def test_each_variant_and_repetition_gets_fresh_names() -> None:
     seen: set[str] = set()
-    for variant in resume.VARIANTS:
+    for variant in (*resume.VARIANTS, resume.CONTROL):
         for rep in range(3):
             a, b = resume.names(variant, rep, "json", 2)
             assert len(a) == len(b) == 2
@@ -44,6 +44,63 @@ def test_phases_fixed_then_saturation_per_combination() -> None:
     ]
     assert phases[2]["set"] == "msgpack" and phases[2]["payload"] == "audio"
     assert phases[0]["rate"] == 2000.0 and phases[1]["inflight"] == 4
+
+
+def _run(busy: dict[str, float | None]) -> dict[str, object]:
+    """A load-generator result whose fixed phases kept the machine ``busy`` cores busy."""
+    phases = []
+    for name, cores in busy.items():
+        machine = {} if cores is None else {"user": cores * 3.0 * 0.8, "system": cores * 3.0 * 0.2}
+        phases.append(
+            {
+                "name": name,
+                "kind": name.rpartition("/")[2],
+                "relayed": 12000,
+                "cpu_s": {"node1": 1.0},
+                "window_s": 3.0,
+                "machine_s": machine,
+                "rtt_ms": None,
+                "counters": {},
+                "rt_per_s": 2000.0,
+                "request_bytes": 265,
+                "reply_bytes": 265,
+            }
+        )
+    return {"phases": phases}
+
+
+def test_added_cores_per_fixed_phase_never_below_zero() -> None:
+    off = _run({"task-json/fixed": 1.3, "audio-json/fixed": 1.4, "task-json/saturation": 1.7})
+    on = _run({"task-json/fixed": 1.55, "audio-json/fixed": 1.35, "task-json/saturation": 1.9})
+    added = resume.added_cores(off, on)
+    assert added == {"task-json/fixed": pytest.approx(0.25), "audio-json/fixed": 0.0}
+    # Not read in the baseline: nothing to match, no burner.
+    assert resume.added_cores(_run({"task-json/fixed": None}), on)["task-json/fixed"] == 0.0
+
+
+def test_burners_split_cores_over_processes_that_stop_by_themselves() -> None:
+    assert resume.burner_argv(0.005, 10.0) == []
+    (one,) = resume.burner_argv(0.25, 33.5)
+    assert one[1:] == ["-m", "busbench.burner", "0.250", "--seconds", "33.5"]
+    three = resume.burner_argv(2.4, 10.0)
+    assert [argv[3] for argv in three] == ["0.800"] * 3
+
+
+def test_control_runs_the_fixed_phases_beside_their_burners() -> None:
+    args = argparse.Namespace(
+        resume_combos=["task-json", "audio-json"],
+        warmup=0.5,
+        rate=2000.0,
+        fixed_seconds=3.0,
+        inflight=4,
+        sat_seconds=2.0,
+    )
+    phases = resume.control_phases(args, {"task-json/fixed": 0.3, "audio-json/fixed": 0.0})
+    assert [p["name"] for p in phases] == ["task-json/fixed", "audio-json/fixed"]
+    (burner,) = phases[0]["beside"]
+    assert burner[3] == "0.300" and float(burner[5]) > 3.5  # outlives warm-up and window
+    assert phases[1]["beside"] == []
+    assert phases[0]["rate"] == 2000.0 and phases[0]["duration"] == 3.0
 
 
 def test_retarget_swaps_both_names_byte_for_byte() -> None:
@@ -83,6 +140,10 @@ def test_ratios_side_by_side_per_repetition() -> None:
     assert r["of_medians"] == pytest.approx(1.4)
     assert s["sessions"]["on-session"]["resume"] == {"new": 300}
     assert s["drops"] == {"on-session": {"closing": 3.0}}
+    # The control: session sockets against sessions off beside a burner.
+    c = s["control"]["ratios"]["on-session"]["task-json/fixed"]["p99"]
+    assert c["per_rep"] == pytest.approx([1.6 / 1.3] * 3)
+    assert "task-json/saturation" not in s["control"]["medians"]["off-busy"]
 
 
 def test_a_full_run_with_resume_appends_the_section() -> None:
