@@ -51,7 +51,7 @@ class Burner:
         self.idle_s = idle_for(burst_s, cores)
         self._running = True
 
-    def stop(self, *_: object) -> None:
+    def stop(self) -> None:
         self._running = False
 
     def run(self, seconds: float | None = None) -> None:

@@ -182,6 +182,11 @@ def _workload(
             lambda pids: run_loadgen({**spec, "pids": pids}, work, f"resume-{variant}-{rep}"),
         )
         latest[variant] = result
+        for phase in result.get("phases") or []:
+            for error in phase.get("beside_errors") or []:
+                # The control's machine was not as busy as it says: the report's
+                # busy-cores column shows by how much.
+                log(f"resume rep {rep + 1}: {phase['name']}: burner failed: {error}")
         return result
 
     variants = VARIANTS + ((CONTROL,) if args.resume_control == "on" else ())

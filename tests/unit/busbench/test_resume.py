@@ -26,16 +26,20 @@ def test_each_variant_and_repetition_gets_fresh_names() -> None:
     assert resume.names("on-session", 1, "msgpack", 1) == (["a000rs1m"], ["b000rs1m"])
 
 
-def test_phases_fixed_then_saturation_per_combination() -> None:
-    args = argparse.Namespace(
-        resume_combos=["task-json", "audio-msgpack"],
+def _args(*combos: str) -> argparse.Namespace:
+    """The resume workload's options, as the command line leaves them."""
+    return argparse.Namespace(
+        resume_combos=list(combos),
         warmup=0.5,
         rate=2000.0,
         fixed_seconds=3.0,
         inflight=4,
         sat_seconds=2.0,
     )
-    phases = resume.phases(args)
+
+
+def test_phases_fixed_then_saturation_per_combination() -> None:
+    phases = resume.phases(_args("task-json", "audio-msgpack"))
     assert [p["name"] for p in phases] == [
         "task-json/fixed",
         "task-json/saturation",
@@ -87,15 +91,8 @@ def test_burners_split_cores_over_processes_that_stop_by_themselves() -> None:
 
 
 def test_control_runs_the_fixed_phases_beside_their_burners() -> None:
-    args = argparse.Namespace(
-        resume_combos=["task-json", "audio-json"],
-        warmup=0.5,
-        rate=2000.0,
-        fixed_seconds=3.0,
-        inflight=4,
-        sat_seconds=2.0,
-    )
-    phases = resume.control_phases(args, {"task-json/fixed": 0.3, "audio-json/fixed": 0.0})
+    added = {"task-json/fixed": 0.3, "audio-json/fixed": 0.0}
+    phases = resume.control_phases(_args("task-json", "audio-json"), added)
     assert [p["name"] for p in phases] == ["task-json/fixed", "audio-json/fixed"]
     (burner,) = phases[0]["beside"]
     assert burner[3] == "0.300" and float(burner[5]) > 3.5  # outlives warm-up and window
