@@ -143,6 +143,26 @@ def test_ratios_side_by_side_per_repetition() -> None:
     assert "task-json/saturation" not in s["control"]["medians"]["off-busy"]
 
 
+def test_without_the_control_the_report_has_no_control_table() -> None:
+    from busbench.report.resume import resume_sections
+
+    runs = [r for r in resume_runs() if r["server"] != resume.CONTROL]
+    s = resume_summary({"runs": runs})
+    config = {
+        "pairs": 50,
+        "reps": 3,
+        "rate": 2000.0,
+        "fixed_seconds": 5.0,
+        "inflight": 4,
+        "sat_seconds": 3.0,
+        "warmup": 0.5,
+        "resume_combos": ["task-json"],
+    }
+    text = "\n".join(resume_sections(s, config))
+    assert "### Targets" in text and "on, session sockets" in text
+    assert "Control" not in text and "machine as busy" not in text
+
+
 def test_a_full_run_with_resume_appends_the_section() -> None:
     from busbench import report
 
