@@ -14,6 +14,7 @@ import logging
 from collections.abc import Iterator
 
 from prometheus_client import Counter
+from redis.exceptions import RedisError
 
 from bushub.broker.base import Broker, PartialPublish
 from bushub.broker.refusals import BrokerRefused, ErrorKind, classify, describe
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 # The metric's ``op`` label, and the area whose next success clears a refusal.
 OP_AREAS = {
     "publish": "publish",
+    "subscribe": "subscribe",
     "presence_refresh": "presence",
     "presence_read": "presence",
     "presence_write": "presence",
@@ -91,6 +93,20 @@ class BrokerHealth:
 
     def is_failing(self, area: str) -> bool:
         return area in self._failing
+
+    async def probe_subscribe(self, broker: Broker) -> None:
+        """Retry refused subscriptions: Redis' refusal named no channel, so every
+        channel is subscribed again; confirmed, the node is ready again."""
+        if not self.is_failing("subscribe"):
+            return
+        try:
+            await broker.confirm_subscriptions()
+        except (ConnectionError, TimeoutError):
+            return  # the listener reconnects, and subscribes every channel then
+        except RedisError as refusal:
+            self.refused("subscribe", refusal)
+            return
+        self.accepted("subscribe")
 
     async def probe_publish(self, broker: Broker, name: str) -> None:
         """Retry a refused publish on a channel of this node's own: with no traffic,

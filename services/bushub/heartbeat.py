@@ -126,3 +126,4 @@ class Heartbeat:
         # The beat was a write that went through: presence works.
         self._health.accepted("presence")
         await self._health.probe_publish(self._broker, self._probe_name)
+        await self._health.probe_subscribe(self._broker)

@@ -134,6 +134,7 @@ class Hub:
         self._start_aborted = False
         self._broker_was_down = False
         broker.set_handlers(self._on_broker_message, self._on_broker_state)
+        broker.on_subscribe_refused = self._subscribe_refused
 
     # ---- what the endpoint uses ---------------------------------------------
 
@@ -331,6 +332,12 @@ class Hub:
             self.presence.on_event(channel[len(PRESENCE_PREFIX) + 1 : -1], data)
         else:
             self.operators.on_message(channel, data)
+
+    def _subscribe_refused(self, error: Exception) -> None:
+        # The agents already here keep hearing (Redis keeps what it subscribed); a new
+        # one's channel was refused, so the node is not ready until the heartbeat's
+        # probe has every channel confirmed again (BrokerHealth.probe_subscribe).
+        self.health.refused("subscribe", error)
 
     def _on_broker_state(self, up: bool) -> None:
         self.metrics.redis_up.set(1 if up else 0)

@@ -27,6 +27,7 @@ pytestmark = pytest.mark.integration
 ACL_USER, ACL_PASSWORD = "hub", "hub-secret"
 REFUSED_PUBLISH = "WARNING bushub.brokerhealth redis refused publish (noperm): "
 REFUSED_WRITE = "WARNING bushub.brokerhealth redis refused presence_write (oom): OOM"
+REFUSED_SUBSCRIBE = "WARNING bushub.brokerhealth redis refused subscribe (noperm): "
 
 
 def acl_node(faults: Faults, node_id: str, url: str | None = None, **flags: object) -> FaultNode:
@@ -126,6 +127,61 @@ async def test_publish_refused_by_acl_is_dropped_and_counted_and_the_node_recove
         f"{sent} / {errors(after, 'publish', 'noperm'):.0f}",
     )
     for inbox in (a, b, late):
+        await inbox.close()
+
+
+async def test_subscribe_refused_by_acl_keeps_the_agents_there_and_the_node_recovers(
+    faults: Faults, figures
+) -> None:
+    """The node's user loses ``subscribe`` while it runs. A new agent's channel is
+    refused (Redis' error names no channel): the agent is refused, the node says why and
+    is not ready, the agents already there keep talking; the ACL fixed, the node
+    subscribes every channel again by itself and takes new agents."""
+    redis = faults.start_redis()
+    redis.cli("ACL", "SETUSER", ACL_USER, "on", f">{ACL_PASSWORD}", "~*", "&*", "+@all")
+    n1, n2 = acl_node(faults, "s1"), acl_node(faults, "s2")
+    n1.wait_ready()
+    n2.wait_ready()
+    a = await Inbox.open(n1, "sub-a", "sub-b")
+    b = await Inbox.open(n2, "sub-b", "sub-a")
+    await a.announced_peer("sub-b")
+    await b.announced_peer("sub-a")
+    before = await in_thread(n1.metrics)
+
+    await in_thread(redis.cli, "ACL", "SETUSER", ACL_USER, "-subscribe")
+    revoked_at = time.monotonic()
+    # Its claim can never come back on its refused channel: 503 after the takeover wait.
+    assert await refused_handshake(n1, "sub-late") == 503
+    status, body = await in_thread(readiness, n1)
+    assert status == 503 and body["broker_up"] is True, body
+    assert "subscribe (noperm)" in str(body["broker_refuses"]), body
+    down_at = time.monotonic()
+    after = await in_thread(n1.metrics)
+    assert errors(after, "subscribe", "noperm") - errors(before, "subscribe", "noperm") >= 1
+    assert REFUSED_SUBSCRIBE in n1.log_text()
+    # The agents already there still hear each other: Redis keeps what it subscribed.
+    await a.ws.send(encode(task_request("sub-a", "sub-b", 1)))
+    await b.ws.send(encode(task_request("sub-b", "sub-a", 2)))
+    assert await b.count(1) and await a.count(1)
+    assert (a.seqs, b.seqs) == ([2], [1])
+    # Still refused: the node stays unready (its probe is refused too, every 0.5 s).
+    await asyncio.sleep(1.5)
+    assert (await in_thread(readiness, n1))[0] == 503
+
+    await in_thread(redis.cli, "ACL", "SETUSER", ACL_USER, "+subscribe")
+    granted_at = time.monotonic()
+    assert await until(lambda: in_thread(lambda: n1.get("/readyz")[0] == 200), timeout=10)
+    ready_at = time.monotonic()
+    assert "subscribe works again" in n1.log_text()
+    later = await Inbox.open(n1, "sub-later", "sub-b")
+    await later.announced_peer("sub-b")
+    await b.ws.send(encode(task_request("sub-b", "sub-later", 3)))
+    assert await later.count(1) and later.seqs == [3]
+    assert a.close_code is None and b.close_code is None
+
+    figures("s from revoke to /readyz 503 seen (subscribe)", down_at - revoked_at)
+    figures("s from ACL fixed to /readyz 200 (subscribe)", ready_at - granted_at)
+    for inbox in (a, b, later):
         await inbox.close()
 
 

@@ -21,6 +21,10 @@ from bushub.broker.sessionscripts import Resumed, SessionLimits
 MessageHandler = Callable[[str, bytes], None]
 # Called with True when the broker becomes reachable, False when it is lost.
 StateHandler = Callable[[bool], None]
+# Called with Redis' error reply to a subscription refused on a connection confirmed
+# before: the node's user lost the permission while it runs (on a cluster, also a slot
+# that moved).
+RefusedHandler = Callable[[Exception], None]
 # Called once per message taken by ``Broker.publish_nowait``, in the order they were
 # taken: with how many subscribers it reached; with the error reply where Redis
 # refused it (see refusals.py: the caller retries or drops it by kind); or with None
@@ -58,6 +62,7 @@ class Broker(ABC):
     def __init__(self) -> None:
         self._on_message: MessageHandler = lambda channel, data: None
         self._on_state: StateHandler = lambda up: None
+        self.on_subscribe_refused: RefusedHandler = lambda error: None
 
     def set_handlers(self, on_message: MessageHandler, on_state: StateHandler) -> None:
         """Route delivered messages and reachability changes to the hub."""
@@ -114,6 +119,18 @@ class Broker(ABC):
     @abstractmethod
     async def unsubscribe(self, channel: str) -> None:
         """Stop delivering ``channel``."""
+
+    async def confirm_subscriptions(self) -> None:
+        """Subscribe every channel again on the live connection and wait until the
+        broker has taken them (after ``on_subscribe_refused``: is it allowed again?).
+        Returns at once without a live connection (its reconnect subscribes them all).
+        This default has nothing to confirm.
+
+        Raises:
+            RedisError: the broker refused them still.
+            ConnectionError, TimeoutError: the connection failed or did not answer.
+        """
+        return None
 
     @abstractmethod
     async def put_record(self, key: str, value: bytes, ttl: float | None) -> None:

@@ -26,7 +26,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from bushub.broker.base import Broker, MessageHandler, PartialPublish, PublishDone, StateHandler
 from bushub.broker.coalesce import Coalesced
 from bushub.broker.credentials import Credentials
-from bushub.broker.listener import Listener
+from bushub.broker.listener import SUBSCRIBE_SECONDS, Listener
 from bushub.broker.nodes import NodeRegistry
 from bushub.broker.rawscripts import Script, arg_bytes, refused_or
 from bushub.broker.redisnodes import RedisNodeRegistry
@@ -290,7 +290,7 @@ class RedisBroker(Broker):
     async def _connect(self) -> Subscriber:
         """A raw pub/sub connection (plain TCP URLs)."""
         host, port = self._address
-        return await Subscriber.open(
+        subscriber = await Subscriber.open(
             host,
             port,
             self._on_message,
@@ -298,6 +298,9 @@ class RedisBroker(Broker):
             password=self._credentials.password,
             timeout=_CONNECT_SECONDS,
         )
+        # Redis' refusal does not say which channel: the hub's health retries them all.
+        subscriber.on_refused = lambda error: self.on_subscribe_refused(error)
+        return subscriber
 
     async def _connect_pubsub(self) -> PubSubLink:
         """redis-py's PubSub (TLS and unix-socket URLs)."""
@@ -358,6 +361,14 @@ class RedisBroker(Broker):
 
     async def unsubscribe(self, channel: str) -> None:
         self._listener.unsubscribe((channel,))
+
+    async def confirm_subscriptions(self) -> None:
+        link = self._listener.link
+        if link is None:
+            return
+        # Subscribing a channel twice is harmless: Redis confirms it again.
+        link.subscribe(tuple(self._listener.channels))
+        await asyncio.wait_for(link.ping(), SUBSCRIBE_SECONDS)
 
     async def put_record(self, key: str, value: bytes, ttl: float | None) -> None:
         await self._puts((key, value, ttl_ms(ttl)))

@@ -15,7 +15,7 @@ from typing import Any
 
 from redis.crc import key_slot
 
-from bushub.broker.base import MessageHandler
+from bushub.broker.base import MessageHandler, RefusedHandler
 from bushub.broker.credentials import Credentials
 from bushub.broker.refusals import as_redis_error
 from bushub.broker.respconn import RespConnection, encode_command, open_connection
@@ -28,8 +28,6 @@ SUBSCRIBE_BATCH = 500
 
 # Called with the channel Redis unsubscribed this connection from.
 DroppedHandler = Callable[[str], None]
-# Called with an error reply no command was waiting for (a refused SUBSCRIBE).
-RefusedHandler = Callable[[Exception], None]
 
 
 class Subscriber(RespConnection):
