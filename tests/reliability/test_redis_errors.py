@@ -50,6 +50,23 @@ def errors(samples: Samples, op: str, kind: str) -> float:
     return samples.value("bushub_redis_errors_total", op=op, kind=kind)
 
 
+async def acl_pair(
+    faults: Faults, nodes: tuple[str, str], agents: tuple[str, str], **flags: object
+) -> tuple[FaultNode, FaultNode, Inbox, Inbox]:
+    """Two ready nodes logged in as ``ACL_USER`` (allowed everything for now), and a
+    pair of agents across them that have been told of each other."""
+    redis = faults.start_redis()
+    redis.cli("ACL", "SETUSER", ACL_USER, "on", f">{ACL_PASSWORD}", "~*", "&*", "+@all")
+    n1, n2 = (acl_node(faults, node_id, **flags) for node_id in nodes)
+    n1.wait_ready()
+    n2.wait_ready()
+    a = await Inbox.open(n1, agents[0], agents[1])
+    b = await Inbox.open(n2, agents[1], agents[0])
+    await a.announced_peer(agents[1])
+    await b.announced_peer(agents[0])
+    return n1, n2, a, b
+
+
 async def refused_handshake(node: FaultNode, agent: str) -> int:
     with pytest.raises(InvalidStatus) as refused:
         await open_ws(node, agent)
@@ -59,17 +76,10 @@ async def refused_handshake(node: FaultNode, agent: str) -> int:
 async def test_publish_refused_by_acl_is_dropped_and_counted_and_the_node_recovers(
     faults: Faults, figures
 ) -> None:
-    redis = faults.start_redis()
-    redis.cli("ACL", "SETUSER", ACL_USER, "on", f">{ACL_PASSWORD}", "~*", "&*", "+@all")
     # A small buffer: a refused head of the queue used to hold everything behind it,
     # and readers paused at half of it.
-    n1, n2 = acl_node(faults, "n1", publish_buffer=64), acl_node(faults, "n2", publish_buffer=64)
-    n1.wait_ready()
-    n2.wait_ready()
-    a = await Inbox.open(n1, "acl-a", "acl-b")
-    b = await Inbox.open(n2, "acl-b", "acl-a")
-    await a.announced_peer("acl-b")
-    await b.announced_peer("acl-a")
+    n1, n2, a, b = await acl_pair(faults, ("n1", "n2"), ("acl-a", "acl-b"), publish_buffer=64)
+    redis = faults.start_redis()
     await a.ws.send(encode(task_request("acl-a", "acl-b", 0)))
     assert await b.count(1)
     before = {n.node_id: await in_thread(n.metrics) for n in (n1, n2)}
@@ -137,15 +147,8 @@ async def test_subscribe_refused_by_acl_keeps_the_agents_there_and_the_node_reco
     refused (Redis' error names no channel): the agent is refused, the node says why and
     is not ready, the agents already there keep talking; the ACL fixed, the node
     subscribes every channel again by itself and takes new agents."""
+    n1, _, a, b = await acl_pair(faults, ("s1", "s2"), ("sub-a", "sub-b"))
     redis = faults.start_redis()
-    redis.cli("ACL", "SETUSER", ACL_USER, "on", f">{ACL_PASSWORD}", "~*", "&*", "+@all")
-    n1, n2 = acl_node(faults, "s1"), acl_node(faults, "s2")
-    n1.wait_ready()
-    n2.wait_ready()
-    a = await Inbox.open(n1, "sub-a", "sub-b")
-    b = await Inbox.open(n2, "sub-b", "sub-a")
-    await a.announced_peer("sub-b")
-    await b.announced_peer("sub-a")
     before = await in_thread(n1.metrics)
 
     await in_thread(redis.cli, "ACL", "SETUSER", ACL_USER, "-subscribe")
