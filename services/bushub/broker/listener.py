@@ -106,6 +106,23 @@ class Listener:
         if self.link is not None:
             self.link.unsubscribe(gone)
 
+    async def resubscribe(self) -> None:
+        """Subscribe every channel again on the live connection and wait until Redis has
+        taken them (a channel held already is confirmed again); at once without one.
+
+        Raises:
+            RedisError: Redis refused them (NOPERM...).
+            ConnectionError, TimeoutError: the connection failed or did not answer.
+        """
+        if self.link is not None:
+            await self._subscribe_all(self.link)
+
+    def _subscribe_all(self, link: Link) -> Awaitable[None]:
+        """Write SUBSCRIBE for every channel on ``link`` and a PING after them, now;
+        awaited, the PING's answer within SUBSCRIBE_SECONDS."""
+        link.subscribe(tuple(self.channels))
+        return asyncio.wait_for(link.ping(), SUBSCRIBE_SECONDS)
+
     async def run(self) -> None:
         """Run until cancelled."""
         delay = BACKOFF_FIRST
@@ -123,10 +140,10 @@ class Listener:
                 # The snapshot written and the connection made current with no
                 # await between: a subscribe() before this is in the snapshot, one
                 # after writes on this connection itself.
-                link.subscribe(tuple(self.channels))
+                subscribed = self._subscribe_all(link)
                 self.link = link
                 # Readiness then means subscribed, not just connected.
-                await asyncio.wait_for(link.ping(), SUBSCRIBE_SECONDS)
+                await subscribed
                 if again:
                     log.warning(
                         "%s reachable again; resubscribed %d channels",

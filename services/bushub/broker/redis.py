@@ -26,7 +26,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from bushub.broker.base import Broker, MessageHandler, PartialPublish, PublishDone, StateHandler
 from bushub.broker.coalesce import Coalesced
 from bushub.broker.credentials import Credentials
-from bushub.broker.listener import SUBSCRIBE_SECONDS, Listener
+from bushub.broker.listener import Listener
 from bushub.broker.nodes import NodeRegistry
 from bushub.broker.rawscripts import Script, arg_bytes, refused_or
 from bushub.broker.redisnodes import RedisNodeRegistry
@@ -363,12 +363,7 @@ class RedisBroker(Broker):
         self._listener.unsubscribe((channel,))
 
     async def confirm_subscriptions(self) -> None:
-        link = self._listener.link
-        if link is None:
-            return
-        # Subscribing a channel twice is harmless: Redis confirms it again.
-        link.subscribe(tuple(self._listener.channels))
-        await asyncio.wait_for(link.ping(), SUBSCRIBE_SECONDS)
+        await self._listener.resubscribe()
 
     async def put_record(self, key: str, value: bytes, ttl: float | None) -> None:
         await self._puts((key, value, ttl_ms(ttl)))
