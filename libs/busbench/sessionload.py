@@ -4,14 +4,16 @@
 opened as session sockets (docs/protocol.md, Sessions): the URL carries
 ``session=<random id>&received=0``, every message sent is framed with
 ``sessionframe.message`` at the socket's next send position (1, 2, 3, ...), every frame
-received is read with ``sessionframe.message_position`` (a message at a position is
-checked as before) or else split with ``sessionframe.decode`` (an unnumbered one is an
-announcement, an acknowledgement of our sends is counted and ignored), and what was
-taken is acknowledged with the real proxy's policy (``busclient.session.Receiver``: at
-least every 64 messages or 200 ms; the job's ``ack_every`` and ``ack_delay`` change
-it, for trials). Count and age are checked on each message taken, and the age again by
-one sweep every ``SWEEP_S`` over all sockets (the proxy arms a timer per socket
-instead: the same acknowledgements, less work for the generator).
+received is read with ``sessionframe.message_position`` or ``acked_message`` (a message
+at a position is checked as before) or else split with ``sessionframe.decode`` (an
+unnumbered one is an announcement, an acknowledgement of our sends is counted and
+ignored), and what was taken is acknowledged with the real proxy's policy
+(``busclient.session.Receiver``: at least every 64 messages or 200 ms; the job's
+``ack_every`` and ``ack_delay`` change it, for trials), riding on the next message sent
+when the hub takes inline acknowledgements, as the proxy's do. Count and age are
+checked on each message taken, and the age again by one sweep every ``SWEEP_S`` over
+all sockets (the proxy arms a timer per socket instead: the same acknowledgements,
+less work for the generator).
 
 The sockets never reconnect: this measures the cost of sessions in steady state.
 """
@@ -36,12 +38,15 @@ _UNNUMBERED, _ACK = sessionframe.Kind.UNNUMBERED, sessionframe.Kind.ACK
 class SessionEnd:
     """One session socket's positions: what it sent, what it took and acknowledged."""
 
-    __slots__ = ("receiver", "sent", "ws")
+    __slots__ = ("inline", "receiver", "sent", "ws")
 
-    def __init__(self, ws: ClientConnection, ack_every: int, ack_delay: float) -> None:
+    def __init__(
+        self, ws: ClientConnection, ack_every: int, ack_delay: float, inline: bool
+    ) -> None:
         self.ws = ws
         self.sent = 0
         self.receiver = Receiver(ack_every, ack_delay)
+        self.inline = inline
 
 
 class SessionPairsRun(PairsRun):
@@ -50,6 +55,7 @@ class SessionPairsRun(PairsRun):
         self.ends: dict[ClientConnection, SessionEnd] = {}
         self.resume: dict[str, int] = {}
         self.acks_sent = 0
+        self.acks_inline = 0
         self.acks_received = 0
         self.unnumbered = 0
         self.duplicates = 0
@@ -68,7 +74,8 @@ class SessionPairsRun(PairsRun):
         header = ws.response.headers.get(sessionframe.RESUME_HEADER) if ws.response else None
         result = sessionframe.parse_resume_header(header)[0] if header else "none"
         self.resume[result] = self.resume.get(result, 0) + 1
-        self.ends[ws] = SessionEnd(ws, self.ack_every, self.ack_delay)
+        inline = sessionframe.takes_inline_acks(header) if header else False
+        self.ends[ws] = SessionEnd(ws, self.ack_every, self.ack_delay, inline)
         return ws
 
     async def _first_message(self, ws: ClientConnection, counters: Counters) -> None:
@@ -94,18 +101,30 @@ class SessionPairsRun(PairsRun):
 
     async def _out(self, end: SessionEnd, payload: bytes) -> None:
         end.sent += 1
+        receiver = end.receiver
+        received = receiver.received
+        if end.inline and received > receiver.acked:
+            receiver.acknowledged(received)
+            self.acks_inline += 1
+            await end.ws.send(sessionframe.message_acked(end.sent, received, payload))
+            return
         await end.ws.send(sessionframe.message(end.sent, payload))
 
     def _payload(self, end: SessionEnd, data: bytes, now: float) -> bytes | None:
         """The bus message in a received frame, or None (an ack, an announcement, a
         position taken already, a frame that does not decode)."""
+        head = sessionframe.MESSAGE_HEAD
         position = sessionframe.message_position(data)
+        if not position:
+            position = sessionframe.acked_message(data)[0]
+            head = sessionframe.ACKED_HEAD
+            self.acks_received += position > 0
         if position:
             # A message at a position, as every message in steady state: no tuple.
             if not end.receiver.take(position, now):
                 self.duplicates += 1
                 return None
-            return data[sessionframe.MESSAGE_HEAD :]
+            return data[head:]
         try:
             frame = sessionframe.decode(data)
         except DecodeError:
@@ -183,6 +202,7 @@ class SessionPairsRun(PairsRun):
             "sockets": len(self.ends),
             "resume": self.resume,
             "acks_sent": self.acks_sent,
+            "acks_inline": self.acks_inline,
             "acks_received": self.acks_received,
             "unnumbered": self.unnumbered,
             "duplicates": self.duplicates,

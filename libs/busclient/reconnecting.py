@@ -237,6 +237,8 @@ class ReconnectingLink:
         self._clock = clock
         self._ws: ClientConnection | None = None
         self._framing = Framing.PLAIN
+        # The open session socket's hub takes acknowledgements riding on messages.
+        self._inline_acks = False
         self._live = False  # a socket is open and the buffer has been flushed into it
         self._running = False  # accepting messages: started and neither closed nor given up
         self._supervising = False  # run() is executing
@@ -344,12 +346,22 @@ class ReconnectingLink:
             )
         if not self._live or ws.state is not State.OPEN:
             return  # logged: sent again on the next session socket
+        receiver = self._session.receiver
+        received = receiver.received
+        # What was taken and not yet acknowledged rides on the message, when the hub
+        # takes that: no acknowledgement frame of its own.
+        acked = received if self._inline_acks and received > receiver.acked else 0
         try:
-            await ws.send(sessionframe.message(position, data))
+            if acked:
+                await ws.send(sessionframe.message_acked(position, acked, data))
+            else:
+                await ws.send(sessionframe.message(position, data))
         except ConnectionClosed:
             self._live = False
         else:
             self.stats.sent += 1
+            if acked:
+                receiver.acknowledged(acked)
 
     async def close(self) -> None:
         """Stop for good: no more reconnects; close the open socket (code 1000)."""
@@ -405,6 +417,9 @@ class ReconnectingLink:
                     self._ws = ws
                     resume = self._resume_header(ws)
                     self._framing = Framing.PLAIN if resume is None else Framing.SESSION
+                    self._inline_acks = resume is not None and sessionframe.takes_inline_acks(
+                        resume
+                    )
                     self.stats.connects += 1
                     if not first:
                         self.stats.reconnects += 1
@@ -418,6 +433,7 @@ class ReconnectingLink:
                     finally:
                         self._live = False
                         self._framing = Framing.PLAIN
+                        self._inline_acks = False
                         self._room.set()
                     self._ws = None
                     ended = ws
@@ -575,7 +591,9 @@ class ReconnectingLink:
                     async with asyncio.timeout(max(0.0, deadline - self._clock())):
                         data = await ws.recv()
                 except TimeoutError:
-                    await self._acknowledge(ws)
+                    # Unless a message sent meanwhile carried it (inline).
+                    if receiver.received > receiver.acked:
+                        await self._acknowledge(ws)
                     continue
             await self._take(ws, data)
 
@@ -593,6 +611,8 @@ class ReconnectingLink:
             if self._session.log.ack(frame.position):
                 self._room.set()
             return
+        if frame.acked and self._session.log.ack(frame.acked):
+            self._room.set()  # an acknowledgement riding on a message
         now = self._clock()
         if frame.kind is sessionframe.Kind.MESSAGE and not self._session.receiver.take(
             frame.position, now

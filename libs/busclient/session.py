@@ -28,6 +28,8 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 from buswire.sessionframe import (
     ACK_DELAY,
     ACK_EVERY,
+    ACKS_PARAM,
+    INLINE,
     RECEIVED_PARAM,
     SESSION_PARAM,
     ResumeResult,
@@ -44,7 +46,8 @@ def new_session_id() -> str:
 
 
 def session_url(url: str, session_id: str, received: int) -> str:
-    """``url`` with ``session`` and ``received`` in its query, replacing any already there.
+    """``url`` with ``session``, ``received`` and ``acks=inline`` (this side takes
+    acknowledgements riding on messages) in its query, replacing any already there.
 
     Other query parameters are kept, in order.
     """
@@ -52,9 +55,9 @@ def session_url(url: str, session_id: str, received: int) -> str:
     query = [
         (name, value)
         for name, value in parse_qsl(parts.query, keep_blank_values=True)
-        if name not in (SESSION_PARAM, RECEIVED_PARAM)
+        if name not in (SESSION_PARAM, RECEIVED_PARAM, ACKS_PARAM)
     ]
-    query += [(SESSION_PARAM, session_id), (RECEIVED_PARAM, str(received))]
+    query += [(SESSION_PARAM, session_id), (RECEIVED_PARAM, str(received)), (ACKS_PARAM, INLINE)]
     encoded = urlencode(query, quote_via=quote)
     return urlunsplit((parts.scheme, parts.netloc, parts.path, encoded, parts.fragment))
 

@@ -1,8 +1,10 @@
 """The framing of a session socket (docs/protocol.md, Sessions), both ends' one codec.
 
 Every frame on a session socket begins with a kind byte: a bus message at a position,
-a bus message with no position (hub to proxy only), or an acknowledgement of every
-position up to one. Positions are 8-byte big-endian unsigned integers.
+a bus message with no position (hub to proxy only), an acknowledgement of every
+position up to one, or a bus message at a position that acknowledges as well (inline
+acknowledgements, sent only to a peer that said it takes them). Positions are 8-byte
+big-endian unsigned integers.
 """
 
 import re
@@ -17,6 +19,9 @@ _POSITION = struct.Struct("!Q")
 # A bus message at a position: its kind byte and position, then the message.
 _MESSAGE_HEAD = struct.Struct("!BQ")
 MESSAGE_HEAD = _MESSAGE_HEAD.size
+# The same with an acknowledgement: kind byte, position, the position acknowledged.
+_ACKED_HEAD = struct.Struct("!BQQ")
+ACKED_HEAD = _ACKED_HEAD.size
 # The highest position a message may carry: hubs pass a sender's position on as a
 # float64 (relayframe.py) and Redis' scripts read it as a Lua number, both exact only
 # up to 2**53. A proxy numbering from 1 never gets there.
@@ -32,6 +37,13 @@ ACK_DELAY = 0.2
 SESSION_PARAM = "session"
 RECEIVED_PARAM = "received"
 RESUME_HEADER = "bushub-resume"
+# Inline acknowledgements (kind 0x04): the proxy asks with ``acks=inline`` in the
+# query, the hub says it takes them with the word ``acks=inline`` after the window in
+# ``bushub-resume``. Each side sends them only to a peer that said so: an older peer
+# would drop the frame as malformed.
+ACKS_PARAM = "acks"
+INLINE = "inline"
+INLINE_ACKS = f"{ACKS_PARAM}={INLINE}"
 
 
 class Kind(IntEnum):
@@ -40,9 +52,12 @@ class Kind(IntEnum):
     MESSAGE = 1  # a bus message at a position
     UNNUMBERED = 2  # a bus message with no position (hub to proxy)
     ACK = 3  # every position up to this one is taken
+    # 4 on the wire: a message at a position that also acknowledges; decoded as
+    # MESSAGE with ``acked`` set.
 
 
 _MESSAGE, _UNNUMBERED, _ACK = Kind.MESSAGE, Kind.UNNUMBERED, Kind.ACK
+_ACKED = 4
 
 
 class ResumeResult:
@@ -54,18 +69,25 @@ class ResumeResult:
 
 
 class SessionFrame(NamedTuple):
-    """One decoded frame: ``position`` is 0 for an unnumbered message. (A named
-    tuple: built for every frame a session socket sends, in half the time of a
-    frozen dataclass.)"""
+    """One decoded frame: ``position`` is 0 for an unnumbered message; ``acked`` is
+    the position a message acknowledged inline (0: none). (A named tuple: built for
+    every frame a session socket sends, in half the time of a frozen dataclass.)"""
 
     kind: Kind
     position: int
     payload: bytes
+    acked: int = 0
 
 
 def message(position: int, payload: bytes) -> bytes:
     """A bus message at ``position``."""
     return _MESSAGE_HEAD.pack(1, position) + payload
+
+
+def message_acked(position: int, acked: int, payload: bytes) -> bytes:
+    """A bus message at ``position`` that also acknowledges every position up to
+    ``acked`` of the other direction (only to a peer that takes inline acks)."""
+    return _ACKED_HEAD.pack(_ACKED, position, acked) + payload
 
 
 def unnumbered(payload: bytes) -> bytes:
@@ -89,6 +111,17 @@ def message_position(data: bytes) -> int:
     return 0
 
 
+def acked_message(data: bytes) -> tuple[int, int]:
+    """(position, position acknowledged) of a message with an inline acknowledgement;
+    (0, 0) for any other frame or one out of range. The per-message path, as
+    ``message_position``."""
+    if len(data) >= ACKED_HEAD and data[0] == _ACKED:
+        _, position, acked = _ACKED_HEAD.unpack_from(data)
+        if 0 < position <= MAX_POSITION and 0 < acked <= MAX_POSITION:
+            return position, acked
+    return 0, 0
+
+
 def decode(data: bytes) -> SessionFrame:
     """Split a session frame.
 
@@ -106,6 +139,11 @@ def decode(data: bytes) -> SessionFrame:
             return SessionFrame(_MESSAGE, position, data[MESSAGE_HEAD:])
         out_of_range = _POSITION.unpack_from(data, 1)[0]
         raise DecodeError(DropReason.MALFORMED, f"session message at position {out_of_range}")
+    if kind == _ACKED and len(data) >= ACKED_HEAD:
+        position, acked = acked_message(data)
+        if position:
+            return SessionFrame(_MESSAGE, position, data[ACKED_HEAD:], acked)
+        raise DecodeError(DropReason.MALFORMED, "session message or acknowledgement out of range")
     if kind == _ACK and len(data) >= 9:
         return SessionFrame(_ACK, _POSITION.unpack_from(data, 1)[0], b"")
     if kind == _UNNUMBERED:
@@ -119,8 +157,14 @@ def valid_session_id(value: str) -> bool:
 
 
 def resume_header(result: str, epoch: str, window: float) -> str:
-    """The ``bushub-resume`` header's value: result, epoch, and the window in seconds."""
-    return f"{result} {epoch} {window:g}"
+    """The ``bushub-resume`` header's value: result, epoch, the window in seconds, and
+    that the hub takes inline acknowledgements."""
+    return f"{result} {epoch} {window:g} {INLINE_ACKS}"
+
+
+def takes_inline_acks(header: str) -> bool:
+    """Whether a ``bushub-resume`` header says the hub takes inline acknowledgements."""
+    return INLINE_ACKS in header.split()[3:]
 
 
 def parse_resume_header(value: str) -> tuple[str, str]:

@@ -302,7 +302,8 @@ async def agent_socket(websocket: WebSocket, raw: AsgiChannel) -> None:
         ),
     )
     if resuming is not None:
-        conn.session = Session(*resuming)
+        inline_acks = query.get(sessionframe.ACKS_PARAM) == sessionframe.INLINE
+        conn.session = Session(*resuming, inline_acks=inline_acks)
     probed = _direct_protocol(websocket)
     if probed is not None:
         conn.client_gone = _hung_up_probe(probed)

@@ -44,7 +44,7 @@ from buswire.relayframe import (
     relay_of,
     unpack_relay,
 )
-from buswire.sessionframe import MESSAGE_HEAD, message_position
+from buswire.sessionframe import ACKED_HEAD, MESSAGE_HEAD, acked_message, message_position
 
 if TYPE_CHECKING:
     from bushub.sessions import Sessions
@@ -113,16 +113,23 @@ class Relay:
         if session is None:
             self._route(conn, data, None, 0)
             return
+        sessions = self.sessions
+        assert sessions is not None
         position = message_position(data)
-        if position:
-            # On its way, its outcome to follow (``Sessions.published`` or
-            # ``refused`` settles it): appended here, once a message, not in a call.
-            session.outstanding.append(position)
-            if not self._route(conn, data[MESSAGE_HEAD:], session.origin, position):
-                assert self.sessions is not None
-                self.sessions.refused(conn, position)
-            return
-        self._session_control(conn, data)
+        head = MESSAGE_HEAD
+        if not position:
+            position, acked = acked_message(data)
+            if not position:
+                self._session_control(conn, data)
+                return
+            # A message with the proxy's acknowledgement riding on it.
+            head = ACKED_HEAD
+            sessions.proxy_ack(conn, acked)
+        # On its way, its outcome to follow (``Sessions.published`` or ``refused``
+        # settles it): appended here, once a message, not in a call.
+        session.outstanding.append(position)
+        if not self._route(conn, data[head:], session.origin, position):
+            sessions.refused(conn, position)
 
     def _session_control(self, conn: Connection, data: bytes) -> None:
         """A session socket's frame that is not a message at a position: the proxy's

@@ -44,9 +44,13 @@ log = logging.getLogger(__name__)
 # on every 50 ms tick, a socket busy at 40 messages/s was written one for every two
 # of its messages. The proxy's send log (1,000 messages) is not strained by the lag.
 #
-# How often acknowledgements due are written; a proxy's acknowledgement that comes
-# within this of its session's last is passed on to Redis (a trim) on the tick too.
+# How often acknowledgements due are written.
 ACK_TICK = 0.05
+# A proxy's acknowledgement is passed on to Redis (a trim) at most this often per
+# session, the rest coalesced on the tick: one taking inline acknowledgements
+# acknowledges with nearly every message it sends, and a trim per message would cost
+# Redis more than the delivery itself.
+TRIM_SPACING = ACK_DELAY
 # Sessions re-asserted at once after a broker break (one script call each).
 _REASSERT_BATCH = 256
 
@@ -105,6 +109,8 @@ class Session:
             (``time.monotonic``; 0 when every settled position is acknowledged).
         subscribed: The socket holds a subscription of its own to its channel.
         origin: The sender its messages carry: its agent and session id.
+        inline_acks: The proxy takes acknowledgements inline on the messages
+            written to it (it asked with ``acks=inline``).
     """
 
     id: str
@@ -128,6 +134,7 @@ class Session:
     ack_since: float = 0.0
     subscribed: bool = False
     origin: bytes = b""
+    inline_acks: bool = False
 
     @property
     def runner(self) -> str:
@@ -324,7 +331,14 @@ class Sessions:
         numbered one is the socket's newest position from now on."""
         if position:
             session.delivered = position
-            frame = sessionframe.message(position, payload)
+            acked = session.acked
+            if acked > session.acked_written and session.inline_acks:
+                # The acknowledgement due rides on the message: no frame of its own
+                # (in request and response traffic nearly every one rides).
+                self._ack_written(conn, session)
+                frame = sessionframe.message_acked(position, acked, payload)
+            else:
+                frame = sessionframe.message(position, payload)
         else:
             frame = sessionframe.unnumbered(payload)
         self._write(conn, frame, received_at)
@@ -394,30 +408,38 @@ class Sessions:
             self._arm()
 
     def _write_ack(self, conn: Connection, session: Session) -> None:
+        acked = session.acked
+        # A closing socket takes no more frames (one written would count as a drop).
+        if acked > session.acked_written and conn.close_code is None:
+            self._ack_written(conn, session)
+            self._write(conn, sessionframe.ack(acked), 0.0)
+        else:
+            session.ack_since = 0.0
+            self._acks_due.discard(conn)
+
+    def _ack_written(self, conn: Connection, session: Session) -> None:
+        """Everything settled is acknowledged by the frame about to be written."""
+        session.acked_written = session.acked
         session.ack_since = 0.0
         self._acks_due.discard(conn)
-        # A closing socket takes no more frames (one written would count as a drop).
-        if session.acked > session.acked_written and conn.close_code is None:
-            session.acked_written = session.acked
-            self._write(conn, sessionframe.ack(session.acked), 0.0)
 
     def _trim_due(self, conn: Connection, session: Session) -> None:
-        """Pass the proxy's acknowledgement on to Redis now, unless this session's
-        last went less than a tick ago (a proxy acknowledges every 64 messages or
-        200 ms: more often, it is coalesced on the tick).
+        """Pass the proxy's acknowledgement on to Redis now if this session's last
+        went ``TRIM_SPACING`` ago or more; otherwise a later acknowledgement of the
+        proxy's does, or a tick once the last has waited a tick longer than that.
 
         Held for the tick, every session's trims went out at once, and Redis ran them
         all (tens of microseconds each) before the messages written after them: a
-        burst every 50 ms ahead of live traffic.
+        burst every 50 ms ahead of live traffic. Passed on with the acknowledgement
+        that makes one due, they are spread as the proxies' messages are.
         """
         now = time.monotonic()
-        if (
-            now - session.trimmed_at >= ACK_TICK
-            and conn not in self._trims_due
-            and self._broker.ack_session_nowait(conn.agent, session.id, session.proxy_acked)
+        if now - session.trimmed_at >= TRIM_SPACING and self._broker.ack_session_nowait(
+            conn.agent, session.id, session.proxy_acked
         ):
             session.trimmed_at = now
             session.proxy_acked_sent = session.proxy_acked
+            self._trims_due.discard(conn)
             return
         self._trims_due.add(conn)
         self._arm()
@@ -439,17 +461,21 @@ class Sessions:
                 self._acks_due.discard(conn)
             elif session.ack_since <= due_since:
                 self._write_ack(conn, session)
-        trims, self._trims_due = self._trims_due, set()
+        # A tick late: an acknowledgement coming meanwhile passes it on itself.
+        trim_since = now - TRIM_SPACING - ACK_TICK / 2
         to_redis: list[tuple[str, str, int]] = []
-        for conn in trims:
+        for conn in list(self._trims_due):
             session = conn.session
-            if session is not None and session.proxy_acked > session.proxy_acked_sent:
+            if session is None or session.proxy_acked <= session.proxy_acked_sent:
+                self._trims_due.discard(conn)
+            elif session.trimmed_at <= trim_since:
+                self._trims_due.discard(conn)
                 session.proxy_acked_sent = session.proxy_acked
                 session.trimmed_at = now
                 to_redis.append((conn.agent, session.id, session.proxy_acked))
         if to_redis:
             self._spawn(self._trim(to_redis))
-        if self._acks_due:
+        if self._acks_due or self._trims_due:
             self._arm()
 
     async def _trim(self, items: list[tuple[str, str, int]]) -> None:

@@ -339,3 +339,36 @@ async def test_with_transient_frames_bridged_frames_are_not_kept(faults: Faults)
     assert back.seqs() == [2]
     await back.close()
     await b.close()
+
+
+async def test_acknowledgements_ride_on_messages_both_ways_between_nodes(faults: Faults) -> None:
+    """Two session sockets that ask for inline acknowledgements, on two nodes, trade
+    requests and replies: the hubs acknowledge each side's messages on what they
+    deliver to it, each side acknowledges on what it sends, and what rode is passed
+    on to Redis: the streams are trimmed with no acknowledgement frame sent."""
+    n1, n2 = faults.ready("n1", "n2")
+    redis = faults.start_redis()
+    a = await SessionSocket.open(n1.url, "a", "b", "S1", inline_acks=True)
+    b = await SessionSocket.open(n2.url, "b", "a", "S2", inline_acks=True)
+    assert a.takes_inline_acks and b.takes_inline_acks
+    rounds = 40
+    for seq in range(1, rounds + 1):
+        await a.send(seq, "a", "b", seq, acked=a.positions[-1] if a.positions else 0)
+        await received(b, seq, f"request {seq}")
+        await b.send(seq, "b", "a", seq, acked=b.positions[-1])
+        await received(a, seq, f"reply {seq}")
+    assert a.seqs() == b.seqs() == list(range(1, rounds + 1))
+    # Each request settles long before its reply comes back: the reply carries it.
+    assert a.inline_acks >= rounds // 2 and b.inline_acks >= rounds // 2
+    await until(lambda: a.acked == rounds and b.acked == rounds, what="every message acknowledged")
+
+    def kept(agent: str) -> int:
+        return int(redis.cli("XLEN", f"bushub:stream:{{{agent}}}").strip())
+
+    # b acknowledged every request on its replies; a all but the last reply.
+    await until(lambda: kept("b") == 0, what="b's stream trimmed by what rode")
+    assert kept("a") >= 1
+    await a.ack(a.positions[-1])
+    await until(lambda: kept("a") == 0, what="a's stream trimmed")
+    await a.close()
+    await b.close()

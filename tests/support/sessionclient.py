@@ -24,6 +24,11 @@ class SessionSocket:
         self.announcements: list[Any] = []  # the unnumbered ones
         self.arrivals: list[int] = []  # payload.seq of every message, numbered or not, in order
         self.acked = 0
+        self.takes_inline_acks = sessionframe.takes_inline_acks(
+            ws.response.headers.get(sessionframe.RESUME_HEADER, "")
+        )
+        self.ack_frames = 0  # acknowledgements in frames of their own
+        self.inline_acks = 0  # acknowledgements riding on messages
         self._reader = asyncio.create_task(self._read())
 
     @classmethod
@@ -36,10 +41,14 @@ class SessionSocket:
         received: int = 0,
         *,
         on_peer_lost: str = "keep",
+        inline_acks: bool = False,
     ) -> "SessionSocket":
         """Open a session socket; ``on_peer_lost`` is ``keep`` unless told: its peer's
-        own comings and goings are not what these tests look at."""
+        own comings and goings are not what these tests look at. With
+        ``inline_acks`` it asks for acknowledgements riding on messages."""
         url = f"{hub}/ws/{agent}?peer={peer}&session={session}&received={received}"
+        if inline_acks:
+            url += f"&{sessionframe.INLINE_ACKS}"
         return cls(await connect(f"{url}&on_peer_lost={on_peer_lost}"))
 
     async def _read(self) -> None:
@@ -48,7 +57,11 @@ class SessionSocket:
             frame = sessionframe.decode(data)
             if frame.kind is sessionframe.Kind.ACK:
                 self.acked = frame.position
+                self.ack_frames += 1
             else:
+                if frame.acked:
+                    self.acked = frame.acked
+                    self.inline_acks += 1
                 tree = decode(frame.payload)
                 if frame.kind is sessionframe.Kind.MESSAGE:
                     self.messages.append((frame.position, tree))
@@ -66,9 +79,16 @@ class SessionSocket:
         """``payload.seq`` of every numbered message, in arrival order."""
         return [tree["__data__"]["payload"]["seq"] for _, tree in self.messages]
 
-    async def send(self, position: int, source: str, target: str, seq: int) -> None:
-        tree = task_request(source, target, seq)
-        await self.ws.send(sessionframe.message(position, encode(tree)))
+    async def send(
+        self, position: int, source: str, target: str, seq: int, *, acked: int = 0
+    ) -> None:
+        """Send a task request at ``position``; with ``acked``, acknowledging every
+        position up to it on the same frame (inline)."""
+        payload = encode(task_request(source, target, seq))
+        if acked:
+            await self.ws.send(sessionframe.message_acked(position, acked, payload))
+        else:
+            await self.ws.send(sessionframe.message(position, payload))
 
     async def ack(self, position: int) -> None:
         await self.ws.send(sessionframe.ack(position))

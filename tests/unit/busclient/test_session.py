@@ -47,35 +47,38 @@ def test_the_url_gets_session_and_received_and_keeps_the_rest() -> None:
         ("format", "msgpack"),
         ("session", "abc"),
         ("received", "7"),
+        ("acks", "inline"),
     ]
 
 
 def test_the_url_replaces_session_and_received_already_there() -> None:
-    url = session_url("ws://h/ws/a?session=old&peer=b&received=99&session=x", "new", 3)
+    url = session_url("ws://h/ws/a?session=old&acks=no&peer=b&received=99&session=x", "new", 3)
     assert parse_qsl(urlsplit(url).query) == [
         ("peer", "b"),
         ("session", "new"),
         ("received", "3"),
+        ("acks", "inline"),
     ]
 
 
 def test_the_url_without_a_query_and_with_escaped_values() -> None:
-    assert session_url("ws://h/ws/a", "s", 0) == "ws://h/ws/a?session=s&received=0"
+    assert session_url("ws://h/ws/a", "s", 0) == "ws://h/ws/a?session=s&received=0&acks=inline"
     url = session_url("ws://h/ws/a?token=a%2Fb%20c&empty=", "s", 0)
     assert parse_qsl(urlsplit(url).query, keep_blank_values=True) == [
         ("token", "a/b c"),
         ("empty", ""),
         ("session", "s"),
         ("received", "0"),
+        ("acks", "inline"),
     ]
 
 
 def test_the_session_url_carries_the_received_position() -> None:
     session = ClientSession(session_id="me")
-    assert session.url("ws://h/ws/a") == "ws://h/ws/a?session=me&received=0"
+    assert session.url("ws://h/ws/a") == "ws://h/ws/a?session=me&received=0&acks=inline"
     session.receiver.take(1, 0.0)
     session.receiver.take(2, 0.0)
-    assert session.url("ws://h/ws/a") == "ws://h/ws/a?session=me&received=2"
+    assert session.url("ws://h/ws/a") == "ws://h/ws/a?session=me&received=2&acks=inline"
 
 
 # ---- inbound: positions and duplicates ----------------------------------------------

@@ -25,7 +25,7 @@ from busclient.reconnecting import (
     ReconnectingLink,
     ReconnectPolicy,
 )
-from busclient.session import ACK_EVERY
+from busclient.session import ACK_DELAY, ACK_EVERY
 from buswire import sessionframe
 from buswire.sessionframe import Kind
 from tests.support import waiting
@@ -172,14 +172,19 @@ async def test_the_handshake_names_the_session_and_what_was_received(
     link, hooks = make_link(hub)
     await until(lambda: link.connected)
     session_id = link.stats.session_id
-    assert hub.queries[0] == {"peer": "b", "session": session_id, "received": "0"}
+    assert hub.queries[0] == {
+        "peer": "b",
+        "session": session_id,
+        "received": "0",
+        "acks": "inline",
+    }
     assert hooks.resumes == [("new", "e1")] and hooks.lost == [False]
     await hub.send(sessionframe.message(1, b"x"))
     await hub.send(sessionframe.message(2, b"y"))
     await until(lambda: len(hooks.frames) == 2)
     hub.drop()
     await until(lambda: len(hub.queries) == 2 and link.connected)
-    assert hub.queries[1] == {"peer": "b", "session": session_id, "received": "2"}
+    assert hub.queries[1]["received"] == "2"
     assert hooks.resumes[1] == ("recovered", "e1") and link.stats.resumes == 1
 
 
@@ -249,6 +254,67 @@ async def test_what_was_taken_is_acknowledged(make_hub: Any, make_link: Any) -> 
     await until(lambda: len(hooks.frames) == ACK_EVERY + 5)
     await until(lambda: hub.acks(0)[-1:] == [ACK_EVERY + 5])
     assert ACK_EVERY + 1 in hub.acks(0)  # 64 after the first ack, at once
+
+
+async def test_to_a_hub_that_takes_them_acknowledgements_ride_on_messages(
+    make_hub: Any, make_link: Any
+) -> None:
+    """What was taken goes with the next message sent, and no frame of its own follows
+    (the receive timer finds it acknowledged); taken and not followed by a send, it is
+    acknowledged by a frame when due, as to any hub."""
+    hub = await make_hub("new e1 120 acks=inline")
+    link, hooks = make_link(hub)
+    await until(lambda: link.connected)
+    await hub.send(sessionframe.message(1, b"x"))
+    await hub.send(sessionframe.message(2, b"y"))
+    await until(lambda: len(hooks.frames) == 2)
+    await link.send(b"reply")
+    await until(lambda: len(hub.received[0]) == 1)
+    [frame] = hub.frames(0)
+    assert (frame.kind, frame.position, frame.acked, frame.payload) == (
+        Kind.MESSAGE,
+        1,
+        2,
+        b"reply",
+    )
+    await link.send(b"more")  # nothing new taken: no acknowledgement on it
+    await until(lambda: len(hub.received[0]) == 2)
+    assert hub.frames(0)[1].acked == 0 and hub.received[0][1][0] == 1
+    await asyncio.sleep(ACK_DELAY * 1.5)
+    assert hub.acks(0) == [], "the acknowledgement was on the message"
+    await hub.send(sessionframe.message(3, b"z"))
+    await until(lambda: hub.acks(0) == [3])  # nothing sent: a frame of its own
+
+
+async def test_to_an_older_hub_acknowledgements_are_frames_of_their_own(
+    make_hub: Any, make_link: Any
+) -> None:
+    """A hub that did not say ``acks=inline`` would drop a message carrying one as
+    malformed: it gets plain messages and acknowledgement frames."""
+    hub = await make_hub("new e1 120")
+    link, hooks = make_link(hub)
+    await until(lambda: link.connected)
+    await hub.send(sessionframe.message(1, b"x"))
+    await until(lambda: len(hooks.frames) == 1)
+    await link.send(b"reply")
+    await until(lambda: hub.acks(0) == [1])
+    assert all(data[0] in (1, 3) for data in hub.received[0])
+    assert hub.messages(0) == [(1, b"reply")]
+
+
+async def test_an_acknowledgement_riding_on_a_message_from_the_hub_empties_the_log(
+    make_hub: Any, make_link: Any
+) -> None:
+    hub = await make_hub("new e1 120 acks=inline")
+    link, hooks = make_link(hub)
+    await until(lambda: link.connected)
+    for payload in (b"a", b"b", b"c"):
+        await link.send(payload)
+    await until(lambda: len(hub.received[0]) == 3)
+    assert link.stats.unacked == 3
+    await hub.send(sessionframe.message_acked(1, 2, b"answer"))
+    await until(lambda: link.stats.unacked == 1)
+    assert hooks.frames == [b"answer"]
 
 
 async def test_a_gap_fires_the_hook_and_starts_numbering_again(

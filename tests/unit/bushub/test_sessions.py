@@ -13,7 +13,7 @@ from bushub.connection import Connection
 from bushub.metrics import Metrics
 from bushub.outbound import Outbound
 from bushub.relay import Relay
-from bushub.sessions import ACK_TICK, Session, Sessions, session_params
+from bushub.sessions import ACK_TICK, TRIM_SPACING, Session, Sessions, session_params
 from bushub.settings import Settings
 from buswire import Format, message_channel, sessionframe
 from buswire.relayframe import (
@@ -69,9 +69,11 @@ class Node:
         self.outcomes.append(count)
         self.sessions.published(data, count)
 
-    async def session_socket(self, session: str, received: int = 0) -> Connection:
+    async def session_socket(
+        self, session: str, received: int = 0, *, inline_acks: bool = False
+    ) -> Connection:
         conn = connection("a", "b", conn_id=f"c-{session}-{received}")
-        conn.session = Session(session, received)
+        conn.session = Session(session, received, inline_acks=inline_acks)
         self.holders["a"] = conn
         self.claims.seen("a", conn.id)
         await self.broker.subscribe(message_channel("a"))
@@ -249,27 +251,112 @@ async def test_an_acknowledgement_ahead_of_what_was_written_trims_no_further() -
     assert node.counted("acked_ahead") == 1
 
 
-async def test_a_proxys_acknowledgement_trims_at_once_and_closer_ones_on_the_tick() -> None:
+class NowaitBroker(MemoryBroker):
+    """The in-process broker with the trim the raw Redis connection sends at once."""
+
+    def ack_session_nowait(self, agent: str, session: str, position: int) -> bool:
+        asyncio.get_running_loop().create_task(self.ack_sessions([(agent, session, position)]))
+        return True
+
+
+async def test_a_proxys_acknowledgement_trims_at_once_and_closer_ones_later() -> None:
     """Passed on to Redis as it comes (held for a tick, every session's went out in
-    one burst); one closer than a tick to the last of its session waits for the tick."""
+    one burst); one closer than TRIM_SPACING to its session's last waits: the first
+    acknowledgement after the spacing passes it on, or else a tick a little later
+    (a proxy acknowledging inline does so with nearly every message: a trim for
+    each would cost Redis more than the messages)."""
     node = Node()
+    node.broker = NowaitBroker()
+    node.broker.keep_for_sessions(LIMITS)
+    node.sessions._broker = node.broker
+    node.broker.set_handlers(node._on_message, lambda up: None)
     conn = await node.session_socket("S1")
-    for seq in range(1, 4):
+    for seq in range(1, 6):
         await node.send_to_a(seq)
     await asyncio.sleep(0.01)
 
     async def kept() -> list[int]:
+        await asyncio.sleep(0)  # the trim's task
         return [p for p, _ in await node.broker.read_session("a", 0)]
 
     node.sessions.proxy_ack(conn, 1)
-    assert await kept() == [2, 3], "at once, no tick waited for"
+    assert await kept() == [2, 3, 4, 5], "at once, no tick waited for"
     node.sessions.proxy_ack(conn, 2)
     node.sessions.proxy_ack(conn, 3)
-    assert await kept() == [2, 3], "within a tick of the last: coalesced"
+    assert await kept() == [2, 3, 4, 5], "within the spacing of the last: held"
     assert node.sessions.sizes()["trims_due"] == 1
-    await asyncio.sleep(ACK_TICK * 2)
+    await asyncio.sleep(TRIM_SPACING)
+    node.sessions.proxy_ack(conn, 4)
+    assert await kept() == [5], "the first after the spacing: at once, with what was held"
+    assert node.sessions.sizes()["trims_due"] == 0
+    node.sessions.proxy_ack(conn, 5)  # and no more come: the tick passes it on
+    assert await kept() == [5]
+    await asyncio.sleep(TRIM_SPACING + ACK_TICK * 2)
     assert await kept() == []
     assert node.sessions.sizes()["trims_due"] == 0
+
+
+async def test_what_a_proxy_taking_inline_acks_is_owed_rides_on_its_next_message() -> None:
+    """Settled positions are acknowledged on the next message written to the socket,
+    not by a frame of their own; with nothing to write they go in a frame when due.
+    A socket that did not ask gets plain messages and acknowledgement frames."""
+    node = Node()
+    inline = await node.session_socket("S1", inline_acks=True)
+    b = connection("b", "a", conn_id="c-b")
+    node.holders["b"] = b
+    node.claims.seen("b", b.id)
+    for position in (1, 2):
+        node.relay.route(inline, sessionframe.message(position, encode(task_request("a", "b", 1))))
+    await asyncio.sleep(ACK_DELAY / 4)  # both settled, the acknowledgement not yet due
+    await node.send_to_a(7)
+    await asyncio.sleep(0.01)
+    frames = list(map(sessionframe.decode, written(inline)))
+    assert [(f.kind, f.position, f.acked) for f in frames] == [(sessionframe.Kind.MESSAGE, 1, 2)]
+    assert written(inline)[0][0] == 4
+    await asyncio.sleep(ACK_DELAY * 1.5)
+    assert len(written(inline)) == 1, "nothing owed: no acknowledgement frame"
+    await node.send_to_a(8)  # nothing settled since: a plain message
+    node.relay.route(inline, sessionframe.message(3, encode(task_request("a", "b", 1))))
+    await asyncio.sleep(ACK_DELAY * 1.5)
+    frames = list(map(sessionframe.decode, written(inline)))
+    assert [(f.kind, f.position, f.acked) for f in frames[1:]] == [
+        (sessionframe.Kind.MESSAGE, 2, 0),
+        (sessionframe.Kind.ACK, 3, 0),
+    ]
+
+    plain = Node()
+    conn = await plain.session_socket("S2")
+    plain.holders["b"] = b
+    plain.claims.seen("b", b.id)
+    plain.relay.route(conn, sessionframe.message(1, encode(task_request("a", "b", 1))))
+    await asyncio.sleep(ACK_DELAY / 4)
+    await plain.send_to_a(7)
+    await asyncio.sleep(ACK_DELAY * 1.5)
+    assert [data[0] for data in written(conn)] == [1, 3]
+
+
+async def test_a_proxys_message_with_an_acknowledgement_is_relayed_and_trims() -> None:
+    node = Node()
+    conn = await node.session_socket("S1", inline_acks=True)
+    b = connection("b", "a", conn_id="c-b")
+    node.holders["b"] = b
+    node.claims.seen("b", b.id)
+    for seq in (1, 2, 3):
+        await node.send_to_a(seq)
+    await asyncio.sleep(0.01)
+    message = encode(task_request("a", "b", 1))
+    node.relay.route(conn, sessionframe.message_acked(1, 2, message))
+    await asyncio.sleep(TRIM_SPACING + ACK_TICK * 2)
+    assert node.outcomes == [0], "relayed (b has no socket here)"
+    assert [p for p, _ in await node.broker.read_session("a", 0)] == [3]
+    # Out of range: dropped as malformed, nothing acknowledged or relayed.
+    node.relay.route(conn, sessionframe.message_acked(2, 0, message))
+    await asyncio.sleep(0.01)
+    assert node.outcomes == [0]
+    dropped = node.metrics.registry.get_sample_value(
+        "bushub_messages_dropped_total", {"reason": "malformed"}
+    )
+    assert dropped == 1
 
 
 async def test_a_position_past_two_to_the_53_is_dropped_and_wedges_nothing() -> None:

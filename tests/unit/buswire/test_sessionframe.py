@@ -12,11 +12,14 @@ from buswire.sessionframe import Kind, SessionFrame
 POSITIONS = st.integers(min_value=1, max_value=sessionframe.MAX_POSITION)
 
 
-@given(POSITIONS, st.binary(max_size=64))
-def test_every_kind_round_trips(position: int, payload: bytes) -> None:
+@given(POSITIONS, POSITIONS, st.binary(max_size=64))
+def test_every_kind_round_trips(position: int, acked: int, payload: bytes) -> None:
     assert sessionframe.decode(sessionframe.message(position, payload)) == SessionFrame(
         Kind.MESSAGE, position, payload
     )
+    assert sessionframe.decode(
+        sessionframe.message_acked(position, acked, payload)
+    ) == SessionFrame(Kind.MESSAGE, position, payload, acked)
     assert sessionframe.decode(sessionframe.ack(position)) == SessionFrame(Kind.ACK, position, b"")
     assert sessionframe.decode(sessionframe.unnumbered(payload)) == SessionFrame(
         Kind.UNNUMBERED, 0, payload
@@ -25,8 +28,24 @@ def test_every_kind_round_trips(position: int, payload: bytes) -> None:
 
 @pytest.mark.parametrize(
     "data",
-    [b"", b"\x01", b"\x01" + bytes(7), b"\x03" + bytes(7), b"\x00" + bytes(9), b"\x04" + bytes(9)],
-    ids=["empty", "message-kind-only", "short-message", "short-ack", "kind-0", "kind-4"],
+    [
+        b"",
+        b"\x01",
+        b"\x01" + bytes(7),
+        b"\x03" + bytes(7),
+        b"\x04" + bytes(16),
+        b"\x00" + bytes(17),
+        b"\x05" + bytes(17),
+    ],
+    ids=[
+        "empty",
+        "message-kind-only",
+        "short-message",
+        "short-ack",
+        "short-acked-message",
+        "kind-0",
+        "kind-5",
+    ],
 )
 def test_short_frames_and_unknown_kinds_are_malformed(data: bytes) -> None:
     with pytest.raises(DecodeError) as refused:
@@ -40,6 +59,20 @@ def test_a_message_position_a_float64_cannot_carry_is_malformed(position: int) -
     2**53 and never settle (each later message then waited behind it)."""
     with pytest.raises(DecodeError) as refused:
         sessionframe.decode(sessionframe.message(position, b"{}"))
+    assert refused.value.reason is DropReason.MALFORMED
+
+
+@pytest.mark.parametrize(
+    ("position", "acked"),
+    [(0, 1), (1, 0), (sessionframe.MAX_POSITION + 1, 1), (1, sessionframe.MAX_POSITION + 1)],
+)
+def test_an_acked_message_out_of_range_is_malformed(position: int, acked: int) -> None:
+    """Either position past what a float64 carries, or 0 (an inline acknowledgement of
+    nothing is not sent: the message goes as a plain one)."""
+    framed = sessionframe.message_acked(position, acked, b"{}")
+    assert sessionframe.acked_message(framed) == (0, 0)
+    with pytest.raises(DecodeError) as refused:
+        sessionframe.decode(framed)
     assert refused.value.reason is DropReason.MALFORMED
 
 
@@ -65,11 +98,43 @@ def test_the_fast_position_read_agrees_with_decode(data: bytes) -> None:
     except DecodeError:
         assert position == 0
         return
-    if frame.kind is Kind.MESSAGE:
+    if frame.kind is Kind.MESSAGE and not frame.acked:
         assert position == frame.position
         assert data[sessionframe.MESSAGE_HEAD :] == frame.payload
     else:
         assert position == 0
+
+
+@given(
+    st.one_of(
+        st.binary(max_size=40), st.binary(min_size=17, max_size=40).map(lambda b: b"\x04" + b)
+    )
+)
+def test_the_fast_acked_read_agrees_with_decode(data: bytes) -> None:
+    """``acked_message`` names a position and the one acknowledged exactly when
+    ``decode`` reads a message carrying an acknowledgement; the message follows."""
+    position, acked = sessionframe.acked_message(data)
+    try:
+        frame = sessionframe.decode(data)
+    except DecodeError:
+        assert (position, acked) == (0, 0)
+        return
+    if frame.acked:
+        assert (position, acked) == (frame.position, frame.acked)
+        assert data[sessionframe.ACKED_HEAD :] == frame.payload
+    else:
+        assert (position, acked) == (0, 0)
+
+
+def test_the_resume_header_says_the_hub_takes_inline_acknowledgements() -> None:
+    header = sessionframe.resume_header("recovered", "e1", 120.0)
+    assert header == "recovered e1 120 acks=inline"
+    assert sessionframe.parse_resume_header(header) == ("recovered", "e1")
+    assert sessionframe.resume_window(header) == 120.0
+    assert sessionframe.takes_inline_acks(header)
+    # An older hub's header, and the word anywhere but after the window.
+    assert not sessionframe.takes_inline_acks("recovered e1 120")
+    assert not sessionframe.takes_inline_acks("acks=inline e1 120")
 
 
 @pytest.mark.parametrize("position", [1, 2**32 + 5, sessionframe.MAX_POSITION])
