@@ -348,20 +348,22 @@ class ReconnectingLink:
             return  # logged: sent again on the next session socket
         receiver = self._session.receiver
         received = receiver.received
-        # What was taken and not yet acknowledged rides on the message, when the hub
-        # takes that: no acknowledgement frame of its own.
-        acked = received if self._inline_acks and received > receiver.acked else 0
+        if self._inline_acks and received > receiver.acked:
+            # What was taken and not yet acknowledged rides on the message: no frame
+            # of its own. Counted before the write, which may wait: a resume meanwhile
+            # starts the count again and must not be overtaken (a socket that fails
+            # takes the acknowledgement with it; the next handshake says what was
+            # received).
+            receiver.acknowledged(received)
+            frame = sessionframe.message_acked(position, received, data)
+        else:
+            frame = sessionframe.message(position, data)
         try:
-            if acked:
-                await ws.send(sessionframe.message_acked(position, acked, data))
-            else:
-                await ws.send(sessionframe.message(position, data))
+            await ws.send(frame)
         except ConnectionClosed:
             self._live = False
         else:
             self.stats.sent += 1
-            if acked:
-                receiver.acknowledged(acked)
 
     async def close(self) -> None:
         """Stop for good: no more reconnects; close the open socket (code 1000)."""
