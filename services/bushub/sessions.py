@@ -47,9 +47,9 @@ log = logging.getLogger(__name__)
 # How often acknowledgements due are written.
 ACK_TICK = 0.05
 # A proxy's acknowledgement is passed on to Redis (a trim) at most this often per
-# session, the rest coalesced on the tick: one taking inline acknowledgements
-# acknowledges with nearly every message it sends, and a trim per message would cost
-# Redis more than the delivery itself.
+# session, the ones between coalesced into the next: one taking inline
+# acknowledgements acknowledges with nearly every message it sends, and a trim per
+# message would cost Redis more than the delivery itself.
 TRIM_SPACING = ACK_DELAY
 # Sessions re-asserted at once after a broker break (one script call each).
 _REASSERT_BATCH = 256

@@ -25,6 +25,7 @@ from buswire.relayframe import (
 )
 from buswire.sessionframe import ACK_DELAY, ACK_EVERY
 from tests.support.messages import encode, task_request
+from tests.support.waiting import until
 from tests.unit.bushub.parts import connection, written
 
 LIMITS = SessionLimits(window=60.0, messages=4, bytes=1 << 20)
@@ -285,7 +286,8 @@ async def test_a_proxys_acknowledgement_trims_at_once_and_closer_ones_later() ->
     node.sessions.proxy_ack(conn, 3)
     assert await kept() == [2, 3, 4, 5], "within the spacing of the last: held"
     assert node.sessions.sizes()["trims_due"] == 1
-    await asyncio.sleep(TRIM_SPACING)
+    assert conn.session is not None
+    conn.session.trimmed_at -= TRIM_SPACING  # the spacing has passed, and no tick yet
     node.sessions.proxy_ack(conn, 4)
     assert await kept() == [5], "the first after the spacing: at once, with what was held"
     assert node.sessions.sizes()["trims_due"] == 0
@@ -294,6 +296,11 @@ async def test_a_proxys_acknowledgement_trims_at_once_and_closer_ones_later() ->
     await asyncio.sleep(TRIM_SPACING + ACK_TICK * 2)
     assert await kept() == []
     assert node.sessions.sizes()["trims_due"] == 0
+
+
+async def settled(node: Node, count: int) -> None:
+    """Until ``count`` publish outcomes have come back (each settles its position)."""
+    await until(lambda: len(node.outcomes) >= count, step=0.001, what="the publish outcomes")
 
 
 async def test_what_a_proxy_taking_inline_acks_is_owed_rides_on_its_next_message() -> None:
@@ -307,7 +314,7 @@ async def test_what_a_proxy_taking_inline_acks_is_owed_rides_on_its_next_message
     node.claims.seen("b", b.id)
     for position in (1, 2):
         node.relay.route(inline, sessionframe.message(position, encode(task_request("a", "b", 1))))
-    await asyncio.sleep(ACK_DELAY / 4)  # both settled, the acknowledgement not yet due
+    await settled(node, 2)  # the acknowledgement not yet due
     await node.send_to_a(7)
     await asyncio.sleep(0.01)
     frames = list(map(sessionframe.decode, written(inline)))
@@ -329,7 +336,7 @@ async def test_what_a_proxy_taking_inline_acks_is_owed_rides_on_its_next_message
     plain.holders["b"] = b
     plain.claims.seen("b", b.id)
     plain.relay.route(conn, sessionframe.message(1, encode(task_request("a", "b", 1))))
-    await asyncio.sleep(ACK_DELAY / 4)
+    await settled(plain, 1)
     await plain.send_to_a(7)
     await asyncio.sleep(ACK_DELAY * 1.5)
     assert [data[0] for data in written(conn)] == [1, 3]
