@@ -346,16 +346,11 @@ class ReconnectingLink:
             )
         if not self._live or ws.state is not State.OPEN:
             return  # logged: sent again on the next session socket
-        receiver = self._session.receiver
-        received = receiver.received
-        if self._inline_acks and received > receiver.acked:
-            # What was taken and not yet acknowledged rides on the message: no frame
-            # of its own. Counted before the write, which may wait: a resume meanwhile
-            # starts the count again and must not be overtaken (a socket that fails
-            # takes the acknowledgement with it; the next handshake says what was
-            # received).
-            receiver.acknowledged(received)
-            frame = sessionframe.message_acked(position, received, data)
+        # What was taken and not yet acknowledged rides on the message: no frame of
+        # its own.
+        acked = self._session.receiver.ride() if self._inline_acks else 0
+        if acked:
+            frame = sessionframe.message_acked(position, acked, data)
         else:
             frame = sessionframe.message(position, data)
         try:

@@ -221,6 +221,20 @@ class Receiver:
             self.ack_delay
         )
 
+    def ride(self) -> int:
+        """The acknowledgement a message about to be sent carries inline: ``received``
+        when it is not acknowledged yet (counted as acknowledged from now on), else 0.
+
+        Counted before the write, which may wait: a resume meanwhile starts the count
+        again and must not be overtaken (a socket that fails takes the acknowledgement
+        with it; the next handshake says what was received).
+        """
+        received = self.received
+        if received <= self.acked:
+            return 0
+        self.acknowledged(received)
+        return received
+
     def acknowledged(self, position: int) -> None:
         """An acknowledgement of ``position`` was written to the hub."""
         self.acked = max(self.acked, position)

@@ -196,6 +196,27 @@ def test_the_handshake_carries_the_ack() -> None:
     assert receiver.ack_deadline is None and not receiver.ack_due(100.0)
 
 
+def test_what_was_taken_rides_once_on_the_next_message() -> None:
+    receiver = Receiver()
+    assert receiver.ride() == 0, "nothing taken: nothing owed"
+    receiver.take(1, 0.0)
+    receiver.take(2, 0.0)
+    assert receiver.ride() == 2
+    assert receiver.ride() == 0, "acknowledged already"
+    assert receiver.ack_deadline is None and not receiver.ack_due(100.0)
+
+
+def test_a_ride_counted_before_a_resume_is_not_overtaken_by_it() -> None:
+    """Counted before the write: a gap's resume meanwhile starts numbering again from
+    1, and the next message owes what is taken after it, not the old count."""
+    receiver = Receiver()
+    receiver.take(5, 0.0)
+    assert receiver.ride() == 5
+    receiver.resumed(ResumeResult.GAP)
+    receiver.take(1, 1.0)
+    assert receiver.ride() == 1
+
+
 # ---- outbound: the send log ----------------------------------------------------------
 
 
