@@ -78,7 +78,7 @@ def measure(client: redis.Redis, send: Callable[[redis.client.Pipeline, int], No
             pipe.execute()
             pipe = client.pipeline(transaction=False)
             if session and i % 2000 == 1999:
-                client.xtrim(KEYS[1], minid=f"0-{i}")  # as the acknowledgements would
+                client.xtrim(KEYS[1], minid=f"0-{i}", approximate=False)  # as acknowledgements do
     pipe.execute()
     stats = client.info("commandstats")
     name = "cmdstat_publish" if "cmdstat_evalsha" not in stats else "cmdstat_evalsha"

@@ -41,7 +41,7 @@ def deliver(client: redis.Redis, frame: bytes, limits: SessionLimits | None = No
 
 def hold(client: redis.Redis) -> None:
     """A session holds AGENT's name (as ``RESUME`` leaves a new one)."""
-    client.hset(session_key(AGENT), mapping={"id": "S-b", "epoch": "e", "seq": 0, "bytes": 0})
+    client.hset(session_key(AGENT), mapping={"id": "S-b", "epoch": "e", "seq": 0, "kept": 0})
 
 
 def from_session(position: int, payload: bytes = b'{"n":1}', **kw: bool) -> bytes:
@@ -68,7 +68,7 @@ def test_a_session_keeps_each_message_once_numbered_in_order(client: redis.Redis
     assert [d for _, d in kept(client)][:3] == frames
     state = session(client)
     assert state["seq"] == "4"
-    assert int(state["bytes"]) == sum(len(d) for _, d in kept(client))
+    assert int(state["kept"]) == sum(len(d) for _, d in kept(client))
     assert client.hget(relayed_key(AGENT), SENDER) == b"3", "the sender's newest"
     assert 0 < client.pttl(relayed_key(AGENT)) <= 120_000, "remembered for the window"
 
@@ -96,12 +96,12 @@ def test_over_the_bounds_the_oldest_go_and_the_last_lost_is_remembered(
     assert [p for p, _ in kept(client)] == [4, 5, 6]
     state = session(client)
     assert state["lost"] == "3"
-    assert int(state["bytes"]) == sum(len(d) for _, d in kept(client))
+    assert int(state["kept"]) == sum(len(d) for _, d in kept(client))
     by_bytes = SessionLimits(120.0, 1000, 2 * len(from_session(7, b"y" * 50)))
     deliver(client, from_session(7, b"y" * 50), by_bytes)
     assert [p for p, _ in kept(client)] == [6, 7]
     assert session(client)["lost"] == "5"
-    assert int(session(client)["bytes"]) == sum(len(d) for _, d in kept(client))
+    assert int(session(client)["kept"]) == sum(len(d) for _, d in kept(client))
 
 
 def test_transient_and_resent_frames_are_not_kept_but_count_as_relayed(
@@ -114,3 +114,50 @@ def test_transient_and_resent_frames_are_not_kept_but_count_as_relayed(
     assert deliver(client, from_session(2)) == -1
     assert kept(client) == []
     assert session(client)["seq"] == "0"
+
+
+def test_a_trim_frees_room_that_the_byte_bound_counts_again(client: redis.Redis) -> None:
+    """An acknowledgement trims with a bare ``XTRIM``, which leaves ``kept`` as it
+    was (an upper bound): over the byte bound the script counts what the stream holds
+    before dropping anything, so nothing is dropped for room a trim freed."""
+    hold(client)
+    size = len(from_session(1, b"x" * 50))
+    limits = SessionLimits(120.0, 1000, 4 * size)
+    for p in range(1, 5):
+        deliver(client, from_session(p, b"x" * 50), limits)
+    client.xtrim(stream_key(AGENT), minid="0-4", approximate=False)  # 1-3 acknowledged
+    assert int(session(client)["kept"]) == 4 * size, "not lowered by the trim"
+    for p in range(5, 8):
+        deliver(client, from_session(p, b"x" * 50), limits)
+    assert [p for p, _ in kept(client)] == [4, 5, 6, 7], "the four fit: nothing dropped"
+    state = session(client)
+    assert "lost" not in state or state["lost"] == "0"
+    assert int(state["kept"]) == 4 * size, "counted again"
+    deliver(client, from_session(8, b"x" * 50), limits)
+    assert [p for p, _ in kept(client)] == [5, 6, 7, 8]
+    assert session(client)["lost"] == "4"
+
+
+def test_an_away_session_at_its_bound_is_not_counted_again_per_message(
+    client: redis.Redis,
+) -> None:
+    """Nothing trimmed since ``kept`` was last exact (the stream starts where it did):
+    the script drops the oldest without reading the whole stream."""
+    hold(client)
+    size = len(from_session(1, b"x" * 50))
+    limits = SessionLimits(120.0, 1000, 20 * size)
+    for p in range(1, 22):
+        deliver(client, from_session(p, b"x" * 50), limits)
+    assert [p for p, _ in kept(client)] == list(range(2, 22))
+    before = _xrange_calls(client)
+    deliver(client, from_session(22, b"x" * 50), limits)
+    # The oldest entry, and the next once it is dropped: no third, whole-stream read.
+    assert _xrange_calls(client) - before == 2
+    assert [p for p, _ in kept(client)] == list(range(3, 23))
+    assert session(client)["lost"] == "2"
+    assert int(session(client)["kept"]) == 20 * size
+
+
+def _xrange_calls(client: redis.Redis) -> int:
+    stats = client.info("commandstats")
+    return int(stats.get("cmdstat_xrange", {}).get("calls", 0))

@@ -1,5 +1,5 @@
-"""The Redis side of sessions (docs/protocol.md, Sessions): three scripts and the
-delivery command.
+"""The Redis side of sessions (docs/protocol.md, Sessions): the delivery, resume,
+re-assert and release scripts, and the trim of what a session acknowledged.
 
 Every message for an agent is published by ``DELIVER`` instead of a bare
 ``PUBLISH`` once sessions are on. In one step on the agent's shard it
@@ -21,6 +21,21 @@ Every message for an agent is published by ``DELIVER`` instead of a bare
   nobody is subscribed (the session is away: not undeliverable);
 - otherwise publishes it as ``PUBLISH`` would.
 
+The session's ``kept`` is an upper bound of the bytes its stream holds, not their
+sum: an acknowledgement trims with a bare ``XTRIM`` (a microsecond of Redis, where a
+script that summed what it trimmed cost twenty-five), so only what is kept adds to
+it. Over a bound the script counts again before it drops anything, unless the stream
+still starts where it started when ``kept`` was last exact (``head``: nothing trimmed
+since, as for an away session, whose stream is only ever trimmed here): nothing is
+dropped for bytes an acknowledgement freed, and an away session at its bound is not
+summed per message. ``bytes``, the exact sum that nodes of earlier versions keep
+and trim by, is left to them. In a rolling upgrade from such a version each side
+misses what the other did: a node of this version lets the stream pass the byte
+bound by what earlier nodes added, and an earlier node finds ``bytes`` too high by
+what nodes of this version trimmed of its own additions, so a session that takes
+more than ``--resume-bytes`` through earlier nodes while it lasts may lose its
+oldest messages early (a gap, reported as any other).
+
 Positions are written with ``%d``: Lua's numbers are doubles, exact to 2**53, and
 ``tostring`` would write a large one in exponent form.
 """
@@ -31,7 +46,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bushub.broker.rawscripts import bulk, script_head
+from bushub.broker.rawscripts import arg_bytes, bulk, script_head
+from bushub.broker.respconn import encode_command
 from buswire.channels import relayed_key, session_key, stream_key
 
 # How long after a session was put back (Redis had lost it) a copy sent again after
@@ -66,15 +82,29 @@ if string.byte(data, 2) >= 128 or redis.call('EXISTS', KEYS[1]) == 0 then
 end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('XADD', KEYS[2], string.format('0-%d', seq), 'd', data)
-local bytes = redis.call('HINCRBY', KEYS[1], 'bytes', #data)
+local bytes = redis.call('HINCRBY', KEYS[1], 'kept', #data)
 local count = redis.call('XLEN', KEYS[2])
 local most, most_bytes = tonumber(ARGV[3]), tonumber(ARGV[4])
-while count > 1 and (count > most or bytes > most_bytes) do
+if count > most or bytes > most_bytes then
   local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)[1]
-  redis.call('XDEL', KEYS[2], first[1])
-  bytes = redis.call('HINCRBY', KEYS[1], 'bytes', -#first[2][2])
-  redis.call('HSET', KEYS[1], 'lost', string.sub(first[1], 3))
-  count = count - 1
+  if first[1] ~= redis.call('HGET', KEYS[1], 'head') then
+    bytes = 0
+    for _, e in ipairs(redis.call('XRANGE', KEYS[2], '-', '+')) do
+      bytes = bytes + #e[2][2]
+    end
+  end
+  local lost
+  while count > 1 and (count > most or bytes > most_bytes) do
+    redis.call('XDEL', KEYS[2], first[1])
+    bytes = bytes - #first[2][2]
+    lost = string.sub(first[1], 3)
+    count = count - 1
+    first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)[1]
+  end
+  redis.call('HSET', KEYS[1], 'kept', bytes, 'head', first[1])
+  if lost then
+    redis.call('HSET', KEYS[1], 'lost', lost)
+  end
 end
 local n = redis.call(ARGV[1], ARGV[2], struct.pack('>Bd', 3, seq) .. data)
 if n == 0 then
@@ -100,7 +130,7 @@ if id == ARGV[1] then
   end
 else
   redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'id', ARGV[1], 'bytes', 0, 'lost', 0, 'seq', seq)
+  redis.call('HSET', KEYS[1], 'id', ARGV[1], 'kept', 0, 'bytes', 0, 'lost', 0, 'seq', seq)
   epoch = ARGV[3]
   if received > 0 then result = 'gap' else result = 'new' end
 end
@@ -118,25 +148,6 @@ end
 return {result, epoch, string.format('%d', seq), replay}
 """
 
-# KEYS: session, stream. ARGV: session id, position. Trims what the session took.
-ACK = """
-if redis.call('HGET', KEYS[1], 'id') ~= ARGV[1] then
-  return 0
-end
-local upto = string.format('0-%d', tonumber(ARGV[2]))
-local entries = redis.call('XRANGE', KEYS[2], '-', upto)
-if #entries == 0 then
-  return 0
-end
-local freed = 0
-for _, e in ipairs(entries) do
-  freed = freed + #e[2][2]
-end
-redis.call('XTRIM', KEYS[2], 'MINID', string.format('0-%d', tonumber(ARGV[2]) + 1))
-redis.call('HINCRBY', KEYS[1], 'bytes', -freed)
-return #entries
-"""
-
 # KEYS: session. ARGV: session id, epoch, holding connection, position delivered.
 # After a broker break: a Redis that restarted empty, or a replica promoted without
 # the newest writes, no longer knows a connected session (or numbers from an older
@@ -147,7 +158,7 @@ local ms = string.format('%d', tonumber(now[1]) * 1000 + math.floor(tonumber(now
 local id = redis.call('HGET', KEYS[1], 'id')
 if not id then
   redis.call('HSET', KEYS[1], 'id', ARGV[1], 'epoch', ARGV[2], 'holder', ARGV[3],
-    'bytes', 0, 'lost', 0, 'seq', ARGV[4], 'reasserted', ms)
+    'kept', 0, 'bytes', 0, 'lost', 0, 'seq', ARGV[4], 'reasserted', ms)
   return 1
 end
 if id ~= ARGV[1] or redis.call('HGET', KEYS[1], 'holder') ~= ARGV[3] then
@@ -172,7 +183,6 @@ return 1
 """
 
 DELIVER_SHA = hashlib.sha1(DELIVER.encode()).hexdigest().encode()
-ACK_SHA = hashlib.sha1(ACK.encode()).hexdigest().encode()
 _MESSAGE_PREFIX = b"bushub:msg:{"
 _PREFIXES_KEPT = 4096
 
@@ -203,18 +213,22 @@ def agent_of(channel: bytes) -> bytes | None:
     return None
 
 
-def ack_command(agent: str, session: str, position: int, *, by_sha: bool) -> bytes:
-    """``ACK`` for one session in RESP, for a publish connection: a node's trims
-    cost it a few microseconds each there, where redis-py's pipeline cost tens, all
-    in the one event-loop turn of an acknowledgement tick.
+def trim_minid(position: int) -> str:
+    """The ``XTRIM ... MINID`` that drops every position up to ``position``."""
+    return f"0-{position + 1}"
 
-    Args:
-        by_sha: ``EVALSHA``, else ``EVAL`` with the script's text (for a Redis that
-            answered NOSCRIPT: its script cache was emptied by a restart).
+
+def trim_command(agent: str, position: int) -> bytes:
+    """The trim of what a session acknowledged, in RESP for a publish connection (a
+    node's trims cost it a few microseconds each there, where redis-py's pipeline
+    cost tens).
+
+    A bare ``XTRIM``, not a script checking the session's id: positions go on from
+    one session of a name to the next (``RESUME`` keeps ``seq``), so a late trim of
+    an earlier session drops nothing a later one was given.
     """
-    keys = (session_key(agent), stream_key(agent))
-    head = script_head(ACK, ACK_SHA, keys, 2, by_sha=by_sha)
-    return head + bulk(session.encode()) + bulk(b"%d" % position)
+    key = arg_bytes(stream_key(agent))
+    return encode_command(b"XTRIM", key, b"MINID", trim_minid(position).encode())
 
 
 class Delivery:
@@ -316,13 +330,12 @@ def _raw(value: object) -> bytes:
 
 
 class SessionScripts:
-    """``RESUME``, ``ACK`` and ``RELEASE`` on a redis-py client (one Redis or a
-    cluster: each touches one agent's keys, on one slot)."""
+    """``RESUME``, ``REASSERT`` and ``RELEASE`` on a redis-py client, and the trims
+    (one Redis or a cluster: each touches one agent's keys, on one slot)."""
 
     def __init__(self, client: Any) -> None:
         self._client = client
         self._resume = client.register_script(RESUME)
-        self._ack = client.register_script(ACK)
         self._release = client.register_script(RELEASE)
         self._reassert = client.register_script(REASSERT)
 
@@ -344,10 +357,12 @@ class SessionScripts:
         keys = [session_key(agent)]
         return bool(await self._reassert(keys=keys, args=[session, epoch, conn, delivered]))
 
-    async def ack(self, agent: str, session: str, position: int, client: Any = None) -> None:
-        """``ACK`` for one session; with ``client`` (a pipeline), queued on it."""
-        keys = [session_key(agent), stream_key(agent)]
-        await self._ack(keys=keys, args=[session, position], client=client)
+    async def trim(self, agent: str, position: int, client: Any = None) -> None:
+        """Trim what a session acknowledged (``trim_command``); with ``client`` (a
+        pipeline), queued on it."""
+        trimmer = client or self._client
+        # Exactly: redis-py's default (``~``) drops only whole nodes of the stream.
+        await trimmer.xtrim(stream_key(agent), minid=trim_minid(position), approximate=False)
 
     async def release(self, items: Sequence[tuple[str, str]], window: float) -> None:
         window_ms = max(1, int(window * 1000))
