@@ -161,3 +161,19 @@ def test_an_away_session_at_its_bound_is_not_counted_again_per_message(
 def _xrange_calls(client: redis.Redis) -> int:
     stats = client.info("commandstats")
     return int(stats.get("cmdstat_xrange", {}).get("calls", 0))
+
+
+def test_over_the_count_bound_alone_the_stream_is_not_summed(client: redis.Redis) -> None:
+    """A trim since the byte count was exact, then the count bound passed: the upper
+    bound is within the byte bound, so only the oldest goes, without a whole read."""
+    hold(client)
+    limits = SessionLimits(120.0, 3, 1 << 20)
+    for p in range(1, 4):
+        deliver(client, from_session(p), limits)
+    client.xtrim(stream_key(AGENT), minid="0-2", approximate=False)  # 1 acknowledged
+    deliver(client, from_session(4), limits)
+    before = _xrange_calls(client)
+    deliver(client, from_session(5), limits)
+    assert _xrange_calls(client) - before == 2
+    assert [p for p, _ in kept(client)] == [3, 4, 5]
+    assert session(client)["lost"] == "2"

@@ -28,13 +28,17 @@ it. Over a bound the script counts again before it drops anything, unless the st
 still starts where it started when ``kept`` was last exact (``head``: nothing trimmed
 since, as for an away session, whose stream is only ever trimmed here): nothing is
 dropped for bytes an acknowledgement freed, and an away session at its bound is not
-summed per message. ``bytes``, the exact sum that nodes of earlier versions keep
-and trim by, is left to them. In a rolling upgrade from such a version each side
-misses what the other did: a node of this version lets the stream pass the byte
-bound by what earlier nodes added, and an earlier node finds ``bytes`` too high by
-what nodes of this version trimmed of its own additions, so a session that takes
-more than ``--resume-bytes`` through earlier nodes while it lasts may lose its
-oldest messages early (a gap, reported as any other).
+summed per message (a connected one more than ``--resume-bytes`` behind its
+acknowledgements is summed at most once per trim). Over the count bound alone the
+upper bound is enough: it is not summed.
+
+``bytes``, the exact sum that nodes of earlier versions keep and trim by, is left to
+them. In a rolling upgrade from such a version each side misses what the other did:
+a node of this version lets the stream pass the byte bound by what earlier nodes
+added, and an earlier node finds ``bytes`` too high by what nodes of this version
+trimmed of its own additions, so a session that takes more than ``--resume-bytes``
+through earlier nodes while it lasts may lose its oldest messages early (a gap,
+reported as any other).
 
 Positions are written with ``%d``: Lua's numbers are doubles, exact to 2**53, and
 ``tostring`` would write a large one in exponent form.
@@ -87,8 +91,9 @@ local count = redis.call('XLEN', KEYS[2])
 local most, most_bytes = tonumber(ARGV[3]), tonumber(ARGV[4])
 if count > most or bytes > most_bytes then
   local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)[1]
-  if first[1] ~= redis.call('HGET', KEYS[1], 'head') then
-    bytes = 0
+  local exact = first[1] == redis.call('HGET', KEYS[1], 'head')
+  if bytes > most_bytes and not exact then
+    bytes, exact = 0, true
     for _, e in ipairs(redis.call('XRANGE', KEYS[2], '-', '+')) do
       bytes = bytes + #e[2][2]
     end
@@ -101,7 +106,11 @@ if count > most or bytes > most_bytes then
     count = count - 1
     first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)[1]
   end
-  redis.call('HSET', KEYS[1], 'kept', bytes, 'head', first[1])
+  if exact then
+    redis.call('HSET', KEYS[1], 'kept', bytes, 'head', first[1])
+  else
+    redis.call('HSET', KEYS[1], 'kept', bytes)
+  end
   if lost then
     redis.call('HSET', KEYS[1], 'lost', lost)
   end
