@@ -1,6 +1,6 @@
-"""Redis CPU per acknowledgement trim: the bare ``XTRIM`` a node sends against the
-script it sent before (which checked the session's id and summed the bytes it
-trimmed).
+"""Redis CPU per acknowledgement trim: the ``TRIM`` script a node sends (the session's
+id checked, then ``XTRIM``) against the script it sent before (which also read and
+summed the bytes it trimmed) and a bare ``XTRIM`` (the floor).
 
 Run from the repository root: ``.venv/bin/python bench/trim_cost.py``.
 
@@ -22,10 +22,10 @@ from pathlib import Path
 import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bushub.broker.sessionscripts import trim_minid
+from bushub.broker.sessionscripts import TRIM, trim_minid
 from tests.support.ports import free_port
 
-# The trim as a script, as nodes ran it until the bare XTRIM: the baseline.
+# The trim as nodes ran it until 2026-12-06: the baseline.
 SCRIPT_TRIM = """
 if redis.call('HGET', KEYS[1], 'id') ~= ARGV[1] then
   return 0
@@ -47,9 +47,10 @@ TRIM_COMMANDS = ("evalsha", "xtrim", "hget", "xrange", "hincrby")
 
 
 def measure(client: redis.Redis, kind: str, sessions: int, per: int, rounds: int) -> float:
-    """Redis µs per trim of ``per`` entries, ``kind`` ``script`` or ``xtrim``."""
+    """Redis µs per trim of ``per`` entries, ``kind`` ``script``, ``guarded`` or ``xtrim``."""
     client.flushall()
     sha = client.script_load(SCRIPT_TRIM)
+    guarded = client.script_load(TRIM)
     data = b"x" * 270
     pipe = client.pipeline(transaction=False)
     for s in range(sessions):
@@ -71,6 +72,8 @@ def measure(client: redis.Redis, kind: str, sessions: int, per: int, rounds: int
             keys = (f"bushub:session:{{a{s}}}", f"bushub:stream:{{a{s}}}")
             if kind == "script":
                 pipe.evalsha(sha, 2, *keys, "S", position)
+            elif kind == "guarded":
+                pipe.evalsha(guarded, 2, *keys, "S", trim_minid(position))
             else:
                 pipe.xtrim(keys[1], minid=trim_minid(position), approximate=False)
         pipe.execute()
@@ -108,7 +111,11 @@ def main() -> None:
         sizes = [int(n) for n in args.per.split(",")]
         print("| trim | " + " | ".join(f"µs/trim, {n} entries" for n in sizes) + " |")
         print("| --- |" + " ---: |" * len(sizes))
-        for kind, name in (("script", "script (id check, sum, XTRIM)"), ("xtrim", "XTRIM")):
+        for kind, name in (
+            ("script", "script (id check, sum, XTRIM)"),
+            ("guarded", "TRIM (id check, XTRIM)"),
+            ("xtrim", "bare XTRIM"),
+        ):
             row = [
                 statistics.median(
                     measure(client, kind, args.sessions, n, args.rounds) for _ in range(args.runs)

@@ -315,8 +315,10 @@ def test_a_copy_sent_again_reaches_a_session_only_after_redis_lost_it(
 
 def test_acknowledgements_trim_on_the_publish_connection(redis: FaultRedis, loop: str) -> None:
     """``ack_sessions`` on the raw publish connection: the stream is trimmed up to the
-    acknowledged position, with one bare ``XTRIM`` per session; an error reply is
-    raised as BrokerRefused."""
+    acknowledged position, one ``TRIM`` call per session; a trim for another session
+    of the name (its numbering may have started again) drops nothing; a Redis whose
+    script cache was emptied gets the script's text; an error reply is raised as
+    BrokerRefused."""
 
     async def scenario() -> None:
         broker = RedisBroker(redis.url, control_channel="bushub:node:t")
@@ -327,17 +329,22 @@ def test_acknowledgements_trim_on_the_publish_connection(redis: FaultRedis, loop
         frames = [pack_relay(Format.JSON, 1.0, b'{"n":%d}' % n) for n in range(5)]
         await broker.publish_many([(message_channel("a"), f) for f in frames])
         await broker.publish_many([(message_channel("b"), f) for f in frames[:2]])
-        calls_before = _calls(redis, "xtrim"), _calls(redis, "evalsha")
+        calls_before = _calls(redis, "evalsha"), _calls(redis, "script")
 
         await broker.ack_sessions([("a", "S1", 3), ("b", "S1", 2)])
         assert [p for p, _ in await broker.read_session("a", 0)] == [4, 5]
         assert await broker.read_session("b", 0) == []
-        # Exactly one call per session, and no script.
-        assert (_calls(redis, "xtrim"), _calls(redis, "evalsha")) == (
+        # Through the publish connection (EVALSHA), not a pipeline of redis-py's
+        # (which checks SCRIPT EXISTS first): exactly one call per session.
+        assert (_calls(redis, "evalsha"), _calls(redis, "script")) == (
             calls_before[0] + 2,
             calls_before[1],
         )
-        await broker.ack_sessions([("a", "S1", 4), ("a", "S1", 2)])  # a late one: no-op
+        await broker.ack_sessions([("a", "S0", 5), ("a", "S1", 2)])  # another's, a late one
+        assert [p for p, _ in await broker.read_session("a", 0)] == [4, 5]
+
+        redis.cli("SCRIPT", "FLUSH")  # as a restarted Redis: NOSCRIPT, then the text
+        await broker.ack_sessions([("a", "S1", 4)])
         assert [p for p, _ in await broker.read_session("a", 0)] == [5]
 
         await off_loop(lambda: redis.cli("ACL", "SETUSER", "default", "-xtrim"))
@@ -351,8 +358,9 @@ def test_acknowledgements_trim_on_the_publish_connection(redis: FaultRedis, loop
 
 
 def test_an_acknowledgement_trims_without_waiting(redis: FaultRedis, loop: str) -> None:
-    """``ack_session_nowait``: one ``XTRIM`` written with the loop iteration's
-    publishes on the publish connection, nothing awaited; a refused trim is only
+    """``ack_session_nowait``: one ``TRIM`` written with the loop iteration's
+    publishes on the publish connection, nothing awaited; after Redis lost its script
+    cache the NOSCRIPT answer is followed by the script's text; a refused trim is only
     logged (the next acknowledgement covers it) and leaves the connection in step."""
 
     async def scenario() -> None:
@@ -366,9 +374,12 @@ def test_an_acknowledgement_trims_without_waiting(redis: FaultRedis, loop: str) 
 
         assert broker.ack_session_nowait("a", "S1", 2)
         await until_async(lambda: kept(), [3, 4, 5], "trimmed up to 2")
-        assert broker.ack_session_nowait("a", "S1", 3)
-        await until_async(lambda: kept(), [4, 5], "trimmed up to 3")
 
+        redis.cli("SCRIPT", "FLUSH")  # as a restarted Redis: NOSCRIPT, then the text
+        assert broker.ack_session_nowait("a", "S1", 3)
+        await until_async(lambda: kept(), [4, 5], "trimmed after NOSCRIPT")
+
+        # The queued path sends the delivery script's text: loaded again.
         assert await broker.publish_many([(channel, frames[0])]) == [1]
         await off_loop(lambda: redis.cli("ACL", "SETUSER", "default", "-xtrim"))
         assert broker.ack_session_nowait("a", "S1", 4)

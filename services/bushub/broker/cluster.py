@@ -444,7 +444,7 @@ class RedisClusterBroker(Broker):
     async def ack_sessions(self, items: Sequence[tuple[str, str, int]]) -> None:
         async with guarded():
             # Agents live on different shards: one call each, together.
-            await asyncio.gather(*(self._sessions.trim(a, p) for a, _, p in items))
+            await asyncio.gather(*(self._sessions.trim(a, s, p) for a, s, p in items))
 
     async def release_sessions(self, items: Sequence[tuple[str, str]], window: float) -> None:
         async with guarded():

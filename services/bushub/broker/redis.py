@@ -31,7 +31,7 @@ from bushub.broker.nodes import NodeRegistry
 from bushub.broker.rawscripts import Script, arg_bytes, refused_or
 from bushub.broker.redisnodes import RedisNodeRegistry
 from bushub.broker.redispubsub import PubSubLink
-from bushub.broker.refusals import BrokerRefused
+from bushub.broker.refusals import BrokerRefused, ErrorKind, classify
 from bushub.broker.resp import FastItem, PublishConnection
 from bushub.broker.respconn import ReplyError, encode_command
 from bushub.broker.sessionscripts import (
@@ -516,15 +516,22 @@ class RedisBroker(Broker):
             return
         with unreachable_as_connection_error():
             async with self._client.pipeline(transaction=False) as pipe:
-                for agent, _, position in items:
-                    await self._sessions.trim(agent, position, client=pipe)
+                for agent, session, position in items:
+                    await self._sessions.trim(agent, session, position, client=pipe)
                 await pipe.execute()
 
     def ack_session_nowait(self, agent: str, session: str, position: int) -> bool:
         publisher = self._publisher
         if publisher is None:
             return False
-        future = publisher.request_nowait(trim_command(agent, position), 1)
+        return self._trim_nowait(publisher, agent, session, position, by_sha=True)
+
+    @staticmethod
+    def _trim_nowait(
+        publisher: PublishConnection, agent: str, session: str, position: int, *, by_sha: bool
+    ) -> bool:
+        command = trim_command(agent, session, position, by_sha=by_sha)
+        future = publisher.request_nowait(command, 1)
         if future is None:
             return False
 
@@ -533,18 +540,32 @@ class RedisBroker(Broker):
                 return
             exc = future.exception()
             reply = exc if exc is not None else future.result()[0]
-            if isinstance(reply, Exception):
-                # Kept a while longer; the session's next acknowledgement trims it.
-                log.debug("could not trim the session stream of %s: %s", agent, reply)
+            if not isinstance(reply, Exception):
+                return
+            if by_sha and classify(reply) is ErrorKind.NOSCRIPT:
+                # Redis lost its script cache (a restart): the text loads it again.
+                RedisBroker._trim_nowait(publisher, agent, session, position, by_sha=False)
+                return
+            # Kept a while longer; the session's next acknowledgement trims it.
+            log.debug("could not trim the session stream of %s: %s", agent, reply)
 
         future.add_done_callback(done)
         return True
 
     @staticmethod
     async def _ack_raw(publisher: PublishConnection, items: Sequence[tuple[str, str, int]]) -> None:
-        """Trim every session's stream on the publish connection, in one round trip."""
-        commands = b"".join(trim_command(agent, position) for agent, _, position in items)
+        """``TRIM`` every session on the publish connection (trimming twice is
+        harmless: what was sent again after NOSCRIPT cannot have run)."""
+        commands = b"".join(trim_command(a, s, p, by_sha=True) for a, s, p in items)
         replies = await publisher.request(commands, len(items))
+        again = [
+            item
+            for item, reply in zip(items, replies, strict=True)
+            if isinstance(reply, Exception) and classify(reply) is ErrorKind.NOSCRIPT
+        ]
+        if again:
+            commands = b"".join(trim_command(a, s, p, by_sha=False) for a, s, p in again)
+            replies = await publisher.request(commands, len(again))
         refused = next((r for r in replies if isinstance(r, Exception)), None)
         if refused is not None:
             raise BrokerRefused(refused)

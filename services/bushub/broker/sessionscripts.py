@@ -22,15 +22,15 @@ Every message for an agent is published by ``DELIVER`` instead of a bare
 - otherwise publishes it as ``PUBLISH`` would.
 
 The session's ``kept`` is an upper bound of the bytes its stream holds, not their
-sum: an acknowledgement trims with a bare ``XTRIM`` (a microsecond of Redis, where a
-script that summed what it trimmed cost twenty-five), so only what is kept adds to
-it. Over a bound the script counts again before it drops anything, unless the stream
-still starts where it started when ``kept`` was last exact (``head``: nothing trimmed
-since, as for an away session, whose stream is only ever trimmed here): nothing is
-dropped for bytes an acknowledgement freed, and an away session at its bound is not
-summed per message (a connected one more than ``--resume-bytes`` behind its
-acknowledgements is summed at most once per trim). Over the count bound alone the
-upper bound is enough: it is not summed.
+sum: an acknowledgement's ``TRIM`` only trims (5 µs of Redis, where one that read
+and summed what it trimmed cost 23), so only what is kept adds to it. Over a bound
+the script counts again before it drops anything, unless the stream still starts
+where it started when ``kept`` was last exact (``head``: nothing trimmed since, as
+for an away session, whose stream is only ever trimmed here): nothing is dropped for
+bytes an acknowledgement freed, and an away session at its bound is not summed per
+message (a connected one more than ``--resume-bytes`` behind its acknowledgements is
+summed at most once per trim). Over the count bound alone the upper bound is enough:
+it is not summed.
 
 ``bytes``, the exact sum that nodes of earlier versions keep and trim by, is left to
 them. In a rolling upgrade from such a version each side misses what the other did:
@@ -50,8 +50,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bushub.broker.rawscripts import arg_bytes, bulk, script_head
-from bushub.broker.respconn import encode_command
+from bushub.broker.rawscripts import bulk, script_head
 from buswire.channels import relayed_key, session_key, stream_key
 
 # How long after a session was put back (Redis had lost it) a copy sent again after
@@ -157,6 +156,19 @@ end
 return {result, epoch, string.format('%d', seq), replay}
 """
 
+# KEYS: session, stream. ARGV: session id, the first position kept (``0-<n>``).
+# Trims what the session acknowledged, no more: nothing is read or summed (``kept``
+# is an upper bound). The id check is for a name whose numbering started again: a
+# Redis that lost the session (a restart, a failover) and a new session of the name
+# resumed before the holder put the old one back numbers from 1, and a late trim of
+# the old session would drop the new one's messages.
+TRIM = """
+if redis.call('HGET', KEYS[1], 'id') == ARGV[1] then
+  return redis.call('XTRIM', KEYS[2], 'MINID', ARGV[2])
+end
+return 0
+"""
+
 # KEYS: session. ARGV: session id, epoch, holding connection, position delivered.
 # After a broker break: a Redis that restarted empty, or a replica promoted without
 # the newest writes, no longer knows a connected session (or numbers from an older
@@ -192,6 +204,7 @@ return 1
 """
 
 DELIVER_SHA = hashlib.sha1(DELIVER.encode()).hexdigest().encode()
+TRIM_SHA = hashlib.sha1(TRIM.encode()).hexdigest().encode()
 _MESSAGE_PREFIX = b"bushub:msg:{"
 _PREFIXES_KEPT = 4096
 
@@ -227,17 +240,17 @@ def trim_minid(position: int) -> str:
     return f"0-{position + 1}"
 
 
-def trim_command(agent: str, position: int) -> bytes:
-    """The trim of what a session acknowledged, in RESP for a publish connection (a
-    node's trims cost it a few microseconds each there, where redis-py's pipeline
-    cost tens).
+def trim_command(agent: str, session: str, position: int, *, by_sha: bool) -> bytes:
+    """``TRIM`` for one session in RESP, for a publish connection (a node's trims
+    cost it a few microseconds each there, where redis-py's pipeline cost tens).
 
-    A bare ``XTRIM``, not a script checking the session's id: positions go on from
-    one session of a name to the next (``RESUME`` keeps ``seq``), so a late trim of
-    an earlier session drops nothing a later one was given.
+    Args:
+        by_sha: ``EVALSHA``, else ``EVAL`` with the script's text (for a Redis that
+            answered NOSCRIPT: its script cache was emptied by a restart).
     """
-    key = arg_bytes(stream_key(agent))
-    return encode_command(b"XTRIM", key, b"MINID", trim_minid(position).encode())
+    keys = (session_key(agent), stream_key(agent))
+    head = script_head(TRIM, TRIM_SHA, keys, 2, by_sha=by_sha)
+    return head + bulk(session.encode()) + bulk(trim_minid(position).encode())
 
 
 class Delivery:
@@ -339,12 +352,13 @@ def _raw(value: object) -> bytes:
 
 
 class SessionScripts:
-    """``RESUME``, ``REASSERT`` and ``RELEASE`` on a redis-py client, and the trims
-    (one Redis or a cluster: each touches one agent's keys, on one slot)."""
+    """``RESUME``, ``TRIM``, ``REASSERT`` and ``RELEASE`` on a redis-py client (one
+    Redis or a cluster: each touches one agent's keys, on one slot)."""
 
     def __init__(self, client: Any) -> None:
         self._client = client
         self._resume = client.register_script(RESUME)
+        self._trim = client.register_script(TRIM)
         self._release = client.register_script(RELEASE)
         self._reassert = client.register_script(REASSERT)
 
@@ -366,12 +380,10 @@ class SessionScripts:
         keys = [session_key(agent)]
         return bool(await self._reassert(keys=keys, args=[session, epoch, conn, delivered]))
 
-    async def trim(self, agent: str, position: int, client: Any = None) -> None:
-        """Trim what a session acknowledged (``trim_command``); with ``client`` (a
-        pipeline), queued on it."""
-        trimmer = client or self._client
-        # Exactly: redis-py's default (``~``) drops only whole nodes of the stream.
-        await trimmer.xtrim(stream_key(agent), minid=trim_minid(position), approximate=False)
+    async def trim(self, agent: str, session: str, position: int, client: Any = None) -> None:
+        """``TRIM`` for one session; with ``client`` (a pipeline), queued on it."""
+        keys = [session_key(agent), stream_key(agent)]
+        await self._trim(keys=keys, args=[session, trim_minid(position)], client=client)
 
     async def release(self, items: Sequence[tuple[str, str]], window: float) -> None:
         window_ms = max(1, int(window * 1000))
