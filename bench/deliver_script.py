@@ -17,7 +17,6 @@ prints Redis' own ``usec_per_call`` (INFO commandstats), median of ``--runs``, f
 
 import argparse
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -26,10 +25,10 @@ from pathlib import Path
 import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.scratch_redis import scratch_redis
 from bushub.broker.sessionscripts import DELIVER
 from buswire import Format
 from buswire.relayframe import pack_session_relay
-from tests.support.ports import free_port
 
 KEYS = ("bushub:session:{b}", "bushub:stream:{b}", "bushub:relayed:{b}")
 CHANNEL = "bushub:msg:{b}"
@@ -94,20 +93,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="260,1400", help="payload bytes (task, audio)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
-    port = free_port()
-    server = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        client = redis.Redis(port=port)
-        for _ in range(50):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.1)
+    with scratch_redis() as client:
         rows: list[tuple[str, list[float]]] = []
 
         def scripted(script: str, size: int) -> Callable[[redis.client.Pipeline, int], None]:
@@ -141,9 +127,6 @@ def main() -> None:
                         args.messages, session=False)
                 for _ in range(args.runs)) for size in sizes],
         ))  # fmt: skip
-    finally:
-        server.terminate()
-        server.wait()
     print("| variant | " + " | ".join(f"µs/msg, {s} B" for s in sizes) + " |")
     print("| --- |" + " ---: |" * len(sizes))
     for name, values in rows:

@@ -14,16 +14,14 @@ ran), median of ``--runs``.
 
 import argparse
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.scratch_redis import scratch_redis
 from bushub.broker.sessionscripts import TRIM, trim_minid
-from tests.support.ports import free_port
 
 # The trim as nodes ran it until 2026-12-06: the baseline.
 SCRIPT_TRIM = """
@@ -94,20 +92,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--per", default="8,64", help="entries trimmed per acknowledgement")
     args = parser.parse_args()
-    port = free_port()
-    server = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        client = redis.Redis(port=port)
-        for _ in range(50):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.1)
+    with scratch_redis() as client:
         sizes = [int(n) for n in args.per.split(",")]
         print("| trim | " + " | ".join(f"µs/trim, {n} entries" for n in sizes) + " |")
         print("| --- |" + " ---: |" * len(sizes))
@@ -123,9 +108,6 @@ def main() -> None:
                 for n in sizes
             ]
             print(f"| {name} | " + " | ".join(f"{v:.1f}" for v in row) + " |")
-    finally:
-        server.terminate()
-        server.wait()
 
 
 if __name__ == "__main__":

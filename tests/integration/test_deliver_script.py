@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from bushub.broker.sessionscripts import DELIVER, SessionLimits
+from bushub.broker.sessionscripts import DELIVER, TRIM, SessionLimits, trim_minid
 from buswire import Format
 from buswire.channels import message_channel, relayed_key, session_key, stream_key
 from buswire.relayframe import as_resent, pack_relay, pack_session_relay, sender_of
@@ -37,6 +37,12 @@ def deliver(client: redis.Redis, frame: bytes, limits: SessionLimits | None = No
     keys = (session_key(AGENT), stream_key(AGENT), relayed_key(AGENT))
     args = ("PUBLISH", message_channel(AGENT), limits.messages, limits.bytes)
     return int(client.eval(DELIVER, 3, *keys, *args, limits.window_ms, frame))
+
+
+def trim(client: redis.Redis, position: int, session: str = "S-b") -> None:
+    """An acknowledgement of every position up to ``position``, as a node passes it on."""
+    keys = (session_key(AGENT), stream_key(AGENT))
+    client.eval(TRIM, 2, *keys, session, trim_minid(position))
 
 
 def hold(client: redis.Redis) -> None:
@@ -117,15 +123,17 @@ def test_transient_and_resent_frames_are_not_kept_but_count_as_relayed(
 
 
 def test_a_trim_frees_room_that_the_byte_bound_counts_again(client: redis.Redis) -> None:
-    """An acknowledgement trims with a bare ``XTRIM``, which leaves ``kept`` as it
-    was (an upper bound): over the byte bound the script counts what the stream holds
-    before dropping anything, so nothing is dropped for room a trim freed."""
+    """An acknowledgement's ``TRIM`` only trims, and leaves ``kept`` as it was (an
+    upper bound): over the byte bound the script counts what the stream holds before
+    dropping anything, so nothing is dropped for room a trim freed."""
     hold(client)
     size = len(from_session(1, b"x" * 50))
     limits = SessionLimits(120.0, 1000, 4 * size)
     for p in range(1, 5):
         deliver(client, from_session(p, b"x" * 50), limits)
-    client.xtrim(stream_key(AGENT), minid="0-4", approximate=False)  # 1-3 acknowledged
+    trim(client, 3, session="S-a")  # another session's: nothing trimmed
+    assert [p for p, _ in kept(client)] == [1, 2, 3, 4]
+    trim(client, 3)
     assert int(session(client)["kept"]) == 4 * size, "not lowered by the trim"
     for p in range(5, 8):
         deliver(client, from_session(p, b"x" * 50), limits)
@@ -170,7 +178,7 @@ def test_over_the_count_bound_alone_the_stream_is_not_summed(client: redis.Redis
     limits = SessionLimits(120.0, 3, 1 << 20)
     for p in range(1, 4):
         deliver(client, from_session(p), limits)
-    client.xtrim(stream_key(AGENT), minid="0-2", approximate=False)  # 1 acknowledged
+    trim(client, 1)
     deliver(client, from_session(4), limits)
     before = _xrange_calls(client)
     deliver(client, from_session(5), limits)
