@@ -52,13 +52,19 @@ def client_frame(opcode: int, payload: bytes) -> bytes:
     return bytes((0x80 | opcode, 0x80 | len(payload))) + mask + masked
 
 
-def _status(head: bytes) -> tuple[int, str]:
-    """Status code and reason of a response head (``HTTP/1.1 101 Switching ...``)."""
-    line = head.split(b"\r\n", 1)[0]
+def _status(head: bytes) -> tuple[int, str, Headers]:
+    """Status code, reason and headers of a response head (``HTTP/1.1 101 ...``): a
+    refusal's ``Retry-After`` reaches the proxies' policy as a real proxy's would."""
+    line, *fields = head.split(b"\r\n")
     parts = line.split(b" ", 2)
     if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
         raise EOFError(f"not an HTTP response: {line[:80]!r}")
-    return int(parts[1]), (parts[2] if len(parts) > 2 else b"").decode("latin-1")
+    headers = Headers()
+    for field in fields:
+        name, sep, value = field.partition(b":")
+        if sep:
+            headers[name.decode("latin-1").strip()] = value.decode("latin-1").strip()
+    return int(parts[1]), (parts[2] if len(parts) > 2 else b"").decode("latin-1"), headers
 
 
 class RawSocket(asyncio.Protocol):
@@ -99,12 +105,12 @@ class RawSocket(asyncio.Protocol):
                 self._buf = buf
                 return
             try:
-                status, reason = _status(buf[:end])
+                status, reason, headers = _status(buf[:end])
             except EOFError as exc:
                 self._fail(exc)
                 return
             if status != 101:
-                self._fail(InvalidStatus(Response(status, reason, Headers())))
+                self._fail(InvalidStatus(Response(status, reason, headers)))
                 return
             self._upgraded = True
             self.opened.set_result(None)

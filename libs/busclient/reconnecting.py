@@ -170,10 +170,33 @@ def describe_close(websocket: ClientConnection, *, local: bool) -> Disconnect:
     return Disconnect(code=1006, reason="no close frame", local=local)
 
 
+# A Retry-After past this is taken as this (a misconfigured or hostile server must not
+# park a proxy for hours; ``max_delay`` caps it further).
+_MOST_RETRY_AFTER = 3600.0
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """A ``Retry-After`` header's delay in seconds; None when absent or not a number
+    of seconds (the HTTP-date form is not taken: clocks differ)."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return None
+    if not 0.0 <= seconds < float("inf"):
+        return None
+    return min(seconds, _MOST_RETRY_AFTER)
+
+
 def describe_failure(exc: BaseException) -> Disconnect:
     """How a handshake failed."""
     if isinstance(exc, InvalidStatus):
-        return Disconnect(status=exc.response.status_code)
+        response = exc.response
+        return Disconnect(
+            status=response.status_code,
+            retry_after=retry_after_seconds(response.headers.get("Retry-After")),
+        )
     if isinstance(exc, InvalidURI | ValueError):
         return Disconnect(error=f"{type(exc).__name__}: {exc}", fatal=True)
     return Disconnect(error=f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)

@@ -47,6 +47,8 @@ class Disconnect:
     reason: str = ""
     local: bool = False  # the proxy closed the socket itself (stop, cleanup)
     fatal: bool = False  # a handshake that can never succeed (a malformed URL)
+    # Seconds the server asked for (``Retry-After`` on a refused handshake).
+    retry_after: float | None = None
 
     def describe(self) -> str:
         """A short human-readable account, for logs."""
@@ -76,6 +78,9 @@ class ReconnectPolicy:
     factor in ``(1 - jitter, 1]``; ``jitter=1`` is "full jitter", ``0`` none. Clients
     closed together by a draining node so spread their reconnects instead of arriving
     at the load balancer in one burst.
+
+    A refused handshake that says ``Retry-After`` (seconds) waits at least that long,
+    up to half as long again, and never past ``max_delay``.
 
     Limits: an outage is given up after ``max_attempts`` failed attempts or
     ``max_elapsed`` seconds, whichever comes first (``None`` disables a limit). An
@@ -162,6 +167,12 @@ class ReconnectPolicy:
         if self.max_elapsed is not None and elapsed >= self.max_elapsed:
             return Decision(False, f"gave up after {elapsed:.1f}s; last: {why}")
         wait = self.delay(attempt, rng)
+        if disconnect.retry_after is not None:
+            # The server's word, at most max_delay, spread over half as long again:
+            # clients it refused together do not come back together.
+            asked = min(self.max_delay, disconnect.retry_after)
+            wait = max(wait, asked * (1.0 + 0.5 * rng.random()))
+            wait = min(wait, self.max_delay)
         if self.max_elapsed is not None:
             wait = min(wait, self.max_elapsed - elapsed)
         return Decision(True, why, max(0.0, wait))

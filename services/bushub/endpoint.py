@@ -209,14 +209,25 @@ class Refusal(Exception):
 
 
 _STATUS_TEXT = {401: "unauthorized", 403: "forbidden", 503: "unavailable"}
+# When a refused client should come back, for the refusals every node would answer
+# alike now: its accept budget (a reconnect storm reaches all of them) and the broker
+# (shared). A node that is not ready (draining, starting, cut off from the broker) or
+# full says nothing: behind a load balancer the client's next attempt, at once,
+# reaches another node (clients add their own jitter either way).
+_RETRY_AFTER = {"accept_rate": "1", "broker_refused": "1", "broker_unreachable": "1"}
+
+
+def retry_after(refusal: Refusal) -> str | None:
+    """The ``Retry-After`` a refusal is answered with, if any."""
+    return _RETRY_AFTER.get(refusal.reason) if refusal.status == 503 else None
 
 
 async def _refuse(websocket: WebSocket, hub: Hub, refusal: Refusal) -> None:
     """Answer the handshake with an HTTP status, before any upgrade."""
     hub.metrics.connections_refused.labels(refusal.reason).inc()
     log.info("refused %s: %s", websocket.url.path, refusal.reason)
-    # 503s are all "not now": say when to try again (clients add their own jitter).
-    headers = {"Retry-After": "1"} if refusal.status == 503 else None
+    wait = retry_after(refusal)
+    headers = {"Retry-After": wait} if wait is not None else None
     await websocket.send_denial_response(
         PlainTextResponse(_STATUS_TEXT.get(refusal.status, "refused"), refusal.status, headers)
     )

@@ -17,6 +17,7 @@ from busclient.reconnecting import (
     ReconnectPolicy,
     describe_failure,
     merge_codes,
+    retry_after_seconds,
 )
 
 POLICY = ReconnectPolicy()
@@ -153,6 +154,64 @@ def test_jitter_is_repeatable_with_a_seeded_source() -> None:
 
 def test_a_very_long_outage_does_not_overflow() -> None:
     assert ReconnectPolicy(jitter=0).delay(100_000, RNG) == POLICY.max_delay
+
+
+# ---- Retry-After --------------------------------------------------------------------
+
+
+def _refused(status: int, *headers: tuple[str, str]) -> InvalidStatus:
+    return InvalidStatus(Response(status, "Service Unavailable", Headers(list(headers)), b""))
+
+
+def test_a_refusal_says_when_to_come_back() -> None:
+    assert describe_failure(_refused(503, ("Retry-After", "1"))) == Disconnect(
+        status=503, retry_after=1.0
+    )
+    assert describe_failure(_refused(429, ("Retry-After", " 2.5 "))).retry_after == 2.5
+    assert describe_failure(_refused(503)).retry_after is None
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("0", 0.0),
+        ("120", 120.0),
+        ("86400000", 3600.0),  # a server must not park a proxy for ever
+        ("Wed, 21 Oct 2026 07:28:00 GMT", None),  # the date form: clocks differ
+        ("-1", None),
+        ("nan", None),
+        ("inf", None),
+        ("", None),
+    ],
+)
+def test_retry_after_is_read_as_seconds_or_not_at_all(value: str, seconds: float | None) -> None:
+    assert retry_after_seconds(value) == seconds
+
+
+def test_the_wait_is_at_least_what_the_server_asked_and_spread() -> None:
+    """Clients refused together wait at least Retry-After, up to half as long again, so
+    that they do not come back together."""
+    policy = ReconnectPolicy(initial_delay=0.2, max_delay=10.0, jitter=0.5)
+    refused = Disconnect(status=503, retry_after=1.0)
+    rng = random.Random(5)
+    waits = [policy.decide(refused, 1, 0.0, rng).delay for _ in range(500)]
+    assert min(waits) >= 1.0 and max(waits) <= 1.5
+    assert max(waits) - min(waits) > 0.4, "spread over the band"
+    # A longer backoff of its own still wins: Retry-After is a floor.
+    assert policy.decide(refused, 8, 0.0, rng).delay > 1.5
+
+
+def test_retry_after_stays_within_the_policys_limits() -> None:
+    capped = ReconnectPolicy(initial_delay=0.1, max_delay=0.5, jitter=0.0)
+    assert capped.decide(Disconnect(status=503, retry_after=30.0), 1, 0.0, RNG).delay == 0.5
+    clipped = ReconnectPolicy(max_delay=10.0, max_elapsed=3.0)
+    last = clipped.decide(Disconnect(status=503, retry_after=5.0), 2, 2.0, RNG)
+    assert last.retry and last.delay == pytest.approx(1.0)
+
+
+def test_a_refusal_without_retry_after_keeps_the_backoff() -> None:
+    policy = ReconnectPolicy(initial_delay=0.2, jitter=0.0)
+    assert policy.decide(Disconnect(status=503), 1, 0.0, RNG).delay == 0.2
 
 
 # ---- limits -----------------------------------------------------------------------

@@ -127,11 +127,14 @@ async def poll_readyz(node: OpsNode, log: list[tuple[float, float, int | str]]) 
 
 
 async def try_new_socket(node: OpsNode) -> str:
-    """Open a socket on a draining node: 'http-503', 'connection-refused' or 'accepted'."""
+    """Open a socket on a draining node: 'http-503', 'connection-refused' or 'accepted'
+    ('+retry-after' when the refusal asks the client to wait: a draining node must not,
+    the next attempt through a load balancer reaches another node)."""
     try:
         ws = await ws_connect(node.ws_url("late", peer="y", format="json"))
     except InvalidStatus as exc:
-        return f"http-{exc.response.status_code}"
+        wait = "+retry-after" if exc.response.headers.get("Retry-After") else ""
+        return f"http-{exc.response.status_code}{wait}"
     except OSError:
         return "connection-refused"
     await ws.close()

@@ -7,15 +7,17 @@ foreign origins are refused before the upgrade.
 """
 
 import asyncio
+import random
 import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
+from busclient.reconnecting import Disconnect, ReconnectingLink, ReconnectPolicy
 from tests.integration.procs import TIMEOUT
 from tests.security.conftest import (
     ACCEPT_RATE,
@@ -143,6 +145,10 @@ async def test_max_connections_refuses_past_the_cap_with_503(cap_hub: SecureHub)
     held = [await Peer.connect(cap_hub, f"cap-{i}") for i in range(MAX_CONNECTIONS)]
     try:
         await assert_refused(cap_hub, "cap-extra", 503, "over_capacity")
+        with pytest.raises(InvalidStatus) as full:
+            await Peer.connect(cap_hub, "cap-extra")
+        # Behind a load balancer another node may have room: no reason to wait.
+        assert full.value.response.headers.get("Retry-After") is None
         # A takeover is a new socket too.
         await assert_refused(cap_hub, "cap-0", 503, "over_capacity")
         assert all(not peer.closed for peer in held)
@@ -242,6 +248,59 @@ async def test_handshakes_past_the_accept_rate_get_503_with_retry_after(
         await asyncio.sleep(1.0)
         await assert_accepted(rate_hub, "storm-later")
     finally:
+        await asyncio.gather(*(ws.close() for ws in held))
+
+
+class _LinkEvents:
+    """A reconnecting link's hooks, recording its waits and its connection."""
+
+    def __init__(self) -> None:
+        self.waits: list[tuple[Disconnect, float]] = []
+        self.connected = asyncio.Event()
+
+    async def link_connected(self, websocket: ClientConnection, first: bool, attempts: int) -> None:
+        self.connected.set()
+
+    async def link_frame(self, data: bytes | str) -> None:
+        pass
+
+    async def link_resumed(self, result: str, epoch: str) -> None:
+        pass
+
+    async def link_reconnecting(self, disconnect: Disconnect, attempt: int, delay: float) -> None:
+        self.waits.append((disconnect, delay))
+
+    async def link_gave_up(
+        self, websocket: ClientConnection | None, disconnect: Disconnect, reason: str
+    ) -> None:
+        pass
+
+
+async def test_a_reconnecting_proxy_refused_in_a_storm_waits_what_the_hub_asks(
+    rate_hub: SecureHub,
+) -> None:
+    """Past the accept rate the hub answers ``Retry-After: 1``: the reconnecting link
+    waits at least that, not its own 50 ms backoff, and is taken when it comes back."""
+    held = []
+    try:
+        for n in range(3 * ACCEPT_RATE):  # the accept budget, used up
+            held.append(await connect(ws_url(rate_hub, f"fill-{n}"), open_timeout=TIMEOUT))
+    except InvalidStatus:
+        pass
+    events = _LinkEvents()
+    policy = ReconnectPolicy(initial_delay=0.05, max_delay=5.0, jitter=0.0, max_elapsed=20.0)
+    link = ReconnectingLink(
+        ws_url(rate_hub, "patient"), events, policy=policy, rng=random.Random(0)
+    )
+    task = asyncio.create_task(link.run())
+    try:
+        await asyncio.wait_for(events.connected.wait(), 10.0)
+        refused, wait = events.waits[0]
+        assert (refused.status, refused.retry_after) == (503, 1.0)
+        assert 1.0 <= wait <= 1.5
+    finally:
+        await link.close()
+        await asyncio.wait_for(task, 5)
         await asyncio.gather(*(ws.close() for ws in held))
 
 

@@ -32,7 +32,8 @@ async def _dial(port: int, path: str, got: list[bytes]) -> RawSocket:
 
 async def _with_server(test: Callable[[int, list[object]], Awaitable[None]]) -> None:
     """Run ``test(port, seen)`` against a websockets server: ``/talk`` sends frames,
-    pings and closes 4002; ``/busy`` is refused 503; other paths read until closed."""
+    pings and closes 4002; ``/busy`` is refused 503 with ``Retry-After: 1``; other
+    paths read until closed."""
     seen: list[object] = []
 
     async def handler(ws: ServerConnection) -> None:
@@ -50,7 +51,7 @@ async def _with_server(test: Callable[[int, list[object]], Awaitable[None]]) -> 
 
     def refuse(_: ServerConnection, request: Request) -> Response | None:
         if request.path == "/busy":
-            return Response(503, "Service Unavailable", Headers())
+            return Response(503, "Service Unavailable", Headers({"Retry-After": "1"}))
         return None
 
     async with serve(handler, "127.0.0.1", 0, process_request=refuse) as srv:
@@ -94,6 +95,7 @@ def test_a_refused_upgrade_raises_what_the_proxies_retry(run: Runner) -> None:
             await _dial(port, "/busy", [])
         disconnect = describe_failure(refused.value)
         assert disconnect.status == 503
+        assert disconnect.retry_after == 1.0, "the storm's sockets wait as the proxies do"
         assert ReconnectPolicy().classify(disconnect)[0]
 
     run(_with_server(test))

@@ -108,6 +108,8 @@ async def test_a_claim_never_seen_back_refuses_the_socket() -> None:
         with pytest.raises(InvalidStatus) as refused:
             await node.connect("a")
         assert refused.value.response.status_code == 503
+        # The broker is every node's: the next node would answer the same now.
+        assert refused.value.response.headers.get("Retry-After") == "1"
         assert node.metric("bushub_connections_refused_total", reason="broker_unreachable") == 1
         assert node.hub.connection_count == 0
         assert len(node.hub.presence.claims) == 0
