@@ -883,7 +883,9 @@ def _storm_section(storms: list[dict[str, Any]], skipped: str | None) -> list[st
             f"outage waits min({p.get('max_delay'):g}, {p.get('initial_delay'):g} * "
             f"{p.get('multiplier'):g}^(n-1)) s times a random factor in "
             f"({1 - p.get('jitter', 0):g}, 1], a handshake may take {_f(m['open_timeout'], 0)} s, "
-            "an HTTP 5xx or a network failure is retried the same way, and a client gives up "
+            "an HTTP 5xx or a network failure is retried the same way (after a refusal "
+            "with `Retry-After`, at least that long and up to half as long again), and a "
+            "client gives up "
             f"{p.get('max_elapsed'):g} s after its loss. The survivor is picked "
             + (
                 "by the client's index (each pair split across the two)"
