@@ -56,6 +56,8 @@ class Disconnect:
             text = f"close {self.code}"
             return f"{text} ({self.reason})" if self.reason else text
         if self.status is not None:
+            if self.retry_after is not None:
+                return f"HTTP {self.status}, retry after {self.retry_after:g}s"
             return f"HTTP {self.status}"
         return f"handshake failed: {self.error or 'unknown error'}"
 

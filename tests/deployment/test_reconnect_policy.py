@@ -169,6 +169,10 @@ def test_a_refusal_says_when_to_come_back() -> None:
     )
     assert describe_failure(_refused(429, ("Retry-After", " 2.5 "))).retry_after == 2.5
     assert describe_failure(_refused(503)).retry_after is None
+    assert POLICY.classify(Disconnect(status=503, retry_after=1.0)) == (
+        True,
+        "server unavailable (HTTP 503, retry after 1s)",
+    )
 
 
 @pytest.mark.parametrize(
