@@ -1,6 +1,7 @@
 """The raw publish connection against a real redis-server, on asyncio and uvloop: the
 fast path keeps order and coalesces one iteration's commands into one write, error
-replies answer only their own command, a lost connection hands every unacknowledged
+replies answer only their own command, a command answered by a callback is answered
+as its reply is read, a lost connection hands every unacknowledged
 message back in order, a stalled Redis is given up on, and a retired connection gets
 its replies before it closes."""
 
@@ -133,6 +134,49 @@ def test_an_error_reply_answers_only_its_own_command(redis: FaultRedis, loop: st
         # Still in step: the connection stays up and answers the next batch.
         assert await conn.publish_many([("ok:4", b"d")]) == [0]
         assert conn.is_open and lost == []
+        await conn.close()
+
+    run(loop, scenario())
+
+
+def test_a_command_answered_by_a_callback_is_answered_in_order_as_read(
+    redis: FaultRedis, loop: str
+) -> None:
+    """``command_nowait``: the reply reaches the callback in the order written, from
+    the read itself (a future's done callback would run a turn of the loop later,
+    after the publish written behind it); an error reply and the connection's end
+    reach it too, and a callback that raises leaves the connection in step."""
+
+    async def scenario() -> None:
+        conn, lost = connection(redis)
+        await conn.connect()
+        order: list[object] = []
+        assert conn.command_nowait(b"*1\r\n$4\r\nPING\r\n", order.append)
+        assert conn.publish_nowait("c", b"x", lambda n: order.append(("published", n)))
+        await until(lambda: len(order) == 2, "both replies")
+        assert order == [b"PONG", ("published", 0)]
+
+        def boom(_: object) -> None:
+            raise RuntimeError("the owner's bug")
+
+        assert conn.command_nowait(b"*1\r\n$4\r\nNOPE\r\n", order.append)
+        assert conn.command_nowait(b"*1\r\n$4\r\nPING\r\n", boom)
+        assert conn.publish_nowait("c", b"y", lambda n: order.append(("published", n)))
+        await until(lambda: len(order) == 4, "the error reply and the publish behind")
+        assert classify(order[2]) is ErrorKind.OTHER and "unknown command" in str(order[2])
+        assert order[3] == ("published", 0) and conn.is_open
+
+        redis.signal(signal.SIGSTOP)
+        ended: list[object] = []
+        assert conn.command_nowait(b"*1\r\n$4\r\nPING\r\n", ended.append)
+        await asyncio.sleep(0.1)
+        redis.signal(signal.SIGKILL)
+        await off_loop(redis.wait)
+        await until(lambda: bool(ended), "the end of the connection")
+        assert isinstance(ended[0], ConnectionError)
+        assert all(batch == [] for batch in lost), "no publish was owed"
+        assert not conn.command_nowait(b"*1\r\n$4\r\nPING\r\n", ended.append)
+        await off_loop(redis.restart)
         await conn.close()
 
     run(loop, scenario())

@@ -530,16 +530,7 @@ class RedisBroker(Broker):
     def _trim_nowait(
         publisher: PublishConnection, agent: str, session: str, position: int, *, by_sha: bool
     ) -> bool:
-        command = trim_command(agent, session, position, by_sha=by_sha)
-        future = publisher.request_nowait(command, 1)
-        if future is None:
-            return False
-
-        def done(future: "asyncio.Future[list[Any]]") -> None:
-            if future.cancelled():
-                return
-            exc = future.exception()
-            reply = exc if exc is not None else future.result()[0]
+        def done(reply: Any) -> None:
             if not isinstance(reply, Exception):
                 return
             if by_sha and classify(reply) is ErrorKind.NOSCRIPT:
@@ -549,8 +540,8 @@ class RedisBroker(Broker):
             # Kept a while longer; the session's next acknowledgement trims it.
             log.debug("could not trim the session stream of %s: %s", agent, reply)
 
-        future.add_done_callback(done)
-        return True
+        command = trim_command(agent, session, position, by_sha=by_sha)
+        return publisher.command_nowait(command, done)
 
     @staticmethod
     async def _ack_raw(publisher: PublishConnection, items: Sequence[tuple[str, str, int]]) -> None:

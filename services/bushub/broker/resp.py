@@ -17,7 +17,7 @@ from typing import Any
 
 from bushub.broker.base import PartialPublish, PublishDone
 from bushub.broker.credentials import Credentials
-from bushub.broker.respconn import Replies, ReplyError, RespConnection, open_connection
+from bushub.broker.respconn import ReplyCallback, ReplyError, RespConnection, open_connection
 from bushub.broker.sessionscripts import Delivery
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,8 @@ def encode_publish(command: bytes, channel: bytes, data: bytes) -> bytes:
 
 class _Connection(RespConnection):
     """One publish connection. ``waiting`` holds a FastItem per fast-path message and
-    a Replies per group awaited together, in the order written."""
+    a Replies per group awaited together (a ReplyCallback per command answered by a
+    callback), in the order written."""
 
     what = "publish"
 
@@ -122,15 +123,14 @@ class _Connection(RespConnection):
             self._flush_scheduled = True
             self._loop.call_soon(self.flush)
 
-    def buffer_request(self, commands: bytes, size: int) -> "asyncio.Future[list[Any]]":
-        """``request``, written with the rest of this iteration's commands."""
-        future: asyncio.Future[list[Any]] = self._loop.create_future()
-        self.waiting.append(Replies(size, future))
-        self.out.append(commands)
+    def buffer_command(self, command: bytes, on_reply: Callable[[Any], None]) -> None:
+        """One command, written with the rest of this iteration's; ``on_reply`` gets
+        its reply (or the connection's end) as it arrives."""
+        self.waiting.append(ReplyCallback(on_reply))
+        self.out.append(command)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self.flush)
-        return future
 
     def write(self, data: bytes) -> None:
         """Write now, after anything buffered: the FIFO's order is the wire's."""
@@ -336,14 +336,16 @@ class PublishConnection:
         conn = await self._open()
         return await conn.request(commands, size)
 
-    def request_nowait(self, commands: bytes, size: int) -> "asyncio.Future[list[Any]] | None":
-        """``request`` without waiting for a connection: written with this
-        event-loop iteration's publishes, in their order; None (nothing written)
-        when not connected."""
+    def command_nowait(self, command: bytes, on_reply: Callable[[Any], None]) -> bool:
+        """One command other than a publish, without waiting for a connection:
+        written with this event-loop iteration's publishes, in their order, its reply
+        (an error reply or a ``ConnectionError`` among them) handed to ``on_reply``
+        as it arrives; False (nothing written) when not connected."""
         conn = self._conn
         if conn is None or not conn.ready:
-            return None
-        return conn.buffer_request(commands, size)
+            return False
+        conn.buffer_command(command, on_reply)
+        return True
 
     def retire(self) -> None:
         """Take no more fast-path messages; close once the replies owed are in.
