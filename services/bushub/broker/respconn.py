@@ -84,8 +84,8 @@ class Replies:
 
 class ReplyCallback:
     """One command's raw reply handed to a function as it arrives (or the error that
-    ended the connection first). No future: a future's done callbacks run a turn of
-    the event loop later, a turn per reply for commands sent hundreds a second."""
+    ended the connection first), for a reply nobody awaits: no future to make, and
+    nothing left for a later turn of the event loop."""
 
     __slots__ = ("callback",)
 
