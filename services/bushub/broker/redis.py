@@ -36,12 +36,13 @@ from bushub.broker.resp import FastItem, PublishConnection
 from bushub.broker.respconn import ReplyError, encode_command
 from bushub.broker.sessionscripts import (
     DELIVER,
+    TRIM_SCRIPT,
     Delivery,
     Resumed,
     SessionLimits,
     SessionScripts,
     agent_of,
-    trim_command,
+    trim_call,
 )
 from bushub.broker.subscriber import Subscriber
 
@@ -540,26 +541,17 @@ class RedisBroker(Broker):
             # Kept a while longer; the session's next acknowledgement trims it.
             log.debug("could not trim the session stream of %s: %s", agent, reply)
 
-        command = trim_command(agent, session, position, by_sha=by_sha)
+        command = TRIM_SCRIPT.call(*trim_call(agent, session, position), by_sha=by_sha)
         return publisher.command_nowait(command, done)
 
     @staticmethod
     async def _ack_raw(publisher: PublishConnection, items: Sequence[tuple[str, str, int]]) -> None:
-        """``TRIM`` every session on the publish connection (trimming twice is
-        harmless: what was sent again after NOSCRIPT cannot have run)."""
-        commands = b"".join(trim_command(a, s, p, by_sha=True) for a, s, p in items)
-        replies = await publisher.request(commands, len(items))
-        again = [
-            item
-            for item, reply in zip(items, replies, strict=True)
-            if isinstance(reply, Exception) and classify(reply) is ErrorKind.NOSCRIPT
-        ]
-        if again:
-            commands = b"".join(trim_command(a, s, p, by_sha=False) for a, s, p in again)
-            replies = await publisher.request(commands, len(again))
-        refused = next((r for r in replies if isinstance(r, Exception)), None)
+        """``TRIM`` every session on the publish connection, in one round trip (two
+        after NOSCRIPT)."""
+        replies = await TRIM_SCRIPT.run_many(publisher, [trim_call(*item) for item in items])
+        refused = next((r for r in replies if isinstance(r, BrokerRefused)), None)
         if refused is not None:
-            raise BrokerRefused(refused)
+            raise refused
 
     async def release_sessions(self, items: Sequence[tuple[str, str]], window: float) -> None:
         with unreachable_as_connection_error():

@@ -50,7 +50,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bushub.broker.rawscripts import bulk, script_head
+from bushub.broker.rawscripts import Script, bulk, script_head
 from buswire.channels import relayed_key, session_key, stream_key
 
 # How long after a session was put back (Redis had lost it) a copy sent again after
@@ -204,7 +204,8 @@ return 1
 """
 
 DELIVER_SHA = hashlib.sha1(DELIVER.encode()).hexdigest().encode()
-TRIM_SHA = hashlib.sha1(TRIM.encode()).hexdigest().encode()
+# ``TRIM`` over a raw connection (its NOSCRIPT retry with it).
+TRIM_SCRIPT = Script(TRIM)
 _MESSAGE_PREFIX = b"bushub:msg:{"
 _PREFIXES_KEPT = 4096
 
@@ -240,17 +241,11 @@ def trim_minid(position: int) -> str:
     return f"0-{position + 1}"
 
 
-def trim_command(agent: str, session: str, position: int, *, by_sha: bool) -> bytes:
-    """``TRIM`` for one session in RESP, for a publish connection (a node's trims
-    cost it a few microseconds each there, where redis-py's pipeline cost tens).
-
-    Args:
-        by_sha: ``EVALSHA``, else ``EVAL`` with the script's text (for a Redis that
-            answered NOSCRIPT: its script cache was emptied by a restart).
-    """
-    keys = (session_key(agent), stream_key(agent))
-    head = script_head(TRIM, TRIM_SHA, keys, 2, by_sha=by_sha)
-    return head + bulk(session.encode()) + bulk(trim_minid(position).encode())
+def trim_call(agent: str, session: str, position: int) -> tuple[tuple[str, str], tuple[str, str]]:
+    """``TRIM``'s keys and arguments for one session, for ``TRIM_SCRIPT`` on a
+    publish connection (a node's trims cost it a few microseconds each there, where
+    redis-py's pipeline cost tens)."""
+    return (session_key(agent), stream_key(agent)), (session, trim_minid(position))
 
 
 class Delivery:
