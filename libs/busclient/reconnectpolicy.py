@@ -170,11 +170,10 @@ class ReconnectPolicy:
             return Decision(False, f"gave up after {elapsed:.1f}s; last: {why}")
         wait = self.delay(attempt, rng)
         if disconnect.retry_after is not None:
-            # The server's word, at most max_delay, spread over half as long again:
-            # clients it refused together do not come back together.
-            asked = min(self.max_delay, disconnect.retry_after)
-            wait = max(wait, asked * (1.0 + 0.5 * rng.random()))
-            wait = min(wait, self.max_delay)
+            # The server's word, spread over half as long again (clients it refused
+            # together do not come back together), at most max_delay.
+            asked = disconnect.retry_after * (1.0 + 0.5 * rng.random())
+            wait = min(self.max_delay, max(wait, asked))
         if self.max_elapsed is not None:
             wait = min(wait, self.max_elapsed - elapsed)
         return Decision(True, why, max(0.0, wait))
