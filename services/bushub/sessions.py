@@ -437,12 +437,16 @@ class Sessions:
         if now - session.trimmed_at >= TRIM_SPACING and self._broker.ack_session_nowait(
             conn.agent, session.id, session.proxy_acked
         ):
-            session.trimmed_at = now
-            session.proxy_acked_sent = session.proxy_acked
-            self._trims_due.discard(conn)
+            self._trim_passed_on(conn, session, now)
             return
         self._trims_due.add(conn)
         self._arm()
+
+    def _trim_passed_on(self, conn: Connection, session: Session, now: float) -> None:
+        """Everything the proxy acknowledged is on its way to Redis as of ``now``."""
+        session.trimmed_at = now
+        session.proxy_acked_sent = session.proxy_acked
+        self._trims_due.discard(conn)
 
     def _arm(self) -> None:
         # One timer for every socket of the node: a timer each would wake an idle
@@ -469,9 +473,7 @@ class Sessions:
             if session is None or session.proxy_acked <= session.proxy_acked_sent:
                 self._trims_due.discard(conn)
             elif session.trimmed_at <= trim_since:
-                self._trims_due.discard(conn)
-                session.proxy_acked_sent = session.proxy_acked
-                session.trimmed_at = now
+                self._trim_passed_on(conn, session, now)
                 to_redis.append((conn.agent, session.id, session.proxy_acked))
         if to_redis:
             self._spawn(self._trim(to_redis))
