@@ -9,10 +9,12 @@ import contextlib
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -108,17 +110,31 @@ class RedisServer(Service):
     Args:
         auth: Lock it with a password or an ACL user; its ``url`` then carries the
             hub's credentials.
+        unix_socket: Listen on a unix socket too (``unix_url``), in a directory of
+            its own: a test's tmp path can pass the 107 bytes a socket path may hold.
     """
 
-    def __init__(self, log_path: Path, auth: RedisAuth | None = None) -> None:
+    def __init__(
+        self, log_path: Path, auth: RedisAuth | None = None, *, unix_socket: bool = False
+    ) -> None:
         super().__init__("redis", log_path)
         self.port = free_port()
         self.auth = auth
+        self.socket_path: Path | None = None
+        if unix_socket:
+            self.socket_path = Path(tempfile.mkdtemp(prefix="bushub-redis-")) / "redis.sock"
 
     @property
     def url(self) -> str:
         userinfo = self.auth.userinfo() if self.auth else ""
         return f"redis://{userinfo}127.0.0.1:{self.port}/0"
+
+    @property
+    def unix_url(self) -> str:
+        """The same server through its unix socket (redis-py's links, not the raw ones)."""
+        assert self.socket_path is not None, "started without unix_socket=True"
+        userinfo = self.auth.userinfo() if self.auth else ""
+        return f"unix://{userinfo}{self.socket_path}?db=0"
 
     def auth_args(self) -> list[str]:
         """redis-server options that lock it (none when open)."""
@@ -126,8 +142,16 @@ class RedisServer(Service):
 
     def start(self) -> None:
         argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
+        if self.socket_path is not None:
+            self.socket_path.parent.mkdir(exist_ok=True)  # removed by an earlier stop()
+            argv += ["--unixsocket", str(self.socket_path), "--unixsocketperm", "700"]
         self._spawn([*argv, "--save", "", "--appendonly", "no", *self.auth_args()])
         wait_until(self._pong, TIMEOUT, what="PONG", proc=self)
+
+    def stop(self) -> None:
+        super().stop()
+        if self.socket_path is not None:
+            shutil.rmtree(self.socket_path.parent, ignore_errors=True)
 
     def cli(self, *args: str) -> str:
         """Run one redis-cli command against this server."""

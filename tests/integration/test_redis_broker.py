@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
+from redis.exceptions import RedisError
 
 from bushub.broker.base import PartialPublish
 from bushub.broker.redis import RedisBroker
@@ -221,6 +222,60 @@ def test_a_unix_socket_url_keeps_redis_pys_pubsub(tmp_path: Path, loop: str) -> 
     finally:
         proc.terminate()
         proc.wait(TIMEOUT)
+
+
+@pytest.mark.parametrize("transport", ["raw", "redis-py"])
+def test_a_refused_subscription_is_reported_and_the_rest_keep_delivering(
+    tmp_path: Path, loop: str, transport: str
+) -> None:
+    """An ACL refuses a channel subscribed at runtime (Redis' error names no channel).
+    On either link (the raw one for ``redis://``, redis-py's PubSub for unix sockets
+    and TLS) the refusal is reported, the channels already held keep delivering on
+    the same connection (the broker never goes down), confirming the subscriptions
+    raises the refusal until the ACL allows the channel, and then the channel is
+    heard."""
+    redis = FaultRedis(tmp_path / "redis.log", unix_socket=True)
+    redis.start()
+    url = redis.url if transport == "raw" else redis.unix_url
+
+    async def scenario() -> None:
+        broker = RedisBroker(url, control_channel="bushub:node:t")
+        got: list[tuple[str, bytes]] = []
+        states: list[bool] = []
+        refused: list[Exception] = []
+        broker.set_handlers(lambda c, d: got.append((c, d)), states.append)
+        broker.on_subscribe_refused = refused.append
+        await broker.start()
+        await broker.subscribe("t:a")
+        await broker.confirm_subscriptions()
+        await off_loop(
+            lambda: redis.cli("ACL", "SETUSER", "default", "resetchannels", "&bushub:*", "&t:a")
+        )
+
+        await broker.subscribe("t:b")
+        await until(lambda: bool(refused), "the refusal reported")
+        assert classify(refused[0]) is ErrorKind.NOPERM
+        assert await broker.publish_many([("t:a", b"1")]) == [1]
+        await until(lambda: got == [("t:a", b"1")], "t:a's message")
+        with pytest.raises(RedisError) as still:
+            await broker.confirm_subscriptions()
+        assert classify(still.value) is ErrorKind.NOPERM
+        assert await broker.publish_many([("t:a", b"2")]) == [1]
+        await until(lambda: got[-1:] == [("t:a", b"2")], "t:a's message after the probe")
+
+        await off_loop(lambda: redis.cli("ACL", "SETUSER", "default", "allchannels"))
+        await broker.confirm_subscriptions()
+        assert await broker.publish_many([("t:b", b"3"), ("t:a", b"4")]) == [1, 1]
+        await until(lambda: len(got) == 4, "both channels' messages")
+        assert got == [("t:a", b"1"), ("t:a", b"2"), ("t:b", b"3"), ("t:a", b"4")]
+        assert states == [True], "the connection was never given up"
+        assert len(refused) == 1, "a probe's refusal is its caller's, not reported again"
+        await broker.close()
+
+    try:
+        run(loop, scenario())
+    finally:
+        redis.stop()
 
 
 def test_error_replies_reach_the_caller_classified(redis: FaultRedis, loop: str) -> None:

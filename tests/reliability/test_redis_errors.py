@@ -30,10 +30,15 @@ REFUSED_WRITE = "WARNING bushub.brokerhealth redis refused presence_write (oom):
 REFUSED_SUBSCRIBE = "WARNING bushub.brokerhealth redis refused subscribe (noperm): "
 
 
-def acl_node(faults: Faults, node_id: str, url: str | None = None, **flags: object) -> FaultNode:
-    """A node that logs in to the suite's Redis as ``ACL_USER`` (or to ``url``)."""
+def acl_node(
+    faults: Faults, node_id: str, url: str | None = None, *, unix: bool = False, **flags: object
+) -> FaultNode:
+    """A node that logs in to the suite's Redis as ``ACL_USER`` (or to ``url``), over
+    TCP (the raw links) or, ``unix``, its unix socket (redis-py's links)."""
     if url is None:
-        url = f"redis://{ACL_USER}:{ACL_PASSWORD}@127.0.0.1:{faults.start_redis().port}/0"
+        redis = faults.start_redis(unix_socket=unix)
+        where = f"{redis.socket_path}?db=0" if unix else f"127.0.0.1:{redis.port}/0"
+        url = f"{'unix' if unix else 'redis'}://{ACL_USER}:{ACL_PASSWORD}@{where}"
     node = FaultNode(node_id, faults._tmp / f"hub-{node_id}.log", url, **flags)
     register_log(faults._request, f"hub {node_id} log", node.log_path)
     faults.nodes.append(node)
@@ -51,13 +56,18 @@ def errors(samples: Samples, op: str, kind: str) -> float:
 
 
 async def acl_pair(
-    faults: Faults, nodes: tuple[str, str], agents: tuple[str, str], **flags: object
+    faults: Faults,
+    nodes: tuple[str, str],
+    agents: tuple[str, str],
+    *,
+    unix: bool = False,
+    **flags: object,
 ) -> tuple[FaultNode, FaultNode, Inbox, Inbox]:
     """Two ready nodes logged in as ``ACL_USER`` (allowed everything for now), and a
     pair of agents across them that have been told of each other."""
-    redis = faults.start_redis()
+    redis = faults.start_redis(unix_socket=unix)
     redis.cli("ACL", "SETUSER", ACL_USER, "on", f">{ACL_PASSWORD}", "~*", "&*", "+@all")
-    n1, n2 = (acl_node(faults, node_id, **flags) for node_id in nodes)
+    n1, n2 = (acl_node(faults, node_id, unix=unix, **flags) for node_id in nodes)
     n1.wait_ready()
     n2.wait_ready()
     a = await Inbox.open(n1, agents[0], agents[1])
@@ -140,14 +150,17 @@ async def test_publish_refused_by_acl_is_dropped_and_counted_and_the_node_recove
         await inbox.close()
 
 
+@pytest.mark.parametrize("redis_link", ["tcp", "unix"])
 async def test_subscribe_refused_by_acl_keeps_the_agents_there_and_the_node_recovers(
-    faults: Faults, figures
+    faults: Faults, figures, redis_link: str
 ) -> None:
     """The node's user loses ``subscribe`` while it runs. A new agent's channel is
     refused (Redis' error names no channel): the agent is refused, the node says why and
     is not ready, the agents already there keep talking; the ACL fixed, the node
-    subscribes every channel again by itself and takes new agents."""
-    n1, _, a, b = await acl_pair(faults, ("s1", "s2"), ("sub-a", "sub-b"))
+    subscribes every channel again by itself and takes new agents. Over TCP (the raw
+    pub/sub link) and a unix socket (redis-py's PubSub, as for TLS), alike."""
+    unix = redis_link == "unix"
+    n1, _, a, b = await acl_pair(faults, ("s1", "s2"), ("sub-a", "sub-b"), unix=unix)
     redis = faults.start_redis()
     before = await in_thread(n1.metrics)
 

@@ -299,13 +299,19 @@ class RedisBroker(Broker):
             password=self._credentials.password,
             timeout=_CONNECT_SECONDS,
         )
-        # Redis' refusal does not say which channel: the hub's health retries them all.
-        subscriber.on_refused = lambda error: self.on_subscribe_refused(error)
+        subscriber.on_refused = self._subscribe_refused
         return subscriber
+
+    def _subscribe_refused(self, error: Exception) -> None:
+        # Redis' refusal does not say which channel: the hub's health retries them all.
+        # (Looked up at the call: the hub sets the handler after the broker is built.)
+        self.on_subscribe_refused(error)
 
     async def _connect_pubsub(self) -> PubSubLink:
         """redis-py's PubSub (TLS and unix-socket URLs)."""
-        return await PubSubLink.open(self._client, self._on_message)
+        link = await PubSubLink.open(self._client, self._on_message)
+        link.on_refused = self._subscribe_refused
+        return link
 
     async def _subscribed(self, again: bool) -> None:
         """Every channel is subscribed on a new pub/sub connection: the broker is up."""
