@@ -30,6 +30,7 @@ from bushub.broker.sessionscripts import SessionLimits
 from bushub.brokerhealth import BrokerHealth
 from bushub.closecodes import CloseCode
 from bushub.connection import Connection
+from bushub.gonesenders import GoneSenders
 from bushub.heartbeat import Heartbeat
 from bushub.limits import TokenBucket
 from bushub.metrics import Metrics
@@ -112,6 +113,9 @@ class Hub:
             settings, broker, metrics, self.outbound.enqueue, self.relay.payload_for
         )
         self.relay.sessions = self.sessions
+        self.gone_senders = GoneSenders(
+            broker, self.presence.connections, metrics, settings.resume_forget_every
+        )
         self.operators = Operators(
             settings,
             broker,
@@ -243,6 +247,8 @@ class Hub:
         )
         if self.settings.keepalive:
             self._spawn(self._supervised(self._keepalive, "keepalive"), "keepalive")
+        if self.sessions.enabled and self.settings.resume_forget_every:
+            self._spawn(self._supervised(self.gone_senders.run, "gone-senders"), "gone-senders")
 
     async def _keepalive(self) -> None:
         await keepalive.run(self.presence.connections, self.settings.keepalive)

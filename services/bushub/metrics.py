@@ -91,6 +91,12 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.relayed_forgotten = Counter(
+            "bushub_relayed_forgotten",
+            "Sending sessions gone (away past the window, or replaced) that the relay "
+            "no longer remembers for the agents they had written to",
+            registry=r,
+        )
         self.session_messages = Counter(
             "bushub_session_messages",
             "Sessions' messages by what happened: replayed after a resume, kept while "

@@ -126,6 +126,14 @@ class Settings:
         default=16 << 20,
         metadata={"help": "bytes kept per session at most; past it the oldest go (a gap)"},
     )
+    resume_forget_every: float = field(
+        default=300.0,
+        metadata={
+            "help": "seconds between passes that forget, for agents written to meanwhile, "
+            "the sending sessions that are gone from what the relay remembers to relay a "
+            "resend once (0 = never)"
+        },
+    )
     transient_frames: bool = field(
         default=False,
         metadata={
@@ -273,6 +281,7 @@ class Settings:
             "keepalive",
             "accept_rate",
             "resume_window",
+            "resume_forget_every",
         ):
             if getattr(self, name) < 0:
                 raise SettingsError(f"{name.replace('_', '-')}: must be >= 0")

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 from redis.exceptions import RedisError
 
-from bushub.broker.base import PartialPublish
+from bushub.broker.base import Broker, PartialPublish
+from bushub.broker.memory import MemoryBroker
 from bushub.broker.redis import RedisBroker
 from bushub.broker.refusals import BrokerRefused, ErrorKind, classify
 from bushub.broker.resp import PublishConnection
@@ -26,7 +27,7 @@ from bushub.broker.subscriber import SUBSCRIBE_BATCH, Subscriber
 from bushub.publisher import Publisher
 from buswire import Format, message_channel
 from buswire.channels import session_key, stream_key
-from buswire.relayframe import as_resent, pack_relay, unpack_relay
+from buswire.relayframe import as_resent, pack_relay, pack_session_relay, sender_of, unpack_relay
 from tests.integration.realredis import LOOPS, off_loop, run, running_redis
 from tests.reliability.harness import FaultRedis
 from tests.unit.bushub.helpers import TIMEOUT
@@ -506,6 +507,57 @@ async def _session_broker(redis: FaultRedis, url: str) -> tuple[RedisBroker, lis
     await until(lambda: redis.lines("PUBSUB", "CHANNELS", channel) != [], "sub")
     await broker.resume_session("a", "S1", 0, "e1", "c1")
     return broker, got
+
+
+@pytest.mark.parametrize("kind", ["redis", "in-process"])
+def test_senders_whose_sessions_are_gone_are_found_and_forgotten(
+    redis: FaultRedis, loop: str, kind: str
+) -> None:
+    """What the delivery step remembers of each sending session (its newest position
+    relayed to ``w``): a sender whose session still holds its agent is not gone; one
+    whose agent a newer session holds, one whose session Redis no longer has, and
+    a name that is no sender are; ``most`` bounds the answer; forgetting keeps a
+    sender that relayed again since it was read, and a resend of a sender kept is
+    still refused."""
+
+    async def scenario() -> None:
+        broker: Broker = (
+            RedisBroker(redis.url, control_channel="bushub:node:t")
+            if kind == "redis"
+            else MemoryBroker()
+        )
+        broker.keep_for_sessions(SessionLimits(120.0, 1000, 1 << 20))
+        await broker.start()
+
+        async def relay(agent: str, session: str, position: int) -> list[int]:
+            frame = pack_session_relay(Format.JSON, 1.0, b"{}", sender_of(agent, session), position)
+            return await broker.publish_many([(message_channel("w"), frame)])
+
+        for agent in ("live", "replaced", "again"):
+            await broker.resume_session(agent, "S1", 0, "e1", "c1")
+        for agent in ("live", "replaced", "never", "again"):
+            await relay(agent, "S1", 3)
+        await broker.resume_session("replaced", "S2", 0, "e2", "c2")
+        await broker.resume_session("again", "S2", 0, "e2", "c2")
+        if kind == "redis":
+            await off_loop(lambda: redis.cli("HSET", "bushub:relayed:{w}", "nosender", "7"))
+
+        gone = await broker.relayed_senders_gone("w", 100)
+        expected = {b"replaced S1": b"3", b"never S1": b"3", b"again S1": b"3"}
+        if kind == "redis":
+            expected[b"nosender"] = b"7"
+        assert gone == expected
+        assert len(await broker.relayed_senders_gone("w", 2)) == 2
+        assert await broker.relayed_senders_gone("nobody", 100) == {}
+
+        await relay("again", "S1", 4)  # relayed again after it was read
+        assert await broker.forget_relayed("w", gone) == len(gone) - 1
+        assert await broker.relayed_senders_gone("w", 100) == {b"again S1": b"4"}
+        # The sender still remembered is relayed once: its resend is refused.
+        assert await relay("live", "S1", 3) == [-1]
+        await broker.close()
+
+    run(loop, scenario())
 
 
 def test_a_handshakes_claims_records_and_deletes_go_on_the_publish_connection(

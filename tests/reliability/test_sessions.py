@@ -13,7 +13,7 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -377,3 +377,106 @@ async def test_acknowledgements_ride_on_messages_both_ways_between_nodes(faults:
     await until(lambda: kept("a") == 0, what="a's stream trimmed")
     await a.close()
     await b.close()
+
+
+# A window long enough that the sessions away within it are still away when the
+# replaced ones have been forgotten; passes often enough to see both soon.
+FORGET_FLAGS: dict[str, object] = {"resume_window": 10, "resume_forget_every": 0.5}
+
+
+def _forget_nodes(
+    broker: str, faults: Faults, request: pytest.FixtureRequest, tmp_path: Path
+) -> tuple[FaultNode, FaultNode, Callable[[], int] | None]:
+    """The senders' node, the worker's node (one node in-process), and how many
+    senders the worker's relay record names (None: not in a Redis to look at)."""
+    record = "bushub:relayed:{w}"
+    if broker == "redis":
+        n1, n2 = faults.ready("n1", "n2", **FORGET_FLAGS)
+        server = faults.start_redis()
+        return n1, n2, lambda: int(server.cli("HLEN", record))
+    if broker == "redis-cluster":
+        servers: RedisClusterServers = request.getfixturevalue("redis_cluster")
+        servers.flush()
+        nodes = [
+            FaultNode(n, tmp_path / f"hub-{n}.log", servers.url, **FORGET_FLAGS)
+            for n in ("n1", "n2")
+        ]
+        for node in nodes:
+            register_log(request, f"hub {node.node_id} log", node.log_path)
+            faults.nodes.append(node)  # stopped with the test's other nodes
+            node.spawn()
+        for node in nodes:
+            node.wait_ready()
+        shard = servers.primary_for(record)
+        return nodes[0], nodes[1], lambda: int(shard.cli("HLEN", record))
+    solo = FaultNode("solo", tmp_path / "hub-solo.log", None, **FORGET_FLAGS)
+    register_log(request, "hub solo log", solo.log_path)
+    faults.nodes.append(solo)
+    solo.start()
+    return solo, solo, None
+
+
+@pytest.mark.parametrize("broker", ["redis", "redis-cluster", "in-process"])
+async def test_sending_sessions_gone_are_forgotten_from_the_relay_record(
+    broker: str, faults: Faults, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """A worker that is never quiet hears from client sessions that come and go (each
+    client process a session of its own). What the relay remembers of each sender,
+    to relay its resends once, is forgotten once its session is gone: replaced by a
+    newer session of its agent (at once), away past the window (after it); a session
+    away within the window, and one still sending, are remembered. Before, the
+    record kept every sender for as long as anything kept writing to the worker."""
+    n1, n2, senders = _forget_nodes(broker, faults, request, tmp_path)
+    worker = await PlainSocket.open(n2.url, "w", "k", on_peer_lost="keep")
+    keeper = await SessionSocket.open(n1.url, "k", "w", "K1")
+    sent = 0
+
+    async def keep_writing() -> None:
+        nonlocal sent
+        while True:
+            sent += 1
+            await keeper.send(sent, "k", "w", sent)
+            await asyncio.sleep(0.2)
+
+    writing = asyncio.create_task(keep_writing())
+    clients = [f"c{i}" for i in range(80)]
+
+    async def come_and_go(client: str, session: str) -> None:
+        sock = await SessionSocket.open(n1.url, client, "w", session)
+        await sock.send(1, client, "w", 100_000 + int(client[1:]))
+        await until(lambda: sock.acked == 1, what=f"{client} relayed")
+        await sock.close()
+
+    try:
+        for i in range(0, len(clients), 20):
+            await asyncio.gather(*(come_and_go(c, f"S{c}") for c in clients[i : i + 20]))
+        if senders is not None:
+            assert senders() == 81, "every sender remembered while its session is away"
+        # Ten clients restarted: a new session each, connected, sending nothing yet.
+        restarted = [await SessionSocket.open(n1.url, c, "w", f"R{c}") for c in clients[:10]]
+
+        def forgotten() -> float:
+            return n2.metrics().value("bushub_relayed_forgotten_total")
+
+        await until(lambda: forgotten() >= 10, what="the replaced sessions forgotten")
+        assert forgotten() == 10, "the sessions away within the window are remembered"
+        if senders is not None:
+            assert senders() == 71
+        await until(
+            lambda: forgotten() >= 80, timeout=TIMEOUT + 10, what="the rest, past the window"
+        )
+        assert forgotten() == 80, "the keeper, still sending, is remembered"
+        if senders is not None:
+            assert senders() == 1
+        # Still relayed once: the keeper's resend of its newest is taken already.
+        await keeper.send(sent, "k", "w", sent)
+        await until(lambda: keeper.acked >= sent, what="the resend acknowledged")
+        await asyncio.sleep(0.3)
+        assert worker.seqs().count(sent) == 1
+        for sock in restarted:
+            await sock.close()
+    finally:
+        writing.cancel()
+        await asyncio.gather(writing, return_exceptions=True)
+        await keeper.close()
+        await worker.close()

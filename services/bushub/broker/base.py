@@ -223,3 +223,15 @@ class Broker(ABC):
         """``(agent, conn)``: the connection ended; keep its session for ``window``
         seconds more, unless a newer connection holds it already."""
         raise NotImplementedError
+
+    async def relayed_senders_gone(self, agent: str, most: int) -> dict[bytes, bytes]:
+        """The sending sessions whose newest position relayed to ``agent`` the delivery
+        step remembers (to relay a resend once) though the session is gone: expired
+        (away past the window) or replaced by a newer session of its agent. Each with
+        the position remembered; at most ``most``."""
+        raise NotImplementedError
+
+    async def forget_relayed(self, agent: str, senders: dict[bytes, bytes]) -> int:
+        """Forget what the delivery step remembers of each sender, if it still holds
+        the position given (one that relayed again since is kept); how many were."""
+        raise NotImplementedError

@@ -449,3 +449,12 @@ class RedisClusterBroker(Broker):
     async def release_sessions(self, items: Sequence[tuple[str, str]], window: float) -> None:
         async with guarded():
             await self._sessions.release(items, window)
+
+    async def relayed_senders_gone(self, agent: str, most: int) -> dict[bytes, bytes]:
+        with unreachable_as_connection_error():
+            # Not bounded as one call: a large record is read in many.
+            return await self._sessions.senders_gone(agent, most)
+
+    async def forget_relayed(self, agent: str, senders: dict[bytes, bytes]) -> int:
+        with unreachable_as_connection_error():
+            return await self._sessions.forget(agent, senders)

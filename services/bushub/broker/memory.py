@@ -157,3 +157,9 @@ class MemoryBroker(Broker):
             return  # none kept: nothing to release
         for agent, conn in items:
             self._sessions.release(agent, conn, window)
+
+    async def relayed_senders_gone(self, agent: str, most: int) -> dict[bytes, bytes]:
+        return self._kept().senders_gone(agent, most)
+
+    async def forget_relayed(self, agent: str, senders: dict[bytes, bytes]) -> int:
+        return self._kept().forget(agent, senders)

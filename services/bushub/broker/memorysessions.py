@@ -5,7 +5,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from bushub.broker.sessionscripts import Resumed, SessionLimits
+from bushub.broker.sessionscripts import Resumed, SessionLimits, sender_session
 from buswire.relayframe import RESENT, TRANSIENT, pack_stored, session_origin
 
 
@@ -102,6 +102,38 @@ class MemorySessions:
         session = self._session(agent)
         if session is not None and session.holder == conn:
             session.expires = _now() + window
+
+    def senders_gone(self, agent: str, most: int) -> dict[bytes, bytes]:
+        """As ``SessionScripts.senders_gone``."""
+        now = _now()
+        # Agents nothing was relayed to for the window: their records are gone, as
+        # Redis' would have expired.
+        for name in [name for name, r in self._relayed.items() if r.expires <= now]:
+            del self._relayed[name]
+        relayed = self._relayed.get(agent)
+        if relayed is None:
+            return {}
+        gone = {}
+        for sender, position in relayed.newest.items():
+            who = sender_session(sender)
+            session = None if who is None else self._session(who[0])
+            if session is None or who is None or session.id != who[1]:
+                gone[sender] = b"%d" % position
+                if len(gone) >= most:
+                    break
+        return gone
+
+    def forget(self, agent: str, senders: dict[bytes, bytes]) -> int:
+        """As ``SessionScripts.forget``."""
+        relayed = self._relayed.get(agent)
+        if relayed is None:
+            return 0
+        forgotten = 0
+        for sender, position in senders.items():
+            if b"%d" % relayed.newest.get(sender, 0) == position:
+                del relayed.newest[sender]
+                forgotten += 1
+        return forgotten
 
 
 def _now() -> float:

@@ -563,5 +563,13 @@ class RedisBroker(Broker):
         with unreachable_as_connection_error():
             await self._sessions.release(items, window)
 
+    async def relayed_senders_gone(self, agent: str, most: int) -> dict[bytes, bytes]:
+        with unreachable_as_connection_error():
+            return await self._sessions.senders_gone(agent, most)
+
+    async def forget_relayed(self, agent: str, senders: dict[bytes, bytes]) -> int:
+        with unreachable_as_connection_error():
+            return await self._sessions.forget(agent, senders)
+
 
 __all__ = ["RedisBroker", "RedisError"]

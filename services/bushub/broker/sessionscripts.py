@@ -203,11 +203,26 @@ redis.call('PEXPIRE', KEYS[2], ARGV[2])
 return 1
 """
 
+# KEYS: relayed. ARGV: sender, position, sender, position... Forgets each sender's
+# newest relayed position if it is still the one given: a sender that relayed again
+# since it was read is alive after all.
+FORGET = """
+local n = 0
+for i = 1, #ARGV, 2 do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then
+    n = n + redis.call('HDEL', KEYS[1], ARGV[i])
+  end
+end
+return n
+"""
+
 DELIVER_SHA = hashlib.sha1(DELIVER.encode()).hexdigest().encode()
 # ``TRIM`` over a raw connection (its NOSCRIPT retry with it).
 TRIM_SCRIPT = Script(TRIM)
 _MESSAGE_PREFIX = b"bushub:msg:{"
 _PREFIXES_KEPT = 4096
+# Records read per HSCAN, and forgotten per script call.
+_SCAN_BATCH = 500
 
 
 @dataclass(frozen=True)
@@ -346,9 +361,16 @@ def _raw(value: object) -> bytes:
     return value if isinstance(value, bytes) else str(value).encode()
 
 
+def sender_session(sender: bytes) -> tuple[str, str] | None:
+    """(agent, session id) from a sender as relay frames name it (``sender_of``);
+    None for anything else."""
+    agent, space, session = sender.decode(errors="replace").rpartition(" ")
+    return (agent, session) if space and agent and session else None
+
+
 class SessionScripts:
-    """``RESUME``, ``TRIM``, ``REASSERT`` and ``RELEASE`` on a redis-py client (one
-    Redis or a cluster: each touches one agent's keys, on one slot)."""
+    """``RESUME``, ``TRIM``, ``REASSERT``, ``RELEASE`` and ``FORGET`` on a redis-py
+    client (one Redis or a cluster: each touches one agent's keys, on one slot)."""
 
     def __init__(self, client: Any) -> None:
         self._client = client
@@ -356,6 +378,44 @@ class SessionScripts:
         self._trim = client.register_script(TRIM)
         self._release = client.register_script(RELEASE)
         self._reassert = client.register_script(REASSERT)
+        self._forget = client.register_script(FORGET)
+
+    async def senders_gone(self, agent: str, most: int) -> dict[bytes, bytes]:
+        """See ``Broker.relayed_senders_gone``. The record is read a batch at a time
+        (``HSCAN``), and each batch's senders' sessions looked up together (on a
+        cluster the pipeline sends each to its shard)."""
+        key = relayed_key(agent)
+        gone: dict[bytes, bytes] = {}
+        cursor = 0
+        while True:
+            cursor, records = await self._client.hscan(key, cursor, count=_SCAN_BATCH)
+            gone.update(await self._gone(records))
+            if cursor == 0 or len(gone) >= most:
+                return dict(list(gone.items())[:most])
+
+    async def _gone(self, records: dict[bytes, bytes]) -> dict[bytes, bytes]:
+        named = [(sender, sender_session(sender)) for sender in records]
+        asked = [(sender, who) for sender, who in named if who is not None]
+        gone = {sender: records[sender] for sender, who in named if who is None}
+        if asked:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for _, (agent, _) in asked:
+                    pipe.hget(session_key(agent), "id")
+                ids = await pipe.execute()
+            for (sender, (_, session)), current in zip(asked, ids, strict=True):
+                if current is None or _text(current) != session:
+                    gone[sender] = records[sender]
+        return gone
+
+    async def forget(self, agent: str, senders: dict[bytes, bytes]) -> int:
+        """See ``Broker.forget_relayed``."""
+        args = [part for pair in senders.items() for part in pair]
+        forgotten = 0
+        # A script call per batch: a huge record is not forgotten in one long step.
+        for i in range(0, len(args), 2 * _SCAN_BATCH):
+            batch = args[i : i + 2 * _SCAN_BATCH]
+            forgotten += int(await self._forget(keys=[relayed_key(agent)], args=batch))
+        return forgotten
 
     async def resume(
         self, agent: str, session: str, received: int, epoch: str, conn: str
