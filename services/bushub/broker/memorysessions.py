@@ -8,6 +8,9 @@ from dataclasses import dataclass, field
 from bushub.broker.sessionscripts import Resumed, SessionLimits, sender_session
 from buswire.relayframe import RESENT, TRANSIENT, pack_stored, session_origin
 
+# Records that expired are looked for at most this often.
+_SWEEP_SECONDS = 1.0
+
 
 @dataclass
 class _Session:
@@ -34,6 +37,7 @@ class MemorySessions:
         self.limits = limits
         self._sessions: dict[str, _Session] = {}
         self._relayed: dict[str, _Relayed] = {}
+        self._swept_at = 0.0
 
     def _session(self, agent: str) -> _Session | None:
         session = self._sessions.get(agent)
@@ -106,10 +110,12 @@ class MemorySessions:
     def senders_gone(self, agent: str, most: int) -> dict[bytes, bytes]:
         """As ``SessionScripts.senders_gone``."""
         now = _now()
-        # Agents nothing was relayed to for the window: their records are gone, as
-        # Redis' would have expired.
-        for name in [name for name, r in self._relayed.items() if r.expires <= now]:
-            del self._relayed[name]
+        if now - self._swept_at >= _SWEEP_SECONDS:
+            # Agents nothing was relayed to for the window: their records are gone,
+            # as Redis' would have expired. (Once for a pass over many agents.)
+            self._swept_at = now
+            for name in [name for name, r in self._relayed.items() if r.expires <= now]:
+                del self._relayed[name]
         relayed = self._relayed.get(agent)
         if relayed is None:
             return {}

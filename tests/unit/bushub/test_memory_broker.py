@@ -4,7 +4,10 @@ connection, refreshed and deleted only by it, and expires after its TTL."""
 import asyncio
 
 from bushub.broker import MemoryBroker
+from bushub.broker.sessionscripts import SessionLimits
+from buswire import Format, message_channel
 from buswire.presence import PresenceRecord, encode_record, record_conn
+from buswire.relayframe import pack_session_relay, sender_of
 from tests.unit.bushub.helpers import TIMEOUT
 
 KEY = "bushub:agent:{a}"
@@ -98,3 +101,19 @@ async def test_publish_reaches_subscribed_channels_after_the_call_returns() -> N
     await asyncio.sleep(0)
     assert len(seen) == 2
     await broker.close()
+
+
+async def test_relay_records_of_agents_nothing_reached_for_the_window_are_dropped() -> None:
+    """What the in-process broker remembers of senders per agent lasts a window past
+    the last message relayed to the agent, as Redis' record does: it is dropped
+    then (looked for when a pass asks about any agent), not kept for good."""
+    broker = MemoryBroker()
+    broker.keep_for_sessions(SessionLimits(SHORT_TTL, 100, 1 << 20))
+    frame = pack_session_relay(Format.JSON, 1.0, b"{}", sender_of("c", "S1"), 1)
+    assert await broker.publish_many([(message_channel("gone-quiet"), frame)]) == [0]
+    assert await broker.relayed_senders_gone("gone-quiet", 10) == {b"c S1": b"1"}
+    await asyncio.sleep(SHORT_TTL * 1.5)
+    memory = broker._kept()
+    memory._swept_at = 0.0  # the last sweep was long enough ago
+    assert await broker.relayed_senders_gone("anyone", 10) == {}
+    assert "gone-quiet" not in memory._relayed
