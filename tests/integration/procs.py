@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -25,6 +26,7 @@ import pytest
 from tests.integration.redis_auth import RedisAuth
 from tests.support.ports import free_port
 from tests.support.reports import register_log
+from tests.support.tlscerts import ServerCerts, write_server_certs
 from tests.support.waiting import TIMEOUT, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -112,10 +114,17 @@ class RedisServer(Service):
             hub's credentials.
         unix_socket: Listen on a unix socket too (``unix_url``), in a directory of
             its own: a test's tmp path can pass the 107 bytes a socket path may hold.
+        tls: Speak TLS only, with a certificate for 127.0.0.1 from a CA of its own;
+            its ``url`` is then ``rediss://`` and names the CA (``ssl_ca_certs``).
     """
 
     def __init__(
-        self, log_path: Path, auth: RedisAuth | None = None, *, unix_socket: bool = False
+        self,
+        log_path: Path,
+        auth: RedisAuth | None = None,
+        *,
+        unix_socket: bool = False,
+        tls: bool = False,
     ) -> None:
         super().__init__("redis", log_path)
         self.port = free_port()
@@ -123,10 +132,15 @@ class RedisServer(Service):
         self.socket_path: Path | None = None
         if unix_socket:
             self.socket_path = Path(tempfile.mkdtemp(prefix="bushub-redis-")) / "redis.sock"
+        self.tls: ServerCerts | None = None
+        if tls:
+            self.tls = write_server_certs(log_path.parent / f"redis-tls-{self.port}")
 
     @property
     def url(self) -> str:
         userinfo = self.auth.userinfo() if self.auth else ""
+        if self.tls is not None:
+            return f"rediss://{userinfo}127.0.0.1:{self.port}/0?ssl_ca_certs={self.tls.ca}"
         return f"redis://{userinfo}127.0.0.1:{self.port}/0"
 
     @property
@@ -142,6 +156,11 @@ class RedisServer(Service):
 
     def start(self) -> None:
         argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
+        if self.tls is not None:
+            argv = ["redis-server", "--port", "0", "--tls-port", str(self.port)]
+            argv += ["--bind", "127.0.0.1", "--tls-auth-clients", "no"]
+            argv += ["--tls-cert-file", str(self.tls.cert), "--tls-key-file", str(self.tls.key)]
+            argv += ["--tls-ca-cert-file", str(self.tls.ca)]
         if self.socket_path is not None:
             self.socket_path.parent.mkdir(exist_ok=True)  # removed by an earlier stop()
             argv += ["--unixsocket", str(self.socket_path), "--unixsocketperm", "700"]
@@ -164,13 +183,15 @@ class RedisServer(Service):
         return result.stdout
 
     def cli_login(self) -> list[str]:
-        """redis-cli options that log the harness in (none when open)."""
-        return self.auth.cli_args() if self.auth else []
+        """redis-cli options that reach the server (TLS) and log the harness in (none
+        when open)."""
+        tls = ["--tls", "--cacert", str(self.tls.ca)] if self.tls is not None else []
+        return tls + (self.auth.cli_args() if self.auth else [])
 
     def _pong(self) -> bool:
         login = self.auth.auth_command() if self.auth else b""
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+            with self._connect() as sock:
                 sock.sendall(login + b"PING\r\n")
                 answer = b""
                 # AUTH's +OK, then PING's +PONG (or an error line for either).
@@ -182,6 +203,13 @@ class RedisServer(Service):
                 return answer.endswith(b"+PONG\r\n")
         except OSError:
             return False
+
+    def _connect(self) -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=1)
+        if self.tls is None:
+            return sock
+        context = ssl.create_default_context(cafile=str(self.tls.ca))
+        return context.wrap_socket(sock, server_hostname="127.0.0.1")
 
 
 class HubNode(Service):

@@ -28,11 +28,12 @@ class Faults:
         self.redis: FaultRedis | None = None
         self.nodes: list[FaultNode] = []
 
-    def start_redis(self, *, unix_socket: bool = False) -> FaultRedis:
+    def start_redis(self, *, unix_socket: bool = False, tls: bool = False) -> FaultRedis:
         """The test's redis-server, started at the first call (``unix_socket``: listening
-        on one too, for nodes on redis-py's links; see RedisServer.unix_url)."""
+        on one too, ``tls``: on TLS only; nodes then take redis-py's links, see
+        RedisServer)."""
         if self.redis is None:
-            self.redis = FaultRedis(self._tmp / "redis.log", unix_socket=unix_socket)
+            self.redis = FaultRedis(self._tmp / "redis.log", unix_socket=unix_socket, tls=tls)
             register_log(self._request, "redis log", self.redis.log_path)
             self.redis.start()
         return self.redis

@@ -52,7 +52,7 @@ class FaultRedis(RedisServer):
 
     def cli(self, *args: str) -> str:
         done = subprocess.run(
-            ["redis-cli", "-h", "127.0.0.1", "-p", str(self.port), *args],
+            ["redis-cli", "-h", "127.0.0.1", "-p", str(self.port), *self.cli_login(), *args],
             capture_output=True,
             text=True,
             timeout=TIMEOUT,

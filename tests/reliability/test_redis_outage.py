@@ -48,7 +48,12 @@ async def _watch_ready(nodes: list[FaultNode], stop: asyncio.Event, seen: list[t
         await asyncio.sleep(0.05)
 
 
-async def test_two_second_outage_loses_nothing_and_recovers(faults: Faults, figures) -> None:
+@pytest.mark.parametrize("redis_link", ["tcp", "tls"])
+async def test_two_second_outage_loses_nothing_and_recovers(
+    faults: Faults, figures, redis_link: str
+) -> None:
+    """Over plain TCP (the raw links) and TLS (``rediss://``: redis-py's), alike."""
+    faults.start_redis(tls=redis_link == "tls")
     # The grace period is longer than the outage plus recovery: the peers must survive.
     n1, n2 = faults.ready("n1", "n2", presence_ttl=3.0, peer_grace=6.0)
     redis = faults.redis

@@ -62,13 +62,13 @@ async def received(sock: SessionSocket, count: int, what: str) -> None:
     await until(lambda: len(sock.messages) >= count, what=what)
 
 
-@pytest.mark.parametrize("broker", ["redis", "redis-cluster"])
+@pytest.mark.parametrize("broker", ["redis", "redis-tls", "redis-cluster"])
 async def test_what_an_away_session_missed_is_replayed_in_order_on_another_node(
     broker: str, faults: Faults, request: pytest.FixtureRequest
 ) -> None:
-    if broker == "redis":
+    if broker != "redis-cluster":
+        server = faults.start_redis(tls=broker == "redis-tls")
         n1, n2 = faults.ready("n1", "n2")
-        server = faults.start_redis()
     else:
         n1, n2 = request.getfixturevalue("cluster_nodes")
         server = request.getfixturevalue("redis_cluster").primary_for("bushub:stream:{a}")

@@ -319,7 +319,10 @@ class RedisBroker(Broker):
             # Pooled command connections died with the old server: drop them now,
             # or the first commands after the outage fail on them. The publish
             # connection too, once it owes no replies (see PublishConnection.retire).
-            await self._client.connection_pool.disconnect()
+            # Idle ones only: on TLS and unix-socket URLs the pub/sub connection just
+            # confirmed is the pool's too, in use; dropping it failed the listener,
+            # whose next connection dropped itself again here, for good.
+            await self._client.connection_pool.disconnect(inuse_connections=False)
             if self._publisher is not None:
                 self._publisher.retire()
             with contextlib.suppress(RedisError, *UNREACHABLE):
