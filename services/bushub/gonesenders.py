@@ -11,8 +11,9 @@ A sender is no longer needed once its session is gone: away past the window (its
 proxy resumes with a gap, and sends nothing older than the window again) or
 replaced by a newer session of its agent (a restarted process; the old one never
 comes back). Every ``--resume-forget-every`` seconds the node asks, for the agents
-of its sockets written to since its last pass, which senders' sessions are gone,
-and forgets those found gone on two passes in a row at the same position: a
+of its sockets written to since its last pass (or with senders it found gone then),
+which senders' sessions are gone, and forgets those found gone on two passes in a
+row at the same position: a
 session that Redis lost in a failover is put back by its node within seconds, so
 it is not gone on the next pass, and a sender that relayed again in between keeps
 its record.
@@ -68,14 +69,15 @@ class GoneSenders:
             await asyncio.sleep(self._every)
 
     async def pass_once(self) -> int:
-        """One pass over the agents written to since the last; senders forgotten."""
+        """One pass over the agents written to since the last, and those with senders
+        suspected gone by it; senders forgotten."""
         written, self._written = self._written, {}
+        suspects, self._suspects = self._suspects, {}
         agents = []
         for conn in self._connections():
             self._written[conn.id] = conn.messages_out
-            if conn.messages_out != written.get(conn.id, 0):
+            if conn.messages_out != written.get(conn.id, 0) or conn.agent in suspects:
                 agents.append(conn.agent)
-        suspects, self._suspects = self._suspects, {}
         forgotten = 0
         for agent in agents:
             try:

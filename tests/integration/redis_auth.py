@@ -44,6 +44,8 @@ HUB_ACL_RULES = (
     "+hget",
     "+hset",
     "+hincrby",
+    "+hscan",
+    "+hdel",
     "+pexpire",
     "+persist",
     "+xadd",

@@ -29,7 +29,8 @@ from tests.integration.redis_cluster import RedisClusterServers
 from tests.operations.ops import ADMIN_TOKEN, PRESENCE_TTL, OpsNode, close_clients, ws_connect
 from tests.support.messages import TASK_REQUEST, decode, encode, task_request
 from tests.support.reports import register_log
-from tests.support.waiting import wait_until
+from tests.support.sessionclient import SessionSocket
+from tests.support.waiting import until, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -141,7 +142,9 @@ class Hubs:
         self.nodes: list[OpsNode] = []
 
     def spawn(self, node_id: str, redis_url: str) -> OpsNode:
-        node = OpsNode(node_id, self._tmp / f"hub-{node_id}.log", redis_url)
+        # Passes over the relay records often enough to be seen in a test.
+        flags = {"--resume-forget-every": "0.3"}
+        node = OpsNode(node_id, self._tmp / f"hub-{node_id}.log", redis_url, flags=flags)
         register_log(self._request, f"hub {node_id} log", node.log_path)
         self.nodes.append(node)
         node.spawn()
@@ -225,6 +228,21 @@ async def test_agents_on_two_nodes_talk_and_are_listed_through_a_locked_redis(
     await asyncio.sleep(2 * PRESENCE_TTL)
     for node in (n1, n2):
         assert listed(node) == [("a", "c1"), ("b", "c2")]
+
+    # A session writes to b, and a newer session of its agent replaces it: b's node
+    # reads the relay record and the sender's session, and forgets it.
+    replaced = await SessionSocket.open(n1.url, "s", "b", "S1")
+    await replaced.send(1, "s", "b", 3)
+    assert (await next_of_type(b, TASK_REQUEST))["__data__"]["payload"] == {"seq": 3}
+    await replaced.close()
+    newer = await SessionSocket.open(n1.url, "s", "b", "S2")
+    await newer.send(1, "s", "b", 4)
+    assert (await next_of_type(b, TASK_REQUEST))["__data__"]["payload"] == {"seq": 4}
+    assert await until(
+        lambda: n2.metrics().value("bushub_relayed_forgotten_total") == 1,
+        what="the replaced session forgotten",
+    )
+    await newer.close()
 
     # Nothing the nodes did was refused: the ACL user's rules (HUB_ACL_RULES) are
     # enough, not just enough for what the assertions above happened to notice.

@@ -71,6 +71,16 @@ async def test_a_sender_is_forgotten_when_found_gone_twice_at_the_same_position(
     assert metrics.relayed_forgotten._value.get() == 2
 
 
+async def test_an_agent_with_suspects_is_asked_again_though_nothing_was_written() -> None:
+    w = Socket("c1", "w", 1)
+    gone, records, _ = passes([w])
+    records.gone["w"] = {b"a S1": b"3"}
+    await gone.pass_once()
+    assert await gone.pass_once() == 1, "confirmed on the next pass, quiet or not"
+    assert await gone.pass_once() == 0
+    assert records.asked == ["w", "w"], "nothing suspected, nothing written: not asked"
+
+
 async def test_a_sender_no_longer_gone_is_no_longer_suspected() -> None:
     w = Socket("c1", "w", 1)
     gone, records, _ = passes([w])
