@@ -48,6 +48,10 @@ class Link(Protocol):
     def unsubscribe(self, channels: Collection[str]) -> None:
         """Unsubscribe ``channels``."""
 
+    async def written(self) -> None:
+        """Return once every subscribe and unsubscribe asked for is written (Redis
+        runs them before anything sent on another connection after that)."""
+
     async def ping(self) -> None:
         """Return once Redis has taken every subscription written before it."""
 
@@ -105,6 +109,12 @@ class Listener:
         self.channels.difference_update(gone)
         if self.link is not None:
             self.link.unsubscribe(gone)
+
+    async def written(self) -> None:
+        """Return once the live connection has written every subscription asked of it
+        (at once without one: the next connection subscribes them all)."""
+        if self.link is not None:
+            await self.link.written()
 
     async def resubscribe(self) -> None:
         """Subscribe every channel again on the live connection and wait until Redis has

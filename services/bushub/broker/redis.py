@@ -366,8 +366,10 @@ class RedisBroker(Broker):
 
     async def subscribe(self, channel: str) -> None:
         # Written on the live connection (Redis confirms later); without one, the
-        # listener subscribes every channel when it connects.
+        # listener subscribes every channel when it connects. Returns once written:
+        # at once on the raw link, after its writer task on redis-py's.
         self._listener.subscribe((channel,))
+        await self._listener.written()
 
     async def unsubscribe(self, channel: str) -> None:
         self._listener.unsubscribe((channel,))

@@ -3,11 +3,14 @@ open: TLS (``rediss://``) and unix sockets, whose set-up is redis-py's to get ri
 
 Slower than the raw link (a task step per message, see subscriber.py) but the same
 to the listener: subscribe and unsubscribe return at once, their commands written
-in order by one writer task; a ``ping`` is answered once Redis has run everything
-written before it; a SUBSCRIBE Redis refuses fails the ``ping`` behind it or, with
-none waiting, is reported to ``on_refused`` while the connection goes on delivering
-what it holds (as on the raw link: one refused channel must not deafen the node).
-One reader task, started with the link, reads everything the connection brings.
+in order by one writer task, everything asked since its last write in one go
+(``written`` returns once it is written: a claim published on another connection
+must not reach Redis before the subscription that hears it); a ``ping`` is
+answered once Redis has run everything written before it; a SUBSCRIBE Redis
+refuses fails the ``ping`` behind it or, with none waiting, is reported to
+``on_refused`` while the connection goes on delivering what it holds (as on the
+raw link: one refused channel must not deafen the node). One reader task, started
+with the link, reads everything the connection brings.
 """
 
 import asyncio
@@ -21,6 +24,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
 from bushub.broker.base import MessageHandler, RefusedHandler
+from bushub.broker.subscriber import SUBSCRIBE_BATCH
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +93,11 @@ class PubSubLink:
         self._writes.put_nowait((_PING, ()))
         await answered
 
+    async def written(self) -> None:
+        """Return once every command asked for so far is written to the connection
+        (or given up: a write that failed, the link closed)."""
+        await self._writes.join()
+
     async def serve(self) -> None:
         """Wait for the connection to end (the reader delivers meanwhile).
 
@@ -102,6 +111,10 @@ class PubSubLink:
         for task in (self._writer, self._reader):
             task.cancel()
         await asyncio.gather(self._writer, self._reader, return_exceptions=True)
+        # What was never written never will be: nobody waits on it.
+        while not self._writes.empty():
+            self._writes.get_nowait()
+            self._writes.task_done()
         await self._pubsub.aclose()
 
     async def _read(self) -> None:
@@ -158,11 +171,34 @@ class PubSubLink:
     async def _write(self) -> None:
         pubsub = self._pubsub
         while True:
-            what, channels = await self._writes.get()
-            with contextlib.suppress(*_WRITE_FAILURES):
-                if what == _SUBSCRIBE:
-                    await pubsub.subscribe(*channels)
-                elif what == _UNSUBSCRIBE:
-                    await pubsub.unsubscribe(*channels)
-                else:
-                    await pubsub.ping()
+            # Everything asked since the last write, in one go: one command at a time,
+            # a storm's subscriptions reached Redis after the claims that needed them.
+            asked = [await self._writes.get()]
+            while not self._writes.empty():
+                asked.append(self._writes.get_nowait())
+            try:
+                for what, channels in _merged(asked):
+                    with contextlib.suppress(*_WRITE_FAILURES):
+                        if what == _SUBSCRIBE:
+                            await pubsub.subscribe(*channels)
+                        elif what == _UNSUBSCRIBE:
+                            await pubsub.unsubscribe(*channels)
+                        else:
+                            await pubsub.ping()
+            finally:
+                for _ in asked:
+                    self._writes.task_done()
+
+
+def _merged(asked: list[tuple[str, tuple[str, ...]]]) -> list[tuple[str, tuple[str, ...]]]:
+    """Consecutive subscribes (or unsubscribes) as one command of at most
+    ``SUBSCRIBE_BATCH`` channels, in the order asked; each PING on its own."""
+    merged: list[tuple[str, tuple[str, ...]]] = []
+    for what, channels in asked:
+        if merged and what != _PING and merged[-1][0] == what:
+            last = merged[-1][1]
+            if len(last) + len(channels) <= SUBSCRIBE_BATCH:
+                merged[-1] = (what, last + channels)
+                continue
+        merged.append((what, channels))
+    return merged

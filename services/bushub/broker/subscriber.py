@@ -97,6 +97,9 @@ class Subscriber(RespConnection):
         """Write UNSUBSCRIBE for ``channels``."""
         self._write_batched(self._commands[1], channels)
 
+    async def written(self) -> None:
+        """At once: ``subscribe`` and ``unsubscribe`` write at the call."""
+
     def ping(self) -> Coroutine[Any, Any, None]:
         """Write a PING now; awaited, its answer: Redis has run every command written
         before it (all SUBSCRIBEs among them), so messages published from now on arrive.
