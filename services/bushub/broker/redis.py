@@ -53,6 +53,9 @@ log = logging.getLogger(__name__)
 _PUBLISH_SECONDS = 3.0
 # Bound on opening the pub/sub connection (each step: connect, AUTH).
 _CONNECT_SECONDS = 2.0
+# Bound on a subscription's write on redis-py's pub/sub connection (a connection
+# that stopped taking writes fails on its own; the subscriber goes on without).
+_SUBSCRIBE_WRITE_SECONDS = 2.0
 
 # redis-py retries a failed connection with seconds of backoff by default, which
 # hides an outage from the listener and the publisher; both retry on their own.
@@ -369,7 +372,9 @@ class RedisBroker(Broker):
         # listener subscribes every channel when it connects. Returns once written:
         # at once on the raw link, after its writer task on redis-py's.
         self._listener.subscribe((channel,))
-        await self._listener.written()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_SUBSCRIBE_WRITE_SECONDS):
+                await self._listener.written()
 
     async def unsubscribe(self, channel: str) -> None:
         self._listener.unsubscribe((channel,))
