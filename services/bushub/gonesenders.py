@@ -13,10 +13,9 @@ replaced by a newer session of its agent (a restarted process; the old one never
 comes back). Every ``--resume-forget-every`` seconds the node asks, for the agents
 of its sockets written to since its last pass (or with senders it found gone then),
 which senders' sessions are gone, and forgets those found gone on two passes in a
-row at the same position: a
-session that Redis lost in a failover is put back by its node within seconds, so
-it is not gone on the next pass, and a sender that relayed again in between keeps
-its record.
+row at the same position: a session that Redis lost in a failover is put back by
+its node within seconds, so it is not gone on the next pass, and a sender that
+relayed again in between keeps its record.
 """
 
 import asyncio
