@@ -509,6 +509,44 @@ async def _session_broker(redis: FaultRedis, url: str) -> tuple[RedisBroker, lis
     return broker, got
 
 
+def test_deliveries_over_redis_pys_pipeline_go_by_digest_and_survive_a_flushed_cache(
+    tmp_path: Path, loop: str
+) -> None:
+    """On a unix-socket (or TLS) URL a session's messages go through redis-py's
+    pipeline by the delivery script's digest (``EVALSHA``, not its text per message);
+    after Redis lost its scripts (``SCRIPT FLUSH``) a batch's deliveries go again with
+    the text: each kept once, in order, a plain PUBLISH in the batch once."""
+    redis = FaultRedis(tmp_path / "redis.log", unix_socket=True)
+    redis.start()
+
+    async def scenario() -> None:
+        broker = RedisBroker(redis.unix_url, control_channel="bushub:node:t")
+        broker.keep_for_sessions(SessionLimits(120.0, 1000, 1 << 20))
+        await broker.start()
+        await broker.resume_session("a", "S1", 0, "e1", "c1")
+        frames = [pack_relay(Format.JSON, 1.0, b'{"n":%d}' % n) for n in range(6)]
+        channel = message_channel("a")
+        before = _calls(redis, "evalsha"), _calls(redis, "eval")
+        assert await broker.publish_many([(channel, f) for f in frames[:2]]) == [-2, -2]
+        assert (_calls(redis, "evalsha"), _calls(redis, "eval")) == (before[0] + 2, before[1])
+
+        await off_loop(lambda: redis.cli("SCRIPT", "FLUSH"))
+        batch = [(channel, frames[2]), ("t:other", b"x"), (channel, frames[3])]
+        assert await broker.publish_many(batch) == [-2, 0, -2]
+        assert await broker.publish_many([(channel, f) for f in frames[4:]]) == [-2, -2]
+        kept = await broker.read_session("a", 0)
+        assert [p for p, _ in kept] == [1, 2, 3, 4, 5, 6]
+        assert [unpack_relay(d)[2] for _, d in kept] == [b'{"n":%d}' % n for n in range(6)]
+        # Each delivery's own PUBLISH and the plain one: nothing published twice.
+        assert _calls(redis, "publish") == 7
+        await broker.close()
+
+    try:
+        run(loop, scenario())
+    finally:
+        redis.stop()
+
+
 @pytest.mark.parametrize("kind", ["redis", "in-process"])
 def test_senders_whose_sessions_are_gone_are_found_and_forgotten(
     redis: FaultRedis, loop: str, kind: str

@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import AuthenticationError, RedisError, ResponseError
+from redis.exceptions import AuthenticationError, NoScriptError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -36,6 +36,7 @@ from bushub.broker.resp import FastItem, PublishConnection
 from bushub.broker.respconn import ReplyError, encode_command
 from bushub.broker.sessionscripts import (
     DELIVER,
+    DELIVER_SHA,
     TRIM_SCRIPT,
     Delivery,
     Resumed,
@@ -339,22 +340,39 @@ class RedisBroker(Broker):
             async with on_publisher():
                 return await self._publisher.publish_many(items)
         with unreachable_as_connection_error():
-            async with self._client.pipeline(transaction=False) as pipe:
-                delivery = self._delivery
-                for channel, data in items:
-                    if delivery is not None and agent_of(channel.encode()) is not None:
-                        pipe.eval(DELIVER, 3, *delivery.args(channel, data))
-                    else:
-                        pipe.publish(channel, data)
-                # Each reply on its own, as on the raw path: a refused PUBLISH is
-                # that message's outcome, not the batch's.
-                results: list[Any] = await pipe.execute(raise_on_error=False)
+            results = await self._pipelined(items, by_sha=True)
+            # A Redis that lost its scripts (restarted, SCRIPT FLUSH) ran none of the
+            # deliveries from the one that met NOSCRIPT on: those go again with the
+            # script's text, in order (as on the raw path).
+            again = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+            if again:
+                retried = await self._pipelined([items[i] for i in again], by_sha=False)
+                for i, result in zip(again, retried, strict=True):
+                    results[i] = result
         errors = [r if isinstance(r, Exception) else None for r in results]
         first = next((e for e in errors if e is not None), None)
         if first is not None:
             counts = [r if isinstance(r, int) else None for r in results]
             raise PartialPublish(counts, str(first), errors)
         return [int(r) for r in results]
+
+    async def _pipelined(self, items: Sequence[tuple[str, bytes]], *, by_sha: bool) -> list[Any]:
+        """``items`` through redis-py's pipeline (TLS and unix-socket URLs): a message
+        for an agent by the delivery script once sessions are on (by its digest, or
+        ``by_sha`` False its text), any other by PUBLISH. Each reply on its own, as on
+        the raw path: a refused PUBLISH is that message's outcome, not the batch's."""
+        async with self._client.pipeline(transaction=False) as pipe:
+            delivery = self._delivery
+            for channel, data in items:
+                if delivery is not None and agent_of(channel.encode()) is not None:
+                    if by_sha:
+                        pipe.evalsha(DELIVER_SHA.decode(), 3, *delivery.args(channel, data))
+                    else:
+                        pipe.eval(DELIVER, 3, *delivery.args(channel, data))
+                else:
+                    pipe.publish(channel, data)
+            results: list[Any] = await pipe.execute(raise_on_error=False)
+        return results
 
     def publish_nowait(self, channel: str, data: bytes, done: PublishDone) -> bool:
         publisher = self._publisher
