@@ -86,9 +86,9 @@ class PubSubLink:
             RedisError: a SUBSCRIBE before it was refused (NOPERM...).
             ConnectionError: the connection ended first.
         """
-        answered = asyncio.get_running_loop().create_future()
         if self._reader.done():
             raise ConnectionError("redis pub/sub connection lost")
+        answered = asyncio.get_running_loop().create_future()
         self._pings.append(answered)
         self._writes.put_nowait((_PING, ()))
         await answered
