@@ -105,6 +105,7 @@ class Connection:
     __slots__ = (
         "_drained_close",
         "_queue",
+        "_queue_bound",
         "_queue_limit",
         "_queued_bytes",
         "_wakeup",
@@ -204,6 +205,8 @@ class Connection:
         # transport to resume writing; made lazily (most sockets never need it).
         self._queue: deque[tuple[bytes, float]] | None = None
         self._queued_bytes = 0
+        self._queue_bound = queue_bytes
+        # The bound, or more while a resume's replay is queued (``make_room``).
         self._queue_limit = queue_bytes
         self._wakeup = Flag()
         # Frames are still taken after a drain was asked for: the drain waits for
@@ -332,12 +335,21 @@ class Connection:
         if self.state is State.DRAINING:
             self._end_now()
 
+    def make_room(self, extra: int) -> None:
+        """Let ``extra`` bytes more than ``--queue-bytes`` wait here, until the queue
+        is back within it: what a session's stream kept is written at once (read
+        whole from Redis, and bounded by ``--resume-bytes`` already), and a socket
+        that reads as fast as it can must not be closed as a slow consumer for it."""
+        self._queue_limit = max(self._queue_limit, self._queued_bytes + extra + self._queue_bound)
+
     def pop(self) -> tuple[bytes, float] | None:
         """The next frame to write, or None if none is queued."""
         if not self._queue:
             return None
         item = self._queue.popleft()
         self._queued_bytes -= len(item[0])
+        if self._queued_bytes <= self._queue_bound:
+            self._queue_limit = self._queue_bound
         return item
 
     async def wait_for_frames(self) -> bool:

@@ -123,8 +123,12 @@ def _serve_direct(
     flush = hub.outbound.flush
 
     def on_frame(data: bytes) -> None:
-        route(conn, data)
-        if publisher.crowded:
+        wait = route(conn, data)
+        if wait:
+            # A session's message over the socket's rate: it goes again first once
+            # the budget has refilled, and nothing more is read meanwhile.
+            protocol.hold_reading(lambda: asyncio.sleep(wait), again=data)
+        elif publisher.crowded:
             protocol.hold_reading(publisher.room)
 
     def on_closing() -> None:

@@ -43,7 +43,10 @@ async def _reader(websocket: WebSocket, conn: Connection, hub: Hub) -> None:
             if text is None:
                 continue
             data = text.encode()
-        hub.relay.route(conn, data)
+        wait = hub.relay.route(conn, data)
+        while wait:  # a session's message over the rate: the same one again, later
+            await asyncio.sleep(wait)
+            wait = hub.relay.route(conn, data)
         if publisher.crowded:
             await publisher.room()
 

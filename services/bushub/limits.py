@@ -1,5 +1,6 @@
 """Token buckets: a per-connection budget of messages and bytes per second."""
 
+import math
 import time
 
 
@@ -29,3 +30,33 @@ class TokenBucket:
             return False
         self._tokens -= amount
         return True
+
+    def wait_for(self, amount: float = 1.0) -> float:
+        """Seconds until the bucket holds ``amount``: 0.0 when it does now (nothing
+        is spent), infinity when ``amount`` is over the burst and never will."""
+        if self._rate <= 0:
+            return 0.0
+        now = time.monotonic()
+        self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
+        self._last = now
+        if self._tokens >= amount:
+            return 0.0
+        if amount > self._burst:
+            return math.inf
+        return (amount - self._tokens) / self._rate
+
+    def spend(self, amount: float = 1.0) -> None:
+        """Spend ``amount`` that ``wait_for`` just found in the bucket."""
+        if self._rate > 0:
+            self._tokens -= amount
+
+
+def take_or_wait(messages: TokenBucket, size_bytes: TokenBucket, size: int) -> float:
+    """Spend one message and ``size`` bytes if both buckets hold them (0.0); else
+    spend nothing and return the seconds until both will (infinity: ``size`` is over
+    the bytes' burst, so it never will)."""
+    wait = max(messages.wait_for(1.0), size_bytes.wait_for(size))
+    if not wait:
+        messages.spend(1.0)
+        size_bytes.spend(size)
+    return wait

@@ -102,13 +102,21 @@ class Metrics:
             "Sessions' messages by what happened: replayed after a resume, kept while "
             "the session was away, a resend taken already, a duplicate position not "
             "written twice, positions lost in transit, an acknowledgement ahead of what "
-            "was written",
+            "was written, a message from a session held back by its socket's rate",
             ["event"],
             registry=r,
         )
         for result in ("new", "recovered", "gap"):
             self.resumes.labels(result)
-        for event in ("replayed", "kept_away", "resent_taken", "duplicate", "lost", "acked_ahead"):
+        for event in (
+            "replayed",
+            "kept_away",
+            "resent_taken",
+            "duplicate",
+            "lost",
+            "acked_ahead",
+            "throttled",
+        ):
             self.session_messages.labels(event)
         self.tap_events = Counter(
             "bushub_tap_events",

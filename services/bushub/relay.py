@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from bushub.claims import ClaimFence
 from bushub.closecodes import CloseCode
 from bushub.connection import Connection
+from bushub.limits import take_or_wait
 from bushub.metrics import Metrics
 from bushub.outbound import Outbound
 from bushub.recentframes import RecentFrames
@@ -103,33 +104,50 @@ class Relay:
         # Set by the hub: taps see what is relayed of the agents they watch.
         self.taps: TapRecorder | None = None
 
-    def route(self, conn: Connection, data: bytes) -> None:
+    def route(self, conn: Connection, data: bytes) -> float:
         """Route one frame received on ``conn``: decode the envelope, publish.
 
         Undecodable, oversize or disallowed frames are dropped and counted here;
         nothing else on the connection is affected.
+
+        Returns:
+            0.0, or the seconds to wait before routing this same frame again: a
+            session's message over the socket's rate is held back, not dropped (its
+            proxy forgets what the hub acknowledges, and a refusal is acknowledged),
+            so the caller reads nothing more from the socket until then.
         """
         session = conn.session
         if session is None:
             self._route(conn, data, None, 0)
-            return
+            return 0.0
         sessions = self.sessions
         assert sessions is not None
         position = message_position(data)
         head = MESSAGE_HEAD
+        acked = 0
         if not position:
             position, acked = acked_message(data)
             if not position:
                 self._session_control(conn, data)
-                return
+                return 0.0
             # A message with the proxy's acknowledgement riding on it.
             head = ACKED_HEAD
+        size = len(data) - head
+        # The bytes' burst fits the largest message allowed, so any wait is finite; a
+        # larger one is dropped as oversize below.
+        if size <= self._max_message_bytes:
+            wait = take_or_wait(conn.message_rate, conn.byte_rate, size)
+            if wait:
+                self._metrics.session_messages.labels("throttled").inc()
+                return wait
+        if acked:
             sessions.proxy_ack(conn, acked)
         # On its way, its outcome to follow (``Sessions.published`` or ``refused``
         # settles it): appended here, once a message, not in a call.
         session.outstanding.append(position)
         if not self._route(conn, data[head:], session.origin, position):
             sessions.refused(conn, position)
+        return 0.0
 
     def _session_control(self, conn: Connection, data: bytes) -> None:
         """A session socket's frame that is not a message at a position: the proxy's
@@ -159,7 +177,8 @@ class Relay:
         if len(data) > self._max_message_bytes:
             self._received_and_dropped(conn, DropReason.OVERSIZE, len(data))
             return False
-        if not conn.message_rate.take() or not conn.byte_rate.take(len(data)):
+        # A session's message has passed the rate already (``route``).
+        if origin is None and take_or_wait(conn.message_rate, conn.byte_rate, len(data)):
             self._received_and_dropped(conn, DropReason.RATE_LIMITED, len(data))
             return False
         fmt = conn.format
@@ -269,11 +288,16 @@ class Relay:
             return
         try:
             frame = unpack_relay(data)
+        except DecodeError as exc:
+            self._metrics.messages_dropped.labels(exc.reason).inc()
+            return
+        try:
             payload = translate(frame.payload, frame.fmt, conn.format)
         except DecodeError as exc:
-            # On a session socket the position is not delivered: the next one finds
-            # the hole, and the stream cannot fill it either (counted lost there).
             self._metrics.messages_dropped.labels(exc.reason).inc()
+            if frame.position and conn.session is not None:
+                assert self.sessions is not None
+                self.sessions.passed_over(conn, frame.position, data)
             return
         if frame.resent and not frame.position:
             # Sent again after a broker break: delivered here already, or lost then.

@@ -53,6 +53,8 @@ ACK_TICK = 0.05
 TRIM_SPACING = ACK_DELAY
 # Sessions re-asserted at once after a broker break (one script call each).
 _REASSERT_BATCH = 256
+# A session frame's head, at most: what a message written at a position adds.
+_FRAMING = sessionframe.ACKED_HEAD
 
 
 class SessionParamError(ValueError):
@@ -238,8 +240,7 @@ class Sessions:
         session = conn.session
         assert session is not None
         replay, session.replay = session.replay, []
-        for position, data in replay:
-            self._write_positioned(conn, session, position, data)
+        self._write_kept(conn, session, replay)
         if replay:
             self._metrics.session_messages.labels("replayed").inc(len(replay))
         # Positions up to the newest at the resume were replayed or are not ours.
@@ -305,9 +306,7 @@ class Sessions:
         except ConnectionError as exc:
             log.warning("could not read the stream of %s: %s", conn.agent, exc)
             entries = []
-        for position, data in entries:
-            if position > session.delivered:
-                self._write_positioned(conn, session, position, data)
+        self._write_kept(conn, session, entries)
         first = min((p for p, _ in session.held if p > 0), default=0)
         if first > session.delivered + 1:
             # Not in the stream either (trimmed over its bounds, or Redis lost it).
@@ -317,12 +316,44 @@ class Sessions:
             session.delivered = first - 1
         self._release_held(conn, session)
 
+    def _write_kept(
+        self, conn: Connection, session: Session, entries: list[tuple[int, bytes]]
+    ) -> None:
+        """Write what the stream kept after the socket's newest position (a resume's
+        replay, a hole's fill), all at once: the socket's queue makes room for it."""
+        newest = session.delivered
+        ready: list[tuple[int, tuple[bytes, float] | None]] = []
+        for position, data in entries:
+            if position > newest:
+                newest = position
+                ready.append((position, self._translate(conn, data)))
+        conn.make_room(sum(len(t[0]) + _FRAMING for _, t in ready if t is not None))
+        for position, translated in ready:
+            if translated is None:
+                session.delivered = position  # unreadable (counted): passed over
+            else:
+                self._write_payload(conn, session, position, *translated)
+
     def _write_positioned(
         self, conn: Connection, session: Session, position: int, data: bytes
     ) -> None:
         translated = self._translate(conn, data)
         if translated is not None:
             self._write_payload(conn, session, position, *translated)
+        elif position:
+            # Unreadable in the socket's format (counted): the position is spent, not
+            # a hole that a read of the stream (which holds the same) would fill.
+            session.delivered = position
+
+    def passed_over(self, conn: Connection, position: int, data: bytes) -> None:
+        """A live message at ``position`` that cannot be written in the socket's
+        format (counted by the caller): the position is spent, not a hole."""
+        session = conn.session
+        assert session is not None
+        if position == session.delivered + 1 and not session.replaying:
+            session.delivered = position
+        else:  # held, or after a hole: passed over in turn (``_write_positioned``)
+            self._deliver(conn, session, position, data)
 
     def _write_payload(
         self, conn: Connection, session: Session, position: int, payload: bytes, received_at: float

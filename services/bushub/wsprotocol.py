@@ -234,12 +234,20 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         if self._on_writable is not None:
             self._on_writable()
 
-    def hold_reading(self, until: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    def hold_reading(
+        self, until: Callable[[], Coroutine[Any, Any, None]], again: bytes | None = None
+    ) -> None:
         """Route nothing more from the client until ``until()`` returns (backpressure).
 
         Reading stops, and messages already read in the same chunk wait here: a
         chunk can hold hundreds of small frames, more than the room left.
+
+        Args:
+            again: A frame just routed that is to be routed again first (one the
+                relay held back).
         """
+        if again is not None:
+            self._held_frames = [again, *(self._held_frames or ())]
         if self._reading_held is not None:
             return
         self.transport.pause_reading()
@@ -254,8 +262,10 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
             if self._on_frame is None:
                 return  # the socket is ending: nothing is routed any more
             self._route(data)
-            if self._reading_held is not None:  # full again: keep the rest, in order
-                self._held_frames = [*(held or ())[index + 1 :], *(self._held_frames or ())]
+            if self._reading_held is not None:  # held again: keep the rest, in order
+                # Routing is synchronous: all ``_held_frames`` can hold now is a
+                # frame given back to be routed again, which goes first.
+                self._held_frames = [*(self._held_frames or ()), *(held or ())[index + 1 :]]
                 return
         if not self.disconnected and not self.read_paused:
             self.transport.resume_reading()

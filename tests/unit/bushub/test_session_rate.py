@@ -1,0 +1,113 @@
+"""A session socket over its rate is held back, not dropped (docs/protocol.md,
+Sessions): the hub acknowledges what it refuses, and the proxy forgets what the hub
+acknowledges, so a message dropped for the rate would be lost for good. The hub reads
+nothing more from the socket until the budget has refilled, then relays it."""
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import ClientConnection
+
+from buswire import sessionframe
+from tests.support.messages import encode, task_request
+from tests.unit.bushub.conftest import RunningHub, running_hub, small_settings
+from tests.unit.bushub.helpers import recv_non_registry, wait_until
+
+RATE = 40  # messages/s, a burst of 40: the rest are held back for about 2 s
+SENT = 120
+SERVED = {"direct": {}, "fallback": {"ws": "websockets-sansio"}}
+
+
+class Acks:
+    """The newest position the hub acknowledged to a session socket."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.position = 0
+        self._task = asyncio.create_task(self._read(ws))
+
+    async def _read(self, ws: ClientConnection) -> None:
+        async for data in ws:
+            assert isinstance(data, bytes)
+            frame = sessionframe.decode(data)
+            if frame.kind is sessionframe.Kind.ACK or frame.acked:
+                self.position = max(self.position, frame.acked or frame.position)
+
+
+def message(position: int, seq: int, padding: str = "") -> bytes:
+    tree: Any = task_request("a", "b", seq=seq)
+    tree["__data__"]["payload"]["padding"] = padding
+    return sessionframe.message(position, encode(tree))
+
+
+async def seqs_received(b: ClientConnection, count: int) -> list[int]:
+    got = [json.loads(await recv_non_registry(b, timeout=10.0)) for _ in range(count)]
+    return [int(m["__data__"]["payload"]["seq"]) for m in got]
+
+
+async def send_all(ws: ClientConnection, frames: list[bytes]) -> None:
+    for frame in frames:
+        await ws.send(frame)
+
+
+async def opened(node: RunningHub) -> None:
+    await node.wait_metric("bushub_connections", 2)
+
+
+@pytest.mark.parametrize("path", SERVED)
+async def test_a_session_over_its_message_rate_is_held_back_and_loses_nothing(path: str) -> None:
+    settings = small_settings(rate_messages=RATE, rate_bytes=0)
+    async with (
+        running_hub(settings, **SERVED[path]) as node,
+        node.connect("b", peer="a") as b,
+        node.connect("a", peer="b", session="S1") as a,
+    ):
+        await opened(node)
+        acks = Acks(a)
+        sending = asyncio.create_task(send_all(a, [message(p, p) for p in range(1, SENT + 1)]))
+        assert await seqs_received(b, SENT) == list(range(1, SENT + 1))
+        await sending
+        await wait_until(lambda: acks.position == SENT, "every position acknowledged")
+        assert node.metric("bushub_messages_dropped_total", reason="rate_limited") == 0
+        # Held back at least once per message past the burst's worth.
+        assert node.metric("bushub_session_messages_total", event="throttled") >= SENT - RATE - 5
+
+
+async def test_a_stock_socket_over_its_rate_still_drops_the_excess() -> None:
+    settings = small_settings(rate_messages=RATE, rate_bytes=0)
+    async with (
+        running_hub(settings) as node,
+        node.connect("b", peer="a") as b,
+        node.connect("a", peer="b") as a,
+    ):
+        await opened(node)
+        for seq in range(SENT):
+            await a.send(encode(task_request("a", "b", seq=seq)))
+        await wait_until(
+            lambda: node.metric("bushub_messages_dropped_total", reason="rate_limited") > 0,
+            "the excess dropped",
+        )
+        assert node.metric("bushub_session_messages_total", event="throttled") == 0
+        del b
+
+
+@pytest.mark.parametrize("path", SERVED)
+async def test_a_session_over_its_byte_rate_is_held_back_and_loses_nothing(path: str) -> None:
+    # The largest message allowed is the burst (64 KiB): each 20 KiB message past the
+    # first three waits for a fifth of a second's refill.
+    settings = small_settings(rate_messages=0, rate_bytes=100_000)
+    frames = [message(p, p, padding="x" * 20_000) for p in range(1, 13)]
+    async with (
+        running_hub(settings, **SERVED[path]) as node,
+        node.connect("b", peer="a") as b,
+        node.connect("a", peer="b", session="S1") as a,
+    ):
+        await opened(node)
+        acks = Acks(a)
+        sending = asyncio.create_task(send_all(a, frames))
+        assert await seqs_received(b, 12) == list(range(1, 13))
+        await sending
+        await wait_until(lambda: acks.position == 12, "every position acknowledged")
+        assert node.metric("bushub_messages_dropped_total", reason="rate_limited") == 0
+        assert node.metric("bushub_session_messages_total", event="throttled") >= 8
