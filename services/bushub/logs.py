@@ -87,12 +87,16 @@ class RateLimitFilter(logging.Filter):
 
 
 _TOKEN_IN_URL = re.compile(r"(token=)[^&\s\"']+")
+# A session id resumes the session (with the agent's token, if auth is on): a
+# credential as well, shown to peers only as a digest.
+_SESSION_IN_URL = re.compile(r"([?&]session=)[^&\s\"']+")
 _AUTHORIZATION = re.compile(r"(?i)(authorization:\s*(?:\S+\s+)?)\S+")
 
 
 class RedactTokensFilter(logging.Filter):
-    """Blank out ``?token=`` values and ``Authorization`` headers: uvicorn logs
-    handshake paths with their query, and at debug level every request header."""
+    """Blank out ``?token=`` and ``?session=`` values and ``Authorization`` headers:
+    uvicorn logs handshake paths with their query, and at debug level every request
+    header."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.args:
@@ -100,6 +104,8 @@ class RedactTokensFilter(logging.Filter):
             record.args = None
         if isinstance(record.msg, str) and "token=" in record.msg:
             record.msg = _TOKEN_IN_URL.sub(r"\1REDACTED", record.msg)
+        if isinstance(record.msg, str) and "session=" in record.msg:
+            record.msg = _SESSION_IN_URL.sub(r"\1REDACTED", record.msg)
         if isinstance(record.msg, str) and "authorization" in record.msg.lower():
             record.msg = _AUTHORIZATION.sub(r"\1REDACTED", record.msg)
         return True

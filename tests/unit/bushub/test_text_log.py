@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from bushub.logs import TextFormatter
+from bushub.logs import RedactTokensFilter, TextFormatter
 
 
 def render(msg: str, *args: object, exc: bool = False) -> str:
@@ -40,3 +40,22 @@ def test_a_traceback_keeps_its_lines_after_a_one_line_message() -> None:
     assert lines[0] == "INFO Exception in ASGI application"
     assert lines[1] == "Traceback (most recent call last):"
     assert lines[-1] == "ValueError: boom"
+
+
+@pytest.mark.parametrize(
+    ("line", "shown"),
+    [
+        (
+            '"GET /ws/a?peer=b&session=s3cr3t-Id_1&received=4 HTTP/1.1" 101',
+            '"GET /ws/a?peer=b&session=REDACTED&received=4 HTTP/1.1" 101',
+        ),
+        ("/ws/a?session=abc", "/ws/a?session=REDACTED"),
+        ("/ws/a?token=t.k.n&session=abc", "/ws/a?token=REDACTED&session=REDACTED"),
+        ("the session=... of a message, not a query", "the session=... of a message, not a query"),
+    ],
+)
+def test_session_ids_and_tokens_in_request_lines_are_redacted(line: str, shown: str) -> None:
+    # uvicorn's access log passes the request line as an argument.
+    record = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, "%s", (line,), None)
+    assert RedactTokensFilter().filter(record)
+    assert record.getMessage() == shown
