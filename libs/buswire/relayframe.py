@@ -126,6 +126,17 @@ def session_origin(data: bytes) -> tuple[bytes, int] | None:
     return data[start : start + size], int(position)
 
 
+def kept_origin(data: bytes) -> tuple[bytes, int] | None:
+    """``session_origin`` of a relay frame that may be wrapped as kept (read at an
+    offset: no copy of the frame)."""
+    base = _POSITION.size if data[:1] == b"\x03" else 0
+    if data[base : base + 1] != b"\x02" or len(data) < base + _HEADER.size + _ORIGIN.size:
+        return None
+    position, size = _ORIGIN.unpack_from(data, base + _HEADER.size)
+    start = base + _HEADER.size + _ORIGIN.size
+    return data[start : start + size], int(position)
+
+
 def unpack_relay(data: bytes) -> RelayFrame:
     """Split a relay frame (kept or not) into header fields and payload.
 

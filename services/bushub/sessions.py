@@ -33,7 +33,7 @@ from bushub.connection import Connection
 from bushub.metrics import Metrics
 from bushub.settings import Settings
 from buswire import sessionframe
-from buswire.relayframe import MAX_SENDER_BYTES, sender_of, session_origin
+from buswire.relayframe import MAX_SENDER_BYTES, kept_origin, sender_of, session_origin
 from buswire.sessionframe import ACK_DELAY, ACK_EVERY
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,9 @@ TRIM_SPACING = ACK_DELAY
 _REASSERT_BATCH = 256
 # A session frame's head, at most: what a message written at a position adds.
 _FRAMING = sessionframe.ACKED_HEAD
+# Sending sessions whose newest position a socket remembers (``Session.senders``):
+# a resend comes within seconds of its sender's reconnect.
+_SENDERS_KEPT = 1024
 
 
 class SessionParamError(ValueError):
@@ -113,6 +116,10 @@ class Session:
         origin: The sender its messages carry: its agent and session id.
         inline_acks: The proxy takes acknowledgements inline on the messages
             written to it (it asked with ``acks=inline``).
+        senders: The newest position of each sending session written to the
+            socket (made with the first): a sender's resend that Redis relayed
+            again, having lost its record of the first (a restart, a failover), is
+            not written twice while the socket lasts.
     """
 
     id: str
@@ -137,6 +144,7 @@ class Session:
     subscribed: bool = False
     origin: bytes = b""
     inline_acks: bool = False
+    senders: dict[bytes, int] | None = None
 
     @property
     def runner(self) -> str:
@@ -274,7 +282,10 @@ class Sessions:
         assert session is not None
         if position == session.delivered + 1 and not session.replaying:
             # The next position, live: every message of a session in steady state.
-            self._write_payload(conn, session, position, payload, received_at)
+            if self._given_already(session, data):
+                session.delivered = position
+            else:
+                self._write_payload(conn, session, position, payload, received_at)
             return
         self._deliver(conn, session, position, data)
 
@@ -326,7 +337,9 @@ class Sessions:
         for position, data in entries:
             if position > newest:
                 newest = position
-                ready.append((position, self._translate(conn, data)))
+                # Given already: spent, as an unreadable one is.
+                given = self._given_already(session, data)
+                ready.append((position, None if given else self._translate(conn, data)))
         conn.make_room(sum(len(t[0]) + _FRAMING for _, t in ready if t is not None))
         for position, translated in ready:
             if translated is None:
@@ -337,13 +350,32 @@ class Sessions:
     def _write_positioned(
         self, conn: Connection, session: Session, position: int, data: bytes
     ) -> None:
-        translated = self._translate(conn, data)
+        translated = None if self._given_already(session, data) else self._translate(conn, data)
         if translated is not None:
             self._write_payload(conn, session, position, *translated)
         elif position:
-            # Unreadable in the socket's format (counted): the position is spent, not
-            # a hole that a read of the stream (which holds the same) would fill.
+            # Given already, or unreadable in the socket's format (counted): the
+            # position is spent, not a hole that a read of the stream would fill.
             session.delivered = position
+
+    def _given_already(self, session: Session, data: bytes) -> bool:
+        """Whether ``data`` (a relay frame) is a sending session's message at or
+        before the newest of that sender's written to this socket (counted as a
+        resend taken already); else it is the newest from now on."""
+        origin = kept_origin(data)
+        if origin is None:
+            return False
+        sender, position = origin
+        senders = session.senders
+        if senders is None:
+            senders = session.senders = {}
+        elif position <= senders.get(sender, 0):
+            self._metrics.session_messages.labels("resent_taken").inc()
+            return True
+        elif len(senders) >= _SENDERS_KEPT and sender not in senders:
+            del senders[next(iter(senders))]  # the longest known
+        senders[sender] = position
+        return False
 
     def passed_over(self, conn: Connection, position: int, data: bytes) -> None:
         """A live message at ``position`` that cannot be written in the socket's

@@ -322,6 +322,45 @@ async def test_a_redis_that_restarted_empty_gets_connected_sessions_back(
     await b.close()
 
 
+async def test_a_resend_after_redis_lost_its_record_is_not_written_twice_to_a_connected_session(
+    faults: Faults,
+) -> None:
+    """Redis restarted empty, and the sender's node with it: the sender's proxy sends
+    again what was not acknowledged, Redis no longer knows it relayed it, and the
+    receiver (connected throughout, on a node that lived) must not get it twice."""
+    n1, n2 = faults.ready("n1", "n2")
+    redis = faults.start_redis()
+    b = await SessionSocket.open(n1.url, "b", "a", "SB")
+    a = await SessionSocket.open(n2.url, "a", "b", "SA")
+    for position in (1, 2, 3):
+        await a.send(position, "a", "b", position)
+    await received(b, 3, "b receiving three")
+    redis.kill()
+    n2.kill()
+    await a.vanish()
+    redis.restart()  # empty: no persistence
+    n1.wait_ready()
+    await until(
+        lambda: redis.cli("HGET", "bushub:session:{b}", "seq").strip() == "3",
+        what="n1 putting b's session back, numbered after what b was given",
+    )
+    n2.spawn()
+    n2.wait_ready()
+    # As if none of the three had been acknowledged before the node died.
+    again = await SessionSocket.open(n2.url, "a", "b", "SA")
+    for position in (1, 2, 3, 4):
+        await again.send(position, "a", "b", position)
+    await until(lambda: again.acked == 4, what="the hub acknowledging the resend")
+    await received(b, 4, "the new one reaching b")
+    await asyncio.sleep(0.3)
+    assert b.seqs() == [1, 2, 3, 4], "each message written to b once"
+    assert b.positions == sorted(set(b.positions)), "positions in order, none twice"
+    taken = n1.metrics().value("bushub_session_messages_total", event="resent_taken")
+    assert taken == 3
+    await again.close()
+    await b.close()
+
+
 async def test_with_transient_frames_bridged_frames_are_not_kept(faults: Faults) -> None:
     (n1,) = faults.ready("n1", transient_frames=True)
     redis = faults.start_redis()

@@ -21,6 +21,7 @@ from buswire.relayframe import (
     pack_relay,
     pack_session_relay,
     pack_stored,
+    sender_of,
     unpack_relay,
 )
 from buswire.sessionframe import ACK_DELAY, ACK_EVERY
@@ -155,6 +156,41 @@ async def test_a_hole_in_live_positions_is_filled_from_the_stream() -> None:
             node.relay.deliver("a", data)
     await asyncio.sleep(0.01)
     assert numbered(conn) == [(1, 1), (2, 2), (3, 3)]
+
+
+async def test_a_senders_message_written_already_is_not_written_again_live_or_from_the_stream() -> (
+    None
+):
+    """Redis relayed a sender's resend again (it had lost its record of the first):
+    the socket that was given the first does not get it twice, on the live path nor
+    when a hole is filled from the stream, and the position is spent, not a hole."""
+    node = Node()
+    conn = await node.session_socket("S1")
+    sender = sender_of("b", "SB")
+    kept = node.broker._kept()
+
+    def keep(seq: int, position: int, *, live: bool, who: bytes = sender) -> None:
+        data, _ = kept.deliver("a", relay_frame(seq, sender=who, position=position))
+        assert data is not None, "relayed"
+        kept._relayed.clear()  # as a Redis that lost its records would
+        if live:
+            node.relay.deliver("a", data)
+
+    for seq, position in ((1, 7), (1, 7), (3, 8)):
+        keep(seq, position, live=True)
+    assert numbered(conn) == [(1, 1), (3, 3)]
+    # Kept in the stream (4: a resend of 8, 5: new), only 6 live: 4 and 5 fill the hole.
+    keep(3, 8, live=False)
+    keep(5, 9, live=False)
+    keep(6, 10, live=True)
+    await asyncio.sleep(0.01)
+    assert numbered(conn) == [(1, 1), (3, 3), (5, 5), (6, 6)]
+    assert node.counted("resent_taken") == 2
+    assert node.counted("lost") == 0
+    assert node.counted("duplicate") == 1, "only the live copy of 6, which the fill wrote"
+    # Another sender's position 7 is its own.
+    keep(7, 7, live=True, who=sender_of("c", "SC"))
+    assert numbered(conn)[-1] == (7, 7)
 
 
 async def test_over_the_bounds_the_oldest_go_and_a_resume_from_before_is_a_gap() -> None:
