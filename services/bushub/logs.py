@@ -63,19 +63,23 @@ class RateLimitFilter(logging.Filter):
 
     Keyed by the unformatted message, so "redis unreachable (%s)" counts as one
     warning whatever the exception; the next one that passes says how many were
-    suppressed meanwhile.
+    suppressed meanwhile. A record with a ``rate_key`` (``extra=``) is limited per
+    key: a warning about one agent does not hide the same warning about another.
     """
 
-    def __init__(self, interval: float = 10.0) -> None:
+    def __init__(self, interval: float = 10.0, most_keys: int = 10_000) -> None:
         super().__init__()
         self._interval = interval
-        self._last: dict[tuple[str, object], tuple[float, int]] = {}
+        self._most_keys = most_keys
+        self._last: dict[tuple[str, object, object], tuple[float, int]] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING:
             return True
-        key = (record.name, record.msg)
+        key = (record.name, record.msg, getattr(record, "rate_key", None))
         now = time.monotonic()
+        if len(self._last) >= self._most_keys and key not in self._last:
+            self._forget_before(now - self._interval)
         last, suppressed = self._last.get(key, (0.0, 0))
         if now - last < self._interval:
             self._last[key] = (last, suppressed + 1)
@@ -84,6 +88,13 @@ class RateLimitFilter(logging.Filter):
             record.msg = f"{record.msg} [{suppressed} similar suppressed]"
         self._last[key] = (now, 0)
         return True
+
+    def _forget_before(self, since: float) -> None:
+        """Drop keys not logged since ``since`` (their suppressed counts go unsaid);
+        all of them if every key is that recent, so the map stays bounded."""
+        stale = [key for key, (last, _) in self._last.items() if last < since]
+        for key in stale or list(self._last):
+            del self._last[key]
 
 
 _TOKEN_IN_URL = re.compile(r"(token=)[^&\s\"']+")

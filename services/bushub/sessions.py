@@ -231,6 +231,7 @@ class Sessions:
                 conn.agent,
                 session.received,
                 resumed.newest,
+                extra={"rate_key": conn.agent},  # each agent's gap is told
             )
         # What its messages carry as their sender: the agent with the session, so a
         # socket can only ever mark positions of its own agent's sessions as relayed.
@@ -322,7 +323,12 @@ class Sessions:
         if first > session.delivered + 1:
             # Not in the stream either (trimmed over its bounds, or Redis lost it).
             lost = first - session.delivered - 1
-            log.warning("session of %s: %d positions lost in transit", conn.agent, lost)
+            log.warning(
+                "session of %s: %d positions lost in transit",
+                conn.agent,
+                lost,
+                extra={"rate_key": conn.agent},
+            )
             self._metrics.session_messages.labels("lost").inc(lost)
             session.delivered = first - 1
         self._release_held(conn, session)
