@@ -28,6 +28,7 @@ from tests.integration.redis_auth import ACL_USER, HUB_ACL_RULES, REQUIREPASS, R
 from tests.integration.redis_cluster import RedisClusterServers
 from tests.operations.ops import ADMIN_TOKEN, PRESENCE_TTL, OpsNode, close_clients, ws_connect
 from tests.support.messages import TASK_REQUEST, decode, encode, task_request
+from tests.support.ports import cluster_port
 from tests.support.reports import register_log
 from tests.support.sessionclient import SessionSocket
 from tests.support.waiting import until, wait_until
@@ -286,6 +287,41 @@ def test_a_password_for_a_redis_without_one_stops_the_node(
         assert WRONG_PASSWORD not in log and password not in log
     finally:
         redis.stop()
+
+
+def test_a_node_started_before_its_redis_waits_for_it_and_then_serves(
+    tmp_path: Path, request: pytest.FixtureRequest, hubs: Hubs
+) -> None:
+    """Redis not listening yet when the node starts (an orchestrator starting both at
+    once): the node waits, its port not yet served, says so, and serves once Redis
+    answers. It used to exit at once (code 3) with a traceback on one line."""
+    redis = RedisServer(tmp_path / "late-redis.log")
+    register_log(request, "redis log", redis.log_path)
+    node = hubs.spawn("late", redis.url)
+    try:
+        assert wait_until(lambda: "waiting for redis" in node.log_text()), node.log_text()
+        time.sleep(1.5)  # several tries, each refused
+        assert node.alive, node.log_text()
+        assert node.http_status("/readyz") is None, "nothing served while waiting"
+        redis.start()
+        node.wait_ready()
+        assert "Traceback" not in node.log_text()
+    finally:
+        redis.stop()
+
+
+def test_a_node_waiting_for_an_unreachable_redis_cluster_stops_at_a_signal(
+    hubs: Hubs,
+) -> None:
+    """No seed of the cluster answers: the node waits as for one Redis, and SIGTERM
+    ends the wait."""
+    node = hubs.spawn("late-cluster", f"redis+cluster://127.0.0.1:{cluster_port()}")
+    assert wait_until(lambda: "waiting for redis cluster" in node.log_text()), node.log_text()
+    time.sleep(1.0)
+    assert node.alive, node.log_text()
+    node.signal(signal.SIGTERM)
+    assert wait_until(lambda: not node.alive, timeout=TIMEOUT), "still running"
+    assert "stopped before serving: a signal came while starting" in node.log_text()
 
 
 def test_a_signal_while_starting_stops_the_node(

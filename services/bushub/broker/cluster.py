@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import RedisClusterException, RedisClusterUnreachableError, RedisError
 
 from bushub.broker.base import Broker, PartialPublish
 from bushub.broker.credentials import Credentials
@@ -33,6 +33,7 @@ from bushub.broker.listener import Listener
 from bushub.broker.nodes import NodeRegistry
 from bushub.broker.redis import (
     CLAIM_SCRIPT,
+    LOGIN_REFUSALS,
     REFRESH_SCRIPT,
     RELEASE_SCRIPT,
     UNREACHABLE,
@@ -48,6 +49,7 @@ from bushub.broker.sessionscripts import (
     SessionLimits,
     SessionScripts,
 )
+from bushub.broker.startwait import until_reachable
 from bushub.broker.subscriber import Subscriber
 
 log = logging.getLogger(__name__)
@@ -200,7 +202,13 @@ class RedisClusterBroker(Broker):
         return f"redis cluster (sharded pub/sub; primaries {primaries})"
 
     async def start(self) -> None:
-        await self._client.initialize()
+        startup = ", ".join(self._client.nodes_manager.startup_nodes) or "?"
+        await until_reachable(
+            self._client.initialize,
+            f"redis cluster ({startup})",
+            (*UNREACHABLE, RedisClusterUnreachableError),
+            LOGIN_REFUSALS,
+        )
         if self._delivery is not None:
             # Every primary's cache (the queued path, EVAL, fills one that lost it).
             await self._client.script_load(DELIVER)

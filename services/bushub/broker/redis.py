@@ -45,6 +45,7 @@ from bushub.broker.sessionscripts import (
     agent_of,
     trim_call,
 )
+from bushub.broker.startwait import until_reachable
 from bushub.broker.subscriber import Subscriber
 
 log = logging.getLogger(__name__)
@@ -244,8 +245,7 @@ class RedisBroker(Broker):
         return f"redis {pool.get('host', '?')}:{pool.get('port', '?')}/{pool.get('db', 0)}"
 
     async def start(self) -> None:
-        await self._client.ping()
-        await self._load_delivery()
+        await until_reachable(self._reachable, self.description, UNREACHABLE, LOGIN_REFUSALS)
         self._ready = asyncio.get_running_loop().create_future()
         self._listening = asyncio.create_task(self._listener.run(), name="redis-listener")
         try:
@@ -256,6 +256,10 @@ class RedisBroker(Broker):
             self._listening.cancel()
             await asyncio.gather(self._listening, return_exceptions=True)
             raise
+
+    async def _reachable(self) -> None:
+        await self._client.ping()
+        await self._load_delivery()
 
     def _listener_down(self, exc: BaseException) -> None:
         self._set_up(False)
