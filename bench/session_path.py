@@ -27,7 +27,7 @@ from busbench.inmemory import TakingSocket, memory_connection
 from busbench.pathbench import alternated, main
 
 from bushub.broker.memory import MemoryBroker
-from bushub.broker.sessionscripts import SessionLimits, ack_command
+from bushub.broker.sessionscripts import TRIM_SCRIPT, SessionLimits, trim_call
 from bushub.claims import ClaimFence
 from bushub.connection import Connection
 from bushub.metrics import Metrics
@@ -51,7 +51,7 @@ class _TrimBuilding(MemoryBroker):
     it (its RESP command) and not carried out: the streams stay empty here."""
 
     def ack_session_nowait(self, agent: str, session: str, position: int) -> bool:
-        return bool(ack_command(agent, session, position, by_sha=True))
+        return bool(TRIM_SCRIPT.call(*trim_call(agent, session, position), by_sha=True))
 
 
 class _Case:

@@ -21,42 +21,39 @@ class TokenBucket:
 
     def take(self, amount: float = 1.0) -> bool:
         """Spend ``amount`` if the bucket holds it; False (nothing spent) if not."""
-        if self._rate <= 0:
-            return True
-        now = time.monotonic()
-        self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
-        self._last = now
-        if self._tokens < amount:
-            return False
-        self._tokens -= amount
-        return True
+        return not self.take_or_wait(amount)
 
-    def wait_for(self, amount: float = 1.0) -> float:
-        """Seconds until the bucket holds ``amount``: 0.0 when it does now (nothing
-        is spent), infinity when ``amount`` is over the burst and never will."""
+    def take_or_wait(self, amount: float = 1.0) -> float:
+        """Spend ``amount`` if the bucket holds it (0.0); else spend nothing and
+        return the seconds until it will (infinity when ``amount`` is over the
+        burst: it never will)."""
         if self._rate <= 0:
             return 0.0
         now = time.monotonic()
         self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
         self._last = now
         if self._tokens >= amount:
+            self._tokens -= amount
             return 0.0
         if amount > self._burst:
             return math.inf
         return (amount - self._tokens) / self._rate
 
-    def spend(self, amount: float = 1.0) -> None:
-        """Spend ``amount`` that ``wait_for`` just found in the bucket."""
+    def give_back(self, amount: float = 1.0) -> None:
+        """Return ``amount`` just spent, unused."""
         if self._rate > 0:
-            self._tokens -= amount
+            self._tokens += amount
 
 
 def take_or_wait(messages: TokenBucket, size_bytes: TokenBucket, size: int) -> float:
     """Spend one message and ``size`` bytes if both buckets hold them (0.0); else
-    spend nothing and return the seconds until both will (infinity: ``size`` is over
-    the bytes' burst, so it never will)."""
-    wait = max(messages.wait_for(1.0), size_bytes.wait_for(size))
-    if not wait:
-        messages.spend(1.0)
-        size_bytes.spend(size)
+    spend nothing and return the seconds until the one short of it will hold it (the
+    caller asks again then; infinity: ``size`` is over the bytes' burst, so it never
+    will)."""
+    wait = messages.take_or_wait(1.0)
+    if wait:
+        return wait
+    wait = size_bytes.take_or_wait(size)
+    if wait:
+        messages.give_back(1.0)
     return wait

@@ -33,7 +33,7 @@ from bushub.connection import Connection
 from bushub.metrics import Metrics
 from bushub.settings import Settings
 from buswire import sessionframe
-from buswire.relayframe import MAX_SENDER_BYTES, kept_origin, sender_of, session_origin
+from buswire.relayframe import MAX_SENDER_BYTES, origin_key, sender_of, session_origin
 from buswire.sessionframe import ACK_DELAY, ACK_EVERY
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ class Session:
     subscribed: bool = False
     origin: bytes = b""
     inline_acks: bool = False
-    senders: dict[bytes, int] | None = None
+    senders: dict[bytes, bytes] | None = None
 
     @property
     def runner(self) -> str:
@@ -368,18 +368,20 @@ class Sessions:
         """Whether ``data`` (a relay frame) is a sending session's message at or
         before the newest of that sender's written to this socket (counted as a
         resend taken already); else it is the newest from now on."""
-        origin = kept_origin(data)
+        origin = origin_key(data)
         if origin is None:
             return False
         sender, position = origin
         senders = session.senders
         if senders is None:
             senders = session.senders = {}
-        elif position <= senders.get(sender, 0):
+        last = senders.get(sender)
+        if last is None:
+            if len(senders) >= _SENDERS_KEPT:
+                del senders[next(iter(senders))]  # the longest known
+        elif position <= last:
             self._metrics.session_messages.labels("resent_taken").inc()
             return True
-        elif len(senders) >= _SENDERS_KEPT and sender not in senders:
-            del senders[next(iter(senders))]  # the longest known
         senders[sender] = position
         return False
 

@@ -15,8 +15,10 @@ from buswire.relayframe import (
     RelayFrame,
     as_first_sent,
     as_resent,
+    origin_key,
     pack_relay,
     pack_session_relay,
+    pack_stored,
     session_origin,
     unpack_relay,
 )
@@ -136,3 +138,31 @@ def test_a_resent_session_or_transient_frame_keeps_its_other_bits() -> None:
     assert (read.fmt, read.payload, read.resent) == (Format.MSGPACK, b"\x80", True)
     assert session_origin(resent) == (b"a/s1", 9)
     assert as_first_sent(resent) == frame
+
+
+@PROPERTY_SETTINGS
+@given(
+    st.binary(min_size=1, max_size=40),
+    st.lists(st.integers(min_value=1, max_value=2**53), min_size=2, max_size=8),
+    st.integers(min_value=0, max_value=2**53),
+)
+def test_origin_key_reads_the_sender_and_orders_positions_as_numbers(
+    sender: bytes, positions: list[int], kept_at: int
+) -> None:
+    keys = []
+    for position in positions:
+        frame = pack_session_relay(Format.JSON, 1.0, PAYLOAD, sender, position)
+        key = origin_key(frame)
+        assert key is not None and key[0] == sender
+        # Wrapped as kept (at a position in the receiving stream): the same key.
+        assert origin_key(pack_stored(kept_at, frame)) == key
+        keys.append(key[1])
+    order = sorted(range(len(positions)), key=lambda i: positions[i])
+    assert [keys[i] for i in order] == sorted(keys)
+
+
+def test_origin_key_is_none_for_frames_no_session_sent() -> None:
+    assert origin_key(JSON_FRAME) is None
+    assert origin_key(pack_stored(3, JSON_FRAME)) is None
+    assert origin_key(b"\x02\x00") is None  # too short to hold a sender
+    assert origin_key(b"") is None
