@@ -307,11 +307,15 @@ class Relay:
             data = as_first_sent(data)
             if self._seen_again(data):
                 return
+        sessions = self.sessions
         if conn.session is not None:
-            assert self.sessions is not None
-            self.sessions.deliver(conn, frame.position, data, payload, frame.received_at)
+            assert sessions is not None
+            sessions.deliver(conn, frame.position, data, payload, frame.received_at)
         else:
             self._outbound.enqueue(conn, payload, frame.received_at)
+            if frame.position and sessions is not None:
+                # Numbered: a session of the name is away, and its stream keeps this.
+                sessions.given_to_plain_holder(agent)
         self._recent.add(data)
 
     def _seen_again(self, original: bytes) -> bool:

@@ -55,6 +55,10 @@ TRIM_SPACING = ACK_DELAY
 _REASSERT_BATCH = 256
 # A session frame's head, at most: what a message written at a position adds.
 _FRAMING = sessionframe.ACKED_HEAD
+# How often a name's away session may be asked to end for a socket without a session
+# holding the name (the messages numbered meanwhile each ask), and names remembered.
+_END_AWAY_EVERY = 1.0
+_ENDING_ASKED_KEPT = 4096
 # Sending sessions whose newest position a socket remembers (``Session.senders``):
 # a resend comes within seconds of its sender's reconnect.
 _SENDERS_KEPT = 1024
@@ -206,6 +210,8 @@ class Sessions:
         self._trims_due: set[Connection] = set()
         self._tick: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        # When each name's away session was last asked to end (``given_to_plain_holder``).
+        self._ending_asked: dict[str, float] = {}
 
     # ---- the handshake --------------------------------------------------------
 
@@ -557,6 +563,36 @@ class Sessions:
         except ConnectionError as exc:
             # Kept a while longer; the next acknowledgements trim it.
             log.debug("could not trim %d session streams: %s", len(items), exc)
+
+    # ---- a name held by a socket without a session ---------------------------------
+
+    def given_to_plain_holder(self, agent: str) -> None:
+        """A socket without a session that holds ``agent`` was given a message the
+        stream of the name's session keeps (so that session is away): end it, so
+        that a resume of it is a gap, not a replay of what this socket was given.
+        Asked at most once per ``_END_AWAY_EVERY`` per name."""
+        now = time.monotonic()
+        asked = self._ending_asked
+        if now - asked.get(agent, -_END_AWAY_EVERY) < _END_AWAY_EVERY:
+            return
+        if len(asked) >= _ENDING_ASKED_KEPT:
+            asked.clear()
+        asked[agent] = now
+        self._spawn(self._end_away(agent))
+
+    async def _end_away(self, agent: str) -> None:
+        try:
+            ended = await self._broker.end_away_session(agent)
+        except ConnectionError as exc:
+            log.warning("could not end the away session of %s: %s", agent, exc)
+            return
+        if ended:
+            log.warning(
+                "session of %s ended: a socket without a session holds the name and was "
+                "given what the session's stream kept (its resume will be a gap)",
+                agent,
+                extra={"rate_key": agent},
+            )
 
     def _spawn(self, coro: "asyncio._CoroutineLike[None]") -> None:
         task = asyncio.create_task(coro)

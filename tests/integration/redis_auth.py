@@ -47,6 +47,7 @@ HUB_ACL_RULES = (
     "+hscan",
     "+hdel",
     "+pexpire",
+    "+pttl",
     "+persist",
     "+xadd",
     "+xlen",

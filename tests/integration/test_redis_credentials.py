@@ -245,6 +245,16 @@ async def test_agents_on_two_nodes_talk_and_are_listed_through_a_locked_redis(
     )
     await newer.close()
 
+    # A stock socket takes the name of an away session and is given what its stream
+    # keeps: its node ends the session (END_AWAY).
+    away = await SessionSocket.open(n2.url, "w", "a", "SW")
+    await away.close()
+    stock = await ws_connect(n2.ws_url("w", peer="a", format="json", dialect="subagents"))
+    await a.send(encode(task_request("a", "w", 5)))
+    assert (await next_of_type(stock, TASK_REQUEST))["__data__"]["payload"] == {"seq": 5}
+    assert await until(lambda: "session of w ended" in n2.log_text(), what="the away session ended")
+    await stock.close()
+
     # Nothing the nodes did was refused: the ACL user's rules (HUB_ACL_RULES) are
     # enough, not just enough for what the assertions above happened to notice.
     assert locked.refusals() == []

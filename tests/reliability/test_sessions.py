@@ -322,6 +322,46 @@ async def test_a_redis_that_restarted_empty_gets_connected_sessions_back(
     await b.close()
 
 
+@pytest.mark.parametrize("broker", ["redis", "redis-cluster"])
+async def test_a_session_whose_name_a_plain_socket_took_resumes_with_a_gap_not_a_replay(
+    broker: str, faults: Faults, request: pytest.FixtureRequest
+) -> None:
+    """A stock socket takes over a session's name (a buggy or hostile client, or a
+    second process) and is given what the away session's stream keeps: the session
+    is ended, so its resume says gap and replays none of it (before, all of it was
+    written to a second socket of the name)."""
+    if broker == "redis":
+        server = faults.start_redis()
+        n1, n2 = faults.ready("n1", "n2")
+    else:
+        n1, n2 = request.getfixturevalue("cluster_nodes")
+        server = request.getfixturevalue("redis_cluster").primary_for("bushub:session:{b}")
+    a = await PlainSocket.open(n1.url, "a", "b", on_peer_lost="keep")
+    b = await SessionSocket.open(n2.url, "b", "a", "SB")
+    await a.send("a", "b", 1)
+    await received(b, 1, "b's first")
+    taken = b.positions[-1]
+    stock = await PlainSocket.open(n1.url, "b", "a", on_peer_lost="keep")  # takes b over
+    await until(lambda: b.ws.close_code == 4001, what="the session socket taken over")
+    for seq in (2, 3, 4):
+        await a.send("a", "b", seq)
+    await until(lambda: stock.seqs() == [2, 3, 4], what="the stock socket given them")
+    await until(
+        lambda: server.cli("EXISTS", "bushub:session:{b}").strip() == "0",
+        what="the away session ended",
+    )
+    await stock.close()
+    back = await SessionSocket.open(n2.url, "b", "a", "SB", received=taken)
+    assert back.result == "gap"
+    await asyncio.sleep(0.5)
+    assert back.seqs() == [], "nothing the stock socket was given is written again"
+    await a.send("a", "b", 5)
+    await received(back, 1, "live after the gap")
+    assert back.seqs() == [5]
+    await back.close()
+    await a.close()
+
+
 async def test_a_resend_after_redis_lost_its_record_is_not_written_twice_to_a_connected_session(
     faults: Faults,
 ) -> None:

@@ -224,6 +224,13 @@ class Broker(ABC):
         seconds more, unless a newer connection holds it already."""
         raise NotImplementedError
 
+    async def end_away_session(self, agent: str) -> bool:
+        """A socket without a session holds ``agent`` and was given a message the
+        stream of the name's away session keeps: end that session (and its stream),
+        so a resume of it is a gap, not a replay of what that socket was given. A
+        session some socket holds is left alone. True if one was ended."""
+        raise NotImplementedError
+
     async def relayed_senders_gone(self, agent: str, most: int) -> dict[bytes, bytes]:
         """The sending sessions whose newest position relayed to ``agent`` the delivery
         step remembers (to relay a resend once) though the session is gone: expired

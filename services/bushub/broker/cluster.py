@@ -458,6 +458,10 @@ class RedisClusterBroker(Broker):
         async with guarded():
             await self._sessions.release(items, window)
 
+    async def end_away_session(self, agent: str) -> bool:
+        with unreachable_as_connection_error():
+            return await self._sessions.end_away(agent)
+
     async def relayed_senders_gone(self, agent: str, most: int) -> dict[bytes, bytes]:
         with unreachable_as_connection_error():
             # Not bounded as one call: a large record is read in many.

@@ -107,6 +107,14 @@ class MemorySessions:
         if session is not None and session.holder == conn:
             session.expires = _now() + window
 
+    def end_away(self, agent: str) -> bool:
+        """As ``END_AWAY``: an away session (it expires) is ended."""
+        session = self._session(agent)
+        if session is None or session.expires is None:
+            return False
+        del self._sessions[agent]
+        return True
+
     def senders_gone(self, agent: str, most: int) -> dict[bytes, bytes]:
         """As ``SessionScripts.senders_gone``."""
         now = _now()

@@ -595,6 +595,10 @@ class RedisBroker(Broker):
         with unreachable_as_connection_error():
             await self._sessions.release(items, window)
 
+    async def end_away_session(self, agent: str) -> bool:
+        with unreachable_as_connection_error():
+            return await self._sessions.end_away(agent)
+
     async def relayed_senders_gone(self, agent: str, most: int) -> dict[bytes, bytes]:
         with unreachable_as_connection_error():
             return await self._sessions.senders_gone(agent, most)

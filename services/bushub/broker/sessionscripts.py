@@ -203,6 +203,17 @@ redis.call('PEXPIRE', KEYS[2], ARGV[2])
 return 1
 """
 
+# KEYS: session, stream. A socket without a session holds the name and was given a
+# message this session's stream keeps: the session is ended, stream and all, if it is
+# away (kept for the window: its hash expires), so that a resume of it is a gap and
+# not a replay of what that socket was given. One a socket holds is left alone.
+END_AWAY = """
+if redis.call('PTTL', KEYS[1]) > 0 then
+  return redis.call('DEL', KEYS[1], KEYS[2])
+end
+return 0
+"""
+
 # KEYS: relayed. ARGV: sender, position, sender, position... Forgets each sender's
 # newest relayed position if it is still the one given: a sender that relayed again
 # since it was read is alive after all.
@@ -369,7 +380,7 @@ def sender_session(sender: bytes) -> tuple[str, str] | None:
 
 
 class SessionScripts:
-    """``RESUME``, ``TRIM``, ``REASSERT``, ``RELEASE`` and ``FORGET`` on a redis-py
+    """``RESUME``, ``TRIM``, ``REASSERT``, ``RELEASE``, ``FORGET`` and ``END_AWAY`` on a redis-py
     client (one Redis or a cluster: each touches one agent's keys, on one slot)."""
 
     def __init__(self, client: Any) -> None:
@@ -379,6 +390,7 @@ class SessionScripts:
         self._release = client.register_script(RELEASE)
         self._reassert = client.register_script(REASSERT)
         self._forget = client.register_script(FORGET)
+        self._end_away = client.register_script(END_AWAY)
 
     async def senders_gone(self, agent: str, most: int) -> dict[bytes, bytes]:
         """See ``Broker.relayed_senders_gone``. The record is read a batch at a time
@@ -439,6 +451,10 @@ class SessionScripts:
         """``TRIM`` for one session; with ``client`` (a pipeline), queued on it."""
         keys = [session_key(agent), stream_key(agent)]
         await self._trim(keys=keys, args=[session, trim_minid(position)], client=client)
+
+    async def end_away(self, agent: str) -> bool:
+        """See ``Broker.end_away_session``."""
+        return bool(await self._end_away(keys=[session_key(agent), stream_key(agent)]))
 
     async def release(self, items: Sequence[tuple[str, str]], window: float) -> None:
         window_ms = max(1, int(window * 1000))

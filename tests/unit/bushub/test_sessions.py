@@ -145,6 +145,27 @@ async def test_kept_messages_are_replayed_once_in_order_then_live() -> None:
     assert node.counted("replayed") == 2
 
 
+async def test_what_a_plain_holder_of_the_name_was_given_is_not_replayed_to_its_session() -> None:
+    """A socket without a session takes the name of an away session and is given what
+    its stream keeps: the session is ended, and its resume is a gap, not a replay."""
+    node = Node()
+    first = await node.session_socket("S1")
+    await node.send_to_a(1)
+    await asyncio.sleep(0)
+    assert numbered(first) == [(1, 1)]
+    await node.sessions.ended(first, held=True)  # away, kept for the window
+    plain = connection("a", "b", conn_id="c-plain")
+    node.holders["a"] = plain
+    node.claims.seen("a", plain.id)
+    for seq in (2, 3):
+        assert await node.send_to_a(seq) == 1  # kept (numbered), and delivered live
+    await until(lambda: node.broker._kept()._session("a") is None, what="the session ended")
+    assert len(written(plain)) == 2
+    back = await node.session_socket("S1", received=1)
+    assert back.session is not None and back.session.result == "gap"
+    assert numbered(back) == [], "nothing the plain socket was given is replayed"
+
+
 async def test_a_hole_in_live_positions_is_filled_from_the_stream() -> None:
     node = Node()
     conn = await node.session_socket("S1")
