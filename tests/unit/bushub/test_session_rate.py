@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import ClientConnection
 
+from bushub.settings import Settings
 from buswire import sessionframe
 from tests.support.messages import encode, task_request
 from tests.unit.bushub.conftest import RunningHub, running_hub, small_settings
@@ -55,9 +56,11 @@ async def opened(node: RunningHub) -> None:
     await node.wait_metric("bushub_connections", 2)
 
 
-@pytest.mark.parametrize("path", SERVED)
-async def test_a_session_over_its_message_rate_is_held_back_and_loses_nothing(path: str) -> None:
-    settings = small_settings(rate_messages=RATE, rate_bytes=0)
+async def relayed_whole(path: str, settings: Settings, frames: list[bytes]) -> tuple[float, float]:
+    """Session socket ``a`` sends ``frames`` (positions 1..n, payload seq = position)
+    to stock socket ``b``: all arrive in order and are acknowledged. The node's
+    counts of messages dropped ``rate_limited`` and held back (``throttled``)."""
+    count = len(frames)
     async with (
         running_hub(settings, **SERVED[path]) as node,
         node.connect("b", peer="a") as b,
@@ -65,13 +68,24 @@ async def test_a_session_over_its_message_rate_is_held_back_and_loses_nothing(pa
     ):
         await opened(node)
         acks = Acks(a)
-        sending = asyncio.create_task(send_all(a, [message(p, p) for p in range(1, SENT + 1)]))
-        assert await seqs_received(b, SENT) == list(range(1, SENT + 1))
+        sending = asyncio.create_task(send_all(a, frames))
+        assert await seqs_received(b, count) == list(range(1, count + 1))
         await sending
-        await wait_until(lambda: acks.position == SENT, "every position acknowledged")
-        assert node.metric("bushub_messages_dropped_total", reason="rate_limited") == 0
-        # Held back at least once per message past the burst's worth.
-        assert node.metric("bushub_session_messages_total", event="throttled") >= SENT - RATE - 5
+        await wait_until(lambda: acks.position == count, "every position acknowledged")
+        return (
+            node.metric("bushub_messages_dropped_total", reason="rate_limited"),
+            node.metric("bushub_session_messages_total", event="throttled"),
+        )
+
+
+@pytest.mark.parametrize("path", SERVED)
+async def test_a_session_over_its_message_rate_is_held_back_and_loses_nothing(path: str) -> None:
+    settings = small_settings(rate_messages=RATE, rate_bytes=0)
+    frames = [message(p, p) for p in range(1, SENT + 1)]
+    rate_limited, throttled = await relayed_whole(path, settings, frames)
+    assert rate_limited == 0
+    # Held back at least once per message past the burst's worth.
+    assert throttled >= SENT - RATE - 5
 
 
 async def test_a_stock_socket_over_its_rate_still_drops_the_excess() -> None:
@@ -98,16 +112,6 @@ async def test_a_session_over_its_byte_rate_is_held_back_and_loses_nothing(path:
     # first three waits for a fifth of a second's refill.
     settings = small_settings(rate_messages=0, rate_bytes=100_000)
     frames = [message(p, p, padding="x" * 20_000) for p in range(1, 13)]
-    async with (
-        running_hub(settings, **SERVED[path]) as node,
-        node.connect("b", peer="a") as b,
-        node.connect("a", peer="b", session="S1") as a,
-    ):
-        await opened(node)
-        acks = Acks(a)
-        sending = asyncio.create_task(send_all(a, frames))
-        assert await seqs_received(b, 12) == list(range(1, 13))
-        await sending
-        await wait_until(lambda: acks.position == 12, "every position acknowledged")
-        assert node.metric("bushub_messages_dropped_total", reason="rate_limited") == 0
-        assert node.metric("bushub_session_messages_total", event="throttled") >= 8
+    rate_limited, throttled = await relayed_whole(path, settings, frames)
+    assert rate_limited == 0
+    assert throttled >= 8
