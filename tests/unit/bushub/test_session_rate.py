@@ -92,7 +92,7 @@ async def test_a_stock_socket_over_its_rate_still_drops_the_excess() -> None:
     settings = small_settings(rate_messages=RATE, rate_bytes=0)
     async with (
         running_hub(settings) as node,
-        node.connect("b", peer="a") as b,
+        node.connect("b", peer="a"),
         node.connect("a", peer="b") as a,
     ):
         await opened(node)
@@ -103,7 +103,6 @@ async def test_a_stock_socket_over_its_rate_still_drops_the_excess() -> None:
             "the excess dropped",
         )
         assert node.metric("bushub_session_messages_total", event="throttled") == 0
-        del b
 
 
 @pytest.mark.parametrize("path", SERVED)
