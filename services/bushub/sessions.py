@@ -355,7 +355,7 @@ class Sessions:
         conn.make_room(sum(len(t[0]) + _FRAMING for _, t in ready if t is not None))
         for position, translated in ready:
             if translated is None:
-                session.delivered = position  # unreadable (counted): passed over
+                session.delivered = position  # given already, or unreadable: passed over
             else:
                 self._write_payload(conn, session, position, *translated)
 
