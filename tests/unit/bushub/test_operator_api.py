@@ -269,11 +269,25 @@ async def test_no_tap_no_cost_and_a_closed_tap_lapses(node: RunningHub) -> None:
     await wait_until(lambda: not node.hub.operators.announcer.renewing, "renewals stopped")
 
 
-async def test_a_slow_tap_reader_loses_events_and_is_told(node: RunningHub) -> None:
-    from bushub.taps import STREAM_CAPACITY
+async def test_a_slow_tap_reader_loses_events_and_is_told(
+    node: RunningHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bushub.taps import STREAM_CAPACITY, TapStream
 
+    # The reader is held while the events come (loopback's socket buffers would take
+    # them all from a reader that merely does not read): a slow reader for sure.
+    reading = asyncio.Event()
+    reading.set()
+    next_event = TapStream.next
+
+    async def held(stream: TapStream, timeout: float) -> bytes | None:
+        await reading.wait()
+        return await next_event(stream, timeout)
+
+    monkeypatch.setattr(TapStream, "next", held)
     async with node.connect("a") as a, node.connect("b") as b, tapping(node, "b") as tap:
         await wait_until(lambda: "b" in node.hub.operators.watched.tapped, "tap noticed")
+        reading.clear()
         count = STREAM_CAPACITY + 300
         for seq in range(count):
             await a.send(as_json(task_request("a", "b", seq)))
@@ -284,6 +298,7 @@ async def test_a_slow_tap_reader_loses_events_and_is_told(node: RunningHub) -> N
             "all published",
         )
         await asyncio.sleep(BRIEF)
+        reading.set()
         seen, dropped = 0, 0
         while seen + dropped < count:
             event = await tap.next()
