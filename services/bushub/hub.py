@@ -113,6 +113,10 @@ class Hub:
             settings, broker, metrics, self.outbound.enqueue, self.relay.payload_for
         )
         self.relay.sessions = self.sessions
+        claims = self.presence.claims
+        self.presence.on_confirmed = lambda: self.sessions.claims_confirmed(
+            lambda conn: claims.holds(conn.agent, conn.id)
+        )
         self.gone_senders = GoneSenders(
             broker, self.presence.connections, metrics, settings.resume_forget_every
         )

@@ -112,6 +112,8 @@ class Presence:
         # Counts broker state changes: a claim key read confirms a holder only if
         # it was made while subscribed, with no break since (see bushub.claims).
         self._broker_epoch = 0
+        # Set by the hub: told once a reconcile has confirmed this node's holders.
+        self.on_confirmed: Callable[[], None] | None = None
 
     @property
     def connection_count(self) -> int:
@@ -348,4 +350,6 @@ class Presence:
             if announce:
                 self._publish_event(EventKind.UP, agent, conn.id, conn.runner)
         await self._broker.delete_records(ended)
+        if confirms and self.on_confirmed is not None:
+            self.on_confirmed()
         await self.peers.reread()

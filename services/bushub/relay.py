@@ -285,6 +285,9 @@ class Relay:
             # Or, after a broker break, the socket's claim is not confirmed yet.
             reason = DropReason.UNCONFIRMED if conn.close_code is None else DropReason.CLOSING
             self._metrics.messages_dropped.labels(reason).inc()
+            if reason is DropReason.UNCONFIRMED and conn.session is not None:
+                assert self.sessions is not None
+                self.sessions.missed(conn)  # its stream keeps it: read once confirmed
             return
         try:
             frame = unpack_relay(data)

@@ -212,6 +212,8 @@ class Sessions:
         self._tasks: set[asyncio.Task[None]] = set()
         # When each name's away session was last asked to end (``given_to_plain_holder``).
         self._ending_asked: dict[str, float] = {}
+        # Sockets that missed messages while their claim was unconfirmed (``missed``).
+        self._missed: set[Connection] = set()
 
     # ---- the handshake --------------------------------------------------------
 
@@ -638,6 +640,29 @@ class Sessions:
             session.replaying = True
             await self._fill(conn, session)
 
+    def missed(self, conn: Connection) -> None:
+        """A message for ``conn``'s session was not written while the socket's claim
+        was unconfirmed (after a broker break, or while the cluster took this node
+        for dead): the stream keeps it, and is read once the claim is confirmed. A
+        later message would find the hole, but none may come: a client waiting for
+        its answers sends nothing more."""
+        self._missed.add(conn)
+
+    def claims_confirmed(self, holds: Callable[[Connection], bool]) -> None:
+        """This node's claims were confirmed: the sessions that missed messages read
+        their streams (the ones still not holding wait for the next confirmation, or
+        their close)."""
+        missed, self._missed = self._missed, set()
+        for conn in missed:
+            session = conn.session
+            if session is None or conn.close_code is not None:
+                continue
+            if not holds(conn):
+                self._missed.add(conn)
+            elif not session.replaying:
+                session.replaying = True
+                self._spawn(self._fill(conn, session))
+
     # ---- the end ----------------------------------------------------------------
 
     async def ended(self, conn: Connection, *, held: bool) -> None:
@@ -650,6 +675,7 @@ class Sessions:
             del self._by_origin[session.origin]
         self._acks_due.discard(conn)
         self._trims_due.discard(conn)
+        self._missed.discard(conn)
         if not held:
             return
         try:
@@ -663,4 +689,5 @@ class Sessions:
             "sessions": len(self._by_origin),
             "acks_due": len(self._acks_due),
             "trims_due": len(self._trims_due),
+            "missed": len(self._missed),
         }

@@ -5,6 +5,7 @@ and, where the hub can see it, counted."""
 import asyncio
 import json
 import re
+import signal
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ import websockets
 
 from tests.integration.conftest import Cluster
 from tests.integration.procs import TIMEOUT, HubNode
-from tests.integration.redis_cluster import RedisClusterServers
+from tests.integration.redis_cluster import ClusterNodeServer, RedisClusterServers
 from tests.support.messages import TASK_REQUEST, task_request
 
 pytestmark = pytest.mark.integration
@@ -115,3 +116,45 @@ def test_primary_failover_under_traffic(
     assert outage < TIMEOUT
     assert lost - counted <= RATE // 2, (lost, counted)
     assert lost <= RATE * 2, (lost, counted)
+
+
+def replica_of(servers: RedisClusterServers, primary: ClusterNodeServer) -> ClusterNodeServer:
+    """The node replicating ``primary``."""
+    lines = [line.split() for line in servers.alive_node().cli("cluster", "nodes").splitlines()]
+    primary_id = next(f[0] for f in lines if f[1].split("@")[0].endswith(f":{primary.port}"))
+    port = next(int(f[1].split("@")[0].rsplit(":", 1)[1]) for f in lines if f[3] == primary_id)
+    return next(n for n in servers.nodes if n.port == port)
+
+
+def test_a_hub_started_while_a_shard_is_down_waits_and_stops_at_a_signal(
+    own_redis_cluster: RedisClusterServers, cluster: Cluster
+) -> None:
+    """A primary other than the seed dies with its replica (no failover can serve
+    its slots) and a hub starts: its seed answers, but the delivery script cannot be
+    loaded on every primary, so it waits, saying so, and a signal ends the wait (it
+    used to exit at once with a traceback)."""
+    seed = own_redis_cluster.seed
+    victim = next(
+        own_redis_cluster.primary_for(f"k{i}")
+        for i in range(1000)
+        if own_redis_cluster.primary_for(f"k{i}") is not seed
+    )
+    replica = replica_of(own_redis_cluster, victim)
+    replica.kill()
+    victim.kill()
+    node = HubNode(
+        "n1", own_redis_cluster.seed.log_path.parent / "hub-n1.log", own_redis_cluster.url
+    )
+    node.spawn()
+    try:
+        deadline = time.monotonic() + TIMEOUT * 2
+        while "waiting for redis cluster" not in node.log_path.read_text():
+            assert node.alive and time.monotonic() < deadline, node.log_path.read_text()
+            time.sleep(0.1)
+        node.signal(signal.SIGTERM)
+        assert node.wait() == 0 or "stopped before serving" in node.log_path.read_text()
+        log = node.log_path.read_text()
+        assert "stopped before serving: a signal came while starting" in log, log
+        assert "Traceback" not in log
+    finally:
+        node.stop()

@@ -25,7 +25,12 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import RedisClusterException, RedisClusterUnreachableError, RedisError
+from redis.exceptions import (
+    ClusterDownError,
+    RedisClusterException,
+    RedisClusterUnreachableError,
+    RedisError,
+)
 
 from bushub.broker.base import Broker, PartialPublish
 from bushub.broker.credentials import Credentials
@@ -204,17 +209,21 @@ class RedisClusterBroker(Broker):
     async def start(self) -> None:
         startup = ", ".join(self._client.nodes_manager.startup_nodes) or "?"
         await until_reachable(
-            self._client.initialize,
+            self._reachable,
             f"redis cluster ({startup})",
-            (*UNREACHABLE, RedisClusterUnreachableError),
+            # A failover under way: a primary gone, or slots not served yet.
+            (*UNREACHABLE, RedisClusterUnreachableError, ClusterDownError),
             LOGIN_REFUSALS,
         )
-        if self._delivery is not None:
-            # Every primary's cache (the queued path, EVAL, fills one that lost it).
-            await self._client.script_load(DELIVER)
         self._started = True
         self._refresher = asyncio.create_task(self._refresh_loop(), name="cluster-topology")
         self.shard_state_changed()
+
+    async def _reachable(self) -> None:
+        await self._client.initialize()  # once it has succeeded, a no-op
+        if self._delivery is not None:
+            # Every primary's cache (the queued path, EVAL, fills one that lost it).
+            await self._client.script_load(DELIVER)
 
     async def close(self) -> None:
         if self._closed:

@@ -156,6 +156,20 @@ async def test_reconcile_closes_a_holder_whose_record_another_connection_owns() 
     assert wired.presence.per_agent_sizes()["holders"] == 0
 
 
+async def test_a_reconcile_after_a_break_confirms_the_holders_and_then_says_so() -> None:
+    wired = Wired()
+    told: list[bool] = []
+    wired.presence.on_confirmed = lambda: told.append(wired.presence.claims.holds("w", "n1.c"))
+    holder = connection("w", conn_id="n1.c")
+    wired.presence.hold(holder)
+    await wired.presence.announce(holder)
+    wired.presence.broker_state_changed(False)  # a break: claims suspended
+    wired.presence.broker_state_changed(True)
+    assert not wired.presence.claims.holds("w", "n1.c")
+    await wired.presence.reconcile()
+    assert told == [True], "told once, with the holder confirmed by then"
+
+
 # ---- the heartbeat: one per node, nothing per agent -------------------------------
 
 

@@ -214,6 +214,35 @@ async def test_a_senders_message_written_already_is_not_written_again_live_or_fr
     assert numbered(conn)[-1] == (7, 7)
 
 
+async def test_what_a_session_missed_while_its_claim_was_unconfirmed_is_read_once_confirmed() -> (
+    None
+):
+    """Messages dropped while the socket's claim was unconfirmed (a broker break, the
+    cluster taking the node for dead) are in the stream: once confirmed, the session
+    reads it, though no later message comes to show the hole."""
+    node = Node()
+    conn = await node.session_socket("S1")
+    await node.send_to_a(1)
+    await asyncio.sleep(0)
+    node.claims.suspend()
+    for seq in (2, 3):
+        await node.send_to_a(seq)
+    await asyncio.sleep(0.01)
+    assert numbered(conn) == [(1, 1)], "not written while unconfirmed"
+
+    def holds(c: Connection) -> bool:
+        return node.claims.holds(c.agent, c.id)
+
+    node.sessions.claims_confirmed(holds)  # not confirmed yet: it waits
+    await asyncio.sleep(0.01)
+    assert numbered(conn) == [(1, 1)] and node.sessions.sizes()["missed"] == 1
+    node.claims.confirm("a", conn.id)
+    node.sessions.claims_confirmed(holds)
+    await until(lambda: len(numbered(conn)) == 3, what="the two read from the stream")
+    assert numbered(conn) == [(1, 1), (2, 2), (3, 3)]
+    assert node.sessions.sizes()["missed"] == 0
+
+
 async def test_over_the_bounds_the_oldest_go_and_a_resume_from_before_is_a_gap() -> None:
     node = Node()
     conn = await node.session_socket("S1")
@@ -290,7 +319,7 @@ async def test_the_hub_acknowledges_every_64_positions_at_once_else_after_a_dela
     await node.sessions.ended(conn, held=False)
     await asyncio.sleep(ACK_DELAY * 1.5)
     assert acks() == [3, 3 + ACK_EVERY], "nothing written after the socket ended"
-    assert node.sessions.sizes() == {"sessions": 0, "acks_due": 0, "trims_due": 0}
+    assert node.sessions.sizes() == {"sessions": 0, "acks_due": 0, "trims_due": 0, "missed": 0}
 
 
 async def test_an_acknowledgement_ahead_of_what_was_written_trims_no_further() -> None:
