@@ -60,7 +60,7 @@ class MemorySessions:
             relayed.newest[sender] = position
             relayed.expires = _now() + self.limits.window
         session = self._session(agent)
-        if session is not None and data[1] & RESENT:
+        if session is not None and data[1] & RESENT and origin is None:
             return None, 0  # as DELIVER's -3: a session's resume covers a break
         if session is None or data[1] & TRANSIENT:
             return data, 0

@@ -8,11 +8,14 @@ Every message for an agent is published by ``DELIVER`` instead of a bare
   is kept in ``bushub:relayed:{agent}``, and a position at or below it is answered -1
   (a resend after a reconnect, taken already);
 - for a frame a node sent again after a broker break (relay frame byte 1, bit 6) when
-  a session holds the name: answers -3 (the session's stream and resume cover the
-  break, and storing the copy would number it twice), unless the session was put
-  back in the last ``RECOVERY_MS`` (Redis lost what it kept: the copy may be all that
-  is left of a message it acknowledged and never wrote), when the copy is published
-  unnumbered and the receiving node delivers it if it has not already;
+  a session holds the name: publishes it unnumbered if the session was put back in
+  the last ``RECOVERY_MS`` (Redis lost what it kept: the copy may be all that is left
+  of a message it acknowledged and never wrote; the receiving node delivers it if it
+  has not already); else, for a stock sender's frame, answers -3 (the session's stream
+  and resume cover the break, and storing the copy would number it twice), while a
+  session's frame, having passed the relay check above, was never relayed here (its
+  original was lost with a primary that failed over before its write reached the
+  replica) and is kept and published as any new message;
 - keeps it (unless the relay frame says transient: a bridged frame, with
   ``--transient-frames``) in the agent's stream when a session holds the name (connected, or away
   for at most the window), under the next position, trimming the oldest over the
@@ -78,7 +81,9 @@ if string.byte(data, 2) % 128 >= 64 and redis.call('EXISTS', KEYS[1]) == 1 then
   if since > 0 and ms - since < RECOVERY_MS then
     return redis.call(ARGV[1], ARGV[2], data)
   end
-  return -3
+  if string.byte(data, 1) ~= 2 then
+    return -3
+  end
 end
 if string.byte(data, 2) >= 128 or redis.call('EXISTS', KEYS[1]) == 0 then
   return redis.call(ARGV[1], ARGV[2], data)
