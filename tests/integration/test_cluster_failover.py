@@ -18,6 +18,7 @@ from tests.integration.conftest import Cluster
 from tests.integration.procs import TIMEOUT, HubNode
 from tests.integration.redis_cluster import ClusterNodeServer, RedisClusterServers
 from tests.support.messages import TASK_REQUEST, task_request
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -156,5 +157,21 @@ def test_a_hub_started_while_a_shard_is_down_waits_and_stops_at_a_signal(
         log = node.log_path.read_text()
         assert "stopped before serving: a signal came while starting" in log, log
         assert "Traceback" not in log
+    finally:
+        node.stop()
+
+
+def test_a_hub_given_several_seeds_starts_while_the_first_is_down(
+    shared_redis_cluster: RedisClusterServers, tmp_path: Path
+) -> None:
+    """``redis+cluster://dead:port,live:port``: the cluster is known by either, so a
+    hub starts with its first seed down (it waited for that one alone before)."""
+    dead = f"127.0.0.1:{free_port()}"
+    url = shared_redis_cluster.url.replace("127.0.0.1:", f"{dead},127.0.0.1:", 1)
+    node = HubNode("seeds", tmp_path / "hub-seeds.log", url)
+    node.spawn()
+    try:
+        node.wait_ready()
+        assert "Traceback" not in node.log_path.read_text()
     finally:
         node.stop()

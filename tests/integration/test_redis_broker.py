@@ -241,6 +241,12 @@ def test_a_refused_subscription_is_reported_and_the_rest_keep_delivering(
 
     async def scenario() -> None:
         broker = RedisBroker(url, control_channel="bushub:node:t")
+        # What the node's start-up line names (it read "redis ?:?/0" for a socket).
+        assert broker.description == (
+            f"redis 127.0.0.1:{redis.port}/0"
+            if transport == "raw"
+            else f"redis unix:{redis.socket_path}/0"
+        )
         got: list[tuple[str, bytes]] = []
         states: list[bool] = []
         refused: list[Exception] = []

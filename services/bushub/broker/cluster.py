@@ -24,7 +24,7 @@ import random
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import (
     ClusterDownError,
     RedisClusterException,
@@ -166,17 +166,37 @@ class _Shard:
             self._broker.shard_state_changed()
 
 
+def split_seeds(url: str) -> tuple[str, list[ClusterNode]]:
+    """``redis://[login@]h1:p1,h2:p2[/...]`` as the URL of its first node and the
+    others: the cluster is known by any of several, so one of them down when a node
+    starts does not keep it from starting."""
+    scheme, sep, rest = url.partition("://")
+    authority, slash, path = rest.partition("/")
+    login, at, hosts = authority.rpartition("@")
+    first, *others = hosts.split(",")
+    nodes = []
+    for seed in others:
+        host, colon, port = seed.rpartition(":")
+        if not colon or host.endswith(":"):  # no port (an IPv6 address alone, too)
+            host, port = seed, "6379"
+        nodes.append(ClusterNode(host.strip("[]"), int(port)))
+    return f"{scheme}{sep}{login}{at}{first}{slash}{path}", nodes
+
+
 class RedisClusterBroker(Broker):
     """Sharded pub/sub and presence records on a Redis Cluster (Redis >= 7).
 
     Args:
-        url: ``redis://[user:password@]host:port`` of any node of the cluster; the
-            login is used on every node.
+        url: ``redis://[user:password@]host:port`` of any node of the cluster, or of
+            several (``host:port,host:port``); the login is used on every node.
     """
 
     def __init__(self, url: str) -> None:
         super().__init__()
-        self._client = RedisCluster.from_url(url, socket_connect_timeout=2.0)
+        url, seeds = split_seeds(url)
+        self._client = RedisCluster.from_url(
+            url, socket_connect_timeout=2.0, startup_nodes=seeds or None
+        )
         self._credentials = Credentials.from_url(url)
         self._refresh = self._client.register_script(REFRESH_SCRIPT)
         self._release = self._client.register_script(RELEASE_SCRIPT)

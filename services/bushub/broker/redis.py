@@ -242,6 +242,8 @@ class RedisBroker(Broker):
     @property
     def description(self) -> str:
         pool = self._client.connection_pool.connection_kwargs
+        if "path" in pool:  # a unix socket
+            return f"redis unix:{pool['path']}/{pool.get('db', 0)}"
         return f"redis {pool.get('host', '?')}:{pool.get('port', '?')}/{pool.get('db', 0)}"
 
     async def start(self) -> None:
