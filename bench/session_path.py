@@ -5,18 +5,20 @@ repository root:
 
     .venv/bin/python bench/session_path.py [--repeat 31] [--iterations 20000]
 
-One message is relayed the way two nodes with sessions on would, through the hub's
-real code: ``Relay.route`` on the sender's node, the publish outcome
-(``Hub._on_published``'s two steps), then ``Relay.deliver`` on the receiver's node and
-the frame handed to a socket that takes it at once. With *session* sockets both ends
-named a session: the sender's frames carry positions, the delivered frame comes
-wrapped with its stream position as Redis' delivery script publishes it, the hub
-acknowledges the sender every 64 positions, and the receiver acknowledges what it
-took every 64 (a trim's command is built for the first, not sent; the hub holds the
-rest for its 50 ms tick, which this loop never gives a turn). With *plain*
-sockets the same nodes relay the same payload with neither. Variants alternate run by
-run; each cell is the median of ``--repeat`` runs' CPU time per message
-(``time.process_time``).
+Round trips of workload R between two sockets, through the hub's real code as two
+nodes with sessions on would run them: ``Relay.route`` on the sender's node, the
+publish outcome (``Hub._on_published``'s two steps), then ``Relay.deliver`` on the
+receiver's node and the frame handed to a socket that takes it at once; a request
+from ``a_1`` to ``b_1``, then its reply. With *session* sockets both ends named a
+session and take acknowledgements inline, as the reconnecting proxies do: each
+message a proxy sends carries its position and the acknowledgement of what it took
+since its last (every message, in request and response traffic), each delivered
+frame comes wrapped with its stream position as Redis' delivery script publishes
+it, and the hub's acknowledgement rides on the next message it writes to the
+proxy. A trim's command is built when one is due (``TRIM_SPACING``), not sent; the
+hub's 50 ms tick never gets a turn here. With *plain* sockets the same nodes relay
+the same payloads with neither. Variants alternate run by run; each cell is the
+median of ``--repeat`` runs' CPU time per relayed message (``time.process_time``).
 """
 
 import time
@@ -36,7 +38,7 @@ from bushub.relay import Relay
 from bushub.sessions import Session, Sessions
 from bushub.settings import Settings
 from buswire import Format, message_channel, sessionframe
-from buswire.relayframe import pack_stored
+from buswire.relayframe import pack_relay, pack_session_relay, pack_stored, sender_of
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -58,8 +60,9 @@ class _Case:
     """One payload in one format between two nodes with sessions on."""
 
     def __init__(self, builder: Builder, payload: str, fmt: str, *, sessions: bool) -> None:
-        request, _ = builder.pairs(payload, fmt, "a_1", "b_1")[0]
-        self.data = request.fill(42)
+        request, reply = builder.pairs(payload, fmt, "a_1", "b_1")[0]
+        self.request, self.reply = request.fill(42), reply.fill(42)
+        self.fmt = fmt
         self.with_sessions = sessions
         settings = Settings(node_id="bench", rate_messages=0, rate_bytes=0)
         metrics = Metrics()
@@ -82,57 +85,71 @@ class _Case:
             settings, self.broker, metrics, outbound.enqueue, self.relay.payload_for
         )
         self.relay.sessions = self.sessions
-        self.sender = memory_connection("a_1", "b_1", Format(fmt))
-        self.sender.outlet = TakingSocket()
-        self.receiver = memory_connection("b_1", "a_1", Format(fmt))
-        self.receiver.outlet = TakingSocket()
-        self.holders["b_1"] = self.receiver
-        claims.seen("b_1", self.receiver.id)
+        self.a = memory_connection("a_1", "b_1", Format(fmt))
+        self.b = memory_connection("b_1", "a_1", Format(fmt))
+        for conn in (self.a, self.b):
+            conn.outlet = TakingSocket()
+            self.holders[conn.agent] = conn
+            claims.seen(conn.agent, conn.id)
+        self.a_origin = sender_of("a_1", "s-a_1")
+        self.b_origin = sender_of("b_1", "s-b_1")
         self.sent = 0
 
     async def start(self) -> None:
         if not self.with_sessions:
             return
-        for conn in (self.sender, self.receiver):
-            conn.session = Session(f"s-{conn.agent}", 0)
+        for conn in (self.a, self.b):
+            conn.session = Session(f"s-{conn.agent}", 0, inline_acks=True)
             await self.sessions.resume(conn)
             self.sessions.started(conn)
 
-    def _frames(self, iterations: int) -> list[tuple[bytes, bytes, bytes | None]]:
-        """Per message: what the sender's socket reads, what the receiver's node gets
-        from its channel, and the receiver's acknowledgement after it, if one is due."""
+    def _frames(self, iterations: int) -> list[tuple[bytes, bytes, bytes, bytes]]:
+        """Per round trip: what each proxy writes (request, then reply) and what each
+        receiving node gets from its channel, as the sockets' ``n``-th messages."""
+        fmt = Format(self.fmt)
+        sessions = self.with_sessions
         frames = []
-        for i in range(self.sent + 1, self.sent + iterations + 1):
-            inbound = sessionframe.message(i, self.data) if self.with_sessions else self.data
-            self.relay.route(self.sender, inbound)
-            [(_, relay)] = self.published
-            self.published.clear()
-            # Delivered at the same positions the sender used: both count from 1.
-            delivered = pack_stored(i, relay) if self.with_sessions else relay
-            ack = sessionframe.ack(i) if self.with_sessions and i % 64 == 0 else None
-            frames.append((inbound, delivered, ack))
-        # Prepared, not relayed: the sender's session forgets those positions.
-        if self.sender.session is not None:
-            self.sender.session.outstanding.clear()
+        for n in range(self.sent + 1, self.sent + iterations + 1):
+            if sessions:
+                # Each side acknowledges, riding on its message, what it took last:
+                # a_1 the reply before, b_1 the request it answers.
+                request = (
+                    sessionframe.message_acked(n, n - 1, self.request)
+                    if n > 1
+                    else sessionframe.message(n, self.request)
+                )
+                reply = sessionframe.message_acked(n, n, self.reply)
+                to_b = pack_stored(n, self._relay(self.request, fmt, self.a_origin, n))
+                to_a = pack_stored(n, self._relay(self.reply, fmt, self.b_origin, n))
+            else:
+                request, reply = self.request, self.reply
+                to_b = pack_relay(fmt, NOW, self.request)
+                to_a = pack_relay(fmt, NOW, self.reply)
+            frames.append((request, to_b, reply, to_a))
         return frames
 
+    @staticmethod
+    def _relay(payload: bytes, fmt: Format, origin: bytes, position: int) -> bytes:
+        return pack_session_relay(fmt, NOW, payload, origin, position)
+
     def run(self, iterations: int) -> float:
-        """CPU µs per message over ``iterations`` relays."""
+        """CPU µs per relayed message over ``iterations`` round trips."""
         frames = self._frames(iterations)
         self.sent += iterations
         route, deliver, published = self.relay.route, self.relay.deliver, self.published
         on_published = _on_published(self.relay, self.sessions)
-        sender, receiver = self.sender, self.receiver
-        channel = message_channel("b_1")
+        a, b = self.a, self.b
+        to_a_channel, to_b_channel = message_channel("a_1"), message_channel("b_1")
         start = time.process_time()
-        for inbound, delivered, ack in frames:
-            route(sender, inbound)
-            on_published(channel, published.pop()[1], 1)
-            deliver("b_1", delivered)
-            if ack is not None:
-                route(receiver, ack)
+        for request, to_b, reply, to_a in frames:
+            route(a, request)
+            on_published(to_b_channel, published.pop()[1], 1)
+            deliver("b_1", to_b)
+            route(b, reply)
+            on_published(to_a_channel, published.pop()[1], 1)
+            deliver("a_1", to_a)
         elapsed = time.process_time() - start
-        return elapsed / iterations * 1e6
+        return elapsed / (2 * iterations) * 1e6
 
 
 def _on_published(relay: Relay, sessions: Sessions) -> Callable[[str, bytes, int], None]:

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1
@@ -123,10 +124,19 @@ class Procs:
         wait_until(lambda: _redis_ping(port), 15, child, "PING")
         return child
 
-    def hub(self, node: str, redis_url: str, extra: list[str], workers: int = 1) -> Child:
-        """A hub node; with ``workers`` > 1, one node of that many worker processes."""
+    def hub(
+        self,
+        node: str,
+        redis_url: str,
+        extra: list[str],
+        workers: int = 1,
+        wrapper: Sequence[str] = (),
+    ) -> Child:
+        """A hub node; with ``workers`` > 1, one node of that many worker processes;
+        ``wrapper`` runs it (``valgrind --tool=callgrind``, say)."""
         port = free_port()
         argv = [
+            *wrapper,
             sys.executable,
             "-m",
             "bushub",

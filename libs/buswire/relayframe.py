@@ -42,6 +42,7 @@ _POSITION = struct.Struct("!Bd")
 _KEPT_HEAD = _POSITION.size
 _HEADER_SIZE = _HEADER.size
 _SENDER_AT = _HEADER.size + _ORIGIN.size
+_position_at = struct.Struct("!d").unpack_from
 _FORMAT_CODES = {Format.JSON: 0, Format.MSGPACK: 1}
 TRANSIENT = 0x80
 RESENT = 0x40
@@ -124,11 +125,10 @@ def as_first_sent(data: bytes) -> bytes:
 def session_origin(data: bytes) -> tuple[bytes, int] | None:
     """(sender, position) of a relay frame a session sent (as published, not wrapped
     as kept); None for any other frame, or one too short to hold them."""
-    if data[:1] != b"\x02" or len(data) < _HEADER.size + _ORIGIN.size:
+    if len(data) < _SENDER_AT or data[0] != SESSION_VERSION:
         return None
-    position, size = _ORIGIN.unpack_from(data, _HEADER.size)
-    start = _HEADER.size + _ORIGIN.size
-    return data[start : start + size], int(position)
+    sender = data[_SENDER_AT : _SENDER_AT + data[_SENDER_AT - 1]]
+    return sender, int(_position_at(data, _HEADER_SIZE)[0])
 
 
 def origin_key(data: bytes) -> tuple[bytes, bytes] | None:

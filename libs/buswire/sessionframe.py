@@ -58,6 +58,9 @@ class Kind(IntEnum):
 
 _MESSAGE, _UNNUMBERED, _ACK = Kind.MESSAGE, Kind.UNNUMBERED, Kind.ACK
 _ACKED = 4
+# The first byte of a message with an inline acknowledgement: a per-message path
+# tells it from the rest by it before reading either (``acked_message``).
+ACKED_MESSAGE_KIND = bytes([_ACKED])
 
 
 class ResumeResult:

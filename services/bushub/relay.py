@@ -45,7 +45,13 @@ from buswire.relayframe import (
     relay_of,
     unpack_relay,
 )
-from buswire.sessionframe import ACKED_HEAD, MESSAGE_HEAD, acked_message, message_position
+from buswire.sessionframe import (
+    ACKED_HEAD,
+    ACKED_MESSAGE_KIND,
+    MESSAGE_HEAD,
+    acked_message,
+    message_position,
+)
 
 if TYPE_CHECKING:
     from bushub.sessions import Sessions
@@ -122,16 +128,17 @@ class Relay:
             return 0.0
         sessions = self.sessions
         assert sessions is not None
-        position = message_position(data)
-        head = MESSAGE_HEAD
-        acked = 0
-        if not position:
+        # A proxy taking inline acknowledgements sends nearly every message with its
+        # own riding on it: that kind is read first.
+        if data[:1] == ACKED_MESSAGE_KIND:
             position, acked = acked_message(data)
-            if not position:
-                self._session_control(conn, data)
-                return 0.0
-            # A message with the proxy's acknowledgement riding on it.
             head = ACKED_HEAD
+        else:
+            position, acked = message_position(data), 0
+            head = MESSAGE_HEAD
+        if not position:
+            self._session_control(conn, data)
+            return 0.0
         size = len(data) - head
         # The bytes' burst fits the largest message allowed, so any wait is finite; a
         # larger one is dropped as oversize below.

@@ -42,6 +42,7 @@ from bushub.broker.sessionscripts import (
     Resumed,
     SessionLimits,
     SessionScripts,
+    TrimCalls,
     agent_of,
     trim_call,
 )
@@ -205,6 +206,7 @@ class RedisBroker(Broker):
         self._release_raw = Script(RELEASE_SCRIPT)
         self._claim_raw = Script(CLAIM_SCRIPT)
         self._sessions = SessionScripts(self._client)
+        self._trim_calls = TrimCalls()
         self._delivery: Delivery | None = None
         self._nodes = RedisNodeRegistry(self._client, guarded, self._publisher)
         # What many handshakes ask at once goes as one command or one batch.
@@ -567,21 +569,29 @@ class RedisBroker(Broker):
             return False
         return self._trim_nowait(publisher, agent, session, position, by_sha=True)
 
-    @staticmethod
     def _trim_nowait(
-        publisher: PublishConnection, agent: str, session: str, position: int, *, by_sha: bool
+        self,
+        publisher: PublishConnection,
+        agent: str,
+        session: str,
+        position: int,
+        *,
+        by_sha: bool,
     ) -> bool:
         def done(reply: Any) -> None:
             if not isinstance(reply, Exception):
                 return
             if by_sha and classify(reply) is ErrorKind.NOSCRIPT:
                 # Redis lost its script cache (a restart): the text loads it again.
-                RedisBroker._trim_nowait(publisher, agent, session, position, by_sha=False)
+                self._trim_nowait(publisher, agent, session, position, by_sha=False)
                 return
             # Kept a while longer; the session's next acknowledgement trims it.
             log.debug("could not trim the session stream of %s: %s", agent, reply)
 
-        command = TRIM_SCRIPT.call(*trim_call(agent, session, position), by_sha=by_sha)
+        if by_sha:
+            command = self._trim_calls.by_sha(agent, session, position)
+        else:
+            command = TRIM_SCRIPT.call(*trim_call(agent, session, position), by_sha=False)
         return publisher.command_nowait(command, done)
 
     @staticmethod

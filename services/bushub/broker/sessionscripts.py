@@ -53,7 +53,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bushub.broker.rawscripts import Script, bulk, script_head
+from bushub.broker.rawscripts import Script, arg_bytes, bulk, script_head
 from buswire.channels import relayed_key, session_key, stream_key
 
 # How long after a session was put back (Redis had lost it) a copy sent again after
@@ -277,6 +277,29 @@ def trim_call(agent: str, session: str, position: int) -> tuple[tuple[str, str],
     publish connection (a node's trims cost it a few microseconds each there, where
     redis-py's pipeline cost tens)."""
     return (session_key(agent), stream_key(agent)), (session, trim_minid(position))
+
+
+class TrimCalls:
+    """Builds ``TRIM`` calls by digest for a publish connection, the command up to its
+    last argument kept per session: a busy session's acknowledgements make a trim due
+    every ``TRIM_SPACING`` (sessions.py), and a call built from its parts formatted a
+    dozen strings and numbers where only the position changes (3.7 against 0.35 µs)."""
+
+    def __init__(self) -> None:
+        self._heads: dict[tuple[str, str], bytes] = {}
+
+    def by_sha(self, agent: str, session: str, position: int) -> bytes:
+        """``TRIM_SCRIPT.call(*trim_call(agent, session, position), by_sha=True)``."""
+        key = (agent, session)
+        head = self._heads.get(key)
+        if head is None:
+            if len(self._heads) >= _PREFIXES_KEPT:
+                self._heads.clear()
+            keys, (session_id, _) = trim_call(agent, session, 0)
+            head = script_head(TRIM, TRIM_SCRIPT.sha, keys, 2, by_sha=True)
+            head = self._heads[key] = head + bulk(arg_bytes(session_id))
+        minid = b"0-%d" % (position + 1)
+        return b"%s$%d\r\n%s\r\n" % (head, len(minid), minid)
 
 
 class Delivery:
