@@ -217,6 +217,8 @@ class Sessions:
         self._acks_due: set[Connection] = set()
         self._trims_due: set[Connection] = set()
         self._tick: asyncio.TimerHandle | None = None
+        # When the tick is set for (``time.monotonic``).
+        self._tick_due = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
         # When each name's away session was last asked to end (``given_to_plain_holder``).
         self._ending_asked: dict[str, float] = {}
@@ -490,10 +492,12 @@ class Sessions:
         elif unwritten > 0 and not session.ack_since:
             # time.monotonic, not the loop's time: asyncio.get_running_loop() costs
             # a getpid() system call each time on Python 3.11.
-            session.ack_since = time.monotonic()
+            session.ack_since = now = time.monotonic()
             self._acks_due.add(conn)
-            if self._tick is None:
-                self._arm()
+            # Due a little early rather than a whole tick late.
+            due = now + ACK_DELAY - ACK_TICK / 2
+            if self._tick is None or self._tick_due > due:
+                self._arm(due)
 
     def _write_ack(self, conn: Connection, session: Session) -> None:
         acked = session.acked
@@ -528,8 +532,9 @@ class Sessions:
             self._trim_passed_on(conn, session, now)
             return
         self._trims_due.add(conn)
-        if self._tick is None:
-            self._arm()
+        due = session.trimmed_at + TRIM_SPACING + ACK_TICK / 2
+        if self._tick is None or self._tick_due > due:
+            self._arm(due)
 
     def _trim_passed_on(self, conn: Connection, session: Session, now: float) -> None:
         """Everything the proxy acknowledged is on its way to Redis as of ``now``."""
@@ -537,23 +542,36 @@ class Sessions:
         session.proxy_acked_sent = session.proxy_acked
         self._trims_due.discard(conn)
 
-    def _arm(self) -> None:
-        # One timer for every socket of the node: a timer each would wake an idle
-        # loop once per socket instead of once per tick.
-        if self._tick is None:
-            self._tick = asyncio.get_running_loop().call_later(ACK_TICK, self._on_tick)
+    def _arm(self, due: float) -> None:
+        """Have the tick run at ``due`` (``time.monotonic``), or at the sooner time it
+        is set for already, at least ACK_TICK apart. One timer for every socket of
+        the node (a timer each would wake an idle loop once per socket), set for what
+        falls due first: woken every ACK_TICK while anything waited, a node whose
+        sockets' acknowledgements ride on messages ran it twenty times a second to
+        find nothing due, for a trim due a second later."""
+        tick = self._tick
+        if tick is not None:
+            if self._tick_due <= due:
+                return
+            tick.cancel()
+        delay = max(ACK_TICK, due - time.monotonic())
+        self._tick_due = time.monotonic() + delay
+        self._tick = asyncio.get_running_loop().call_later(delay, self._on_tick)
 
     def _on_tick(self) -> None:
         self._tick = None
         now = time.monotonic()
         # Due a little early rather than a whole tick late.
         due_since = now - ACK_DELAY + ACK_TICK / 2
+        next_due = float("inf")
         for conn in list(self._acks_due):
             session = conn.session
             if session is None:
                 self._acks_due.discard(conn)
             elif session.ack_since <= due_since:
                 self._write_ack(conn, session)
+            else:
+                next_due = min(next_due, session.ack_since + ACK_DELAY - ACK_TICK / 2)
         # A tick late: an acknowledgement coming meanwhile passes it on itself.
         trim_since = now - TRIM_SPACING - ACK_TICK / 2
         to_redis: list[tuple[str, str, int]] = []
@@ -564,10 +582,12 @@ class Sessions:
             elif session.trimmed_at <= trim_since:
                 self._trim_passed_on(conn, session, now)
                 to_redis.append((conn.agent, session.id, session.proxy_acked))
+            else:
+                next_due = min(next_due, session.trimmed_at + TRIM_SPACING + ACK_TICK / 2)
         if to_redis:
             self._spawn(self._trim(to_redis))
-        if self._acks_due or self._trims_due:
-            self._arm()
+        if next_due < float("inf"):
+            self._arm(next_due)
 
     async def _trim(self, items: list[tuple[str, str, int]]) -> None:
         try:

@@ -384,6 +384,41 @@ async def test_a_proxys_acknowledgement_trims_at_once_and_closer_ones_later() ->
     assert node.sessions.sizes()["trims_due"] == 0
 
 
+async def test_the_tick_wakes_when_something_falls_due_not_every_tick() -> None:
+    """A proxy acknowledging with every message keeps a trim waiting for its spacing:
+    the node's tick runs when it falls due (and when an acknowledgement to the proxy
+    does), not every ACK_TICK to find nothing (twenty wake-ups a second per node)."""
+    node = Node()
+    node.broker = NowaitBroker()
+    node.broker.keep_for_sessions(LIMITS)
+    node.sessions._broker = node.broker
+    node.broker.set_handlers(node._on_message, lambda up: None)
+    conn = await node.session_socket("S1")
+    ticks = 0
+    on_tick = node.sessions._on_tick
+
+    def counted() -> None:
+        nonlocal ticks
+        ticks += 1
+        on_tick()
+
+    node.sessions._on_tick = counted  # type: ignore[method-assign]
+    window = TRIM_SPACING * 1.5
+    started = asyncio.get_running_loop().time()
+    seq = 0
+    while asyncio.get_running_loop().time() - started < window:
+        seq += 1
+        await node.send_to_a(seq)
+        await asyncio.sleep(ACK_TICK / 2)
+        node.sessions.proxy_ack(conn, seq)
+    await asyncio.sleep(TRIM_SPACING + ACK_TICK * 2)
+    # One trim at once, one after the spacing (with an acknowledgement), the last by
+    # the tick; at most a few wake-ups around them, against window / ACK_TICK.
+    assert ticks <= 4, ticks
+    assert [p for p, _ in await node.broker.read_session("a", 0)] == []
+    assert node.sessions.sizes()["trims_due"] == 0
+
+
 async def settled(node: Node, count: int) -> None:
     """Until ``count`` publish outcomes have come back (each settles its position)."""
     await until(lambda: len(node.outcomes) >= count, step=0.001, what="the publish outcomes")
