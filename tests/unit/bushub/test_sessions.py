@@ -346,17 +346,23 @@ class NowaitBroker(MemoryBroker):
         return True
 
 
+def nowait_node() -> Node:
+    """A node whose broker passes trims on at once, as the Redis broker does."""
+    node = Node()
+    node.broker = NowaitBroker()
+    node.broker.keep_for_sessions(LIMITS)
+    node.sessions._broker = node.broker
+    node.broker.set_handlers(node._on_message, lambda up: None)
+    return node
+
+
 async def test_a_proxys_acknowledgement_trims_at_once_and_closer_ones_later() -> None:
     """Passed on to Redis as it comes (held for a tick, every session's went out in
     one burst); one closer than TRIM_SPACING to its session's last waits: the first
     acknowledgement after the spacing passes it on, or else a tick a little later
     (a proxy acknowledging inline does so with nearly every message: a trim for
     each would cost Redis more than the messages)."""
-    node = Node()
-    node.broker = NowaitBroker()
-    node.broker.keep_for_sessions(LIMITS)
-    node.sessions._broker = node.broker
-    node.broker.set_handlers(node._on_message, lambda up: None)
+    node = nowait_node()
     conn = await node.session_socket("S1")
     for seq in range(1, 6):
         await node.send_to_a(seq)
@@ -388,11 +394,7 @@ async def test_the_tick_wakes_when_something_falls_due_not_every_tick() -> None:
     """A proxy acknowledging with every message keeps a trim waiting for its spacing:
     the node's tick runs when it falls due (and when an acknowledgement to the proxy
     does), not every ACK_TICK to find nothing (twenty wake-ups a second per node)."""
-    node = Node()
-    node.broker = NowaitBroker()
-    node.broker.keep_for_sessions(LIMITS)
-    node.sessions._broker = node.broker
-    node.broker.set_handlers(node._on_message, lambda up: None)
+    node = nowait_node()
     conn = await node.session_socket("S1")
     ticks = 0
     on_tick = node.sessions._on_tick
