@@ -16,7 +16,7 @@ since its last (every message, in request and response traffic), each delivered
 frame comes wrapped with its stream position as Redis' delivery script publishes
 it, and the hub's acknowledgement rides on the next message it writes to the
 proxy. A trim's command is built when one is due (``TRIM_SPACING``), not sent; the
-hub's 50 ms tick never gets a turn here. With *plain* sockets the same nodes relay
+hub's acknowledgement timer never gets a turn here. With *plain* sockets the same nodes relay
 the same payloads with neither. Variants alternate run by run; each cell is the
 median of ``--repeat`` runs' CPU time per relayed message (``time.process_time``).
 """
