@@ -56,6 +56,11 @@ ACK_TICK = 0.05
 # and ``--resume-bytes`` as everything kept), and a resume replays from what the
 # proxy says it received, never from the trim.
 TRIM_SPACING = 1.0
+# When the tick takes what waits: an acknowledgement to the proxy a little early rather
+# than a whole tick late; a trim a tick late (an acknowledgement from the proxy coming
+# meanwhile passes it on itself).
+_ACK_DUE_AFTER = ACK_DELAY - ACK_TICK / 2
+_TRIM_DUE_AFTER = TRIM_SPACING + ACK_TICK / 2
 # Sessions re-asserted at once after a broker break (one script call each).
 _REASSERT_BATCH = 256
 # A session frame's head, at most: what a message written at a position adds.
@@ -492,10 +497,9 @@ class Sessions:
         elif unwritten > 0 and not session.ack_since:
             # time.monotonic, not the loop's time: asyncio.get_running_loop() costs
             # a getpid() system call each time on Python 3.11.
-            session.ack_since = now = time.monotonic()
+            session.ack_since = time.monotonic()
             self._acks_due.add(conn)
-            # Due a little early rather than a whole tick late.
-            due = now + ACK_DELAY - ACK_TICK / 2
+            due = session.ack_since + _ACK_DUE_AFTER
             if self._tick is None or self._tick_due > due:
                 self._arm(due)
 
@@ -532,7 +536,7 @@ class Sessions:
             self._trim_passed_on(conn, session, now)
             return
         self._trims_due.add(conn)
-        due = session.trimmed_at + TRIM_SPACING + ACK_TICK / 2
+        due = session.trimmed_at + _TRIM_DUE_AFTER
         if self._tick is None or self._tick_due > due:
             self._arm(due)
 
@@ -543,47 +547,41 @@ class Sessions:
         self._trims_due.discard(conn)
 
     def _arm(self, due: float) -> None:
-        """Have the tick run at ``due`` (``time.monotonic``), or at the sooner time it
-        is set for already, at least ACK_TICK apart. One timer for every socket of
-        the node (a timer each would wake an idle loop once per socket), set for what
-        falls due first: woken every ACK_TICK while anything waited, a node whose
-        sockets' acknowledgements ride on messages ran it twenty times a second to
-        find nothing due, for a trim due a second later."""
-        tick = self._tick
-        if tick is not None:
-            if self._tick_due <= due:
-                return
-            tick.cancel()
-        delay = max(ACK_TICK, due - time.monotonic())
-        self._tick_due = time.monotonic() + delay
+        """Set the tick for ``due`` (``time.monotonic``; callers set it only when it
+        is not set for sooner), at least ACK_TICK from now. One timer for every
+        socket of the node (a timer each would wake an idle loop once per socket),
+        set for what falls due first: woken every ACK_TICK while anything waited, a
+        node whose sockets' acknowledgements ride on messages ran it twenty times a
+        second to find nothing due, for a trim due a second later."""
+        if self._tick is not None:
+            self._tick.cancel()
+        now = time.monotonic()
+        delay = max(ACK_TICK, due - now)
+        self._tick_due = now + delay
         self._tick = asyncio.get_running_loop().call_later(delay, self._on_tick)
 
     def _on_tick(self) -> None:
         self._tick = None
         now = time.monotonic()
-        # Due a little early rather than a whole tick late.
-        due_since = now - ACK_DELAY + ACK_TICK / 2
         next_due = float("inf")
         for conn in list(self._acks_due):
             session = conn.session
             if session is None:
                 self._acks_due.discard(conn)
-            elif session.ack_since <= due_since:
+            elif session.ack_since + _ACK_DUE_AFTER <= now:
                 self._write_ack(conn, session)
             else:
-                next_due = min(next_due, session.ack_since + ACK_DELAY - ACK_TICK / 2)
-        # A tick late: an acknowledgement coming meanwhile passes it on itself.
-        trim_since = now - TRIM_SPACING - ACK_TICK / 2
+                next_due = min(next_due, session.ack_since + _ACK_DUE_AFTER)
         to_redis: list[tuple[str, str, int]] = []
         for conn in list(self._trims_due):
             session = conn.session
             if session is None or session.proxy_acked <= session.proxy_acked_sent:
                 self._trims_due.discard(conn)
-            elif session.trimmed_at <= trim_since:
+            elif session.trimmed_at + _TRIM_DUE_AFTER <= now:
                 self._trim_passed_on(conn, session, now)
                 to_redis.append((conn.agent, session.id, session.proxy_acked))
             else:
-                next_due = min(next_due, session.trimmed_at + TRIM_SPACING + ACK_TICK / 2)
+                next_due = min(next_due, session.trimmed_at + _TRIM_DUE_AFTER)
         if to_redis:
             self._spawn(self._trim(to_redis))
         if next_due < float("inf"):

@@ -283,7 +283,7 @@ class TrimCalls:
     """Builds ``TRIM`` calls by digest for a publish connection, the command up to its
     last argument kept per session: a busy session's acknowledgements make a trim due
     every ``TRIM_SPACING`` (sessions.py), and a call built from its parts formatted a
-    dozen strings and numbers where only the position changes (3.7 against 0.35 µs)."""
+    dozen strings and numbers where only the position changes (3.7 against 0.45 µs)."""
 
     def __init__(self) -> None:
         self._heads: dict[tuple[str, str], bytes] = {}
@@ -298,8 +298,7 @@ class TrimCalls:
             keys, (session_id, _) = trim_call(agent, session, 0)
             head = script_head(TRIM, TRIM_SCRIPT.sha, keys, 2, by_sha=True)
             head = self._heads[key] = head + bulk(arg_bytes(session_id))
-        minid = b"0-%d" % (position + 1)
-        return b"%s$%d\r\n%s\r\n" % (head, len(minid), minid)
+        return head + bulk(trim_minid(position).encode())
 
 
 class Delivery:
