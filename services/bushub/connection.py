@@ -138,6 +138,7 @@ class Connection:
         "socket_close_code",
         "sources",
         "state",
+        "subscribed",
     )
 
     def __init__(
@@ -174,6 +175,8 @@ class Connection:
         # Set once this connection's own claim came back on its presence channel:
         # claims seen after it are newer and win.
         self.claim_seen = False
+        # Set while it holds a want of its message channel (from its claim on).
+        self.subscribed = False
         self.state = State.CLAIMING
         # Why the hub closes it, once it does.
         self.close_code: CloseCode | None = None

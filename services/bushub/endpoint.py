@@ -137,6 +137,7 @@ def _serve_direct(
 
     protocol.attach(on_frame, conn.socket_ended, lambda: flush(conn))
     protocol.hand_over()
+    flush(conn)  # what was sent to the socket between its claim and its accept
     conn.closing.on_set(on_closing)
 
 
@@ -384,13 +385,12 @@ async def agent_socket(websocket: WebSocket, raw: AsgiChannel) -> None:
 
 
 async def _resume(hub: Hub, conn: Connection) -> list[tuple[bytes, bytes]] | None:
-    """Resume a session's socket before it is accepted: held as its name's holder
-    (live messages wait for the replay), the stream read, the result for the
-    upgrade's ``bushub-resume`` header. None for a socket without a session."""
+    """Resume a session's socket before it is accepted, once it holds its name (live
+    messages wait for the replay): the stream read, the result for the upgrade's
+    ``bushub-resume`` header. None for a socket without a session."""
     session = conn.session
     if session is None:
         return None
-    hub.presence.hold(conn)
     resumed = await hub.sessions.resume(conn)
     value = sessionframe.resume_header(resumed.result, resumed.epoch, hub.sessions.window)
     return [(sessionframe.RESUME_HEADER.encode(), value.encode())]

@@ -166,25 +166,28 @@ class Hub:
         }
 
     async def claim(self, conn: Connection) -> bool:
-        """Claim ``conn.agent`` before the socket is accepted (see ``Presence.claim``).
+        """Claim ``conn.agent`` before the socket is accepted (see ``Presence.claim``),
+        and hold the name once the claim won.
 
-        A session's socket subscribes its message channel first: once the claim has
-        come back on the same connection, that subscription is in force, so the
-        resume's read of the stream misses nothing that is not then delivered live.
+        The socket subscribes its message channel first: once the claim has come
+        back on the same connection, that subscription is in force. So a socket is
+        reachable before its client is told it is open (what is sent to it from then
+        on waits in its queue until the accept), and a session's resume misses
+        nothing in the stream that is not then delivered live.
 
         Returns:
             False when a newer claim beat this one; the socket must be refused.
         """
-        if conn.session is not None:
-            conn.session.subscribed = True
-            await self.subscriptions.acquire(message_channel(conn.agent))
-        return await self.presence.claim(conn)
+        conn.subscribed = True
+        await self.subscriptions.acquire(message_channel(conn.agent))
+        if not await self.presence.claim(conn):
+            return False
+        self.presence.hold(conn)
+        return True
 
     async def attach(self, conn: Connection) -> None:
-        """Start serving an accepted socket: hold its name, subscribe, record, announce."""
+        """Start serving an accepted socket: record and announce it."""
         conn.opened()
-        self.presence.hold(conn)
-        await self.subscriptions.acquire(message_channel(conn.agent))
         self.metrics.connections.inc()
         self.metrics.connections_opened.inc()
         self.metrics.agents.set(len(self.presence.holders))
@@ -196,9 +199,10 @@ class Hub:
         self.outbound.lost(conn)
         session = conn.session
         try:
+            if conn.subscribed:
+                conn.subscribed = False
+                await self.subscriptions.release(message_channel(conn.agent))
             if session is not None:
-                if session.subscribed:
-                    await self.subscriptions.release(message_channel(conn.agent))
                 # Resumed is enough: a client gone between the resume and the accept
                 # left its session held (no expiry) for good.
                 await self.sessions.ended(conn, held=was_holder and bool(session.result))
@@ -206,7 +210,6 @@ class Hub:
                 self.metrics.connections.dec()
                 if was_holder:
                     self.metrics.agents.set(len(self.presence.holders))
-                    await self.subscriptions.release(message_channel(conn.agent))
                 await self.presence.withdraw(conn)
             await self.presence.unclaim(conn)
         finally:

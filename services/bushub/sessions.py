@@ -126,7 +126,6 @@ class Session:
         acked_written: The newest acknowledgement written to the proxy.
         ack_since: When the oldest position not yet acknowledged settled
             (``time.monotonic``; 0 when every settled position is acknowledged).
-        subscribed: The socket holds a subscription of its own to its channel.
         origin: The sender its messages carry: its agent and session id.
         inline_acks: The proxy takes acknowledgements inline on the messages
             written to it (it asked with ``acks=inline``).
@@ -155,7 +154,6 @@ class Session:
     trimmed_at: float = 0.0
     acked_written: int = 0
     ack_since: float = 0.0
-    subscribed: bool = False
     origin: bytes = b""
     inline_acks: bool = False
     senders: dict[bytes, bytes] | None = None
