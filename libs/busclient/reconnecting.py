@@ -354,7 +354,10 @@ class ReconnectingLink:
         while self._live and not send_log.fits(len(data)):
             self._room.clear()
             try:
-                await asyncio.wait_for(self._room.wait(), self._open_timeout)
+                # Not asyncio.wait_for: on Python 3.11 it loses a cancellation that
+                # comes in the turn the event is set (see run's backoff).
+                async with asyncio.timeout(self._open_timeout):
+                    await self._room.wait()
             except TimeoutError:
                 # No acknowledgement for open_timeout: the hub is stuck or gone
                 # without the socket noticing yet. Drop the oldest rather than hang.
@@ -477,8 +480,12 @@ class ReconnectingLink:
                     return
                 await self._hooks.link_reconnecting(disconnect, attempt, decision.delay)
                 self._wake.clear()
+                # Not asyncio.wait_for: on Python 3.11, cancelled in the turn that
+                # woke it (retry_now), it returns as if woken and the cancellation
+                # is lost: the link would dial again instead of ending.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), decision.delay)
+                    async with asyncio.timeout(decision.delay):
+                        await self._wake.wait()
         finally:
             self._supervising = False
             self._running = False

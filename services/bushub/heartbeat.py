@@ -10,13 +10,13 @@ announced again, since the other nodes may have dropped it.
 """
 
 import asyncio
-import contextlib
 import logging
 
 from bushub.broker import Broker
 from bushub.broker.nodes import BeatStatus
 from bushub.broker.refusals import BrokerRefused
 from bushub.brokerhealth import BrokerHealth
+from bushub.lightsync import wait_at_most
 from bushub.presence import Presence
 from bushub.settings import Settings
 
@@ -95,8 +95,7 @@ class Heartbeat:
             if due > 0 and not self._now.is_set():
                 # Woken every REFUSED_RETRY at least: a refusal met elsewhere (a
                 # claim, a publish) shortens the wait already under way.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._now.wait(), min(due, REFUSED_RETRY))
+                await wait_at_most(self._now, min(due, REFUSED_RETRY))
                 continue
             self._now.clear()
             last = loop.time()

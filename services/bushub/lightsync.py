@@ -8,9 +8,30 @@ These keep nothing until somebody waits, and then one future.
 
 import asyncio
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 T = TypeVar("T")
+
+
+class _Waitable(Protocol):
+    async def wait(self) -> Any: ...
+
+
+async def wait_at_most(event: _Waitable, seconds: float) -> bool:
+    """Wait for ``event`` (a ``Flag``, an ``asyncio.Event``) ``seconds`` at most;
+    True if it was set.
+
+    Not ``asyncio.wait_for``: on Python 3.11, when the waiting task is cancelled in
+    the loop turn that sets the event, it returns as if set and the cancellation is
+    lost, and a loop around it waits again for good (a node's stop hung on its
+    heartbeat that way). ``asyncio.timeout`` lets the cancellation through.
+    """
+    try:
+        async with asyncio.timeout(seconds):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True
 
 
 class Flag:

@@ -25,7 +25,6 @@ a receiving node that delivered one already drops the copy (recentframes.py).
 """
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -36,6 +35,7 @@ from bushub.broker import Broker
 from bushub.broker.base import PartialPublish
 from bushub.broker.refusals import ErrorKind, classify, is_retryable
 from bushub.brokerhealth import BrokerHealth
+from bushub.lightsync import wait_at_most
 from buswire.relayframe import as_resent
 
 log = logging.getLogger(__name__)
@@ -156,8 +156,7 @@ class Publisher:
         while self.crowded:
             self._room.clear()
             # Re-check every half second: the broker may have gone away meanwhile.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._room.wait(), 0.5)
+            await wait_at_most(self._room, 0.5)
 
     def hold(self, seconds: float) -> None:
         """Keep publishes queued for ``seconds`` more (in order, still bounded)."""

@@ -249,6 +249,18 @@ async def test_retry_now_cuts_a_backoff_short() -> None:
         await stop(link, task)
 
 
+async def test_cancelling_the_supervisor_as_retry_now_wakes_it_ends_it() -> None:
+    policy = ReconnectPolicy(initial_delay=30, max_delay=30, jitter=0)
+    async with ScriptedServer([close(1012), SERVE]) as server:
+        link, hooks, task = await run_link(server, policy)
+        await hooks.until(lambda: "reconnecting" in hooks.names())
+        link.retry_now()
+        task.cancel()  # in the same turn: the wake-up must not swallow the cancel
+        done, _ = await asyncio.wait([task], timeout=5)
+        assert task in done and task.cancelled()
+        assert server.handshakes == 1  # it did not dial again
+
+
 async def test_run_twice_at_once_is_refused() -> None:
     async with ScriptedServer([SERVE]) as server:
         link, hooks, task = await run_link(server)

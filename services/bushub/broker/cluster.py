@@ -56,6 +56,7 @@ from bushub.broker.sessionscripts import (
 )
 from bushub.broker.startwait import until_reachable
 from bushub.broker.subscriber import Subscriber
+from bushub.lightsync import wait_at_most
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +118,7 @@ class _Shard:
         """Add channels; on a new shard, wait (bounded) for its first connection so
         that messages published right after this returns are not missed."""
         self._listener.subscribe(channels)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.connected.wait(), _FIRST_CONNECT_SECONDS)
+        await wait_at_most(self.connected, _FIRST_CONNECT_SECONDS)
 
     def unsubscribe(self, channels: set[str]) -> None:
         self._listener.unsubscribe(channels)
@@ -294,8 +294,7 @@ class RedisClusterBroker(Broker):
 
     async def _refresh_loop(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._refresh_needed.wait(), _TOPOLOGY_CHECK_SECONDS)
+            await wait_at_most(self._refresh_needed, _TOPOLOGY_CHECK_SECONDS)
             self._refresh_needed.clear()
             try:
                 async with asyncio.timeout(_COMMAND_SECONDS * 2):

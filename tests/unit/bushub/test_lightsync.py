@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from bushub.lightsync import Flag, Inbox
+from bushub.lightsync import Flag, Inbox, wait_at_most
 
 
 async def test_flag_wakes_every_waiter_and_stays_set_until_cleared() -> None:
@@ -77,3 +77,31 @@ async def test_inbox_getter_cancelled_then_another_gets_the_item() -> None:
     await asyncio.sleep(0)
     inbox.put_nowait("x")
     assert await asyncio.wait_for(second, 1) == "x"
+
+
+@pytest.mark.parametrize("kind", [Flag, asyncio.Event])
+async def test_a_loop_waiting_at_most_ends_when_cancelled_as_its_event_is_set(
+    kind: type[Flag] | type[asyncio.Event],
+) -> None:
+    # asyncio.wait_for (Python 3.11) returns as if the event came, the cancellation
+    # lost, and the loop goes on waiting: a node's stop hung on such a loop.
+    event = kind()
+
+    async def loop() -> None:
+        while True:
+            await wait_at_most(event, 10)
+            event.clear()
+
+    task = asyncio.create_task(loop())
+    await asyncio.sleep(0.01)
+    event.set()
+    task.cancel()
+    done, _ = await asyncio.wait([task], timeout=1)
+    assert task in done and task.cancelled()
+
+
+async def test_waiting_at_most_says_whether_the_event_came() -> None:
+    flag = Flag()
+    assert not await wait_at_most(flag, 0.01)
+    asyncio.get_running_loop().call_later(0.01, flag.set)
+    assert await wait_at_most(flag, 5)
