@@ -9,6 +9,7 @@ period after, resubscribe every channel and re-record presence.
 import asyncio
 import signal
 import time
+from collections.abc import Callable
 
 import pytest
 from websockets.exceptions import InvalidStatus
@@ -283,3 +284,29 @@ async def test_presence_is_re_recorded_at_once_when_redis_returns(faults: Faults
     # Reconnect backoff (<= 0.75 s) plus the reconcile itself, with slack.
     assert took < 1.5, f"presence came back after {took:.2f}s ({failed} reconcile(s) failed)"
     await inbox.close()
+
+
+async def test_each_of_two_outages_close_together_is_logged(faults: Faults) -> None:
+    """An outage's retries are logged once per rate-limit interval (10 s), but a new
+    outage is a new event: one that comes a second after the last ended is told, and
+    so is its end. Before, both were held back as repeats of the first outage's lines."""
+    [node] = faults.ready("n1")
+    redis = faults.redis
+    assert redis is not None
+
+    def lines(text: str, count: int) -> Callable[[], bool]:
+        return lambda: node.log_text().count(text) == count
+
+    for outage in (1, 2):
+        redis.signal(signal.SIGKILL)
+        await in_thread(redis.wait)
+        down = lines("redis unreachable", outage)
+        assert await until(down, timeout=5), f"outage {outage} was not logged"
+        await asyncio.sleep(0.5)
+        await in_thread(redis.restart)
+        back = lines("redis reachable again", outage)
+        assert await until(back, timeout=5), f"the end of outage {outage} was not logged"
+        assert await until(lambda: in_thread(lambda: node.get("/readyz")[0] == 200), timeout=5)
+        await asyncio.sleep(1.0 if outage == 1 else 0)
+    # Its retries are still limited: one line each way per outage.
+    assert node.log_text().count("redis unreachable") == 2

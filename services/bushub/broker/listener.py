@@ -137,6 +137,9 @@ class Listener:
         """Run until cancelled."""
         delay = BACKOFF_FIRST
         again = False
+        # Connections made so far: the lines of one outage share it as their rate-limit
+        # key, so its retries are limited but the next outage, however soon, is told.
+        connected = 0
         while True:
             if not self.channels:
                 # Nothing to hear: no connection until there is.
@@ -159,7 +162,9 @@ class Listener:
                         "%s reachable again; resubscribed %d channels",
                         self.label,
                         len(self.channels),
+                        extra={"rate_key": (self.label, connected)},
                     )
+                connected += 1
                 await self._on_up(again)
                 again = True
                 delay = BACKOFF_FIRST
@@ -178,11 +183,11 @@ class Listener:
                     await asyncio.shield(link.aclose())
             if failure is not None:  # always: serve() only ends by raising
                 self._on_down(failure)
-                self._log(failure, delay)
+                self._log(failure, delay, (self.label, connected))
                 await asyncio.sleep(delay * random.uniform(0.5, 1.5))
                 delay = min(delay * 2, self._backoff_max)
 
-    def _log(self, exc: BaseException, delay: float) -> None:
+    def _log(self, exc: BaseException, delay: float, rate_key: tuple[str, int]) -> None:
         if isinstance(exc, REFUSALS):
             # A refused login or command is no outage: say what Redis said, for
             # the operator to act on (retrying mends it once they have).
@@ -192,8 +197,13 @@ class Listener:
                 type(exc).__name__,
                 exc,
                 delay,
+                extra={"rate_key": rate_key},
             )
         else:
             log.warning(
-                "%s unreachable (%s); retrying in %.2fs", self.label, type(exc).__name__, delay
+                "%s unreachable (%s); retrying in %.2fs",
+                self.label,
+                type(exc).__name__,
+                delay,
+                extra={"rate_key": rate_key},
             )
