@@ -137,8 +137,7 @@ class Relay:
             position, acked = message_position(data), 0
             head = MESSAGE_HEAD
         if not position:
-            self._session_control(conn, data)
-            return 0.0
+            return self._session_control(conn, data)
         size = len(data) - head
         # The bytes' burst fits the largest message allowed, so any wait is finite; a
         # larger one is dropped as oversize below.
@@ -156,19 +155,28 @@ class Relay:
             sessions.refused(conn, position)
         return 0.0
 
-    def _session_control(self, conn: Connection, data: bytes) -> None:
+    def _session_control(self, conn: Connection, data: bytes) -> float:
         """A session socket's frame that is not a message at a position: the proxy's
-        acknowledgement, or a frame refused."""
+        acknowledgement, or a frame refused. Either counts against the socket's rate,
+        as a message does, so that a flood of them is held back as well (the seconds
+        to wait are returned, as by ``route``)."""
         assert self.sessions is not None
+        wait = take_or_wait(
+            conn.message_rate, conn.byte_rate, min(len(data), self._max_message_bytes)
+        )
+        if wait:
+            self._metrics.session_messages.labels("throttled").inc()
+            return wait
         try:
             frame = sessionframe.decode(data)
         except DecodeError as exc:
             self._received_and_dropped(conn, exc.reason, len(data))
-            return
+            return 0.0
         if frame.kind is sessionframe.Kind.ACK:
             self.sessions.proxy_ack(conn, frame.position)
-            return
+            return 0.0
         self._received_and_dropped(conn, DropReason.MALFORMED, len(data))
+        return 0.0
 
     def _route(self, conn: Connection, data: bytes, origin: bytes | None, position: int) -> bool:
         """Check and publish one message; True once it is handed to the publisher.

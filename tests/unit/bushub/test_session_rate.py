@@ -113,3 +113,23 @@ async def test_a_session_over_its_byte_rate_is_held_back_and_loses_nothing(path:
     frames = [message(p, p, padding="x" * 20_000) for p in range(1, 13)]
     rate_limited, throttled = await relayed_whole(path, settings, frames)
     assert rate_limited == 0 and throttled > 0
+
+
+@pytest.mark.parametrize("path", SERVED)
+async def test_a_flood_of_session_control_frames_is_held_back_too(path: str) -> None:
+    # Acknowledgements and frames that are neither a message nor an acknowledgement
+    # cost the node as messages do: over the rate, the socket is read no further
+    # until the budget has refilled. Each is still taken (the refused ones counted),
+    # and the socket's messages go on after them.
+    settings = small_settings(rate_messages=RATE, rate_bytes=0)
+    async with (
+        running_hub(settings, **SERVED[path]) as node,
+        node.connect("b", peer="a") as b,
+        node.connect("a", peer="b", session="S1") as a,
+    ):
+        await opened(node)
+        controls = [sessionframe.ack(1) if i % 2 else b"\x7fnot a frame" for i in range(SENT)]
+        await send_all(a, [*controls, message(1, 1)])
+        assert await seqs_received(b, 1) == [1]
+        assert node.metric("bushub_messages_dropped_total", reason="malformed") == SENT // 2
+        assert node.metric("bushub_session_messages_total", event="throttled") > 0
