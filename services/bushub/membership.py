@@ -3,7 +3,8 @@ after them (docs/protocol.md, Presence).
 
 Presence records never expire on their own; what keeps them honest is one heartbeat
 per node every ``--presence-ttl``/3. A node whose heartbeat lapses is dead to every
-other node at its next beat: the holders it had count as gone (``is_live``), and the
+other node at its next beat (one whose own beats went through for a TTL and a refresh
+before: see ``Membership.beat``): the holders it had count as gone (``is_live``), and the
 first node to see it takes its claim index over and deletes what it lists,
 owner-checked. So at rest Redis does one command per node per refresh, whatever the
 number of agents, and a crashed node's agents leave within ``--presence-ttl`` plus
@@ -70,6 +71,10 @@ class Membership:
         self._cleanups: dict[str, asyncio.Task[None]] = {}
         # The probe of each node in flight (see answers).
         self._probes: dict[str, asyncio.Future[bool]] = {}
+        # Since when this node's beats have gone through promptly (loop time; None:
+        # the last one failed): see beat. A beat slower than a refresh period is late.
+        self._steady_since: float | None = None
+        self._prompt = settings.presence_refresh
 
     def is_live(self, node: str) -> bool:
         """False for a node known dead: its records and holders count for nothing."""
@@ -122,13 +127,33 @@ class Membership:
         await self.beat()
 
     async def beat(self) -> BeatStatus:
-        """Say this node is alive; learn which are dead and clean up after them."""
-        with self._health.watching("presence_write"):
-            beat = await self._broker.nodes.beat(self._node_id, self._ttl)
+        """Say this node is alive; learn which are dead and clean up after them.
+
+        A node lapsed is taken for dead only by a node whose own beats went through
+        promptly for a TTL and one refresh before: when the registry was out for this
+        node too (a Redis outage, refused writes, a failover of the registry's shard, a
+        stall here), the others' lapses may be the same gap, and each may come back
+        later than this one (a beat stuck on a primary that died, until its timeout,
+        then tried again a refresh later).
+        """
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            with self._health.watching("presence_write"):
+                beat = await self._broker.nodes.beat(self._node_id, self._ttl)
+        except BaseException:
+            self._steady_since = None
+            raise
+        done = loop.time()
+        if beat.status is not BeatStatus.LIVE or done - started > self._prompt:
+            self._steady_since = None
+        if self._steady_since is None:
+            self._steady_since = done
         if beat.status is not BeatStatus.LIVE:
-            # This node was not beating either (a Redis outage, refused writes, a
-            # stall): the others' lapses may be the same gap. Judge them next time,
-            # once each has had a refresh period to beat again.
+            return beat.status
+        if done - self._steady_since < self._ttl + self._prompt:
+            # Not judging yet: who was dead already and still is stays so.
+            self.dead = self.dead & beat.dead
             return beat.status
         self.dead = beat.dead
         for dead in beat.dead - self._cleanups.keys():

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.procs import TIMEOUT, AgentProcess, HubNode, RedisServer
+from tests.integration.procs import PRESENCE_TTL, TIMEOUT, AgentProcess, HubNode, RedisServer
 from tests.integration.redis_cluster import RedisClusterServers
 from tests.support.reports import register_log
 
@@ -35,6 +35,7 @@ class Cluster:
         *,
         redis: bool = True,
         redis_cluster: RedisClusterServers | None = None,
+        presence_ttl: float = PRESENCE_TTL,
     ) -> list[HubNode]:
         url: str | None = None
         if redis_cluster is not None:
@@ -45,7 +46,9 @@ class Cluster:
             self.redis.start()
             url = self.redis.url
         for i in range(nodes):
-            node = HubNode(f"n{i + 1}", self._tmp / f"hub-n{i + 1}.log", url)
+            node = HubNode(
+                f"n{i + 1}", self._tmp / f"hub-n{i + 1}.log", url, presence_ttl=presence_ttl
+            )
             register_log(self._request, f"hub n{i + 1} log", node.log_path)
             self.nodes.append(node)
         for node in self.nodes:

@@ -215,10 +215,18 @@ class RedisServer(Service):
 class HubNode(Service):
     """One ``bushub serve`` process; restartable on the same port."""
 
-    def __init__(self, node_id: str, log_path: Path, redis_url: str | None) -> None:
+    def __init__(
+        self,
+        node_id: str,
+        log_path: Path,
+        redis_url: str | None,
+        *,
+        presence_ttl: float = PRESENCE_TTL,
+    ) -> None:
         super().__init__(f"hub {node_id}", log_path)
         self.node_id = node_id
         self.redis_url = redis_url
+        self.presence_ttl = presence_ttl
         self.port = free_port()
 
     @property
@@ -228,7 +236,7 @@ class HubNode(Service):
     def spawn(self) -> None:
         argv = [sys.executable, "-m", "bushub", "serve", "--host", "127.0.0.1"]
         argv += ["--port", str(self.port), "--node-id", self.node_id]
-        argv += ["--presence-ttl", str(PRESENCE_TTL), "--peer-grace", str(PEER_GRACE)]
+        argv += ["--presence-ttl", str(self.presence_ttl), "--peer-grace", str(PEER_GRACE)]
         argv += ["--log-level", "info"]
         if self.redis_url:
             argv += ["--redis-url", self.redis_url]

@@ -3,6 +3,7 @@ hub re-homes its sharded subscriptions and traffic resumes; what is lost is boun
 and, where the hub can see it, counted."""
 
 import asyncio
+import contextlib
 import json
 import re
 import signal
@@ -13,7 +14,9 @@ from pathlib import Path
 
 import pytest
 import websockets
+from websockets.protocol import State
 
+from buswire.channels import live_nodes_key
 from tests.integration.conftest import Cluster
 from tests.integration.procs import TIMEOUT, HubNode
 from tests.integration.redis_cluster import ClusterNodeServer, RedisClusterServers
@@ -23,6 +26,7 @@ from tests.support.ports import free_port
 pytestmark = pytest.mark.integration
 
 RATE = 200  # messages per second from the sender
+FAILOVER_TTL = 3.0  # --presence-ttl while the registry's shard fails over
 CHANNEL = "bushub:msg:{b}"
 
 
@@ -175,3 +179,39 @@ def test_a_hub_given_several_seeds_starts_while_the_first_is_down(
         assert "Traceback" not in node.log_path.read_text()
     finally:
         node.stop()
+
+
+def test_a_failover_of_the_registry_shard_longer_than_the_presence_ttl_kills_no_hub(
+    own_redis_cluster: RedisClusterServers, cluster: Cluster
+) -> None:
+    """Every hub's heartbeat goes to the registry's shard ({nodes}). While it fails
+    over (1.5 s node timeout plus the election) no hub's beat goes through, and a hub
+    whose beat was sent to the dead primary waits for the command's timeout (3 s)
+    before it tries the new one: out for longer than the 3 s presence TTL, while
+    another hub may be back within 2 s. No hub takes another for dead unless its own
+    beats went through for a TTL and one refresh since it was out itself."""
+    n1, n2 = cluster.start(2, redis_cluster=own_redis_cluster, presence_ttl=FAILOVER_TTL)
+    registry = own_redis_cluster.primary_for(live_nodes_key())
+
+    async def run() -> list[str]:
+        a = await websockets.connect(f"{n1.url}/ws/a?peer=b&dialect=subagents")
+        b = await websockets.connect(f"{n2.url}/ws/b?peer=a&dialect=subagents")
+        await asyncio.wait_for(a.recv(), TIMEOUT)  # b announced to a
+        registry.kill()
+        # The failover, then three presence TTLs of beats after it.
+        await asyncio.sleep(4 + 3 * FAILOVER_TTL)
+        later: list[str] = []
+        with contextlib.suppress(TimeoutError):
+            while True:
+                later.append(await asyncio.wait_for(a.recv(), 0.5))
+        assert a.state is State.OPEN and b.state is State.OPEN
+        await a.close()
+        await b.close()
+        return later
+
+    later = asyncio.run(run())
+    for node in (n1, n2):
+        text = node.log_path.read_text()
+        assert " is dead: removed" not in text, f"{node.node_id} took a live hub for dead"
+    # b was not announced anew to a (as it would be once cleaned up and re-recorded).
+    assert later == [], later
