@@ -206,10 +206,10 @@ class Hub:
                 # Resumed is enough: a client gone between the resume and the accept
                 # left its session held (no expiry) for good.
                 await self.sessions.ended(conn, held=was_holder and bool(session.result))
+            if was_holder:  # held from its claim on, accepted or not
+                self.metrics.agents.set(len(self.presence.holders))
             if attached:
                 self.metrics.connections.dec()
-                if was_holder:
-                    self.metrics.agents.set(len(self.presence.holders))
                 await self.presence.withdraw(conn)
             await self.presence.unclaim(conn)
         finally:
