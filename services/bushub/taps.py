@@ -43,6 +43,9 @@ KEEPALIVE_EVERY = 15.0
 _MAX_STRING = 512
 _MAX_ITEMS = 100
 _MAX_DEPTH = 16
+# The integers orjson writes; any other is shown as its digits.
+_INT_MIN = -(2**63)
+_INT_MAX = 2**64 - 1
 
 
 def summarise(tree: Any, depth: int = 0) -> Any:
@@ -52,15 +55,15 @@ def summarise(tree: Any, depth: int = 0) -> Any:
         return f"<{len(tree)} bytes>"
     if isinstance(tree, str):
         if len(tree) > _MAX_STRING:
-            return f"{tree[:_MAX_STRING]}… (+{len(tree) - _MAX_STRING} chars)"
-        return tree
+            return f"{_utf8(tree[:_MAX_STRING])}… (+{len(tree) - _MAX_STRING} chars)"
+        return _utf8(tree)
     if depth >= _MAX_DEPTH and isinstance(tree, dict | list):
         return "…"
     if isinstance(tree, dict):
         if tree.get("__type__") == "bytes" and "__data__" in tree:
             return _bytes_summary(tree["__data__"])
         items = list(tree.items())
-        shown = {str(key): summarise(value, depth + 1) for key, value in items[:_MAX_ITEMS]}
+        shown = {_utf8(str(key)): summarise(value, depth + 1) for key, value in items[:_MAX_ITEMS]}
         if len(items) > _MAX_ITEMS:
             shown["…"] = f"+{len(items) - _MAX_ITEMS} keys"
         return shown
@@ -69,9 +72,25 @@ def summarise(tree: Any, depth: int = 0) -> Any:
         if len(tree) > _MAX_ITEMS:
             shown_list.append(f"… +{len(tree) - _MAX_ITEMS} items")
         return shown_list
+    if isinstance(tree, int) and not isinstance(tree, bool) and not _INT_MIN <= tree <= _INT_MAX:
+        # Past what the event's encoder writes (64 bits); a client may send any.
+        digits = str(tree)
+        return digits if len(digits) <= _MAX_STRING else f"<{len(digits)}-digit integer>"
     if tree is None or isinstance(tree, bool | int | float):
         return tree
-    return repr(tree)[:_MAX_STRING]
+    return _utf8(repr(tree)[:_MAX_STRING])
+
+
+def _utf8(text: str) -> str:
+    """``text`` as UTF-8 can hold it: a lone surrogate (JSON's ``"\\ud800"`` decodes
+    to one, and the hub relays it) as its escape, which the event's encoder takes."""
+    if text.isascii():
+        return text
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode()
+    return text
 
 
 def _bytes_summary(data: Any) -> str:
@@ -157,7 +176,15 @@ class TapRecorder:
             lost = self._lost.pop(name, 0)
             if lost:
                 event["lost"] = lost
-            if self._side.publish(tap_channel(name), orjson.dumps(event)):
+            try:
+                encoded = orjson.dumps(event)
+            except (TypeError, ValueError):
+                # Whatever a client sent, a tap must not break the traffic it shows.
+                self._lost[name] += 1 + lost
+                self._counted("dropped", 1)
+                event.pop("lost", None)
+                continue
+            if self._side.publish(tap_channel(name), encoded):
                 self._counted("published", 1)
             else:
                 self._lost[name] += 1 + lost

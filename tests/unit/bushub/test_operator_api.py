@@ -255,6 +255,34 @@ async def test_a_tap_shows_what_the_hub_refused_and_why(node: RunningHub) -> Non
         assert event["body"]["__data__"]["payload"]["seq"] == 2
 
 
+async def test_a_tap_changes_nothing_for_values_its_encoder_cannot_write(node: RunningHub) -> None:
+    # JSON lets a client send a lone surrogate and an integer of any size; the hub
+    # relays both. The tap shows them as text; the sender's socket, the delivery and
+    # POST /api/send's answer are what they are untapped.
+    payload = '{"text": "\\ud800 and \\udfff", "big": %s, "\\udc00key": 1}' % ("9" * 400)
+    tree = task_request("a", "b", 1)
+    raw = json.dumps(tree).replace('{"seq": 1}', payload).encode()
+    async with node.connect("a") as a, node.connect("b") as b, tapping(node, "b") as tap:
+        await wait_until(lambda: "b" in node.hub.relay.taps.tapped, "tap noticed")  # type: ignore[union-attr]
+        await a.send(raw)
+        assert json.loads(await recv_non_registry(b))["__data__"]["payload"]["big"] == int(
+            "9" * 400
+        )
+        event = await tap.next_message()
+        shown = event["body"]["__data__"]["payload"]
+        assert shown == {"text": "\\ud800 and \\udfff", "big": "9" * 400, "\\udc00key": 1}
+        refused = raw.replace(TASK_REQUEST.encode(), b"evil.module.Payload")
+        await a.send(refused)
+        assert (await tap.next_message())["dropped"] == "type_not_allowed"
+        response = await post_send(node, raw.replace(b'"a"', b'"ops"', 1), admin())
+        assert response.status_code == 202
+        assert await recv_non_registry(b)
+        assert (await tap.next_message())["source"] == "ops"
+        await a.send(as_json(task_request("a", "b", 2)))  # the sender's socket is open
+        assert await recv_non_registry(b)
+    assert node.metric("bushub_tap_events_total", outcome="dropped") == 0
+
+
 async def test_no_tap_no_cost_and_a_closed_tap_lapses(node: RunningHub) -> None:
     taps = node.hub.relay.taps
     assert taps is not None and not taps.tapped
