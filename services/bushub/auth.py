@@ -53,6 +53,15 @@ class Grant:
 OPEN_GRANT = Grant(agents=("*",), targets=("*",))
 
 
+def bearer_value(header: str) -> str | None:
+    """The credentials of an ``Authorization: Bearer <value>`` header; None for any
+    other (no scheme, another scheme, nothing after it). The scheme's case does not
+    matter (RFC 9110)."""
+    scheme, _, value = header.strip().partition(" ")
+    value = value.strip()
+    return value if scheme.lower() == "bearer" and value else None
+
+
 def _matches(name: str, patterns: Sequence[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
 

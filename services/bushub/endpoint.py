@@ -19,7 +19,7 @@ from urllib.parse import quote, unquote_to_bytes
 from starlette.responses import PlainTextResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from bushub.auth import AuthError, Grant, TokenVerifier
+from bushub.auth import AuthError, Grant, TokenVerifier, bearer_value
 from bushub.broker.refusals import BrokerRefused
 from bushub.closecodes import CloseCode, close_reason
 from bushub.connection import ClientGone, Connection, ConnectionParams, new_connection_id
@@ -239,11 +239,8 @@ async def _refuse(websocket: WebSocket, hub: Hub, refusal: Refusal) -> None:
 
 
 def _bearer_token(websocket: WebSocket) -> str | None:
-    header = websocket.headers.get("authorization", "")
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
-    return websocket.query_params.get("token")
+    value = bearer_value(websocket.headers.get("authorization", ""))
+    return value if value is not None else websocket.query_params.get("token")
 
 
 def admit(websocket: WebSocket, hub: Hub, verifier: TokenVerifier, agent: str) -> Grant:

@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from bushub import console
-from bushub.auth import OPEN_GRANT, AuthError, Grant, TokenVerifier
+from bushub.auth import OPEN_GRANT, AuthError, Grant, TokenVerifier, bearer_value
 from bushub.hub import Hub
 from bushub.taps import event_stream
 from buswire import DecodeError, validate_agent_name
@@ -26,7 +26,8 @@ _DRAIN_FACTOR = 4
 
 
 def _bearer(request: Request) -> str:
-    return request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+    """The bearer credentials offered; "" without them (a bare value is none)."""
+    return bearer_value(request.headers.get("authorization", "")) or ""
 
 
 def _is_admin(offered: str, admin_token: str) -> bool:

@@ -100,6 +100,7 @@ async def test_agents_needs_the_admin_token(auth_hub: SecureHub) -> None:
         f"Bearer {ADMIN_TOKEN[:-1]}",
         "Bearer ",
         f"Basic {ADMIN_TOKEN}",
+        ADMIN_TOKEN,  # no scheme: not a bearer token
         f"Bearer {token('admin')}",  # an agent token is not the admin token
     ):
         status, body = auth_hub.get("/agents", {"Authorization": wrong})
@@ -110,6 +111,9 @@ async def test_agents_needs_the_admin_token(auth_hub: SecureHub) -> None:
         auth_hub, "ad-alice", token=token("ad-alice", ["ad-bob"]), peer="ad-bob"
     )
     try:
+        for scheme in ("bearer", "BEARER"):  # its case does not matter (RFC 9110)
+            status, _ = auth_hub.get("/agents", {"Authorization": f"{scheme} {ADMIN_TOKEN}"})
+            assert status == 200, scheme
         status, body = auth_hub.get("/agents", {"Authorization": f"Bearer {ADMIN_TOKEN}"})
         assert status == 200
         rows = {row["agent"]: row for row in json.loads(body)["agents"]}
