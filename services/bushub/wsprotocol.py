@@ -26,6 +26,7 @@ client that never reads it is cut off after uvicorn's close timeout.
 
 import asyncio
 import logging
+import socket
 import struct
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -47,6 +48,14 @@ FrameCallback = Callable[[bytes], None]
 # The code of the websocket.disconnect, and the close the hub's WebSocket layer sent
 # on its own before it (None when the client closed or vanished).
 DisconnectCallback = Callable[[int, CloseCode | None], None]
+
+# How long a socket's reading may stay held before the hub checks, once a second,
+# whether its client hung up: the FIN (or reset) waits behind the unread frames, which
+# a flood past the rate can make minutes' worth. Within this, a client that wrote a
+# burst and closed still has it all relayed.
+HELD_HANG_UP_AFTER = 2.0
+_TCP_CLOSE = 7  # tcpi_state: reset
+_TCP_CLOSE_WAIT = 8  # tcpi_state: the peer's FIN received
 
 _BINARY_FIN = 0x82
 _HEADERS_7BIT = [bytes((_BINARY_FIN, n)) for n in range(126)]
@@ -89,6 +98,10 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         self._reading_held: asyncio.Task[None] | None = None
         # Messages read but not routed while reading is held, oldest first.
         self._held_frames: list[bytes] | None = None
+        # Since when reading has been held without a break, and when the hub last
+        # looked for a hang-up meanwhile (loop time; 0: not held).
+        self._held_since = 0.0
+        self._hang_up_checked = 0.0
         self._handed_over = False
         # The close this layer sent on its own (a protocol error, a text frame that
         # is not UTF-8, a frame over the limit, a failure routing a frame): the
@@ -250,6 +263,8 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
             self._held_frames = [again, *(self._held_frames or ())]
         if self._reading_held is not None:
             return
+        if not self._held_since:
+            self._held_since = self._hang_up_checked = self.loop.time()
         self.transport.pause_reading()
         # Held here: the loop keeps only a weak reference to a task.
         self._reading_held = self.loop.create_task(until())
@@ -257,6 +272,11 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def _release_reading(self, _: object) -> None:
         self._reading_held = None
+        if self._hung_up_while_held():
+            log.info("closing a socket: its client hung up while its reading was held")
+            self._held_frames = None
+            self.transport.abort()
+            return
         held, self._held_frames = self._held_frames, None
         for index, data in enumerate(held or ()):
             if self._on_frame is None:
@@ -267,8 +287,31 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
                 # frame given back to be routed again, which goes first.
                 self._held_frames = [*(self._held_frames or ()), *(held or ())[index + 1 :]]
                 return
+        self._held_since = 0.0
         if not self.disconnected and not self.read_paused:
             self.transport.resume_reading()
+
+    def _hung_up_while_held(self) -> bool:
+        """Whether the client closed or reset its end while reading has been held
+        past ``HELD_HANG_UP_AFTER`` (asked once a second at most)."""
+        now = self.loop.time()
+        if now - self._held_since < HELD_HANG_UP_AFTER or now - self._hang_up_checked < 1.0:
+            return False
+        self._hang_up_checked = now
+        sock = self.transport.get_extra_info("socket")
+        if sock is None:
+            return False
+        try:
+            probe = socket.socket(fileno=sock.fileno())
+        except OSError:
+            return True  # the descriptor is gone with the connection
+        try:
+            state = probe.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+        except OSError:
+            return False  # not TCP: no verdict
+        finally:
+            probe.detach()
+        return state in (_TCP_CLOSE_WAIT, _TCP_CLOSE)
 
     def send_receive_event_to_app(self) -> None:
         if self.close_sent:

@@ -11,6 +11,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection
 
 from bushub.settings import Settings
+from bushub.wsprotocol import HELD_HANG_UP_AFTER
 from buswire import sessionframe
 from tests.support.messages import encode, task_request
 from tests.unit.bushub.conftest import RunningHub, running_hub, small_settings
@@ -133,3 +134,17 @@ async def test_a_flood_of_session_control_frames_is_held_back_too(path: str) -> 
         assert await seqs_received(b, 1) == [1]
         assert node.metric("bushub_messages_dropped_total", reason="malformed") == SENT // 2
         assert node.metric("bushub_session_messages_total", event="throttled") > 0
+
+
+async def test_a_client_that_hangs_up_behind_a_long_backlog_is_let_go() -> None:
+    # 400 frames at 20/s are 20 s of reading held back; the client's close waits
+    # behind them in the socket. Once reading has been held HELD_HANG_UP_AFTER, the
+    # hub looks for the hang-up (once a second) and lets the socket go: its name is
+    # free again well before the backlog would have been read.
+    settings = small_settings(rate_messages=20, rate_bytes=0)
+    async with running_hub(settings) as node, node.connect("a", peer="b", session="S1") as a:
+        await node.wait_metric("bushub_connections", 1)
+        await send_all(a, [sessionframe.ack(0) for _ in range(400)])
+        a.transport.abort()
+        # Let go within the wait and a few checks; the backlog would take 20 s.
+        await node.wait_metric("bushub_connections", 0, timeout=HELD_HANG_UP_AFTER + 5)
