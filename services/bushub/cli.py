@@ -13,13 +13,13 @@ import uvicorn
 from bushub import gcpolicy
 from bushub.app import create_app
 from bushub.fdlimit import raise_fd_limit
-from bushub.handshake import HandshakeGuard, guarded
+from bushub.handshake import HandshakeGuard, guarded, parse_up_to
 from bushub.hub import Hub
 from bushub.logs import configure_logging
 from bushub.settings import Settings, SettingsError, add_arguments, load_settings
 from bushub.tap_cli import add_tap_command, run_tap_command
 from bushub.token_cli import add_token_command, run_token_command
-from bushub.wsprotocol import HubWebSocketProtocol
+from bushub.wsprotocol import guarded_ws
 
 log = logging.getLogger("bushub")
 
@@ -70,6 +70,7 @@ def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Co
     guard = HandshakeGuard(
         settings.handshake_timeout, settings.max_header_bytes, app.state.hub.metrics
     )
+    parse_up_to(settings.max_header_bytes)
     options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
@@ -78,7 +79,7 @@ def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Co
         # httptools, with a deadline and a size limit on what comes before a request.
         "http": guarded(guard),
         # The hub's protocol: the direct data path (see bushub.wsprotocol).
-        "ws": HubWebSocketProtocol,
+        "ws": guarded_ws(guard),
         "ws_max_size": max(settings.max_message_bytes * 2, 1 << 16),
         # The stock proxy offers permessage-deflate; declining it saves ~35 KB of
         # zlib state per socket and CPU on audio that does not compress.

@@ -12,6 +12,9 @@ flood of header lines grows memory by its size. This protocol adds both bounds:
 - at most ``max_header_bytes`` read before the headers are complete; past it the
   connection gets 431 and is closed, before the bytes reach the parser. (A request
   pipelined behind a body, in the same read, can bring one read's worth more.)
+  Within it, an upgrade the WebSocket layer cannot read (a missing or bad
+  ``Sec-WebSocket-Key``, an unknown version) gets its 400 as before, now counted
+  (``bad_upgrade``) and logged.
 
 Refusals are counted in ``bushub_connections_refused_total`` and logged as
 warnings, which ``bushub.logs`` prints at most once per 10 s with a count of the
@@ -23,6 +26,7 @@ import logging
 from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from websockets import http11
 
 from bushub.fdlimit import FdWatch
 from bushub.metrics import Metrics
@@ -31,11 +35,26 @@ log = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT = "handshake_timeout"
 HEADERS_TOO_LARGE = "headers_too_large"
+BAD_UPGRADE = "bad_upgrade"
 
 _LOG_TEMPLATES = {
     HANDSHAKE_TIMEOUT: "no complete request within %.1fs: closed the connection from %s",
     HEADERS_TOO_LARGE: "request headers over %d bytes: refused the connection from %s with 431",
+    BAD_UPGRADE: "not a WebSocket upgrade (%s): refused the connection from %s with 400",
 }
+
+
+def parse_up_to(max_header_bytes: int) -> None:
+    """Let the WebSocket layer parse any upgrade of up to ``max_header_bytes`` bytes.
+
+    websockets reads an upgrade again with limits of its own: 8,192 bytes a line and
+    128 header lines, past which a request under ``--max-header-bytes`` (a long
+    token in the query or in ``Authorization``) was answered a bare 400. What it
+    reads has passed ``HandshakeGuard``'s byte bound already, so no line can be
+    longer than that, nor can there be more lines than a quarter of it ("X:" CRLF).
+    """
+    http11.MAX_LINE_LENGTH = max(http11.MAX_LINE_LENGTH, max_header_bytes)
+    http11.MAX_NUM_HEADERS = max(http11.MAX_NUM_HEADERS, max_header_bytes // 4)
 
 
 def _plain_response(status: bytes, body: bytes) -> bytes:
@@ -60,10 +79,13 @@ class HandshakeGuard:
         self.fds = FdWatch(metrics)
         self._refused = metrics.connections_refused
 
-    def refuse(self, reason: str, client: tuple[str, int] | None) -> None:
-        """Count and log one connection refused before it became a request."""
+    def refuse(self, reason: str, client: tuple[str, int] | None, why: str = "") -> None:
+        """Count and log one connection refused before it became a request (``why``:
+        what was wrong with an upgrade)."""
         self._refused.labels(reason).inc()
-        limit = self.timeout if reason == HANDSHAKE_TIMEOUT else self.max_header_bytes
+        limit: object = self.timeout if reason == HANDSHAKE_TIMEOUT else self.max_header_bytes
+        if reason == BAD_UPGRADE:
+            limit = why
         peer = f"{client[0]}:{client[1]}" if client else "?"
         log.warning(_LOG_TEMPLATES[reason], limit, peer)
 

@@ -28,6 +28,7 @@ DROP_REASONS = tuple(reason.value for reason in DropReason)
 REFUSAL_REASONS = (
     "handshake_timeout",
     "headers_too_large",
+    "bad_upgrade",
     "bad_path",
     "broker_unreachable",
     "broker_refused",

@@ -29,7 +29,7 @@ import logging
 import socket
 import struct
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, ClassVar
 
 from uvicorn._types import ASGIReceiveEvent
 from uvicorn.protocols.utils import ClientDisconnected
@@ -37,6 +37,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.protocol import State
 
 from bushub.closecodes import CloseCode
+from bushub.handshake import BAD_UPGRADE, HandshakeGuard
 from bushub.lightsync import Flag, Inbox
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,9 @@ def frame_header(length: int) -> bytes:
 
 class HubWebSocketProtocol(WebSocketsSansIOProtocol):
     """``websockets-sansio`` with a direct data path and a close that never waits."""
+
+    # Counts and logs an upgrade the WebSocket layer refused (set per node: ``guarded_ws``).
+    guard: ClassVar[HandshakeGuard | None] = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -131,6 +135,15 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
             self.transport.write(b"".join(self.conn.data_to_send()))
         return True
 
+    def handle_handshake_exception(self) -> None:
+        super().handle_handshake_exception()  # a request it could not parse: 400
+        self._bad_upgrade()
+
+    def _bad_upgrade(self) -> None:
+        if self.guard is not None:
+            why = self.conn.handshake_exc
+            self.guard.refuse(BAD_UPGRADE, self.client, str(why) if why else "refused")
+
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
         # The request is in the scope now; only the response is still needed. The
@@ -138,7 +151,9 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         # its headers are emptied, not just let go.
         event.headers.clear()
         del self.request
-        if not self.close_sent:  # an upgrade: uvicorn built the scope
+        if self.response.status_code != 101:  # refused by websockets (400)
+            self._bad_upgrade()
+        elif not self.close_sent:  # an upgrade: uvicorn built the scope
             self.scope["extensions"][DIRECT_EXTENSION] = {"protocol": self}
 
     # ---- the direct path ------------------------------------------------------
@@ -375,3 +390,13 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         await super().send(message)
         if message["type"] == "websocket.accept" and self.handshake_complete:
             del self.response  # its headers are on the wire; it is not read again
+
+
+def guarded_ws(guard: HandshakeGuard) -> type[HubWebSocketProtocol]:
+    """The protocol class uvicorn serves WebSockets with (``ws=``) under ``guard``."""
+
+    class Guarded(HubWebSocketProtocol):
+        pass
+
+    Guarded.guard = guard
+    return Guarded

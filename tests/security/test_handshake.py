@@ -6,7 +6,9 @@ small header limit, and talks to it over raw TCP sockets, as an attacker would.
 """
 
 import asyncio
+import base64
 import contextlib
+import os
 import resource
 import socket
 import time
@@ -220,3 +222,65 @@ async def test_near_its_descriptor_limit_a_node_warns_and_recovers(hub: SecureHu
     lines = _new_lines(hub, log_seen, "file descriptors open")
     assert len(lines) == 1 and " WARNING " in lines[0], lines
     assert f"of {limit} file descriptors" in lines[0]
+
+
+@pytest.fixture
+def roomy_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureHub]:
+    """A node with the default header limit (16 KiB)."""
+    node = _start(tmp_path_factory, "handshake-roomy")
+    yield node
+    _stop(node)
+
+
+async def _upgrade(port: int, path: bytes, extra: bytes = b"", key: bytes | None = None) -> bytes:
+    """The status line a raw WebSocket upgrade of ``path`` (and ``extra`` header
+    lines) is answered with; ``key`` b"" leaves ``Sec-WebSocket-Key`` out."""
+    key = base64.b64encode(os.urandom(16)) if key is None else key
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"GET " + path + b" HTTP/1.1\r\nHost: hub\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+        + (b"Sec-WebSocket-Key: " + key + b"\r\n" if key else b"")
+        + extra
+        + b"\r\n"
+    )
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            head = await reader.readuntil(b"\r\n")
+    finally:
+        writer.close()
+    return head.rstrip()
+
+
+async def test_an_upgrade_within_the_header_limit_is_read_whatever_its_lines(
+    roomy_hub: SecureHub,
+) -> None:
+    # websockets' own limits (8,192 bytes a line, 128 lines) answered these 400.
+    port = roomy_hub.port
+    assert await _upgrade(port, b"/ws/long-query?pad=" + b"q" * 9000) == (
+        b"HTTP/1.1 101 Switching Protocols"
+    )
+    long_header = b"X-Token: " + b"t" * 9000 + b"\r\n"
+    assert await _upgrade(port, b"/ws/long-header", long_header) == (
+        b"HTTP/1.1 101 Switching Protocols"
+    )
+    many = b"".join(b"X-%d: v\r\n" % i for i in range(300))
+    assert await _upgrade(port, b"/ws/many-headers", many) == b"HTTP/1.1 101 Switching Protocols"
+    # Over the limit: 431, as before.
+    assert (await _upgrade(port, b"/ws/too-long?pad=" + b"q" * 17_000)).startswith(b"HTTP/1.1 431 ")
+    assert roomy_hub.refused("bad_upgrade") == 0
+
+
+async def test_an_upgrade_the_websocket_layer_cannot_read_is_refused_and_counted(
+    hub: SecureHub,
+) -> None:
+    log_seen = len(hub.log_text())
+    before = hub.refused("bad_upgrade")
+    assert (await _upgrade(hub.port, b"/ws/no-key", key=b"")).startswith(b"HTTP/1.1 400 ")
+    assert (await _upgrade(hub.port, b"/ws/bad-key", key=b"short")).startswith(b"HTTP/1.1 400 ")
+    assert hub.refused("bad_upgrade") == before + 2
+    lines = _new_lines(hub, log_seen, "not a WebSocket upgrade")
+    assert len(lines) == 1 and " WARNING " in lines[0], lines  # the second rate-limited
+    peer = await Peer.connect(hub, "after-bad-upgrades")
+    assert not peer.closed
+    await peer.close()
