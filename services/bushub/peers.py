@@ -177,26 +177,35 @@ class Peers:
             self._announce_peer(conn)
 
     def _peer_down(self, peer: str) -> None:
-        if peer not in self._watchers or self._holders.get(peer) is None:
+        holder = self._holders.get(peer)
+        if peer not in self._watchers or holder is None:
             return
         self._holders[peer] = None
         if peer not in self._lost_timers:
-            self._lost_timers[peer] = self._call_later(
-                self._settings.peer_grace, self._peer_lost, peer
-            )
+            grace = self._grace(holder, self._runners.get(peer))
+            self._lost_timers[peer] = self._call_later(grace, self._peer_lost, peer, grace)
 
-    def _peer_lost(self, peer: str) -> None:
+    def _grace(self, holder: str, runner: str | None) -> float:
+        """How long a peer that let go may take to come back before it is lost.
+
+        A peer held by a session (announced under its session, not its connection:
+        a reconnecting proxy) is away, not gone, until its session is: its messages
+        are kept and a reconnect to any node resumes it, for ``--resume-window``.
+        Taking it for lost sooner closes its watchers (4002) while it is on its way
+        back, and a reconnecting watcher takes that close as final.
+        """
+        settings = self._settings
+        if runner is not None and runner != holder:
+            return max(settings.peer_grace, settings.resume_window)
+        return settings.peer_grace
+
+    def _peer_lost(self, peer: str, grace: float) -> None:
         self._lost_timers.pop(peer, None)
         if self._holders.get(peer) is not None:
             return
         for conn in list(self._watchers.get(peer, ())):
             if conn.close_on_peer_lost:
-                log.info(
-                    "peer %s of %s lost for %.1fs; closing",
-                    peer,
-                    conn.agent,
-                    self._settings.peer_grace,
-                )
+                log.info("peer %s of %s lost for %.1fs; closing", peer, conn.agent, grace)
                 conn.request_close(CloseCode.PEER_LOST)
 
     def cancel_timers(self) -> None:

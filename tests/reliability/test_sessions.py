@@ -191,6 +191,36 @@ async def test_away_past_the_window_is_a_gap_and_the_peer_is_announced_anew(
     await b.close()
 
 
+async def test_a_session_peer_away_past_the_peer_grace_is_not_lost_to_its_watchers(
+    faults: Faults,
+) -> None:
+    """A reconnecting proxy away longer than --peer-grace (its node drained, its
+    backoff at a few seconds) is on its way back, not gone: its watchers that asked
+    on_peer_lost=close stay open while its session lasts, and what they send it is
+    there when it resumes on another node (a stock peer is lost after the grace:
+    tests/unit/bushub/test_presence.py)."""
+    n1, n2 = faults.ready("n1", "n2", peer_grace=0.5, resume_window=30.0)
+    w = await SessionSocket.open(n1.url, "w", "c", "SW")
+    c = await SessionSocket.open(n2.url, "c", "w", "SC", on_peer_lost="close")
+    stock = await PlainSocket.open(n2.url, "s", "w")  # a stock watcher, on_peer_lost=close
+    await until(lambda: bool(c.announcements) and bool(stock.runners()), what="told of w")
+    told = len(c.announcements)
+    await w.vanish()
+    await asyncio.sleep(4 * 0.5)  # four peer graces
+    await c.send(1, "c", "w", 1)
+    await until(lambda: c.acked == 1, what="c's message taken (kept for w)")
+    back = await SessionSocket.open(n2.url, "w", "c", "SW", received=0)
+    assert back.result == "recovered"
+    await received(back, 1, "what c sent while w was away")
+    assert back.seqs() == [1]
+    for watcher in (c.ws, stock.ws):
+        assert watcher.close_code is None, "closed while its peer's session lasted"
+    assert len(c.announcements) == told, "w, resumed, is the same agent: not announced anew"
+    await back.close()
+    await c.close()
+    await stock.close()
+
+
 async def test_over_the_bounds_the_oldest_go_and_the_resume_says_gap(faults: Faults) -> None:
     (n1,) = faults.ready("n1", resume_messages=3)
     a = await SessionSocket.open(n1.url, "a", "b", "S1")

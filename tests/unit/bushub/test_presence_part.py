@@ -58,9 +58,11 @@ class Wired:
         agent = channel[channel.index("{") + 1 : -1]
         self.presence.on_event(agent, data)
 
-    def event(self, kind: EventKind, agent: str, conn_id: str, node: str = "n2") -> None:
-        data = encode_event(PresenceEvent(kind=kind, agent=agent, conn=conn_id, node=node))
-        self.presence.on_event(agent, data)
+    def event(
+        self, kind: EventKind, agent: str, conn_id: str, node: str = "n2", runner: str = ""
+    ) -> None:
+        event = PresenceEvent(kind=kind, agent=agent, conn=conn_id, node=node, runner=runner)
+        self.presence.on_event(agent, encode_event(event))
 
 
 def announced_runners(frames: list[bytes]) -> list[str]:
@@ -95,6 +97,27 @@ async def test_a_peer_gone_past_the_grace_closes_its_watcher_with_4002() -> None
     [timer] = wired.timers.pending()
     assert timer.delay == wired.settings.peer_grace
     assert watcher.close_code is None
+    timer.fire()
+    assert watcher.close_code is CloseCode.PEER_LOST
+
+
+async def test_a_peer_held_by_a_session_is_lost_only_once_its_session_is() -> None:
+    # A reconnecting proxy's socket is announced under its session: gone from its
+    # node, it is on its way back (to any node) for the resume window, not lost.
+    wired = Wired()
+    watcher = connection("a", "p")
+    wired.presence.hold(watcher)
+    await wired.presence.announce(watcher)
+    wired.event(EventKind.UP, "p", "p-conn-1", runner="s0123456789abcdef.e1")
+    wired.event(EventKind.DOWN, "p", "p-conn-1")
+    [timer] = wired.timers.pending()
+    assert timer.delay == wired.settings.resume_window > wired.settings.peer_grace
+    # Back on another connection of the same session: nothing to tell, nothing closed.
+    wired.event(EventKind.UP, "p", "p-conn-2", runner="s0123456789abcdef.e1")
+    assert wired.timers.pending() == [] and watcher.close_code is None
+    # Gone again and never back: lost once the window has passed.
+    wired.event(EventKind.DOWN, "p", "p-conn-2")
+    [timer] = wired.timers.pending()
     timer.fire()
     assert watcher.close_code is CloseCode.PEER_LOST
 
