@@ -74,7 +74,10 @@ class Settings:
     peer_grace: float = field(
         default=5.0,
         metadata={
-            "help": "seconds a lost peer may take to come back before on_peer_lost=close acts"
+            "help": (
+                "seconds a lost peer may take to come back before on_peer_lost=close acts; "
+                "a peer with a session has --resume-window (its session lasts that long)"
+            )
         },
     )
     takeover_timeout: float = field(
