@@ -65,6 +65,10 @@ class DrainingServer(uvicorn.Server):
             self.should_exit = True
 
 
+# Seconds uvicorn's shutdown waits for sockets after the drain, before cancelling.
+_SHUTDOWN_AFTER_DRAIN = 1
+
+
 def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Config:
     """How uvicorn serves a node; tests serve in-process nodes with the same."""
     guard = HandshakeGuard(
@@ -90,7 +94,11 @@ def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Co
         "backlog": settings.backlog,
         "lifespan": "on",
         "access_log": False,
-        "timeout_graceful_shutdown": max(1, round(settings.drain_timeout)),
+        # After the hub's own drain (SIGTERM: up to --drain-timeout), uvicorn waits
+        # for the sockets still open: stuck ones, which waiting longer does not
+        # mend. A second --drain-timeout here made a node with one reader that stopped
+        # take twice its drain, and a --workers node be killed past its supervisor's.
+        "timeout_graceful_shutdown": _SHUTDOWN_AFTER_DRAIN,
     }
     options.update(overrides)
     return uvicorn.Config(app, **options)

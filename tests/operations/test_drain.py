@@ -295,12 +295,12 @@ async def _fill(sender: ClientConnection, target: str, count: int, size: int) ->
 
 
 async def _slow_drain(
-    ops: OpsCluster, agents: tuple[str, ...] = ("z",)
+    ops: OpsCluster, agents: tuple[str, ...] = ("z",), drain_timeout: float = SLOW_DRAIN_TIMEOUT
 ) -> tuple[OpsNode, OpsNode, ClientConnection, dict[str, socket.socket]]:
     """Two nodes; each of ``agents`` holds a raw socket on node 1 that reads nothing, with
     a 12 MB backlog queued for it by f on node 2, so node 1's drain cannot finish on its
     own. Returns (node 1, node 2, f's socket, the raw sockets by agent)."""
-    flags = {"--drain-timeout": str(SLOW_DRAIN_TIMEOUT), "--queue-bytes": str(64 << 20)}
+    flags = {"--drain-timeout": str(drain_timeout), "--queue-bytes": str(64 << 20)}
     n1, n2 = ops.nodes_ready("s1", "s2", flags={**flags, "--rate-bytes": "0"})
     # Raw sockets with a small, fixed kernel receive buffer: most of the backlog stays
     # queued in node 1 (loopback receive buffers otherwise grow to tens of MB).
@@ -337,6 +337,24 @@ async def test_second_sigterm_ends_a_slow_drain_at_once(ops: OpsCluster) -> None
     print(f"second SIGTERM: exit code {code} after {took:.3f}s")
     assert took < SECOND_SIGNAL_EXIT, took
     assert "signal received: draining" in n1.log_text()
+
+
+async def test_a_drain_a_stuck_reader_cannot_finish_ends_at_the_drain_timeout(
+    ops: OpsCluster,
+) -> None:
+    # z reads nothing: the drain gives up at --drain-timeout and the node exits then,
+    # not after waiting as long again in uvicorn's own shutdown.
+    drain_timeout = 3.0
+    n1, _, _, socks = await _slow_drain(ops, drain_timeout=drain_timeout)
+    signalled = time.monotonic()
+    n1.signal(signal.SIGTERM)
+    code = await asyncio.to_thread(n1.wait, 4 * drain_timeout)
+    took = time.monotonic() - signalled
+    socks["z"].close()
+    print(f"drain with a stuck reader: exit code {code} after {took:.3f}s")
+    assert code == 0
+    assert took < drain_timeout + EXIT_SLACK + 1.0, took  # before: twice the drain
+    assert "drain timeout: 1 sockets still open" in n1.log_text()
 
 
 async def test_frames_for_a_draining_socket_are_delivered_or_counted(ops: OpsCluster) -> None:
