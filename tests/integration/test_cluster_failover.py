@@ -215,3 +215,49 @@ def test_a_failover_of_the_registry_shard_longer_than_the_presence_ttl_kills_no_
         assert " is dead: removed" not in text, f"{node.node_id} took a live hub for dead"
     # b was not announced anew to a (as it would be once cleaned up and re-recorded).
     assert later == [], later
+
+
+def test_a_channel_redis_drops_while_its_slot_stays_put_is_subscribed_again(
+    own_redis_cluster: RedisClusterServers, cluster: Cluster
+) -> None:
+    """`CLUSTER SETSLOT <slot> NODE <its own primary>` (a migration that sends its last
+    step twice) makes Redis 7.0 drop the slot's sharded subscriptions although the slot
+    stays where it was. The hub must subscribe the channel again; before, it still
+    counted it as subscribed there, re-homed it onto the same primary with nothing
+    sent, and b heard nothing more while its socket stayed open."""
+    n1, n2 = cluster.start(2, redis_cluster=own_redis_cluster)
+    owner = own_redis_cluster.primary_for(CHANNEL)
+    slot = owner.cli("cluster", "keyslot", CHANNEL).strip()
+    own_id = owner.cli("cluster", "myid").strip()
+
+    async def run() -> list[int]:
+        a = await websockets.connect(f"{n1.url}/ws/a?peer=b&dialect=subagents")
+        b = await websockets.connect(f"{n2.url}/ws/b?peer=a&dialect=subagents")
+        await asyncio.wait_for(a.recv(), TIMEOUT)  # b announced to a: both subscribed
+
+        async def next_seq() -> int:
+            while True:
+                tree = json.loads(await b.recv())
+                if tree["__type__"] == TASK_REQUEST:
+                    return int(tree["__data__"]["task_id"])
+
+        got = []
+        await a.send(message(0))
+        got.append(await asyncio.wait_for(next_seq(), TIMEOUT))
+        assert owner.cli("cluster", "setslot", slot, "node", own_id).strip() == "OK"
+        # Sent until one arrives (the channel back on the primary), for a while.
+        deadline = time.monotonic() + TIMEOUT * 2
+        seq = 1
+        while time.monotonic() < deadline:
+            await a.send(message(seq))
+            seq += 1
+            with contextlib.suppress(TimeoutError):
+                got.append(await asyncio.wait_for(next_seq(), 0.2))
+                break
+        await a.close()
+        await b.close()
+        return got
+
+    got = asyncio.run(run())
+    assert len(got) == 2, f"b heard nothing after the slot was set again: {got}"
+    assert "slot moved" in n2.log_path.read_text()

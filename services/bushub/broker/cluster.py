@@ -144,8 +144,12 @@ class _Shard:
 
     def _dropped(self, channel: str) -> None:
         # Our own SUNSUBSCRIBE takes a channel out of the set first: one still
-        # wanted was dropped by Redis on its own, its slot having moved elsewhere.
+        # wanted was dropped by Redis on its own, its slot having moved elsewhere or
+        # been assigned again to this same primary (CLUSTER SETSLOT ... NODE, sent
+        # twice by a migration). Either way it is no longer subscribed here: out of
+        # the set, so that the refresh subscribes it wherever its slot is now.
         if channel in self.channels:
+            self._listener.forget((channel,))
             self._broker.request_refresh("slot moved")
 
     def _refused(self, error: Exception) -> None:

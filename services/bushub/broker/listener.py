@@ -102,6 +102,11 @@ class Listener:
             self.link.subscribe(new)
         self._changed.set()
 
+    def forget(self, channels: Collection[str]) -> None:
+        """Take channels Redis unsubscribed on its own out of the set, writing nothing:
+        a later ``subscribe`` of them, on this listener or another, asks again."""
+        self.channels.difference_update(channels)
+
     def unsubscribe(self, channels: Collection[str]) -> None:
         gone = [c for c in channels if c in self.channels]
         if not gone:
