@@ -27,7 +27,7 @@ from bushub.fallback import serve_fallback
 from bushub.hub import Hub
 from bushub.limits import TokenBucket
 from bushub.sessions import Session, SessionParamError, session_params
-from bushub.wsprotocol import DIRECT_EXTENSION, HubWebSocketProtocol
+from bushub.wsprotocol import DIRECT_EXTENSION, HubWebSocketProtocol, on_client_socket
 from buswire import DecodeError, Dialect, Format, sessionframe, validate_agent_name
 
 log = logging.getLogger(__name__)
@@ -146,27 +146,21 @@ def _hung_up_probe(protocol: HubWebSocketProtocol) -> Callable[[], bool]:
     socket has its FIN (or a reset) waiting unread. Asked at the claim, which can
     come before the loop has read what arrived with the request."""
     transport = protocol.transport
-    sock = transport.get_extra_info("socket")
 
     def hung_up() -> bool:
-        if transport.is_closing():
-            return True
-        if sock is None:
-            return False
-        try:
-            probe = socket.socket(fileno=sock.fileno())
-        except OSError:
-            return True  # the descriptor is gone with the connection
-        try:
-            return probe.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-        except BlockingIOError:
-            return False
-        except OSError:
-            return True  # reset
-        finally:
-            probe.detach()
+        return transport.is_closing() or on_client_socket(transport, _end_waiting)
 
     return hung_up
+
+
+def _end_waiting(sock: socket.socket) -> bool:
+    """Whether the next thing to read is the client's FIN, or the connection was reset."""
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True  # reset
 
 
 def _direct_protocol(websocket: WebSocket) -> HubWebSocketProtocol | None:

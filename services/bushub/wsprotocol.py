@@ -81,6 +81,35 @@ def frame_header(length: int) -> bytes:
     return _HEADER_64BIT.pack(_BINARY_FIN, 127, length)
 
 
+def on_client_socket(
+    transport: asyncio.BaseTransport, check: Callable[[socket.socket], bool]
+) -> bool:
+    """``check`` on a view of the transport's socket, let go after (the transport keeps
+    the descriptor): False without a socket, True when the descriptor is gone with the
+    connection."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return False
+    try:
+        probe = socket.socket(fileno=sock.fileno())
+    except OSError:
+        return True
+    try:
+        return check(probe)
+    finally:
+        probe.detach()
+
+
+def _tcp_closed(sock: socket.socket) -> bool:
+    """Whether the peer closed (its FIN received) or reset the connection, whatever
+    unread data comes before that."""
+    try:
+        state = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+    except OSError:
+        return False  # not TCP: no verdict
+    return state in (_TCP_CLOSE_WAIT, _TCP_CLOSE)
+
+
 class HubWebSocketProtocol(WebSocketsSansIOProtocol):
     """``websockets-sansio`` with a direct data path and a close that never waits."""
 
@@ -313,20 +342,7 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         if now - self._held_since < HELD_HANG_UP_AFTER or now - self._hang_up_checked < 1.0:
             return False
         self._hang_up_checked = now
-        sock = self.transport.get_extra_info("socket")
-        if sock is None:
-            return False
-        try:
-            probe = socket.socket(fileno=sock.fileno())
-        except OSError:
-            return True  # the descriptor is gone with the connection
-        try:
-            state = probe.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
-        except OSError:
-            return False  # not TCP: no verdict
-        finally:
-            probe.detach()
-        return state in (_TCP_CLOSE_WAIT, _TCP_CLOSE)
+        return on_client_socket(self.transport, _tcp_closed)
 
     def send_receive_event_to_app(self) -> None:
         if self.close_sent:
