@@ -2,8 +2,10 @@
 
 The supervisor serves nothing itself. It reserves the port (a bound, never listening
 SO_REUSEPORT socket, so that a restarted worker can always bind it again and port 0
-is picked once for all), creates a private runtime directory for the workers' control
-sockets (bushub.siblings), and starts each worker (bushub.worker) as a fresh process.
+is picked once for all), holds the address's lock (bushub.portlock: a second
+``--workers`` node on the same address is refused), creates a private runtime
+directory for the workers' control sockets (bushub.siblings), and starts each worker
+(bushub.worker) as a fresh process.
 
 - A worker that exits while the node is not stopping is started again after a delay
   that doubles from ``RESTART_FIRST`` up to ``RESTART_MAX`` (and starts from the first
@@ -31,6 +33,7 @@ from multiprocessing.process import BaseProcess
 from types import FrameType
 from typing import Any
 
+from bushub import portlock
 from bushub.settings import Settings
 from bushub.siblings import WorkerSlot
 from bushub.worker import STARTUP_FAILURE, reuseport_socket, run_worker, worker_node_id
@@ -86,7 +89,13 @@ class Supervisor:
         except OSError as exc:  # as uvicorn says it for a single node
             log.error("cannot serve %s:%d: %s", self.settings.host, self.settings.port, exc)
             return STARTUP_FAILURE
-        port = int(reserved.getsockname()[1])
+        host, port = reserved.getsockname()[:2]
+        try:
+            lock = portlock.hold(host, port)
+        except portlock.AddressTaken as exc:
+            reserved.close()
+            log.error("cannot serve %s:%d: %s", self.settings.host, port, exc)
+            return STARTUP_FAILURE
         self.settings = replace(self.settings, port=port)
         runtime_dir = tempfile.mkdtemp(prefix="bushub-", dir=os.environ.get("XDG_RUNTIME_DIR"))
         self._slot_dir = runtime_dir
@@ -110,6 +119,7 @@ class Supervisor:
                 signal.signal(sig, handler)
             self._kill_all()
             reserved.close()
+            lock.close()
             shutil.rmtree(runtime_dir, ignore_errors=True)
             os.close(self._wake_r)
             os.close(self._wake_w)

@@ -109,5 +109,16 @@ def run_worker(settings: Settings, slot: WorkerSlot, supervisor: int, started: C
     server = WorkerServer(uvicorn_config(app, settings), settings, app.state.hub, started)
     gcpolicy.apply()
     server.run(sockets=[sock])
+    if os.getppid() != supervisor:
+        _remove_control_sockets(slot)
     if not server.started:
         sys.exit(STARTUP_FAILURE)
+
+
+def _remove_control_sockets(slot: WorkerSlot) -> None:
+    """This worker's control socket, and the runtime directory once it is empty: the
+    supervisor that removes them died first (SIGKILL), so the last worker out does."""
+    with contextlib.suppress(OSError):
+        os.unlink(slot.control_path(slot.index))
+    with contextlib.suppress(OSError):
+        os.rmdir(slot.runtime_dir)

@@ -9,6 +9,7 @@ one scrape of ``/metrics`` or ``/readyz`` answers for both workers.
 """
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -20,6 +21,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
+from bushub import portlock
 from bushub.settings import cpu_count
 from bushub.siblings import ASK_TIMEOUT
 from tests.integration.procs import TIMEOUT
@@ -141,6 +143,33 @@ def alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state != "Z"
+
+
+def control_dirs(pid: int) -> set[str]:
+    """The directories of the unix sockets ``pid`` listens on (a worker's control
+    socket lives in its node's runtime directory)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:[") : -1])
+    with open("/proc/net/unix") as table:
+        rows = [line.split() for line in table.readlines()[1:]]
+    return {
+        os.path.dirname(row[7])
+        for row in rows
+        if len(row) > 7 and row[6] in inodes and row[7][0] == "/"
+    }
+
+
+def free_lock(port: int) -> bool:
+    """Whether a ``--workers`` node could take the lock of ``127.0.0.1:port``."""
+    try:
+        portlock.hold("127.0.0.1", port).close()
+    except portlock.AddressTaken:
+        return False
+    return True
 
 
 def get_or_none(node: OpsNode, path: str, timeout: float = 2.0) -> tuple[int, bytes] | None:
@@ -286,11 +315,16 @@ async def test_workers_drain_and_exit_when_the_supervisor_dies(ops: OpsCluster) 
     ws = await ws_connect(url(node, "o"))
     await landed(node, "o")
     pids = serving_pids(node)
+    (runtime_dir,) = control_dirs(pids[0])
+    assert await asyncio.to_thread(os.path.isdir, runtime_dir)
     node.kill()  # SIGKILL: the supervisor forwards nothing
     assert await closed_with(ws, DRAIN_TIMEOUT) == 1012  # its worker drained
     assert await asyncio.to_thread(
         wait_until, lambda: not any(alive(pid) for pid in pids.values()), DRAIN_TIMEOUT
     )
+    # The last worker out removed the control sockets' directory the supervisor
+    # could not.
+    assert not await asyncio.to_thread(os.path.exists, runtime_dir)
     # Presence was withdrawn, and nothing holds the port any more.
     assert ops.redis is not None
     assert ops.redis.cli("--scan", "--pattern", "bushub:agent:*").split() == []
@@ -358,6 +392,27 @@ async def test_one_scrape_answers_for_every_worker(ops: OpsCluster) -> None:
     finally:
         os.kill(pids[1], signal.SIGCONT)
     assert await asyncio.to_thread(wait_until, lambda: status(node, "/readyz") == 200)
+
+
+def test_a_second_workers_node_on_the_same_address_is_refused(ops: OpsCluster) -> None:
+    """SO_REUSEPORT would let it share the port, the kernel splitting connections
+    between two nodes: it stops at start-up instead, and the first serves on."""
+    (node,) = ops.nodes_ready(NODE, flags=WORKERS)
+    assert ops.redis is not None
+    result = serve(
+        "--port", str(node.port), "--workers", "2", "--redis-url", ops.redis.url,
+        "--node-id", "second",
+    )  # fmt: skip
+    assert result.returncode == 3, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert f"cannot serve 127.0.0.1:{node.port}" in last, result.stderr
+    assert "another bushub node with --workers serves it" in last, result.stderr
+    assert "Traceback" not in result.stderr
+    assert status(node, "/readyz") == 200
+    assert {row["node"] for row in rows(node).values()} <= {f"{NODE}-w0", f"{NODE}-w1"}
+    # The kernel lets go of the lock with its holder, even a SIGKILLed one.
+    node.kill()
+    assert wait_until(lambda: free_lock(node.port))
 
 
 @pytest.mark.parametrize("workers", ["2", "auto"])
