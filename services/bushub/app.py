@@ -18,6 +18,7 @@ from bushub.metrics import Metrics
 from bushub.opsapi import add_operator_routes
 from bushub.settings import CLUSTER_SCHEME, Settings
 from bushub.siblings import Siblings, WorkerSlot
+from bushub.startfailure import QuietRefusals, StartRefused, refusal
 from buswire.channels import node_channel
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,15 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if not settings.redis_url:
             log.warning("no --redis-url: running single-node on the in-process broker")
-        if not await hub.start():
+        try:
+            started = await hub.start()
+        except Exception as exc:
+            refused = refusal(exc)
+            if refused is None:
+                raise
+            log.error("cannot start: %s refused this node: %s", hub.broker.description, refused)
+            raise StartRefused from exc
+        if not started:
             description = hub.broker.description
             log.warning("stopped before serving: a signal came while starting on %s", description)
             yield  # uvicorn has been told to exit: it stops without serving
@@ -99,6 +108,7 @@ def create_app(
         settings.jwt_audience,
     )
     app.add_middleware(AgentSockets)
+    app.add_middleware(QuietRefusals)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

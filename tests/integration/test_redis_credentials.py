@@ -267,10 +267,13 @@ def test_a_wrong_password_stops_the_node_with_redis_reason(locked: LockedRedis, 
     node = hubs.spawn("w1", locked.wrong_url)
     started = time.monotonic()
     assert wait_until(lambda: not node.alive, timeout=TIMEOUT), "the node kept running"
-    assert node.returncode != 0
+    assert node.returncode == 3
     log = node_output(node)
-    # Redis's own reason, in a few seconds rather than after a retry loop...
-    assert "invalid username-password pair" in log, log[-2000:]
+    # Redis's own reason, on a line of its own, in a few seconds rather than after a
+    # retry loop...
+    (line,) = [line for line in log.splitlines() if "invalid username-password pair" in line]
+    assert "cannot start: redis" in line and "refused this node" in line, line
+    assert "Traceback" not in log, log[-2000:]
     assert time.monotonic() - started < TIMEOUT
     # ...and never the password, as given or as written in the URL.
     assert WRONG_PASSWORD not in log and quote(WRONG_PASSWORD, safe="") not in log
@@ -293,6 +296,7 @@ def test_a_password_for_a_redis_without_one_stops_the_node(
         assert node.returncode == 3
         log = node_output(node)
         assert "called without any password configured" in log, log[-2000:]
+        assert "Traceback" not in log, log[-2000:]
         assert time.monotonic() - started < TIMEOUT
         assert WRONG_PASSWORD not in log and password not in log
     finally:

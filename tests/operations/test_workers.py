@@ -442,4 +442,9 @@ def test_a_node_whose_workers_cannot_start_stops(ops: OpsCluster) -> None:
     result = serve("--port", "0", "--workers", "2", "--redis-url", redis.url)
     assert result.returncode == 3, result.stderr
     assert "could not start (exit code 3): stopping the node" in result.stderr
+    assert "cannot start: redis 127.0.0.1" in result.stderr, result.stderr
+    assert "refused this node: HELLO must be called with the client already authenticated" in (
+        result.stderr
+    )
+    assert "Traceback" not in result.stderr
     assert "restarting" not in result.stderr
