@@ -195,6 +195,7 @@ class Receiver:
         self.duplicates = 0
         self.gaps = 0
         self.recovered = 0
+        self.resumes = 0  # handshakes the hub answered with a result
 
     def take(self, position: int, now: float) -> bool:
         """A message at ``position`` arrived; True if it is new and is to be handed on."""
@@ -246,15 +247,18 @@ class Receiver:
 
         The handshake's ``received`` told the hub what was taken, so nothing is owed
         afterwards. On ``new`` and ``gap`` the hub's numbering may start again from 1,
-        so ``received`` goes back to 0; ``new`` after having taken messages means the
-        hub forgot the session, a loss as much as ``gap``.
+        so ``received`` goes back to 0. ``new`` on any handshake but the first means
+        the hub forgot the session (away past its window, or Redis lost it), a loss
+        as much as ``gap``, whether or not anything had been taken: what was sent
+        meanwhile was not kept for it.
         """
         self.acked = self.received
         self._unacked_since = None
+        self.resumes += 1
         if result == ResumeResult.RECOVERED:
             self.recovered += 1
             return False
-        lost = result == ResumeResult.GAP or self.received > 0
+        lost = result == ResumeResult.GAP or self.received > 0 or self.resumes > 1
         self.received = 0
         self.acked = 0
         if lost:

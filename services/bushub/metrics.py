@@ -103,7 +103,8 @@ class Metrics:
             "Sessions' messages by what happened: replayed after a resume, kept while "
             "the session was away, a resend taken already, a duplicate position not "
             "written twice, positions lost in transit, an acknowledgement ahead of what "
-            "was written, a message from a session held back by its socket's rate",
+            "was written, a message from a session held back by its socket's rate, a "
+            "message Redis did not keep for a connected session (it had lost it)",
             ["event"],
             registry=r,
         )
@@ -117,6 +118,7 @@ class Metrics:
             "lost",
             "acked_ahead",
             "throttled",
+            "unkept",
         ):
             self.session_messages.labels(event)
         self.tap_events = Counter(

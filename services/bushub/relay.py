@@ -39,6 +39,7 @@ from buswire.codec import envelope_of, load_tree
 from buswire.complexity import container_budget
 from buswire.envelope import Envelope
 from buswire.relayframe import (
+    TRANSIENT,
     as_first_sent,
     pack_relay,
     pack_session_relay,
@@ -328,6 +329,9 @@ class Relay:
         sessions = self.sessions
         if conn.session is not None:
             assert sessions is not None
+            if not frame.position and not frame.resent and not data[1] & TRANSIENT:
+                # Not kept, yet nothing said not to keep it: Redis lost the session.
+                sessions.unkept(conn)
             sessions.deliver(conn, frame.position, data, payload, frame.received_at)
         else:
             self._outbound.enqueue(conn, payload, frame.received_at)

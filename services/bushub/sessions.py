@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bushub.broker import Broker
-from bushub.broker.sessionscripts import Resumed
+from bushub.broker.sessionscripts import Reasserted, Resumed
 from bushub.closecodes import CloseCode
 from bushub.connection import Connection
 from bushub.metrics import Metrics
@@ -72,6 +72,9 @@ _ENDING_ASKED_KEPT = 4096
 # Sending sessions whose newest position a socket remembers (``Session.senders``):
 # a resend comes within seconds of its sender's reconnect.
 _SENDERS_KEPT = 1024
+# How often a session a message came unkept for is put back at most (``unkept``):
+# every message for it comes unkept until it is.
+_UNKEPT_RECHECK = 1.0
 
 
 class SessionParamError(ValueError):
@@ -133,6 +136,8 @@ class Session:
             socket (made with the first): a sender's resend that Redis relayed
             again, having lost its record of the first (a restart, a failover), is
             not written twice while the socket lasts.
+        unkept_at: When the session was last put back because a message for it
+            came unkept (``time.monotonic``; 0: never).
     """
 
     id: str
@@ -157,6 +162,7 @@ class Session:
     origin: bytes = b""
     inline_acks: bool = False
     senders: dict[bytes, bytes] | None = None
+    unkept_at: float = 0.0
 
     @property
     def runner(self) -> str:
@@ -649,22 +655,60 @@ class Sessions:
                 log.warning("could not re-assert sessions (%s); the next return will", exc)
                 return
 
-    async def _reassert_one(self, conn: Connection) -> None:
+    async def _reassert_one(self, conn: Connection) -> Reasserted | None:
+        """Put ``conn``'s session back if Redis lost it, then read what its stream
+        kept past the socket's newest position; None for a socket that has ended."""
         session = conn.session
         if session is None or conn.close_code is not None:
-            return
-        held = await self._broker.reassert_session(
+            return None
+        found = await self._broker.reassert_session(
             conn.agent, session.id, session.epoch, conn.id, session.delivered
         )
-        if not held:
+        if found is Reasserted.ELSEWHERE:
             log.info("session of %s is held elsewhere now; closing %s", conn.agent, conn.id)
             conn.request_close(CloseCode.TAKEN_OVER)
-            return
+            return found
         if not session.replaying:
             # What the break kept from this node (published while it was
             # resubscribing, or cut off in Redis' output buffer) is in the stream.
             session.replaying = True
             await self._fill(conn, session)
+        return found
+
+    def unkept(self, conn: Connection) -> None:
+        """A message for ``conn``'s session came unnumbered though it is neither a
+        transient frame nor a copy sent again: Redis did not know the session when
+        it was published. Without a break to say so (``FLUSHALL``, an eviction, a
+        key deleted), nothing else would put the session back, and what is sent
+        while its socket is away would not be kept. Delivered as it is (counted
+        ``unkept``); the session is put back, at most once per ``_UNKEPT_RECHECK``.
+        """
+        session = conn.session
+        assert session is not None
+        if not session.result:
+            return  # resuming: published before the session was
+        self._metrics.session_messages.labels("unkept").inc()
+        now = time.monotonic()
+        if now - session.unkept_at < _UNKEPT_RECHECK:
+            return
+        session.unkept_at = now
+        self._spawn(self._put_back(conn))
+
+    async def _put_back(self, conn: Connection) -> None:
+        try:
+            found = await self._reassert_one(conn)
+        except ConnectionError as exc:
+            log.warning("could not put back the session of %s: %s", conn.agent, exc)
+            return
+        if found is Reasserted.PUT_BACK:
+            session = conn.session
+            log.warning(
+                "session of %s was gone from redis (its data lost or deleted) while its "
+                "socket was connected: put back, numbering after position %d",
+                conn.agent,
+                session.delivered if session is not None else 0,
+                extra={"rate_key": conn.agent},
+            )
 
     def missed(self, conn: Connection) -> None:
         """A message for ``conn``'s session was not written while the socket's claim

@@ -22,7 +22,7 @@ from bushub.broker.memory import MemoryBroker
 from bushub.broker.redis import RedisBroker
 from bushub.broker.refusals import BrokerRefused, ErrorKind, classify
 from bushub.broker.resp import PublishConnection
-from bushub.broker.sessionscripts import SessionLimits
+from bushub.broker.sessionscripts import Reasserted, SessionLimits
 from bushub.broker.subscriber import SUBSCRIBE_BATCH, Subscriber
 from bushub.publisher import Publisher
 from buswire import Format, message_channel
@@ -361,8 +361,10 @@ def test_a_copy_sent_again_reaches_a_session_only_after_redis_lost_it(
         assert unpack_relay(got[0]).position == 1
         assert await broker.publish_many([(channel, copy)]) == [-3]
 
+        assert await broker.reassert_session("a", "S1", "e1", "c1", 1) == Reasserted.HELD
+        assert await broker.reassert_session("a", "S1", "e1", "c2", 1) == Reasserted.ELSEWHERE
         redis.cli("DEL", session_key("a"), stream_key("a"))  # as a Redis restarted empty
-        assert await broker.reassert_session("a", "S1", "e1", "c1", 1)
+        assert await broker.reassert_session("a", "S1", "e1", "c1", 1) == Reasserted.PUT_BACK
         assert await broker.publish_many([(channel, copy)]) == [1]
         await until(lambda: len(got) == 2, "the copy")
         assert got[1] == copy  # as published: not kept, not numbered

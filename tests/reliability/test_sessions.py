@@ -352,6 +352,43 @@ async def test_a_redis_that_restarted_empty_gets_connected_sessions_back(
     await b.close()
 
 
+async def test_a_session_redis_lost_while_connected_is_put_back_at_its_next_message(
+    faults: Faults,
+) -> None:
+    """``FLUSHALL`` (or an eviction, or a deleted key) under a connected session, with
+    no connection broken to tell the nodes: the next message for it comes unkept, and
+    its node puts the session back, so what is sent while its socket is away is kept
+    and replayed. Before, every later message came unkept for good, and a drop of
+    the socket lost what was sent meanwhile with nothing reported."""
+    n1, n2 = faults.ready("n1", "n2")
+    redis = faults.start_redis()
+    a = await SessionSocket.open(n1.url, "a", "b", "S1")
+    b = await PlainSocket.open(n2.url, "b", "a", on_peer_lost="keep")
+    await b.send("b", "a", 1)
+    await received(a, 1, "a's first, kept")
+    redis.cli("FLUSHALL")
+    await b.send("b", "a", 2)
+    await until(lambda: a.arrivals == [1, 2], what="the message after the flush, unkept")
+    await until(
+        lambda: redis.cli("HGET", "bushub:session:{a}", "seq").strip() == str(a.positions[-1]),
+        what="n1 putting a's session back, numbered after what a was given",
+    )
+    assert n1.metrics().value("bushub_session_messages_total", event="unkept") == 1
+    assert "session of a was gone from redis" in n1.log_text()
+    await b.send("b", "a", 3)
+    await received(a, 2, "numbered again")
+    assert a.seqs() == [1, 3] and a.positions == [1, 2]
+    await a.vanish()
+    await until(lambda: n1.metrics().value("bushub_connections") == 0, what="n1 seeing a gone")
+    await b.send("b", "a", 4)
+    back = await SessionSocket.open(n2.url, "a", "b", "S1", received=a.positions[-1])
+    assert back.result == "recovered"
+    await received(back, 1, "what was kept while a was away")
+    assert back.seqs() == [4]
+    await back.close()
+    await b.close()
+
+
 @pytest.mark.parametrize("broker", ["redis", "redis-cluster"])
 async def test_a_session_whose_name_a_plain_socket_took_resumes_with_a_gap_not_a_replay(
     broker: str, faults: Faults, request: pytest.FixtureRequest

@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 
 from bushub.broker.nodes import NodeRegistry
-from bushub.broker.sessionscripts import Resumed, SessionLimits
+from bushub.broker.sessionscripts import Reasserted, Resumed, SessionLimits
 
 # Called for every message on a subscribed channel, in the order the broker
 # delivered them. It must not block: it hands work off and returns.
@@ -202,9 +202,10 @@ class Broker(ABC):
 
     async def reassert_session(
         self, agent: str, session: str, epoch: str, conn: str, delivered: int
-    ) -> bool:
-        """After a broker break: make sure ``session`` still holds ``agent`` on
-        ``conn`` and numbers after ``delivered``. False when another holds it."""
+    ) -> Reasserted:
+        """After a broker break, or when Redis did not keep a message for a connected
+        session: make sure ``session`` still holds ``agent`` on ``conn`` and numbers
+        after ``delivered``, putting it back if Redis lost it."""
         raise NotImplementedError
 
     async def ack_sessions(self, items: Sequence[tuple[str, str, int]]) -> None:

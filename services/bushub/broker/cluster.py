@@ -50,6 +50,7 @@ from bushub.broker.resp import PublishConnection
 from bushub.broker.sessionscripts import (
     DELIVER,
     Delivery,
+    Reasserted,
     Resumed,
     SessionLimits,
     SessionScripts,
@@ -477,7 +478,7 @@ class RedisClusterBroker(Broker):
 
     async def reassert_session(
         self, agent: str, session: str, epoch: str, conn: str, delivered: int
-    ) -> bool:
+    ) -> Reasserted:
         async with guarded():
             return await self._sessions.reassert(agent, session, epoch, conn, delivered)
 

@@ -14,7 +14,7 @@ from bushub.broker.base import Broker, owner_of
 from bushub.broker.memorynodes import MemoryNodeRegistry
 from bushub.broker.memorysessions import MemorySessions
 from bushub.broker.nodes import NodeRegistry
-from bushub.broker.sessionscripts import Resumed, SessionLimits
+from bushub.broker.sessionscripts import Reasserted, Resumed, SessionLimits
 from buswire import message_channel
 
 _MESSAGE_PREFIX = message_channel("")[:-1]
@@ -141,8 +141,8 @@ class MemoryBroker(Broker):
 
     async def reassert_session(
         self, agent: str, session: str, epoch: str, conn: str, delivered: int
-    ) -> bool:
-        return True  # the in-process broker never loses what it holds
+    ) -> Reasserted:
+        return Reasserted.HELD  # the in-process broker never loses what it holds
 
     async def ack_sessions(self, items: Sequence[tuple[str, str, int]]) -> None:
         for agent, session, position in items:

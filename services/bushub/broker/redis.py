@@ -39,6 +39,7 @@ from bushub.broker.sessionscripts import (
     DELIVER_SHA,
     TRIM_SCRIPT,
     Delivery,
+    Reasserted,
     Resumed,
     SessionLimits,
     SessionScripts,
@@ -549,7 +550,7 @@ class RedisBroker(Broker):
 
     async def reassert_session(
         self, agent: str, session: str, epoch: str, conn: str, delivered: int
-    ) -> bool:
+    ) -> Reasserted:
         with unreachable_as_connection_error():
             return await self._sessions.reassert(agent, session, epoch, conn, delivered)
 

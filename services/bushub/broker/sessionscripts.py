@@ -48,6 +48,7 @@ Positions are written with ``%d``: Lua's numbers are doubles, exact to 2**53, an
 """
 
 import asyncio
+import enum
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -178,6 +179,8 @@ return 0
 # After a broker break: a Redis that restarted empty, or a replica promoted without
 # the newest writes, no longer knows a connected session (or numbers from an older
 # position): the holder puts it back, numbering after what its socket was given.
+# Returns 0 when another connection or session holds it, 1 when it is held as it
+# was, 2 when it was put back (Redis had lost it).
 REASSERT = """
 local now = redis.call('TIME')
 local ms = string.format('%d', tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000))
@@ -185,7 +188,7 @@ local id = redis.call('HGET', KEYS[1], 'id')
 if not id then
   redis.call('HSET', KEYS[1], 'id', ARGV[1], 'epoch', ARGV[2], 'holder', ARGV[3],
     'kept', 0, 'bytes', 0, 'lost', 0, 'seq', ARGV[4], 'reasserted', ms)
-  return 1
+  return 2
 end
 if id ~= ARGV[1] or redis.call('HGET', KEYS[1], 'holder') ~= ARGV[3] then
   return 0
@@ -365,6 +368,14 @@ class Delivery:
         ]
 
 
+class Reasserted(enum.IntEnum):
+    """What ``REASSERT`` found."""
+
+    ELSEWHERE = 0  # another connection or session holds the name
+    HELD = 1  # held by this connection, as it was
+    PUT_BACK = 2  # Redis had lost the session: put back
+
+
 @dataclass(frozen=True)
 class Resumed:
     """What a resume found (see ``RESUME``).
@@ -470,9 +481,9 @@ class SessionScripts:
 
     async def reassert(
         self, agent: str, session: str, epoch: str, conn: str, delivered: int
-    ) -> bool:
+    ) -> Reasserted:
         keys = [session_key(agent)]
-        return bool(await self._reassert(keys=keys, args=[session, epoch, conn, delivered]))
+        return Reasserted(await self._reassert(keys=keys, args=[session, epoch, conn, delivered]))
 
     async def trim(self, agent: str, session: str, position: int, client: Any = None) -> None:
         """``TRIM`` for one session; with ``client`` (a pipeline), queued on it."""

@@ -122,6 +122,17 @@ def test_new_after_having_received_is_a_gap_and_resets_received() -> None:
     assert receiver.take(1, 0.0)  # the hub's numbering started again
 
 
+def test_new_after_an_earlier_handshake_is_a_gap_even_with_nothing_received() -> None:
+    """The hub forgot the session (away past the window, or Redis lost it): what was
+    sent to it meanwhile was not kept, whether or not anything had come before."""
+    receiver = Receiver()
+    assert not receiver.resumed(ResumeResult.NEW)
+    assert receiver.resumed(ResumeResult.NEW)
+    assert not receiver.resumed(ResumeResult.RECOVERED)
+    assert receiver.resumed(ResumeResult.NEW)
+    assert (receiver.gaps, receiver.recovered) == (2, 1)
+
+
 def test_gap_is_a_gap_even_with_nothing_received() -> None:
     receiver = Receiver()
     assert receiver.resumed(ResumeResult.GAP)

@@ -557,6 +557,24 @@ async def test_a_copy_sent_again_unnumbered_is_dropped_if_delivered_kept_before(
     assert duplicate == 1
 
 
+async def test_only_a_message_redis_should_have_kept_counts_as_unkept() -> None:
+    """An unnumbered frame on a session socket is expected for a bridged frame sent
+    transient and for a copy sent again after a break; any other one says Redis did
+    not know the session (counted, and the session put back)."""
+    node = Node()
+    conn = await node.session_socket("S1")
+    payload = encode(task_request("b", "a", 1))
+    node.relay.deliver("a", pack_relay(Format.JSON, 1.0, payload, transient=True))
+    node.relay.deliver("a", as_resent(relay_frame(2)))
+    assert node.counted("unkept") == 0
+    node.relay.deliver("a", relay_frame(3))
+    node.relay.deliver("a", relay_frame(4))
+    assert node.counted("unkept") == 2
+    await asyncio.sleep(0.01)  # the put-back (the in-process broker lost nothing)
+    kinds = [sessionframe.decode(f).kind for f in written(conn) if b"Registry" not in f]
+    assert kinds == [sessionframe.Kind.UNNUMBERED] * 4, "each delivered as it came"
+
+
 async def test_transient_frames_are_not_kept_for_an_away_session() -> None:
     node = Node()
     conn = await node.session_socket("S1")
