@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from bushub import settingchecks
 from buswire.allowlist import TypePolicy
 from buswire.complexity import BASE_CONTAINERS, DEFAULT_BYTES_PER_CONTAINER
 
@@ -22,6 +23,8 @@ CLUSTER_SCHEME = "redis+cluster://"
 # listen() takes a C int: a larger backlog would stop the node at start-up with an
 # OverflowError. The kernel caps what is asked at net.core.somaxconn anyway.
 MAX_BACKLOG = 2**31 - 1
+# The number settings that are rates, not seconds (any finite size goes).
+_RATES = frozenset({"rate_messages", "rate_bytes", "accept_rate"})
 
 
 class SettingsError(ValueError):
@@ -248,6 +251,12 @@ class Settings:
         """
         if not 0 <= self.port <= 65535:
             raise SettingsError(f"port: {self.port} is not a TCP port")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float):
+                seconds = f.name not in _RATES
+                if problem := settingchecks.number_problem(value, seconds=seconds):
+                    raise SettingsError(f"{f.name.replace('_', '-')}: {problem}")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise SettingsError(f"log-level: {self.log_level!r} is not debug/info/warning/error")
         if self.log_format not in ("text", "json"):
@@ -258,6 +267,10 @@ class Settings:
             raise SettingsError(
                 f"redis-url: must start with redis://, rediss://, unix:// or {CLUSTER_SCHEME}"
             )
+        if self.redis_url and (
+            problem := settingchecks.redis_url_problem(self.redis_url, CLUSTER_SCHEME)
+        ):
+            raise SettingsError(f"redis-url: {problem}")
         for name in (
             "presence_ttl",
             "peer_grace",
@@ -297,6 +310,8 @@ class Settings:
         for path in self.split(self.jwt_public_keys):
             if not os.path.isfile(path):
                 raise SettingsError(f"jwt-public-keys: {path} is not a readable file")
+            if problem := settingchecks.public_key_problem(path):
+                raise SettingsError(f"jwt-public-keys: {problem}")
         if self.workers < 1:
             raise SettingsError("workers: must be >= 1, or auto")
         if self.workers > 1 and not self.redis_url:

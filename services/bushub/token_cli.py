@@ -1,22 +1,39 @@
 """``bushub token``: print an HS256 token for local testing."""
 
 import argparse
+import math
 import time
 
 from bushub.auth import make_token
 
 
+def _secret(value: str) -> str:
+    if not value:
+        raise argparse.ArgumentTypeError("must not be empty (the hub's --jwt-secret)")
+    return value
+
+
+def _lifetime(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise argparse.ArgumentTypeError(f"{value} s: a token must live a while (> 0 s)")
+    return seconds
+
+
 def add_token_command(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """Register ``bushub token``."""
     parser = commands.add_parser("token", help="print an HS256 token (last line of stdout)")
-    parser.add_argument("--secret", required=True, help="the hub's --jwt-secret")
+    parser.add_argument("--secret", required=True, type=_secret, help="the hub's --jwt-secret")
     parser.add_argument(
         "--agent", action="append", required=True, help="agent name or glob it may hold (repeat)"
     )
     parser.add_argument(
         "--targets", action="append", default=[], help="agent name or glob it may address (repeat)"
     )
-    parser.add_argument("--ttl", type=float, default=3600.0, help="lifetime in seconds")
+    parser.add_argument("--ttl", type=_lifetime, default=3600.0, help="lifetime in seconds")
 
 
 def run_token_command(args: argparse.Namespace) -> None:

@@ -39,13 +39,27 @@ def serve(*args: str, env: dict[str, str] | None = None) -> subprocess.Completed
         ([], {"BUSHUB_DRAIN_TIMEOUT": "soon"}, "drain-timeout"),
         (["--backlog", "0"], {}, "backlog"),
         (["--backlog", "4294967296"], {}, "backlog"),
+        # NaN passes every bound (it compares false): the node hung at start-up at
+        # full CPU, deaf to SIGTERM. An infinity or a time of 1e300 s overflow later.
+        (["--presence-ttl", "nan"], {}, "presence-ttl: nan is not a finite number"),
+        ([], {"BUSHUB_KEEPALIVE": "inf"}, "keepalive: inf is not a finite number"),
+        (["--rate-messages", "nan"], {}, "rate-messages: nan is not a finite number"),
+        (["--drain-timeout", "1e300"], {}, "drain-timeout: 1e+300 s is over"),
+        # redis-py raised a traceback (exit 1) for the first two, and ran the last two
+        # on localhost:6379 and on database 0.
+        (["--redis-url", "redis://127.0.0.1:99999/0"], {}, "redis-url: port"),
+        (["--redis-url", "redis://127.0.0.1:abc/0"], {}, "redis-url: port"),
+        (["--redis-url", "redis://:@/0"], {}, "redis-url: no host"),
+        (["--redis-url", "redis://127.0.0.1:6390/abc"], {}, "redis-url: database 'abc'"),
+        # Started, then refused every token.
+        (["--jwt-public-keys", __file__], {}, "holds no RSA or EC public key"),
     ],
 )
 def test_bad_value_stops_the_node_naming_the_option(
     args: list[str], env: dict[str, str], option: str
 ) -> None:
     result = serve("--port", "0", *args, env=env)
-    assert result.returncode != 0
+    assert result.returncode == 2, result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert option in last, result.stderr
     assert "Traceback" not in result.stderr

@@ -10,12 +10,14 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import jwt
 import pytest
 
 from bushub.settings import SettingsError, add_arguments, load_settings
 from tests.integration.procs import ROOT, TIMEOUT, free_port
+from tests.security.conftest import Keys
 from tests.security.helpers import (
     ADMIN_TOKEN,
     SECRET,
@@ -64,15 +66,17 @@ def test_serve_on_a_public_address_without_auth_exits_naming_insecure(
     [
         ["--host", "0.0.0.0", "--insecure"],
         ["--host", "0.0.0.0", "--jwt-secret", SECRET],
-        ["--host", "10.1.2.3", "--jwt-public-keys", __file__],
+        ["--host", "10.1.2.3", "--jwt-public-keys", "<a public key file>"],
         ["--host", "localhost"],
         ["--host", "127.0.0.2"],
         ["--host", "::1"],
     ],
 )
 def test_public_address_is_allowed_with_auth_or_insecure_and_loopback_always(
-    argv: list[str],
+    argv: list[str], keys_and_paths: tuple[Keys, list[Path]]
 ) -> None:
+    key_file = str(keys_and_paths[1][0])
+    argv = [key_file if arg == "<a public key file>" else arg for arg in argv]
     # Validation only: with --insecure the process would really listen publicly.
     assert load_settings(_serve_args(*argv), env={}).host == argv[1]
 
@@ -142,6 +146,32 @@ async def test_token_command_prints_a_token_the_hub_accepts(auth_hub: SecureHub)
     # Signed with another secret: worthless here.
     foreign = cli_token("--secret", "x" * 40, "--agent", "cli-1")
     assert (await refusal(auth_hub, "cli-1", token=foreign))[0] == 401
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["--secret", ""], "argument --secret: must not be empty"),
+        (["--secret", SECRET, "--ttl", "0"], "argument --ttl: 0 s: a token must live a while"),
+        (["--secret", SECRET, "--ttl", "-5"], "argument --ttl: -5 s"),
+        (["--secret", SECRET, "--ttl", "nan"], "argument --ttl: nan s"),
+        (["--secret", SECRET, "--ttl", "soon"], "argument --ttl: 'soon' is not a number"),
+    ],
+)
+def test_token_command_refuses_what_makes_no_usable_token(argv: list[str], said: str) -> None:
+    """An empty secret ended in PyJWT's traceback; a lifetime of 0 s or less printed a
+    token expired already."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bushub", "token", "--agent", "a", *argv],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    assert done.returncode == 2 and done.stdout == ""
+    assert said in done.stderr.strip().splitlines()[-1], done.stderr
+    assert "Traceback" not in done.stderr
 
 
 # ---- logs -------------------------------------------------------------------------
