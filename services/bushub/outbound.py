@@ -15,7 +15,10 @@ from bushub.closecodes import CloseCode
 from bushub.connection import Connection, Enqueued
 from bushub.metrics import Metrics
 from buswire import DropReason
-from buswire.sessionframe import unnumbered
+from buswire.sessionframe import Kind, unnumbered
+
+# The first byte of an acknowledgement written to a session socket.
+_ACK_FRAME = bytes([Kind.ACK])
 
 
 class Outbound:
@@ -71,11 +74,15 @@ class Outbound:
             self.sent(conn, item[0], item[1])
 
     def sent(self, conn: Connection, payload: bytes, received_at: float) -> None:
-        """Account for one frame written to a client."""
-        conn.messages_out += 1
+        """Account for one frame written to a client: a message, but for the
+        acknowledgements a session socket is written (as the acknowledgements its
+        proxy sends are no message received either)."""
         traffic = self._metrics.traffic
-        traffic.delivered[conn.format.value] += 1
         traffic.bytes_sent += len(payload)
+        if not received_at and conn.session is not None and payload[:1] == _ACK_FRAME:
+            return
+        conn.messages_out += 1
+        traffic.delivered[conn.format.value] += 1
         if received_at:
             traffic.observe_latency(max(0.0, self._clock() - received_at))
 

@@ -46,7 +46,9 @@ class Traffic(Collector):
             "bushub_messages_received", "Frames received from clients", labels=["format"]
         )
         delivered = CounterMetricFamily(
-            "bushub_messages_delivered", "Frames sent to clients", labels=["format"]
+            "bushub_messages_delivered",
+            "Messages sent to clients (acknowledgements to session sockets not counted)",
+            labels=["format"],
         )
         for fmt in FORMATS:
             received.add_metric([fmt], self.received[fmt])

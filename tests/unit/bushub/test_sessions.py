@@ -320,6 +320,9 @@ async def test_the_hub_acknowledges_every_64_positions_at_once_else_after_a_dela
     await asyncio.sleep(ACK_DELAY * 1.5)
     assert acks() == [3, 3 + ACK_EVERY], "nothing written after the socket ended"
     assert node.sessions.sizes() == {"sessions": 0, "acks_due": 0, "trims_due": 0, "missed": 0}
+    # Acknowledgements are no messages delivered (as the proxy's are none received).
+    others = [f for f in written(conn) if sessionframe.decode(f).kind != sessionframe.Kind.ACK]
+    assert node.metrics.traffic.delivered["json"] == len(others) == len(written(conn)) - 2
 
 
 async def test_an_acknowledgement_ahead_of_what_was_written_trims_no_further() -> None:
