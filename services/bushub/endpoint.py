@@ -214,6 +214,8 @@ _STATUS_TEXT = {401: "unauthorized", 403: "forbidden", 503: "unavailable"}
 # full says nothing: behind a load balancer the client's next attempt, at once,
 # reaches another node (clients add their own jitter either way).
 _RETRY_AFTER = {"accept_rate": "1", "broker_refused": "1", "broker_unreachable": "1"}
+# How much of a path or a name a refusal's log line shows.
+_SHOWN_CHARS = 200
 
 
 def retry_after(refusal: Refusal) -> str | None:
@@ -221,10 +223,24 @@ def retry_after(refusal: Refusal) -> str | None:
     return _RETRY_AFTER.get(refusal.reason) if refusal.status == 503 else None
 
 
-async def _refuse(websocket: WebSocket, hub: Hub, refusal: Refusal) -> None:
-    """Answer the handshake with an HTTP status, before any upgrade."""
+def _shown(text: str) -> str:
+    """``text`` for a log line: a path or a name can be as long as the request line."""
+    if len(text) <= _SHOWN_CHARS:
+        return text
+    return f"{text[:_SHOWN_CHARS]}... ({len(text)} characters)"
+
+
+async def _refuse(
+    websocket: WebSocket, hub: Hub, refusal: Refusal, why: Exception | None = None
+) -> None:
+    """Answer the handshake with an HTTP status, before any upgrade; logged once,
+    with ``why`` when there is more to say than the reason."""
     hub.metrics.connections_refused.labels(refusal.reason).inc()
-    log.info("refused %s: %s", websocket.url.path, refusal.reason)
+    path = _shown(websocket.url.path)
+    if why is None:
+        log.info("refused %s: %s", path, refusal.reason)
+    else:
+        log.info("refused %s: %s (%s)", path, refusal.reason, _shown(str(why)))
     wait = retry_after(refusal)
     headers = {"Retry-After": wait} if wait is not None else None
     await websocket.send_denial_response(
@@ -282,8 +298,7 @@ async def agent_socket(websocket: WebSocket, raw: AsgiChannel) -> None:
     try:
         agent = agent_in_path(scope.get("raw_path") or quote(scope["path"]).encode())
     except BadParameters as exc:
-        log.info("refused %s: %s", websocket.url.path, exc)
-        await _refuse(websocket, hub, Refusal(403, "bad_path"))
+        await _refuse(websocket, hub, Refusal(403, "bad_path"), exc)
         return
     try:
         query = dict(websocket.query_params)
@@ -291,8 +306,7 @@ async def agent_socket(websocket: WebSocket, raw: AsgiChannel) -> None:
         resuming = session_params(agent, query) if hub.sessions.enabled else None
         grant = admit(websocket, hub, websocket.app.state.verifier, agent)
     except (BadParameters, SessionParamError) as exc:
-        log.info("refused %s: %s", agent, exc)
-        await _refuse(websocket, hub, Refusal(403, "bad_parameters"))
+        await _refuse(websocket, hub, Refusal(403, "bad_parameters"), exc)
         return
     except Refusal as refusal:
         await _refuse(websocket, hub, refusal)

@@ -36,11 +36,29 @@ def add_tap_command(commands: "argparse._SubParsersAction[argparse.ArgumentParse
         help="the nodes' --admin-token (default: $BUSHUB_ADMIN_TOKEN)",
     )
     parser.add_argument("--json", action="store_true", help="print the events as JSON lines")
-    parser.add_argument("--count", type=int, default=0, help="stop after this many messages")
+    parser.add_argument(
+        "--count", type=_count, default=0, help="stop after this many messages (0: never)"
+    )
+
+
+def _count(value: str) -> int:
+    try:
+        count = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if count < 0:
+        raise argparse.ArgumentTypeError(f"{count}: a count of messages is 0 or more")
+    return count
 
 
 def run_tap_command(args: argparse.Namespace) -> int:
     """Tap until interrupted (or ``--count`` messages); the exit status."""
+    if not args.admin_token:
+        print(
+            "bushub tap: no admin token: pass --admin-token or set BUSHUB_ADMIN_TOKEN",
+            file=sys.stderr,
+        )
+        return 2
     url = f"{args.node.rstrip('/')}/api/tap/{quote(args.agent, safe='')}"
     request = urllib.request.Request(url, headers={"authorization": f"Bearer {args.admin_token}"})
     try:

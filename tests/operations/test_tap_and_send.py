@@ -2,7 +2,9 @@
 both dialects (docs/protocol.md, Operator API)."""
 
 import json
+import os
 import signal
+import subprocess
 import sys
 import time
 import urllib.request
@@ -130,6 +132,25 @@ def test_bushub_tap_prints_for_people_and_refuses_a_wrong_token(
     assert draining.wait() == 0
     assert node.wait() == 0
     assert time.monotonic() - started < DRAIN_TIMEOUT
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        ([], "bushub tap: no admin token: pass --admin-token or set BUSHUB_ADMIN_TOKEN"),
+        (["--admin-token", "t", "--count", "-1"], "argument --count: -1: a count of messages"),
+    ],
+)
+def test_bushub_tap_says_what_is_missing_before_asking_a_node(argv: list[str], said: str) -> None:
+    """Before: no token was sent as an empty one (the node answered "401 bad admin
+    token"), and a negative count tapped for good."""
+    env = {k: v for k, v in os.environ.items() if k != "BUSHUB_ADMIN_TOKEN"}
+    done = subprocess.run(
+        [sys.executable, "-m", "bushub", "tap", "w", "--node", "http://127.0.0.1:1", *argv],
+        env=env, capture_output=True, text=True, timeout=TIMEOUT, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert said in done.stderr.strip().splitlines()[-1], done.stderr
 
 
 def post_send(node: OpsNode, body: bytes) -> tuple[int, dict[str, Any]]:

@@ -193,6 +193,18 @@ async def test_query_tokens_never_appear_in_the_log(auth_hub: SecureHub) -> None
         assert payload not in log and signature not in log
 
 
+async def test_a_refused_handshake_is_logged_once_a_long_name_shortened(
+    auth_hub: SecureHub,
+) -> None:
+    """Before, a malformed name was logged twice in full (a 5,000-character name, twice)."""
+    name = "x" * 5000
+    await assert_refused(auth_hub, name, 403, "bad_parameters", token=token(name))
+    lines = [line for line in auth_hub.log_text().splitlines() if "refused /ws/xxxx" in line]
+    assert len(lines) == 1, lines
+    assert "... (5004 characters): bad_parameters (agent name" in lines[0]
+    assert len(lines[0]) < 1000
+
+
 async def test_bearer_tokens_never_appear_in_the_log(auth_hub: SecureHub) -> None:
     accepted = token("log-c", nonce="accepted-h")
     refused = token("log-c", nonce="refused-h", key="a-different-secret-of-at-least-32-bytes")
