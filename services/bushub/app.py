@@ -107,8 +107,10 @@ def create_app(
         settings.jwt_leeway,
         settings.jwt_audience,
     )
-    app.add_middleware(AgentSockets)
+    # The last added is the outermost: a socket goes straight to AgentSockets, with
+    # no frame of QuietRefusals' kept above it for the socket's life.
     app.add_middleware(QuietRefusals)
+    app.add_middleware(AgentSockets)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
