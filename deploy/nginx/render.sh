@@ -11,7 +11,7 @@
 #   --rlimit-nofile N          open files per worker [65536]
 #   --error-log PATH           [DIR/logs/error.log]; "stderr" is allowed
 #   --access-log PATH          [DIR/logs/access.log]; "/dev/stdout" or "off" are allowed
-#   --max-fails N              failed attempts that take a node out... [1]
+#   --max-fails N              failed attempts that take a node out... [0: never]
 #   --fail-timeout DURATION    ...for this long [10s]
 #   --connect-timeout DURATION connect to a node [2s]
 #   --socket-timeout DURATION  longest silence on an open socket [3600s]
@@ -29,7 +29,7 @@ worker_connections=16384
 rlimit_nofile=65536
 error_log=
 access_log=
-max_fails=1
+max_fails=0
 fail_timeout=10s
 connect_timeout=2s
 socket_timeout=3600s

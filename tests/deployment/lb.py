@@ -103,13 +103,16 @@ class Nginx(Service):
     def access_log(self) -> Path:
         return self.directory / "logs" / "access.log"
 
-    def start(self, node_ports: list[int], *, fail_timeout: str = "2s") -> None:
-        """Start nginx; a port taken between choosing and binding it is chosen again."""
+    def start(self, node_ports: list[int], *, fail_timeout: str | None = "2s") -> None:
+        """Start nginx; a port taken between choosing and binding it is chosen again.
+        ``fail_timeout`` None leaves render.sh's defaults of the health check."""
         nginx_path()
         for _ in range(5):
             self.port = free_port()
             argv = [str(RUN_LOCAL), "--port", str(self.port), "--dir", str(self.directory)]
-            argv += ["--fail-timeout", fail_timeout, *[str(p) for p in node_ports]]
+            if fail_timeout is not None:
+                argv += ["--fail-timeout", fail_timeout]
+            argv += [str(p) for p in node_ports]
             self._spawn(argv)
             if self._wait_listening():
                 return
