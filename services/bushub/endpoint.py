@@ -231,12 +231,17 @@ def _shown(text: str) -> str:
 
 
 async def _refuse(
-    websocket: WebSocket, hub: Hub, refusal: Refusal, why: Exception | None = None
+    websocket: WebSocket,
+    hub: Hub,
+    refusal: Refusal,
+    why: Exception | None = None,
+    agent: str | None = None,
 ) -> None:
     """Answer the handshake with an HTTP status, before any upgrade; logged once,
-    with ``why`` when there is more to say than the reason."""
+    naming ``agent`` (as decoded from the path) or else the path, with ``why`` when
+    there is more to say than the reason."""
     hub.metrics.connections_refused.labels(refusal.reason).inc()
-    path = _shown(websocket.url.path)
+    path = _shown(agent if agent is not None else websocket.url.path)
     if why is None:
         log.info("refused %s: %s", path, refusal.reason)
     else:
@@ -306,7 +311,7 @@ async def agent_socket(websocket: WebSocket, raw: AsgiChannel) -> None:
         resuming = session_params(agent, query) if hub.sessions.enabled else None
         grant = admit(websocket, hub, websocket.app.state.verifier, agent)
     except (BadParameters, SessionParamError) as exc:
-        await _refuse(websocket, hub, Refusal(403, "bad_parameters"), exc)
+        await _refuse(websocket, hub, Refusal(403, "bad_parameters"), exc, agent)
         return
     except Refusal as refusal:
         await _refuse(websocket, hub, refusal)

@@ -9,7 +9,7 @@ than what was meant (redis-py reads ``redis://:@/0`` as the machine's own Redis 
 
 import math
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from jwt.exceptions import InvalidKeyError
@@ -31,23 +31,36 @@ def number_problem(value: float, *, seconds: bool) -> str | None:
 
 def redis_url_problem(url: str, cluster_scheme: str) -> str | None:
     """What redis-py would misread or fail on in ``url``: a port that is not one, no
-    host, a database that is not a number (unix sockets give theirs as ``?db=``)."""
+    host, a database that is not a number (unix sockets give theirs as ``?db=``). A
+    cluster URL may name several seeds, comma-separated."""
     if url.startswith(cluster_scheme):
-        url = "redis://" + url.removeprefix(cluster_scheme)
+        rest = url.removeprefix(cluster_scheme)
+        netloc = rest.split("/", 1)[0].split("?", 1)[0]
+        login, _, seeds = netloc.rpartition("@")
+        for seed in seeds.split(","):
+            if problem := _address_problem(urlsplit(f"redis://{login}@{seed}")):
+                return problem
+        return None
     parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return None if parts.path else "a unix:// URL needs the socket's path"
+    if problem := _address_problem(parts):
+        return problem
+    db = unquote(parts.path).strip("/")
+    if db and not (db.isascii() and db.isdigit()):
+        return f"database {db!r} is not a number"
+    return None
+
+
+def _address_problem(parts: SplitResult) -> str | None:
     try:
         port = parts.port
     except ValueError as exc:
         return f"port: {exc}"
-    if parts.scheme == "unix":
-        return None if parts.path else "a unix:// URL needs the socket's path"
     if not parts.hostname:
         return "no host (redis://HOST:PORT/DB)"
     if port == 0:
         return "port 0 is not a Redis port"
-    db = unquote(parts.path).strip("/")
-    if db and not (db.isascii() and db.isdigit()):
-        return f"database {db!r} is not a number"
     return None
 
 

@@ -51,6 +51,7 @@ def serve(*args: str, env: dict[str, str] | None = None) -> subprocess.Completed
         (["--redis-url", "redis://127.0.0.1:abc/0"], {}, "redis-url: port"),
         (["--redis-url", "redis://:@/0"], {}, "redis-url: no host"),
         (["--redis-url", "redis://127.0.0.1:6390/abc"], {}, "redis-url: database 'abc'"),
+        (["--redis-url", "redis+cluster://127.0.0.1:7000,127.0.0.1:x"], {}, "redis-url: port"),
         # Started, then refused every token.
         (["--jwt-public-keys", __file__], {}, "holds no RSA or EC public key"),
     ],
