@@ -75,6 +75,10 @@ _SENDERS_KEPT = 1024
 # How often a session a message came unkept for is put back at most (``unkept``):
 # every message for it comes unkept until it is.
 _UNKEPT_RECHECK = 1.0
+# How soon a release that failed is tried again, doubling up to the most: until it is
+# released, a session whose socket ended is held for good (it never expires).
+_RELEASE_AGAIN_FIRST = 0.5
+_RELEASE_AGAIN_MOST = 10.0
 
 
 class SessionParamError(ValueError):
@@ -233,6 +237,10 @@ class Sessions:
         self._ending_asked: dict[str, float] = {}
         # Sockets that missed messages while their claim was unconfirmed (``missed``).
         self._missed: set[Connection] = set()
+        # Sessions whose release failed, by (agent, connection id): when the socket
+        # ended (``time.monotonic``), and whether a task is releasing them again.
+        self._unreleased: dict[tuple[str, str], float] = {}
+        self._releasing = False
 
     # ---- the handshake --------------------------------------------------------
 
@@ -751,7 +759,43 @@ class Sessions:
         try:
             await self._broker.release_sessions([(conn.agent, conn.id)], self.window)
         except ConnectionError as exc:
-            log.warning("could not release the session of %s: %s", conn.agent, exc)
+            log.warning("could not release the session of %s (%s): trying again", conn.agent, exc)
+            self._unreleased[(conn.agent, conn.id)] = time.monotonic()
+            if not self._releasing:
+                self._releasing = True
+                self._spawn(self._release_again())
+
+    async def _release_again(self) -> None:
+        """Release the sessions whose release failed (a Redis out of reach, a Redis
+        Cluster moving their slot), each for what is left of its window from its
+        socket's end, until none is left. A release finds the session held by
+        another socket meanwhile (resumed) and leaves it alone."""
+        delay = _RELEASE_AGAIN_FIRST
+        try:
+            while self._unreleased:
+                await asyncio.sleep(delay)
+                now = time.monotonic()
+                pending = list(self._unreleased.items())
+                outcomes = await asyncio.gather(
+                    *(
+                        self._broker.release_sessions(
+                            [key], max(0.001, self.window - (now - ended_at))
+                        )
+                        for key, ended_at in pending
+                    ),
+                    return_exceptions=True,
+                )
+                failed = False
+                for (key, _), outcome in zip(pending, outcomes, strict=True):
+                    if isinstance(outcome, ConnectionError):
+                        failed = True
+                    elif isinstance(outcome, BaseException):
+                        raise outcome
+                    else:
+                        del self._unreleased[key]
+                delay = min(delay * 2, _RELEASE_AGAIN_MOST) if failed else _RELEASE_AGAIN_FIRST
+        finally:
+            self._releasing = False
 
     def sizes(self) -> dict[str, int]:
         """Entries per structure (for leak checks)."""
@@ -760,4 +804,5 @@ class Sessions:
             "acks_due": len(self._acks_due),
             "trims_due": len(self._trims_due),
             "missed": len(self._missed),
+            "unreleased": len(self._unreleased),
         }

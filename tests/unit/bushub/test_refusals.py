@@ -5,8 +5,9 @@ from the text, kept in ``status_code``) alike."""
 import hiredis
 import pytest
 from redis._parsers.base import BaseParser
-from redis.exceptions import ResponseError
+from redis.exceptions import ClusterDownError, ClusterError, RedisClusterException, ResponseError
 
+from bushub.broker.redis import unreachable_as_connection_error
 from bushub.broker.refusals import (
     BrokerRefused,
     ErrorKind,
@@ -132,3 +133,26 @@ def test_a_command_a_script_may_not_run_is_a_noperm() -> None:
     )
     assert classify(error) is ErrorKind.NOPERM
     assert not is_retryable(error)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ClusterError("TTL exhausted."),  # redirects past redis-py's retries: a slot migrating
+        RedisClusterException("no node serves the slot"),
+    ],
+)
+def test_a_cluster_changing_under_a_command_reads_as_out_of_reach(error: Exception) -> None:
+    """It escaped every caller's handling (a resume answered 500, an ended socket's
+    session was never released): now the ConnectionError they all handle."""
+    with (
+        pytest.raises(ConnectionError, match="redis cluster") as raised,
+        unreachable_as_connection_error(),
+    ):
+        raise error
+    assert not isinstance(raised.value, BrokerRefused)
+
+
+def test_a_cluster_error_reply_stays_a_refusal() -> None:
+    with pytest.raises(BrokerRefused), unreachable_as_connection_error():
+        raise ClusterDownError("CLUSTERDOWN The cluster is down")

@@ -3,6 +3,7 @@ the node's replay, deduplication, hole filling and acknowledgements."""
 
 import asyncio
 import json
+from collections.abc import Sequence
 
 import pytest
 
@@ -42,8 +43,8 @@ def relay_frame(seq: int, *, sender: bytes | None = None, position: int = 0) -> 
 class Node:
     """Sessions, a relay and the in-process broker, wired as the hub wires them."""
 
-    def __init__(self) -> None:
-        self.broker = MemoryBroker()
+    def __init__(self, broker: MemoryBroker | None = None) -> None:
+        self.broker = broker or MemoryBroker()
         self.broker.keep_for_sessions(LIMITS)
         self.metrics = Metrics()
         self.holders: dict[str, Connection] = {}
@@ -319,7 +320,13 @@ async def test_the_hub_acknowledges_every_64_positions_at_once_else_after_a_dela
     await node.sessions.ended(conn, held=False)
     await asyncio.sleep(ACK_DELAY * 1.5)
     assert acks() == [3, 3 + ACK_EVERY], "nothing written after the socket ended"
-    assert node.sessions.sizes() == {"sessions": 0, "acks_due": 0, "trims_due": 0, "missed": 0}
+    assert node.sessions.sizes() == {
+        "sessions": 0,
+        "acks_due": 0,
+        "trims_due": 0,
+        "missed": 0,
+        "unreleased": 0,
+    }
     # Acknowledgements are no messages delivered (as the proxy's are none received).
     others = [f for f in written(conn) if sessionframe.decode(f).kind != sessionframe.Kind.ACK]
     assert node.metrics.traffic.delivered["json"] == len(others) == len(written(conn)) - 2
@@ -339,6 +346,38 @@ async def test_an_acknowledgement_ahead_of_what_was_written_trims_no_further() -
     assert [p for p, _ in await node.broker.read_session("a", 0)] == [3]
     assert [p for p, _ in numbered(conn)] == [1, 2, 3]
     assert node.counted("acked_ahead") == 1
+
+
+class FlakyReleases(MemoryBroker):
+    """The in-process broker, its first releases failing as a Redis out of reach does
+    (or a Redis Cluster migrating the session's slot)."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+        self.released: list[tuple[list[tuple[str, str]], float]] = []
+
+    async def release_sessions(self, items: Sequence[tuple[str, str]], window: float) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("redis cluster: ClusterError: TTL exhausted.")
+        self.released.append((list(items), window))
+        await super().release_sessions(items, window)
+
+
+async def test_a_release_that_failed_is_tried_again_for_what_is_left_of_the_window() -> None:
+    """Unreleased, an ended socket's session is held for good: it never expires, and a
+    resume long past the window said recovered instead of gap."""
+    broker = FlakyReleases(failures=2)
+    node = Node(broker)
+    conn = await node.session_socket("S1")
+    await node.sessions.ended(conn, held=True)
+    assert node.sessions.sizes()["unreleased"] == 1
+    await asyncio.sleep(0.5 + 1.0 + 0.3)  # two tries again: the first fails
+    assert node.sessions.sizes()["unreleased"] == 0
+    ((items, window),) = broker.released
+    assert items == [("a", conn.id)]
+    assert LIMITS.window - 2.0 < window < LIMITS.window - 1.4
 
 
 class NowaitBroker(MemoryBroker):
