@@ -309,6 +309,9 @@ class Hub:
             return
         self.draining = True
         log.info("draining %d connections", len(conns))
+        # What a session's proxy sent and the broker took is acknowledged now, ahead
+        # of the close, rather than after ACK_DELAY: not sent again after the reconnect.
+        self.sessions.acknowledge_now(conns)
         for conn in conns:
             conn.request_close(CloseCode.SERVICE_RESTART, flush=True)
         if conns:

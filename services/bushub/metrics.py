@@ -101,10 +101,11 @@ class Metrics:
         self.session_messages = Counter(
             "bushub_session_messages",
             "Sessions' messages by what happened: replayed after a resume, kept while "
-            "no node was subscribed for the agent (away, or a failover), a resend taken already, a duplicate position not "
-            "written twice, positions lost in transit, an acknowledgement ahead of what "
-            "was written, a message from a session held back by its socket's rate, a "
-            "message Redis did not keep for a connected session (it had lost it)",
+            "no node was subscribed for the agent (away, or a failover), a resend taken "
+            "already, a duplicate position not written twice, positions lost in "
+            "transit, an acknowledgement ahead of what was written, a message from a "
+            "session held back by its socket's rate, a message Redis did not keep for a "
+            "connected session (it had lost it)",
             ["event"],
             registry=r,
         )

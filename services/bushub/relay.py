@@ -12,6 +12,7 @@ The relay does no I/O of its own: it is given the publish function, the map of l
 holders and the outbound writer, so a test drives it with bytes.
 """
 
+import logging
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -57,6 +58,8 @@ from buswire.sessionframe import (
 if TYPE_CHECKING:
     from bushub.sessions import Sessions
     from bushub.taps import TapRecorder
+
+log = logging.getLogger(__name__)
 
 MESSAGE_PREFIX = message_channel("")[:-2]
 # The bridged pipeline frame of both dialects (``--transient-frames``).
@@ -314,6 +317,16 @@ class Relay:
             payload = translate(frame.payload, frame.fmt, conn.format)
         except DecodeError as exc:
             self._metrics.messages_dropped.labels(exc.reason).inc()
+            # Valid where it came in, it cannot be written in this socket's format
+            # (a JSON integer past 64 bits for MsgPack): its sender was told it went
+            # through, so say so here.
+            log.warning(
+                "a message for %s cannot be written in %s (%s): dropped",
+                agent,
+                conn.format.value,
+                exc,
+                extra={"rate_key": agent},
+            )
             if frame.position and conn.session is not None:
                 assert self.sessions is not None
                 self.sessions.passed_over(conn, frame.position, data)

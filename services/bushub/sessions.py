@@ -515,6 +515,14 @@ class Sessions:
             if self._tick is None or self._tick_due > due:
                 self._arm(due)
 
+    def acknowledge_now(self, conns: list[Connection]) -> None:
+        """Write every acknowledgement due to these sockets' proxies at once (a drain
+        closes them next, and their queues are flushed first)."""
+        for conn in conns:
+            session = conn.session
+            if session is not None and session.acked > session.acked_written:
+                self._write_ack(conn, session)
+
     def _write_ack(self, conn: Connection, session: Session) -> None:
         acked = session.acked
         # A closing socket takes no more frames (one written would count as a drop).

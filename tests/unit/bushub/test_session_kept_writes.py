@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 import msgpack
+import pytest
 from websockets.asyncio.client import ClientConnection
 
 from buswire import sessionframe
@@ -73,7 +74,9 @@ def unreadable_in_msgpack(seq: int) -> bytes:
     return encode(tree)
 
 
-async def test_a_message_the_sockets_format_cannot_carry_spends_its_position() -> None:
+async def test_a_message_the_sockets_format_cannot_carry_spends_its_position(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     settings = small_settings(rate_messages=0, rate_bytes=0)
     async with (
         running_hub(settings) as node,
@@ -91,3 +94,7 @@ async def test_a_message_the_sockets_format_cannot_carry_spends_its_position() -
         assert sum(dropped.values()) == 3, f"each unreadable one counted once: {dropped}"
         events = node.nonzero("bushub_session_messages_total")
         assert not {"event=duplicate", "event=lost"} & set(events), events
+        # Its sender was told it went through: the drop is said, once per agent and
+        # 10 s (the log's rate limit).
+        said = [r for r in caplog.records if "cannot be written in msgpack" in r.getMessage()]
+        assert said and said[0].getMessage().startswith("a message for b cannot be written")

@@ -332,6 +332,25 @@ async def test_the_hub_acknowledges_every_64_positions_at_once_else_after_a_dela
     assert node.metrics.traffic.delivered["json"] == len(others) == len(written(conn)) - 2
 
 
+async def test_a_drain_acknowledges_what_is_settled_before_it_closes() -> None:
+    """Not ACK_DELAY later, when the socket is gone: the proxy would send it again after
+    its reconnect (taken once through Redis; twice through a restarted in-process
+    broker, which keeps no relay record)."""
+    node = Node()
+    conn = await node.session_socket("S1")
+    b = connection("b", "a", conn_id="c-b")
+    node.holders["b"] = b
+    node.claims.seen("b", b.id)
+    for position in (1, 2, 3):
+        node.relay.route(conn, sessionframe.message(position, encode(task_request("a", "b", 1))))
+    await until(lambda: len(node.outcomes) == 3, what="the publish outcomes")
+    node.sessions.acknowledge_now([conn, b])
+    acks = [sessionframe.decode(f) for f in written(conn)]
+    assert [f.position for f in acks if f.kind is sessionframe.Kind.ACK] == [3]
+    node.sessions.acknowledge_now([conn])
+    assert len(written(conn)) == len(acks), "nothing owed: nothing written"
+
+
 async def test_an_acknowledgement_ahead_of_what_was_written_trims_no_further() -> None:
     node = Node()
     conn = await node.session_socket("S1")
