@@ -175,6 +175,9 @@ def test_a_task_sent_by_http_runs_on_a_real_worker_and_its_response_is_tapped(
     job = "job" if dialect == "pipecat" else "task"
     # The worker's proxy forwards only to its peer, so the backend sends as that peer.
     worker = agents.worker(dialect, n2, peer="backend")
+    # Its proxy reads what comes once it has connected: a task that reached it in the
+    # same instant was not run once in a loaded CI run.
+    assert wait_until(lambda: bool(worker.named("connected")), timeout=TIMEOUT)
     tap = TapCommand(tmp_path, request, "tap").start(n1, "worker", "--json")
     tap.wait("opened", lambda: bool(tap.events("open")))
     body = json.dumps(
