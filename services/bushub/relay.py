@@ -144,12 +144,12 @@ class Relay:
             return self._session_control(conn, data)
         size = len(data) - head
         # The bytes' burst fits the largest message allowed, so any wait is finite; a
-        # larger one is dropped as oversize below.
-        if size <= self._max_message_bytes:
-            wait = take_or_wait(conn.message_rate, conn.byte_rate, size)
-            if wait:
-                self._metrics.session_messages.labels("throttled").inc()
-                return wait
+        # larger one is dropped as oversize below, having cost the socket as much as
+        # the largest (a flood of them went through at hundreds of MB/s).
+        wait = take_or_wait(conn.message_rate, conn.byte_rate, min(size, self._max_message_bytes))
+        if wait:
+            self._metrics.session_messages.labels("throttled").inc()
+            return wait
         if acked:
             sessions.proxy_ack(conn, acked)
         # On its way, its outcome to follow (``Sessions.published`` or ``refused``

@@ -136,6 +136,25 @@ async def test_a_flood_of_session_control_frames_is_held_back_too(path: str) -> 
         assert node.metric("bushub_session_messages_total", event="throttled") > 0
 
 
+@pytest.mark.parametrize("path", SERVED)
+async def test_oversize_session_frames_cost_the_byte_rate_too(path: str) -> None:
+    # Each is dropped oversize, having cost the socket as much as the largest message
+    # allowed (64 KiB here): at 128 KiB/s, ten of them hold reading back for about 3 s.
+    # Before, they skipped the rate check and were read as fast as they came.
+    settings = small_settings(rate_messages=0, rate_bytes=128 << 10)
+    async with (
+        running_hub(settings, **SERVED[path]) as node,
+        node.connect("b", peer="a") as b,
+        node.connect("a", peer="b", session="S1") as a,
+    ):
+        await opened(node)
+        oversize = [message(i, i, padding="x" * (80 << 10)) for i in range(1, 11)]
+        await send_all(a, [*oversize, message(11, 11)])
+        assert await seqs_received(b, 1) == [11]
+        assert node.metric("bushub_messages_dropped_total", reason="oversize") == 10
+        assert node.metric("bushub_session_messages_total", event="throttled") > 0
+
+
 async def test_a_client_that_hangs_up_behind_a_long_backlog_is_let_go() -> None:
     # 400 frames at 20/s are 20 s of reading held back; the client's close waits
     # behind them in the socket. Once reading has been held HELD_HANG_UP_AFTER, the

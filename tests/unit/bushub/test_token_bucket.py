@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from bushub.limits import TokenBucket, take_or_wait
+from bushub.limits import LEAST_WAIT, TokenBucket, take_or_wait
 
 SLOW = 0.01  # tokens per second
 
@@ -27,3 +27,15 @@ def test_the_wait_is_the_time_the_refill_takes() -> None:
     assert bucket.take_or_wait(11.0) == math.inf, "over the burst: never"
     assert TokenBucket(0).take_or_wait(10**9) == 0.0, "a rate of 0 is no limit"
     assert not bucket.take(5.0) and bucket.take(1.0)
+
+
+def test_a_wait_shorter_than_a_timer_can_sleep_is_asked_as_the_least_wait() -> None:
+    """uvloop's timers count whole milliseconds: told to wait 0.5 ms, a socket's frame
+    was tried again at once, ~150 times a frame, the node's loop at a full core."""
+    messages, size_bytes = TokenBucket(2000.0, 1.0), TokenBucket(0)
+    assert take_or_wait(messages, size_bytes, 10) == 0.0
+    wait = take_or_wait(messages, size_bytes, 10)
+    assert wait == LEAST_WAIT > 1 / 2000.0
+    few_bytes = TokenBucket(1_000_000.0, 100.0)
+    assert take_or_wait(TokenBucket(0), few_bytes, 100) == 0.0
+    assert take_or_wait(TokenBucket(0), few_bytes, 100) == LEAST_WAIT
