@@ -135,7 +135,9 @@ def _serve_direct(
         protocol.detach()
         protocol.finish_with(ending())
 
-    protocol.attach(on_frame, conn.socket_ended, lambda: flush(conn))
+    # Frames on a session socket are binary (docs/protocol.md, Sessions).
+    on_text = (lambda data: hub.relay.refuse_text(conn, data)) if conn.session else None
+    protocol.attach(on_frame, conn.socket_ended, lambda: flush(conn), on_text)
     protocol.hand_over()
     flush(conn)  # what was sent to the socket between its claim and its accept
     conn.closing.on_set(on_closing)

@@ -263,6 +263,11 @@ class Relay:
             taps.seen(conn.agent, envelope.type_name, envelope.source, target, tree, len(data), fmt)
         return True
 
+    def refuse_text(self, conn: Connection, data: bytes) -> None:
+        """A text frame on a session socket, whose frames are binary: dropped
+        ``malformed`` (a session frame in it was taken as one before)."""
+        self._received_and_dropped(conn, DropReason.MALFORMED, len(data))
+
     def _received_and_dropped(self, conn: Connection, reason: DropReason, size: int) -> None:
         """A frame refused before it was decoded: counted as received, and dropped."""
         self._metrics.traffic.received[conn.format.value] += 1

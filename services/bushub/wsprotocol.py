@@ -125,6 +125,8 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         self.writable = Flag()  # type: ignore[assignment]
         self.writable.set()
         self._on_frame: FrameCallback | None = None
+        # Where text frames go instead, when the socket takes binary frames only.
+        self._on_text: FrameCallback | None = None
         self._on_disconnect: DisconnectCallback | None = None
         self._on_writable: Callable[[], None] | None = None
         # The task waiting for the publisher to have room, while reading is held.
@@ -192,9 +194,11 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         on_frame: FrameCallback,
         on_disconnect: DisconnectCallback,
         on_writable: Callable[[], None],
+        on_text: FrameCallback | None = None,
     ) -> None:
         """Hand every later message to ``on_frame``, the end to ``on_disconnect``,
-        and each resumption of writing (flow control) to ``on_writable``.
+        and each resumption of writing (flow control) to ``on_writable``; with
+        ``on_text`` (a socket that takes binary frames only), text frames go there.
 
         Messages that arrived before (queued for the ASGI app, reading paused) are
         handed over first, in order.
@@ -205,11 +209,16 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         self._on_frame = on_frame
         self._on_disconnect = on_disconnect
         self._on_writable = on_writable
+        self._on_text = on_text
         for message in early:
             if message["type"] == "websocket.receive":
                 data = message.get("bytes")
-                text = message.get("text")
-                self._deliver(data if data is not None else (text or "").encode())
+                if data is not None:
+                    self._deliver(data)
+                elif on_text is not None:
+                    on_text((message.get("text") or "").encode())
+                else:
+                    self._deliver((message.get("text") or "").encode())
             else:
                 self.queue.put_nowait(message)
         if self.read_paused:
@@ -222,6 +231,7 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         self._on_frame = None
         self._on_disconnect = None
         self._on_writable = None
+        self._on_text = None
 
     def _on_inbox_put(self, message: ASGIReceiveEvent) -> None:
         callback = self._on_disconnect
@@ -359,6 +369,9 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         if self._on_frame is None:
             self.frames = [data]
             super().send_receive_event_to_app()
+            return
+        if self._on_text is not None and self.curr_msg_data_type == "text":
+            self._on_text(data)
             return
         self._deliver(data)
 

@@ -137,6 +137,24 @@ async def test_a_flood_of_session_control_frames_is_held_back_too(path: str) -> 
 
 
 @pytest.mark.parametrize("path", SERVED)
+async def test_a_session_frame_in_a_text_frame_is_refused(path: str) -> None:
+    # Frames on a session socket are binary (docs/protocol.md): one sent as text was
+    # read as the binary one and relayed, acknowledged, with nothing to say so.
+    async with (
+        running_hub(small_settings(), **SERVED[path]) as node,
+        node.connect("b", peer="a") as b,
+        node.connect("a", peer="b", session="S1") as a,
+    ):
+        await opened(node)
+        acks = Acks(a)
+        await a.send(message(1, 1).decode())  # ASCII bytes: the same frame, as text
+        await a.send(message(1, 2))
+        assert await seqs_received(b, 1) == [2]
+        assert node.metric("bushub_messages_dropped_total", reason="malformed") == 1
+        await wait_until(lambda: acks.position == 1, "the binary one acknowledged")
+
+
+@pytest.mark.parametrize("path", SERVED)
 async def test_oversize_session_frames_cost_the_byte_rate_too(path: str) -> None:
     # Each is dropped oversize, having cost the socket as much as the largest message
     # allowed (64 KiB here): at 128 KiB/s, ten of them hold reading back for about 3 s.
