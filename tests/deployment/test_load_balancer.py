@@ -53,11 +53,21 @@ def worker_name(pair: str) -> str:
 
 
 class Deployment:
-    """Redis, three hub nodes, nginx, and the agent programs; all stopped at the end."""
+    """Redis, hub nodes (three unless told), nginx, and the agent programs; all stopped
+    at the end. ``fail_timeout`` None runs nginx with render.sh's own health check."""
 
-    def __init__(self, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        request: pytest.FixtureRequest,
+        *,
+        nodes: int = 3,
+        fail_timeout: str | None = "2s",
+    ) -> None:
         self.tmp = tmp_path
         self.request = request
+        self.node_count = nodes
+        self.fail_timeout = fail_timeout
         self.redis = RedisServer(tmp_path / "redis.log")
         self.nodes: list[LbHubNode] = []
         self.nginx = Nginx(tmp_path / "nginx")
@@ -69,7 +79,7 @@ class Deployment:
         register_log(self.request, "nginx error log", self.nginx.error_log)
         register_log(self.request, "nginx access log", self.nginx.access_log)
         self.redis.start()
-        for i in range(3):
+        for i in range(self.node_count):
             node = LbHubNode(f"n{i + 1}", self.tmp / f"hub-n{i + 1}.log", self.redis.url)
             self.nodes.append(node)
             register_log(self.request, node.name, node.log_path)
@@ -77,7 +87,7 @@ class Deployment:
         for node in self.nodes:
             node.wait_ready()
         self.nginx.directory.mkdir()
-        self.nginx.start([node.port for node in self.nodes])
+        self.nginx.start([node.port for node in self.nodes], fail_timeout=self.fail_timeout)
 
     def agent(self, dialect: str, role: str, name: str, peer: str, proxy: str) -> AgentProcess:
         proc = AgentProcess.reported(self.request, self.tmp, name)

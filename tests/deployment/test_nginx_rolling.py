@@ -18,9 +18,8 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.deployment.lb import LbHubNode, Nginx, nginx_path
-from tests.integration.procs import TIMEOUT, RedisServer
-from tests.support.reports import register_log
+from tests.deployment.test_load_balancer import Deployment
+from tests.integration.procs import TIMEOUT
 from tests.support.waiting import wait_until
 
 # Bounds time under faults: run alone (see the Makefile).
@@ -32,38 +31,9 @@ SOCKETS = 10
 BACK_WITHIN = 5.0
 
 
-class TwoNodes:
-    def __init__(self, tmp_path: Path, request: pytest.FixtureRequest) -> None:
-        self.tmp = tmp_path
-        self.redis = RedisServer(tmp_path / "redis.log")
-        self.nodes: list[LbHubNode] = []
-        self.nginx = Nginx(tmp_path / "nginx")
-        self.request = request
-
-    def start(self) -> None:
-        nginx_path()
-        register_log(self.request, "nginx error log", self.nginx.error_log)
-        self.redis.start()
-        for i in (1, 2):
-            node = LbHubNode(f"n{i}", self.tmp / f"hub-n{i}.log", self.redis.url)
-            self.nodes.append(node)
-            register_log(self.request, node.name, node.log_path)
-            node.spawn()
-        for node in self.nodes:
-            node.wait_ready()
-        self.nginx.directory.mkdir()
-        self.nginx.start([node.port for node in self.nodes], fail_timeout=None)
-
-    def stop(self) -> None:
-        self.nginx.stop()
-        for node in self.nodes:
-            node.stop()
-        self.redis.stop()
-
-
 @pytest.fixture
-def two_nodes(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[TwoNodes]:
-    d = TwoNodes(tmp_path, request)
+def two_nodes(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Deployment]:
+    d = Deployment(tmp_path, request, nodes=2, fail_timeout=None)
     try:
         d.start()
         yield d
@@ -91,7 +61,7 @@ async def closed(ws: ClientConnection) -> None:
 
 
 async def test_a_node_back_from_a_restart_takes_the_next_nodes_sockets_at_once(
-    two_nodes: TwoNodes,
+    two_nodes: Deployment,
 ) -> None:
     n1, n2 = two_nodes.nodes
     base = f"{two_nodes.nginx.url}/ws"
