@@ -14,6 +14,7 @@ from redis.exceptions import AuthenticationError, ResponseError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bushub.broker.respconn import ReplyError
+from bushub.broker.startwait import refusal_in
 
 # Redis answered, and said no: redis-py's typed error replies and refused logins, and
 # the raw connections' refused AUTH or SELECT.
@@ -25,14 +26,8 @@ class StartRefused(Exception):
 
 
 def refusal(exc: BaseException) -> BaseException | None:
-    """Redis' refusal in ``exc`` or what caused it (redis-py's cluster client reports a
-    refused login as an unreachable cluster, caused by the refusal); None otherwise."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, _REFUSALS):
-            return seen
-        seen = seen.__cause__
-    return None
+    """Redis' refusal in ``exc`` or what caused it; None otherwise."""
+    return refusal_in(exc, _REFUSALS)
 
 
 class QuietRefusals:

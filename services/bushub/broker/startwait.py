@@ -35,7 +35,7 @@ async def until_reachable(
             await step()
             return
         except unreachable as exc:
-            if refused(exc, refusals):
+            if refusal_in(exc, refusals) is not None:
                 raise
             # Rate-limited by the log's filter: one line per 10 s, with a count.
             log.warning("waiting for %s at start-up: %s", where, exc)
@@ -43,11 +43,11 @@ async def until_reachable(
         delay = min(delay * 2, MOST_DELAY)
 
 
-def refused(exc: BaseException | None, refusals: Errors) -> bool:
-    """Whether ``exc`` or what caused it is a refusal (redis-py's cluster client
-    reports a refused login as an unreachable cluster, caused by the refusal)."""
+def refusal_in(exc: BaseException | None, refusals: Errors) -> BaseException | None:
+    """The refusal that ``exc`` is or was caused by (redis-py's cluster client reports
+    a refused login as an unreachable cluster, caused by the refusal); None if none."""
     while exc is not None:
         if isinstance(exc, refusals):
-            return True
+            return exc
         exc = exc.__cause__
-    return False
+    return None
