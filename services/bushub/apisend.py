@@ -112,6 +112,10 @@ class ApiSender:
         self._sends.labels("accepted").inc()
         return SendAnswer(202, {"accepted": True, "target": target, "nodes": count})
 
+    def unauthorized(self) -> None:
+        """Count a send refused for its credentials (answered by the route)."""
+        self._sends.labels("unauthorized").inc()
+
     def oversize(self, size: int) -> SendAnswer:
         """The answer to a body of ``size`` bytes, over the limit."""
         return self._refused(

@@ -16,6 +16,7 @@ from bushub.endpoint import agent_socket
 from bushub.hub import Hub
 from bushub.metrics import Metrics
 from bushub.opsapi import add_operator_routes
+from bushub.origins import OriginPolicy
 from bushub.settings import CLUSTER_SCHEME, Settings
 from bushub.siblings import Siblings, WorkerSlot
 from bushub.startfailure import QuietRefusals, StartRefused, refusal
@@ -99,8 +100,15 @@ def create_app(
                 await siblings.stop()
             await hub.stop()
 
-    app = FastAPI(title="bushub", lifespan=lifespan, docs_url=None, redoc_url=None)
+    # No schema or docs pages: the operator routes are documented in docs/protocol.md,
+    # and an unauthenticated /openapi.json would list them to anyone who asks.
+    app = FastAPI(
+        title="bushub", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+    )
     app.state.hub = hub
+    app.state.origins = OriginPolicy(
+        settings.split(settings.allowed_origins), auth_enabled=settings.auth_enabled
+    )
     app.state.verifier = TokenVerifier(
         settings.jwt_secret,
         settings.split(settings.jwt_public_keys),

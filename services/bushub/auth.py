@@ -4,14 +4,20 @@ A token is a JWT (HS256 with a shared secret, or RS256/ES256 checked against one
 of several public keys, for rotation). Its claims:
 
 - ``agents``: agent names the socket may hold: exact names or glob patterns
-  (``voice-*``); ``sub`` stands in when ``agents`` is absent.
+  (``voice-*``); ``sub`` stands in when ``agents`` is absent (not when it is empty:
+  a token meant to hold no name holds none, whatever its identity provider put in
+  ``sub``).
 - ``targets``: agents it may address and pair with (the ``peer`` query, every
   message's target); absent means none.
+
+A claim of another type than a string or a list of strings refuses the token
+(``bad_claims``): read as absent, a malformed ``agents`` would have let ``sub`` in.
 
 Errors carry a fixed reason for metrics and logs and never travel to the client.
 """
 
 import fnmatch
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +31,7 @@ class AuthError(Exception):
 
     Args:
         reason: Fixed label: ``missing_token``, ``bad_token``, ``expired``,
-            ``agent_not_allowed``, ``peer_not_allowed``.
+            ``bad_claims``, ``agent_not_allowed``, ``peer_not_allowed``.
     """
 
     def __init__(self, reason: str) -> None:
@@ -66,12 +72,20 @@ def _matches(name: str, patterns: Sequence[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
 
 
-def _patterns(value: Any) -> tuple[str, ...]:
+def _patterns(claims: dict[str, Any], name: str) -> tuple[str, ...] | None:
+    """The names or globs claim ``name`` lists; None when the token has no such claim.
+
+    Raises:
+        AuthError: ``bad_claims``, for a claim that is not a string or a list of them.
+    """
+    value = claims.get(name)
+    if value is None:
+        return None
     if isinstance(value, str):
         return (value,)
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return tuple(value)
-    return ()
+    raise AuthError("bad_claims")
 
 
 class TokenVerifier:
@@ -135,8 +149,10 @@ class TokenVerifier:
                 continue
         if claims is None:
             raise AuthError("expired" if expired else "bad_token")
-        agents = _patterns(claims.get("agents")) or _patterns(claims.get("sub"))
-        return Grant(agents=agents, targets=_patterns(claims.get("targets")))
+        agents = _patterns(claims, "agents")
+        if agents is None:
+            agents = _patterns(claims, "sub")
+        return Grant(agents=agents or (), targets=_patterns(claims, "targets") or ())
 
 
 def make_token(
@@ -148,6 +164,6 @@ def make_token(
         "agents": list(agents),
         "targets": list(targets),
         "iat": int(now),
-        "exp": int(now + ttl),
+        "exp": math.ceil(now + ttl),  # never before it was issued, however short ttl
     }
     return jwt.encode(claims, secret, algorithm="HS256")

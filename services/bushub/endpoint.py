@@ -26,6 +26,7 @@ from bushub.connection import ClientGone, Connection, ConnectionParams, new_conn
 from bushub.fallback import serve_fallback
 from bushub.hub import Hub
 from bushub.limits import TokenBucket
+from bushub.origins import OriginPolicy
 from bushub.sessions import Session, SessionParamError, session_params
 from bushub.wsprotocol import DIRECT_EXTENSION, HubWebSocketProtocol, on_client_socket
 from buswire import DecodeError, Dialect, Format, sessionframe, validate_agent_name
@@ -201,12 +202,14 @@ class Refusal(Exception):
     Args:
         status: HTTP status sent to the client.
         reason: Fixed label for metrics and logs; the body says only the status.
+        detail: What the log line adds to the reason, if anything.
     """
 
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status: int, reason: str, detail: str | None = None) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.detail = detail
 
 
 _STATUS_TEXT = {401: "unauthorized", 403: "forbidden", 503: "unavailable"}
@@ -236,7 +239,7 @@ async def _refuse(
     websocket: WebSocket,
     hub: Hub,
     refusal: Refusal,
-    why: Exception | None = None,
+    why: object = None,
     agent: str | None = None,
 ) -> None:
     """Answer the handshake with an HTTP status, before any upgrade; logged once,
@@ -267,10 +270,11 @@ def admit(websocket: WebSocket, hub: Hub, verifier: TokenVerifier, agent: str) -
         Refusal: with the HTTP status and reason for the first check failed.
     """
     settings = hub.settings
-    origins = settings.split(settings.allowed_origins)
+    origins: OriginPolicy = websocket.app.state.origins
     origin = websocket.headers.get("origin")
-    if origins and origin is not None and origin not in origins:
-        raise Refusal(403, "origin_not_allowed")
+    if not origins.allows(origin):
+        hint = "; with auth off, list it in --allowed-origins" if origins.refuses_browsers else ""
+        raise Refusal(403, "origin_not_allowed", f"Origin {origin!r}{hint}")
     if not hub.ready:
         raise Refusal(503, "not_ready")
     if hub.connection_count >= settings.max_connections:
@@ -316,7 +320,7 @@ async def agent_socket(websocket: WebSocket, raw: AsgiChannel) -> None:
         await _refuse(websocket, hub, Refusal(403, "bad_parameters"), exc, agent)
         return
     except Refusal as refusal:
-        await _refuse(websocket, hub, refusal)
+        await _refuse(websocket, hub, refusal, refusal.detail)
         return
     conn = Connection(
         new_connection_id(hub.node_id),

@@ -5,6 +5,7 @@ import logging
 import re
 import sys
 import time
+from urllib.parse import unquote_plus
 
 import orjson
 
@@ -102,12 +103,23 @@ _TOKEN_IN_URL = re.compile(r"(token=)[^&\s\"']+")
 # credential as well, shown to peers only as a digest.
 _SESSION_IN_URL = re.compile(r"([?&]session=)[^&\s\"']+")
 _AUTHORIZATION = re.compile(r"(?i)(authorization:\s*(?:\S+\s+)?)\S+")
+# A query's parameter names are percent-decoded before they are read (``?%74oken=``
+# is ``?token=`` to the node), so a name written encoded is read as its decoding.
+_QUERY_PARAMETER = re.compile(r"([?&])([^=&\s\"'#]*%[^=&\s\"'#]*)=([^&\s\"'#]*)")
+_CREDENTIAL_PARAMETERS = ("token", "session")
+
+
+def _redact_encoded(match: re.Match[str]) -> str:
+    name = unquote_plus(match.group(2)).lower()
+    if name.endswith(_CREDENTIAL_PARAMETERS):
+        return f"{match.group(1)}{match.group(2)}=REDACTED"
+    return match.group(0)
 
 
 class RedactTokensFilter(logging.Filter):
-    """Blank out ``?token=`` and ``?session=`` values and ``Authorization`` headers:
-    uvicorn logs handshake paths with their query, and at debug level every request
-    header."""
+    """Blank out ``?token=`` and ``?session=`` values (their names percent-encoded
+    too) and ``Authorization`` headers: uvicorn logs handshake paths with their query,
+    and at debug level every request header."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.args:
@@ -117,6 +129,8 @@ class RedactTokensFilter(logging.Filter):
             record.msg = _TOKEN_IN_URL.sub(r"\1REDACTED", record.msg)
         if isinstance(record.msg, str) and "session=" in record.msg:
             record.msg = _SESSION_IN_URL.sub(r"\1REDACTED", record.msg)
+        if isinstance(record.msg, str) and "%" in record.msg:
+            record.msg = _QUERY_PARAMETER.sub(_redact_encoded, record.msg)
         if isinstance(record.msg, str) and "authorization" in record.msg.lower():
             record.msg = _AUTHORIZATION.sub(r"\1REDACTED", record.msg)
         return True

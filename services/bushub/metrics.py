@@ -40,11 +40,15 @@ API_SEND_RESULTS = (
     "no_agent",
     "bad_request",
     "forbidden",
+    "unauthorized",
     "oversize",
     "broker_down",
 )
 # bushub_resent_total: marked to go again, or dropped for room in the publish buffer,
 # by the publishing node; dropped as a duplicate, or delivered, by a receiving node.
+# bushub_operator_refused_total: the operator API off (no --admin-token), a wrong
+# admin token, a token /api/send refused.
+OPERATOR_REFUSALS = ("off", "bad_admin_token", "bad_token")
 RESENT_OUTCOMES = ("marked", "dropped", "duplicate", "delivered")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -149,6 +153,14 @@ class Metrics:
         )
         for result in API_SEND_RESULTS:
             self.api_sends.labels(result)
+        self.operator_refused = Counter(
+            "bushub_operator_refused",
+            "Operator API requests refused for their credentials, by reason",
+            ["reason"],
+            registry=r,
+        )
+        for reason in OPERATOR_REFUSALS:
+            self.operator_refused.labels(reason)
         self.agents = Gauge("bushub_agents", "Agent names held by sockets on this node", registry=r)
         # Set to functions read at scrape time by bushub.fdlimit.
         self.open_fds = Gauge("bushub_open_fds", "File descriptors open in the process", registry=r)

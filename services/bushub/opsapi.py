@@ -6,6 +6,7 @@ the target; ``/console`` is the page, which holds no data and asks for the token
 """
 
 import hmac
+import logging
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
@@ -19,10 +20,24 @@ from buswire import DecodeError, validate_agent_name
 from buswire.channels import presence_key
 from buswire.presence import decode_record
 
+log = logging.getLogger(__name__)
+
+# Under this many characters an admin token could be guessed: 730 tries a second
+# reach a node, and each gets an answer.
+_SHORT_ADMIN_TOKEN = 16
 # What an admin route answers while --admin-token is unset.
 _OFF = "admin routes are off: set --admin-token"
 # An oversize body is read (and thrown away) up to this many times the size limit.
 _DRAIN_FACTOR = 4
+
+
+# The answers carry what the cluster looks like, and may be read with the admin token:
+# no cache keeps them, and no browser reads them as anything but JSON.
+_API_HEADERS = {"cache-control": "no-store", "x-content-type-options": "nosniff"}
+
+
+def _answer(body: object, status: int = 200) -> JSONResponse:
+    return JSONResponse(body, status, headers=_API_HEADERS)
 
 
 def _bearer(request: Request) -> str:
@@ -34,20 +49,37 @@ def _is_admin(offered: str, admin_token: str) -> bool:
     return bool(admin_token) and hmac.compare_digest(offered.encode(), admin_token.encode())
 
 
-def _refusal(admin_token: str, offered: str) -> JSONResponse | None:
-    """The answer to a request without the admin token; None when it has it."""
-    if not admin_token:
-        return JSONResponse({"error": _OFF}, 403)
-    if not _is_admin(offered, admin_token):
-        return JSONResponse({"error": "bad admin token"}, 401)
-    return None
-
-
 def add_operator_routes(app: FastAPI, hub: Hub, verifier: TokenVerifier) -> None:
     """Serve the operator API of ``hub`` from ``app``."""
     settings = hub.settings
     admin_token = settings.admin_token
     operators = hub.operators
+    refusals = hub.metrics.operator_refused
+    if admin_token and len(admin_token) < _SHORT_ADMIN_TOKEN:
+        log.warning(
+            "--admin-token is %d characters: short enough to guess; use 32 random ones "
+            "(openssl rand -hex 16)",
+            len(admin_token),
+        )
+
+    def refused(request: Request, reason: str, status: int, error: str) -> JSONResponse:
+        """Counted, and logged (rate-limited: a guessing client writes one line per
+        interval): someone holding no admin token is knocking."""
+        refusals.labels(reason).inc()
+        if reason != "off":
+            client = request.client.host if request.client else "?"
+            log.warning(
+                "refused %s %s from %s: %s", request.method, request.url.path, client, reason
+            )
+        return _answer({"error": error}, status)
+
+    def not_admin(request: Request) -> JSONResponse | None:
+        """The answer to a request without the admin token; None when it has it."""
+        if not admin_token:
+            return refused(request, "off", 403, _OFF)
+        if not _is_admin(_bearer(request), admin_token):
+            return refused(request, "bad_admin_token", 401, "bad admin token")
+        return None
 
     @app.get("/console")
     async def console_page() -> Response:
@@ -67,13 +99,13 @@ def add_operator_routes(app: FastAPI, hub: Hub, verifier: TokenVerifier) -> None
     @app.get("/agents")
     async def agents(request: Request) -> JSONResponse:
         """Cluster-wide presence, from the presence records."""
-        refused = _refusal(admin_token, _bearer(request))
-        if refused is not None:
-            return refused
+        refusal = not_admin(request)
+        if refusal is not None:
+            return refusal
         try:
             records = await hub.broker.scan_records(presence_key("*"))
         except ConnectionError as exc:  # unreachable, or refusing (BrokerRefused)
-            return JSONResponse({"error": f"the broker did not answer: {exc}"}, 503)
+            return _answer({"error": f"the broker did not answer: {exc}"}, 503)
         rows = []
         for raw in records:
             try:
@@ -91,26 +123,26 @@ def add_operator_routes(app: FastAPI, hub: Hub, verifier: TokenVerifier) -> None
                 }
             )
         rows.sort(key=lambda row: str(row["agent"]))
-        return JSONResponse({"agents": rows})
+        return _answer({"agents": rows})
 
     @app.get("/api/cluster")
     async def cluster(request: Request) -> JSONResponse:
-        refused = _refusal(admin_token, _bearer(request))
-        if refused is not None:
-            return refused
-        return JSONResponse(await operators.console.answer())
+        refusal = not_admin(request)
+        if refusal is not None:
+            return refusal
+        return _answer(await operators.console.answer())
 
     @app.get("/api/tap/{agent}", response_model=None)
     async def tap(agent: str, request: Request) -> Response:
-        refused = _refusal(admin_token, _bearer(request))
-        if refused is not None:
-            return refused
+        refusal = not_admin(request)
+        if refusal is not None:
+            return refusal
         try:
             validate_agent_name(agent)
         except DecodeError:
-            return JSONResponse({"error": f"not an agent name: {agent!r}"}, 400)
+            return _answer({"error": f"not an agent name: {agent!r}"}, 400)
         if hub.draining:
-            return JSONResponse({"error": "this node is draining: tap through another"}, 503)
+            return _answer({"error": "this node is draining: tap through another"}, 503)
 
         async def body() -> AsyncIterator[bytes]:
             # Opened here, not before the response: a reader gone before the body starts
@@ -134,19 +166,22 @@ def add_operator_routes(app: FastAPI, hub: Hub, verifier: TokenVerifier) -> None
         grant: Grant = OPEN_GRANT
         if not _is_admin(offered, admin_token):
             if not verifier.enabled:
-                refused = _refusal(admin_token, offered)
-                assert refused is not None
-                return refused
+                refusal = not_admin(request)
+                assert refusal is not None
+                if refusal.status_code == 401:
+                    operators.sender.unauthorized()
+                return refusal
             try:
                 grant = verifier.verify(offered or None)
             except AuthError as exc:
-                return JSONResponse({"error": f"token refused: {exc.reason}"}, 401)
+                operators.sender.unauthorized()
+                return refused(request, "bad_token", 401, f"token refused: {exc.reason}")
         data = await _read_body(request, settings.max_message_bytes)
         if isinstance(data, int):
             answer = operators.sender.oversize(data)
         else:
             answer = await operators.sender.send(data, grant)
-        return JSONResponse(answer.body, answer.status)
+        return _answer(answer.body, answer.status)
 
 
 async def _read_body(request: Request, limit: int) -> bytes | int:

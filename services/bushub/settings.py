@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from bushub import settingchecks
+from bushub.origins import origin_problem
 from buswire.allowlist import TypePolicy
 from buswire.complexity import BASE_CONTAINERS, DEFAULT_BYTES_PER_CONTAINER
 
@@ -202,7 +203,11 @@ class Settings:
     )
     allowed_origins: str = field(
         default="",
-        metadata={"help": "comma-separated Origin values browsers may connect from; empty = any"},
+        metadata={
+            "help": "comma-separated origins (scheme://host[:port]) browsers may open "
+            "sockets from, * for any; empty: any with auth on, none with auth off (a page "
+            "in a browser on the node's machine could otherwise take an agent's name)"
+        },
     )
     handshake_timeout: float = field(
         default=10.0,
@@ -223,6 +228,12 @@ class Settings:
             "words": {"auto": cpu_count},
         },
     )
+
+    def __post_init__(self) -> None:
+        # A token read from a file (a Kubernetes secret, `$(cat token)` in a unit
+        # file) often ends with a newline the client never sends: compared as given,
+        # it would refuse every request, the console's included, and say nothing.
+        object.__setattr__(self, "admin_token", self.admin_token.strip())
 
     @property
     def auth_enabled(self) -> bool:
@@ -307,6 +318,14 @@ class Settings:
             raise SettingsError(f"backlog: must be within 1..{MAX_BACKLOG}")
         if self.max_header_bytes < 1024:
             raise SettingsError("max-header-bytes: must be >= 1024")
+        if any(not ch.isprintable() or ch.isspace() for ch in self.admin_token):
+            raise SettingsError(
+                "admin-token: holds whitespace or control characters, which no "
+                "Authorization header carries"
+            )
+        for value in self.split(self.allowed_origins):
+            if problem := origin_problem(value):
+                raise SettingsError(f"allowed-origins: {problem}")
         for path in self.split(self.jwt_public_keys):
             if not os.path.isfile(path):
                 raise SettingsError(f"jwt-public-keys: {path} is not a readable file")

@@ -8,6 +8,7 @@ installed.
 """
 
 import argparse
+import http.client
 import json
 import os
 import sys
@@ -53,21 +54,30 @@ def _count(value: str) -> int:
 
 def run_tap_command(args: argparse.Namespace) -> int:
     """Tap until interrupted (or ``--count`` messages); the exit status."""
-    if not args.admin_token:
+    # As the node reads its own: a token from a file keeps no newline.
+    token = args.admin_token.strip()
+    if not token:
         print(
             "bushub tap: no admin token: pass --admin-token or set BUSHUB_ADMIN_TOKEN",
             file=sys.stderr,
         )
         return 2
+    if any(not ch.isprintable() or ch.isspace() for ch in token):
+        print("bushub tap: the admin token holds whitespace or control characters", file=sys.stderr)
+        return 2
     url = f"{args.node.rstrip('/')}/api/tap/{quote(args.agent, safe='')}"
-    request = urllib.request.Request(url, headers={"authorization": f"Bearer {args.admin_token}"})
     try:
+        request = urllib.request.Request(url, headers={"authorization": f"Bearer {token}"})
         with urllib.request.urlopen(request) as response:
             return _print_events(_events(response), args.count, args.json, sys.stdout)
     except urllib.error.HTTPError as exc:
         print(f"bushub tap: {exc.code} {_error_of(exc)}", file=sys.stderr)
     except urllib.error.URLError as exc:
         print(f"bushub tap: cannot reach {args.node}: {exc.reason}", file=sys.stderr)
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        # Not a node's answer (another service on the port, a stream cut short), or a
+        # --node that is no URL.
+        print(f"bushub tap: {args.node}: {exc!r}", file=sys.stderr)
     except KeyboardInterrupt:
         return 0
     return 2

@@ -13,6 +13,12 @@ def _secret(value: str) -> str:
     return value
 
 
+def _pattern(value: str) -> str:
+    if not value:
+        raise argparse.ArgumentTypeError("must not be empty (a name or a glob such as voice-*)")
+    return value
+
+
 def _lifetime(value: str) -> float:
     try:
         seconds = float(value)
@@ -28,10 +34,18 @@ def add_token_command(commands: "argparse._SubParsersAction[argparse.ArgumentPar
     parser = commands.add_parser("token", help="print an HS256 token (last line of stdout)")
     parser.add_argument("--secret", required=True, type=_secret, help="the hub's --jwt-secret")
     parser.add_argument(
-        "--agent", action="append", required=True, help="agent name or glob it may hold (repeat)"
+        "--agent",
+        action="append",
+        required=True,
+        type=_pattern,
+        help="agent name or glob it may hold (repeat)",
     )
     parser.add_argument(
-        "--targets", action="append", default=[], help="agent name or glob it may address (repeat)"
+        "--targets",
+        action="append",
+        default=[],
+        type=_pattern,
+        help="agent name or glob it may address (repeat)",
     )
     parser.add_argument("--ttl", type=_lifetime, default=3600.0, help="lifetime in seconds")
 

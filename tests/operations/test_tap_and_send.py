@@ -1,11 +1,14 @@
 """``bushub tap`` and ``POST /api/send`` across two nodes, with real pipecat agents of
 both dialects (docs/protocol.md, Operator API)."""
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -139,18 +142,49 @@ def test_bushub_tap_prints_for_people_and_refuses_a_wrong_token(
     [
         ([], "bushub tap: no admin token: pass --admin-token or set BUSHUB_ADMIN_TOKEN"),
         (["--admin-token", "t", "--count", "-1"], "argument --count: -1: a count of messages"),
+        (["--admin-token", "a\nb"], "bushub tap: the admin token holds whitespace"),
+        # Tracebacks before: a --node that is no URL, a port that speaks no HTTP.
+        (["--admin-token", "t", "--node", "http://[::1"], "bushub tap: http://[::1: ValueError"),
+        (["--admin-token", "t", "--node", "NODE_THAT_HANGS_UP"], "RemoteDisconnected"),
     ],
 )
 def test_bushub_tap_says_what_is_missing_before_asking_a_node(argv: list[str], said: str) -> None:
     """Before: no token was sent as an empty one (the node answered "401 bad admin
     token"), and a negative count tapped for good."""
     env = {k: v for k, v in os.environ.items() if k != "BUSHUB_ADMIN_TOKEN"}
-    done = subprocess.run(
-        [sys.executable, "-m", "bushub", "tap", "w", "--node", "http://127.0.0.1:1", *argv],
-        env=env, capture_output=True, text=True, timeout=TIMEOUT, check=False,
-    )  # fmt: skip
+    with hanging_up_server() as address:
+        argv = [arg.replace("NODE_THAT_HANGS_UP", address) for arg in argv]
+        done = subprocess.run(
+            [sys.executable, "-m", "bushub", "tap", "w", "--node", "http://127.0.0.1:1", *argv],
+            env=env, capture_output=True, text=True, timeout=TIMEOUT, check=False,
+        )  # fmt: skip
     assert done.returncode == 2
     assert said in done.stderr.strip().splitlines()[-1], done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@contextlib.contextmanager
+def hanging_up_server() -> Iterator[str]:
+    """The URL of a port that accepts and closes at once, saying nothing (as a
+    service that speaks no HTTP does)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        server.settimeout(0.1)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                conn, _ = server.accept()
+                conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join()
+        server.close()
 
 
 def post_send(node: OpsNode, body: bytes) -> tuple[int, dict[str, Any]]:

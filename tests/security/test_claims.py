@@ -5,10 +5,14 @@ target outside the claim is dropped and counted (``target_not_allowed``) while t
 socket keeps working; taking over a name needs a token for that name.
 """
 
+import time
+
+import jwt
 import pytest
 
 from tests.security.helpers import (
     ADMIN_TOKEN,
+    SECRET,
     Peer,
     SecureHub,
     assert_accepted,
@@ -36,6 +40,30 @@ async def test_token_without_agents_or_sub_holds_nothing(auth_hub: SecureHub) ->
 async def test_sub_stands_in_for_agents(auth_hub: SecureHub) -> None:
     await assert_accepted(auth_hub, "alice", token=token(None, sub="alice"))
     await assert_refused(auth_hub, "bob", 403, "agent_not_allowed", token=token(None, sub="alice"))
+
+
+async def test_an_empty_agents_claim_holds_nothing_whatever_sub_says(auth_hub: SecureHub) -> None:
+    # An identity provider's ``sub`` may happen to be an agent's name.
+    await assert_refused(auth_hub, "alice", 403, "agent_not_allowed", token=token([], sub="alice"))
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"sub": "alice", "agents": ["alice", 1]},
+        {"sub": "alice", "agents": {"alice": True}},
+        {"sub": "alice", "agents": 7},
+        {"sub": "alice", "targets": [["bob"]]},
+    ],
+    ids=["agents-mixed-list", "agents-object", "agents-number", "targets-nested"],
+)
+async def test_a_claim_of_another_type_refuses_the_token(
+    auth_hub: SecureHub, claims: dict[str, object]
+) -> None:
+    # Read as absent before: a malformed ``agents`` let ``sub`` hold the name.
+    now = int(time.time())
+    bad = jwt.encode({"iat": now, "exp": now + 300, **claims}, SECRET, algorithm="HS256")
+    await assert_refused(auth_hub, "alice", 401, "bad_claims", token=bad)
 
 
 async def test_glob_agent_claims(auth_hub: SecureHub) -> None:

@@ -186,6 +186,32 @@ async def test_no_origin_check_when_no_allowlist(auth_hub: SecureHub) -> None:
     await assert_accepted(auth_hub, "origin-2", token=token("origin-2"), origin="https://x.y")
 
 
+async def test_with_auth_off_and_no_allowlist_browsers_are_refused(cap_hub: SecureHub) -> None:
+    # A page on any site, open in a browser on the node's machine, could dial the
+    # loopback node and take over an agent's name: it was let in.
+    for origin in ("https://evil.example", f"http://127.0.0.1:{cap_hub.port}", "null"):
+        await assert_refused(cap_hub, "origin-4", 403, "origin_not_allowed", origin=origin)
+    await assert_accepted(cap_hub, "origin-4")  # no Origin: not a browser
+    assert "with auth off, list it in --allowed-origins" in cap_hub.log_path.read_text()
+
+
+async def test_allowed_origins_are_read_as_browsers_write_them(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    # Upper case, a trailing slash, a default port: browsers send none of them, and
+    # such a list refused every browser.
+    listed = "HTTPS://App.Example.com/,http://dev.example:80"
+    hub = SecureHub("origins", tmp_path / "hub-origins.log", "--allowed-origins", listed)
+    register_log(request, "hub origins log", hub.log_path)
+    hub.start()
+    try:
+        for origin in ("https://app.example.com", "http://dev.example"):
+            await assert_accepted(hub, "origin-5", origin=origin)
+        await assert_refused(hub, "origin-5", 403, "origin_not_allowed", origin="https://x.y")
+    finally:
+        hub.stop()
+
+
 async def test_handshake_with_garbage_origin_does_not_crash_the_hub(ops_hub: SecureHub) -> None:
     # A raw upgrade request with an Origin the websockets client would not send.
     reader, writer = await asyncio.open_connection("127.0.0.1", ops_hub.port)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import jwt
 import pytest
+from websockets.asyncio.client import connect
 
 from bushub.settings import SettingsError, add_arguments, load_settings
 from tests.integration.procs import ROOT, TIMEOUT, free_port
@@ -139,6 +140,14 @@ async def test_token_command_prints_a_token_the_hub_accepts(auth_hub: SecureHub)
     assert claims["agents"] == ["cli-*"]
     assert claims["targets"] == ["cli-peer", "cli-other"]
     assert abs(claims["exp"] - (time.time() + 60)) < 10
+    # Under a second: it expired as it was issued (exp == iat), alive only by the leeway.
+    brief = jwt.decode(
+        cli_token("--secret", SECRET, "--agent", "cli-1", "--ttl", "0.1"),
+        SECRET,
+        algorithms=["HS256"],
+        options={"verify_exp": False},  # it may have lapsed by now
+    )
+    assert brief["exp"] > brief["iat"]
 
     await assert_accepted(auth_hub, "cli-1", token=printed, peer="cli-peer")
     await assert_refused(auth_hub, "other", 403, "agent_not_allowed", token=printed)
@@ -156,6 +165,8 @@ async def test_token_command_prints_a_token_the_hub_accepts(auth_hub: SecureHub)
         (["--secret", SECRET, "--ttl", "-5"], "argument --ttl: -5 s"),
         (["--secret", SECRET, "--ttl", "nan"], "argument --ttl: nan s"),
         (["--secret", SECRET, "--ttl", "soon"], "argument --ttl: 'soon' is not a number"),
+        (["--secret", SECRET, "--agent", ""], "argument --agent: must not be empty"),
+        (["--secret", SECRET, "--targets", ""], "argument --targets: must not be empty"),
     ],
 )
 def test_token_command_refuses_what_makes_no_usable_token(argv: list[str], said: str) -> None:
@@ -191,6 +202,19 @@ async def test_query_tokens_never_appear_in_the_log(auth_hub: SecureHub) -> None
     for secret in (accepted, refused):
         payload, signature = secret.split(".")[1:]
         assert payload not in log and signature not in log
+
+
+async def test_tokens_under_percent_encoded_names_never_appear_in_the_log(
+    auth_hub: SecureHub,
+) -> None:
+    # ``?%74oken=`` is read as ``?token=``; uvicorn's request line was logged unredacted.
+    accepted = token("log-e", nonce="encoded-q")
+    async with connect(f"{auth_hub.url}/ws/log-e?%74oken={accepted}", proxy=None) as socket:
+        await socket.close()
+    payload, signature = accepted.split(".")[1:]
+    log = auth_hub.log_text()
+    assert "%74oken=REDACTED" in log
+    assert payload not in log and signature not in log
 
 
 async def test_a_refused_handshake_is_logged_once_a_long_name_shortened(

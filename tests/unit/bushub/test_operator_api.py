@@ -145,6 +145,34 @@ async def test_send_needs_a_token(node: RunningHub) -> None:
     for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": ADMIN[:-1]}):
         response = await post_send(node, body, headers)
         assert response.status_code == 401, headers
+    # A 401 was counted nowhere: a client guessing the token left no trace.
+    assert node.metric("bushub_api_sends_total", result="unauthorized") == 3
+    assert node.metric("bushub_operator_refused_total", reason="bad_admin_token") == 3
+
+
+async def test_requests_without_the_admin_token_are_counted_and_logged(
+    node: RunningHub, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with httpx.AsyncClient(base_url=node.http_url, timeout=TIMEOUT) as client:
+        for path in ("/api/cluster", "/agents", "/api/tap/x"):
+            response = await client.get(path, headers={"authorization": "Bearer guess"})
+            assert response.status_code == 401, path
+            # What the API answers is never cached, and read as JSON only.
+            assert response.headers["cache-control"] == "no-store"
+            assert response.headers["x-content-type-options"] == "nosniff"
+        granted = await client.get("/api/cluster", headers=admin())
+        schema = await client.get("/openapi.json")
+    assert node.metric("bushub_operator_refused_total", reason="bad_admin_token") == 3
+    assert "refused GET /api/cluster from 127.0.0.1: bad_admin_token" in caplog.text
+    assert granted.status_code == 200 and granted.headers["cache-control"] == "no-store"
+    # The routes' schema is not served to whoever asks.
+    assert schema.status_code == 404
+
+
+async def test_a_short_admin_token_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    async with running_hub(small_settings(admin_token="t0ken")):
+        pass
+    assert "--admin-token is 5 characters: short enough to guess" in caplog.text
 
 
 async def test_send_and_the_console_are_off_without_admin_token_or_token_auth() -> None:
@@ -184,6 +212,8 @@ async def test_an_agent_token_may_send_within_its_grant() -> None:
             assert late.status_code == 401
             await assert_silent(worker, BRIEF * 4)
         assert node.metric("bushub_api_sends_total", result="forbidden") == 2
+        assert node.metric("bushub_api_sends_total", result="unauthorized") == 1
+        assert node.metric("bushub_operator_refused_total", reason="bad_token") == 1
 
 
 # ---- GET /api/tap/{agent} ------------------------------------------------------

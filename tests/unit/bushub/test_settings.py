@@ -86,12 +86,25 @@ def test_environment_alone_and_defaults() -> None:
         ("BUSHUB_WORKERS", "0", "workers"),
         ("BUSHUB_WORKERS", "many", "workers"),
         ("BUSHUB_WORKERS", "2", "workers"),  # no --redis-url: the workers could not meet
+        ("BUSHUB_ALLOWED_ORIGINS", "app.example.com", "allowed-origins"),  # no scheme
+        ("BUSHUB_ALLOWED_ORIGINS", "https://a.example/app", "allowed-origins"),  # a path
+        ("BUSHUB_ALLOWED_ORIGINS", "https://a.example:99999", "allowed-origins"),
+        ("BUSHUB_ADMIN_TOKEN", "two words", "admin-token"),
+        ("BUSHUB_ADMIN_TOKEN", "tab\there", "admin-token"),
     ],
 )
 def test_bad_value_is_refused_naming_the_option(variable: str, value: str, option: str) -> None:
     with pytest.raises(SettingsError) as refused:
         load_settings(None, {variable: value})
     assert str(refused.value).startswith(f"{option}:")
+
+
+def test_an_admin_token_read_from_a_file_loses_its_newline() -> None:
+    # A secret mounted from a file ends with one; clients never send it.
+    assert load_settings(None, {"BUSHUB_ADMIN_TOKEN": "s3cret-token\n"}).admin_token == (
+        "s3cret-token"
+    )
+    assert Settings(admin_token="  s3cret-token\r\n").admin_token == "s3cret-token"
 
 
 def test_workers_auto_is_the_cpu_count() -> None:
