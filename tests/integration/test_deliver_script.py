@@ -79,6 +79,23 @@ def test_a_session_keeps_each_message_once_numbered_in_order(client: redis.Redis
     assert 0 < client.pttl(relayed_key(AGENT)) <= 120_000, "remembered for the window"
 
 
+def test_a_stream_made_for_an_away_session_expires_with_it(client: redis.Redis) -> None:
+    """Released before anything was kept for it (nothing to expire then), a session
+    that is sent a message while away: its stream was made without an expiry and
+    outlived the session for good, one per agent name."""
+    hold(client)
+    client.pexpire(session_key(AGENT), 3_000)  # away: released for a 3 s window
+    assert deliver(client, from_session(1)) == -2
+    assert 0 < client.pttl(stream_key(AGENT)) <= client.pttl(session_key(AGENT)) + 5
+    assert deliver(client, from_session(2)) == -2
+    assert 0 < client.pttl(stream_key(AGENT)) <= 3_000
+    # A session a socket holds keeps its stream for as long as it is held.
+    client.delete(stream_key(AGENT))
+    client.persist(session_key(AGENT))
+    assert deliver(client, from_session(3)) == -2
+    assert client.pttl(stream_key(AGENT)) == -1
+
+
 def test_a_senders_positions_kept_before_the_session_still_count(client: redis.Redis) -> None:
     """Sent while no session held the name, then resent once a session holds it:
     still relayed once."""

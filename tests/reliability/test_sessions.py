@@ -191,6 +191,20 @@ async def test_away_past_the_window_is_a_gap_and_the_peer_is_announced_anew(
     await b.close()
 
 
+async def test_what_an_away_session_was_sent_expires_with_it(faults: Faults) -> None:
+    """A session that ended before anything was kept for it, then sent a message while
+    away: the stream that made outlived the session for good, one per agent name."""
+    (n1,) = faults.ready("n1", resume_window=1.0)
+    a = await SessionSocket.open(n1.url, "once", "b", "S1")
+    b = await PlainSocket.open(n1.url, "b", "once")
+    await a.vanish()
+    await until(lambda: n1.metrics().value("bushub_connections") == 1, what="a gone")
+    await b.send("b", "once", 1)
+    await until(lambda: faults.redis.keys("bushub:stream:*") != [], what="the message kept")
+    await until(lambda: faults.redis.keys("bushub:s*") == [], what="session and stream gone")
+    await b.close()
+
+
 async def test_a_session_peer_away_past_the_peer_grace_is_not_lost_to_its_watchers(
     faults: Faults,
 ) -> None:

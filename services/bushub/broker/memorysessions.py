@@ -38,10 +38,11 @@ class MemorySessions:
         self._sessions: dict[str, _Session] = {}
         self._relayed: dict[str, _Relayed] = {}
         self._swept_at = 0.0
+        self._sessions_swept_at = 0.0
 
     def _session(self, agent: str) -> _Session | None:
         session = self._sessions.get(agent)
-        if session is not None and session.expires is not None and session.expires <= _now():
+        if session is not None and _expired(session, _now()):
             del self._sessions[agent]
             return None
         return session
@@ -103,9 +104,20 @@ class MemorySessions:
             session.size -= len(session.kept.popleft()[1])
 
     def release(self, agent: str, conn: str, window: float) -> None:
+        now = _now()
+        if now - self._sessions_swept_at >= _SWEEP_SECONDS:
+            # An expired session is dropped when its name is next looked at, which
+            # for a name used once is never: each kept what it was sent while away.
+            self._sessions_swept_at = now
+            for name in [name for name, s in self._sessions.items() if _expired(s, now)]:
+                del self._sessions[name]
         session = self._session(agent)
         if session is not None and session.holder == conn:
-            session.expires = _now() + window
+            session.expires = now + window
+
+    def __len__(self) -> int:
+        """Sessions held or away (some expired, until swept)."""
+        return len(self._sessions)
 
     def end_away(self, agent: str) -> bool:
         """As ``END_AWAY``: an away session (it expires) is ended."""
@@ -148,6 +160,10 @@ class MemorySessions:
                 del relayed.newest[sender]
                 forgotten += 1
         return forgotten
+
+
+def _expired(session: _Session, now: float) -> bool:
+    return session.expires is not None and session.expires <= now
 
 
 def _now() -> float:

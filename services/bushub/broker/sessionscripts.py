@@ -21,7 +21,9 @@ Every message for an agent is published by ``DELIVER`` instead of a bare
   for at most the window), under the next position, trimming the oldest over the
   bounds (the highest position so lost is remembered: a resume from before it is a
   gap), and publishes it wrapped with its position; answered -2 when it was kept and
-  nobody is subscribed (the session is away: not undeliverable);
+  nobody is subscribed (the session is away: not undeliverable); a stream this makes
+  for an away session expires with the session (its release could set no expiry on a
+  stream that did not exist yet, and one made after it was kept for good);
 - otherwise publishes it as ``PUBLISH`` would.
 
 The session's ``kept`` is an upper bound of the bytes its stream holds, not their
@@ -93,6 +95,12 @@ local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('XADD', KEYS[2], string.format('0-%d', seq), 'd', data)
 local bytes = redis.call('HINCRBY', KEYS[1], 'kept', #data)
 local count = redis.call('XLEN', KEYS[2])
+if count == 1 then
+  local ttl = redis.call('PTTL', KEYS[1])
+  if ttl > 0 then
+    redis.call('PEXPIRE', KEYS[2], ttl)
+  end
+end
 local most, most_bytes = tonumber(ARGV[3]), tonumber(ARGV[4])
 if count > most or bytes > most_bytes then
   local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)[1]

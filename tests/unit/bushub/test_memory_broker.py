@@ -117,3 +117,23 @@ async def test_relay_records_of_agents_nothing_reached_for_the_window_are_droppe
     memory._swept_at = 0.0  # the last sweep was long enough ago
     assert await broker.relayed_senders_gone("anyone", 10) == {}
     assert "gone-quiet" not in memory._relayed
+
+
+async def test_sessions_away_past_the_window_are_dropped_though_never_named_again() -> None:
+    """An expired session was dropped only when its name was next looked at, which
+    for a name used once is never: each kept, for good, what it was sent while away."""
+    broker = MemoryBroker()
+    broker.keep_for_sessions(SessionLimits(SHORT_TTL, 100, 1 << 20))
+    memory = broker._kept()
+    for n in range(50):
+        agent = f"once-{n}"
+        await broker.resume_session(agent, f"S{n}", 0, "e", f"conn-{n}")
+        await broker.release_sessions([(agent, f"conn-{n}")], SHORT_TTL)
+        frame = pack_session_relay(Format.JSON, 1.0, b"{}", sender_of("c", "S"), n + 1)
+        await broker.publish_many([(message_channel(agent), frame)])  # kept while away
+    assert len(memory) == 50
+    await asyncio.sleep(SHORT_TTL * 1.5)
+    memory._sessions_swept_at = 0.0  # the last sweep was long enough ago
+    await broker.resume_session("later", "S-later", 0, "e", "conn-later")
+    await broker.release_sessions([("later", "conn-later")], SHORT_TTL)
+    assert len(memory) == 1, "only the session released just now"
