@@ -79,7 +79,8 @@ class Heartbeat:
         try:
             await asyncio.wait_for(self._membership.leave(), _LEAVE_SECONDS)
         except (ConnectionError, OSError, TimeoutError) as exc:
-            log.warning("could not deregister the node: %s", exc)
+            # A TimeoutError says nothing of itself: its type does.
+            log.warning("could not deregister the node: %s", str(exc) or type(exc).__name__)
 
     async def run(self) -> None:
         """Beat every ``presence_refresh`` seconds, and at once when asked; while

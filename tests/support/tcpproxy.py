@@ -2,7 +2,9 @@
 
 For faults a real process cannot be made to show on demand: ``swallow_replies``
 discards what the upstream server sends (its clients hear nothing, as from a server
-whose writes never left it) while what they send still goes up; ``cut()`` aborts every
+whose writes never left it) while what they send still goes up; ``partition()`` holds
+everything both ways until ``heal()`` (as TCP across a partition: nothing arrives, no
+reset, and what was sent arrives once it heals); ``cut()`` aborts every
 connection (RST), as a killed server's would end. New connections are forwarded as
 usual all along.
 """
@@ -22,6 +24,8 @@ class TcpProxy:
         self.upstream_port = upstream_port
         self.port = free_port()
         self.swallow_replies = False
+        self._flowing = asyncio.Event()
+        self._flowing.set()
         self.swallowed = 0  # bytes discarded while swallowing
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
@@ -55,11 +59,19 @@ class TcpProxy:
     ) -> None:
         with contextlib.suppress(OSError, asyncio.IncompleteReadError):
             while chunk := await reader.read(_CHUNK):
+                await self._flowing.wait()
                 if replies and self.swallow_replies:
                     self.swallowed += len(chunk)
                     continue
                 writer.write(chunk)
                 await writer.drain()
+
+    def partition(self) -> None:
+        """Hold what either side sends (read no more of it) until ``heal``."""
+        self._flowing.clear()
+
+    def heal(self) -> None:
+        self._flowing.set()
 
     def cut(self) -> None:
         """Abort every connection open now, both sides."""

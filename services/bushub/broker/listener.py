@@ -19,7 +19,8 @@ from typing import Protocol
 
 from redis.exceptions import AuthenticationError, NoPermissionError, RedisError
 
-from bushub.broker.base import MessageHandler
+from bushub.broker import liveness
+from bushub.broker.base import MessageHandler, RefusedHandler
 from bushub.broker.respconn import ReplyError
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,9 @@ class Link(Protocol):
     or redis-py's PubSub behind redispubsub.py)."""
 
     on_message: MessageHandler
+    on_refused: RefusedHandler | None
+    # Reads so far (messages and replies): what tells a silent connection (liveness).
+    reads: int
 
     def subscribe(self, channels: Collection[str]) -> None:
         """Subscribe ``channels``, in order with every other write."""
@@ -176,8 +180,8 @@ class Listener:
                 # On the raw connection messages are delivered from the read
                 # callback, and this wakes only when the connection ends (Redis died
                 # or cut off a subscriber past its output-buffer limit; a socket
-                # error).
-                await link.serve()
+                # error) or goes silent (a partition: no reset ever comes).
+                await _served(link)
             except FAILURES as exc:
                 failure = exc
             finally:
@@ -212,3 +216,21 @@ class Listener:
                 delay,
                 extra={"rate_key": rate_key},
             )
+
+
+async def _served(link: Link) -> None:
+    """Serve ``link`` until it ends or goes silent (bushub.broker.liveness).
+
+    Raises:
+        Why it ended: the connection's error, or TimeoutError for its silence.
+    """
+    serving = asyncio.ensure_future(link.serve())
+    watching = asyncio.ensure_future(liveness.watch(link))
+    try:
+        done, _ = await asyncio.wait({serving, watching}, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            task.result()
+    finally:
+        for task in (serving, watching):
+            task.cancel()
+        await asyncio.gather(serving, watching, return_exceptions=True)

@@ -47,6 +47,8 @@ class PubSubLink:
     def __init__(self, pubsub: Any, on_message: MessageHandler) -> None:
         self.on_message = on_message
         self.on_refused: RefusedHandler | None = None
+        # Messages and replies read so far: life, for the liveness watch.
+        self.reads = 0
         self._pubsub = pubsub
         # In the order asked; one writer, so redis-py never has two commands in
         # flight on the connection.
@@ -125,10 +127,12 @@ class PubSubLink:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
                 except ResponseError as refusal:
                     # A whole error reply was read: the connection is still in step.
+                    self.reads += 1
                     self._refused(refusal)
                     continue
                 if message is None:
                     continue
+                self.reads += 1
                 kind = message["type"]
                 if kind == "message":
                     try:

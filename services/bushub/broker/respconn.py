@@ -126,6 +126,8 @@ class RespConnection(asyncio.Protocol):
         self.waiting: deque[Any] = deque()
         # Resolved with the cause (None: Redis closed it) once the socket is gone.
         self.lost: asyncio.Future[Exception | None] = self._loop.create_future()
+        # Reads so far: life, for a connection that only reads (broker.liveness).
+        self.reads = 0
 
     @property
     def is_open(self) -> bool:
@@ -139,6 +141,7 @@ class RespConnection(asyncio.Protocol):
         set_keepalive(transport)
 
     def data_received(self, data: bytes) -> None:
+        self.reads += 1
         reader = self._reader
         reader.feed(data)
         on_reply = self._on_reply

@@ -23,6 +23,8 @@ class FakeLink:
 
     def __init__(self) -> None:
         self.on_message = lambda channel, data: None
+        self.on_refused = None
+        self.reads = 0
         self.writes: list[tuple[str, tuple[str, ...]]] = []
         self.confirm = asyncio.Event()
         self.confirm.set()
