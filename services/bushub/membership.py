@@ -123,7 +123,12 @@ class Membership:
             await self._delete(claims)
             for conn_id, agent in claims:
                 self._went_down(agent, conn_id)
-            log.info("removed %d agents an earlier process of this node left", len(claims))
+            # Each was removed unless a newer connection (on another node) holds it.
+            log.info(
+                "cleaned up after an earlier process of this node: %d agents it held "
+                "(those no newer connection holds are gone)",
+                len(claims),
+            )
         await self.beat()
 
     async def beat(self) -> BeatStatus:
@@ -191,7 +196,12 @@ class Membership:
             # Listed dead a while longer: a node whose beat comes after this cleanup
             # must still see it die (its peers held there are lost).
             await self._broker.nodes.collected(dead, _GONE_LINGER_TTLS * self._ttl)
-            log.warning("node %s is dead: removed its %d agents from presence", dead, len(members))
+            log.warning(
+                "node %s is dead: removed from presence those of its %d agents no newer "
+                "connection holds",
+                dead,
+                len(members),
+            )
         except (ConnectionError, OSError) as exc:
             # Its hold lapses and a later beat (here or elsewhere) takes it again.
             log.warning("cleanup after dead node %s failed: %s", dead, exc)
