@@ -131,6 +131,15 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         # The request is complete: the socket is the WebSocket protocol's now.
         self._disarm()
         super().handle_websocket_upgrade()
+        # httptools' parser holds bound methods of this protocol (its callbacks), and
+        # this protocol holds the parser: a cycle uvicorn breaks in connection_lost,
+        # which an upgraded protocol never gets (the transport is the WebSocket
+        # protocol's now). Broken here, the protocol, its parser and the request's
+        # headers die by reference count with the upgrade, not at the next full
+        # collection: ~24 objects a socket, which the node's raised thresholds
+        # (bushub.gcpolicy) otherwise kept for minutes. Nothing parses again: the
+        # parser raised on the upgrade and data_received returns after this.
+        self.parser = None  # type: ignore[assignment]
 
     def _arm(self) -> None:
         if self._deadline is None:

@@ -121,7 +121,8 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         # Lighter than uvicorn's asyncio.Queue and asyncio.Event (see lightsync);
         # every way a connection ends (close frame, lost transport, protocol error,
         # server shutdown) passes through the inbox as a websocket.disconnect.
-        self.queue = Inbox(self._on_inbox_put)  # type: ignore[assignment]
+        self._inbox: Inbox[ASGIReceiveEvent] = Inbox(self._on_inbox_put)
+        self.queue = self._inbox  # type: ignore[assignment]
         self.writable = Flag()  # type: ignore[assignment]
         self.writable.set()
         self._on_frame: FrameCallback | None = None
@@ -138,6 +139,7 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         self._held_since = 0.0
         self._hang_up_checked = 0.0
         self._handed_over = False
+        self._abort_timer: asyncio.TimerHandle | None = None
         # The close this layer sent on its own (a protocol error, a text frame that
         # is not UTF-8, a frame over the limit, a failure routing a frame): the
         # socket ended by the hub's doing, not the client's.
@@ -232,6 +234,10 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         self._on_disconnect = None
         self._on_writable = None
         self._on_text = None
+        # With no _on_disconnect, the inbox's callback (a bound method: a cycle
+        # through self) has nothing left to do. Let go, the protocol dies by
+        # reference count once its socket ends, not at a rare full collection.
+        self._inbox.on_put = None
 
     def _on_inbox_put(self, message: ASGIReceiveEvent) -> None:
         callback = self._on_disconnect
@@ -261,11 +267,20 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
             self.transport.close()
         # close() waits for the write buffer to drain, which a client that stopped
         # reading never lets happen: past the close timeout, cut it off.
-        self.loop.call_later(self.close_timeout, self._abort_if_open)
+        self._abort_timer = self.loop.call_later(self.close_timeout, self._abort_if_open)
 
     def _abort_if_open(self) -> None:
+        self._abort_timer = None
         if not self.disconnected:
             self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        # Gone already: the timer would only keep this protocol (and what it holds)
+        # alive for the close timeout.
+        if self._abort_timer is not None:
+            self._abort_timer.cancel()
+            self._abort_timer = None
 
     async def run_asgi(self) -> None:
         # uvicorn's, except that a socket handed over keeps its transport open.
@@ -282,6 +297,12 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
                 self.send_500_response()
             elif result is not None:
                 self.logger.error("ASGI callable should return None, but returned '%s'.", result)
+        # The app has read the direct path's extension (the scope refers to self: a
+        # cycle); a socket never attached has no use for the inbox's callback either
+        # (another cycle). Broken here, the protocol dies by reference count.
+        self.scope.get("extensions", {}).pop(DIRECT_EXTENSION, None)
+        if not self._handed_over:
+            self._inbox.on_put = None
         if self.close_timer is None and not self._handed_over:
             self.transport.close()
 
