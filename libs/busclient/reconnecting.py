@@ -78,6 +78,9 @@ from buswire.errors import DecodeError
 
 log = logging.getLogger(__name__)
 
+# A message of the hub's default --max-message-bytes, and a session frame's head.
+_MAX_FRAME = (1 << 20) + sessionframe.ACKED_HEAD
+
 
 @dataclass
 class ReconnectStats:
@@ -163,10 +166,16 @@ class LinkHooks(Protocol):
 
 
 def describe_close(websocket: ClientConnection, *, local: bool) -> Disconnect:
-    """How an open socket ended: the code of the close frame received, else 1006."""
-    received = websocket.protocol.close_rcvd
+    """How an open socket ended: the code of the close frame received, else 1006;
+    1009 when this side failed it for a frame over its ``max_size`` (final: the hub,
+    asked again, sends the same frame; a session's resume would replay it for good)."""
+    protocol = websocket.protocol
+    received = protocol.close_rcvd
     if received is not None:
         return Disconnect(code=int(received.code), reason=received.reason, local=local)
+    sent = protocol.close_sent
+    if sent is not None and sent.code == 1009:
+        return Disconnect(code=1009, reason=f"a frame over max_size: {sent.reason}", local=True)
     return Disconnect(code=1006, reason="no close frame", local=local)
 
 
@@ -255,7 +264,11 @@ class ReconnectingLink:
             )
         self._session = self.stats.session
         self._open_timeout = open_timeout
-        self._connect_kwargs = dict(connect_kwargs or {})
+        # The largest frame a hub writes by default is a message of its default
+        # --max-message-bytes (websockets' own default limit, 1 MiB) with a session
+        # frame's head on it: at the stock limit that message failed the connection,
+        # and the resume gave it again, for good.
+        self._connect_kwargs = {"max_size": _MAX_FRAME, **(connect_kwargs or {})}
         self._rng = rng or random.Random()
         self._clock = clock
         self._ws: ClientConnection | None = None

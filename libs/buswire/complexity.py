@@ -9,6 +9,12 @@ plus one per ``bytes_per_container`` bytes of its size, nested at most ``MAX_DEP
 levels below its top map; more is dropped as ``too_complex``. Ordinary messages carry
 one container per 50 bytes or more (a task request: 4 in 250 bytes; 20 ms of audio:
 5 in 1 KB). Scalars are not counted: every stage handles them in C.
+
+MsgPack writes a message in about half the bytes JSON does (a map or list head in one
+byte where JSON takes two, no quotes, commas or colons), so a MsgPack frame counts
+``MSGPACK_WEIGHT`` times its size: the same message has the same budget whichever
+format it came in. Counted by its own size, a message JSON passed was refused from
+MsgPack (300 small maps in a list, a dict nested 240 deep).
 """
 
 from buswire.errors import DecodeError
@@ -20,11 +26,16 @@ MAX_DEPTH = 256
 # Room for the envelope and an ordinary payload, whatever the frame's size.
 BASE_CONTAINERS = 64
 DEFAULT_BYTES_PER_CONTAINER = 8
+MSGPACK_WEIGHT = 2
 
 
-def container_budget(size: int, bytes_per_container: int = DEFAULT_BYTES_PER_CONTAINER) -> int:
-    """The most maps and lists a frame of ``size`` bytes may hold, its top map included."""
-    return BASE_CONTAINERS + size // bytes_per_container
+def container_budget(
+    size: int, bytes_per_container: int = DEFAULT_BYTES_PER_CONTAINER, *, msgpack: bool = False
+) -> int:
+    """The most maps and lists a frame of ``size`` bytes may hold, its top map included
+    (``msgpack``: a MsgPack frame's, counted as the JSON it would be)."""
+    weighted = size * MSGPACK_WEIGHT if msgpack else size
+    return BASE_CONTAINERS + weighted // bytes_per_container
 
 
 def too_deep() -> DecodeError:

@@ -213,7 +213,9 @@ class Relay:
                     return False
                 fmt = sniffed
         traffic.received[fmt.value] += 1
-        budget = container_budget(len(data), self._bytes_per_container)
+        budget = container_budget(
+            len(data), self._bytes_per_container, msgpack=fmt is Format.MSGPACK
+        )
         tree: Any = None
         envelope: Envelope | None = None
         try:
@@ -319,12 +321,16 @@ class Relay:
             self._metrics.messages_dropped.labels(exc.reason).inc()
             return
         try:
-            payload = translate(frame.payload, frame.fmt, conn.format)
+            payload = (
+                frame.payload
+                if frame.fmt is conn.format
+                else self._translated(frame.payload, frame.fmt, conn.format)
+            )
         except DecodeError as exc:
             self._metrics.messages_dropped.labels(exc.reason).inc()
             # Valid where it came in, it cannot be written in this socket's format
-            # (a JSON integer past 64 bits for MsgPack): its sender was told it went
-            # through, so say so here.
+            # (a JSON integer past 64 bits for MsgPack, bytes that base64 makes too
+            # large): its sender was told it went through, so say so here.
             log.warning(
                 "a message for %s cannot be written in %s (%s): dropped",
                 agent,
@@ -370,10 +376,33 @@ class Relay:
         None (counted) when it cannot be read."""
         try:
             frame = unpack_relay(data)
-            return translate(frame.payload, frame.fmt, conn.format), frame.received_at
+            return self._translated(frame.payload, frame.fmt, conn.format), frame.received_at
         except DecodeError as exc:
             self._metrics.messages_dropped.labels(exc.reason).inc()
             return None
+
+    def _translated(self, payload: bytes, source: Format, target: Format) -> bytes:
+        """``payload`` in ``target``'s format, within ``--max-message-bytes``.
+
+        A frame that came in within the bound can leave past it in another format
+        (bytes as base64 in JSON grow by a third; a MsgPack float is 9 bytes against
+        JSON's 3 for ``0.5``), and a client takes no frame over its own limit (the
+        stock proxies': 1 MiB, the bound's default): written, it failed the receiving
+        connection, and a session's proxy, resumed, was given it again, for good.
+
+        Raises:
+            DecodeError: it cannot be written in ``target``, or not within the bound
+                (``oversize``).
+        """
+        if source is target:
+            return payload  # within the bound: checked as it came in
+        translated = translate(payload, source, target)
+        if len(translated) > self._max_message_bytes:
+            raise DecodeError(
+                DropReason.OVERSIZE,
+                f"{len(translated)} bytes in {target.value}, over --max-message-bytes",
+            )
+        return translated
 
     def published(self, channel: str, receivers: int) -> None:
         """Count a relay frame that no node was subscribed to receive."""

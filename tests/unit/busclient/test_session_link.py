@@ -124,6 +124,7 @@ class Recorder:
         self.resumes: list[tuple[str, str]] = []
         self.lost: list[bool] = []
         self.connects = 0
+        self.gave_up: list[Disconnect] = []
         self.link: ReconnectingLink | None = None
 
     async def link_connected(self, websocket: ClientConnection, first: bool, attempts: int) -> None:
@@ -143,7 +144,7 @@ class Recorder:
     async def link_gave_up(
         self, websocket: ClientConnection | None, disconnect: Disconnect, reason: str
     ) -> None:
-        pass
+        self.gave_up.append(disconnect)
 
 
 @pytest.fixture
@@ -430,3 +431,31 @@ async def test_without_the_session_option_the_url_is_unchanged(
     assert link.stats.session_id is None
     await link.send(b"plain")
     await until(lambda: hub.received[0] == [b"plain"])
+
+
+async def test_the_largest_message_a_hub_writes_by_default_is_taken(
+    make_hub: Any, make_link: Any
+) -> None:
+    """A message of --max-message-bytes' default (1 MiB) with a session head on it:
+    past websockets' default limit, it failed the connection, and the resume gave it
+    again, for good."""
+    hub = await make_hub("new e1")
+    link, hooks = make_link(hub)
+    await until(lambda: link.connected)
+    # As large as the largest head (an acknowledgement riding on it) would make it.
+    largest = bytes((1 << 20) + sessionframe.ACKED_HEAD - sessionframe.MESSAGE_HEAD)
+    await hub.send(sessionframe.message(1, largest))
+    await until(lambda: len(hooks.frames) == 1)
+    assert hooks.frames == [largest] and link.connected
+
+
+async def test_a_frame_over_the_links_limit_is_final_not_a_dropped_connection(
+    make_hub: Any, make_link: Any
+) -> None:
+    """Taken for a dropped connection (1006), it was asked for again on every resume."""
+    hub = await make_hub("new e1")
+    link, hooks = make_link(hub, connect_kwargs={"max_size": 1000})
+    await until(lambda: link.connected)
+    await hub.send(sessionframe.message(1, bytes(2000)))
+    await until(lambda: hooks.gave_up != [])
+    assert hooks.gave_up[0].code == 1009 and len(hub.queries) == 1

@@ -98,3 +98,49 @@ async def test_a_message_the_sockets_format_cannot_carry_spends_its_position(
         # 10 s (the log's rate limit).
         said = [r for r in caplog.records if "cannot be written in msgpack" in r.getMessage()]
         assert said and said[0].getMessage().startswith("a message for b cannot be written")
+
+
+def with_bytes(seq: int, size: int) -> bytes:
+    """A MsgPack message carrying ``size`` raw bytes (base64 in JSON: a third more)."""
+    tree: Any = task_request("a", "b", seq=seq)
+    tree["__data__"]["payload"]["image"] = bytes(range(256)) * (size // 256)
+    return encode(tree, "msgpack")
+
+
+@pytest.mark.parametrize("session", [True, False], ids=["session", "plain"])
+async def test_a_message_its_translation_makes_oversize_is_dropped_not_written(
+    caplog: pytest.LogCaptureFixture, session: bool
+) -> None:
+    """Within --max-message-bytes as MsgPack, past it as JSON: written, it failed the
+    receiving client's connection (past its own limit, the stock proxies' 1 MiB), and a
+    session's resume gave it again, for good. Now it is dropped and its position spent."""
+    limit = 4096
+    settings = small_settings(rate_messages=0, rate_bytes=0, max_message_bytes=limit)
+    query = {"session": "SB"} if session else {}
+    async with (
+        running_hub(settings) as node,
+        node.connect("b", peer="a", on_peer_lost="keep", **query) as b,
+        node.connect("a", peer="b", format="msgpack", on_peer_lost="keep") as a,
+    ):
+        await node.wait_metric("bushub_connections", 2)
+        big = with_bytes(2, 3584)
+        assert len(big) <= limit
+        for frame in (with_bytes(1, 256), big, with_bytes(3, 256)):
+            await a.send(frame)
+        if session:
+            received = Received(b)
+            await wait_until(lambda: len(received.got) == 2, "the two that fit")
+            assert received.got == [(1, 1), (3, 3)]
+        else:
+            seqs = []
+            while len(seqs) < 2:
+                tree = json.loads(await asyncio.wait_for(b.recv(), 5))
+                if "payload" in tree["__data__"]:
+                    seqs.append(tree["__data__"]["payload"]["seq"])
+            assert seqs == [1, 3]
+        assert node.metric("bushub_messages_dropped_total", reason="oversize") == 1
+        said = [
+            r.getMessage() for r in caplog.records if "cannot be written in json" in r.getMessage()
+        ]
+        assert said and "over --max-message-bytes" in said[0]
+        assert b.close_code is None
