@@ -4,6 +4,9 @@ Every name carries the agent in a Redis Cluster hash tag (``{agent}``), so an
 agent's message channel, presence channel and presence key live on one shard.
 """
 
+import re
+import unicodedata
+
 from buswire.errors import DecodeError
 from buswire.reasons import DropReason
 
@@ -11,17 +14,35 @@ MAX_AGENT_NAME = 128
 _PREFIX = "bushub"
 
 
+# Characters that render as nothing (Unicode's Default_Ignorable_Code_Point, those
+# ``str.isprintable`` lets through among them: a Hangul filler, a variation selector,
+# a combining grapheme joiner...): a name holding one looks like another name in
+# every log line and console row.
+_INVISIBLE = re.compile(
+    "[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f"
+    "\u202a-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8"
+    "\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff]"
+)
+
+
 def validate_agent_name(name: str) -> str:
     """Check that ``name`` can name an agent.
 
     Raises:
         DecodeError: ``bad_agent`` when empty, too long, or holding characters that
-            would break channel names (braces, whitespace, control characters).
+            would break channel names (braces, whitespace, control characters), that
+            render as nothing, or not in Unicode's NFC (``café`` written with a
+            combining accent would be a second name that looks like the first).
     """
     if not name or len(name) > MAX_AGENT_NAME:
         raise DecodeError(DropReason.BAD_AGENT, "length")
     if any(ch in "{}" or ch.isspace() or not ch.isprintable() for ch in name):
         raise DecodeError(DropReason.BAD_AGENT, "characters")
+    if not name.isascii():
+        if _INVISIBLE.search(name):
+            raise DecodeError(DropReason.BAD_AGENT, "characters that render as nothing")
+        if not unicodedata.is_normalized("NFC", name):
+            raise DecodeError(DropReason.BAD_AGENT, "not in Unicode NFC")
     return name
 
 

@@ -90,7 +90,9 @@ def parse_params(agent: str, query: dict[str, str]) -> ConnectionParams:
         raise BadParameters(f"agent name: {exc.detail}") from None
     raw_format = query.get("format")
     try:
-        fmt = Format(raw_format or "json")
+        # An empty format= is no format: refused, as an empty dialect= is (it was
+        # read as a declared json, closing the socket at a first MsgPack frame).
+        fmt = Format(raw_format if raw_format is not None else "json")
     except ValueError:
         raise BadParameters("format must be json or msgpack") from None
     dialect_name = query.get("dialect", "auto")
@@ -263,8 +265,9 @@ def _bearer_token(websocket: WebSocket) -> str | None:
     return value if value is not None else websocket.query_params.get("token")
 
 
-def admit(websocket: WebSocket, hub: Hub, verifier: TokenVerifier, agent: str) -> Grant:
-    """Every check a handshake must pass before the hub claims the agent name.
+def admit(websocket: WebSocket, hub: Hub, verifier: TokenVerifier) -> Grant:
+    """The checks a handshake passes before anything it asks for is read: whether this
+    node takes sockets now, from this page, with this token.
 
     Raises:
         Refusal: with the HTTP status and reason for the first check failed.
@@ -284,15 +287,21 @@ def admit(websocket: WebSocket, hub: Hub, verifier: TokenVerifier, agent: str) -
         # already open keep their latency, the rest retry after backing off.
         raise Refusal(503, "accept_rate")
     try:
-        grant = verifier.verify(_bearer_token(websocket))
+        return verifier.verify(_bearer_token(websocket))
     except AuthError as exc:
         raise Refusal(401, exc.reason) from None
-    if not grant.may_hold(agent):
+
+
+def authorize(grant: Grant, params: ConnectionParams) -> None:
+    """Whether ``grant`` lets the socket hold its name and pair with its peer.
+
+    Raises:
+        Refusal: 403, naming which it may not.
+    """
+    if not grant.may_hold(params.agent):
         raise Refusal(403, "agent_not_allowed")
-    peer = websocket.query_params.get("peer")
-    if peer and not grant.may_address(peer):
+    if params.peer is not None and not grant.may_address(params.peer):
         raise Refusal(403, "peer_not_allowed")
-    return grant
 
 
 async def agent_socket(websocket: WebSocket, raw: AsgiChannel) -> None:
@@ -312,10 +321,13 @@ async def agent_socket(websocket: WebSocket, raw: AsgiChannel) -> None:
         await _refuse(websocket, hub, Refusal(403, "bad_path"), exc)
         return
     try:
+        # The token before the parameters: a client without one learns nothing of how
+        # they are read, and its refusals count as what they are (missing_token).
+        grant = admit(websocket, hub, websocket.app.state.verifier)
         query = dict(websocket.query_params)
         params = parse_params(agent, query)
         resuming = session_params(agent, query) if hub.sessions.enabled else None
-        grant = admit(websocket, hub, websocket.app.state.verifier, agent)
+        authorize(grant, params)
     except (BadParameters, SessionParamError) as exc:
         await _refuse(websocket, hub, Refusal(403, "bad_parameters"), exc, agent)
         return

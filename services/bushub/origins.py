@@ -20,9 +20,13 @@ _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
 
 def origin_problem(value: str) -> str | None:
-    """What keeps ``value`` from being an origin a browser could send (None: nothing)."""
-    if value in (ANY, "null"):
+    """What keeps ``value`` from being an origin to list (None: nothing)."""
+    if value == ANY:
         return None
+    if value.lower() == "null":
+        # The origin of a sandboxed frame, a file:// page, a redirect: any site can
+        # make its page send it, so listed it lets every site in, as * does, unsaid.
+        return "'null' is an origin any site can send (a sandboxed frame): list * if you mean any"
     try:
         parts = urlsplit(value)
         parts.port  # noqa: B018 - raises on a port that is not one
@@ -38,7 +42,7 @@ def origin_problem(value: str) -> str | None:
 def normalized(value: str) -> str:
     """``value`` as a browser writes its origin (lower case, no default port, no
     trailing slash); unchanged when it cannot be read as one."""
-    if value in (ANY, "null"):
+    if value == ANY:
         return value
     try:
         parts = urlsplit(value.strip())

@@ -29,6 +29,17 @@ async def test_no_token_is_401(auth_hub: SecureHub) -> None:
     await assert_refused(auth_hub, "alice", 401, "missing_token", token="", via="query")
 
 
+async def test_without_a_token_what_is_asked_for_is_not_read(auth_hub: SecureHub) -> None:
+    # A bad name, format or peer was answered 403 bad_parameters first: the client
+    # learned how parameters are read, and the metric showed no missing token.
+    for agent, fmt, peer in (
+        ("a{b}", "json", None),
+        ("alice", "xml", None),
+        ("alice", "json", "p{"),
+    ):
+        await assert_refused(auth_hub, agent, 401, "missing_token", fmt=fmt, peer=peer)
+
+
 async def test_empty_bearer_falls_back_to_nothing(auth_hub: SecureHub) -> None:
     # "Authorization: Bearer " with no value is no token at all.
     before = auth_hub.refused("missing_token")

@@ -192,6 +192,10 @@ async def test_with_auth_off_and_no_allowlist_browsers_are_refused(cap_hub: Secu
     for origin in ("https://evil.example", f"http://127.0.0.1:{cap_hub.port}", "null"):
         await assert_refused(cap_hub, "origin-4", 403, "origin_not_allowed", origin=origin)
     await assert_accepted(cap_hub, "origin-4")  # no Origin: not a browser
+    # The page is refused for what it is, whatever it asks for.
+    await assert_refused(
+        cap_hub, "origin-4", 403, "origin_not_allowed", origin="https://evil.example", fmt="xml"
+    )
     assert "with auth off, list it in --allowed-origins" in cap_hub.log_path.read_text()
 
 

@@ -23,6 +23,16 @@ BAD = {
     "unknown format": ("a", {"format": "xml"}),
     "unknown dialect": ("a", {"dialect": "klingon"}),
     "unknown on_peer_lost": ("a", {"on_peer_lost": "maybe"}),
+    # Read as a declared json before (a first MsgPack frame closed the socket), where
+    # an empty dialect= was refused.
+    "empty format": ("a", {"format": ""}),
+    # Names that look like another in every log line and console row: they were
+    # taken as names of their own.
+    "hangul filler": ("worker\u3164", {}),
+    "variation selector": ("worker\ufe0f", {}),
+    "grapheme joiner": ("wor\u034fker", {}),
+    "not NFC": ("cafe\u0301", {}),
+    "invisible peer": ("a", {"peer": "worker\u115f"}),
 }
 
 GOOD = {
@@ -34,6 +44,7 @@ GOOD = {
     "auto": ("a", {"dialect": "auto"}),
     "keep": ("a", {"on_peer_lost": "keep", "peer": "p"}),
     "close": ("a", {"on_peer_lost": "close", "peer": "p"}),
+    "non-ASCII, NFC": ("caf\u00e9-\u540d\u524d", {}),
 }
 
 

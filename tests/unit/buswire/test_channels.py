@@ -1,11 +1,13 @@
 """Tests for buswire.channels: agent names and the broker names derived from them."""
 
 import re
+import unicodedata
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from buswire.channels import _INVISIBLE as INVISIBLE
 from buswire.channels import (
     MAX_AGENT_NAME,
     message_channel,
@@ -108,8 +110,11 @@ def test_invalid_names(name: str) -> None:
 @PROPERTY_SETTINGS
 @given(st.text(max_size=MAX_AGENT_NAME + 8))
 def test_property_validation_is_exactly_the_rule(name: str) -> None:
-    ok = 0 < len(name) <= MAX_AGENT_NAME and not any(
-        ch in "{}" or ch.isspace() or not ch.isprintable() for ch in name
+    ok = (
+        0 < len(name) <= MAX_AGENT_NAME
+        and not any(ch in "{}" or ch.isspace() or not ch.isprintable() for ch in name)
+        and not INVISIBLE.search(name)
+        and unicodedata.is_normalized("NFC", name)
     )
     try:
         assert validate_agent_name(name) == name
@@ -124,11 +129,11 @@ def test_property_validation_is_exactly_the_rule(name: str) -> None:
 @given(
     st.text(
         st.characters(exclude_categories=("Cc", "Cf", "Cs", "Co", "Cn", "Zs", "Zl", "Zp")).filter(
-            lambda ch: ch not in "{}"
+            lambda ch: ch not in "{}" and not INVISIBLE.match(ch)
         ),
         min_size=1,
         max_size=MAX_AGENT_NAME,
-    )
+    ).map(lambda name: unicodedata.normalize("NFC", name))
 )
 def test_property_valid_names_make_one_shard(agent: str) -> None:
     agent = validate_agent_name(agent)
