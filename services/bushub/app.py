@@ -24,6 +24,10 @@ from buswire.channels import node_channel
 
 log = logging.getLogger(__name__)
 
+# Shorter HS256 secrets can be guessed offline from one token (RFC 7518 3.2: a key of
+# the hash's size at least).
+_SHORT_JWT_SECRET = 32
+
 
 class AgentSockets:
     """ASGI middleware that serves every WebSocket below FastAPI's routing.
@@ -76,6 +80,11 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if not settings.redis_url:
             log.warning("no --redis-url: running single-node on the in-process broker")
+        if settings.jwt_secret and len(settings.jwt_secret.encode()) < _SHORT_JWT_SECRET:
+            log.warning(
+                "--jwt-secret is %d bytes: HS256 wants 32 or more (openssl rand -hex 32)",
+                len(settings.jwt_secret.encode()),
+            )
         try:
             started = await hub.start()
         except Exception as exc:

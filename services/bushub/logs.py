@@ -162,4 +162,7 @@ def configure_logging(level: str, fmt: str) -> None:
     logging.getLogger("uvicorn.error").addFilter(DenialNoiseFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
+    # Python's warnings (a library's, PyJWT's about a short key) as log lines, in the
+    # log's format: printed raw, they broke a JSON log's one-object-per-line.
+    logging.captureWarnings(True)
     root.setLevel(level.upper())

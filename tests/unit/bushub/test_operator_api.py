@@ -169,10 +169,13 @@ async def test_requests_without_the_admin_token_are_counted_and_logged(
     assert schema.status_code == 404
 
 
-async def test_a_short_admin_token_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
-    async with running_hub(small_settings(admin_token="t0ken")):
+async def test_a_short_admin_token_or_jwt_secret_is_warned_about(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with running_hub(small_settings(admin_token="t0ken", jwt_secret="short-secret")):
         pass
     assert "--admin-token is 5 characters: short enough to guess" in caplog.text
+    assert "--jwt-secret is 12 bytes: HS256 wants 32 or more" in caplog.text
 
 
 async def test_send_and_the_console_are_off_without_admin_token_or_token_auth() -> None:

@@ -1,12 +1,14 @@
 """The text log's formatter keeps every message on one line of printable text
 (``bushub.logs.TextFormatter``); tracebacks keep their lines."""
 
+import json
 import logging
 import sys
+import warnings
 
 import pytest
 
-from bushub.logs import RedactTokensFilter, TextFormatter
+from bushub.logs import RedactTokensFilter, TextFormatter, configure_logging
 
 
 def render(msg: str, *args: object, exc: bool = False) -> str:
@@ -64,3 +66,25 @@ def test_session_ids_and_tokens_in_request_lines_are_redacted(line: str, shown: 
     record = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, "%s", (line,), None)
     assert RedactTokensFilter().filter(record)
     assert record.getMessage() == shown
+
+
+def test_python_warnings_are_log_lines_in_the_logs_format(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """PyJWT's warning about a short key was printed raw: two lines that are no JSON
+    object in a JSON log (the image's default format)."""
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        configure_logging("info", "json")
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")  # this suite makes warnings errors
+            warnings.warn("a library's warning", UserWarning, stacklevel=1)
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert lines, "the warning went nowhere"
+        entry = json.loads(lines[-1])
+        assert entry["logger"] == "py.warnings" and "a library's warning" in entry["msg"]
+    finally:
+        logging.captureWarnings(False)
+        root.handlers[:], level = saved
+        root.setLevel(level)
