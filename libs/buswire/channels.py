@@ -16,10 +16,10 @@ _PREFIX = "bushub"
 
 # Characters that render as nothing (Unicode's Default_Ignorable_Code_Point, those
 # ``str.isprintable`` lets through among them: a Hangul filler, a variation selector,
-# a combining grapheme joiner...): a name holding one looks like another name in
-# every log line and console row.
+# a combining grapheme joiner...; and the blank Braille pattern): a name holding one
+# looks like another name in every log line and console row.
 _INVISIBLE = re.compile(
-    "[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f"
+    "[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u2800"
     "\u202a-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8"
     "\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff]"
 )
@@ -39,7 +39,8 @@ def validate_agent_name(name: str) -> str:
     if any(ch in "{}" or ch.isspace() or not ch.isprintable() for ch in name):
         raise DecodeError(DropReason.BAD_AGENT, "characters")
     if not name.isascii():
-        if _INVISIBLE.search(name):
+        if _INVISIBLE.search(name) or unicodedata.category(name[0]).startswith("M"):
+            # (A combining mark first has nothing to sit on.)
             raise DecodeError(DropReason.BAD_AGENT, "characters that render as nothing")
         if not unicodedata.is_normalized("NFC", name):
             raise DecodeError(DropReason.BAD_AGENT, "not in Unicode NFC")

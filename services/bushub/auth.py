@@ -78,9 +78,9 @@ def _patterns(claims: dict[str, Any], name: str) -> tuple[str, ...] | None:
     Raises:
         AuthError: ``bad_claims``, for a claim that is not a string or a list of them.
     """
-    value = claims.get(name)
-    if value is None:
+    if name not in claims:
         return None
+    value = claims[name]  # null is no absence: "agents": null let ``sub`` in
     if isinstance(value, str):
         return (value,)
     if isinstance(value, list) and all(isinstance(v, str) for v in value):

@@ -28,7 +28,12 @@ class JsonFormatter(logging.Formatter):
 # Characters that end a line, or steer a terminal, in someone's log viewer: C0 and C1
 # controls (NUL, CR, LF, ESC, CSI...), DEL, and Unicode's line and paragraph
 # separators. A tab is harmless and stays.
-_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+_CONTROL = re.compile(
+    "[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029"
+    # and what reorders or hides the rest of a line: bidi controls and overrides,
+    # zero-width characters (``ali\u200bce`` read as ``alice``)
+    "\u061c\u200b-\u200f\u202a-\u202e\u2060-\u206f\ufeff]"
+)
 
 
 def _escape(match: re.Match[str]) -> str:

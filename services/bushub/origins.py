@@ -53,6 +53,12 @@ def normalized(value: str) -> str:
         return value
     scheme = parts.scheme.lower()
     host = parts.hostname  # urlsplit gives it in lower case, without IPv6 brackets
+    if not host.isascii():
+        # Browsers send an internationalized host in its ASCII form (xn--...).
+        try:
+            host = host.encode("idna").decode()
+        except UnicodeError:
+            return value
     if ":" in host:
         host = f"[{host}]"
     if port is None or port == _DEFAULT_PORTS.get(scheme):

@@ -233,7 +233,10 @@ class Settings:
         # A token read from a file (a Kubernetes secret, `$(cat token)` in a unit
         # file) often ends with a newline the client never sends: compared as given,
         # it would refuse every request, the console's included, and say nothing.
-        object.__setattr__(self, "admin_token", self.admin_token.strip())
+        stripped = self.admin_token.strip()
+        if self.admin_token and not stripped:
+            raise SettingsError("admin-token: only whitespace (leave it unset to keep the API off)")
+        object.__setattr__(self, "admin_token", stripped)
 
     @property
     def auth_enabled(self) -> bool:
@@ -323,6 +326,9 @@ class Settings:
                 "admin-token: holds whitespace or control characters, which no "
                 "Authorization header carries"
             )
+        if not self.admin_token.isascii():
+            # Headers are read as Latin-1: a client's UTF-8 would never match it.
+            raise SettingsError("admin-token: holds characters outside ASCII, which clients mangle")
         for value in self.split(self.allowed_origins):
             if problem := origin_problem(value):
                 raise SettingsError(f"allowed-origins: {problem}")

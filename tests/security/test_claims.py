@@ -54,8 +54,9 @@ async def test_an_empty_agents_claim_holds_nothing_whatever_sub_says(auth_hub: S
         {"sub": "alice", "agents": {"alice": True}},
         {"sub": "alice", "agents": 7},
         {"sub": "alice", "targets": [["bob"]]},
+        {"sub": "alice", "agents": None},  # null is no absence: sub held the name
     ],
-    ids=["agents-mixed-list", "agents-object", "agents-number", "targets-nested"],
+    ids=["agents-mixed-list", "agents-object", "agents-number", "targets-nested", "agents-null"],
 )
 async def test_a_claim_of_another_type_refuses_the_token(
     auth_hub: SecureHub, claims: dict[str, object]

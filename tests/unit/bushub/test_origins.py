@@ -12,6 +12,8 @@ from bushub.origins import OriginPolicy, normalized, origin_problem
         ("HTTPS://app.example.com:443", "https://app.example.com"),
         ("http://localhost:3000", "http://localhost:3000"),
         ("http://[::1]:8080", "http://[::1]:8080"),
+        # A browser sends an internationalized host in its ASCII form.
+        ("https://b\u00fccher.example", "https://xn--bcher-kva.example"),
     ],
 )
 def test_a_configured_origin_matches_what_a_browser_sends(configured: str, sent: str) -> None:

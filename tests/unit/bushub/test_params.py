@@ -33,6 +33,8 @@ BAD = {
     "grapheme joiner": ("wor\u034fker", {}),
     "not NFC": ("cafe\u0301", {}),
     "invisible peer": ("a", {"peer": "worker\u115f"}),
+    "blank braille": ("a\u2800b", {}),
+    "combining mark first": ("\u0301a", {}),
 }
 
 GOOD = {

@@ -91,6 +91,9 @@ def test_environment_alone_and_defaults() -> None:
         ("BUSHUB_ALLOWED_ORIGINS", "https://a.example:99999", "allowed-origins"),
         ("BUSHUB_ADMIN_TOKEN", "two words", "admin-token"),
         ("BUSHUB_ADMIN_TOKEN", "tab\there", "admin-token"),
+        ("BUSHUB_ADMIN_TOKEN", "   ", "admin-token"),  # the API silently off before
+        ("BUSHUB_ADMIN_TOKEN", "p\u00e4ssw\u00f6rd-0123456789", "admin-token"),  # never matched
+        ("BUSHUB_ALLOWED_ORIGINS", "null", "allowed-origins"),
     ],
 )
 def test_bad_value_is_refused_naming_the_option(variable: str, value: str, option: str) -> None:

@@ -30,6 +30,9 @@ def render(msg: str, *args: object, exc: bool = False) -> str:
         ("\x1b[31mred", "\\x1b[31mred"),
         ("csi\x9b", "csi\\x9b"),
         ("line\u2028sep", "line\\u2028sep"),
+        # What reorders or hides the rest of a line in a viewer: shown as escapes.
+        ("/ws/a\u202eevil", "/ws/a\\u202eevil"),
+        ("ali\u200bce", "ali\\u200bce"),
         ("tab\tstays, é and ✓ too", "tab\tstays, é and ✓ too"),
     ],
 )
