@@ -76,6 +76,13 @@ class RecentFrames:
             self._index = set(map(self._key, self._frames))
         return data in self._index
 
+    def holds_lately(self, data: bytes) -> bool:
+        """True if ``data`` is recorded, asked only while resends keep the lookup set
+        (for a frame that is not itself a resend: the original of one delivered,
+        coming late). Not a lookup: it does not keep the set."""
+        index = self._index
+        return index is not None and data in index
+
     def _index_idle(self) -> bool:
         return time.monotonic() - self._looked_up_at > _INDEX_IDLE_SECONDS
 

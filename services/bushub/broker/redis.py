@@ -85,7 +85,9 @@ def unreachable_as_connection_error() -> Iterator[None]:
     except ConnectionError:
         raise  # already the builtin (PartialPublish among them): keep what it says
     except UNREACHABLE as exc:
-        raise ConnectionError(f"redis: {type(exc).__name__}: {exc}") from exc
+        # A timeout says nothing of itself: its type is the message then.
+        said = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        raise ConnectionError(f"redis: {said}") from exc
     except ResponseError as exc:
         raise BrokerRefused(exc) from exc
     except (ClusterError, RedisClusterException) as exc:

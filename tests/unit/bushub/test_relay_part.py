@@ -148,3 +148,20 @@ def test_a_frame_sent_again_after_a_break_is_delivered_once() -> None:
     assert written(holder) == [unpack_relay(first).payload, unpack_relay(lost).payload]
     assert resent_count(wired, "duplicate") == 2
     assert resent_count(wired, "delivered") == 1
+
+
+def test_an_original_coming_after_its_copy_is_not_delivered_twice() -> None:
+    """A Redis Cluster primary that hung (SIGSTOP) runs a publish left unread when it
+    wakes, and passes it to the new primary's subscribers, after the copy its node
+    sent again was delivered: the stock receiver got it twice, seconds late."""
+    wired = Wired()
+    holder = connection("b", "a")
+    wired.hold(holder)
+    late, later = (
+        pack_relay(Format.JSON, NOW + i, as_json(task_request("a", "b", i))) for i in (1, 2)
+    )
+    wired.relay.deliver("b", as_resent(late))  # the copy, sent again after the break
+    wired.relay.deliver("b", late)  # the original, late
+    wired.relay.deliver("b", later)
+    assert written(holder) == [unpack_relay(late).payload, unpack_relay(later).payload]
+    assert resent_count(wired, "duplicate") == 1
