@@ -5,7 +5,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
@@ -13,6 +13,7 @@ from starlette.websockets import WebSocket
 from bushub.auth import TokenVerifier
 from bushub.broker import Broker, MemoryBroker
 from bushub.endpoint import agent_socket
+from bushub.handshake import BAD_UPGRADE
 from bushub.hub import Hub
 from bushub.metrics import Metrics
 from bushub.opsapi import add_operator_routes
@@ -128,6 +129,17 @@ def create_app(
     # no frame of QuietRefusals' kept above it for the socket's life.
     app.add_middleware(QuietRefusals)
     app.add_middleware(AgentSockets)
+
+    @app.api_route("/ws/{rest:path}", methods=["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"])
+    async def not_a_handshake() -> PlainTextResponse:
+        # A plain request on a socket's path (curl to try the URL; an upgrade to
+        # something else): 404 said the path was wrong, and nothing counted it.
+        metrics.connections_refused.labels(BAD_UPGRADE).inc()
+        return PlainTextResponse(
+            "/ws/{agent} takes WebSocket handshakes (Upgrade: websocket)\n",
+            426,
+            headers={"upgrade": "websocket", "connection": "Upgrade"},
+        )
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -82,3 +82,17 @@ async def test_healthz_and_readyz(node: RunningHub) -> None:
     assert health.json()["status"] == "alive"
     assert ready.status_code == 200
     assert ready.json()["ready"] is True
+
+
+async def test_a_plain_request_on_a_sockets_path_is_told_to_upgrade(node: RunningHub) -> None:
+    """curl on the URL a proxy dials got FastAPI's 404, as if the path were wrong, and
+    nothing counted it."""
+    async with httpx.AsyncClient(base_url=node.http_url, timeout=TIMEOUT) as http:
+        plain = await http.get("/ws/worker")
+        other = await http.get("/ws/worker", headers={"upgrade": "h2c", "connection": "Upgrade"})
+        posted = await http.post("/ws/worker", content=b"{}")
+    for response in (plain, other, posted):
+        assert response.status_code == 426
+        assert response.headers["upgrade"] == "websocket"
+        assert "WebSocket handshakes" in response.text
+    assert node.metric("bushub_connections_refused_total", reason="bad_upgrade") == 3
