@@ -276,8 +276,8 @@ def admit(websocket: WebSocket, hub: Hub, verifier: TokenVerifier) -> Grant:
     origins: OriginPolicy = websocket.app.state.origins
     origin = websocket.headers.get("origin")
     if not origins.allows(origin):
-        listable = origins.refuses_browsers and origin is not None and origin.lower() != "null"
-        hint = "; with auth off, list it in --allowed-origins" if listable else ""
+        listing = origins.wants_listing(origin)
+        hint = "; with auth off, list it in --allowed-origins" if listing else ""
         raise Refusal(403, "origin_not_allowed", f"Origin {origin!r}{hint}")
     if not hub.ready:
         raise Refusal(503, "not_ready")

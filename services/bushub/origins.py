@@ -19,11 +19,17 @@ ANY = "*"
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
 
+def _opaque(origin: str) -> bool:
+    """Whether ``origin`` is the one a sandboxed frame, a file:// page or a redirect
+    sends, whatever site it is on."""
+    return origin.lower() == "null"
+
+
 def origin_problem(value: str) -> str | None:
     """What keeps ``value`` from being an origin to list (None: nothing)."""
     if value == ANY:
         return None
-    if value.lower() == "null":
+    if _opaque(value):
         # The origin of a sandboxed frame, a file:// page, a redirect: any site can
         # make its page send it, so listed it lets every site in, as * does, unsaid.
         return "'null' is an origin any site can send (a sandboxed frame): list * if you mean any"
@@ -78,6 +84,11 @@ class OriginPolicy:
     def refuses_browsers(self) -> bool:
         """Whether every browser is refused (auth off, no ``--allowed-origins``)."""
         return not self._any and not self._allowed
+
+    def wants_listing(self, origin: str | None) -> bool:
+        """Whether ``origin``, refused, would be let in by listing it: every browser
+        is refused for want of a list, and it is one that can be listed."""
+        return self.refuses_browsers and origin is not None and not _opaque(origin)
 
     def allows(self, origin: str | None) -> bool:
         if origin is None or self._any:

@@ -26,6 +26,8 @@ def test_without_a_list_auth_decides() -> None:
     assert off.refuses_browsers
     assert not off.allows("https://evil.example")
     assert off.allows(None)  # no Origin: not a browser
+    # Listing would let a site in, not the origin any site's sandboxed frame sends.
+    assert off.wants_listing("https://evil.example") and not off.wants_listing("null")
     # With auth on a page gets nowhere without a token, which no browser adds itself.
     assert OriginPolicy([], auth_enabled=True).allows("https://evil.example")
 
