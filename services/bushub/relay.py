@@ -146,7 +146,8 @@ class Relay:
         # The bytes' burst fits the largest message allowed, so any wait is finite; a
         # larger one is dropped as oversize below, having cost the socket as much as
         # the largest (a flood of them went through at hundreds of MB/s).
-        wait = take_or_wait(conn.message_rate, conn.byte_rate, min(size, self._max_message_bytes))
+        most = self._max_message_bytes
+        wait = take_or_wait(conn.message_rate, conn.byte_rate, size if size < most else most)
         if wait:
             self._metrics.session_messages.labels("throttled").inc()
             return wait

@@ -440,8 +440,11 @@ class Sessions:
             acked = session.acked
             if acked > session.acked_written and session.inline_acks:
                 # The acknowledgement due rides on the message: no frame of its own
-                # (in request and response traffic nearly every one rides).
-                self._ack_written(conn, session)
+                # (in request and response traffic nearly every one rides). What
+                # ``_ack_written`` does but for leaving the socket among those due:
+                # the tick drops it (a set's add and discard for every message).
+                session.acked_written = acked
+                session.ack_since = 0.0
                 frame = sessionframe.message_acked(position, acked, payload)
             else:
                 frame = sessionframe.message(position, payload)
@@ -458,9 +461,30 @@ class Sessions:
         if position > session.delivered:
             self._metrics.session_messages.labels("acked_ahead").inc()
             position = session.delivered
-        if position > session.proxy_acked:
-            session.proxy_acked = position
-            self._trim_due(conn, session)
+        if position <= session.proxy_acked:
+            return
+        session.proxy_acked = position
+        # Passed on to Redis now if this session's last trim went ``TRIM_SPACING`` ago
+        # or more; otherwise a later acknowledgement of the proxy's does, or a tick once
+        # the last has waited a tick longer than that. (Here, not in a method of its
+        # own: a proxy taking inline acknowledgements acknowledges with nearly every
+        # message it sends.)
+        #
+        # Held for the tick, every session's trims went out at once, and Redis ran
+        # them all (tens of microseconds each) before the messages written after them:
+        # a burst every 50 ms ahead of live traffic. Passed on with the
+        # acknowledgement that makes one due, they are spread as the proxies'
+        # messages are.
+        now = time.monotonic()
+        if now - session.trimmed_at >= TRIM_SPACING and self._broker.ack_session_nowait(
+            conn.agent, session.id, position
+        ):
+            self._trim_passed_on(conn, session, now)
+        elif conn not in self._trims_due:  # waiting already: the tick is set for it
+            self._trims_due.add(conn)
+            due = session.trimmed_at + _TRIM_DUE_AFTER
+            if self._tick is None or self._tick_due > due:
+                self._arm(due)
 
     # ---- from the agent ---------------------------------------------------------
 
@@ -468,8 +492,7 @@ class Sessions:
         """The proxy's message at ``position`` will never be relayed (its outcome)."""
         session = conn.session
         assert session is not None
-        session.settle(position)
-        self._ack_due(conn, session)
+        self._settled(conn, session, position)
 
     def published(self, data: bytes, receivers: int) -> None:
         """A publish outcome: if a session sent it, its position is settled."""
@@ -487,8 +510,7 @@ class Sessions:
         session = conn.session
         if session is None:
             return
-        session.settle(position)
-        self._ack_due(conn, session)
+        self._settled(conn, session, position)
 
     def publish_dropped(self) -> None:
         """The publisher gave messages up: sockets whose messages may be among them
@@ -500,9 +522,20 @@ class Sessions:
 
     # ---- acknowledgements, in ticks ---------------------------------------------
 
-    def _ack_due(self, conn: Connection, session: Session) -> None:
-        """``session.acked`` may have moved: acknowledge now, or on a tick once the
+    def _settled(self, conn: Connection, session: Session, position: int) -> None:
+        """``position`` has an outcome (once per message a session sends): move the
+        acknowledgement over what is done, and acknowledge now, or on a tick once the
         oldest position not acknowledged has waited ACK_DELAY."""
+        outstanding = session.outstanding
+        if outstanding and outstanding[0] == position and not session.settled_early:
+            # In order, as nearly every outcome comes: ``Session.settle`` without a
+            # call (never backwards: a proxy that sends a position twice settles it
+            # twice).
+            del outstanding[0]
+            if position > session.acked:
+                session.acked = position
+        else:
+            session.settle(position)
         unwritten = session.acked - session.acked_written
         if unwritten >= ACK_EVERY:
             self._write_ack(conn, session)
@@ -538,27 +571,6 @@ class Sessions:
         session.acked_written = session.acked
         session.ack_since = 0.0
         self._acks_due.discard(conn)
-
-    def _trim_due(self, conn: Connection, session: Session) -> None:
-        """Pass the proxy's acknowledgement on to Redis now if this session's last
-        went ``TRIM_SPACING`` ago or more; otherwise a later acknowledgement of the
-        proxy's does, or a tick once the last has waited a tick longer than that.
-
-        Held for the tick, every session's trims went out at once, and Redis ran them
-        all (tens of microseconds each) before the messages written after them: a
-        burst every 50 ms ahead of live traffic. Passed on with the acknowledgement
-        that makes one due, they are spread as the proxies' messages are.
-        """
-        now = time.monotonic()
-        if now - session.trimmed_at >= TRIM_SPACING and self._broker.ack_session_nowait(
-            conn.agent, session.id, session.proxy_acked
-        ):
-            self._trim_passed_on(conn, session, now)
-            return
-        self._trims_due.add(conn)
-        due = session.trimmed_at + _TRIM_DUE_AFTER
-        if self._tick is None or self._tick_due > due:
-            self._arm(due)
 
     def _trim_passed_on(self, conn: Connection, session: Session, now: float) -> None:
         """Everything the proxy acknowledged is on its way to Redis as of ``now``."""
