@@ -506,6 +506,7 @@ async def test_what_a_proxy_taking_inline_acks_is_owed_rides_on_its_next_message
     assert written(inline)[0][0] == 4
     await asyncio.sleep(ACK_DELAY * 1.5)
     assert len(written(inline)) == 1, "nothing owed: no acknowledgement frame"
+    assert node.sessions.sizes()["acks_due"] == 0, "the tick dropped the socket"
     await node.send_to_a(8)  # nothing settled since: a plain message
     node.relay.route(inline, sessionframe.message(3, encode(task_request("a", "b", 1))))
     await asyncio.sleep(ACK_DELAY * 1.5)
