@@ -11,6 +11,7 @@ announced again, since the other nodes may have dropped it.
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from bushub.broker import Broker
 from bushub.broker.nodes import BeatStatus
@@ -54,6 +55,10 @@ class Heartbeat:
         self._full_pass = False
         self._left = False
         self._joined = False
+        # Told once the node's records are re-asserted after another node took it for
+        # dead (and released its sessions): the hub holds them again.
+        self.on_lapsed: Callable[[], None] = lambda: None
+        self._lapsed = False
 
     def reconcile_soon(self) -> None:
         """Re-assert records and re-read peers now (the broker is back)."""
@@ -115,6 +120,8 @@ class Heartbeat:
             await self._membership.join()  # what join() at start could not do
             self._joined = True
         status = await self._membership.beat()
+        if status is not BeatStatus.LIVE:
+            self._lapsed = True
         if status is BeatStatus.COLLECTING:
             log.warning("the cluster took this node for dead and is cleaning up after it")
             self._full_pass = True  # re-assert once it is done
@@ -122,6 +129,11 @@ class Heartbeat:
             # Unknown or lapsed: other nodes may have dropped this node's agents.
             await self._presence.reconcile(announce=status is not BeatStatus.LIVE)
             self._full_pass = False
+            if self._lapsed:
+                # After the cleanup (a session held again before it would be released
+                # again by it).
+                self._lapsed = False
+                self.on_lapsed()
         await self._presence.peers.nodes_changed(dead_before)
         # The beat was a write that went through: presence works.
         self._health.accepted("presence")

@@ -113,6 +113,7 @@ class Hub:
             settings, broker, metrics, self.outbound.enqueue, self.relay.payload_for
         )
         self.relay.sessions = self.sessions
+        self.heartbeat.on_lapsed = self.sessions.lapsed
         claims = self.presence.claims
         self.presence.on_confirmed = lambda: self.sessions.claims_confirmed(
             lambda conn: claims.holds(conn.agent, conn.id)

@@ -661,10 +661,21 @@ class Sessions:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    # ---- after a broker break ------------------------------------------------------
+    # ---- after a broker break, or a lapse ------------------------------------------
 
     def broker_back(self) -> None:
         """The broker is back: put back the sessions it may have lost."""
+        self._reassert_held()
+
+    def lapsed(self) -> None:
+        """Another node took this one for dead (its heartbeat lapsed: a stall, a
+        partition) and released its sessions for the window as if their sockets had
+        ended: hold them again while their sockets last, and read what their streams
+        kept meanwhile. Left so, a connected session expired with the window, and what
+        was sent to it once its socket dropped later was lost."""
+        self._reassert_held()
+
+    def _reassert_held(self) -> None:
         conns = [c for c in self._by_origin.values() if c.session is not None]
         if conns:
             self._spawn(self._reassert(conns))

@@ -10,6 +10,7 @@ agents in ``tests/deployment``.
 import asyncio
 import base64
 import os
+import signal
 import socket
 import struct
 import time
@@ -404,6 +405,51 @@ async def test_a_session_redis_lost_while_connected_is_put_back_at_its_next_mess
     assert back.seqs() == [4]
     await back.close()
     await b.close()
+
+
+async def test_a_node_taken_for_dead_holds_its_connected_sessions_again(faults: Faults) -> None:
+    """Node 1 stalls past the presence TTL: node 2 takes it for dead and releases its
+    sessions for the window, as if their sockets had ended. Running again, node 1
+    holds them again (no expiry on the session or its stream), so a drop of its
+    still connected socket after the window has passed loses nothing. Before, the
+    session expired under the connected socket, and what was sent after a later drop
+    was lost (a resume said gap, or recovered with a message missing)."""
+    window = 4.0
+    n1, n2 = faults.ready("n1", "n2", resume_window=window)
+    redis = faults.start_redis()
+    c = await SessionSocket.open(n1.url, "c", "w", "S1")
+    w = await PlainSocket.open(n2.url, "w", "c", on_peer_lost="keep")
+    await w.send("w", "c", 1)
+    await received(c, 1, "c's first, kept")
+
+    def ttl(key: str) -> int:
+        return int(redis.cli("PTTL", key).strip())
+
+    n1.signal(signal.SIGSTOP)
+    try:
+        await until(
+            lambda: "node n1 is dead" in n2.log_text(), timeout=30, what="n2 taking n1 for dead"
+        )
+        assert ttl("bushub:session:{c}") > 0, "released for the window, as the test needs"
+    finally:
+        n1.signal(signal.SIGCONT)
+    await until(
+        lambda: ttl("bushub:session:{c}") == -1 and ttl("bushub:stream:{c}") == -1,
+        what="n1 holding c's session again",
+    )
+    await asyncio.sleep(window + 1)  # a released session has expired by now
+    assert ttl("bushub:session:{c}") == -1
+    await w.send("w", "c", 2)
+    await received(c, 2, "numbered, as before the stall")
+    await c.vanish()
+    await until(lambda: n1.metrics().value("bushub_connections") == 0, what="n1 seeing c gone")
+    await w.send("w", "c", 3)
+    back = await SessionSocket.open(n2.url, "c", "w", "S1", received=c.positions[-1])
+    assert back.result == "recovered"
+    await received(back, 1, "what was kept while c was away")
+    assert c.seqs() + back.seqs() == [1, 2, 3]
+    await back.close()
+    await w.close()
 
 
 @pytest.mark.parametrize("broker", ["redis", "redis-cluster"])

@@ -183,10 +183,13 @@ end
 return 0
 """
 
-# KEYS: session. ARGV: session id, epoch, holding connection, position delivered.
-# After a broker break: a Redis that restarted empty, or a replica promoted without
-# the newest writes, no longer knows a connected session (or numbers from an older
-# position): the holder puts it back, numbering after what its socket was given.
+# KEYS: session, stream. ARGV: session id, epoch, holding connection, position
+# delivered. After a broker break: a Redis that restarted empty, or a replica promoted
+# without the newest writes, no longer knows a connected session (or numbers from an
+# older position): the holder puts it back, numbering after what its socket was given.
+# After another node took the holder's node for dead (a stall past the presence TTL)
+# and released its sessions for the window: held again, session and stream, for as
+# long as the socket lasts (they expired under a connected socket).
 # Returns 0 when another connection or session holds it, 1 when it is held as it
 # was, 2 when it was put back (Redis had lost it).
 REASSERT = """
@@ -205,6 +208,7 @@ if tonumber(redis.call('HGET', KEYS[1], 'seq') or '0') < tonumber(ARGV[4]) then
   redis.call('HSET', KEYS[1], 'seq', ARGV[4], 'reasserted', ms)
 end
 redis.call('PERSIST', KEYS[1])
+redis.call('PERSIST', KEYS[2])
 return 1
 """
 
@@ -490,7 +494,7 @@ class SessionScripts:
     async def reassert(
         self, agent: str, session: str, epoch: str, conn: str, delivered: int
     ) -> Reasserted:
-        keys = [session_key(agent)]
+        keys = [session_key(agent), stream_key(agent)]
         return Reasserted(await self._reassert(keys=keys, args=[session, epoch, conn, delivered]))
 
     async def trim(self, agent: str, session: str, position: int, client: Any = None) -> None:
