@@ -111,6 +111,11 @@ def as_resent(data: bytes) -> bytes:
     return b"%c%c%s" % (data[0], data[1] | RESENT, data[2:])
 
 
+def is_kept(data: bytes) -> bool:
+    """Whether ``data`` came wrapped as kept: a session's stream holds it."""
+    return data[:1] == b"\x03"
+
+
 def relay_of(data: bytes) -> bytes:
     """The relay frame as published, from a frame that may be wrapped as kept."""
     return data[_POSITION.size :] if data[:1] == b"\x03" else data

@@ -42,6 +42,7 @@ from buswire.envelope import Envelope
 from buswire.relayframe import (
     TRANSIENT,
     as_first_sent,
+    is_kept,
     pack_relay,
     pack_session_relay,
     relay_of,
@@ -304,17 +305,27 @@ class Relay:
         """Hand a relay frame from ``agent``'s channel to the local socket holding it."""
         conn = self._holders.get(agent)
         if conn is None:
-            self._metrics.messages_dropped.labels(DropReason.NO_LOCAL_AGENT).inc()
+            if is_kept(data):
+                # Its session's socket left this node (the subscription outlives it a
+                # moment): the stream keeps it for the session's resume, which
+                # delivers it, so it is not dropped (received = delivered + dropped).
+                self._metrics.session_messages.labels("kept_away").inc()
+            else:
+                self._metrics.messages_dropped.labels(DropReason.NO_LOCAL_AGENT).inc()
             return
         if not self._claims.holds(agent, conn.id):
             # A newer claim of the name came first in the broker's order: the message
             # is the newer socket's (on whichever node), and this one is being closed.
             # Or, after a broker break, the socket's claim is not confirmed yet.
-            reason = DropReason.UNCONFIRMED if conn.close_code is None else DropReason.CLOSING
-            self._metrics.messages_dropped.labels(reason).inc()
-            if reason is DropReason.UNCONFIRMED and conn.session is not None:
+            if conn.close_code is not None:
+                self._metrics.messages_dropped.labels(DropReason.CLOSING).inc()
+            elif conn.session is None or not is_kept(data):
+                self._metrics.messages_dropped.labels(DropReason.UNCONFIRMED).inc()
+            if conn.close_code is None and conn.session is not None:
                 assert self.sessions is not None
-                self.sessions.missed(conn)  # its stream keeps it: read once confirmed
+                # Its stream keeps a numbered one, read (and delivered, so not
+                # counted dropped) once the claim is confirmed.
+                self.sessions.missed(conn)
             return
         try:
             frame = unpack_relay(data)

@@ -11,7 +11,7 @@ from bushub.outbound import Outbound
 from bushub.relay import Relay
 from bushub.settings import Settings
 from buswire import Format, message_channel
-from buswire.relayframe import as_resent, pack_relay, unpack_relay
+from buswire.relayframe import as_resent, pack_relay, pack_stored, unpack_relay
 from tests.support.messages import task_request
 from tests.unit.bushub.helpers import as_json
 from tests.unit.bushub.parts import connection, written
@@ -107,6 +107,20 @@ def test_a_frame_for_no_local_holder_or_a_broken_relay_frame_is_counted() -> Non
     wired.relay.deliver("b", b"\x00")
     assert wired.dropped("no_local_agent") == 1
     assert wired.dropped("bad_relay_frame") == 1
+
+
+def test_a_kept_frame_for_no_local_holder_is_kept_away_not_dropped() -> None:
+    """Its session's socket left the node while the subscription lingered: the stream
+    keeps it and the resume delivers it (counted then), so it is no drop: a session
+    reconnecting often showed drops of messages it received once each."""
+    wired = Wired()
+    kept = pack_stored(7, pack_relay(Format.JSON, NOW, as_json(task_request("a", "b"))))
+    wired.relay.deliver("b", kept)
+    assert wired.dropped("no_local_agent") == 0
+    away = wired.metrics.registry.get_sample_value(
+        "bushub_session_messages_total", {"event": "kept_away"}
+    )
+    assert away == 1
 
 
 def test_a_holder_whose_claim_is_not_the_newest_gets_nothing() -> None:

@@ -242,6 +242,11 @@ async def test_what_a_session_missed_while_its_claim_was_unconfirmed_is_read_onc
     await until(lambda: len(numbered(conn)) == 3, what="the two read from the stream")
     assert numbered(conn) == [(1, 1), (2, 2), (3, 3)]
     assert node.sessions.sizes()["missed"] == 0
+    # Delivered from the stream, so no drop (received = delivered + dropped).
+    unconfirmed = node.metrics.registry.get_sample_value(
+        "bushub_messages_dropped_total", {"reason": "unconfirmed"}
+    )
+    assert not unconfirmed
 
 
 async def test_over_the_bounds_the_oldest_go_and_a_resume_from_before_is_a_gap() -> None:
