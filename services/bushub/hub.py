@@ -41,6 +41,7 @@ from bushub.publisher import Publisher
 from bushub.relay import MESSAGE_PREFIX, Relay
 from bushub.sessions import Sessions
 from bushub.settings import Settings
+from bushub.stopping import cancelled
 from bushub.subscriptions import Subscriptions
 from buswire import message_channel
 from buswire.channels import node_channel
@@ -331,9 +332,7 @@ class Hub:
 
     async def stop(self) -> None:
         """Cancel background tasks and close the broker; safe to call twice."""
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancelled(*self._tasks)
         self.publisher.close()
         await self.operators.stop()
         self.presence.peers.cancel_timers()

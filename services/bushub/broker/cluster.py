@@ -58,6 +58,7 @@ from bushub.broker.sessionscripts import (
 from bushub.broker.startwait import until_reachable
 from bushub.broker.subscriber import Subscriber
 from bushub.lightsync import wait_at_most
+from bushub.stopping import cancelled
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +126,7 @@ class _Shard:
         self._listener.unsubscribe(channels)
 
     async def close(self) -> None:
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
+        await cancelled(self._task)
 
     async def _connect(self) -> Subscriber:
         host, port = self._address
@@ -255,8 +255,7 @@ class RedisClusterBroker(Broker):
             return
         self._closed = True
         if self._refresher is not None:
-            self._refresher.cancel()
-            await asyncio.gather(self._refresher, return_exceptions=True)
+            await cancelled(self._refresher)
         for shard in self._shards.values():
             await shard.close()
         self._shards.clear()

@@ -140,7 +140,7 @@ class Listener:
         """Write SUBSCRIBE for every channel on ``link`` and a PING after them, now;
         awaited, the PING's answer within SUBSCRIBE_SECONDS."""
         link.subscribe(tuple(self.channels))
-        return asyncio.wait_for(link.ping(), SUBSCRIBE_SECONDS)
+        return _answered(link, SUBSCRIBE_SECONDS)
 
     async def run(self) -> None:
         """Run until cancelled."""
@@ -191,6 +191,12 @@ class Listener:
                     # confirmed) must not linger, nor deliver, meanwhile.
                     await asyncio.shield(link.aclose())
             if failure is not None:  # always: serve() only ends by raising
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    # Stopping: a cancel met in the same turn as a failure can come
+                    # out as the failure (asyncio.wait_for on Python 3.11, here or in
+                    # a library), and retrying then would never end.
+                    raise asyncio.CancelledError from failure
                 self._on_down(failure)
                 self._log(failure, delay, (self.label, connected))
                 await asyncio.sleep(delay * random.uniform(0.5, 1.5))
@@ -216,6 +222,13 @@ class Listener:
                 delay,
                 extra={"rate_key": rate_key},
             )
+
+
+async def _answered(link: Link, timeout: float) -> None:
+    """``link``'s PING answered within ``timeout`` (asyncio.timeout: see
+    ``respconn.open_connection`` for why not wait_for)."""
+    async with asyncio.timeout(timeout):
+        await link.ping()
 
 
 async def _served(link: Link) -> None:

@@ -56,6 +56,7 @@ from bushub.broker.sessionscripts import (
 )
 from bushub.broker.startwait import until_reachable
 from bushub.broker.subscriber import Subscriber
+from bushub.stopping import cancelled
 
 log = logging.getLogger(__name__)
 
@@ -272,8 +273,7 @@ class RedisBroker(Broker):
         except BaseException:
             # Refused (or stopped) before the first subscription: no listener left
             # retrying behind a start that failed.
-            self._listening.cancel()
-            await asyncio.gather(self._listening, return_exceptions=True)
+            await cancelled(self._listening)
             raise
 
     async def _reachable(self) -> None:
@@ -295,8 +295,7 @@ class RedisBroker(Broker):
             return
         self._closed = True
         if self._listening is not None:
-            self._listening.cancel()
-            await asyncio.gather(self._listening, return_exceptions=True)
+            await cancelled(self._listening)
         if self._publisher is not None:
             await self._publisher.close()
         await self._client.aclose()

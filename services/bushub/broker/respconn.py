@@ -222,7 +222,8 @@ class RespConnection(asyncio.Protocol):
         """Drop the socket and wait (bounded) for ``connection_lost`` to have run."""
         self.abort()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self.lost), timeout)
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(self.lost)
 
 
 async def open_connection(
@@ -243,7 +244,11 @@ async def open_connection(
         ReplyError: Redis refused AUTH or SELECT (what it said is in the message).
     """
     loop = asyncio.get_running_loop()
-    _, conn = await asyncio.wait_for(loop.create_connection(factory, host, port), timeout)
+    # asyncio.timeout, not wait_for: on Python 3.11, wait_for met by a cancel in the
+    # same loop turn as the connect's failure raises the failure and loses the cancel,
+    # and a node stopping while Redis was out of reach retried for good.
+    async with asyncio.timeout(timeout):
+        _, conn = await loop.create_connection(factory, host, port)
     try:
         login = auth_command(credentials)
         if login is not None:
@@ -259,7 +264,8 @@ async def open_connection(
 async def _set_up(conn: RespConnection, command: bytes, what: str, timeout: float) -> None:
     """One step of a connection's set-up, answered OK within ``timeout``."""
     try:
-        [reply] = await asyncio.wait_for(conn.request(command), timeout)
+        async with asyncio.timeout(timeout):
+            [reply] = await conn.request(command)
     except TimeoutError as exc:
         raise TimeoutError(f"{what} timed out") from exc
     if reply != b"OK":
