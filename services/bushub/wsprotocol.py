@@ -243,7 +243,13 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         callback = self._on_disconnect
         if callback is not None and message["type"] == "websocket.disconnect":
             self._on_disconnect = None
-            callback(int(message.get("code", 1005)), self.sent_close)
+            code = int(message.get("code", 1005))
+            if code == 1005 and self.conn.close_rcvd is None:
+                # uvicorn says 1005 (a close frame without a code) for a connection
+                # lost with no close frame at all: that is 1006, as the client sees
+                # it, and an operator tells a reset client from one that closed.
+                code = 1006
+            callback(code, self.sent_close)
 
     def hand_over(self) -> None:
         """Let the ASGI task end without closing the socket; see ``finish_with``."""

@@ -1,6 +1,7 @@
 """Logs a person can follow: one line per socket opened and closed, and repeated
 warnings printed at most once per 10 s with a count of the suppressed ones."""
 
+import asyncio
 import itertools
 import re
 import time
@@ -72,6 +73,24 @@ async def test_close_line_of_a_client_close_carries_the_clients_code(ops: OpsClu
     (close,) = socket_lines(node)[1]
     assert close[0] == "a" and close[5] == "client_closed"
     assert close[4] == "1001", f"close line: {close}"
+
+
+async def test_close_line_of_a_dropped_connection_says_1006(ops: OpsCluster) -> None:
+    """A connection lost with no close frame (a killed client, a reset) is 1006, as
+    the client sees it; a close frame without a code is 1005 (uvicorn said 1005 for
+    both, and the operator could not tell them apart)."""
+    (node,) = ops.nodes_ready("l2")
+    dropped = await ws_connect(node.ws_url("a", format="json"))
+    dropped.transport.abort()
+    await asyncio.sleep(0.1)  # the abort is carried out by the loop (wait_until blocks it)
+    assert wait_until(lambda: len(socket_lines(node)[1]) == 1)
+    no_code = await ws_connect(node.ws_url("b", format="json"))
+    # A close frame without a code (masked, empty), which websockets will not send.
+    no_code.transport.write(b"\x88\x80\x00\x00\x00\x00")
+    await asyncio.sleep(0.1)
+    assert wait_until(lambda: len(socket_lines(node)[1]) == 2), node.log_text()[-2000:]
+    codes = {close[0]: close[4] for close in socket_lines(node)[1]}
+    assert codes == {"a": "1006", "b": "1005"}, codes
 
 
 def _log_time(line: str) -> float:
