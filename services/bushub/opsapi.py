@@ -5,12 +5,14 @@ without ``--admin-token``; ``/api/send`` also takes an agent token whose grant a
 the target; ``/console`` is the page, which holds no data and asks for the token.
 """
 
+import asyncio
 import hmac
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from bushub import console
 from bushub.auth import OPEN_GRANT, AuthError, Grant, TokenVerifier, bearer_value
@@ -132,6 +134,10 @@ def add_operator_routes(app: FastAPI, hub: Hub, verifier: TokenVerifier) -> None
             return refusal
         return _answer(await operators.console.answer())
 
+    # A tap the drain ends while its reader is not reading is no error (_TapResponse).
+    # (One filter for every app: adding it again changes nothing.)
+    logging.getLogger("uvicorn.error").addFilter(_QUIET_DRAINED_TAPS)
+
     @app.get("/api/tap/{agent}", response_model=None)
     async def tap(agent: str, request: Request) -> Response:
         refusal = not_admin(request)
@@ -154,11 +160,7 @@ def add_operator_routes(app: FastAPI, hub: Hub, verifier: TokenVerifier) -> None
             finally:
                 await operators.streams.close(stream)
 
-        return StreamingResponse(
-            body(),
-            media_type="text/event-stream",
-            headers={"cache-control": "no-store", "x-accel-buffering": "no"},
-        )
+        return _TapResponse(body(), lambda: hub.draining)
 
     @app.post("/api/send")
     async def send(request: Request) -> JSONResponse:
@@ -182,6 +184,53 @@ def add_operator_routes(app: FastAPI, hub: Hub, verifier: TokenVerifier) -> None
         else:
             answer = await operators.sender.send(data, grant)
         return _answer(answer.body, answer.status)
+
+
+# Noted on the cancellation that ends a tap response at shutdown (see _TapResponse).
+_ENDED_BY_DRAIN = "bushub: a tap the drain ended, whose reader was not reading"
+
+
+class _TapResponse(StreamingResponse):
+    """A tap's event stream, which ends without an error report when the node drains.
+
+    The drain ends every tap at once (``TapStreams.end_all``), but a tap whose reader
+    stopped reading is waiting to write, and only uvicorn's cancel after its graceful
+    shutdown timeout ends it. That is the expected end of such a tap; uvicorn reports
+    it as "Exception in ASGI application" with a traceback. ASGI gives the application
+    no way to close the connection instead, so the cancellation is noted as this one,
+    and the report dropped (``_QuietDrainedTaps``).
+    """
+
+    def __init__(self, body: AsyncIterator[bytes], draining: Callable[[], bool]) -> None:
+        super().__init__(
+            body,
+            media_type="text/event-stream",
+            headers={"cache-control": "no-store", "x-accel-buffering": "no"},
+        )
+        self._draining = draining
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except asyncio.CancelledError as exc:
+            if self._draining():
+                exc.add_note(_ENDED_BY_DRAIN)
+            raise
+
+
+class _QuietDrainedTaps(logging.Filter):
+    """Drops uvicorn's report of a cancellation ``_TapResponse`` noted; any other
+    exception, and any other cancellation, is still reported."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (
+            isinstance(exc, asyncio.CancelledError)
+            and _ENDED_BY_DRAIN in getattr(exc, "__notes__", ())
+        )
+
+
+_QUIET_DRAINED_TAPS = _QuietDrainedTaps()
 
 
 async def _read_body(request: Request, limit: int) -> bytes | int:

@@ -14,6 +14,13 @@ Two halves (docs/protocol.md, Operator API):
 - ``TapStreams``, on the node serving ``GET /api/tap/{agent}``: subscribes the tap
   channel, keeps the tap's notice renewed, and hands events to each open stream
   through a bounded queue; a slow reader loses events and is told how many.
+
+Everything in an event that a client sent (the body's keys and strings, the type,
+source and target) is cut at ``_MAX_STRING`` characters, and one event's JSON is at
+most ``EVENT_MAX_BYTES``: a larger one is kept with its body replaced by a note. Tap
+events travel on the tapping node's broker connection beside agents' traffic, so a
+frame of control characters (six bytes of JSON each) must not become an event of
+megabytes, which got that connection cut for its output buffer.
 """
 
 import asyncio
@@ -35,10 +42,22 @@ from buswire.channels import tap_channel
 TAP_PREFIX = tap_channel("")[:-2]
 # Events a node publishes per second for all taps together, at most.
 EVENT_RATE = 2_000.0
-# Events a stream holds for a slow reader before it drops.
+# Events a stream holds for a slow reader before it drops: at most ~16 MiB
+# (STREAM_CAPACITY x EVENT_MAX_BYTES) per open tap whose reader stopped reading.
 STREAM_CAPACITY = 1_000
 # A comment line this often keeps proxies from closing an idle stream.
 KEEPALIVE_EVERY = 15.0
+
+# One event's JSON at most. Room for what a person reads of one message (a summary
+# cuts each string at 512 characters and shows 100 items of a list or map), and for
+# the header fields at their worst (type, source and target of 512 characters that
+# JSON writes in up to seven bytes each, a control character or an escaped lone
+# surrogate: ~11 KiB) with the note that replaces a body too large to show: so every
+# event is kept. It turns the bounds on counts into bounds on bytes: a node publishes
+# at most EVENT_RATE x 16 KiB = 32 MiB of events a second, a tap whose reader stopped
+# reading holds at most STREAM_CAPACITY x 16 KiB = ~16 MiB, and the node's side
+# publisher queues at most 2,000 x 16 KiB = ~32 MiB of them.
+EVENT_MAX_BYTES = 16 * 1024
 
 _MAX_STRING = 512
 _MAX_ITEMS = 100
@@ -54,16 +73,14 @@ def summarise(tree: Any, depth: int = 0) -> Any:
     if isinstance(tree, bytes | bytearray | memoryview):
         return f"<{len(tree)} bytes>"
     if isinstance(tree, str):
-        if len(tree) > _MAX_STRING:
-            return f"{_utf8(tree[:_MAX_STRING])}… (+{len(tree) - _MAX_STRING} chars)"
-        return _utf8(tree)
+        return _cut(tree)
     if depth >= _MAX_DEPTH and isinstance(tree, dict | list):
         return "…"
     if isinstance(tree, dict):
         if tree.get("__type__") == "bytes" and "__data__" in tree:
             return _bytes_summary(tree["__data__"])
         items = list(tree.items())
-        shown = {_utf8(str(key)): summarise(value, depth + 1) for key, value in items[:_MAX_ITEMS]}
+        shown = {_key(key): summarise(value, depth + 1) for key, value in items[:_MAX_ITEMS]}
         if len(items) > _MAX_ITEMS:
             shown["…"] = f"+{len(items) - _MAX_ITEMS} keys"
         return shown
@@ -79,6 +96,30 @@ def summarise(tree: Any, depth: int = 0) -> Any:
     if tree is None or isinstance(tree, bool | int | float):
         return tree
     return _utf8(repr(tree)[:_MAX_STRING])
+
+
+def _cut(text: str) -> str:
+    """``text`` as an event shows what a client sent: cut at ``_MAX_STRING``
+    characters, in what UTF-8 can hold."""
+    if len(text) > _MAX_STRING:
+        return f"{_utf8(text[:_MAX_STRING])}… (+{len(text) - _MAX_STRING} chars)"
+    return _utf8(text)
+
+
+def _key(key: Any) -> str:
+    """A map's key as the event's JSON takes it: a string, cut like a value. (MsgPack
+    keys may be bytes, numbers or arrays: shown as their summary.)"""
+    if isinstance(key, str):
+        return _cut(key)
+    shown = summarise(key, _MAX_DEPTH)  # nothing nested: a key is one short line
+    return shown if isinstance(shown, str) else _cut(str(shown))
+
+
+def _field(value: Any) -> str | None:
+    """A header field (type, source, target) as shown: None stays None."""
+    if value is None:
+        return None
+    return _cut(value if isinstance(value, str) else str(value))
 
 
 def _utf8(text: str) -> str:
@@ -162,22 +203,24 @@ class TapRecorder:
             "kind": "message",
             "t": self._clock(),
             "node": self._node_id,
-            "type": type_name,
-            "source": source,
-            "target": target,
+            # What a client sent, cut like the body's strings, and made encodable: a
+            # lone surrogate in a source failed the encoder, and the event was lost.
+            "type": _field(type_name),
+            "source": _field(source),
+            "target": _field(target),
             "size": size,
             "format": fmt.value,
             "body": summarise(tree),
         }
         if dropped is not None:
-            event["dropped"] = dropped
+            event["dropped"] = _field(dropped)
         for name, direction in taps:
             event["direction"] = direction
             lost = self._lost.pop(name, 0)
             if lost:
                 event["lost"] = lost
             try:
-                encoded = orjson.dumps(event)
+                encoded = _encoded(event)
             except (TypeError, ValueError):
                 # Whatever a client sent, a tap must not break the traffic it shows.
                 self._lost[name] += 1 + lost
@@ -192,8 +235,24 @@ class TapRecorder:
             event.pop("lost", None)
 
 
+def _encoded(event: dict[str, Any]) -> bytes:
+    """``event`` as JSON of at most ``EVENT_MAX_BYTES``: past it, the body is replaced
+    by a note of its size (in ``event`` too, for the other taps of the same message)."""
+    encoded = orjson.dumps(event)
+    if len(encoded) > EVENT_MAX_BYTES:
+        event["body"] = f"<too large to show: {len(encoded)} bytes as JSON>"
+        encoded = orjson.dumps(event)
+    return encoded
+
+
 class TapStream:
-    """One open ``GET /api/tap/{agent}``: events for its reader, bounded."""
+    """One open ``GET /api/tap/{agent}``: events for its reader, bounded.
+
+    A reader that stops reading costs the node at most ``capacity`` events of at most
+    ``EVENT_MAX_BYTES`` each (~16 MiB at the default), plus what its socket's buffers
+    hold (uvicorn's 64 KiB, the kernel's); past that its events are dropped and
+    counted, and the reader is told how many once it reads again.
+    """
 
     def __init__(self, agent: str, capacity: int = STREAM_CAPACITY) -> None:
         self.agent = agent

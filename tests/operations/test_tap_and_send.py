@@ -125,14 +125,19 @@ def test_bushub_tap_prints_for_people_and_refuses_a_wrong_token(
     assert "t1 <- BusTaskRequestMessage ops -> w" in printed[1]
     assert '"<3 bytes>"' in printed[2]
 
-    # A draining node ends its taps at once, so it does not wait on them to exit.
+    # A draining node ends its taps at once, so it does not wait on them to exit; the
+    # tap says so, and exits 1 (before: 0 and nothing said, as if --count was reached).
     draining = AgentProcess.reported(request, tmp_path, "tap-draining")
     draining.start([sys.executable, "-m", "bushub", "tap", "w", "--node", node.http_url,
                     "--admin-token", ADMIN_TOKEN])  # fmt: skip
     assert wait_until(lambda: bool(draining.events), timeout=TIMEOUT)
     started = time.monotonic()
     node.signal(signal.SIGTERM)
-    assert draining.wait() == 0
+    assert draining.wait() == 1
+    assert (
+        f"bushub tap: {node.http_url} ended the tap (a draining node does): tap through "
+        "another node" in draining.log_path.read_text()
+    )
     assert node.wait() == 0
     assert time.monotonic() - started < DRAIN_TIMEOUT
 
