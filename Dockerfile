@@ -27,6 +27,7 @@ USER 10001:10001
 EXPOSE 8765
 # Liveness only (/healthz): readiness (/readyz) is for the load balancer and goes false
 # while draining or while Redis is unreachable, which is no reason to restart the node.
+# The check follows BUSHUB_PORT: give a port with it, not with --port.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('BUSHUB_PORT', '8765'), timeout=2)"]
 # SIGTERM drains (sockets closed with 1012 after their queues flush); let the runtime

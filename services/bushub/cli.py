@@ -94,6 +94,8 @@ def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Co
         "backlog": settings.backlog,
         "lifespan": "on",
         "access_log": False,
+        # The client address in logs and refusals: told by the proxies listed only.
+        "forwarded_allow_ips": ",".join(settings.split(settings.forwarded_allow_ips)),
         # After the hub's own drain (SIGTERM: up to --drain-timeout), uvicorn waits
         # for the sockets still open: stuck ones, which waiting longer does not
         # mend. A second --drain-timeout here made a node with one reader that stopped

@@ -39,6 +39,14 @@ def cpu_count() -> int:
     return os.cpu_count() or 1
 
 
+def _is_address_or_network(value: str) -> bool:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        return False
+    return True
+
+
 def _default_node_id() -> str:
     return f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
 
@@ -209,6 +217,15 @@ class Settings:
             "in a browser on the node's machine could otherwise take an agent's name)"
         },
     )
+    forwarded_allow_ips: str = field(
+        default="127.0.0.1",
+        metadata={
+            "help": "comma-separated addresses or networks (CIDR) of the proxies in front "
+            "whose X-Forwarded-For and X-Forwarded-Proto are believed for a client's "
+            "address (logs, refusals); * for any (only where nothing else reaches the "
+            "node: a client could name any address)"
+        },
+    )
     handshake_timeout: float = field(
         default=10.0,
         metadata={
@@ -332,6 +349,11 @@ class Settings:
         for value in self.split(self.allowed_origins):
             if problem := origin_problem(value):
                 raise SettingsError(f"allowed-origins: {problem}")
+        for value in self.split(self.forwarded_allow_ips):
+            if value != "*" and not _is_address_or_network(value):
+                raise SettingsError(
+                    f"forwarded-allow-ips: {value!r} is no address, network (CIDR) or *"
+                )
         for path in self.split(self.jwt_public_keys):
             if not os.path.isfile(path):
                 raise SettingsError(f"jwt-public-keys: {path} is not a readable file")

@@ -26,6 +26,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from bushub.supervisor import EXIT_MARGIN
 from tests.deployment.lb import RUN_LOCAL, nginx_path
 from tests.integration.procs import ROOT
 
@@ -134,9 +135,28 @@ def test_grace_period_covers_prestop_and_the_drain_timeout() -> None:
     assert command[0] == "sleep"
     pre_stop = float(command[1])
     grace = pod["terminationGracePeriodSeconds"]
-    # SIGTERM comes after preStop; the drain then needs up to its timeout, plus a margin
+    # SIGTERM comes after preStop; the drain then needs up to its timeout, and a node of
+    # BUSHUB_WORKERS > 1 its supervisor's margin for a worker that runs on, plus a margin
     # for uvicorn's own shutdown, before the kubelet's SIGKILL.
-    assert pre_stop + drain + 3 <= grace <= pre_stop + drain + 15, (pre_stop, drain, grace)
+    least = pre_stop + drain + EXIT_MARGIN + 3
+    assert least <= grace <= least + 15, (pre_stop, drain, grace)
+
+
+def test_a_read_only_pod_has_a_temporary_directory_for_workers() -> None:
+    """BUSHUB_WORKERS > 1 keeps its workers' control sockets in a temporary directory:
+    under the read-only root it stopped at start (no usable temporary directory)."""
+    pod = k8s("Deployment")["spec"]["template"]["spec"]
+    assert hub_container()["securityContext"]["readOnlyRootFilesystem"] is True
+    [mount] = [m for m in hub_container()["volumeMounts"] if m["mountPath"] == "/tmp"]
+    volume = {v["name"]: v for v in pod["volumes"]}[mount["name"]]
+    assert "emptyDir" in volume
+
+
+def test_the_startup_probe_waits_for_a_redis_that_is_not_there_yet() -> None:
+    """A node started while Redis is unreachable opens its port only once Redis answers:
+    the startup probe must not restart it within minutes (it did after 30 s)."""
+    probe = hub_container()["startupProbe"]
+    assert probe["periodSeconds"] * probe["failureThreshold"] >= 300
 
 
 def test_auth_comes_from_the_secret_and_the_pod_runs_unprivileged() -> None:

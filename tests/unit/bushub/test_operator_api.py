@@ -169,6 +169,27 @@ async def test_requests_without_the_admin_token_are_counted_and_logged(
     assert schema.status_code == 404
 
 
+@pytest.mark.parametrize(
+    ("allowed", "logged"), [("", "127.0.0.2"), ("127.0.0.0/30", "203.0.113.7")]
+)
+async def test_a_proxys_client_address_is_believed_from_the_proxies_listed_only(
+    allowed: str, logged: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A proxy not on the node's loopback (nginx in compose, an ingress pod) is
+    believed once ``--forwarded-allow-ips`` lists it; before, no setting could say
+    so, and every log line named the proxy instead of the client."""
+    settings = small_settings(admin_token=ADMIN)
+    if allowed:
+        settings = small_settings(admin_token=ADMIN, forwarded_allow_ips=allowed)
+    async with running_hub(settings) as node:
+        transport = httpx.AsyncHTTPTransport(local_address="127.0.0.2")
+        async with httpx.AsyncClient(base_url=node.http_url, transport=transport) as client:
+            headers = {"authorization": "Bearer guess", "x-forwarded-for": "203.0.113.7"}
+            response = await client.get("/agents", headers=headers)
+    assert response.status_code == 401
+    assert f"refused GET /agents from {logged}: bad_admin_token" in caplog.text
+
+
 async def test_a_short_admin_token_or_jwt_secret_is_warned_about(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

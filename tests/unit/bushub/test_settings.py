@@ -94,6 +94,8 @@ def test_environment_alone_and_defaults() -> None:
         ("BUSHUB_ADMIN_TOKEN", "   ", "admin-token"),  # the API silently off before
         ("BUSHUB_ADMIN_TOKEN", "p\u00e4ssw\u00f6rd-0123456789", "admin-token"),  # never matched
         ("BUSHUB_ALLOWED_ORIGINS", "null", "allowed-origins"),
+        ("BUSHUB_FORWARDED_ALLOW_IPS", "nginx", "forwarded-allow-ips"),  # a name
+        ("BUSHUB_FORWARDED_ALLOW_IPS", "10.0.0.0/33", "forwarded-allow-ips"),
     ],
 )
 def test_bad_value_is_refused_naming_the_option(variable: str, value: str, option: str) -> None:
