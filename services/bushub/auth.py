@@ -3,10 +3,12 @@
 A token is a JWT (HS256 with a shared secret, or RS256/ES256 checked against one
 of several public keys, for rotation). Its claims:
 
-- ``agents``: agent names the socket may hold: exact names or glob patterns
-  (``voice-*``); ``sub`` stands in when ``agents`` is absent (not when it is empty:
-  a token meant to hold no name holds none, whatever its identity provider put in
-  ``sub``).
+- ``agents``: agent names the socket may hold: exact names or globs, where ``*``
+  matches any run of characters (``voice-*``), ``?`` any one, and nothing else is
+  special: read as fnmatch reads them, ``[...]`` made a grant of the legal name
+  ``job[1]`` hold ``job1`` and not itself; ``sub`` stands in when ``agents`` is
+  absent (not when it is empty: a token meant to hold no name holds none, whatever its
+  identity provider put in ``sub``).
 - ``targets``: agents it may address and pair with (the ``peer`` query, every
   message's target); absent means none.
 
@@ -16,8 +18,9 @@ A claim of another type than a string or a list of strings refuses the token
 Errors carry a fixed reason for metrics and logs and never travel to the client.
 """
 
-import fnmatch
+import functools
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,7 +72,22 @@ def bearer_value(header: str) -> str | None:
 
 
 def _matches(name: str, patterns: Sequence[str]) -> bool:
-    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+    return any(
+        pattern == name or (_is_glob(pattern) and _glob(pattern).fullmatch(name) is not None)
+        for pattern in patterns
+    )
+
+
+def _is_glob(pattern: str) -> bool:
+    return "*" in pattern or "?" in pattern
+
+
+@functools.lru_cache(maxsize=1024)
+def _glob(pattern: str) -> "re.Pattern[str]":
+    """A grant's glob: ``*`` any run of characters, ``?`` any one, everything else
+    itself."""
+    wild = {"*": ".*", "?": "."}
+    return re.compile("".join(wild.get(ch) or re.escape(ch) for ch in pattern), re.DOTALL)
 
 
 def _patterns(claims: dict[str, Any], name: str) -> tuple[str, ...] | None:

@@ -103,10 +103,12 @@ class RateLimitFilter(logging.Filter):
             del self._last[key]
 
 
-_TOKEN_IN_URL = re.compile(r"(token=)[^&\s\"']+")
+# Case-blind: the node reads only ``token``, but a client that wrote ``TOKEN=`` (and
+# was refused) carried a working token all the same.
+_TOKEN_IN_URL = re.compile(r"(?i)(token=)[^&\s\"']+")
 # A session id resumes the session (with the agent's token, if auth is on): a
 # credential as well, shown to peers only as a digest.
-_SESSION_IN_URL = re.compile(r"([?&]session=)[^&\s\"']+")
+_SESSION_IN_URL = re.compile(r"(?i)([?&]session=)[^&\s\"']+")
 _AUTHORIZATION = re.compile(r"(?i)(authorization:\s*(?:\S+\s+)?)\S+")
 # A query's parameter names are percent-decoded before they are read (``?%74oken=``
 # is ``?token=`` to the node), so a name written encoded is read as its decoding.
@@ -130,9 +132,10 @@ class RedactTokensFilter(logging.Filter):
         if record.args:
             record.msg = record.getMessage()
             record.args = None
-        if isinstance(record.msg, str) and "token=" in record.msg:
+        lowered = record.msg.lower() if isinstance(record.msg, str) else ""
+        if "token=" in lowered:
             record.msg = _TOKEN_IN_URL.sub(r"\1REDACTED", record.msg)
-        if isinstance(record.msg, str) and "session=" in record.msg:
+        if "session=" in lowered:
             record.msg = _SESSION_IN_URL.sub(r"\1REDACTED", record.msg)
         if isinstance(record.msg, str) and "%" in record.msg:
             record.msg = _QUERY_PARAMETER.sub(_redact_encoded, record.msg)

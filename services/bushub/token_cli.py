@@ -38,7 +38,7 @@ def add_token_command(commands: "argparse._SubParsersAction[argparse.ArgumentPar
         action="append",
         required=True,
         type=_pattern,
-        help="agent name or glob it may hold (repeat)",
+        help="agent name or glob (* any run of characters, ? any one) it may hold (repeat)",
     )
     parser.add_argument(
         "--targets",

@@ -78,6 +78,16 @@ async def test_glob_agent_claims(auth_hub: SecureHub) -> None:
     await assert_refused(auth_hub, "ops-12", 403, "agent_not_allowed", token=several)
 
 
+async def test_brackets_in_a_claim_are_the_names_own(auth_hub: SecureHub) -> None:
+    """``[...]`` is no character class: a grant of the legal name ``job[1]`` held
+    ``job1`` and not itself, and one of ``[!a]dmin`` held ``xdmin``."""
+    exact = token(["job[1]", "[!a]dmin"])
+    await assert_accepted(auth_hub, "job[1]", token=exact)
+    await assert_accepted(auth_hub, "[!a]dmin", token=exact)
+    for name in ("job1", "xdmin"):
+        await assert_refused(auth_hub, name, 403, "agent_not_allowed", token=exact)
+
+
 async def test_peer_outside_targets_is_403(auth_hub: SecureHub) -> None:
     alice = token("alice", ["bob", "worker-*"])
     await assert_accepted(auth_hub, "alice", token=alice, peer="bob")

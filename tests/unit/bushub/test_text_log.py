@@ -62,6 +62,8 @@ def test_a_traceback_keeps_its_lines_after_a_one_line_message() -> None:
         ("/ws/a?peer=b&tok%65n=t.k.n", "/ws/a?peer=b&tok%65n=REDACTED"),
         ("/ws/a?%73ession=abc&received=%34", "/ws/a?%73ession=REDACTED&received=%34"),
         ("/ws/a?peer=%41b&x=1", "/ws/a?peer=%41b&x=1"),
+        # Not read by the node (refused), yet a working token: logged whole before.
+        ("/ws/a?TOKEN=t.k.n&Session=abc", "/ws/a?TOKEN=REDACTED&Session=REDACTED"),
     ],
 )
 def test_session_ids_and_tokens_in_request_lines_are_redacted(line: str, shown: str) -> None:
