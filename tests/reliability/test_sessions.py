@@ -14,7 +14,7 @@ import signal
 import socket
 import struct
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -61,6 +61,33 @@ def cluster_nodes(
 
 async def received(sock: SessionSocket, count: int, what: str) -> None:
     await until(lambda: len(sock.messages) >= count, what=what)
+
+
+async def away_and_back(
+    sock: SessionSocket,
+    names: tuple[str, str, str],
+    holder: FaultNode,
+    to: FaultNode,
+    send: Callable[[], Awaitable[None]],
+) -> SessionSocket:
+    """Drop ``sock`` with no close, wait for its node to see it gone, ``send`` while
+    it is away, and resume its session on ``to`` from what it received: recovered,
+    with what was kept meanwhile (one message at least) read.
+
+    Args:
+        names: The session's agent, its peer and the session id.
+    """
+    agent, peer, session = names
+    await sock.vanish()
+    await until(
+        lambda: holder.metrics().value("bushub_connections") == 0,
+        what=f"{holder.node_id} seeing {agent} gone",
+    )
+    await send()
+    back = await SessionSocket.open(to.url, agent, peer, session, received=sock.positions[-1])
+    assert back.result == "recovered"
+    await received(back, 1, f"what was kept while {agent} was away")
+    return back
 
 
 @pytest.mark.parametrize("broker", ["redis", "redis-tls", "redis-cluster"])
@@ -396,12 +423,7 @@ async def test_a_session_redis_lost_while_connected_is_put_back_at_its_next_mess
     await b.send("b", "a", 3)
     await received(a, 2, "numbered again")
     assert a.seqs() == [1, 3] and a.positions == [1, 2]
-    await a.vanish()
-    await until(lambda: n1.metrics().value("bushub_connections") == 0, what="n1 seeing a gone")
-    await b.send("b", "a", 4)
-    back = await SessionSocket.open(n2.url, "a", "b", "S1", received=a.positions[-1])
-    assert back.result == "recovered"
-    await received(back, 1, "what was kept while a was away")
+    back = await away_and_back(a, ("a", "b", "S1"), n1, n2, lambda: b.send("b", "a", 4))
     assert back.seqs() == [4]
     await back.close()
     await b.close()
@@ -441,12 +463,7 @@ async def test_a_node_taken_for_dead_holds_its_connected_sessions_again(faults: 
     assert ttl("bushub:session:{c}") == -1
     await w.send("w", "c", 2)
     await received(c, 2, "numbered, as before the stall")
-    await c.vanish()
-    await until(lambda: n1.metrics().value("bushub_connections") == 0, what="n1 seeing c gone")
-    await w.send("w", "c", 3)
-    back = await SessionSocket.open(n2.url, "c", "w", "S1", received=c.positions[-1])
-    assert back.result == "recovered"
-    await received(back, 1, "what was kept while c was away")
+    back = await away_and_back(c, ("c", "w", "S1"), n1, n2, lambda: w.send("w", "c", 3))
     assert c.seqs() + back.seqs() == [1, 2, 3]
     await back.close()
     await w.close()
