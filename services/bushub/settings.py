@@ -41,7 +41,7 @@ def cpu_count() -> int:
 
 def _is_address_or_network(value: str) -> bool:
     try:
-        ipaddress.ip_network(value, strict=False)
+        ipaddress.ip_network(value)
     except ValueError:
         return False
     return True
@@ -222,8 +222,8 @@ class Settings:
         metadata={
             "help": "comma-separated addresses or networks (CIDR) of the proxies in front "
             "whose X-Forwarded-For and X-Forwarded-Proto are believed for a client's "
-            "address (logs, refusals); * for any (only where nothing else reaches the "
-            "node: a client could name any address)"
+            "address (logs, refusals); * alone for any (only where nothing else reaches "
+            "the node: a client could name any address); empty for none"
         },
     )
     handshake_timeout: float = field(
@@ -349,10 +349,16 @@ class Settings:
         for value in self.split(self.allowed_origins):
             if problem := origin_problem(value):
                 raise SettingsError(f"allowed-origins: {problem}")
-        for value in self.split(self.forwarded_allow_ips):
+        proxies = self.split(self.forwarded_allow_ips)
+        for value in proxies:
+            # As uvicorn reads them: a network with host bits set (10.0.0.5/8) would be
+            # taken for a name and match nobody, a * beside others for itself.
+            if value == "*" and len(proxies) > 1:
+                raise SettingsError("forwarded-allow-ips: * stands alone (it means any)")
             if value != "*" and not _is_address_or_network(value):
                 raise SettingsError(
-                    f"forwarded-allow-ips: {value!r} is no address, network (CIDR) or *"
+                    f"forwarded-allow-ips: {value!r} is no address or network (CIDR, no "
+                    "host bits set)"
                 )
         for path in self.split(self.jwt_public_keys):
             if not os.path.isfile(path):

@@ -49,7 +49,10 @@ _MAX_ERROR_BODY = 1 << 16
 # library): C0 and C1 controls, DEL, line and paragraph separators, and what reorders
 # or hides the rest of a line (bidi controls, zero-width characters). A tab stays.
 _CONTROL = re.compile(
-    "[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\u061c\u200b-\u200f\u202a-\u202e\u2060-\u206f\ufeff]"
+    "[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\u061c\u200b-\u200f\u202a-\u202e\u2060-\u206f\ufeff"
+    # Lone surrogates: no terminal encoding takes them (a C locale wrote one as a raw
+    # byte, a UTF-8 one refused the line).
+    "\ud800-\udfff]"
 )
 
 

@@ -96,6 +96,9 @@ def test_environment_alone_and_defaults() -> None:
         ("BUSHUB_ALLOWED_ORIGINS", "null", "allowed-origins"),
         ("BUSHUB_FORWARDED_ALLOW_IPS", "nginx", "forwarded-allow-ips"),  # a name
         ("BUSHUB_FORWARDED_ALLOW_IPS", "10.0.0.0/33", "forwarded-allow-ips"),
+        # uvicorn would read these as names, trusting nobody (or less than asked).
+        ("BUSHUB_FORWARDED_ALLOW_IPS", "10.0.0.5/8", "forwarded-allow-ips"),
+        ("BUSHUB_FORWARDED_ALLOW_IPS", "*,10.0.0.1", "forwarded-allow-ips"),
     ],
 )
 def test_bad_value_is_refused_naming_the_option(variable: str, value: str, option: str) -> None:

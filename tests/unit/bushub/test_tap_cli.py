@@ -96,6 +96,14 @@ def test_every_field_printed_has_its_control_characters_escaped() -> None:
     assert describe({"kind": "dropped", "count": "1\n2"}).startswith("... 1\\n2 events lost")
 
 
+def test_a_lone_surrogate_is_escaped_for_any_terminal() -> None:
+    """No terminal encoding takes one: a UTF-8 one refused the line (the tap ended), a
+    C locale wrote a surrogate-escaped byte raw."""
+    header, body = describe(message(source="a\udc9b", body={"k": "v\ud800"})).split("\n")
+    assert "a\\udc9b" in header and "v\\ud800" in body
+    (header + body).encode("ascii")  # nothing left that an encoder could refuse
+
+
 @pytest.mark.parametrize(
     ("data", "said"),
     [
