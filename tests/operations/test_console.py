@@ -85,6 +85,15 @@ async def test_console_follows_agents_and_taps_a_task(
             hostile = await ws_connect(n1.ws_url(quote(HOSTILE, safe="")))
             await expect(agent_row(page, "alice", "c1")).to_have_count(1)
             await expect(agent_row(page, "bob", "c2")).to_have_count(1)
+            # How long it has been connected, to the minute: a count of seconds changed
+            # every row at every refresh, and the table was laid out again each time.
+            connected = agent_row(page, "alice", "c1").locator("[data-col=connected]")
+            await expect(connected).to_have_text("<1m")
+            await page.wait_for_function(  # the next refresh (the status line's time moves)
+                "(before) => document.querySelector('[data-testid=status]').textContent !== before",
+                arg=await status.text_content(),
+            )
+            await expect(connected).to_have_text("<1m")
             hostile_row = agent_row(page, HOSTILE, "c1")
             await expect(hostile_row.locator("[data-col=agent]")).to_have_text(HOSTILE)
             assert await page.locator("[data-testid=agents-table] i").count() == 0

@@ -21,6 +21,9 @@ from bushub.broker.sessionscripts import Reasserted, Resumed, SessionLimits
 MessageHandler = Callable[[str, bytes], None]
 # Called with True when the broker becomes reachable, False when it is lost.
 StateHandler = Callable[[bool], None]
+# Records read per command by ``Broker.scan_records``: 100,000 agents' records in one
+# MGET were a 12 MB reply on the connection that carries the node's publishes.
+RECORDS_PER_READ = 1000
 # Called with Redis' error reply to a subscription refused on a connection confirmed
 # before: the node's user lost the permission while it runs (on a cluster, also a slot
 # that moved).
@@ -175,8 +178,19 @@ class Broker(ABC):
         """Read several records; None where absent or expired."""
 
     @abstractmethod
-    async def scan_records(self, pattern: str) -> list[bytes]:
-        """Every live record whose key matches ``pattern`` (operator views only)."""
+    async def scan_records(self, pattern: str, most: int) -> list[bytes]:
+        """Live records whose key matches ``pattern``, ``most`` keys at the most
+        (operator views only): the scan stops there, and the values are read in
+        batches of ``RECORDS_PER_READ``, so that the node serves its sockets between
+        them and no one reply is megabytes."""
+
+    async def _live_values(self, keys: Sequence[str]) -> list[bytes]:
+        """The values of ``keys`` that are live, read ``RECORDS_PER_READ`` at a time."""
+        values: list[bytes] = []
+        for start in range(0, len(keys), RECORDS_PER_READ):
+            batch = await self.get_records(keys[start : start + RECORDS_PER_READ])
+            values += [value for value in batch if value is not None]
+        return values
 
     # ---- sessions (docs/protocol.md, Sessions) ------------------------------
 

@@ -448,15 +448,17 @@ class RedisClusterBroker(Broker):
                 values = await self._client.mget_nonatomic(list(keys))
         return [v.encode() if isinstance(v, str) else v for v in values]
 
-    async def scan_records(self, pattern: str) -> list[bytes]:
+    async def scan_records(self, pattern: str, most: int) -> list[bytes]:
         # The cluster client scans every primary, each to its own cursor's end, on
         # its own connections: the URL's login, and the same bounds as any command.
+        keys: list[str] = []
         with unreachable_as_connection_error():
             async with asyncio.timeout(_SCAN_SECONDS):
-                keys = [
-                    key.decode() async for key in self._client.scan_iter(match=pattern, count=500)
-                ]
-        return [v for v in await self.get_records(keys) if v is not None]
+                async for key in self._client.scan_iter(match=pattern, count=500):
+                    keys.append(key.decode())
+                    if len(keys) >= most:
+                        break
+        return await self._live_values(keys)
 
     # ---- sessions -----------------------------------------------------------
 

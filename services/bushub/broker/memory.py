@@ -116,12 +116,9 @@ class MemoryBroker(Broker):
     async def get_records(self, keys: Sequence[str]) -> list[bytes | None]:
         return [self._live(key) for key in keys]
 
-    async def scan_records(self, pattern: str) -> list[bytes]:
-        return [
-            value
-            for key in list(self._records)
-            if fnmatch.fnmatchcase(key, pattern) and (value := self._live(key)) is not None
-        ]
+    async def scan_records(self, pattern: str, most: int) -> list[bytes]:
+        keys = [key for key in list(self._records) if fnmatch.fnmatchcase(key, pattern)]
+        return await self._live_values(keys[:most])
 
     def keep_for_sessions(self, limits: SessionLimits) -> None:
         self._sessions = MemorySessions(limits)

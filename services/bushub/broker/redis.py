@@ -535,10 +535,14 @@ class RedisBroker(Broker):
             start += len(keys)
         return out
 
-    async def scan_records(self, pattern: str) -> list[bytes]:
+    async def scan_records(self, pattern: str, most: int) -> list[bytes]:
+        keys: list[str] = []
         with unreachable_as_connection_error():
-            keys = [key async for key in self._client.scan_iter(match=pattern, count=500)]
-        return [v for v in await self.get_records(keys) if v is not None]
+            async for key in self._client.scan_iter(match=pattern, count=500):
+                keys.append(key)
+                if len(keys) >= most:
+                    break
+        return await self._live_values(keys)
 
     async def _load_delivery(self) -> None:
         """Put DELIVER in the script cache, so the hot path's EVALSHA finds it (a

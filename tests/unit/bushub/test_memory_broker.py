@@ -67,10 +67,10 @@ async def test_records_expire_after_their_ttl() -> None:
     broker = MemoryBroker()
     await broker.put_record(KEY, record("c1"), SHORT_TTL)
     assert await broker.get_records([KEY]) == [record("c1")]
-    assert await broker.scan_records("bushub:agent:*") == [record("c1")]
+    assert await broker.scan_records("bushub:agent:*", 10) == [record("c1")]
     await asyncio.sleep(SHORT_TTL * 2)
     assert await broker.get_records([KEY]) == [None]
-    assert await broker.scan_records("bushub:agent:*") == []
+    assert await broker.scan_records("bushub:agent:*", 10) == []
     # An expired record no longer holds the key against anyone.
     await broker.put_record(KEY, record("c1"), SHORT_TTL)
     await asyncio.sleep(SHORT_TTL * 2)
