@@ -2,8 +2,8 @@
 
 The delivery step remembers, per agent, the newest position relayed from each
 sending session (``bushub:relayed:{agent}``), so that what a session sends again
-after a reconnect is relayed once. The record lives a window past the last message
-any session sent the agent, so an agent that is never that long without one (a
+after a reconnect is relayed once. The record lives at least a window (at most
+two) past the last message relayed to the agent, so an agent that is never that long without one (a
 worker serving clients that come and go, each client process a session of its own)
 would keep a sender for every session that ever wrote to it.
 

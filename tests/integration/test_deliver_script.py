@@ -2,13 +2,21 @@
 node calls it: what it keeps, numbers, trims and refuses, and where it remembers a
 sender's newest position."""
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
-from bushub.broker.sessionscripts import DELIVER, TRIM, SessionLimits, trim_minid
+from bushub.broker.sessionscripts import (
+    DELIVER,
+    DELIVER_SHA,
+    TRIM,
+    Delivery,
+    SessionLimits,
+    trim_minid,
+)
 from buswire import Format
 from buswire.channels import message_channel, relayed_key, session_key, stream_key
 from buswire.relayframe import as_resent, pack_relay, pack_session_relay, sender_of
@@ -31,12 +39,15 @@ def client(server: FaultRedis) -> Iterator[redis.Redis]:
     conn.close()
 
 
-def deliver(client: redis.Redis, frame: bytes, limits: SessionLimits | None = None) -> int:
-    """One delivery of ``frame`` to AGENT, as a node's publish connection sends it."""
+def deliver(
+    client: redis.Redis, frame: bytes, limits: SessionLimits | None = None, life: int = 120_000
+) -> int:
+    """One delivery of ``frame`` to AGENT, as a node's publish connection sends it
+    (``life``: the relayed record's, asked for with this message; negative: not)."""
     limits = limits or SessionLimits(120.0, 1000, 1 << 20)
     keys = (session_key(AGENT), stream_key(AGENT), relayed_key(AGENT))
     args = ("PUBLISH", message_channel(AGENT), limits.messages, limits.bytes)
-    return int(client.eval(DELIVER, 3, *keys, *args, limits.window_ms, frame))
+    return int(client.eval(DELIVER, 3, *keys, *args, life, frame))
 
 
 def trim(client: redis.Redis, position: int, session: str = "S-b") -> None:
@@ -215,3 +226,78 @@ def test_over_the_count_bound_alone_the_stream_is_not_summed(client: redis.Redis
     assert _xrange_calls(client) - before == 2
     assert [p for p, _ in kept(client)] == [3, 4, 5]
     assert session(client)["lost"] == "2"
+
+
+def test_the_relayed_record_expires_only_when_asked_or_for_a_new_sender(
+    client: redis.Redis,
+) -> None:
+    """The record's expiry, set with every message, cost Redis a call in nine: it is
+    set when the node asks (any sender's message, a resend's too) and for a sender the
+    record does not know, whose field may have made the record (no expiry then)."""
+    hold(client)
+    record = relayed_key(AGENT)
+    assert deliver(client, from_session(1), life=-240_000) == -2
+    assert 230_000 < client.pttl(record) <= 240_000, "made by a new sender: set"
+    client.pexpire(record, 50_000)
+    assert deliver(client, from_session(2), life=-240_000) == -2
+    assert client.pttl(record) <= 50_000, "a known sender, not asked: left"
+    other = pack_session_relay(Format.JSON, 1.0, b"{}", sender_of("c", "S-c"), 1)
+    assert deliver(client, other, life=-240_000) == -2
+    assert client.pttl(record) > 230_000, "a sender it did not know: set"
+    for frame in (from_session(2), pack_relay(Format.JSON, 1.0, b"{}"), from_session(3)):
+        client.pexpire(record, 50_000)
+        deliver(client, frame, life=240_000)
+        assert client.pttl(record) > 230_000, "asked: set, with a resend or a stock frame"
+    # Emptied (every sender forgotten) and made again by a sender it knew before.
+    client.delete(record)
+    assert deliver(client, from_session(4), life=-240_000) == -2
+    assert client.pttl(record) > 230_000
+
+
+def test_a_node_asks_for_the_records_expiry_every_quarter_window(
+    client: redis.Redis,
+) -> None:
+    """The commands ``Delivery`` builds, run as a node's publish connection sends them
+    (by digest and by text, and redis-py's arguments): twice the window asked for with
+    the first message to an agent, not again within a quarter window, and again after
+    it."""
+    limits = SessionLimits(0.8, 1000, 1 << 20)  # asked every 0.2 s, for 1.6 s
+    delivery = Delivery(limits, b"PUBLISH")
+    channel = message_channel(AGENT).encode()
+    raw = client.connection_pool.get_connection()
+    client.script_load(DELIVER)
+    record = relayed_key(AGENT)
+
+    def send(frame: bytes, *, by_sha: bool = True) -> int:
+        header = delivery.header(channel, len(frame), by_sha=by_sha)
+        assert header is not None
+        raw.send_packed_command([header + frame + b"\r\n"])
+        return int(raw.read_response())
+
+    try:
+        hold(client)
+        started = time.monotonic()
+        assert send(from_session(1)) == -2
+        assert 1_500 < client.pttl(record) <= 1_600
+        client.pexpire(record, 50_000)
+        assert send(from_session(2)) == -2
+        assert send(from_session(3)) == -2
+        assert time.monotonic() - started < 0.2, "the machine stalled: nothing shown"
+        assert client.pttl(record) > 1_600, "within a quarter window: not asked again"
+        time.sleep(0.25)
+        assert send(from_session(4)) == -2
+        assert client.pttl(record) <= 1_600, "a quarter window on: asked again"
+        # By text (after a NOSCRIPT), on a schedule of its own: its first asks.
+        client.pexpire(record, 50_000)
+        assert send(from_session(5), by_sha=False) == -2
+        assert client.pttl(record) <= 1_600
+        assert [p for p, _ in kept(client)] == [1, 2, 3, 4, 5]
+    finally:
+        client.connection_pool.release(raw)
+    # redis-py's path (TLS and unix-socket URLs) asks by the same clock.
+    args = delivery.args(message_channel(AGENT), from_session(6))
+    assert args[7] == 1_600, "its first asks"
+    assert client.evalsha(DELIVER_SHA.decode(), 3, *args) == -2
+    assert delivery.args(message_channel(AGENT), from_session(7))[7] == -1_600
+    time.sleep(0.25)
+    assert delivery.args(message_channel(AGENT), from_session(7))[7] == 1_600
