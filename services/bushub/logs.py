@@ -9,6 +9,8 @@ from urllib.parse import unquote_plus
 
 import orjson
 
+from bushub.escapes import escape_controls
+
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line, with the fields shippers index."""
@@ -22,29 +24,19 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return orjson.dumps(entry).decode()
+        try:
+            return orjson.dumps(entry).decode()
+        except orjson.JSONEncodeError:
+            # A lone surrogate (a client's JSON ``"\ud800"`` decodes to one) is no
+            # UTF-8, and orjson refuses it: the line was lost, and logging wrote a
+            # traceback of its own. Written as its escape instead.
+            return orjson.dumps({k: _encodable(v) for k, v in entry.items()}).decode()
 
 
-# Characters that end a line, or steer a terminal, in someone's log viewer: C0 and C1
-# controls (NUL, CR, LF, ESC, CSI...), DEL, and Unicode's line and paragraph
-# separators. A tab is harmless and stays.
-_CONTROL = re.compile(
-    "[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029"
-    # and what reorders or hides the rest of a line: bidi controls and overrides,
-    # zero-width characters (``ali\u200bce`` read as ``alice``)
-    "\u061c\u200b-\u200f\u202a-\u202e\u2060-\u206f\ufeff]"
-)
-
-
-def _escape(match: re.Match[str]) -> str:
-    char = match.group()
-    escaped = repr(char)[1:-1]  # \n, \r, \x00, \x1b, \u2028
-    return escaped if escaped != char else f"\\x{ord(char):02x}"
-
-
-def escape_controls(text: str) -> str:
-    """``text`` on one line: control characters written as Python escapes."""
-    return _CONTROL.sub(_escape, text)
+def _encodable(value: object) -> object:
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode()
+    return value
 
 
 class TextFormatter(logging.Formatter):

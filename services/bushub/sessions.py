@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bushub.broker import Broker
-from bushub.broker.sessionscripts import Reasserted, Resumed
+from bushub.broker.sessionscripts import REPLAY_PAGE, Reasserted, Resumed
 from bushub.closecodes import CloseCode
 from bushub.connection import Connection
 from bushub.metrics import Metrics
@@ -287,9 +287,52 @@ class Sessions:
         self._write_kept(conn, session, replay)
         if replay:
             self._metrics.session_messages.labels("replayed").inc(len(replay))
+        if len(replay) >= REPLAY_PAGE:
+            # The resume read one page: the rest a page at a time, each write
+            # between two reads (live messages wait).
+            self._spawn(self._replay_rest(conn, session))
+            return
+        self._replayed(conn, session)
+
+    def _replayed(self, conn: Connection, session: Session) -> None:
         # Positions up to the newest at the resume were replayed or are not ours.
         session.delivered = max(session.delivered, session.newest_at_resume)
         self._release_held(conn, session)
+
+    async def _replay_rest(self, conn: Connection, session: Session) -> None:
+        """The resume's replay after its first page, then the live messages held."""
+        try:
+            replayed = await self._read_kept(conn, session, session.newest_at_resume)
+        except ConnectionError as exc:
+            # The stream keeps the rest, and the proxy knows what it took: it resumes
+            # again from there (through any node), missing nothing.
+            log.warning("could not read the stream of %s: %s", conn.agent, exc)
+            conn.request_close(CloseCode.TRY_AGAIN_LATER)
+            return
+        self._metrics.session_messages.labels("replayed").inc(replayed)
+        if conn.close_code is None:
+            self._replayed(conn, session)
+
+    async def _read_kept(self, conn: Connection, session: Session, upto: int = 0) -> int:
+        """Write what the stream keeps after the socket's newest position (up to
+        position ``upto``, if given: what came since waits among the live messages
+        held), a page (``REPLAY_PAGE``) per read, until a page comes short or the
+        socket closes; how many messages were written.
+
+        Raises:
+            ConnectionError: a page could not be read.
+        """
+        written = 0
+        while conn.close_code is None and not (upto and session.delivered >= upto):
+            entries = await self._broker.read_session(conn.agent, session.delivered, REPLAY_PAGE)
+            page = len(entries)
+            if upto:
+                entries = [entry for entry in entries if entry[0] <= upto]
+            self._write_kept(conn, session, entries)
+            written += len(entries)
+            if page < REPLAY_PAGE:
+                break
+        return written
 
     def _release_held(self, conn: Connection, session: Session) -> None:
         """Let live messages through again, the ones held meanwhile first."""
@@ -349,11 +392,11 @@ class Sessions:
         """Write what the stream holds after the socket's newest position, then let
         the live messages held meanwhile through."""
         try:
-            entries = await self._broker.read_session(conn.agent, session.delivered)
+            await self._read_kept(conn, session)
         except ConnectionError as exc:
             log.warning("could not read the stream of %s: %s", conn.agent, exc)
-            entries = []
-        self._write_kept(conn, session, entries)
+        if conn.close_code is not None:
+            return  # its proxy resumes: the stream keeps what was not written
         first = min((p for p, _ in session.held if p > 0), default=0)
         if first > session.delivered + 1:
             # Not in the stream either (trimmed over its bounds, or Redis lost it).

@@ -8,7 +8,8 @@ installed.
 
 What a node sends is shown as data: every field printed has its control characters
 (C0, C1, DEL, Unicode's line separators, bidi and zero-width characters) written as
-escapes, so an agent cannot steer the operator's terminal or forge a line; the
+escapes (``bushub.escapes``, as the node's log lines), so an agent cannot steer the
+operator's terminal or forge a line; the
 admin token goes to ``--node`` only (a redirect is refused, not followed); and an
 answer that is no node's (odd events, a line over ``MAX_LINE``) ends the tap with one
 line saying so.
@@ -23,7 +24,6 @@ import argparse
 import http.client
 import json
 import os
-import re
 import sys
 import time
 import urllib.error
@@ -31,6 +31,8 @@ import urllib.request
 from collections.abc import Iterator
 from typing import IO, Any, TextIO
 from urllib.parse import quote
+
+from bushub.escapes import escape_controls
 
 DEFAULT_NODE = "http://127.0.0.1:8765"
 
@@ -44,16 +46,6 @@ EXIT_NO_TAP = 2
 MAX_LINE = 1 << 20
 # What of an error answer's body is read for its message.
 _MAX_ERROR_BODY = 1 << 16
-
-# As bushub.logs escapes a log line (not imported: it needs more than the standard
-# library): C0 and C1 controls, DEL, line and paragraph separators, and what reorders
-# or hides the rest of a line (bidi controls, zero-width characters). A tab stays.
-_CONTROL = re.compile(
-    "[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\u061c\u200b-\u200f\u202a-\u202e\u2060-\u206f\ufeff"
-    # Lone surrogates: no terminal encoding takes them (a C locale wrote one as a raw
-    # byte, a UTF-8 one refused the line).
-    "\ud800-\udfff]"
-)
 
 
 class NotANodesAnswer(ValueError):
@@ -216,13 +208,7 @@ def _print_events(events: Iterator[dict[str, Any]], count: int, as_json: bool, o
 def shown(value: object) -> str:
     """``value`` as text on one line of the operator's terminal: control characters
     written as Python escapes."""
-    return _CONTROL.sub(_escape, str(value))
-
-
-def _escape(match: re.Match[str]) -> str:
-    char = match.group()
-    escaped = repr(char)[1:-1]  # \n, \r, \x1b, \u2028
-    return escaped if escaped != char else f"\\x{ord(char):02x}"
+    return escape_controls(str(value))
 
 
 def describe(event: dict[str, Any]) -> str:

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.redis_cluster import RedisClusterServers
+from bushub.broker.sessionscripts import REPLAY_PAGE
+from tests.integration.redis_cluster import ClusterNodeServer, RedisClusterServers
 from tests.reliability.conftest import Faults
-from tests.reliability.harness import FaultNode
+from tests.reliability.harness import FaultNode, FaultRedis
 from tests.support.messages import encode, task_request
 from tests.support.reports import register_log
 from tests.support.sessionclient import PlainSocket, SessionSocket
@@ -59,6 +60,19 @@ def cluster_nodes(
             node.stop()
 
 
+def two_nodes(
+    broker: str, faults: Faults, request: pytest.FixtureRequest, key: str
+) -> tuple[FaultNode, FaultNode, FaultRedis | ClusterNodeServer]:
+    """Two nodes on the test's Redis (``redis-tls``: over TLS) or on the module's Redis
+    Cluster, and the Redis that holds ``key`` (a cluster's shard primary)."""
+    if broker != "redis-cluster":
+        server = faults.start_redis(tls=broker == "redis-tls")
+        n1, n2 = faults.ready("n1", "n2")
+        return n1, n2, server
+    n1, n2 = request.getfixturevalue("cluster_nodes")
+    return n1, n2, request.getfixturevalue("redis_cluster").primary_for(key)
+
+
 async def received(sock: SessionSocket, count: int, what: str) -> None:
     await until(lambda: len(sock.messages) >= count, what=what)
 
@@ -94,12 +108,7 @@ async def away_and_back(
 async def test_what_an_away_session_missed_is_replayed_in_order_on_another_node(
     broker: str, faults: Faults, request: pytest.FixtureRequest
 ) -> None:
-    if broker != "redis-cluster":
-        server = faults.start_redis(tls=broker == "redis-tls")
-        n1, n2 = faults.ready("n1", "n2")
-    else:
-        n1, n2 = request.getfixturevalue("cluster_nodes")
-        server = request.getfixturevalue("redis_cluster").primary_for("bushub:stream:{a}")
+    n1, n2, server = two_nodes(broker, faults, request, "bushub:stream:{a}")
     a = await SessionSocket.open(n1.url, "a", "b", "S1")
     assert a.result == "new"
     b = await PlainSocket.open(n2.url, "b", "a", on_peer_lost="keep")
@@ -140,6 +149,46 @@ async def test_what_an_away_session_missed_is_replayed_in_order_on_another_node(
     await b.send("b", "a", 8)
     await received(back, 5, "another live one")
     assert len(set(b.runners())) == 1, b.runners()
+    await back.close()
+    await b.close()
+
+
+@pytest.mark.parametrize("broker", ["redis", "redis-cluster"])
+async def test_a_replay_past_one_page_comes_whole_in_order_before_live(
+    broker: str, faults: Faults, request: pytest.FixtureRequest
+) -> None:
+    """A resume reads ``REPLAY_PAGE`` kept messages and its node the rest a page per
+    read (a session at its bound read in one script held Redis ~120 ms, every other
+    client waiting): each message once, in order, then what came live meanwhile."""
+    n1, n2, server = two_nodes(broker, faults, request, "bushub:stream:{a}")
+    a = await SessionSocket.open(n1.url, "a", "b", "S1")
+    b = await PlainSocket.open(n2.url, "b", "a", on_peer_lost="keep")
+    await until(lambda: len(a.announcements) >= 1, what="a told b is there")
+    await a.vanish()
+    await until(lambda: n1.metrics().value("bushub_connections") == 0, what="n1 seeing a gone")
+    kept = 2 * REPLAY_PAGE + 10
+    for seq in range(1, kept + 1):
+        await b.send("b", "a", seq)
+    await until(
+        lambda: n2.metrics().value("bushub_session_messages_total", event="kept_away") >= kept,
+        what=f"{kept} messages kept while a was away",
+    )
+    server.cli("CONFIG", "RESETSTAT")
+
+    back = await SessionSocket.open(n2.url, "a", "b", "S1", received=0)
+    assert back.result == "recovered"
+    await b.send("b", "a", kept + 1)
+    await received(back, kept + 1, "the replay, then the live one")
+    await asyncio.sleep(0.3)
+    assert back.seqs() == list(range(1, kept + 2)), "each once, in order, then live"
+    assert back.positions == list(range(1, kept + 2))
+    metrics = n2.metrics()
+    assert metrics.value("bushub_session_messages_total", event="replayed") == kept
+    assert metrics.value("bushub_session_messages_total", event="lost") == 0
+    # The resume's page, two more and none after: read a page at a time.
+    stats = server.cli("INFO", "commandstats")
+    xrange_calls = int(stats.split("cmdstat_xrange:calls=")[1].split(",")[0])
+    assert xrange_calls == 3, stats
     await back.close()
     await b.close()
 
@@ -477,12 +526,7 @@ async def test_a_session_whose_name_a_plain_socket_took_resumes_with_a_gap_not_a
     second process) and is given what the away session's stream keeps: the session
     is ended, so its resume says gap and replays none of it (before, all of it was
     written to a second socket of the name)."""
-    if broker == "redis":
-        server = faults.start_redis()
-        n1, n2 = faults.ready("n1", "n2")
-    else:
-        n1, n2 = request.getfixturevalue("cluster_nodes")
-        server = request.getfixturevalue("redis_cluster").primary_for("bushub:session:{b}")
+    n1, n2, server = two_nodes(broker, faults, request, "bushub:session:{b}")
     a = await PlainSocket.open(n1.url, "a", "b", on_peer_lost="keep")
     b = await SessionSocket.open(n2.url, "b", "a", "SB")
     await a.send("a", "b", 1)

@@ -203,15 +203,19 @@ class Broker(ABC):
         self, agent: str, session: str, received: int, epoch: str, conn: str
     ) -> Resumed:
         """Make ``session``, on connection ``conn``, the session holding ``agent``
-        and read what it missed after position ``received``.
+        and read what it missed after position ``received``: ``REPLAY_PAGE``
+        messages at most, the rest read with ``read_session``.
 
         Args:
             epoch: The epoch to take if this starts a new numbering (new or gap).
         """
         raise NotImplementedError
 
-    async def read_session(self, agent: str, after: int) -> list[tuple[int, bytes]]:
-        """The messages kept for ``agent``'s session after ``position``, oldest first."""
+    async def read_session(
+        self, agent: str, after: int, most: int | None = None
+    ) -> list[tuple[int, bytes]]:
+        """The messages kept for ``agent``'s session after position ``after``, oldest
+        first: ``most`` of them at most (None: all)."""
         raise NotImplementedError
 
     async def reassert_session(

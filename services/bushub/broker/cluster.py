@@ -473,9 +473,11 @@ class RedisClusterBroker(Broker):
         async with guarded():
             return await self._sessions.resume(agent, session, received, epoch, conn)
 
-    async def read_session(self, agent: str, after: int) -> list[tuple[int, bytes]]:
+    async def read_session(
+        self, agent: str, after: int, most: int | None = None
+    ) -> list[tuple[int, bytes]]:
         async with guarded():
-            return await self._sessions.read(agent, after)
+            return await self._sessions.read(agent, after, most)
 
     async def reassert_session(
         self, agent: str, session: str, epoch: str, conn: str, delivered: int

@@ -133,8 +133,10 @@ class MemoryBroker(Broker):
     ) -> Resumed:
         return self._kept().resume(agent, session, received, epoch, conn)
 
-    async def read_session(self, agent: str, after: int) -> list[tuple[int, bytes]]:
-        return self._kept().read(agent, after)
+    async def read_session(
+        self, agent: str, after: int, most: int | None = None
+    ) -> list[tuple[int, bytes]]:
+        return self._kept().read(agent, after, most)
 
     async def reassert_session(
         self, agent: str, session: str, epoch: str, conn: str, delivered: int

@@ -1,11 +1,12 @@
 """Sessions in the in-process broker: ``bushub.broker.sessionscripts``'s scripts,
 in Python, over dicts (one node: a client reconnecting to it resumes)."""
 
+import itertools
 import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from bushub.broker.sessionscripts import Resumed, SessionLimits, sender_session
+from bushub.broker.sessionscripts import REPLAY_PAGE, Resumed, SessionLimits, sender_session
 from buswire.relayframe import RESENT, TRANSIENT, pack_stored, session_origin
 
 # Records that expired are looked for at most this often.
@@ -89,12 +90,18 @@ class MemorySessions:
             result = "gap" if received > 0 else "new"
         session.holder = conn
         session.expires = None
-        replay = [] if result == "new" else [(p, d) for p, d in session.kept if p > received]
+        replay = [] if result == "new" else self._after(session, received, REPLAY_PAGE)
         return Resumed(result, session.epoch, session.seq, replay)
 
-    def read(self, agent: str, after: int) -> list[tuple[int, bytes]]:
+    def read(self, agent: str, after: int, most: int | None = None) -> list[tuple[int, bytes]]:
         session = self._session(agent)
-        return [] if session is None else [(p, d) for p, d in session.kept if p > after]
+        return [] if session is None else self._after(session, after, most)
+
+    @staticmethod
+    def _after(session: "_Session", after: int, most: int | None) -> list[tuple[int, bytes]]:
+        """What ``session`` keeps after position ``after``, ``most`` at most."""
+        kept = ((p, d) for p, d in session.kept if p > after)
+        return list(kept if most is None else itertools.islice(kept, most))
 
     def ack(self, agent: str, session_id: str, position: int) -> None:
         session = self._session(agent)

@@ -8,8 +8,9 @@ from collections.abc import Sequence
 import pytest
 
 from bushub.broker.memory import MemoryBroker
-from bushub.broker.sessionscripts import SessionLimits
+from bushub.broker.sessionscripts import REPLAY_PAGE, SessionLimits
 from bushub.claims import ClaimFence
+from bushub.closecodes import CloseCode
 from bushub.connection import Connection
 from bushub.metrics import Metrics
 from bushub.outbound import Outbound
@@ -43,9 +44,9 @@ def relay_frame(seq: int, *, sender: bytes | None = None, position: int = 0) -> 
 class Node:
     """Sessions, a relay and the in-process broker, wired as the hub wires them."""
 
-    def __init__(self, broker: MemoryBroker | None = None) -> None:
+    def __init__(self, broker: MemoryBroker | None = None, limits: SessionLimits = LIMITS) -> None:
         self.broker = broker or MemoryBroker()
-        self.broker.keep_for_sessions(LIMITS)
+        self.broker.keep_for_sessions(limits)
         self.metrics = Metrics()
         self.holders: dict[str, Connection] = {}
         self.claims = ClaimFence()
@@ -144,6 +145,60 @@ async def test_kept_messages_are_replayed_once_in_order_then_live() -> None:
     assert numbered(back) == [(2, 2), (3, 3), (4, 4)]
     assert node.counted("duplicate") == 1
     assert node.counted("replayed") == 2
+
+
+async def away_with(node: Node, conn: Connection, count: int) -> None:
+    """``conn`` gone (its session away), then ``count`` messages kept for it."""
+    del node.holders["a"]
+    await node.broker.unsubscribe(message_channel("a"))
+    await node.sessions.ended(conn, held=True)
+    for seq in range(1, count + 1):
+        assert await node.send_to_a(seq) == -2
+
+
+async def test_a_resume_past_one_page_reads_the_rest_a_page_at_a_time_before_live() -> None:
+    node = Node(limits=SessionLimits(window=60.0, messages=10_000, bytes=1 << 26))
+    kept = 2 * REPLAY_PAGE + 10
+    await away_with(node, await node.session_socket("S1"), kept)
+    reads: list[int] = []
+    read_session = node.broker.read_session
+
+    async def counted(agent: str, after: int, most: int | None = None) -> list[tuple[int, bytes]]:
+        reads.append(after)
+        return await read_session(agent, after, most)
+
+    node.broker.read_session = counted  # type: ignore[method-assign]
+    back = await node.session_socket("S1", received=0)
+    assert len(numbered(back)) == REPLAY_PAGE, "the resume's page, written at once"
+    await node.send_to_a(kept + 1)  # live while the rest is read: held
+    await until(lambda: len(numbered(back)) == kept + 1, what="the replay, then live")
+    assert numbered(back) == [(p, p) for p in range(1, kept + 2)]
+    assert reads == [REPLAY_PAGE, 2 * REPLAY_PAGE], "a page per read, none past the resume's"
+    assert node.counted("replayed") == kept
+    assert node.counted("duplicate") == 0
+
+
+async def test_a_page_that_cannot_be_read_closes_the_socket_to_resume_again() -> None:
+    """Its proxy knows what it took and the stream keeps the rest: a resume from there
+    misses nothing, where going on would have lost the page (counted as lost)."""
+    node = Node(limits=SessionLimits(window=60.0, messages=10_000, bytes=1 << 26))
+    await away_with(node, await node.session_socket("S1"), REPLAY_PAGE + 5)
+
+    async def unreachable(*_: object) -> list[tuple[int, bytes]]:
+        raise ConnectionError("redis went away")
+
+    read_session = node.broker.read_session
+    node.broker.read_session = unreachable  # type: ignore[method-assign]
+    back = await node.session_socket("S1", received=0)
+    await until(lambda: back.close_code is not None, what="the socket closed")
+    assert back.close_code == CloseCode.TRY_AGAIN_LATER
+    assert len(numbered(back)) == REPLAY_PAGE
+    assert node.counted("lost") == 0
+    node.broker.read_session = read_session  # type: ignore[method-assign]
+    await node.sessions.ended(back, held=True)
+    again = await node.session_socket("S1", received=REPLAY_PAGE)
+    await until(lambda: len(numbered(again)) == 5, what="the rest, resumed")
+    assert numbered(again) == [(p, p) for p in range(REPLAY_PAGE + 1, REPLAY_PAGE + 6)]
 
 
 async def test_what_a_plain_holder_of_the_name_was_given_is_not_replayed_to_its_session() -> None:

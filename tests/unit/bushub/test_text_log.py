@@ -8,7 +8,7 @@ import warnings
 
 import pytest
 
-from bushub.logs import RedactTokensFilter, TextFormatter, configure_logging
+from bushub.logs import JsonFormatter, RedactTokensFilter, TextFormatter, configure_logging
 
 
 def render(msg: str, *args: object, exc: bool = False) -> str:
@@ -33,6 +33,8 @@ def render(msg: str, *args: object, exc: bool = False) -> str:
         # What reorders or hides the rest of a line in a viewer: shown as escapes.
         ("/ws/a\u202eevil", "/ws/a\\u202eevil"),
         ("ali\u200bce", "ali\\u200bce"),
+        # No encoding takes a lone surrogate (a client's JSON "\ud800" decodes to one).
+        ("lone\ud800", "lone\\ud800"),
         ("tab\tstays, é and ✓ too", "tab\tstays, é and ✓ too"),
     ],
 )
@@ -93,3 +95,14 @@ def test_python_warnings_are_log_lines_in_the_logs_format(
         logging.captureWarnings(False)
         root.handlers[:], level = saved
         root.setLevel(level)
+
+
+def test_a_json_line_keeps_a_lone_surrogate_as_its_escape() -> None:
+    """orjson refuses a lone surrogate: the line was lost, and logging printed a
+    traceback of its own in its place."""
+    record = logging.LogRecord(
+        "bushub.test", logging.WARNING, __file__, 1, "refused %s: %s", ("a\udc9b", "x"), None
+    )
+    entry = json.loads(JsonFormatter().format(record))
+    assert entry["msg"] == "refused a\\udc9b: x"
+    assert entry["level"] == "warning" and entry["logger"] == "bushub.test"
