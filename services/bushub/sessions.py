@@ -175,6 +175,17 @@ class Session:
         digest = hashlib.sha256(self.id.encode()).hexdigest()[:16]
         return f"s{digest}.{self.epoch}"
 
+    def newest_known(self) -> int:
+        """The newest position the socket was given, or will be once its replay or
+        a hole's fill is done (the live messages held meanwhile included): a session
+        Redis lost is put back numbering after it, so that no new message takes a
+        position the socket is still to be given."""
+        newest = max(self.delivered, self.newest_at_resume)
+        for position, _ in self.held:
+            if position > newest:
+                newest = position
+        return newest
+
     def settle(self, position: int) -> None:
         """``position`` has an outcome: move the acknowledgement over what is done."""
         outstanding = self.outstanding
@@ -316,8 +327,11 @@ class Sessions:
     async def _read_kept(self, conn: Connection, session: Session, upto: int = 0) -> int:
         """Write what the stream keeps after the socket's newest position (up to
         position ``upto``, if given: what came since waits among the live messages
-        held), a page (``REPLAY_PAGE``) per read, until a page comes short or the
-        socket closes; how many messages were written.
+        held), a page (``REPLAY_PAGE``) per read, until a page comes short or reaches
+        ``upto``, or the socket closes; how many messages were written.
+
+        Between two reads the stream's bounds may trim what was kept (a burst for the
+        agent): what went is counted lost, as a hole's fill counts it.
 
         Raises:
             ConnectionError: a page could not be read.
@@ -325,14 +339,31 @@ class Sessions:
         written = 0
         while conn.close_code is None and not (upto and session.delivered >= upto):
             entries = await self._broker.read_session(conn.agent, session.delivered, REPLAY_PAGE)
-            page = len(entries)
+            page, last = len(entries), entries[-1][0] if entries else 0
             if upto:
                 entries = [entry for entry in entries if entry[0] <= upto]
+            # The next position read, or past ``upto`` if none is left up to it (with
+            # no ``upto``, nothing read says nothing is missing).
+            first = entries[0][0] if entries else upto and upto + 1
+            if first > session.delivered + 1:
+                self._lost_in_transit(conn, session, first - session.delivered - 1)
             self._write_kept(conn, session, entries)
             written += len(entries)
-            if page < REPLAY_PAGE:
+            if page < REPLAY_PAGE or (upto and last >= upto):
                 break
         return written
+
+    def _lost_in_transit(self, conn: Connection, session: Session, lost: int) -> None:
+        """``lost`` positions after the socket's newest are in the stream no more
+        (trimmed over its bounds, or Redis lost them): the socket goes on past them."""
+        log.warning(
+            "session of %s: %d positions lost in transit",
+            conn.agent,
+            lost,
+            extra={"rate_key": conn.agent},
+        )
+        self._metrics.session_messages.labels("lost").inc(lost)
+        session.delivered += lost
 
     def _release_held(self, conn: Connection, session: Session) -> None:
         """Let live messages through again, the ones held meanwhile first."""
@@ -400,15 +431,7 @@ class Sessions:
         first = min((p for p, _ in session.held if p > 0), default=0)
         if first > session.delivered + 1:
             # Not in the stream either (trimmed over its bounds, or Redis lost it).
-            lost = first - session.delivered - 1
-            log.warning(
-                "session of %s: %d positions lost in transit",
-                conn.agent,
-                lost,
-                extra={"rate_key": conn.agent},
-            )
-            self._metrics.session_messages.labels("lost").inc(lost)
-            session.delivered = first - 1
+            self._lost_in_transit(conn, session, first - session.delivered - 1)
         self._release_held(conn, session)
 
     def _write_kept(
@@ -744,7 +767,7 @@ class Sessions:
         if session is None or conn.close_code is not None:
             return None
         found = await self._broker.reassert_session(
-            conn.agent, session.id, session.epoch, conn.id, session.delivered
+            conn.agent, session.id, session.epoch, conn.id, session.newest_known()
         )
         if found is Reasserted.ELSEWHERE:
             log.info("session of %s is held elsewhere now; closing %s", conn.agent, conn.id)
@@ -788,7 +811,7 @@ class Sessions:
                 "session of %s was gone from redis (its data lost or deleted) while its "
                 "socket was connected: put back, numbering after position %d",
                 conn.agent,
-                session.delivered if session is not None else 0,
+                session.newest_known() if session is not None else 0,
                 extra={"rate_key": conn.agent},
             )
 

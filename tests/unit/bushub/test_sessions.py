@@ -4,11 +4,12 @@ the node's replay, deduplication, hole filling and acknowledgements."""
 import asyncio
 import json
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 
 from bushub.broker.memory import MemoryBroker
-from bushub.broker.sessionscripts import REPLAY_PAGE, SessionLimits
+from bushub.broker.sessionscripts import REPLAY_PAGE, Reasserted, SessionLimits
 from bushub.claims import ClaimFence
 from bushub.closecodes import CloseCode
 from bushub.connection import Connection
@@ -720,3 +721,85 @@ def test_the_transient_bit_leaves_the_format_readable() -> None:
     ):
         relay = unpack_relay(frame)
         assert relay.fmt is Format.MSGPACK and relay.payload == payload
+
+
+async def resumed_unstarted(node: Node, session: str) -> Connection:
+    """A socket of ``session`` resumed from position 0, its replay not yet written
+    (``started`` not yet called): live messages meanwhile are held."""
+    conn = connection("a", "b", conn_id=f"c-{session}-back")
+    conn.session = Session(session, 0)
+    node.holders["a"] = conn
+    node.claims.seen("a", conn.id)
+    await node.broker.subscribe(message_channel("a"))
+    await node.sessions.resume(conn)
+    return conn
+
+
+def yielding_reads(node: Node) -> list[int]:
+    """Each page read yields to the loop first, as one from Redis does; the positions
+    read after, in order."""
+    reads: list[int] = []
+    read_session = node.broker.read_session
+
+    async def read(agent: str, after: int, most: int | None = None) -> list[tuple[int, bytes]]:
+        reads.append(after)
+        await asyncio.sleep(0)
+        return await read_session(agent, after, most)
+
+    node.broker.read_session = read  # type: ignore[method-assign]
+    return reads
+
+
+@pytest.mark.parametrize("burst", [REPLAY_PAGE + 44, 280])
+async def test_a_replay_the_bounds_overtake_ends_and_counts_what_went(burst: int) -> None:
+    """A burst for the agent between the resume and its pages trims what the replay
+    was to read: the replay read the same page for good (every kept position up to
+    the resume's newest gone), or skipped the trimmed ones uncounted."""
+    bound = REPLAY_PAGE + 44
+    node = Node(limits=SessionLimits(window=60.0, messages=bound, bytes=1 << 26))
+    await away_with(node, await node.session_socket("S1"), bound)
+    reads = yielding_reads(node)
+    conn = await resumed_unstarted(node, "S1")  # its page: 1..256, newest 300
+    for seq in range(bound + 1, bound + burst + 1):
+        await node.send_to_a(seq)  # kept (the oldest trimmed), and held live
+    await asyncio.sleep(0.01)
+    node.sessions.started(conn)
+    session = conn.session
+    assert session is not None
+    await until(lambda: not session.replaying, what="the replay done")
+    trimmed = range(REPLAY_PAGE + 1, burst + 1)  # gone before the pages were read
+    assert [p for p, _ in numbered(conn)] == [
+        p for p in range(1, bound + burst + 1) if p not in trimmed
+    ]
+    assert node.counted("lost") == len(trimmed)
+    assert len(reads) == 1, reads
+
+
+async def test_a_session_put_back_during_a_replay_numbers_after_what_is_to_come() -> None:
+    """Redis lost the session between two pages (a restart, a failover): put back
+    numbering after the socket's newest written, new messages took positions the
+    replay had still to give, and were dropped as duplicates."""
+    node = Node(limits=SessionLimits(window=60.0, messages=10_000, bytes=1 << 26))
+    kept = 2 * REPLAY_PAGE + 88
+    await away_with(node, await node.session_socket("S1"), kept)
+    asked: list[int] = []
+
+    async def reassert(agent: str, session: str, epoch: str, conn: str, delivered: int) -> Any:
+        asked.append(delivered)
+        return Reasserted.HELD
+
+    node.broker.reassert_session = reassert  # type: ignore[method-assign]
+    read_session = node.broker.read_session
+
+    async def read(agent: str, after: int, most: int | None = None) -> list[tuple[int, bytes]]:
+        if after == REPLAY_PAGE:
+            node.sessions.broker_back()  # the broker came back: sessions re-asserted
+            await until(lambda: bool(asked), what="the re-assert")
+        return await read_session(agent, after, most)
+
+    node.broker.read_session = read  # type: ignore[method-assign]
+    conn = await resumed_unstarted(node, "S1")
+    node.sessions.started(conn)
+    await until(lambda: len(numbered(conn)) == kept, what="the replay")
+    assert asked == [kept], "numbered after what the replay was to give"
+    assert conn.session is not None and conn.session.newest_known() == kept
