@@ -390,7 +390,7 @@ class RedisBroker(Broker):
                     if by_sha:
                         pipe.evalsha(DELIVER_SHA.decode(), 3, *delivery.args(channel, data))
                     else:
-                        pipe.eval(DELIVER, 3, *delivery.args(channel, data))
+                        pipe.eval(DELIVER, 3, *delivery.args(channel, data, ask=True))
                 else:
                     pipe.publish(channel, data)
             results: list[Any] = await pipe.execute(raise_on_error=False)

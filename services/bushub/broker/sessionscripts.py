@@ -405,12 +405,18 @@ class Delivery:
         head += self._publish + bulk(channel)
         return _Heads(0.0, head + self._tails[False], head + self._tails[True])
 
-    def args(self, channel: str, data: bytes) -> list[bytes | str | int]:
-        """``DELIVER``'s keys and arguments, for redis-py (``keys`` first three)."""
+    def args(self, channel: str, data: bytes, *, ask: bool = False) -> list[bytes | str | int]:
+        """``DELIVER``'s keys and arguments, for redis-py (``keys`` first three).
+
+        Args:
+            ask: Ask for the record's expiry, due or not: for a call sent again by
+                text after NOSCRIPT (its first try ran nothing, and may have been
+                the one that asked).
+        """
         agent = channel[len("bushub:msg:{") : -1]
         limits = self.limits
         now = time.monotonic()
-        asks = self._asks_at.get(channel, 0.0) <= now
+        asks = ask or self._asks_at.get(channel, 0.0) <= now
         if asks:
             if len(self._asks_at) >= _PREFIXES_KEPT:
                 self._asks_at.clear()
