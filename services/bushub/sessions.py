@@ -420,10 +420,14 @@ class Sessions:
         self._write_positioned(conn, session, position, data)
 
     async def _fill(self, conn: Connection, session: Session) -> None:
-        """Write what the stream holds after the socket's newest position, then let
-        the live messages held meanwhile through."""
+        """Write what the stream holds after the socket's newest position, up to the
+        first live message held (all of it when none is), then let the live messages
+        held meanwhile through. Not past it: a Redis that lost the stream and was put
+        back numbers after them, and what it kept since was written before them,
+        which were then dropped as duplicates."""
+        upto = min((p for p, _ in session.held if p > 0), default=1) - 1
         try:
-            await self._read_kept(conn, session)
+            await self._read_kept(conn, session, upto)
         except ConnectionError as exc:
             log.warning("could not read the stream of %s: %s", conn.agent, exc)
         if conn.close_code is not None:

@@ -265,7 +265,8 @@ async def test_a_senders_message_written_already_is_not_written_again_live_or_fr
     assert numbered(conn) == [(1, 1), (3, 3), (5, 5), (6, 6)]
     assert node.counted("resent_taken") == 2
     assert node.counted("lost") == 0
-    assert node.counted("duplicate") == 1, "only the live copy of 6, which the fill wrote"
+    # The fill reads up to the live message held (6), which is then written itself.
+    assert node.counted("duplicate") == 0
     # Another sender's position 7 is its own.
     keep(7, 7, live=True, who=sender_of("c", "SC"))
     assert numbered(conn)[-1] == (7, 7)
@@ -803,3 +804,32 @@ async def test_a_session_put_back_during_a_replay_numbers_after_what_is_to_come(
     await until(lambda: len(numbered(conn)) == kept, what="the replay")
     assert asked == [kept], "numbered after what the replay was to give"
     assert conn.session is not None and conn.session.newest_known() == kept
+
+
+async def test_a_hole_is_filled_up_to_the_live_messages_held_not_past_them() -> None:
+    """Filling a hole, a node read the whole stream: from a Redis that had lost the
+    stream and been put back numbering after the held messages, it wrote what came
+    since before them, and dropped them as duplicates."""
+    node = Node()
+    conn = await node.session_socket("S1")
+    for seq in (1, 2):
+        await node.send_to_a(seq)
+    await asyncio.sleep(0)
+    kept = node.broker._kept()
+    for seq in (3, 4):  # kept, but their live copies never reached this node
+        assert kept.deliver("a", relay_frame(seq))[0] is not None
+    # Redis loses the stream; put back, it numbers after 6: what it keeps then.
+    since = [(p, kept.deliver("a", relay_frame(p))[0]) for p in (5, 6, 7, 8)][2:]
+
+    async def lost_then_put_back(
+        agent: str, after: int, most: int | None = None
+    ) -> list[tuple[int, bytes]]:
+        return [(p, data) for p, data in since if p > after and data is not None]
+
+    node.broker.read_session = lost_then_put_back  # type: ignore[method-assign]
+    node.relay.deliver("a", pack_stored(5, relay_frame(5)))  # a hole: held, filled
+    node.relay.deliver("a", pack_stored(6, relay_frame(6)))
+    await until(lambda: conn.session is not None and not conn.session.replaying, what="fill")
+    assert numbered(conn) == [(1, 1), (2, 2), (5, 5), (6, 6)]
+    assert node.counted("lost") == 2
+    assert node.counted("duplicate") == 0
