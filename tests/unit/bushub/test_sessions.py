@@ -157,18 +157,26 @@ async def away_with(node: Node, conn: Connection, count: int) -> None:
         assert await node.send_to_a(seq) == -2
 
 
+def yielding_reads(node: Node) -> list[int]:
+    """Each page read yields to the loop first, as one from Redis does; the positions
+    read after, in order."""
+    reads: list[int] = []
+    read_session = node.broker.read_session
+
+    async def read(agent: str, after: int, most: int | None = None) -> list[tuple[int, bytes]]:
+        reads.append(after)
+        await asyncio.sleep(0)
+        return await read_session(agent, after, most)
+
+    node.broker.read_session = read  # type: ignore[method-assign]
+    return reads
+
+
 async def test_a_resume_past_one_page_reads_the_rest_a_page_at_a_time_before_live() -> None:
     node = Node(limits=SessionLimits(window=60.0, messages=10_000, bytes=1 << 26))
     kept = 2 * REPLAY_PAGE + 10
     await away_with(node, await node.session_socket("S1"), kept)
-    reads: list[int] = []
-    read_session = node.broker.read_session
-
-    async def counted(agent: str, after: int, most: int | None = None) -> list[tuple[int, bytes]]:
-        reads.append(after)
-        return await read_session(agent, after, most)
-
-    node.broker.read_session = counted  # type: ignore[method-assign]
+    reads = yielding_reads(node)
     back = await node.session_socket("S1", received=0)
     assert len(numbered(back)) == REPLAY_PAGE, "the resume's page, written at once"
     await node.send_to_a(kept + 1)  # live while the rest is read: held
@@ -734,21 +742,6 @@ async def resumed_unstarted(node: Node, session: str) -> Connection:
     await node.broker.subscribe(message_channel("a"))
     await node.sessions.resume(conn)
     return conn
-
-
-def yielding_reads(node: Node) -> list[int]:
-    """Each page read yields to the loop first, as one from Redis does; the positions
-    read after, in order."""
-    reads: list[int] = []
-    read_session = node.broker.read_session
-
-    async def read(agent: str, after: int, most: int | None = None) -> list[tuple[int, bytes]]:
-        reads.append(after)
-        await asyncio.sleep(0)
-        return await read_session(agent, after, most)
-
-    node.broker.read_session = read  # type: ignore[method-assign]
-    return reads
 
 
 @pytest.mark.parametrize("burst", [REPLAY_PAGE + 44, 280])
