@@ -108,6 +108,7 @@ class Connection:
         "_queue_bound",
         "_queue_limit",
         "_queued_bytes",
+        "_room",
         "_wakeup",
         "agent",
         "announced_holder",
@@ -211,6 +212,8 @@ class Connection:
         self._queue_bound = queue_bytes
         # The bound, or more while a resume's replay is queued (``make_room``).
         self._queue_limit = queue_bytes
+        # Set when the queue is back within its bound (``room``); made lazily.
+        self._room: Flag | None = None
         self._wakeup = Flag()
         # Frames are still taken after a drain was asked for: the drain waits for
         # them (bounded by --drain-timeout).
@@ -244,11 +247,15 @@ class Connection:
         """The hub let go of the socket."""
         self.state = State.CLOSED
         self.closed.set()
+        if self._room is not None:
+            self._room.set()
 
     def _end_now(self) -> None:
         if self.state is not State.CLOSED:
             self.state = State.CLOSING
         self.closing.set()
+        if self._room is not None:
+            self._room.set()
 
     def may_send_as(self, source: str) -> bool:
         """True if the grant lets this socket send messages from ``source``.
@@ -340,10 +347,25 @@ class Connection:
 
     def make_room(self, extra: int) -> None:
         """Let ``extra`` bytes more than ``--queue-bytes`` wait here, until the queue
-        is back within it: what a session's stream kept is written at once (read
-        whole from Redis, and bounded by ``--resume-bytes`` already), and a socket
-        that reads as fast as it can must not be closed as a slow consumer for it."""
+        is back within it: a page of what a session's stream kept is written at once,
+        and a socket that reads as fast as it can must not be closed as a slow
+        consumer for it."""
         self._queue_limit = max(self._queue_limit, self._queued_bytes + extra + self._queue_bound)
+
+    async def room(self) -> None:
+        """Return once the queue is back within ``--queue-bytes`` (at once if it is),
+        or the socket is to end: a replay waits here between two pages for a slow
+        reader, instead of holding the whole backlog in the node's memory."""
+        while (
+            self._queued_bytes > self._queue_bound
+            and not self.closing.is_set()
+            and self.state is not State.CLOSED
+        ):
+            room = self._room
+            if room is None:
+                room = self._room = Flag()
+            room.clear()
+            await room.wait()
 
     def pop(self) -> tuple[bytes, float] | None:
         """The next frame to write, or None if none is queued."""
@@ -353,6 +375,8 @@ class Connection:
         self._queued_bytes -= len(item[0])
         if self._queued_bytes <= self._queue_bound:
             self._queue_limit = self._queue_bound
+            if self._room is not None:
+                self._room.set()
         return item
 
     async def wait_for_frames(self) -> bool:

@@ -32,7 +32,7 @@ from bushub.closecodes import CloseCode
 from bushub.connection import Connection
 from bushub.metrics import Metrics
 from bushub.settings import Settings
-from buswire import sessionframe
+from buswire import DropReason, sessionframe
 from buswire.relayframe import MAX_SENDER_BYTES, origin_key, sender_of, session_origin
 from buswire.sessionframe import ACK_DELAY, ACK_EVERY
 
@@ -124,6 +124,7 @@ class Session:
         replaying: Live messages wait in ``held`` while the stream is being read.
         replay: What the resume read from the stream, until the socket is open.
         held: Live relay frames that arrived while replaying: (position, frame).
+        held_bytes: Their bytes (bounded by ``--queue-bytes``, as a socket's queue).
         outstanding: The proxy's positions routed and without an outcome yet, in order.
         settled_early: Positions with an outcome while an older one has none.
         acked: The newest position acknowledged to the proxy.
@@ -153,6 +154,7 @@ class Session:
     replaying: bool = True
     replay: list[tuple[int, bytes]] = field(default_factory=list)
     held: list[tuple[int, bytes]] = field(default_factory=list)
+    held_bytes: int = 0
     # Lists, not a deque and a set: both hold a few entries at most (acknowledged
     # within milliseconds) and an idle session should cost little memory.
     outstanding: list[int] = field(default_factory=list)
@@ -231,6 +233,10 @@ class Sessions:
     ) -> None:
         self.window = settings.resume_window
         self.enabled = settings.resume_window > 0
+        # Live messages held behind a replay or a hole's fill, in bytes, per socket at
+        # most: a slow reader's replay waits for it, and what comes live meanwhile
+        # must not grow without bound.
+        self._held_bound = settings.queue_bytes
         self._broker = broker
         self._metrics = metrics
         self._write = write
@@ -338,6 +344,10 @@ class Sessions:
         """
         written = 0
         while conn.close_code is None and not (upto and session.delivered >= upto):
+            # A slow reader's queue is past its bound: the next page waits for it.
+            await conn.room()
+            if conn.close_code is not None or conn.closing.is_set():
+                break
             entries = await self._broker.read_session(conn.agent, session.delivered, REPLAY_PAGE)
             page, last = len(entries), entries[-1][0] if entries else 0
             if upto:
@@ -368,11 +378,14 @@ class Sessions:
     def _release_held(self, conn: Connection, session: Session) -> None:
         """Let live messages through again, the ones held meanwhile first."""
         held, session.held = sorted(session.held, key=lambda item: item[0]), []
+        session.held_bytes = 0
         session.replaying = False
         for index, (position, data) in enumerate(held):
             self._deliver(conn, session, position, data)
             if session.replaying:  # a hole: the rest wait for its fill
-                session.held.extend(held[index + 1 :])
+                rest = held[index + 1 :]
+                session.held.extend(rest)
+                session.held_bytes += sum(len(data) for _, data in rest)
                 return
 
     # ---- towards the agent ------------------------------------------------------
@@ -403,7 +416,7 @@ class Sessions:
         """A relay frame for a session's socket, other than the next position live:
         held behind a replay, unnumbered, a duplicate, or after a hole."""
         if session.replaying:
-            session.held.append((position, data))
+            self._hold(conn, session, position, data)
             return
         if position == 0:
             self._write_positioned(conn, session, 0, data)
@@ -415,9 +428,23 @@ class Sessions:
             # A hole: read it from the stream first; this one waits with the rest.
             session.replaying = True
             session.held.append((position, data))
+            session.held_bytes += len(data)
             self._spawn(self._fill(conn, session))
             return
         self._write_positioned(conn, session, position, data)
+
+    def _hold(self, conn: Connection, session: Session, position: int, data: bytes) -> None:
+        """Keep a live relay frame until the replay or the fill before it is written;
+        past the bound the socket is closed as a slow consumer (4008), as a queue
+        past it is: its stream keeps what it was not given, for its proxy's resume."""
+        if session.held_bytes + len(data) > self._held_bound:
+            conn.dropped += 1
+            self._metrics.messages_dropped.labels(DropReason.SLOW_CONSUMER).inc()
+            session.held, session.held_bytes = [], 0
+            conn.request_close(CloseCode.SLOW_CONSUMER)
+            return
+        session.held.append((position, data))
+        session.held_bytes += len(data)
 
     async def _fill(self, conn: Connection, session: Session) -> None:
         """Write what the stream holds after the socket's newest position, up to the

@@ -193,6 +193,64 @@ async def test_a_replay_past_one_page_comes_whole_in_order_before_live(
     await b.close()
 
 
+async def test_a_slow_readers_long_replay_is_read_as_it_reads(faults: Faults) -> None:
+    """A reader that takes little of a long replay (a small receive buffer, a client
+    that stops reading): its node reads the next page once the socket's queue is back
+    within --queue-bytes, so the backlog stays in Redis, not in the node's memory
+    (read as fast as Redis answered, a session at --resume-bytes put it all there).
+    Once it reads, each message comes once, in order, then what came live meanwhile."""
+    server = faults.start_redis()
+    n1, n2 = faults.ready(
+        "n1",
+        "n2",
+        max_message_bytes=1 << 16,
+        queue_bytes=1 << 18,
+        resume_bytes=1 << 26,
+        rate_bytes=0,
+        rate_messages=0,
+    )
+    a = await SessionSocket.open(n1.url, "a", "b", "S1")
+    b = await PlainSocket.open(n2.url, "b", "a", on_peer_lost="keep")
+    await until(lambda: len(a.announcements) >= 1, what="a told b is there")
+    await a.vanish()
+    await until(lambda: n1.metrics().value("bushub_connections") == 0, what="n1 seeing a gone")
+    # 32 MB kept: 16 pages, each 2 MB.
+    kept = 16 * REPLAY_PAGE
+    for seq in range(1, kept + 1):
+        await b.ws.send(encode(task_request("b", "a", seq, pad=8000)))
+    await until(
+        lambda: n2.metrics().value("bushub_session_messages_total", event="kept_away") >= kept,
+        timeout=TIMEOUT * 2,
+        what=f"{kept} messages kept while a was away",
+    )
+    server.cli("CONFIG", "RESETSTAT")
+    rss_before = n1.rss_kb()
+
+    back = await SessionSocket.open(n1.url, "a", "b", "S1", stalled=True)
+    assert back.result == "recovered"
+    for seq in (kept + 1, kept + 2):
+        await b.send("b", "a", seq)  # live, held behind the replay
+    await asyncio.sleep(2.0)
+    stats = server.cli("INFO", "commandstats")
+    reads = int(stats.split("cmdstat_xrange:calls=")[1].split(",")[0])
+    grown_mb = (n1.rss_kb() - rss_before) / 1024
+    # The resume's page and what the kernel's buffers (4 MB at most here) and the
+    # queue took: a few pages of the 16, and their megabytes.
+    assert reads <= 6, stats
+    assert grown_mb < 16, f"the node grew {grown_mb:.1f} MB for a stalled reader"
+
+    back.read_on()
+    await received(back, kept + 2, "the replay, then the live ones")
+    assert back.positions == list(range(1, kept + 3)), "each once, in order, then live"
+    assert back.seqs() == list(range(1, kept + 3))
+    metrics = n1.metrics()
+    assert metrics.value("bushub_session_messages_total", event="replayed") == kept
+    assert metrics.value("bushub_session_messages_total", event="lost") == 0
+    assert metrics.value("bushub_messages_dropped_total", reason="slow_consumer") == 0
+    await back.close()
+    await b.close()
+
+
 async def test_what_a_session_sends_again_after_a_reconnect_is_relayed_once(
     faults: Faults,
 ) -> None:

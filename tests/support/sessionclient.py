@@ -3,7 +3,9 @@ protocol tested without the proxies, each frame seen as it crosses."""
 
 import asyncio
 import json
+import socket
 from typing import Any
+from urllib.parse import urlsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -14,7 +16,7 @@ from tests.support.messages import decode, encode, task_request
 class SessionSocket:
     """One socket of a session: what it received, by position, and its acks."""
 
-    def __init__(self, ws: ClientConnection) -> None:
+    def __init__(self, ws: ClientConnection, *, reading: bool = True) -> None:
         self.ws = ws
         result, self.epoch = sessionframe.parse_resume_header(
             ws.response.headers.get(sessionframe.RESUME_HEADER, "")
@@ -29,7 +31,14 @@ class SessionSocket:
         )
         self.ack_frames = 0  # acknowledgements in frames of their own
         self.inline_acks = 0  # acknowledgements riding on messages
-        self._reader = asyncio.create_task(self._read())
+        self._reader: asyncio.Task[None] | None = None
+        if reading:
+            self.read_on()
+
+    def read_on(self) -> None:
+        """Start reading (a ``stalled`` socket reads nothing until this)."""
+        if self._reader is None:
+            self._reader = asyncio.create_task(self._read())
 
     @classmethod
     async def open(
@@ -42,14 +51,25 @@ class SessionSocket:
         *,
         on_peer_lost: str = "keep",
         inline_acks: bool = False,
+        stalled: bool = False,
     ) -> "SessionSocket":
         """Open a session socket; ``on_peer_lost`` is ``keep`` unless told: its peer's
         own comings and goings are not what these tests look at. With
-        ``inline_acks`` it asks for acknowledgements riding on messages."""
+        ``inline_acks`` it asks for acknowledgements riding on messages; ``stalled``,
+        it reads nothing until ``read_on`` (a slow reader: a small receive buffer, and
+        the client library stops reading its TCP connection after a frame)."""
         url = f"{hub}/ws/{agent}?peer={peer}&session={session}&received={received}"
         if inline_acks:
             url += f"&{sessionframe.INLINE_ACKS}"
-        return cls(await connect(f"{url}&on_peer_lost={on_peer_lost}"))
+        url += f"&on_peer_lost={on_peer_lost}"
+        if not stalled:
+            return cls(await connect(url))
+        host, port = urlsplit(hub).hostname, urlsplit(hub).port
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (host, port))
+        return cls(await connect(url, sock=sock, max_queue=1), reading=False)
 
     async def _read(self) -> None:
         async for data in self.ws:
@@ -96,12 +116,14 @@ class SessionSocket:
     async def vanish(self) -> None:
         """Drop the TCP connection with no close frame (a killed process, a cut)."""
         self.ws.transport.abort()
-        self._reader.cancel()
-        await asyncio.gather(self._reader, return_exceptions=True)
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
 
     async def close(self) -> None:
         await self.ws.close()
-        await asyncio.gather(self._reader, return_exceptions=True)
+        if self._reader is not None:
+            await asyncio.gather(self._reader, return_exceptions=True)
 
 
 class PlainSocket:

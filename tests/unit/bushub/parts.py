@@ -21,6 +21,22 @@ class KeepingSocket(TakingSocket):
         return True
 
 
+class ValveSocket(KeepingSocket):
+    """A socket whose transport takes ``budget`` frames more, then none (a slow
+    reader) until the test gives it more."""
+
+    def __init__(self, budget: int = 0) -> None:
+        super().__init__()
+        self.budget = budget
+
+    def send_frame(self, payload: bytes) -> bool:
+        self.budget -= 1
+        return super().send_frame(payload)
+
+    def takes_frames(self) -> bool:
+        return self.budget > 0
+
+
 class FakeTimer:
     """A timer handle that fires only when the test calls ``fire``."""
 
@@ -60,17 +76,20 @@ def connection(
     fmt: Format = Format.JSON,
     conn_id: str | None = None,
     close_on_peer_lost: bool = True,
+    socket: KeepingSocket | None = None,
+    queue_bytes: int = 1 << 20,
 ) -> Connection:
-    """An accepted socket in memory, writing to a ``KeepingSocket``."""
+    """An accepted socket in memory, writing to ``socket`` (a new ``KeepingSocket``
+    unless given)."""
     conn = memory_connection(
         agent,
         peer,
         fmt,
         conn_id=conn_id or f"test.{agent}",
         close_on_peer_lost=close_on_peer_lost,
-        queue_bytes=1 << 20,
+        queue_bytes=queue_bytes,
     )
-    conn.outlet = KeepingSocket()
+    conn.outlet = socket or KeepingSocket()
     return conn
 
 

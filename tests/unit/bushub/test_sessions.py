@@ -30,7 +30,7 @@ from buswire.relayframe import (
 from buswire.sessionframe import ACK_DELAY, ACK_EVERY
 from tests.support.messages import encode, task_request
 from tests.support.waiting import until
-from tests.unit.bushub.parts import connection, written
+from tests.unit.bushub.parts import KeepingSocket, ValveSocket, connection, written
 
 LIMITS = SessionLimits(window=60.0, messages=4, bytes=1 << 20)
 
@@ -45,14 +45,19 @@ def relay_frame(seq: int, *, sender: bytes | None = None, position: int = 0) -> 
 class Node:
     """Sessions, a relay and the in-process broker, wired as the hub wires them."""
 
-    def __init__(self, broker: MemoryBroker | None = None, limits: SessionLimits = LIMITS) -> None:
+    def __init__(
+        self,
+        broker: MemoryBroker | None = None,
+        limits: SessionLimits = LIMITS,
+        queue_bytes: int = 1 << 20,
+    ) -> None:
         self.broker = broker or MemoryBroker()
         self.broker.keep_for_sessions(limits)
         self.metrics = Metrics()
         self.holders: dict[str, Connection] = {}
         self.claims = ClaimFence()
-        outbound = Outbound(self.metrics)
-        settings = Settings(node_id="unit", resume_window=LIMITS.window)
+        self.outbound = outbound = Outbound(self.metrics)
+        settings = Settings(node_id="unit", resume_window=LIMITS.window, queue_bytes=queue_bytes)
         self.relay = Relay(
             settings, self.metrics, self.holders, self.claims, self.publish, outbound
         )
@@ -60,6 +65,7 @@ class Node:
             settings, self.broker, self.metrics, outbound.enqueue, self.relay.payload_for
         )
         self.relay.sessions = self.sessions
+        self.queue_bytes = queue_bytes
         self.outcomes: list[int] = []
         self.broker.set_handlers(self._on_message, lambda up: None)
 
@@ -75,9 +81,20 @@ class Node:
         self.sessions.published(data, count)
 
     async def session_socket(
-        self, session: str, received: int = 0, *, inline_acks: bool = False
+        self,
+        session: str,
+        received: int = 0,
+        *,
+        inline_acks: bool = False,
+        socket: KeepingSocket | None = None,
     ) -> Connection:
-        conn = connection("a", "b", conn_id=f"c-{session}-{received}")
+        conn = connection(
+            "a",
+            "b",
+            conn_id=f"c-{session}-{received}",
+            socket=socket,
+            queue_bytes=self.queue_bytes,
+        )
         conn.session = Session(session, received, inline_acks=inline_acks)
         self.holders["a"] = conn
         self.claims.seen("a", conn.id)
@@ -208,6 +225,67 @@ async def test_a_page_that_cannot_be_read_closes_the_socket_to_resume_again() ->
     again = await node.session_socket("S1", received=REPLAY_PAGE)
     await until(lambda: len(numbered(again)) == 5, what="the rest, resumed")
     assert numbered(again) == [(p, p) for p in range(REPLAY_PAGE + 1, REPLAY_PAGE + 6)]
+
+
+async def test_a_slow_readers_replay_waits_between_pages_for_its_queue() -> None:
+    """A replay's next page is read once the socket's queue is back within
+    --queue-bytes: read as fast as Redis answered, a reader that took nothing held
+    its whole backlog (up to --resume-bytes) in the node's memory."""
+    node = Node(limits=SessionLimits(window=60.0, messages=10_000, bytes=1 << 26), queue_bytes=4096)
+    kept = 3 * REPLAY_PAGE + 10
+    await away_with(node, await node.session_socket("S1"), kept)
+    reads = yielding_reads(node)
+    valve = ValveSocket(budget=10)
+    back = await node.session_socket("S1", received=0, socket=valve)
+    await asyncio.sleep(0.05)
+    assert reads == [], "the resume's page waits in the queue: no page read past it"
+    assert len(numbered(back)) == 10
+    await node.send_to_a(kept + 1)  # live meanwhile: held behind the replay
+    valve.budget = REPLAY_PAGE  # the rest of the first page and some of the second
+    node.outbound.flush(back)
+    await asyncio.sleep(0.05)
+    assert reads == [REPLAY_PAGE], "one page more, then it waits again"
+    assert len(numbered(back)) == REPLAY_PAGE + 10
+    valve.budget = 10 * kept
+    node.outbound.flush(back)
+    await until(lambda: len(numbered(back)) == kept + 1, what="the replay, then live")
+    assert numbered(back) == [(p, p) for p in range(1, kept + 2)]
+    assert reads == [REPLAY_PAGE, 2 * REPLAY_PAGE, 3 * REPLAY_PAGE]
+    assert node.counted("replayed") == kept
+
+
+async def test_live_messages_held_past_the_bound_close_a_slow_reader_to_resume() -> None:
+    """What comes live while a slow reader's replay waits is held up to --queue-bytes,
+    as its queue is; past it the socket is closed as a slow consumer (4008) and its
+    proxy's resume from what it took misses nothing: the stream kept it all."""
+    node = Node(limits=SessionLimits(window=60.0, messages=10_000, bytes=1 << 26), queue_bytes=4096)
+    kept = 2 * REPLAY_PAGE
+    await away_with(node, await node.session_socket("S1"), kept)
+    valve = ValveSocket(budget=5)
+    back = await node.session_socket("S1", received=0, socket=valve)
+    assert back.session is not None
+    live = 0
+    while back.close_code is None:
+        live += 1
+        assert live < 100, "held without bound"
+        await node.send_to_a(kept + live)
+        await asyncio.sleep(0)
+    assert back.close_code == CloseCode.SLOW_CONSUMER
+    # Each held frame is its message with the relay's and the stream's heads.
+    assert 4096 // 200 <= live <= 4096 // len(relay_frame(kept)) + 1
+    assert back.session.held == [] and back.session.held_bytes == 0
+    dropped = node.metrics.registry.get_sample_value(
+        "bushub_messages_dropped_total", {"reason": "slow_consumer"}
+    )
+    assert dropped == 1
+    taken = numbered(back)
+    assert taken == [(p, p) for p in range(1, 6)]
+    del node.holders["a"]
+    await node.sessions.ended(back, held=True)
+    again = await node.session_socket("S1", received=taken[-1][0])
+    await until(lambda: len(numbered(again)) == kept + live - 5, what="the rest, resumed")
+    assert numbered(again) == [(p, p) for p in range(6, kept + live + 1)]
+    assert node.counted("lost") == 0
 
 
 async def test_what_a_plain_holder_of_the_name_was_given_is_not_replayed_to_its_session() -> None:
