@@ -125,6 +125,8 @@ class Session:
         replay: What the resume read from the stream, until the socket is open.
         held: Live relay frames that arrived while replaying: (position, frame).
         held_bytes: Their bytes (bounded by ``--queue-bytes``, as a socket's queue).
+        fill_after: The stream is read again once the replay or the fill under way is
+            done: the socket missed messages past what that reads (``missed``).
         outstanding: The proxy's positions routed and without an outcome yet, in order.
         settled_early: Positions with an outcome while an older one has none.
         acked: The newest position acknowledged to the proxy.
@@ -155,6 +157,7 @@ class Session:
     replay: list[tuple[int, bytes]] = field(default_factory=list)
     held: list[tuple[int, bytes]] = field(default_factory=list)
     held_bytes: int = 0
+    fill_after: bool = False
     # Lists, not a deque and a set: both hold a few entries at most (acknowledged
     # within milliseconds) and an idle session should cost little memory.
     outstanding: list[int] = field(default_factory=list)
@@ -387,6 +390,10 @@ class Sessions:
                 session.held.extend(rest)
                 session.held_bytes += sum(len(data) for _, data in rest)
                 return
+        if session.fill_after:
+            session.fill_after = False
+            session.replaying = True
+            self._spawn(self._fill(conn, session))
 
     # ---- towards the agent ------------------------------------------------------
 
@@ -865,7 +872,10 @@ class Sessions:
                 continue
             if not holds(conn):
                 self._missed.add(conn)
-            elif not session.replaying:
+            elif session.replaying:
+                # What it missed may be past what the replay or fill under way reads.
+                session.fill_after = True
+            else:
                 session.replaying = True
                 self._spawn(self._fill(conn, session))
 

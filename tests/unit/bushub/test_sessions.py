@@ -392,6 +392,27 @@ async def test_what_a_session_missed_while_its_claim_was_unconfirmed_is_read_onc
     assert not unconfirmed
 
 
+async def test_what_a_session_missed_during_its_replay_is_read_once_the_replay_is_done() -> None:
+    """A claim confirmed while the session's paged replay is still being read: what it
+    missed meanwhile came after the replay's newest, so the replay does not give it,
+    and no later message may come to show the hole. Read once the replay is done."""
+    node = Node(limits=SessionLimits(window=60.0, messages=10_000, bytes=1 << 26))
+    kept = REPLAY_PAGE + 10
+    await away_with(node, await node.session_socket("S1"), kept)
+    reads = yielding_reads(node)
+    back = await node.session_socket("S1", received=0)
+    assert back.session is not None and back.session.replaying
+    node.claims.suspend()
+    await node.send_to_a(kept + 1)  # kept in the stream, not written: unconfirmed
+    await asyncio.sleep(0)
+    node.claims.confirm("a", back.id)
+    node.sessions.claims_confirmed(lambda c: node.claims.holds(c.agent, c.id))
+    await until(lambda: len(numbered(back)) == kept + 1, what="the replay, then the missed one")
+    assert numbered(back) == [(p, p) for p in range(1, kept + 2)]
+    assert node.sessions.sizes()["missed"] == 0
+    assert reads[0] == REPLAY_PAGE and reads[-1] == kept, reads
+
+
 async def test_over_the_bounds_the_oldest_go_and_a_resume_from_before_is_a_gap() -> None:
     node = Node()
     conn = await node.session_socket("S1")
