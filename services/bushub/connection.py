@@ -234,6 +234,12 @@ class Connection:
         return channel
 
     @property
+    def ending(self) -> bool:
+        """The hub is closing the socket, or its client has gone: nothing more is
+        to be written to it but what is queued."""
+        return self.close_code is not None or self.closing.is_set()
+
+    @property
     def flush_before_close(self) -> bool:
         """The hub closes this socket after writing what is queued (a drain)."""
         return self._drained_close

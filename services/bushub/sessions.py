@@ -330,7 +330,7 @@ class Sessions:
             conn.request_close(CloseCode.TRY_AGAIN_LATER)
             return
         self._metrics.session_messages.labels("replayed").inc(replayed)
-        if conn.close_code is None:
+        if not conn.ending:
             self._replayed(conn, session)
 
     async def _read_kept(self, conn: Connection, session: Session, upto: int = 0) -> int:
@@ -346,10 +346,10 @@ class Sessions:
             ConnectionError: a page could not be read.
         """
         written = 0
-        while conn.close_code is None and not (upto and session.delivered >= upto):
+        while not conn.ending and not (upto and session.delivered >= upto):
             # A slow reader's queue is past its bound: the next page waits for it.
             await conn.room()
-            if conn.close_code is not None or conn.closing.is_set():
+            if conn.ending:
                 break
             entries = await self._broker.read_session(conn.agent, session.delivered, REPLAY_PAGE)
             page, last = len(entries), entries[-1][0] if entries else 0
@@ -464,7 +464,7 @@ class Sessions:
             await self._read_kept(conn, session, upto)
         except ConnectionError as exc:
             log.warning("could not read the stream of %s: %s", conn.agent, exc)
-        if conn.close_code is not None:
+        if conn.ending:
             return  # its proxy resumes: the stream keeps what was not written
         first = min((p for p, _ in session.held if p > 0), default=0)
         if first > session.delivered + 1:

@@ -322,6 +322,31 @@ async def test_a_hole_in_live_positions_is_filled_from_the_stream() -> None:
     assert numbered(conn) == [(1, 1), (2, 2), (3, 3)]
 
 
+async def test_a_fill_ended_by_its_client_leaving_counts_nothing_lost() -> None:
+    """The client goes between two pages of a hole's fill: what was not read is
+    still in the stream for its resume, not lost in transit."""
+    node = Node(limits=SessionLimits(window=60.0, messages=10_000, bytes=1 << 26))
+    conn = await node.session_socket("S1")
+    reads = yielding_reads(node)
+    read_session = node.broker.read_session
+
+    async def client_goes(agent: str, after: int, most: int | None = None) -> Any:
+        page = await read_session(agent, after, most)
+        conn.socket_ended(1006)  # while the first page was read
+        return page
+
+    node.broker.read_session = client_goes  # type: ignore[method-assign]
+    newest = REPLAY_PAGE + 40
+    for seq in range(1, newest + 1):
+        data, _ = node.broker._kept().deliver("a", relay_frame(seq))
+        assert data is not None
+    node.relay.deliver("a", data)  # only the newest live: a hole before it
+    await asyncio.sleep(0.01)
+    assert reads == [0], "no page read for a client gone"
+    assert len(numbered(conn)) == REPLAY_PAGE
+    assert node.counted("lost") == 0
+
+
 async def test_a_senders_message_written_already_is_not_written_again_live_or_from_the_stream() -> (
     None
 ):
