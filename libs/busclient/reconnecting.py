@@ -57,6 +57,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import (
     ConnectionClosed,
     InvalidHandshake,
+    InvalidProxy,
     InvalidStatus,
     InvalidURI,
 )
@@ -206,7 +207,7 @@ def describe_failure(exc: BaseException) -> Disconnect:
             status=response.status_code,
             retry_after=retry_after_seconds(response.headers.get("Retry-After")),
         )
-    if isinstance(exc, InvalidURI | ValueError):
+    if isinstance(exc, InvalidURI | InvalidProxy | ValueError):
         return Disconnect(error=f"{type(exc).__name__}: {exc}", fatal=True)
     return Disconnect(error=f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
 
@@ -375,7 +376,8 @@ class ReconnectingLink:
                 # No acknowledgement for open_timeout: the hub is stuck or gone
                 # without the socket noticing yet. Drop the oldest rather than hang.
                 break
-        position, dropped = send_log.append(data, self._clock())
+        now = self._clock()
+        position, dropped = send_log.append(data, now)
         if dropped:
             log.warning(
                 "%s: send log full and unacknowledged, dropped %d oldest (%d in all)",
@@ -385,6 +387,7 @@ class ReconnectingLink:
             )
         if not self._live or ws.state is not State.OPEN:
             return  # logged: sent again on the next session socket
+        send_log.written(send_log.newest(), now)  # before: a failed send may have gone
         # What was taken and not yet acknowledged rides on the message: no frame of
         # its own.
         acked = self._session.receiver.ride() if self._inline_acks else 0
@@ -443,7 +446,15 @@ class ReconnectingLink:
                         open_timeout=self._open_timeout,
                         **self._connect_kwargs,
                     )
-                except (OSError, TimeoutError, EOFError, InvalidHandshake, ValueError) as exc:
+                except (
+                    OSError,
+                    TimeoutError,
+                    EOFError,
+                    InvalidHandshake,
+                    InvalidURI,  # not an InvalidHandshake (nor InvalidProxy)
+                    InvalidProxy,  # a *_proxy variable of the environment
+                    ValueError,
+                ) as exc:
                     disconnect = describe_failure(exc)
                 else:
                     if self._closing:
@@ -572,6 +583,7 @@ class ReconnectingLink:
         for entry in send_log.entries():
             if ws.state is not State.OPEN:
                 return False
+            send_log.written(entry, self._clock())
             try:
                 await ws.send(sessionframe.message(entry.position, entry.payload))
             except ConnectionClosed:

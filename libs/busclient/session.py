@@ -62,13 +62,16 @@ def session_url(url: str, session_id: str, received: int) -> str:
     return urlunsplit((parts.scheme, parts.netloc, parts.path, encoded, parts.fragment))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class LogEntry:
     """One sent message waiting for the hub's acknowledgement."""
 
     position: int
     payload: bytes
     stamp: float  # when the local agent sent it, for max_age
+    # When it was first written to a socket (the hub may have relayed it from then
+    # on); None while it was only held.
+    written: float | None = None
 
 
 class SendLog:
@@ -150,16 +153,29 @@ class SendLog:
         self.expired += count
         return count
 
+    def written(self, entry: LogEntry, now: float) -> None:
+        """``entry`` is being written to a socket (its first write is kept)."""
+        if entry.written is None:
+            entry.written = now
+
     def drop_sent_before(self, cutoff: float) -> int:
-        """Drop what was sent before ``cutoff`` (counted in ``expired``): the hub no
-        longer remembers whether it relayed it, so sending it again could relay it
-        twice. Returns how many."""
+        """Drop what was first written to a socket before ``cutoff`` (counted in
+        ``expired``): the hub no longer remembers whether it relayed it, so sending
+        it again could relay it twice. What was only held (never written) cannot have
+        been relayed and stays. Returns how many."""
         count = 0
-        while self._entries and self._entries[0].stamp < cutoff:
+        # Written ones come first: every write is in position order.
+        while self._entries and (written := self._entries[0].written) is not None:
+            if written >= cutoff:
+                break
             self._remove_oldest()
             count += 1
         self.expired += count
         return count
+
+    def newest(self) -> LogEntry:
+        """The entry appended last."""
+        return self._entries[-1]
 
     def entries(self) -> list[LogEntry]:
         """Everything logged, oldest first (a copy: the log may change while it is sent)."""

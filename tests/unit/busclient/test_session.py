@@ -327,6 +327,20 @@ def test_expire_drops_old_messages_from_the_head() -> None:
     assert send_log.expired == 2
 
 
+def test_only_what_was_written_before_the_cutoff_is_dropped_as_sent() -> None:
+    send_log = SendLog()
+    for payload in (b"a", b"b", b"c"):
+        send_log.append(payload, 0.0)
+    first, second, _ = send_log.entries()
+    send_log.written(first, 1.0)
+    send_log.written(second, 5.0)
+    send_log.written(first, 9.0)  # written again: its first write counts
+    assert send_log.drop_sent_before(6.0) == 2
+    assert [e.payload for e in send_log.entries()] == [b"c"], "held, never written: kept"
+    assert send_log.drop_sent_before(1e9) == 0
+    assert send_log.expired == 2
+
+
 def test_without_max_age_nothing_expires() -> None:
     send_log = SendLog()
     send_log.append(b"a", 0.0)

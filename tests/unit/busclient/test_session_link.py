@@ -7,6 +7,7 @@ connection, and sends, acknowledges or drops the connection when a test says so.
 
 import asyncio
 import random
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -459,3 +460,73 @@ async def test_a_frame_over_the_links_limit_is_final_not_a_dropped_connection(
     await hub.send(sessionframe.message(1, bytes(2000)))
     await until(lambda: hooks.gave_up != [])
     assert hooks.gave_up[0].code == 1009 and len(hub.queries) == 1
+
+
+@pytest.mark.parametrize(
+    ("url", "environment"),
+    [
+        ("http://127.0.0.1:1/ws/a?peer=b", {}),  # not a ws:// or wss:// URL
+        ("ws://127.0.0.1:1/ws/a?peer=b", {"http_proxy": "ftp://127.0.0.1:9", "no_proxy": ""}),
+    ],
+)
+async def test_a_url_or_proxy_that_cannot_work_gives_up_through_the_hooks(
+    url: str, environment: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """websockets' InvalidURI and InvalidProxy are not handshake errors: they escaped
+    ``run`` (the agent's task died with them), and no hook heard of it."""
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    hooks = Recorder()
+    link = ReconnectingLink(url, hooks, policy=FAST, rng=random.Random(0), session=True)
+    hooks.link = link
+    await asyncio.wait_for(link.run(), TIMEOUT)
+    assert len(hooks.gave_up) == 1 and hooks.gave_up[0].fatal
+    assert link.stats.gave_up is not None and not link.running
+
+
+class ShiftedClock:
+    """``time.monotonic`` moved on by ``shift`` seconds: a long time away, at once."""
+
+    def __init__(self) -> None:
+        self.shift = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.shift
+
+
+async def test_what_was_held_past_the_window_is_sent_not_dropped(
+    make_hub: Any, make_link: Any
+) -> None:
+    """Never written, it cannot have been relayed, so it cannot be relayed twice: it
+    was dropped with what was written longer ago than the hub remembers relays, and
+    reported as lost (with sessions off the same message went through)."""
+    hub = await make_hub("new e1 2 acks=inline")
+    clock = ShiftedClock()
+    link, hooks = make_link(hub, clock=clock)
+    await link.send(b"held")  # before the first socket: held
+    clock.shift = 10.0  # past the hub's window of 2 s before it is written
+    await until(lambda: link.connected and len(hub.received[0]) == 1)
+    assert hub.messages(0) == [(1, b"held")]
+    assert hooks.lost == [False] and link.stats.session is not None
+    assert link.stats.session.log.expired == 0
+
+
+async def test_what_was_written_longer_ago_than_the_window_is_not_sent_again(
+    make_hub: Any, make_link: Any
+) -> None:
+    """The hub may have relayed it and no longer remembers: a resend could relay it
+    twice, so it is given up, and the loss reported."""
+    hub = await make_hub("new e1 2 acks=inline", "recovered e1 2 acks=inline")
+    clock = ShiftedClock()
+    link, hooks = make_link(hub, clock=clock)
+    await until(lambda: link.connected)
+    await link.send(b"written")
+    await until(lambda: len(hub.received[0]) == 1)
+    clock.shift = 10.0
+    hub.drop()
+    await until(lambda: len(hooks.resumes) == 2)
+    await link.send(b"after")
+    await until(lambda: len(hub.received) == 2 and len(hub.received[1]) == 1)
+    assert hub.messages(1) == [(2, b"after")], "not sent again"
+    assert hooks.lost == [False, True]
+    assert link.stats.session is not None and link.stats.session.log.expired == 1
