@@ -265,6 +265,8 @@ class ReconnectingLink:
             )
         self._session = self.stats.session
         self._open_timeout = open_timeout
+        # The hub's resume window, as the last session handshake named it.
+        self._window: float | None = None
         # The largest frame a hub writes by default is a message of its default
         # --max-message-bytes (websockets' own default limit, 1 MiB) with a session
         # frame's head on it: at the stock limit that message failed the connection,
@@ -353,7 +355,7 @@ class ReconnectingLink:
         else:
             dropped = self._buffer.push(data, self._clock())
         if dropped:
-            # With a session this is a gap the hub cannot know of: say so.
+            # With a session the next handshake tells the hub (sent_lost): a gap.
             log.warning(
                 "%s: outbound buffer full, dropped %d oldest (%d in all)",
                 self.url,
@@ -438,6 +440,7 @@ class ReconnectingLink:
             while not self._closing:
                 ended: ClientConnection | None = None
                 self.stats.attempts += 1
+                self._give_up_stale()
                 url = self._session.url(self.url) if self._session is not None else self.url
                 try:
                     ws = await connect(
@@ -525,22 +528,41 @@ class ReconnectingLink:
             return None
         return ws.response.headers.get(sessionframe.RESUME_HEADER)
 
+    def _give_up_stale(self) -> None:
+        """Before a handshake, give up on what cannot be sent again: what was written
+        longer ago than the hub's window (as the last handshake named it) and what is
+        older than ``max_age``; the handshake then tells the hub (``sent_lost``)."""
+        if self._session is None:
+            return
+        now = self._clock()
+        send_log = self._session.log
+        send_log.expire(now)
+        if self._window is not None:
+            self._dropped_stale(send_log.drop_sent_before(now - self._window), self._window)
+
+    def _dropped_stale(self, stale: int, window: float) -> None:
+        if stale:
+            log.warning(
+                "%s: %d unacknowledged message(s) written longer ago than the %.0fs window "
+                "given up",
+                self.url,
+                stale,
+                window,
+            )
+
     async def _resumed(self, header: str) -> None:
         """Account for the handshake's result and tell the hooks."""
         assert self._session is not None
+        self._session.told()
         result, epoch = sessionframe.parse_resume_header(header)
         lost = self._session.receiver.resumed(result)
-        window = sessionframe.resume_window(header)
+        window = self._window = sessionframe.resume_window(header)
         if window is not None:
+            # A window shorter than the last handshake's: the hub is told of these
+            # by the next handshake.
             stale = self._session.log.drop_sent_before(self._clock() - window)
+            self._dropped_stale(stale, window)
             if stale:
-                # Sent longer ago than the hub remembers relays: a loss, reported.
-                log.warning(
-                    "%s: %d unacknowledged message(s) older than the %.0fs window dropped",
-                    self.url,
-                    stale,
-                    window,
-                )
                 if not lost:
                     self._session.receiver.gaps += 1
                 lost = True

@@ -31,6 +31,7 @@ from buswire.sessionframe import (
     ACKS_PARAM,
     INLINE,
     RECEIVED_PARAM,
+    SENT_LOST_PARAM,
     SESSION_PARAM,
     ResumeResult,
     valid_session_id,
@@ -45,19 +46,23 @@ def new_session_id() -> str:
     return value
 
 
-def session_url(url: str, session_id: str, received: int) -> str:
+def session_url(url: str, session_id: str, received: int, sent_lost: int = 0) -> str:
     """``url`` with ``session``, ``received`` and ``acks=inline`` (this side takes
-    acknowledgements riding on messages) in its query, replacing any already there.
+    acknowledgements riding on messages) in its query, and ``sent_lost`` when messages
+    sent were given up on, replacing any already there.
 
     Other query parameters are kept, in order.
     """
     parts = urlsplit(url)
+    ours = (SESSION_PARAM, RECEIVED_PARAM, ACKS_PARAM, SENT_LOST_PARAM)
     query = [
         (name, value)
         for name, value in parse_qsl(parts.query, keep_blank_values=True)
-        if name not in (SESSION_PARAM, RECEIVED_PARAM, ACKS_PARAM)
+        if name not in ours
     ]
     query += [(SESSION_PARAM, session_id), (RECEIVED_PARAM, str(received)), (ACKS_PARAM, INLINE)]
+    if sent_lost:
+        query.append((SENT_LOST_PARAM, str(sent_lost)))
     encoded = urlencode(query, quote_via=quote)
     return urlunsplit((parts.scheme, parts.netloc, parts.path, encoded, parts.fragment))
 
@@ -82,7 +87,8 @@ class SendLog:
     drops the oldest (`append` does, counting ``overflowed``): the log always keeps
     the newest, and a single message larger than ``max_bytes`` is kept alone. With
     ``max_age``, messages older than that are dropped by `expire`, counted in
-    ``expired``.
+    ``expired``. Every message given up on before its acknowledgement (all of
+    these) is also counted in ``unreported`` until a handshake tells the hub.
     """
 
     def __init__(
@@ -99,6 +105,7 @@ class SendLog:
         self.acked = 0  # the highest position the hub acknowledged
         self.overflowed = 0
         self.expired = 0
+        self.unreported = 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -125,6 +132,7 @@ class SendLog:
             self._remove_oldest()
             dropped += 1
         self.overflowed += dropped
+        self.unreported += dropped
         return self.last_position, dropped
 
     def drop_oldest(self) -> None:
@@ -132,6 +140,7 @@ class SendLog:
         if self._entries:
             self._remove_oldest()
             self.overflowed += 1
+            self.unreported += 1
 
     def ack(self, position: int) -> int:
         """The hub took everything up to ``position``; returns how many left the log."""
@@ -151,6 +160,7 @@ class SendLog:
             self._remove_oldest()
             count += 1
         self.expired += count
+        self.unreported += count
         return count
 
     def written(self, entry: LogEntry, now: float) -> None:
@@ -171,6 +181,7 @@ class SendLog:
             self._remove_oldest()
             count += 1
         self.expired += count
+        self.unreported += count
         return count
 
     def newest(self) -> LogEntry:
@@ -297,10 +308,20 @@ class ClientSession:
             raise ValueError("a session id is 1-64 of [A-Za-z0-9_-]")
         self.log = SendLog(max_messages, max_bytes, max_age)
         self.receiver = Receiver()
+        # The count of messages given up on that the URL being dialled tells.
+        self._telling = 0
 
     def url(self, base: str) -> str:
-        """The URL to dial now: ``base`` with this session and its received position."""
-        return session_url(base, self.id, self.receiver.received)
+        """The URL to dial now: ``base`` with this session, its received position and
+        the messages sent and given up on that no hub was told of yet."""
+        self._telling = self.log.unreported
+        return session_url(base, self.id, self.receiver.received, self._telling)
+
+    def told(self) -> None:
+        """A hub answered the handshake: the messages given up on that its URL told
+        of are reported (its resume was a gap, its peers told anew)."""
+        self.log.unreported -= self._telling
+        self._telling = 0
 
 
 __all__ = [

@@ -44,6 +44,10 @@ RESUME_HEADER = "bushub-resume"
 ACKS_PARAM = "acks"
 INLINE = "inline"
 INLINE_ACKS = f"{ACKS_PARAM}={INLINE}"
+# How many messages the proxy sent and gave up on before the hub acknowledged them
+# (its send log over its bounds, or written longer ago than the window), not yet told
+# to a hub: the resume is then a gap, so that the session's peers announce it anew.
+SENT_LOST_PARAM = "sent_lost"
 
 
 class Kind(IntEnum):

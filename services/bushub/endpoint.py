@@ -348,7 +348,8 @@ async def agent_socket(websocket: WebSocket, raw: AsgiChannel) -> None:
     )
     if resuming is not None:
         inline_acks = query.get(sessionframe.ACKS_PARAM) == sessionframe.INLINE
-        conn.session = Session(*resuming, inline_acks=inline_acks)
+        session_id, received, sent_lost = resuming
+        conn.session = Session(session_id, received, inline_acks=inline_acks, sent_lost=sent_lost)
     probed = _direct_protocol(websocket)
     if probed is not None:
         conn.client_gone = _hung_up_probe(probed)

@@ -109,7 +109,8 @@ class Metrics:
             "already, a duplicate position not written twice, positions lost in "
             "transit, an acknowledgement ahead of what was written, a message from a "
             "session held back by its socket's rate, a message Redis did not keep for a "
-            "connected session (it had lost it)",
+            "connected session (it had lost it), a message a proxy sent and gave up on "
+            "unacknowledged (its resume a gap)",
             ["event"],
             registry=r,
         )
@@ -124,6 +125,7 @@ class Metrics:
             "acked_ahead",
             "throttled",
             "unkept",
+            "sent_lost",
         ):
             self.session_messages.labels(event)
         self.tap_events = Counter(

@@ -85,12 +85,13 @@ class SessionParamError(ValueError):
     """The handshake's session parameters are malformed."""
 
 
-def session_params(agent: str, query: dict[str, str]) -> tuple[str, int] | None:
-    """(session id, position received) from a handshake's query; None without one.
+def session_params(agent: str, query: dict[str, str]) -> tuple[str, int, int] | None:
+    """(session id, position received, messages the proxy sent and gave up on) from a
+    handshake's query; None without a session.
 
     Raises:
-        SessionParamError: a malformed id or position, or an agent name and id too
-            long together to name the sender of its messages.
+        SessionParamError: a malformed id, position or count, or an agent name and id
+            too long together to name the sender of its messages.
     """
     session = query.get(sessionframe.SESSION_PARAM)
     if session is None:
@@ -101,11 +102,17 @@ def session_params(agent: str, query: dict[str, str]) -> tuple[str, int] | None:
     # name of multi-byte characters can leave too little room.
     if len(sender_of(agent, session)) > MAX_SENDER_BYTES:
         raise SessionParamError(f"agent name and session id over {MAX_SENDER_BYTES} bytes")
-    raw = query.get(sessionframe.RECEIVED_PARAM, "0")
+    received = _count_param(query, sessionframe.RECEIVED_PARAM, "a position")
+    return session, received, _count_param(query, sessionframe.SENT_LOST_PARAM, "a count")
+
+
+def _count_param(query: dict[str, str], name: str, what: str) -> int:
+    """A handshake parameter of up to 15 digits; 0 when absent."""
+    raw = query.get(name, "0")
     # isdigit() alone takes "²" (which int() refuses) and other scripts' digits.
     if not (raw.isascii() and raw.isdigit()) or len(raw) > 15:
-        raise SessionParamError("received must be a position (digits)")
-    return session, int(raw)
+        raise SessionParamError(f"{name} must be {what} (digits)")
+    return int(raw)
 
 
 @dataclass(eq=False, slots=True)
@@ -145,6 +152,8 @@ class Session:
             not written twice while the socket lasts.
         unkept_at: When the session was last put back because a message for it
             came unkept (``time.monotonic``; 0: never).
+        sent_lost: Messages its proxy sent and gave up on unacknowledged, as the
+            handshake said: its resume is a gap, so that its peers announce it anew.
     """
 
     id: str
@@ -172,6 +181,7 @@ class Session:
     inline_acks: bool = False
     senders: dict[bytes, bytes] | None = None
     unkept_at: float = 0.0
+    sent_lost: int = 0
 
     @property
     def runner(self) -> str:
@@ -275,11 +285,19 @@ class Sessions:
         assert session is not None
         epoch = secrets.token_hex(4)
         resumed = await self._broker.resume_session(
-            conn.agent, session.id, session.received, epoch, conn.id
+            conn.agent, session.id, session.received, epoch, conn.id, session.sent_lost > 0
         )
         session.epoch = resumed.epoch
         session.result = resumed.result
         self._metrics.resumes.labels(resumed.result).inc()
+        if session.sent_lost:
+            log.warning(
+                "session of %s: its proxy gave up %d message(s) it sent unacknowledged",
+                conn.agent,
+                session.sent_lost,
+                extra={"rate_key": conn.agent},
+            )
+            self._metrics.session_messages.labels("sent_lost").inc(session.sent_lost)
         if resumed.result == sessionframe.ResumeResult.GAP:
             log.warning(
                 "session of %s resumed with a gap (received %d, newest %d)",

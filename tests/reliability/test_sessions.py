@@ -154,6 +154,37 @@ async def test_what_an_away_session_missed_is_replayed_in_order_on_another_node(
 
 
 @pytest.mark.parametrize("broker", ["redis", "redis-cluster"])
+async def test_a_proxy_that_gave_up_messages_it_sent_resumes_as_a_gap_its_peer_told(
+    broker: str, faults: Faults, request: pytest.FixtureRequest
+) -> None:
+    """A proxy whose send log went over its bounds while away says so in its
+    handshake: the resume is a gap (a new epoch, so its peer announces it anew, as
+    after any gap), counted and logged, and what it missed is replayed all the same."""
+    n1, n2, _ = two_nodes(broker, faults, request, "bushub:stream:{a}")
+    a = await SessionSocket.open(n1.url, "a", "b", "S1")
+    b = await PlainSocket.open(n2.url, "b", "a", on_peer_lost="keep")
+    await until(lambda: len(b.runners()) >= 1, what="b told a is there")
+    await a.vanish()
+    await until(lambda: n1.metrics().value("bushub_connections") == 0, what="n1 seeing a gone")
+    for seq in (1, 2):
+        await b.send("b", "a", seq)
+    await until(
+        lambda: n2.metrics().value("bushub_session_messages_total", event="kept_away") >= 2,
+        what="two kept while a was away",
+    )
+    back = await SessionSocket.open(n2.url, "a", "b", "S1", sent_lost=5)
+    assert back.result == "gap" and back.epoch != a.epoch
+    await received(back, 2, "what a missed, replayed")
+    assert back.seqs() == [1, 2]
+    await until(lambda: len(set(b.runners())) == 2, what="b told of a anew")
+    metrics = n2.metrics()
+    assert metrics.value("bushub_resumes_total", result="gap") == 1
+    assert metrics.value("bushub_session_messages_total", event="sent_lost") == 5
+    await back.close()
+    await b.close()
+
+
+@pytest.mark.parametrize("broker", ["redis", "redis-cluster"])
 async def test_a_replay_past_one_page_comes_whole_in_order_before_live(
     broker: str, faults: Faults, request: pytest.FixtureRequest
 ) -> None:

@@ -52,15 +52,19 @@ class SessionSocket:
         on_peer_lost: str = "keep",
         inline_acks: bool = False,
         stalled: bool = False,
+        sent_lost: int = 0,
     ) -> "SessionSocket":
         """Open a session socket; ``on_peer_lost`` is ``keep`` unless told: its peer's
         own comings and goings are not what these tests look at. With
-        ``inline_acks`` it asks for acknowledgements riding on messages; ``stalled``,
+        ``inline_acks`` it asks for acknowledgements riding on messages; with
+        ``sent_lost``, it says it gave up that many messages it sent; ``stalled``,
         it reads nothing until ``read_on`` (a slow reader: a small receive buffer, and
         the client library stops reading its TCP connection after a frame)."""
         url = f"{hub}/ws/{agent}?peer={peer}&session={session}&received={received}"
         if inline_acks:
             url += f"&{sessionframe.INLINE_ACKS}"
+        if sent_lost:
+            url += f"&{sessionframe.SENT_LOST_PARAM}={sent_lost}"
         url += f"&on_peer_lost={on_peer_lost}"
         if not stalled:
             return cls(await connect(url))

@@ -200,7 +200,7 @@ class Broker(ABC):
         raise NotImplementedError
 
     async def resume_session(
-        self, agent: str, session: str, received: int, epoch: str, conn: str
+        self, agent: str, session: str, received: int, epoch: str, conn: str, renew: bool = False
     ) -> Resumed:
         """Make ``session``, on connection ``conn``, the session holding ``agent``
         and read what it missed after position ``received``: ``REPLAY_PAGE``
@@ -208,6 +208,8 @@ class Broker(ABC):
 
         Args:
             epoch: The epoch to take if this starts a new numbering (new or gap).
+            renew: The proxy gave up messages it sent: a session it holds resumes
+                as a gap (``epoch`` taken, what it missed replayed all the same).
         """
         raise NotImplementedError
 

@@ -468,10 +468,10 @@ class RedisClusterBroker(Broker):
             publisher.delivery = self._delivery
 
     async def resume_session(
-        self, agent: str, session: str, received: int, epoch: str, conn: str
+        self, agent: str, session: str, received: int, epoch: str, conn: str, renew: bool = False
     ) -> Resumed:
         async with guarded():
-            return await self._sessions.resume(agent, session, received, epoch, conn)
+            return await self._sessions.resume(agent, session, received, epoch, conn, renew)
 
     async def read_session(
         self, agent: str, after: int, most: int | None = None

@@ -129,9 +129,9 @@ class MemoryBroker(Broker):
         return self._sessions
 
     async def resume_session(
-        self, agent: str, session: str, received: int, epoch: str, conn: str
+        self, agent: str, session: str, received: int, epoch: str, conn: str, renew: bool = False
     ) -> Resumed:
-        return self._kept().resume(agent, session, received, epoch, conn)
+        return self._kept().resume(agent, session, received, epoch, conn, renew)
 
     async def read_session(
         self, agent: str, after: int, most: int | None = None

@@ -77,10 +77,18 @@ class MemorySessions:
             session.lost = position
         return pack_stored(session.seq, data), session.seq
 
-    def resume(self, agent: str, session_id: str, received: int, epoch: str, conn: str) -> Resumed:
+    def resume(
+        self,
+        agent: str,
+        session_id: str,
+        received: int,
+        epoch: str,
+        conn: str,
+        renew: bool = False,
+    ) -> Resumed:
         session = self._session(agent)
         if session is not None and session.id == session_id:
-            if received > session.seq or session.lost > received:
+            if received > session.seq or session.lost > received or renew:
                 result, session.epoch = "gap", epoch
             else:
                 result = "recovered"

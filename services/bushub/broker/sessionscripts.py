@@ -148,7 +148,8 @@ return n
 """.replace("RECOVERY_MS", str(RECOVERY_MS))
 
 # KEYS: session, stream. ARGV: session id, received, new epoch, holding connection,
-# most messages to replay (``REPLAY_PAGE``: the node reads the rest a page at a time).
+# most messages to replay (``REPLAY_PAGE``: the node reads the rest a page at a time),
+# '1' when the proxy gave up messages it sent (a gap, replay or not).
 # Returns {result, epoch, newest position, replay as {position, data, ...}}.
 RESUME = """
 local received = tonumber(ARGV[2])
@@ -158,7 +159,7 @@ local result, epoch
 if id == ARGV[1] then
   epoch = redis.call('HGET', KEYS[1], 'epoch')
   local lost = tonumber(redis.call('HGET', KEYS[1], 'lost') or '0')
-  if received > seq or lost > received then
+  if received > seq or lost > received or ARGV[6] == '1' then
     result, epoch = 'gap', ARGV[3]
   else
     result = 'recovered'
@@ -548,10 +549,11 @@ class SessionScripts:
         return forgotten
 
     async def resume(
-        self, agent: str, session: str, received: int, epoch: str, conn: str
+        self, agent: str, session: str, received: int, epoch: str, conn: str, renew: bool
     ) -> Resumed:
         keys = [session_key(agent), stream_key(agent)]
-        reply = await self._resume(keys=keys, args=[session, received, epoch, conn, REPLAY_PAGE])
+        args = [session, received, epoch, conn, REPLAY_PAGE, int(renew)]
+        reply = await self._resume(keys=keys, args=args)
         return parse_resumed(list(reply))
 
     async def read(self, agent: str, after: int, most: int | None) -> list[tuple[int, bytes]]:

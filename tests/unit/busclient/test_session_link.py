@@ -515,8 +515,11 @@ async def test_what_was_written_longer_ago_than_the_window_is_not_sent_again(
     make_hub: Any, make_link: Any
 ) -> None:
     """The hub may have relayed it and no longer remembers: a resend could relay it
-    twice, so it is given up, and the loss reported."""
-    hub = await make_hub("new e1 2 acks=inline", "recovered e1 2 acks=inline")
+    twice, so it is given up, and the next handshake tells the hub (its answer a gap,
+    its peers told anew); the one after that does not tell it again."""
+    hub = await make_hub(
+        "new e1 2 acks=inline", "gap e2 2 acks=inline", "recovered e2 2 acks=inline"
+    )
     clock = ShiftedClock()
     link, hooks = make_link(hub, clock=clock)
     await until(lambda: link.connected)
@@ -525,8 +528,34 @@ async def test_what_was_written_longer_ago_than_the_window_is_not_sent_again(
     clock.shift = 10.0
     hub.drop()
     await until(lambda: len(hooks.resumes) == 2)
+    assert hub.queries[1]["sent_lost"] == "1" and "sent_lost" not in hub.queries[0]
     await link.send(b"after")
     await until(lambda: len(hub.received) == 2 and len(hub.received[1]) == 1)
     assert hub.messages(1) == [(2, b"after")], "not sent again"
     assert hooks.lost == [False, True]
     assert link.stats.session is not None and link.stats.session.log.expired == 1
+    hub.drop()
+    await until(lambda: len(hooks.resumes) == 3)
+    assert "sent_lost" not in hub.queries[2], "told once"
+
+
+async def test_sends_given_up_over_the_logs_bound_are_told_to_the_hub_once(
+    make_hub: Any, make_link: Any
+) -> None:
+    """Over the send log's bound (no acknowledgement for open_timeout), the oldest
+    sends are given up: the next handshake says how many, so the hub answers with a
+    gap and the peers announce the agent anew; before, only a log line said so."""
+    hub = await make_hub("new e1 60 acks=inline", "gap e2 60 acks=inline", "recovered e2 60")
+    link, hooks = make_link(hub, buffer=OutboundBuffer(max_messages=2), open_timeout=0.05)
+    await until(lambda: link.connected)
+    for payload in (b"1", b"2", b"3", b"4"):
+        await link.send(payload)  # never acknowledged: 3 and 4 each give up the oldest
+    assert link.stats.overflowed == 2
+    hub.drop()
+    await until(lambda: len(hooks.resumes) == 2)
+    assert hub.queries[1]["sent_lost"] == "2" and hooks.lost == [False, True]
+    await until(lambda: len(hub.received) == 2 and len(hub.received[1]) == 2)
+    assert hub.messages(1) == [(3, b"3"), (4, b"4")], "what the log kept, sent again"
+    hub.drop()
+    await until(lambda: len(hooks.resumes) == 3)
+    assert "sent_lost" not in hub.queries[2]

@@ -87,6 +87,7 @@ class Node:
         *,
         inline_acks: bool = False,
         socket: KeepingSocket | None = None,
+        sent_lost: int = 0,
     ) -> Connection:
         conn = connection(
             "a",
@@ -95,7 +96,7 @@ class Node:
             socket=socket,
             queue_bytes=self.queue_bytes,
         )
-        conn.session = Session(session, received, inline_acks=inline_acks)
+        conn.session = Session(session, received, inline_acks=inline_acks, sent_lost=sent_lost)
         self.holders["a"] = conn
         self.claims.seen("a", conn.id)
         await self.broker.subscribe(message_channel("a"))
@@ -126,20 +127,22 @@ def numbered(conn: Connection) -> list[tuple[int, int]]:
 
 def test_session_params_are_checked() -> None:
     assert session_params("a", {}) is None
-    assert session_params("a", {"session": "abc_-9", "received": "12"}) == ("abc_-9", 12)
-    assert session_params("a", {"session": "abc"}) == ("abc", 0)
+    assert session_params("a", {"session": "abc_-9", "received": "12"}) == ("abc_-9", 12, 0)
+    assert session_params("a", {"session": "abc"}) == ("abc", 0, 0)
+    assert session_params("a", {"session": "abc", "sent_lost": "3"}) == ("abc", 0, 3)
     for bad in ({"session": ""}, {"session": "a b"}, {"session": "x" * 65}):
         with pytest.raises(ValueError):
             session_params("a", bad)
     # Digits of other scripts: "\u00b2" made int() raise (a 500), "\u0661" read as 1.
-    for received in ("-1", "²", "\u0661", "\uff11", "1" * 16):
-        with pytest.raises(ValueError):
-            session_params("a", {"session": "abc", "received": received})
+    for digits in ("-1", "²", "\u0661", "\uff11", "1" * 16, ""):
+        for name in ("received", "sent_lost"):
+            with pytest.raises(ValueError):
+                session_params("a", {"session": "abc", name: digits})
     # The sender a session's messages carry (agent, space, id) fits in 255 bytes.
     agent = "\u00e9" * 120 + "abcdef"  # 126 characters, 246 bytes
     with pytest.raises(ValueError):
         session_params(agent, {"session": "x" * 64})
-    assert session_params(agent, {"session": "x" * 8}) == ("x" * 8, 0)
+    assert session_params(agent, {"session": "x" * 8}) == ("x" * 8, 0, 0)
 
 
 async def test_kept_messages_are_replayed_once_in_order_then_live() -> None:
@@ -187,6 +190,29 @@ def yielding_reads(node: Node) -> list[int]:
 
     node.broker.read_session = read  # type: ignore[method-assign]
     return reads
+
+
+async def test_a_proxy_that_gave_up_messages_it_sent_resumes_as_a_gap_with_its_replay() -> None:
+    """Its send log went over its bounds while away: its peers cannot tell what is
+    missing from its messages, so the resume is a gap (a new epoch: they announce it
+    anew), counted, and what it missed is replayed all the same."""
+    node = Node()
+    first = await node.session_socket("S1")
+    assert first.session is not None
+    epoch = first.session.epoch
+    await away_with(node, first, 2)
+    back = await node.session_socket("S1", received=0, sent_lost=3)
+    assert back.session is not None and back.session.result == "gap"
+    assert back.session.epoch != epoch
+    assert numbered(back) == [(1, 1), (2, 2)], "what it missed, replayed"
+    assert node.counted("sent_lost") == 3
+    resumes = node.metrics.registry.get_sample_value("bushub_resumes_total", {"result": "gap"})
+    assert resumes == 1
+    # Told once: the next resume of the session, telling nothing, recovers.
+    await node.sessions.ended(back, held=True)
+    again = await node.session_socket("S1", received=2)
+    assert again.session is not None and again.session.result == "recovered"
+    assert again.session.epoch == back.session.epoch
 
 
 async def test_a_resume_past_one_page_reads_the_rest_a_page_at_a_time_before_live() -> None:
