@@ -138,9 +138,15 @@ def _serve_direct(
         protocol.detach()
         protocol.finish_with(ending())
 
-    # Frames on a session socket are binary (docs/protocol.md, Sessions).
-    on_text = (lambda data: hub.relay.refuse_text(conn, data)) if conn.session else None
-    protocol.attach(on_frame, conn.socket_ended, lambda: flush(conn), on_text)
+    def on_text(data: bytes) -> None:
+        # Frames on a session socket are binary (docs/protocol.md, Sessions).
+        wait = hub.relay.refuse_text(conn, data)
+        if wait:
+            protocol.hold_reading(lambda: asyncio.sleep(wait))
+
+    protocol.attach(
+        on_frame, conn.socket_ended, lambda: flush(conn), on_text if conn.session else None
+    )
     protocol.hand_over()
     flush(conn)  # what was sent to the socket between its claim and its accept
     conn.closing.on_set(on_closing)

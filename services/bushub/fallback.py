@@ -44,7 +44,9 @@ async def _reader(websocket: WebSocket, conn: Connection, hub: Hub) -> None:
                 continue
             data = text.encode()
             if conn.session is not None:  # its frames are binary
-                hub.relay.refuse_text(conn, data)
+                wait = hub.relay.refuse_text(conn, data)
+                if wait:
+                    await asyncio.sleep(wait)
                 continue
         wait = hub.relay.route(conn, data)
         while wait:  # a session's message over the rate: the same one again, later

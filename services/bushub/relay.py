@@ -267,10 +267,18 @@ class Relay:
             taps.seen(conn.agent, envelope.type_name, envelope.source, target, tree, len(data), fmt)
         return True
 
-    def refuse_text(self, conn: Connection, data: bytes) -> None:
+    def refuse_text(self, conn: Connection, data: bytes) -> float:
         """A text frame on a session socket, whose frames are binary: dropped
-        ``malformed`` (a session frame in it was taken as one before)."""
+        ``malformed`` (a session frame in it was taken as one before). It costs the
+        socket's rate as a message does, so that a flood of them is held back as
+        well: the seconds to wait before reading on are returned, as by ``route``."""
         self._received_and_dropped(conn, DropReason.MALFORMED, len(data))
+        wait = take_or_wait(
+            conn.message_rate, conn.byte_rate, min(len(data), self._max_message_bytes)
+        )
+        if wait:
+            self._metrics.session_messages.labels("throttled").inc()
+        return wait
 
     def _received_and_dropped(self, conn: Connection, reason: DropReason, size: int) -> None:
         """A frame refused before it was decoded: counted as received, and dropped."""

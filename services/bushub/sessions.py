@@ -322,6 +322,10 @@ class Sessions:
         session = conn.session
         assert session is not None
         replay, session.replay = session.replay, []
+        if conn.ending:
+            # Its client left during the handshake (or the node is draining): the
+            # stream keeps the replay for its next resume, nothing is lost or sent.
+            return
         self._write_kept(conn, session, replay)
         if replay:
             self._metrics.session_messages.labels("replayed").inc(len(replay))

@@ -110,6 +110,11 @@ def _tcp_closed(sock: socket.socket) -> bool:
     return state in (_TCP_CLOSE_WAIT, _TCP_CLOSE)
 
 
+class HeldText(bytes):
+    """A text frame held back with the binary frames read in the same chunk (on a
+    socket that takes binary frames only, for ``on_text`` in its turn)."""
+
+
 class HubWebSocketProtocol(WebSocketsSansIOProtocol):
     """``websockets-sansio`` with a direct data path and a close that never waits."""
 
@@ -362,7 +367,10 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         for index, data in enumerate(held or ()):
             if self._on_frame is None:
                 return  # the socket is ending: nothing is routed any more
-            self._route(data)
+            if type(data) is HeldText and self._on_text is not None:
+                self._on_text(data)
+            else:
+                self._route(data)
             if self._reading_held is not None:  # held again: keep the rest, in order
                 # Routing is synchronous: all ``_held_frames`` can hold now is a
                 # frame given back to be routed again, which goes first.
@@ -398,6 +406,10 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
             super().send_receive_event_to_app()
             return
         if self._on_text is not None and self.curr_msg_data_type == "text":
+            if self._reading_held is not None:
+                # Read in the same chunk as frames held back: it waits its turn too.
+                self._deliver(HeldText(data))
+                return
             self._on_text(data)
             return
         self._deliver(data)

@@ -282,6 +282,33 @@ async def test_a_slow_readers_long_replay_is_read_as_it_reads(faults: Faults) ->
     await b.close()
 
 
+async def test_text_frames_on_a_session_socket_are_held_to_its_rate(faults: Faults) -> None:
+    """Session frames are binary: a text frame is dropped ``malformed``, and costs the
+    socket's rate as any frame does. A flood of them went through at once, past
+    ``--rate-messages``, where a flood of binary junk is held back."""
+    (n1,) = faults.ready("n1", rate_messages=50)
+    a = await SessionSocket.open(n1.url, "a", "b", "S1")
+    b = await PlainSocket.open(n1.url, "b", "a", on_peer_lost="keep")
+    for _ in range(500):
+        await a.ws.send("not a session frame")
+    await asyncio.sleep(1.0)
+    metrics = n1.metrics()
+    malformed = metrics.value("bushub_messages_dropped_total", reason="malformed")
+    # A second's worth of burst and a second or two at the rate: well short of 500.
+    assert 50 <= malformed <= 300, malformed
+    assert metrics.value("bushub_session_messages_total", event="throttled") >= 1
+    # The socket is open and goes on once the flood is read (at its rate).
+    await until(
+        lambda: n1.metrics().value("bushub_messages_dropped_total", reason="malformed") == 500,
+        timeout=TIMEOUT * 2,
+        what="the flood read at the socket's rate",
+    )
+    await a.send(1, "a", "b", 1)
+    await until(lambda: b.seqs() == [1], what="a's message after the flood")
+    await a.close()
+    await b.close()
+
+
 async def test_what_a_session_sends_again_after_a_reconnect_is_relayed_once(
     faults: Faults,
 ) -> None:

@@ -192,6 +192,26 @@ def yielding_reads(node: Node) -> list[int]:
     return reads
 
 
+async def test_a_replay_is_not_written_to_a_client_that_left_during_its_handshake() -> None:
+    """A client that resumes and hangs up at once: each such handshake counted its
+    whole first page as dropped (``closing``), though the stream keeps all of it for
+    the next resume (a resume loop counted 1.37 M in 30 s)."""
+    node = Node()
+    await away_with(node, await node.session_socket("S1"), 3)
+    left = connection("a", "b", conn_id="c-left")
+    left.session = Session("S1", 0)
+    node.holders["a"] = left
+    node.claims.seen("a", left.id)
+    await node.broker.subscribe(message_channel("a"))
+    await node.sessions.resume(left)
+    left.socket_ended(1000)
+    node.sessions.started(left)
+    assert written(left) == [] and node.counted("replayed") == 0
+    await node.sessions.ended(left, held=True)
+    back = await node.session_socket("S1", received=0)
+    assert numbered(back) == [(1, 1), (2, 2), (3, 3)]
+
+
 async def test_a_proxy_that_gave_up_messages_it_sent_resumes_as_a_gap_with_its_replay() -> None:
     """Its send log went over its bounds while away: its peers cannot tell what is
     missing from its messages, so the resume is a gap (a new epoch: they announce it
