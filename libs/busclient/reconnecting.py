@@ -49,7 +49,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any, Protocol
 
@@ -496,7 +496,9 @@ class ReconnectingLink:
                 if outage_since is None:
                     outage_since = now
                 attempt += 1
-                decision = self.policy.decide(disconnect, attempt, now - outage_since, self._rng)
+                decision = self._outage_policy().decide(
+                    disconnect, attempt, now - outage_since, self._rng
+                )
                 self.stats.last_disconnect = disconnect
                 if not decision.retry:
                     self.stats.gave_up = decision.reason
@@ -527,6 +529,15 @@ class ReconnectingLink:
         if self._session is None or ws.response is None:
             return None
         return ws.response.headers.get(sessionframe.RESUME_HEADER)
+
+    def _outage_policy(self) -> ReconnectPolicy:
+        """The policy, its ``max_elapsed`` no shorter than the hub's resume window once
+        a session handshake named one: given up sooner, the proxy dropped a session
+        (and what it held to send) that the hub still kept for it."""
+        policy, window = self.policy, self._window
+        if window is None or policy.max_elapsed is None or policy.max_elapsed >= window:
+            return policy
+        return replace(policy, max_elapsed=window)
 
     def _give_up_stale(self) -> None:
         """Before a handshake, give up on what cannot be sent again: what was written

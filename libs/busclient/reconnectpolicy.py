@@ -85,8 +85,9 @@ class ReconnectPolicy:
     up to half as long again, and never past ``max_delay``.
 
     Limits: an outage is given up after ``max_attempts`` failed attempts or
-    ``max_elapsed`` seconds, whichever comes first (``None`` disables a limit). An
-    outage ends only when a connection has stayed open for ``stable_after`` seconds, so
+    ``max_elapsed`` seconds, whichever comes first (``None`` disables a limit); with a
+    session, no sooner than the hub's resume window (it keeps the session that long).
+    An outage ends only when a connection has stayed open for ``stable_after`` seconds, so
     a node that accepts and at once closes again cannot keep a client looping forever.
     """
 

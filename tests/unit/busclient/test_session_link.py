@@ -155,7 +155,8 @@ async def make_link() -> AsyncIterator[Callable[..., Any]]:
     def start(hub: FakeHub, **kwargs: Any) -> tuple[ReconnectingLink, Recorder]:
         hooks = Recorder()
         kwargs.setdefault("session", True)
-        link = ReconnectingLink(hub.url, hooks, policy=FAST, rng=random.Random(0), **kwargs)
+        kwargs.setdefault("policy", FAST)
+        link = ReconnectingLink(hub.url, hooks, rng=random.Random(0), **kwargs)
         hooks.link = link
         link.start()
         running.append((link, asyncio.create_task(link.run())))
@@ -559,3 +560,23 @@ async def test_sends_given_up_over_the_logs_bound_are_told_to_the_hub_once(
     hub.drop()
     await until(lambda: len(hooks.resumes) == 3)
     assert "sent_lost" not in hub.queries[2]
+
+
+async def test_a_session_outage_is_given_up_no_sooner_than_the_hubs_window(
+    make_hub: Any, make_link: Any
+) -> None:
+    """The hub keeps an away session for its window: a proxy that gave up sooner
+    (the default max_elapsed, 60 s, against a default window of 120 s) dropped a
+    session, and what it held to send, that a later resume would have recovered."""
+    hub = await make_hub("new e1 1.5 acks=inline")
+    policy = ReconnectPolicy(initial_delay=0.02, max_delay=0.05, jitter=0.0, max_elapsed=0.2)
+    link, hooks = make_link(hub, policy=policy)
+    await until(lambda: link.connected)
+    assert hub.server is not None
+    hub.server.close()  # no more handshakes: every attempt fails
+    hub.drop()
+    started = time.monotonic()
+    await asyncio.sleep(0.8)
+    assert hooks.gave_up == [], "still trying within the window"
+    await until(lambda: hooks.gave_up != [])
+    assert 1.4 <= time.monotonic() - started <= 1.5 + TIMEOUT / 2
