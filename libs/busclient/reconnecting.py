@@ -564,9 +564,10 @@ class ReconnectingLink:
     async def _resumed(self, header: str) -> None:
         """Account for the handshake's result and tell the hooks."""
         assert self._session is not None
-        self._session.told()
+        told = self._session.told()
         result, epoch = sessionframe.parse_resume_header(header)
-        lost = self._session.receiver.resumed(result)
+        # Sends given up before the first handshake are lost too, its answer ``new``.
+        lost = self._session.receiver.resumed(result) or told > 0
         window = self._window = sessionframe.resume_window(header)
         if window is not None:
             # A window shorter than the last handshake's: the hub is told of these

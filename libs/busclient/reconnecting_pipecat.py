@@ -78,8 +78,9 @@ class ReconnectingWebSocketProxyClient(LinkEvents, WebSocketProxyClient):
     - on_resume_gap(worker, result, epoch): a session handshake lost messages: ``result``
       is ``gap`` (the hub could not replay, or this side gave up messages it sent:
       its send log over buffer_messages/buffer_bytes while away, told to the hub) or
-      ``new`` (it forgot the session after this side had taken messages); ``epoch`` is
-      the hub's new one. The peers are announced again, so applications re-activate.
+      ``new`` (it forgot the session after this side had taken messages, or this
+      side gave up sends before its first handshake); ``epoch`` is the hub's new one.
+      The peers are announced again, so applications re-activate.
       (``recovered`` only when the hub named a window shorter than the last one and
       sends older than it were given up after the handshake: the next one tells it.)
 

@@ -317,11 +317,12 @@ class ClientSession:
         self._telling = self.log.unreported
         return session_url(base, self.id, self.receiver.received, self._telling)
 
-    def told(self) -> None:
+    def told(self) -> int:
         """A hub answered the handshake: the messages given up on that its URL told
-        of are reported (its resume was a gap, its peers told anew)."""
-        self.log.unreported -= self._telling
-        self._telling = 0
+        of are reported (its resume was a gap, its peers told anew); how many."""
+        told, self._telling = self._telling, 0
+        self.log.unreported -= told
+        return told
 
 
 __all__ = [

@@ -580,3 +580,18 @@ async def test_a_session_outage_is_given_up_no_sooner_than_the_hubs_window(
     assert hooks.gave_up == [], "still trying within the window"
     await until(lambda: hooks.gave_up != [])
     assert 1.4 <= time.monotonic() - started <= 1.5 + TIMEOUT / 2
+
+
+async def test_sends_given_up_before_the_first_handshake_are_reported_too(
+    make_hub: Any, make_link: Any
+) -> None:
+    """Held over the log's bound before any socket opened: the first handshake tells
+    the hub, and though its answer is ``new``, the proxy reports the loss."""
+    hub = await make_hub("new e1 60 acks=inline")
+    link, hooks = make_link(hub, buffer=OutboundBuffer(max_messages=2))
+    for payload in (b"1", b"2", b"3"):
+        await link.send(payload)  # before the first socket: the oldest given up
+    await until(lambda: link.connected and len(hub.received[0]) == 2)
+    assert hub.queries[0]["sent_lost"] == "1"
+    assert hooks.resumes == [("new", "e1")] and hooks.lost == [True]
+    assert hub.messages(0) == [(2, b"2"), (3, b"3")]
