@@ -466,6 +466,8 @@ class Sessions:
         """Keep a live relay frame until the replay or the fill before it is written;
         past the bound the socket is closed as a slow consumer (4008), as a queue
         past it is: its stream keeps what it was not given, for its proxy's resume."""
+        if conn.ending:
+            return  # nothing more is written to it: its stream keeps what it missed
         if session.held_bytes + len(data) > self._held_bound:
             conn.dropped += 1
             self._metrics.messages_dropped.labels(DropReason.SLOW_CONSUMER).inc()

@@ -319,6 +319,10 @@ async def test_live_messages_held_past_the_bound_close_a_slow_reader_to_resume()
     assert back.close_code == CloseCode.SLOW_CONSUMER
     # Each held frame is its message with the relay's and the stream's heads.
     assert 4096 // 200 <= live <= 4096 // len(relay_frame(kept)) + 1
+    for more in range(live + 1, live + 6):  # not held for a socket that is closing
+        await node.send_to_a(kept + more)
+    await asyncio.sleep(0)
+    live += 5
     assert back.session.held == [] and back.session.held_bytes == 0
     dropped = node.metrics.registry.get_sample_value(
         "bushub_messages_dropped_total", {"reason": "slow_consumer"}
