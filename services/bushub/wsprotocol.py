@@ -276,6 +276,10 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
             self.logger.exception("Exception ending a WebSocket\n")
         if self.close_timer is None:
             self.transport.close()
+        if self.disconnected:
+            # Gone already (the client closed first): a timer would only keep this
+            # protocol, and what it holds, alive for the close timeout.
+            return
         # close() waits for the write buffer to drain, which a client that stopped
         # reading never lets happen: past the close timeout, cut it off.
         self._abort_timer = self.loop.call_later(self.close_timeout, self._abort_if_open)

@@ -58,3 +58,22 @@ async def test_an_ended_socket_leaves_nothing_to_the_cycle_collector(
     gc.collect()
     left = [o for o in saved_garbage if isinstance(o, HubWebSocketProtocol | HttpToolsProtocol)]
     assert left == [], f"{len(left)} protocols of {2 * PAIRS} sockets left to a full collection"
+
+
+async def test_an_ended_socket_is_let_go_at_once(node: RunningHub) -> None:
+    """A socket whose connection was gone before its end was handled (a reset) kept
+    its protocol (and the transport and parser it holds) alive for the close timeout:
+    the timer that cuts off a client that stops reading was set after the connection
+    was lost. A client resuming in a loop at 200 a second kept ~2,000 alive."""
+    for n in range(PAIRS):
+        async with node.connect(f"c-a{n}") as a:
+            await node.wait_holder(f"c-a{n}")
+            if n % 2:  # half end with a TCP reset, half with a close frame
+                sock = a.transport.get_extra_info("socket")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                a.transport.abort()
+    await wait_until(lambda: node.hub.connection_count == 0, "every socket ended")
+    await asyncio.sleep(0.1)  # the ends' last callbacks
+    gc.collect()
+    alive = [o for o in gc.get_objects() if isinstance(o, HubWebSocketProtocol)]
+    assert alive == [], f"{len(alive)} protocols of {PAIRS} ended sockets still alive"
