@@ -15,6 +15,7 @@ import gc
 import socket
 import struct
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -41,6 +42,20 @@ def saved_garbage() -> Iterator[list[object]]:
         gc.enable()
 
 
+def reset(client: Any) -> None:
+    """End a ``websockets`` client's connection with a TCP reset, no close frame."""
+    sock = client.transport.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.transport.abort()
+
+
+async def all_ended(node: RunningHub) -> None:
+    """Once every socket of ``node`` has ended and its last callbacks ran, collected."""
+    await wait_until(lambda: node.hub.connection_count == 0, "every socket ended")
+    await asyncio.sleep(0.1)
+    gc.collect()
+
+
 async def test_an_ended_socket_leaves_nothing_to_the_cycle_collector(
     node: RunningHub, saved_garbage: list[object]
 ) -> None:
@@ -50,12 +65,8 @@ async def test_an_ended_socket_leaves_nothing_to_the_cycle_collector(
             await a.send(as_json(task_request(f"g-a{n}", f"g-b{n}")))
             await recv_non_registry(b)
             if n % 2:  # half end with a TCP reset, no close frame
-                sock = a.transport.get_extra_info("socket")
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                a.transport.abort()
-    await wait_until(lambda: node.hub.connection_count == 0, "every socket ended")
-    await asyncio.sleep(0.1)  # the ends' last callbacks
-    gc.collect()
+                reset(a)
+    await all_ended(node)
     left = [o for o in saved_garbage if isinstance(o, HubWebSocketProtocol | HttpToolsProtocol)]
     assert left == [], f"{len(left)} protocols of {2 * PAIRS} sockets left to a full collection"
 
@@ -69,11 +80,7 @@ async def test_an_ended_socket_is_let_go_at_once(node: RunningHub) -> None:
         async with node.connect(f"c-a{n}") as a:
             await node.wait_holder(f"c-a{n}")
             if n % 2:  # half end with a TCP reset, half with a close frame
-                sock = a.transport.get_extra_info("socket")
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                a.transport.abort()
-    await wait_until(lambda: node.hub.connection_count == 0, "every socket ended")
-    await asyncio.sleep(0.1)  # the ends' last callbacks
-    gc.collect()
+                reset(a)
+    await all_ended(node)
     alive = [o for o in gc.get_objects() if isinstance(o, HubWebSocketProtocol)]
     assert alive == [], f"{len(alive)} protocols of {PAIRS} ended sockets still alive"
