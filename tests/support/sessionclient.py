@@ -68,11 +68,11 @@ class SessionSocket:
         url += f"&on_peer_lost={on_peer_lost}"
         if not stalled:
             return cls(await connect(url))
-        host, port = urlsplit(hub).hostname, urlsplit(hub).port
+        address = urlsplit(hub)
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
         sock.setblocking(False)
-        await asyncio.get_running_loop().sock_connect(sock, (host, port))
+        await asyncio.get_running_loop().sock_connect(sock, (address.hostname, address.port))
         return cls(await connect(url, sock=sock, max_queue=1), reading=False)
 
     async def _read(self) -> None:
