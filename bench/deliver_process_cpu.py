@@ -31,15 +31,12 @@ from pathlib import Path
 import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.deliver_script import CHANNEL, KEYS, NOT_ASKED, frame
 from bench.scratch_redis import scratch_redis
 from bushub.broker.sessionscripts import DELIVER
 from buswire import Format
-from buswire.relayframe import pack_relay, pack_session_relay
+from buswire.relayframe import pack_relay
 
-KEYS = ("bushub:session:{b}", "bushub:stream:{b}", "bushub:relayed:{b}")
-CHANNEL = "bushub:msg:{b}"
-# Most messages find the relay record's expiry not asked for (``Delivery``).
-NOT_ASKED = -240_000
 TICKS = os.sysconf("SC_CLK_TCK")
 VARIANTS = ("PUBLISH", "DELIVER, no session holds the agent", "DELIVER, a session holds it")
 
@@ -76,8 +73,7 @@ def measure(
         send = lambda pipe, n: pipe.publish(CHANNEL, pack_relay(Format.JSON, 1.0, b"x" * size))  # noqa: E731
     else:
         send = lambda pipe, n: pipe.evalsha(  # noqa: E731
-            sha, 3, *KEYS, "PUBLISH", CHANNEL, 10**9, 10**12, NOT_ASKED,
-            pack_session_relay(Format.JSON, 1.0, b"x" * size, b"a000 s-bench", n),
+            sha, 3, *KEYS, "PUBLISH", CHANNEL, 10**9, 10**12, NOT_ASKED, frame(size, n)
         )  # fmt: skip
     before = process_cpu(pid)
     pipe = client.pipeline(transaction=False)

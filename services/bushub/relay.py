@@ -167,11 +167,8 @@ class Relay:
         as a message does, so that a flood of them is held back as well (the seconds
         to wait are returned, as by ``route``)."""
         assert self.sessions is not None
-        wait = take_or_wait(
-            conn.message_rate, conn.byte_rate, min(len(data), self._max_message_bytes)
-        )
+        wait = self._session_rate(conn, data)
         if wait:
-            self._metrics.session_messages.labels("throttled").inc()
             return wait
         try:
             frame = sessionframe.decode(data)
@@ -273,6 +270,11 @@ class Relay:
         socket's rate as a message does, so that a flood of them is held back as
         well: the seconds to wait before reading on are returned, as by ``route``."""
         self._received_and_dropped(conn, DropReason.MALFORMED, len(data))
+        return self._session_rate(conn, data)
+
+    def _session_rate(self, conn: Connection, data: bytes) -> float:
+        """Take a session socket's frame that is not a message from its rate: the
+        seconds to wait before reading on (counted ``throttled``), or 0."""
         wait = take_or_wait(
             conn.message_rate, conn.byte_rate, min(len(data), self._max_message_bytes)
         )

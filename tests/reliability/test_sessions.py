@@ -77,6 +77,23 @@ async def received(sock: SessionSocket, count: int, what: str) -> None:
     await until(lambda: len(sock.messages) >= count, what=what)
 
 
+async def gone_away(holder: FaultNode, other: FaultNode) -> tuple[SessionSocket, PlainSocket]:
+    """Session ``S1`` of ``a`` on ``holder`` and a plain ``b`` on ``other``, each told of
+    the other; then ``a`` dropped with no close, and ``holder`` seeing it gone."""
+    a = await SessionSocket.open(holder.url, "a", "b", "S1")
+    b = await PlainSocket.open(other.url, "b", "a", on_peer_lost="keep")
+    await until(
+        lambda: len(a.announcements) >= 1 and len(b.runners()) >= 1,
+        what="a and b told of each other",
+    )
+    await a.vanish()
+    await until(
+        lambda: holder.metrics().value("bushub_connections") == 0,
+        what=f"{holder.node_id} seeing a gone",
+    )
+    return a, b
+
+
 async def away_and_back(
     sock: SessionSocket,
     names: tuple[str, str, str],
@@ -161,11 +178,7 @@ async def test_a_proxy_that_gave_up_messages_it_sent_resumes_as_a_gap_its_peer_t
     handshake: the resume is a gap (a new epoch, so its peer announces it anew, as
     after any gap), counted and logged, and what it missed is replayed all the same."""
     n1, n2, _ = two_nodes(broker, faults, request, "bushub:stream:{a}")
-    a = await SessionSocket.open(n1.url, "a", "b", "S1")
-    b = await PlainSocket.open(n2.url, "b", "a", on_peer_lost="keep")
-    await until(lambda: len(b.runners()) >= 1, what="b told a is there")
-    await a.vanish()
-    await until(lambda: n1.metrics().value("bushub_connections") == 0, what="n1 seeing a gone")
+    a, b = await gone_away(n1, n2)
     for seq in (1, 2):
         await b.send("b", "a", seq)
     await until(
@@ -192,11 +205,7 @@ async def test_a_replay_past_one_page_comes_whole_in_order_before_live(
     read (a session at its bound read in one script held Redis ~120 ms, every other
     client waiting): each message once, in order, then what came live meanwhile."""
     n1, n2, server = two_nodes(broker, faults, request, "bushub:stream:{a}")
-    a = await SessionSocket.open(n1.url, "a", "b", "S1")
-    b = await PlainSocket.open(n2.url, "b", "a", on_peer_lost="keep")
-    await until(lambda: len(a.announcements) >= 1, what="a told b is there")
-    await a.vanish()
-    await until(lambda: n1.metrics().value("bushub_connections") == 0, what="n1 seeing a gone")
+    _, b = await gone_away(n1, n2)
     kept = 2 * REPLAY_PAGE + 10
     for seq in range(1, kept + 1):
         await b.send("b", "a", seq)
@@ -240,11 +249,7 @@ async def test_a_slow_readers_long_replay_is_read_as_it_reads(faults: Faults) ->
         rate_bytes=0,
         rate_messages=0,
     )
-    a = await SessionSocket.open(n1.url, "a", "b", "S1")
-    b = await PlainSocket.open(n2.url, "b", "a", on_peer_lost="keep")
-    await until(lambda: len(a.announcements) >= 1, what="a told b is there")
-    await a.vanish()
-    await until(lambda: n1.metrics().value("bushub_connections") == 0, what="n1 seeing a gone")
+    _, b = await gone_away(n1, n2)
     # 32 MB kept: 16 pages, each 2 MB.
     kept = 16 * REPLAY_PAGE
     for seq in range(1, kept + 1):
