@@ -26,6 +26,7 @@ from typing import Any
 
 from bushub import keepalive
 from bushub.broker import Broker
+from bushub.broker.refusals import describe
 from bushub.broker.sessionscripts import SessionLimits
 from bushub.brokerhealth import BrokerHealth
 from bushub.closecodes import CloseCode
@@ -43,7 +44,7 @@ from bushub.sessions import Sessions
 from bushub.settings import Settings
 from bushub.stopping import cancelled
 from bushub.subscriptions import Subscriptions
-from buswire import message_channel
+from buswire import DropReason, message_channel
 from buswire.channels import node_channel
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,7 @@ class Hub:
             health=self.health,
             resend_prefix=MESSAGE_PREFIX,
             on_resent=lambda outcome, count: metrics.resent.labels(outcome).inc(count),
+            on_key_refused=self._on_key_refused,
         )
         self.subscriptions = Subscriptions(broker)
         self.outbound = Outbound(metrics)
@@ -377,3 +379,19 @@ class Hub:
     def _on_publish_dropped(self, reason: str, count: int) -> None:
         self.metrics.messages_dropped.labels(reason).inc(count)
         self.sessions.publish_dropped()
+
+    def _on_key_refused(self, channel: str, data: bytes, error: object) -> None:
+        """Redis refused a message for what its target's keys hold (one written by
+        hand with another type): that target's messages fail, no other's. Counted and
+        logged; the node stays ready and no socket is closed, and a session that sent
+        it has the position settled: its proxy would only send it into the same error
+        again."""
+        self.metrics.messages_dropped.labels(DropReason.BROKER_REFUSED).inc()
+        # One template: the log handler lets it through once per 10 s.
+        log.warning(
+            "redis refused a message on %s for what the target's keys hold: %s; "
+            "dropped (a key of the hub's written by hand?)",
+            channel,
+            describe(error),
+        )
+        self.sessions.settle_refused(data)

@@ -14,6 +14,9 @@ A message Redis refuses with an error a retry cannot fix (an ACL without the
 command, see ``broker/refusals.py``) is dropped and counted ``broker_refused`` at
 once instead: retried at the head of the queue it would stall every later one.
 The refusal takes readiness down (``BrokerHealth``) until a publish goes through.
+A refusal about the message's own keys (a key of its target's written by hand with
+another type: ``refusals.is_key_refusal``) fails that target's messages and no
+other's: it is handed to ``on_key_refused`` and counted, and readiness stays.
 
 An acknowledgement is not a delivery: Redis writes a PUBLISH's reply before the
 copies to its subscribers when both are due in one turn of its loop, so one killed in
@@ -33,7 +36,7 @@ from collections.abc import Callable
 
 from bushub.broker import Broker
 from bushub.broker.base import PartialPublish
-from bushub.broker.refusals import ErrorKind, classify, is_retryable
+from bushub.broker.refusals import ErrorKind, classify, is_key_refusal, is_retryable
 from bushub.brokerhealth import BrokerHealth
 from bushub.lightsync import wait_at_most
 from buswire.relayframe import as_resent
@@ -44,6 +47,9 @@ log = logging.getLogger(__name__)
 # got it.
 DeliveryCallback = Callable[[str, bytes, int], None]
 DropCallback = Callable[[str, int], None]
+# Called with a message's channel, its data and the error reply refusing it for what
+# its keys hold.
+KeyRefusedCallback = Callable[[str, bytes, object], None]
 
 _BATCH_MAX = 512
 # What the broker acknowledged this long before a break is sent again after it:
@@ -70,6 +76,9 @@ class Publisher:
             break start with this (agents' channels: relay frames); None: none.
         on_resent: Called with ("marked", n) for messages marked to go again, and
             ("dropped", n) for those given up on to make room in the buffer.
+        on_key_refused: Called for each message refused for what its keys hold;
+            without it, such a message is counted with ``on_dropped`` as
+            ``broker_refused``.
     """
 
     def __init__(
@@ -82,8 +91,10 @@ class Publisher:
         health: BrokerHealth | None = None,
         resend_prefix: str | None = None,
         on_resent: Callable[[str, int], None] | None = None,
+        on_key_refused: KeyRefusedCallback | None = None,
     ) -> None:
         self._broker = broker
+        self._on_key_refused = on_key_refused
         self._health = health or BrokerHealth()
         # True from a refusal until a publish goes through (checked per reply).
         self._refused = False
@@ -204,6 +215,8 @@ class Publisher:
             self._remember(item)
             if self._refused:
                 self._accepted()
+        elif outcome is not None and is_key_refusal(outcome):
+            self._key_refused(item, outcome)
         elif outcome is not None and not is_retryable(outcome):
             self._refuse({classify(outcome): (outcome, 1)})
         elif outcome is None:
@@ -276,6 +289,15 @@ class Publisher:
             self._on_dropped("broker_refused", count)
             self._health.refused("publish", error, count)
 
+    def _key_refused(self, item: tuple[str, bytes], error: object) -> None:
+        """Drop a message refused for what its own keys hold: counted, readiness kept
+        (every other target's messages go through)."""
+        self._health.count("publish", error)
+        if self._on_key_refused is None:
+            self._on_dropped("broker_refused", 1)
+        else:
+            self._on_key_refused(item[0], item[1], error)
+
     def _accepted(self) -> None:
         self._refused = False
         self._health.accepted("publish")
@@ -341,6 +363,8 @@ class Publisher:
                     if count is not None:
                         self._on_published(item[0], item[1], count)
                         self._remember(item)
+                    elif error is not None and is_key_refusal(error):
+                        self._key_refused(item, error)
                     elif error is not None and not is_retryable(error):
                         kind = classify(error)
                         refusals[kind] = (error, refusals.get(kind, (error, 0))[1] + 1)

@@ -640,6 +640,12 @@ class Sessions:
             return
         self._settled(conn, session, position)
 
+    def settle_refused(self, data: bytes) -> None:
+        """Redis refused the message for good, for its target's keys alone: if a
+        session sent it, its position is settled as any outcome's (sent again, it
+        would be refused again)."""
+        self.published(data, 0)
+
     def publish_dropped(self) -> None:
         """The publisher gave messages up: sockets whose messages may be among them
         are closed, so their proxies send them again to a node that can relay them."""

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from bushub.broker.sessionscripts import REPLAY_PAGE
+from buswire.channels import relayed_key
 from tests.integration.redis_cluster import ClusterNodeServer, RedisClusterServers
 from tests.reliability.conftest import Faults
 from tests.reliability.harness import FaultNode, FaultRedis
@@ -337,6 +338,44 @@ async def test_what_a_session_sends_again_after_a_reconnect_is_relayed_once(
     assert taken == 3
     await again.close()
     await b.close()
+
+
+@pytest.mark.parametrize("broker", ["redis", "redis-cluster"])
+async def test_a_key_written_by_hand_costs_its_agents_messages_and_nothing_else(
+    broker: str, faults: Faults, request: pytest.FixtureRequest
+) -> None:
+    # x's relay record written by hand as a string: the delivery script answers every
+    # session's message to x with WRONGTYPE. Those are lost (counted, logged); the node
+    # stays ready, the sending session's socket stays open with every position
+    # acknowledged, and its messages to y flow.
+    key = relayed_key("x")
+    n1, n2, server = two_nodes(broker, faults, request, key)
+    server.cli("SET", key, "written by hand")
+    x = await PlainSocket.open(n2.url, "x", "s", on_peer_lost="keep")
+    y = await SessionSocket.open(n2.url, "y", "s", "Y1")
+    s = await SessionSocket.open(n1.url, "s", "y", "S1")
+    await until(lambda: len(s.announcements) >= 1, what="s told y is there")
+    for position, target in enumerate(("x", "y", "x", "y"), start=1):
+        await s.send(position, "s", target, position)
+    await until(lambda: s.acked == 4, what="the hub acknowledging all four")
+    await received(y, 2, "s's messages to y")
+    assert y.seqs() == [2, 4]
+    metrics = n1.metrics()
+    assert {k: v for k, v in metrics.dropped().items() if v} == {"broker_refused": 2}
+    assert metrics.value("bushub_redis_errors_total", op="publish", kind="wrongtype") == 2
+    assert n1.get("/readyz")[0] == 200
+    await s.send(5, "s", "y", 5)
+    await received(y, 3, "s's next message to y")
+    assert s.ws.close_code is None and y.ws.close_code is None
+    assert x.seqs() == []
+    said = "redis refused a message on bushub:msg:{x} for what the target's keys hold: "
+    assert said + "WRONGTYPE" in n1.log_text()
+    # The key put right, x's messages go through again.
+    server.cli("DEL", key)
+    await s.send(6, "s", "x", 6)
+    await until(lambda: x.seqs() == [6], what="s's next message to x")
+    for sock in (s, y, x):
+        await sock.close()
 
 
 async def test_a_session_whose_node_was_killed_resumes_elsewhere(faults: Faults) -> None:

@@ -5,7 +5,10 @@ own (a slot moving, a failover, a dataset loading); others last until an operato
 acts: an ACL without the command (``NOPERM``), ``maxmemory`` reached under
 ``noeviction`` (``OOM``). Retrying the second kind at the head of an ordered queue
 stalls everything behind it, so callers drop what cannot succeed and retry only
-what can.
+what can. A third kind is about the keys one command touched, not about Redis: a key
+of the hub's that holds another type (``WRONGTYPE``, written by hand) or a value a
+script cannot read; it fails every command on those keys and no other, so it is
+that command's loss alone (``is_key_refusal``).
 
 Replies arrive in two shapes: hiredis ``ReplyError`` (the raw connections),
 whose text starts with the error code, and redis-py's typed errors, which strip
@@ -33,6 +36,8 @@ class ErrorKind(StrEnum):
     NOSCRIPT = "noscript"  # the script cache was emptied (a restart): sent again in full
     MASTERDOWN = "masterdown"
     NOREPLICAS = "noreplicas"  # min-replicas-to-write not met
+    WRONGTYPE = "wrongtype"  # a key holds another type than the command's (written by hand)
+    SCRIPT = "script"  # a script failed on what a key holds (a field that is not a number)
     OTHER = "other"
 
 
@@ -52,6 +57,7 @@ _BY_CODE = {
     "MASTERDOWN": ErrorKind.MASTERDOWN,
     "NOREPLICAS": ErrorKind.NOREPLICAS,
     "NOSCRIPT": ErrorKind.NOSCRIPT,
+    "WRONGTYPE": ErrorKind.WRONGTYPE,
 }
 
 # What passes without anyone acting: retried. Everything else, unknown codes
@@ -85,14 +91,31 @@ def error_code(error: object) -> str:
 # How Redis words an ACL refusal of a command a script calls (Redis 7: the script's
 # error comes back as ERR, not NOPERM).
 _SCRIPT_NOPERM = "the user executing the script can't run this command"
+# What Redis 7 adds to an error raised while a script ran (``... script: <sha>, on
+# @user_script:<line>.``): a Lua error on a value read, or an ERR of a command it called.
+_IN_SCRIPT = "@user_script:"
+
+# Refusals about the keys of the one command refused: its message is lost, the rest
+# of the node's traffic is not touched (no readiness change, nothing sent again).
+KEY_REFUSALS = frozenset({ErrorKind.WRONGTYPE, ErrorKind.SCRIPT})
 
 
 def classify(error: object) -> ErrorKind:
     """What kind of error reply ``error`` is (an exception, or its text)."""
     kind = _BY_CODE.get(error_code(error), ErrorKind.OTHER)
-    if kind is ErrorKind.OTHER and _SCRIPT_NOPERM in str(error).lower():
-        return ErrorKind.NOPERM
+    if kind is ErrorKind.OTHER:
+        text = str(error)
+        if _SCRIPT_NOPERM in text.lower():
+            return ErrorKind.NOPERM
+        if _IN_SCRIPT in text:
+            return ErrorKind.SCRIPT
     return kind
+
+
+def is_key_refusal(error: object) -> bool:
+    """True when the refusal is about what the command's own keys hold (see
+    ``KEY_REFUSALS``): the same command fails again, other commands do not."""
+    return classify(error) in KEY_REFUSALS
 
 
 def is_retryable(error: object) -> bool:

@@ -55,12 +55,16 @@ class Recorder:
     def __init__(self) -> None:
         self.delivered: list[tuple[str, int]] = []
         self.dropped: list[tuple[str, int]] = []
+        self.key_refused: list[tuple[str, bytes, str]] = []
 
     def on_published(self, channel: str, data: bytes, receivers: int) -> None:
         self.delivered.append((channel, receivers))
 
     def on_dropped(self, reason: str, count: int) -> None:
         self.dropped.append((reason, count))
+
+    def on_key_refused(self, channel: str, data: bytes, error: object) -> None:
+        self.key_refused.append((channel, data, str(error)))
 
 
 def make_publisher(broker: FakeBroker, calls: Recorder, capacity: int) -> Publisher:
@@ -357,7 +361,12 @@ def watched_publisher(
     metrics = Metrics()
     health = BrokerHealth(metrics.redis_errors)
     publisher = Publisher(
-        cast(Broker, broker), capacity, calls.on_published, calls.on_dropped, health=health
+        cast(Broker, broker),
+        capacity,
+        calls.on_published,
+        calls.on_dropped,
+        health=health,
+        on_key_refused=calls.on_key_refused,
     )
     return publisher, health, metrics
 
@@ -392,6 +401,68 @@ async def test_a_fast_path_message_refused_for_good_is_dropped_and_nothing_waits
     assert broker.calls == 0
     assert calls.delivered == expected([sent[1], *sent[2:]])
     # A publish went through after the refusal: the node is ready again.
+    assert health.problem is None
+
+
+WRONGTYPE = (
+    "WRONGTYPE Operation against a key holding the wrong kind of value "
+    "script: 0afd6381b7bc7e087629b058a114888865e2f312, on @user_script:1."
+)
+
+
+async def test_a_fast_path_message_refused_for_its_keys_costs_only_itself() -> None:
+    # A key of one target's written by hand with another type: that message is handed
+    # over as refused for its keys, counted, and readiness stays.
+    broker, calls = FastBroker(), Recorder()
+    publisher, health, metrics = watched_publisher(broker, calls)
+    sent = items(3)
+    async with running(publisher):
+        for channel, data in sent:
+            publisher.publish(channel, data)
+        broker.answer(1)
+        refused = broker.taken.pop(0)  # replies come in order: the second's
+        refused[2](reply_error(WRONGTYPE))
+        broker.answer()
+        await asyncio.wait_for(publisher.flushed(), TIMEOUT)
+    assert calls.key_refused == [(sent[1][0], sent[1][1], WRONGTYPE)]
+    assert calls.dropped == []
+    assert errors_counted(metrics, "wrongtype") == 1
+    assert health.problem is None
+    assert broker.calls == 0  # not sent again
+    assert calls.delivered == expected([sent[0], sent[2]])
+
+
+async def test_a_batch_message_refused_for_its_keys_costs_only_itself() -> None:
+    sent = [(f"c:{i}", b"m%d" % i) for i in range(4)]
+    broker = RefusingBroker({"c:2": [WRONGTYPE]})
+    calls = Recorder()
+    publisher, health, metrics = watched_publisher(broker, calls)
+    for channel, data in sent:
+        publisher.publish(channel, data)
+    async with running(publisher):
+        await asyncio.wait_for(publisher.flushed(), TIMEOUT)
+    assert calls.key_refused == [("c:2", b"m2", WRONGTYPE)]
+    assert calls.dropped == []
+    assert broker.published == [sent[0], sent[1], sent[3]]
+    assert broker.calls == 1
+    assert errors_counted(metrics, "wrongtype") == 1
+    assert health.problem is None
+
+
+async def test_without_a_handler_a_key_refusal_is_counted_dropped_and_readiness_stays() -> None:
+    sent = [(f"c:{i}", b"m%d" % i) for i in range(2)]
+    broker = RefusingBroker({"c:0": [WRONGTYPE]})
+    calls = Recorder()
+    metrics = Metrics()
+    health = BrokerHealth(metrics.redis_errors)
+    publisher = Publisher(
+        cast(Broker, broker), 10, calls.on_published, calls.on_dropped, health=health
+    )
+    for channel, data in sent:
+        publisher.publish(channel, data)
+    async with running(publisher):
+        await asyncio.wait_for(publisher.flushed(), TIMEOUT)
+    assert calls.dropped == [("broker_refused", 1)]
     assert health.problem is None
 
 

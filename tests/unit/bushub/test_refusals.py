@@ -15,6 +15,7 @@ from bushub.broker.refusals import (
     classify,
     describe,
     error_code,
+    is_key_refusal,
     is_retryable,
 )
 
@@ -26,6 +27,20 @@ NOPERM_CHANNEL = (
 OOM_SCRIPT = (
     "OOM command not allowed when used memory > 'maxmemory'. "
     "script: d8f2fad9f8e86a53d2a6ebd960b33c4972cacc37, on @user_script:1."
+)
+# A script's command on a key of another type, and a script failing on a value it read
+# (a hash field that is not a number), as Redis 7.0 answers them.
+WRONGTYPE_SCRIPT = (
+    "WRONGTYPE Operation against a key holding the wrong kind of value "
+    "script: 0afd6381b7bc7e087629b058a114888865e2f312, on @user_script:1."
+)
+NOT_AN_INTEGER_SCRIPT = (
+    "ERR hash value is not an integer "
+    "script: 29e65c029b3529631bce2de243fec2510e7a819d, on @user_script:1."
+)
+ARITHMETIC_SCRIPT = (
+    "ERR user_script:1: attempt to perform arithmetic on a nil value "
+    "script: 34bb53009f9ed8304c65e4fd106bf66c983600a1, on @user_script:1."
 )
 
 CASES = [
@@ -47,6 +62,9 @@ CASES = [
     ("CLUSTERDOWN The cluster is down", ErrorKind.CLUSTERDOWN, True),
     ("MASTERDOWN Link with MASTER is down", ErrorKind.MASTERDOWN, True),
     ("NOREPLICAS Not enough good replicas to write.", ErrorKind.NOREPLICAS, True),
+    (WRONGTYPE_SCRIPT, ErrorKind.WRONGTYPE, False),
+    (NOT_AN_INTEGER_SCRIPT, ErrorKind.SCRIPT, False),
+    (ARITHMETIC_SCRIPT, ErrorKind.SCRIPT, False),
 ]
 
 
@@ -124,6 +142,20 @@ def test_broker_refused_is_a_connection_error_that_keeps_the_reply() -> None:
     # Read again, it is still the same reply (BrokerHealth classifies what it catches).
     assert classify(refusal) is ErrorKind.OOM
     assert describe(refusal) == OOM_SCRIPT
+
+
+@pytest.mark.parametrize("reply", [WRONGTYPE_SCRIPT, NOT_AN_INTEGER_SCRIPT, ARITHMETIC_SCRIPT])
+def test_a_script_failing_on_what_its_keys_hold_is_that_commands_refusal(reply: str) -> None:
+    assert is_key_refusal(reply)
+    assert is_key_refusal(BaseParser.parse_error(reply))
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [NOPERM, OOM_SCRIPT, "ERR unknown command 'SPUBLISH'", "MOVED 3999 127.0.0.1:6381"],
+)
+def test_refusals_about_redis_itself_are_not_about_one_commands_keys(reply: str) -> None:
+    assert not is_key_refusal(reply)
 
 
 def test_a_command_a_script_may_not_run_is_a_noperm() -> None:
