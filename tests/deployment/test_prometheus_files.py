@@ -15,10 +15,13 @@ PROMTOOL = shutil.which("promtool")
 
 
 def exported_names() -> set[str]:
-    """Every series name the hub exports, histogram suffixes included."""
+    """Every series name the hub exports, histogram suffixes included (a labelled
+    counter with no labels used yet has no samples: named by its family)."""
     names = set()
     for family in Metrics().registry.collect():
         names.update(sample.name for sample in family.samples)
+        if family.type == "counter":
+            names.add(f"{family.name}_total")
     return names
 
 
@@ -41,7 +44,8 @@ def test_promtool_accepts(command: str, path: str) -> None:
 def test_alert_rules_fire_as_intended(tmp_path: Path) -> None:
     """promtool's rule unit test: Redis down for a minute pages; drops of registry
     messages (consumed by design) do not alert; descriptors past 90% of the limit
-    page, an unlimited node (limit 0) does not."""
+    page, an unlimited node (limit 0) does not; one message refused for what its keys
+    hold warns, a refusal of another kind does not."""
     assert PROMTOOL
     (tmp_path / "alerts.yml").write_text((DEPLOY / "prometheus/alerts.yml").read_text())
     (tmp_path / "test.yml").write_text(
@@ -63,6 +67,10 @@ tests:
         values: '950x8'
       - series: 'bushub_fd_limit{instance="n2"}'
         values: '0x8'
+      - series: 'bushub_redis_errors_total{instance="n1",op="publish",kind="wrongtype"}'
+        values: '0 0 1 1 1 1'
+      - series: 'bushub_redis_errors_total{instance="n2",op="publish",kind="tryagain"}'
+        values: '0 5 10 15 20 25'
     alert_rule_test:
       - eval_time: 2m
         alertname: BushubRedisDown
@@ -79,6 +87,12 @@ tests:
           - exp_labels: {severity: page, instance: n1}
             exp_annotations:
               summary: "n1 holds 95% of its file descriptors; at the limit it answers nothing"
+      - eval_time: 1m
+        alertname: BushubKeyRefusals
+        exp_alerts:
+          - exp_labels: {severity: warn, instance: n1, kind: wrongtype}
+            exp_annotations:
+              summary: "n1: Redis refused 1 messages in 10m for what their target's keys hold (wrongtype); see the node's log for the channel"
 """
     )
     result = subprocess.run(
