@@ -6,6 +6,8 @@
 # Options (defaults in brackets):
 #   --listen ADDR:PORT         where nginx listens [127.0.0.1:8080]
 #   --prefix DIR               pid file, logs and temp files go under DIR [.]
+#   --pid PATH                 the pid file [DIR/nginx.pid]; a service manager's unit
+#                              names its own (Debian's nginx.service: /run/nginx.pid)
 #   --workers N|auto           worker processes [auto]
 #   --worker-connections N     connections per worker; a socket uses two [16384]
 #   --rlimit-nofile N          open files per worker [65536]
@@ -27,6 +29,7 @@ prefix=.
 workers=auto
 worker_connections=16384
 rlimit_nofile=65536
+pid=
 error_log=
 access_log=
 max_fails=0
@@ -36,7 +39,7 @@ socket_timeout=3600s
 nodes=
 
 usage() {
-    sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -44,6 +47,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --listen) listen=$2; shift 2 ;;
         --prefix) prefix=$2; shift 2 ;;
+        --pid) pid=$2; shift 2 ;;
         --workers) workers=$2; shift 2 ;;
         --worker-connections) worker_connections=$2; shift 2 ;;
         --rlimit-nofile) rlimit_nofile=$2; shift 2 ;;
@@ -60,6 +64,7 @@ while [ $# -gt 0 ]; do
 done
 
 [ -n "$nodes" ] || { echo "render.sh: name at least one hub node HOST:PORT" >&2; usage; }
+[ -n "$pid" ] || pid="$prefix/nginx.pid"
 [ -n "$error_log" ] || error_log="$prefix/logs/error.log"
 [ -n "$access_log" ] || access_log="$prefix/logs/access.log"
 
@@ -86,7 +91,7 @@ SERVERS=$servers awk '
     -e "s|@WORKER_PROCESSES@|$workers|g" \
     -e "s|@WORKER_CONNECTIONS@|$worker_connections|g" \
     -e "s|@WORKER_RLIMIT_NOFILE@|$rlimit_nofile|g" \
-    -e "s|@PID@|$prefix/nginx.pid|g" \
+    -e "s|@PID@|$pid|g" \
     -e "s|@ERROR_LOG@|$error_log|g" \
     -e "s|@ACCESS_LOG@|$access_log_directive|g" \
     -e "s|@TEMP_DIR@|$prefix/tmp|g" \

@@ -331,6 +331,24 @@ def test_nginx_config_has_what_long_lived_sockets_need(tmp_path: Path) -> None:
     assert "ip_hash" not in config and "sticky" not in config and "hash " not in config
 
 
+def test_render_puts_the_pid_file_where_a_service_unit_expects_it(tmp_path: Path) -> None:
+    render = DEPLOY / "nginx" / "render.sh"
+
+    def pid_line(*options: str) -> list[str]:
+        config = subprocess.run(
+            [str(render), "--prefix", str(tmp_path), *options, "a:1"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        return re.findall(r"^pid (.*);$", config, re.M)
+
+    assert pid_line() == [f"{tmp_path}/nginx.pid"]
+    # Debian's nginx.service waits for /run/nginx.pid (PIDFile=): a config that writes
+    # another makes systemd give the start up.
+    assert pid_line("--pid", "/run/nginx.pid") == ["/run/nginx.pid"]
+
+
 def test_render_refuses_a_node_without_a_port() -> None:
     result = subprocess.run(
         [str(DEPLOY / "nginx" / "render.sh"), "hub1"], capture_output=True, text=True

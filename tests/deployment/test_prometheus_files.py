@@ -92,7 +92,8 @@ tests:
         exp_alerts:
           - exp_labels: {severity: warn, instance: n1, kind: wrongtype}
             exp_annotations:
-              summary: "n1: Redis refused 1 messages in 10m for what their target's keys hold (wrongtype); see the node's log for the channel"
+              summary: "n1: Redis refused 1 messages in 10m for what their target's keys
+                hold (wrongtype); see the node's log for the channel"
 """
     )
     result = subprocess.run(
