@@ -170,6 +170,9 @@ class Phase:
     win_end: int = 1 << 62
     win_completed: int = 0
     rtts: list[int] = field(default_factory=list)
+    # With a phase's ``trace``: each timed round trip's send time (``now_ns``), in the
+    # order of ``rtts``.
+    sent_at: list[int] | None = None
     c: Counters = field(default_factory=Counters)
 
 
@@ -280,6 +283,8 @@ class PairsRun:
             ph.win_completed += 1
         if ph.win_start <= sent < ph.win_end:
             ph.rtts.append(t - sent)
+            if ph.sent_at is not None:
+                ph.sent_at.append(sent)
         return ph.closed_loop and not ph.stopping
 
     def _take_request(self, pair: Pair, data: bytes) -> bytes | None:
@@ -361,7 +366,7 @@ class PairsRun:
         for p in pairs:
             p.cur = p.templates[spec["payload"]]
         closed_loop = spec["kind"] == "saturation"
-        ph = Phase(closed_loop=closed_loop)
+        ph = Phase(closed_loop=closed_loop, sent_at=[] if spec.get("trace") else None)
         self.phase = ph
         warmup, duration = spec["warmup"], spec["duration"]
         profile_procs: list[subprocess.Popen[bytes]] = []
@@ -454,6 +459,8 @@ class PairsRun:
                 _, err = proc.communicate()
             if proc.returncode:
                 profile_errors.append(err.decode(errors="replace")[-500:])
+        if ph.sent_at is not None:
+            _write_trace(spec["trace"], ph.sent_at, ph.rtts)
         rtts = sorted(ph.rtts)
         lags.sort()
         return {
@@ -497,6 +504,13 @@ class PairsRun:
         finally:
             await self.close_all()
         return results
+
+
+def _write_trace(path: str, sent_at: list[int], rtts: list[int]) -> None:
+    """One line per timed round trip: its send time and its length, in ns
+    (``time.perf_counter_ns``: CLOCK_MONOTONIC on Linux, as ``perf -k CLOCK_MONOTONIC``)."""
+    with open(path, "w") as out:
+        out.writelines(f"{sent} {rtt}\n" for sent, rtt in zip(sent_at, rtts, strict=True))
 
 
 def percentiles(sorted_ns: list[int]) -> dict[str, float] | None:
@@ -754,6 +768,7 @@ def main() -> None:
         result = uvloop.run(main_async(job))
     except ImportError:
         result = asyncio.run(main_async(job))
+    result["pid"] = os.getpid()  # what ran when is read by pid (bench/tail_sources.py)
     with open(result_path, "w") as f:
         json.dump(result, f)
 

@@ -1,0 +1,260 @@
+"""Where the slowest round trips of workload R go: sessions off against session sockets,
+with what ran on the machine's CPUs meanwhile.
+
+Not a test: it prints Markdown tables, to be read, never asserted on. Run from the
+repository root, as root (perf's scheduler events):
+
+    .venv/bin/python bench/tail_sources.py [--payload audio-json] [--seconds 8] [--rounds 3]
+
+One Redis and four nodes as ``bushub-bench --resume`` starts them (two with
+``--resume-window 0``, two with sessions on); per round, sessions off then session
+sockets at the fixed rate, K pairs, fresh agent names each time. The load generator
+writes every timed round trip's send time and length (its phase's ``trace``), and
+``perf record -e sched:sched_switch -a`` records what ran on each CPU meanwhile
+(without perf, only the percentiles). Printed per variant:
+
+- the percentiles of every round of it pooled (more round trips than one run's p99
+  rests on);
+- the CPU each process took (in % of one core) over the whole window and while the
+  slowest 1 % of round trips were in flight: the run's own processes by role, the
+  rest by name;
+- how many of those slowest round trips overlapped at least ``--outside-ms`` of a
+  process outside the run (the host's own work, another user's).
+"""
+
+import argparse
+import bisect
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from busbench import cli, sidebyside
+from busbench.procs import Child, Procs
+from busbench.resume import SESSIONS_OFF
+
+VARIANTS = ("off", "on-session")
+_SWITCH = re.compile(
+    r"\[(\d+)\]\s+([\d.]+): sched:sched_switch: prev_comm=.*? prev_pid=\d+ .*"
+    r"==> next_comm=(.*?) next_pid=(\d+)"
+)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One variant's round: its round trips and what ran on each CPU meanwhile."""
+
+    trips: list[tuple[int, int]]  # (sent, length) in ns
+    # Per CPU, (start, end, who) in ns, in order.
+    cpus: dict[int, list[tuple[int, int, str]]] | None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--payload", default="audio-json", help="task-json or audio-json")
+    parser.add_argument("--seconds", type=float, default=8.0, help="timed window per run")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--pairs", type=int, default=50)
+    parser.add_argument("--rate", type=float, default=2000.0, help="round trips/s")
+    parser.add_argument("--outside-ms", type=float, default=0.3)
+    parser.add_argument("--no-perf", action="store_true")
+    args = parser.parse_args()
+    perf = None if args.no_perf else shutil.which("perf")
+    work = Path(tempfile.mkdtemp(prefix="tail-sources-"))
+    bench = cli.parse_args(["--resume-only", "--pairs", str(args.pairs), "--rate", str(args.rate)])
+    jobs = cli.Jobs(bench)
+    procs = Procs(work)
+    runs: dict[str, list[Run]] = {v: [] for v in VARIANTS}
+    try:
+        redis = procs.redis()
+        off1, off2, on1, on2 = sidebyside.start_ready(
+            procs,
+            redis,
+            [("off1", SESSIONS_OFF), ("off2", SESSIONS_OFF), ("on1", []), ("on2", [])],
+        )
+        pairs = {"off": (off1, off2), "on-session": (on1, on2)}
+        for rnd in range(args.rounds):
+            for variant in VARIANTS:
+                node1, node2 = pairs[variant]
+                print(f"round {rnd + 1}/{args.rounds}: {variant}", file=sys.stderr)
+                roles = {node1.pid: "hub node 1", node2.pid: "hub node 2", redis.pid: "redis"}
+                runs[variant].append(
+                    _run(
+                        args,
+                        jobs,
+                        bench,
+                        work,
+                        f"{variant}-{rnd}",
+                        (node1, node2, redis),
+                        roles,
+                        perf,
+                    )
+                )
+    finally:
+        procs.stop_all()
+    _report(args, runs, perf is not None)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def _run(
+    args: argparse.Namespace,
+    jobs: cli.Jobs,
+    bench: argparse.Namespace,
+    work: Path,
+    label: str,
+    children: tuple[Child, Child, Child],
+    roles: dict[int, str],
+    perf: str | None,
+) -> Run:
+    node1, node2, redis = children
+    trace = work / f"trace-{label}.txt"
+    urls = (f"ws://127.0.0.1:{node1.port}", f"ws://127.0.0.1:{node2.port}")
+    pids = {"node1": node1.pid, "node2": node2.pid, "redis": redis.pid}
+    job = sidebyside.job(
+        jobs,
+        bench,
+        [args.payload],
+        label,
+        lambda fmt: sidebyside.names(f"t{label.replace('-', '')}{fmt[0]}", args.pairs),
+        urls,
+        pids,
+        sessions=label.startswith("on-session"),
+    )
+    payload, _, fmt = args.payload.partition("-")
+    warmup = bench.warmup
+    job["phases"] = [
+        {
+            "name": f"{args.payload}/fixed",
+            "kind": "fixed",
+            "rate": args.rate,
+            "duration": args.seconds,
+            "set": fmt,
+            "payload": payload,
+            "warmup": warmup,
+            "trace": str(trace),
+        }
+    ]
+    recording = None
+    data = work / f"sched-{label}.data"
+    if perf:
+        recording = subprocess.Popen(
+            [perf, "record", "-q", "-k", "CLOCK_MONOTONIC", "-e", "sched:sched_switch", "-a",
+             "-o", str(data), "--", "sleep", f"{warmup + args.seconds + 8:g}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+    result = cli.run_loadgen(job, work, label)
+    counters = result["phases"][0]["counters"]
+    if counters["lost"] or counters["duplicate"] or counters["corrupt"]:
+        raise RuntimeError(f"{label}: lost or duplicated round trips: {counters}")
+    trips = [(int(s), int(r)) for s, r in (line.split() for line in trace.open())]
+    cpus = None
+    if perf and recording is not None:
+        recording.wait()
+        cpus = _switches(perf, data, {**roles, result["pid"]: "load generator"})
+    return Run(trips, cpus)
+
+
+def _switches(
+    perf: str, data: Path, roles: dict[int, str]
+) -> dict[int, list[tuple[int, int, str]]]:
+    """Per CPU, who ran from when to when (idle as ``idle``)."""
+    text = subprocess.run(
+        [perf, "script", "-i", str(data), "-F", "cpu,time,event,trace"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    cpus: dict[int, list[tuple[int, int, str]]] = {}
+    current: dict[int, tuple[int, str]] = {}
+    for line in text.splitlines():
+        m = _SWITCH.search(line)
+        if not m:
+            continue
+        cpu, at = int(m[1]), int(float(m[2]) * 1e9)
+        if cpu in current:
+            start, who = current[cpu]
+            cpus.setdefault(cpu, []).append((start, at, who))
+        pid = int(m[4])
+        who = roles.get(pid) or ("idle" if pid == 0 else re.sub(r"[/:.]?\d+$", "", m[3]))
+        current[cpu] = (at, who)
+    return cpus
+
+
+def _shares(
+    cpus: dict[int, list[tuple[int, int, str]]], spans: list[tuple[int, int]]
+) -> Counter[str]:
+    """ns each ``who`` ran during the spans (overlaps counted once per span)."""
+    out: Counter[str] = Counter()
+    for intervals in cpus.values():
+        starts = [i[0] for i in intervals]
+        for a, b in spans:
+            i = max(0, bisect.bisect_right(starts, a) - 1)
+            while i < len(intervals) and intervals[i][0] < b:
+                s, e, who = intervals[i]
+                if min(e, b) > max(s, a):
+                    out[who] += min(e, b) - max(s, a)
+                i += 1
+    return out
+
+
+def _report(args: argparse.Namespace, runs: dict[str, list[Run]], with_cpus: bool) -> None:
+    print(f"# Workload R's tail: {args.payload}, {args.rate:g} rt/s, {args.pairs} pairs, "
+          f"{args.rounds} x {args.seconds:g} s per variant\n")  # fmt: skip
+    print("| variant | round trips | p50 ms | p90 ms | p99 ms | p99.9 ms | p99 per round |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | --- |")
+    for variant, rounds in runs.items():
+        pooled = sorted(r for run in rounds for _, r in run.trips)
+        n = len(pooled)
+        cells = [f"{pooled[min(n - 1, int(q * n))] / 1e6:.2f}" for q in (0.5, 0.9, 0.99, 0.999)]
+        per = " / ".join(f"{_p99(run):.2f}" for run in rounds)
+        print(f"| {variant} | {n:,} | {' | '.join(cells)} | {per} |")
+    if not with_cpus:
+        print("\n(no perf: what ran meanwhile not recorded)")
+        return
+    for variant, rounds in runs.items():
+        whole: Counter[str] = Counter()
+        slow: Counter[str] = Counter()
+        whole_ns = slow_ns = 0
+        outside_hits = slowest = 0
+        for run in rounds:
+            assert run.cpus is not None
+            first = min(s for s, _ in run.trips)
+            last = max(s + r for s, r in run.trips)
+            whole += _shares(run.cpus, [(first, last)])
+            whole_ns += last - first
+            p99 = _p99(run) * 1e6
+            spans = [(s, s + r) for s, r in run.trips if r >= p99]
+            slow += _shares(run.cpus, spans)
+            slow_ns += sum(b - a for a, b in spans)
+            for span in spans:
+                took = _shares(run.cpus, [span])
+                outside = sum(ns for who, ns in took.items() if who not in _OWN)
+                outside_hits += outside >= args.outside_ms * 1e6
+            slowest += len(spans)
+        print(f"\n## {variant}: CPU taken, % of one core\n")
+        print("| process | whole window | while the slowest 1 % were in flight |")
+        print("| --- | ---: | ---: |")
+        names = sorted(set(whole) | set(slow), key=lambda w: -slow[w] / max(1, slow_ns))
+        for who in names:
+            a, b = 100 * whole[who] / whole_ns, 100 * slow[who] / max(1, slow_ns)
+            if max(a, b) >= 0.5:
+                print(f"| {who} | {a:.1f} | {b:.1f} |")
+        print(f"\n{outside_hits} of the {slowest} slowest round trips overlapped at least "
+              f"{args.outside_ms:g} ms of a process outside the run.")  # fmt: skip
+
+
+# The run's own processes and the idle task; everything else is outside the run.
+_OWN = {"idle", "hub node 1", "hub node 2", "redis", "load generator"}
+
+
+def _p99(run: Run) -> float:
+    """The round's own p99, ms."""
+    lengths = sorted(r for _, r in run.trips)
+    return lengths[min(len(lengths) - 1, int(0.99 * len(lengths)))] / 1e6
+
+
+if __name__ == "__main__":
+    main()
