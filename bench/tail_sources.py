@@ -19,7 +19,8 @@ writes every timed round trip's send time and length (its phase's ``trace``), an
   slowest 1 % of round trips were in flight: the run's own processes by role, the
   rest by name;
 - how many of those slowest round trips overlapped at least ``--outside-ms`` of a
-  process outside the run (the host's own work, another user's).
+  process outside the run (the host's own work, another user's), against as many
+  spans as long taken from other round trips' send times (what chance alone gives).
 """
 
 import argparse
@@ -45,13 +46,16 @@ _SWITCH = re.compile(
 )
 
 
+# Per CPU, (start, end, who) in ns, in order.
+CpuTimeline = dict[int, list[tuple[int, int, str]]]
+
+
 @dataclass(frozen=True)
 class Run:
     """One variant's round: its round trips and what ran on each CPU meanwhile."""
 
     trips: list[tuple[int, int]]  # (sent, length) in ns
-    # Per CPU, (start, end, who) in ns, in order.
-    cpus: dict[int, list[tuple[int, int, str]]] | None
+    cpus: CpuTimeline | None
 
 
 def main() -> None:
@@ -159,15 +163,13 @@ def _run(
     return Run(trips, cpus)
 
 
-def _switches(
-    perf: str, data: Path, roles: dict[int, str]
-) -> dict[int, list[tuple[int, int, str]]]:
+def _switches(perf: str, data: Path, roles: dict[int, str]) -> CpuTimeline:
     """Per CPU, who ran from when to when (idle as ``idle``)."""
     text = subprocess.run(
         [perf, "script", "-i", str(data), "-F", "cpu,time,event,trace"],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
-    cpus: dict[int, list[tuple[int, int, str]]] = {}
+    cpus: CpuTimeline = {}
     current: dict[int, tuple[int, str]] = {}
     for line in text.splitlines():
         m = _SWITCH.search(line)
@@ -183,9 +185,7 @@ def _switches(
     return cpus
 
 
-def _shares(
-    cpus: dict[int, list[tuple[int, int, str]]], spans: list[tuple[int, int]]
-) -> Counter[str]:
+def _shares(cpus: CpuTimeline, spans: list[tuple[int, int]]) -> Counter[str]:
     """ns each ``who`` ran during the spans (overlaps counted once per span)."""
     out: Counter[str] = Counter()
     for intervals in cpus.values():
@@ -218,7 +218,7 @@ def _report(args: argparse.Namespace, runs: dict[str, list[Run]], with_cpus: boo
         whole: Counter[str] = Counter()
         slow: Counter[str] = Counter()
         whole_ns = slow_ns = 0
-        outside_hits = slowest = 0
+        outside_hits = placebo_hits = slowest = 0
         for run in rounds:
             assert run.cpus is not None
             first = min(s for s, _ in run.trips)
@@ -229,21 +229,35 @@ def _report(args: argparse.Namespace, runs: dict[str, list[Run]], with_cpus: boo
             spans = [(s, s + r) for s, r in run.trips if r >= p99]
             slow += _shares(run.cpus, spans)
             slow_ns += sum(b - a for a, b in spans)
-            for span in spans:
-                took = _shares(run.cpus, [span])
-                outside = sum(ns for who, ns in took.items() if who not in _OWN)
-                outside_hits += outside >= args.outside_ms * 1e6
+            least = args.outside_ms * 1e6
+            for i, (a, b) in enumerate(spans):
+                outside_hits += _outside(run.cpus, a, b) >= least
+                # The same length from another round trip's send time, spread over the
+                # window: how often any span that long meets as much outside work.
+                at = run.trips[(i * 7919) % len(run.trips)][0]
+                placebo_hits += _outside(run.cpus, at, at + b - a) >= least
             slowest += len(spans)
-        print(f"\n## {variant}: CPU taken, % of one core\n")
-        print("| process | whole window | while the slowest 1 % were in flight |")
-        print("| --- | ---: | ---: |")
+        trips = sum(len(run.trips) for run in rounds)
+        print(f"\n## {variant}: CPU taken\n")
+        print(
+            "| process | % of one core, whole window | µs per round trip "
+            "| % of one core while the slowest 1 % were in flight |"
+        )
+        print("| --- | ---: | ---: | ---: |")
         names = sorted(set(whole) | set(slow), key=lambda w: -slow[w] / max(1, slow_ns))
         for who in names:
-            a, b = 100 * whole[who] / whole_ns, 100 * slow[who] / max(1, slow_ns)
-            if max(a, b) >= 0.5:
-                print(f"| {who} | {a:.1f} | {b:.1f} |")
+            overall, tail = 100 * whole[who] / whole_ns, 100 * slow[who] / max(1, slow_ns)
+            if max(overall, tail) >= 0.5:
+                per = "" if who == "idle" else f"{whole[who] / trips / 1e3:.1f}"
+                print(f"| {who} | {overall:.1f} | {per} | {tail:.1f} |")
         print(f"\n{outside_hits} of the {slowest} slowest round trips overlapped at least "
-              f"{args.outside_ms:g} ms of a process outside the run.")  # fmt: skip
+              f"{args.outside_ms:g} ms of a process outside the run; as many spans as long "
+              f"from other round trips' send times: {placebo_hits}.")  # fmt: skip
+
+
+def _outside(cpus: CpuTimeline, start: int, end: int) -> int:
+    """ns that processes outside the run ran between ``start`` and ``end``."""
+    return sum(ns for who, ns in _shares(cpus, [(start, end)]).items() if who not in _OWN)
 
 
 # The run's own processes and the idle task; everything else is outside the run.
