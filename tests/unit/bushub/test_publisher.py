@@ -410,6 +410,11 @@ WRONGTYPE = (
 )
 
 
+def publish_all(publisher: Publisher, sent: list[tuple[str, bytes]]) -> None:
+    for channel, data in sent:
+        publisher.publish(channel, data)
+
+
 async def test_a_fast_path_message_refused_for_its_keys_costs_only_itself() -> None:
     # A key of one target's written by hand with another type: that message is handed
     # over as refused for its keys, counted, and readiness stays.
@@ -417,8 +422,7 @@ async def test_a_fast_path_message_refused_for_its_keys_costs_only_itself() -> N
     publisher, health, metrics = watched_publisher(broker, calls)
     sent = items(3)
     async with running(publisher):
-        for channel, data in sent:
-            publisher.publish(channel, data)
+        publish_all(publisher, sent)
         broker.answer(1)
         refused = broker.taken.pop(0)  # replies come in order: the second's
         refused[2](reply_error(WRONGTYPE))
@@ -437,8 +441,7 @@ async def test_a_batch_message_refused_for_its_keys_costs_only_itself() -> None:
     broker = RefusingBroker({"c:2": [WRONGTYPE]})
     calls = Recorder()
     publisher, health, metrics = watched_publisher(broker, calls)
-    for channel, data in sent:
-        publisher.publish(channel, data)
+    publish_all(publisher, sent)
     async with running(publisher):
         await asyncio.wait_for(publisher.flushed(), TIMEOUT)
     assert calls.key_refused == [("c:2", b"m2", WRONGTYPE)]
@@ -458,8 +461,7 @@ async def test_without_a_handler_a_key_refusal_is_counted_dropped_and_readiness_
     publisher = Publisher(
         cast(Broker, broker), 10, calls.on_published, calls.on_dropped, health=health
     )
-    for channel, data in sent:
-        publisher.publish(channel, data)
+    publish_all(publisher, sent)
     async with running(publisher):
         await asyncio.wait_for(publisher.flushed(), TIMEOUT)
     assert calls.dropped == [("broker_refused", 1)]
@@ -471,8 +473,7 @@ async def test_a_retryable_fast_path_refusal_is_retried_in_order_and_not_dropped
     publisher, health, metrics = watched_publisher(broker, calls)
     sent = items(3)
     async with running(publisher):
-        for channel, data in sent:
-            publisher.publish(channel, data)
+        publish_all(publisher, sent)
         first = broker.taken.pop(0)
         first[2](reply_error("TRYAGAIN Multiple keys request during rehashing of slot"))
         broker.answer()
