@@ -101,7 +101,7 @@ def main() -> None:
                 )
     finally:
         procs.stop_all()
-    _report(args, runs, perf is not None)
+    _report(args, runs, all(run.cpus is not None for rounds in runs.values() for run in rounds))
     shutil.rmtree(work, ignore_errors=True)
 
 
@@ -158,8 +158,10 @@ def _run(
     trips = [(int(s), int(r)) for s, r in (line.split() for line in trace.open())]
     cpus = None
     if perf and recording is not None:
-        recording.wait()
-        cpus = _switches(perf, data, {**roles, result["pid"]: "load generator"})
+        if recording.wait() == 0:
+            cpus = _switches(perf, data, {**roles, result["pid"]: "load generator"})
+        else:
+            print(f"{label}: perf record failed (not root?): no CPU timeline", file=sys.stderr)
     return Run(trips, cpus)
 
 
@@ -212,7 +214,7 @@ def _report(args: argparse.Namespace, runs: dict[str, list[Run]], with_cpus: boo
         per = " / ".join(f"{_p99(run):.2f}" for run in rounds)
         print(f"| {variant} | {n:,} | {' | '.join(cells)} | {per} |")
     if not with_cpus:
-        print("\n(no perf: what ran meanwhile not recorded)")
+        print("\n(no perf timeline: what ran meanwhile not recorded)")
         return
     for variant, rounds in runs.items():
         whole: Counter[str] = Counter()
