@@ -254,6 +254,25 @@ def test_the_relayed_record_expires_only_when_asked_or_for_a_new_sender(
     assert client.pttl(record) > 230_000
 
 
+def test_a_shorter_window_never_cuts_the_records_life(client: redis.Redis) -> None:
+    """Nodes with different ``--resume-window`` (a setting being rolled out): the
+    record lives for the longest life any of them asked for, not the last one's."""
+    hold(client)
+    record = relayed_key(AGENT)
+    assert deliver(client, from_session(1), life=240_000) == -2
+    for frame, life in (
+        (from_session(2), 60_000),  # asked by a node with a quarter of the window
+        (from_session(2), 60_000),  # a resend, asked
+        (pack_relay(Format.JSON, 1.0, b"{}"), 60_000),  # a stock sender's, asked
+        (pack_session_relay(Format.JSON, 1.0, b"{}", sender_of("c", "S-c"), 1), -60_000),
+    ):
+        deliver(client, frame, life=life)
+        assert client.pttl(record) > 230_000, "a shorter life asked for: the longer kept"
+    client.pexpire(record, 30_000)
+    deliver(client, from_session(3), life=60_000)
+    assert 50_000 < client.pttl(record) <= 60_000, "a longer one than left: set"
+
+
 def test_a_node_asks_for_the_records_expiry_every_quarter_window(
     client: redis.Redis,
 ) -> None:
@@ -279,18 +298,18 @@ def test_a_node_asks_for_the_records_expiry_every_quarter_window(
         started = time.monotonic()
         assert send(from_session(1)) == -2
         assert 1_500 < client.pttl(record) <= 1_600
-        client.pexpire(record, 50_000)
+        client.pexpire(record, 1_000)  # shorter than an ask sets: an ask shows
         assert send(from_session(2)) == -2
         assert send(from_session(3)) == -2
         assert time.monotonic() - started < 0.2, "the machine stalled: nothing shown"
-        assert client.pttl(record) > 1_600, "within a quarter window: not asked again"
+        assert client.pttl(record) <= 1_000, "within a quarter window: not asked again"
         time.sleep(0.25)
         assert send(from_session(4)) == -2
-        assert client.pttl(record) <= 1_600, "a quarter window on: asked again"
+        assert client.pttl(record) > 1_000, "a quarter window on: asked again"
         # By text (after a NOSCRIPT), on a schedule of its own: its first asks.
-        client.pexpire(record, 50_000)
+        client.pexpire(record, 1_000)
         assert send(from_session(5), by_sha=False) == -2
-        assert client.pttl(record) <= 1_600
+        assert client.pttl(record) > 1_000
         assert [p for p, _ in kept(client)] == [1, 2, 3, 4, 5]
     finally:
         client.connection_pool.release(raw)

@@ -77,16 +77,16 @@ if string.byte(data, 1) == 2 then
   local sender = string.sub(data, 20, 19 + string.byte(data, 19))
   local last = redis.call('HGET', KEYS[3], sender)
   if last and position <= tonumber(last) then
-    if life > 0 then
+    if life > 0 and redis.call('PTTL', KEYS[3]) < life then
       redis.call('PEXPIRE', KEYS[3], life)
     end
     return -1
   end
   redis.call('HSET', KEYS[3], sender, string.format('%d', position))
-  if life > 0 or not last then
+  if (life > 0 or not last) and redis.call('PTTL', KEYS[3]) < math.abs(life) then
     redis.call('PEXPIRE', KEYS[3], math.abs(life))
   end
-elseif life > 0 then
+elseif life > 0 and redis.call('PTTL', KEYS[3]) < life then
   redis.call('PEXPIRE', KEYS[3], life)
 end
 if string.byte(data, 2) % 128 >= 64 and redis.call('EXISTS', KEYS[1]) == 1 then
@@ -346,7 +346,10 @@ class Delivery:
     at most every ``window / 4`` per agent, for twice the window, and the script sets
     it for a sender the record did not know yet (a record it makes, one emptied by
     ``FORGET``): a message relayed between two asks finds the record living at least
-    1.75 windows on, 1.5 if one ask was lost in a broker break.
+    1.75 windows on, 1.5 if one ask was lost in a broker break. The script only ever
+    lengthens the record's life (``PTTL`` first, once per ask): a node with a shorter
+    ``--resume-window`` (a setting being rolled out) would otherwise cut the life a
+    longer window's node set.
 
     Args:
         limits: The bounds the script applies.
