@@ -31,11 +31,13 @@ import subprocess
 import sys
 import tempfile
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from busbench import cli, sidebyside
+from busbench.loadgen import percentiles
 from busbench.procs import Child, Procs
 from busbench.resume import SESSIONS_OFF
 
@@ -46,8 +48,9 @@ _SWITCH = re.compile(
 )
 
 
-# Per CPU, (start, end, who) in ns, in order.
-CpuTimeline = dict[int, list[tuple[int, int, str]]]
+# Per CPU, who ran from when to when: (start, end, who) in ns, in order, and the starts
+# alone (what a span is looked up by).
+CpuTimeline = dict[int, tuple[list[tuple[int, int, str]], list[int]]]
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,10 @@ def main() -> None:
     args = parser.parse_args()
     perf = None if args.no_perf else shutil.which("perf")
     work = Path(tempfile.mkdtemp(prefix="tail-sources-"))
-    bench = cli.parse_args(["--resume-only", "--pairs", str(args.pairs), "--rate", str(args.rate)])
+    bench = cli.parse_args(
+        ["--resume-only", "--pairs", str(args.pairs), "--rate", str(args.rate),
+         "--fixed-seconds", str(args.seconds)]
+    )  # fmt: skip
     jobs = cli.Jobs(bench)
     procs = Procs(work)
     runs: dict[str, list[Run]] = {v: [] for v in VARIANTS}
@@ -86,19 +92,9 @@ def main() -> None:
             for variant in VARIANTS:
                 node1, node2 = pairs[variant]
                 print(f"round {rnd + 1}/{args.rounds}: {variant}", file=sys.stderr)
-                roles = {node1.pid: "hub node 1", node2.pid: "hub node 2", redis.pid: "redis"}
-                runs[variant].append(
-                    _run(
-                        args,
-                        jobs,
-                        bench,
-                        work,
-                        f"{variant}-{rnd}",
-                        (node1, node2, redis),
-                        roles,
-                        perf,
-                    )
-                )
+                label = f"{variant}-{rnd}"
+                run = _run(args, jobs, bench, work, label, (node1, node2, redis), perf)
+                runs[variant].append(run)
     finally:
         procs.stop_all()
     _report(args, runs, all(run.cpus is not None for rounds in runs.values() for run in rounds))
@@ -112,10 +108,10 @@ def _run(
     work: Path,
     label: str,
     children: tuple[Child, Child, Child],
-    roles: dict[int, str],
     perf: str | None,
 ) -> Run:
     node1, node2, redis = children
+    roles = {node1.pid: "hub node 1", node2.pid: "hub node 2", redis.pid: "redis"}
     trace = work / f"trace-{label}.txt"
     urls = (f"ws://127.0.0.1:{node1.port}", f"ws://127.0.0.1:{node2.port}")
     pids = {"node1": node1.pid, "node2": node2.pid, "redis": redis.pid}
@@ -129,26 +125,16 @@ def _run(
         pids,
         sessions=label.startswith("on-session"),
     )
-    payload, _, fmt = args.payload.partition("-")
-    warmup = bench.warmup
-    job["phases"] = [
-        {
-            "name": f"{args.payload}/fixed",
-            "kind": "fixed",
-            "rate": args.rate,
-            "duration": args.seconds,
-            "set": fmt,
-            "payload": payload,
-            "warmup": warmup,
-            "trace": str(trace),
-        }
-    ]
+    # Workload R's fixed-rate phase (its saturation phase left out), traced.
+    fixed = job["phases"][0]
+    assert fixed["kind"] == "fixed"
+    job["phases"] = [{**fixed, "trace": str(trace)}]
     recording = None
     data = work / f"sched-{label}.data"
     if perf:
         recording = subprocess.Popen(
             [perf, "record", "-q", "-k", "CLOCK_MONOTONIC", "-e", "sched:sched_switch", "-a",
-             "-o", str(data), "--", "sleep", f"{warmup + args.seconds + 8:g}"],
+             "-o", str(data), "--", "sleep", f"{fixed['warmup'] + args.seconds + 8:g}"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
     result = cli.run_loadgen(job, work, label)
@@ -171,7 +157,7 @@ def _switches(perf: str, data: Path, roles: dict[int, str]) -> CpuTimeline:
         [perf, "script", "-i", str(data), "-F", "cpu,time,event,trace"],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
-    cpus: CpuTimeline = {}
+    intervals: dict[int, list[tuple[int, int, str]]] = {}
     current: dict[int, tuple[int, str]] = {}
     for line in text.splitlines():
         m = _SWITCH.search(line)
@@ -180,18 +166,17 @@ def _switches(perf: str, data: Path, roles: dict[int, str]) -> CpuTimeline:
         cpu, at = int(m[1]), int(float(m[2]) * 1e9)
         if cpu in current:
             start, who = current[cpu]
-            cpus.setdefault(cpu, []).append((start, at, who))
+            intervals.setdefault(cpu, []).append((start, at, who))
         pid = int(m[4])
         who = roles.get(pid) or ("idle" if pid == 0 else re.sub(r"[/:.]?\d+$", "", m[3]))
         current[cpu] = (at, who)
-    return cpus
+    return {cpu: (ran, [i[0] for i in ran]) for cpu, ran in intervals.items()}
 
 
 def _shares(cpus: CpuTimeline, spans: list[tuple[int, int]]) -> Counter[str]:
     """ns each ``who`` ran during the spans (overlaps counted once per span)."""
     out: Counter[str] = Counter()
-    for intervals in cpus.values():
-        starts = [i[0] for i in intervals]
+    for intervals, starts in cpus.values():
         for a, b in spans:
             i = max(0, bisect.bisect_right(starts, a) - 1)
             while i < len(intervals) and intervals[i][0] < b:
@@ -208,11 +193,11 @@ def _report(args: argparse.Namespace, runs: dict[str, list[Run]], with_cpus: boo
     print("| variant | round trips | p50 ms | p90 ms | p99 ms | p99.9 ms | p99 per round |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | --- |")
     for variant, rounds in runs.items():
-        pooled = sorted(r for run in rounds for _, r in run.trips)
-        n = len(pooled)
-        cells = [f"{pooled[min(n - 1, int(q * n))] / 1e6:.2f}" for q in (0.5, 0.9, 0.99, 0.999)]
+        pooled = _percentiles(r for run in rounds for _, r in run.trips)
+        cells = " | ".join(f"{pooled[q]:.2f}" for q in ("p50", "p90", "p99", "p999"))
+        n = sum(len(run.trips) for run in rounds)
         per = " / ".join(f"{_p99(run):.2f}" for run in rounds)
-        print(f"| {variant} | {n:,} | {' | '.join(cells)} | {per} |")
+        print(f"| {variant} | {n:,} | {cells} | {per} |")
     if not with_cpus:
         print("\n(no perf timeline: what ran meanwhile not recorded)")
         return
@@ -229,15 +214,16 @@ def _report(args: argparse.Namespace, runs: dict[str, list[Run]], with_cpus: boo
             whole_ns += last - first
             p99 = _p99(run) * 1e6
             spans = [(s, s + r) for s, r in run.trips if r >= p99]
-            slow += _shares(run.cpus, spans)
             slow_ns += sum(b - a for a, b in spans)
             least = args.outside_ms * 1e6
             for i, (a, b) in enumerate(spans):
-                outside_hits += _outside(run.cpus, a, b) >= least
+                took = _shares(run.cpus, [(a, b)])
+                slow += took
+                outside_hits += _outside(took) >= least
                 # The same length from another round trip's send time, spread over the
                 # window: how often any span that long meets as much outside work.
                 at = run.trips[(i * 7919) % len(run.trips)][0]
-                placebo_hits += _outside(run.cpus, at, at + b - a) >= least
+                placebo_hits += _outside(_shares(run.cpus, [(at, at + b - a)])) >= least
             slowest += len(spans)
         trips = sum(len(run.trips) for run in rounds)
         print(f"\n## {variant}: CPU taken\n")
@@ -257,19 +243,25 @@ def _report(args: argparse.Namespace, runs: dict[str, list[Run]], with_cpus: boo
               f"from other round trips' send times: {placebo_hits}.")  # fmt: skip
 
 
-def _outside(cpus: CpuTimeline, start: int, end: int) -> int:
-    """ns that processes outside the run ran between ``start`` and ``end``."""
-    return sum(ns for who, ns in _shares(cpus, [(start, end)]).items() if who not in _OWN)
+def _outside(took: Counter[str]) -> int:
+    """ns of ``took`` (a span's shares) that processes outside the run ran."""
+    return sum(ns for who, ns in took.items() if who not in _OWN)
 
 
 # The run's own processes and the idle task; everything else is outside the run.
 _OWN = {"idle", "hub node 1", "hub node 2", "redis", "load generator"}
 
 
+def _percentiles(lengths: Iterable[int]) -> dict[str, float]:
+    """The load generator's percentiles (ms) of round trip lengths (ns)."""
+    out = percentiles(sorted(lengths))
+    assert out is not None, "no round trip timed"
+    return out
+
+
 def _p99(run: Run) -> float:
     """The round's own p99, ms."""
-    lengths = sorted(r for _, r in run.trips)
-    return lengths[min(len(lengths) - 1, int(0.99 * len(lengths)))] / 1e6
+    return _percentiles(r for _, r in run.trips)["p99"]
 
 
 if __name__ == "__main__":
