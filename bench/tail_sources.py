@@ -20,13 +20,17 @@ writes every timed round trip's send time and length (its phase's ``trace``), an
   rest by name;
 - how many of those slowest round trips overlapped at least ``--outside-ms`` of a
   process outside the run (the host's own work, another user's), against as many
-  spans as long taken from other round trips' send times (what chance alone gives).
+  spans as long taken from other round trips' send times (what chance alone gives);
+- Redis' commands that took it ``--slow-us`` or longer from start to end (its
+  ``SLOWLOG``, wall time: a command preempted midway counts the wait), per command,
+  against how many it ran (``INFO commandstats``).
 """
 
 import argparse
 import bisect
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,6 +38,8 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+import redis as redis_py
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from busbench import cli, sidebyside
@@ -59,6 +65,15 @@ class Run:
 
     trips: list[tuple[int, int]]  # (sent, length) in ns
     cpus: CpuTimeline | None
+    slow: "SlowCommands"
+
+
+@dataclass(frozen=True)
+class SlowCommands:
+    """Redis' commands in one round: how many ran, and how long the slow ones took."""
+
+    calls: Counter[str]
+    slow_us: dict[str, list[int]]
 
 
 def main() -> None:
@@ -70,6 +85,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=2000.0, help="round trips/s")
     parser.add_argument("--outside-ms", type=float, default=0.3)
     parser.add_argument("--no-perf", action="store_true")
+    parser.add_argument("--slow-us", type=int, default=100, help="Redis' slow-command bar")
     args = parser.parse_args()
     perf = None if args.no_perf else shutil.which("perf")
     work = Path(tempfile.mkdtemp(prefix="tail-sources-"))
@@ -82,6 +98,9 @@ def main() -> None:
     runs: dict[str, list[Run]] = {v: [] for v in VARIANTS}
     try:
         redis = procs.redis()
+        with redis_py.Redis(port=redis.port) as client:
+            client.config_set("slowlog-log-slower-than", args.slow_us)
+            client.config_set("slowlog-max-len", 1_000_000)
         off1, off2, on1, on2 = sidebyside.start_ready(
             procs,
             redis,
@@ -137,7 +156,11 @@ def _run(
              "-o", str(data), "--", "sleep", f"{fixed['warmup'] + args.seconds + 8:g}"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
-    result = cli.run_loadgen(job, work, label)
+    with redis_py.Redis(port=redis.port) as client:
+        client.slowlog_reset()
+        client.config_resetstat()
+        result = cli.run_loadgen(job, work, label)
+        slow = _slow_commands(client)
     counters = result["phases"][0]["counters"]
     if counters["lost"] or counters["duplicate"] or counters["corrupt"]:
         raise RuntimeError(f"{label}: lost or duplicated round trips: {counters}")
@@ -148,7 +171,19 @@ def _run(
             cpus = _switches(perf, data, {**roles, result["pid"]: "load generator"})
         else:
             print(f"{label}: perf record failed (not root?): no CPU timeline", file=sys.stderr)
-    return Run(trips, cpus)
+    return Run(trips, cpus, slow)
+
+
+def _slow_commands(client: "redis_py.Redis[bytes]") -> SlowCommands:
+    """What Redis ran since its statistics were reset, and its slow log of it."""
+    calls: Counter[str] = Counter()
+    for name, stat in client.info("commandstats").items():
+        calls[name.removeprefix("cmdstat_").upper()] += int(stat["calls"])
+    slow_us: dict[str, list[int]] = {}
+    for entry in client.slowlog_get(-1):
+        name = entry["command"].split(b" ", 1)[0].decode().upper()
+        slow_us.setdefault(name, []).append(int(entry["duration"]))
+    return SlowCommands(calls, slow_us)
 
 
 def _switches(perf: str, data: Path, roles: dict[int, str]) -> CpuTimeline:
@@ -198,6 +233,7 @@ def _report(args: argparse.Namespace, runs: dict[str, list[Run]], with_cpus: boo
         n = sum(len(run.trips) for run in rounds)
         per = " / ".join(f"{_p99(run):.2f}" for run in rounds)
         print(f"| {variant} | {n:,} | {cells} | {per} |")
+    _report_slow(args, runs)
     if not with_cpus:
         print("\n(no perf timeline: what ran meanwhile not recorded)")
         return
@@ -241,6 +277,24 @@ def _report(args: argparse.Namespace, runs: dict[str, list[Run]], with_cpus: boo
         print(f"\n{outside_hits} of the {slowest} slowest round trips overlapped at least "
               f"{args.outside_ms:g} ms of a process outside the run; as many spans as long "
               f"from other round trips' send times: {placebo_hits}.")  # fmt: skip
+
+
+def _report_slow(args: argparse.Namespace, runs: dict[str, list[Run]]) -> None:
+    """Redis' commands that took ``--slow-us`` or longer, per variant."""
+    print(f"\n## Redis' commands of {args.slow_us} µs or longer (wall time, SLOWLOG)\n")
+    print("| variant | command | calls | of them that long | share | median µs | max µs |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    for variant, rounds in runs.items():
+        calls: Counter[str] = Counter()
+        slow: dict[str, list[int]] = {}
+        for run in rounds:
+            calls += run.slow.calls
+            for name, took in run.slow.slow_us.items():
+                slow.setdefault(name, []).extend(took)
+        for name in sorted(slow, key=lambda n: -len(slow[n])):
+            took, ran = slow[name], max(calls[name], len(slow[name]))
+            print(f"| {variant} | {name} | {ran:,} | {len(took):,} | {100 * len(took) / ran:.2f} % "
+                  f"| {statistics.median(took):.0f} | {max(took)} |")  # fmt: skip
 
 
 def _outside(took: Counter[str]) -> int:
