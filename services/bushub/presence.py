@@ -105,6 +105,10 @@ class Presence:
         self._connection_count = 0
         # Futures of new connections waiting for the previous holder to let go.
         self._release_waiters: dict[tuple[str, str], asyncio.Future[None]] = {}
+        # Per name, one set per claim in flight of the connections whose release
+        # (DOWN) was heard since that claim subscribed: a release heard before the
+        # claim knew whom to wait for is not waited for.
+        self._releases_heard: dict[str, list[set[str]]] = defaultdict(list)
         # The newest claim seen per name claimed here: only its socket gets messages.
         self.claims = ClaimFence()
         # Writes the records of holders whose record changed.
@@ -132,6 +136,7 @@ class Presence:
             "by_agent": len(self._by_agent),
             **self.peers.sizes(),
             "release_waiters": len(self._release_waiters),
+            "releases_heard": len(self._releases_heard),
             "claims": len(self.claims),
         }
 
@@ -158,6 +163,18 @@ class Presence:
         agent = conn.agent
         self._by_agent[agent].add(conn)
         self._connection_count += 1
+        heard: set[str] = set()
+        self._releases_heard[agent].append(heard)
+        try:
+            return await self._claim(conn, heard)
+        finally:
+            listening = self._releases_heard[agent]
+            listening.remove(heard)
+            if not listening:
+                del self._releases_heard[agent]
+
+    async def _claim(self, conn: Connection, heard: set[str]) -> bool:
+        agent = conn.agent
         await self._subscriptions.acquire(presence_channel(agent))
         # Listed before it is made: a claim key of a node that dies is always found.
         await self.membership.enlist([(conn.id, agent)])
@@ -172,6 +189,9 @@ class Presence:
         waits = {local.id} if local is not None and local.id != conn.id else set()
         if holder is not None and holder[0] != conn.id and await self.membership.answers(holder[1]):
             waits.add(holder[0])
+        # A holder may have let go while its node was asked about: its release was
+        # heard then, before there was a waiter to take it.
+        waits -= heard
         futures = []
         loop = asyncio.get_running_loop()
         for old in waits:
@@ -301,6 +321,8 @@ class Presence:
         if event.kind is EventKind.UP:
             self.peers.up(agent, event.conn, event.node, event.runner or event.conn)
         else:
+            for heard in self._releases_heard.get(agent, ()):
+                heard.add(event.conn)
             waiter = self._release_waiters.get((agent, event.conn))
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)

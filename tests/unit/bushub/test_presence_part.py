@@ -148,6 +148,38 @@ async def test_a_newer_claim_seen_after_ours_takes_the_name_over() -> None:
     assert not wired.presence.claims.holds("w", "n1.ours")
 
 
+@pytest.mark.parametrize("where", ["elsewhere", "here"])
+async def test_a_holder_that_lets_go_while_its_node_is_asked_about_is_not_waited_for(
+    where: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The presence record names the old holder (on another node, or on this one);
+    its release comes while the claim asks whether that holder's node is alive: the
+    claim does not then wait the takeover timeout for a release it heard already."""
+    wired = Wired()
+    node = "n2" if where == "elsewhere" else "n1"
+    if where == "here":
+        local = connection("w", conn_id="n1.old")
+        wired.presence.hold(local)
+    old = PresenceRecord(
+        agent="w", conn=f"{node}.old", node=node, since=0.0, format="json", dialect="auto"
+    )
+    await wired.broker.put_record(presence_key("w"), encode_record(old), None)
+    asked: list[str] = []
+
+    async def answers(asked_about: str) -> bool:
+        asked.append(asked_about)
+        if where == "here":
+            assert wired.presence.let_go(local)
+        wired.event(EventKind.DOWN, "w", f"{node}.old", node=node)
+        return True
+
+    wired.presence.membership.answers = answers  # type: ignore[method-assign]
+    caplog.set_level("WARNING", logger="bushub.presence")
+    assert await wired.presence.claim(connection("w", conn_id="n1.new"))
+    assert asked == [node]
+    assert "did not confirm" not in caplog.text
+
+
 async def test_a_claim_the_broker_never_brings_back_is_refused() -> None:
     wired = Wired()
     wired.broker.set_handlers(lambda channel, data: None, lambda up: None)
