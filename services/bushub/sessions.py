@@ -290,7 +290,10 @@ class Sessions:
         session.epoch = resumed.epoch
         session.result = resumed.result
         self._metrics.resumes.labels(resumed.result).inc()
-        if session.sent_lost:
+        # Counted for a session the hub held (its peers are told of the gap); one it
+        # did not hold starts anew, its proxy reporting the loss itself, so a first
+        # handshake cannot add to the count.
+        if session.sent_lost and resumed.result != sessionframe.ResumeResult.NEW:
             log.warning(
                 "session of %s: its proxy gave up %d message(s) it sent unacknowledged",
                 conn.agent,

@@ -235,6 +235,16 @@ async def test_a_proxy_that_gave_up_messages_it_sent_resumes_as_a_gap_with_its_r
     assert again.session.epoch == back.session.epoch
 
 
+async def test_a_new_session_saying_it_gave_up_sends_adds_nothing_to_the_count() -> None:
+    """A session the hub does not hold starts anew whatever its proxy lost before (the
+    proxy reports that itself): a first handshake, honest or not, cannot move the
+    count by what it says."""
+    node = Node()
+    first = await node.session_socket("S9", received=0, sent_lost=10**15)
+    assert first.session is not None and first.session.result == "new"
+    assert node.counted("sent_lost") == 0
+
+
 async def test_a_resume_past_one_page_reads_the_rest_a_page_at_a_time_before_live() -> None:
     node = Node(limits=SessionLimits(window=60.0, messages=10_000, bytes=1 << 26))
     kept = 2 * REPLAY_PAGE + 10
