@@ -389,7 +389,7 @@ class Relay:
             self._outbound.enqueue(conn, payload, frame.received_at)
             if frame.position and sessions is not None:
                 # Numbered: a session of the name is away, and its stream keeps this.
-                sessions.given_to_plain_holder(agent)
+                sessions.given_to_plain_holder(agent, frame.position)
         self._recent.add(data)
 
     def _seen_again(self, original: bytes) -> bool:

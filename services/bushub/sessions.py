@@ -765,11 +765,12 @@ class Sessions:
 
     # ---- a name held by a socket without a session ---------------------------------
 
-    def given_to_plain_holder(self, agent: str) -> None:
-        """A socket without a session that holds ``agent`` was given a message the
-        stream of the name's session keeps (so that session is away): end it, so
-        that a resume of it is a gap, not a replay of what this socket was given.
-        Asked at most once per ``_END_AWAY_EVERY`` per name."""
+    def given_to_plain_holder(self, agent: str, position: int) -> None:
+        """A socket without a session that holds ``agent`` was given the message the
+        stream of the name's session keeps at ``position`` (so that session is
+        away): end it, so that a resume of it is a gap, not a replay of what this
+        socket was given; what it kept before that is lost. Asked at most once per
+        ``_END_AWAY_EVERY`` per name."""
         now = time.monotonic()
         asked = self._ending_asked
         if now - asked.get(agent, -_END_AWAY_EVERY) < _END_AWAY_EVERY:
@@ -777,19 +778,23 @@ class Sessions:
         if len(asked) >= _ENDING_ASKED_KEPT:
             asked.clear()
         asked[agent] = now
-        self._spawn(self._end_away(agent))
+        self._spawn(self._end_away(agent, position))
 
-    async def _end_away(self, agent: str) -> None:
+    async def _end_away(self, agent: str, position: int) -> None:
         try:
-            ended = await self._broker.end_away_session(agent)
+            lost = await self._broker.end_away_session(agent, position)
         except ConnectionError as exc:
             log.warning("could not end the away session of %s: %s", agent, exc)
             return
-        if ended:
+        if lost is not None:
+            self._metrics.session_messages.labels("lost").inc(lost)
             log.warning(
                 "session of %s ended: a socket without a session holds the name and was "
-                "given what the session's stream kept (its resume will be a gap)",
+                "given what the session's stream kept from position %d (its resume will "
+                "be a gap); %d message(s) kept before it, given to no socket, are lost",
                 agent,
+                position,
+                lost,
                 extra={"rate_key": agent},
             )
 
@@ -927,6 +932,11 @@ class Sessions:
         self._missed.discard(conn)
         if not held:
             return
+        if session.proxy_acked > session.proxy_acked_sent:
+            # What the proxy acknowledged and was still to be trimmed goes now: kept
+            # for the window, the stream holds only what the proxy may not have taken
+            # (what a socket without a session then takes the name from is lost).
+            await self._trim([(conn.agent, session.id, session.proxy_acked)])
         try:
             await self._broker.release_sessions([(conn.agent, conn.id)], self.window)
         except ConnectionError as exc:

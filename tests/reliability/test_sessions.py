@@ -713,6 +713,43 @@ async def test_a_session_whose_name_a_plain_socket_took_resumes_with_a_gap_not_a
     await a.close()
 
 
+@pytest.mark.parametrize("broker", ["redis", "redis-cluster"])
+async def test_what_an_away_session_kept_is_counted_lost_when_a_plain_socket_ends_it(
+    broker: str, faults: Faults, request: pytest.FixtureRequest
+) -> None:
+    """The session took 1 and acknowledged it, then went away; 2 and 3 were kept for
+    it; a stock socket takes the name and is given 4: the session ends, and 2 and 3,
+    given to no socket, are counted lost (1 was trimmed as its socket ended)."""
+    n1, n2, server = two_nodes(broker, faults, request, "bushub:session:{b}")
+    a = await PlainSocket.open(n1.url, "a", "b", on_peer_lost="keep")
+    b = await SessionSocket.open(n2.url, "b", "a", "SB")
+    await a.send("a", "b", 1)
+    await received(b, 1, "b's first")
+    await b.ack(b.positions[-1])
+    await asyncio.sleep(0.2)  # the acknowledgement read before the socket ends
+    await b.close()
+    for seq in (2, 3):
+        await a.send("a", "b", seq)
+    await until(
+        lambda: (
+            n1.metrics().value("bushub_session_messages_total", event="kept_away")
+            + n2.metrics().value("bushub_session_messages_total", event="kept_away")
+            >= 2
+        ),
+        what="2 and 3 kept for the away session",
+    )
+    stock = await PlainSocket.open(n1.url, "b", "a", on_peer_lost="keep")
+    await a.send("a", "b", 4)
+    await until(lambda: stock.seqs() == [4], what="the stock socket given 4")
+    await until(
+        lambda: n1.metrics().value("bushub_session_messages_total", event="lost") == 2,
+        what="2 and 3 counted lost",
+    )
+    assert server.cli("EXISTS", "bushub:session:{b}").strip() == "0"
+    await stock.close()
+    await a.close()
+
+
 async def test_a_resend_after_redis_lost_its_record_is_not_written_twice_to_a_connected_session(
     faults: Faults,
 ) -> None:

@@ -245,11 +245,12 @@ class Broker(ABC):
         seconds more, unless a newer connection holds it already."""
         raise NotImplementedError
 
-    async def end_away_session(self, agent: str) -> bool:
-        """A socket without a session holds ``agent`` and was given a message the
-        stream of the name's away session keeps: end that session (and its stream),
-        so a resume of it is a gap, not a replay of what that socket was given. A
-        session some socket holds is left alone. True if one was ended."""
+    async def end_away_session(self, agent: str, position: int) -> int | None:
+        """A socket without a session holds ``agent`` and was given the message the
+        stream of the name's away session keeps at ``position``: end that session
+        (and its stream), so a resume of it is a gap, not a replay of what that
+        socket was given. A session some socket holds is left alone (None). Returns
+        how many messages the stream kept before ``position``: lost with it."""
         raise NotImplementedError
 
     async def relayed_senders_gone(self, agent: str, most: int) -> dict[bytes, bytes]:

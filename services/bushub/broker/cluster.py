@@ -494,9 +494,9 @@ class RedisClusterBroker(Broker):
         async with guarded():
             await self._sessions.release(items, window)
 
-    async def end_away_session(self, agent: str) -> bool:
+    async def end_away_session(self, agent: str, position: int) -> int | None:
         with unreachable_as_connection_error():
-            return await self._sessions.end_away(agent)
+            return await self._sessions.end_away(agent, position)
 
     async def relayed_senders_gone(self, agent: str, most: int) -> dict[bytes, bytes]:
         with unreachable_as_connection_error():

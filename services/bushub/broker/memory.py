@@ -157,8 +157,8 @@ class MemoryBroker(Broker):
         for agent, conn in items:
             self._sessions.release(agent, conn, window)
 
-    async def end_away_session(self, agent: str) -> bool:
-        return self._sessions is not None and self._sessions.end_away(agent)
+    async def end_away_session(self, agent: str, position: int) -> int | None:
+        return None if self._sessions is None else self._sessions.end_away(agent, position)
 
     async def relayed_senders_gone(self, agent: str, most: int) -> dict[bytes, bytes]:
         return self._kept().senders_gone(agent, most)

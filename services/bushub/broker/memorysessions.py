@@ -134,13 +134,14 @@ class MemorySessions:
         """Sessions held or away (some expired, until swept)."""
         return len(self._sessions)
 
-    def end_away(self, agent: str) -> bool:
-        """As ``END_AWAY``: an away session (it expires) is ended."""
+    def end_away(self, agent: str, position: int) -> int | None:
+        """As ``END_AWAY``: an away session (it expires) is ended; how many messages
+        it kept before ``position``."""
         session = self._session(agent)
         if session is None or session.expires is None:
-            return False
+            return None
         del self._sessions[agent]
-        return True
+        return sum(1 for kept, _ in session.kept if kept < position)
 
     def senders_gone(self, agent: str, most: int) -> dict[bytes, bytes]:
         """As ``SessionScripts.senders_gone``."""

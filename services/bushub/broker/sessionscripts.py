@@ -238,15 +238,24 @@ redis.call('PEXPIRE', KEYS[2], ARGV[2])
 return 1
 """
 
-# KEYS: session, stream. A socket without a session holds the name and was given a
-# message this session's stream keeps: the session is ended, stream and all, if it is
-# away (kept for the window: its hash expires), so that a resume of it is a gap and
-# not a replay of what that socket was given. One a socket holds is left alone.
+# KEYS: session, stream. ARGV: the position of the message the socket was given. A
+# socket without a session holds the name and was given a message this session's
+# stream keeps: the session is ended, stream and all, if it is away (kept for the
+# window: its hash expires), so that a resume of it is a gap and not a replay of what
+# that socket was given. One a socket holds is left alone (-1). Returns how many
+# messages the stream kept before that position (positions are consecutive from its
+# first): given to nobody, they are lost with it.
 END_AWAY = """
-if redis.call('PTTL', KEYS[1]) > 0 then
-  return redis.call('DEL', KEYS[1], KEYS[2])
+if redis.call('PTTL', KEYS[1]) <= 0 then
+  return -1
 end
-return 0
+local lost = 0
+local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)[1]
+if first then
+  lost = math.max(0, tonumber(ARGV[1]) - tonumber(string.sub(first[1], 3)))
+end
+redis.call('DEL', KEYS[1], KEYS[2])
+return lost
 """
 
 # KEYS: relayed. ARGV: sender, position, sender, position... Forgets each sender's
@@ -574,9 +583,12 @@ class SessionScripts:
         keys = [session_key(agent), stream_key(agent)]
         await self._trim(keys=keys, args=[session, trim_minid(position)], client=client)
 
-    async def end_away(self, agent: str) -> bool:
+    async def end_away(self, agent: str, position: int) -> int | None:
         """See ``Broker.end_away_session``."""
-        return bool(await self._end_away(keys=[session_key(agent), stream_key(agent)]))
+        lost = int(
+            await self._end_away(keys=[session_key(agent), stream_key(agent)], args=[position])
+        )
+        return None if lost < 0 else lost
 
     async def release(self, items: Sequence[tuple[str, str]], window: float) -> None:
         window_ms = max(1, int(window * 1000))

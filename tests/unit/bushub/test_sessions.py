@@ -369,6 +369,36 @@ async def test_what_a_plain_holder_of_the_name_was_given_is_not_replayed_to_its_
     assert numbered(back) == [], "nothing the plain socket was given is replayed"
 
 
+async def test_what_an_away_session_kept_is_counted_lost_when_a_plain_holder_ends_it() -> None:
+    """The session took 1 and 2 and acknowledged 1, then went; 3 and 4 were kept for
+    it; a socket without a session takes the name and is given 5: the session ends,
+    and with it 2 (taken, unacknowledged: the hub cannot tell), 3 and 4, which no
+    socket was given: counted lost. 1, acknowledged, was trimmed as the socket ended."""
+    node = Node()
+    first = await node.session_socket("S1")
+    for seq in (1, 2):
+        await node.send_to_a(seq)
+    await asyncio.sleep(0)
+    assert numbered(first) == [(1, 1), (2, 2)]
+    node.sessions.proxy_ack(first, 1)
+    del node.holders["a"]
+    await node.broker.unsubscribe(message_channel("a"))
+    await node.sessions.ended(first, held=True)  # away, kept for the window
+    assert [p for p, _ in node.broker._kept().read("a", 0)] == [2], "1 trimmed at the end"
+    for seq in (3, 4):
+        assert await node.send_to_a(seq) == -2  # kept, nobody to give it to
+    plain = connection("a", "b", conn_id="c-plain")
+    await node.broker.subscribe(message_channel("a"))
+    node.holders["a"] = plain
+    node.claims.seen("a", plain.id)
+    assert await node.send_to_a(5) == 1
+    await until(lambda: node.broker._kept()._session("a") is None, what="the session ended")
+    assert len(written(plain)) == 1
+    assert node.counted("lost") == 3
+    back = await node.session_socket("S1", received=2)
+    assert back.session is not None and back.session.result == "gap"
+
+
 async def test_a_hole_in_live_positions_is_filled_from_the_stream() -> None:
     node = Node()
     conn = await node.session_socket("S1")
