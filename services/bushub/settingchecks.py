@@ -8,11 +8,16 @@ than what was meant (redis-py reads ``redis://:@/0`` as the machine's own Redis 
 """
 
 import math
+import re
 from pathlib import Path
+from typing import Any
 from urllib.parse import SplitResult, unquote, urlsplit
 
+import redis.asyncio as aioredis
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from jwt.exceptions import InvalidKeyError
+from redis.asyncio.connection import parse_url
+from redis.exceptions import RedisError
 
 # The longest time a setting in seconds may say (11.6 days): past it a value is a
 # mistake, and deadlines built from it overflow what the event loop and Redis take.
@@ -31,24 +36,62 @@ def number_problem(value: float, *, seconds: bool) -> str | None:
 
 def redis_url_problem(url: str, cluster_scheme: str) -> str | None:
     """What redis-py would misread or fail on in ``url``: a port that is not one, no
-    host, a database that is not a number (unix sockets give theirs as ``?db=``). A
+    host, a database that is not a number (unix sockets give theirs as ``?db=``), a
+    query parameter it cannot read or does not take, a TLS file that is not there. A
     cluster URL may name several seeds, comma-separated."""
     if url.startswith(cluster_scheme):
-        rest = url.removeprefix(cluster_scheme)
-        netloc = rest.split("/", 1)[0].split("?", 1)[0]
-        login, _, seeds = netloc.rpartition("@")
+        whole = urlsplit("redis://" + url.removeprefix(cluster_scheme))
+        login, _, seeds = whole.netloc.rpartition("@")
         for seed in seeds.split(","):
             if problem := _address_problem(urlsplit(f"redis://{login}@{seed}")):
                 return problem
-        return None
+        # The cluster client drops query parameters it does not take: only their
+        # values are read.
+        first = whole._replace(netloc=f"{login}@{seeds.split(',')[0]}")
+        return _options_problem(first.geturl(), build=False)
     parts = urlsplit(url)
     if parts.scheme == "unix":
-        return None if parts.path else "a unix:// URL needs the socket's path"
+        if not parts.path:
+            return "a unix:// URL needs the socket's path"
+        return _options_problem(url, build=True)
     if problem := _address_problem(parts):
         return problem
     db = unquote(parts.path).strip("/")
     if db and not (db.isascii() and db.isdigit()):
         return f"database {db!r} is not a number"
+    return _options_problem(url, build=True)
+
+
+# The TLS files a URL may name (``rediss://...?ssl_ca_certs=...``): one that is not
+# there fails every connection with "No such file or directory", read as Redis being
+# out of reach, and the node would wait for it for ever.
+_TLS_FILES = ("ssl_ca_certs", "ssl_ca_path", "ssl_certfile", "ssl_keyfile")
+
+
+def _options_problem(url: str, *, build: bool) -> str | None:
+    """The URL's query parameters as redis-py reads them: a value it cannot read, a
+    parameter its connection does not take (with ``build``: the connection is made,
+    not opened), a TLS file that is not there. Unchecked, each ended the node's start
+    in a traceback, or left it waiting."""
+    options: dict[str, Any]
+    try:
+        if build:
+            pool = aioredis.ConnectionPool.from_url(url)
+            pool.connection_class(**pool.connection_kwargs)
+            options = pool.connection_kwargs
+        else:
+            options = dict(parse_url(url))
+    except TypeError as exc:
+        unexpected = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
+        if unexpected is None:
+            return str(exc)
+        return f"query parameter {unexpected[1]!r} does not apply to a {url.split(':')[0]}:// URL"
+    except (ValueError, RedisError) as exc:
+        return str(exc)
+    for name in _TLS_FILES:
+        path = options.get(name)
+        if path is not None and not Path(str(path)).exists():
+            return f"{name}: {path} does not exist"
     return None
 
 

@@ -10,7 +10,7 @@ startup failed" and exits with its start-up failure code (3). Anything else that
 a start keeps its traceback: that is a bug to read.
 """
 
-from redis.exceptions import AuthenticationError, ResponseError
+from redis.exceptions import AuthenticationError, RedisClusterException, ResponseError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bushub.broker.respconn import ReplyError
@@ -27,7 +27,16 @@ class StartRefused(Exception):
 
 def refusal(exc: BaseException) -> BaseException | None:
     """Redis' refusal in ``exc`` or what caused it; None otherwise."""
-    return refusal_in(exc, _REFUSALS)
+    found = refusal_in(exc, _REFUSALS)
+    cause: BaseException | None = exc
+    while found is None and cause is not None:
+        # redis-py's cluster client raises its own error while it handles Redis'
+        # answer ("cluster support disabled": a Redis without cluster mode given as a
+        # redis+cluster:// URL): the answer is that error's context, not its cause.
+        if isinstance(cause, RedisClusterException) and isinstance(cause.__context__, _REFUSALS):
+            found = cause.__context__
+        cause = cause.__cause__
+    return found
 
 
 class QuietRefusals:

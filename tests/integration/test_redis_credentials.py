@@ -303,6 +303,27 @@ def test_a_password_for_a_redis_without_one_stops_the_node(
         redis.stop()
 
 
+def test_a_cluster_url_for_a_redis_without_cluster_mode_stops_the_node_in_one_line(
+    tmp_path: Path, request: pytest.FixtureRequest, hubs: Hubs
+) -> None:
+    """``redis+cluster://`` for a Redis that is not a cluster: Redis' answer, in one
+    line. Before, the start ended in a traceback of several kilobytes (redis-py's
+    cluster client raises its own error while handling the answer)."""
+    redis = RedisServer(tmp_path / "plain-redis.log")
+    register_log(request, "redis log", redis.log_path)
+    redis.start()
+    try:
+        node = hubs.spawn("w3", redis.url.replace("redis://", "redis+cluster://").rsplit("/", 1)[0])
+        assert wait_until(lambda: not node.alive, timeout=TIMEOUT), "the node kept running"
+        assert node.returncode == 3
+        log = node_output(node)
+        (line,) = [line for line in log.splitlines() if "cluster support disabled" in line]
+        assert "cannot start: redis cluster" in line and "refused this node" in line, line
+        assert "Traceback" not in log, log[-2000:]
+    finally:
+        redis.stop()
+
+
 def test_a_node_started_before_its_redis_waits_for_it_and_then_serves(
     tmp_path: Path, request: pytest.FixtureRequest, hubs: Hubs
 ) -> None:

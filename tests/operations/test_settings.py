@@ -52,6 +52,20 @@ def serve(*args: str, env: dict[str, str] | None = None) -> subprocess.Completed
         (["--redis-url", "redis://:@/0"], {}, "redis-url: no host"),
         (["--redis-url", "redis://127.0.0.1:6390/abc"], {}, "redis-url: database 'abc'"),
         (["--redis-url", "redis+cluster://127.0.0.1:7000,127.0.0.1:x"], {}, "redis-url: port"),
+        # A query parameter redis-py cannot read or does not take ended the start in a
+        # traceback (exit 1, or 3 for one the connection refused), and a TLS file that
+        # is not there left the node waiting for ever, "No such file or directory"
+        # read as Redis out of reach.
+        (["--redis-url", "redis://127.0.0.1:6390/0?db=x"], {}, "redis-url: Invalid value for 'db'"),
+        (["--redis-url", "unix:///tmp/r.sock?socket_timeout=abc"], {}, "redis-url: Invalid"),
+        (["--redis-url", "redis://127.0.0.1:6390/0?ssl_cert_reqs=none"], {}, "'ssl_cert_reqs'"),
+        (
+            ["--redis-url", "rediss://127.0.0.1:6390/0?ssl_cert_reqs=bogus"],
+            {},
+            "redis-url: Invalid",
+        ),
+        (["--redis-url", "rediss://127.0.0.1:6390/0?ssl_ca_certs=/no/ca.pem"], {}, "ssl_ca_certs"),
+        (["--redis-url", "redis+cluster://127.0.0.1:7000/?socket_timeout=x"], {}, "redis-url: In"),
         # Started, then refused every token.
         (["--jwt-public-keys", __file__], {}, "holds no RSA or EC public key"),
     ],
