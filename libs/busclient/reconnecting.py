@@ -323,6 +323,13 @@ class ReconnectingLink:
         """Cut a backoff wait short (the next attempt is made at once)."""
         self._wake.set()
 
+    def saw_peer(self) -> None:
+        """The hub told this proxy of its peer: the session's later handshakes say so
+        (``peer_seen=1``), so that a node it resumes on where the peer is gone takes
+        the peer for lost, as the node that saw it go would have."""
+        if self._session is not None:
+            self._session.peer_seen = True
+
     async def send(self, data: bytes) -> None:
         """Write ``data`` to the socket, or hold it until the next one opens.
 

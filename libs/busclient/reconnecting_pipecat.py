@@ -203,6 +203,8 @@ class ReconnectingWebSocketProxyClient(LinkEvents, WebSocketProxyClient):
             return
         # Registry messages (target=None) for worker discovery.
         if isinstance(message, BusWorkerRegistryMessage):
+            if any(entry.name == self._remote_worker_name for entry in message.workers):
+                self._link.saw_peer()
             await self.send_bus_message(message)
             return
         # Additional message types (e.g. BusFrameMessage).

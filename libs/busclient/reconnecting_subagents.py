@@ -210,6 +210,8 @@ class ReconnectingWebSocketProxyClientAgent(LinkEvents, WebSocketProxyClientAgen
             return
         # Registry messages (target=None) for agent discovery.
         if isinstance(message, BusAgentRegistryMessage):
+            if any(entry.name == self._remote_agent_name for entry in message.agents):
+                self._link.saw_peer()
             await self.send_message(message)
             return
         # Additional message types (e.g. BusFrameMessage).

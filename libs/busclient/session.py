@@ -30,6 +30,7 @@ from buswire.sessionframe import (
     ACK_EVERY,
     ACKS_PARAM,
     INLINE,
+    PEER_SEEN_PARAM,
     RECEIVED_PARAM,
     SENT_LOST_PARAM,
     SESSION_PARAM,
@@ -46,15 +47,18 @@ def new_session_id() -> str:
     return value
 
 
-def session_url(url: str, session_id: str, received: int, sent_lost: int = 0) -> str:
+def session_url(
+    url: str, session_id: str, received: int, sent_lost: int = 0, peer_seen: bool = False
+) -> str:
     """``url`` with ``session``, ``received`` and ``acks=inline`` (this side takes
-    acknowledgements riding on messages) in its query, and ``sent_lost`` when messages
-    sent were given up on, replacing any already there.
+    acknowledgements riding on messages) in its query, ``sent_lost`` when messages
+    sent were given up on, and ``peer_seen=1`` once the proxy was told of its peer,
+    replacing any already there.
 
     Other query parameters are kept, in order.
     """
     parts = urlsplit(url)
-    ours = (SESSION_PARAM, RECEIVED_PARAM, ACKS_PARAM, SENT_LOST_PARAM)
+    ours = (SESSION_PARAM, RECEIVED_PARAM, ACKS_PARAM, SENT_LOST_PARAM, PEER_SEEN_PARAM)
     query = [
         (name, value)
         for name, value in parse_qsl(parts.query, keep_blank_values=True)
@@ -63,6 +67,8 @@ def session_url(url: str, session_id: str, received: int, sent_lost: int = 0) ->
     query += [(SESSION_PARAM, session_id), (RECEIVED_PARAM, str(received)), (ACKS_PARAM, INLINE)]
     if sent_lost:
         query.append((SENT_LOST_PARAM, str(sent_lost)))
+    if peer_seen:
+        query.append((PEER_SEEN_PARAM, "1"))
     encoded = urlencode(query, quote_via=quote)
     return urlunsplit((parts.scheme, parts.netloc, parts.path, encoded, parts.fragment))
 
@@ -310,12 +316,17 @@ class ClientSession:
         self.receiver = Receiver()
         # The count of messages given up on that the URL being dialled tells.
         self._telling = 0
+        # A hub told this session of its peer (a registry message naming it).
+        self.peer_seen = False
 
     def url(self, base: str) -> str:
-        """The URL to dial now: ``base`` with this session, its received position and
-        the messages sent and given up on that no hub was told of yet."""
+        """The URL to dial now: ``base`` with this session, its received position,
+        the messages sent and given up on that no hub was told of yet, and whether it
+        was told of its peer."""
         self._telling = self.log.unreported
-        return session_url(base, self.id, self.receiver.received, self._telling)
+        return session_url(
+            base, self.id, self.receiver.received, self._telling, peer_seen=self.peer_seen
+        )
 
     def told(self) -> int:
         """A hub answered the handshake: the messages given up on that its URL told

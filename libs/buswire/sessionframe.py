@@ -48,6 +48,12 @@ INLINE_ACKS = f"{ACKS_PARAM}={INLINE}"
 # (its send log over its bounds, or written longer ago than the window), not yet told
 # to a hub: the resume is then a gap, so that the session's peers announce it anew.
 SENT_LOST_PARAM = "sent_lost"
+# ``peer_seen=1``: the proxy was told of its peer (a registry message naming it) on an
+# earlier socket of the session. A resume on a node where the peer is absent then
+# starts the peer's lost timer, as if that node had seen it go: its previous socket's
+# node, which had, may be the one that went (drained, killed), and a peer that left
+# meanwhile would otherwise be waited for in silence for good.
+PEER_SEEN_PARAM = "peer_seen"
 
 
 class Kind(IntEnum):

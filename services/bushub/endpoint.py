@@ -355,7 +355,13 @@ async def agent_socket(websocket: WebSocket, raw: AsgiChannel) -> None:
     if resuming is not None:
         inline_acks = query.get(sessionframe.ACKS_PARAM) == sessionframe.INLINE
         session_id, received, sent_lost = resuming
-        conn.session = Session(session_id, received, inline_acks=inline_acks, sent_lost=sent_lost)
+        conn.session = Session(
+            session_id,
+            received,
+            inline_acks=inline_acks,
+            sent_lost=sent_lost,
+            peer_seen=query.get(sessionframe.PEER_SEEN_PARAM) == "1",
+        )
     probed = _direct_protocol(websocket)
     if probed is not None:
         conn.client_gone = _hung_up_probe(probed)

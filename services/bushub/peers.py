@@ -91,6 +91,9 @@ class Peers:
         # before an event is older than it.
         self._version: dict[str, int] = defaultdict(int)
         self._lost_timers: dict[str, asyncio.TimerHandle] = {}
+        # Per session socket told of its peer on an earlier socket and finding it absent
+        # here: its own lost timer (other watchers of the peer here never saw it go).
+        self._seen_timers: dict[Connection, asyncio.TimerHandle] = {}
 
     def sizes(self) -> dict[str, int]:
         """How many entries each per-peer structure holds (for leak checks)."""
@@ -101,6 +104,7 @@ class Peers:
             "peer_holder_nodes": len(self._holder_nodes),
             "peer_version": len(self._version),
             "lost_timers": len(self._lost_timers),
+            "seen_timers": len(self._seen_timers),
         }
 
     async def watch(self, conn: Connection) -> None:
@@ -125,6 +129,41 @@ class Peers:
                     self._holder_nodes[peer] = live[1]
                     self._runners[peer] = live[2]
         self._announce_peer(conn)
+        if conn.session is not None and conn.session.peer_seen:
+            await self._lost_while_away(conn, peer)
+
+    async def _lost_while_away(self, conn: Connection, peer: str) -> None:
+        """A session's socket whose proxy was told of its peer before (on a node that
+        may be gone: drained, killed) finds it absent here: a lost timer starts for
+        this socket, as on the node that saw the peer go, with the grace of a peer held
+        by a session when one of the peer's is kept (it is away, on its way back). Else
+        a peer that left while the proxy was reconnecting was waited for in silence for
+        good. Only this socket: the peer's other watchers here never saw it."""
+        if self._holders.get(peer) is not None or peer in self._lost_timers:
+            return
+        try:
+            away = await self._broker.session_kept(peer)
+        except ConnectionError:
+            away = True  # the longer wait: a peer on its way back is not cut off
+        watching = conn in self._watchers.get(peer, ())
+        if self._holders.get(peer) is not None or peer in self._lost_timers or not watching:
+            return  # back, taken for lost, or the socket gone, meanwhile
+        settings = self._settings
+        grace = max(settings.peer_grace, settings.resume_window) if away else settings.peer_grace
+        log.info("peer %s of %s, seen before, is not here; lost in %.1fs", peer, conn.agent, grace)
+        self._seen_timers[conn] = self._call_later(grace, self._seen_lost, conn, peer, grace)
+
+    def _seen_lost(self, conn: Connection, peer: str, grace: float) -> None:
+        self._seen_timers.pop(conn, None)
+        if self._holders.get(peer) is None and conn.close_on_peer_lost:
+            log.info("peer %s of %s lost for %.1fs; closing", peer, conn.agent, grace)
+            conn.request_close(CloseCode.PEER_LOST)
+
+    def _cancel_seen(self, conns: "set[Connection] | list[Connection]") -> None:
+        for conn in conns:
+            timer = self._seen_timers.pop(conn, None)
+            if timer is not None:
+                timer.cancel()
 
     def _live(self, holder: Holder | None) -> Holder | None:
         """A record's (connection, node, runner), unless its node is known dead."""
@@ -137,6 +176,7 @@ class Peers:
         if watchers is None or conn not in watchers:
             return
         watchers.discard(conn)
+        self._cancel_seen([conn])
         if not watchers:
             del self._watchers[peer]
             self._holders.pop(peer, None)
@@ -173,6 +213,7 @@ class Peers:
         timer = self._lost_timers.pop(peer, None)
         if timer is not None:
             timer.cancel()
+        self._cancel_seen(self._watchers[peer])
         for conn in self._watchers[peer]:
             self._announce_peer(conn)
 
@@ -213,6 +254,7 @@ class Peers:
         for timer in self._lost_timers.values():
             timer.cancel()
         self._lost_timers.clear()
+        self._cancel_seen(list(self._seen_timers))
 
     # ---- what presence tells ------------------------------------------------
 

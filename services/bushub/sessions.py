@@ -154,6 +154,8 @@ class Session:
             came unkept (``time.monotonic``; 0: never).
         sent_lost: Messages its proxy sent and gave up on unacknowledged, as the
             handshake said: its resume is a gap, so that its peers announce it anew.
+        peer_seen: The proxy was told of its peer on an earlier socket of the session
+            (``peer_seen=1``): a peer absent here is taken as gone (``bushub.peers``).
     """
 
     id: str
@@ -182,6 +184,7 @@ class Session:
     senders: dict[bytes, bytes] | None = None
     unkept_at: float = 0.0
     sent_lost: int = 0
+    peer_seen: bool = False
 
     @property
     def runner(self) -> str:

@@ -11,7 +11,7 @@ import math
 import re
 from pathlib import Path
 from typing import Any
-from urllib.parse import SplitResult, unquote, urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
@@ -47,8 +47,9 @@ def redis_url_problem(url: str, cluster_scheme: str) -> str | None:
                 return problem
         # The cluster client drops query parameters it does not take: only their
         # values are read.
-        first = whole._replace(netloc=f"{login}@{seeds.split(',')[0]}")
-        return _options_problem(first.geturl(), build=False)
+        first = f"{login}@{seeds.split(',')[0]}"
+        one = urlunsplit(("redis", first, whole.path, whole.query, whole.fragment))
+        return _options_problem(one, build=False)
     parts = urlsplit(url)
     if parts.scheme == "unix":
         if not parts.path:

@@ -472,6 +472,28 @@ async def test_a_session_peer_away_past_the_peer_grace_is_not_lost_to_its_watche
     await stock.close()
 
 
+async def test_a_peer_that_left_while_its_watcher_was_away_is_lost_where_it_resumes(
+    faults: Faults,
+) -> None:
+    """c (a session, on_peer_lost=close) was told of the stock w on n2; n2 went (here:
+    c's socket dropped) and w left meanwhile. c resumes on n1, which never saw w: its
+    handshake says it was told of w, so n1 takes w for lost after the peer grace
+    (4002). A session that was never told of w waits for it, as stock proxies do."""
+    n1, n2 = faults.ready("n1", "n2", peer_grace=0.5)
+    w = await PlainSocket.open(n2.url, "w", "c", on_peer_lost="keep")
+    c = await SessionSocket.open(n2.url, "c", "w", "SC", on_peer_lost="close")
+    await until(lambda: bool(c.announcements), what="c told of w")
+    await c.vanish()
+    await w.close()
+    back = await SessionSocket.open(n1.url, "c", "w", "SC", on_peer_lost="close", peer_seen=True)
+    never = await SessionSocket.open(n1.url, "d", "w", "SD", on_peer_lost="close")
+    assert back.result == "recovered"
+    await until(lambda: back.ws.close_code == 4002, what="w taken for lost where c resumed")
+    assert never.ws.close_code is None, "never told of w: waits for it"
+    await never.close()
+    await back.close()
+
+
 async def test_over_the_bounds_the_oldest_go_and_the_resume_says_gap(faults: Faults) -> None:
     (n1,) = faults.ready("n1", resume_messages=3)
     a = await SessionSocket.open(n1.url, "a", "b", "S1")

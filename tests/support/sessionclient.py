@@ -53,11 +53,13 @@ class SessionSocket:
         inline_acks: bool = False,
         stalled: bool = False,
         sent_lost: int = 0,
+        peer_seen: bool = False,
     ) -> "SessionSocket":
         """Open a session socket; ``on_peer_lost`` is ``keep`` unless told: its peer's
         own comings and goings are not what these tests look at. With
         ``inline_acks`` it asks for acknowledgements riding on messages; with
-        ``sent_lost``, it says it gave up that many messages it sent; ``stalled``,
+        ``sent_lost``, it says it gave up that many messages it sent; with
+        ``peer_seen``, that it was told of its peer before; ``stalled``,
         it reads nothing until ``read_on`` (a slow reader: a small receive buffer, and
         the client library stops reading its TCP connection after a frame)."""
         url = f"{hub}/ws/{agent}?peer={peer}&session={session}&received={received}"
@@ -65,6 +67,8 @@ class SessionSocket:
             url += f"&{sessionframe.INLINE_ACKS}"
         if sent_lost:
             url += f"&{sessionframe.SENT_LOST_PARAM}={sent_lost}"
+        if peer_seen:
+            url += f"&{sessionframe.PEER_SEEN_PARAM}=1"
         url += f"&on_peer_lost={on_peer_lost}"
         if not stalled:
             return cls(await connect(url))

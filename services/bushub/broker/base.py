@@ -245,6 +245,11 @@ class Broker(ABC):
         seconds more, unless a newer connection holds it already."""
         raise NotImplementedError
 
+    async def session_kept(self, agent: str) -> bool:
+        """Whether a session of ``agent`` is kept: held by a socket, or away for at
+        most the window."""
+        raise NotImplementedError
+
     async def end_away_session(self, agent: str, position: int) -> int | None:
         """A socket without a session holds ``agent`` and was given the message the
         stream of the name's away session keeps at ``position``: end that session

@@ -494,6 +494,10 @@ class RedisClusterBroker(Broker):
         async with guarded():
             await self._sessions.release(items, window)
 
+    async def session_kept(self, agent: str) -> bool:
+        with unreachable_as_connection_error():
+            return await self._sessions.kept(agent)
+
     async def end_away_session(self, agent: str, position: int) -> int | None:
         with unreachable_as_connection_error():
             return await self._sessions.end_away(agent, position)

@@ -157,6 +157,9 @@ class MemoryBroker(Broker):
         for agent, conn in items:
             self._sessions.release(agent, conn, window)
 
+    async def session_kept(self, agent: str) -> bool:
+        return self._sessions is not None and self._sessions.kept(agent)
+
     async def end_away_session(self, agent: str, position: int) -> int | None:
         return None if self._sessions is None else self._sessions.end_away(agent, position)
 

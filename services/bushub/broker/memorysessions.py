@@ -134,6 +134,10 @@ class MemorySessions:
         """Sessions held or away (some expired, until swept)."""
         return len(self._sessions)
 
+    def kept(self, agent: str) -> bool:
+        """Whether a session of ``agent`` is kept (held, or away within the window)."""
+        return self._session(agent) is not None
+
     def end_away(self, agent: str, position: int) -> int | None:
         """As ``END_AWAY``: an away session (it expires) is ended; how many messages
         it kept before ``position``."""

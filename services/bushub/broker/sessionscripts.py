@@ -583,6 +583,10 @@ class SessionScripts:
         keys = [session_key(agent), stream_key(agent)]
         await self._trim(keys=keys, args=[session, trim_minid(position)], client=client)
 
+    async def kept(self, agent: str) -> bool:
+        """See ``Broker.session_kept``."""
+        return bool(await self._client.exists(session_key(agent)))
+
     async def end_away(self, agent: str, position: int) -> int | None:
         """See ``Broker.end_away_session``."""
         lost = int(

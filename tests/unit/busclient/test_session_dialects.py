@@ -8,6 +8,8 @@ from pipecat_subagents.bus import AsyncQueueBus
 
 from busclient.reconnecting_pipecat import ReconnectingWebSocketProxyClient
 from busclient.reconnecting_subagents import ReconnectingWebSocketProxyClientAgent
+from buswire import Dialect, Format, registry_message
+from buswire.codec import encode_tree
 from buswire.sessionframe import valid_session_id
 from tests.support import waiting
 from tests.support.waiting import TIMEOUT
@@ -60,3 +62,21 @@ async def test_a_lossy_resume_fires_on_resume_gap(dialect: str, result: str, los
     await waiting.until(lambda: bool(fired), TIMEOUT, what="on_resume_gap")
     expected = (result, "e2") if lost else ("gap", "e3")
     assert fired == [(proxy, *expected)]
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+async def test_a_proxy_told_of_its_peer_says_so_on_its_next_handshakes(dialect: str) -> None:
+    """Its later handshakes carry ``peer_seen=1`` (a node it resumes on where the peer
+    is gone then takes it for lost); an announcement of another agent is no sign."""
+    proxy = make_proxy(dialect)
+    session = proxy.reconnect_stats.session
+    which = Dialect.SUBAGENTS if dialect == "subagents" else Dialect.PIPECAT
+
+    async def announce(agent: str) -> None:
+        tree = registry_message(which, source="bushub", runner=f"bushub:{agent}:c1", agent=agent)
+        await proxy.link_frame(encode_tree(tree, Format.JSON))
+
+    await announce("someone-else")
+    assert "peer_seen" not in session.url(URL)
+    await announce("remote")
+    assert session.url(URL).endswith("&peer_seen=1")

@@ -9,6 +9,7 @@ import pytest
 
 from bushub.broker import MemoryBroker
 from bushub.broker.nodes import BeatStatus
+from bushub.broker.sessionscripts import SessionLimits
 from bushub.brokerhealth import BrokerHealth
 from bushub.closecodes import CloseCode
 from bushub.heartbeat import Heartbeat
@@ -17,6 +18,7 @@ from bushub.metrics import Metrics
 from bushub.outbound import Outbound
 from bushub.peers import runner_name
 from bushub.presence import Presence
+from bushub.sessions import Session
 from bushub.subscriptions import Subscriptions
 from buswire import presence_key
 from buswire.channels import node_channel
@@ -120,6 +122,50 @@ async def test_a_peer_held_by_a_session_is_lost_only_once_its_session_is() -> No
     [timer] = wired.timers.pending()
     timer.fire()
     assert watcher.close_code is CloseCode.PEER_LOST
+
+
+@pytest.mark.parametrize("peer_session", ["none", "away"])
+async def test_a_session_told_of_its_peer_before_takes_it_for_lost_where_it_is_absent(
+    peer_session: str,
+) -> None:
+    """The proxy was told of p on a socket whose node is gone (drained, killed); p
+    left while it reconnected. On the node it resumes on p is nowhere: p's lost timer
+    starts (the peer grace; the resume window if a session of p is kept, p being on
+    its way back), where before the proxy waited in silence for good."""
+    broker = MemoryBroker()
+    wired = Wired(broker)
+    broker.keep_for_sessions(SessionLimits(window=60.0, messages=100, bytes=1 << 20))
+    if peer_session == "away":
+        await broker.resume_session("p", "SP", 0, "e1", "p-conn-1")
+        await broker.release_sessions([("p", "p-conn-1")], 60.0)
+    watcher = connection("a", "p")
+    watcher.session = Session("S1", 3, peer_seen=True)
+    wired.presence.hold(watcher)
+    await wired.presence.announce(watcher)
+    [timer] = wired.timers.pending()
+    grace = wired.settings.peer_grace
+    assert timer.delay == (grace if peer_session == "none" else wired.settings.resume_window)
+    timer.fire()
+    assert watcher.close_code is CloseCode.PEER_LOST
+
+
+async def test_a_session_never_told_of_its_peer_waits_for_it() -> None:
+    """Started before its peer: absent, p is waited for (stock proxies' behaviour),
+    and p coming up cancels the timer of a session that had been told of it."""
+    wired = Wired()
+    waiting = connection("a", "p")
+    waiting.session = Session("S1", 0)
+    wired.presence.hold(waiting)
+    await wired.presence.announce(waiting)
+    assert wired.timers.pending() == []
+    seen = connection("b", "p", conn_id="n1.b")
+    seen.session = Session("S2", 5, peer_seen=True)
+    wired.presence.hold(seen)
+    await wired.presence.announce(seen)
+    assert len(wired.timers.pending()) == 1
+    wired.event(EventKind.UP, "p", "p-conn-9")
+    assert wired.timers.pending() == []
+    assert waiting.close_code is None and seen.close_code is None
 
 
 async def test_a_peer_back_within_the_grace_cancels_the_close() -> None:
