@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 _SHORT_ADMIN_TOKEN = 16
 # What an admin route answers while --admin-token is unset.
 _OFF = "admin routes are off: set --admin-token"
+# What an admin route answers to a request that offers no bearer token at all.
+_REQUIRED = "admin token required: send Authorization: Bearer <admin token>"
 # An oversize body is read (and thrown away) up to this many times the size limit.
 _DRAIN_FACTOR = 4
 # Agents ``/agents`` lists at most (``truncated`` past it: a sample, not the first by
@@ -84,7 +86,13 @@ def add_operator_routes(app: FastAPI, hub: Hub, verifier: TokenVerifier) -> None
         """The answer to a request without the admin token; None when it has it."""
         if not admin_token:
             return refused(request, "off", 403, _OFF)
-        if not _is_admin(_bearer(request), admin_token):
+        offered = _bearer(request)
+        if not offered:
+            # Nothing offered is a different mistake from a wrong token (a script that
+            # forgot the header, or sent the token without "Bearer "): say which. Both
+            # count as bad_admin_token, the reason the metric has always had for them.
+            return refused(request, "bad_admin_token", 401, _REQUIRED)
+        if not _is_admin(offered, admin_token):
             return refused(request, "bad_admin_token", 401, "bad admin token")
         return None
 

@@ -47,7 +47,15 @@ def add_token_command(commands: "argparse._SubParsersAction[argparse.ArgumentPar
         type=_pattern,
         help="agent name or glob it may address (repeat)",
     )
-    parser.add_argument("--ttl", type=_lifetime, default=3600.0, help="lifetime in seconds")
+    # A token's exp - iat usually reads one more than --ttl (3601 for 3600), which is
+    # no off-by-one: make_token rounds iat down and exp up to whole seconds, so the
+    # token lives at least --ttl from when it was issued and under a second more.
+    parser.add_argument(
+        "--ttl",
+        type=_lifetime,
+        default=3600.0,
+        help="lifetime in seconds (default: %(default)g; exp is rounded up to a whole second)",
+    )
 
 
 def run_token_command(args: argparse.Namespace) -> None:

@@ -5,7 +5,8 @@
 - compose.yaml: the Compose Specification schema (``check-jsonschema``'s vendored
   copy); ``docker compose config`` as well when the docker CLI has the compose plugin;
   its inline Prometheus config through ``promtool``; and what it must wire up.
-- nginx: ``nginx -t`` on the config run-local.sh renders.
+- nginx: ``nginx -t`` on the config run-local.sh renders, and the script's own
+  temporary directory gone when it ends.
 - Dockerfile: ``hadolint``, BuildKit's parser (package ``dockerfile``), and the facts
   the brief asks for (slim base, non-root, healthcheck, entrypoint).
 
@@ -14,8 +15,10 @@ What cannot run here (no container engine): ``docker build``, ``docker compose u
 """
 
 import fnmatch
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -27,8 +30,10 @@ import pytest
 import yaml
 
 from bushub.supervisor import EXIT_MARGIN
-from tests.deployment.lb import RUN_LOCAL, nginx_path
+from tests.deployment.lb import RUN_LOCAL, http_get, nginx_path
 from tests.integration.procs import ROOT
+from tests.support.ports import free_port
+from tests.support.waiting import TIMEOUT, wait_until
 
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
@@ -297,11 +302,65 @@ def test_nginx_accepts_the_rendered_config(tmp_path: Path) -> None:
         text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    # nginx -t -q says nothing on success: the script does.
+    assert result.stdout == f"nginx configuration OK: {tmp_path}/nginx.conf\n"
     config = (tmp_path / "nginx.conf").read_text()
     assert "@" not in re.sub(r"#.*", "", config), "an unrendered @PLACEHOLDER@ is left"
     servers = re.findall(r"^\s*server (\S+) max_fails=\d+ fail_timeout=\w+;", config, re.M)
     assert servers == ["127.0.0.1:8765", "127.0.0.1:8766", "127.0.0.1:8767"]
     assert "listen 127.0.0.1:" in config
+
+
+def test_nginx_check_leaves_no_temporary_directory(tmp_path: Path) -> None:
+    """Without --dir, every run left a bushub-nginx.XXXXXX directory behind, a
+    failed check's too."""
+    nginx_path()
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    good = subprocess.run(
+        [str(RUN_LOCAL), "--check", "8765"], capture_output=True, text=True, env=env
+    )
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert good.stdout.startswith("nginx configuration OK")
+    bad = subprocess.run(
+        [str(RUN_LOCAL), "--check", "--max-fails", "x", "8765"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert bad.returncode != 0 and "test failed" in bad.stderr, bad.stdout + bad.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_nginx_in_the_foreground_takes_its_temporary_directory_away(tmp_path: Path) -> None:
+    """Without --dir nginx runs as the script's child: the directory lasts while it
+    runs and goes once a SIGTERM to the script has stopped it."""
+    nginx_path()
+    port = free_port()
+    script = subprocess.Popen(
+        [str(RUN_LOCAL), "--port", str(port), "8765"],
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # on failure, its nginx is stopped with it
+    )
+    try:
+        wait_until(lambda: _answers(port), what="nginx answering /nginx-healthz")
+        [directory] = tmp_path.iterdir()
+        assert (directory / "nginx.conf").exists()
+        script.send_signal(signal.SIGTERM)
+        assert script.wait(timeout=TIMEOUT) == 0
+    finally:
+        if script.poll() is None:
+            os.killpg(script.pid, signal.SIGKILL)
+            script.wait()
+    assert list(tmp_path.iterdir()) == []
+    assert not _answers(port)
+
+
+def _answers(port: int) -> bool:
+    try:
+        return http_get(port, "/nginx-healthz")[0] == 200
+    except OSError:
+        return False
 
 
 def test_nginx_config_has_what_long_lived_sockets_need(tmp_path: Path) -> None:

@@ -170,6 +170,35 @@ async def test_requests_without_the_admin_token_are_counted_and_logged(
     assert schema.status_code == 404
 
 
+REQUIRED = "admin token required: send Authorization: Bearer <admin token>"
+
+
+@pytest.mark.parametrize(
+    ("headers", "error"),
+    [
+        ({}, REQUIRED),
+        ({"authorization": ADMIN}, REQUIRED),
+        ({"authorization": "Bearer"}, REQUIRED),
+        ({"authorization": f"Basic {ADMIN}"}, REQUIRED),
+        ({"authorization": "Bearer guess"}, "bad admin token"),
+        ({"authorization": f"Bearer {ADMIN[:-1]}"}, "bad admin token"),
+    ],
+    ids=["no-header", "no-scheme", "no-value", "basic", "wrong", "prefix"],
+)
+async def test_a_missing_admin_token_is_told_from_a_wrong_one(
+    node: RunningHub, headers: dict[str, str], error: str
+) -> None:
+    """A user who forgot the header (or "Bearer ") was told the token was bad, and
+    went looking for a typo in a token never sent."""
+    async with httpx.AsyncClient(base_url=node.http_url, timeout=TIMEOUT) as client:
+        for path in ("/agents", "/api/cluster", "/api/tap/x"):
+            response = await client.get(path, headers=headers)
+            assert (response.status_code, response.json()) == (401, {"error": error}), path
+    sent = await post_send(node, as_json(task_request("s", "worker")), headers)
+    assert (sent.status_code, sent.json()) == (401, {"error": error})
+    assert node.metric("bushub_operator_refused_total", reason="bad_admin_token") == 4
+
+
 @pytest.mark.parametrize(
     ("allowed", "logged"), [("", "127.0.0.2"), ("127.0.0.0/30", "203.0.113.7")]
 )
