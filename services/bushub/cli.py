@@ -138,5 +138,7 @@ def main(argv: list[str] | None = None) -> None:
         try:
             settings = load_settings(args)
         except SettingsError as exc:
-            parser.error(str(exc))
+            # One line naming the command and the setting: a usage dump (the
+            # command's, or serve's dozen lines) says nothing about a bad value.
+            serve_parser.exit(2, f"bushub serve: error: {exc}\n")
         serve(settings)
