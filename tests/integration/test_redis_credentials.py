@@ -263,17 +263,24 @@ async def test_agents_on_two_nodes_talk_and_are_listed_through_a_locked_redis(
         assert quote(locked.auth.password, safe="") not in node_output(node)
 
 
-def test_a_wrong_password_stops_the_node_with_redis_reason(locked: LockedRedis, hubs: Hubs) -> None:
-    node = hubs.spawn("w1", locked.wrong_url)
-    started = time.monotonic()
+def refused_in_one_line(node: OpsNode, reason: str) -> tuple[str, str]:
+    """The node stopped at start-up (exit code 3) with Redis' ``reason`` on one line of
+    its own, "cannot start: ... refused this node", and no traceback; (line, log)."""
     assert wait_until(lambda: not node.alive, timeout=TIMEOUT), "the node kept running"
     assert node.returncode == 3
     log = node_output(node)
-    # Redis's own reason, on a line of its own, in a few seconds rather than after a
-    # retry loop...
-    (line,) = [line for line in log.splitlines() if "invalid username-password pair" in line]
+    (line,) = [line for line in log.splitlines() if reason in line]
     assert "cannot start: redis" in line and "refused this node" in line, line
     assert "Traceback" not in log, log[-2000:]
+    return line, log
+
+
+def test_a_wrong_password_stops_the_node_with_redis_reason(locked: LockedRedis, hubs: Hubs) -> None:
+    node = hubs.spawn("w1", locked.wrong_url)
+    started = time.monotonic()
+    # Redis's own reason, on a line of its own, in a few seconds rather than after a
+    # retry loop...
+    _, log = refused_in_one_line(node, "invalid username-password pair")
     assert time.monotonic() - started < TIMEOUT
     # ...and never the password, as given or as written in the URL.
     assert WRONG_PASSWORD not in log and quote(WRONG_PASSWORD, safe="") not in log
@@ -314,12 +321,8 @@ def test_a_cluster_url_for_a_redis_without_cluster_mode_stops_the_node_in_one_li
     redis.start()
     try:
         node = hubs.spawn("w3", redis.url.replace("redis://", "redis+cluster://").rsplit("/", 1)[0])
-        assert wait_until(lambda: not node.alive, timeout=TIMEOUT), "the node kept running"
-        assert node.returncode == 3
-        log = node_output(node)
-        (line,) = [line for line in log.splitlines() if "cluster support disabled" in line]
-        assert "cannot start: redis cluster" in line and "refused this node" in line, line
-        assert "Traceback" not in log, log[-2000:]
+        line, _ = refused_in_one_line(node, "cluster support disabled")
+        assert "cannot start: redis cluster" in line, line
     finally:
         redis.stop()
 
