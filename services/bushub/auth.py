@@ -164,6 +164,10 @@ class TokenVerifier:
                 continue
         if claims is None:
             raise AuthError("expired" if expired else "bad_token")
+        exp = claims["exp"]
+        if isinstance(exp, bool) or not isinstance(exp, int | float):
+            # PyJWT reads a string of digits as the time; RFC 7519 says a number.
+            raise AuthError("bad_token")
         agents = _patterns(claims, "agents")
         if agents is None:
             agents = _patterns(claims, "sub")

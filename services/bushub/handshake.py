@@ -186,9 +186,11 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         super().on_headers_complete()
 
     def _refuse(self, response: bytes) -> None:
-        """Answer ``response`` unless a response is under way, and close."""
+        """Answer ``response`` unless the application has begun its own, and close
+        (a body that stopped coming, the request read and waiting for it, gets the
+        408 too)."""
         self._disarm()
-        if self.cycle is None or self.cycle.response_complete:
+        if self.cycle is None or not self.cycle.response_started:
             self.transport.write(response)
         self.transport.close()
 

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
 from bushub import console
@@ -192,7 +193,12 @@ def add_operator_routes(app: FastAPI, hub: Hub, verifier: TokenVerifier) -> None
             except AuthError as exc:
                 operators.sender.unauthorized()
                 return refused(request, "bad_token", 401, f"token refused: {exc.reason}")
-        data = await _read_body(request, settings.max_message_bytes)
+        try:
+            data = await _read_body(request, settings.max_message_bytes)
+        except ClientDisconnect:
+            # Its connection ended (the client left, or its body stopped coming and the
+            # handshake guard answered 408): nobody to answer, nothing to report.
+            return _answer({"error": "the request's body did not come whole"}, 400)
         if isinstance(data, int):
             answer = operators.sender.oversize(data)
         else:

@@ -109,15 +109,23 @@ def _address_problem(parts: SplitResult) -> str | None:
 
 
 def public_key_problem(path: str) -> str | None:
-    """Whether ``path`` holds a key the token check can use (RS256 or ES256)."""
+    """Whether ``path`` holds a key the token check can use (RS256 or ES256): a public
+    one. PyJWT loads a private key as readily, and then fails every check with an
+    error that is not a token's (each handshake with an RS256 or ES256 token answered
+    500): it is refused by name."""
     try:
         text = Path(path).read_text()
     except (OSError, UnicodeDecodeError) as exc:
         return f"{path} cannot be read ({exc})"
     for algorithm in (RSAAlgorithm(RSAAlgorithm.SHA256), ECAlgorithm(ECAlgorithm.SHA256)):
         try:
-            algorithm.prepare_key(text)
+            key = algorithm.prepare_key(text)
         except (InvalidKeyError, ValueError, TypeError):
             continue
+        if not hasattr(key, "verify"):
+            return (
+                f"{path} holds a private key: give its public half "
+                "(openssl pkey -in KEY -pubout), which is all the hub needs"
+            )
         return None
     return f"{path} holds no RSA or EC public key (PEM) to check tokens with"

@@ -254,6 +254,10 @@ class Settings:
         if self.admin_token and not stripped:
             raise SettingsError("admin-token: only whitespace (leave it unset to keep the API off)")
         object.__setattr__(self, "admin_token", stripped)
+        # Not stripped (a token is signed with the secret as given), but a secret of
+        # blanks alone is one anybody guesses.
+        if self.jwt_secret and not self.jwt_secret.strip():
+            raise SettingsError("jwt-secret: only whitespace (openssl rand -hex 32 makes one)")
 
     @property
     def auth_enabled(self) -> bool:

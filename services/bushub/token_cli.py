@@ -8,8 +8,8 @@ from bushub.auth import make_token
 
 
 def _secret(value: str) -> str:
-    if not value:
-        raise argparse.ArgumentTypeError("must not be empty (the hub's --jwt-secret)")
+    if not value.strip():
+        raise argparse.ArgumentTypeError("must not be empty or blank (the hub's --jwt-secret)")
     return value
 
 

@@ -83,6 +83,16 @@ async def test_token_without_exp_is_401(auth_hub: SecureHub) -> None:
     await assert_refused(auth_hub, "alice", 401, "bad_token", token=token("alice", exp=None))
 
 
+async def test_an_exp_that_is_not_a_number_is_401(auth_hub: SecureHub) -> None:
+    """RFC 7519 makes ``exp`` a number; PyJWT reads a string of digits as one, so a
+    token whose ``exp`` was ``"<digits>"`` (even with blanks around) was let in."""
+    later = int(time.time()) + 300
+    for exp in (str(later), f" {later} "):
+        claims = {"agents": ["alice"], "exp": exp}
+        odd = forged_token({"alg": "HS256", "typ": "JWT"}, claims, SECRET.encode())
+        await assert_refused(auth_hub, "alice", 401, "bad_token", token=odd)
+
+
 async def test_expired_beyond_leeway_is_401(auth_hub: SecureHub) -> None:
     expired = token("alice", exp=int(time.time()) - 60)
     await assert_refused(auth_hub, "alice", 401, "expired", token=expired)

@@ -19,7 +19,7 @@ import pytest
 
 from tests.integration.procs import TIMEOUT
 from tests.security.conftest import _start, _stop
-from tests.security.helpers import Peer, SecureHub
+from tests.security.helpers import ADMIN_TOKEN, Peer, SecureHub
 
 pytestmark = pytest.mark.integration
 
@@ -124,6 +124,47 @@ async def test_half_sent_requests_are_closed_at_the_deadline(hub: SecureHub) -> 
     # One warning for all of them: the next would come 10 s later, with a count.
     lines = _new_lines(hub, log_seen, TIMED_OUT_LINE)
     assert len(lines) == 1 and " WARNING " in lines[0], lines
+
+
+@pytest.mark.parametrize("body", ["chunked", "length"])
+@pytest.mark.parametrize("end", ["stalls", "hangs-up"])
+async def test_a_send_whose_body_stops_coming_is_answered_408_without_a_traceback(
+    tmp_path_factory: pytest.TempPathFactory, body: str, end: str
+) -> None:
+    """``POST /api/send`` with the admin token, its body cut short: one that stalls is
+    answered 408 at the deadline and closed, one whose client hangs up is let go; no
+    traceback either way. Before, each logged "Exception in ASGI application" with
+    starlette's ClientDisconnect, and the stalled one got no answer."""
+    node = _start(
+        tmp_path_factory,
+        "sendcut",
+        *("--handshake-timeout", str(DEADLINE), "--admin-token", ADMIN_TOKEN),
+    )
+    try:
+        framing = (
+            'Transfer-Encoding: chunked\r\n\r\n5\r\n{"__t\r\n'
+            if body == "chunked"
+            else 'Content-Length: 100\r\n\r\n{"__type__"'
+        )
+        reader, writer = await asyncio.open_connection("127.0.0.1", node.port)
+        writer.write(
+            f"POST /api/send HTTP/1.1\r\nHost: hub\r\n"
+            f"Authorization: Bearer {ADMIN_TOKEN}\r\n{framing}".encode()
+        )
+        await writer.drain()
+        if end == "stalls":
+            answer = await _read_to_end(reader, DEADLINE + SLACK)
+            assert answer.startswith(b"HTTP/1.1 408 "), answer[:60]
+        else:
+            await asyncio.sleep(0.3)
+        writer.close()
+        await asyncio.sleep(0.3)
+        status, _ = await asyncio.to_thread(node.get, "/healthz")
+        assert status == 200
+        log = node.log_text()
+        assert "Traceback" not in log and "Exception in ASGI application" not in log, log[-3000:]
+    finally:
+        _stop(node)
 
 
 async def test_a_kept_alive_connection_gets_a_deadline_per_request(hub: SecureHub) -> None:

@@ -7,8 +7,16 @@ import os
 import subprocess
 import sys
 from dataclasses import fields
+from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+)
 
 from bushub.settings import Settings, SettingsError, add_arguments, cpu_count, load_settings
 from tests.unit.bushub.helpers import TIMEOUT
@@ -93,6 +101,7 @@ def test_environment_alone_and_defaults() -> None:
         ("BUSHUB_ADMIN_TOKEN", "tab\there", "admin-token"),
         ("BUSHUB_ADMIN_TOKEN", "   ", "admin-token"),  # the API silently off before
         ("BUSHUB_ADMIN_TOKEN", "p\u00e4ssw\u00f6rd-0123456789", "admin-token"),  # never matched
+        ("BUSHUB_JWT_SECRET", "   ", "jwt-secret"),  # tokens signed with blanks let in before
         ("BUSHUB_ALLOWED_ORIGINS", "null", "allowed-origins"),
         ("BUSHUB_FORWARDED_ALLOW_IPS", "nginx", "forwarded-allow-ips"),  # a name
         ("BUSHUB_FORWARDED_ALLOW_IPS", "10.0.0.0/33", "forwarded-allow-ips"),
@@ -155,3 +164,23 @@ def test_serve_help_lists_every_setting_with_its_variable() -> None:
         if flag(f.name) not in result.stdout or env_var(f.name) not in result.stdout
     ]
     assert not missing, f"not in `bushub serve --help`: {missing}\n{result.stdout}"
+
+
+@pytest.mark.parametrize("kind", ["rsa", "ec"])
+def test_a_private_key_given_as_a_public_one_is_refused(kind: str, tmp_path: Path) -> None:
+    """PyJWT loads it, and then every RS256/ES256 token's check failed with an error
+    that is not a token's: each such handshake (valid or not) answered 500. Its
+    public half is taken."""
+    private = (
+        rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        if kind == "rsa"
+        else ec.generate_private_key(ec.SECP256R1())
+    )
+    key_file, public_file = tmp_path / "key.pem", tmp_path / "public.pem"
+    key_file.write_bytes(private.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    public_file.write_bytes(
+        private.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    )
+    with pytest.raises(SettingsError, match=r"jwt-public-keys: .* holds a private key"):
+        load_settings(None, {"BUSHUB_JWT_PUBLIC_KEYS": str(key_file)})
+    assert load_settings(None, {"BUSHUB_JWT_PUBLIC_KEYS": str(public_file)}).jwt_public_keys
