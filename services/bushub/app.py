@@ -113,7 +113,14 @@ def create_app(
     # No schema or docs pages: the operator routes are documented in docs/protocol.md,
     # and an unauthenticated /openapi.json would list them to anyone who asks.
     app = FastAPI(
-        title="bushub", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+        title="bushub",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        # No 307 from /agents/ to /agents: its Location was built from the request's
+        # Host header, so any Host the client sent came back as a redirect.
+        redirect_slashes=False,
     )
     app.state.hub = hub
     app.state.origins = OriginPolicy(

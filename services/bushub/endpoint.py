@@ -14,7 +14,7 @@ import logging
 import socket
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
-from urllib.parse import quote, unquote_to_bytes
+from urllib.parse import parse_qsl, quote, unquote_to_bytes
 
 from starlette.responses import PlainTextResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
@@ -48,8 +48,24 @@ class BadParameters(ValueError):
 _SOCKET_PATH = b"/ws/"
 
 
-def agent_in_path(raw_path: bytes) -> str:
-    """The agent a socket's path names: the one segment after ``/ws/``, decoded.
+def query_of(raw_query: bytes) -> dict[str, str]:
+    """A handshake's query parameters (the last of a repeated one), decoded strictly:
+    the server's own turns bytes that are not UTF-8 into U+FFFD, so ``peer=%FF`` named
+    an agent "\ufffd" that ``/ws/%FF`` cannot be.
+
+    Raises:
+        BadParameters: a parameter that is not UTF-8.
+    """
+    try:
+        pairs = parse_qsl(raw_query.decode("latin-1"), keep_blank_values=True, errors="strict")
+    except UnicodeDecodeError:
+        raise BadParameters("a query parameter is not UTF-8") from None
+    return dict(pairs)
+
+
+def agent_in_path(raw_path: bytes, prefix: bytes = _SOCKET_PATH) -> str:
+    """The agent a socket's path names: the one segment after ``/ws/`` (or
+    ``prefix``: a tap's ``/api/tap/``), decoded.
 
     Decoded here from the raw path, strictly: the server's decoded path turns every
     byte that is not UTF-8 into U+FFFD, so ``/ws/%FF`` and ``/ws/%FE`` would name
@@ -59,12 +75,12 @@ def agent_in_path(raw_path: bytes) -> str:
         BadParameters: no name, more than one segment (a slash, encoded or not),
             a dot segment, or bytes that are not UTF-8.
     """
-    if not raw_path.startswith(_SOCKET_PATH):
-        raise BadParameters("not /ws/{agent}")
-    segment = raw_path[len(_SOCKET_PATH) :]
+    if not raw_path.startswith(prefix):
+        raise BadParameters(f"not {prefix.decode()}{{agent}}")
+    segment = raw_path[len(prefix) :]
     decoded = unquote_to_bytes(segment)
     if not segment or b"/" in decoded:
-        raise BadParameters("the path must be /ws/ and one segment")
+        raise BadParameters(f"the path must be {prefix.decode()} and one segment")
     try:
         agent = decoded.decode()
     except UnicodeDecodeError:
@@ -331,7 +347,7 @@ async def agent_socket(websocket: WebSocket, raw: AsgiChannel) -> None:
         # The token before the parameters: a client without one learns nothing of how
         # they are read, and its refusals count as what they are (missing_token).
         grant = admit(websocket, hub, websocket.app.state.verifier)
-        query = dict(websocket.query_params)
+        query = query_of(scope.get("query_string", b""))
         params = parse_params(agent, query)
         resuming = session_params(agent, query) if hub.sessions.enabled else None
         authorize(grant, params)

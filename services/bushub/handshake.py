@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 HANDSHAKE_TIMEOUT = "handshake_timeout"
 HEADERS_TOO_LARGE = "headers_too_large"
 BAD_UPGRADE = "bad_upgrade"
+# A request the HTTP parser cannot read (a control character in a header, a NUL in the
+# path, both Content-Length and Transfer-Encoding): uvicorn answers 400 and logs it.
+BAD_REQUEST = "bad_request"
 
 _LOG_TEMPLATES = {
     HANDSHAKE_TIMEOUT: "no complete request within %.1fs: closed the connection from %s",
@@ -78,6 +81,10 @@ class HandshakeGuard:
         self.max_header_bytes = max_header_bytes
         self.fds = FdWatch(metrics)
         self._refused = metrics.connections_refused
+
+    def count(self, reason: str) -> None:
+        """Count one connection refused that something else logged."""
+        self._refused.labels(reason).inc()
 
     def refuse(self, reason: str, client: tuple[str, int] | None, why: str = "") -> None:
         """Count and log one connection refused before it became a request (``why``:
@@ -149,6 +156,12 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
+
+    def send_400_response(self, msg: str) -> None:
+        # uvicorn's answer to what its parser refused, which it logs (rate-limited)
+        # itself: counted here, as every refusal is.
+        self.guard.count(BAD_REQUEST)
+        super().send_400_response(msg)
 
     def _timed_out(self) -> None:
         self._deadline = None

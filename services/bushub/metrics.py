@@ -29,6 +29,7 @@ REFUSAL_REASONS = (
     "handshake_timeout",
     "headers_too_large",
     "bad_upgrade",
+    "bad_request",
     "bad_path",
     "broker_unreachable",
     "broker_refused",

@@ -9,6 +9,7 @@ import asyncio
 import hmac
 import logging
 from collections.abc import AsyncIterator, Callable
+from urllib.parse import quote
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -17,6 +18,7 @@ from starlette.types import Receive, Scope, Send
 
 from bushub import console
 from bushub.auth import OPEN_GRANT, AuthError, Grant, TokenVerifier, bearer_value
+from bushub.endpoint import BadParameters, agent_in_path
 from bushub.hub import Hub
 from bushub.taps import event_stream
 from buswire import DecodeError, validate_agent_name
@@ -28,6 +30,8 @@ log = logging.getLogger(__name__)
 # Under this many characters an admin token could be guessed: 730 tries a second
 # reach a node, and each gets an answer.
 _SHORT_ADMIN_TOKEN = 16
+# A tap's path, whose one segment names the agent as a socket's does.
+_TAP_PATH = b"/api/tap/"
 # What an admin route answers while --admin-token is unset.
 _OFF = "admin routes are off: set --admin-token"
 # What an admin route answers to a request that offers no bearer token at all.
@@ -159,8 +163,11 @@ def add_operator_routes(app: FastAPI, hub: Hub, verifier: TokenVerifier) -> None
         if refusal is not None:
             return refusal
         try:
-            validate_agent_name(agent)
-        except DecodeError:
+            # From the raw path, as a socket's name is: the decoded one turns bytes that
+            # are not UTF-8 into U+FFFD (/api/tap/%FF tapped an agent named "\ufffd").
+            raw = request.scope.get("raw_path") or quote(request.scope["path"]).encode()
+            agent = validate_agent_name(agent_in_path(raw.split(b"?", 1)[0], _TAP_PATH))
+        except (BadParameters, DecodeError):
             return _answer({"error": f"not an agent name: {agent!r}"}, 400)
         if hub.draining:
             return _answer({"error": "this node is draining: tap through another"}, 503)

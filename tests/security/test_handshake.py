@@ -167,6 +167,30 @@ async def test_a_send_whose_body_stops_coming_is_answered_408_without_a_tracebac
         _stop(node)
 
 
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET /ws/a?token=x\x7f HTTP/1.1\r\nHost: hub\r\n\r\n",
+        b"GET /ws/a HTTP/1.1\r\nHost: hub\r\nX-Odd: a\x01b\r\n\r\n",
+        b"GET /ws/a HTTP/9.9\r\nHost: hub\r\n\r\n",
+    ],
+    ids=["del-in-query", "control-in-header", "http-9.9"],
+)
+async def test_a_request_the_parser_refuses_is_counted(
+    hub: SecureHub, request_bytes: bytes
+) -> None:
+    """uvicorn answers 400 to what its parser cannot read and logs it; it is counted
+    too now (``bad_request``), as every refusal is. Before, the count did not move."""
+    before = hub.refused("bad_request")
+    reader, writer = await asyncio.open_connection("127.0.0.1", hub.port)
+    writer.write(request_bytes)
+    await writer.drain()
+    answer = await _read_to_end(reader, TIMEOUT)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:60]
+    assert hub.refused("bad_request") == before + 1
+
+
 async def test_a_kept_alive_connection_gets_a_deadline_per_request(hub: SecureHub) -> None:
     """Idle between requests is uvicorn's keep-alive business, not a handshake; a
     later request that stalls is cut off at its own deadline."""

@@ -428,6 +428,15 @@ async def test_tap_needs_the_admin_token_and_an_agent_name(node: RunningHub) -> 
         wrong = {"authorization": "Bearer nope"}
         assert (await client.get("/api/tap/b", headers=wrong)).status_code == 401
         assert (await client.get("/api/tap/a%7Bb%7D", headers=admin())).status_code == 400
+        # Names no socket can hold (its path refuses them): bytes that are not UTF-8,
+        # which the decoded path turned into U+FFFD and tapped, a lone surrogate's
+        # encoding, dot segments.
+        for name in ("%FF", "%ED%A0%80", "%2E%2E", "%2E"):
+            answer = await client.get(f"/api/tap/{name}", headers=admin())
+            assert answer.status_code == 400, name
+            assert "not an agent name" in answer.json()["error"]
+        async with client.stream("GET", "/api/tap/caf%C3%A9", headers=admin()) as valid:
+            assert valid.status_code == 200
         assert (await client.get("/api/cluster", headers=wrong)).status_code == 401
     assert node.hub.operators.streams.open_count == 0
 
@@ -500,3 +509,15 @@ async def test_console_page_is_served(node: RunningHub) -> None:
     assert b"api/cluster" in response.content
     assert response.headers["x-frame-options"] == "DENY"
     assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
+
+
+async def test_a_trailing_slash_is_not_redirected_to_the_host_a_client_named(
+    node: RunningHub,
+) -> None:
+    """``/agents/`` was answered 307 to ``http://<the request's Host>/agents``: any Host
+    a client sent came back as a redirect. Now it is not found, as any other path."""
+    async with httpx.AsyncClient(base_url=node.http_url, timeout=TIMEOUT) as client:
+        for path in ("/agents/", "/api/cluster/", "/console/"):
+            answer = await client.get(path, headers={**admin(), "host": "evil.example"})
+            assert answer.status_code == 404, path
+            assert "location" not in answer.headers

@@ -68,3 +68,14 @@ def test_agent_in_path_decodes_one_segment(raw: bytes, agent: str) -> None:
 def test_agent_in_path_refuses(raw: bytes) -> None:
     with pytest.raises(BadParameters):
         agent_in_path(raw)
+
+
+@pytest.mark.parametrize("query", ["peer=%FF", "peer=caf%C3", "peer=w&format=%FEjson"])
+async def test_a_query_parameter_that_is_not_utf8_is_refused_and_counted(
+    node: RunningHub, query: str
+) -> None:
+    """The server's decoding turned ``peer=%FF`` into U+FFFD, a peer no socket's path
+    can name; the same rule as for the path holds for the query."""
+    assert await upgrade_status(node.port, f"/ws/a?{query}") == FORBIDDEN
+    assert node.metric("bushub_connections_refused_total", reason="bad_parameters") == 1
+    assert await upgrade_status(node.port, "/ws/a?peer=caf%C3%A9") == SWITCHING
