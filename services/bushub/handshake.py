@@ -199,11 +199,13 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         super().on_headers_complete()
 
     def _refuse(self, response: bytes) -> None:
-        """Answer ``response`` unless the application has begun its own, and close
+        """Answer ``response`` unless the application is writing its own, and close
         (a body that stopped coming, the request read and waiting for it, gets the
-        408 too)."""
+        408 too; ``cycle`` is the previous request's until a new one's headers are
+        read, complete then)."""
         self._disarm()
-        if self.cycle is None or not self.cycle.response_started:
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete or not cycle.response_started:
             self.transport.write(response)
         self.transport.close()
 
