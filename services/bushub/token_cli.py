@@ -19,6 +19,11 @@ def _pattern(value: str) -> str:
     return value
 
 
+# The longest a token may live: ten years. Past it a --ttl is a mistake (1e308 made an
+# exp of 309 digits, which other readers of the token overflow on).
+MOST_TTL = 10 * 365 * 24 * 3600
+
+
 def _lifetime(value: str) -> float:
     try:
         seconds = float(value)
@@ -26,6 +31,8 @@ def _lifetime(value: str) -> float:
         raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
     if not (math.isfinite(seconds) and seconds > 0):
         raise argparse.ArgumentTypeError(f"{value} s: a token must live a while (> 0 s)")
+    if seconds > MOST_TTL:
+        raise argparse.ArgumentTypeError(f"{value} s: over ten years ({MOST_TTL} s)")
     return seconds
 
 

@@ -60,3 +60,16 @@ def test_a_short_lifetime_still_ends_after_the_token_was_issued(
     now = 1_700_000_000.9
     claims = issue(monkeypatch, capsys, now, "--ttl", "0.05")
     assert claims["exp"] > now
+
+
+@pytest.mark.parametrize("ttl", ["1e308", str(token_cli.MOST_TTL + 1)])
+def test_a_lifetime_over_ten_years_is_refused(ttl: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """1e308 made an exp of 309 digits: a mistake, which other readers of the token
+    overflow on."""
+    with pytest.raises(SystemExit):
+        parser().parse_args(["token", "--secret", SECRET, "--agent", "a", "--ttl", ttl])
+    assert "over ten years" in capsys.readouterr().err
+    ten_years = parser().parse_args(
+        ["token", "--secret", SECRET, "--agent", "a", "--ttl", str(token_cli.MOST_TTL)]
+    )
+    assert ten_years.ttl == token_cli.MOST_TTL
