@@ -17,7 +17,7 @@ test drives every transition.
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from bushub.broker import Broker
 from bushub.brokerhealth import BrokerHealth
@@ -38,6 +38,13 @@ HUB_SOURCE = "bushub"
 Holder = tuple[str, str, str]
 # loop.call_later's shape: (delay, callback, *args) -> a cancellable handle.
 CallLater = Callable[..., asyncio.TimerHandle]
+
+
+def _close_lost(conn: Connection, peer: str, grace: float) -> None:
+    """Close ``conn`` with 4002 if it asked for it: its peer was lost for ``grace`` s."""
+    if conn.close_on_peer_lost:
+        log.info("peer %s of %s lost for %.1fs; closing", peer, conn.agent, grace)
+        conn.request_close(CloseCode.PEER_LOST)
 
 
 def runner_name(agent: str, conn_id: str) -> str:
@@ -148,18 +155,16 @@ class Peers:
         watching = conn in self._watchers.get(peer, ())
         if self._holders.get(peer) is not None or peer in self._lost_timers or not watching:
             return  # back, taken for lost, or the socket gone, meanwhile
-        settings = self._settings
-        grace = max(settings.peer_grace, settings.resume_window) if away else settings.peer_grace
+        grace = self._grace(held_by_session=away)
         log.info("peer %s of %s, seen before, is not here; lost in %.1fs", peer, conn.agent, grace)
         self._seen_timers[conn] = self._call_later(grace, self._seen_lost, conn, peer, grace)
 
     def _seen_lost(self, conn: Connection, peer: str, grace: float) -> None:
         self._seen_timers.pop(conn, None)
-        if self._holders.get(peer) is None and conn.close_on_peer_lost:
-            log.info("peer %s of %s lost for %.1fs; closing", peer, conn.agent, grace)
-            conn.request_close(CloseCode.PEER_LOST)
+        if self._holders.get(peer) is None:
+            _close_lost(conn, peer, grace)
 
-    def _cancel_seen(self, conns: "set[Connection] | list[Connection]") -> None:
+    def _cancel_seen(self, conns: Iterable[Connection]) -> None:
         for conn in conns:
             timer = self._seen_timers.pop(conn, None)
             if timer is not None:
@@ -223,10 +228,11 @@ class Peers:
             return
         self._holders[peer] = None
         if peer not in self._lost_timers:
-            grace = self._grace(holder, self._runners.get(peer))
+            runner = self._runners.get(peer)
+            grace = self._grace(held_by_session=runner is not None and runner != holder)
             self._lost_timers[peer] = self._call_later(grace, self._peer_lost, peer, grace)
 
-    def _grace(self, holder: str, runner: str | None) -> float:
+    def _grace(self, *, held_by_session: bool) -> float:
         """How long a peer that let go may take to come back before it is lost.
 
         A peer held by a session (announced under its session, not its connection:
@@ -236,7 +242,7 @@ class Peers:
         back, and a reconnecting watcher takes that close as final.
         """
         settings = self._settings
-        if runner is not None and runner != holder:
+        if held_by_session:
             return max(settings.peer_grace, settings.resume_window)
         return settings.peer_grace
 
@@ -245,9 +251,7 @@ class Peers:
         if self._holders.get(peer) is not None:
             return
         for conn in list(self._watchers.get(peer, ())):
-            if conn.close_on_peer_lost:
-                log.info("peer %s of %s lost for %.1fs; closing", peer, conn.agent, grace)
-                conn.request_close(CloseCode.PEER_LOST)
+            _close_lost(conn, peer, grace)
 
     def cancel_timers(self) -> None:
         """Forget every pending peer-lost timer (the node is stopping)."""

@@ -147,12 +147,7 @@ def test_session_params_are_checked() -> None:
 
 async def test_kept_messages_are_replayed_once_in_order_then_live() -> None:
     node = Node()
-    first = await node.session_socket("S1")
-    for seq in (1, 2):
-        await node.send_to_a(seq)
-    # Delivered live through the channel (the in-process broker delivers on call_soon).
-    await asyncio.sleep(0)
-    assert numbered(first) == [(1, 1), (2, 2)]
+    first = await given_live(node, 1, 2)
     del node.holders["a"]
     await node.broker.unsubscribe(message_channel("a"))
     await node.sessions.ended(first, held=True)
@@ -175,6 +170,17 @@ async def away_with(node: Node, conn: Connection, count: int) -> None:
     await node.sessions.ended(conn, held=True)
     for seq in range(1, count + 1):
         assert await node.send_to_a(seq) == -2
+
+
+async def given_live(node: Node, *seqs: int) -> Connection:
+    """Session ``S1``'s socket, given ``seqs`` live at positions 1, 2...: through the
+    channel (the in-process broker delivers on call_soon)."""
+    conn = await node.session_socket("S1")
+    for seq in seqs:
+        await node.send_to_a(seq)
+    await asyncio.sleep(0)
+    assert numbered(conn) == list(enumerate(seqs, 1))
+    return conn
 
 
 def yielding_reads(node: Node) -> list[int]:
@@ -375,18 +381,10 @@ async def test_what_an_away_session_kept_is_counted_lost_when_a_plain_holder_end
     and with it 2 (taken, unacknowledged: the hub cannot tell), 3 and 4, which no
     socket was given: counted lost. 1, acknowledged, was trimmed as the socket ended."""
     node = Node()
-    first = await node.session_socket("S1")
-    for seq in (1, 2):
-        await node.send_to_a(seq)
-    await asyncio.sleep(0)
-    assert numbered(first) == [(1, 1), (2, 2)]
+    first = await given_live(node, 1, 2)
     node.sessions.proxy_ack(first, 1)
-    del node.holders["a"]
-    await node.broker.unsubscribe(message_channel("a"))
-    await node.sessions.ended(first, held=True)  # away, kept for the window
-    assert [p for p, _ in node.broker._kept().read("a", 0)] == [2], "1 trimmed at the end"
-    for seq in (3, 4):
-        assert await node.send_to_a(seq) == -2  # kept, nobody to give it to
+    await away_with(node, first, 2)  # kept at 3 and 4, nobody to give them to
+    assert [p for p, _ in node.broker._kept().read("a", 0)] == [2, 3, 4], "1 trimmed at the end"
     plain = connection("a", "b", conn_id="c-plain")
     await node.broker.subscribe(message_channel("a"))
     node.holders["a"] = plain
@@ -1018,10 +1016,7 @@ async def test_a_hole_is_filled_up_to_the_live_messages_held_not_past_them() -> 
     stream and been put back numbering after the held messages, it wrote what came
     since before them, and dropped them as duplicates."""
     node = Node()
-    conn = await node.session_socket("S1")
-    for seq in (1, 2):
-        await node.send_to_a(seq)
-    await asyncio.sleep(0)
+    conn = await given_live(node, 1, 2)
     kept = node.broker._kept()
     for seq in (3, 4):  # kept, but their live copies never reached this node
         assert kept.deliver("a", relay_frame(seq))[0] is not None
