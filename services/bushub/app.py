@@ -101,7 +101,6 @@ def create_app(
             return
         if siblings is not None:
             await siblings.start()
-        log.info("node %s serving on %s", settings.node_id, hub.broker.description)
         try:
             yield
         finally:

@@ -4,6 +4,7 @@ import argparse
 import asyncio
 import logging
 import signal
+import socket
 import sys
 from types import FrameType
 from typing import Any
@@ -37,6 +38,13 @@ class DrainingServer(uvicorn.Server):
         self._settings = settings
         self._hub = hub
         self._drain_task: asyncio.Task[None] | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and not self.should_exit:
+            # Here, not at the end of the lifespan's start: uvicorn binds the port
+            # after it, and a port in use then failed a node that had said "serving".
+            log.info("node %s serving on %s", self._settings.node_id, self._hub.broker.description)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if not self.started and sig in (signal.SIGTERM, signal.SIGINT):

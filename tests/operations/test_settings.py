@@ -3,6 +3,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -121,3 +122,23 @@ async def test_environment_variables_take_effect_and_flags_win(ops: OpsCluster) 
     assert any(r["level"] == "warning" and "in-process broker" in r["msg"] for r in records)
     text_lines = [ln for ln in from_flags.log_text().splitlines() if " INFO " in ln]
     assert text_lines and not text_lines[0].startswith("{")
+
+
+def test_a_node_says_it_serves_only_once_its_port_is_bound(ops: OpsCluster) -> None:
+    # The broker's start came first, then uvicorn's bind: a port in use failed a node
+    # whose log had already said "serving on".
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = serve("--port", str(port), "--node-id", "late")
+    assert result.returncode != 0
+    assert "address already in use" in result.stderr, result.stderr
+    assert "serving on" not in result.stderr, result.stderr
+
+    node = ops.node("bound", redis=False)
+    node.wait_ready()
+    text = node.log_text()
+    assert wait_until(lambda: "node bound serving on in-process" in node.log_text()), text
+    text = node.log_text()
+    assert text.index("Uvicorn running on") < text.index("node bound serving on"), text
