@@ -18,6 +18,14 @@ A refusal about the message's own keys (a key of its target's written by hand wi
 another type: ``refusals.is_key_refusal``) fails that target's messages and no
 other's: it is handed to ``on_key_refused`` and counted, and readiness stays.
 
+A refusal that passes on its own (``refusals.is_retryable``: a slot moving between
+Redis Cluster shards, a shard failing over, a dataset loading) parks the refused
+messages' channels: their messages, the refused and every later one, wait
+``settle`` seconds and go again in order, while other channels' messages go on.
+Holding the whole queue instead stalled every agent on the node for as long as
+one slot stayed half-migrated (a second per retry round). A whole Redis refusing
+(loading, say) parks every channel: the same as a hold.
+
 An acknowledgement is not a delivery: Redis writes a PUBLISH's reply before the
 copies to its subscribers when both are due in one turn of its loop, so one killed in
 between took the copies with it. Messages on resendable channels that the broker
@@ -110,6 +118,14 @@ class Publisher:
         # failed). They wait here until every earlier one is settled, then go
         # back to the head of the queue in order.
         self._returned: list[tuple[str, bytes]] = []
+        # Whether any of them is in doubt (its connection failed: a broker break,
+        # which holds every channel) rather than refused with a retryable reply.
+        self._returned_in_doubt = False
+        # Refused with a retryable reply, and every later message of their channels:
+        # in order, until ``_park_until`` (``time.monotonic``).
+        self._parked: list[tuple[str, bytes]] = []
+        self._parked_channels: set[str] = set()
+        self._park_until = 0.0
         # Resendable messages acknowledged lately: (when, (channel, data)), oldest first.
         self._resend_prefix = resend_prefix
         self._on_resent = on_resent
@@ -144,6 +160,8 @@ class Publisher:
             self._inflight = []
             self._unacked.clear()
             self._returned = []
+            self._parked = []
+            self._parked_channels.clear()
             self._resend.clear()
 
     @property
@@ -154,6 +172,7 @@ class Publisher:
             + len(self._inflight)
             + len(self._unacked)
             + len(self._returned)
+            + len(self._parked)
             + len(self._resend)
         )
 
@@ -179,6 +198,7 @@ class Publisher:
             not self._pending
             and not self._inflight
             and not self._returned
+            and not self._parked
             and not self._resend
             and len(self._unacked) < self._capacity
             and self._broker.up
@@ -222,6 +242,7 @@ class Publisher:
         elif outcome is None:
             # The connection failed first: Redis may have run it.
             self._returned.append(self._in_doubt(item))
+            self._returned_in_doubt = True
         else:
             self._health.count("publish", outcome)
             self._returned.append(item)
@@ -305,7 +326,11 @@ class Publisher:
     def _settled(self) -> None:
         """No fast-path message is unacknowledged: the queue may go out, led by any
         handed back (the next ``publish()`` must not overtake them)."""
-        if self._returned or self._resend:
+        if self._returned and not self._returned_in_doubt and not self._resend:
+            # Refused with retryable replies, every one: their channels wait.
+            self._park(self._returned, [False] * len(self._returned))
+            self._returned = []
+        elif self._returned or self._resend:
             log.info(
                 "%d publishes not acknowledged (refused or connection lost) and %d "
                 "acknowledged just before a broker break; sending them again in order",
@@ -315,12 +340,48 @@ class Publisher:
             self._pending.extendleft(reversed(self._returned))
             self._returned = []
             self.hold(self._settle)
-        if self._pending or self._resend:
+        self._returned_in_doubt = False
+        if self._pending or self._resend or self._parked:
             self._wakeup.set()
         elif not self._inflight:
             self._idle.set()
         if not self._room.is_set() and self.pending < self._high_water:
             self._room.set()
+
+    def _park(self, items: list[tuple[str, bytes]], in_doubt: list[bool]) -> None:
+        """Send ``items`` again in order: the retryably refused ones (and any after
+        them on the same channel) once ``settle`` has passed, with every later message
+        of their channels; those in doubt at the head of the queue, holding all (their
+        connection failed: a broker break). The log line says which channels wait."""
+        head = []
+        parked = self._parked_channels
+        newly = set()
+        for item, doubt in zip(items, in_doubt, strict=True):
+            if doubt and item[0] not in parked:
+                head.append(item)
+            else:
+                if item[0] not in parked:
+                    newly.add(item[0])
+                    parked.add(item[0])
+                self._parked.append(item)
+        if newly:
+            self._park_until = time.monotonic() + self._settle
+            log.info(
+                "publishes refused on %d channels (%s...); %d held %.1fs, others go on",
+                len(newly),
+                next(iter(newly)),
+                len(self._parked),
+                self._settle,
+            )
+        if head:
+            self._pending.extendleft(reversed(head))
+            self.hold(self._settle)
+
+    def _unpark(self) -> None:
+        """The parked messages go again, ahead of everything queued."""
+        self._pending.extendleft(reversed(self._parked))
+        self._parked = []
+        self._parked_channels.clear()
 
     async def flushed(self) -> None:
         """Wait until everything published so far is acknowledged by the broker."""
@@ -330,11 +391,17 @@ class Publisher:
         """Flush the queue forever; the owner runs this as a task and cancels it."""
         delay = 0.02
         while True:
+            if self._parked and not self._unacked and time.monotonic() >= self._park_until:
+                self._unpark()
             if not (self._pending or self._resend) or self._unacked:
                 # Nothing queued; or fast-path messages ahead of the queue are still
                 # unacknowledged, and whether they went out decides what goes first
                 # (the last reply, or the loss, wakes this through _settled).
                 self._wakeup.clear()
+                if self._parked and not self._unacked:
+                    # Only parked messages: wake when they are due (or sooner).
+                    await wait_at_most(self._wakeup, self._park_until - time.monotonic())
+                    continue
                 if not self._pending and not self._resend and not self._unacked:
                     self._idle.set()
                 await self._wakeup.wait()
@@ -351,12 +418,20 @@ class Publisher:
                 self._resend.clear()
             take = min(_BATCH_MAX, len(self._pending))
             self._inflight = [self._pending.popleft() for _ in range(take)]
+            if self._parked_channels:
+                # A parked channel's later messages wait behind its parked ones.
+                parked = self._parked_channels
+                self._parked += [item for item in self._inflight if item[0] in parked]
+                self._inflight = [item for item in self._inflight if item[0] not in parked]
+                if not self._inflight:
+                    continue
             try:
                 counts = await self._broker.publish_many(self._inflight)
             except PartialPublish as partial:
                 # Account for what went out; drop what cannot succeed; put only the
                 # rest back, in order.
                 retry = []
+                retry_in_doubt = []
                 refusals: dict[ErrorKind, tuple[object, int]] = {}
                 outcomes = zip(self._inflight, partial.counts, partial.errors, strict=True)
                 for item, count, error in outcomes:
@@ -370,18 +445,18 @@ class Publisher:
                         refusals[kind] = (error, refusals.get(kind, (error, 0))[1] + 1)
                     elif error is None:
                         retry.append(self._in_doubt(item))  # no reply: may have run
+                        retry_in_doubt.append(True)
                     else:
                         self._health.count("publish", error)
                         retry.append(item)
+                        retry_in_doubt.append(False)
                 self._inflight = []
                 if refusals:
                     self._refuse(refusals)
                 elif self._refused and any(c is not None for c in partial.counts):
                     self._accepted()  # some went out, none refused for good
                 if retry:
-                    self._pending.extendleft(reversed(retry))
-                    log.info("publish partly refused (%s); retrying %d", partial, len(retry))
-                    self.hold(self._settle)
+                    self._park(retry, retry_in_doubt)
                 continue
             except ConnectionError as exc:
                 # Back to the head, in order: nothing of the batch is known to be out

@@ -21,12 +21,15 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.crc import key_slot
 from redis.exceptions import (
     ClusterDownError,
+    MovedError,
     RedisClusterException,
     RedisClusterUnreachableError,
     RedisError,
@@ -46,6 +49,7 @@ from bushub.broker.redis import (
     unreachable_as_connection_error,
 )
 from bushub.broker.redisnodes import RedisNodeRegistry
+from bushub.broker.refusals import error_code, redirect_slot
 from bushub.broker.resp import PublishConnection
 from bushub.broker.sessionscripts import (
     DELIVER,
@@ -71,6 +75,9 @@ _FIRST_CONNECT_SECONDS = 2.0
 _CONNECT_SECONDS = 2.0
 # Longest wait between a shard's reconnect attempts.
 _BACKOFF_MAX = 0.5
+# How long a slot's MOVED reply is held newer than a topology read: gossip tells the
+# cluster's other nodes of a slot's move within a second or two.
+_MOVES_KEPT = 10.0
 # The operator's view scans every primary: longer than one command, never forever.
 _SCAN_SECONDS = 10.0
 
@@ -141,6 +148,7 @@ class _Shard:
         )
         sub.on_dropped = self._dropped
         sub.on_refused = self._refused
+        sub.on_moved = self._moved
         return sub
 
     def _dropped(self, channel: str) -> None:
@@ -154,8 +162,16 @@ class _Shard:
             self._broker.request_refresh("slot moved")
 
     def _refused(self, error: Exception) -> None:
-        # MOVED on SSUBSCRIBE: the slot moved before we knew.
         self._broker.request_refresh(f"subscribe refused on shard {self.name} ({error})")
+
+    def _moved(self, error: Exception) -> None:
+        # MOVED on SSUBSCRIBE: the slot map said this primary, a reshard had moved the
+        # slot on. Nothing of that slot is subscribed here: its channels leave the
+        # set (left in it, every refresh on the same map found them in place and
+        # they heard nothing until the map changed), to go where the reply says.
+        slot = redirect_slot(error)
+        self._listener.forget([c for c in self.channels if key_slot(c.encode()) == slot])
+        self._broker.slot_moved(error)
 
     async def _up(self, again: bool) -> None:
         self.connected.set()
@@ -169,6 +185,11 @@ class _Shard:
         if failed != self.failed:
             self.failed = failed
             self._broker.shard_state_changed()
+
+
+def _is_moved(error: object) -> bool:
+    """A ``MOVED`` reply, raw (hiredis) or as redis-py raises it."""
+    return isinstance(error, MovedError) or error_code(error) == "MOVED"
 
 
 def split_seeds(url: str) -> tuple[str, list[ClusterNode]]:
@@ -213,6 +234,10 @@ class RedisClusterBroker(Broker):
         self._shards: dict[str, _Shard] = {}
         self._node_publishers: dict[str, PublishConnection] = {}
         self._refresh_needed = asyncio.Event()
+        # Whether the next refresh reads the topology again (else it re-homes by the
+        # slot map as it is), and the MOVED replies met lately by slot, with when.
+        self._reread = False
+        self._moves: dict[int, tuple[float, MovedError]] = {}
         self._refresher: asyncio.Task[None] | None = None
         self._started = False
         self._up = False
@@ -271,11 +296,24 @@ class RedisClusterBroker(Broker):
         if channel in self._channels:
             self._on_message(channel, data)
 
-    def request_refresh(self, why: str) -> None:
-        """Re-read the topology and re-home channels soon."""
+    def request_refresh(self, why: str, *, reread: bool = True) -> None:
+        """Re-home channels soon, by the topology read again unless ``reread`` is
+        False (the slot map is known to be right: a MOVED reply was applied)."""
         if not self._refresh_needed.is_set():
             log.info("cluster topology refresh: %s", why)
+        self._reread = self._reread or reread
         self._refresh_needed.set()
+
+    def slot_moved(self, error: object) -> None:
+        """A primary answered MOVED: its slot is where the reply says (the primary
+        that answered has let the slot go, so the reply is newer than a topology
+        read from another node, which may still name it mid-reshard)."""
+        if not _is_moved(error):  # ASK: only on its way; read the map again
+            self.request_refresh(f"slot migrating ({error})")
+            return
+        slot, address = redirect_slot(error), str(error).split()[-1]
+        self._moves[slot] = (time.monotonic(), MovedError(f"{slot} {address}"))
+        self.request_refresh(f"slot moved ({error})", reread=False)
 
     def shard_state_changed(self) -> None:
         """Recompute reachability: no shard holding channels may have failed."""
@@ -298,11 +336,13 @@ class RedisClusterBroker(Broker):
 
     async def _refresh_loop(self) -> None:
         while True:
-            await wait_at_most(self._refresh_needed, _TOPOLOGY_CHECK_SECONDS)
+            asked = await wait_at_most(self._refresh_needed, _TOPOLOGY_CHECK_SECONDS)
             self._refresh_needed.clear()
+            # The safety net, every few seconds, reads the topology again.
+            reread, self._reread = self._reread or not asked, False
             try:
                 async with asyncio.timeout(_COMMAND_SECONDS * 2):
-                    await self._rehome()
+                    await self._rehome(reread)
             except (*UNREACHABLE, ConnectionError, RedisError, RedisClusterException) as exc:
                 # RedisClusterException ("cannot be connected", not a RedisError):
                 # mid-failover no node may answer for a moment; with a refused
@@ -318,9 +358,25 @@ class RedisClusterBroker(Broker):
                 await asyncio.sleep(random.uniform(0.1, 0.3))
                 self._refresh_needed.set()
 
-    async def _rehome(self) -> None:
-        """Put every wanted channel on the shard that owns its slot now."""
-        await self._client.nodes_manager.initialize()
+    async def _rehome(self, reread: bool = True) -> None:
+        """Put every wanted channel on the shard that owns its slot now.
+
+        Args:
+            reread: Read the topology first. The MOVED replies of the last
+                ``_MOVES_KEPT`` seconds are applied after it: a reshard tells the
+                slot's two primaries, and the other nodes learn it by gossip, so a
+                read from one of them in the meantime names the old owner, and moved
+                a channel back there for a moment (its messages lost meanwhile).
+        """
+        manager = self._client.nodes_manager
+        if reread:
+            await manager.initialize()
+        since = time.monotonic() - _MOVES_KEPT
+        for slot, (when, moved) in list(self._moves.items()):
+            if when < since:
+                del self._moves[slot]
+            else:
+                await manager.move_slot(moved)
         primaries = {node.name for node in self._client.get_primaries()}
         for name in [n for n in self._node_publishers if n not in primaries]:
             await self._node_publishers.pop(name).close()
@@ -389,9 +445,16 @@ class RedisClusterBroker(Broker):
                 counts = await publisher.publish_many([items[i] for i in indexes])
                 return list(counts)
             except PartialPublish as partial:
-                self.request_refresh(f"publish refused ({partial})")
+                moved = False
                 for i, error in zip(indexes, partial.errors, strict=True):
                     errors[i] = error
+                    if error is not None and _is_moved(error):
+                        # Retried where the reply says, not on a map read again
+                        # from a node that may not know yet.
+                        self.slot_moved(error)
+                        moved = True
+                if not moved:
+                    self.request_refresh(f"publish refused ({partial})")
                 return partial.counts
             except ConnectionError:
                 self.request_refresh(f"publish to {node.name} failed")

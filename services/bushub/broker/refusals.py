@@ -118,6 +118,18 @@ def is_key_refusal(error: object) -> bool:
     return classify(error) in KEY_REFUSALS
 
 
+def is_redirect(error: object) -> bool:
+    """True for ``MOVED`` and ``ASK``: the command's slot is served elsewhere."""
+    return classify(error) is ErrorKind.REDIRECT
+
+
+def redirect_slot(error: object) -> int:
+    """The slot a ``MOVED`` or ``ASK`` reply names (``MOVED 6872 10.0.0.2:6379``; redis-py
+    strips the code)."""
+    words = str(error).split()
+    return int(words[1] if words[0].upper() in ("MOVED", "ASK") else words[0])
+
+
 def is_retryable(error: object) -> bool:
     """True when the same command may succeed later without anyone acting."""
     return classify(error) in RETRYABLE

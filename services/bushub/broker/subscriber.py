@@ -17,7 +17,7 @@ from redis.crc import key_slot
 
 from bushub.broker.base import MessageHandler, RefusedHandler
 from bushub.broker.credentials import Credentials
-from bushub.broker.refusals import as_redis_error
+from bushub.broker.refusals import as_redis_error, is_redirect
 from bushub.broker.respconn import RespConnection, encode_command, open_connection
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,9 @@ class Subscriber(RespConnection):
             that moved away, which Redis unsubscribes on its own.
         on_refused: Called with an error reply no command was waiting for: a
             SUBSCRIBE refused after the connection was confirmed (logged either way).
+        on_moved: (sharded) Called with each ``MOVED`` (or ``ASK``) reply to a
+            SSUBSCRIBE, whenever it comes: that slot's channels are another
+            primary's, and this connection, its other channels subscribed, goes on.
     """
 
     what = "pub/sub"
@@ -53,6 +56,7 @@ class Subscriber(RespConnection):
         self.on_message = on_message
         self.on_dropped: DroppedHandler | None = None
         self.on_refused: RefusedHandler | None = None
+        self.on_moved: RefusedHandler | None = None
         self.sharded = sharded
         if sharded:
             self._commands = (b"SSUBSCRIBE", b"SUNSUBSCRIBE")
@@ -170,6 +174,13 @@ class Subscriber(RespConnection):
         elif type(reply) is list and reply[0] in self._confirmations:
             if reply[0] == self._confirmations[1] and self.on_dropped is not None:
                 self.on_dropped(reply[1].decode())
+        elif self.sharded and isinstance(reply, Exception) and is_redirect(reply):
+            # Not an answer to a PING (which names no key): a SSUBSCRIBE sent on a
+            # slot map a step behind a reshard. Taken for the PING's answer it failed
+            # the connection, every channel on it, and the node's readiness with it.
+            log.info("redis pub/sub connection: %s", reply)
+            if self.on_moved is not None:
+                self.on_moved(reply)
         else:
             self._answer(reply)
 

@@ -552,3 +552,95 @@ async def test_a_queue_refused_for_good_keeps_flowing_and_counts_every_drop() ->
     assert errors_counted(metrics, "noperm") == 1500
     assert broker.published == []
     assert health.problem is not None and "publish" in health.problem
+
+
+def parked_publisher(broker: FakeBroker, calls: Recorder, settle: float) -> Publisher:
+    return Publisher(
+        cast(Broker, broker),
+        100,
+        calls.on_published,
+        calls.on_dropped,
+        settle=settle,
+        health=BrokerHealth(Metrics().redis_errors),
+    )
+
+
+MIGRATING = "ASK 3999 127.0.0.1:6381"
+
+
+async def test_a_channel_refused_retryably_waits_and_the_others_go_on() -> None:
+    # One slot stuck mid-migration (ASK on every try): only its agent's messages wait;
+    # a hold of the whole queue kept every other agent's waiting the settle each round.
+    stuck, free = "bushub:msg:{stuck}", "bushub:msg:{free}"
+    broker = RefusingBroker({stuck: [MIGRATING] * 1000})
+    calls = Recorder()
+    publisher = parked_publisher(broker, calls, settle=60.0)
+    first = [(stuck, b"s0"), (free, b"f0"), (stuck, b"s1"), (free, b"f1")]
+    async with running(publisher):
+        publish_all(publisher, first)
+        await wait_until(lambda: broker.published == [first[1], first[3]], "the free ones")
+        later = [(free, b"f2"), (stuck, b"s2"), (free, b"f3")]
+        publish_all(publisher, later)
+        # Out well within the stuck channel's 60 s wait.
+        await wait_until(lambda: len(broker.published) == 4, "the later free ones")
+        assert broker.published == [first[1], first[3], later[0], later[2]]
+        assert publisher.pending == 3  # s0, s1, s2, waiting their turn
+        assert broker.calls == 2  # the stuck ones were not sent again meanwhile
+    publisher.close()
+    assert calls.dropped == [("shutdown", 3)]
+
+
+class MigratingBroker(RefusingBroker):
+    """Refuses every message of one channel in each of its first calls that hold
+    any (a slot mid-migration refuses all of its commands alike)."""
+
+    def __init__(self, channel: str, replies: list[str]) -> None:
+        super().__init__({})
+        self.channel = channel
+        self.replies = replies
+
+    async def publish_many(self, items: Sequence[tuple[str, bytes]]) -> list[int]:
+        count = sum(1 for channel, _ in items if channel == self.channel)
+        if count and self.replies:
+            self.refusals[self.channel] = [self.replies.pop(0)] * count
+        return await super().publish_many(items)
+
+
+async def test_a_parked_channel_goes_again_in_order_once_its_wait_is_over() -> None:
+    stuck, free = "bushub:msg:{stuck}", "bushub:msg:{free}"
+    broker = MigratingBroker(stuck, [MIGRATING, MIGRATING, "MOVED 3999 127.0.0.1:6381"])
+    calls = Recorder()
+    publisher = parked_publisher(broker, calls, settle=0.05)
+    sent = [(stuck if i % 3 else free, b"m%d" % i) for i in range(12)]
+    async with running(publisher):
+        for n, item in enumerate(sent):
+            publisher.publish(*item)
+            if n % 4 == 3:
+                await asyncio.sleep(0.03)
+        await asyncio.wait_for(publisher.flushed(), TIMEOUT)
+    assert calls.dropped == []
+    for channel in (stuck, free):
+        assert [i for i in broker.published if i[0] == channel] == [
+            i for i in sent if i[0] == channel
+        ]
+    assert publisher.pending == 0
+    assert not broker.replies  # refused three times over
+
+
+async def test_a_retryable_fast_path_refusal_parks_only_its_channel() -> None:
+    broker, calls = FastBroker(), Recorder()
+    publisher = parked_publisher(broker, calls, settle=60.0)
+    stuck, free = "bushub:msg:{stuck}", "bushub:msg:{free}"
+    async with running(publisher):
+        publisher.publish(stuck, b"s0")
+        publisher.publish(free, b"f0")
+        refused = broker.taken.pop(0)
+        refused[2](reply_error(MIGRATING))
+        broker.answer()
+        # Queued now (something is parked), and out at once.
+        publisher.publish(free, b"f1")
+        publisher.publish(stuck, b"s1")
+        await wait_until(lambda: broker.published == [(free, b"f1")], "the free one")
+        assert publisher.pending == 2
+    publisher.close()
+    assert calls.dropped == [("shutdown", 2)]
