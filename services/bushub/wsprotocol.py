@@ -28,6 +28,7 @@ import asyncio
 import logging
 import socket
 import struct
+from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any, ClassVar
 
@@ -57,6 +58,13 @@ DisconnectCallback = Callable[[int, CloseCode | None], None]
 HELD_HANG_UP_AFTER = 2.0
 _TCP_CLOSE = 7  # tcpi_state: reset
 _TCP_CLOSE_WAIT = 8  # tcpi_state: the peer's FIN received
+
+# Bytes of one read handed to the WebSocket parser per turn of the event loop. A read
+# (up to 256 KiB) of tiny frames is tens of thousands of frames, each parsed and
+# routed (or dropped over the rate) in one callback while every other socket waited:
+# one socket's burst of 8-byte frames held a node for seconds, long enough for the
+# other nodes to take it for dead. Sliced, the rest waits its turn, reading paused.
+FEED_SLICE = 16 * 1024
 
 _BINARY_FIN = 0x82
 _HEADERS_7BIT = [bytes((_BINARY_FIN, n)) for n in range(126)]
@@ -153,10 +161,54 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         # whether the hub pinged at that check.
         self.heard = True
         self._pinged = False
+        # What was read and not yet handed to the parser (``FEED_SLICE``), oldest
+        # first; None when nothing waits.
+        self._unfed: deque[memoryview] | None = None
 
     def data_received(self, data: bytes) -> None:
         self.heard = True
-        super().data_received(data)
+        if self._unfed is not None:  # read while the parser works through a backlog
+            self._unfed.append(memoryview(data))
+            self.transport.pause_reading()  # resumed by ``_feed`` once it is through
+            return
+        if len(data) <= FEED_SLICE:
+            super().data_received(data)
+            return
+        self._unfed = deque((memoryview(data)[FEED_SLICE:],))
+        self.transport.pause_reading()
+        super().data_received(data[:FEED_SLICE])
+        self.loop.call_soon(self._feed)
+
+    def _feed(self) -> None:
+        """Hand the parser the next slice of what was read, in a turn of its own."""
+        unfed = self._unfed
+        if unfed is None:
+            return
+        if self.disconnected or self.conn.parser_exc is not None or self.transport.is_closing():
+            self._unfed = None  # ended: nothing more is read
+            return
+        head = unfed[0]
+        if len(head) > FEED_SLICE:
+            unfed[0] = head[FEED_SLICE:]
+            head = head[:FEED_SLICE]
+        else:
+            unfed.popleft()
+        super().data_received(bytes(head))
+        if unfed:
+            self.loop.call_soon(self._feed)
+            return
+        self._unfed = None
+        if not self.disconnected and self._reading_held is None and not self.read_paused:
+            self.transport.resume_reading()
+
+    def handle_ping(self) -> None:
+        pong = self.conn.data_to_send()
+        # A client that reads nothing (the transport over its high-water mark) would
+        # read the pong after everything queued before it: it goes unanswered, as
+        # RFC 6455 allows of any ping but the latest. Written regardless, a flood of
+        # pings from a client that never reads grew the node's memory without bound.
+        if self.writable.is_set():
+            self.transport.write(b"".join(pong))
 
     def keepalive_check(self) -> bool:
         if self.heard or self._reading_held is not None or self.read_paused:
@@ -230,7 +282,7 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
                 self.queue.put_nowait(message)
         if self.read_paused:
             self.read_paused = False
-            if self._reading_held is None:
+            if self._reading_held is None and self._unfed is None:
                 self.transport.resume_reading()
 
     def detach(self) -> None:
@@ -291,6 +343,12 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
+        self._unfed = None
+        # The parser is a generator of websockets' protocol object that refers back
+        # to it: a cycle, freed by reference count only once closed. Left suspended
+        # (a connection lost mid-frame), it kept the partial frame (up to twice
+        # --max-message-bytes) until a full collection, which the node makes rare.
+        self.conn.parser.close()
         # Gone already: the timer would only keep this protocol (and what it holds)
         # alive for the close timeout.
         if self._abort_timer is not None:
@@ -381,7 +439,7 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
                 self._held_frames = [*(self._held_frames or ()), *(held or ())[index + 1 :]]
                 return
         self._held_since = 0.0
-        if not self.disconnected and not self.read_paused:
+        if not self.disconnected and not self.read_paused and self._unfed is None:
             self.transport.resume_reading()
 
     def _hung_up_while_held(self) -> bool:

@@ -8,6 +8,7 @@ import asyncio
 import base64
 import json
 import os
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -164,3 +165,39 @@ async def upgrade_status(port: int, target: str, timeout: float = TIMEOUT) -> in
     finally:
         writer.close()
     return int(status_line.split()[1])
+
+
+PING, BINARY = 0x9, 0x2
+
+
+def client_frame(opcode: int, payload: bytes) -> bytes:
+    """A final client frame, masked with a zero mask (the payload as it is)."""
+    size = len(payload)
+    if size < 126:
+        head = bytes((0x80 | opcode, 0x80 | size))
+    elif size < 1 << 16:
+        head = bytes((0x80 | opcode, 0x80 | 126)) + size.to_bytes(2, "big")
+    else:
+        head = bytes((0x80 | opcode, 0x80 | 127)) + size.to_bytes(8, "big")
+    return head + b"\0\0\0\0" + payload
+
+
+async def raw_socket(
+    host: str, port: int, path: str, rcvbuf: int | None = None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A WebSocket opened by hand: what it writes after is up to the test."""
+    sock = socket.socket()
+    if rcvbuf is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (host, port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(
+        f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    response = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+    assert response.startswith(b"HTTP/1.1 101"), response
+    return reader, writer
