@@ -42,6 +42,10 @@ def _claim_of(member: str) -> tuple[str, str]:
     return conn_id, agent
 
 
+# How often a node whose id another running process has asks again.
+_ID_IN_USE_RETRY = 1.0
+
+
 class Membership:
     """The heartbeat of one node and what it learns of the others.
 
@@ -116,7 +120,9 @@ class Membership:
 
     async def join(self) -> None:
         """Start: clean up after an earlier process of this node id (it was never
-        seen dead if this one started within its TTL), then beat."""
+        seen dead if this one started within its TTL), then beat. While another live
+        process serves this id, wait (``_until_own_id_free``)."""
+        await self._until_own_id_free()
         members = await self._broker.nodes.reset(self._node_id)
         if members:
             claims = [_claim_of(member) for member in members]
@@ -130,6 +136,34 @@ class Membership:
                 len(claims),
             )
         await self.beat()
+
+    async def _until_own_id_free(self) -> None:
+        """Wait while another process is subscribed to this node's own channel: a
+        node started with the --node-id of one that is running. Its clean-up after
+        "an earlier process" removed the running node's agents from presence (their
+        peers closed 4002 a peer grace later), and peers that came later were never
+        told of them. An earlier process that died is no longer subscribed (Redis
+        drops a connection's subscriptions as it closes), so a restart is not held.
+        Nothing is served meanwhile: the node's start waits here."""
+        channel = node_channel(self._node_id)
+        waited = False
+        while True:
+            # This node's own subscription (made before this) confirmed first, so
+            # that it is among the receivers counted.
+            await self._broker.confirm_subscriptions()
+            [receivers] = await self._broker.publish_many([(channel, b"")])
+            if receivers <= 1:
+                if waited:
+                    log.warning("node id %s is free now: starting", self._node_id)
+                return
+            waited = True
+            log.error(
+                "another running process is node %s (%d subscribed to its channel): "
+                "this one waits, serving nothing; give each node its own --node-id",
+                self._node_id,
+                receivers - 1,
+            )
+            await asyncio.sleep(_ID_IN_USE_RETRY)
 
     async def beat(self) -> BeatStatus:
         """Say this node is alive; learn which are dead and clean up after them.
