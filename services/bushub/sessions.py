@@ -332,6 +332,12 @@ class Sessions:
             # Its client left during the handshake (or the node is draining): the
             # stream keeps the replay for its next resume, nothing is lost or sent.
             return
+        took = max(session.delivered, session.received)  # the replay reads on from here
+        if replay and replay[0][0] > took + 1:
+            # Trimmed over the bounds while the session was away (its resume says
+            # gap): lost, and counted as a fill's losses are (they went uncounted).
+            session.delivered = took
+            self._lost_in_transit(conn, session, replay[0][0] - took - 1)
         self._write_kept(conn, session, replay)
         if replay:
             self._metrics.session_messages.labels("replayed").inc(len(replay))

@@ -536,6 +536,7 @@ async def test_over_the_bounds_the_oldest_go_and_a_resume_from_before_is_a_gap()
     back = await node.session_socket("S1")
     assert back.session is not None and back.session.result == "gap"
     assert [seq for _, seq in numbered(back)] == [3, 4, 5, 6]  # the newest four
+    assert node.counted("lost") == 2  # and the two that went, counted
 
 
 async def test_a_new_session_gets_nothing_of_the_previous_one() -> None:
