@@ -106,7 +106,7 @@ def add_operator_routes(app: FastAPI, hub: Hub, verifier: TokenVerifier) -> None
         # Off without --admin-token, like the rest: 403, with the page, which says so.
         status = 200 if admin_token else 403
         return Response(
-            console.page(),
+            console.page(on=bool(admin_token)),
             status,
             # Never inside another site's frame (the page holds an admin token).
             headers={

@@ -68,6 +68,34 @@ class _Worker:
     exits: list[int | None] = field(default_factory=list)
 
 
+# The longest path of a unix socket (sun_path, with its NUL) on Linux; the workers'
+# control sockets are ``w<index>.sock`` in the runtime directory.
+_UNIX_PATH_MAX = 107
+_SOCKET_NAME_MAX = len("/w999.sock")
+
+
+def runtime_directory() -> str:
+    """A private directory (0700) for the workers' control sockets: in
+    ``$XDG_RUNTIME_DIR``, or the system's temporary directory where that is unset,
+    missing or too deep for a unix socket's path (a worker then failed to start
+    with a traceback, the node with it).
+
+    Raises:
+        OSError: no directory could be made.
+    """
+    chosen = os.environ.get("XDG_RUNTIME_DIR")
+    if chosen:
+        reason = None
+        if not os.path.isdir(chosen):
+            reason = "does not exist"
+        elif len(os.path.join(chosen, "bushub-xxxxxxxx")) + _SOCKET_NAME_MAX > _UNIX_PATH_MAX:
+            reason = "is too long a path for the workers' unix sockets"
+        if reason is not None:
+            log.warning("XDG_RUNTIME_DIR %s %s: using %s", chosen, reason, tempfile.gettempdir())
+            chosen = None
+    return tempfile.mkdtemp(prefix="bushub-", dir=chosen)
+
+
 class Supervisor:
     """Starts, restarts and stops the workers of one node."""
 
@@ -97,7 +125,13 @@ class Supervisor:
             log.error("cannot serve %s:%d: %s", self.settings.host, port, exc)
             return STARTUP_FAILURE
         self.settings = replace(self.settings, port=port)
-        runtime_dir = tempfile.mkdtemp(prefix="bushub-", dir=os.environ.get("XDG_RUNTIME_DIR"))
+        try:
+            runtime_dir = runtime_directory()
+        except OSError as exc:
+            lock.close()
+            reserved.close()
+            log.error("cannot make the workers' runtime directory: %s", exc)
+            return STARTUP_FAILURE
         self._slot_dir = runtime_dir
         previous = {
             sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)

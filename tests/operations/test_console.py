@@ -69,6 +69,10 @@ async def test_console_follows_agents_and_taps_a_task(
             assert response is not None and response.status == 200
             assert response.headers["content-type"].startswith("text/html")
             status = page.get_by_test_id("status")
+            await expect(status).to_have_attribute("data-state", "idle")
+            # Loading the page asked the API nothing: no refusal counted, none logged.
+            assert n1.metrics().get("bushub_operator_refused_total", reason="bad_admin_token") == 0
+            assert "refused GET /api/cluster" not in n1.log_text()
             await page.get_by_test_id("token-input").fill("not-the-token")
             await page.get_by_test_id("token-submit").click()
             await expect(status).to_contain_text("wrong admin token")

@@ -15,6 +15,7 @@ import re
 import signal
 import socket
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -448,3 +449,21 @@ def test_a_node_whose_workers_cannot_start_stops(ops: OpsCluster) -> None:
     )
     assert "Traceback" not in result.stderr
     assert "restarting" not in result.stderr
+
+
+@pytest.mark.parametrize("runtime", ["missing", "deep"])
+def test_workers_start_whatever_xdg_runtime_dir_holds(
+    ops: OpsCluster, tmp_path: Path, runtime: str
+) -> None:
+    """An XDG_RUNTIME_DIR that does not exist, or one too deep for a unix socket's
+    path: the control sockets go to the system's temporary directory, said once. (The
+    supervisor died with a traceback, or every worker with one, the node with them.)"""
+    if runtime == "missing":
+        chosen = tmp_path / "no-such-dir"
+    else:
+        chosen = tmp_path / ("d" * (100 - len(str(tmp_path))))
+        chosen.mkdir()
+    node = ops.node(NODE, flags=WORKERS, env={"XDG_RUNTIME_DIR": str(chosen)})
+    node.wait_ready()
+    text = node.log_text()
+    assert f"XDG_RUNTIME_DIR {chosen}" in text and "Traceback" not in text, text

@@ -10,6 +10,11 @@ from importlib.resources import files
 
 
 @cache
-def page() -> bytes:
-    """The console page's HTML, read from the package once."""
-    return files(__name__).joinpath("console.html").read_bytes()
+def page(on: bool = True) -> bytes:
+    """The console page's HTML, read from the package once; ``on`` says whether the
+    node serves the Operator API (``data-console`` on the page's root): the page
+    asked the API without a token to learn it, and every visit was counted and
+    logged as a request refused for a bad admin token."""
+    html = files(__name__).joinpath("console.html").read_bytes()
+    state = b"on" if on else b"off"
+    return html.replace(b'<html lang="en">', b'<html lang="en" data-console="' + state + b'">', 1)
