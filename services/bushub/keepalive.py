@@ -2,7 +2,9 @@
 
 The stock proxy pings every 20 s (``websockets``' default), so a live client is
 heard from well within any interval. One sweep per node every ``--keepalive``
-seconds looks at a flag each socket sets when anything arrives: a socket heard from
+seconds looks at a flag each socket sets when a whole frame arrives (bytes that never
+complete one do not count: a client trickling a frame a byte at a time held its
+partial frame for good): a socket heard from
 is left alone; a silent one is pinged; one still silent at the next sweep is closed
 with 4009. A node so answers its clients' own pings and sends none of its own to
 them, where per-socket ping timers (uvicorn's) cost every idle socket a timer, a

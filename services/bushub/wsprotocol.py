@@ -166,7 +166,6 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         self._unfed: deque[memoryview] | None = None
 
     def data_received(self, data: bytes) -> None:
-        self.heard = True
         if self._unfed is not None:  # read while the parser works through a backlog
             self._unfed.append(memoryview(data))
             self.transport.pause_reading()  # resumed by ``_feed`` once it is through
@@ -209,6 +208,14 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         # pings from a client that never reads grew the node's memory without bound.
         if self.writable.is_set():
             self.transport.write(b"".join(pong))
+
+    def handle_events(self) -> None:
+        # Heard from: a whole frame came, data or control. Bytes alone are not: a
+        # client that trickled one frame a byte at a time held its partial frame (up
+        # to twice --max-message-bytes) for as long as it liked.
+        if self.conn.events:
+            self.heard = True
+        super().handle_events()
 
     def keepalive_check(self) -> bool:
         if self.heard or self._reading_held is not None or self.read_paused:

@@ -68,6 +68,24 @@ async def test_a_silent_client_that_answers_pings_stays(ops: OpsCluster) -> None
     await ws.close()
 
 
+def test_a_client_trickling_one_frame_is_closed_with_4009(ops: OpsCluster) -> None:
+    """Bytes that never make a whole frame are not a client heard from: one that sent
+    a frame's header and then a byte now and then held its partial frame for good."""
+    [node] = ops.nodes_ready("k4", redis=False, flags=FLAGS)
+    sock = raw_socket(node, "trickler")
+    sock.sendall(
+        bytes([0x80 | Opcode.BINARY, 0x80 | 127]) + (100_000).to_bytes(8, "big") + b"\0" * 4
+    )
+    frames: list[tuple[int, bytes]] = []
+    deadline = time.monotonic() + 8 * INTERVAL
+    while time.monotonic() < deadline and not any(k == Opcode.CLOSE for k, _ in frames):
+        sock.sendall(b"x")
+        frames += _frames(sock, 0.1)
+    kinds = [opcode for opcode, _ in frames]
+    assert kinds[-1:] == [Opcode.CLOSE], kinds
+    assert int.from_bytes(frames[-1][1][:2], "big") == 4009
+
+
 def test_a_client_gone_silent_is_pinged_then_closed_with_4009(ops: OpsCluster) -> None:
     [node] = ops.nodes_ready("k3", redis=False, flags=FLAGS)
     sock = raw_socket(node, "gone")
