@@ -50,10 +50,14 @@ def reuseport_socket(host: str, port: int) -> socket.socket:
     )[0]
     sock = socket.socket(family, kind, proto)
     try:
-        # SO_REUSEPORT alone: the kernel then lets only sockets of the same user that
-        # also ask for it share the port (a restarted worker among them, past its
-        # predecessor's TIME_WAIT connections). SO_REUSEADDR would also let a stranger
-        # bind the port beside the supervisor's reserving socket, which never listens.
+        # SO_REUSEPORT: the kernel lets only sockets of the same user that also ask for
+        # it share the port (a restarted worker among them). SO_REUSEADDR as well, or
+        # the TIME_WAIT connections of a process that served the port without
+        # --workers (a node switched to --workers at a restart) refused the bind for a
+        # minute. It lets another process bind the port only while none of it listens
+        # (the reserving socket never does): that process then fails our workers'
+        # start, as one that had the port first would; it gets no connection of ours.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
     except BaseException:

@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import socket
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -414,6 +415,35 @@ def test_a_second_workers_node_on_the_same_address_is_refused(ops: OpsCluster) -
     # The kernel lets go of the lock with its holder, even a SIGKILLed one.
     node.kill()
     assert wait_until(lambda: free_lock(node.port))
+
+
+def in_time_wait(port: int) -> bool:
+    """Whether a connection of ``port`` is in TIME_WAIT (``ss``)."""
+    lines = subprocess.run(["ss", "-tan"], capture_output=True, text=True).stdout.splitlines()
+    return any("TIME-WAIT" in line and f":{port} " in line for line in lines)
+
+
+async def test_workers_start_on_a_port_a_single_node_left_in_time_wait(
+    ops: OpsCluster, tmp_path: Path
+) -> None:
+    """A node that served the port without --workers, drained (it closes its sockets
+    first: their ends stay in TIME_WAIT for a minute), restarted with --workers on
+    the same port: it serves. (It stopped with "Address already in use".)"""
+    (single,) = ops.nodes_ready("single")
+    ws = await ws_connect(single.ws_url("left"))
+    closed = asyncio.ensure_future(ws.wait_closed())  # answers the node's close frame
+    single.signal(signal.SIGTERM)
+    await asyncio.wait_for(closed, TIMEOUT)
+    assert ws.close_code == 1012
+    assert await asyncio.to_thread(single.wait) == 0
+    assert await asyncio.to_thread(in_time_wait, single.port)
+    assert ops.redis is not None
+    node = OpsNode(NODE, tmp_path / "hub-workers.log", ops.redis.url, flags=WORKERS)
+    node.port = single.port
+    ops.nodes.append(node)  # stopped with the others
+    node.spawn()
+    node.wait_ready()
+    assert "Address already in use" not in node.log_text()
 
 
 @pytest.mark.parametrize("workers", ["2", "auto"])
