@@ -15,6 +15,8 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterable
 
+from redis.exceptions import RedisError
+
 from bushub.broker import Broker
 from bushub.broker.nodes import BeatStatus
 from bushub.brokerhealth import BrokerHealth
@@ -148,10 +150,16 @@ class Membership:
         channel = node_channel(self._node_id)
         waited = False
         while True:
-            # This node's own subscription (made before this) confirmed first, so
-            # that it is among the receivers counted.
-            await self._broker.confirm_subscriptions()
-            [receivers] = await self._broker.publish_many([(channel, b"")])
+            try:
+                # This node's own subscription (made before this) confirmed first,
+                # so that it is among the receivers counted.
+                await self._broker.confirm_subscriptions()
+                [receivers] = await self._broker.publish_many([(channel, b"")])
+            except (RedisError, ConnectionError, OSError) as exc:
+                # Redis refusing a subscribe or a publish here (an ACL) is told and
+                # retried where it matters; this check is not worth a start.
+                log.info("could not ask whether node id %s is in use: %s", self._node_id, exc)
+                return
             if receivers <= 1:
                 if waited:
                     log.warning("node id %s is free now: starting", self._node_id)

@@ -65,7 +65,14 @@ class Settings:
         },
     )
     node_id: str = field(
-        default_factory=_default_node_id, metadata={"help": "this node's name in presence and logs"}
+        default_factory=_default_node_id,
+        metadata={
+            "help": "this node's name in presence and logs; one per running node: a node "
+            "started with the id of one that is running waits, serving nothing, with an "
+            "ERROR line each 10 s, until that one is gone (a restart of the same node is "
+            "not held: its earlier process, dead, is no longer subscribed to the id's "
+            "channel; one cut off by a partition is, until Redis drops its connection)"
+        },
     )
     log_level: str = field(default="info", metadata={"help": "debug, info, warning or error"})
     log_format: str = field(default="text", metadata={"help": "text, or json for log shippers"})
@@ -114,7 +121,12 @@ class Settings:
     )
     publish_buffer: int = field(
         default=10_000,
-        metadata={"help": "publishes held while the broker is unreachable before dropping"},
+        metadata={
+            "help": "publishes held while the broker is unreachable before dropping; "
+            "counted in messages whatever their size, so a node's memory in an outage "
+            "can reach this many times the largest message (10,000 x 1 MiB): lower it "
+            "where messages are large"
+        },
     )
     keepalive: float = field(
         default=30.0,

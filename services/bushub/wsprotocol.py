@@ -349,8 +349,14 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
             self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        unfed, self._unfed = self._unfed, None
+        # What was read is routed (or counted), as it was when a read was parsed
+        # whole: the connection's end comes after it.
+        for chunk in unfed or ():
+            if self.conn.parser_exc is not None:
+                break
+            super().data_received(bytes(chunk))
         super().connection_lost(exc)
-        self._unfed = None
         # The parser is a generator of websockets' protocol object that refers back
         # to it: a cycle, freed by reference count only once closed. Left suspended
         # (a connection lost mid-frame), it kept the partial frame (up to twice

@@ -62,5 +62,6 @@ def test_sockets_ended_mid_frame_leave_their_partial_frames_to_no_collector(
         time.sleep(2.0)
         after.append(rss_mb(node.pid))
     print("RSS after each round (MB):", [round(r) for r in after])
-    # 60 MB a round stayed before; the first round's level is the allocator's own.
-    assert after[-1] - after[0] < 40, after
+    # 60 MB a round stayed before. The first rounds set the allocator's own level
+    # (70-125 MB here, by how busy the machine is); from then on it holds.
+    assert after[-1] - after[1] < 30, after

@@ -78,6 +78,8 @@ _BACKOFF_MAX = 0.5
 # How long a slot's MOVED reply is held newer than a topology read: gossip tells the
 # cluster's other nodes of a slot's move within a second or two.
 _MOVES_KEPT = 10.0
+# The least time between two topology refreshes.
+_REFRESH_SPACING = 0.05
 # The operator's view scans every primary: longer than one command, never forever.
 _SCAN_SECONDS = 10.0
 
@@ -337,6 +339,11 @@ class RedisClusterBroker(Broker):
     async def _refresh_loop(self) -> None:
         while True:
             asked = await wait_at_most(self._refresh_needed, _TOPOLOGY_CHECK_SECONDS)
+            # Spaced, and what is asked meanwhile taken with it: two primaries that
+            # each name the other for a slot (a cluster whose nodes disagree,
+            # mid-reshard) answered MOVED back and forth, and each reply's refresh
+            # came at once, a loop as fast as Redis answered.
+            await asyncio.sleep(_REFRESH_SPACING)
             self._refresh_needed.clear()
             # The safety net, every few seconds, reads the topology again.
             reread, self._reread = self._reread or not asked, False
