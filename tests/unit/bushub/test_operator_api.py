@@ -141,6 +141,16 @@ async def test_send_with_an_endless_body_is_cut_off_as_oversize(node: RunningHub
     assert response.status_code == 413
 
 
+async def test_a_send_over_the_limit_is_told_its_declared_size(node: RunningHub) -> None:
+    # The node stops reading a large body short of its end: the size it had read so
+    # far was reported as the body's.
+    body = b"x" * 2_000_000
+    async with httpx.AsyncClient(base_url=node.http_url, timeout=TIMEOUT) as client:
+        response = await client.post("/api/send", content=body, headers=admin())
+    assert response.status_code == 413
+    assert response.json()["error"].startswith("2000000 bytes is over"), response.text
+
+
 async def test_send_needs_a_token(node: RunningHub) -> None:
     body = as_json(task_request("s", "worker"))
     for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": ADMIN[:-1]}):
