@@ -157,18 +157,22 @@ def add_operator_routes(app: FastAPI, hub: Hub, verifier: TokenVerifier) -> None
     # (One filter for every app: adding it again changes nothing.)
     logging.getLogger("uvicorn.error").addFilter(_QUIET_DRAINED_TAPS)
 
-    @app.get("/api/tap/{agent}", response_model=None)
+    # Any path below /api/tap/: a name with a slash (encoded or not), or none, is
+    # answered 400 as the name it is (it matched no route: a framework 404).
+    @app.get("/api/tap/{agent:path}", response_model=None)
     async def tap(agent: str, request: Request) -> Response:
         refusal = not_admin(request)
         if refusal is not None:
             return refusal
+        # From the raw path, as a socket's name is: the decoded one turns bytes that
+        # are not UTF-8 into U+FFFD (/api/tap/%FF tapped an agent named "\ufffd").
+        raw = request.scope.get("raw_path") or quote(request.scope["path"]).encode()
+        raw = raw.split(b"?", 1)[0]
         try:
-            # From the raw path, as a socket's name is: the decoded one turns bytes that
-            # are not UTF-8 into U+FFFD (/api/tap/%FF tapped an agent named "\ufffd").
-            raw = request.scope.get("raw_path") or quote(request.scope["path"]).encode()
-            agent = validate_agent_name(agent_in_path(raw.split(b"?", 1)[0], _TAP_PATH))
+            agent = validate_agent_name(agent_in_path(raw, _TAP_PATH))
         except (BadParameters, DecodeError):
-            return _answer({"error": f"not an agent name: {agent!r}"}, 400)
+            named = raw[len(_TAP_PATH) :].decode("ascii", "replace")
+            return _answer({"error": f"not an agent name: {named!r} (as sent)"}, 400)
         if hub.draining:
             return _answer({"error": "this node is draining: tap through another"}, 503)
 

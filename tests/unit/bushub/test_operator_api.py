@@ -441,10 +441,12 @@ async def test_tap_needs_the_admin_token_and_an_agent_name(node: RunningHub) -> 
         # Names no socket can hold (its path refuses them): bytes that are not UTF-8,
         # which the decoded path turned into U+FFFD and tapped, a lone surrogate's
         # encoding, dot segments.
-        for name in ("%FF", "%ED%A0%80", "%2E%2E", "%2E"):
+        for name in ("%FF", "%ED%A0%80", "%2E%2E", "%2E", "a%2Fb", "a/b", ""):
             answer = await client.get(f"/api/tap/{name}", headers=admin())
             assert answer.status_code == 400, name
-            assert "not an agent name" in answer.json()["error"]
+            # As sent (it named the decoded "\ufffd" for %FF), and JSON as every
+            # answer of the API (a slash, or nothing, got the framework's 404).
+            assert answer.json()["error"] == f"not an agent name: {name!r} (as sent)"
         async with client.stream("GET", "/api/tap/caf%C3%A9", headers=admin()) as valid:
             assert valid.status_code == 200
         assert (await client.get("/api/cluster", headers=wrong)).status_code == 401
