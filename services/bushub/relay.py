@@ -308,7 +308,9 @@ class Relay:
             type_name = source = None
             if envelope is not None:
                 type_name, source = envelope.type_name, envelope.source
-                target = target or envelope.target
+                # Untargeted, it was for the socket's peer (a bridged frame): shown
+                # in the peer's tap too, as where it was going.
+                target = target or envelope.target or conn.peer
             taps.seen(conn.agent, type_name, source, target, tree, size, fmt, str(reason))
 
     def deliver(self, agent: str, data: bytes) -> None:

@@ -318,6 +318,22 @@ async def test_a_tap_shows_what_an_agent_sends_and_receives(node: RunningHub) ->
     assert node.metric("bushub_tap_events_total", outcome="published") == 4
 
 
+async def test_an_untargeted_message_refused_shows_in_its_peers_tap(node: RunningHub) -> None:
+    # Bound for the socket's peer, as a bridged frame is: the peer's tap answers "did
+    # my message reach it?" (it showed only in the sender's, with no target).
+    async with node.connect("a", peer="b") as a, node.connect("b"), tapping(node, "b") as tap:
+        await wait_until(lambda: "b" in node.hub.relay.taps.tapped, "tap noticed")  # type: ignore[union-attr]
+        refused = task_request("a", None, 1)
+        refused["__type__"] = "evil.module.Payload"
+        await a.send(as_json(refused))
+        event = await tap.next_message()
+        assert (event["dropped"], event["direction"], event["target"]) == (
+            "type_not_allowed",
+            "received",
+            "b",
+        )
+
+
 async def test_a_tap_shows_what_the_hub_refused_and_why(node: RunningHub) -> None:
     async with node.connect("a") as a, node.connect("b"), tapping(node, "a") as tap:
         await wait_until(lambda: "a" in node.hub.relay.taps.tapped, "tap noticed")  # type: ignore[union-attr]
