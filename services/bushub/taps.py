@@ -42,6 +42,8 @@ from buswire.channels import tap_channel
 TAP_PREFIX = tap_channel("")[:-2]
 # Events a node publishes per second for all taps together, at most.
 EVENT_RATE = 2_000.0
+# Losses no later event has told are told on their own this many seconds after the first.
+LOSSES_TOLD_AFTER = 1.0
 # Events a stream holds for a slow reader before it drops: at most ~16 MiB
 # (STREAM_CAPACITY x EVENT_MAX_BYTES) per open tap whose reader stopped reading.
 STREAM_CAPACITY = 1_000
@@ -171,6 +173,8 @@ class TapRecorder:
         self._clock = clock
         self._rate = TokenBucket(EVENT_RATE)
         self._lost: dict[str, int] = defaultdict(int)
+        # Set while losses wait to be told on their own (``LOSSES_TOLD_AFTER``).
+        self._telling: asyncio.TimerHandle | None = None
 
     def seen(
         self,
@@ -195,8 +199,7 @@ class TapRecorder:
             if self._rate.take():
                 taps.append((name, direction))
             else:
-                self._lost[name] += 1
-                self._counted("dropped", 1)
+                self._lose(name, 1)
         if not taps:
             return
         event: dict[str, Any] = {
@@ -214,6 +217,10 @@ class TapRecorder:
         }
         if dropped is not None:
             event["dropped"] = _field(dropped)
+        if agent is not None and agent != source:
+            # The socket it came through, where that is not its source's (a proxy
+            # bridging a process's agents, or a source the socket only claims).
+            event["via"] = _field(agent)
         for name, direction in taps:
             event["direction"] = direction
             lost = self._lost.pop(name, 0)
@@ -223,16 +230,44 @@ class TapRecorder:
                 encoded = _encoded(event)
             except (TypeError, ValueError):
                 # Whatever a client sent, a tap must not break the traffic it shows.
-                self._lost[name] += 1 + lost
-                self._counted("dropped", 1)
+                self._lose(name, 1, lost)
                 event.pop("lost", None)
                 continue
             if self._side.publish(tap_channel(name), encoded):
                 self._counted("published", 1)
             else:
-                self._lost[name] += 1 + lost
-                self._counted("dropped", 1)
+                self._lose(name, 1, lost)
             event.pop("lost", None)
+
+    def _lose(self, name: str, count: int, untold: int = 0) -> None:
+        """``count`` events for ``name`` are lost (and ``untold`` earlier losses are not
+        told yet): told with its next event, or on their own within
+        ``LOSSES_TOLD_AFTER`` if none comes (the last losses of a burst waited for the
+        agent's next message, which may never come, and were then told to whatever
+        tap was open by then)."""
+        self._lost[name] += count + untold
+        self._counted("dropped", count)
+        if self._telling is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return  # no loop (a test's): told with the next event only
+            self._telling = loop.call_later(LOSSES_TOLD_AFTER, self._tell_losses)
+
+    def _tell_losses(self) -> None:
+        """Tell each tapped name's losses in an event of their own."""
+        self._telling = None
+        for name, lost in list(self._lost.items()):
+            if not self._watched.is_tapped(name):
+                del self._lost[name]  # nobody to tell
+                continue
+            notice = {"kind": "lost", "t": self._clock(), "node": self._node_id, "lost": lost}
+            if self._side.publish(tap_channel(name), orjson.dumps(notice)):
+                del self._lost[name]
+            elif self._telling is None:
+                self._telling = asyncio.get_running_loop().call_later(
+                    LOSSES_TOLD_AFTER, self._tell_losses
+                )
 
 
 def _encoded(event: dict[str, Any]) -> bytes:
@@ -382,7 +417,13 @@ async def event_stream(stream: TapStream, node_id: str) -> AsyncIterator[bytes]:
         lost_at_node = _lost_at_node(event)
         if lost_at_node:
             yield _sse({"kind": "dropped", "count": lost_at_node})
+        if event.startswith(_LOSS_NOTICE):
+            continue  # told as "dropped" above: nothing else in it for the reader
         yield b"data: " + event + b"\n\n"
+
+
+# How a recorder's notice of losses alone begins (``TapRecorder._tell_losses``).
+_LOSS_NOTICE = b'{"kind":"lost"'
 
 
 def _lost_at_node(event: bytes) -> int:

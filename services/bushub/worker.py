@@ -120,9 +120,30 @@ def run_worker(settings: Settings, slot: WorkerSlot, supervisor: int, started: C
 
 
 def _remove_control_sockets(slot: WorkerSlot) -> None:
-    """This worker's control socket, and the runtime directory once it is empty: the
-    supervisor that removes them died first (SIGKILL), so the last worker out does."""
+    """This worker's control socket, those of workers gone before it (killed while the
+    supervisor lived, their files left for it to remove), and the runtime directory
+    once it is empty: the supervisor that removes them died first (SIGKILL), so the
+    last worker out does."""
     with contextlib.suppress(OSError):
         os.unlink(slot.control_path(slot.index))
+    for index in range(slot.count):
+        path = slot.control_path(index)
+        if index != slot.index and _nobody_listens(path):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
     with contextlib.suppress(OSError):
         os.rmdir(slot.runtime_dir)
+
+
+def _nobody_listens(path: str) -> bool:
+    """Whether the unix socket at ``path`` is a file its worker left (a connection is
+    refused); False while one answers, or when there is no file."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(0.5)
+        try:
+            probe.connect(path)
+        except ConnectionRefusedError:
+            return True
+        except OSError:
+            return False
+    return False

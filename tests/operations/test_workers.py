@@ -334,6 +334,23 @@ async def test_workers_drain_and_exit_when_the_supervisor_dies(ops: OpsCluster) 
         socket.create_connection(("127.0.0.1", node.port), timeout=1).close()
 
 
+async def test_the_last_worker_out_removes_what_a_worker_killed_before_left(
+    ops: OpsCluster,
+) -> None:
+    """A worker SIGKILLed, then the supervisor before it restarts it: the worker left
+    its control socket's file, which the last worker out now removes with its own
+    (the runtime directory stayed behind, not empty)."""
+    (node,) = ops.nodes_ready(NODE, flags=WORKERS)
+    pids = serving_pids(node)
+    (runtime_dir,) = control_dirs(pids[0])
+    os.kill(pids[1], signal.SIGKILL)
+    node.kill()  # within the supervisor's restart delay (0.5 s)
+    assert await asyncio.to_thread(
+        wait_until, lambda: not any(alive(pid) for pid in pids.values()), DRAIN_TIMEOUT
+    )
+    assert not await asyncio.to_thread(os.path.exists, runtime_dir)
+
+
 async def test_one_scrape_answers_for_every_worker(ops: OpsCluster) -> None:
     (node,) = ops.nodes_ready(NODE, flags=WORKERS)
     sockets = []

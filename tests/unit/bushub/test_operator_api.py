@@ -14,6 +14,8 @@ import pytest
 from bushub import opsapi
 from bushub.auth import make_token
 from bushub.settings import Settings
+from bushub.taps import EVENT_RATE
+from buswire import Format
 from tests.support.messages import TASK_REQUEST, encode, task_request
 from tests.unit.bushub.conftest import RunningHub, running_hub, small_settings
 from tests.unit.bushub.helpers import (
@@ -332,6 +334,27 @@ async def test_an_untargeted_message_refused_shows_in_its_peers_tap(node: Runnin
             "received",
             "b",
         )
+
+
+async def test_the_last_losses_of_a_burst_are_told_without_a_later_message(
+    node: RunningHub,
+) -> None:
+    taps = node.hub.relay.taps
+    assert taps is not None
+    async with tapping(node, "b") as tap:
+        await wait_until(lambda: "b" in taps.tapped, "tap noticed")
+        burst = int(EVENT_RATE) + 500  # past the node's bound for all taps at once
+        for n in range(burst):
+            taps.seen("a", "m.T", "a", "b", {"n": n}, 10, Format.JSON)
+        shown = dropped = 0
+        while shown + dropped < burst:
+            event = await tap.next()
+            assert event["kind"] in ("message", "dropped"), event  # no bare notice
+            if event["kind"] == "message":
+                shown += 1
+            else:
+                dropped += event["count"]
+        assert dropped > 0
 
 
 async def test_a_tap_shows_what_the_hub_refused_and_why(node: RunningHub) -> None:

@@ -10,7 +10,7 @@ from bushub.broker import MemoryBroker
 from bushub.opsnotices import Watched, tap_notice
 from bushub.subscriptions import Subscriptions
 from bushub.tap_cli import describe
-from bushub.taps import EVENT_RATE, TapRecorder, TapStreams, summarise
+from bushub.taps import EVENT_RATE, LOSSES_TOLD_AFTER, TapRecorder, TapStreams, summarise
 from buswire import Format
 
 
@@ -171,3 +171,29 @@ def test_bushub_tap_prints_a_refused_message_with_its_reason() -> None:
     assert header.endswith("T a -> b 5 B json  DROPPED by the hub: type_not_allowed")
     assert body.strip() == '{"k": 1}'
     assert "DROPPED" not in describe(read)
+
+
+async def test_losses_no_later_event_tells_are_told_on_their_own() -> None:
+    # The last losses of a burst waited for the agent's next message, which may never
+    # come (and were then told to whatever tap was open by then).
+    side = Side(takes=False)
+    tap, counts = recorder(side, "b")
+    tap.seen("a", "m.T", "a", "b", {}, 1, Format.JSON)
+    tap.seen("a", "m.T", "a", "b", {}, 1, Format.JSON)
+    side.takes = True
+    await asyncio.sleep(LOSSES_TOLD_AFTER + 0.2)
+    assert side.published == [
+        (
+            "bushub:tap:{b}",
+            {"kind": "lost", "t": side.published[0][1]["t"], "node": "n1", "lost": 2},
+        )
+    ]
+    assert counts == {"published": 0, "dropped": 2}
+
+
+def test_an_event_names_the_socket_it_came_through_where_not_its_source() -> None:
+    side = Side()
+    tap, _ = recorder(side, "victim")
+    tap.seen("claimer", "m.T", "victim", "b", {}, 1, Format.JSON)
+    tap.seen("victim", "m.T", "victim", "b", {}, 1, Format.JSON)
+    assert [event.get("via") for _, event in side.published] == ["claimer", None]
