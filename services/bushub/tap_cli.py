@@ -234,6 +234,8 @@ def describe(event: dict[str, Any]) -> str:
         f"{shown(event.get('source') or '?')} -> {shown(event.get('target') or '?')} "
         f"{shown(event.get('size'))} B {shown(event.get('format'))}"
     )
+    if event.get("via"):
+        header += f" via {shown(event['via'])}'s socket"
     if event.get("dropped"):
         header += f"  DROPPED by the hub: {shown(event['dropped'])}"
     if event.get("body") is None:

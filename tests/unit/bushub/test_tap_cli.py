@@ -87,12 +87,14 @@ def test_every_field_printed_has_its_control_characters_escaped() -> None:
         size="5\u202e",
         format="json\x7f",
         dropped="type_not_allowed\r",
+        via="c\x1b[1A",
         body={"k": "v\x9b\u202e\u200b\x1b"},
     )
     header, body = describe(hostile).split("\n")
     for line in (header, body, describe({"kind": "open", "agent": "\x1bc", "node": "\u2028"})):
         assert not STEERING & set(line), repr(line)
     assert "a\\x1b[2J -> b\\n00:00:00.000" in header
+    assert "via c\\x1b[1A's socket" in header
     assert describe({"kind": "dropped", "count": "1\n2"}).startswith("... 1\\n2 events lost")
 
 
