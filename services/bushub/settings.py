@@ -32,6 +32,10 @@ class SettingsError(ValueError):
     """A setting has a value the hub cannot run with."""
 
 
+# --workers at most, per CPU the process may run on.
+WORKERS_PER_CPU = 4
+
+
 def cpu_count() -> int:
     """The CPUs this process may run on (its affinity mask, where the OS has one)."""
     if hasattr(os, "sched_getaffinity"):
@@ -253,7 +257,7 @@ class Settings:
         default=1,
         metadata={
             "help": "processes sharing the port (SO_REUSEPORT), each a node of its own; "
-            "auto = one per CPU; more than 1 needs --redis-url",
+            "auto = one per CPU; at most 4 per CPU; more than 1 needs --redis-url",
             "words": {"auto": cpu_count},
         },
     )
@@ -383,6 +387,12 @@ class Settings:
                 raise SettingsError(f"jwt-public-keys: {problem}")
         if self.workers < 1:
             raise SettingsError("workers: must be >= 1, or auto")
+        if self.workers > WORKERS_PER_CPU * cpu_count():
+            # A typo (200 for 20) started that many interpreters of ~70 MB each.
+            raise SettingsError(
+                f"workers: {self.workers} is more than {WORKERS_PER_CPU} per CPU "
+                f"({cpu_count()} here): more serve nothing faster"
+            )
         if self.workers > 1 and not self.redis_url:
             # Each worker is a node of its own; without a shared broker they could not
             # see each other's agents, and an agent's messages would reach only the

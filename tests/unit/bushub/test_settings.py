@@ -18,7 +18,14 @@ from cryptography.hazmat.primitives.serialization import (
     PublicFormat,
 )
 
-from bushub.settings import Settings, SettingsError, add_arguments, cpu_count, load_settings
+from bushub.settings import (
+    WORKERS_PER_CPU,
+    Settings,
+    SettingsError,
+    add_arguments,
+    cpu_count,
+    load_settings,
+)
 from tests.unit.bushub.helpers import TIMEOUT
 
 SUBPROCESS_TIMEOUT = 10 * TIMEOUT
@@ -129,6 +136,14 @@ def test_workers_auto_is_the_cpu_count() -> None:
     assert load_settings(parse("--workers", "auto"), url).workers == cpu_count()
     assert load_settings(None, {**url, "BUSHUB_WORKERS": "AUTO"}).workers == cpu_count()
     assert load_settings(None, {}).workers == 1  # one process, as before workers existed
+
+
+def test_workers_past_four_per_cpu_are_refused() -> None:
+    url = {"BUSHUB_REDIS_URL": "redis://127.0.0.1:1/0"}
+    most = WORKERS_PER_CPU * cpu_count()
+    assert load_settings(parse("--workers", str(most)), url).workers == most
+    with pytest.raises(SettingsError, match=r"^workers: .* more than 4 per CPU"):
+        load_settings(parse("--workers", str(most + 1)), url)
 
 
 def test_bad_flag_is_refused_naming_the_option() -> None:
