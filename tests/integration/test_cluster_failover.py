@@ -9,7 +9,6 @@ import re
 import signal
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,17 +27,6 @@ pytestmark = pytest.mark.integration
 RATE = 200  # messages per second from the sender
 FAILOVER_TTL = 3.0  # --presence-ttl while the registry's shard fails over
 CHANNEL = "bushub:msg:{b}"
-
-
-@pytest.fixture
-def own_redis_cluster(tmp_path: Path) -> Iterator[RedisClusterServers]:
-    """A cluster this test may break."""
-    servers = RedisClusterServers(tmp_path / "rc")
-    try:
-        servers.start()
-        yield servers
-    finally:
-        servers.stop()
 
 
 def dropped(node: HubNode) -> dict[str, float]:

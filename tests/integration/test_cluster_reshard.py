@@ -10,8 +10,7 @@ import statistics
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
+from dataclasses import dataclass
 
 import pytest
 import websockets
@@ -24,16 +23,6 @@ from tests.support.messages import TASK_REQUEST, task_request
 pytestmark = pytest.mark.integration
 
 RATE = 50  # messages per second per sender
-
-
-@pytest.fixture
-def own_redis_cluster(tmp_path: Path) -> Iterator[RedisClusterServers]:
-    servers = RedisClusterServers(tmp_path / "rc")
-    try:
-        servers.start()
-        yield servers
-    finally:
-        servers.stop()
 
 
 def node_id(servers: RedisClusterServers, node: ClusterNodeServer) -> str:
@@ -197,12 +186,30 @@ async def watch_readiness(nodes: list[HubNode], stop: asyncio.Event, seen: list[
         await asyncio.sleep(0.05)
 
 
+@dataclass
+class Resharding:
+    """A cluster of the test's own, two hubs on it, and the slots' way: from one
+    primary to another."""
+
+    servers: RedisClusterServers
+    n1: HubNode
+    n2: HubNode
+    source: ClusterNodeServer
+    target: ClusterNodeServer
+
+
+@pytest.fixture
+def resharding(own_redis_cluster: RedisClusterServers, cluster: Cluster) -> Resharding:
+    n1, n2 = cluster.start(2, redis_cluster=own_redis_cluster)
+    source, target = primaries(own_redis_cluster)[:2]
+    return Resharding(own_redis_cluster, n1, n2, source, target)
+
+
 def test_a_reshard_under_traffic_keeps_the_hubs_ready_and_follows_each_slot_at_once(
-    own_redis_cluster: RedisClusterServers, cluster: Cluster
+    resharding: Resharding,
 ) -> None:
-    servers = own_redis_cluster
-    n1, n2 = cluster.start(2, redis_cluster=servers)
-    source, target = primaries(servers)[:2]
+    servers, n1, n2 = resharding.servers, resharding.n1, resharding.n2
+    source, target = resharding.source, resharding.target
     names = names_on(servers, source, 4)
 
     async def run() -> tuple[list[Pair], list[int], dict[str, float]]:
@@ -247,11 +254,10 @@ def test_a_reshard_under_traffic_keeps_the_hubs_ready_and_follows_each_slot_at_o
 
 
 def test_a_slot_stuck_mid_migration_holds_only_its_agents_messages(
-    own_redis_cluster: RedisClusterServers, cluster: Cluster
+    resharding: Resharding,
 ) -> None:
-    servers = own_redis_cluster
-    n1, n2 = cluster.start(2, redis_cluster=servers)
-    source, target = primaries(servers)[:2]
+    servers, n1, n2 = resharding.servers, resharding.n1, resharding.n2
+    source, target = resharding.source, resharding.target
     stuck_name, free_name = names_on(servers, source, 2)
     slot = slot_of(servers, f"bushub:msg:{{{stuck_name}}}")
 

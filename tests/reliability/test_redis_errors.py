@@ -9,8 +9,6 @@ come back by itself once Redis relents, without a restart.
 import asyncio
 import json
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from websockets.exceptions import InvalidStatus
@@ -296,22 +294,11 @@ async def test_redis_out_of_memory_does_not_kill_presence_and_the_node_recovers(
         await inbox.close()
 
 
-@pytest.fixture
-def redis_cluster(tmp_path: Path) -> Iterator[RedisClusterServers]:
-    """A Redis Cluster of this test's own: its ACLs are changed."""
-    servers = RedisClusterServers(tmp_path / "rc")
-    try:
-        servers.start()
-        yield servers
-    finally:
-        servers.stop()
-
-
 async def test_spublish_refused_by_acl_on_redis_cluster_is_dropped_and_recovers(
-    faults: Faults, redis_cluster: RedisClusterServers, figures
+    faults: Faults, own_redis_cluster: RedisClusterServers, figures
 ) -> None:
-    n1 = acl_node(faults, "n1", redis_cluster.url)
-    n2 = acl_node(faults, "n2", redis_cluster.url)
+    n1 = acl_node(faults, "n1", own_redis_cluster.url)
+    n2 = acl_node(faults, "n2", own_redis_cluster.url)
     n1.wait_ready()
     n2.wait_ready()
     a = await Inbox.open(n1, "rc-a", "rc-b")
@@ -323,7 +310,7 @@ async def test_spublish_refused_by_acl_on_redis_cluster_is_dropped_and_recovers(
     before = await in_thread(n1.metrics)
 
     def acl(rule: str) -> None:
-        for server in redis_cluster.nodes:
+        for server in own_redis_cluster.nodes:
             server.cli("ACL", "SETUSER", "default", rule)
 
     await in_thread(acl, "-spublish")

@@ -19,6 +19,7 @@ publish connections are handed them.
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import random
 import time
@@ -187,6 +188,19 @@ class _Shard:
         if failed != self.failed:
             self.failed = failed
             self._broker.shard_state_changed()
+
+
+async def _apply_move(manager: Any, moved: MovedError) -> None:
+    """Put ``moved``'s slot where it says in redis-py's slot map: ``move_slot``
+    (redis-py 8), else ``update_moved_exception`` (earlier: applied at the map's next
+    lookup)."""
+    move = getattr(manager, "move_slot", None)
+    if move is None:
+        manager.update_moved_exception(moved)
+        return
+    result = move(moved)
+    if inspect.isawaitable(result):
+        await result
 
 
 def _is_moved(error: object) -> bool:
@@ -383,7 +397,7 @@ class RedisClusterBroker(Broker):
             if when < since:
                 del self._moves[slot]
             else:
-                await manager.move_slot(moved)
+                await _apply_move(manager, moved)
         primaries = {node.name for node in self._client.get_primaries()}
         for name in [n for n in self._node_publishers if n not in primaries]:
             await self._node_publishers.pop(name).close()
