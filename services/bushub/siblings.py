@@ -30,6 +30,8 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
+from bushub.stopping import cancelled
+
 log = logging.getLogger(__name__)
 
 METRICS = b"metrics"
@@ -38,6 +40,8 @@ READINESS = b"readyz"
 # not hang the scrape (nor the probe, which then says that sibling is not ready).
 ASK_TIMEOUT = 1.0
 _MAX_REQUEST = 64
+# How often a worker looks whether its control socket's file is still there.
+_RELISTEN_EVERY = 1.0
 
 WORKER_UP = "bushub_worker_up"
 
@@ -98,6 +102,11 @@ def merge_metrics(texts: Mapping[int, str | None]) -> bytes:
     return generate_latest(registry)
 
 
+def _gone(path: str) -> bool:
+    """Whether ``path`` is gone (one stat of a file in a local directory)."""
+    return not os.path.exists(path)
+
+
 class Siblings:
     """This worker's control socket, and the node seen through every worker's.
 
@@ -117,15 +126,43 @@ class Siblings:
         self._local_metrics = local_metrics
         self._local_readiness = local_readiness
         self._server: asyncio.AbstractServer | None = None
+        self._watch: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Listen on this worker's control socket (replacing a dead predecessor's)."""
+        """Listen on this worker's control socket (replacing a dead predecessor's), and
+        again whenever its file is gone."""
+        await self._listen()
+        self._watch = asyncio.create_task(self._keep_listening(), name="control-socket")
+
+    async def _listen(self) -> None:
         path = self.slot.control_path(self.slot.index)
+        # The directory made again if it went: systemd-logind removes a user's
+        # XDG_RUNTIME_DIR at the end of their last session, and every worker
+        # restarted after that failed to start (its node unready for good).
+        os.makedirs(self.slot.runtime_dir, mode=0o700, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
+        if self._server is not None:
+            self._server.close()
         self._server = await asyncio.start_unix_server(self._answer, path)
 
+    async def _keep_listening(self) -> None:
+        """A socket whose file was removed listens on, but no sibling can reach it by
+        its path: the node's /readyz said this worker unanswered for good."""
+        path = self.slot.control_path(self.slot.index)
+        while True:
+            await asyncio.sleep(_RELISTEN_EVERY)
+            if _gone(path):
+                log.warning("control socket %s was removed: listening again", path)
+                try:
+                    await self._listen()
+                except OSError as exc:
+                    log.warning("cannot listen on %s: %s", path, exc)
+
     async def stop(self) -> None:
+        if self._watch is not None:
+            await cancelled(self._watch)
+            self._watch = None
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()

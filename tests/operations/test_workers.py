@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -514,3 +515,27 @@ def test_workers_start_whatever_xdg_runtime_dir_holds(
     node.wait_ready()
     text = node.log_text()
     assert f"XDG_RUNTIME_DIR {chosen}" in text and "Traceback" not in text, text
+
+
+async def test_a_node_whose_runtime_directory_was_removed_is_ready_again(
+    ops: OpsCluster,
+) -> None:
+    """systemd-logind removes a user's XDG_RUNTIME_DIR at the end of their last
+    session: the workers' control sockets listened on with no file to reach them by,
+    the node's /readyz said 503 for good, and a worker restarted after that failed
+    to start, again and again."""
+    (node,) = ops.nodes_ready(NODE, flags=WORKERS)
+    pids = serving_pids(node)
+    (runtime_dir,) = control_dirs(pids[0])
+    await asyncio.to_thread(shutil.rmtree, runtime_dir)
+    assert await asyncio.to_thread(
+        wait_until, lambda: all(status(node, "/readyz") == 200 for _ in range(4))
+    )
+    os.kill(pids[1], signal.SIGKILL)  # restarted into the directory made again
+    assert await asyncio.to_thread(
+        wait_until, lambda: len(set(serving_pids(node).values()) - set(pids.values())) == 1
+    )
+    assert await asyncio.to_thread(
+        wait_until, lambda: all(status(node, "/readyz") == 200 for _ in range(4))
+    )
+    assert "Traceback" not in node.log_text()
