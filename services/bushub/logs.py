@@ -148,6 +148,19 @@ class DenialNoiseFilter(logging.Filter):
         return record.msg != "ASGI callable returned without completing handshake."
 
 
+class SocketNoiseFilter(logging.Filter):
+    """Drop the two lines uvicorn and websockets write for every socket accepted
+    (``"WebSocket /ws/..." [accepted]`` and ``connection open``): the node writes one
+    line of its own per socket opened (agent, peer, connection, node) and one per
+    socket closed; with theirs a node wrote four, 8,000 a second at 2,000 handshakes
+    a second."""
+
+    _DROPPED = frozenset({'%s - "WebSocket %s" [accepted]', "connection open"})
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg not in self._DROPPED
+
+
 def configure_logging(level: str, fmt: str) -> None:
     """Send logs to stderr as text or JSON lines, warnings rate-limited."""
     handler = logging.StreamHandler(sys.stderr)
@@ -159,7 +172,9 @@ def configure_logging(level: str, fmt: str) -> None:
     # the arguments in.
     handler.addFilter(RateLimitFilter())
     handler.addFilter(RedactTokensFilter())
-    logging.getLogger("uvicorn.error").addFilter(DenialNoiseFilter())
+    uvicorn_errors = logging.getLogger("uvicorn.error")
+    uvicorn_errors.addFilter(DenialNoiseFilter())
+    uvicorn_errors.addFilter(SocketNoiseFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     # Python's warnings (a library's, PyJWT's about a short key) as log lines, in the

@@ -61,6 +61,10 @@ async def test_one_line_per_socket_open_and_close(ops: OpsCluster) -> None:
     assert by_conn[b_id] == ("b", "a", "l1", "4002", "peer_lost")
     assert by_conn[a2_id][:3] == ("a", "b", "l1")
     assert by_conn[a2_id][4] == "client_closed"
+    # Nothing else per socket: uvicorn's "[accepted]" and websockets' "connection
+    # open" made it four lines a socket.
+    text = node.log_text()
+    assert '" [accepted]' not in text and "connection open" not in text, text
 
 
 async def test_close_line_of_a_client_close_carries_the_clients_code(ops: OpsCluster) -> None:
