@@ -194,9 +194,15 @@ class Supervisor:
                 return
             now = time.monotonic()
             if self._stop_deadline is not None and now >= self._stop_deadline:
+                stuck = [w for w in self._workers if self._alive(w)]
                 log.warning(
-                    "workers still running %.1fs after SIGTERM: killing them",
+                    "%s still running %.1fs after SIGTERM: killing %s (the node exits 1)",
+                    ", ".join(
+                        f"worker {w.index} (pid {w.process.pid if w.process else '?'})"
+                        for w in stuck
+                    ),
                     self.settings.drain_timeout + EXIT_MARGIN,
+                    "it" if len(stuck) == 1 else "them",
                 )
                 self._kill_all()
                 continue

@@ -27,6 +27,7 @@ from websockets.exceptions import ConnectionClosed
 from bushub import portlock
 from bushub.settings import cpu_count
 from bushub.siblings import ASK_TIMEOUT
+from bushub.supervisor import EXIT_MARGIN
 from tests.integration.procs import TIMEOUT
 from tests.operations.conftest import OpsCluster
 from tests.operations.ops import (
@@ -539,3 +540,14 @@ async def test_a_node_whose_runtime_directory_was_removed_is_ready_again(
         wait_until, lambda: all(status(node, "/readyz") == 200 for _ in range(4))
     )
     assert "Traceback" not in node.log_text()
+
+
+def test_a_worker_stuck_past_the_drain_is_named_as_it_is_killed(ops: OpsCluster) -> None:
+    (node,) = ops.nodes_ready(NODE, flags=WORKERS)
+    pids = serving_pids(node)
+    os.kill(pids[1], signal.SIGSTOP)  # drains nothing, exits never
+    node.signal(signal.SIGTERM)
+    assert node.wait(DRAIN_TIMEOUT + EXIT_MARGIN + TIMEOUT) == 1
+    text = node.log_text()
+    said = f"worker 1 (pid {pids[1]}) still running"
+    assert said in text and "killing it (the node exits 1)" in text, text
