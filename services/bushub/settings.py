@@ -459,7 +459,9 @@ def _convert(name: str, kind: Any, raw: str, words: Mapping[str, Any]) -> Any:
         if kind in (float, "float"):
             return float(raw)
     except ValueError:
-        raise SettingsError(f"{name.replace('_', '-')}: {raw!r} is not a number") from None
+        whole = kind in (int, "int")
+        what = "a whole number" if whole else "a number"
+        raise SettingsError(f"{name.replace('_', '-')}: {raw!r} is not {what}") from None
     return raw
 
 

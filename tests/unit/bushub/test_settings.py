@@ -151,6 +151,14 @@ def test_bad_flag_is_refused_naming_the_option() -> None:
         load_settings(parse("--presence-ttl", "0"), {"BUSHUB_PRESENCE_TTL": "5"})
 
 
+def test_a_count_that_is_not_whole_is_refused_as_such() -> None:
+    # "'1.5' is not a number" said of a number.
+    with pytest.raises(SettingsError, match=r"^workers: '1.5' is not a whole number$"):
+        load_settings(parse("--workers", "1.5"), {"BUSHUB_REDIS_URL": "redis://127.0.0.1:1/0"})
+    with pytest.raises(SettingsError, match=r"^presence-ttl: 'soon' is not a number$"):
+        load_settings(parse("--presence-ttl", "soon"), {})
+
+
 def test_serve_with_a_bad_value_exits_naming_the_option() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "bushub", "serve", "--peer-grace", "0"],
