@@ -60,6 +60,15 @@ DropCallback = Callable[[str, int], None]
 KeyRefusedCallback = Callable[[str, bytes, object], None]
 
 _BATCH_MAX = 512
+# A batch's bytes at most (its first message whatever its size): 512 messages of 1 MiB
+# made one write of 512 MiB, copied twice over, when a long queue was flushed.
+_BATCH_BYTES = 8 << 20
+# The queue's bytes at most, beside ``capacity`` messages: past it the oldest are
+# dropped as for a full buffer (10,000 messages of 1 MiB held through a Redis outage
+# took a node past 1.5 GB). Summed every ``_BYTES_CHECK_EVERY`` messages queued, not
+# kept per message: the queue's every change would have to keep it.
+QUEUE_BYTES = 256 << 20
+_BYTES_CHECK_EVERY = 64
 # What the broker acknowledged this long before a break is sent again after it:
 # the break is seen within milliseconds of Redis dying; the rest is margin.
 RESEND_SECONDS = 1.0
@@ -220,10 +229,24 @@ class Publisher:
                 self._pending.popleft()
                 self._on_dropped("publish_buffer_full", 1)
         self._pending.append((channel, data))
+        if len(self._pending) % _BYTES_CHECK_EVERY == 0:
+            self._within_bytes()
         self._idle.clear()
         if not self._unacked:
             # Otherwise the last reply (or the loss) of those wakes run().
             self._wakeup.set()
+
+    def _within_bytes(self) -> None:
+        """Drop the oldest queued messages while the queue holds more than
+        ``QUEUE_BYTES`` (the newest is kept, whatever its size)."""
+        pending = self._pending
+        held = sum(len(data) for _, data in pending)
+        dropped = 0
+        while held > QUEUE_BYTES and len(pending) > 1:
+            held -= len(pending.popleft()[1])
+            dropped += 1
+        if dropped:
+            self._on_dropped("publish_buffer_full", dropped)
 
     def _acked(self, outcome: int | Exception | None) -> None:
         """The broker's outcome for the oldest unacknowledged fast-path message."""
@@ -417,7 +440,12 @@ class Publisher:
                 self._pending.extendleft(reversed(self._resend))
                 self._resend.clear()
             take = min(_BATCH_MAX, len(self._pending))
-            self._inflight = [self._pending.popleft() for _ in range(take)]
+            # Up to _BATCH_MAX messages and _BATCH_BYTES (the first whatever its size).
+            self._inflight = taken = [self._pending.popleft()]
+            size = len(taken[0][1])
+            while len(taken) < take and size + len(self._pending[0][1]) <= _BATCH_BYTES:
+                taken.append(self._pending.popleft())
+                size += len(taken[-1][1])
             if self._parked_channels:
                 # A parked channel's later messages wait behind its parked ones.
                 parked = self._parked_channels

@@ -126,10 +126,8 @@ class Settings:
     publish_buffer: int = field(
         default=10_000,
         metadata={
-            "help": "publishes held while the broker is unreachable before dropping; "
-            "counted in messages whatever their size, so a node's memory in an outage "
-            "can reach this many times the largest message (10,000 x 1 MiB): lower it "
-            "where messages are large"
+            "help": "publishes held while the broker is unreachable before dropping the "
+            "oldest; and at most 256 MiB of them, whatever their count"
         },
     )
     keepalive: float = field(

@@ -14,7 +14,7 @@ from bushub.broker import Broker
 from bushub.broker.base import PartialPublish, PublishDone
 from bushub.brokerhealth import BrokerHealth
 from bushub.metrics import Metrics
-from bushub.publisher import Publisher
+from bushub.publisher import QUEUE_BYTES, Publisher
 from tests.unit.bushub.helpers import TIMEOUT, wait_until
 
 
@@ -644,3 +644,29 @@ async def test_a_retryable_fast_path_refusal_parks_only_its_channel() -> None:
         assert publisher.pending == 2
     publisher.close()
     assert calls.dropped == [("shutdown", 2)]
+
+
+async def test_the_queue_is_bounded_in_bytes_too_and_flushed_in_batches_of_bounded_bytes() -> None:
+    # 10,000 messages of 1 MiB held through a Redis outage took a node past 1.5 GB,
+    # and its flush wrote 512 of them as one buffer.
+    broker, calls = FakeBroker(), Recorder()
+    broker.up = False
+    publisher = make_publisher(broker, calls, 10_000)
+    big = b"x" * (1 << 20)
+    count = QUEUE_BYTES // len(big) + 100
+    for n in range(count):
+        publisher.publish(f"bushub:msg:{{a{n % 7}}}", big + str(n).encode())
+    # Summed every 64 messages queued: at most 63 over between two sums.
+    assert (publisher.pending - 63) * len(big) <= QUEUE_BYTES
+    dropped = sum(n for reason, n in calls.dropped if reason == "publish_buffer_full")
+    assert dropped == count - publisher.pending > 0
+    held = publisher.pending
+    broker.up = True
+    async with running(publisher):
+        await asyncio.wait_for(publisher.flushed(), TIMEOUT)
+    assert len(broker.published) == held
+    # The newest kept, in order.
+    assert [d[len(big) :] for _, d in broker.published] == [
+        str(n).encode() for n in range(count - held, count)
+    ]
+    assert max(sum(len(d) for _, d in batch) for batch in broker.batches) <= 8 << 20
