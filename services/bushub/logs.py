@@ -136,26 +136,27 @@ class RedactTokensFilter(logging.Filter):
         return True
 
 
-class DenialNoiseFilter(logging.Filter):
-    """Drop uvicorn's error after a handshake answered with an HTTP status.
+class UvicornNoiseFilter(logging.Filter):
+    """Drop the lines uvicorn and websockets write that the node says better or not at
+    all, by their message template:
 
-    uvicorn (websockets-sansio) does not mark the handshake complete after a denial
-    response, and then reports every 401/403/503 as "returned without completing
-    handshake". Refusals are counted in bushub_connections_refused_total instead.
+    - the error after a handshake answered with an HTTP status: uvicorn
+      (websockets-sansio) does not mark the handshake complete after a denial
+      response, and then reports every 401/403/503 as "returned without completing
+      handshake" (refusals are counted in bushub_connections_refused_total instead);
+    - the two lines written for every socket accepted (``"WebSocket /ws/..."
+      [accepted]`` and ``connection open``): the node writes one line of its own per
+      socket opened (agent, peer, connection, node) and one per socket closed; with
+      theirs a node wrote four, 8,000 a second at 2,000 handshakes a second.
     """
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.msg != "ASGI callable returned without completing handshake."
-
-
-class SocketNoiseFilter(logging.Filter):
-    """Drop the two lines uvicorn and websockets write for every socket accepted
-    (``"WebSocket /ws/..." [accepted]`` and ``connection open``): the node writes one
-    line of its own per socket opened (agent, peer, connection, node) and one per
-    socket closed; with theirs a node wrote four, 8,000 a second at 2,000 handshakes
-    a second."""
-
-    _DROPPED = frozenset({'%s - "WebSocket %s" [accepted]', "connection open"})
+    _DROPPED = frozenset(
+        {
+            "ASGI callable returned without completing handshake.",
+            '%s - "WebSocket %s" [accepted]',
+            "connection open",
+        }
+    )
 
     def filter(self, record: logging.LogRecord) -> bool:
         return record.msg not in self._DROPPED
@@ -172,9 +173,7 @@ def configure_logging(level: str, fmt: str) -> None:
     # the arguments in.
     handler.addFilter(RateLimitFilter())
     handler.addFilter(RedactTokensFilter())
-    uvicorn_errors = logging.getLogger("uvicorn.error")
-    uvicorn_errors.addFilter(DenialNoiseFilter())
-    uvicorn_errors.addFilter(SocketNoiseFilter())
+    logging.getLogger("uvicorn.error").addFilter(UvicornNoiseFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     # Python's warnings (a library's, PyJWT's about a short key) as log lines, in the
