@@ -197,7 +197,18 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
             self.loop.call_soon(self._feed)
             return
         self._unfed = None
-        if not self.disconnected and self._reading_held is None and not self.read_paused:
+        self._read_on()
+
+    def _read_on(self) -> None:
+        """Resume reading unless something else holds it: the end, uvicorn's own pause
+        (messages waiting for the ASGI app), backpressure (``hold_reading``), or a
+        backlog the parser is working through (``_feed``)."""
+        if not (
+            self.disconnected
+            or self.read_paused
+            or self._reading_held is not None
+            or self._unfed is not None
+        ):
             self.transport.resume_reading()
 
     def handle_ping(self) -> None:
@@ -289,8 +300,7 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
                 self.queue.put_nowait(message)
         if self.read_paused:
             self.read_paused = False
-            if self._reading_held is None and self._unfed is None:
-                self.transport.resume_reading()
+            self._read_on()
 
     def detach(self) -> None:
         """Back to uvicorn's ASGI channel (for the closing handshake)."""
@@ -452,8 +462,7 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
                 self._held_frames = [*(self._held_frames or ()), *(held or ())[index + 1 :]]
                 return
         self._held_since = 0.0
-        if not self.disconnected and not self.read_paused and self._unfed is None:
-            self.transport.resume_reading()
+        self._read_on()
 
     def _hung_up_while_held(self) -> bool:
         """Whether the client closed or reset its end while reading has been held
