@@ -247,11 +247,16 @@ class TapRecorder:
         tap was open by then)."""
         self._lost[name] += count + untold
         self._counted("dropped", count)
+        self._tell_later()
+
+    def _tell_later(self) -> None:
+        """Tell the losses on their own ``LOSSES_TOLD_AFTER`` from now, unless that is
+        set already (or there is no loop: a test's, told with the next event only)."""
         if self._telling is None:
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:
-                return  # no loop (a test's): told with the next event only
+                return
             self._telling = loop.call_later(LOSSES_TOLD_AFTER, self._tell_losses)
 
     def _tell_losses(self) -> None:
@@ -264,10 +269,8 @@ class TapRecorder:
             notice = {"kind": "lost", "t": self._clock(), "node": self._node_id, "lost": lost}
             if self._side.publish(tap_channel(name), orjson.dumps(notice)):
                 del self._lost[name]
-            elif self._telling is None:
-                self._telling = asyncio.get_running_loop().call_later(
-                    LOSSES_TOLD_AFTER, self._tell_losses
-                )
+            else:
+                self._tell_later()  # the side publisher was full: again later
 
 
 def _encoded(event: dict[str, Any]) -> bytes:
