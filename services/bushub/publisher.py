@@ -351,7 +351,7 @@ class Publisher:
         handed back (the next ``publish()`` must not overtake them)."""
         if self._returned and not self._returned_in_doubt and not self._resend:
             # Refused with retryable replies, every one: their channels wait.
-            self._park(self._returned, [False] * len(self._returned))
+            self._park([(item, False) for item in self._returned])
             self._returned = []
         elif self._returned or self._resend:
             log.info(
@@ -371,15 +371,16 @@ class Publisher:
         if not self._room.is_set() and self.pending < self._high_water:
             self._room.set()
 
-    def _park(self, items: list[tuple[str, bytes]], in_doubt: list[bool]) -> None:
-        """Send ``items`` again in order: the retryably refused ones (and any after
-        them on the same channel) once ``settle`` has passed, with every later message
-        of their channels; those in doubt at the head of the queue, holding all (their
-        connection failed: a broker break). The log line says which channels wait."""
+    def _park(self, items: list[tuple[tuple[str, bytes], bool]]) -> None:
+        """Send ``items`` (each a message and whether it is in doubt) again in order:
+        the retryably refused ones (and any after them on the same channel) once
+        ``settle`` has passed, with every later message of their channels; those in
+        doubt at the head of the queue, holding all (their connection failed: a broker
+        break). The log line says which channels wait."""
         head = []
         parked = self._parked_channels
         newly = set()
-        for item, doubt in zip(items, in_doubt, strict=True):
+        for item, doubt in items:
             if doubt and item[0] not in parked:
                 head.append(item)
             else:
@@ -458,8 +459,7 @@ class Publisher:
             except PartialPublish as partial:
                 # Account for what went out; drop what cannot succeed; put only the
                 # rest back, in order.
-                retry = []
-                retry_in_doubt = []
+                retry: list[tuple[tuple[str, bytes], bool]] = []  # and whether in doubt
                 refusals: dict[ErrorKind, tuple[object, int]] = {}
                 outcomes = zip(self._inflight, partial.counts, partial.errors, strict=True)
                 for item, count, error in outcomes:
@@ -472,19 +472,17 @@ class Publisher:
                         kind = classify(error)
                         refusals[kind] = (error, refusals.get(kind, (error, 0))[1] + 1)
                     elif error is None:
-                        retry.append(self._in_doubt(item))  # no reply: may have run
-                        retry_in_doubt.append(True)
+                        retry.append((self._in_doubt(item), True))  # no reply: may have run
                     else:
                         self._health.count("publish", error)
-                        retry.append(item)
-                        retry_in_doubt.append(False)
+                        retry.append((item, False))
                 self._inflight = []
                 if refusals:
                     self._refuse(refusals)
                 elif self._refused and any(c is not None for c in partial.counts):
                     self._accepted()  # some went out, none refused for good
                 if retry:
-                    self._park(retry, retry_in_doubt)
+                    self._park(retry)
                 continue
             except ConnectionError as exc:
                 # Back to the head, in order: nothing of the batch is known to be out
