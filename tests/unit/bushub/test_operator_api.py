@@ -75,7 +75,8 @@ class Tap:
 
 @asynccontextmanager
 async def tapping(node: RunningHub, agent: str) -> AsyncIterator[Tap]:
-    """A tap on ``agent``, open until the block ends; its ``open`` event read."""
+    """A tap on ``agent``, open until the block ends; its ``open`` event read, and the
+    node's recorder told of it (what is sent from then on is shown)."""
     async with (
         httpx.AsyncClient(base_url=node.http_url, timeout=TIMEOUT) as client,
         client.stream("GET", f"/api/tap/{agent}", headers=admin()) as response,
@@ -84,6 +85,7 @@ async def tapping(node: RunningHub, agent: str) -> AsyncIterator[Tap]:
         assert response.headers["content-type"].startswith("text/event-stream")
         tap = Tap(response)
         assert await tap.next() == {"kind": "open", "agent": agent, "node": "unit"}
+        await wait_until(lambda: agent in node.hub.operators.watched.tapped, "tap noticed")
         yield tap
 
 
@@ -287,7 +289,6 @@ async def test_an_agent_token_may_send_within_its_grant() -> None:
 
 async def test_a_tap_shows_what_an_agent_sends_and_receives(node: RunningHub) -> None:
     async with node.connect("a") as a, node.connect("b") as b, tapping(node, "b") as tap:
-        await wait_until(lambda: "b" in node.hub.relay.taps.tapped, "tap noticed")  # type: ignore[union-attr]
         await a.send(as_json(task_request("a", "b", 1, payload={"note": "hello"})))
         event = await tap.next_message()
         assert await recv_non_registry(b)
@@ -324,7 +325,6 @@ async def test_an_untargeted_message_refused_shows_in_its_peers_tap(node: Runnin
     # Bound for the socket's peer, as a bridged frame is: the peer's tap answers "did
     # my message reach it?" (it showed only in the sender's, with no target).
     async with node.connect("a", peer="b") as a, node.connect("b"), tapping(node, "b") as tap:
-        await wait_until(lambda: "b" in node.hub.relay.taps.tapped, "tap noticed")  # type: ignore[union-attr]
         refused = task_request("a", None, 1)
         refused["__type__"] = "evil.module.Payload"
         await a.send(as_json(refused))
@@ -342,7 +342,6 @@ async def test_the_last_losses_of_a_burst_are_told_without_a_later_message(
     taps = node.hub.relay.taps
     assert taps is not None
     async with tapping(node, "b") as tap:
-        await wait_until(lambda: "b" in taps.tapped, "tap noticed")
         burst = int(EVENT_RATE) + 500  # past the node's bound for all taps at once
         for n in range(burst):
             taps.seen("a", "m.T", "a", "b", {"n": n}, 10, Format.JSON)
@@ -359,7 +358,6 @@ async def test_the_last_losses_of_a_burst_are_told_without_a_later_message(
 
 async def test_a_tap_shows_what_the_hub_refused_and_why(node: RunningHub) -> None:
     async with node.connect("a") as a, node.connect("b"), tapping(node, "a") as tap:
-        await wait_until(lambda: "a" in node.hub.relay.taps.tapped, "tap noticed")  # type: ignore[union-attr]
         # Too large to be read: only the socket that sent it is known.
         await a.send(as_json(task_request("a", "b", 1, pad=5000)))
         event = await tap.next_message()
@@ -396,7 +394,6 @@ async def test_a_tap_changes_nothing_for_values_its_encoder_cannot_write(node: R
     tree = task_request("a", "b", 1)
     raw = json.dumps(tree).replace('{"seq": 1}', payload).encode()
     async with node.connect("a") as a, node.connect("b") as b, tapping(node, "b") as tap:
-        await wait_until(lambda: "b" in node.hub.relay.taps.tapped, "tap noticed")  # type: ignore[union-attr]
         await a.send(raw)
         assert json.loads(await recv_non_registry(b))["__data__"]["payload"]["big"] == int(
             "9" * 400
@@ -421,7 +418,7 @@ async def test_no_tap_no_cost_and_a_closed_tap_lapses(node: RunningHub) -> None:
     assert taps is not None and not taps.tapped
     async with node.connect("a") as a, node.connect("b") as b:
         async with tapping(node, "b"):
-            await wait_until(lambda: "b" in taps.tapped, "tap noticed")
+            assert "b" in taps.tapped
         # The node notices the reader gone and ends the stream (and its subscription).
         await wait_until(lambda: node.hub.operators.streams.open_count == 0, "tap closed")
         await a.send(as_json(task_request("a", "b")))
@@ -447,7 +444,6 @@ async def test_a_slow_tap_reader_loses_events_and_is_told(
 
     monkeypatch.setattr(TapStream, "next", held)
     async with node.connect("a") as a, node.connect("b") as b, tapping(node, "b") as tap:
-        await wait_until(lambda: "b" in node.hub.operators.watched.tapped, "tap noticed")
         reading.clear()
         count = STREAM_CAPACITY + 300
         for seq in range(count):
