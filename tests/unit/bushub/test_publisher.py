@@ -14,7 +14,7 @@ from bushub.broker import Broker
 from bushub.broker.base import PartialPublish, PublishDone
 from bushub.brokerhealth import BrokerHealth
 from bushub.metrics import Metrics
-from bushub.publisher import QUEUE_BYTES, Publisher
+from bushub.publisher import HIGH_WATER_BYTES, QUEUE_BYTES, Publisher
 from tests.unit.bushub.helpers import TIMEOUT, wait_until
 
 
@@ -670,3 +670,66 @@ async def test_the_queue_is_bounded_in_bytes_too_and_flushed_in_batches_of_bound
         str(n).encode() for n in range(count - held, count)
     ]
     assert max(sum(len(d) for _, d in batch) for batch in broker.batches) <= 8 << 20
+
+
+async def test_readers_pause_at_the_high_water_in_bytes_while_redis_is_behind() -> None:
+    # A fast sender of 64 KiB messages held 5,000 of them unacknowledged (a node at
+    # 470 MB) with Redis up and merely behind: the count's high-water mark alone
+    # let that many through.
+    broker, calls = FastBroker(), Recorder()
+    publisher = fast_publisher(broker, calls, capacity=10_000)
+    message = b"x" * (64 << 10)
+    for n in range(HIGH_WATER_BYTES // len(message)):
+        assert not publisher.crowded
+        publisher.publish(f"bushub:msg:{{a{n % 7}}}", message)
+    assert publisher.crowded and publisher.held_bytes == HIGH_WATER_BYTES
+    assert publisher.pending == HIGH_WATER_BYTES // len(message) < 10_000 // 2
+    async with running(publisher):
+        waiting = asyncio.create_task(publisher.room())
+        await asyncio.sleep(0.01)
+        assert not waiting.done()
+        broker.answer(1)
+        await asyncio.wait_for(waiting, TIMEOUT)
+        assert not publisher.crowded
+        broker.answer()
+        await asyncio.wait_for(publisher.flushed(), TIMEOUT)
+    assert publisher.held_bytes == 0 and calls.dropped == []
+
+
+async def test_the_bytes_held_follow_every_path_a_message_leaves_by() -> None:
+    # Published by either path, refused for good or for its keys, retried after a
+    # retryable refusal or a lost connection, sent again after a break, dropped for
+    # room, counted at shutdown: what is held comes back to nothing each time.
+    broker, calls = FastBroker(), Recorder()
+    publisher = Publisher(
+        cast(Broker, broker),
+        8,
+        calls.on_published,
+        calls.on_dropped,
+        resend_prefix="bushub:msg:",
+        on_key_refused=calls.on_key_refused,
+    )
+    sent = items(40)
+    refusals = [
+        reply_error(NOPERM),
+        reply_error("WRONGTYPE Operation against a key holding the wrong kind of value"),
+        reply_error("TRYAGAIN Multiple keys request during rehashing of slot"),
+    ]
+    async with running(publisher):
+        publish_all(publisher, sent[:6])
+        for error in refusals:
+            broker.taken.pop(0)[2](error)
+        broker.lose()  # the other three in doubt, back to the queue
+        broker.fast_open = True
+        await asyncio.wait_for(publisher.flushed(), TIMEOUT)
+        assert publisher.held_bytes == 0
+        broker.up = False
+        assert publisher.broker_lost() > 0
+        publish_all(publisher, sent[6:30])  # past the bound of 8: the oldest dropped
+        assert 0 < publisher.held_bytes == sum(len(d) for _, d in sent[22:30])
+        broker.up = True
+        await asyncio.wait_for(publisher.flushed(), TIMEOUT)
+        assert publisher.held_bytes == 0
+        publish_all(publisher, sent[30:])
+    publisher.close()
+    assert publisher.held_bytes == 0 and publisher.pending == 0
