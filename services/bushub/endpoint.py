@@ -25,7 +25,7 @@ from bushub.closecodes import CloseCode, close_reason
 from bushub.connection import ClientGone, Connection, ConnectionParams, new_connection_id
 from bushub.fallback import serve_fallback
 from bushub.hub import Hub
-from bushub.limits import TokenBucket
+from bushub.limits import LEAST_WAIT, TokenBucket
 from bushub.origins import OriginPolicy
 from bushub.sessions import Session, SessionParamError, session_params
 from bushub.wsprotocol import DIRECT_EXTENSION, HubWebSocketProtocol, on_client_socket
@@ -160,8 +160,30 @@ def _serve_direct(
         if wait:
             protocol.hold_reading(lambda: asyncio.sleep(wait))
 
+    pings_throttled = hub.metrics.pings_throttled
+    rate = conn.message_rate
+
+    async def rate_allows() -> None:
+        # Pings parsed while reading is held (the rest of a read) add to the debt;
+        # what ends the wait is time, not an event.
+        while wait := rate.seconds_until_one():  # noqa: ASYNC110
+            await asyncio.sleep(max(wait, LEAST_WAIT))
+
+    def on_ping() -> None:
+        # A ping costs the node a parse and a pong: each takes a message from the
+        # socket's rate, and past it reading waits until the rate allows a message
+        # again. A flood of pings from a client that reads them was answered as
+        # fast as it came.
+        if rate.spend():
+            pings_throttled.inc()
+            protocol.hold_reading(rate_allows)
+
     protocol.attach(
-        on_frame, conn.socket_ended, lambda: flush(conn), on_text if conn.session else None
+        on_frame,
+        conn.socket_ended,
+        lambda: flush(conn),
+        on_text if conn.session else None,
+        on_ping,
     )
     protocol.hand_over()
     flush(conn)  # what was sent to the socket between its claim and its accept

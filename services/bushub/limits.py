@@ -36,6 +36,7 @@ class TokenBucket:
         burst: it never will)."""
         if self._rate <= 0:
             return 0.0
+        # ``_refill()`` inline: twice a relayed message.
         now = time.monotonic()
         self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
         self._last = now
@@ -45,6 +46,31 @@ class TokenBucket:
         if amount > self._burst:
             return math.inf
         return (amount - self._tokens) / self._rate
+
+    def spend(self, amount: float = 1.0) -> float:
+        """Spend ``amount`` whether the bucket holds it or not, going into debt (for
+        what was taken already and cannot be refused, only waited for); returns
+        ``seconds_until_one()``."""
+        if self._rate <= 0:
+            return 0.0
+        self._refill()
+        self._tokens -= amount
+        return self._until_one()
+
+    def seconds_until_one(self) -> float:
+        """The seconds until the bucket holds one unit (0.0 if it does now)."""
+        if self._rate <= 0:
+            return 0.0
+        self._refill()
+        return self._until_one()
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
+        self._last = now
+
+    def _until_one(self) -> float:
+        return 0.0 if self._tokens >= 1.0 else (1.0 - self._tokens) / self._rate
 
     def give_back(self, amount: float = 1.0) -> None:
         """Return ``amount`` just spent, unused."""

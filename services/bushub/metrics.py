@@ -91,6 +91,12 @@ class Metrics:
             ["op", "kind"],
             registry=r,
         )
+        self.pings_throttled = Counter(
+            "bushub_pings_throttled",
+            "Pings past a socket's --rate-messages: answered, and the socket's reading "
+            "held until its rate allows a message again",
+            registry=r,
+        )
         self.resumes = Counter(
             "bushub_resumes",
             "Session handshakes by how the resume went: new, recovered, gap",

@@ -141,6 +141,7 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         self._on_frame: FrameCallback | None = None
         # Where text frames go instead, when the socket takes binary frames only.
         self._on_text: FrameCallback | None = None
+        self._on_ping: Callable[[], None] | None = None
         self._on_disconnect: DisconnectCallback | None = None
         self._on_writable: Callable[[], None] | None = None
         # The task waiting for the publisher to have room, while reading is held.
@@ -219,6 +220,9 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         # pings from a client that never reads grew the node's memory without bound.
         if self.writable.is_set():
             self.transport.write(b"".join(pong))
+        on_ping = self._on_ping
+        if on_ping is not None:
+            on_ping()
 
     def handle_events(self) -> None:
         # Heard from: a whole frame came, data or control. Bytes alone are not: a
@@ -272,10 +276,12 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         on_disconnect: DisconnectCallback,
         on_writable: Callable[[], None],
         on_text: FrameCallback | None = None,
+        on_ping: Callable[[], None] | None = None,
     ) -> None:
         """Hand every later message to ``on_frame``, the end to ``on_disconnect``,
         and each resumption of writing (flow control) to ``on_writable``; with
-        ``on_text`` (a socket that takes binary frames only), text frames go there.
+        ``on_text`` (a socket that takes binary frames only), text frames go there;
+        ``on_ping`` is told of each ping, once it is answered.
 
         Messages that arrived before (queued for the ASGI app, reading paused) are
         handed over first, in order.
@@ -287,6 +293,7 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         self._on_disconnect = on_disconnect
         self._on_writable = on_writable
         self._on_text = on_text
+        self._on_ping = on_ping
         for message in early:
             if message["type"] == "websocket.receive":
                 data = message.get("bytes")
@@ -308,6 +315,7 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         self._on_disconnect = None
         self._on_writable = None
         self._on_text = None
+        self._on_ping = None
         # With no _on_disconnect, the inbox's callback (a bound method: a cycle
         # through self) has nothing left to do. Let go, the protocol dies by
         # reference count once its socket ends, not at a rare full collection.

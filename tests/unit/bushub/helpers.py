@@ -167,7 +167,7 @@ async def upgrade_status(port: int, target: str, timeout: float = TIMEOUT) -> in
     return int(status_line.split()[1])
 
 
-PING, BINARY = 0x9, 0x2
+PING, PONG, BINARY = 0x9, 0xA, 0x2
 
 
 def client_frame(opcode: int, payload: bytes) -> bytes:
@@ -180,6 +180,17 @@ def client_frame(opcode: int, payload: bytes) -> bytes:
     else:
         head = bytes((0x80 | opcode, 0x80 | 127)) + size.to_bytes(8, "big")
     return head + b"\0\0\0\0" + payload
+
+
+async def server_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """The next frame the node wrote to a socket opened by ``raw_socket``: (opcode,
+    payload); the node's frames are final and unmasked."""
+    head = await asyncio.wait_for(reader.readexactly(2), TIMEOUT)
+    size = head[1] & 0x7F
+    if size >= 126:
+        extended = await asyncio.wait_for(reader.readexactly(2 if size == 126 else 8), TIMEOUT)
+        size = int.from_bytes(extended, "big")
+    return head[0] & 0x0F, await asyncio.wait_for(reader.readexactly(size), TIMEOUT)
 
 
 async def raw_socket(

@@ -46,3 +46,14 @@ def test_a_wait_shorter_than_a_timer_can_sleep_is_asked_as_the_least_wait(
     few_bytes = TokenBucket(1_000_000.0, 100.0)
     assert take_or_wait(TokenBucket(0), few_bytes, 100) == 0.0
     assert take_or_wait(TokenBucket(0), few_bytes, 100) == LEAST_WAIT
+
+
+def test_what_is_spent_regardless_is_a_debt_waited_for() -> None:
+    # A ping is answered before it is counted: it cannot be refused, only waited for.
+    bucket = TokenBucket(SLOW, 3.0)
+    assert bucket.spend() == 0.0 and bucket.spend() == 0.0, "two of three: one left"
+    assert bucket.spend() == pytest.approx(1 / SLOW, rel=0.01), "none left: one to wait for"
+    assert bucket.spend(2.0) == pytest.approx(3 / SLOW, rel=0.01), "two more owed"
+    assert bucket.seconds_until_one() == pytest.approx(3 / SLOW, rel=0.01)
+    assert bucket.take_or_wait(1.0) == pytest.approx(3 / SLOW, rel=0.01), "the debt first"
+    assert TokenBucket(0).spend(10**9) == 0.0, "a rate of 0 is no limit"
