@@ -17,6 +17,10 @@
 #   --fail-timeout DURATION    ...for this long [10s]
 #   --connect-timeout DURATION connect to a node [2s]
 #   --socket-timeout DURATION  longest silence on an open socket [3600s]
+#   --resolver ADDR            look the nodes' names up again through this DNS server
+#                              every 10 s (nginx 1.27.3 or newer), so that a node whose
+#                              address changed (a container recreated) is followed
+#                              [none: looked up once, at start]
 #
 # POSIX sh, sed and awk only: it also runs inside the nginx container image.
 set -eu
@@ -36,10 +40,11 @@ max_fails=0
 fail_timeout=10s
 connect_timeout=2s
 socket_timeout=3600s
+resolver=
 nodes=
 
 usage() {
-    sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -57,6 +62,7 @@ while [ $# -gt 0 ]; do
         --fail-timeout) fail_timeout=$2; shift 2 ;;
         --connect-timeout) connect_timeout=$2; shift 2 ;;
         --socket-timeout) socket_timeout=$2; shift 2 ;;
+        --resolver) resolver=$2; shift 2 ;;
         -h|--help) usage ;;
         --*) echo "render.sh: unknown option $1" >&2; usage ;;
         *) nodes="$nodes $1"; shift ;;
@@ -68,13 +74,20 @@ done
 [ -n "$error_log" ] || error_log="$prefix/logs/error.log"
 [ -n "$access_log" ] || access_log="$prefix/logs/access.log"
 
+resolve=
+resolver_directive=
+if [ -n "$resolver" ]; then
+    resolve=" resolve"
+    resolver_directive="resolver $resolver valid=10s;"
+fi
+
 servers=
 for node in $nodes; do
     case "$node" in
         *:*) ;;
         *) echo "render.sh: $node is not HOST:PORT" >&2; exit 2 ;;
     esac
-    servers="$servers        server $node max_fails=$max_fails fail_timeout=$fail_timeout;
+    servers="$servers        server $node$resolve max_fails=$max_fails fail_timeout=$fail_timeout;
 "
 done
 
@@ -96,4 +109,5 @@ SERVERS=$servers awk '
     -e "s|@ACCESS_LOG@|$access_log_directive|g" \
     -e "s|@TEMP_DIR@|$prefix/tmp|g" \
     -e "s|@CONNECT_TIMEOUT@|$connect_timeout|g" \
-    -e "s|@SOCKET_TIMEOUT@|$socket_timeout|g"
+    -e "s|@SOCKET_TIMEOUT@|$socket_timeout|g" \
+    -e "s|@RESOLVER@|$resolver_directive|g"

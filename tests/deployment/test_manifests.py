@@ -250,6 +250,9 @@ def test_compose_wires_a_whole_cluster() -> None:
     command = " ".join(nginx["command"])
     assert "/etc/bushub-nginx/render.sh" in command
     assert all(f"hub{i}:8765" in command for i in (1, 2, 3))
+    # A hub container recreated gets a new address: nginx asks Docker's DNS again.
+    assert "--resolver 127.0.0.11" in command
+    assert nginx["image"] >= "nginx:1.27", "upstream `resolve` needs nginx 1.27.3"
     for service in services.values():
         for port in service.get("ports", []):
             assert str(port).startswith("127.0.0.1:"), f"{port} is published beyond loopback"
@@ -406,6 +409,24 @@ def test_render_puts_the_pid_file_where_a_service_unit_expects_it(tmp_path: Path
     # Debian's nginx.service waits for /run/nginx.pid (PIDFile=): a config that writes
     # another makes systemd give the start up.
     assert pid_line("--pid", "/run/nginx.pid") == ["/run/nginx.pid"]
+
+
+def test_render_with_a_resolver_looks_the_nodes_up_again(tmp_path: Path) -> None:
+    def rendered(*options: str) -> str:
+        return subprocess.run(
+            [str(DEPLOY / "nginx" / "render.sh"), "--prefix", str(tmp_path), *options, "a:1"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+
+    config = rendered("--resolver", "127.0.0.11")
+    assert re.findall(r"^\s*resolver (.*);$", config, re.M) == ["127.0.0.11 valid=10s"]
+    assert re.findall(r"^\s*server (\S+ \S+) ", config, re.M) == ["a:1 resolve"]
+    # Without one, the names are looked up at start (nginx before 1.27.3 has no
+    # `resolve`), and nothing of it is left in the config.
+    config = rendered()
+    assert not re.search(r"\bresolver?\b", re.sub(r"#.*", "", config))
 
 
 def test_render_refuses_a_node_without_a_port() -> None:
