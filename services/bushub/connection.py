@@ -125,6 +125,7 @@ class Connection:
         "format",
         "format_confirmed",
         "format_declared",
+        "frame_rate",
         "grant",
         "id",
         "message_rate",
@@ -140,6 +141,7 @@ class Connection:
         "sources",
         "state",
         "subscribed",
+        "throttle",
     )
 
     def __init__(
@@ -151,11 +153,17 @@ class Connection:
         grant: Grant,
         message_rate: TokenBucket,
         byte_rate: TokenBucket,
+        frame_rate: TokenBucket | None = None,
     ) -> None:
         self.id = conn_id
         self.grant = grant
         self.message_rate = message_rate
         self.byte_rate = byte_rate
+        # Frames that are not messages, and frames dropped (``EXTRA_FRAMES_PER_MESSAGE``).
+        self.frame_rate = frame_rate or TokenBucket(0)
+        # Set where reading can be held (the direct path): holds it until the frame
+        # and byte budgets allow a frame again.
+        self.throttle: Callable[[], None] | None = None
         self.agent = params.agent
         self.peer = params.peer
         self.format = params.format

@@ -25,10 +25,15 @@ from bushub.closecodes import CloseCode, close_reason
 from bushub.connection import ClientGone, Connection, ConnectionParams, new_connection_id
 from bushub.fallback import serve_fallback
 from bushub.hub import Hub
-from bushub.limits import LEAST_WAIT, TokenBucket
+from bushub.limits import EXTRA_FRAMES_PER_MESSAGE, LEAST_WAIT, TokenBucket
 from bushub.origins import OriginPolicy
 from bushub.sessions import Session, SessionParamError, session_params
-from bushub.wsprotocol import DIRECT_EXTENSION, HubWebSocketProtocol, on_client_socket
+from bushub.wsprotocol import (
+    DIRECT_EXTENSION,
+    ExtraFrame,
+    HubWebSocketProtocol,
+    on_client_socket,
+)
 from buswire import DecodeError, Dialect, Format, sessionframe, validate_agent_name
 
 log = logging.getLogger(__name__)
@@ -160,30 +165,33 @@ def _serve_direct(
         if wait:
             protocol.hold_reading(lambda: asyncio.sleep(wait))
 
-    pings_throttled = hub.metrics.pings_throttled
-    rate = conn.message_rate
+    frames_throttled = hub.metrics.frames_throttled
+    extra, size_bytes = conn.frame_rate, conn.byte_rate
 
-    async def rate_allows() -> None:
-        # Pings parsed while reading is held (the rest of a read) add to the debt;
+    async def budget_allows() -> None:
+        # Frames parsed while reading is held (the rest of a read) add to the debt;
         # what ends the wait is time, not an event.
-        while wait := rate.seconds_until_one():  # noqa: ASYNC110
+        while wait := max(extra.seconds_until_one(), size_bytes.seconds_until_one()):  # noqa: ASYNC110
             await asyncio.sleep(max(wait, LEAST_WAIT))
 
-    def on_ping() -> None:
-        # A ping costs the node a parse and a pong: each takes a message from the
-        # socket's rate, and past it reading waits until the rate allows a message
-        # again. A flood of pings from a client that reads them was answered as
-        # fast as it came.
-        if rate.spend():
-            pings_throttled.inc()
-            protocol.hold_reading(rate_allows)
+    def throttle() -> None:
+        protocol.hold_reading(budget_allows)
+
+    conn.throttle = throttle
+
+    def on_extra(kind: ExtraFrame) -> None:
+        # Each costs the node a parse (a ping a pong too) and takes from the socket's
+        # budget of frames that are not messages; past it, reading waits.
+        if extra.spend():
+            frames_throttled.labels(kind.value).inc()
+            throttle()
 
     protocol.attach(
         on_frame,
         conn.socket_ended,
         lambda: flush(conn),
         on_text if conn.session else None,
-        on_ping,
+        on_extra,
     )
     protocol.hand_over()
     flush(conn)  # what was sent to the socket between its claim and its accept
@@ -389,6 +397,7 @@ async def agent_socket(websocket: WebSocket, raw: AsgiChannel) -> None:
         byte_rate=TokenBucket(
             settings.rate_bytes, max(settings.rate_bytes, settings.max_message_bytes)
         ),
+        frame_rate=TokenBucket(settings.rate_messages * EXTRA_FRAMES_PER_MESSAGE),
     )
     if resuming is not None:
         inline_acks = query.get(sessionframe.ACKS_PARAM) == sessionframe.INLINE

@@ -9,6 +9,12 @@ import time
 # once, and its frame was tried again, and counted throttled, ~150 times each, the
 # node's loop spinning at a full core. In 2 ms even 500 messages/s refill one.
 LEAST_WAIT = 0.002
+# Frames a socket may send per message of its rate (and as many in a burst) beside
+# its messages: pings, pongs, fragments, and frames dropped over the rate or the
+# size limit. Every one of them is parsed, so past this budget the socket's reading
+# waits; a burst over the rate is dropped as before, a flood is slowed down (one
+# socket's flood of such frames was taken at line rate, a core's worth).
+EXTRA_FRAMES_PER_MESSAGE = 4
 
 
 class TokenBucket:

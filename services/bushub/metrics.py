@@ -91,10 +91,13 @@ class Metrics:
             ["op", "kind"],
             registry=r,
         )
-        self.pings_throttled = Counter(
-            "bushub_pings_throttled",
-            "Pings past a socket's --rate-messages: answered, and the socket's reading "
-            "held until its rate allows a message again",
+        self.frames_throttled = Counter(
+            "bushub_frames_throttled",
+            "Frames past a socket's budget of frames that are not messages (four per "
+            "message of --rate-messages), by kind: control (pings, pongs), fragment, "
+            "refused (dropped over the rate or the size limit); the socket's reading "
+            "is held until the budget allows a frame again",
+            ["kind"],
             registry=r,
         )
         self.resumes = Counter(

@@ -194,10 +194,13 @@ class Relay:
         conn.messages_in += 1
         if len(data) > self._max_message_bytes:
             self._received_and_dropped(conn, DropReason.OVERSIZE, len(data))
+            if origin is None:
+                self._overdrawn(conn, self._max_message_bytes)
             return False
         # A session's message has passed the rate already (``route``).
         if origin is None and take_or_wait(conn.message_rate, conn.byte_rate, len(data)):
             self._received_and_dropped(conn, DropReason.RATE_LIMITED, len(data))
+            self._overdrawn(conn, 0)
             return False
         fmt = conn.format
         if not conn.format_confirmed:
@@ -281,6 +284,19 @@ class Relay:
         if wait:
             self._metrics.session_messages.labels("throttled").inc()
         return wait
+
+    def _overdrawn(self, conn: Connection, size: int) -> None:
+        """A plain socket's frame dropped over its rate, or over the size limit
+        (``size``: what it costs the bytes' rate, the largest message's). It takes
+        from the socket's budget of extra frames and the bytes; past them the
+        socket's reading is held until they allow a frame again. A session's
+        frames are held back before this (``route``)."""
+        wait = conn.frame_rate.spend()
+        if size:
+            wait = conn.byte_rate.spend(size) or wait
+        if wait and conn.throttle is not None:
+            self._metrics.frames_throttled.labels("refused").inc()
+            conn.throttle()
 
     def _received_and_dropped(self, conn: Connection, reason: DropReason, size: int) -> None:
         """A frame refused before it was decoded: counted as received, and dropped."""

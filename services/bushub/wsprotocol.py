@@ -25,6 +25,7 @@ client that never reads it is cut off after uvicorn's close timeout.
 """
 
 import asyncio
+import enum
 import logging
 import socket
 import struct
@@ -35,6 +36,7 @@ from typing import Any, ClassVar
 from uvicorn._types import ASGIReceiveEvent
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.frames import Frame
 from websockets.protocol import State
 
 from bushub.closecodes import CloseCode
@@ -47,6 +49,18 @@ log = logging.getLogger(__name__)
 DIRECT_EXTENSION = "bushub.direct"
 
 FrameCallback = Callable[[bytes], None]
+
+
+class ExtraFrame(enum.Enum):
+    """A frame that is not a whole message, by kind (``attach``'s ``on_extra``)."""
+
+    CONTROL = "control"  # a ping or a pong
+    FRAGMENT = "fragment"  # a continuation frame
+
+
+ExtraFrameCallback = Callable[[ExtraFrame], None]
+# A message's fragments are joined into one whenever this many are held.
+JOIN_FRAGMENTS = 256
 # The code of the websocket.disconnect, and the close the hub's WebSocket layer sent
 # on its own before it (None when the client closed or vanished).
 DisconnectCallback = Callable[[int, CloseCode | None], None]
@@ -141,7 +155,8 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         self._on_frame: FrameCallback | None = None
         # Where text frames go instead, when the socket takes binary frames only.
         self._on_text: FrameCallback | None = None
-        self._on_ping: Callable[[], None] | None = None
+        # Told of each frame that is not a whole message (see ``attach``).
+        self._on_extra: ExtraFrameCallback | None = None
         self._on_disconnect: DisconnectCallback | None = None
         self._on_writable: Callable[[], None] | None = None
         # The task waiting for the publisher to have room, while reading is held.
@@ -220,9 +235,27 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         # pings from a client that never reads grew the node's memory without bound.
         if self.writable.is_set():
             self.transport.write(b"".join(pong))
-        on_ping = self._on_ping
-        if on_ping is not None:
-            on_ping()
+        on_extra = self._on_extra
+        if on_extra is not None:
+            on_extra(ExtraFrame.CONTROL)
+
+    def handle_pong(self, event: Frame) -> None:
+        super().handle_pong(event)
+        on_extra = self._on_extra
+        if on_extra is not None:
+            on_extra(ExtraFrame.CONTROL)
+
+    def handle_cont(self, event: Frame) -> None:
+        # uvicorn keeps a message's fragments in a list until the last: one object
+        # each, empty ones too, which the message's size bound does not see (a
+        # million two-byte fragments held 57 MB a socket). Joined now and then, the
+        # list stays short.
+        if len(self.frames) >= JOIN_FRAGMENTS:
+            self.frames = [b"".join(self.frames)]
+        super().handle_cont(event)
+        on_extra = self._on_extra
+        if on_extra is not None:
+            on_extra(ExtraFrame.FRAGMENT)
 
     def handle_events(self) -> None:
         # Heard from: a whole frame came, data or control. Bytes alone are not: a
@@ -276,12 +309,13 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         on_disconnect: DisconnectCallback,
         on_writable: Callable[[], None],
         on_text: FrameCallback | None = None,
-        on_ping: Callable[[], None] | None = None,
+        on_extra: ExtraFrameCallback | None = None,
     ) -> None:
         """Hand every later message to ``on_frame``, the end to ``on_disconnect``,
         and each resumption of writing (flow control) to ``on_writable``; with
         ``on_text`` (a socket that takes binary frames only), text frames go there;
-        ``on_ping`` is told of each ping, once it is answered.
+        ``on_extra`` is told of each frame that is not a whole message: a ping
+        (once answered) or pong, a fragment after a message's first.
 
         Messages that arrived before (queued for the ASGI app, reading paused) are
         handed over first, in order.
@@ -293,7 +327,7 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         self._on_disconnect = on_disconnect
         self._on_writable = on_writable
         self._on_text = on_text
-        self._on_ping = on_ping
+        self._on_extra = on_extra
         for message in early:
             if message["type"] == "websocket.receive":
                 data = message.get("bytes")
@@ -315,7 +349,7 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         self._on_disconnect = None
         self._on_writable = None
         self._on_text = None
-        self._on_ping = None
+        self._on_extra = None
         # With no _on_disconnect, the inbox's callback (a bound method: a cycle
         # through self) has nothing left to do. Let go, the protocol dies by
         # reference count once its socket ends, not at a rare full collection.

@@ -167,18 +167,20 @@ async def upgrade_status(port: int, target: str, timeout: float = TIMEOUT) -> in
     return int(status_line.split()[1])
 
 
-PING, PONG, BINARY = 0x9, 0xA, 0x2
+CONTINUATION, PING, PONG, BINARY = 0x0, 0x9, 0xA, 0x2
 
 
-def client_frame(opcode: int, payload: bytes) -> bytes:
-    """A final client frame, masked with a zero mask (the payload as it is)."""
+def client_frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
+    """A client frame (final unless ``fin`` is False), masked with a zero mask (the
+    payload as it is)."""
     size = len(payload)
+    first = opcode | (0x80 if fin else 0)
     if size < 126:
-        head = bytes((0x80 | opcode, 0x80 | size))
+        head = bytes((first, 0x80 | size))
     elif size < 1 << 16:
-        head = bytes((0x80 | opcode, 0x80 | 126)) + size.to_bytes(2, "big")
+        head = bytes((first, 0x80 | 126)) + size.to_bytes(2, "big")
     else:
-        head = bytes((0x80 | opcode, 0x80 | 127)) + size.to_bytes(8, "big")
+        head = bytes((first, 0x80 | 127)) + size.to_bytes(8, "big")
     return head + b"\0\0\0\0" + payload
 
 
