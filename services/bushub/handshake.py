@@ -71,6 +71,7 @@ def _plain_response(status: bytes, body: bytes) -> bytes:
 
 _TIMED_OUT = _plain_response(b"408 Request Timeout", b"request timeout")
 _TOO_LARGE = _plain_response(b"431 Request Header Fields Too Large", b"headers too large")
+_UPGRADE_NEEDS_11 = _plain_response(b"400 Bad Request", b"a WebSocket upgrade needs HTTP/1.1")
 
 
 class HandshakeGuard:
@@ -137,6 +138,14 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def handle_websocket_upgrade(self) -> None:
         # The request is complete: the socket is the WebSocket protocol's now.
         self._disarm()
+        version = self.scope.get("http_version", "1.1")
+        if version != "1.1":
+            # RFC 6455 asks HTTP/1.1 of an upgrade; uvicorn handed the WebSocket
+            # layer an HTTP/0.9 or HTTP/2.0 request line rewritten as 1.1.
+            self._refuse(_UPGRADE_NEEDS_11)
+            self.guard.refuse(BAD_UPGRADE, self.client, f"HTTP/{version}")
+            self.parser = None  # type: ignore[assignment]
+            return
         super().handle_websocket_upgrade()
         # httptools' parser holds bound methods of this protocol (its callbacks), and
         # this protocol holds the parser: a cycle uvicorn breaks in connection_lost,

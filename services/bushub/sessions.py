@@ -21,6 +21,7 @@ relayed once already, or refused for good), so the proxy can forget it.
 import asyncio
 import hashlib
 import logging
+import math
 import secrets
 import time
 from collections.abc import Callable
@@ -79,6 +80,9 @@ _UNKEPT_RECHECK = 1.0
 # released, a session whose socket ended is held for good (it never expires).
 _RELEASE_AGAIN_FIRST = 0.5
 _RELEASE_AGAIN_MOST = 10.0
+# Messages a second taken as a socket's rate for the ``sent_lost`` bound when it has
+# none (--rate-messages 0).
+_SENT_LOST_RATE_FLOOR = 2000.0
 
 
 class SessionParamError(ValueError):
@@ -249,6 +253,13 @@ class Sessions:
     ) -> None:
         self.window = settings.resume_window
         self.enabled = settings.resume_window > 0
+        # What one handshake may add to the ``sent_lost`` count: as many as the
+        # socket's rate lets through in a window (a proxy away longer starts anew).
+        # The count is the client's word: one handshake saying 10**15 made the
+        # counter too large for a float to add 1 to.
+        self._most_sent_lost = math.ceil(
+            max(settings.rate_messages, _SENT_LOST_RATE_FLOOR) * settings.resume_window
+        )
         # Live messages held behind a replay or a hole's fill, in bytes, per socket at
         # most: a slow reader's replay waits for it, and what comes live meanwhile
         # must not grow without bound.
@@ -297,13 +308,17 @@ class Sessions:
         # did not hold starts anew, its proxy reporting the loss itself, so a first
         # handshake cannot add to the count.
         if session.sent_lost and resumed.result != sessionframe.ResumeResult.NEW:
+            counted = min(session.sent_lost, self._most_sent_lost)
             log.warning(
-                "session of %s: its proxy gave up %d message(s) it sent unacknowledged",
+                "session of %s: its proxy gave up %d message(s) it sent unacknowledged%s",
                 conn.agent,
                 session.sent_lost,
+                f" (counted {counted}: its rate allows no more in a window)"
+                if counted < session.sent_lost
+                else "",
                 extra={"rate_key": conn.agent},
             )
-            self._metrics.session_messages.labels("sent_lost").inc(session.sent_lost)
+            self._metrics.session_messages.labels("sent_lost").inc(counted)
         if resumed.result == sessionframe.ResumeResult.GAP:
             log.warning(
                 "session of %s resumed with a gap (received %d, newest %d)",

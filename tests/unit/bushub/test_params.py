@@ -5,6 +5,8 @@ A handshake asking for something the hub does not offer is refused with HTTP 403
 before any upgrade, and nothing of it is claimed or recorded.
 """
 
+import asyncio
+
 import httpx
 import pytest
 from websockets.exceptions import InvalidStatus
@@ -96,3 +98,25 @@ async def test_a_plain_request_on_a_sockets_path_is_told_to_upgrade(node: Runnin
         assert response.headers["upgrade"] == "websocket"
         assert "WebSocket handshakes" in response.text
     assert node.metric("bushub_connections_refused_total", reason="bad_upgrade") == 3
+
+
+@pytest.mark.parametrize("version", ["0.9", "1.0", "2.0"])
+async def test_an_upgrade_in_another_http_version_than_1_1_is_refused(
+    node: RunningHub, version: str
+) -> None:
+    """RFC 6455 asks HTTP/1.1 of an upgrade: HTTP/0.9 and 2.0 request lines were upgraded
+    (uvicorn rewrote them as 1.1 for the WebSocket layer)."""
+    reader, writer = await asyncio.open_connection(node.host, node.port)
+    writer.write(
+        f"GET /ws/old?peer=x HTTP/{version}\r\nHost: h\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    answer = await asyncio.wait_for(reader.read(), TIMEOUT)  # then closed
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    assert answer.endswith(b"a WebSocket upgrade needs HTTP/1.1")
+    assert node.metric("bushub_connections_refused_total", reason="bad_upgrade") == 1
+    assert await node.holder("old") is None
+    async with node.connect("new") as ws:  # HTTP/1.1, as every client sends
+        await still_served(ws, "new")

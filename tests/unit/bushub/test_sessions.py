@@ -251,6 +251,19 @@ async def test_a_new_session_saying_it_gave_up_sends_adds_nothing_to_the_count()
     assert node.counted("sent_lost") == 0
 
 
+async def test_a_held_session_saying_it_gave_up_past_its_rate_counts_that_much() -> None:
+    """The count is the proxy's word: more than its socket's rate lets through in a
+    window is counted as that much (one handshake saying 10**15 made the counter too
+    large for a float to add a real loss to)."""
+    node = Node()
+    first = await node.session_socket("S1")
+    await away_with(node, first, 1)
+    back = await node.session_socket("S1", received=0, sent_lost=10**15)
+    assert back.session is not None and back.session.result == "gap"
+    most = 2000 * LIMITS.window  # --rate-messages' default, a window's worth
+    assert node.counted("sent_lost") == most < 10**15
+
+
 async def test_a_resume_past_one_page_reads_the_rest_a_page_at_a_time_before_live() -> None:
     node = Node(limits=SessionLimits(window=60.0, messages=10_000, bytes=1 << 26))
     kept = 2 * REPLAY_PAGE + 10
