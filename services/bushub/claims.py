@@ -59,6 +59,11 @@ class ClaimFence:
         ``agent`` again, unless a claim seen since says otherwise."""
         self._newest.setdefault(agent, conn_id)
 
+    def unconfirmed(self, agent: str) -> bool:
+        """True if no claim of ``agent`` is known here since a ``suspend``: neither
+        seen nor confirmed (one seen for another connection is known)."""
+        return agent not in self._newest
+
     def holds(self, agent: str, conn_id: str) -> bool:
         """True if ``conn_id`` made the newest claim of ``agent`` seen here."""
         return self._newest.get(agent) == conn_id

@@ -118,9 +118,12 @@ class Hub:
         self.relay.sessions = self.sessions
         self.heartbeat.on_lapsed = self.sessions.lapsed
         claims = self.presence.claims
-        self.presence.on_confirmed = lambda: self.sessions.claims_confirmed(
-            lambda conn: claims.holds(conn.agent, conn.id)
-        )
+
+        def confirmed() -> None:
+            self.relay.claims_confirmed()
+            self.sessions.claims_confirmed(lambda conn: claims.holds(conn.agent, conn.id))
+
+        self.presence.on_confirmed = confirmed
         self.gone_senders = GoneSenders(
             broker, self.presence.connections, metrics, settings.resume_forget_every
         )
@@ -201,6 +204,7 @@ class Hub:
         """Forget a socket that has ended; withdraw its presence if it held the name."""
         was_holder = self.presence.let_go(conn)
         self.outbound.lost(conn)
+        self.relay.let_go(conn)
         session = conn.session
         try:
             if conn.subscribed:

@@ -278,7 +278,7 @@ class Publisher:
         if type(outcome) is int:
             self._held -= len(item[1])
             self._on_published(item[0], item[1], outcome)
-            self._remember(item)
+            self._remember(item, outcome)
             if self._refused:
                 self._accepted()
         elif outcome is not None and is_key_refusal(outcome):
@@ -299,11 +299,14 @@ class Publisher:
         elif not self._room.is_set() and self._has_room():
             self._room.set()
 
-    def _remember(self, item: tuple[str, bytes]) -> None:
+    def _remember(self, item: tuple[str, bytes], receivers: int) -> None:
         """An acknowledged message: kept a while in case a break follows (per
-        message on the hot path: an append, and a trim now and then)."""
+        message on the hot path: an append, and a trim now and then). One that
+        reached no subscriber is not: it was counted undeliverable, and sent again
+        after a later break it arrived behind newer messages (a receiver that had
+        just resubscribed got it late, out of order)."""
         prefix = self._resend_prefix
-        if prefix is None or not item[0].startswith(prefix):
+        if prefix is None or not receivers or not item[0].startswith(prefix):
             return
         if not self._broker.up:
             # Acknowledged after the break was seen: just as much in doubt.
@@ -492,7 +495,7 @@ class Publisher:
                     if count is not None:
                         self._held -= len(item[1])
                         self._on_published(item[0], item[1], count)
-                        self._remember(item)
+                        self._remember(item, count)
                     elif error is not None and is_key_refusal(error):
                         self._held -= len(item[1])
                         self._key_refused(item, error)
@@ -540,4 +543,4 @@ class Publisher:
                 self._room.set()
             for item, count in zip(batch, counts, strict=True):
                 self._on_published(item[0], item[1], count)
-                self._remember(item)
+                self._remember(item, count)

@@ -25,6 +25,7 @@ from bushub.metrics import Metrics
 from bushub.outbound import Outbound
 from bushub.recentframes import RecentFrames
 from bushub.settings import Settings
+from bushub.unconfirmed import UnconfirmedFrames
 from buswire import (
     DecodeError,
     DropReason,
@@ -109,6 +110,9 @@ class Relay:
         # Kept frames are recorded with their stream position and looked up as
         # published (a copy sent again is not kept).
         self._recent = RecentFrames(key=relay_of)
+        # For plain sockets whose claim a broker break left unconfirmed.
+        unconfirmed = metrics.messages_dropped.labels(DropReason.UNCONFIRMED)
+        self._unconfirmed = UnconfirmedFrames(settings.queue_bytes, unconfirmed.inc)
         self._clock = clock
         # Set by the hub: sockets that named a session are framed and numbered.
         self.sessions: Sessions | None = None
@@ -341,12 +345,18 @@ class Relay:
             else:
                 self._metrics.messages_dropped.labels(DropReason.NO_LOCAL_AGENT).inc()
             return
+        held = self._unconfirmed
+        if held.waiting_for and conn in held.waiting_for:
+            held.hold(conn, data)  # behind those held before it
+            return
         if not self._claims.holds(agent, conn.id):
             # A newer claim of the name came first in the broker's order: the message
             # is the newer socket's (on whichever node), and this one is being closed.
             # Or, after a broker break, the socket's claim is not confirmed yet.
             if conn.close_code is not None:
                 self._metrics.messages_dropped.labels(DropReason.CLOSING).inc()
+            elif conn.session is None and self._claims.unconfirmed(agent):
+                held.hold(conn, data)  # delivered once it is (``claims_confirmed``)
             elif conn.session is None or not is_kept(data):
                 self._metrics.messages_dropped.labels(DropReason.UNCONFIRMED).inc()
             if conn.close_code is None and conn.session is not None:
@@ -409,6 +419,25 @@ class Relay:
                 # Numbered: a session of the name is away, and its stream keeps this.
                 sessions.given_to_plain_holder(agent, frame.position)
         self._recent.add(data)
+
+    def claims_confirmed(self) -> None:
+        """This node's claims were confirmed after a broker break: what was held for
+        plain sockets now confirmed is delivered, in order; sockets that ended or
+        lost their name have theirs dropped; the others wait for the next
+        confirmation (or their close)."""
+        held = self._unconfirmed
+        for conn in held.waiting():
+            if conn.close_code is not None or self._holders.get(conn.agent) is not conn:
+                held.let_go(conn)
+            elif self._claims.holds(conn.agent, conn.id):
+                for data in held.take(conn):
+                    self.deliver(conn.agent, data)
+            elif not self._claims.unconfirmed(conn.agent):
+                held.let_go(conn)  # a newer claim came: they were for that socket
+
+    def let_go(self, conn: Connection) -> None:
+        """``conn`` ended: what was held for it is dropped."""
+        self._unconfirmed.let_go(conn)
 
     def _seen_again(self, original: bytes) -> bool:
         """Whether a frame sent again (as first sent) was delivered here already;

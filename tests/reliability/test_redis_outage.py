@@ -310,3 +310,110 @@ async def test_each_of_two_outages_close_together_is_logged(faults: Faults) -> N
         await asyncio.sleep(1.0 if outage == 1 else 0)
     # Its retries are still limited: one line each way per outage.
     assert node.log_text().count("redis unreachable") == 2
+
+
+FREEZE = 5.5  # seconds: past the subscription's liveness bound (about 4 s)
+
+
+async def test_a_frozen_redis_loses_no_plain_sockets_message(faults: Faults, figures) -> None:
+    """Redis stopped (SIGSTOP: a VM paused, a fork on a large dataset) long enough for
+    the nodes to take their subscriptions for lost, then running again. The nodes hold
+    their publishes meanwhile and send them the moment it answers, while each is still
+    confirming its sockets' claims: those messages are held for the sockets, not
+    dropped ``unconfirmed`` (an independent probe lost the whole freeze, 91 messages
+    each way)."""
+    n1, n2 = faults.ready("n1", "n2", presence_ttl=30.0, peer_grace=30.0)
+    redis = faults.redis
+    assert redis is not None
+    a = await Inbox.open(n1, "fz-a", "fz-b")
+    b = await Inbox.open(n2, "fz-b", "fz-a")
+    await a.announced_peer("fz-b")
+    await b.announced_peer("fz-a")
+    before = {n.node_id: await in_thread(n.metrics) for n in (n1, n2)}
+    stop = asyncio.Event()
+    sent_ab: list[int] = []
+    sent_ba: list[int] = []
+    senders = [
+        asyncio.create_task(send_numbered(a.ws, "fz-a", "fz-b", stop, sent_ab, INTERVAL)),
+        asyncio.create_task(send_numbered(b.ws, "fz-b", "fz-a", stop, sent_ba, INTERVAL)),
+    ]
+    await asyncio.sleep(1.0)
+    redis.signal(signal.SIGSTOP)
+    try:
+        await asyncio.sleep(FREEZE)
+    finally:
+        redis.signal(signal.SIGCONT)
+    assert "redis unreachable" in n1.log_text(), "the freeze was not taken for a break"
+
+    async def both_ready() -> bool:
+        return all([(await in_thread(n.get, "/readyz"))[0] == 200 for n in (n1, n2)])
+
+    assert await until(both_ready, timeout=10)
+    await asyncio.sleep(1.5)  # steady traffic after
+    stop.set()
+    await asyncio.gather(*senders)
+    await b.wait(lambda: len(b.seqs) >= len(sent_ab), timeout=5)
+    await a.wait(lambda: len(a.seqs) >= len(sent_ba), timeout=5)
+    after = {n.node_id: await in_thread(n.metrics) for n in (n1, n2)}
+    dropped = {n: delta(after[n].dropped(), before[n].dropped()) for n in after}
+    lost_ab, dup_ab, order_ab = losses(len(sent_ab), b.seqs)
+    lost_ba, dup_ba, order_ba = losses(len(sent_ba), a.seqs)
+    figures("messages sent a->b / b->a", f"{len(sent_ab)} / {len(sent_ba)}")
+    figures("lost a->b / b->a", f"{len(lost_ab)} / {len(lost_ba)}")
+    figures("drops counted (both nodes)", dropped)
+    assert not lost_ab and not lost_ba, (lost_ab[:10], lost_ba[:10], dropped)
+    assert dup_ab == dup_ba == 0 and order_ab and order_ba
+    assert all("unconfirmed" not in d for d in dropped.values()), dropped
+    await a.close()
+    await b.close()
+
+
+async def test_messages_while_a_node_reconfirms_its_claims_are_held_not_dropped(
+    faults: Faults, figures
+) -> None:
+    """One node's subscription cut (``CLIENT KILL``) while the other goes on
+    publishing, as when Redis stops just long enough for one node to take its
+    subscription for lost: between its resubscribe and the reconcile that confirms
+    its sockets' claims, messages arrive; they wait for the confirmation, not dropped
+    ``unconfirmed``. What Redis published while nobody was subscribed is counted
+    ``undeliverable`` by the sender's node, as before, and lost: not sent again after
+    that node's own break later, where it came behind newer messages."""
+    n1, n2 = faults.ready("n1", "n2", presence_ttl=30.0, peer_grace=30.0)
+    redis = faults.redis
+    assert redis is not None
+    a = await Inbox.open(n1, "rc-a", "rc-b")
+    b = await Inbox.open(n2, "rc-b", "rc-a")
+    await a.announced_peer("rc-b")
+    await b.announced_peer("rc-a")
+    before = {n.node_id: await in_thread(n.metrics) for n in (n1, n2)}
+    stop = asyncio.Event()
+    sent_ab: list[int] = []
+    sent_ba: list[int] = []
+    senders = [
+        asyncio.create_task(send_numbered(a.ws, "rc-a", "rc-b", stop, sent_ab, 0.002)),
+        asyncio.create_task(send_numbered(b.ws, "rc-b", "rc-a", stop, sent_ba, 0.002)),
+    ]
+    for _ in range(6):
+        await asyncio.sleep(0.5)
+        # One subscriber of the two (a pub/sub client's flags hold P).
+        clients = (await in_thread(redis.cli, "CLIENT", "LIST")).splitlines()
+        [first, *_] = [line for line in clients if " flags=P " in line]
+        client_id = first.split()[0].removeprefix("id=")
+        await in_thread(redis.cli, "CLIENT", "KILL", "ID", client_id)
+    await asyncio.sleep(1.0)
+    stop.set()
+    await asyncio.gather(*senders)
+    await asyncio.sleep(1.0)
+    after = {n.node_id: await in_thread(n.metrics) for n in (n1, n2)}
+    dropped = {n: delta(after[n].dropped(), before[n].dropped()) for n in after}
+    lost_ab, dup_ab, order_ab = losses(len(sent_ab), b.seqs)
+    lost_ba, dup_ba, order_ba = losses(len(sent_ba), a.seqs)
+    figures("messages sent a->b / b->a", f"{len(sent_ab)} / {len(sent_ba)}")
+    figures("lost a->b / b->a", f"{len(lost_ab)} / {len(lost_ba)}")
+    figures("drops counted (both nodes)", dropped)
+    assert all("unconfirmed" not in d for d in dropped.values()), dropped
+    counted = sum(sum(d.values()) for d in dropped.values())
+    assert len(lost_ab) + len(lost_ba) <= counted
+    assert dup_ab == dup_ba == 0 and order_ab and order_ba
+    await a.close()
+    await b.close()

@@ -133,6 +133,72 @@ def test_a_holder_whose_claim_is_not_the_newest_gets_nothing() -> None:
     assert wired.dropped("unconfirmed") == 1
 
 
+def frames_for_b(count: int, start: int = 0) -> list[bytes]:
+    return [
+        pack_relay(Format.JSON, NOW, as_json(task_request("a", "b", seq)))
+        for seq in range(start, start + count)
+    ]
+
+
+def test_what_comes_while_a_claim_is_unconfirmed_is_held_and_delivered_once_it_is() -> None:
+    """Other nodes send what they held through a broker break the moment it ends,
+    before this node has confirmed its claims: a Redis frozen for 5 s cost plain
+    sockets every message of the freeze (dropped ``unconfirmed``)."""
+    wired = Wired()
+    holder = connection("b", "a")
+    wired.hold(holder)
+    wired.claims.suspend()  # a broker break
+    early = frames_for_b(3)
+    for frame in early:
+        wired.relay.deliver("b", frame)
+    assert written(holder) == [] and wired.dropped("unconfirmed") == 0
+    # Confirmed, but what came since waits behind what was held: in order.
+    wired.claims.confirm("b", holder.id)
+    [late] = frames_for_b(1, start=3)
+    wired.relay.deliver("b", late)
+    assert written(holder) == []
+    wired.relay.claims_confirmed()
+    assert written(holder) == [unpack_relay(f).payload for f in [*early, late]]
+    [later] = frames_for_b(1, start=4)
+    wired.relay.deliver("b", later)  # nothing held any more: straight through
+    assert written(holder)[-1] == unpack_relay(later).payload
+    assert wired.dropped("unconfirmed") == 0
+
+
+def test_what_was_held_for_a_socket_that_lost_its_name_or_ended_is_dropped() -> None:
+    wired = Wired()
+    lost, ended, waits = connection("b", "a"), connection("c", "a"), connection("d", "a")
+    for conn in (lost, ended, waits):
+        wired.hold(conn)
+    wired.claims.suspend()
+    for agent in ("b", "c", "d"):
+        for frame in frames_for_b(2):
+            wired.relay.deliver(agent, frame)
+    wired.claims.seen("b", "elsewhere.newer")  # a newer claim, heard once resubscribed
+    wired.relay.let_go(ended)
+    assert wired.dropped("unconfirmed") == 2
+    wired.relay.claims_confirmed()  # ``d`` is not confirmed yet: it waits on
+    assert wired.dropped("unconfirmed") == 4
+    assert written(lost) == written(ended) == written(waits) == []
+    wired.claims.confirm("d", waits.id)
+    wired.relay.claims_confirmed()
+    assert len(written(waits)) == 2 and wired.dropped("unconfirmed") == 4
+
+
+def test_what_is_held_for_an_unconfirmed_claim_is_bounded_in_bytes() -> None:
+    frames = frames_for_b(10)
+    wired = Wired(queue_bytes=3 * len(frames[0]))
+    holder = connection("b", "a")
+    wired.hold(holder)
+    wired.claims.suspend()
+    for frame in frames:
+        wired.relay.deliver("b", frame)
+    assert wired.dropped("unconfirmed") == 7
+    wired.claims.confirm("b", holder.id)
+    wired.relay.claims_confirmed()
+    assert written(holder) == [unpack_relay(f).payload for f in frames[7:]], "the newest"
+
+
 def test_a_publish_nobody_received_is_undeliverable_only_on_message_channels() -> None:
     wired = Wired()
     wired.relay.published(message_channel("b"), 0)
