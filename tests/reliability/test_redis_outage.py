@@ -9,7 +9,9 @@ period after, resubscribe every channel and re-record presence.
 import asyncio
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 
 import pytest
 from websockets.exceptions import InvalidStatus
@@ -315,6 +317,57 @@ async def test_each_of_two_outages_close_together_is_logged(faults: Faults) -> N
 FREEZE = 5.5  # seconds: past the subscription's liveness bound (about 4 s)
 
 
+@dataclass
+class Traffic:
+    """Numbered messages both ways between ``a`` on node 1 and ``b`` on node 2, and
+    what became of them (``counted`` once ``traffic`` has ended)."""
+
+    nodes: tuple[FaultNode, FaultNode]
+    a: Inbox
+    b: Inbox
+    sent_ab: list[int] = field(default_factory=list)
+    sent_ba: list[int] = field(default_factory=list)
+    lost: int = 0
+    dropped: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+@asynccontextmanager
+async def traffic(faults: Faults, figures, prefix: str, interval: float) -> AsyncIterator[Traffic]:
+    """Two nodes, a pair sending both ways every ``interval`` s while the body runs;
+    then losses, duplicates and order checked (none lost uncounted, none twice, in
+    order) and the drops each node counted recorded."""
+    n1, n2 = faults.ready("n1", "n2", presence_ttl=30.0, peer_grace=30.0)
+    a = await Inbox.open(n1, f"{prefix}-a", f"{prefix}-b")
+    b = await Inbox.open(n2, f"{prefix}-b", f"{prefix}-a")
+    await a.announced_peer(f"{prefix}-b")
+    await b.announced_peer(f"{prefix}-a")
+    run = Traffic((n1, n2), a, b)
+    before = {n.node_id: await in_thread(n.metrics) for n in run.nodes}
+    stop = asyncio.Event()
+    senders = [
+        asyncio.create_task(send_numbered(a.ws, a.name, b.name, stop, run.sent_ab, interval)),
+        asyncio.create_task(send_numbered(b.ws, b.name, a.name, stop, run.sent_ba, interval)),
+    ]
+    await asyncio.sleep(1.0)
+    yield run
+    await asyncio.sleep(1.0)  # steady traffic after
+    stop.set()
+    await asyncio.gather(*senders)
+    await asyncio.sleep(1.0)  # what is on its way arrives
+    after = {n.node_id: await in_thread(n.metrics) for n in run.nodes}
+    run.dropped = {n: delta(after[n].dropped(), before[n].dropped()) for n in after}
+    lost_ab, dup_ab, order_ab = losses(len(run.sent_ab), b.seqs)
+    lost_ba, dup_ba, order_ba = losses(len(run.sent_ba), a.seqs)
+    run.lost = len(lost_ab) + len(lost_ba)
+    figures("messages sent a->b / b->a", f"{len(run.sent_ab)} / {len(run.sent_ba)}")
+    figures("lost a->b / b->a", f"{len(lost_ab)} / {len(lost_ba)}")
+    figures("drops counted (both nodes)", run.dropped)
+    assert run.lost <= sum(sum(d.values()) for d in run.dropped.values()), run.dropped
+    assert dup_ab == dup_ba == 0 and order_ab and order_ba
+    await a.close()
+    await b.close()
+
+
 async def test_a_frozen_redis_loses_no_plain_sockets_message(faults: Faults, figures) -> None:
     """Redis stopped (SIGSTOP: a VM paused, a fork on a large dataset) long enough for
     the nodes to take their subscriptions for lost, then running again. The nodes hold
@@ -322,50 +375,22 @@ async def test_a_frozen_redis_loses_no_plain_sockets_message(faults: Faults, fig
     confirming its sockets' claims: those messages are held for the sockets, not
     dropped ``unconfirmed`` (an independent probe lost the whole freeze, 91 messages
     each way)."""
-    n1, n2 = faults.ready("n1", "n2", presence_ttl=30.0, peer_grace=30.0)
-    redis = faults.redis
-    assert redis is not None
-    a = await Inbox.open(n1, "fz-a", "fz-b")
-    b = await Inbox.open(n2, "fz-b", "fz-a")
-    await a.announced_peer("fz-b")
-    await b.announced_peer("fz-a")
-    before = {n.node_id: await in_thread(n.metrics) for n in (n1, n2)}
-    stop = asyncio.Event()
-    sent_ab: list[int] = []
-    sent_ba: list[int] = []
-    senders = [
-        asyncio.create_task(send_numbered(a.ws, "fz-a", "fz-b", stop, sent_ab, INTERVAL)),
-        asyncio.create_task(send_numbered(b.ws, "fz-b", "fz-a", stop, sent_ba, INTERVAL)),
-    ]
-    await asyncio.sleep(1.0)
-    redis.signal(signal.SIGSTOP)
-    try:
-        await asyncio.sleep(FREEZE)
-    finally:
-        redis.signal(signal.SIGCONT)
-    assert "redis unreachable" in n1.log_text(), "the freeze was not taken for a break"
+    redis = faults.start_redis()
+    async with traffic(faults, figures, "fz", INTERVAL) as run:
+        redis.signal(signal.SIGSTOP)
+        try:
+            await asyncio.sleep(FREEZE)
+        finally:
+            redis.signal(signal.SIGCONT)
+        freeze_seen = "redis unreachable" in run.nodes[0].log_text()
+        assert freeze_seen, "the freeze was not taken for a break"
 
-    async def both_ready() -> bool:
-        return all([(await in_thread(n.get, "/readyz"))[0] == 200 for n in (n1, n2)])
+        async def both_ready() -> bool:
+            return all([(await in_thread(n.get, "/readyz"))[0] == 200 for n in run.nodes])
 
-    assert await until(both_ready, timeout=10)
-    await asyncio.sleep(1.5)  # steady traffic after
-    stop.set()
-    await asyncio.gather(*senders)
-    await b.wait(lambda: len(b.seqs) >= len(sent_ab), timeout=5)
-    await a.wait(lambda: len(a.seqs) >= len(sent_ba), timeout=5)
-    after = {n.node_id: await in_thread(n.metrics) for n in (n1, n2)}
-    dropped = {n: delta(after[n].dropped(), before[n].dropped()) for n in after}
-    lost_ab, dup_ab, order_ab = losses(len(sent_ab), b.seqs)
-    lost_ba, dup_ba, order_ba = losses(len(sent_ba), a.seqs)
-    figures("messages sent a->b / b->a", f"{len(sent_ab)} / {len(sent_ba)}")
-    figures("lost a->b / b->a", f"{len(lost_ab)} / {len(lost_ba)}")
-    figures("drops counted (both nodes)", dropped)
-    assert not lost_ab and not lost_ba, (lost_ab[:10], lost_ba[:10], dropped)
-    assert dup_ab == dup_ba == 0 and order_ab and order_ba
-    assert all("unconfirmed" not in d for d in dropped.values()), dropped
-    await a.close()
-    await b.close()
+        assert await until(both_ready, timeout=10)
+    assert run.lost == 0
+    assert all("unconfirmed" not in d for d in run.dropped.values()), run.dropped
 
 
 async def test_messages_while_a_node_reconfirms_its_claims_are_held_not_dropped(
@@ -378,42 +403,13 @@ async def test_messages_while_a_node_reconfirms_its_claims_are_held_not_dropped(
     ``unconfirmed``. What Redis published while nobody was subscribed is counted
     ``undeliverable`` by the sender's node, as before, and lost: not sent again after
     that node's own break later, where it came behind newer messages."""
-    n1, n2 = faults.ready("n1", "n2", presence_ttl=30.0, peer_grace=30.0)
-    redis = faults.redis
-    assert redis is not None
-    a = await Inbox.open(n1, "rc-a", "rc-b")
-    b = await Inbox.open(n2, "rc-b", "rc-a")
-    await a.announced_peer("rc-b")
-    await b.announced_peer("rc-a")
-    before = {n.node_id: await in_thread(n.metrics) for n in (n1, n2)}
-    stop = asyncio.Event()
-    sent_ab: list[int] = []
-    sent_ba: list[int] = []
-    senders = [
-        asyncio.create_task(send_numbered(a.ws, "rc-a", "rc-b", stop, sent_ab, 0.002)),
-        asyncio.create_task(send_numbered(b.ws, "rc-b", "rc-a", stop, sent_ba, 0.002)),
-    ]
-    for _ in range(6):
-        await asyncio.sleep(0.5)
-        # One subscriber of the two (a pub/sub client's flags hold P).
-        clients = (await in_thread(redis.cli, "CLIENT", "LIST")).splitlines()
-        [first, *_] = [line for line in clients if " flags=P " in line]
-        client_id = first.split()[0].removeprefix("id=")
-        await in_thread(redis.cli, "CLIENT", "KILL", "ID", client_id)
-    await asyncio.sleep(1.0)
-    stop.set()
-    await asyncio.gather(*senders)
-    await asyncio.sleep(1.0)
-    after = {n.node_id: await in_thread(n.metrics) for n in (n1, n2)}
-    dropped = {n: delta(after[n].dropped(), before[n].dropped()) for n in after}
-    lost_ab, dup_ab, order_ab = losses(len(sent_ab), b.seqs)
-    lost_ba, dup_ba, order_ba = losses(len(sent_ba), a.seqs)
-    figures("messages sent a->b / b->a", f"{len(sent_ab)} / {len(sent_ba)}")
-    figures("lost a->b / b->a", f"{len(lost_ab)} / {len(lost_ba)}")
-    figures("drops counted (both nodes)", dropped)
-    assert all("unconfirmed" not in d for d in dropped.values()), dropped
-    counted = sum(sum(d.values()) for d in dropped.values())
-    assert len(lost_ab) + len(lost_ba) <= counted
-    assert dup_ab == dup_ba == 0 and order_ab and order_ba
-    await a.close()
-    await b.close()
+    redis = faults.start_redis()
+    async with traffic(faults, figures, "rc", 0.002) as run:
+        for _ in range(6):
+            await asyncio.sleep(0.5)
+            # One subscriber of the two (a pub/sub client's flags hold P).
+            clients = (await in_thread(redis.cli, "CLIENT", "LIST")).splitlines()
+            [first, *_] = [line for line in clients if " flags=P " in line]
+            client_id = first.split()[0].removeprefix("id=")
+            await in_thread(redis.cli, "CLIENT", "KILL", "ID", client_id)
+    assert all("unconfirmed" not in d for d in run.dropped.values()), run.dropped
