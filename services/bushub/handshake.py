@@ -72,6 +72,7 @@ def _plain_response(status: bytes, body: bytes) -> bytes:
 _TIMED_OUT = _plain_response(b"408 Request Timeout", b"request timeout")
 _TOO_LARGE = _plain_response(b"431 Request Header Fields Too Large", b"headers too large")
 _UPGRADE_NEEDS_11 = _plain_response(b"400 Bad Request", b"a WebSocket upgrade needs HTTP/1.1")
+_ONE_HOST = _plain_response(b"400 Bad Request", b"a request needs exactly one Host header")
 
 
 class HandshakeGuard:
@@ -139,11 +140,14 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         # The request is complete: the socket is the WebSocket protocol's now.
         self._disarm()
         version = self.scope.get("http_version", "1.1")
-        if version != "1.1":
-            # RFC 6455 asks HTTP/1.1 of an upgrade; uvicorn handed the WebSocket
-            # layer an HTTP/0.9 or HTTP/2.0 request line rewritten as 1.1.
-            self._refuse(_UPGRADE_NEEDS_11)
-            self.guard.refuse(BAD_UPGRADE, self.client, f"HTTP/{version}")
+        hosts = sum(1 for name, _ in self.headers if name == b"host")
+        if version != "1.1" or hosts != 1:
+            # RFC 6455 asks HTTP/1.1 of an upgrade (uvicorn handed the WebSocket
+            # layer an HTTP/0.9 or HTTP/2.0 request line rewritten as 1.1), and HTTP/1.1
+            # exactly one Host (RFC 9112 3.2).
+            self._refuse(_UPGRADE_NEEDS_11 if version != "1.1" else _ONE_HOST)
+            why = f"HTTP/{version}" if version != "1.1" else f"{hosts} Host headers"
+            self.guard.refuse(BAD_UPGRADE, self.client, why)
             self.parser = None  # type: ignore[assignment]
             return
         super().handle_websocket_upgrade()

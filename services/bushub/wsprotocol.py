@@ -290,6 +290,17 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
             self.guard.refuse(BAD_UPGRADE, self.client, str(why) if why else "refused")
 
     def handle_connect(self, event: Any) -> None:
+        if event.headers.get_all("Sec-WebSocket-Version") != ["13"]:
+            # RFC 6455 4.4: a version the server does not speak is answered with the
+            # one it does, which websockets' refusal leaves out.
+            reject = self.conn.reject
+
+            def naming_the_version(status: Any, text: str) -> Any:
+                response = reject(status, text)
+                response.headers["Sec-WebSocket-Version"] = "13"
+                return response
+
+            self.conn.reject = naming_the_version  # type: ignore[method-assign]
         super().handle_connect(event)
         # The request is in the scope now; only the response is still needed. The
         # sansio parser's frame keeps the request object for the socket's life, so

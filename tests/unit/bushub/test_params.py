@@ -100,23 +100,52 @@ async def test_a_plain_request_on_a_sockets_path_is_told_to_upgrade(node: Runnin
     assert node.metric("bushub_connections_refused_total", reason="bad_upgrade") == 3
 
 
+async def upgrade_answer(
+    node: RunningHub, version: str = "1.1", host: str = "Host: h\r\n", ws_version: str = "13"
+) -> bytes:
+    """What the node answers a handshake written by hand, up to its close."""
+    reader, writer = await asyncio.open_connection(node.host, node.port)
+    writer.write(
+        f"GET /ws/old?peer=x HTTP/{version}\r\n{host}Upgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        f"Sec-WebSocket-Version: {ws_version}\r\n\r\n".encode()
+    )
+    answer = await asyncio.wait_for(reader.read(), TIMEOUT)  # then closed
+    writer.close()
+    return answer
+
+
 @pytest.mark.parametrize("version", ["0.9", "1.0", "2.0"])
 async def test_an_upgrade_in_another_http_version_than_1_1_is_refused(
     node: RunningHub, version: str
 ) -> None:
     """RFC 6455 asks HTTP/1.1 of an upgrade: HTTP/0.9 and 2.0 request lines were upgraded
     (uvicorn rewrote them as 1.1 for the WebSocket layer)."""
-    reader, writer = await asyncio.open_connection(node.host, node.port)
-    writer.write(
-        f"GET /ws/old?peer=x HTTP/{version}\r\nHost: h\r\nUpgrade: websocket\r\n"
-        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-        "Sec-WebSocket-Version: 13\r\n\r\n".encode()
-    )
-    answer = await asyncio.wait_for(reader.read(), TIMEOUT)  # then closed
-    writer.close()
+    answer = await upgrade_answer(node, version=version)
     assert answer.startswith(b"HTTP/1.1 400 "), answer
     assert answer.endswith(b"a WebSocket upgrade needs HTTP/1.1")
     assert node.metric("bushub_connections_refused_total", reason="bad_upgrade") == 1
     assert await node.holder("old") is None
     async with node.connect("new") as ws:  # HTTP/1.1, as every client sends
         await still_served(ws, "new")
+
+
+@pytest.mark.parametrize("host", ["", "Host: h\r\nHost: other\r\n"])
+async def test_an_upgrade_without_exactly_one_host_is_refused(node: RunningHub, host: str) -> None:
+    """HTTP/1.1 asks exactly one Host of a request (RFC 9112 3.2); two were upgraded."""
+    answer = await upgrade_answer(node, host=host)
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    assert answer.endswith(b"a request needs exactly one Host header")
+    assert node.metric("bushub_connections_refused_total", reason="bad_upgrade") == 1
+    assert await node.holder("old") is None
+
+
+async def test_a_websocket_version_the_hub_does_not_speak_is_told_the_one_it_does(
+    node: RunningHub,
+) -> None:
+    """RFC 6455 4.4: the refusal names the version the server speaks."""
+    answer = await upgrade_answer(node, ws_version="8")
+    head = answer.split(b"\r\n\r\n")[0].lower()
+    assert head.startswith(b"http/1.1 400 "), answer
+    assert b"\r\nsec-websocket-version: 13" in head
+    assert node.metric("bushub_connections_refused_total", reason="bad_upgrade") == 1
