@@ -319,6 +319,17 @@ class Sessions:
                 extra={"rate_key": conn.agent},
             )
             self._metrics.session_messages.labels("sent_lost").inc(counted)
+        if resumed.lost:
+            # Kept for a session that expired, or for another session of the name
+            # (a restarted agent's earlier one), and given to nobody.
+            self._metrics.session_messages.labels("lost").inc(resumed.lost)
+            log.warning(
+                "session of %s: %d message(s) kept for the session it replaces (expired, "
+                "or another of the name) are lost",
+                conn.agent,
+                resumed.lost,
+                extra={"rate_key": conn.agent},
+            )
         if resumed.result == sessionframe.ResumeResult.GAP:
             log.warning(
                 "session of %s resumed with a gap (received %d, newest %d)",

@@ -632,6 +632,85 @@ def test_senders_whose_sessions_are_gone_are_found_and_forgotten(
     run(loop, scenario())
 
 
+@pytest.mark.parametrize("kind", ["redis", "in-process"])
+def test_what_a_session_it_replaces_kept_is_counted_lost_at_a_resume(
+    redis: FaultRedis, loop: str, kind: str
+) -> None:
+    """What a session kept for its agent goes with it when it expires, or when another
+    session of the name (a restarted agent's) replaces it: given to nobody, and counted
+    nowhere before (a probe: 387 messages of a session away past its window). Its
+    stream outlives an expired session by as long again, so that the name's next
+    resume counts what it kept past what the proxy received; after that, nothing."""
+    window = 0.4
+
+    async def scenario() -> None:
+        broker: Broker = (
+            RedisBroker(redis.url, control_channel="bushub:node:t")
+            if kind == "redis"
+            else MemoryBroker()
+        )
+        broker.keep_for_sessions(SessionLimits(window, 1000, 1 << 20))
+        await broker.start()
+
+        async def away_with(agent: str, messages: int, for_seconds: float) -> None:
+            await broker.resume_session(agent, "S1", 0, "e1", "c1")
+            await broker.release_sessions([(agent, "c1")], for_seconds)
+            frames = [pack_relay(Format.JSON, 1.0, b'{"n":%d}' % n) for n in range(messages)]
+            published = await broker.publish_many([(message_channel(agent), f) for f in frames])
+            assert published == [-2] * messages, "kept, nobody subscribed"
+
+        await away_with("expired", 5, window)
+        await away_with("replaced", 4, 60.0)
+        await away_with("long-gone", 3, window)
+        await asyncio.sleep(1.5 * window)  # past the window, within twice it
+        assert not await broker.session_kept("expired")
+        back = await broker.resume_session("expired", "S1", 2, "e2", "c2")
+        assert (back.result, back.lost) == ("gap", 3), "received 2 of the 5 kept"
+        # A restarted agent's proxy: a new session, no replay, all it kept is lost.
+        restarted = await broker.resume_session("replaced", "S2", 0, "e2", "c2")
+        assert (restarted.result, restarted.lost, restarted.replay) == ("new", 4, [])
+        await asyncio.sleep(window)  # past twice the window: its stream is gone too
+        late = await broker.resume_session("long-gone", "S1", 0, "e2", "c2")
+        assert late.lost == 0
+        # Resumed as kept: nothing counted.
+        again = await broker.resume_session("expired", "S1", 0, "e3", "c3")
+        assert again.lost == 0
+        await broker.close()
+
+    run(loop, scenario())
+
+
+def test_a_session_put_back_over_a_stream_it_outlived_numbers_on_after_it(
+    redis: FaultRedis, loop: str
+) -> None:
+    """A connected session released by another node (its node stalled past the
+    presence TTL), expired, and put back by its holder: its stream, which outlives an
+    expired session, still keeps positions past what the socket was given. Numbering
+    again from there would write a position twice (Redis refuses an entry ID not past
+    the newest, and every later message for the agent with it)."""
+    window = 0.3
+
+    async def scenario() -> None:
+        broker = RedisBroker(redis.url, control_channel="bushub:node:t")
+        broker.keep_for_sessions(SessionLimits(window, 1000, 1 << 20))
+        await broker.start()
+        channel = message_channel("a")
+        await broker.resume_session("a", "S1", 0, "e1", "c1")
+        await broker.release_sessions([("a", "c1")], window)
+        frames = [pack_relay(Format.JSON, 1.0, b'{"n":%d}' % n) for n in range(4)]
+        assert await broker.publish_many([(channel, f) for f in frames[:3]]) == [-2] * 3
+        await asyncio.sleep(1.5 * window)
+        assert not await broker.session_kept("a")
+        assert await broker.reassert_session("a", "S1", "e1", "c1", 1) == Reasserted.PUT_BACK
+        assert await broker.publish_many([(channel, frames[3])]) == [-2]
+        kept = await broker.read_session("a", 1)
+        assert [p for p, _ in kept] == [2, 3, 4], "what the socket was not given, then on"
+        assert redis.cli("PTTL", stream_key("a")).strip() == "-1", "held as its session"
+        await broker.close()
+
+    run(loop, scenario())
+
+
 def test_a_handshakes_claims_records_and_deletes_go_on_the_publish_connection(
     redis: FaultRedis, loop: str
 ) -> None:

@@ -22,6 +22,8 @@ class _Session:
     lost: int = 0
     size: int = 0
     expires: float | None = None
+    # What it kept outlives it as long again (``RELEASE``): counted lost at a resume.
+    kept_until: float = 0.0
     kept: deque[tuple[int, bytes]] = field(default_factory=deque)
 
 
@@ -37,6 +39,8 @@ class MemorySessions:
     def __init__(self, limits: SessionLimits) -> None:
         self.limits = limits
         self._sessions: dict[str, _Session] = {}
+        # Sessions that expired, for what they kept (``_Session.kept_until``).
+        self._outlived: dict[str, _Session] = {}
         self._relayed: dict[str, _Relayed] = {}
         self._swept_at = 0.0
         self._sessions_swept_at = 0.0
@@ -44,9 +48,15 @@ class MemorySessions:
     def _session(self, agent: str) -> _Session | None:
         session = self._sessions.get(agent)
         if session is not None and _expired(session, _now()):
-            del self._sessions[agent]
+            self._outlive(agent)
             return None
         return session
+
+    def _outlive(self, agent: str) -> None:
+        """``agent``'s session expired: what it kept is held on, to be counted."""
+        session = self._sessions.pop(agent)
+        if session.kept:
+            self._outlived[agent] = session
 
     def deliver(self, agent: str, data: bytes) -> tuple[bytes | None, int]:
         """What to publish for ``data`` addressed to ``agent`` (None: a message
@@ -87,6 +97,7 @@ class MemorySessions:
         renew: bool = False,
     ) -> Resumed:
         session = self._session(agent)
+        lost = 0
         if session is not None and session.id == session_id:
             if received > session.seq or session.lost > received or renew:
                 result, session.epoch = "gap", epoch
@@ -94,12 +105,18 @@ class MemorySessions:
                 result = "recovered"
         else:
             seq = session.seq if session is not None else 0
+            replaced = session or self._outlived.get(agent)
+            self._outlived.pop(agent, None)
+            if replaced is not None and replaced.kept_until and replaced.kept_until <= _now():
+                replaced = None  # what it kept expired too
             session = self._sessions[agent] = _Session(session_id, epoch, conn, seq=seq)
             result = "gap" if received > 0 else "new"
+            if replaced is not None:
+                lost = sum(1 for position, _ in replaced.kept if position > received)
         session.holder = conn
         session.expires = None
         replay = [] if result == "new" else self._after(session, received, REPLAY_PAGE)
-        return Resumed(result, session.epoch, session.seq, replay)
+        return Resumed(result, session.epoch, session.seq, replay, lost)
 
     def read(self, agent: str, after: int, most: int | None = None) -> list[tuple[int, bytes]]:
         session = self._session(agent)
@@ -125,10 +142,13 @@ class MemorySessions:
             # for a name used once is never: each kept what it was sent while away.
             self._sessions_swept_at = now
             for name in [name for name, s in self._sessions.items() if _expired(s, now)]:
-                del self._sessions[name]
+                self._outlive(name)
+            for name in [name for name, s in self._outlived.items() if s.kept_until <= now]:
+                del self._outlived[name]
         session = self._session(agent)
         if session is not None and session.holder == conn:
             session.expires = now + window
+            session.kept_until = now + 2 * window
 
     def __len__(self) -> int:
         """Sessions held or away (some expired, until swept)."""

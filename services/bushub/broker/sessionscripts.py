@@ -24,8 +24,9 @@ Every message for an agent is published by ``DELIVER`` instead of a bare
   bounds (the highest position so lost is remembered: a resume from before it is a
   gap), and publishes it wrapped with its position; answered -2 when it was kept and
   nobody is subscribed (the session is away: not undeliverable); a stream this makes
-  for an away session expires with the session (its release could set no expiry on a
-  stream that did not exist yet, and one made after it was kept for good);
+  for an away session expires as the session's does, after twice its time left (its
+  release could set no expiry on a stream that did not exist yet, and one made after
+  it was kept for good; see ``RELEASE`` for why twice);
 - otherwise publishes it as ``PUBLISH`` would.
 
 The session's ``kept`` is an upper bound of the bytes its stream holds, not their
@@ -110,7 +111,7 @@ local count = redis.call('XLEN', KEYS[2])
 if count == 1 then
   local ttl = redis.call('PTTL', KEYS[1])
   if ttl > 0 then
-    redis.call('PEXPIRE', KEYS[2], ttl)
+    redis.call('PEXPIRE', KEYS[2], ttl * 2)
   end
 end
 local most, most_bytes = tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -150,21 +151,31 @@ return n
 # KEYS: session, stream. ARGV: session id, received, new epoch, holding connection,
 # most messages to replay (``REPLAY_PAGE``: the node reads the rest a page at a time),
 # '1' when the proxy gave up messages it sent (a gap, replay or not).
-# Returns {result, epoch, newest position, replay as {position, data, ...}}.
+# Returns {result, epoch, newest position, replay as {position, data, ...}, lost}:
+# ``lost``, when the session resumed is not the one kept (another, or one expired,
+# whose stream outlives it for that: ``RELEASE``), is how many messages that stream
+# kept past ``received``, given to nobody (positions are consecutive from its first).
 RESUME = """
 local received = tonumber(ARGV[2])
 local id = redis.call('HGET', KEYS[1], 'id')
 local seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
 local result, epoch
+local lost = 0
 if id == ARGV[1] then
   epoch = redis.call('HGET', KEYS[1], 'epoch')
-  local lost = tonumber(redis.call('HGET', KEYS[1], 'lost') or '0')
-  if received > seq or lost > received or ARGV[6] == '1' then
+  local trimmed = tonumber(redis.call('HGET', KEYS[1], 'lost') or '0')
+  if received > seq or trimmed > received or ARGV[6] == '1' then
     result, epoch = 'gap', ARGV[3]
   else
     result = 'recovered'
   end
 else
+  local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)[1]
+  if first then
+    local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)[1]
+    local from = math.max(tonumber(string.sub(first[1], 3)) - 1, received)
+    lost = math.max(0, tonumber(string.sub(last[1], 3)) - from)
+  end
   redis.call('DEL', KEYS[2])
   redis.call('HSET', KEYS[1], 'id', ARGV[1], 'kept', 0, 'bytes', 0, 'lost', 0, 'seq', seq)
   epoch = ARGV[3]
@@ -182,7 +193,7 @@ if result ~= 'new' and received < seq then
     replay[#replay + 1] = e[2][2]
   end
 end
-return {result, epoch, string.format('%d', seq), replay}
+return {result, epoch, string.format('%d', seq), replay, lost}
 """
 
 # KEYS: session, stream. ARGV: session id, the first position kept (``0-<n>``).
@@ -212,8 +223,16 @@ local now = redis.call('TIME')
 local ms = string.format('%d', tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000))
 local id = redis.call('HGET', KEYS[1], 'id')
 if not id then
+  -- A stream that outlived its session (``RELEASE``) numbers on after its newest: a
+  -- position is written once, and the holder reads what is kept past its own.
+  local seq = tonumber(ARGV[4])
+  local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)[1]
+  if last then
+    seq = math.max(seq, tonumber(string.sub(last[1], 3)))
+  end
   redis.call('HSET', KEYS[1], 'id', ARGV[1], 'epoch', ARGV[2], 'holder', ARGV[3],
-    'kept', 0, 'bytes', 0, 'lost', 0, 'seq', ARGV[4], 'reasserted', ms)
+    'kept', 0, 'bytes', 0, 'lost', 0, 'seq', string.format('%d', seq), 'reasserted', ms)
+  redis.call('PERSIST', KEYS[2])
   return 2
 end
 if id ~= ARGV[1] or redis.call('HGET', KEYS[1], 'holder') ~= ARGV[3] then
@@ -228,13 +247,15 @@ return 1
 """
 
 # KEYS: session, stream. ARGV: holding connection, window (ms). The session is away:
-# it is kept for the window, unless a newer connection of it holds it already.
+# it is kept for the window, unless a newer connection of it holds it already. Its
+# stream outlives it by as long again: a resume of the name then (``RESUME``) counts
+# what it kept as lost; gone with the session, it was counted nowhere.
 RELEASE = """
 if redis.call('HGET', KEYS[1], 'holder') ~= ARGV[1] then
   return 0
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
-redis.call('PEXPIRE', KEYS[2], ARGV[2])
+redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[2]) * 2)
 return 1
 """
 
@@ -479,20 +500,23 @@ class Resumed:
         newest: The newest position kept for the agent when it was read.
         replay: The kept messages after the position resumed from, oldest first:
             (position, relay frame).
+        lost: Messages another session of the name, or an expired one, kept past
+            the position resumed from: given to nobody.
     """
 
     result: str
     epoch: str
     newest: int
     replay: list[tuple[int, bytes]]
+    lost: int = 0
 
 
 def parse_resumed(reply: list[object]) -> Resumed:
     """``RESUME``'s reply as a `Resumed`."""
-    result, epoch, newest, flat = reply
+    result, epoch, newest, flat, lost = reply
     entries = list(flat) if isinstance(flat, list) else []
     replay = [(int(_text(entries[i])), _raw(entries[i + 1])) for i in range(0, len(entries), 2)]
-    return Resumed(_text(result), _text(epoch), int(_text(newest)), replay)
+    return Resumed(_text(result), _text(epoch), int(_text(newest)), replay, int(_text(lost)))
 
 
 def _text(value: object) -> str:
