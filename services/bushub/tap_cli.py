@@ -46,6 +46,10 @@ EXIT_NO_TAP = 2
 MAX_LINE = 1 << 20
 # What of an error answer's body is read for its message.
 _MAX_ERROR_BODY = 1 << 16
+# Seconds the node may say nothing, its answer or the stream: a node sends a comment
+# line every 15 s while a tap is quiet (bushub.taps.KEEPALIVE_EVERY). Without it, a tap
+# whose request reached a process that hangs (a stopped worker) waited for ever.
+SILENT_LIMIT = 30.0
 
 
 class NotANodesAnswer(ValueError):
@@ -107,7 +111,7 @@ def run_tap_command(args: argparse.Namespace) -> int:
     opener = urllib.request.build_opener(_RefuseRedirects)
     try:
         request = urllib.request.Request(url, headers={"authorization": f"Bearer {token}"})
-        with opener.open(request) as response:
+        with opener.open(request, timeout=SILENT_LIMIT) as response:
             status = _print_events(_events(response), args.count, args.json, sys.stdout)
     except urllib.error.HTTPError as exc:
         location = exc.headers.get("location") if exc.headers else None
@@ -120,7 +124,12 @@ def run_tap_command(args: argparse.Namespace) -> int:
         else:
             print(f"bushub tap: {exc.code} {_error_of(exc)}", file=sys.stderr)
     except urllib.error.URLError as exc:
-        print(f"bushub tap: cannot reach {args.node}: {shown(exc.reason)}", file=sys.stderr)
+        if isinstance(exc.reason, TimeoutError):
+            _silent(args.node)
+        else:
+            print(f"bushub tap: cannot reach {args.node}: {shown(exc.reason)}", file=sys.stderr)
+    except TimeoutError:
+        _silent(args.node)
     except NotANodesAnswer as exc:
         print(f"bushub tap: {args.node}: not a node's answer: {exc}", file=sys.stderr)
     except (OSError, http.client.HTTPException, ValueError) as exc:
@@ -138,6 +147,13 @@ def run_tap_command(args: argparse.Namespace) -> int:
             )
         return status
     return EXIT_NO_TAP
+
+
+def _silent(node: str) -> None:
+    print(
+        f"bushub tap: {node} said nothing for {SILENT_LIMIT:g} s (a node that hangs?)",
+        file=sys.stderr,
+    )
 
 
 class _RefuseRedirects(urllib.request.HTTPRedirectHandler):

@@ -201,3 +201,30 @@ def test_an_error_answer_is_escaped_and_read_only_in_part(
     with serving(refuse) as (url, _):
         assert tap(url) == EXIT_NO_TAP
     assert capsys.readouterr().err == "bushub tap: 401 bad admin token\\x1b[2J\n"
+
+
+@pytest.mark.parametrize("answers", [False, True])
+def test_a_node_that_says_nothing_ends_the_tap_after_the_silent_limit(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, answers: bool
+) -> None:
+    """A request that reached a process that hangs (a stopped worker of a --workers
+    node): before, the tap waited for ever, printing nothing."""
+    monkeypatch.setattr("bushub.tap_cli.SILENT_LIMIT", 0.3)
+    release = threading.Event()
+
+    def hang(h: http.server.BaseHTTPRequestHandler) -> None:
+        if answers:  # the answer and the first event, then nothing
+            h.send_response(200)
+            h.send_header("content-type", "text/event-stream")
+            h.end_headers()
+            h.wfile.write(OPEN)
+            h.wfile.flush()
+        release.wait(10)
+
+    with serving(hang) as (url, _):
+        try:
+            assert tap(url) == EXIT_NO_TAP
+        finally:
+            release.set()
+    said = capsys.readouterr().err
+    assert said == f"bushub tap: {url} said nothing for 0.3 s (a node that hangs?)\n"
