@@ -259,6 +259,13 @@ class Settings:
             "words": {"auto": cpu_count},
         },
     )
+    worker_timeout: float = field(
+        default=30.0,
+        metadata={
+            "help": "with --workers: seconds a worker may answer nothing (hung, stopped) "
+            "before it is killed and started again (0 = never)"
+        },
+    )
 
     def __post_init__(self) -> None:
         # A token read from a file (a Kubernetes secret, `$(cat token)` in a unit
@@ -329,6 +336,8 @@ class Settings:
         ):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name.replace('_', '-')}: must be > 0")
+        if self.worker_timeout < 0:
+            raise SettingsError("worker-timeout: must be >= 0")
         for name in ("max_message_bytes", "bytes_per_container", "queue_bytes", "publish_buffer"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name.replace('_', '-')}: must be >= 1")

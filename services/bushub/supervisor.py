@@ -17,6 +17,8 @@ directory for the workers' control sockets (bushub.siblings), and starts each wo
   SIGKILL) and exits 0 if each exited by itself. A second signal kills them at once.
 - Workers die with the supervisor (bushub.worker asks the kernel for a SIGTERM when
   their parent dies), so no orphan keeps the port.
+- A worker that answers nothing on its control socket for ``--worker-timeout`` (hung
+  or stopped: it never exits) is killed, and so started again (bushub.workerwatch).
 """
 
 import contextlib
@@ -37,6 +39,7 @@ from bushub import portlock
 from bushub.settings import Settings
 from bushub.siblings import WorkerSlot
 from bushub.worker import STARTUP_FAILURE, reuseport_socket, run_worker, worker_node_id
+from bushub.workerwatch import ASK_EVERY, Silence, answers
 
 log = logging.getLogger("bushub.supervisor")
 
@@ -66,6 +69,7 @@ class _Worker:
     delay: float = RESTART_FIRST
     restart_at: float | None = None
     exits: list[int | None] = field(default_factory=list)
+    silence: Silence = field(default_factory=Silence)
 
 
 # The longest path of a unix socket (sun_path, with its NUL) on Linux; the workers'
@@ -219,12 +223,42 @@ class Supervisor:
             self._drain_wakeups()
             for worker in self._workers:
                 self._check(worker)
+            if self._stop_deadline is None and self.settings.worker_timeout > 0:
+                for worker in self._workers:
+                    self._watch(worker)
 
     def _next_timeout(self, now: float) -> float | None:
         times = [w.restart_at for w in self._workers if w.restart_at is not None]
         if self._stop_deadline is not None:
             times.append(self._stop_deadline)
+        elif self.settings.worker_timeout > 0:
+            times.append(now + ASK_EVERY)
         return max(0.0, min(times) - now) if times else None
+
+    def _watch(self, worker: _Worker) -> None:
+        """Ask a serving worker whether it runs, when due; kill one silent too long."""
+        now = time.monotonic()
+        if not (worker.serving and self._alive(worker)) or not worker.silence.due(now):
+            return
+        slot = WorkerSlot(worker.index, len(self._workers), self._slot_dir)
+        answered = answers(slot.control_path(worker.index))
+        silent = worker.silence.heard(answered, now)
+        assert worker.process is not None
+        if not answered and not silent:  # the first question it left unanswered
+            log.warning(
+                "worker %d (pid %s) does not answer; killed after %.0fs of that",
+                worker.index,
+                worker.process.pid,
+                self.settings.worker_timeout,
+            )
+        elif silent >= self.settings.worker_timeout:
+            log.error(
+                "worker %d (pid %s) has answered nothing for %.1fs (hung or stopped): killing it",
+                worker.index,
+                worker.process.pid,
+                silent,
+            )
+            self._send(worker, signal.SIGKILL)
 
     def _drain_wakeups(self) -> None:
         with contextlib.suppress(BlockingIOError):
@@ -248,6 +282,7 @@ class Supervisor:
         worker.serving = False
         worker.began = time.monotonic()
         worker.restart_at = None
+        worker.silence.reset()
 
     def _check(self, worker: _Worker) -> None:
         """Take note of what the worker said and whether it exited."""
