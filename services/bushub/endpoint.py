@@ -169,10 +169,12 @@ def _serve_direct(
     extra, size_bytes = conn.frame_rate, conn.byte_rate
 
     async def budget_allows() -> None:
-        # Frames parsed while reading is held (the rest of a read) add to the debt;
-        # what ends the wait is time, not an event.
-        while wait := max(extra.seconds_until_one(), size_bytes.seconds_until_one()):  # noqa: ASYNC110
-            await asyncio.sleep(max(wait, LEAST_WAIT))
+        # What ends the wait is time, not an event; looked at each second, as is
+        # whether the client hung up meanwhile (a long debt held a gone client).
+        while wait := max(extra.seconds_until_one(), size_bytes.seconds_until_one()):
+            await asyncio.sleep(min(max(wait, LEAST_WAIT), 1.0))
+            if protocol.client_hung_up():
+                return
 
     def throttle() -> None:
         protocol.hold_reading(budget_allows)

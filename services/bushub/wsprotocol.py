@@ -114,7 +114,7 @@ def on_client_socket(
         return False
     try:
         probe = socket.socket(fileno=sock.fileno())
-    except OSError:
+    except (OSError, ValueError):  # closed already: its descriptor is -1
         return True
     try:
         return check(probe)
@@ -163,10 +163,16 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         self._reading_held: asyncio.Task[None] | None = None
         # Messages read but not routed while reading is held, oldest first.
         self._held_frames: list[bytes] | None = None
-        # Since when reading has been held without a break, and when the hub last
-        # looked for a hang-up meanwhile (loop time; 0: not held).
+        # Since when reading has been held, counting holds less than a second apart
+        # as one (a flood paid for in turns), and when the hub last looked for a
+        # hang-up meanwhile; when the last hold ended (loop time; 0 while held).
         self._held_since = 0.0
         self._hang_up_checked = 0.0
+        self._released_at = 0.0
+        # Set once the client is found to have hung up while held: it stays so.
+        self._hung_up = False
+        # Set while ``detach`` routes what was held: nothing is held again.
+        self._detaching = False
         self._handed_over = False
         self._abort_timer: asyncio.TimerHandle | None = None
         # The close this layer sent on its own (a protocol error, a text frame that
@@ -201,6 +207,11 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
             return
         if self.disconnected or self.conn.parser_exc is not None or self.transport.is_closing():
             self._unfed = None  # ended: nothing more is read
+            return
+        if self._reading_held is not None:
+            # Held (backpressure, a spent budget): the rest of the read waits too, or
+            # a read's thousands of pings were answered at once whatever the budget.
+            # ``_release_reading`` feeds on.
             return
         head = unfed[0]
         if len(head) > FEED_SLICE:
@@ -355,7 +366,23 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
             self._read_on()
 
     def detach(self) -> None:
-        """Back to uvicorn's ASGI channel (for the closing handshake)."""
+        """Back to uvicorn's ASGI channel (for the closing handshake). What reading
+        held back is routed first (relayed, or dropped and counted: before, it went
+        with the socket, counted nowhere), and reading goes on, for the client's close
+        (a drain waited its whole timeout for a socket whose reading was held)."""
+        holding, self._reading_held = self._reading_held, None
+        if holding is not None:
+            holding.remove_done_callback(self._release_reading)
+            holding.cancel()
+        held, self._held_frames = self._held_frames, None
+        if held and self._on_frame is not None:
+            self._detaching = True
+            for data in held:
+                if type(data) is HeldText and self._on_text is not None:
+                    self._on_text(data)
+                else:
+                    self._route(data)
+            self._detaching = False
         self._on_frame = None
         self._on_disconnect = None
         self._on_writable = None
@@ -365,6 +392,7 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         # through self) has nothing left to do. Let go, the protocol dies by
         # reference count once its socket ends, not at a rare full collection.
         self._inbox.on_put = None
+        self._go_on_reading()
 
     def _on_inbox_put(self, message: ASGIReceiveEvent) -> None:
         callback = self._on_disconnect
@@ -483,12 +511,16 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
             again: A frame just routed that is to be routed again first (one the
                 relay held back).
         """
+        if self._detaching:
+            return  # the socket is ending: what is routed now is not held again
         if again is not None:
             self._held_frames = [again, *(self._held_frames or ())]
         if self._reading_held is not None:
             return
-        if not self._held_since:
-            self._held_since = self._hang_up_checked = self.loop.time()
+        now = self.loop.time()
+        if not self._held_since or (self._released_at and now - self._released_at > 1.0):
+            self._held_since = self._hang_up_checked = now
+        self._released_at = 0.0  # held (again): the spell goes on
         self.transport.pause_reading()
         # Held here: the loop keeps only a weak reference to a task.
         self._reading_held = self.loop.create_task(until())
@@ -496,9 +528,9 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def _release_reading(self, _: object) -> None:
         self._reading_held = None
-        if self._hung_up_while_held():
+        if self.client_hung_up():
+            # What was held is routed as the socket ends (``detach``).
             log.info("closing a socket: its client hung up while its reading was held")
-            self._held_frames = None
             self.transport.abort()
             return
         held, self._held_frames = self._held_frames, None
@@ -514,17 +546,29 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
                 # frame given back to be routed again, which goes first.
                 self._held_frames = [*(self._held_frames or ()), *(held or ())[index + 1 :]]
                 return
-        self._held_since = 0.0
-        self._read_on()
+        self._released_at = self.loop.time()
+        self._go_on_reading()
 
-    def _hung_up_while_held(self) -> bool:
+    def _go_on_reading(self) -> None:
+        """Feed on what is read already, else read on (``_read_on``)."""
+        if self._unfed is not None:
+            self.loop.call_soon(self._feed)
+        else:
+            self._read_on()
+
+    def client_hung_up(self) -> bool:
         """Whether the client closed or reset its end while reading has been held
-        past ``HELD_HANG_UP_AFTER`` (asked once a second at most)."""
+        past ``HELD_HANG_UP_AFTER`` (asked once a second at most; once found, so it
+        stays). A hold waits on this as well as on its own end: a long one (a
+        budget paying off a flood) kept a client gone for minutes."""
+        if self._hung_up:
+            return True
         now = self.loop.time()
         if now - self._held_since < HELD_HANG_UP_AFTER or now - self._hang_up_checked < 1.0:
             return False
         self._hang_up_checked = now
-        return on_client_socket(self.transport, _tcp_closed)
+        self._hung_up = on_client_socket(self.transport, _tcp_closed)
+        return self._hung_up
 
     def send_receive_event_to_app(self) -> None:
         if self.close_sent:

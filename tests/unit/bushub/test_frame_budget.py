@@ -6,11 +6,13 @@ answered or dropped as fast as they came: one socket's flood took a core, and ev
 other socket on the node waited 50-200 times longer (an independent probe)."""
 
 import asyncio
+import contextlib
 
 import pytest
 
 from bushub.limits import EXTRA_FRAMES_PER_MESSAGE
 from bushub.settings import Settings
+from bushub.wsprotocol import FEED_SLICE, HELD_HANG_UP_AFTER
 from tests.support.messages import task_request
 from tests.unit.bushub.conftest import RunningHub, small_settings
 from tests.unit.bushub.helpers import (
@@ -153,3 +155,54 @@ async def test_a_flood_of_oversize_frames_is_held_to_the_byte_rate(node: Running
         assert node.metric("bushub_messages_dropped_total", reason="oversize") == frames
         assert node.metric("bushub_frames_throttled_total", kind="refused") > 0
         writer.close()
+
+
+async def test_what_was_read_before_a_close_is_relayed_though_reading_was_held(
+    node: RunningHub,
+) -> None:
+    # Messages read behind a flood, then the client's close: the socket ended while
+    # its reading was held, and what it held went with it, counted nowhere.
+    async with node.connect("listener", peer="pinger") as listener:
+        _, writer = await pinger(node)
+        messages = [as_json(task_request("pinger", "listener", seq)) for seq in range(3)]
+        close = client_frame(0x8, (1000).to_bytes(2, "big"))
+        flood = client_frame(PING, b"") * (3 * EXTRA)
+        writer.write(flood + b"".join(client_frame(BINARY, m) for m in messages) + close)
+        await writer.drain()
+        wait = TIMEOUT + 3 * EXTRA / EXTRA
+        assert [await recv_non_registry(listener, timeout=wait) for _ in messages] == messages
+        writer.close()
+
+
+async def test_a_client_gone_while_a_long_debt_holds_its_reading_is_let_go(
+    node: RunningHub,
+) -> None:
+    # Thirty seconds of pings past the budget, then the client resets: the hold was
+    # one long sleep, and the socket (its name, its presence) stayed for all of it.
+    async with node.connect("listener", peer="pinger"):
+        _, writer = await pinger(node)
+        await node.wait_metric("bushub_connections", 2)
+        writer.write(client_frame(PING, b"") * (30 * EXTRA))
+        await writer.drain()
+        await asyncio.sleep(0.5)  # the first slice read, its debt held
+        writer.transport.abort()
+        await node.wait_metric("bushub_connections", 1, timeout=HELD_HANG_UP_AFTER + 4)
+
+
+async def test_the_rest_of_a_read_waits_while_the_budget_holds_reading(node: RunningHub) -> None:
+    # A read is parsed a slice per loop turn; the slices went on while reading was
+    # held, so a read's thousands of pings were answered at once, whatever the budget.
+    pings = 12 * EXTRA
+    async with node.connect("listener", peer="pinger"):
+        reader, writer = await pinger(node)
+        writer.write(client_frame(PING, b"") * pings)
+        await writer.drain()
+        answered = 0
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.5):
+                while True:
+                    opcode, _ = await server_frame(reader)
+                    answered += opcode == PONG
+        # The burst and one slice (2,730 empty pings), not the whole read.
+        assert 0 < answered <= EXTRA + FEED_SLICE // 6 + 100, answered
+        writer.transport.abort()
