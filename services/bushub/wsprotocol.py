@@ -378,10 +378,7 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         if held and self._on_frame is not None:
             self._detaching = True
             for data in held:
-                if type(data) is HeldText and self._on_text is not None:
-                    self._on_text(data)
-                else:
-                    self._route(data)
+                self._route_held(data)
             self._detaching = False
         self._on_frame = None
         self._on_disconnect = None
@@ -537,10 +534,7 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         for index, data in enumerate(held or ()):
             if self._on_frame is None:
                 return  # the socket is ending: nothing is routed any more
-            if type(data) is HeldText and self._on_text is not None:
-                self._on_text(data)
-            else:
-                self._route(data)
+            self._route_held(data)
             if self._reading_held is not None:  # held again: keep the rest, in order
                 # Routing is synchronous: all ``_held_frames`` can hold now is a
                 # frame given back to be routed again, which goes first.
@@ -548,6 +542,13 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
                 return
         self._released_at = self.loop.time()
         self._go_on_reading()
+
+    def _route_held(self, data: bytes) -> None:
+        """Route a frame reading held back: a text frame where text frames go."""
+        if type(data) is HeldText and self._on_text is not None:
+            self._on_text(data)
+        else:
+            self._route(data)
 
     def _go_on_reading(self) -> None:
         """Feed on what is read already, else read on (``_read_on``)."""
